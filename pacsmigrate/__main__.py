@@ -1,0 +1,5 @@
+"""`python -m pacsmigrate` runs the command line."""
+
+from .cli import main
+
+main()

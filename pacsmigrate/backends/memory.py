@@ -1,0 +1,57 @@
+"""An in-memory backend for unit tests where a real server adds nothing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+
+from ..config import MiB
+from ..errors import ObjectExistsError
+from .base import ObjectInfo
+
+
+class MemoryBackend:
+    """Objects in a dict; honours the same no-overwrite rule as the real stores."""
+
+    scheme = "memory"
+
+    def __init__(self, *, chunk: int = 8 * MiB) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.metadata: dict[str, dict[str, str]] = {}
+        self.saves = 0
+        self._chunk = chunk
+
+    def part_size(self, size_hint: int) -> int:
+        return self._chunk
+
+    async def save(
+        self, key: str, chunks: AsyncIterator[bytes], *, metadata: Mapping[str, str] | None = None
+    ) -> ObjectInfo:
+        data = b"".join([c async for c in chunks])
+        if key in self.objects:
+            raise ObjectExistsError(f"object exists: {key}", key=key)
+        self.objects[key] = data
+        self.metadata[key] = dict(metadata or {})
+        self.saves += 1
+        return ObjectInfo(key, len(data), metadata=self.metadata[key])
+
+    async def load(self, key: str, *, offset: int = 0, length: int | None = None) -> bytes:
+        data = self.objects[key]
+        end = len(data) if length is None else offset + length
+        return data[offset:end]
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        if key not in self.objects:
+            return None
+        return ObjectInfo(key, len(self.objects[key]), metadata=self.metadata[key])
+
+    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        for key in sorted(self.objects):
+            if key.startswith(prefix):
+                yield ObjectInfo(key, len(self.objects[key]), metadata=self.metadata[key])
+
+    async def remove(self, key: str) -> None:
+        self.objects.pop(key, None)
+        self.metadata.pop(key, None)
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,253 @@
+"""The resumable LMDB checkpoint: catalogue, intents, committed objects and the RIS index."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lmdb
+
+from .errors import StateError, StateLockedError
+from .records import BundlePlan, Catalogued, FileEntry, Problem
+
+T = TypeVar("T")
+
+# Sparse on Linux: only pages in use take disk. Big enough for 100M+ files' index rows.
+MAP_SIZE = 1 << 40
+FORMAT = 1
+
+# Named databases. Keys are raw path bytes unless said otherwise.
+#   meta        name -> JSON               run configuration, key secret, format version
+#   catalogue   group + 0 + path -> Catalogued   classified, not yet stored (sorted by group)
+#   pending     path -> group               reverse map of the catalogue
+#   intents     object key -> JSON plan     written before an upload starts
+#   objects     object key -> JSON          acknowledged by the store
+#   index       path -> JSON row            the RIS path -> object index
+#   sop         SOPInstanceUID -> path
+#   problems    path -> JSON Problem        not migrated (yet), with the reason
+_DBS = ("meta", "catalogue", "pending", "intents", "objects", "index", "sop", "problems")
+
+
+def _cat_key(group: str, path: bytes) -> bytes:
+    return group.encode() + b"\0" + path
+
+
+class Checkpoint:
+    """Sole owner of the LMDB environment; every write goes through one thread.
+
+    Async callers use `await cp.call(cp.method, ...)`; the single worker thread keeps
+    LMDB's one-writer rule without locks of our own.
+    """
+
+    def __init__(self, state_dir: Path, *, readonly: bool = False) -> None:
+        self.state_dir = state_dir
+        self.readonly = readonly
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(f"cannot create state directory {state_dir}: {exc}") from exc
+        self._lock_fd: int | None = None
+        if not readonly:
+            self._take_lock()
+        try:
+            self.env = lmdb.open(str(state_dir / "checkpoint.lmdb"), map_size=MAP_SIZE,
+                                 max_dbs=len(_DBS), readonly=readonly, subdir=True,
+                                 readahead=False, lock=not readonly)
+        except lmdb.Error as exc:
+            self._release_lock()
+            raise StateError(f"cannot open checkpoint in {state_dir}: {exc}") from exc
+        self.db = {name: self.env.open_db(name.encode(), create=not readonly) for name in _DBS}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmdb")
+
+    def _take_lock(self) -> None:
+        fd = os.open(self.state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StateLockedError(
+                f"another pacsmigrate run is using {self.state_dir}; wait for it to finish "
+                "or give a different --state"
+            ) from None
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.env.close()
+        self._release_lock()
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, fn, *args)
+
+    # -- meta -------------------------------------------------------------------------
+    def get_meta(self, name: str) -> Any:
+        with self.env.begin(db=self.db["meta"]) as txn:
+            raw = txn.get(name.encode())
+        return None if raw is None else json.loads(raw)
+
+    def put_meta(self, name: str, value: Any) -> None:
+        with self.env.begin(db=self.db["meta"], write=True) as txn:
+            txn.put(name.encode(), json.dumps(value).encode())
+
+    # -- catalogue --------------------------------------------------------------------
+    def triage(self, entries: list[FileEntry]) -> tuple[list[FileEntry], int, int]:
+        """Split a scan batch: (to classify, already migrated, already catalogued).
+
+        A file counts as known only while its size and mtime are what we recorded.
+        """
+        todo: list[FileEntry] = []
+        done = known = 0
+        with self.env.begin() as txn:
+            for e in entries:
+                row = txn.get(e.path, db=self.db["index"])
+                if row is not None:
+                    r = json.loads(row)
+                    if r["size"] == e.size and r["mtime_ns"] == e.mtime_ns:
+                        done += 1
+                        continue
+                group = txn.get(e.path, db=self.db["pending"])
+                if group is not None:
+                    raw = txn.get(_cat_key(group.decode(), e.path), db=self.db["catalogue"])
+                    if raw is not None:
+                        rec = Catalogued.loads(raw)
+                        if rec.size == e.size and rec.mtime_ns == e.mtime_ns:
+                            known += 1
+                            continue
+                todo.append(e)
+        return todo, done, known
+
+    def catalogue(self, records: list[Catalogued], problems: list[Problem]) -> None:
+        """Record classified files (replacing older records of the same path) and problems."""
+        with self.env.begin(write=True) as txn:
+            for rec in records:
+                self._uncatalogue(txn, rec.path)
+                txn.put(_cat_key(rec.group, rec.path), rec.dumps(), db=self.db["catalogue"])
+                txn.put(rec.path, rec.group.encode(), db=self.db["pending"])
+                txn.delete(rec.path, db=self.db["problems"])
+            for p in problems:
+                self._uncatalogue(txn, p.path)
+                txn.put(p.path, json.dumps(p.to_json()).encode(), db=self.db["problems"])
+
+    def _uncatalogue(self, txn: lmdb.Transaction, path: bytes) -> None:
+        old = txn.get(path, db=self.db["pending"])
+        if old is not None:
+            txn.delete(_cat_key(old.decode(), path), db=self.db["catalogue"])
+            txn.delete(path, db=self.db["pending"])
+
+    def catalogue_after(self, after: bytes, limit: int) -> list[tuple[bytes, Catalogued]]:
+        """The next `limit` catalogue records in (group, path) order after key `after`."""
+        out: list[tuple[bytes, Catalogued]] = []
+        with self.env.begin(db=self.db["catalogue"]) as txn:
+            cur = txn.cursor()
+            if not cur.set_range(after):
+                return out
+            for k, v in cur:
+                if k == after:
+                    continue
+                out.append((bytes(k), Catalogued.loads(v)))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def pending_totals(self) -> tuple[int, int]:
+        files = size = 0
+        with self.env.begin(db=self.db["catalogue"]) as txn:
+            for _, v in txn.cursor():
+                files += 1
+                size += json.loads(v)["size"]
+        return files, size
+
+    # -- intents and commits ----------------------------------------------------------
+    def put_intent(self, plan: BundlePlan) -> None:
+        """Write-ahead: the key is recorded before any byte goes to the store."""
+        value = {"key": plan.key, "kind": plan.kind, "group": plan.group,
+                 "bundle_id": plan.bundle_id,
+                 "members": [m.dumps().decode() for m in plan.members]}
+        with self.env.begin(db=self.db["intents"], write=True) as txn:
+            txn.put(plan.key.encode(), json.dumps(value).encode())
+
+    def intents(self) -> list[BundlePlan]:
+        plans = []
+        with self.env.begin(db=self.db["intents"]) as txn:
+            for _, v in txn.cursor():
+                d = json.loads(v)
+                plans.append(BundlePlan(d["group"], d["kind"],
+                                        [Catalogued.loads(m.encode()) for m in d["members"]],
+                                        d["key"], d["bundle_id"]))
+        return plans
+
+    def drop_intent(self, key: str) -> None:
+        with self.env.begin(db=self.db["intents"], write=True) as txn:
+            txn.delete(key.encode())
+
+    def commit_object(self, obj: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+        """One transaction: the acknowledged object, its index rows, the intent gone.
+
+        The members leave the catalogue: what was stored is what was read. A file changed
+        after its read is caught by the next scan, whose size/mtime differ from the row.
+        """
+        key = obj["key"]
+        with self.env.begin(write=True) as txn:
+            txn.put(key.encode(), json.dumps(obj).encode(), db=self.db["objects"])
+            for row in rows:
+                path = bytes.fromhex(row["path_hex"])
+                txn.put(path, json.dumps(row).encode(), db=self.db["index"])
+                if row.get("sop_uid"):
+                    txn.put(row["sop_uid"].encode(), path, db=self.db["sop"])
+                self._uncatalogue(txn, path)
+                txn.delete(path, db=self.db["problems"])
+            txn.delete(key.encode(), db=self.db["intents"])
+
+    def reset_catalogue(self) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.drop(self.db["catalogue"], delete=False)
+            txn.drop(self.db["pending"], delete=False)
+
+    def has_object(self, key: str) -> bool:
+        with self.env.begin(db=self.db["objects"]) as txn:
+            return txn.get(key.encode()) is not None
+
+    # -- reading back -----------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        with self.env.begin() as txn:
+            return {name: txn.stat(self.db[name])["entries"] for name in _DBS if name != "meta"}
+
+    def open_problems(self) -> int:
+        """Files recorded as not migrated for a reason that is not a deliberate skip."""
+        return sum(1 for _, v in self.iter_db("problems") if not v["final"])
+
+    def iter_db(self, name: str, *, batch: int = 2000) -> Iterator[tuple[bytes, Any]]:
+        """Stream a database in short read transactions (memory stays flat)."""
+        after = b""
+        while True:
+            chunk: list[tuple[bytes, Any]] = []
+            with self.env.begin(db=self.db[name]) as txn:
+                cur = txn.cursor()
+                if not cur.set_range(after):
+                    return
+                for k, v in cur:
+                    if k != after:
+                        chunk.append((bytes(k), json.loads(v)))
+                        if len(chunk) >= batch:
+                            break
+            yield from chunk
+            if len(chunk) < batch:
+                return
+            after = chunk[-1][0]
+
+    def index_row(self, path: bytes) -> dict[str, Any] | None:
+        with self.env.begin(db=self.db["index"]) as txn:
+            raw = txn.get(path)
+        return None if raw is None else json.loads(raw)

@@ -1,0 +1,179 @@
+"""Read a file's DICOM header to place it in a study, or give the reason it is unsorted."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import stat
+import struct
+import warnings
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import blake3
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from .keys import study_group, unsorted_group
+from .records import DICOM, UNSORTED, Catalogued, FileEntry, Problem
+
+# pydicom's warnings and log lines can quote element values (names, IDs, UIDs): patient
+# data must never reach our output, so they are silenced; our reasons carry no values.
+warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
+logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+
+_O_NOATIME = getattr(os, "O_NOATIME", 0)
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+_EXPLICIT_BE = "1.2.840.10008.1.2.2"
+_DEFLATED = ("1.2.840.10008.1.2.1.99",)
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
+             b"UT", b"UV"}
+_HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """What the header says, or why it could not place the file in a study."""
+
+    study_uid: str = ""
+    series_uid: str = ""
+    sop_uid: str = ""
+    modality: str = ""
+    study_date: str = ""
+    transfer_syntax: str = ""
+    reason: str = ""
+
+
+def open_source(path: bytes) -> int:
+    """Open read-only, never following a link; without touching atime when we may."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    try:
+        return os.open(path, flags | _O_NOATIME)
+    except PermissionError:
+        if not _O_NOATIME:
+            raise
+        return os.open(path, flags)  # O_NOATIME needs ownership; read-only is what matters
+
+
+def _text(ds: Any, name: str) -> str:
+    value = ds.get(name, "")
+    return str(value).strip() if value is not None else ""
+
+
+def _pixels_truncated(f: BinaryIO, size: int, ts: str) -> bool:
+    """True when the PixelData element declares more bytes than the file holds.
+
+    dcmread(stop_before_pixels=True) leaves the file positioned at the pixel element's tag,
+    so this costs one 12-byte read. Encapsulated (undefined length) data is not judged.
+    """
+    pos = f.tell()
+    if pos >= size or ts in _DEFLATED:
+        return False
+    head = f.read(12)
+    if len(head) < 8:
+        return True
+    endian = ">" if ts == _EXPLICIT_BE else "<"
+    if ts == _IMPLICIT_LE:
+        (length,) = struct.unpack(endian + "I", head[4:8])
+        header_len = 8
+    elif head[4:6] in _LONG_VRS:
+        if len(head) < 12:
+            return True
+        (length,) = struct.unpack(endian + "I", head[8:12])
+        header_len = 12
+    else:
+        (length,) = struct.unpack(endian + "H", head[6:8])
+        header_len = 8
+    if length == 0xFFFFFFFF:
+        return False
+    return pos + header_len + length > size
+
+
+def read_header(f: BinaryIO, size: int) -> Header:
+    """Parse the header of an open file (stopping before pixel data)."""
+    if size == 0:
+        return Header(reason="empty file")
+    prefix = f.read(132)
+    has_marker = prefix[128:132] == b"DICM"
+    f.seek(0)
+    try:
+        ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
+    except (InvalidDicomError, EOFError) as exc:
+        return Header(reason="truncated DICOM header" if has_marker
+                      else f"not DICOM ({type(exc).__name__})")
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on garbage input
+        return Header(reason=("unreadable DICOM header" if has_marker else "not DICOM")
+                      + f" ({type(exc).__name__})")
+    meta = getattr(ds, "file_meta", None)
+    ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    try:
+        h = Header(_text(ds, "StudyInstanceUID"), _text(ds, "SeriesInstanceUID"),
+                   _text(ds, "SOPInstanceUID"), _text(ds, "Modality"), _text(ds, "StudyDate"),
+                   ts)
+    except Exception as exc:  # noqa: BLE001 - a value that fails to decode
+        return Header(reason=f"unreadable DICOM header ({type(exc).__name__})")
+    if not has_marker and not (h.study_uid or h.sop_uid or h.series_uid):
+        return Header(reason="not DICOM")
+    if not h.study_uid:
+        return _with_reason(h, "DICOM without StudyInstanceUID")
+    try:
+        if _pixels_truncated(f, size, ts or (_IMPLICIT_LE if not has_marker else "")):
+            return _with_reason(h, "truncated DICOM (pixel data shorter than declared)")
+    except OSError:  # an I/O failure is the caller's to report, not a parse verdict
+        raise
+    except Exception:  # noqa: BLE001 - odd element layout: do not guess truncation
+        pass
+    return h
+
+
+def _with_reason(h: Header, reason: str) -> Header:
+    return Header(h.study_uid, h.series_uid, h.sop_uid, h.modality, h.study_date,
+                  h.transfer_syntax, reason)
+
+
+def header_from_bytes(data: bytes) -> Header:
+    return read_header(io.BytesIO(data), len(data))
+
+
+def catalogued(entry: FileEntry, header: Header, *, secret: bytes, digest: str = "") -> Catalogued:
+    """The catalogue record: a study group when the header names a study, else unsorted."""
+    if header.reason:
+        group = unsorted_group(secret, os.path.dirname(entry.path))
+        status = UNSORTED
+    else:
+        group = study_group(secret, header.study_uid)
+        status = DICOM
+    return Catalogued(entry.path, entry.size, entry.mtime_ns, group, status, header.reason,
+                      header.study_uid, header.series_uid, header.sop_uid, header.modality,
+                      header.study_date, header.transfer_syntax, digest)
+
+
+def classify(entry: FileEntry, *, secret: bytes, hash_all: bool = False) -> Catalogued | Problem:
+    """Classify one file (runs in a reader thread). hash_all: also blake3 the whole file."""
+    path = entry.path
+    try:
+        fd = open_source(path)
+    except FileNotFoundError:
+        return Problem(path, "vanished before read")
+    except OSError as exc:
+        if exc.errno == 40:  # ELOOP: replaced by a symlink after the scan
+            return Problem(path, "symlink not followed")
+        return Problem(path, "unreadable", exc.strerror or str(exc), final=False)
+    try:
+        with os.fdopen(fd, "rb", buffering=256 * 1024) as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                return Problem(path, "not a regular file any more")
+            header = read_header(f, st.st_size)
+            digest = ""
+            if hash_all:
+                f.seek(0)
+                h = blake3.blake3()
+                while chunk := f.read(_HASH_CHUNK):
+                    h.update(chunk)
+                digest = h.hexdigest()
+    except OSError as exc:
+        return Problem(path, "unreadable", exc.strerror or str(exc), final=False)
+    now = FileEntry(path, st.st_size, st.st_mtime_ns)
+    return catalogued(now, header, secret=secret, digest=digest)

@@ -1,0 +1,191 @@
+"""The `pacsmigrate` command line: parse, build config, call the library, print."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import index as index_mod
+from .checkpoint import Checkpoint
+from .config import Destination, MigrateConfig, TransferConfig, parse_size
+from .errors import PacsMigrateError
+from .pipeline import migrate as run_migrate
+from .stats import Stats
+
+F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_STATE = "pacsmigrate-state"
+
+
+def _errors(fn: F) -> F:
+    """Our errors become one clear line and exit status 2; Ctrl-C says how to resume."""
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PacsMigrateError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted: re-run the same command to resume", err=True)
+            sys.exit(130)
+    return wrapper  # type: ignore[return-value]
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    try:
+        return parse_size(value)
+    except PacsMigrateError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.group()
+@click.version_option(package_name="pacsmigrate")
+def main() -> None:
+    """Migrate PACS archives into object storage, resumably, with a RIS index."""
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, metavar="SOURCE... DEST")
+@click.option("--state", "state_dir", default=DEFAULT_STATE, show_default=True,
+              type=click.Path(path_type=Path), help="Checkpoint directory; re-run to resume.")
+@click.option("--endpoint-url", help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
+@click.option("--dry-run", is_flag=True, help="Read, hash and parse everything; write nothing.")
+@click.option("--bundle-size", default="256MiB", show_default=True, callback=_size)
+@click.option("--large-file", default="64MiB", show_default=True, callback=_size,
+              help="Files above this become objects of their own.")
+@click.option("--part-size", default="16MiB", show_default=True, callback=_size)
+@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 256),
+              help="Objects and requests in flight.")
+@click.option("--read-threads", default=8, show_default=True, type=click.IntRange(1, 256))
+@click.option("--report", "report_path", type=click.Path(path_type=Path),
+              help="Write the JSON report here.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bars (default: when stderr is a terminal).")
+@_errors
+def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None, dry_run: bool,
+            bundle_size: int, large_file: int, part_size: int, concurrency: int,
+            read_threads: int, report_path: Path | None, progress: bool | None) -> None:
+    """Copy SOURCE directories to DEST (s3://bucket/prefix).
+
+    Exit status: 0 when every file was migrated or deliberately skipped, 1 when some still
+    need migrating (see --report), 2 on an error that stopped the run.
+    """
+    if len(paths) < 2:
+        raise click.UsageError("give at least one SOURCE and a DEST")
+    cfg = MigrateConfig(
+        sources=tuple(Path(p) for p in paths[:-1]),
+        dest=Destination.parse(paths[-1], endpoint_url=endpoint_url),
+        state_dir=state_dir, dry_run=dry_run, bundle_size=bundle_size, large_file=large_file,
+        transfer=TransferConfig(part_size=part_size, multipart_threshold=part_size,
+                                concurrency=concurrency),
+        read_threads=read_threads, report_path=report_path,
+        progress=sys.stderr.isatty() if progress is None else progress,
+    )
+    stats = asyncio.run(run_migrate(cfg))
+    _print_summary(stats, dry_run=dry_run)
+    sys.exit(0 if stats.not_migrated == 0 else 1)
+
+
+def _print_summary(s: Stats, *, dry_run: bool) -> None:
+    mb = s.bytes_seen / 1e6
+    click.echo(f"files seen: {s.files_seen:,} ({mb:,.1f} MB) in {s.seconds:,.1f} s")
+    if dry_run:
+        click.echo("dry run: nothing was written to the destination")
+        click.echo(f"plan: {s.studies:,} studies, {s.planned_files:,} files, "
+                   f"{s.planned_bytes / 1e6:,.1f} MB in {s.planned_objects:,} objects, "
+                   f"~{s.planned_requests:,} requests")
+    else:
+        click.echo(f"migrated now: {s.files_migrated:,} files in {s.objects_uploaded:,} new "
+                   f"objects ({s.bytes_uploaded / 1e6:,.1f} MB); adopted after a crash: "
+                   f"{s.objects_adopted:,}; already migrated: {s.already_migrated:,}")
+    for title, counter in (("unsorted (stored outside studies)", s.unsorted),
+                           ("skipped", s.skipped), ("failed", s.failed)):
+        for reason, n in sorted(counter.items()):
+            click.echo(f"{title}: {n:,} {reason}")
+    if s.reread_changed:
+        click.echo(f"re-read because the source changed: {s.reread_changed:,} files "
+                   f"({s.reread_bytes / 1e6:,.1f} MB)")
+    state = "OK: nothing left to migrate" if s.not_migrated == 0 else (
+        f"NOT DONE: {s.not_migrated:,} files still to migrate; re-run the same command")
+    click.echo(state)
+
+
+@main.command()
+@click.option("--state", "state_dir", default=DEFAULT_STATE, show_default=True,
+              type=click.Path(path_type=Path, exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_errors
+def status(state_dir: Path, as_json: bool) -> None:
+    """What is done and what remains in a state directory."""
+    cp = Checkpoint(state_dir, readonly=True)
+    try:
+        counts = cp.counts()
+        files, size = cp.pending_totals()
+        config = cp.get_meta("config") or {}
+        open_problems = cp.open_problems()
+    finally:
+        cp.close()
+    doc = {"destination": config.get("dest"), "sources": config.get("sources"),
+           "files_migrated": counts["index"], "objects": counts["objects"],
+           "files_pending": files, "bytes_pending": size, "uploads_in_doubt": counts["intents"],
+           "files_with_problems": open_problems,
+           "files_skipped": counts["problems"] - open_problems}
+    if as_json:
+        click.echo(json.dumps(doc, indent=1))
+        return
+    for name, value in doc.items():
+        click.echo(f"{name.replace('_', ' ')}: {value}")
+
+
+@main.group()
+def index() -> None:
+    """The RIS path -> object index."""
+
+
+@index.command("export")
+@click.option("--state", "state_dir", default=DEFAULT_STATE, show_default=True,
+              type=click.Path(path_type=Path, exists=True))
+@click.option("--format", "fmt", type=click.Choice(index_mod.FORMATS), default="csv",
+              show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="File (default stdout).")
+@_errors
+def export(state_dir: Path, fmt: str, output: Path | None) -> None:
+    """One row per source file: path, key, offset, length, blake3, UIDs."""
+    cp = Checkpoint(state_dir, readonly=True)
+    try:
+        if output is None:
+            index_mod.export(cp, sys.stdout, fmt=fmt)
+        else:
+            with open(output, "w", encoding="utf-8", newline="") as out:
+                n = index_mod.export(cp, out, fmt=fmt)
+            click.echo(f"{n:,} rows written to {output}", err=True)
+    finally:
+        cp.close()
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--studies", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--layout", default="patient", show_default=True,
+              type=click.Choice(["patient", "date", "cd", "hashed", "storescp", "mixed"]))
+@click.option("--scale", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Shrink image counts and sizes (tests use 0.01).")
+@_errors
+def synth(directory: Path, studies: int, seed: int, layout: str, scale: float) -> None:
+    """Make a synthetic PACS tree of valid DICOM files."""
+    from .synth import make_tree
+
+    try:
+        summary = make_tree(directory, studies=studies, seed=seed, layout=layout, scale=scale)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    click.echo(f"{summary.files:,} files, {summary.bytes / 1e6:,.1f} MB, "
+               f"{summary.studies:,} studies in {directory} (layout {layout})")

@@ -1,0 +1,61 @@
+"""Exceptions raised by pacsmigrate, one tree rooted at PacsMigrateError.
+
+    PacsMigrateError
+    ├── ConfigError            bad command-line or config value (the user can fix it)
+    ├── StateError             the state directory is unusable
+    │   └── StateLockedError   another run holds the state directory
+    ├── SourceError            a source file could not be read as planned (carries .path)
+    │   └── SourceChangedError the file changed while it was being read
+    └── BackendError           the store refused or failed a request (carries .key)
+        ├── PermanentBackendError  retrying cannot help (403, NoSuchBucket, bad digest)
+        └── ObjectExistsError      a conditional write found the key already present
+
+Lower-layer errors (OSError, botocore's ClientError, lmdb.Error) are mapped to these at the
+module boundary that sees them, so callers never import a third-party exception type.
+"""
+
+from __future__ import annotations
+
+
+class PacsMigrateError(Exception):
+    """Base of every error pacsmigrate raises on purpose."""
+
+
+class ConfigError(PacsMigrateError):
+    """A command-line or configuration value is invalid."""
+
+
+class StateError(PacsMigrateError):
+    """The state directory cannot be opened or is inconsistent."""
+
+
+class StateLockedError(StateError):
+    """Another pacsmigrate process holds the lock on the state directory."""
+
+
+class SourceError(PacsMigrateError):
+    """A source file could not be read as planned."""
+
+    def __init__(self, message: str, *, path: bytes) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class SourceChangedError(SourceError):
+    """The source file's size or mtime changed while it was being read."""
+
+
+class BackendError(PacsMigrateError):
+    """The object store failed a request."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class PermanentBackendError(BackendError):
+    """The store refused a request in a way retrying cannot fix."""
+
+
+class ObjectExistsError(BackendError):
+    """A write that must not overwrite found the key already present."""

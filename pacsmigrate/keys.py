@@ -1,0 +1,54 @@
+"""Object keys: keyed hashes of study UIDs spread over hashed prefixes, never patient data."""
+
+from __future__ import annotations
+
+import os
+
+import blake3
+
+from .config import Destination
+from .records import BundlePlan
+
+DESCRIPTOR = "pacsmigrate.json"
+SECRET_BYTES = 32
+
+
+def new_secret() -> bytes:
+    return os.urandom(SECRET_BYTES)
+
+
+def study_group(secret: bytes, study_uid: str) -> str:
+    """Group of a study: a keyed hash, so a key reveals nothing about the UID."""
+    return blake3.blake3(b"study\0" + study_uid.encode(), key=secret).hexdigest()[:32]
+
+
+def unsorted_group(secret: bytes, directory: bytes) -> str:
+    """Group of the files in one directory that could not be placed in a study."""
+    return blake3.blake3(b"unsorted\0" + directory, key=secret).hexdigest()[:32]
+
+
+def bundle_id(plan: BundlePlan) -> str:
+    """Deterministic id from the planned members: a re-run of the same plan hits the same key."""
+    h = blake3.blake3(plan.group.encode() + b"\0" + plan.kind.encode())
+    for m in plan.members:
+        h.update(b"\0%s\0%d\0%d" % (m.path, m.size, m.mtime_ns))
+    return h.hexdigest()[:24]
+
+
+def object_key(dest: Destination, group: str, ident: str, ext: str) -> str:
+    """`prefix/ab/cd/<group>/<id>.<ext>`: two hashed levels let S3 partition the load."""
+    return dest.key(group[:2], group[2:4], group, f"{ident}.{ext}")
+
+
+def sidecar_key(key: str) -> str:
+    """The manifest object stored beside a data object."""
+    return key.rsplit(".", 1)[0] + ".json"
+
+
+def assign_key(dest: Destination, plan: BundlePlan) -> None:
+    plan.bundle_id = bundle_id(plan)
+    if plan.kind == "tar":
+        ext = "tar"
+    else:
+        ext = "dcm" if plan.members[0].status == "dicom" else "bin"
+    plan.key = object_key(dest, plan.group, plan.bundle_id, ext)

@@ -1,0 +1,37 @@
+"""tqdm progress bars (files/s, MB/s, ETA) that a library caller can switch off."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from tqdm import tqdm
+
+
+class Bar:
+    """One phase's bar: counts files and bytes, shows both rates."""
+
+    def __init__(self, desc: str, *, total_bytes: int | None, total_files: int | None,
+                 enabled: bool) -> None:
+        self.files = 0
+        self.total_files = total_files
+        self.start = time.monotonic()
+        self._bar: Any = None
+        if enabled:
+            self._bar = tqdm(desc=desc, total=total_bytes, unit="B", unit_scale=True,
+                             unit_divisor=1024, dynamic_ncols=True, file=sys.stderr,
+                             mininterval=0.5, smoothing=0.1)
+
+    def update(self, *, files: int = 0, nbytes: int = 0) -> None:
+        self.files += files
+        if self._bar is not None:
+            rate = self.files / max(time.monotonic() - self.start, 1e-6)
+            of = f"/{self.total_files}" if self.total_files is not None else ""
+            self._bar.set_postfix_str(f"{self.files}{of} files, {rate:,.0f} files/s",
+                                      refresh=False)
+            self._bar.update(nbytes)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -1,0 +1,61 @@
+"""The JSON report an auditor can read: totals, and every file not migrated with why."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+from .checkpoint import Checkpoint
+from .config import MigrateConfig
+from .paths import path_fields
+from .stats import Stats
+
+
+def _stream(out: IO[str], name: str, items: Any) -> int:
+    """Write `"name": [ ... ]` one item per line; the list is never built in memory."""
+    out.write(f',\n"{name}": [')
+    n = 0
+    for item in items:
+        out.write(("\n" if n == 0 else ",\n") + json.dumps(item, ensure_ascii=True))
+        n += 1
+    out.write("\n]")
+    return n
+
+
+def write_report(path: Path, cp: Checkpoint, stats: Stats, cfg: MigrateConfig) -> None:
+    """Totals of this run and of the state, then three lists over the whole state.
+
+    not_migrated: files still to do (exit status 1); skipped: deliberate skips (symlinks,
+    devices, vanished files); unsorted: files stored, but outside any study, with reason.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="ascii") as out:
+        head = {"tool": "pacsmigrate", "format": "pacsmigrate.report/1",
+                "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "destination": str(cfg.dest), "sources": [str(s) for s in cfg.sources],
+                "dry_run": cfg.dry_run, "run": stats.as_dict(), "state": cp.counts()}
+        out.write(json.dumps(head, ensure_ascii=True, indent=1)[:-2])
+        pending = ({**path_fields(bytes.fromhex(v["path"])), "reason": "pending",
+                    "detail": "catalogued, not yet stored"}
+                   for _, v in cp.iter_db("catalogue"))
+        problems = list_problems(cp, final=False)
+        _stream(out, "not_migrated", _chain(problems, pending))
+        _stream(out, "skipped", list_problems(cp, final=True))
+        _stream(out, "unsorted", ({"source_path": r["source_path"],
+                                   "source_path_b64": r["source_path_b64"],
+                                   "reason": r["reason"], "key": r["key"]}
+                                  for _, r in cp.iter_db("index") if r["status"] != "dicom"))
+        out.write("\n}\n")
+    os.replace(tmp, path)
+
+
+def list_problems(cp: Checkpoint, *, final: bool) -> Any:
+    return (v for _, v in cp.iter_db("problems") if v["final"] == final)
+
+
+def _chain(*its: Any) -> Any:
+    for it in its:
+        yield from it

@@ -1,0 +1,45 @@
+"""Counters a run keeps for its summary and report."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Stats:
+    """What one run saw and did (this run only; `status` reads the totals)."""
+
+    files_seen: int = 0
+    bytes_seen: int = 0
+    already_migrated: int = 0
+    already_catalogued: int = 0
+    classified: int = 0
+    unsorted: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+    failed: Counter[str] = field(default_factory=Counter)
+    objects_uploaded: int = 0
+    bundles_uploaded: int = 0
+    files_migrated: int = 0
+    bytes_uploaded: int = 0
+    objects_adopted: int = 0
+    intents_dropped: int = 0
+    reread_changed: int = 0
+    reread_bytes: int = 0
+    moved_study: int = 0
+    planned_objects: int = 0
+    planned_files: int = 0
+    planned_bytes: int = 0
+    planned_requests: int = 0
+    studies: int = 0
+    pending_after: int = 0
+    not_migrated: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            out[name] = dict(value) if isinstance(value, Counter) else value
+        return out
