@@ -4,6 +4,7 @@
     ├── ConfigError            bad command-line or config value (the user can fix it)
     ├── StateError             the state directory is unusable
     │   └── StateLockedError   another run holds the state directory
+    ├── IntegrityError         bytes read back differ from the index's blake3
     ├── SourceError            a source file could not be read as planned (carries .path)
     │   └── SourceChangedError the file changed while it was being read
     └── BackendError           the store refused or failed a request (carries .key)
@@ -31,6 +32,10 @@ class StateError(PacsMigrateError):
 
 class StateLockedError(StateError):
     """Another pacsmigrate process holds the lock on the state directory."""
+
+
+class IntegrityError(PacsMigrateError):
+    """Bytes read back from the store do not match the blake3 the index recorded."""
 
 
 class SourceError(PacsMigrateError):

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from datetime import datetime, timezone
 
-from . import keys
+from . import faults, keys
 from .backends import Backend, open_backend
 from .backends.base import one_chunk
 from .checkpoint import Checkpoint
@@ -139,6 +139,7 @@ class Migration:
                 records = [r for r in results if isinstance(r, Catalogued)]
                 problems += [r for r in results if isinstance(r, Problem)]
                 await cp.call(cp.catalogue, records, problems)
+                faults.point("mid-catalogue")
                 s = self.stats
                 s.files_seen += len(entries)
                 s.bytes_seen += sum(e.size for e in entries)
@@ -211,6 +212,7 @@ class Migration:
                                     large_file=self.cfg.large_file):
                 self._count_plan(plan, groups)
                 await cp.call(cp.put_intent, plan)  # write-ahead, before any byte is sent
+                faults.point("after-intent")
                 await queue.put(plan)
                 handled += 1
             for _ in workers:
@@ -225,6 +227,7 @@ class Migration:
             await cp.call(cp.drop_intent, plan.key)
         else:
             n = await commit(cp, stored)
+            faults.point("after-commit")
             s.files_migrated += n
             if stored.adopted:
                 s.objects_adopted += 1

@@ -1,4 +1,4 @@
-"""Deterministic generator of synthetic PACS trees of valid DICOM files for demos, tests and benchmarks."""
+"""Deterministic synthetic PACS trees of valid DICOM files for demos, tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from pydicom import uid as dcmuid
 from pydicom.dataelem import DataElement
@@ -25,6 +25,7 @@ from pydicom.filewriter import (
     write_dataset,
     write_file_meta_info,
 )
+from pydicom.uid import UID
 
 __all__ = ["LAYOUTS", "SynthSummary", "make_tree"]
 
@@ -39,7 +40,9 @@ _ADDON_SHARE = 0.3
 _PATIENT_REUSE_SHARE = 0.3
 _ADDON_SERIES_BASE = 900
 _MIN_PIXEL_BYTES = 64
-_MIN_DOC_BYTES = 64
+_MIN_TEXT_BYTES = 64
+# Encoded size of an SR/KO file apart from its report text.
+_DOC_OVERHEAD = 1_300
 _KEY_IMAGES = 8
 _DICOMDIR = "DICOMDIR"
 # Explicit VR SQ header: tag (4) + VR (2) + reserved (2) + length (4).
@@ -57,12 +60,12 @@ _PER_INSTANCE_META = frozenset({0x00020003})
 _GROUP_LENGTH = struct.Struct("<HH2sHI")
 
 
-def _uid_from_int(value: int) -> str:
+def _uid_from_int(value: int) -> UID:
     # 2.25 UIDs are defined as the integer form of a UUID, so stamp v4 bits on.
-    return f"2.25.{uuid.UUID(int=value, version=4).int}"
+    return UID(f"2.25.{uuid.UUID(int=value, version=4).int}")
 
 
-def _derived_uid(text: str) -> str:
+def _derived_uid(text: str) -> UID:
     digest = hashlib.blake2b(text.encode(), digest_size=16).digest()
     return _uid_from_int(int.from_bytes(digest, "big"))
 
@@ -100,7 +103,7 @@ class _Geometry:
 @dataclass(frozen=True)
 class _Modality:
     code: str
-    sop_class: str
+    sop_class: UID
     weight: float
     images: tuple[int, int]
     body_parts: tuple[str, ...]
@@ -112,24 +115,50 @@ class _Modality:
         return not self.shapes
 
 
+# File sizes of reports and key object notes; the text is sized to land in this range.
 _DOC_BYTES = (2_000, 50_000)
 _MODALITIES = (
-    _Modality("CT", dcmuid.CTImageStorage, 0.24, (100, 300), ("HEAD", "CHEST", "ABDOMEN"),
-              shapes=(_Geometry(512, 512),)),
-    _Modality("MR", dcmuid.MRImageStorage, 0.16, (100, 400), ("BRAIN", "KNEE", "LSPINE"),
-              shapes=tuple(_Geometry(side, side) for side in (256, 320, 384, 448, 512))),
-    _Modality("CR", dcmuid.ComputedRadiographyImageStorage, 0.14, (1, 4), ("CHEST", "HAND"),
-              shapes=(_Geometry(2140, 1760), _Geometry(2370, 1770), _Geometry(2500, 2048))),
-    _Modality("DX", dcmuid.DigitalXRayImageStorageForPresentation, 0.14, (1, 4), ("CHEST", "PELVIS"),
-              shapes=(_Geometry(2500, 2048), _Geometry(3000, 2500), _Geometry(3000, 3000))),
-    _Modality("MG", dcmuid.DigitalMammographyXRayImageStorageForPresentation, 0.06, (4, 4), ("BREAST",),
-              shapes=(_Geometry(4096, 3328),)),
-    _Modality("US", dcmuid.UltrasoundImageStorage, 0.16, (5, 30), ("ABDOMEN", "THYROID"),
-              shapes=(_Geometry(300, 360, 1, 8), _Geometry(480, 640, 3, 8),
-                      _Geometry(600, 800, 3, 8), _Geometry(768, 1024, 3, 8))),
-    _Modality("SR", dcmuid.BasicTextSRStorage, 0.05, (1, 2), ("CHEST",), doc_bytes=_DOC_BYTES),
-    _Modality("KO", dcmuid.KeyObjectSelectionDocumentStorage, 0.05, (1, 2), ("CHEST",),
-              doc_bytes=_DOC_BYTES),
+    _Modality(
+        "CT", dcmuid.CTImageStorage, weight=0.24, images=(100, 300),
+        body_parts=("HEAD", "CHEST", "ABDOMEN"), shapes=(_Geometry(512, 512),),
+    ),
+    _Modality(
+        "MR", dcmuid.MRImageStorage, weight=0.16, images=(100, 400),
+        body_parts=("BRAIN", "KNEE", "LSPINE"),
+        shapes=tuple(_Geometry(side, side) for side in (256, 320, 384, 448, 512)),
+    ),
+    _Modality(
+        "CR", dcmuid.ComputedRadiographyImageStorage, weight=0.14, images=(1, 4),
+        body_parts=("CHEST", "HAND"),
+        shapes=(_Geometry(2140, 1760), _Geometry(2370, 1770), _Geometry(2500, 2048)),
+    ),
+    _Modality(
+        "DX", dcmuid.DigitalXRayImageStorageForPresentation, weight=0.14, images=(1, 4),
+        body_parts=("CHEST", "PELVIS"),
+        shapes=(_Geometry(2500, 2048), _Geometry(3000, 2500), _Geometry(3000, 3000)),
+    ),
+    _Modality(
+        "MG", dcmuid.DigitalMammographyXRayImageStorageForPresentation, weight=0.06,
+        images=(4, 4), body_parts=("BREAST",), shapes=(_Geometry(4096, 3328),),
+    ),
+    _Modality(
+        "US", dcmuid.UltrasoundImageStorage, weight=0.16, images=(5, 30),
+        body_parts=("ABDOMEN", "THYROID"),
+        shapes=(
+            _Geometry(300, 360, samples=1, bits=8),
+            _Geometry(480, 640, samples=3, bits=8),
+            _Geometry(600, 800, samples=3, bits=8),
+            _Geometry(768, 1024, samples=3, bits=8),
+        ),
+    ),
+    _Modality(
+        "SR", dcmuid.BasicTextSRStorage, weight=0.05, images=(1, 2), body_parts=("CHEST",),
+        doc_bytes=_DOC_BYTES,
+    ),
+    _Modality(
+        "KO", dcmuid.KeyObjectSelectionDocumentStorage, weight=0.05, images=(1, 2),
+        body_parts=("CHEST",), doc_bytes=_DOC_BYTES,
+    ),
 )
 _DOCUMENTS = tuple(m for m in _MODALITIES if m.is_document)
 _SLICED = frozenset({"CT", "MR"})
@@ -168,20 +197,20 @@ class _Patient:
 
 @dataclass(frozen=True)
 class _Series:
-    uid: str
+    uid: UID
     number: int
     modality: _Modality
     geometry: _Geometry | None
     count: int
     received: date
     implicit_vr: bool
-    doc_bytes: int
+    text_bytes: int
 
 
 @dataclass(frozen=True)
 class _Study:
     index: int
-    uid: str
+    uid: UID
     patient: _Patient
     day: date
     time: str
@@ -337,9 +366,10 @@ def _plan_series(
 ) -> _Series:
     implicit_vr = rng.random() < _IMPLICIT_VR_SHARE
     geometry = None
-    doc_bytes = 0
+    text_bytes = 0
     if modality.is_document:
-        doc_bytes = max(_MIN_DOC_BYTES, int(rng.randint(*modality.doc_bytes) * scale))
+        target = int(rng.randint(*modality.doc_bytes) * scale)
+        text_bytes = max(_MIN_TEXT_BYTES, target - _DOC_OVERHEAD)
     else:
         geometry = _scaled_geometry(rng.choice(modality.shapes), scale=scale)
     return _Series(
@@ -350,7 +380,7 @@ def _plan_series(
         count=count,
         received=received,
         implicit_vr=implicit_vr,
-        doc_bytes=doc_bytes,
+        text_bytes=text_bytes,
     )
 
 
@@ -378,7 +408,7 @@ def _scaled_geometry(full: _Geometry, *, scale: float) -> _Geometry:
     return geometry
 
 
-def _instance_uid(series_uid: str, number: int) -> str:
+def _instance_uid(series_uid: str, number: int) -> UID:
     return _derived_uid(f"{series_uid}:instance:{number}")
 
 
@@ -396,7 +426,7 @@ def _write_study(study: _Study, *, sink: _Sink) -> None:
 def _series_instances(*, study: _Study, series: _Series) -> Iterator[Dataset]:
     # One dataset per series, mutated per instance: building datasets is the slow part.
     ds = _series_dataset(study=study, series=series)
-    pixels = ds[_PIXEL_DATA_TAG] if _PIXEL_DATA_TAG in ds else None
+    pixels = ds.get(_PIXEL_DATA_TAG)
     nbytes = series.geometry.nbytes if series.geometry is not None else 0
     rng = random.Random(f"{series.uid}:pixels")
     for number in range(1, series.count + 1):
@@ -476,7 +506,7 @@ def _series_dataset(*, study: _Study, series: _Series) -> Dataset:
     return ds
 
 
-def _file_meta(*, sop_class: str, implicit_vr: bool) -> FileMetaDataset:
+def _file_meta(*, sop_class: UID, implicit_vr: bool) -> FileMetaDataset:
     meta = FileMetaDataset()
     meta.FileMetaInformationVersion = b"\x00\x01"
     meta.MediaStorageSOPClassUID = sop_class
@@ -555,7 +585,7 @@ def _add_report(ds: Dataset, *, study: _Study, series: _Series) -> None:
     ds.CompletionFlag = "COMPLETE"
     ds.VerificationFlag = "UNVERIFIED"
     ds.PerformedProcedureCodeSequence = []
-    text = _report_text(rng=random.Random(f"{series.uid}:text"), size=series.doc_bytes)
+    text = _report_text(rng=random.Random(f"{series.uid}:text"), size=series.text_bytes)
     ds.ContentSequence = [
         _text_item(concept=_code("121071", "DCM", "Finding"), text=text),
         _text_item(concept=_code("121073", "DCM", "Impression"), text="Synthetic study."),
@@ -570,14 +600,21 @@ def _add_key_objects(ds: Dataset, *, study: _Study, series: _Series) -> None:
     ds.ContentTemplateSequence = [template]
     keys = _key_images(study)
     ds.CurrentRequestedProcedureEvidenceSequence = [_evidence(study_uid=study.uid, keys=keys)]
-    text = _report_text(rng=random.Random(f"{series.uid}:text"), size=series.doc_bytes)
+    text = _report_text(rng=random.Random(f"{series.uid}:text"), size=series.text_bytes)
     description = _text_item(concept=_code("113012", "DCM", "Key Object Description"), text=text)
-    ds.ContentSequence = [description] + [_image_item(sop_class=c, sop_uid=u) for _, c, u in keys]
+    images = [_image_item(sop_class=key.sop_class, sop_uid=key.sop_uid) for key in keys]
+    ds.ContentSequence = [description, *images]
 
 
-def _key_images(study: _Study) -> list[tuple[str, str, str]]:
+class _KeyImage(NamedTuple):
+    series_uid: UID
+    sop_class: UID
+    sop_uid: UID
+
+
+def _key_images(study: _Study) -> list[_KeyImage]:
     keys = [
-        (series.uid, series.modality.sop_class, _instance_uid(series.uid, number))
+        _KeyImage(series.uid, series.modality.sop_class, _instance_uid(series.uid, number))
         for series in study.series
         if series.geometry is not None
         for number in range(1, series.count + 1)
@@ -585,10 +622,11 @@ def _key_images(study: _Study) -> list[tuple[str, str, str]]:
     return keys[:_KEY_IMAGES]
 
 
-def _evidence(*, study_uid: str, keys: list[tuple[str, str, str]]) -> Dataset:
-    by_series: dict[str, list[Dataset]] = {}
-    for series_uid, sop_class, sop_uid in keys:
-        by_series.setdefault(series_uid, []).append(_sop_ref(sop_class=sop_class, sop_uid=sop_uid))
+def _evidence(*, study_uid: UID, keys: list[_KeyImage]) -> Dataset:
+    by_series: dict[UID, list[Dataset]] = {}
+    for key in keys:
+        ref = _sop_ref(sop_class=key.sop_class, sop_uid=key.sop_uid)
+        by_series.setdefault(key.series_uid, []).append(ref)
     evidence = Dataset()
     evidence.StudyInstanceUID = study_uid
     evidence.ReferencedSeriesSequence = [_series_ref(uid, refs) for uid, refs in by_series.items()]
@@ -749,7 +787,7 @@ class _CdSink:
     doubling I/O and temp space, so the DICOMDIR is encoded here directly.
     """
 
-    def __init__(self, root: Path, *, fileset_uid: str) -> None:
+    def __init__(self, root: Path, *, fileset_uid: UID) -> None:
         self._root = root
         self._fileset_uid = fileset_uid
         self._patients: list[_DirNode] = []
@@ -859,7 +897,7 @@ def _new_buffer(*, implicit_vr: bool) -> DicomBytesIO:
     return buffer
 
 
-def _write_dicomdir(path: Path, *, fileset_uid: str, patients: list[_DirNode]) -> None:
+def _write_dicomdir(path: Path, *, fileset_uid: UID, patients: list[_DirNode]) -> None:
     nodes = list(_flatten(patients))
     ds = _dicomdir_dataset(fileset_uid=fileset_uid)
     # Offsets are byte positions in the file, so mirror dcmwrite's layout to find them.
@@ -881,7 +919,7 @@ def _write_dicomdir(path: Path, *, fileset_uid: str, patients: list[_DirNode]) -
     dcmwrite(path, ds, enforce_file_format=True)
 
 
-def _dicomdir_dataset(*, fileset_uid: str) -> Dataset:
+def _dicomdir_dataset(*, fileset_uid: UID) -> Dataset:
     meta = FileMetaDataset()
     meta.FileMetaInformationVersion = b"\x00\x01"
     meta.MediaStorageSOPClassUID = dcmuid.MediaStorageDirectoryStorage

@@ -10,7 +10,7 @@ from typing import Any
 
 import blake3
 
-from . import manifest
+from . import faults, manifest
 from .backends.base import Backend, ObjectInfo, one_chunk
 from .bundle import PackResult, file_parts, tar_parts
 from .errors import ObjectExistsError, SourceChangedError
@@ -34,6 +34,7 @@ class Stored:
 async def _drain(gen: Iterator[bytes], first: bytes, pool: Executor) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     yield first
+    faults.point("mid-upload")
     while (chunk := await loop.run_in_executor(pool, next, gen, None)) is not None:
         yield chunk
 
@@ -61,7 +62,9 @@ async def upload(plan: BundlePlan, backend: Backend, pool: Executor, *,
     except ObjectExistsError:
         # An earlier attempt stored this exact plan (deterministic key): adopt it.
         return await recover(plan, backend), result
+    faults.point("after-upload")
     await save_sidecar(backend, plan.key, result.manifest)
+    faults.point("after-sidecar")
     return Stored(info, manifest.parse(result.manifest)), result
 
 

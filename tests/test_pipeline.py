@@ -1,0 +1,190 @@
+"""End to end through the library API against real S3 servers (moto and SeaweedFS)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pydicom
+import pytest
+from conftest import TEST_FILES, S3Target, run
+from helpers import MiB, assert_complete, config, index_rows, source_files
+
+from pacsmigrate import Migration, migrate
+from pacsmigrate.checkpoint import Checkpoint
+from pacsmigrate.synth import make_tree
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """Synthetic studies scattered over date folders, plus pydicom's real odd files."""
+    root = tmp_path / "nas"
+    make_tree(root / "dcm4chee", studies=4, seed=7, layout="date", scale=0.05)
+    make_tree(root / "cd", studies=2, seed=8, layout="cd", scale=0.02)
+    odd = root / "odd"
+    odd.mkdir()
+    for name in ("CT_small.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm", "no_meta.dcm",
+                 "MR_truncated.dcm", "README.txt"):
+        shutil.copy(TEST_FILES / name, odd / name)
+    return root
+
+
+def test_end_to_end_every_row_range_gets_its_file(s3: S3Target, tree: Path, tmp_path: Path
+                                                  ) -> None:
+    state = tmp_path / "state"
+    stats = run(migrate(config([tree], s3.url, state, s3.info.endpoint_url,
+                               bundle_size=2 * MiB, large_file=1 * MiB)))
+    assert stats.not_migrated == 0
+    rows = assert_complete(s3, state, tree)
+    assert stats.files_migrated == len(rows)
+    # A study scattered over date folders lands under one hashed study prefix.
+    by_study: dict[str, set[str]] = {}
+    for r in rows:
+        if r["status"] == "dicom":
+            by_study.setdefault(r["study_uid"], set()).add(r["key"].rsplit("/", 1)[0])
+    assert by_study and all(len(prefixes) == 1 for prefixes in by_study.values())
+    # Keys carry no UIDs and no patient data; bundles end in .tar, metadata in .json.
+    for key in s3.keys():
+        assert key.endswith((".tar", ".json", ".dcm", ".bin"))
+        assert not any(uid in key for uid in by_study)
+        assert "SYNTH" not in key.upper()
+    reasons = {r["reason"] for r in rows if r["status"] != "dicom"}
+    assert "not DICOM" in reasons and any("truncated" in x for x in reasons)
+
+
+def test_bundle_extracts_with_system_tar(moto_s3: S3Target, tree: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    run(migrate(config([tree], moto_s3.url, state, moto_s3.info.endpoint_url)))
+    files = source_files(tree)
+    bundle = next(k for k in moto_s3.keys() if k.endswith(".tar"))
+    (tmp_path / "b.tar").write_bytes(moto_s3.get(bundle))
+    out = tmp_path / "x"
+    out.mkdir()
+    subprocess.run(["tar", "-xf", str(tmp_path / "b.tar"), "-C", str(out)], check=True)
+    extracted = [p for p in out.rglob("*") if p.is_file() and "pacsmigrate-manifests" not in
+                 p.parts]
+    assert extracted
+    for p in extracted:
+        original = Path("/") / p.relative_to(out)
+        assert p.read_bytes() == files[os.fsencode(original)].read_bytes()
+
+
+def test_multipart_bundles_and_large_files(s3: S3Target, tmp_path: Path) -> None:
+    root = tmp_path / "big"
+    make_tree(root, studies=3, seed=3, layout="patient", scale=0.3)
+    state = tmp_path / "state"
+    stats = run(migrate(config([root], s3.url, state, s3.info.endpoint_url,
+                               bundle_size=12 * MiB, large_file=2 * MiB)))
+    assert stats.not_migrated == 0
+    rows = assert_complete(s3, state, root)
+    etags = {k: s3.client.head_object(Bucket=s3.bucket, Key=k)["ETag"] for k in
+             {r["key"] for r in rows}}
+    assert any("-" in e for e in etags.values()), "no object went multipart"
+
+
+def test_dry_run_writes_nothing_and_plans(moto_s3: S3Target, tree: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    stats = run(migrate(config([tree], moto_s3.url, state, moto_s3.info.endpoint_url,
+                               dry_run=True)))
+    assert moto_s3.keys() == []
+    n = len(source_files(tree))
+    assert stats.planned_files == n and stats.files_seen == n
+    assert stats.planned_objects > 0 and stats.planned_requests >= 2 * stats.planned_objects
+    assert stats.not_migrated == 0
+    # The real run after a dry run stores everything, with the hashes the dry run computed.
+    run(migrate(config([tree], moto_s3.url, state, moto_s3.info.endpoint_url)))
+    assert_complete(moto_s3, state, tree)
+
+
+def test_rerun_uploads_nothing_and_a_new_file_one_bundle(moto_s3: S3Target, tree: Path,
+                                                         tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    cfg = config([tree], moto_s3.url, state, moto_s3.info.endpoint_url)
+    run(migrate(cfg))
+    before = {k: moto_s3.client.head_object(Bucket=moto_s3.bucket, Key=k)["ETag"]
+              for k in moto_s3.keys()}
+    again = run(migrate(cfg))
+    assert again.objects_uploaded == 0 and again.already_migrated == len(source_files(tree))
+    assert moto_s3.keys() == sorted(before)
+    # A new instance of an existing study: one new bundle (+ its manifest), nothing rewritten.
+    src = next(p for p in sorted((tree / "dcm4chee").rglob("*")) if p.is_file())
+    ds = pydicom.dcmread(src)
+    ds.SOPInstanceUID = ds.SOPInstanceUID + ".9"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(tree / "late-arrival.dcm")
+    third = run(migrate(cfg))
+    assert third.objects_uploaded == 1 and third.files_migrated == 1
+    new = set(moto_s3.keys()) - set(before)
+    assert len(new) == 2 and {k.rsplit(".", 1)[1] for k in new} == {"tar", "json"}
+    for k, etag in before.items():
+        assert moto_s3.client.head_object(Bucket=moto_s3.bucket, Key=k)["ETag"] == etag
+    rows = assert_complete(moto_s3, state, tree)
+    late = [r for r in rows if r["source_path"].endswith("late-arrival.dcm")]
+    same_study = [r for r in rows if r["study_uid"] == ds.StudyInstanceUID]
+    assert late and late[0]["key"].rsplit("/", 1)[0] == same_study[0]["key"].rsplit("/", 1)[0]
+
+
+def test_hostile_inputs_are_reported_not_fatal(moto_s3: S3Target, tmp_path: Path) -> None:
+    root = tmp_path / "hostile"
+    root.mkdir()
+    shutil.copy(TEST_FILES / "CT_small.dcm", root / "ok.dcm")
+    (root / "empty.dcm").write_bytes(b"")
+    shutil.copy(TEST_FILES / "MR_truncated.dcm", root / "truncated.dcm")
+    ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    del ds.StudyInstanceUID
+    ds.save_as(root / "nostudy.dcm")
+    (root / os.fsdecode(b"caf\xe9-\xff.dcm")).write_bytes((TEST_FILES / "CT_small.dcm").read_bytes())
+    (root / "broken-link").symlink_to(root / "does-not-exist")
+    os.mkfifo(root / "a-fifo")
+    doomed = root / "deleted-before-pack.dcm"
+    shutil.copy(TEST_FILES / "MR_small.dcm", doomed)
+    state = tmp_path / "state"
+    report = tmp_path / "report.json"
+    # Catalogue first (dry run), then delete a file before the real run packs it.
+    run(migrate(config([root], moto_s3.url, state, moto_s3.info.endpoint_url, dry_run=True)))
+    doomed.unlink()
+    stats = run(migrate(config([root], moto_s3.url, state, moto_s3.info.endpoint_url,
+                               report_path=report)))
+    assert stats.not_migrated == 0  # everything present was stored; the rest was deliberate
+    rows = assert_complete(moto_s3, state, root)
+    reasons = {Path(r["source_path"]).name: r["reason"] for r in rows}
+    assert reasons["ok.dcm"] == ""
+    assert reasons["empty.dcm"] == "empty file"
+    assert "truncated" in reasons["truncated.dcm"]
+    assert reasons["nostudy.dcm"] == "DICOM without StudyInstanceUID"
+    odd = [r for r in rows if r["source_path_b64"]]
+    assert len(odd) == 1 and r"caf\xe9-\xff.dcm" in odd[0]["source_path"]
+    doc = json.loads(report.read_text())
+    skipped = {Path(p["source_path"]).name: p["reason"] for p in doc["skipped"]}
+    assert skipped == {"broken-link": "symlink not followed", "a-fifo": "fifo skipped",
+                       "deleted-before-pack.dcm": "vanished before packing"}
+    assert doc["not_migrated"] == []
+    assert {Path(u["source_path"]).name for u in doc["unsorted"]} >= {
+        "empty.dcm", "truncated.dcm", "nostudy.dcm"}
+
+
+def test_changed_file_is_reread_not_packed_half_old(moto_s3: S3Target, tmp_path: Path) -> None:
+    root = tmp_path / "changing"
+    make_tree(root, studies=1, seed=5, layout="patient", scale=0.02)
+    state = tmp_path / "state"
+    victim = next(p for p in sorted(root.rglob("*.dcm")))
+
+    class ChangeBeforePacking(Migration):
+        """The NAS changes a file after the catalogue phase, before the pack phase."""
+
+        async def _store(self, cp: Checkpoint) -> None:
+            ds = pydicom.dcmread(victim)
+            ds.SeriesDescription = "changed after cataloguing"
+            ds.save_as(victim)
+            os.utime(victim, ns=(0, 1_000_000_000))
+            await super()._store(cp)
+
+    cfg = config([root], moto_s3.url, state, moto_s3.info.endpoint_url)
+    stats = run(ChangeBeforePacking(cfg).run())
+    assert stats.reread_changed == 1
+    assert_complete(moto_s3, state, root)
+    row = next(r for r in index_rows(state) if r["source_path"] == str(victim))
+    assert int(row["mtime_ns"]) == 1_000_000_000
