@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import itertools
 import os
 import shutil
@@ -19,6 +20,7 @@ from botocore.config import Config
 
 from pacsmigrate.devstore import MotoServer, SeaweedFS, StoreInfo, create_bucket
 
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
 PYDICOM_DATA = Path(pydicom.__file__).parent / "data"
 TEST_FILES = PYDICOM_DATA / "test_files"
 _bucket_ids = itertools.count()

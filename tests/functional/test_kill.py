@@ -1,0 +1,78 @@
+"""SIGKILL the real `pacsmigrate migrate` process at chosen and random moments, then re-run."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import S3Target, run_cli
+from helpers import assert_complete
+
+from pacsmigrate.synth import make_tree
+
+
+@pytest.fixture(scope="module")
+def kill_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few studies, big enough for multipart bundles (5 MiB parts, 8 MiB bundles)."""
+    root = tmp_path_factory.mktemp("kill") / "pacs"
+    make_tree(root / "a", studies=3, seed=11, layout="patient", scale=0.25)
+    make_tree(root / "b", studies=3, seed=12, layout="date", scale=0.05)
+    return root
+
+
+def _migrate_args(tree: Path, s3: S3Target, state: Path) -> list[str]:
+    return ["migrate", str(tree), s3.url, "--endpoint-url", s3.info.endpoint_url,
+            "--state", str(state), "--bundle-size", "8MiB", "--large-file", "3MiB",
+            "--part-size", "5MiB", "--concurrency", "3", "--no-progress"]
+
+
+# (crash point, which occurrence): inside catalogue writes, right after the write-ahead
+# intent, between two parts of a multipart upload, after the object but before its
+# manifest, after both but before the LMDB commit, and right after a commit.
+POINTS = ["mid-catalogue:2", "after-intent:2", "mid-upload:1", "after-upload:2",
+          "after-sidecar:1", "after-sidecar:3", "after-commit:2"]
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_kill_at_point_then_resume(point: str, s3: S3Target, kill_tree: Path,
+                                   tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env = {**s3.env(), "PACSMIGRATE_CRASH_AT": point}
+    killed = run_cli(*_migrate_args(kill_tree, s3, state), env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    done = run_cli(*_migrate_args(kill_tree, s3, state), env=s3.env())
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert_complete(s3, state, kill_tree)
+    if point.startswith(("after-upload", "after-sidecar")):
+        # Stored once and adopted, not uploaded again (others in flight may be adopted too).
+        adopted = re.search(r"adopted after a crash: (\d+)", done.stdout)
+        assert adopted and int(adopted.group(1)) >= 1, done.stdout
+
+
+def test_kill_at_random_moments(moto_s3: S3Target, kill_tree: Path, tmp_path: Path) -> None:
+    """Kill after random delays until a run completes; nothing lost, nothing doubled."""
+    state = tmp_path / "state"
+    rng = random.Random(int(os.environ.get("PACSMIGRATE_KILL_SEED", "1234")))
+    args = [sys.executable, "-m", "pacsmigrate", *_migrate_args(kill_tree, moto_s3, state)]
+    kills = 0
+    for _ in range(12):
+        proc = subprocess.Popen(args, env=moto_s3.env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        time.sleep(rng.uniform(0.5, 1.5))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.communicate(timeout=120)
+        if proc.returncode == 0:
+            break
+    final = run_cli(*_migrate_args(kill_tree, moto_s3, state), env=moto_s3.env())
+    assert final.returncode == 0, final.stdout + final.stderr
+    assert kills >= 1
+    assert_complete(moto_s3, state, kill_tree)

@@ -1,0 +1,496 @@
+"""One conformance suite for every Backend: MemoryBackend, S3Backend on moto and on SeaweedFS.
+
+pytest-asyncio is not installed, so each test defines an `async def body(backend)` and hands
+it to `run_on(store, body)`, which opens the backend inside a fresh event loop (aioboto3's
+client must be opened and closed in the loop that uses it), runs the body and closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from pacsmigrate.backends import Backend, MemoryBackend, PendingUploads, one_chunk
+from pacsmigrate.backends.s3 import S3Backend
+from pacsmigrate.config import S3_MAX_PART, S3_MAX_PARTS, S3_MIN_PART, Destination, MiB, \
+    TransferConfig
+from pacsmigrate.errors import BackendError, ObjectExistsError, PermanentBackendError
+
+from conftest import S3Target, _target
+
+TiB = 1024 * 1024 * MiB
+PART = 5 * MiB  # S3's minimum part size: every part but the last must be at least this
+TRANSFER = TransferConfig(part_size=PART, multipart_threshold=PART, concurrency=4)
+
+BACKENDS = ["memory", "moto", pytest.param("seaweed", marks=pytest.mark.seaweed)]
+S3_BACKENDS = ["moto", pytest.param("seaweed", marks=pytest.mark.seaweed)]
+
+
+@dataclass
+class Store:
+    """One backend under test: its kind, and for S3 a fresh bucket with a boto3 client."""
+
+    kind: str
+    target: S3Target | None = None
+
+    @property
+    def is_s3(self) -> bool:
+        return self.target is not None
+
+    async def open(self, *, bucket: str | None = None) -> Backend:
+        if self.target is None:
+            return MemoryBackend(chunk=PART)
+        dest = Destination("s3", bucket or self.target.bucket, "pfx", self.target.info.endpoint_url)
+        return await S3Backend(dest, TRANSFER).open()
+
+
+def _store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Store:
+    kind = request.param
+    if kind == "memory":
+        return Store(kind)
+    info = request.getfixturevalue(f"{kind}_server")
+    return Store(kind, _target(info, kind, monkeypatch))
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Store:
+    return _store(request, monkeypatch)
+
+
+@pytest.fixture(params=S3_BACKENDS)
+def s3store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Store:
+    return _store(request, monkeypatch)
+
+
+@pytest.fixture
+def weed(seaweed_server: Any, monkeypatch: pytest.MonkeyPatch) -> Store:
+    return Store("seaweed", _target(seaweed_server, "seaweed", monkeypatch))
+
+
+def run_on(store: Store, body: Callable[[Backend], Awaitable[None]], **open_kw: Any) -> None:
+    async def main() -> None:
+        backend = await store.open(**open_kw)
+        try:
+            await body(backend)
+        finally:
+            await backend.close()
+
+    asyncio.run(main())
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+def payload(size: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def split(data: bytes, part: int = PART) -> list[bytes]:
+    return [data[i:i + part] for i in range(0, len(data), part)]
+
+
+async def chunks_of(parts: list[bytes]) -> AsyncIterator[bytes]:
+    for p in parts:
+        await asyncio.sleep(0)  # a real producer yields to the loop between parts
+        yield p
+
+
+async def failing_after(parts: list[bytes], n: int) -> AsyncIterator[bytes]:
+    for p in parts[:n]:
+        await asyncio.sleep(0)
+        yield p
+    raise RuntimeError("source read failed mid-stream")
+
+
+async def keys_under(backend: Backend, prefix: str) -> list[str]:
+    return [info.key async for info in backend.list(prefix)]
+
+
+def multipart_etag(parts: list[bytes]) -> str:
+    digests = b"".join(hashlib.md5(p).digest() for p in parts)
+    return f"{hashlib.md5(digests).hexdigest()}-{len(parts)}"
+
+
+# A multipart object: three full 5 MiB parts and a short last one.
+BIG = payload(3 * PART + 1234567, seed=1)
+BIG_PARTS = split(BIG)
+assert len(BIG_PARTS) == 4 and len(BIG_PARTS[-1]) == 1234567
+
+
+# --- the protocol itself ---------------------------------------------------------------------
+
+def test_implements_protocol(store: Store) -> None:
+    async def body(b: Backend) -> None:
+        assert isinstance(b, Backend)
+        # Only stores with multipart uploads that can outlive a client offer abort_pending.
+        assert isinstance(b, PendingUploads) == store.is_s3
+        assert b.scheme == ("s3" if store.is_s3 else "memory")
+
+    run_on(store, body)
+
+
+# --- small objects ---------------------------------------------------------------------------
+
+def test_small_object_round_trip(store: Store) -> None:
+    data = payload(100_000, seed=2)
+    key = "pfx/study/1.tar"
+
+    async def body(b: Backend) -> None:
+        info = await b.save(key, one_chunk(data), metadata={"pacsmigrate-kind": "tar"})
+        assert (info.key, info.size) == (key, len(data))
+        if store.is_s3:
+            assert info.etag == hashlib.md5(data).hexdigest()
+
+        assert await b.load(key) == data
+        assert await b.load(key, offset=0, length=10) == data[:10]
+        assert await b.load(key, offset=12345, length=54321) == data[12345:12345 + 54321]
+        assert await b.load(key, offset=len(data) - 7, length=7) == data[-7:]
+        assert await b.load(key, offset=99_000) == data[99_000:]  # tail: offset, no length
+        assert await b.load(key, offset=500, length=0) == b""
+
+        st = await b.stat(key)
+        assert st is not None
+        assert (st.key, st.size) == (key, len(data))
+        assert dict(st.metadata) == {"pacsmigrate-kind": "tar"}
+        if store.is_s3:
+            assert st.etag == info.etag
+
+        assert await b.stat("pfx/study/missing.tar") is None
+        assert await b.stat("pfx/study/1.ta") is None  # a prefix of a key is not that key
+
+    run_on(store, body)
+    if store.target is not None:
+        assert store.target.get(key) == data  # really on the server, not just in a cache
+
+
+def test_empty_object(store: Store) -> None:
+    async def body(b: Backend) -> None:
+        info = await b.save("pfx/empty", one_chunk(b""))
+        assert info.size == 0
+        st = await b.stat("pfx/empty")
+        assert st is not None and st.size == 0
+        assert await b.load("pfx/empty") == b""
+
+    run_on(store, body)
+
+
+def test_load_of_missing_key_is_a_backend_error(store: Store) -> None:
+    """Errors leave a backend as the errors.py tree (Backend docstring), never KeyError etc."""
+    async def body(b: Backend) -> None:
+        with pytest.raises(BackendError) as caught:
+            await b.load("pfx/missing")
+        assert caught.value.key == "pfx/missing"
+        with pytest.raises(BackendError):
+            await b.load("pfx/missing", offset=10, length=5)
+
+    run_on(store, body)
+
+
+# --- multipart -------------------------------------------------------------------------------
+
+def test_multipart_round_trip(store: Store) -> None:
+    key = "pfx/big.tar"
+
+    async def body(b: Backend) -> None:
+        info = await b.save(key, chunks_of(BIG_PARTS), metadata={"pacsmigrate-kind": "file"})
+        assert (info.key, info.size) == (key, len(BIG))
+        if store.is_s3:
+            assert info.etag == multipart_etag(BIG_PARTS)  # parts completed in order
+        assert await b.load(key) == BIG
+        # A range that straddles the part 1/part 2 boundary.
+        assert await b.load(key, offset=PART - 100, length=300) == BIG[PART - 100:PART + 200]
+        assert await b.load(key, offset=3 * PART) == BIG[3 * PART:]
+        st = await b.stat(key)
+        assert st is not None and st.size == len(BIG)
+        assert dict(st.metadata) == {"pacsmigrate-kind": "file"}
+
+    run_on(store, body)
+    if store.target is not None:
+        head = store.target.client.head_object(Bucket=store.target.bucket, Key=key)
+        assert head["ETag"].strip('"').endswith("-4"), head["ETag"]
+        assert head["ContentLength"] == len(BIG)
+        assert store.target.pending_uploads() == []
+
+
+# --- no overwrite ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("second", ["single", "multipart"])
+def test_save_never_overwrites(store: Store, second: str) -> None:
+    key = "pfx/once.tar"
+    original = payload(4096, seed=3)
+
+    async def body(b: Backend) -> None:
+        await b.save(key, one_chunk(original))
+        again = one_chunk(b"replacement") if second == "single" else chunks_of(BIG_PARTS)
+        with pytest.raises(ObjectExistsError) as caught:
+            await b.save(key, again)
+        assert caught.value.key == key
+        assert await b.load(key) == original
+        st = await b.stat(key)
+        assert st is not None and st.size == len(original)
+
+    run_on(store, body)
+    if store.target is not None:
+        assert store.target.get(key) == original
+        assert store.target.pending_uploads() == []  # the refused multipart upload was aborted
+
+
+def test_multipart_object_is_not_overwritten(store: Store) -> None:
+    key = "pfx/big-once.tar"
+    other = payload(len(BIG), seed=4)
+
+    async def body(b: Backend) -> None:
+        await b.save(key, chunks_of(BIG_PARTS))
+        with pytest.raises(ObjectExistsError):
+            await b.save(key, chunks_of(split(other)))
+        with pytest.raises(ObjectExistsError):
+            await b.save(key, one_chunk(b"small"))
+        assert await b.load(key) == BIG
+
+    run_on(store, body)
+    if store.target is not None:
+        assert store.target.pending_uploads() == []
+
+
+# --- a source that fails mid-stream ----------------------------------------------------------
+
+@pytest.mark.parametrize("good_parts", [1, 2])
+def test_failing_source_leaves_nothing(store: Store, good_parts: int) -> None:
+    key = "pfx/broken.tar"
+
+    async def body(b: Backend) -> None:
+        with pytest.raises(RuntimeError, match="mid-stream"):
+            await b.save(key, failing_after(BIG_PARTS, good_parts))
+        assert await b.stat(key) is None
+        assert await keys_under(b, "pfx/") == []
+        # The key is still free: a retry of the same save succeeds.
+        await b.save(key, one_chunk(b"retried"))
+        assert await b.load(key) == b"retried"
+
+    run_on(store, body)
+    if store.target is not None:
+        assert store.target.pending_uploads() == []
+        assert store.target.keys() == [key]
+
+
+def test_cancelled_save_leaves_no_pending_upload(s3store: Store) -> None:
+    key = "pfx/cancelled.tar"
+    target = s3store.target
+    assert target is not None
+
+    async def stalls_after_two() -> AsyncIterator[bytes]:
+        yield BIG_PARTS[0]
+        yield BIG_PARTS[1]
+        await asyncio.sleep(3600)
+        yield BIG_PARTS[2]
+
+    async def body(b: Backend) -> None:
+        task = asyncio.create_task(b.save(key, stalls_after_two()))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        # Wait until the multipart upload exists on the server, then cancel the save.
+        while not await asyncio.to_thread(target.pending_uploads):
+            assert loop.time() < deadline, "multipart upload never started"
+            await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await b.stat(key) is None
+
+    run_on(s3store, body)
+    assert target.pending_uploads() == []
+    assert target.keys() == []
+
+
+# --- abort_pending (stores with multipart uploads) -------------------------------------------
+
+def test_abort_pending(s3store: Store) -> None:
+    target = s3store.target
+    assert target is not None
+    client, bucket = target.client, target.bucket
+    key = "pfx/orphan.tar"
+    # An upload a killed client left behind, with one part; and one for a longer key that
+    # merely starts with `key`, which abort_pending must leave alone.
+    up = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    client.upload_part(Bucket=bucket, Key=key, UploadId=up, PartNumber=1, Body=b"x" * 1000)
+    other = client.create_multipart_upload(Bucket=bucket, Key=key + ".sidecar")["UploadId"]
+    assert len(target.pending_uploads()) == 2
+
+    async def body(b: Backend) -> None:
+        assert isinstance(b, PendingUploads)
+        assert await b.abort_pending(key) == 1
+        assert await b.abort_pending(key) == 0
+        assert await b.abort_pending("pfx/never-started") == 0
+
+    run_on(s3store, body)
+    left = target.pending_uploads()
+    assert [(u["Key"], u["UploadId"]) for u in left] == [(key + ".sidecar", other)]
+    client.abort_multipart_upload(Bucket=bucket, Key=key + ".sidecar", UploadId=other)
+    assert target.pending_uploads() == []
+    assert target.keys() == []
+
+
+# --- list ------------------------------------------------------------------------------------
+
+def test_list_prefix(store: Store) -> None:
+    inside = {"pfx/a": b"1", "pfx/b/c": b"22", "pfx/b/d/e": b"333"}
+    outside = {"pfx-other": b"4", "pf": b"5", "other/pfx/x": b"6", "PFX/a": b"7"}
+
+    async def body(b: Backend) -> None:
+        for k, v in {**inside, **outside}.items():
+            await b.save(k, one_chunk(v))
+        listed = [info async for info in b.list("pfx/")]
+        assert sorted(i.key for i in listed) == sorted(inside)
+        assert {i.key: i.size for i in listed} == {k: len(v) for k, v in inside.items()}
+        assert sorted(await keys_under(b, "pfx/b/")) == ["pfx/b/c", "pfx/b/d/e"]
+        assert sorted(await keys_under(b, "pfx")) == sorted([*inside, "pfx-other"])
+        assert await keys_under(b, "nothing/") == []
+        assert sorted(await keys_under(b, "")) == sorted({**inside, **outside})
+
+    run_on(store, body)
+
+
+def test_list_follows_continuation_tokens(s3store: Store) -> None:
+    """Every page is read: the client is made to return 2 keys a page (the server truncates
+    and hands out continuation tokens exactly as it does past 1000 keys)."""
+    keys = [f"pfx/k{i:02d}" for i in range(7)]
+    calls: list[dict[str, Any]] = []
+
+    async def body(b: Backend) -> None:
+        for k in keys:
+            await b.save(k, one_chunk(k.encode()))
+        assert isinstance(b, S3Backend)
+        real = b._client.list_objects_v2
+
+        async def small_pages(**kwargs: Any) -> Any:
+            calls.append(kwargs)
+            return await real(MaxKeys=2, **kwargs)
+
+        b._client.list_objects_v2 = small_pages
+        assert await keys_under(b, "pfx/") == keys
+
+    run_on(s3store, body)
+    assert len(calls) == 4
+    assert "ContinuationToken" not in calls[0]
+    assert all(c.get("ContinuationToken") for c in calls[1:])
+
+
+# --- remove ----------------------------------------------------------------------------------
+
+def test_remove(store: Store) -> None:
+    async def body(b: Backend) -> None:
+        await b.save("pfx/gone", one_chunk(b"bye"))
+        await b.save("pfx/kept", one_chunk(b"stay"))
+        await b.remove("pfx/gone")
+        assert await b.stat("pfx/gone") is None
+        assert await keys_under(b, "pfx/") == ["pfx/kept"]
+        assert await b.load("pfx/kept") == b"stay"
+        await b.remove("pfx/gone")  # already absent: not an error
+        await b.remove("pfx/never-existed")
+        # Removing frees the key for a new save.
+        await b.save("pfx/gone", one_chunk(b"again"))
+        assert await b.load("pfx/gone") == b"again"
+
+    run_on(store, body)
+
+
+# --- part sizes ------------------------------------------------------------------------------
+
+HINTS = [0, 1, 5 * MiB, 100 * MiB, 50 * 1024 * MiB, 1 * TiB, 5 * TiB]
+
+
+def test_part_size_is_positive_and_monotonic(store: Store) -> None:
+    async def body(b: Backend) -> None:
+        sizes = [b.part_size(h) for h in HINTS]
+        assert all(isinstance(s, int) and s > 0 for s in sizes)
+        assert sizes == sorted(sizes)
+
+    run_on(store, body)
+
+
+def test_part_size_within_s3_limits(s3store: Store) -> None:
+    async def body(b: Backend) -> None:
+        assert b.part_size(0) == PART  # the configured part size when nothing forces more
+        assert b.part_size(100 * MiB) == PART
+        for hint in HINTS:
+            size = b.part_size(hint)
+            assert S3_MIN_PART <= size <= S3_MAX_PART, (hint, size)
+            assert hint / size <= S3_MAX_PARTS, (hint, size)
+        one_tib = b.part_size(1 * TiB)
+        assert 1 * TiB / one_tib <= S3_MAX_PARTS
+        assert one_tib < 2 * (1 * TiB / S3_MAX_PARTS) + PART  # grown only as far as needed
+
+    run_on(s3store, body)
+
+
+def test_part_size_respects_a_larger_configured_size(s3store: Store) -> None:
+    assert s3store.target is not None
+    dest = Destination("s3", s3store.target.bucket, "", s3store.target.info.endpoint_url)
+    b = S3Backend(dest, TransferConfig(part_size=64 * MiB, multipart_threshold=64 * MiB))
+    assert b.part_size(1 * MiB) == 64 * MiB
+    assert 1 * TiB / b.part_size(1 * TiB) <= S3_MAX_PARTS
+
+
+# --- SeaweedFS only: it validates credentials and buckets ------------------------------------
+
+@pytest.mark.seaweed
+def test_wrong_credentials_are_permanent(weed: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+
+    async def body(b: Backend) -> None:
+        with pytest.raises(PermanentBackendError) as caught:
+            await b.save("pfx/denied", one_chunk(b"data"))
+        assert caught.value.key == "pfx/denied"
+        with pytest.raises(PermanentBackendError):
+            await b.save("pfx/denied-big", chunks_of(BIG_PARTS))
+        with pytest.raises(PermanentBackendError):
+            await b.stat("pfx/denied")  # a refusal is not "absent"
+        with pytest.raises(PermanentBackendError):
+            await keys_under(b, "pfx/")
+
+    run_on(weed, body)
+    assert weed.target is not None
+    assert weed.target.keys() == []
+    assert weed.target.pending_uploads() == []
+
+
+def test_missing_bucket_reads_are_permanent(s3store: Store) -> None:
+    async def body(b: Backend) -> None:
+        with pytest.raises(PermanentBackendError, match="NoSuchBucket"):
+            await b.load("pfx/x")
+        with pytest.raises(PermanentBackendError, match="NoSuchBucket"):
+            await keys_under(b, "pfx/")
+
+    run_on(s3store, body, bucket=f"no-such-bucket-{os.getpid()}-reads")
+
+
+def test_missing_bucket_save_is_permanent(s3store: Store) -> None:
+    """A mistyped bucket must stop the run, not silently create a new bucket.
+
+    Fails on the SeaweedFS tier: `weed mini` auto-creates a missing bucket on PutObject /
+    CreateMultipartUpload for admin identities unless started with
+    -s3.autoCreateBucket=false, which devstore.SeaweedFS does not pass.
+    """
+    target = s3store.target
+    assert target is not None
+    bucket = f"no-such-bucket-{os.getpid()}-save"
+
+    async def body(b: Backend) -> None:
+        for what, chunks in [("single", one_chunk(b"data")), ("multipart", chunks_of(BIG_PARTS))]:
+            try:
+                await b.save("pfx/x", chunks)
+            except PermanentBackendError as exc:
+                assert exc.key == "pfx/x"
+            else:
+                pytest.fail(f"{what} save to missing bucket {bucket!r} succeeded "
+                            f"on {s3store.kind}: the store created the bucket on upload")
+
+    run_on(s3store, body, bucket=bucket)
+    names = [b["Name"] for b in target.client.list_buckets()["Buckets"]]
+    assert bucket not in names

@@ -1,0 +1,198 @@
+"""scan(): what a walk of a real directory tree yields, batch by batch."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pacsmigrate.records import FileEntry, Problem
+from pacsmigrate.scan import BATCH, scan
+
+
+def collect(roots: list[bytes], **kwargs: int) -> list[list[FileEntry | Problem]]:
+    async def go() -> list[list[FileEntry | Problem]]:
+        return [batch async for batch in scan(roots, **kwargs)]
+    return asyncio.run(asyncio.wait_for(go(), 30))
+
+
+def flatten(batches: list[list[FileEntry | Problem]]) -> list[FileEntry | Problem]:
+    return [item for batch in batches for item in batch]
+
+
+def write(path: bytes, data: bytes) -> bytes:
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> dict[str, object]:
+    """A tree with every kind of entry a hospital share can hold, and what scan must say."""
+    root = os.fsencode(tmp_path / "src")
+    os.mkdir(root)
+    j = os.path.join
+    files = [
+        write(j(root, b"top.dcm"), b"t" * 10),
+        write(j(root, b"caf\xe9.dcm"), b"latin-1 name"),  # not UTF-8
+    ]
+    os.makedirs(j(root, b"a", b"b", b"c"))
+    os.mkdir(j(root, b"empty"))
+    files.append(write(j(root, b"a", b"one.dcm"), b"1" * 100))
+    files.append(write(j(root, b"a", b"b", b"c", b"deep.dcm"), b"d" * 3000))
+    files.append(write(j(root, b"a", b"b", b"\xff\xfe"), b""))  # zero bytes, odd name
+    big = j(root, b"big")
+    os.mkdir(big)
+    for i in range(BATCH * 2 + 77):
+        files.append(write(j(big, b"f%05d.dcm" % i), b"x" * (i % 7)))
+    problems = {}
+    os.symlink(j(root, b"top.dcm"), j(root, b"link-to-file"))
+    problems[j(root, b"link-to-file")] = "symlink not followed"
+    os.symlink(j(root, b"does-not-exist"), j(root, b"a", b"broken-link"))
+    problems[j(root, b"a", b"broken-link")] = "symlink not followed"
+    os.symlink(j(root, b"a"), j(root, b"link-to-dir"))
+    problems[j(root, b"link-to-dir")] = "symlink not followed"
+    os.mkfifo(j(root, b"a", b"pipe"))
+    problems[j(root, b"a", b"pipe")] = "fifo skipped"
+    return {"root": root, "files": files, "problems": problems}
+
+
+def test_scan_yields_exact_entries_and_problems(tree: dict[str, object]) -> None:
+    root = tree["root"]
+    assert isinstance(root, bytes)
+    items = flatten(collect([root], threads=4))
+
+    entries = [i for i in items if isinstance(i, FileEntry)]
+    problems = [i for i in items if isinstance(i, Problem)]
+    assert len(entries) + len(problems) == len(items)
+
+    # Every regular file exactly once, nothing else (no dirs, no link targets twice).
+    paths = [e.path for e in entries]
+    assert len(paths) == len(set(paths))
+    assert set(paths) == set(tree["files"])  # type: ignore[arg-type]
+    assert all(isinstance(p, bytes) for p in paths)
+    assert os.path.join(root, b"caf\xe9.dcm") in paths
+
+    # Size and mtime are what os.stat says (the link is not followed anywhere).
+    for e in entries:
+        st = os.stat(e.path, follow_symlinks=False)
+        assert (e.size, e.mtime_ns) == (st.st_size, st.st_mtime_ns), e.path
+
+    assert {p.path: p.reason for p in problems} == tree["problems"]
+    assert all(p.final for p in problems)  # deliberate skips: the run may still succeed
+
+
+def test_scan_batches_large_directory(tree: dict[str, object]) -> None:
+    root = tree["root"]
+    assert isinstance(root, bytes)
+    batches = collect([root], threads=2)
+    assert all(batch for batch in batches), "no empty batches"
+    assert max(len(b) for b in batches) <= BATCH
+    big = os.path.join(root, b"big")
+    big_batches = [b for b in batches if any(os.path.dirname(i.path) == big for i in b)]
+    # 2 * 512 + 77 entries cannot fit in fewer than three batches; they are not all one list.
+    assert len(big_batches) >= 3
+    assert sum(1 for b in big_batches for i in b if os.path.dirname(i.path) == big) == \
+        BATCH * 2 + 77
+    assert any(len(b) == BATCH for b in big_batches)
+
+
+def test_scan_multiple_roots_and_single_thread(tmp_path: Path) -> None:
+    r1, r2 = tmp_path / "r1", tmp_path / "r2"
+    (r1 / "x").mkdir(parents=True)
+    (r2).mkdir()
+    (r1 / "x" / "a").write_bytes(b"a")
+    (r2 / "b").write_bytes(b"bb")
+    items = flatten(collect([os.fsencode(r1), os.fsencode(r2)], threads=1))
+    assert sorted((i.path, i.size) for i in items if isinstance(i, FileEntry)) == [
+        (os.fsencode(r1 / "x" / "a"), 1), (os.fsencode(r2 / "b"), 2)]
+    assert not [i for i in items if isinstance(i, Problem)]
+
+
+def test_scan_missing_root_is_a_problem(tmp_path: Path) -> None:
+    gone = os.fsencode(tmp_path / "gone")
+    items = flatten(collect([gone], threads=2))
+    assert items == [Problem(gone, "directory vanished during scan")]
+
+
+def test_scan_unreadable_directory(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    locked = root / "locked"
+    locked.mkdir(parents=True)
+    (locked / "hidden.dcm").write_bytes(b"h")
+    (root / "ok.dcm").write_bytes(b"ok")
+    locked.chmod(0)
+    try:
+        if os.access(locked, os.R_OK):
+            pytest.skip("running as root: a mode-000 directory is still readable")
+        items = flatten(collect([os.fsencode(root)], threads=2))
+    finally:
+        locked.chmod(0o755)
+    assert [i.path for i in items if isinstance(i, FileEntry)] == [os.fsencode(root / "ok.dcm")]
+    probs = [i for i in items if isinstance(i, Problem)]
+    assert len(probs) == 1
+    assert probs[0].path == os.fsencode(locked)
+    assert probs[0].reason == "unreadable directory"
+    assert probs[0].final is False  # still needs migrating: the run must not report success
+
+
+# -- stopping early ---------------------------------------------------------------------
+# Run in a child process: a scan that fails to stop leaves non-daemon threads behind, and
+# they would hang pytest itself at exit instead of failing one test.
+
+_EARLY_STOP = textwrap.dedent("""
+    import asyncio, sys, threading, time
+    from pacsmigrate.scan import scan
+
+    root, how = sys.argv[1].encode(), sys.argv[2]
+    held = []
+
+    async def main():
+        gen = scan([root], threads=4, queue_size=1)
+        if how == "held":
+            held.append(gen)  # still referenced when asyncio.run() tears the loop down
+        n = 0
+        async for batch in gen:
+            n += len(batch)
+            break
+        if how == "aclose":
+            await gen.aclose()
+        return n
+
+    n = asyncio.run(main())
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and any(
+            t.name.startswith("scan") for t in threading.enumerate()):
+        time.sleep(0.05)
+    left = [t.name for t in threading.enumerate() if t.name.startswith("scan")]
+    print(n, len(left), flush=True)
+""")
+
+
+@pytest.fixture
+def flat_dir(tmp_path: Path) -> bytes:
+    """One directory of many files: its walker is mid-listing when the consumer stops."""
+    d = tmp_path / "flat"
+    d.mkdir()
+    for i in range(BATCH * 6):
+        (d / f"{i:05d}").write_bytes(b"")
+    return os.fsencode(d)
+
+
+@pytest.mark.parametrize("how", ["aclose", "break", "held"])
+def test_scan_stopping_early_does_not_hang(flat_dir: bytes, how: str) -> None:
+    try:
+        proc = subprocess.run([sys.executable, "-c", _EARLY_STOP, os.fsdecode(flat_dir), how],
+                              capture_output=True, text=True, timeout=8)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"scan did not stop after the consumer stopped early ({how}): "
+                    "the process hung on leftover scan threads")
+    assert proc.returncode == 0, proc.stderr
+    first_batch, threads_left = map(int, proc.stdout.split())
+    assert first_batch == BATCH
+    assert threads_left == 0
