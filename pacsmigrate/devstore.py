@@ -107,7 +107,7 @@ class SeaweedFS:
             "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
             f"-s3.port={s3}", f"-filer.port={filer}", f"-master.port={master}",
             f"-volume.port={volume}", f"-admin.port={admin}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.autoCreateBucket=false",
         ]
         log = open(self.workdir / "weed.log", "wb")
         self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,

@@ -1,0 +1,123 @@
+"""The command line as an admin uses it: exit codes, messages, report, status, export."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import TEST_FILES, S3Target, run_cli
+
+from pacsmigrate.checkpoint import Checkpoint
+from pacsmigrate.paths import from_fields
+
+
+@pytest.fixture
+def small_tree(tmp_path: Path) -> Path:
+    root = tmp_path / "src"
+    root.mkdir()
+    for name in ("CT_small.dcm", "MR_small.dcm", "README.txt"):
+        shutil.copy(TEST_FILES / name, root / name)
+    (root / os.fsdecode(b"r\xf6ntgen.dcm")).write_bytes((TEST_FILES / "rtdose.dcm").read_bytes())
+    return root
+
+
+def _migrate(tree: Path, s3: S3Target, state: Path, *extra: str) -> list[str]:
+    return ["migrate", str(tree), s3.url, "--endpoint-url", s3.info.endpoint_url,
+            "--state", str(state), *extra]
+
+
+def test_migrate_report_status_and_exports(moto_s3: S3Target, small_tree: Path,
+                                           tmp_path: Path) -> None:
+    state, report = tmp_path / "state", tmp_path / "report.json"
+    proc = run_cli(*_migrate(small_tree, moto_s3, state, "--report", str(report)),
+                   env=moto_s3.env())
+    assert proc.returncode == 0, proc.stderr
+    assert "OK: nothing left to migrate" in proc.stdout
+    doc = json.loads(report.read_text())
+    assert doc["run"]["files_migrated"] == 4 and doc["not_migrated"] == []
+    assert [u["reason"] for u in doc["unsorted"]] == ["not DICOM"]
+
+    status = run_cli("status", "--state", str(state), "--json", check=True)
+    st = json.loads(status.stdout)
+    assert st["files_migrated"] == 4 and st["files_pending"] == 0
+
+    out = tmp_path / "index.csv"
+    run_cli("index", "export", "--state", str(state), "--format", "csv", "-o", str(out),
+            check=True)
+    rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
+    assert {"source_path", "key", "offset", "length", "blake3", "study_uid", "series_uid",
+            "sop_uid"} <= set(rows[0])
+    odd = [r for r in rows if r["source_path_b64"]]
+    assert len(odd) == 1
+    assert from_fields(odd[0]["source_path"], odd[0]["source_path_b64"]) == os.fsencode(
+        small_tree.resolve()) + b"/r\xf6ntgen.dcm"
+    jl = run_cli("index", "export", "--state", str(state), "--format", "jsonl", check=True)
+    lines = [json.loads(x) for x in jl.stdout.splitlines()]
+    assert [x["source_path"] for x in lines] == [r["source_path"] for r in rows]
+
+
+def test_dry_run_prints_the_plan(moto_s3: S3Target, small_tree: Path, tmp_path: Path) -> None:
+    proc = run_cli(*_migrate(small_tree, moto_s3, tmp_path / "s", "--dry-run"),
+                   env=moto_s3.env())
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing was written" in proc.stdout
+    assert "plan: 3 studies, 4 files" in proc.stdout
+    assert moto_s3.keys() == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["gs://bucket/x"], "unsupported destination"),
+    (["s3://"], "names no bucket"),
+    (["s3://b/x", "--bundle-size", "12XB"], "not a size"),
+    (["s3://b/x", "--large-file", "1GiB"], "--large-file must not exceed --bundle-size"),
+])
+def test_bad_arguments_get_clear_messages(args: list[str], message: str, small_tree: Path,
+                                          tmp_path: Path) -> None:
+    proc = run_cli("migrate", str(small_tree), *args, "--state", str(tmp_path / "s"))
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_source_is_an_error(tmp_path: Path) -> None:
+    proc = run_cli("migrate", str(tmp_path / "nope"), "s3://b/x", "--state", str(tmp_path / "s"))
+    assert proc.returncode == 2 and "source is not a directory" in proc.stderr
+
+
+def test_second_run_on_same_state_refuses(moto_s3: S3Target, small_tree: Path,
+                                          tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    holder = Checkpoint(state)  # another run holds the state directory
+    try:
+        proc = run_cli(*_migrate(small_tree, moto_s3, state), env=moto_s3.env())
+    finally:
+        holder.close()
+    assert proc.returncode == 2
+    assert "another pacsmigrate run is using" in proc.stderr
+
+
+def test_state_of_another_destination_refuses(moto_s3: S3Target, small_tree: Path,
+                                              tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    run_cli(*_migrate(small_tree, moto_s3, state), env=moto_s3.env(), check=True)
+    proc = run_cli("migrate", str(small_tree), f"s3://{moto_s3.bucket}/other", "--endpoint-url",
+                   moto_s3.info.endpoint_url, "--state", str(state), env=moto_s3.env())
+    assert proc.returncode == 2 and "belongs to a migration to" in proc.stderr
+
+
+@pytest.mark.seaweed
+def test_missing_bucket_and_bad_credentials_stop_cleanly(seaweed_s3: S3Target, small_tree: Path,
+                                                         tmp_path: Path) -> None:
+    args = ["migrate", str(small_tree), "s3://no-such-bucket-here/x", "--endpoint-url",
+            seaweed_s3.info.endpoint_url, "--state", str(tmp_path / "a")]
+    proc = run_cli(*args, env=seaweed_s3.env(), timeout=120)
+    assert proc.returncode == 2 and "NoSuchBucket" in proc.stderr, proc.stderr
+    env = {**seaweed_s3.env(), "AWS_SECRET_ACCESS_KEY": "wrong"}
+    proc = run_cli(*_migrate(small_tree, seaweed_s3, tmp_path / "b"), env=env, timeout=120)
+    assert proc.returncode == 2 and "store refused" in proc.stderr, proc.stderr
+    assert "wrong" not in proc.stderr  # credentials are never printed
