@@ -143,7 +143,7 @@ class Checkpoint:
     def _uncatalogue(self, txn: lmdb.Transaction, path: bytes) -> None:
         old = txn.get(path, db=self.db["pending"])
         if old is not None:
-            txn.delete(_cat_key(old.decode(), path), db=self.db["catalogue"])
+            txn.delete(_cat_key(bytes(old).decode(), path), db=self.db["catalogue"])
             txn.delete(path, db=self.db["pending"])
 
     def catalogue_after(self, after: bytes, limit: int) -> list[tuple[bytes, Catalogued]]:

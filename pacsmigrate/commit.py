@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from . import manifest
 from .backends.base import Backend, PendingUploads
 from .checkpoint import Checkpoint
+from .records import now_iso
 from .upload import Stored, recover
 
 
@@ -17,7 +16,7 @@ async def commit(cp: Checkpoint, stored: Stored) -> int:
     obj = {"key": doc["key"], "kind": doc["kind"], "group": doc["group"],
            "size": stored.info.size, "etag": stored.info.etag, "members": len(rows),
            "bytes": sum(int(r["length"]) for r in rows),
-           "committed": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+           "committed": now_iso()}
     await cp.call(cp.commit_object, obj, rows)
     return len(rows)
 

@@ -109,10 +109,9 @@ class SeaweedFS:
             f"-volume.port={volume}", f"-admin.port={admin}",
             "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.autoCreateBucket=false",
         ]
-        log = open(self.workdir / "weed.log", "wb")
-        self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
+        with open(self.workdir / "weed.log", "wb") as log:
+            self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, start_new_session=True)
         self.info = StoreInfo(f"http://{LOOPBACK}:{s3}", self.access_key, self.secret_key)
         self._wait_ready()
         return self.info

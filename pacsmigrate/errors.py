@@ -9,6 +9,7 @@
     │   └── SourceChangedError the file changed while it was being read
     └── BackendError           the store refused or failed a request (carries .key)
         ├── PermanentBackendError  retrying cannot help (403, NoSuchBucket, bad digest)
+        │   └── ObjectNotFoundError    the key does not exist
         └── ObjectExistsError      a conditional write found the key already present
 
 Lower-layer errors (OSError, botocore's ClientError, lmdb.Error) are mapped to these at the
@@ -60,6 +61,10 @@ class BackendError(PacsMigrateError):
 
 class PermanentBackendError(BackendError):
     """The store refused a request in a way retrying cannot fix."""
+
+
+class ObjectNotFoundError(PermanentBackendError):
+    """The object asked for does not exist."""
 
 
 class ObjectExistsError(BackendError):

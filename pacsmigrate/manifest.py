@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import tarfile
-from datetime import datetime, timezone
 from typing import Any
 
 from .paths import from_fields, path_fields
-from .records import BundlePlan, Catalogued
+from .records import BundlePlan, Catalogued, now_iso
 
 FORMAT = "pacsmigrate.manifest/1"
 MANIFEST_DIR = "pacsmigrate-manifests"
@@ -39,7 +38,7 @@ def build(plan: BundlePlan, members: list[dict[str, Any]]) -> bytes:
     doc = {
         "format": FORMAT, "key": plan.key, "kind": plan.kind, "group": plan.group,
         "bundle_id": plan.bundle_id,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": now_iso(),
         "members": members,
     }
     return json.dumps(doc, ensure_ascii=True, indent=0, sort_keys=False).encode()

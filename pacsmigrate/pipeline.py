@@ -8,7 +8,6 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
-from datetime import datetime, timezone
 
 from . import faults, keys
 from .backends import Backend, open_backend
@@ -20,7 +19,7 @@ from .config import MigrateConfig
 from .errors import ConfigError, ObjectExistsError, StateError
 from .group import plans, requests_for
 from .progress import Bar
-from .records import BundlePlan, Catalogued, FileEntry, Problem
+from .records import BundlePlan, Catalogued, FileEntry, Problem, now_iso
 from .report import write_report
 from .scan import scan
 from .stats import Stats
@@ -78,7 +77,7 @@ class Migration:
         if known is None:
             cp.put_meta("config", {"dest": dest, "endpoint_url": self.cfg.dest.endpoint_url,
                                    "sources": [str(s) for s in self.cfg.sources],
-                                   "created": _now()})
+                                   "created": now_iso()})
         elif known["dest"] != dest:
             raise ConfigError(f"state directory {self.cfg.state_dir} belongs to a migration "
                               f"to {known['dest']}, not {dest}; use another --state")
@@ -98,7 +97,7 @@ class Migration:
         theirs = await self._read_descriptor(name)
         if theirs is None:
             secret = mine or keys.new_secret().hex()
-            doc = {"format": "pacsmigrate.store/1", "key_secret": secret, "created": _now()}
+            doc = {"format": "pacsmigrate.store/1", "key_secret": secret, "created": now_iso()}
             try:
                 await self.backend.save(name, one_chunk(json.dumps(doc).encode()))
             except ObjectExistsError:
@@ -246,10 +245,6 @@ class Migration:
 
 def _classify(entry: FileEntry, secret: bytes, hash_all: bool) -> Catalogued | Problem:
     return classify(entry, secret=secret, hash_all=hash_all)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 async def migrate(cfg: MigrateConfig, *, backend: Backend | None = None) -> Stats:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from .paths import path_fields
@@ -82,3 +83,8 @@ class BundlePlan:
     @property
     def size(self) -> int:
         return sum(m.size for m in self.members)
+
+
+def now_iso() -> str:
+    """UTC now, to the second, as the manifests, report and checkpoint write it."""
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
 from .checkpoint import Checkpoint
 from .config import MigrateConfig
 from .paths import path_fields
+from .records import now_iso
 from .stats import Stats
 
 
@@ -34,7 +34,7 @@ def write_report(path: Path, cp: Checkpoint, stats: Stats, cfg: MigrateConfig) -
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="ascii") as out:
         head = {"tool": "pacsmigrate", "format": "pacsmigrate.report/1",
-                "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "written": now_iso(),
                 "destination": str(cfg.dest), "sources": [str(s) for s in cfg.sources],
                 "dry_run": cfg.dry_run, "run": stats.as_dict(), "state": cp.counts()}
         out.write(json.dumps(head, ensure_ascii=True, indent=1)[:-2])

@@ -52,7 +52,8 @@ _ITEM_HEADER = 8
 _PIXEL_DATA_TAG = 0x7FE00010
 _RECORD_SEQUENCE_TAG = 0x00041220
 _PREAMBLE = b"\x00" * 128 + b"DICM"
-# SOPInstanceUID, InstanceNumber, ImagePositionPatient, SliceLocation, PixelData.
+# Everything _series_instances changes per file (SOPInstanceUID, InstanceNumber,
+# ImagePositionPatient, SliceLocation, PixelData); anything else is encoded once per series.
 _PER_INSTANCE = frozenset({0x00080018, 0x00200013, 0x00200032, 0x00201041, _PIXEL_DATA_TAG})
 # MediaStorageSOPInstanceUID.
 _PER_INSTANCE_META = frozenset({0x00020003})
@@ -229,7 +230,12 @@ def make_tree(
     """Write a deterministic synthetic PACS tree of `studies` studies under `root`.
 
     The same (studies, seed, layout, scale) always yields the same paths and bytes.
-    `scale` (0 < scale <= 1) shrinks both image counts and pixel sizes.
+    `scale` (0 < scale <= 1) shrinks both image counts and pixel sizes. Layouts:
+    patient `PatientID/StudyDate/StudyUID/SeriesUID/SOPUID.dcm`; date (dcm4chee)
+    `yyyy/MM/dd/hash/hash/hash` by day received; cd `DICOMDIR` + `PT../ST../SE../IM..`;
+    hashed (Orthanc) `ab/cd/<uuid>`; storescp `yyyymmdd/<MODALITY>.<SOPUID>`; mixed
+    deals studies round-robin to the others, each under a folder named after it.
+    Raises ValueError for bad arguments or a root that exists and is not empty.
     """
     _check_args(studies=studies, layout=layout, scale=scale)
     root = Path(root)

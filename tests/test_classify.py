@@ -18,6 +18,19 @@ from pacsmigrate.records import DICOM, UNSORTED, Catalogued, FileEntry, Problem
 SECRET = new_secret()
 
 
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """conftest's `samples` (a copy of pydicom's test files), made once per module.
+
+    Tests here only read it (anything they change is copied to tmp_path first), so one
+    copy serves them all and keeps the suite fast.
+    """
+    dest = tmp_path_factory.mktemp("samples") / "pydicom-samples"
+    shutil.copytree(Path(pydicom.__file__).parent / "data" / "test_files", dest,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    return dest
+
+
 def entry(path: Path) -> FileEntry:
     st = os.stat(path)
     return FileEntry(os.fsencode(path), st.st_size, st.st_mtime_ns)
@@ -151,6 +164,23 @@ def test_implicit_vr_despite_explicit_syntax_not_misjudged(samples: Path) -> Non
     assert len(ds.PixelData) > 0
     rec = cat(path)
     assert (rec.status, rec.reason) == (DICOM, ""), rec.reason
+
+
+def test_truncated_pixels_without_meta_detected(samples: Path, tmp_path: Path) -> None:
+    """CT_small.dcm's explicit-VR data set without meta, its pixel data cut by 1000 bytes.
+
+    With no transfer syntax the check assumes implicit VR, reads the length from the bytes
+    b"OW\\0\\0" (22351) instead of the real 32768, and misses the truncation.
+    """
+    ct = (samples / "CT_small.dcm").read_bytes()
+    bare = ct[ct.index(b"\x08\x00\x05\x00CS"):]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    whole.write_bytes(bare)
+    cut.write_bytes(bare[:-1000])
+    assert cat(whole).reason == ""
+    rec = cat(cut)
+    assert rec.status == UNSORTED, "pixel data 1000 bytes short was not noticed"
+    assert "truncated" in rec.reason
 
 
 def test_readme_is_not_dicom(samples: Path) -> None:

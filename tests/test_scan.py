@@ -26,15 +26,21 @@ def flatten(batches: list[list[FileEntry | Problem]]) -> list[FileEntry | Proble
 
 
 def write(path: bytes, data: bytes) -> bytes:
-    with open(path, "wb") as f:
-        f.write(data)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
     return path
 
 
-@pytest.fixture
-def tree(tmp_path: Path) -> dict[str, object]:
-    """A tree with every kind of entry a hospital share can hold, and what scan must say."""
-    root = os.fsencode(tmp_path / "src")
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """A tree with every kind of entry a hospital share can hold, and what scan must say.
+
+    Module-scoped (built once, never modified by the tests).
+    """
+    root = os.fsencode(tmp_path_factory.mktemp("scan") / "src")
     os.mkdir(root)
     j = os.path.join
     files = [
@@ -165,7 +171,7 @@ _EARLY_STOP = textwrap.dedent("""
         return n
 
     n = asyncio.run(main())
-    deadline = time.monotonic() + 2
+    deadline = time.monotonic() + 1.5
     while time.monotonic() < deadline and any(
             t.name.startswith("scan") for t in threading.enumerate()):
         time.sleep(0.05)
@@ -174,21 +180,21 @@ _EARLY_STOP = textwrap.dedent("""
 """)
 
 
-@pytest.fixture
-def flat_dir(tmp_path: Path) -> bytes:
+@pytest.fixture(scope="module")
+def flat_dir(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """One directory of many files: its walker is mid-listing when the consumer stops."""
-    d = tmp_path / "flat"
-    d.mkdir()
-    for i in range(BATCH * 6):
-        (d / f"{i:05d}").write_bytes(b"")
-    return os.fsencode(d)
+    d = os.fsencode(tmp_path_factory.mktemp("scan-early") / "flat")
+    os.mkdir(d)
+    for i in range(BATCH * 3):
+        write(os.path.join(d, b"%05d" % i), b"")
+    return d
 
 
 @pytest.mark.parametrize("how", ["aclose", "break", "held"])
 def test_scan_stopping_early_does_not_hang(flat_dir: bytes, how: str) -> None:
     try:
         proc = subprocess.run([sys.executable, "-c", _EARLY_STOP, os.fsdecode(flat_dir), how],
-                              capture_output=True, text=True, timeout=5)
+                              capture_output=True, text=True, timeout=4)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"scan did not stop after the consumer stopped early ({how}): the process "
                     f"hung at exit on leftover scan threads; '<entries> <threads left>' was "

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import math
 import re
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -13,12 +15,14 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.fileset import FileSet
+from pydicom.filewriter import dcmwrite
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     MediaStorageDirectoryStorage,
 )
 
+from pacsmigrate import synth
 from pacsmigrate.synth import LAYOUTS, SynthSummary, make_tree
 
 SMALL = 0.01
@@ -101,7 +105,16 @@ def test_files_carry_a_consistent_file_meta_and_identity(tmp_path: Path) -> None
         assert re.fullmatch(r"SYNTH\^PATIENT\d{4}", str(ds.PatientName))
         assert re.fullmatch(r"SYNTHPID\d{4}", ds.PatientID)
         assert re.fullmatch(r"\d{8}", ds.StudyDate)
-        assert ds.SeriesNumber >= 1 and ds.InstanceNumber >= 1
+
+    # Per-instance fields must really change from file to file within a series.
+    numbers: dict[str, list[int]] = defaultdict(list)
+    for ds in instances.values():
+        numbers[str(ds.SeriesInstanceUID)].append(int(ds.InstanceNumber))
+    assert all(sorted(found) == list(range(1, len(found) + 1)) for found in numbers.values())
+    assert len({ds.SOPInstanceUID for ds in instances.values()}) == len(instances)
+    assert len({bytes(ds.PixelData) for ds in instances.values() if "PixelData" in ds}) == sum(
+        "PixelData" in ds for ds in instances.values()
+    )
 
 
 def test_modality_mix_with_consistent_pixel_data(tmp_path: Path) -> None:
@@ -193,11 +206,16 @@ def test_cd_layout_has_a_dicomdir_indexing_every_file(tmp_path: Path) -> None:
     assert {r.PatientID for r in patients} == set(summary.patient_ids)
 
     # FileSet walks the record offsets, so this checks the hierarchy links too.
-    fileset = FileSet(dicomdir)
-    assert len(fileset) == summary.files
-    assert all(Path(instance.path).is_file() for instance in fileset)
-    for study_uid in summary.study_uids:
-        assert fileset.find(StudyInstanceUID=study_uid)
+    with warnings.catch_warnings():
+        # FileSet never closes its staging TemporaryDirectory; collect it here, quietly.
+        warnings.simplefilter("ignore", ResourceWarning)
+        fileset = FileSet(dicomdir)
+        assert len(fileset) == summary.files
+        assert all(Path(instance.path).is_file() for instance in fileset)
+        for study_uid in summary.study_uids:
+            assert fileset.find(StudyInstanceUID=study_uid)
+        del fileset
+        gc.collect()
 
 
 def test_files_are_canonical_pydicom_encodings(tmp_path: Path) -> None:
@@ -206,6 +224,22 @@ def test_files_are_canonical_pydicom_encodings(tmp_path: Path) -> None:
         rewritten = io.BytesIO()
         ds.save_as(rewritten, enforce_file_format=True)
         assert rewritten.getvalue() == (summary.root / relative).read_bytes(), relative
+
+
+def test_fast_encoder_matches_dcmwrite() -> None:
+    plans = synth._plan_studies(studies=12, seed=9, scale=SMALL)
+    checked = set()
+    for study in plans:
+        for series in study.series:
+            encoder = None
+            for ds in synth._series_instances(study=study, series=series):
+                encoder = encoder or synth._SeriesEncoder(ds)
+                expected = io.BytesIO()
+                dcmwrite(expected, ds, enforce_file_format=True)
+                assert b"".join(encoder.encode()) == expected.getvalue()
+                checked.add((str(ds.Modality), ds.file_meta.TransferSyntaxUID))
+    assert len({modality for modality, _ in checked}) >= 4
+    assert {syntax for _, syntax in checked} == {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
 
 
 def test_scale_shrinks_counts_and_sizes(tmp_path: Path) -> None:
@@ -259,3 +293,43 @@ def test_creates_missing_root_and_accepts_an_empty_one(tmp_path: Path) -> None:
     empty_dir.mkdir()
     reused = make_tree(empty_dir, studies=1, scale=SMALL)
     assert nested.files >= 1 and reused.files >= 1
+
+
+# Full-size sizes per modality (MB for images, KB for documents), checked on the plan
+# because writing scale=1 trees would take gigabytes.
+FULL_SIZE_MB = {
+    "CT": (0.5, 0.53),
+    "MR": (0.13, 0.53),
+    "CR": (7.5, 18.1),
+    "DX": (7.5, 18.1),
+    "MG": (26.0, 28.0),
+    "US": (0.1, 2.4),
+}
+FULL_IMAGES = {
+    "CT": (100, 300),
+    "MR": (100, 400),
+    "CR": (1, 4),
+    "DX": (1, 4),
+    "MG": (4, 4),
+    "US": (5, 30),
+    "SR": (1, 2),
+    "KO": (1, 2),
+}
+
+
+def test_full_scale_plan_is_realistic() -> None:
+    plans = synth._plan_studies(studies=200, seed=1, scale=1.0)
+    for study in plans:
+        main = study.series[0].modality.code
+        images = sum(s.count for s in study.series if s.modality.code == main)
+        low, high = FULL_IMAGES[main]
+        assert low <= images <= high, (main, images)
+        assert 1 <= len(study.series) <= 4
+        for series in study.series:
+            if series.geometry is not None:
+                low_mb, high_mb = FULL_SIZE_MB[series.modality.code]
+                assert low_mb <= series.geometry.nbytes / 1e6 <= high_mb, series.modality.code
+                continue
+            ds = next(synth._series_instances(study=study, series=series))
+            size = sum(map(len, synth._SeriesEncoder(ds).encode()))
+            assert 2_000 <= size <= 55_000, (series.modality.code, size)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 
 from ..config import MiB
-from ..errors import ObjectExistsError
+from ..errors import ObjectExistsError, ObjectNotFoundError
 from .base import ObjectInfo
 
 
@@ -35,6 +35,8 @@ class MemoryBackend:
         return ObjectInfo(key, len(data), metadata=self.metadata[key])
 
     async def load(self, key: str, *, offset: int = 0, length: int | None = None) -> bytes:
+        if key not in self.objects:
+            raise ObjectNotFoundError(f"no such object: {key}", key=key)
         data = self.objects[key]
         end = len(data) if length is None else offset + length
         return data[offset:end]

@@ -14,14 +14,19 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..config import S3_MAX_PART, S3_MAX_PARTS, S3_MIN_PART, Destination, TransferConfig
-from ..errors import BackendError, ObjectExistsError, PermanentBackendError
+from ..errors import (
+    BackendError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    PermanentBackendError,
+)
 from .base import ObjectInfo
 
 # Error codes that no retry can fix: stop the run and tell the operator.
 PERMANENT_CODES = frozenset({
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket",
     "BadDigest", "InvalidDigest", "AllAccessDisabled", "AccountProblem", "InvalidBucketName",
-    "403", "404",
+    "403",
 })
 
 
@@ -35,6 +40,8 @@ def map_error(exc: Exception, *, key: str | None) -> BackendError:
         code = str(exc.response.get("Error", {}).get("Code", ""))
         if code in ("PreconditionFailed", "412"):
             return ObjectExistsError(f"object exists: {key}", key=key)
+        if code in ("NoSuchKey", "404", "NotFound"):
+            return ObjectNotFoundError(f"no such object: {key}", key=key)
         if code in PERMANENT_CODES:
             return PermanentBackendError(f"store refused ({code}): {exc}", key=key)
         return BackendError(f"store error ({code}): {exc}", key=key)
@@ -188,13 +195,8 @@ class S3Backend:
     async def stat(self, key: str) -> ObjectInfo | None:
         try:
             resp = await self._call("head_object", key=key, Key=key)
-        except BackendError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, ClientError) and str(
-                cause.response.get("Error", {}).get("Code")
-            ) in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise
+        except ObjectNotFoundError:
+            return None
         return ObjectInfo(key, int(resp["ContentLength"]), str(resp.get("ETag", "")).strip('"'),
                           dict(resp.get("Metadata", {})))
 
