@@ -39,6 +39,7 @@ class Migration:
         self.backend: Backend | None = backend
         self.cp: Checkpoint | None = None
         self.secret = b""
+        self._last_group = ""
         self.reader = ThreadPoolExecutor(max_workers=cfg.read_threads,
                                          thread_name_prefix="read")
 
@@ -168,21 +169,21 @@ class Migration:
     # -- phase 2: pack, upload, commit ------------------------------------------------
     async def _plan_only(self, cp: Checkpoint) -> None:
         t = self.cfg.transfer
-        groups: set[str] = set()
         async for plan in plans(cp, self.cfg.dest, bundle_size=self.cfg.bundle_size,
                                 large_file=self.cfg.large_file):
-            self._count_plan(plan, groups)
+            self._count_plan(plan)
             self.stats.planned_requests += requests_for(
                 plan, threshold=t.multipart_threshold, part_size=t.part_size)
 
-    def _count_plan(self, plan: BundlePlan, groups: set[str]) -> None:
+    def _count_plan(self, plan: BundlePlan) -> None:
+        """Plans arrive in group order, so a new study is a change of group (no set kept)."""
         s = self.stats
         s.planned_objects += 1
         s.planned_files += len(plan.members)
         s.planned_bytes += plan.size
-        if plan.group not in groups and plan.members[0].status == "dicom":
-            groups.add(plan.group)
+        if plan.group != self._last_group and plan.members[0].status == "dicom":
             s.studies += 1
+        self._last_group = plan.group
 
     async def _store(self, cp: Checkpoint) -> None:
         files, size = await cp.call(cp.pending_totals)
@@ -199,7 +200,6 @@ class Migration:
         assert self.backend is not None
         queue: asyncio.Queue[BundlePlan | None] = asyncio.Queue(self.cfg.transfer.concurrency)
         handled = 0
-        groups: set[str] = set()
 
         async def worker() -> None:
             while (plan := await queue.get()) is not None:
@@ -209,7 +209,7 @@ class Migration:
             workers = [tg.create_task(worker()) for _ in range(self.cfg.transfer.concurrency)]
             async for plan in plans(cp, self.cfg.dest, bundle_size=self.cfg.bundle_size,
                                     large_file=self.cfg.large_file):
-                self._count_plan(plan, groups)
+                self._count_plan(plan)
                 await cp.call(cp.put_intent, plan)  # write-ahead, before any byte is sent
                 faults.point("after-intent")
                 await queue.put(plan)

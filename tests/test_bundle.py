@@ -169,10 +169,13 @@ def test_manifest_found_in_unaligned_tail(study: list[bytes]) -> None:
     aligned to the bundle's end, so any tail whose length is not a multiple of 512 misses.
     """
     plan = make_plan(study)
-    bundle = b"".join(pack(plan)[0])
-    raw = manifest.find_in_tar_tail(bundle[-5000:], plan.bundle_id)
-    assert raw is not None, "manifest not found in a 5000-byte tail"
-    assert manifest.parse(raw)["bundle_id"] == plan.bundle_id
+    parts, result = pack(plan)
+    bundle = b"".join(parts)
+    need = 512 + len(result.manifest) + (-len(result.manifest) % 512) + 1024
+    for n in (need + 1, need + 300, need + 4000):
+        assert n % 512 and len(bundle) > n
+        raw = manifest.find_in_tar_tail(bundle[-n:], plan.bundle_id)
+        assert raw == result.manifest, f"manifest not found in the last {n} bytes"
 
 
 def test_file_changed_after_cataloguing_is_reread(study: list[bytes], tmp_path: Path) -> None:
