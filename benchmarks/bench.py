@@ -142,6 +142,36 @@ def proc_cpu_seconds(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all processes on the machine spent busy so far (first line of /proc/stat)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return None
+    # user nice system idle iowait irq softirq steal ...; idle and iowait are not busy.
+    ticks = [int(x) for x in fields[:8]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_idle(max_wait: float, *, threshold: float = 0.25, window: float = 1.0) -> bool:
+    """Wait (up to max_wait s) for a window in which the machine is nearly idle.
+
+    Other jobs on a shared machine steal the CPUs the tools and the server need; starting
+    a timing while they run only measures them. Returns whether an idle window was seen.
+    """
+    deadline = time.monotonic() + max_wait
+    while True:
+        before = machine_busy_seconds()
+        if before is None:
+            return True
+        time.sleep(window)
+        after = machine_busy_seconds()
+        if after is not None and (after - before) / window <= threshold:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+
+
 # --- running one tool ----------------------------------------------------------------------
 
 
@@ -157,6 +187,8 @@ class Run:
     user_cpu: float
     sys_cpu: float
     server_cpu: float | None
+    other_cpu: float | None
+    started_idle: bool
     objects: int
     stored_bytes: int
     note: str = ""
@@ -228,7 +260,8 @@ def verify_s5cmd(tree: Tree, listing: dict[str, int], prefix: str, log: Path) ->
 
 
 def run_variant(variant: Variant, *, tree: Tree, info: StoreInfo, client: Any, env: dict[str, str],
-                work: Path, repeat: int, position: int, server_pid: int | None) -> Run:
+                work: Path, repeat: int, position: int, server_pid: int | None,
+                idle_wait: float) -> Run:
     slug = re.sub(r"[^a-z0-9]+", "-", variant.name.lower()).strip("-")
     bucket = f"bench-r{repeat}-{slug}"[:63].rstrip("-")
     state = work / "state" / f"r{repeat}-{slug}"
@@ -237,9 +270,10 @@ def run_variant(variant: Variant, *, tree: Tree, info: StoreInfo, client: Any, e
     shutil.rmtree(state, ignore_errors=True)
     create_bucket(info, bucket)
     argv = variant.argv(info.endpoint_url, bucket, state)
-    cpu0 = proc_cpu_seconds(server_pid)
+    idle = wait_idle(idle_wait)
+    cpu0, busy0 = proc_cpu_seconds(server_pid), machine_busy_seconds()
     code, wall, usage = timed(argv, env=env, log=log)
-    cpu1 = proc_cpu_seconds(server_pid)
+    cpu1, busy1 = proc_cpu_seconds(server_pid), machine_busy_seconds()
     if code != 0:
         fail(f"{variant.name} exited with status {code}: {shlex.join(argv)}", log)
     listing = list_bucket(client, bucket)
@@ -248,16 +282,21 @@ def run_variant(variant: Variant, *, tree: Tree, info: StoreInfo, client: Any, e
     else:
         note = verify_s5cmd(tree, listing, "x/", log)
     server_cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
+    client_cpu = usage.ru_utime + usage.ru_stime
+    # Whatever else ran on the machine meanwhile (other users' jobs, the kernel).
+    other_cpu = None if busy0 is None or busy1 is None or server_cpu is None else max(
+        0.0, busy1 - busy0 - client_cpu - server_cpu)
     run = Run(variant=variant.name, repeat=repeat, position=position, bucket=bucket, argv=argv,
               wall=wall, maxrss_kib=usage.ru_maxrss, user_cpu=usage.ru_utime,
-              sys_cpu=usage.ru_stime, server_cpu=server_cpu, objects=len(listing),
-              stored_bytes=sum(listing.values()), note=note)
+              sys_cpu=usage.ru_stime, server_cpu=server_cpu, other_cpu=other_cpu, started_idle=idle,
+              objects=len(listing), stored_bytes=sum(listing.values()), note=note)
     print(f"  repeat {repeat} #{position} {variant.name:<28} {wall:7.2f} s  "
           f"{tree.files / wall:7.1f} files/s  {tree.bytes / 1e6 / wall:6.1f} MB/s  "
           f"RSS {usage.ru_maxrss / 1024:6.1f} MiB  "
-          f"client CPU {usage.ru_utime + usage.ru_stime:5.1f} s"
+          f"client CPU {client_cpu:5.1f} s"
           + (f"  server CPU {server_cpu:5.1f} s" if server_cpu is not None else "")
-          + f"  [{note}]", flush=True)
+          + (f"  others {other_cpu:5.1f} s" if other_cpu is not None else "")
+          + f"  [{note}]" + ("" if idle else "  (machine was busy at start)"), flush=True)
     shutil.rmtree(state, ignore_errors=True)
     return run
 
@@ -394,9 +433,11 @@ def report(*, tree: Tree, variants: list[Variant], info: dict[str, str], args: a
         server = [r.server_cpu for r in v.runs if r.server_cpu is not None]
         by_name[v.name] = {"fps": fps, "wall": wall}
         server_s = f"{median(server):.1f}" if server else "n/a"
+        others = [r.other_cpu for r in v.runs if r.other_cpu is not None]
+        others_s = f"{median(others):.1f}" if others else "n/a"
         runs = ", ".join(f"{w:.2f}" for w in walls)
         rows.append(f"| {v.name} | {wall:.2f} | {runs} | {fps:,.0f} | {mbs:,.1f} | {rss:,.0f} | "
-                    f"{cpu:.1f} | {server_s} | {v.runs[0].objects:,} | "
+                    f"{cpu:.1f} | {server_s} | {others_s} | {v.runs[0].objects:,} | "
                     f"{v.runs[0].note.split(';')[0]} |")
     pm, s5 = by_name["pacsmigrate (defaults)"], by_name["s5cmd (defaults)"]
     def best(tool: str) -> Variant:
@@ -414,6 +455,7 @@ def report(*, tree: Tree, variants: list[Variant], info: dict[str, str], args: a
         argv = v.runs[0].argv
         commands.append(shlex.join(argv).replace(str(tree.root), "$TREE")
                         .replace(str(args.workdir_resolved), "$WORK"))
+    busy_starts = [r for v in variants for r in v.runs if not r.started_idle]
     pm_internal = [r.note for v in variants for r in v.runs if "own timer" in r.note]
     out = [
         (f"## {started:%Y-%m-%d %H:%M} UTC — {tree.files:,} files, {tree.bytes / 1e6:,.0f} MB, "
@@ -461,13 +503,22 @@ def report(*, tree: Tree, variants: list[Variant], info: dict[str, str], args: a
         "",
         ("**Results** (median over the repeats; files/s and MB/s = source files and source bytes "
         "÷ median wall time, process start to exit; RSS = peak of the tool's process, max over "
-        "repeats; CPU = user+sys of the tool's process, server CPU = SeaweedFS's CPU during the "
-        "run, both from the kernel's counters)"),
+        "repeats; client CPU = user+sys of the tool's process (os.wait4), server CPU = SeaweedFS's "
+        "CPU during the run (/proc/PID/stat), others' CPU = busy CPU time of everything else on "
+        f"the machine during the run (/proc/stat minus both; capacity is {info['CPUs (nproc)']} "
+        "CPU-seconds per second); medians)"),
         "",
         ("| tool | median wall s | runs (s) | files/s | MB/s | peak RSS MiB | client CPU s | "
-        "server CPU s | objects | stored as |"),
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
+        "server CPU s | others' CPU s | objects | stored as |"),
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
         *rows,
+        "",
+        ("Before each timed run the bench waited (up to "
+         f"{args.idle_wait:.0f} s) for a 1-s window with < 0.25 CPUs busy machine-wide; "
+         + (f"{len(busy_starts)} of {sum(len(v.runs) for v in variants)} runs started without "
+            "one (" + ", ".join(f"r{r.repeat} {r.variant}" for r in busy_starts) + ")."
+            if busy_starts else "every run got one.")
+         + " The others' CPU column shows how much the rest of the machine used meanwhile."),
         "",
         (f"**Ratio pacsmigrate / s5cmd (files/s)**: defaults {ratio_defaults:.2f}; "
         f"best of each ({best_pm.name} vs {best_s5.name}) {ratio_best:.2f}."),
@@ -528,6 +579,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the defaults of each tool, not the tuned variants")
     parser.add_argument("--profile", action="store_true",
                         help="also run pacsmigrate once under cProfile and add its top functions")
+    parser.add_argument("--idle-wait", type=float, default=120.0, metavar="SECONDS",
+                        help="before each timed run, wait up to this long for the machine to "
+                        "be nearly idle (other jobs distort timings; default 120, 0 = never)")
     parser.add_argument("--keep", action="store_true", help="keep the workdir")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the section instead of writing --out")
@@ -566,7 +620,8 @@ def main(argv: list[str] | None = None) -> int:
                 for position, variant in enumerate(order, 1):
                     variant.runs.append(run_variant(
                         variant, tree=tree, info=store_info, client=client, env=env, work=work,
-                        repeat=repeat, position=position, server_pid=server_pid))
+                        repeat=repeat, position=position, server_pid=server_pid,
+                        idle_wait=args.idle_wait))
             profile = profile_once(tree, info=store_info, env=env, work=work) if args.profile \
                 else None
             endpoint = store_info.endpoint_url

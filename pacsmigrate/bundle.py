@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ def _stable_read(path: bytes) -> tuple[bytes, os.stat_result] | Problem:
         try:
             with os.fdopen(fd, "rb", buffering=0) as f:
                 before = os.fstat(f.fileno())
+                if not stat.S_ISREG(before.st_mode):
+                    return Problem(path, "not a regular file any more")
                 data = f.read(before.st_size + 1)
                 after = os.fstat(f.fileno())
         except OSError as exc:
@@ -158,6 +161,9 @@ def file_parts(plan: BundlePlan, result: PackResult, *, part_size: int,
         return
     with os.fdopen(fd, "rb", buffering=0) as f:
         before = os.fstat(f.fileno())
+        if not stat.S_ISREG(before.st_mode):
+            result.problems.append(Problem(rec.path, "not a regular file any more"))
+            return
         now = rec
         if (before.st_size, before.st_mtime_ns) != (rec.size, rec.mtime_ns):
             fresh = classify(FileEntry(rec.path, before.st_size, before.st_mtime_ns),

@@ -14,6 +14,7 @@ from typing import Any, BinaryIO
 import blake3
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.valuerep import VR
 
 from .keys import study_group, unsorted_group
 from .records import DICOM, UNSORTED, Catalogued, FileEntry, Problem
@@ -29,6 +30,7 @@ _EXPLICIT_BE = "1.2.840.10008.1.2.2"
 _DEFLATED = ("1.2.840.10008.1.2.1.99",)
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
              b"UT", b"UV"}
+_ALL_VRS = frozenset(v.value.encode() for v in VR)
 _HASH_CHUNK = 1 << 20
 
 
@@ -47,7 +49,9 @@ class Header:
 
 def open_source(path: bytes) -> int:
     """Open read-only, never following a link; without touching atime when we may."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    # O_NONBLOCK: a path swapped for a FIFO since the scan must not hang a reader thread
+    # (regular files ignore it); callers check S_ISREG on the open descriptor.
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
         return os.open(path, flags | _O_NOATIME)
     except PermissionError:
@@ -74,7 +78,8 @@ def _pixels_truncated(f: BinaryIO, size: int, ts: str) -> bool:
     if len(head) < 8:
         return True
     endian = ">" if ts == _EXPLICIT_BE else "<"
-    if ts == _IMPLICIT_LE:
+    # Judge VR from the bytes: some files declare explicit VR but are written implicit.
+    if ts == _IMPLICIT_LE or head[4:6] not in _ALL_VRS:
         (length,) = struct.unpack(endian + "I", head[4:8])
         header_len = 8
     elif head[4:6] in _LONG_VRS:
@@ -117,9 +122,25 @@ def read_header(f: BinaryIO, size: int) -> Header:
         return Header(reason="not DICOM")
     if not h.study_uid:
         return _with_reason(h, "DICOM without StudyInstanceUID")
-    if _pixels_truncated(f, size, ts or (_IMPLICIT_LE if not has_marker else "")):
+    if ts not in _DEFLATED and _elements_overrun(ds, size):
+        return _with_reason(h, "truncated DICOM (data set shorter than declared)")
+    if _pixels_truncated(f, size, ts):
         return _with_reason(h, "truncated DICOM (pixel data shorter than declared)")
     return h
+
+
+def _elements_overrun(ds: Any, size: int) -> bool:
+    """True when a top-level element declares more bytes than the file has.
+
+    pydicom reads a value cut short by the end of the file without complaint; the raw
+    elements still carry where their value starts and how long it claims to be.
+    """
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag)
+        length, at = getattr(raw, "length", None), getattr(raw, "value_tell", None)
+        if length is not None and at is not None and length != 0xFFFFFFFF and at + length > size:
+            return True
+    return False
 
 
 def _with_reason(h: Header, reason: str) -> Header:

@@ -69,8 +69,9 @@ def find_in_tar_tail(tail: bytes, bundle_id: str) -> bytes | None:
     their own checksum, so a block that parses as our manifest's header is one.
     """
     want = manifest_name(bundle_id)
-    start = len(tail) - (len(tail) % 512) - 512
-    for pos in range(start, -1, -512):
+    # A tar's length is a multiple of 512, so block boundaries sit at multiples of 512 from
+    # the end, whatever offset the tail was read from.
+    for pos in range(len(tail) - 512, -1, -512):
         block = tail[pos:pos + 512]
         if want.encode() not in block[:100]:
             continue

@@ -57,6 +57,7 @@ class _Walker:
                     return
                 directory = self.stack.pop()
                 self.busy += 1
+            subdirs: list[bytes] = []
             try:
                 subdirs = self.list_dir(directory)
             finally:
@@ -131,11 +132,13 @@ async def scan(roots: Sequence[bytes], *, threads: int = 16,
             yield item  # type: ignore[misc]
         await task
     finally:
+        # Also when the consumer stopped early or was cancelled: stop the walkers, then
+        # drain the queue so none stays blocked on a put.
+        walker.stopped = True
+        with walker.cond:
+            walker.cond.notify_all()
         if not task.done():
-            walker.stopped = True
-            with walker.cond:
-                walker.cond.notify_all()
-            while not task.done():  # unblock workers waiting on a full queue
+            while not task.done():
                 try:
                     out.get_nowait()
                 except asyncio.QueueEmpty:

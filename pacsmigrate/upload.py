@@ -13,7 +13,7 @@ import blake3
 from . import faults, manifest
 from .backends.base import Backend, ObjectInfo, one_chunk
 from .bundle import PackResult, file_parts, tar_parts
-from .errors import ObjectExistsError, SourceChangedError
+from .errors import BackendError, ObjectExistsError, SourceChangedError
 from .keys import sidecar_key
 from .paths import member_name
 from .records import BundlePlan
@@ -60,8 +60,10 @@ async def upload(plan: BundlePlan, backend: Backend, pool: Executor, *,
         result.reread += 1
         return None, result
     except ObjectExistsError:
-        # An earlier attempt stored this exact plan (deterministic key): adopt it.
-        return await recover(plan, backend), result
+        # An earlier attempt stored this exact plan (deterministic key): adopt what it
+        # stored. This attempt's findings are dropped; plan members the stored manifest
+        # lacks stay catalogued and go into the next pass.
+        return await recover(plan, backend), PackResult()
     faults.point("after-upload")
     await save_sidecar(backend, plan.key, result.manifest)
     faults.point("after-sidecar")
@@ -80,28 +82,38 @@ async def recover(plan: BundlePlan, backend: Backend) -> Stored | None:
     """The manifest of an object stored by an interrupted run, or None if it is absent.
 
     Order of evidence: the sidecar; else the manifest inside the tar's tail; else (a raw
-    large file) the object's bytes hashed afresh. A missing sidecar is written back.
+    large file) the object's bytes hashed afresh. A missing sidecar is written back. An
+    object at our key that none of these explains is an error, never silently reused.
     """
     info = await backend.stat(plan.key)
     if info is None:
         return None
-    side = await backend.stat(sidecar_key(plan.key))
-    if side is not None:
-        doc = manifest.parse(await backend.load(sidecar_key(plan.key)))
-        return Stored(info, doc, adopted=True)
+    raw = await _find_manifest(plan, backend, info)
+    try:
+        doc = manifest.parse(raw) if raw is not None else None
+    except ValueError:
+        doc = None
+    if doc is None or doc.get("key") != plan.key or any(
+            int(m["offset"]) + int(m["length"]) > info.size for m in doc["members"]):
+        raise BackendError(f"an object not written by this migration is at {plan.key}; "
+                           "move it away and re-run", key=plan.key)
+    assert raw is not None
+    await save_sidecar(backend, plan.key, raw)
+    return Stored(info, doc, adopted=True)
+
+
+async def _find_manifest(plan: BundlePlan, backend: Backend, info: ObjectInfo) -> bytes | None:
+    if await backend.stat(sidecar_key(plan.key)) is not None:
+        return await backend.load(sidecar_key(plan.key))
     if plan.kind == "tar":
         start = max(0, info.size - TAIL_BYTES)
         raw = manifest.find_in_tar_tail(await backend.load(plan.key, offset=start),
                                         plan.bundle_id)
         if raw is None and start:
             raw = manifest.find_in_tar_tail(await backend.load(plan.key), plan.bundle_id)
-        if raw is None:
-            return None
-    else:
-        data = await backend.load(plan.key)
-        rec = plan.members[0]
-        entry = manifest.member_entry(rec, name=member_name(rec.path), offset=0,
-                                      length=len(data), digest=blake3.blake3(data).hexdigest())
-        raw = manifest.build(plan, [entry])
-    await save_sidecar(backend, plan.key, raw)
-    return Stored(info, manifest.parse(raw), adopted=True)
+        return raw
+    data = await backend.load(plan.key)
+    rec = plan.members[0]
+    entry = manifest.member_entry(rec, name=member_name(rec.path), offset=0,
+                                  length=len(data), digest=blake3.blake3(data).hexdigest())
+    return manifest.build(plan, [entry])

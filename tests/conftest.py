@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import itertools
+import logging
 import os
 import shutil
 import subprocess
@@ -58,7 +58,7 @@ class S3Target:
     def env(self) -> dict[str, str]:
         return {**os.environ, **self.info.env()}
 
-    def keys(self) -> list[str]:
+    def object_keys(self) -> list[str]:
         out: list[str] = []
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
             out += [o["Key"] for o in page.get("Contents", [])]
@@ -113,7 +113,7 @@ def samples(tmp_path: Path) -> Path:
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
             check: bool = False) -> subprocess.CompletedProcess[str]:
     """Run the real command line in a subprocess (as an admin would)."""
-    proc = subprocess.run([sys.executable, "-m", "pacsmigrate", *args], env=env,
+    proc = subprocess.run([sys.executable, "-m", "pacsmigrate", *args], env=env, check=False,
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")

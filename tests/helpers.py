@@ -64,7 +64,7 @@ def assert_complete(target: Any, state: Path, *roots: Path, expect_missing: set[
         data = target.get(r["key"], int(r["offset"]), length) if length else b""
         assert data == files[p].read_bytes(), f"range GET differs for {files[p]}"
         assert blake3.blake3(data).hexdigest() == r["blake3"]
-    keys = target.keys()
+    keys = target.object_keys()
     data_keys = {k for k in keys if not k.endswith(".json")}
     sidecars = {k for k in keys if k.endswith(".json") and not k.endswith("pacsmigrate.json")}
     referenced = {r["key"] for r in rows}

@@ -280,7 +280,7 @@ def test_failing_source_leaves_nothing(store: Store, good_parts: int) -> None:
     run_on(store, body)
     if store.target is not None:
         assert store.target.pending_uploads() == []
-        assert store.target.keys() == [key]
+        assert store.target.object_keys() == [key]
 
 
 def test_cancelled_save_leaves_no_pending_upload(s3store: Store) -> None:
@@ -309,7 +309,7 @@ def test_cancelled_save_leaves_no_pending_upload(s3store: Store) -> None:
 
     run_on(s3store, body)
     assert target.pending_uploads() == []
-    assert target.keys() == []
+    assert target.object_keys() == []
 
 
 # --- abort_pending (stores with multipart uploads) -------------------------------------------
@@ -337,7 +337,7 @@ def test_abort_pending(s3store: Store) -> None:
     assert [(u["Key"], u["UploadId"]) for u in left] == [(key + ".sidecar", other)]
     client.abort_multipart_upload(Bucket=bucket, Key=key + ".sidecar", UploadId=other)
     assert target.pending_uploads() == []
-    assert target.keys() == []
+    assert target.object_keys() == []
 
 
 # --- list ------------------------------------------------------------------------------------
@@ -459,7 +459,7 @@ def test_wrong_credentials_are_permanent(weed: Store, monkeypatch: pytest.Monkey
 
     run_on(weed, body)
     assert weed.target is not None
-    assert weed.target.keys() == []
+    assert weed.target.object_keys() == []
     assert weed.target.pending_uploads() == []
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import textwrap
 import threading
 from pathlib import Path
 
@@ -318,3 +321,31 @@ def test_reasons_never_carry_patient_data(samples: Path, caplog: pytest.LogCaptu
     assert any(texts)  # and at real reasons
     for v in secrets_seen:
         assert v not in caplog.text
+
+
+_CLASSIFY_ALL = textwrap.dedent("""
+    import os, sys
+    from pathlib import Path
+    from pacsmigrate.classify import classify
+    from pacsmigrate.keys import new_secret
+    from pacsmigrate.records import FileEntry
+    secret, n = new_secret(), 0
+    for p in sorted(Path(sys.argv[1]).rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            classify(FileEntry(os.fsencode(p), st.st_size, st.st_mtime_ns), secret=secret)
+            n += 1
+    print(n)
+""")
+
+
+def test_pydicom_warnings_and_logs_stay_silent(samples: Path) -> None:
+    """pydicom's warnings quote element values; classify must not let them reach stderr.
+
+    A fresh process, with every warning enabled (-W always) as an admin's environment might.
+    """
+    proc = subprocess.run([sys.executable, "-W", "always", "-c", _CLASSIFY_ALL, str(samples)],
+                          check=False, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) > 50
+    assert proc.stderr == ""

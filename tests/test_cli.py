@@ -67,7 +67,7 @@ def test_dry_run_prints_the_plan(moto_s3: S3Target, small_tree: Path, tmp_path: 
     assert proc.returncode == 0, proc.stderr
     assert "nothing was written" in proc.stdout
     assert "plan: 3 studies, 4 files" in proc.stdout
-    assert moto_s3.keys() == []
+    assert moto_s3.object_keys() == []
 
 
 @pytest.mark.parametrize("args, message", [

@@ -6,8 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from pacsmigrate.config import (GiB, KiB, MiB, S3_MIN_PART, Destination, MigrateConfig,
-                                TransferConfig, parse_size)
+from pacsmigrate.config import (
+    S3_MIN_PART,
+    Destination,
+    GiB,
+    KiB,
+    MiB,
+    MigrateConfig,
+    TransferConfig,
+    parse_size,
+)
 from pacsmigrate.errors import ConfigError, PacsMigrateError
 
 

@@ -47,7 +47,7 @@ def test_end_to_end_every_row_range_gets_its_file(s3: S3Target, tree: Path, tmp_
             by_study.setdefault(r["study_uid"], set()).add(r["key"].rsplit("/", 1)[0])
     assert by_study and all(len(prefixes) == 1 for prefixes in by_study.values())
     # Keys carry no UIDs and no patient data; bundles end in .tar, metadata in .json.
-    for key in s3.keys():
+    for key in s3.object_keys():
         assert key.endswith((".tar", ".json", ".dcm", ".bin"))
         assert not any(uid in key for uid in by_study)
         assert "SYNTH" not in key.upper()
@@ -59,7 +59,7 @@ def test_bundle_extracts_with_system_tar(moto_s3: S3Target, tree: Path, tmp_path
     state = tmp_path / "state"
     run(migrate(config([tree], moto_s3.url, state, moto_s3.info.endpoint_url)))
     files = source_files(tree)
-    bundle = next(k for k in moto_s3.keys() if k.endswith(".tar"))
+    bundle = next(k for k in moto_s3.object_keys() if k.endswith(".tar"))
     (tmp_path / "b.tar").write_bytes(moto_s3.get(bundle))
     out = tmp_path / "x"
     out.mkdir()
@@ -89,7 +89,7 @@ def test_dry_run_writes_nothing_and_plans(moto_s3: S3Target, tree: Path, tmp_pat
     state = tmp_path / "state"
     stats = run(migrate(config([tree], moto_s3.url, state, moto_s3.info.endpoint_url,
                                dry_run=True)))
-    assert moto_s3.keys() == []
+    assert moto_s3.object_keys() == []
     n = len(source_files(tree))
     assert stats.planned_files == n and stats.files_seen == n
     assert stats.planned_objects > 0 and stats.planned_requests >= 2 * stats.planned_objects
@@ -105,10 +105,10 @@ def test_rerun_uploads_nothing_and_a_new_file_one_bundle(moto_s3: S3Target, tree
     cfg = config([tree], moto_s3.url, state, moto_s3.info.endpoint_url)
     run(migrate(cfg))
     before = {k: moto_s3.client.head_object(Bucket=moto_s3.bucket, Key=k)["ETag"]
-              for k in moto_s3.keys()}
+              for k in moto_s3.object_keys()}
     again = run(migrate(cfg))
     assert again.objects_uploaded == 0 and again.already_migrated == len(source_files(tree))
-    assert moto_s3.keys() == sorted(before)
+    assert moto_s3.object_keys() == sorted(before)
     # A new instance of an existing study: one new bundle (+ its manifest), nothing rewritten.
     src = next(p for p in sorted((tree / "dcm4chee").rglob("*")) if p.is_file())
     ds = pydicom.dcmread(src)
@@ -117,7 +117,7 @@ def test_rerun_uploads_nothing_and_a_new_file_one_bundle(moto_s3: S3Target, tree
     ds.save_as(tree / "late-arrival.dcm")
     third = run(migrate(cfg))
     assert third.objects_uploaded == 1 and third.files_migrated == 1
-    new = set(moto_s3.keys()) - set(before)
+    new = set(moto_s3.object_keys()) - set(before)
     assert len(new) == 2 and {k.rsplit(".", 1)[1] for k in new} == {"tar", "json"}
     for k, etag in before.items():
         assert moto_s3.client.head_object(Bucket=moto_s3.bucket, Key=k)["ETag"] == etag

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -34,8 +35,14 @@ def write(path: bytes, data: bytes) -> bytes:
     return path
 
 
+class Tree(NamedTuple):
+    root: bytes
+    files: list[bytes]
+    problems: dict[bytes, str]
+
+
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Tree:
     """A tree with every kind of entry a hospital share can hold, and what scan must say.
 
     Module-scoped (built once, never modified by the tests).
@@ -56,7 +63,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     os.mkdir(big)
     for i in range(BATCH * 2 + 77):
         files.append(write(j(big, b"f%05d.dcm" % i), b"x" * (i % 7)))
-    problems = {}
+    problems: dict[bytes, str] = {}
     os.symlink(j(root, b"top.dcm"), j(root, b"link-to-file"))
     problems[j(root, b"link-to-file")] = "symlink not followed"
     os.symlink(j(root, b"does-not-exist"), j(root, b"a", b"broken-link"))
@@ -65,12 +72,11 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     problems[j(root, b"link-to-dir")] = "symlink not followed"
     os.mkfifo(j(root, b"a", b"pipe"))
     problems[j(root, b"a", b"pipe")] = "fifo skipped"
-    return {"root": root, "files": files, "problems": problems}
+    return Tree(root, files, problems)
 
 
-def test_scan_yields_exact_entries_and_problems(tree: dict[str, object]) -> None:
-    root = tree["root"]
-    assert isinstance(root, bytes)
+def test_scan_yields_exact_entries_and_problems(tree: Tree) -> None:
+    root = tree.root
     items = flatten(collect([root], threads=4))
 
     entries = [i for i in items if isinstance(i, FileEntry)]
@@ -80,7 +86,7 @@ def test_scan_yields_exact_entries_and_problems(tree: dict[str, object]) -> None
     # Every regular file exactly once, nothing else (no dirs, no link targets twice).
     paths = [e.path for e in entries]
     assert len(paths) == len(set(paths))
-    assert set(paths) == set(tree["files"])  # type: ignore[arg-type]
+    assert set(paths) == set(tree.files)
     assert all(isinstance(p, bytes) for p in paths)
     assert os.path.join(root, b"caf\xe9.dcm") in paths
 
@@ -89,13 +95,12 @@ def test_scan_yields_exact_entries_and_problems(tree: dict[str, object]) -> None
         st = os.stat(e.path, follow_symlinks=False)
         assert (e.size, e.mtime_ns) == (st.st_size, st.st_mtime_ns), e.path
 
-    assert {p.path: p.reason for p in problems} == tree["problems"]
+    assert {p.path: p.reason for p in problems} == tree.problems
     assert all(p.final for p in problems)  # deliberate skips: the run may still succeed
 
 
-def test_scan_batches_large_directory(tree: dict[str, object]) -> None:
-    root = tree["root"]
-    assert isinstance(root, bytes)
+def test_scan_batches_large_directory(tree: Tree) -> None:
+    root = tree.root
     batches = collect([root], threads=2)
     assert all(batch for batch in batches), "no empty batches"
     assert max(len(b) for b in batches) <= BATCH
@@ -194,7 +199,7 @@ def flat_dir(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 def test_scan_stopping_early_does_not_hang(flat_dir: bytes, how: str) -> None:
     try:
         proc = subprocess.run([sys.executable, "-c", _EARLY_STOP, os.fsdecode(flat_dir), how],
-                              capture_output=True, text=True, timeout=4)
+                              check=False, capture_output=True, text=True, timeout=4)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"scan did not stop after the consumer stopped early ({how}): the process "
                     f"hung at exit on leftover scan threads; '<entries> <threads left>' was "

@@ -22,8 +22,10 @@ from pydicom.uid import (
     MediaStorageDirectoryStorage,
 )
 
-from pacsmigrate import synth
 from pacsmigrate.synth import LAYOUTS, SynthSummary, make_tree
+from pacsmigrate.synth.datasets import _series_instances
+from pacsmigrate.synth.encode import _SeriesEncoder
+from pacsmigrate.synth.plan import _plan_studies
 
 SMALL = 0.01
 UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -227,13 +229,13 @@ def test_files_are_canonical_pydicom_encodings(tmp_path: Path) -> None:
 
 
 def test_fast_encoder_matches_dcmwrite() -> None:
-    plans = synth._plan_studies(studies=12, seed=9, scale=SMALL)
+    plans = _plan_studies(studies=12, seed=9, scale=SMALL)
     checked = set()
     for study in plans:
         for series in study.series:
             encoder = None
-            for ds in synth._series_instances(study=study, series=series):
-                encoder = encoder or synth._SeriesEncoder(ds)
+            for ds in _series_instances(study=study, series=series):
+                encoder = encoder or _SeriesEncoder(ds)
                 expected = io.BytesIO()
                 dcmwrite(expected, ds, enforce_file_format=True)
                 assert b"".join(encoder.encode()) == expected.getvalue()
@@ -318,7 +320,7 @@ FULL_IMAGES = {
 
 
 def test_full_scale_plan_is_realistic() -> None:
-    plans = synth._plan_studies(studies=200, seed=1, scale=1.0)
+    plans = _plan_studies(studies=200, seed=1, scale=1.0)
     for study in plans:
         main = study.series[0].modality.code
         images = sum(s.count for s in study.series if s.modality.code == main)
@@ -330,6 +332,6 @@ def test_full_scale_plan_is_realistic() -> None:
                 low_mb, high_mb = FULL_SIZE_MB[series.modality.code]
                 assert low_mb <= series.geometry.nbytes / 1e6 <= high_mb, series.modality.code
                 continue
-            ds = next(synth._series_instances(study=study, series=series))
-            size = sum(map(len, synth._SeriesEncoder(ds).encode()))
+            ds = next(_series_instances(study=study, series=series))
+            size = sum(map(len, _SeriesEncoder(ds).encode()))
             assert 2_000 <= size <= 55_000, (series.modality.code, size)

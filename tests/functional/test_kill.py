@@ -58,21 +58,29 @@ def test_kill_at_point_then_resume(point: str, s3: S3Target, kill_tree: Path,
 
 def test_kill_at_random_moments(moto_s3: S3Target, kill_tree: Path, tmp_path: Path) -> None:
     """Kill after random delays until a run completes; nothing lost, nothing doubled."""
-    state = tmp_path / "state"
     rng = random.Random(int(os.environ.get("PACSMIGRATE_KILL_SEED", "1234")))
-    args = [sys.executable, "-m", "pacsmigrate", *_migrate_args(kill_tree, moto_s3, state)]
+    # How long an uninterrupted run takes here, so the kills land inside the run.
+    started = time.monotonic()
+    run_cli(*_migrate_args(kill_tree, moto_s3, tmp_path / "timing"), env=moto_s3.env(),
+            check=True)
+    full = time.monotonic() - started
+    target = S3Target(moto_s3.info, moto_s3.bucket + "-k", "moto")
+    target.client.create_bucket(Bucket=target.bucket)
+    state = tmp_path / "state"
+    args = [sys.executable, "-m", "pacsmigrate", *_migrate_args(kill_tree, target, state)]
     kills = 0
-    for _ in range(12):
-        proc = subprocess.Popen(args, env=moto_s3.env(), stdout=subprocess.PIPE,
+    for attempt in range(12):
+        proc = subprocess.Popen(args, env=target.env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(0.5, 1.5))
+        # Later attempts start with work already done, so they are killed sooner.
+        time.sleep(rng.uniform(0.2, 0.9) * full / (1 + attempt / 3))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.communicate(timeout=120)
         if proc.returncode == 0:
             break
-    final = run_cli(*_migrate_args(kill_tree, moto_s3, state), env=moto_s3.env())
+    final = run_cli(*_migrate_args(kill_tree, target, state), env=target.env())
     assert final.returncode == 0, final.stdout + final.stderr
     assert kills >= 1
-    assert_complete(moto_s3, state, kill_tree)
+    assert_complete(target, state, kill_tree)
