@@ -121,3 +121,12 @@ def test_missing_bucket_and_bad_credentials_stop_cleanly(seaweed_s3: S3Target, s
     proc = run_cli(*_migrate(small_tree, seaweed_s3, tmp_path / "b"), env=env, timeout=120)
     assert proc.returncode == 2 and "store refused" in proc.stderr, proc.stderr
     assert "wrong" not in proc.stderr  # credentials are never printed
+
+
+def test_progress_bars_show_rates(moto_s3: S3Target, small_tree: Path, tmp_path: Path) -> None:
+    proc = run_cli(*_migrate(small_tree, moto_s3, tmp_path / "s", "--progress"),
+                   env=moto_s3.env())
+    assert proc.returncode == 0, proc.stderr
+    assert "catalogue" in proc.stderr and "upload" in proc.stderr
+    assert "files/s" in proc.stderr and "B/s" in proc.stderr
+    assert "4/4 files" in proc.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -188,3 +189,32 @@ def test_changed_file_is_reread_not_packed_half_old(moto_s3: S3Target, tmp_path:
     assert_complete(moto_s3, state, root)
     row = next(r for r in index_rows(state) if r["source_path"] == str(victim))
     assert int(row["mtime_ns"]) == 1_000_000_000
+
+
+def _pydicom_data() -> Path | None:
+    spec = importlib.util.find_spec("data_store")
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent / "data"
+
+
+def test_all_real_samples_migrate_byte_exact(s3: S3Target, samples: Path, tmp_path: Path) -> None:
+    """Every pydicom sample (CD layout with DICOMDIR, no preamble, big endian, deflated,
+    JPEG 2000, truncated, non-DICOM, character sets) and pydicom-data's multi-frame files."""
+    roots = [samples]
+    extra = _pydicom_data()
+    if extra is not None and extra.is_dir():
+        shutil.copytree(extra, tmp_path / "pydicom-data")
+        roots.append(tmp_path / "pydicom-data")
+    state = tmp_path / "state"
+    stats = run(migrate(config(roots, s3.url, state, s3.info.endpoint_url,
+                               bundle_size=8 * MiB, large_file=2 * MiB)))
+    assert stats.not_migrated == 0
+    rows = assert_complete(s3, state, *roots)
+    cd = [r for r in rows if "/dicomdirtests/" in r["source_path"] and r["status"] == "dicom"]
+    assert len(cd) > 20 and len({r["study_uid"] for r in cd}) >= 2
+    assert any(r["key"].endswith(".dcm") for r in rows)  # large files as their own objects
+    by_name = {Path(r["source_path"]).name: r for r in rows}
+    assert by_name["MR_small_bigendian.dcm"]["status"] == "dicom"
+    assert by_name["image_dfl.dcm"]["status"] == "dicom"
+    assert by_name["ExplVR_LitEndNoMeta.dcm"]["status"] == "dicom"
