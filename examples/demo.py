@@ -9,9 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pacsmigrate.backends import open_backend
-from pacsmigrate.checkpoint import Checkpoint
-from pacsmigrate.config import Destination, TransferConfig
+from pacsmigrate.access import open_migration
 from pacsmigrate.devstore import SeaweedFS, create_bucket
 from pacsmigrate.retrieve import fetch
 
@@ -23,14 +21,9 @@ def cli(*args: str, env: dict[str, str]) -> int:
     return subprocess.call([sys.executable, "-m", "pacsmigrate", *args], env=env)
 
 
-async def fetch_back(state: Path, dest: Destination, path: Path) -> bytes:
-    cp = Checkpoint(state, readonly=True)
-    backend = await open_backend(dest, TransferConfig())
-    try:
-        return await fetch(cp, backend, os.fsencode(path))
-    finally:
-        await backend.close()
-        cp.close()
+async def fetch_back(state: Path, path: Path) -> bytes:
+    async with open_migration(state) as m:
+        return await fetch(m.cp, m.backend, os.fsencode(path))
 
 
 def main() -> int:
@@ -52,8 +45,7 @@ def main() -> int:
             return code
         cli("status", "--state", str(state), env=env)
         sample = next(p for p in sorted(tree.rglob("*")) if p.is_file() and "DICOMDIR" not in p.name)
-        got = asyncio.run(fetch_back(state, Destination.parse(dest, endpoint_url=info.endpoint_url),
-                                     sample))
+        got = asyncio.run(fetch_back(state, sample))
         same = got == sample.read_bytes()
         print(f"fetched {sample.relative_to(WORK)} back with one range GET: {len(got):,} bytes, "
               f"{'byte-identical' if same else 'DIFFERENT'} to the source")

@@ -1,66 +1,30 @@
-"""The `pacsmigrate` command line: parse, build config, call the library, print."""
+"""`migrate` and `status`: run a migration, and show what is done and what remains."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 
-from . import index as index_mod
-from .checkpoint import Checkpoint
-from .config import Destination, MigrateConfig, TransferConfig, parse_size
-from .errors import PacsMigrateError
-from .pipeline import migrate as run_migrate
-from .stats import Stats
-
-F = TypeVar("F", bound=Callable[..., Any])
-DEFAULT_STATE = "pacsmigrate-state"
+from ..checkpoint import Checkpoint
+from ..config import Destination, MigrateConfig, TransferConfig
+from ..pipeline import migrate as run_migrate
+from ..stats import Stats
+from .common import handle_errors, size_option, state_option
 
 
-def _errors(fn: F) -> F:
-    """Our errors become one clear line and exit status 2; Ctrl-C says how to resume."""
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except PacsMigrateError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("interrupted: re-run the same command to resume", err=True)
-            sys.exit(130)
-    return wrapper  # type: ignore[return-value]
-
-
-def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
-    try:
-        return parse_size(value)
-    except PacsMigrateError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
-@click.group()
-@click.version_option(package_name="pacsmigrate")
-def main() -> None:
-    """Migrate PACS archives into object storage, resumably, with a RIS index."""
-
-
-@main.command()
+@click.command()
 @click.argument("paths", nargs=-1, required=True, metavar="SOURCE... DEST")
-@click.option("--state", "state_dir", default=DEFAULT_STATE, show_default=True,
-              type=click.Path(path_type=Path), help="Checkpoint directory; re-run to resume.")
+@state_option(must_exist=False)
 @click.option("--endpoint-url", help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
 @click.option("--dry-run", is_flag=True, help="Read, hash and parse everything; write nothing.")
-@click.option("--bundle-size", default="256MiB", show_default=True, callback=_size)
-@click.option("--large-file", default="64MiB", show_default=True, callback=_size,
+@click.option("--bundle-size", default="256MiB", show_default=True, callback=size_option)
+@click.option("--large-file", default="64MiB", show_default=True, callback=size_option,
               help="Files above this become objects of their own.")
-@click.option("--part-size", default="16MiB", show_default=True, callback=_size)
+@click.option("--part-size", default="16MiB", show_default=True, callback=size_option)
 @click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 256),
               help="Objects and requests in flight.")
 @click.option("--read-threads", default=8, show_default=True, type=click.IntRange(1, 256))
@@ -68,7 +32,7 @@ def main() -> None:
               help="Write the JSON report here.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bars (default: when stderr is a terminal).")
-@_errors
+@handle_errors
 def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None, dry_run: bool,
             bundle_size: int, large_file: int, part_size: int, concurrency: int,
             read_threads: int, report_path: Path | None, progress: bool | None) -> None:
@@ -117,11 +81,10 @@ def _print_summary(s: Stats, *, dry_run: bool) -> None:
     click.echo(state)
 
 
-@main.command()
-@click.option("--state", "state_dir", default=DEFAULT_STATE, show_default=True,
-              type=click.Path(path_type=Path, exists=True))
+@click.command()
+@state_option()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@_errors
+@handle_errors
 def status(state_dir: Path, as_json: bool) -> None:
     """What is done and what remains in a state directory."""
     cp = Checkpoint(state_dir, readonly=True)
@@ -142,50 +105,3 @@ def status(state_dir: Path, as_json: bool) -> None:
         return
     for name, value in doc.items():
         click.echo(f"{name.replace('_', ' ')}: {value}")
-
-
-@main.group()
-def index() -> None:
-    """The RIS path -> object index."""
-
-
-@index.command("export")
-@click.option("--state", "state_dir", default=DEFAULT_STATE, show_default=True,
-              type=click.Path(path_type=Path, exists=True))
-@click.option("--format", "fmt", type=click.Choice(index_mod.FORMATS), default="csv",
-              show_default=True)
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="File (default stdout).")
-@_errors
-def export(state_dir: Path, fmt: str, output: Path | None) -> None:
-    """One row per source file: path, key, offset, length, blake3, UIDs."""
-    cp = Checkpoint(state_dir, readonly=True)
-    try:
-        if output is None:
-            index_mod.export(cp, sys.stdout, fmt=fmt)
-        else:
-            with open(output, "w", encoding="utf-8", newline="") as out:
-                n = index_mod.export(cp, out, fmt=fmt)
-            click.echo(f"{n:,} rows written to {output}", err=True)
-    finally:
-        cp.close()
-
-
-@main.command()
-@click.argument("directory", type=click.Path(path_type=Path))
-@click.option("--studies", default=10, show_default=True, type=click.IntRange(1))
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--layout", default="patient", show_default=True,
-              type=click.Choice(["patient", "date", "cd", "hashed", "storescp", "mixed"]))
-@click.option("--scale", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
-              help="Shrink image counts and sizes (tests use 0.01).")
-@_errors
-def synth(directory: Path, studies: int, seed: int, layout: str, scale: float) -> None:
-    """Make a synthetic PACS tree of valid DICOM files."""
-    from .synth import make_tree
-
-    try:
-        summary = make_tree(directory, studies=studies, seed=seed, layout=layout, scale=scale)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    click.echo(f"{summary.files:,} files, {summary.bytes / 1e6:,.1f} MB, "
-               f"{summary.studies:,} studies in {directory} (layout {layout})")

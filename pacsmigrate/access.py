@@ -1,0 +1,47 @@
+"""Open a finished (or running) migration for reading: its state plus its store."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .backends import Backend, open_backend
+from .checkpoint import Checkpoint
+from .config import Destination, TransferConfig
+from .errors import StateError
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A state directory's checkpoint (read-only), its destination and a backend to it."""
+
+    cp: Checkpoint
+    dest: Destination
+    backend: Backend
+
+
+def destination_of(cp: Checkpoint, *, endpoint_url: str | None = None) -> Destination:
+    """Where the state's migration writes; endpoint_url overrides the recorded one."""
+    config = cp.get_meta("config")
+    if not config:
+        raise StateError(f"{cp.state_dir} holds no migration (run `pacsmigrate migrate` first)")
+    return Destination.parse(config["dest"],
+                             endpoint_url=endpoint_url or config.get("endpoint_url"))
+
+
+@asynccontextmanager
+async def open_migration(state_dir: Path, *, endpoint_url: str | None = None,
+                         transfer: TransferConfig | None = None) -> AsyncIterator[Opened]:
+    """Read access for verify, get, restore, locate; does not take the run lock."""
+    cp = Checkpoint(state_dir, readonly=True)
+    try:
+        dest = destination_of(cp, endpoint_url=endpoint_url)
+        backend = await open_backend(dest, transfer or TransferConfig())
+        try:
+            yield Opened(cp, dest, backend)
+        finally:
+            await backend.close()
+    finally:
+        cp.close()
