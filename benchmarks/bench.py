@@ -172,6 +172,11 @@ def wait_idle(max_wait: float, *, threshold: float = 0.25, window: float = 1.0) 
             return False
 
 
+def disturbed(run: Run, max_others: float) -> bool:
+    """Did the rest of the machine use more than max_others CPUs on average during the run?"""
+    return run.other_cpu is not None and run.other_cpu / run.wall > max_others
+
+
 # --- running one tool ----------------------------------------------------------------------
 
 
@@ -200,6 +205,7 @@ class Variant:
     tool: str  # "pacsmigrate" or "s5cmd"
     argv: Callable[[str, str, Path], list[str]]  # (endpoint, bucket, state dir) -> argv
     runs: list[Run] = field(default_factory=list)
+    discarded: list[Run] = field(default_factory=list)
 
 
 def timed(argv: list[str], *, env: dict[str, str], log: Path) -> tuple[int, float, Any]:
@@ -261,8 +267,10 @@ def verify_s5cmd(tree: Tree, listing: dict[str, int], prefix: str, log: Path) ->
 
 def run_variant(variant: Variant, *, tree: Tree, info: StoreInfo, client: Any, env: dict[str, str],
                 work: Path, repeat: int, position: int, server_pid: int | None,
-                idle_wait: float) -> Run:
+                idle_wait: float, attempt: int = 1) -> Run:
     slug = re.sub(r"[^a-z0-9]+", "-", variant.name.lower()).strip("-")
+    if attempt > 1:
+        slug += f"-a{attempt}"
     bucket = f"bench-r{repeat}-{slug}"[:63].rstrip("-")
     state = work / "state" / f"r{repeat}-{slug}"
     log = work / "logs" / f"r{repeat}-{slug}.log"
@@ -456,6 +464,7 @@ def report(*, tree: Tree, variants: list[Variant], info: dict[str, str], args: a
         commands.append(shlex.join(argv).replace(str(tree.root), "$TREE")
                         .replace(str(args.workdir_resolved), "$WORK"))
     busy_starts = [r for v in variants for r in v.runs if not r.started_idle]
+    disturbed_kept = [r for v in variants for r in v.runs if disturbed(r, args.max_others)]
     pm_internal = [r.note for v in variants for r in v.runs if "own timer" in r.note]
     out = [
         (f"## {started:%Y-%m-%d %H:%M} UTC — {tree.files:,} files, {tree.bytes / 1e6:,.0f} MB, "
@@ -518,7 +527,14 @@ def report(*, tree: Tree, variants: list[Variant], info: dict[str, str], args: a
          + (f"{len(busy_starts)} of {sum(len(v.runs) for v in variants)} runs started without "
             "one (" + ", ".join(f"r{r.repeat} {r.variant}" for r in busy_starts) + ")."
             if busy_starts else "every run got one.")
-         + " The others' CPU column shows how much the rest of the machine used meanwhile."),
+         + " The others' CPU column shows how much the rest of the machine used meanwhile. "
+         + (f"Runs during which the rest of the machine averaged more than {args.max_others} "
+            f"CPUs were discarded and run again (up to {args.retries} times; the last attempt "
+            "counts): " + ("; ".join(
+                f"{r.variant} r{r.repeat}: {r.wall:.2f} s with {r.other_cpu or 0:.1f} CPU-s "
+                "of others" for v in variants for r in v.discarded) or "none") + "."
+            + ("" if not disturbed_kept else " Still disturbed after the retries, kept: "
+               + ", ".join(f"{r.variant} r{r.repeat}" for r in disturbed_kept) + "."))),
         "",
         (f"**Ratio pacsmigrate / s5cmd (files/s)**: defaults {ratio_defaults:.2f}; "
         f"best of each ({best_pm.name} vs {best_s5.name}) {ratio_best:.2f}."),
@@ -565,10 +581,11 @@ def prepare_workdir(work: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--studies", type=int, default=300,
-                        help="studies in the synthetic tree (default 300: ~2,700 files)")
-    parser.add_argument("--scale", type=float, default=0.1,
-                        help="make_tree scale: shrinks image counts and sizes (default 0.1)")
+    parser.add_argument("--studies", type=int, default=250,
+                        help="studies in the synthetic tree (default 250: with --scale 0.2, "
+                        "4,251 files, 658 MB, median file 104 KiB)")
+    parser.add_argument("--scale", type=float, default=0.2,
+                        help="make_tree scale: shrinks image counts and sizes (default 0.2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--layout", default="date",
                         choices=["patient", "date", "cd", "hashed", "storescp", "mixed"])
@@ -582,6 +599,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-wait", type=float, default=120.0, metavar="SECONDS",
                         help="before each timed run, wait up to this long for the machine to "
                         "be nearly idle (other jobs distort timings; default 120, 0 = never)")
+    parser.add_argument("--max-others", type=float, default=0.3, metavar="CPUS",
+                        help="a run during which everything else on the machine used more than "
+                        "this many CPUs on average is discarded and run again (default 0.3)")
+    parser.add_argument("--retries", type=int, default=2,
+                        help="how often a disturbed run is run again (default 2); the last "
+                        "attempt is kept whatever happened")
     parser.add_argument("--keep", action="store_true", help="keep the workdir")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the section instead of writing --out")
@@ -618,10 +641,17 @@ def main(argv: list[str] | None = None) -> int:
             for repeat in range(1, args.repeat + 1):
                 order = variants if repeat % 2 == 1 else list(reversed(variants))
                 for position, variant in enumerate(order, 1):
-                    variant.runs.append(run_variant(
-                        variant, tree=tree, info=store_info, client=client, env=env, work=work,
-                        repeat=repeat, position=position, server_pid=server_pid,
-                        idle_wait=args.idle_wait))
+                    for attempt in range(1, args.retries + 2):
+                        run = run_variant(
+                            variant, tree=tree, info=store_info, client=client, env=env,
+                            work=work, repeat=repeat, position=position, server_pid=server_pid,
+                            idle_wait=args.idle_wait, attempt=attempt)
+                        if not disturbed(run, args.max_others) or attempt > args.retries:
+                            break
+                        print(f"    others used {run.other_cpu:.1f} CPU-s in {run.wall:.1f} s: "
+                              "discarded, running it again", flush=True)
+                        variant.discarded.append(run)
+                    variant.runs.append(run)
             profile = profile_once(tree, info=store_info, env=env, work=work) if args.profile \
                 else None
             endpoint = store_info.endpoint_url

@@ -16,7 +16,9 @@ def main() -> None:
 
 
 # One line per command; each lives in its own module.
-for command in (migrate, status, index, synth):
-    main.add_command(command)
+main.add_command(migrate)
+main.add_command(status)
+main.add_command(index)
+main.add_command(synth)
 
 __all__ = ["main"]
