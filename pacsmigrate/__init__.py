@@ -8,6 +8,7 @@ from .errors import (
     BackendError,
     ConfigError,
     IntegrityError,
+    NotInIndexError,
     ObjectExistsError,
     ObjectNotFoundError,
     PacsMigrateError,
@@ -18,11 +19,16 @@ from .errors import (
     StateLockedError,
 )
 from .pipeline import Migration, migrate
+from .retrieve import Archive, open_archive
 from .stats import Stats
 
 __version__ = "0.1.0"
 
+#: `async with pacsmigrate.open(state_dir) as archive: await archive.read(path)`
+open = open_archive  # the documented name; shadows the builtin in this module only
+
 __all__ = [
+    "Archive",
     "Backend",
     "BackendError",
     "ConfigError",
@@ -31,6 +37,7 @@ __all__ = [
     "MemoryBackend",
     "MigrateConfig",
     "Migration",
+    "NotInIndexError",
     "ObjectExistsError",
     "ObjectInfo",
     "ObjectNotFoundError",
@@ -43,5 +50,7 @@ __all__ = [
     "Stats",
     "TransferConfig",
     "migrate",
+    "open",
+    "open_archive",
     "parse_size",
 ]

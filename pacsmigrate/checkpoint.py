@@ -215,6 +215,11 @@ class Checkpoint:
             txn.drop(self.db["catalogue"], delete=False)
             txn.drop(self.db["pending"], delete=False)
 
+    def object_record(self, key: str) -> dict[str, Any] | None:
+        with self.env.begin(db=self.db["objects"]) as txn:
+            raw = txn.get(key.encode())
+        return None if raw is None else json.loads(raw)
+
     def has_object(self, key: str) -> bool:
         with self.env.begin(db=self.db["objects"]) as txn:
             return txn.get(key.encode()) is not None
@@ -246,6 +251,11 @@ class Checkpoint:
             if len(chunk) < batch:
                 return
             after = chunk[-1][0]
+
+    def path_for_sop(self, sop_uid: str) -> bytes | None:
+        with self.env.begin(db=self.db["sop"]) as txn:
+            raw = txn.get(sop_uid.encode())
+        return None if raw is None else bytes(raw)
 
     def index_row(self, path: bytes) -> dict[str, Any] | None:
         with self.env.begin(db=self.db["index"]) as txn:

@@ -15,7 +15,7 @@ async def commit(cp: Checkpoint, stored: Stored) -> int:
     rows = manifest.rows(doc)
     obj = {"key": doc["key"], "kind": doc["kind"], "group": doc["group"],
            "size": stored.info.size, "etag": stored.info.etag, "members": len(rows),
-           "bytes": sum(int(r["length"]) for r in rows),
+           "bytes": sum(int(r["length"]) for r in rows), "created": doc.get("created", ""),
            "committed": now_iso()}
     await cp.call(cp.commit_object, obj, rows)
     return len(rows)

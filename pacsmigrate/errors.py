@@ -5,6 +5,7 @@
     ├── StateError             the state directory is unusable
     │   └── StateLockedError   another run holds the state directory
     ├── IntegrityError         bytes read back differ from the index's blake3
+    ├── NotInIndexError        no index row for that path or SOPInstanceUID
     ├── SourceError            a source file could not be read as planned (carries .path)
     │   └── SourceChangedError the file changed while it was being read
     └── BackendError           the store refused or failed a request (carries .key)
@@ -37,6 +38,10 @@ class StateLockedError(StateError):
 
 class IntegrityError(PacsMigrateError):
     """Bytes read back from the store do not match the blake3 the index recorded."""
+
+
+class NotInIndexError(PacsMigrateError):
+    """The index has no row for the path or SOPInstanceUID asked for."""
 
 
 class SourceError(PacsMigrateError):

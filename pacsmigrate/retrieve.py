@@ -1,20 +1,126 @@
-"""Fetch one migrated file back by its original path: one range GET, blake3 checked."""
+"""Read migrated instances back by original path or SOPInstanceUID: range GETs, blake3 checked."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
 import blake3
 
+from .access import Opened, open_migration
 from .backends.base import Backend
 from .checkpoint import Checkpoint
-from .errors import IntegrityError, PacsMigrateError
+from .config import MiB
+from .errors import IntegrityError, NotInIndexError
+from .paths import display
+
+STREAM_CHUNK = 8 * MiB
+
+
+def as_path(path: str | bytes | os.PathLike[str]) -> bytes:
+    """A path as the index keys it: absolute, as bytes (non-UTF-8 names stay exact)."""
+    raw = os.fsencode(path)
+    return raw if raw.startswith(b"/") else os.fsencode(os.path.abspath(raw))
+
+
+def lookup(cp: Checkpoint, *, path: str | bytes | None = None, sop: str | None = None
+           ) -> dict[str, Any]:
+    """The index row for a path (as given, or made absolute) or a SOPInstanceUID."""
+    if sop is not None:
+        found = cp.path_for_sop(sop)
+        row = cp.index_row(found) if found is not None else None
+        if row is None:
+            raise NotInIndexError("no migrated instance has that SOPInstanceUID")
+        return row
+    assert path is not None
+    raw = os.fsencode(path)
+    row = cp.index_row(raw) or cp.index_row(as_path(raw))
+    if row is None:
+        raise NotInIndexError(f"not in the index: {display(raw)}")
+    return row
+
+
+async def read_row(backend: Backend, row: dict[str, Any]) -> bytes:
+    """One range GET; the bytes are returned only if their blake3 is the index's."""
+    length = int(row["length"])
+    data = await backend.load(row["key"], offset=int(row["offset"]), length=length) \
+        if length else b""
+    if blake3.blake3(data).hexdigest() != row["blake3"]:
+        raise IntegrityError(f"blake3 mismatch reading {row['key']} at offset {row['offset']}")
+    return data
 
 
 async def fetch(cp: Checkpoint, backend: Backend, path: bytes) -> bytes:
     """The file's bytes as migrated, verified against the index row before returning."""
-    row = cp.index_row(path)
-    if row is None:
-        raise PacsMigrateError(f"not in the index: {path.decode('utf-8', 'backslashreplace')}")
-    data = await backend.load(row["key"], offset=int(row["offset"]), length=int(row["length"]))
-    if blake3.blake3(data).hexdigest() != row["blake3"]:
-        raise IntegrityError(f"blake3 mismatch reading {row['key']} at {row['offset']}")
-    return data
+    return await read_row(backend, lookup(cp, path=path))
+
+
+class Archive:
+    """A migrated archive, for viewer gateways and scripts: `async with pacsmigrate.open(...)`."""
+
+    def __init__(self, opened: Opened) -> None:
+        self._m = opened
+
+    def locate(self, path: str | bytes | None = None, *, sop: str | None = None
+               ) -> dict[str, Any]:
+        """The index row (key, offset, length, blake3, UIDs) of one instance."""
+        return lookup(self._m.cp, path=path, sop=sop)
+
+    async def read(self, path: str | bytes | None = None, *, sop: str | None = None) -> bytes:
+        """The whole instance, verified."""
+        return await read_row(self._m.backend, self.locate(path, sop=sop))
+
+    async def stream(self, path: str | bytes | None = None, *, sop: str | None = None,
+                     chunk: int = STREAM_CHUNK) -> AsyncIterator[bytes]:
+        """The instance in chunks (for large multi-frame files).
+
+        The blake3 is checked when the last chunk has been read: IntegrityError is raised
+        then, so a consumer must discard what it got if the iteration fails.
+        """
+        row = self.locate(path, sop=sop)
+        h = blake3.blake3()
+        start, end = int(row["offset"]), int(row["offset"]) + int(row["length"])
+        pos = start
+        while pos < end:
+            data = await self._m.backend.load(row["key"], offset=pos, length=min(chunk, end - pos))
+            h.update(data)
+            pos += len(data)
+            if pos < end:
+                yield data
+            else:
+                last = data
+        if h.hexdigest() != row["blake3"]:
+            raise IntegrityError(f"blake3 mismatch reading {row['key']} at offset {start}")
+        if end > start:
+            yield last
+
+
+@asynccontextmanager
+async def open_archive(state_dir: str | Path, *, endpoint_url: str | None = None
+                       ) -> AsyncIterator[Archive]:
+    """Open a migration's state read-only with its store; see Archive."""
+    async with open_migration(Path(state_dir), endpoint_url=endpoint_url) as opened:
+        yield Archive(opened)
+
+
+async def save_verified(backend: Backend, row: dict[str, Any], target: Path) -> int:
+    """Write one instance to target, only once its bytes are verified (see write_file)."""
+    data = await read_row(backend, row)
+    await asyncio.to_thread(write_file, target, data, mtime_ns=int(row["mtime_ns"]))
+    return len(data)
+
+
+def write_file(target: Path, data: bytes, *, mtime_ns: int) -> None:
+    """Temporary file, fsync, original mtime, then rename: never a half-written target."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.pacsmigrate-partial")
+    with open(tmp, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.utime(tmp, ns=(mtime_ns, mtime_ns))
+    os.replace(tmp, target)

@@ -1,0 +1,45 @@
+"""`index rebuild`: recover a lost state directory from the store's manifests."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+
+from ..backends import open_backend
+from ..checkpoint import Checkpoint
+from ..config import Destination, TransferConfig
+from ..rebuild import rebuild
+from .common import handle_errors, state_option
+
+
+@click.command("rebuild")
+@click.argument("dest")
+@click.option("--endpoint-url", help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
+@state_option(must_exist=False)
+@click.option("--progress/--no-progress", default=None)
+@handle_errors
+def rebuild_cmd(dest: str, endpoint_url: str | None, state_dir: Path,
+                progress: bool | None) -> None:
+    """Rebuild the index of DEST (s3://bucket/prefix) into a new --state from the store alone."""
+    where = Destination.parse(dest, endpoint_url=endpoint_url)
+
+    async def go() -> tuple[int, int, int, list[str]]:
+        cp = Checkpoint(state_dir)
+        backend = await open_backend(where, TransferConfig())
+        try:
+            r = await rebuild(backend, where, cp,
+                              progress=sys.stderr.isatty() if progress is None else progress)
+            return r.manifests, r.rows, r.superseded, r.missing_objects
+        finally:
+            await backend.close()
+            cp.close()
+
+    manifests, rows, superseded, missing = asyncio.run(go())
+    click.echo(f"rebuilt {rows:,} index rows from {manifests:,} manifests into {state_dir}"
+               + (f" ({superseded:,} older versions superseded)" if superseded else ""))
+    for key in missing:
+        click.echo(f"MISSING object for manifest: {key}", err=True)
+    sys.exit(1 if missing else 0)
