@@ -29,6 +29,8 @@ class PackResult:
     problems: list[Problem] = field(default_factory=list)
     moved: list[Catalogued] = field(default_factory=list)  # changed study: re-catalogue
     reread: int = 0  # files changed since cataloguing, packed from a fresh read
+    # Same size and mtime as at the dry run, different bytes: changed in place, or rot.
+    dry_run_mismatch: list[bytes] = field(default_factory=list)
     reread_bytes: int = 0
     size: int = 0
     manifest: bytes = b""
@@ -124,6 +126,8 @@ def tar_parts(plan: BundlePlan, result: PackResult, *, part_size: int,
                 result.moved.append(now)
                 continue
         digest = blake3.blake3(data).hexdigest()
+        if now.blake3 and now.blake3 != digest:
+            result.dry_run_mismatch.append(rec.path)
         name = member_name(rec.path)
         header = _tar_header(name, len(data), now.mtime_ns)
         yield from parts.add(header)

@@ -237,6 +237,7 @@ class Migration:
         s.reread_changed += result.reread
         s.reread_bytes += result.reread_bytes
         s.moved_study += len(result.moved)
+        s.dry_run_mismatch += len(result.dry_run_mismatch)
         self._count_problems(result.problems)
         if result.moved or result.problems:
             await cp.call(cp.catalogue, result.moved, result.problems)

@@ -28,6 +28,7 @@ class Stats:
     reread_changed: int = 0
     reread_bytes: int = 0
     moved_study: int = 0
+    dry_run_mismatch: int = 0
     planned_objects: int = 0
     planned_files: int = 0
     planned_bytes: int = 0

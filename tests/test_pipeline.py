@@ -16,6 +16,7 @@ from helpers import MiB, assert_complete, config, index_rows, source_files
 
 from pacsmigrate import Migration, migrate
 from pacsmigrate.checkpoint import Checkpoint
+from pacsmigrate.paths import from_fields
 from pacsmigrate.synth import make_tree
 
 
@@ -218,3 +219,26 @@ def test_all_real_samples_migrate_byte_exact(s3: S3Target, samples: Path, tmp_pa
     assert by_name["MR_small_bigendian.dcm"]["status"] == "dicom"
     assert by_name["image_dfl.dcm"]["status"] == "dicom"
     assert by_name["ExplVR_LitEndNoMeta.dcm"]["status"] == "dicom"
+
+
+def test_dry_run_hashes_equal_the_index_hashes(moto_s3: S3Target, tree: Path, tmp_path: Path
+                                               ) -> None:
+    state = tmp_path / "state"
+    run(migrate(config([tree], moto_s3.url, state, moto_s3.info.endpoint_url, dry_run=True)))
+    cp = Checkpoint(state, readonly=True)
+    planned = {bytes.fromhex(v["path"]): v["blake3"] for _, v in cp.iter_db("catalogue")}
+    cp.close()
+    assert len(planned) == len(source_files(tree)) and all(planned.values())
+    # One file rewritten in place with the same size and mtime: only the hash can tell.
+    victim = next(p for p in sorted(tree.rglob("*.dcm")))
+    st = victim.stat()
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    stats = run(migrate(config([tree], moto_s3.url, state, moto_s3.info.endpoint_url)))
+    assert stats.dry_run_mismatch == 1
+    rows = {from_fields(r["source_path"], r["source_path_b64"]): r["blake3"]
+            for r in index_rows(state)}
+    differ = {p for p in rows if rows[p] != planned[p]}
+    assert differ == {os.fsencode(victim)}

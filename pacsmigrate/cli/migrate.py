@@ -76,6 +76,9 @@ def _print_summary(s: Stats, *, dry_run: bool) -> None:
     if s.reread_changed:
         click.echo(f"re-read because the source changed: {s.reread_changed:,} files "
                    f"({s.reread_bytes / 1e6:,.1f} MB)")
+    if s.dry_run_mismatch:
+        click.echo(f"WARNING: {s.dry_run_mismatch:,} files hold other bytes than at the dry run "
+                   "although size and mtime are unchanged (stored as they are now)")
     state = "OK: nothing left to migrate" if s.not_migrated == 0 else (
         f"NOT DONE: {s.not_migrated:,} files still to migrate; re-run the same command")
     click.echo(state)
