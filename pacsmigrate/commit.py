@@ -21,21 +21,33 @@ async def commit(cp: Checkpoint, stored: Stored) -> int:
     return len(rows)
 
 
-async def reconcile(cp: Checkpoint, backend: Backend) -> tuple[int, int]:
+async def reconcile(cp: Checkpoint, backend: Backend) -> tuple[int, list[str]]:
     """Settle the intents a killed run left: adopt stored objects, forget the rest.
 
     Runs before the scan, so a file changed since the crash is seen as changed afterwards.
-    Returns (objects adopted, intents dropped).
+    A forgotten intent's unfinished multipart upload is left in place: the same plan has
+    the same key, so this run resumes its parts; `abandon` aborts it if that never happens.
+    Returns (objects adopted, keys of dropped intents).
     """
-    adopted = dropped = 0
+    adopted = 0
+    dropped: list[str] = []
     for plan in await cp.call(cp.intents):
         stored = await recover(plan, backend)
         if stored is not None:
             await commit(cp, stored)
             adopted += 1
             continue
-        if isinstance(backend, PendingUploads):
-            await backend.abort_pending(plan.key)  # parts of an unfinished multipart upload
         await cp.call(cp.drop_intent, plan.key)
-        dropped += 1
+        dropped.append(plan.key)
     return adopted, dropped
+
+
+async def abandon(cp: Checkpoint, backend: Backend, keys: list[str]) -> int:
+    """Abort unfinished uploads of dropped intents that this run did not complete."""
+    if not isinstance(backend, PendingUploads):
+        return 0
+    aborted = 0
+    for key in keys:
+        if not await cp.call(cp.has_object, key):
+            aborted += await backend.abort_pending(key)
+    return aborted

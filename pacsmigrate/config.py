@@ -66,9 +66,13 @@ class TransferConfig:
     multipart_threshold: int = 16 * MiB
     part_size: int = 16 * MiB
     concurrency: int = 8
-    max_attempts: int = 8
+    max_attempts: int = 10
+    retry_base_delay: float = 0.2
     connect_timeout: float = 10.0
     read_timeout: float = 120.0
+    max_requests_per_second: float | None = None
+    bwlimit: float | None = None  # bytes per second sent
+    ca_bundle: Path | None = None  # extra trusted CA (PEM); verification is always on
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:

@@ -13,8 +13,8 @@ from collections import Counter
 _TARGET = os.environ.get("PACSMIGRATE_CRASH_AT", "")
 _seen: Counter[str] = Counter()
 
-POINTS = ("after-intent", "mid-upload", "after-upload", "after-sidecar", "after-commit",
-          "mid-catalogue")
+POINTS = ("after-intent", "mid-upload", "part-uploaded", "after-upload", "after-sidecar",
+          "after-commit", "mid-catalogue")
 
 
 def point(name: str) -> None:

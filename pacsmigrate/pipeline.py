@@ -14,7 +14,7 @@ from .backends import Backend, open_backend
 from .backends.base import one_chunk
 from .checkpoint import Checkpoint
 from .classify import classify
-from .commit import commit, reconcile
+from .commit import abandon, commit, reconcile
 from .config import MigrateConfig
 from .errors import ConfigError, ObjectExistsError, StateError
 from .group import plans, requests_for
@@ -54,15 +54,19 @@ class Migration:
                 self.backend = await open_backend(self.cfg.dest, self.cfg.transfer)
                 stack.push_async_callback(self.backend.close)
             self.secret = await self._secret(cp)
+            dropped: list[str] = []
             if self.backend is not None and not self.cfg.dry_run:
                 adopted, dropped = await reconcile(cp, self.backend)
                 self.stats.objects_adopted += adopted
-                self.stats.intents_dropped += dropped
+                self.stats.intents_dropped += len(dropped)
             await self._catalogue(cp)
             if self.cfg.dry_run:
                 await self._plan_only(cp)
             else:
                 await self._store(cp)
+                assert self.backend is not None
+                self.stats.uploads_aborted += await abandon(cp, self.backend, dropped)
+                self._collect_backend_stats(self.backend)
             self.stats.pending_after = (await cp.call(cp.pending_totals))[0]
             self.stats.not_migrated = self.stats.pending_after * (not self.cfg.dry_run) + (
                 await cp.call(cp.open_problems))
@@ -70,6 +74,15 @@ class Migration:
             if self.cfg.report_path is not None:
                 await cp.call(write_report, self.cfg.report_path, cp, self.stats, self.cfg)
         return self.stats
+
+    def _collect_backend_stats(self, backend: Backend) -> None:
+        policy = getattr(backend, "policy", None)
+        if policy is not None:
+            self.stats.retries.update(policy.stats.retries)
+            self.stats.requests += policy.stats.requests
+            self.stats.throttle_slowdowns += policy.limit.decreases
+            self.stats.lowest_concurrency = policy.limit.lowest
+        self.stats.parts_reused += getattr(backend, "parts_reused", 0)
 
     # -- state ------------------------------------------------------------------------
     def _check_state(self, cp: Checkpoint) -> None:

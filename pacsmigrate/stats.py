@@ -24,6 +24,12 @@ class Stats:
     files_migrated: int = 0
     bytes_uploaded: int = 0
     objects_adopted: int = 0
+    uploads_aborted: int = 0
+    parts_reused: int = 0  # multipart parts a killed run had sent, kept by this one
+    requests: int = 0
+    retries: Counter[str] = field(default_factory=Counter)  # by cause: "503 SlowDown", ...
+    throttle_slowdowns: int = 0
+    lowest_concurrency: int = 0
     intents_dropped: int = 0
     reread_changed: int = 0
     reread_bytes: int = 0

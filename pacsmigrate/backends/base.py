@@ -59,12 +59,25 @@ class Backend(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class PendingUpload:
+    """An unfinished multipart upload: its key, id and start time (epoch seconds)."""
+
+    key: str
+    upload_id: str
+    initiated: float
+
+
 @runtime_checkable
 class PendingUploads(Protocol):
     """Optional: a store with multipart uploads that can outlive a killed client."""
 
     async def abort_pending(self, key: str) -> int:
         """Abort unfinished uploads of exactly this key; return how many were aborted."""
+        ...
+
+    def pending_uploads(self, prefix: str) -> AsyncIterator[PendingUpload]:
+        """Every unfinished upload whose key starts with prefix."""
         ...
 
 

@@ -10,9 +10,21 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import aioboto3
+import aiohttp
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    IncompleteReadError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+    SSLError,
+)
 
+from .. import faults
 from ..config import S3_MAX_PART, S3_MAX_PARTS, S3_MIN_PART, Destination, TransferConfig
 from ..errors import (
     BackendError,
@@ -20,7 +32,8 @@ from ..errors import (
     ObjectNotFoundError,
     PermanentBackendError,
 )
-from .base import ObjectInfo
+from .base import ObjectInfo, PendingUpload
+from .policy import THROTTLE, TRANSIENT, Cause, RequestPolicy, RetryConfig
 
 # Error codes that no retry can fix: stop the run and tell the operator.
 PERMANENT_CODES = frozenset({
@@ -34,6 +47,38 @@ def _md5_b64(data: bytes) -> str:
     return base64.b64encode(hashlib.md5(data).digest()).decode("ascii")
 
 
+THROTTLE_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "TooManyRequests",
+                            "RequestLimitExceeded", "ServiceUnavailable", "503", "429"})
+TRANSIENT_CODES = frozenset({"InternalError", "RequestTimeout", "RequestTimeTooSkewed",
+                             "500", "502", "504", "BadGateway", "GatewayTimeout"})
+
+
+class TruncatedBodyError(Exception):
+    """A response body ended before its declared length (retried like a reset)."""
+
+
+def classify(exc: BaseException) -> Cause | None:
+    """Which failures are worth another attempt, and under which label the report counts them."""
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        if code in THROTTLE_CODES or status in ("503", "429"):
+            return Cause(THROTTLE, f"{status or code} {code}".strip())
+        if code in TRANSIENT_CODES or status in ("500", "502", "504"):
+            return Cause(TRANSIENT, f"{status or code} {code}".strip())
+        return None
+    if isinstance(exc, (ReadTimeoutError, ConnectTimeoutError, asyncio.TimeoutError)):
+        return Cause(TRANSIENT, "timeout")
+    if isinstance(exc, (EndpointConnectionError, ConnectionClosedError)):
+        return Cause(TRANSIENT, "connection failed")
+    if isinstance(exc, (TruncatedBodyError, IncompleteReadError, ResponseStreamingError)):
+        return Cause(TRANSIENT, "truncated response")
+    if isinstance(exc, (aiohttp.ClientError, ConnectionError)):
+        return Cause(TRANSIENT, "connection reset")
+    return None
+
+
 def map_error(exc: Exception, *, key: str | None) -> BackendError:
     """Translate botocore's errors into the errors.py tree at this boundary."""
     if isinstance(exc, ClientError):
@@ -45,26 +90,40 @@ def map_error(exc: Exception, *, key: str | None) -> BackendError:
         if code in PERMANENT_CODES:
             return PermanentBackendError(f"store refused ({code}): {exc}", key=key)
         return BackendError(f"store error ({code}): {exc}", key=key)
+    if isinstance(exc, SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        return PermanentBackendError(
+            f"TLS certificate not trusted ({exc}); give --ca-bundle for a private CA", key=key)
     return BackendError(f"store request failed: {exc}", key=key)
 
 
 class S3Backend:
-    """One aioboto3 client, conditional writes, Content-MD5 on every body it sends."""
+    """One aioboto3 client, conditional writes, Content-MD5 on every body it sends.
+
+    Every request goes through a RequestPolicy (our single retry layer: botocore's own
+    retries are off so attempts are counted by cause and 503s slow the whole client down).
+    """
 
     scheme = "s3"
 
-    def __init__(self, dest: Destination, transfer: TransferConfig) -> None:
+    def __init__(self, dest: Destination, transfer: TransferConfig,
+                 policy: RequestPolicy | None = None) -> None:
         self.dest = dest
         self.bucket = dest.bucket
         self.transfer = transfer
+        self.policy = policy or RequestPolicy(
+            concurrency=transfer.concurrency,
+            retry=RetryConfig(max_attempts=transfer.max_attempts,
+                              base_delay=transfer.retry_base_delay),
+            requests_per_second=transfer.max_requests_per_second,
+            bytes_per_second=transfer.bwlimit)
+        self.parts_reused = 0
         self._stack = AsyncExitStack()
         self._client: Any = None
-        self._requests = asyncio.Semaphore(transfer.concurrency)
 
     async def open(self) -> S3Backend:
         config = Config(
             s3={"addressing_style": "path"},
-            retries={"mode": "standard", "total_max_attempts": self.transfer.max_attempts},
+            retries={"mode": "standard", "total_max_attempts": 1},
             max_pool_connections=max(10, self.transfer.concurrency * 2),
             connect_timeout=self.transfer.connect_timeout,
             read_timeout=self.transfer.read_timeout,
@@ -74,9 +133,11 @@ class S3Backend:
             response_checksum_validation="when_required",
         )
         session = aioboto3.Session()
+        # TLS certificates are verified by default; a private CA is added, never skipped.
+        verify: Any = str(self.transfer.ca_bundle) if self.transfer.ca_bundle else None
         self._client = await self._stack.enter_async_context(
             session.client("s3", endpoint_url=self.dest.endpoint_url, config=config,
-                           region_name=session.region_name or "us-east-1")
+                           region_name=session.region_name or "us-east-1", verify=verify)
         )
         return self
 
@@ -90,12 +151,13 @@ class S3Backend:
             size *= 2
         return min(size, S3_MAX_PART)
 
-    async def _call(self, op: str, *, key: str | None, **kwargs: Any) -> Any:
-        async with self._requests:
-            try:
-                return await getattr(self._client, op)(Bucket=self.bucket, **kwargs)
-            except (ClientError, BotoCoreError) as exc:
-                raise map_error(exc, key=key) from exc
+    async def _call(self, op: str, *, key: str | None, nbytes: int = 0, **kwargs: Any) -> Any:
+        method = getattr(self._client, op)
+        try:
+            return await self.policy.run(lambda: method(Bucket=self.bucket, **kwargs),
+                                         classify=classify, nbytes=nbytes)
+        except (TimeoutError, ClientError, BotoCoreError, TruncatedBodyError, aiohttp.ClientError, ConnectionError) as exc:
+            raise map_error(exc, key=key) from exc
 
     async def save(
         self, key: str, chunks: AsyncIterator[bytes], *, metadata: Mapping[str, str] | None = None
@@ -105,15 +167,44 @@ class S3Backend:
         first = await anext(it, b"")
         second = await anext(it, None)
         if second is None:
-            resp = await self._call("put_object", key=key, Key=key, Body=first,
-                                    ContentMD5=_md5_b64(first), IfNoneMatch="*", Metadata=meta)
+            resp = await self._call("put_object", key=key, nbytes=len(first), Key=key,
+                                    Body=first, ContentMD5=_md5_b64(first), IfNoneMatch="*",
+                                    Metadata=meta)
             return ObjectInfo(key, len(first), resp.get("ETag", "").strip('"'), meta)
         return await self._multipart(key, first, second, it, meta)
 
+    async def _resume_or_create(self, key: str, meta: dict[str, str]
+                                ) -> tuple[str, dict[int, tuple[str, int]]]:
+        """An unfinished upload of this key left by a killed run (with its parts), or a new one.
+
+        Keys are deterministic per plan, so the bytes of a re-run are the same: parts whose
+        MD5 and size match are kept instead of being sent again.
+        """
+        uploads = [u for u in (await self._call("list_multipart_uploads", key=key,
+                                                Prefix=key)).get("Uploads", [])
+                   if u["Key"] == key]
+        uploads.sort(key=lambda u: u.get("Initiated", ""))
+        for stale in uploads[:-1]:
+            await self._abort(key, stale["UploadId"])
+        if not uploads:
+            created = await self._call("create_multipart_upload", key=key, Key=key,
+                                       Metadata=meta)
+            return created["UploadId"], {}
+        upload_id = uploads[-1]["UploadId"]
+        done: dict[int, tuple[str, int]] = {}
+        marker = 0
+        while True:
+            resp = await self._call("list_parts", key=key, Key=key, UploadId=upload_id,
+                                    PartNumberMarker=marker)
+            for part in resp.get("Parts", []):
+                done[int(part["PartNumber"])] = (str(part["ETag"]).strip('"'), int(part["Size"]))
+            if not resp.get("IsTruncated"):
+                return upload_id, done
+            marker = int(resp["NextPartNumberMarker"])
+
     async def _multipart(self, key: str, first: bytes, second: bytes,
                          rest: AsyncIterator[bytes], meta: dict[str, str]) -> ObjectInfo:
-        created = await self._call("create_multipart_upload", key=key, Key=key, Metadata=meta)
-        upload_id = created["UploadId"]
+        upload_id, done = await self._resume_or_create(key, meta)
         parts: dict[int, str] = {}
         total = 0
         # Bounded in-flight parts: the producer waits before reading more source bytes.
@@ -122,9 +213,17 @@ class S3Backend:
 
         async def send(number: int, body: bytes) -> None:
             try:
-                resp = await self._call("upload_part", key=key, Key=key, UploadId=upload_id,
-                                        PartNumber=number, Body=body, ContentMD5=_md5_b64(body))
+                md5 = hashlib.md5(body)
+                if done.get(number) == (md5.hexdigest(), len(body)):
+                    parts[number] = done[number][0]
+                    self.parts_reused += 1
+                    return
+                resp = await self._call(
+                    "upload_part", key=key, nbytes=len(body), Key=key, UploadId=upload_id,
+                    PartNumber=number, Body=body,
+                    ContentMD5=base64.b64encode(md5.digest()).decode("ascii"))
                 parts[number] = resp["ETag"]
+                faults.point("part-uploaded")
             finally:
                 slots.release()
 
@@ -157,6 +256,7 @@ class S3Backend:
             await asyncio.gather(*tasks, return_exceptions=True)
             # Abort is the cleanup registered the moment the upload exists: a failure
             # never leaves orphaned parts behind (shielded so a cancel still runs it).
+            # Only a kill skips it, and then the next run resumes the upload's parts.
             await asyncio.shield(self._abort(key, upload_id))
             raise
         return ObjectInfo(key, total, str(resp.get("ETag", "")).strip('"'), meta)
@@ -165,32 +265,51 @@ class S3Backend:
         try:
             await self._call("abort_multipart_upload", key=key, Key=key, UploadId=upload_id)
         except BackendError:
-            pass  # the `pending uploads` sweep at the next start catches what is left
+            pass  # `pacsmigrate cleanup` finds what is left
 
     async def abort_pending(self, key: str) -> int:
-        resp = await self._call("list_multipart_uploads", key=key, Prefix=key)
         count = 0
-        for up in resp.get("Uploads", []):
-            if up["Key"] == key:
-                await self._abort(key, up["UploadId"])
+        async for upload in self.pending_uploads(key):
+            if upload.key == key:
+                await self._abort(key, upload.upload_id)
                 count += 1
         return count
 
+    async def pending_uploads(self, prefix: str) -> AsyncIterator[PendingUpload]:
+        """Unfinished multipart uploads under prefix (for `cleanup`)."""
+        kwargs: dict[str, Any] = {"Prefix": prefix}
+        while True:
+            resp = await self._call("list_multipart_uploads", key=prefix, **kwargs)
+            for up in resp.get("Uploads", []):
+                initiated = up.get("Initiated")
+                yield PendingUpload(up["Key"], up["UploadId"],
+                                    initiated.timestamp() if initiated is not None else 0.0)
+            if not resp.get("IsTruncated"):
+                return
+            kwargs["KeyMarker"] = resp.get("NextKeyMarker", "")
+            kwargs["UploadIdMarker"] = resp.get("NextUploadIdMarker", "")
+
     async def load(self, key: str, *, offset: int = 0, length: int | None = None) -> bytes:
         kwargs: dict[str, Any] = {}
+        if length == 0:
+            return b""
         if offset or length is not None:
             end = "" if length is None else str(offset + length - 1)
-            if length == 0:
-                return b""
             kwargs["Range"] = f"bytes={offset}-{end}"
-        async with self._requests:
-            try:
-                resp = await self._client.get_object(Bucket=self.bucket, Key=key, **kwargs)
-                async with resp["Body"] as body:
-                    data: bytes = await body.read()
-            except (ClientError, BotoCoreError) as exc:
-                raise map_error(exc, key=key) from exc
-        return data
+
+        async def get() -> bytes:
+            # Request and body in one attempt: a body cut short is retried as a whole.
+            resp = await self._client.get_object(Bucket=self.bucket, Key=key, **kwargs)
+            async with resp["Body"] as body:
+                data: bytes = await body.read()
+            if len(data) != int(resp.get("ContentLength", len(data))):
+                raise TruncatedBodyError(f"got {len(data)} of {resp['ContentLength']} bytes")
+            return data
+
+        try:
+            return await self.policy.run(get, classify=classify)
+        except (TimeoutError, ClientError, BotoCoreError, TruncatedBodyError, aiohttp.ClientError, ConnectionError) as exc:
+            raise map_error(exc, key=key) from exc
 
     async def stat(self, key: str) -> ObjectInfo | None:
         try:

@@ -76,6 +76,14 @@ def _print_summary(s: Stats, *, dry_run: bool) -> None:
     if s.reread_changed:
         click.echo(f"re-read because the source changed: {s.reread_changed:,} files "
                    f"({s.reread_bytes / 1e6:,.1f} MB)")
+    if s.retries:
+        causes = ", ".join(f"{n:,} {c}" for c, n in s.retries.most_common())
+        click.echo(f"store faults survived (retried): {sum(s.retries.values()):,} ({causes})")
+    if s.throttle_slowdowns:
+        click.echo(f"throttled by the store: slowed down {s.throttle_slowdowns:,} times "
+                   f"(concurrency went as low as {s.lowest_concurrency})")
+    if s.parts_reused:
+        click.echo(f"multipart parts resumed from an interrupted run: {s.parts_reused:,}")
     if s.dry_run_mismatch:
         click.echo(f"WARNING: {s.dry_run_mismatch:,} files hold other bytes than at the dry run "
                    "although size and mtime are unchanged (stored as they are now)")

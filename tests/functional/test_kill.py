@@ -84,3 +84,23 @@ def test_kill_at_random_moments(moto_s3: S3Target, kill_tree: Path, tmp_path: Pa
     assert final.returncode == 0, final.stdout + final.stderr
     assert kills >= 1
     assert_complete(target, state, kill_tree)
+
+
+def test_large_object_resumes_from_its_uploaded_parts(s3: S3Target, tmp_path: Path) -> None:
+    """Killed after 4 of ~6 parts of one object: the re-run keeps those parts (ListParts)."""
+    root = tmp_path / "big"
+    root.mkdir()
+    big = root / "cine.bin"
+    big.write_bytes(os.urandom(28 * 1024 * 1024 + 123))
+    state = tmp_path / "state"
+    args = ["migrate", str(root), s3.url, "--endpoint-url", s3.info.endpoint_url, "--state",
+            str(state), "--large-file", "8MiB", "--part-size", "5MiB", "--concurrency", "2",
+            "--no-progress"]
+    killed = run_cli(*args, env={**s3.env(), "PACSMIGRATE_CRASH_AT": "part-uploaded:4"})
+    assert killed.returncode == -signal.SIGKILL
+    assert len(s3.pending_uploads()) == 1
+    done = run_cli(*args, env=s3.env())
+    assert done.returncode == 0, done.stdout + done.stderr
+    resumed = re.search(r"parts resumed from an interrupted run: (\d+)", done.stdout)
+    assert resumed and int(resumed.group(1)) >= 3, done.stdout
+    assert_complete(s3, state, root)
