@@ -1,42 +1,245 @@
-"""The RIS path -> object index: export one row per source file as CSV or JSON Lines."""
+"""The RIS path -> object index: export it (CSV, JSON Lines, SQLite, SQL) and look paths up."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import re
+import sqlite3
 from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
 from typing import IO, Any
+from urllib.parse import quote, unquote, urlsplit
 
+from .access import destination_of
 from .checkpoint import Checkpoint
+from .config import Destination
 from .manifest import ROW_FIELDS
+from .paths import display
+from .ris import PrefixMap, SqlTarget
 
-FORMATS = ("csv", "jsonl")
+FORMATS = ("csv", "jsonl", "sqlite", "sql")
+# Every exported row: the index row, then where its bytes are as one URI.
+EXPORT_FIELDS = (*ROW_FIELDS, "object_uri")
+INTEGER_FIELDS = frozenset({"offset", "length", "size", "mtime_ns"})
+SQLITE_TABLE = "images"
+SQLITE_BATCH = 5000
 
 
-def rows(cp: Checkpoint) -> Iterator[dict[str, Any]]:
-    """Index rows in source-path byte order, streamed from the checkpoint."""
+# -- the object address -------------------------------------------------------------------
+@dataclass(frozen=True)
+class ObjectAddress:
+    """Where one source file's bytes are: a byte range of one object in one bucket."""
+
+    scheme: str
+    bucket: str
+    key: str
+    offset: int
+    length: int
+
+    @property
+    def http_range(self) -> str | None:
+        """The HTTP Range header value; None for an empty file (ranges are inclusive)."""
+        return f"bytes={self.offset}-{self.offset + self.length - 1}" if self.length else None
+
+
+def object_uri(dest: Destination, key: str, *, offset: int, length: int) -> str:
+    """The address of a file's bytes: `SCHEME://BUCKET/KEY#offset=N&length=N`.
+
+    SCHEME names the store kind (`s3`: AWS S3 or any S3-compatible store; the endpoint is
+    the store's configuration, not part of the address), BUCKET the bucket or container,
+    KEY the object key (with the destination prefix) percent-encoded per RFC 3986: every
+    byte of its UTF-8 except unreserved characters and `/` is written `%XX`. The fragment
+    gives the byte range in decimal: `offset` of the first byte, `length` in bytes, i.e.
+    `Range: bytes=offset-(offset+length-1)`. Example:
+    `s3://hospital-archive/pacs/3f/a2/3fa2.../b81c....tar#offset=1536&length=525314`.
+    parse_object_uri is the inverse.
+    """
+    return (f"{dest.scheme}://{quote(dest.bucket, safe='')}/{quote(key, safe='/')}"
+            f"#offset={int(offset)}&length={int(length)}")
+
+
+_RANGE_RE = re.compile(r"offset=(\d+)&length=(\d+)|length=(\d+)&offset=(\d+)")
+
+
+def parse_object_uri(uri: str) -> ObjectAddress:
+    """The parts of an address written by object_uri; ValueError if it is not one."""
+    parts = urlsplit(uri)
+    m = _RANGE_RE.fullmatch(parts.fragment)
+    if not parts.scheme or not parts.netloc or len(parts.path) < 2 or parts.query or not m:
+        raise ValueError(f"not an object address (SCHEME://BUCKET/KEY#offset=N&length=N): "
+                         f"{uri!r}")
+    offset, length = (m[1], m[2]) if m[1] is not None else (m[4], m[3])
+    return ObjectAddress(parts.scheme, unquote(parts.netloc), unquote(parts.path[1:]),
+                         int(offset), int(length))
+
+
+# -- rows ---------------------------------------------------------------------------------
+def rows(cp: Checkpoint, *, mapping: PrefixMap | None = None) -> Iterator[dict[str, Any]]:
+    """Export rows in source-path byte order, streamed from the checkpoint.
+
+    `source_path` is written through `mapping` (as the RIS knows it); `source_path_b64`,
+    when set, stays the exact bytes of the path as migrated.
+    """
+    dest = destination_of(cp)
     for _, row in cp.iter_db("index"):
-        yield {f: row.get(f, "") for f in ROW_FIELDS}
+        yield export_row(row, dest=dest, mapping=mapping)
 
 
-def export(cp: Checkpoint, out: IO[str], *, fmt: str) -> int:
-    """Write the index; returns the number of rows.
+def export_row(row: dict[str, Any], *, dest: Destination, mapping: PrefixMap | None = None
+               ) -> dict[str, Any]:
+    """One checkpoint index row as exported: EXPORT_FIELDS, the path through `mapping`."""
+    out = {f: row.get(f, "") for f in ROW_FIELDS}
+    if mapping:
+        out["source_path"] = mapping.apply(out["source_path"])
+    out["object_uri"] = object_uri(dest, out["key"], offset=int(out["offset"]),
+                                   length=int(out["length"]))
+    return out
+
+
+# -- export -------------------------------------------------------------------------------
+def export(cp: Checkpoint, out: IO[str], *, fmt: str, mapping: PrefixMap | None = None,
+           sql: SqlTarget | None = None) -> int:
+    """Write the index as csv, jsonl or sql to a text stream; returns the number of rows.
 
     Paths: `source_path` is exact when the path is UTF-8. Otherwise it shows each invalid
     byte as \\xNN and `source_path_b64` holds the exact bytes (base64); it is empty for
-    UTF-8 paths, so a reader can always recover the path byte for byte.
+    UTF-8 paths, so a reader can always recover the path byte for byte. `object_uri` is the
+    address of the bytes (see object_uri). For sqlite, see export_sqlite.
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt not in FORMATS or fmt == "sqlite":
+        text_formats = ", ".join(f for f in FORMATS if f != "sqlite")
+        raise ValueError(f"unknown text format {fmt!r}; choose one of {text_formats}")
     n = 0
     if fmt == "csv":
-        writer = csv.DictWriter(out, fieldnames=ROW_FIELDS, lineterminator="\n")
+        writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS, lineterminator="\n")
         writer.writeheader()
-        for row in rows(cp):
+        for row in rows(cp, mapping=mapping):
             writer.writerow(row)
             n += 1
-    else:
-        for row in rows(cp):
+    elif fmt == "jsonl":
+        for row in rows(cp, mapping=mapping):
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
+    else:
+        n = _write_sql(cp, out, mapping=mapping, target=sql or SqlTarget())
     return n
+
+
+def _write_sql(cp: Checkpoint, out: IO[str], *, mapping: PrefixMap | None,
+               target: SqlTarget) -> int:
+    """UPDATE statements in one transaction; a path that is not UTF-8 gets a comment with
+    its exact bytes, since its escaped text is all a RIS can have matched."""
+    out.write("-- pacsmigrate: object addresses for the RIS, "
+              "SCHEME://BUCKET/KEY#offset=N&length=N\n")
+    if target.dialect == "mysql":
+        out.write("-- MySQL dialect: backslashes are escaped; run without NO_BACKSLASH_ESCAPES\n")
+    else:
+        out.write("-- standard SQL: quotes doubled, backslashes literal "
+                  "(MySQL: SET sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES'))\n")
+    out.write("BEGIN;\n")
+    n = 0
+    for row in rows(cp, mapping=mapping):
+        if row["source_path_b64"]:
+            out.write(f"-- path not UTF-8; exact bytes (base64): {row['source_path_b64']}\n")
+        out.write(target.update(path=row["source_path"], uri=row["object_uri"]) + "\n")
+        n += 1
+    out.write("COMMIT;\n")
+    return n
+
+
+def _sqlite_columns() -> str:
+    return ", ".join(f'"{f}" {"INTEGER" if f in INTEGER_FIELDS else "TEXT"}'
+                     for f in EXPORT_FIELDS)
+
+
+def export_sqlite(cp: Checkpoint, path: Path, *, mapping: PrefixMap | None = None,
+                  batch: int = SQLITE_BATCH) -> int:
+    """Write the index as a ready-to-query SQLite file; returns the number of rows.
+
+    One table `images` (the export columns; offset, length, size and mtime_ns INTEGER, the
+    rest TEXT) with indexes on source_path and sop_uid. Rows are streamed and inserted in
+    batches in one transaction into a temporary file beside `path`, which then replaces
+    `path`: a failed export leaves no half-written database.
+    """
+    tmp = path.with_name(f".{path.name}.pacsmigrate-partial")
+    tmp.unlink(missing_ok=True)
+    placeholders = ", ".join("?" for _ in EXPORT_FIELDS)
+    n = 0
+    con = sqlite3.connect(tmp, isolation_level=None)
+    try:
+        # A scratch file renamed into place when done: no journal needed.
+        con.execute("PRAGMA journal_mode = OFF")
+        con.execute("PRAGMA synchronous = OFF")
+        con.execute("BEGIN")
+        con.execute(f"CREATE TABLE {SQLITE_TABLE} ({_sqlite_columns()})")
+        insert = f"INSERT INTO {SQLITE_TABLE} VALUES ({placeholders})"
+        it = rows(cp, mapping=mapping)
+        while chunk := [tuple(r[f] for f in EXPORT_FIELDS) for r in islice(it, batch)]:
+            con.executemany(insert, chunk)
+            n += len(chunk)
+        # Built after the inserts: one sorted pass instead of updates row by row.
+        con.execute(f"CREATE INDEX {SQLITE_TABLE}_source_path ON {SQLITE_TABLE} (source_path)")
+        con.execute(f"CREATE INDEX {SQLITE_TABLE}_sop_uid ON {SQLITE_TABLE} (sop_uid)")
+        con.execute("COMMIT")
+    except BaseException:
+        con.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    con.close()
+    os.replace(tmp, path)
+    return n
+
+
+# -- lookup -------------------------------------------------------------------------------
+_ESCAPE_RE = re.compile(rb"\\x([89a-f][0-9a-f])")  # what paths.display writes: bytes >= 0x80
+
+
+def candidates(path: str | bytes, *, mapping: PrefixMap | None = None) -> list[bytes]:
+    """The index keys a path may stand for, most literal first: as given (or through the
+    reverse of `mapping`, for a path as the RIS writes it), made absolute, with symlinks
+    resolved, and with `\\xNN` escapes (the export's text for names that are not UTF-8)
+    turned back into bytes."""
+    given = os.fsencode(path)
+    if mapping:
+        back = mapping.reverse(os.fsdecode(given))
+        if back is not None:
+            given = os.fsencode(back)
+    out: list[bytes] = []
+    for p in (given, os.path.abspath(given), os.path.realpath(given)):
+        for q in (p, _ESCAPE_RE.sub(lambda m: bytes.fromhex(m[1].decode()), p)):
+            if q not in out:
+                out.append(q)
+    return out
+
+
+@dataclass(frozen=True)
+class Located:
+    """Where one source file now lives: its index row and the address of its bytes."""
+
+    path: bytes
+    row: dict[str, Any]
+    address: ObjectAddress
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.row
+        return {"source_path": display(self.path), "source_path_b64": r["source_path_b64"],
+                "object_uri": r["object_uri"], "bucket": self.address.bucket,
+                "key": r["key"], "offset": int(r["offset"]), "length": int(r["length"]),
+                **{f: r[f] for f in ("blake3", "study_uid", "series_uid", "sop_uid",
+                                     "modality", "status", "reason")}}
+
+
+def locate(cp: Checkpoint, path: str | bytes, *, mapping: PrefixMap | None = None
+           ) -> Located | None:
+    """Where a source file now lives, trying each of `candidates(path)`; None if nowhere."""
+    dest = destination_of(cp)
+    for key in candidates(path, mapping=mapping):
+        row = cp.index_row(key)
+        if row is not None:
+            out = export_row(row, dest=dest)
+            return Located(key, out, parse_object_uri(out["object_uri"]))
+    return None

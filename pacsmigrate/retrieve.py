@@ -16,15 +16,10 @@ from .backends.base import Backend
 from .checkpoint import Checkpoint
 from .config import MiB
 from .errors import IntegrityError, NotInIndexError
+from .index import candidates
 from .paths import display
 
 STREAM_CHUNK = 8 * MiB
-
-
-def as_path(path: str | bytes | os.PathLike[str]) -> bytes:
-    """A path as the index keys it: absolute, as bytes (non-UTF-8 names stay exact)."""
-    raw = os.fsencode(path)
-    return raw if raw.startswith(b"/") else os.fsencode(os.path.abspath(raw))
 
 
 def lookup(cp: Checkpoint, *, path: str | bytes | None = None, sop: str | None = None
@@ -37,11 +32,11 @@ def lookup(cp: Checkpoint, *, path: str | bytes | None = None, sop: str | None =
             raise NotInIndexError("no migrated instance has that SOPInstanceUID")
         return row
     assert path is not None
-    raw = os.fsencode(path)
-    row = cp.index_row(raw) or cp.index_row(as_path(raw))
-    if row is None:
-        raise NotInIndexError(f"not in the index: {display(raw)}")
-    return row
+    for candidate in candidates(path):  # as given, absolute, symlinks resolved, \xNN
+        row = cp.index_row(candidate)
+        if row is not None:
+            return row
+    raise NotInIndexError(f"not in the index: {display(os.fsencode(path))}")
 
 
 async def read_row(backend: Backend, row: dict[str, Any]) -> bytes:

@@ -45,7 +45,8 @@ def test_restore_all_byte_identical_and_valid_dicom(s3: S3Target, migrated: tupl
     dicom = [r for r in index_rows(state) if r["status"] == "dicom"]
     for r in dicom:
         out = _restored(to, Path(r["source_path"]))
-        dump = subprocess.run(["dcmdump", "-q", str(out)], capture_output=True, text=True)
+        dump = subprocess.run(["dcmdump", "-q", str(out)], capture_output=True, text=True,
+                              check=False)
         assert dump.returncode == 0, (out, dump.stderr)
         assert r["sop_uid"] in dump.stdout
 

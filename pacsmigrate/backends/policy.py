@@ -66,8 +66,11 @@ class TokenBucket:
     async def take(self, amount: float) -> None:
         async with self._lock:  # first come, first served
             self._refill()
-            while self._tokens < min(amount, self.burst):
-                await self.sleep((min(amount, self.burst) - self._tokens) / self.rate)
+            # One sleep for the whole deficit, no re-check loop: float rounding could
+            # otherwise leave a deficit too small to ever sleep off.
+            deficit = min(amount, self.burst) - self._tokens
+            if deficit > 0:
+                await self.sleep(deficit / self.rate)
                 self._refill()
             self._tokens -= amount
 

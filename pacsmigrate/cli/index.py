@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import io
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from .. import index as index_mod
 from ..checkpoint import Checkpoint
+from ..ris import DIALECTS, PrefixMap, SqlTarget
 from .common import handle_errors, state_option
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def map_prefix_option() -> Callable[[F], F]:
+    """--map-prefix OLD=NEW (repeatable), shared with `locate`."""
+    return click.option(
+        "--map-prefix", "map_prefix", multiple=True, metavar="OLD=NEW",
+        help=r"Write paths under OLD as NEW, e.g. '/mnt/pacs/2015=\\nas01\pacs\2015' "
+             r"(repeatable; the longest OLD wins; a NEW with backslashes turns the rest's / "
+             r"into \).")
 
 
 @click.group()
@@ -21,17 +36,48 @@ def index() -> None:
 @state_option()
 @click.option("--format", "fmt", type=click.Choice(index_mod.FORMATS), default="csv",
               show_default=True)
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="File (default stdout).")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
+              help="File (default stdout; required for sqlite, which it replaces).")
+@map_prefix_option()
+@click.option("--table", default="images", show_default=True, help="sql: the RIS table.")
+@click.option("--path-column", default="file_path", show_default=True,
+              help="sql: its column holding the file path.")
+@click.option("--uri-column", default="object_uri", show_default=True,
+              help="sql: its column to receive the object address.")
+@click.option("--dialect", type=click.Choice(DIALECTS), default="standard", show_default=True,
+              help="sql: 'standard' doubles quotes and keeps backslashes literal (SQLite, "
+                   "PostgreSQL; MySQL only with NO_BACKSLASH_ESCAPES); 'mysql' also "
+                   "escapes backslashes.")
 @handle_errors
-def export(state_dir: Path, fmt: str, output: Path | None) -> None:
-    """One row per source file: path, key, offset, length, blake3, UIDs."""
+def export(state_dir: Path, fmt: str, output: Path | None, map_prefix: tuple[str, ...],
+           table: str, path_column: str, uri_column: str, dialect: str) -> None:
+    """One row per source file: path, key, offset, length, blake3, UIDs, object_uri.
+
+    Formats: csv, jsonl, sqlite (a file with table `images`, indexed on source_path and
+    sop_uid), sql (UPDATE statements setting the RIS's URI column, in one transaction).
+    Text is UTF-8. object_uri is SCHEME://BUCKET/KEY#offset=N&length=N.
+    """
+    mapping = PrefixMap.parse(map_prefix)
+    target = SqlTarget(table, path_column, uri_column, dialect) if fmt == "sql" else None
+    if fmt == "sqlite" and output is None:
+        raise click.UsageError("--format sqlite writes a file: give -o FILE")
     cp = Checkpoint(state_dir, readonly=True)
     try:
-        if output is None:
-            index_mod.export(cp, sys.stdout, fmt=fmt)
+        if fmt == "sqlite":
+            assert output is not None
+            n = index_mod.export_sqlite(cp, output, mapping=mapping)
+        elif output is None:
+            # UTF-8 whatever the locale: paths and SQL must reach the RIS unchanged.
+            out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="")
+            try:
+                index_mod.export(cp, out, fmt=fmt, mapping=mapping, sql=target)
+            finally:
+                out.flush()
+                out.detach()
+            return
         else:
-            with open(output, "w", encoding="utf-8", newline="") as out:
-                n = index_mod.export(cp, out, fmt=fmt)
-            click.echo(f"{n:,} rows written to {output}", err=True)
+            with open(output, "w", encoding="utf-8", newline="") as f:
+                n = index_mod.export(cp, f, fmt=fmt, mapping=mapping, sql=target)
+        click.echo(f"{n:,} rows written to {output}", err=True)
     finally:
         cp.close()

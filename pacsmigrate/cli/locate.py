@@ -1,0 +1,52 @@
+"""`locate`: where one source file now lives, for the path the RIS knows."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .. import index as index_mod
+from ..checkpoint import Checkpoint
+from ..paths import display
+from ..ris import PrefixMap
+from .common import handle_errors, state_option
+from .index import map_prefix_option
+
+
+@click.command()
+@click.argument("source_path")
+@state_option()
+@map_prefix_option()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@handle_errors
+def locate(source_path: str, state_dir: Path, map_prefix: tuple[str, ...], as_json: bool
+           ) -> None:
+    """Print where SOURCE_PATH now lives: object URI, key, offset, length, blake3, UIDs.
+
+    SOURCE_PATH may be relative (it is also tried made absolute), a `\\xNN`-escaped name from
+    the export, or, with the --map-prefix rules the index was exported with, the path as the
+    RIS writes it. Exit status 1 if it is not in the index.
+    """
+    mapping = PrefixMap.parse(map_prefix)
+    cp = Checkpoint(state_dir, readonly=True)
+    try:
+        found = index_mod.locate(cp, source_path, mapping=mapping)
+    finally:
+        cp.close()
+    if found is None:
+        tried = ", ".join(display(p) for p in index_mod.candidates(source_path, mapping=mapping))
+        click.echo(f"not in the index: {display(os.fsencode(source_path))} (tried {tried})",
+                   err=True)
+        sys.exit(1)
+    doc = found.to_json()
+    if as_json:
+        click.echo(json.dumps(doc, ensure_ascii=False))
+        return
+    width = max(map(len, doc))
+    for name, value in doc.items():
+        if value != "":
+            click.echo(f"{name:<{width}}  {value}")

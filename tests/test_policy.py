@@ -1,0 +1,157 @@
+"""Request policy: token buckets on a fake clock, AIMD, retries by cause, giving up."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+from conftest import run
+
+from pacsmigrate.backends.policy import (
+    THROTTLE,
+    TRANSIENT,
+    AdaptiveLimit,
+    Cause,
+    RequestPolicy,
+    RetryConfig,
+    TokenBucket,
+)
+
+
+class FakeClock:
+    """Time that only moves when the code under test sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+def test_token_bucket_caps_rate() -> None:
+    clock = FakeClock()
+
+    async def go() -> None:
+        bucket = TokenBucket(10, burst=10, clock=clock, sleep=clock.sleep)
+        for _ in range(30):
+            await bucket.take(1)
+
+    run(go())
+    # 10 tokens at once, then 20 more at 10/s: two seconds of waiting, not less.
+    assert clock.now == pytest.approx(2.0)
+
+
+def test_token_bucket_large_takes_go_into_debt() -> None:
+    clock = FakeClock()
+
+    async def go() -> None:
+        bucket = TokenBucket(1_000_000, clock=clock, sleep=clock.sleep)  # 1 MB/s
+        for _ in range(4):
+            await bucket.take(4_000_000)  # 4 MB parts
+
+    run(go())
+    assert clock.now == pytest.approx(12.0)  # 16 MB at 1 MB/s, the first MB was the burst
+
+
+def test_aimd_halves_once_per_cooldown_and_climbs_back() -> None:
+    clock = FakeClock()
+    limit = AdaptiveLimit(16, clock=clock, cooldown=1.0)
+    limit.throttled()
+    limit.throttled()  # same burst of 503s: counted once
+    assert limit.limit == 8 and limit.decreases == 1
+    clock.now = 2.0
+    limit.throttled()
+    assert limit.limit == 4 and limit.lowest == 4
+    for _ in range(200):
+        limit.succeeded()
+    assert limit.limit == 16  # additive increase back to the maximum, never beyond
+
+
+def test_aimd_bounds_requests_in_flight() -> None:
+    limit = AdaptiveLimit(4)
+    limit.throttled()  # now 2
+    peak = 0
+
+    async def worker() -> None:
+        nonlocal peak
+        await limit.acquire()
+        peak = max(peak, limit.in_flight)
+        await asyncio.sleep(0.01)
+        await limit.release()
+
+    async def go() -> None:
+        await asyncio.gather(*(worker() for _ in range(10)))
+
+    run(go())
+    assert peak == 2
+
+
+class Flaky(Exception):
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+
+def _classify(exc: BaseException) -> Cause | None:
+    if isinstance(exc, Flaky) and exc.kind in (THROTTLE, TRANSIENT):
+        return Cause(exc.kind, f"{exc.kind} fault")
+    return None
+
+
+def test_retries_count_causes_and_slow_down_on_throttle() -> None:
+    clock = FakeClock()
+    policy = RequestPolicy(concurrency=8, clock=clock, sleep=clock.sleep, rng=random.Random(1))
+    failures = [Flaky(THROTTLE), Flaky(TRANSIENT), Flaky(THROTTLE)]
+
+    async def request() -> str:
+        if failures:
+            raise failures.pop(0)
+        return "ok"
+
+    assert run(policy.run(request, classify=_classify)) == "ok"
+    assert policy.stats.retries == {"throttle fault": 2, "transient fault": 1}
+    assert policy.stats.requests == 4
+    assert policy.limit.decreases >= 1 and policy.limit.limit < 8
+    assert len(clock.slept) == 3 and all(0 <= s <= 20 for s in clock.slept)
+
+
+def test_permanent_errors_are_not_retried_and_attempts_are_bounded() -> None:
+    clock = FakeClock()
+    policy = RequestPolicy(concurrency=2, retry=RetryConfig(max_attempts=3), clock=clock,
+                           sleep=clock.sleep)
+    calls = 0
+
+    async def denied() -> None:
+        nonlocal calls
+        calls += 1
+        raise Flaky("permanent")
+
+    with pytest.raises(Flaky):
+        run(policy.run(denied, classify=_classify))
+    assert calls == 1
+
+    async def always_busy() -> None:
+        nonlocal calls
+        calls += 1
+        raise Flaky(THROTTLE)
+
+    calls = 0
+    with pytest.raises(Flaky):
+        run(policy.run(always_busy, classify=_classify))
+    assert calls == 3 and policy.stats.gave_up == 1
+    assert policy.limit.in_flight == 0  # slots are given back on every path
+
+
+def test_backoff_grows_exponentially_with_full_jitter() -> None:
+    policy = RequestPolicy(concurrency=1, retry=RetryConfig(base_delay=0.5, max_delay=4.0),
+                           rng=random.Random(7))
+    samples = [[policy.backoff(a) for _ in range(200)] for a in (1, 2, 3, 6)]
+    assert max(samples[0]) <= 0.5 and max(samples[1]) <= 1.0 and max(samples[2]) <= 2.0
+    assert max(samples[3]) <= 4.0 and max(samples[3]) > 2.0  # capped, but larger
+    assert min(samples[0]) < 0.1  # full jitter reaches near zero
