@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,10 @@ from .report import write_report
 from .scan import scan
 from .stats import Stats
 from .upload import upload
+
+# Log lines name object keys (keyed hashes) and counts, never source paths, names or UIDs:
+# paths often contain patient IDs (PatientID/StudyDate/... layouts).
+log = logging.getLogger("pacsmigrate.pipeline")
 
 MAX_PASSES = 3
 IN_FLIGHT_BATCHES = 4
@@ -50,6 +55,8 @@ class Migration:
             stack.callback(cp.close)
             stack.callback(self.reader.shutdown, wait=True)
             self._check_state(cp)
+            log.info("%s of %d source tree(s) to %s", "dry run" if self.cfg.dry_run
+                     else "migration", len(self.cfg.sources), self.cfg.dest)
             if not self.cfg.dry_run and self.backend is None:
                 self.backend = await open_backend(self.cfg.dest, self.cfg.transfer)
                 stack.push_async_callback(self.backend.close)
@@ -59,7 +66,15 @@ class Migration:
                 adopted, dropped = await reconcile(cp, self.backend)
                 self.stats.objects_adopted += adopted
                 self.stats.intents_dropped += len(dropped)
+                if adopted or dropped:
+                    log.info("after an interrupted run: %d stored objects adopted, %d "
+                             "unfinished uploads to redo", adopted, len(dropped))
             await self._catalogue(cp)
+            s = self.stats
+            log.info("catalogue: %d files seen, %d classified (%d unsorted), %d already "
+                     "migrated, %d skipped, %d failed", s.files_seen, s.classified,
+                     sum(s.unsorted.values()), s.already_migrated, sum(s.skipped.values()),
+                     sum(s.failed.values()))
             if self.cfg.dry_run:
                 await self._plan_only(cp)
             else:
@@ -177,6 +192,7 @@ class Migration:
 
     def _count_problems(self, problems: list[Problem]) -> None:
         for p in problems:
+            log.debug("not stored: %s", p.reason)
             (self.stats.skipped if p.final else self.stats.failed)[p.reason] += 1
 
     # -- phase 2: pack, upload, commit ------------------------------------------------
@@ -237,10 +253,13 @@ class Migration:
         s = self.stats
         if stored is None:
             await cp.call(cp.drop_intent, plan.key)
+            log.info("nothing stored for %s: its files moved, vanished or changed", plan.key)
         else:
             n = await commit(cp, stored)
             faults.point("after-commit")
             s.files_migrated += n
+            log.info("%s %s: %d files, %d bytes", "adopted" if stored.adopted else "stored",
+                     plan.key, n, stored.info.size)
             if stored.adopted:
                 s.objects_adopted += 1
             else:

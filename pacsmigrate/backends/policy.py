@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections import Counter
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger("pacsmigrate.store")
 
 THROTTLE = "throttle"
 TRANSIENT = "transient"
@@ -170,6 +172,8 @@ class RequestPolicy:
                 if cause.kind == THROTTLE:
                     self.limit.throttled()
                 self.stats.retries[cause.label] += 1
+                log.info("retrying after %s (attempt %d of %d, %d requests in flight allowed)",
+                         cause.label, attempt, self.retry.max_attempts, int(self.limit.limit))
             else:
                 self.limit.succeeded()
                 return result

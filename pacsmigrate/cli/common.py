@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from ..config import parse_size
+from ..config import TransferConfig, parse_size
 from ..errors import PacsMigrateError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -47,3 +47,40 @@ def state_option(*, must_exist: bool = True) -> Callable[[F], F]:
         "--state", "state_dir", default=DEFAULT_STATE, show_default=True,
         type=click.Path(path_type=Path, exists=must_exist, file_okay=False),
         help="The migration's state directory.")
+
+
+def rate_option(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """A bandwidth like 10MiB (per second); none when not given."""
+    if value is None:
+        return None
+    return float(size_option(ctx, param, value))
+
+
+def transfer_options(fn: F) -> F:
+    """How requests go to the store: concurrency, part size, caps, retries, TLS."""
+    for option in reversed([
+        click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 256),
+                     help="Objects and requests in flight (lowered on throttling)."),
+        click.option("--part-size", default="16MiB", show_default=True, callback=size_option),
+        click.option("--max-requests-per-second", type=click.FloatRange(min=0, min_open=True),
+                     help="Cap on requests per second to the store."),
+        click.option("--bwlimit", callback=rate_option, metavar="RATE",
+                     help="Cap on bytes sent per second, e.g. 50MiB."),
+        click.option("--retries", default=10, show_default=True, type=click.IntRange(1, 100),
+                     help="Attempts per request before the run stops."),
+        click.option("--timeout", default=120.0, show_default=True, type=click.FloatRange(1),
+                     help="Seconds without an answer before a request is retried."),
+        click.option("--ca-bundle", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+                     help="PEM file of a private CA to trust (certificates are always checked)."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def transfer_config(*, concurrency: int, part_size: int, max_requests_per_second: float | None,
+                    bwlimit: float | None, retries: int, timeout: float,
+                    ca_bundle: Path | None) -> TransferConfig:
+    return TransferConfig(part_size=part_size, multipart_threshold=part_size,
+                          concurrency=concurrency, max_attempts=retries, read_timeout=timeout,
+                          max_requests_per_second=max_requests_per_second, bwlimit=bwlimit,
+                          ca_bundle=ca_bundle)

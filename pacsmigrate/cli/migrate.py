@@ -6,14 +6,15 @@ import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from ..checkpoint import Checkpoint
-from ..config import Destination, MigrateConfig, TransferConfig
+from ..config import Destination, MigrateConfig
 from ..pipeline import migrate as run_migrate
 from ..stats import Stats
-from .common import handle_errors, size_option, state_option
+from .common import handle_errors, size_option, state_option, transfer_config, transfer_options
 
 
 @click.command()
@@ -24,9 +25,7 @@ from .common import handle_errors, size_option, state_option
 @click.option("--bundle-size", default="256MiB", show_default=True, callback=size_option)
 @click.option("--large-file", default="64MiB", show_default=True, callback=size_option,
               help="Files above this become objects of their own.")
-@click.option("--part-size", default="16MiB", show_default=True, callback=size_option)
-@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 256),
-              help="Objects and requests in flight.")
+@transfer_options
 @click.option("--read-threads", default=8, show_default=True, type=click.IntRange(1, 256))
 @click.option("--report", "report_path", type=click.Path(path_type=Path),
               help="Write the JSON report here.")
@@ -34,8 +33,8 @@ from .common import handle_errors, size_option, state_option
               help="Progress bars (default: when stderr is a terminal).")
 @handle_errors
 def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None, dry_run: bool,
-            bundle_size: int, large_file: int, part_size: int, concurrency: int,
-            read_threads: int, report_path: Path | None, progress: bool | None) -> None:
+            bundle_size: int, large_file: int, read_threads: int, report_path: Path | None,
+            progress: bool | None, **transfer: Any) -> None:
     """Copy SOURCE directories to DEST (s3://bucket/prefix).
 
     Exit status: 0 when every file was migrated or deliberately skipped, 1 when some still
@@ -47,8 +46,7 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None, d
         sources=tuple(Path(p) for p in paths[:-1]),
         dest=Destination.parse(paths[-1], endpoint_url=endpoint_url),
         state_dir=state_dir, dry_run=dry_run, bundle_size=bundle_size, large_file=large_file,
-        transfer=TransferConfig(part_size=part_size, multipart_threshold=part_size,
-                                concurrency=concurrency),
+        transfer=transfer_config(**transfer),
         read_threads=read_threads, report_path=report_path,
         progress=sys.stderr.isatty() if progress is None else progress,
     )
