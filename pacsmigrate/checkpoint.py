@@ -6,11 +6,13 @@ import asyncio
 import fcntl
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import blake3
 import lmdb
 
 from .errors import StateError, StateLockedError
@@ -18,11 +20,12 @@ from .records import BundlePlan, Catalogued, FileEntry, Problem
 
 T = TypeVar("T")
 
-# Sparse on Linux: only pages in use take disk. Big enough for 100M+ files' index rows.
-MAP_SIZE = 1 << 40
+# The map starts small and doubles whenever a write finds it full (100M files need ~100 GiB).
+INITIAL_MAP_SIZE = 1 << 30
+LOW_SPACE = 16 << 20  # below this, a failed write is reported as a full disk
 FORMAT = 1
 
-# Named databases. Keys are raw path bytes unless said otherwise.
+# Named databases. Keys are raw path bytes (see _pkey) unless said otherwise.
 #   meta        name -> JSON               run configuration, key secret, format version
 #   catalogue   group + 0 + path -> Catalogued   classified, not yet stored (sorted by group)
 #   pending     path -> group               reverse map of the catalogue
@@ -34,8 +37,19 @@ FORMAT = 1
 _DBS = ("meta", "catalogue", "pending", "intents", "objects", "index", "sop", "problems")
 
 
+# LMDB keys hold at most 511 bytes; paths may be 4096. Longer paths are keyed by a hash
+# (values always carry the full path). Real paths start with "/", so "#" cannot collide.
+_MAX_PATH_KEY = 400
+
+
+def _pkey(path: bytes) -> bytes:
+    if len(path) <= _MAX_PATH_KEY:
+        return path
+    return b"#" + blake3.blake3(path).digest()
+
+
 def _cat_key(group: str, path: bytes) -> bytes:
-    return group.encode() + b"\0" + path
+    return group.encode() + b"\0" + _pkey(path)
 
 
 class Checkpoint:
@@ -56,7 +70,7 @@ class Checkpoint:
         if not readonly:
             self._take_lock()
         try:
-            self.env = lmdb.open(str(state_dir / "checkpoint.lmdb"), map_size=MAP_SIZE,
+            self.env = lmdb.open(str(state_dir / "checkpoint.lmdb"), map_size=INITIAL_MAP_SIZE,
                                  max_dbs=len(_DBS), readonly=readonly, subdir=True,
                                  readahead=False, lock=not readonly)
         except lmdb.Error as exc:
@@ -91,6 +105,29 @@ class Checkpoint:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, fn, *args)
 
+    def _write(self, body: Callable[[lmdb.Transaction], Any]) -> None:
+        """One write transaction; the map grows when full; a full disk stops the run cleanly.
+
+        On ENOSPC nothing of this transaction is kept (LMDB aborts it), so the run can be
+        resumed once space is freed; an upload acknowledged but not yet committed is adopted
+        from its intent then.
+        """
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    body(txn)
+                return
+            except lmdb.MapFullError:
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+            except lmdb.Error as exc:
+                # Full filesystems surface as ENOSPC or, through the map, as EIO: ask the
+                # filesystem rather than trust the error text.
+                if shutil.disk_usage(self.state_dir).free < LOW_SPACE:
+                    raise StateError(f"no space left for the checkpoint in {self.state_dir}: "
+                                     "free some space, then re-run the same command to "
+                                     "resume") from exc
+                raise StateError(f"checkpoint write failed in {self.state_dir}: {exc}") from exc
+
     # -- meta -------------------------------------------------------------------------
     def get_meta(self, name: str) -> Any:
         with self.env.begin(db=self.db["meta"]) as txn:
@@ -98,8 +135,8 @@ class Checkpoint:
         return None if raw is None else json.loads(raw)
 
     def put_meta(self, name: str, value: Any) -> None:
-        with self.env.begin(db=self.db["meta"], write=True) as txn:
-            txn.put(name.encode(), json.dumps(value).encode())
+        self._write(lambda txn: txn.put(name.encode(), json.dumps(value).encode(),
+                                        db=self.db["meta"]))
 
     # -- catalogue --------------------------------------------------------------------
     def triage(self, entries: list[FileEntry]) -> tuple[list[FileEntry], int, int]:
@@ -111,13 +148,13 @@ class Checkpoint:
         done = known = 0
         with self.env.begin() as txn:
             for e in entries:
-                row = txn.get(e.path, db=self.db["index"])
+                row = txn.get(_pkey(e.path), db=self.db["index"])
                 if row is not None:
                     r = json.loads(row)
                     if r["size"] == e.size and r["mtime_ns"] == e.mtime_ns:
                         done += 1
                         continue
-                group = txn.get(e.path, db=self.db["pending"])
+                group = txn.get(_pkey(e.path), db=self.db["pending"])
                 if group is not None:
                     raw = txn.get(_cat_key(group.decode(), e.path), db=self.db["catalogue"])
                     if raw is not None:
@@ -130,21 +167,23 @@ class Checkpoint:
 
     def catalogue(self, records: list[Catalogued], problems: list[Problem]) -> None:
         """Record classified files (replacing older records of the same path) and problems."""
-        with self.env.begin(write=True) as txn:
+        def write(txn: lmdb.Transaction) -> None:
             for rec in records:
                 self._uncatalogue(txn, rec.path)
                 txn.put(_cat_key(rec.group, rec.path), rec.dumps(), db=self.db["catalogue"])
-                txn.put(rec.path, rec.group.encode(), db=self.db["pending"])
-                txn.delete(rec.path, db=self.db["problems"])
+                txn.put(_pkey(rec.path), rec.group.encode(), db=self.db["pending"])
+                txn.delete(_pkey(rec.path), db=self.db["problems"])
             for p in problems:
                 self._uncatalogue(txn, p.path)
-                txn.put(p.path, json.dumps(p.to_json()).encode(), db=self.db["problems"])
+                txn.put(_pkey(p.path), json.dumps(p.to_json()).encode(),
+                        db=self.db["problems"])
+        self._write(write)
 
     def _uncatalogue(self, txn: lmdb.Transaction, path: bytes) -> None:
-        old = txn.get(path, db=self.db["pending"])
+        old = txn.get(_pkey(path), db=self.db["pending"])
         if old is not None:
             txn.delete(_cat_key(bytes(old).decode(), path), db=self.db["catalogue"])
-            txn.delete(path, db=self.db["pending"])
+            txn.delete(_pkey(path), db=self.db["pending"])
 
     def catalogue_after(self, after: bytes, limit: int) -> list[tuple[bytes, Catalogued]]:
         """The next `limit` catalogue records in (group, path) order after key `after`."""
@@ -175,8 +214,8 @@ class Checkpoint:
         value = {"key": plan.key, "kind": plan.kind, "group": plan.group,
                  "bundle_id": plan.bundle_id,
                  "members": [m.dumps().decode() for m in plan.members]}
-        with self.env.begin(db=self.db["intents"], write=True) as txn:
-            txn.put(plan.key.encode(), json.dumps(value).encode())
+        self._write(lambda txn: txn.put(plan.key.encode(), json.dumps(value).encode(),
+                                        db=self.db["intents"]))
 
     def intents(self) -> list[BundlePlan]:
         plans = []
@@ -189,8 +228,7 @@ class Checkpoint:
         return plans
 
     def drop_intent(self, key: str) -> None:
-        with self.env.begin(db=self.db["intents"], write=True) as txn:
-            txn.delete(key.encode())
+        self._write(lambda txn: txn.delete(key.encode(), db=self.db["intents"]))
 
     def commit_object(self, obj: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         """One transaction: the acknowledged object, its index rows, the intent gone.
@@ -199,21 +237,24 @@ class Checkpoint:
         after its read is caught by the next scan, whose size/mtime differ from the row.
         """
         key = obj["key"]
-        with self.env.begin(write=True) as txn:
+
+        def write(txn: lmdb.Transaction) -> None:
             txn.put(key.encode(), json.dumps(obj).encode(), db=self.db["objects"])
             for row in rows:
                 path = bytes.fromhex(row["path_hex"])
-                txn.put(path, json.dumps(row).encode(), db=self.db["index"])
-                if row.get("sop_uid"):
+                txn.put(_pkey(path), json.dumps(row).encode(), db=self.db["index"])
+                if row.get("sop_uid") and len(row["sop_uid"]) <= _MAX_PATH_KEY:
                     txn.put(row["sop_uid"].encode(), path, db=self.db["sop"])
                 self._uncatalogue(txn, path)
-                txn.delete(path, db=self.db["problems"])
+                txn.delete(_pkey(path), db=self.db["problems"])
             txn.delete(key.encode(), db=self.db["intents"])
+        self._write(write)
 
     def reset_catalogue(self) -> None:
-        with self.env.begin(write=True) as txn:
+        def write(txn: lmdb.Transaction) -> None:
             txn.drop(self.db["catalogue"], delete=False)
             txn.drop(self.db["pending"], delete=False)
+        self._write(write)
 
     def object_record(self, key: str) -> dict[str, Any] | None:
         with self.env.begin(db=self.db["objects"]) as txn:
@@ -259,5 +300,5 @@ class Checkpoint:
 
     def index_row(self, path: bytes) -> dict[str, Any] | None:
         with self.env.begin(db=self.db["index"]) as txn:
-            raw = txn.get(path)
+            raw = txn.get(_pkey(path))
         return None if raw is None else json.loads(raw)

@@ -74,3 +74,22 @@ class ObjectNotFoundError(PermanentBackendError):
 
 class ObjectExistsError(BackendError):
     """A write that must not overwrite found the key already present."""
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to report from a task group: our own errors first, then any other leaf.
+
+    Task groups wrap failures in ExceptionGroup; callers of the library get the plain error.
+    """
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    ours = [e for e in leaves if isinstance(e, PacsMigrateError)]
+    return (ours or leaves)[0]

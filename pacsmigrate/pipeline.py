@@ -17,7 +17,7 @@ from .checkpoint import Checkpoint
 from .classify import classify
 from .commit import abandon, commit, reconcile
 from .config import MigrateConfig
-from .errors import ConfigError, ObjectExistsError, StateError
+from .errors import ConfigError, ObjectExistsError, StateError, first_error
 from .group import plans, requests_for
 from .progress import Bar
 from .records import BundlePlan, Catalogued, FileEntry, Problem, now_iso
@@ -49,6 +49,12 @@ class Migration:
                                          thread_name_prefix="read")
 
     async def run(self) -> Stats:
+        try:
+            return await self._run()
+        except BaseExceptionGroup as group:
+            raise first_error(group) from group
+
+    async def _run(self) -> Stats:
         started = time.monotonic()
         async with AsyncExitStack() as stack:
             self.cp = cp = Checkpoint(self.cfg.state_dir)

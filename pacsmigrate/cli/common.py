@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from ..config import TransferConfig, parse_size
-from ..errors import PacsMigrateError
+from ..errors import PacsMigrateError, first_error
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_STATE = "pacsmigrate-state"
@@ -22,7 +22,10 @@ def handle_errors(fn: F) -> F:
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except BaseExceptionGroup as group:  # from a task group inside the library
+                raise first_error(group) from group
         except PacsMigrateError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
