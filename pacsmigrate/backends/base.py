@@ -80,6 +80,10 @@ class PendingUploads(Protocol):
         """Every unfinished upload whose key starts with prefix."""
         ...
 
+    async def abort_upload(self, upload: PendingUpload) -> None:
+        """Abort one unfinished upload (its parts are deleted)."""
+        ...
+
 
 async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
     """Adapt a bytes object to the chunk iterator `save` takes."""

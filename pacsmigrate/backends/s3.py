@@ -267,6 +267,10 @@ class S3Backend:
         except BackendError:
             pass  # `pacsmigrate cleanup` finds what is left
 
+    async def abort_upload(self, upload: PendingUpload) -> None:
+        await self._call("abort_multipart_upload", key=upload.key, Key=upload.key,
+                         UploadId=upload.upload_id)
+
     async def abort_pending(self, key: str) -> int:
         count = 0
         async for upload in self.pending_uploads(key):

@@ -1,0 +1,49 @@
+"""`cleanup`: abort multipart uploads that interrupted runs left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import UTC, datetime
+
+import click
+
+from ..backends import open_backend
+from ..backends.base import PendingUpload
+from ..cleanup import cleanup as run_cleanup
+from ..config import Destination, TransferConfig
+from .common import handle_errors
+
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+
+
+def _age(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    m = _AGE.match(value)
+    if not m:
+        raise click.BadParameter(f"not an age: {value!r} (examples: 0, 90m, 24h, 7d)")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+@click.command()
+@click.argument("dest")
+@click.option("--endpoint-url", help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
+@click.option("--older-than", default="24h", show_default=True, callback=_age,
+              help="Only uploads started this long ago (a running migration's are younger).")
+@click.option("--dry-run", is_flag=True, help="List them, abort nothing.")
+@handle_errors
+def cleanup(dest: str, endpoint_url: str | None, older_than: float, dry_run: bool) -> None:
+    """List and abort stale multipart uploads under DEST (s3://bucket/prefix)."""
+    where = Destination.parse(dest, endpoint_url=endpoint_url)
+
+    async def go() -> list[PendingUpload]:
+        backend = await open_backend(where, TransferConfig())
+        try:
+            return await run_cleanup(backend, where, older_than=older_than, dry_run=dry_run)
+        finally:
+            await backend.close()
+
+    found = asyncio.run(go())
+    for u in found:
+        started = datetime.fromtimestamp(u.initiated, UTC).isoformat(timespec="seconds")
+        click.echo(f"{'stale' if dry_run else 'aborted'}: {u.key} (started {started})")
+    click.echo(f"{len(found):,} unfinished uploads {'found' if dry_run else 'aborted'}")
