@@ -57,7 +57,8 @@ def test_kill_at_point_then_resume(point: str, s3: S3Target, kill_tree: Path,
 
 
 def test_kill_at_random_moments(moto_s3: S3Target, kill_tree: Path, tmp_path: Path) -> None:
-    """Kill after random delays until a run completes; nothing lost, nothing doubled."""
+    """SIGKILL at up to 20 random moments (catalogue, uploads, LMDB commits, in between),
+    re-running each time; then nothing is lost, doubled or orphaned."""
     rng = random.Random(int(os.environ.get("PACSMIGRATE_KILL_SEED", "1234")))
     # How long an uninterrupted run takes here, so the kills land inside the run.
     started = time.monotonic()
@@ -69,20 +70,21 @@ def test_kill_at_random_moments(moto_s3: S3Target, kill_tree: Path, tmp_path: Pa
     state = tmp_path / "state"
     args = [sys.executable, "-m", "pacsmigrate", *_migrate_args(kill_tree, target, state)]
     kills = 0
-    for attempt in range(12):
+    for _ in range(40):
         proc = subprocess.Popen(args, env=target.env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
-        # Later attempts start with work already done, so they are killed sooner.
-        time.sleep(rng.uniform(0.2, 0.9) * full / (1 + attempt / 3))
+        # Python's start-up is ~0.5 s of each attempt; the rest lands anywhere in the work.
+        time.sleep(0.4 + rng.uniform(0.0, 0.35) * full)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
-        proc.communicate(timeout=120)
-        if proc.returncode == 0:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode in (0, -signal.SIGKILL), err
+        if proc.returncode == 0 or kills >= 20:
             break
     final = run_cli(*_migrate_args(kill_tree, target, state), env=target.env())
     assert final.returncode == 0, final.stdout + final.stderr
-    assert kills >= 1
+    assert kills >= 10
     assert_complete(target, state, kill_tree)
 
 
