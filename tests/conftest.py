@@ -102,12 +102,22 @@ def s3(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> S3Tar
     return _target(info, request.param, monkeypatch)
 
 
+def _copy_samples(parent: Path) -> Path:
+    dest = parent / "pydicom-samples"
+    shutil.copytree(TEST_FILES, dest, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    return dest
+
+
 @pytest.fixture
 def samples(tmp_path: Path) -> Path:
     """A copy of pydicom's real sample files (CD layout, no preamble, big endian, ...)."""
-    dest = tmp_path / "pydicom-samples"
-    shutil.copytree(TEST_FILES, dest, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
-    return dest
+    return _copy_samples(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def shared_samples(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One copy for tests that only read it (copy a file to tmp_path before changing it)."""
+    return _copy_samples(tmp_path_factory.mktemp("samples"))
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,

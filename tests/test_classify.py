@@ -21,17 +21,10 @@ from pacsmigrate.records import DICOM, UNSORTED, Catalogued, FileEntry, Problem
 SECRET = new_secret()
 
 
-@pytest.fixture(scope="module")
-def samples(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """conftest's `samples` (a copy of pydicom's test files), made once per module.
-
-    Tests here only read it (anything they change is copied to tmp_path first), so one
-    copy serves them all and keeps the suite fast.
-    """
-    dest = tmp_path_factory.mktemp("samples") / "pydicom-samples"
-    shutil.copytree(Path(pydicom.__file__).parent / "data" / "test_files", dest,
-                    ignore=shutil.ignore_patterns("__pycache__", "*.py"))
-    return dest
+@pytest.fixture
+def samples(shared_samples: Path) -> Path:
+    """Read-only sample files (see conftest.shared_samples)."""
+    return shared_samples
 
 
 def entry(path: Path) -> FileEntry:
