@@ -85,7 +85,7 @@ def map_error(exc: Exception, *, key: str | None) -> BackendError:
         code = str(exc.response.get("Error", {}).get("Code", ""))
         if code in ("PreconditionFailed", "412"):
             return ObjectExistsError(f"object exists: {key}", key=key)
-        if code in ("NoSuchKey", "404", "NotFound"):
+        if code in ("NoSuchKey", "404", "NotFound", "NoSuchUpload"):
             return ObjectNotFoundError(f"no such object: {key}", key=key)
         if code in PERMANENT_CODES:
             return PermanentBackendError(f"store refused ({code}): {exc}", key=key)
@@ -244,12 +244,7 @@ class S3Backend:
                 total += len(body)
                 tasks.append(asyncio.create_task(send(number, body)))
             await asyncio.gather(*tasks)
-            resp = await self._call(
-                "complete_multipart_upload", key=key, Key=key, UploadId=upload_id,
-                IfNoneMatch="*",
-                MultipartUpload={"Parts": [{"ETag": parts[n], "PartNumber": n}
-                                           for n in sorted(parts)]},
-            )
+            etag = await self._complete(key, upload_id, parts, total)
         except BaseException:
             for t in tasks:
                 t.cancel()
@@ -259,7 +254,30 @@ class S3Backend:
             # Only a kill skips it, and then the next run resumes the upload's parts.
             await asyncio.shield(self._abort(key, upload_id))
             raise
-        return ObjectInfo(key, total, str(resp.get("ETag", "")).strip('"'), meta)
+        # A retried CreateMultipartUpload whose first answer was lost leaves a twin upload.
+        await self.abort_pending(key)
+        return ObjectInfo(key, total, etag, meta)
+
+    async def _complete(self, key: str, upload_id: str, parts: dict[int, str],
+                        total: int) -> str:
+        """Complete the upload; a retry after a lost success is recognised, not failed.
+
+        If the store completed the upload but its answer was lost, the retry hears
+        NoSuchUpload (or 412 from If-None-Match): the object is there with our size.
+        """
+        try:
+            resp = await self._call(
+                "complete_multipart_upload", key=key, Key=key, UploadId=upload_id,
+                IfNoneMatch="*",
+                MultipartUpload={"Parts": [{"ETag": parts[n], "PartNumber": n}
+                                           for n in sorted(parts)]},
+            )
+        except ObjectNotFoundError:  # NoSuchUpload
+            info = await self.stat(key)
+            if info is None or info.size != total:
+                raise
+            return info.etag
+        return str(resp.get("ETag", "")).strip('"')
 
     async def _abort(self, key: str, upload_id: str) -> None:
         try:
