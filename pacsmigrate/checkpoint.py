@@ -209,13 +209,15 @@ class Checkpoint:
         return files, size
 
     # -- intents and commits ----------------------------------------------------------
-    def put_intent(self, plan: BundlePlan) -> None:
-        """Write-ahead: the key is recorded before any byte goes to the store."""
-        value = {"key": plan.key, "kind": plan.kind, "group": plan.group,
-                 "bundle_id": plan.bundle_id,
-                 "members": [m.dumps().decode() for m in plan.members]}
-        self._write(lambda txn: txn.put(plan.key.encode(), json.dumps(value).encode(),
-                                        db=self.db["intents"]))
+    def put_intents(self, plans: list[BundlePlan]) -> None:
+        """Write-ahead: the keys are recorded before any byte goes to the store."""
+        def write(txn: lmdb.Transaction) -> None:
+            for plan in plans:
+                value = {"key": plan.key, "kind": plan.kind, "group": plan.group,
+                         "bundle_id": plan.bundle_id,
+                         "members": [m.dumps().decode() for m in plan.members]}
+                txn.put(plan.key.encode(), json.dumps(value).encode(), db=self.db["intents"])
+        self._write(write)
 
     def intents(self) -> list[BundlePlan]:
         plans = []
@@ -230,24 +232,24 @@ class Checkpoint:
     def drop_intent(self, key: str) -> None:
         self._write(lambda txn: txn.delete(key.encode(), db=self.db["intents"]))
 
-    def commit_object(self, obj: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-        """One transaction: the acknowledged object, its index rows, the intent gone.
+    def commit_objects(self, items: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> None:
+        """One transaction: acknowledged objects, their index rows, their intents gone.
 
         The members leave the catalogue: what was stored is what was read. A file changed
         after its read is caught by the next scan, whose size/mtime differ from the row.
         """
-        key = obj["key"]
-
         def write(txn: lmdb.Transaction) -> None:
-            txn.put(key.encode(), json.dumps(obj).encode(), db=self.db["objects"])
-            for row in rows:
-                path = bytes.fromhex(row["path_hex"])
-                txn.put(_pkey(path), json.dumps(row).encode(), db=self.db["index"])
-                if row.get("sop_uid") and len(row["sop_uid"]) <= _MAX_PATH_KEY:
-                    txn.put(row["sop_uid"].encode(), path, db=self.db["sop"])
-                self._uncatalogue(txn, path)
-                txn.delete(_pkey(path), db=self.db["problems"])
-            txn.delete(key.encode(), db=self.db["intents"])
+            for obj, rows in items:
+                key = obj["key"].encode()
+                txn.put(key, json.dumps(obj).encode(), db=self.db["objects"])
+                for row in rows:
+                    path = bytes.fromhex(row["path_hex"])
+                    txn.put(_pkey(path), json.dumps(row).encode(), db=self.db["index"])
+                    if row.get("sop_uid") and len(row["sop_uid"]) <= _MAX_PATH_KEY:
+                        txn.put(row["sop_uid"].encode(), path, db=self.db["sop"])
+                    self._uncatalogue(txn, path)
+                    txn.delete(_pkey(path), db=self.db["problems"])
+                txn.delete(key, db=self.db["intents"])
         self._write(write)
 
     def reset_catalogue(self) -> None:

@@ -15,7 +15,7 @@ from .backends import Backend, open_backend
 from .backends.base import one_chunk
 from .checkpoint import Checkpoint
 from .classify import classify
-from .commit import abandon, commit, reconcile
+from .commit import Committer, abandon, reconcile
 from .config import MigrateConfig
 from .errors import ConfigError, ObjectExistsError, StateError, first_error
 from .group import plans, requests_for
@@ -233,27 +233,41 @@ class Migration:
     async def _store_pass(self, cp: Checkpoint, bar: Bar) -> int:
         """One pass over the catalogue; returns how many plans it handled."""
         assert self.backend is not None
-        queue: asyncio.Queue[BundlePlan | None] = asyncio.Queue(self.cfg.transfer.concurrency)
+        width = self.cfg.transfer.concurrency
+        queue: asyncio.Queue[BundlePlan | None] = asyncio.Queue(width)
+        committer = Committer(cp)
         handled = 0
 
         async def worker() -> None:
             while (plan := await queue.get()) is not None:
-                await self._store_one(cp, plan, bar)
+                await self._store_one(cp, committer, plan, bar)
+
+        async def release(batch: list[BundlePlan]) -> None:
+            # Write-ahead, one transaction per batch, before any byte of them is sent.
+            await cp.call(cp.put_intents, batch)
+            for plan in batch:
+                faults.point("after-intent")
+                await queue.put(plan)
 
         async with asyncio.TaskGroup() as tg:
-            workers = [tg.create_task(worker()) for _ in range(self.cfg.transfer.concurrency)]
+            workers = [tg.create_task(worker()) for _ in range(width)]
+            batch: list[BundlePlan] = []
             async for plan in plans(cp, self.cfg.dest, bundle_size=self.cfg.bundle_size,
                                     large_file=self.cfg.large_file):
                 self._count_plan(plan)
-                await cp.call(cp.put_intent, plan)  # write-ahead, before any byte is sent
-                faults.point("after-intent")
-                await queue.put(plan)
+                batch.append(plan)
                 handled += 1
+                if len(batch) >= width:
+                    await release(batch)
+                    batch = []
+            await release(batch)
             for _ in workers:
                 await queue.put(None)
+        self.stats.commit_transactions += committer.transactions
         return handled
 
-    async def _store_one(self, cp: Checkpoint, plan: BundlePlan, bar: Bar) -> None:
+    async def _store_one(self, cp: Checkpoint, committer: Committer, plan: BundlePlan,
+                         bar: Bar) -> None:
         assert self.backend is not None
         stored, result = await upload(plan, self.backend, self.reader, secret=self.secret)
         s = self.stats
@@ -261,7 +275,7 @@ class Migration:
             await cp.call(cp.drop_intent, plan.key)
             log.info("nothing stored for %s: its files moved, vanished or changed", plan.key)
         else:
-            n = await commit(cp, stored)
+            n = await committer.commit(stored)
             faults.point("after-commit")
             s.files_migrated += n
             log.info("%s %s: %d files, %d bytes", "adopted" if stored.adopted else "stored",

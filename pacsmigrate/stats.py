@@ -24,6 +24,7 @@ class Stats:
     files_migrated: int = 0
     bytes_uploaded: int = 0
     objects_adopted: int = 0
+    commit_transactions: int = 0
     uploads_aborted: int = 0
     parts_reused: int = 0  # multipart parts a killed run had sent, kept by this one
     requests: int = 0

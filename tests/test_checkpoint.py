@@ -72,8 +72,8 @@ def test_triage_todo_known_and_done(cp: Checkpoint) -> None:
     resized = rec(b"/s/resized.dcm", size=30, mtime_ns=333)
     cp.catalogue([known, changed, resized], [])
     # One file already migrated: its index row says size 40, mtime 444.
-    cp.commit_object({"key": "k/1.tar"}, [{"path_hex": b"/s/done.dcm".hex(), "size": 40,
-                                           "mtime_ns": 444, "sop_uid": ""}])
+    cp.commit_objects([({"key": "k/1.tar"}, [{"path_hex": b"/s/done.dcm".hex(), "size": 40,
+                                           "mtime_ns": 444, "sop_uid": ""}])])
     entries = [
         FileEntry(b"/s/known.dcm", 10, 111),      # same as catalogued
         FileEntry(b"/s/changed.dcm", 20, 999),    # new mtime: classify again
@@ -82,8 +82,8 @@ def test_triage_todo_known_and_done(cp: Checkpoint) -> None:
         FileEntry(b"/s/done.dcm", 40, 444),       # already stored
         FileEntry(b"/s/caf\xe9.dcm", 1, 1),       # never seen, non-UTF-8
     ]
-    cp.commit_object({"key": "k/2.tar"}, [{"path_hex": b"/s/redo.dcm".hex(), "size": 1,
-                                           "mtime_ns": 1, "sop_uid": ""}])
+    cp.commit_objects([({"key": "k/2.tar"}, [{"path_hex": b"/s/redo.dcm".hex(), "size": 1,
+                                           "mtime_ns": 1, "sop_uid": ""}])])
     entries.append(FileEntry(b"/s/redo.dcm", 1, 2))  # stored, but modified since
     todo, done, known_n = cp.triage(entries)
     assert [e.path for e in todo] == [b"/s/changed.dcm", b"/s/resized.dcm", b"/s/new.dcm",
@@ -137,8 +137,8 @@ def test_intents_round_trip(cp: Checkpoint) -> None:
     plan = BundlePlan(GROUPS[0], "tar", members, key="p/00/00/g/abc.tar", bundle_id="abc")
     single = BundlePlan(GROUPS[1], "file", [rec(b"/s/big.dcm", group=GROUPS[1])],
                         key="p/7f/7f/g/def.dcm", bundle_id="def")
-    cp.put_intent(plan)
-    cp.put_intent(single)
+    cp.put_intents([plan])
+    cp.put_intents([single])
     cp = reopen(cp)
     try:
         got = sorted(cp.intents(), key=lambda p: p.key)
@@ -155,7 +155,7 @@ def committed_plan(cp: Checkpoint) -> tuple[BundlePlan, list[dict[str, object]]]
     bystander = rec(b"/s/other.dcm", group=GROUPS[2], sop="1.9.3")
     cp.catalogue(members + [bystander], [])
     plan = BundlePlan(GROUPS[0], "tar", members, key="p/00/00/g/abc.tar", bundle_id="abc")
-    cp.put_intent(plan)
+    cp.put_intents([plan])
     entries = [manifest.member_entry(m, name=member_name(m.path), offset=512 * (i + 1),
                                      length=m.size, digest="0" * 64)
                for i, m in enumerate(members)]
@@ -165,7 +165,7 @@ def committed_plan(cp: Checkpoint) -> tuple[BundlePlan, list[dict[str, object]]]
 
 def test_commit_object_is_durable(cp: Checkpoint) -> None:
     plan, rows = committed_plan(cp)
-    cp.commit_object({"key": plan.key, "size": 4096, "etag": "x"}, rows)
+    cp.commit_objects([({"key": plan.key, "size": 4096, "etag": "x"}, rows)])
     cp = reopen(cp)
     try:
         assert cp.has_object(plan.key)
@@ -234,7 +234,7 @@ _READER = textwrap.dedent("""
 
 def test_readonly_reader_while_writer_holds_lock(cp: Checkpoint) -> None:
     plan, rows = committed_plan(cp)
-    cp.commit_object({"key": plan.key}, rows)
+    cp.commit_objects([({"key": plan.key}, rows)])
     cp.put_meta("run", {"n": 1})
     # A separate process, as `pacsmigrate report` would be beside a running migrate.
     proc = subprocess.run([sys.executable, "-c", _READER, str(cp.state_dir)],
