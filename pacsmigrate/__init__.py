@@ -21,6 +21,7 @@ from .errors import (
 from .pipeline import Migration, migrate
 from .retrieve import Archive, open_archive
 from .stats import Stats
+from .verify import VerifyConfig, VerifyResult, verify
 
 __version__ = "0.1.0"
 
@@ -49,8 +50,11 @@ __all__ = [
     "StateLockedError",
     "Stats",
     "TransferConfig",
+    "VerifyConfig",
+    "VerifyResult",
     "migrate",
     "open",
     "open_archive",
     "parse_size",
+    "verify",
 ]
