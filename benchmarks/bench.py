@@ -265,15 +265,25 @@ def verify_s5cmd(tree: Tree, listing: dict[str, int], prefix: str, log: Path) ->
     return "1 object per file"
 
 
+def slug(variant: Variant, repeat: int, attempt: int) -> str:
+    base = re.sub(r"[^a-z0-9]+", "-", variant.name.lower()).strip("-")
+    return f"r{repeat}-{base}" + (f"-a{attempt}" if attempt > 1 else "")
+
+
+def bucket_name(variant: Variant, repeat: int, attempt: int) -> str:
+    return f"bench-{slug(variant, repeat, attempt)}"[:63].rstrip("-")
+
+
+def state_dir(variant: Variant, repeat: int, attempt: int, *, work: Path) -> Path:
+    return work / "state" / slug(variant, repeat, attempt)
+
+
 def run_variant(variant: Variant, *, tree: Tree, info: StoreInfo, client: Any, env: dict[str, str],
                 work: Path, repeat: int, position: int, server_pid: int | None,
                 idle_wait: float, attempt: int = 1) -> Run:
-    slug = re.sub(r"[^a-z0-9]+", "-", variant.name.lower()).strip("-")
-    if attempt > 1:
-        slug += f"-a{attempt}"
-    bucket = f"bench-r{repeat}-{slug}"[:63].rstrip("-")
-    state = work / "state" / f"r{repeat}-{slug}"
-    log = work / "logs" / f"r{repeat}-{slug}.log"
+    bucket, state = bucket_name(variant, repeat, attempt), state_dir(variant, repeat, attempt,
+                                                                     work=work)
+    log = work / "logs" / f"{state.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(state, ignore_errors=True)
     create_bucket(info, bucket)
@@ -428,7 +438,7 @@ def median(values: Sequence[float]) -> float:
 
 
 def report(*, tree: Tree, variants: list[Variant], info: dict[str, str], args: argparse.Namespace,
-           started: datetime, endpoint: str, profile: str | None) -> str:
+           started: datetime, endpoint: str, work: Path, profile: str | None) -> str:
     s = tree.sizes
     rows = []
     by_name: dict[str, dict[str, float]] = {}
@@ -439,13 +449,16 @@ def report(*, tree: Tree, variants: list[Variant], info: dict[str, str], args: a
         rss = max(r.maxrss_kib for r in v.runs) / 1024
         cpu = median([r.user_cpu + r.sys_cpu for r in v.runs])
         server = [r.server_cpu for r in v.runs if r.server_cpu is not None]
-        by_name[v.name] = {"fps": fps, "wall": wall}
+        fastest = min(walls)
+        by_name[v.name] = {"fps": fps, "wall": wall, "fps_fastest": tree.files / fastest}
         server_s = f"{median(server):.1f}" if server else "n/a"
         others = [r.other_cpu for r in v.runs if r.other_cpu is not None]
         others_s = f"{median(others):.1f}" if others else "n/a"
         runs = ", ".join(f"{w:.2f}" for w in walls)
-        rows.append(f"| {v.name} | {wall:.2f} | {runs} | {fps:,.0f} | {mbs:,.1f} | {rss:,.0f} | "
+        rows.append(f"| {v.name} | {wall:.2f} | {runs} | {fps:,.0f} | {mbs:,.1f} | "
+                    f"{tree.files / fastest:,.0f} | {rss:,.0f} | "
                     f"{cpu:.1f} | {server_s} | {others_s} | {v.runs[0].objects:,} | "
+                    f"{v.runs[0].stored_bytes / 1e6:,.1f} | "
                     f"{v.runs[0].note.split(';')[0]} |")
     pm, s5 = by_name["pacsmigrate (defaults)"], by_name["s5cmd (defaults)"]
     def best(tool: str) -> Variant:
@@ -454,15 +467,14 @@ def report(*, tree: Tree, variants: list[Variant], info: dict[str, str], args: a
     best_pm, best_s5 = best("pacsmigrate"), best("s5cmd")
     ratio_defaults = pm["fps"] / s5["fps"]
     ratio_best = by_name[best_pm.name]["fps"] / by_name[best_s5.name]["fps"]
+    ratio_fastest = pm["fps_fastest"] / s5["fps_fastest"]
     order_lines = [f"- repeat {rep}: " + " → ".join(
         r.variant for r in sorted((r for v in variants for r in v.runs if r.repeat == rep),
                                   key=lambda r: r.position))
         for rep in range(1, args.repeat + 1)]
-    commands = []
-    for v in variants:
-        argv = v.runs[0].argv
-        commands.append(shlex.join(argv).replace(str(tree.root), "$TREE")
-                        .replace(str(args.workdir_resolved), "$WORK"))
+    # The commands of repeat 1 (first attempt); later repeats differ only in bucket and state.
+    commands = [shlex.join(v.argv(endpoint, bucket_name(v, 1, 1), state_dir(v, 1, 1, work=work)))
+                for v in variants]
     busy_starts = [r for v in variants for r in v.runs if not r.started_idle]
     disturbed_kept = [r for v in variants for r in v.runs if disturbed(r, args.max_others)]
     pm_internal = [r.note for v in variants for r in v.runs if "own timer" in r.note]
@@ -474,8 +486,8 @@ def report(*, tree: Tree, variants: list[Variant], info: dict[str, str], args: a
         "",
         *[f"- {k}: {v}" for k, v in info.items()],
         ("- Client (each tool) and server (SeaweedFS `weed mini`, one process) run on the same "
-        "machine and share its CPUs; nothing else of ours ran during the timings, but the "
-        "machine is shared, so treat small differences as noise."),
+        "machine and share its CPUs. The bench runs one tool at a time, but the machine also "
+        "runs other people's jobs: see the others' CPU column and the note under the table."),
         "",
         ("**Tree** (`pacsmigrate.synth.make_tree`, layout `"
         f"{tree.layout}` = dcm4chee `yyyy/MM/dd/hash/hash/hash`, studies={tree.studies}, "
@@ -493,7 +505,8 @@ def report(*, tree: Tree, variants: list[Variant], info: dict[str, str], args: a
         ("**Commands** (one SeaweedFS for the whole run at "
         f"`{endpoint}`; a fresh bucket per tool per repeat, `bench-r<repeat>-<variant>`, and "
         "a fresh `--state` for pacsmigrate; credentials via `AWS_ACCESS_KEY_ID` / "
-        "`AWS_SECRET_ACCESS_KEY`, region us-east-1; bench invoked as "
+        "`AWS_SECRET_ACCESS_KEY`, region us-east-1; commands of repeat 1, the tree in "
+        f"`{tree.root}`; bench invoked as "
         f"`{args.invocation}`, i.e. --studies {args.studies} --scale {args.scale} "
         f"--repeat {args.repeat})"),
         "",
@@ -517,9 +530,10 @@ def report(*, tree: Tree, variants: list[Variant], info: dict[str, str], args: a
         f"the machine during the run (/proc/stat minus both; capacity is {info['CPUs (nproc)']} "
         "CPU-seconds per second); medians)"),
         "",
-        ("| tool | median wall s | runs (s) | files/s | MB/s | peak RSS MiB | client CPU s | "
-        "server CPU s | others' CPU s | objects | stored as |"),
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        ("| tool | median wall s | runs (s) | files/s | MB/s | files/s, fastest run | "
+         "peak RSS MiB | client CPU s | "
+        "server CPU s | others' CPU s | objects | stored MB | stored as |"),
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         *rows,
         "",
         ("Before each timed run the bench waited (up to "
@@ -537,7 +551,8 @@ def report(*, tree: Tree, variants: list[Variant], info: dict[str, str], args: a
                + ", ".join(f"{r.variant} r{r.repeat}" for r in disturbed_kept) + "."))),
         "",
         (f"**Ratio pacsmigrate / s5cmd (files/s)**: defaults {ratio_defaults:.2f}; "
-        f"best of each ({best_pm.name} vs {best_s5.name}) {ratio_best:.2f}."),
+        f"best of each ({best_pm.name} vs {best_s5.name}) {ratio_best:.2f}; defaults, "
+        f"fastest run of each (least disturbed by the rest of the machine) {ratio_fastest:.2f}."),
         "",
         "Not like for like: s5cmd PUTs one object per file; pacsmigrate also parses every "
         "DICOM header, hashes every byte (blake3), packs per-study tar bundles with manifests, "
@@ -596,9 +611,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the defaults of each tool, not the tuned variants")
     parser.add_argument("--profile", action="store_true",
                         help="also run pacsmigrate once under cProfile and add its top functions")
-    parser.add_argument("--idle-wait", type=float, default=120.0, metavar="SECONDS",
+    parser.add_argument("--idle-wait", type=float, default=60.0, metavar="SECONDS",
                         help="before each timed run, wait up to this long for the machine to "
-                        "be nearly idle (other jobs distort timings; default 120, 0 = never)")
+                        "be nearly idle (other jobs distort timings; default 60, 0 = never)")
     parser.add_argument("--max-others", type=float, default=0.3, metavar="CPUS",
                         help="a run during which everything else on the machine used more than "
                         "this many CPUs on average is discarded and run again (default 0.3)")
@@ -656,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
                 else None
             endpoint = store_info.endpoint_url
         section = report(tree=tree, variants=variants, info=info, args=args, started=started,
-                         endpoint=endpoint, profile=profile)
+                         endpoint=endpoint, work=work, profile=profile)
         if args.dry_run:
             print(section)
         else:
