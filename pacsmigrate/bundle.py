@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import stat
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -12,13 +11,15 @@ from typing import Any
 import blake3
 
 from . import manifest
-from .classify import catalogued, classify, header_from_bytes, open_source
+from .classify import catalogued, classify, header_from_bytes
 from .errors import SourceChangedError
 from .paths import member_name
 from .records import BundlePlan, Catalogued, FileEntry, Problem
+from .source import open_regular
 
 BLOCK = 512
 READ_ATTEMPTS = 3
+VANISHED = "vanished before packing"
 
 
 @dataclass
@@ -39,17 +40,12 @@ class PackResult:
 def _stable_read(path: bytes) -> tuple[bytes, os.stat_result] | Problem:
     """The whole file, read between two identical fstat()s, or why that was impossible."""
     for _ in range(READ_ATTEMPTS):
+        opened = open_regular(path, vanished=VANISHED)
+        if isinstance(opened, Problem):
+            return opened
+        f, before = opened
         try:
-            fd = open_source(path)
-        except FileNotFoundError:
-            return Problem(path, "vanished before packing")
-        except OSError as exc:
-            return Problem(path, "unreadable", exc.strerror or str(exc), final=False)
-        try:
-            with os.fdopen(fd, "rb", buffering=0) as f:
-                before = os.fstat(f.fileno())
-                if not stat.S_ISREG(before.st_mode):
-                    return Problem(path, "not a regular file any more")
+            with f:
                 data = f.read(before.st_size + 1)
                 after = os.fstat(f.fileno())
         except OSError as exc:
@@ -154,20 +150,12 @@ def file_parts(plan: BundlePlan, result: PackResult, *, part_size: int,
     file is packed again later, never stored half-old.
     """
     rec = plan.members[0]
-    try:
-        fd = open_source(rec.path)
-    except FileNotFoundError:
-        result.problems.append(Problem(rec.path, "vanished before packing"))
+    opened = open_regular(rec.path, vanished=VANISHED)
+    if isinstance(opened, Problem):
+        result.problems.append(opened)
         return
-    except OSError as exc:
-        result.problems.append(Problem(rec.path, "unreadable", exc.strerror or str(exc),
-                                       final=False))
-        return
-    with os.fdopen(fd, "rb", buffering=0) as f:
-        before = os.fstat(f.fileno())
-        if not stat.S_ISREG(before.st_mode):
-            result.problems.append(Problem(rec.path, "not a regular file any more"))
-            return
+    f, before = opened
+    with f:
         now = rec
         if (before.st_size, before.st_mtime_ns) != (rec.size, rec.mtime_ns):
             fresh = classify(FileEntry(rec.path, before.st_size, before.st_mtime_ns),

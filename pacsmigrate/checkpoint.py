@@ -16,6 +16,7 @@ import blake3
 import lmdb
 
 from .errors import StateError, StateLockedError
+from .paths import from_fields
 from .records import BundlePlan, Catalogued, FileEntry, Problem
 
 T = TypeVar("T")
@@ -271,6 +272,21 @@ class Checkpoint:
     def counts(self) -> dict[str, int]:
         with self.env.begin() as txn:
             return {name: txn.stat(self.db[name])["entries"] for name in _DBS if name != "meta"}
+
+    def settle_vanished(self) -> int:
+        """Open problems whose path is gone now become deliberate skips ("vanished").
+
+        A file that failed (unreadable, kept changing) and was then deleted must not keep
+        every later run from finishing.
+        """
+        gone = [Problem(from_fields(v["source_path"], v["source_path_b64"]),
+                        "vanished after an earlier failure", v["reason"])
+                for _, v in self.iter_db("problems")
+                if not v["final"] and not os.path.lexists(
+                    from_fields(v["source_path"], v["source_path_b64"]))]
+        if gone:
+            self.catalogue([], gone)
+        return len(gone)
 
     def open_problems(self) -> int:
         """Files recorded as not migrated for a reason that is not a deliberate skip."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import stat
 import struct
 import warnings
 from dataclasses import dataclass
@@ -18,13 +17,13 @@ from pydicom.valuerep import VR
 
 from .keys import study_group, unsorted_group
 from .records import DICOM, UNSORTED, Catalogued, FileEntry, Problem
+from .source import open_regular
 
 # pydicom's warnings and log lines can quote element values (names, IDs, UIDs): patient
 # data must never reach our output, so they are silenced; our reasons carry no values.
 warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
 logging.getLogger("pydicom").setLevel(logging.CRITICAL)
 
-_O_NOATIME = getattr(os, "O_NOATIME", 0)
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 _EXPLICIT_BE = "1.2.840.10008.1.2.2"
 _DEFLATED = ("1.2.840.10008.1.2.1.99",)
@@ -45,19 +44,6 @@ class Header:
     study_date: str = ""
     transfer_syntax: str = ""
     reason: str = ""
-
-
-def open_source(path: bytes) -> int:
-    """Open read-only, never following a link; without touching atime when we may."""
-    # O_NONBLOCK: a path swapped for a FIFO since the scan must not hang a reader thread
-    # (regular files ignore it); callers check S_ISREG on the open descriptor.
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    try:
-        return os.open(path, flags | _O_NOATIME)
-    except PermissionError:
-        if not _O_NOATIME:
-            raise
-        return os.open(path, flags)  # O_NOATIME needs ownership; read-only is what matters
 
 
 def _text(ds: Any, name: str) -> str:
@@ -168,19 +154,12 @@ def catalogued(entry: FileEntry, header: Header, *, secret: bytes, digest: str =
 def classify(entry: FileEntry, *, secret: bytes, hash_all: bool = False) -> Catalogued | Problem:
     """Classify one file (runs in a reader thread). hash_all: also blake3 the whole file."""
     path = entry.path
+    opened = open_regular(path, vanished="vanished before read", buffering=256 * 1024)
+    if isinstance(opened, Problem):
+        return opened
+    f, st = opened
     try:
-        fd = open_source(path)
-    except FileNotFoundError:
-        return Problem(path, "vanished before read")
-    except OSError as exc:
-        if exc.errno == 40:  # ELOOP: replaced by a symlink after the scan
-            return Problem(path, "symlink not followed")
-        return Problem(path, "unreadable", exc.strerror or str(exc), final=False)
-    try:
-        with os.fdopen(fd, "rb", buffering=256 * 1024) as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                return Problem(path, "not a regular file any more")
+        with f:
             header = read_header(f, st.st_size)
             digest = ""
             if hash_all:

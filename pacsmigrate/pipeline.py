@@ -76,6 +76,7 @@ class Migration:
                     log.info("after an interrupted run: %d stored objects adopted, %d "
                              "unfinished uploads to redo", adopted, len(dropped))
             await self._catalogue(cp)
+            await cp.call(cp.settle_vanished)
             s = self.stats
             log.info("catalogue: %d files seen, %d classified (%d unsorted), %d already "
                      "migrated, %d skipped, %d failed", s.files_seen, s.classified,
@@ -111,7 +112,7 @@ class Migration:
         known = cp.get_meta("config")
         if known is None:
             cp.put_meta("config", {"dest": dest, "endpoint_url": self.cfg.dest.endpoint_url,
-                                   "sources": [str(s) for s in self.cfg.sources],
+                                   "sources": [os.path.abspath(s) for s in self.cfg.sources],
                                    "created": now_iso()})
         elif known["dest"] != dest:
             raise ConfigError(f"state directory {self.cfg.state_dir} belongs to a migration "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import stat
 import threading
@@ -75,8 +76,11 @@ class _Walker:
             self.emit([Problem(directory, "directory vanished during scan")])
             return subdirs
         except OSError as exc:
-            self.emit([Problem(directory, "unreadable directory", exc.strerror or str(exc),
-                               final=False)])
+            if exc.errno == errno.ENAMETOOLONG:  # deeper than the kernel's PATH_MAX
+                self.emit([Problem(directory, "path too long to open", exc.strerror or "")])
+            else:
+                self.emit([Problem(directory, "unreadable directory", exc.strerror or str(exc),
+                                   final=False)])
             return subdirs
         # Streamed, not sorted: a flat storescp folder may hold millions of entries.
         with it:

@@ -112,8 +112,11 @@ async def _find_manifest(plan: BundlePlan, backend: Backend, info: ObjectInfo) -
         if raw is None and start:
             raw = manifest.find_in_tar_tail(await backend.load(plan.key), plan.bundle_id)
         return raw
-    data = await backend.load(plan.key)
     rec = plan.members[0]
+    h = blake3.blake3()
+    for offset in range(0, info.size, TAIL_BYTES):  # hashed in ranges, never whole in memory
+        h.update(await backend.load(plan.key, offset=offset,
+                                    length=min(TAIL_BYTES, info.size - offset)))
     entry = manifest.member_entry(rec, name=member_name(rec.path), offset=0,
-                                  length=len(data), digest=blake3.blake3(data).hexdigest())
+                                  length=info.size, digest=h.hexdigest())
     return manifest.build(plan, [entry])

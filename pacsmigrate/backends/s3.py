@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack
 from typing import Any
 
 import aioboto3
 import aiohttp
-from botocore.config import Config
+from aiobotocore.config import AioConfig
+from aiobotocore.httpsession import AIOHTTPSession
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -96,6 +98,16 @@ def map_error(exc: Exception, *, key: str | None) -> BackendError:
     return BackendError(f"store request failed: {exc}", key=key)
 
 
+class _VerifyingSession(AIOHTTPSession):  # type: ignore[misc]
+    """aiobotocore reuses urllib3's TLS context, which leaves host names unchecked (urllib3
+    checks them itself; aiohttp does not). A certificate must name the host we dialled."""
+
+    def _get_ssl_context(self) -> ssl.SSLContext:
+        context: ssl.SSLContext = super()._get_ssl_context()
+        context.check_hostname = True
+        return context
+
+
 class S3Backend:
     """One aioboto3 client, conditional writes, Content-MD5 on every body it sends.
 
@@ -121,7 +133,8 @@ class S3Backend:
         self._client: Any = None
 
     async def open(self) -> S3Backend:
-        config = Config(
+        config = AioConfig(
+            http_session_cls=_VerifyingSession,
             s3={"addressing_style": "path"},
             retries={"mode": "standard", "total_max_attempts": 1},
             max_pool_connections=max(10, self.transfer.concurrency * 2),
@@ -277,7 +290,11 @@ class S3Backend:
             if info is None or info.size != total:
                 raise
             return info.etag
-        return str(resp.get("ETag", "")).strip('"')
+        etag = str(resp.get("ETag", "")).strip('"')
+        if not etag:  # Ceph answers CompleteMultipartUpload with an empty ETag; HEAD has it
+            info = await self.stat(key)
+            etag = info.etag if info is not None else ""
+        return etag
 
     async def _abort(self, key: str, upload_id: str) -> None:
         try:

@@ -2,23 +2,47 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+
 import click
 
+from .cleanup import cleanup
 from .index import index
+from .locate import locate
 from .migrate import migrate, status
+from .rebuild import rebuild_cmd
+from .retrieve import get, restore_cmd
 from .synth import synth
+from .verify import verify
 
 
 @click.group()
 @click.version_option(package_name="pacsmigrate")
-def main() -> None:
+@click.option("-v", "--verbose", count=True,
+              help="Log what happens (-v: objects and retries, -vv: debug) to stderr. Logs "
+                   "name object keys and counts, never source paths, names or UIDs.")
+def main(verbose: int) -> None:
     """Migrate PACS archives into object storage, resumably, with a RIS index."""
+    if verbose:
+        logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if verbose > 1 else
+                            logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # Third-party debug logs can quote request bodies and paths: keep them quiet.
+        # (pydicom stays at the CRITICAL level classify.py sets: its warnings quote values.)
+        for noisy in ("botocore", "aiobotocore", "urllib3", "asyncio", "s3transfer"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 # One line per command; each lives in its own module.
 main.add_command(migrate)
 main.add_command(status)
 main.add_command(index)
+index.add_command(rebuild_cmd)
 main.add_command(synth)
+main.add_command(locate)
+main.add_command(get)
+main.add_command(restore_cmd)
+main.add_command(verify)
+main.add_command(cleanup)
 
 __all__ = ["main"]

@@ -1,0 +1,149 @@
+"""TLS to the store is verified by default: a private CA is trusted only when given --ca-bundle."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+from conftest import TEST_FILES, S3Target, run_cli
+from helpers import assert_complete
+
+from pacsmigrate.devstore import SeaweedFS, StoreInfo, create_bucket, make_tls_files
+
+pytestmark = pytest.mark.seaweed
+
+# Credentials that cannot be confused with any other word in the output.
+ACCESS_KEY = "tlsAccessKey7Q3Z"
+SECRET_KEY = "tlsSecretKey-9fXwq2Lr"
+SYSTEM_CAS = "/etc/ssl/certs/ca-certificates.crt"
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreInfo]:
+    store = SeaweedFS(tmp_path_factory.mktemp("weed-tls"), access_key=ACCESS_KEY,
+                      secret_key=SECRET_KEY, tls=True)
+    info = store.start()
+    yield info
+    store.stop()
+
+
+class TlsTarget(S3Target):
+    """A fresh bucket on the https store, inspected by a client that trusts its CA."""
+
+    def __init__(self, info: StoreInfo, bucket: str) -> None:
+        super().__init__(info, bucket, "seaweed-tls")
+        self.client = boto3.client(
+            "s3", endpoint_url=info.endpoint_url, aws_access_key_id=info.access_key,
+            aws_secret_access_key=info.secret_key, region_name=info.region,
+            verify=info.ca_file, config=Config(s3={"addressing_style": "path"}))
+
+    def env(self, aws_ca_bundle: str | None = None) -> dict[str, str]:
+        """The CLI's environment, independent of this machine's AWS_CA_BUNDLE."""
+        env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+        env.update(self.info.env())
+        if aws_ca_bundle is not None:
+            env["AWS_CA_BUNDLE"] = aws_ca_bundle
+        return env
+
+
+@pytest.fixture
+def tls_s3(tls_server: StoreInfo, request: pytest.FixtureRequest) -> TlsTarget:
+    bucket = f"tls{os.getpid()}-{abs(hash(request.node.name)) % 10**8}"
+    create_bucket(tls_server, bucket)
+    return TlsTarget(tls_server, bucket)
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "src"
+    root.mkdir()
+    for name in ("CT_small.dcm", "MR_small.dcm", "README.txt"):
+        shutil.copy(TEST_FILES / name, root / name)
+    return root
+
+
+def _migrate(tree: Path, target: TlsTarget, state: Path, *extra: str,
+             endpoint: str | None = None) -> list[str]:
+    return ["migrate", str(tree), target.url, "--endpoint-url",
+            endpoint or target.info.endpoint_url, "--state", str(state), "--no-progress", *extra]
+
+
+def _assert_refused_cleanly(proc_out: str, proc_err: str, elapsed: float) -> None:
+    assert "Traceback" not in proc_err, proc_err
+    assert "certificate" in proc_err and "--ca-bundle" in proc_err, proc_err
+    # One clear line for the operator (logging may add lines before it, not after).
+    assert proc_err.strip().splitlines()[-1].startswith("error: "), proc_err
+    assert SECRET_KEY not in proc_out + proc_err and ACCESS_KEY not in proc_out + proc_err
+    # A certificate problem is permanent: no retries with backoff before giving up.
+    assert elapsed < 20, f"took {elapsed:.1f}s to refuse an untrusted certificate"
+
+
+@pytest.mark.parametrize("aws_ca_bundle", [None, SYSTEM_CAS],
+                         ids=["no-AWS_CA_BUNDLE", "AWS_CA_BUNDLE=system"])
+def test_untrusted_certificate_fails_fast_with_a_clear_message(
+        tls_s3: TlsTarget, tree: Path, tmp_path: Path, aws_ca_bundle: str | None) -> None:
+    if aws_ca_bundle is not None and not Path(aws_ca_bundle).exists():
+        pytest.skip(f"{aws_ca_bundle} not on this machine")
+    started = time.monotonic()
+    proc = run_cli("-vv", *_migrate(tree, tls_s3, tmp_path / "state"),
+                   env=tls_s3.env(aws_ca_bundle), timeout=120)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    _assert_refused_cleanly(proc.stdout, proc.stderr, elapsed)
+    assert tls_s3.object_keys() == []  # nothing reached the store
+
+
+def test_a_ca_bundle_of_another_ca_is_refused(tls_s3: TlsTarget, tree: Path,
+                                               tmp_path: Path) -> None:
+    other_ca, _, _ = make_tls_files(tmp_path / "other-ca")
+    started = time.monotonic()
+    proc = run_cli(*_migrate(tree, tls_s3, tmp_path / "state", "--ca-bundle", str(other_ca)),
+                   env=tls_s3.env(), timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    _assert_refused_cleanly(proc.stdout, proc.stderr, time.monotonic() - started)
+
+
+def test_the_right_ca_but_the_wrong_host_name_is_refused(tls_s3: TlsTarget, tree: Path,
+                                                          tmp_path: Path) -> None:
+    """The certificate names 127.0.0.1; `localhost` reaches the same server but not that name."""
+    try:
+        addrs = {a[4][0] for a in socket.getaddrinfo("localhost", None, socket.AF_INET)}
+    except OSError:
+        addrs = set()
+    if "127.0.0.1" not in addrs:
+        pytest.skip("localhost does not resolve to 127.0.0.1 here")
+    port = tls_s3.info.endpoint_url.rsplit(":", 1)[1]
+    started = time.monotonic()
+    proc = run_cli(*_migrate(tree, tls_s3, tmp_path / "state", "--ca-bundle",
+                             str(tls_s3.info.ca_file), endpoint=f"https://localhost:{port}"),
+                   env=tls_s3.env(), timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    _assert_refused_cleanly(proc.stdout, proc.stderr, time.monotonic() - started)
+
+
+@pytest.mark.parametrize("aws_ca_bundle", [None, SYSTEM_CAS],
+                         ids=["no-AWS_CA_BUNDLE", "AWS_CA_BUNDLE=system"])
+def test_with_ca_bundle_the_migration_completes(tls_s3: TlsTarget, tree: Path, tmp_path: Path,
+                                                aws_ca_bundle: str | None) -> None:
+    if aws_ca_bundle is not None and not Path(aws_ca_bundle).exists():
+        pytest.skip(f"{aws_ca_bundle} not on this machine")
+    state = tmp_path / "state"
+    proc = run_cli("-v", *_migrate(tree, tls_s3, state, "--ca-bundle", str(tls_s3.info.ca_file)),
+                   env=tls_s3.env(aws_ca_bundle), timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "OK: nothing left to migrate" in proc.stdout
+    assert SECRET_KEY not in proc.stdout + proc.stderr
+    rows = assert_complete(tls_s3, state, tree)
+    assert len(rows) == 3
+    # A second run over https finds everything done and uploads nothing.
+    again = run_cli(*_migrate(tree, tls_s3, state, "--ca-bundle", str(tls_s3.info.ca_file)),
+                    env=tls_s3.env(aws_ca_bundle), timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "migrated now: 0 files" in again.stdout and "already migrated: 3" in again.stdout
