@@ -45,8 +45,20 @@ PERMANENT_CODES = frozenset({
 })
 
 
-def _md5_b64(data: bytes) -> str:
-    return base64.b64encode(hashlib.md5(data).digest()).decode("ascii")
+_INLINE_HASH = 256 * 1024
+MIN_SEND_RATE = 256 * 1024  # bytes/s below which a send counts as stalled
+
+
+async def _md5(data: bytes) -> Any:
+    """MD5 for Content-MD5; large bodies in a thread (hashlib drops the GIL), so a 16 MiB
+    part does not stall the event loop that drives every other request."""
+    if len(data) <= _INLINE_HASH:
+        return hashlib.md5(data)
+    return await asyncio.to_thread(hashlib.md5, data)
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
 
 
 THROTTLE_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "TooManyRequests",
@@ -164,11 +176,20 @@ class S3Backend:
             size *= 2
         return min(size, S3_MAX_PART)
 
+    def _deadline(self, nbytes: int) -> float:
+        """Longest one attempt may take. The socket read timeout does not cover a store that
+        stops reading our body (or never says 100 Continue): the send then just waits. So
+        every attempt also gets a budget: the timeout plus the body at a very slow rate."""
+        t = self.transfer
+        return t.connect_timeout + t.read_timeout + nbytes / MIN_SEND_RATE
+
     async def _call(self, op: str, *, key: str | None, nbytes: int = 0, **kwargs: Any) -> Any:
         method = getattr(self._client, op)
+        budget = self._deadline(nbytes)
         try:
-            return await self.policy.run(lambda: method(Bucket=self.bucket, **kwargs),
-                                         classify=classify, nbytes=nbytes)
+            return await self.policy.run(
+                lambda: asyncio.wait_for(method(Bucket=self.bucket, **kwargs), budget),
+                classify=classify, nbytes=nbytes)
         except (TimeoutError, ClientError, BotoCoreError, TruncatedBodyError, aiohttp.ClientError, ConnectionError) as exc:
             raise map_error(exc, key=key) from exc
 
@@ -181,7 +202,8 @@ class S3Backend:
         second = await anext(it, None)
         if second is None:
             resp = await self._call("put_object", key=key, nbytes=len(first), Key=key,
-                                    Body=first, ContentMD5=_md5_b64(first), IfNoneMatch="*",
+                                    Body=first, ContentMD5=_b64((await _md5(first)).digest()),
+                                    IfNoneMatch="*",
                                     Metadata=meta)
             return ObjectInfo(key, len(first), resp.get("ETag", "").strip('"'), meta)
         return await self._multipart(key, first, second, it, meta)
@@ -226,7 +248,7 @@ class S3Backend:
 
         async def send(number: int, body: bytes) -> None:
             try:
-                md5 = hashlib.md5(body)
+                md5 = await _md5(body)
                 if done.get(number) == (md5.hexdigest(), len(body)):
                     parts[number] = done[number][0]
                     self.parts_reused += 1
@@ -234,7 +256,7 @@ class S3Backend:
                 resp = await self._call(
                     "upload_part", key=key, nbytes=len(body), Key=key, UploadId=upload_id,
                     PartNumber=number, Body=body,
-                    ContentMD5=base64.b64encode(md5.digest()).decode("ascii"))
+                    ContentMD5=_b64(md5.digest()))
                 parts[number] = resp["ETag"]
                 faults.point("part-uploaded")
             finally:
@@ -345,8 +367,10 @@ class S3Backend:
                 raise TruncatedBodyError(f"got {len(data)} of {resp['ContentLength']} bytes")
             return data
 
+        budget = self._deadline(length or 0) if length is not None else None
         try:
-            return await self.policy.run(get, classify=classify)
+            return await self.policy.run(lambda: asyncio.wait_for(get(), budget),
+                                         classify=classify)
         except (TimeoutError, ClientError, BotoCoreError, TruncatedBodyError, aiohttp.ClientError, ConnectionError) as exc:
             raise map_error(exc, key=key) from exc
 
