@@ -49,7 +49,8 @@ def index_rows(state: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(buf.getvalue())))
 
 
-def assert_complete(target: Any, state: Path, *roots: Path, expect_missing: set[bytes] = frozenset()
+def assert_complete(target: Any, state: Path, *roots: Path,
+                    expect_missing: frozenset[bytes] = frozenset()
                     ) -> list[dict[str, str]]:
     """Every source file exactly once in the index and in exactly one stored manifest; every
     row's range GET gives the file's bytes; no orphan objects; no unfinished uploads."""

@@ -1,0 +1,126 @@
+"""The --source pass: re-stat and re-hash migrated sources, and walk for files not indexed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import blake3
+
+from ..checkpoint import Checkpoint
+from ..progress import Bar
+from ..records import FileEntry, Problem
+from ..scan import scan
+from ..source import open_source
+from .common import Job, Sampler, db_batches, workers
+from .findings import (
+    SOURCE_CHANGED,
+    SOURCE_GONE,
+    SOURCE_NOT_INDEXED,
+    SOURCE_TOUCHED,
+    SOURCE_UNREADABLE,
+    Finding,
+)
+
+_HASH_CHUNK = 1 << 20
+
+
+def _not_indexed(cp: Checkpoint, paths: list[bytes]) -> list[bytes]:
+    return [p for p in paths if cp.index_row(p) is None]
+
+
+def _source_state(path: bytes, size: int, mtime_ns: int, digest: str
+                  ) -> tuple[Finding | None, int]:
+    """Re-stat a migrated source file, and re-hash it when its size still matches."""
+    try:
+        fd = open_source(path)
+    except FileNotFoundError:
+        return Finding(SOURCE_GONE, path=path, detail="deleted after migration"), 0
+    except OSError as exc:
+        if exc.errno == 40:  # ELOOP: replaced by a symlink
+            return Finding(SOURCE_CHANGED, path=path, detail="now a symlink"), 0
+        return Finding(SOURCE_UNREADABLE, path=path, detail=exc.strerror or str(exc)), 0
+    hashed = 0
+    try:
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                return Finding(SOURCE_CHANGED, path=path, detail="not a regular file"), 0
+            if st.st_size != size:
+                return Finding(SOURCE_CHANGED, path=path,
+                               detail=f"size {size} -> {st.st_size}"), 0
+            h = blake3.blake3()
+            while chunk := f.read(_HASH_CHUNK):
+                h.update(chunk)
+                hashed += len(chunk)
+    except OSError as exc:
+        return Finding(SOURCE_UNREADABLE, path=path, detail=exc.strerror or str(exc)), hashed
+    if h.hexdigest() != digest:
+        return Finding(SOURCE_CHANGED, path=path, detail="content differs (blake3)"), hashed
+    if st.st_mtime_ns != mtime_ns:
+        return Finding(SOURCE_TOUCHED, path=path,
+                       detail="mtime changed, bytes identical to the stored copy"), hashed
+    return None, hashed
+
+
+async def check_sources(job: Job, sample: float | None, seed: int) -> None:
+    """Re-stat and re-hash the (sampled) indexed files, in bounded reader threads."""
+    sampler = Sampler(job.n["rows"], sample, seed)
+    bar = Bar("verify sources", total_bytes=None, total_files=None, enabled=job.progress)
+    pool = ThreadPoolExecutor(max_workers=job.cfg.read_threads,
+                              thread_name_prefix="source")
+    loop = asyncio.get_running_loop()
+
+    async def rows() -> AsyncIterator[dict[str, Any]]:
+        async for batch in db_batches(job.cp, "index"):
+            for _, row in batch:
+                if sampler.take():
+                    job.n["sources_selected"] += 1
+                    yield row
+
+    async def check(row: dict[str, Any]) -> None:
+        finding, hashed = await loop.run_in_executor(
+            pool, _source_state, bytes.fromhex(row["path_hex"]), int(row["size"]),
+            int(row["mtime_ns"]), row["blake3"])
+        job.n["sources_checked"] += 1
+        job.n["sources_bytes"] += hashed
+        if finding is not None:
+            job.findings.add(finding)
+        bar.update(files=1, nbytes=hashed)
+
+    try:
+        await workers(rows(), check, job.cfg.read_threads * 2)
+    finally:
+        pool.shutdown(wait=False)
+        bar.close()
+
+
+async def walk_sources(job: Job, recorded: list[str]) -> None:
+    """Every regular file under the recorded source roots must be in the index."""
+    bar = Bar("walk sources", total_bytes=None, total_files=None, enabled=job.progress)
+    # Relative roots resolve against the working directory, as `migrate` resolved them.
+    roots = [os.fsencode(os.path.abspath(s)) for s in recorded]
+    for text, root in zip(recorded, roots):
+        if not os.path.isdir(root):
+            relative = "" if os.path.isabs(text) else (
+                f", recorded as {text!r}: relative to the current directory")
+            job.findings.add(Finding(SOURCE_GONE, path=root,
+                                     detail=f"source root missing{relative}"))
+    try:
+        async for batch in scan(roots, threads=job.cfg.scan_threads):
+            entries = [e for e in batch if isinstance(e, FileEntry)]
+            for p in batch:
+                if isinstance(p, Problem) and not p.final:  # symlinks etc. were skipped too
+                    job.findings.add(Finding(SOURCE_UNREADABLE, path=p.path,
+                                             detail=f"{p.reason} {p.detail}".strip()))
+            for path in await job.cp.call(_not_indexed, job.cp, [e.path for e in entries]):
+                job.findings.add(Finding(SOURCE_NOT_INDEXED, path=path,
+                                         detail="on the source, not migrated"))
+            job.n["sources_walked"] += len(entries)
+            bar.update(files=len(entries), nbytes=sum(e.size for e in entries))
+    finally:
+        bar.close()
