@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import re
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -36,6 +37,7 @@ from ..errors import (
 )
 from .base import ObjectInfo, PendingUpload
 from .policy import THROTTLE, TRANSIENT, Cause, RequestPolicy, RetryConfig
+from .watchdog import guarded
 
 # Error codes that no retry can fix: stop the run and tell the operator.
 PERMANENT_CODES = frozenset({
@@ -93,17 +95,27 @@ def classify(exc: BaseException) -> Cause | None:
     return None
 
 
+_BOTO_RETRY_NOTE = re.compile(r" \(reached max retries: \d+\)")
+
+
 def map_error(exc: Exception, *, key: str | None) -> BackendError:
-    """Translate botocore's errors into the errors.py tree at this boundary."""
+    """Translate botocore's errors into the errors.py tree at this boundary.
+
+    botocore's own "(reached max retries: 0)" is dropped: its retries are off, ours counted.
+    """
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
+        text = _BOTO_RETRY_NOTE.sub("", str(exc))
         if code in ("PreconditionFailed", "412"):
             return ObjectExistsError(f"object exists: {key}", key=key)
-        if code in ("NoSuchKey", "404", "NotFound", "NoSuchUpload"):
+        if code == "NoSuchUpload":
+            return ObjectNotFoundError(f"no such multipart upload for {key} (aborted?)",
+                                       key=key)
+        if code in ("NoSuchKey", "404", "NotFound"):
             return ObjectNotFoundError(f"no such object: {key}", key=key)
         if code in PERMANENT_CODES:
-            return PermanentBackendError(f"store refused ({code}): {exc}", key=key)
-        return BackendError(f"store error ({code}): {exc}", key=key)
+            return PermanentBackendError(f"store refused ({code}): {text}", key=key)
+        return BackendError(f"store error ({code}): {text}", key=key)
     if isinstance(exc, SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(exc):
         return PermanentBackendError(
             f"TLS certificate not trusted ({exc}); give --ca-bundle for a private CA", key=key)
@@ -186,11 +198,20 @@ class S3Backend:
     async def _call(self, op: str, *, key: str | None, nbytes: int = 0, **kwargs: Any) -> Any:
         method = getattr(self._client, op)
         budget = self._deadline(nbytes)
+        data = kwargs.pop("Body", None)
+
+        def attempt() -> Awaitable[Any]:
+            if data is None:
+                return asyncio.wait_for(method(Bucket=self.bucket, **kwargs), budget)
+            # A fresh body per attempt, watched while it is being sent.
+            return asyncio.wait_for(guarded(
+                lambda body: method(Bucket=self.bucket, Body=body, **kwargs), data,
+                idle=self.transfer.read_timeout), budget)
+
         try:
-            return await self.policy.run(
-                lambda: asyncio.wait_for(method(Bucket=self.bucket, **kwargs), budget),
-                classify=classify, nbytes=nbytes)
-        except (TimeoutError, ClientError, BotoCoreError, TruncatedBodyError, aiohttp.ClientError, ConnectionError) as exc:
+            return await self.policy.run(attempt, classify=classify, nbytes=nbytes)
+        except (TimeoutError, ClientError, BotoCoreError, TruncatedBodyError, aiohttp.ClientError,
+                ConnectionError) as exc:
             raise map_error(exc, key=key) from exc
 
     async def save(
@@ -224,6 +245,11 @@ class S3Backend:
         if not uploads:
             created = await self._call("create_multipart_upload", key=key, Key=key,
                                        Metadata=meta)
+            # The listing above was empty: any other upload of this key now is the twin of
+            # a create whose first answer was lost and that was retried.
+            async for twin in self.pending_uploads(key):
+                if twin.key == key and twin.upload_id != created["UploadId"]:
+                    await self._abort(key, twin.upload_id)
             return created["UploadId"], {}
         upload_id = uploads[-1]["UploadId"]
         done: dict[int, tuple[str, int]] = {}
@@ -289,8 +315,6 @@ class S3Backend:
             # Only a kill skips it, and then the next run resumes the upload's parts.
             await asyncio.shield(self._abort(key, upload_id))
             raise
-        # A retried CreateMultipartUpload whose first answer was lost leaves a twin upload.
-        await self.abort_pending(key)
         return ObjectInfo(key, total, etag, meta)
 
     async def _complete(self, key: str, upload_id: str, parts: dict[int, str],

@@ -65,7 +65,8 @@ def _print_summary(s: Stats, *, dry_run: bool) -> None:
                    f"~{s.planned_requests:,} requests")
     else:
         click.echo(f"migrated now: {s.files_migrated:,} files in {s.objects_uploaded:,} new "
-                   f"objects ({s.bytes_uploaded / 1e6:,.1f} MB); adopted after a crash: "
+                   f"objects ({s.bytes_uploaded / 1e6:,.1f} MB); "
+                   "adopted (stored by an interrupted attempt): "
                    f"{s.objects_adopted:,}; already migrated: {s.already_migrated:,}")
     for title, counter in (("unsorted (stored outside studies)", s.unsorted),
                            ("skipped", s.skipped), ("failed", s.failed)):

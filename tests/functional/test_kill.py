@@ -52,7 +52,7 @@ def test_kill_at_point_then_resume(point: str, s3: S3Target, kill_tree: Path,
     assert_complete(s3, state, kill_tree)
     if point.startswith(("after-upload", "after-sidecar")):
         # Stored once and adopted, not uploaded again (others in flight may be adopted too).
-        adopted = re.search(r"adopted after a crash: (\d+)", done.stdout)
+        adopted = re.search(r"adopted \(stored by an interrupted attempt\): (\d+)", done.stdout)
         assert adopted and int(adopted.group(1)) >= 1, done.stdout
 
 
