@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import AsyncExitStack
@@ -15,37 +14,15 @@ import aioboto3
 import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.httpsession import AIOHTTPSession
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    IncompleteReadError,
-    ReadTimeoutError,
-    ResponseStreamingError,
-    SSLError,
-)
+from botocore.exceptions import BotoCoreError, ClientError
 
 from .. import faults
 from ..config import S3_MAX_PART, S3_MAX_PARTS, S3_MIN_PART, Destination, TransferConfig
-from ..errors import (
-    BackendError,
-    ObjectExistsError,
-    ObjectNotFoundError,
-    PermanentBackendError,
-)
+from ..errors import BackendError, ObjectNotFoundError
 from .base import ObjectInfo, PendingUpload
-from .policy import THROTTLE, TRANSIENT, Cause, RequestPolicy, RetryConfig
+from .policy import RequestPolicy, RetryConfig
+from .s3_errors import TruncatedBodyError, classify, map_error
 from .watchdog import guarded
-
-# Error codes that no retry can fix: stop the run and tell the operator.
-PERMANENT_CODES = frozenset({
-    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket",
-    "BadDigest", "InvalidDigest", "AllAccessDisabled", "AccountProblem", "InvalidBucketName",
-    "403",
-})
-
 
 _INLINE_HASH = 256 * 1024
 MIN_SEND_RATE = 256 * 1024  # bytes/s below which a send counts as stalled
@@ -61,65 +38,6 @@ async def _md5(data: bytes) -> Any:
 
 def _b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode("ascii")
-
-
-THROTTLE_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "TooManyRequests",
-                            "RequestLimitExceeded", "ServiceUnavailable", "503", "429"})
-TRANSIENT_CODES = frozenset({"InternalError", "RequestTimeout", "RequestTimeTooSkewed",
-                             "500", "502", "504", "BadGateway", "GatewayTimeout"})
-
-
-class TruncatedBodyError(Exception):
-    """A response body ended before its declared length (retried like a reset)."""
-
-
-def classify(exc: BaseException) -> Cause | None:
-    """Which failures are worth another attempt, and under which label the report counts them."""
-    if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {})
-        code = str(err.get("Code", ""))
-        status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-        if code in THROTTLE_CODES or status in ("503", "429"):
-            return Cause(THROTTLE, f"{status or code} {code}".strip())
-        if code in TRANSIENT_CODES or status in ("500", "502", "504"):
-            return Cause(TRANSIENT, f"{status or code} {code}".strip())
-        return None
-    if isinstance(exc, (ReadTimeoutError, ConnectTimeoutError, asyncio.TimeoutError)):
-        return Cause(TRANSIENT, "timeout")
-    if isinstance(exc, (EndpointConnectionError, ConnectionClosedError)):
-        return Cause(TRANSIENT, "connection failed")
-    if isinstance(exc, (TruncatedBodyError, IncompleteReadError, ResponseStreamingError)):
-        return Cause(TRANSIENT, "truncated response")
-    if isinstance(exc, (aiohttp.ClientError, ConnectionError)):
-        return Cause(TRANSIENT, "connection reset")
-    return None
-
-
-_BOTO_RETRY_NOTE = re.compile(r" \(reached max retries: \d+\)")
-
-
-def map_error(exc: Exception, *, key: str | None) -> BackendError:
-    """Translate botocore's errors into the errors.py tree at this boundary.
-
-    botocore's own "(reached max retries: 0)" is dropped: its retries are off, ours counted.
-    """
-    if isinstance(exc, ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        text = _BOTO_RETRY_NOTE.sub("", str(exc))
-        if code in ("PreconditionFailed", "412"):
-            return ObjectExistsError(f"object exists: {key}", key=key)
-        if code == "NoSuchUpload":
-            return ObjectNotFoundError(f"no such multipart upload for {key} (aborted?)",
-                                       key=key)
-        if code in ("NoSuchKey", "404", "NotFound"):
-            return ObjectNotFoundError(f"no such object: {key}", key=key)
-        if code in PERMANENT_CODES:
-            return PermanentBackendError(f"store refused ({code}): {text}", key=key)
-        return BackendError(f"store error ({code}): {text}", key=key)
-    if isinstance(exc, SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(exc):
-        return PermanentBackendError(
-            f"TLS certificate not trusted ({exc}); give --ca-bundle for a private CA", key=key)
-    return BackendError(f"store request failed: {exc}", key=key)
 
 
 class _VerifyingSession(AIOHTTPSession):  # type: ignore[misc]

@@ -1,0 +1,92 @@
+"""How S3 failures are judged: retry (throttle or transient) or stop, and in which words."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import aiohttp
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    IncompleteReadError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+    SSLError,
+)
+
+from ..errors import (
+    BackendError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    PermanentBackendError,
+)
+from .policy import THROTTLE, TRANSIENT, Cause
+
+# Error codes that no retry can fix: stop the run and tell the operator.
+PERMANENT_CODES = frozenset({
+    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket",
+    "BadDigest", "InvalidDigest", "AllAccessDisabled", "AccountProblem", "InvalidBucketName",
+    "403",
+})
+
+
+THROTTLE_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "TooManyRequests",
+                            "RequestLimitExceeded", "ServiceUnavailable", "503", "429"})
+TRANSIENT_CODES = frozenset({"InternalError", "RequestTimeout", "RequestTimeTooSkewed",
+                             "500", "502", "504", "BadGateway", "GatewayTimeout"})
+
+
+class TruncatedBodyError(Exception):
+    """A response body ended before its declared length (retried like a reset)."""
+
+
+def classify(exc: BaseException) -> Cause | None:
+    """Which failures are worth another attempt, and under which label the report counts them."""
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        if code in THROTTLE_CODES or status in ("503", "429"):
+            return Cause(THROTTLE, f"{status or code} {code}".strip())
+        if code in TRANSIENT_CODES or status in ("500", "502", "504"):
+            return Cause(TRANSIENT, f"{status or code} {code}".strip())
+        return None
+    if isinstance(exc, (ReadTimeoutError, ConnectTimeoutError, asyncio.TimeoutError)):
+        return Cause(TRANSIENT, "timeout")
+    if isinstance(exc, (EndpointConnectionError, ConnectionClosedError)):
+        return Cause(TRANSIENT, "connection failed")
+    if isinstance(exc, (TruncatedBodyError, IncompleteReadError, ResponseStreamingError)):
+        return Cause(TRANSIENT, "truncated response")
+    if isinstance(exc, (aiohttp.ClientError, ConnectionError)):
+        return Cause(TRANSIENT, "connection reset")
+    return None
+
+
+_BOTO_RETRY_NOTE = re.compile(r" \(reached max retries: \d+\)")
+
+
+def map_error(exc: Exception, *, key: str | None) -> BackendError:
+    """Translate botocore's errors into the errors.py tree at this boundary.
+
+    botocore's own "(reached max retries: 0)" is dropped: its retries are off, ours counted.
+    """
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        text = _BOTO_RETRY_NOTE.sub("", str(exc))
+        if code in ("PreconditionFailed", "412"):
+            return ObjectExistsError(f"object exists: {key}", key=key)
+        if code == "NoSuchUpload":
+            return ObjectNotFoundError(f"no such multipart upload for {key} (aborted?)",
+                                       key=key)
+        if code in ("NoSuchKey", "404", "NotFound"):
+            return ObjectNotFoundError(f"no such object: {key}", key=key)
+        if code in PERMANENT_CODES:
+            return PermanentBackendError(f"store refused ({code}): {text}", key=key)
+        return BackendError(f"store error ({code}): {text}", key=key)
+    if isinstance(exc, SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        return PermanentBackendError(
+            f"TLS certificate not trusted ({exc}); give --ca-bundle for a private CA", key=key)
+    return BackendError(f"store request failed: {exc}", key=key)
