@@ -40,7 +40,6 @@ class Migration:
     def __init__(self, cfg: MigrateConfig, *, backend: Backend | None = None) -> None:
         self.cfg = cfg
         self.stats = Stats()
-        self._given_backend = backend
         self.backend: Backend | None = backend
         self.cp: Checkpoint | None = None
         self.secret = b""
@@ -66,36 +65,49 @@ class Migration:
             if not self.cfg.dry_run and self.backend is None:
                 self.backend = await open_backend(self.cfg.dest, self.cfg.transfer)
                 stack.push_async_callback(self.backend.close)
-            self.secret = await self._secret(cp)
-            dropped: list[str] = []
-            if self.backend is not None and not self.cfg.dry_run:
-                adopted, dropped = await reconcile(cp, self.backend)
-                self.stats.objects_adopted += adopted
-                self.stats.intents_dropped += len(dropped)
-                if adopted or dropped:
-                    log.info("after an interrupted run: %d stored objects adopted, %d "
-                             "unfinished uploads to redo", adopted, len(dropped))
-            await self._catalogue(cp)
-            await cp.call(cp.settle_vanished)
-            s = self.stats
-            log.info("catalogue: %d files seen, %d classified (%d unsorted), %d already "
-                     "migrated, %d skipped, %d failed", s.files_seen, s.classified,
-                     sum(s.unsorted.values()), s.already_migrated, sum(s.skipped.values()),
-                     sum(s.failed.values()))
-            if self.cfg.dry_run:
-                await self._plan_only(cp)
-            else:
-                await self._store(cp)
-                assert self.backend is not None
-                self.stats.uploads_aborted += await abandon(cp, self.backend, dropped)
-                self._collect_backend_stats(self.backend)
-            self.stats.pending_after = (await cp.call(cp.pending_totals))[0]
-            self.stats.not_migrated = self.stats.pending_after * (not self.cfg.dry_run) + (
-                await cp.call(cp.open_problems))
-            self.stats.seconds = round(time.monotonic() - started, 3)
-            if self.cfg.report_path is not None:
-                await cp.call(write_report, self.cfg.report_path, cp, self.stats, self.cfg)
+            try:
+                self.secret = await self._secret(cp)
+                dropped: list[str] = []
+                if self.backend is not None and not self.cfg.dry_run:
+                    adopted, dropped = await reconcile(cp, self.backend)
+                    self.stats.objects_adopted += adopted
+                    self.stats.intents_dropped += len(dropped)
+                    if adopted or dropped:
+                        log.info("after an interrupted run: %d stored objects adopted, %d "
+                                 "unfinished uploads to redo", adopted, len(dropped))
+                await self._catalogue(cp)
+                await cp.call(cp.settle_vanished)
+                s = self.stats
+                log.info("catalogue: %d files seen, %d classified (%d unsorted), %d already "
+                         "migrated, %d skipped, %d failed", s.files_seen, s.classified,
+                         sum(s.unsorted.values()), s.already_migrated, sum(s.skipped.values()),
+                         sum(s.failed.values()))
+                if self.cfg.dry_run:
+                    await self._plan_only(cp)
+                else:
+                    await self._store(cp)
+                    assert self.backend is not None
+                    self.stats.uploads_aborted += await abandon(cp, self.backend, dropped)
+            except BaseException:
+                # The run stops on an error: the report still says how far it got, but a
+                # failure to write it must not hide the error that stopped the run.
+                try:
+                    await self._finish(cp, started)
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("could not write the report after the error: %s", exc)
+                raise
+            await self._finish(cp, started)
         return self.stats
+
+    async def _finish(self, cp: Checkpoint, started: float) -> None:
+        if self.backend is not None:
+            self._collect_backend_stats(self.backend)
+        self.stats.pending_after = (await cp.call(cp.pending_totals))[0]
+        self.stats.not_migrated = self.stats.pending_after * (not self.cfg.dry_run) + (
+            await cp.call(cp.open_problems))
+        self.stats.seconds = round(time.monotonic() - started, 3)
+        if self.cfg.report_path is not None:
+            await cp.call(write_report, self.cfg.report_path, cp, self.stats, self.cfg)
 
     def _collect_backend_stats(self, backend: Backend) -> None:
         policy = getattr(backend, "policy", None)

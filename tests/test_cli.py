@@ -130,3 +130,14 @@ def test_progress_bars_show_rates(moto_s3: S3Target, small_tree: Path, tmp_path:
     assert "catalogue" in proc.stderr and "upload" in proc.stderr
     assert "files/s" in proc.stderr and "B/s" in proc.stderr
     assert "4/4 files" in proc.stderr
+
+
+def test_a_run_stopped_by_an_error_still_writes_its_report(moto_s3: S3Target, small_tree: Path,
+                                                           tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    proc = run_cli("migrate", str(small_tree), "s3://no-such-bucket-here/x", "--endpoint-url",
+                   moto_s3.info.endpoint_url, "--state", str(tmp_path / "s"), "--report",
+                   str(report), env=moto_s3.env())
+    assert proc.returncode == 2 and "NoSuchBucket" in proc.stderr
+    doc = json.loads(report.read_text())  # the run stopped before cataloguing anything
+    assert doc["run"]["files_migrated"] == 0 and doc["not_migrated"] == []
