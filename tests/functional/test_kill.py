@@ -86,6 +86,8 @@ def test_kill_at_random_moments(moto_s3: S3Target, kill_tree: Path, tmp_path: Pa
     assert final.returncode == 0, final.stdout + final.stderr
     assert kills >= 10
     assert_complete(target, state, kill_tree)
+    verify = run_cli("verify", "--state", str(state), "--deep", "--source", env=target.env())
+    assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
 def test_large_object_resumes_from_its_uploaded_parts(s3: S3Target, tmp_path: Path) -> None:
