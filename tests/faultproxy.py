@@ -61,8 +61,22 @@ class ProxyError(Exception):
     """A malformed request or answer: the connection is dropped."""
 
 
+class _Target:
+    """path and query of a request target (shared by Request and Exchange)."""
+
+    target: str
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+    @property
+    def query(self) -> str:
+        return self.target.split("?", 1)[1] if "?" in self.target else ""
+
+
 @dataclass(frozen=True)
-class Request:
+class Request(_Target):
     """What a fault decision sees: the request line and headers (the body comes later)."""
 
     method: str
@@ -76,13 +90,6 @@ class Request:
                 return v
         return default
 
-    @property
-    def path(self) -> str:
-        return self.target.split("?", 1)[0]
-
-    @property
-    def query(self) -> str:
-        return self.target.split("?", 1)[1] if "?" in self.target else ""
 
 
 @dataclass
@@ -95,7 +102,7 @@ class Response:
 
 
 @dataclass(frozen=True)
-class Exchange:
+class Exchange(_Target):
     """One request the proxy handled, for the test to inspect afterwards."""
 
     started: float
@@ -110,13 +117,6 @@ class Exchange:
     fault: str | None
     phase: str | None
 
-    @property
-    def path(self) -> str:
-        return self.target.split("?", 1)[0]
-
-    @property
-    def query(self) -> str:
-        return self.target.split("?", 1)[1] if "?" in self.target else ""
 
 
 @dataclass

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +81,18 @@ def assert_complete(target: Any, state: Path, *roots: Path,
     assert len(seen) == len(rows)
     assert target.pending_uploads() == []
     return rows
+
+
+def call_unblocked(fn: Any, fifo: Path, *, what: str) -> Any:
+    """Call fn in a thread; fail (and free the thread) if it blocks opening `fifo`."""
+    out: list[Any] = []
+    t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    t.start()
+    t.join(1)
+    blocked = t.is_alive()
+    if blocked:  # release the reader so no thread outlives the test
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        os.close(fd)
+        t.join(5)
+    assert not blocked, f"{what} blocked opening a FIFO"
+    return out[0]

@@ -6,11 +6,11 @@ import os
 import shutil
 import subprocess
 import tarfile
-import threading
 from pathlib import Path
 
 import blake3
 import pytest
+from helpers import call_unblocked
 
 from pacsmigrate import manifest
 from pacsmigrate.bundle import PackResult, file_parts, tar_parts
@@ -234,17 +234,7 @@ def test_member_replaced_by_fifo_is_problem_and_does_not_block(study: list[bytes
     fifo = study[1]
     os.unlink(fifo)
     os.mkfifo(fifo)
-    out: list[tuple[list[bytes], PackResult]] = []
-    t = threading.Thread(target=lambda: out.append(pack(plan)), daemon=True)
-    t.start()
-    t.join(1)
-    blocked = t.is_alive()
-    if blocked:  # release the reader so no thread outlives the test
-        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        os.close(fd)
-        t.join(5)
-    assert not blocked, "tar_parts() blocked opening a FIFO"
-    _, result = out[0]
+    _, result = call_unblocked(lambda: pack(plan), fifo, what="tar_parts()")
     assert [p.path for p in result.problems] == [fifo]
     packed = [bytes.fromhex(r["path_hex"]) for r in manifest.rows(manifest.parse(result.manifest))]
     assert fifo not in packed and len(packed) == len(study) - 1

@@ -7,12 +7,12 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 
 import blake3
 import pydicom
 import pytest
+from helpers import call_unblocked
 
 from pacsmigrate.classify import classify
 from pacsmigrate.keys import new_secret, study_group, unsorted_group
@@ -230,19 +230,10 @@ def test_replaced_by_fifo_does_not_block(tmp_path: Path) -> None:
     """
     fifo = tmp_path / "was-a-file.dcm"
     os.mkfifo(fifo)
-    out: list[object] = []
-    t = threading.Thread(target=lambda: out.append(
-        classify(FileEntry(os.fsencode(fifo), 100, 1), secret=SECRET)), daemon=True)
-    t.start()
-    t.join(1)
-    blocked = t.is_alive()
-    if blocked:  # release the reader so no thread outlives the test
-        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        os.close(fd)
-        t.join(5)
-    assert not blocked, "classify() blocked opening a FIFO"
-    assert isinstance(out[0], Problem)
-    assert out[0].reason == "not a regular file any more"
+    got = call_unblocked(lambda: classify(FileEntry(os.fsencode(fifo), 100, 1), secret=SECRET),
+                         fifo, what="classify()")
+    assert isinstance(got, Problem)
+    assert got.reason == "not a regular file any more"
 
 
 def test_groups_follow_study_and_directory(samples: Path, tmp_path: Path) -> None:
