@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .backends import Backend, open_backend
@@ -38,7 +38,11 @@ async def open_migration(state_dir: Path, *, endpoint_url: str | None = None,
     cp = Checkpoint(state_dir, readonly=True)
     try:
         dest = destination_of(cp, endpoint_url=endpoint_url)
-        backend = await open_backend(dest, transfer or TransferConfig())
+        transfer = transfer or TransferConfig()
+        ca = cp.get_meta("ca_bundle")  # the private CA the migration was told to trust
+        if ca and transfer.ca_bundle is None:
+            transfer = replace(transfer, ca_bundle=Path(ca))
+        backend = await open_backend(dest, transfer)
         try:
             yield Opened(cp, dest, backend)
         finally:

@@ -9,6 +9,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 from . import faults, keys
 from .backends import Backend, open_backend
@@ -129,6 +130,9 @@ class Migration:
         elif known["dest"] != dest:
             raise ConfigError(f"state directory {self.cfg.state_dir} belongs to a migration "
                               f"to {known['dest']}, not {dest}; use another --state")
+        # Read-side commands (verify, get, restore) reach the store the way this run did.
+        ca = self.cfg.transfer.ca_bundle
+        cp.put_meta("ca_bundle", str(Path(ca).resolve()) if ca else None)
 
     async def _secret(self, cp: Checkpoint) -> bytes:
         """The key secret: the store's descriptor wins, the state remembers it.

@@ -147,3 +147,7 @@ def test_with_ca_bundle_the_migration_completes(tls_s3: TlsTarget, tree: Path, t
                     env=tls_s3.env(aws_ca_bundle), timeout=120)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "migrated now: 0 files" in again.stdout and "already migrated: 3" in again.stdout
+    # Read-side commands trust the CA the migration was given, without being told again.
+    check = run_cli("verify", "--state", str(state), "--deep", env=tls_s3.env(aws_ca_bundle),
+                    timeout=120)
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 
 import click
 
@@ -30,13 +31,16 @@ def _age(ctx: click.Context, param: click.Parameter, value: str) -> float:
 @click.option("--older-than", default="24h", show_default=True, callback=_age,
               help="Only uploads started this long ago (a running migration's are younger).")
 @click.option("--dry-run", is_flag=True, help="List them, abort nothing.")
+@click.option("--ca-bundle", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="PEM file of a private CA to trust (certificates are always checked).")
 @handle_errors
-def cleanup(dest: str, endpoint_url: str | None, older_than: float, dry_run: bool) -> None:
+def cleanup(dest: str, endpoint_url: str | None, older_than: float, dry_run: bool,
+            ca_bundle: Path | None) -> None:
     """List and abort stale multipart uploads under DEST (s3://bucket/prefix)."""
     where = Destination.parse(dest, endpoint_url=endpoint_url)
 
     async def go() -> list[PendingUpload]:
-        backend = await open_backend(where, TransferConfig())
+        backend = await open_backend(where, TransferConfig(ca_bundle=ca_bundle))
         try:
             return await run_cleanup(backend, where, older_than=older_than, dry_run=dry_run)
         finally:

@@ -20,16 +20,19 @@ from .common import handle_errors, state_option
 @click.option("--endpoint-url", help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
 @state_option(must_exist=False)
 @click.option("--progress/--no-progress", default=None)
+@click.option("--ca-bundle", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="PEM file of a private CA to trust (certificates are always checked).")
 @handle_errors
 def rebuild_cmd(dest: str, endpoint_url: str | None, state_dir: Path,
-                progress: bool | None) -> None:
+                progress: bool | None, ca_bundle: Path | None) -> None:
     """Rebuild the index of DEST (s3://bucket/prefix) into a new --state from the store alone."""
     where = Destination.parse(dest, endpoint_url=endpoint_url)
 
     async def go() -> tuple[int, int, int, list[str]]:
         cp = Checkpoint(state_dir)
-        backend = await open_backend(where, TransferConfig())
+        backend = await open_backend(where, TransferConfig(ca_bundle=ca_bundle))
         try:
+            cp.put_meta("ca_bundle", str(ca_bundle.resolve()) if ca_bundle else None)
             r = await rebuild(backend, where, cp,
                               progress=sys.stderr.isatty() if progress is None else progress)
             return r.manifests, r.rows, r.superseded, r.missing_objects
