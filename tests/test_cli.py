@@ -141,3 +141,20 @@ def test_a_run_stopped_by_an_error_still_writes_its_report(moto_s3: S3Target, sm
     assert proc.returncode == 2 and "NoSuchBucket" in proc.stderr
     doc = json.loads(report.read_text())  # the run stopped before cataloguing anything
     assert doc["run"]["files_migrated"] == 0 and doc["not_migrated"] == []
+
+
+def test_dry_run_plan_hashes_equal_the_index_hashes(moto_s3: S3Target, small_tree: Path,
+                                                    tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    run_cli(*_migrate(small_tree, moto_s3, state, "--dry-run"), env=moto_s3.env(), check=True)
+    plan = run_cli("plan", "--state", str(state), "--format", "jsonl", check=True)
+    planned = {(r["source_path"], r["source_path_b64"]): r["blake3"]
+               for r in map(json.loads, plan.stdout.splitlines())}
+    assert len(planned) == 4 and all(len(h) == 64 for h in planned.values())
+    run_cli(*_migrate(small_tree, moto_s3, state), env=moto_s3.env(), check=True)
+    index = run_cli("index", "export", "--state", str(state), "--format", "jsonl", check=True)
+    stored = {(r["source_path"], r["source_path_b64"]): r["blake3"]
+              for r in map(json.loads, index.stdout.splitlines())}
+    assert stored == planned
+    left = run_cli("plan", "--state", str(state), "--format", "csv", check=True)
+    assert left.stdout.splitlines()[1:] == []  # nothing left to plan

@@ -1,0 +1,40 @@
+"""The plan a dry run leaves in the state: every catalogued file, with the hash it read."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from typing import IO, Any
+
+from .checkpoint import Checkpoint
+from .paths import path_fields
+
+PLAN_FIELDS = ("source_path", "source_path_b64", "size", "mtime_ns", "blake3", "study_uid",
+               "series_uid", "sop_uid", "modality", "study_date", "transfer_syntax", "status",
+               "reason")
+FORMATS = ("csv", "jsonl")
+
+
+def planned(cp: Checkpoint) -> Iterator[dict[str, Any]]:
+    """Files catalogued but not stored yet, in study order (blake3 is set after --dry-run)."""
+    for _, rec in cp.iter_db("catalogue"):
+        row = {**rec, **path_fields(bytes.fromhex(rec["path"]))}
+        yield {f: row.get(f, "") for f in PLAN_FIELDS}
+
+
+def export_plan(cp: Checkpoint, out: IO[str], *, fmt: str) -> int:
+    """Write the plan as CSV or JSON Lines (same path escape as the index); returns rows."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    n = 0
+    writer = csv.DictWriter(out, fieldnames=PLAN_FIELDS, lineterminator="\n")
+    if fmt == "csv":
+        writer.writeheader()
+    for row in planned(cp):
+        if fmt == "csv":
+            writer.writerow(row)
+        else:
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        n += 1
+    return n
