@@ -188,17 +188,21 @@ class Checkpoint:
 
     def catalogue_after(self, after: bytes, limit: int) -> list[tuple[bytes, Catalogued]]:
         """The next `limit` catalogue records in (group, path) order after key `after`."""
-        out: list[tuple[bytes, Catalogued]] = []
-        with self.env.begin(db=self.db["catalogue"]) as txn:
+        return self._range("catalogue", after, limit, Catalogued.loads)
+
+    def _range(self, name: str, after: bytes, limit: int, decode: Callable[[bytes], T]
+               ) -> list[tuple[bytes, T]]:
+        """Up to `limit` records after key `after`, read in one short transaction."""
+        out: list[tuple[bytes, T]] = []
+        with self.env.begin(db=self.db[name]) as txn:
             cur = txn.cursor()
             if not cur.set_range(after):
                 return out
             for k, v in cur:
-                if k == after:
-                    continue
-                out.append((bytes(k), Catalogued.loads(v)))
-                if len(out) >= limit:
-                    break
+                if k != after:
+                    out.append((bytes(k), decode(v)))
+                    if len(out) >= limit:
+                        break
         return out
 
     def pending_totals(self) -> tuple[int, int]:
@@ -295,17 +299,7 @@ class Checkpoint:
     def iter_db(self, name: str, *, batch: int = 2000) -> Iterator[tuple[bytes, Any]]:
         """Stream a database in short read transactions (memory stays flat)."""
         after = b""
-        while True:
-            chunk: list[tuple[bytes, Any]] = []
-            with self.env.begin(db=self.db[name]) as txn:
-                cur = txn.cursor()
-                if not cur.set_range(after):
-                    return
-                for k, v in cur:
-                    if k != after:
-                        chunk.append((bytes(k), json.loads(v)))
-                        if len(chunk) >= batch:
-                            break
+        while chunk := self._range(name, after, batch, json.loads):
             yield from chunk
             if len(chunk) < batch:
                 return

@@ -10,14 +10,13 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-import blake3
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.valuerep import VR
 
 from .keys import study_group, unsorted_group
 from .records import DICOM, UNSORTED, Catalogued, FileEntry, Problem
-from .source import open_regular
+from .source import hash_file, open_regular
 
 # pydicom's warnings and log lines can quote element values (names, IDs, UIDs): patient
 # data must never reach our output, so they are silenced; our reasons carry no values.
@@ -30,7 +29,6 @@ _DEFLATED = ("1.2.840.10008.1.2.1.99",)
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
              b"UT", b"UV"}
 _ALL_VRS = frozenset(v.value.encode() for v in VR)
-_HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,10 +162,7 @@ def classify(entry: FileEntry, *, secret: bytes, hash_all: bool = False) -> Cata
             digest = ""
             if hash_all:
                 f.seek(0)
-                h = blake3.blake3()
-                while chunk := f.read(_HASH_CHUNK):
-                    h.update(chunk)
-                digest = h.hexdigest()
+                digest, _ = hash_file(f)
     except OSError as exc:
         return Problem(path, "unreadable", exc.strerror or str(exc), final=False)
     now = FileEntry(path, st.st_size, st.st_mtime_ns)

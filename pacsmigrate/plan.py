@@ -28,13 +28,14 @@ def export_plan(cp: Checkpoint, out: IO[str], *, fmt: str) -> int:
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     n = 0
-    writer = csv.DictWriter(out, fieldnames=PLAN_FIELDS, lineterminator="\n")
     if fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=PLAN_FIELDS, lineterminator="\n")
         writer.writeheader()
-    for row in planned(cp):
-        if fmt == "csv":
+        for row in planned(cp):
             writer.writerow(row)
-        else:
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+        return n
+    for row in planned(cp):
+        out.write(json.dumps(row, ensure_ascii=False) + "\n")
         n += 1
     return n

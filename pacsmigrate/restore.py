@@ -8,15 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import blake3
-
 from .access import Opened
 from .errors import ConfigError, IntegrityError, ObjectNotFoundError
 from .paths import display, from_fields, member_name
 from .progress import Bar
 from .retrieve import save_verified
-
-_HASH_CHUNK = 1 << 20
+from .source import hash_file
 
 
 @dataclass(frozen=True)
@@ -73,13 +70,11 @@ def _present(target: Path, row: dict[str, Any]) -> bool:
     try:
         if target.stat().st_size != int(row["length"]):
             return False
-        h = blake3.blake3()
         with open(target, "rb") as f:
-            while chunk := f.read(_HASH_CHUNK):
-                h.update(chunk)
+            digest, _ = hash_file(f)
     except FileNotFoundError:
         return False
-    return bool(h.hexdigest() == row["blake3"])
+    return bool(digest == row["blake3"])
 
 
 async def restore(opened: Opened, sel: Selection, to: Path, *, concurrency: int = 8,

@@ -7,9 +7,12 @@ import os
 import stat
 from typing import BinaryIO
 
+import blake3
+
 from .records import Problem
 
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
+HASH_CHUNK = 1 << 20
 
 
 def open_source(path: bytes) -> int:
@@ -57,3 +60,13 @@ def open_regular(path: bytes, *, vanished: str, buffering: int = 0
         os.close(fd)
         return Problem(path, "not a regular file any more")
     return os.fdopen(fd, "rb", buffering=buffering), st
+
+
+def hash_file(f: BinaryIO) -> tuple[str, int]:
+    """blake3 (hex) of an open file from its current position to the end, and bytes read."""
+    h = blake3.blake3()
+    n = 0
+    while chunk := f.read(HASH_CHUNK):
+        h.update(chunk)
+        n += len(chunk)
+    return h.hexdigest(), n

@@ -9,13 +9,11 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import blake3
-
 from ..checkpoint import Checkpoint
 from ..progress import Bar
 from ..records import FileEntry, Problem
 from ..scan import scan
-from ..source import open_source
+from ..source import hash_file, open_source
 from .common import Job, Sampler, db_batches, workers
 from .findings import (
     SOURCE_CHANGED,
@@ -25,8 +23,6 @@ from .findings import (
     SOURCE_UNREADABLE,
     Finding,
 )
-
-_HASH_CHUNK = 1 << 20
 
 
 def _not_indexed(cp: Checkpoint, paths: list[bytes]) -> list[bytes]:
@@ -53,13 +49,10 @@ def _source_state(path: bytes, size: int, mtime_ns: int, digest: str
             if st.st_size != size:
                 return Finding(SOURCE_CHANGED, path=path,
                                detail=f"size {size} -> {st.st_size}"), 0
-            h = blake3.blake3()
-            while chunk := f.read(_HASH_CHUNK):
-                h.update(chunk)
-                hashed += len(chunk)
+            actual, hashed = hash_file(f)
     except OSError as exc:
         return Finding(SOURCE_UNREADABLE, path=path, detail=exc.strerror or str(exc)), hashed
-    if h.hexdigest() != digest:
+    if actual != digest:
         return Finding(SOURCE_CHANGED, path=path, detail="content differs (blake3)"), hashed
     if st.st_mtime_ns != mtime_ns:
         return Finding(SOURCE_TOUCHED, path=path,
