@@ -1,43 +1,77 @@
-"""Pack a plan's files into a consistent tar bundle (or stream one large file), in parts."""
+"""Pack a plan into its object's bytes: a consistent tar bundle, or one large file, in parts."""
 
 from __future__ import annotations
 
+import json
 import os
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import blake3
 
 from . import manifest
-from .classify import catalogued, classify, header_from_bytes
+from .classify import describe, header_of, read_header
 from .errors import SourceChangedError
 from .paths import member_name
-from .records import BundlePlan, Catalogued, FileEntry, Problem
-from .source import open_regular
+from .records import BundlePlan, Entry, Member, Problem, now_iso
+from .source import open_regular, read_exact
+from .tarheader import BLOCK, ZEROS, pad, tar_header
 
-BLOCK = 512
 READ_ATTEMPTS = 3
 VANISHED = "vanished before packing"
 
 
 @dataclass
-class PackResult:
-    """What packing found: the manifest members, and files that could not go in."""
+class Built:
+    """What packing wrote (the entries) and what it could not (problems, changed files)."""
 
-    members: list[dict[str, Any]] = field(default_factory=list)
+    entries: list[Entry] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
-    moved: list[Catalogued] = field(default_factory=list)  # changed study: re-catalogue
-    reread: int = 0  # files changed since cataloguing, packed from a fresh read
-    # Same size and mtime as at the dry run, different bytes: changed in place, or rot.
-    dry_run_mismatch: list[bytes] = field(default_factory=list)
+    # Read again because they changed since the read stage, now in another group: they
+    # go back to the run to be packed with their new study.
+    moved: list[Member] = field(default_factory=list)
+    again: list[Member] = field(default_factory=list)  # upload aborted: read again later
+    reread: int = 0
     reread_bytes: int = 0
+    # Other bytes than the dry run read although size and mtime are the same.
+    dry_run_mismatch: list[bytes] = field(default_factory=list)
     size: int = 0
     manifest: bytes = b""
+    created: str = field(default_factory=now_iso)
 
 
-def _stable_read(path: bytes) -> tuple[bytes, os.stat_result] | Problem:
+class _Parts:
+    """Cuts a stream of buffers into part_size pieces, copying each byte once."""
+
+    def __init__(self, part_size: int) -> None:
+        self.part_size = part_size
+        self.pieces: list[memoryview | bytes] = []
+        self.filled = 0
+        self.offset = 0
+
+    def add(self, data: bytes) -> Iterator[bytes]:
+        self.offset += len(data)
+        if self.filled + len(data) < self.part_size:
+            self.pieces.append(data)
+            self.filled += len(data)
+            return
+        view = memoryview(data)
+        while view:
+            take = view[:self.part_size - self.filled]
+            self.pieces.append(take)
+            self.filled += len(take)
+            view = view[len(take):]
+            if self.filled == self.part_size:
+                yield b"".join(self.pieces)
+                self.pieces, self.filled = [], 0
+
+    def rest(self) -> Iterator[bytes]:
+        if self.pieces:
+            yield b"".join(self.pieces)
+            self.pieces, self.filled = [], 0
+
+
+def stable_read(path: bytes) -> tuple[bytes, os.stat_result] | Problem:
     """The whole file, read between two identical fstat()s, or why that was impossible."""
     for _ in range(READ_ATTEMPTS):
         opened = open_regular(path, vanished=VANISHED)
@@ -46,7 +80,7 @@ def _stable_read(path: bytes) -> tuple[bytes, os.stat_result] | Problem:
         f, before = opened
         try:
             with f:
-                data = f.read(before.st_size + 1)
+                data = read_exact(f.fileno(), before.st_size + 1)
                 after = os.fstat(f.fileno())
         except OSError as exc:
             return Problem(path, "unreadable", exc.strerror or str(exc), final=False)
@@ -56,122 +90,96 @@ def _stable_read(path: bytes) -> tuple[bytes, os.stat_result] | Problem:
     return Problem(path, "kept changing while being read", final=False)
 
 
-def _refresh(rec: Catalogued, data: bytes, st: os.stat_result, *, secret: bytes) -> Catalogued:
-    """The record for bytes read now; re-parsed only when the file changed since cataloguing."""
-    if st.st_size == rec.size and st.st_mtime_ns == rec.mtime_ns:
-        return rec
-    now = FileEntry(rec.path, st.st_size, st.st_mtime_ns)
-    return catalogued(now, header_from_bytes(data), secret=secret)
+def _member_bytes(m: Member, plan: BundlePlan, built: Built, secret: bytes
+                  ) -> tuple[Member, bytes] | None:
+    """The member's bytes now: those read by the read stage, else read again and checked."""
+    if m.data is not None:
+        return m, m.data
+    got = stable_read(m.path)
+    if isinstance(got, Problem):
+        built.problems.append(got)
+        return None
+    data, st = got
+    if st.st_size == m.size and st.st_mtime_ns == m.mtime_ns:
+        return Member(m.path, m.size, m.mtime_ns, m.about, "", data), data
+    # Changed since the read stage: what it is now decides where it goes.
+    built.reread += 1
+    built.reread_bytes += len(data)
+    about = describe(m.path, header_of(data), secret=secret)
+    now = Member(m.path, len(data), st.st_mtime_ns, about, "", data)
+    if about.group != plan.group:
+        built.moved.append(Member(m.path, len(data), st.st_mtime_ns, about))
+        return None
+    return now, data
 
 
-class _Parts:
-    """Cuts a byte stream into fixed-size parts without copying more than one part."""
+def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
+              expect: dict[bytes, str] | None = None) -> Iterator[bytes]:
+    """Yield the bundle in part_size pieces; fill `built` as members are written.
 
-    def __init__(self, part_size: int) -> None:
-        self.part_size = part_size
-        self.buf = bytearray()
-        self.offset = 0
-
-    def add(self, data: bytes) -> Iterator[bytes]:
-        self.buf += data
-        self.offset += len(data)
-        while len(self.buf) >= self.part_size:
-            yield bytes(self.buf[:self.part_size])
-            del self.buf[:self.part_size]
-
-    def rest(self) -> Iterator[bytes]:
-        if self.buf:
-            yield bytes(self.buf)
-        self.buf = bytearray()
-
-
-def _tar_header(name: str, size: int, mtime_ns: int) -> bytes:
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mtime = mtime_ns // 1_000_000_000
-    info.mode = 0o644
-    info.uname = info.gname = ""
-    # PAX keeps long and non-UTF-8 names exact (hdrcharset=BINARY), readable by GNU tar.
-    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-
-
-def _pad(size: int) -> bytes:
-    return b"\0" * (-size % BLOCK)
-
-
-def tar_parts(plan: BundlePlan, result: PackResult, *, part_size: int,
-              secret: bytes) -> Iterator[bytes]:
-    """Yield the bundle in part_size pieces; fill `result` as members are written.
-
-    Each member is read whole between two equal fstat()s before its header goes out, so
-    a member is never half-old. A file that changed since cataloguing is re-parsed; if it
-    now belongs to another study it is handed back for re-cataloguing, not packed here.
+    Each member's bytes were read whole between two equal fstat()s before its header goes
+    out, so a member is never half-old. `expect`: blake3 per path from a dry run.
     """
     parts = _Parts(part_size)
-    for rec in plan.members:
-        got = _stable_read(rec.path)
-        if isinstance(got, Problem):
-            result.problems.append(got)
+    lines: list[str] = []
+    for m in plan.members:
+        got = _member_bytes(m, plan, built, secret)
+        if got is None:
             continue
-        data, st = got
-        now = _refresh(rec, data, st, secret=secret)
-        if now is not rec:
-            result.reread += 1
-            result.reread_bytes += len(data)
-            if now.group != plan.group:
-                result.moved.append(now)
-                continue
-        digest = blake3.blake3(data).hexdigest()
-        if now.blake3 and now.blake3 != digest:
-            result.dry_run_mismatch.append(rec.path)
-        name = member_name(rec.path)
-        header = _tar_header(name, len(data), now.mtime_ns)
-        yield from parts.add(header)
-        result.members.append(manifest.member_entry(
-            now, name=name, offset=parts.offset, length=len(data), digest=digest))
+        now, data = got
+        digest = now.blake3 or blake3.blake3(data).hexdigest()
+        if expect and expect.get(m.path, digest) != digest:
+            built.dry_run_mismatch.append(m.path)
+        name = member_name(m.path)
+        yield from parts.add(tar_header(name, len(data), now.mtime_ns // 1_000_000_000))
+        entry = Entry(m.path, parts.offset, len(data), digest, now.size, now.mtime_ns,
+                      now.about)
+        built.entries.append(entry)
+        lines.append(json.dumps(manifest.member_json(entry, name), ensure_ascii=True))
         yield from parts.add(data)
-        yield from parts.add(_pad(len(data)))
-    if not result.members:
+        yield from parts.add(pad(len(data)))
+    if not built.entries:
         return
-    result.manifest = manifest.build(plan, result.members)
-    yield from parts.add(_tar_header(manifest.manifest_name(plan.bundle_id),
-                                     len(result.manifest), 0))
-    yield from parts.add(result.manifest)
-    yield from parts.add(_pad(len(result.manifest)) + b"\0" * (2 * BLOCK))
-    result.size = parts.offset
+    built.manifest = manifest.build(plan, lines, created=built.created)
+    yield from parts.add(tar_header(manifest.manifest_name(plan.bundle_id),
+                                    len(built.manifest), 0))
+    at = parts.offset
+    yield from parts.add(built.manifest)
+    yield from parts.add(pad(len(built.manifest)))
+    yield from parts.add(tar_header(manifest.trailer_name(plan.bundle_id), BLOCK, 0))
+    yield from parts.add(manifest.trailer(at, len(built.manifest)))
+    yield from parts.add(ZEROS)
+    built.size = parts.offset
     yield from parts.rest()
 
 
-def file_parts(plan: BundlePlan, result: PackResult, *, part_size: int,
-               secret: bytes) -> Iterator[bytes]:
+def file_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
+               expect: dict[bytes, str] | None = None) -> Iterator[bytes]:
     """Stream one large file as its own object, hashing as it goes.
 
     A change during the read raises SourceChangedError, so the upload is aborted and the
-    file is packed again later, never stored half-old.
+    file is read again, never stored half-old.
     """
-    rec = plan.members[0]
-    opened = open_regular(rec.path, vanished=VANISHED)
+    m = plan.members[0]
+    opened = open_regular(m.path, vanished=VANISHED)
     if isinstance(opened, Problem):
-        result.problems.append(opened)
+        built.problems.append(opened)
         return
     f, before = opened
     with f:
-        now = rec
-        if (before.st_size, before.st_mtime_ns) != (rec.size, rec.mtime_ns):
-            fresh = classify(FileEntry(rec.path, before.st_size, before.st_mtime_ns),
-                             secret=secret)
-            result.reread += 1
-            result.reread_bytes += before.st_size
-            if isinstance(fresh, Problem):
-                result.problems.append(fresh)
+        now = m
+        if (before.st_size, before.st_mtime_ns) != (m.size, m.mtime_ns):
+            built.reread += 1
+            built.reread_bytes += before.st_size
+            about = describe(m.path, read_header(f, before.st_size), secret=secret)
+            f.seek(0)
+            now = Member(m.path, before.st_size, before.st_mtime_ns, about)
+            if about.group != plan.group:
+                built.moved.append(now)
                 return
-            if fresh.group != plan.group:
-                result.moved.append(fresh)
-                return
-            now = fresh
         h = blake3.blake3()
         total = 0
-        while chunk := f.read(part_size):
+        while chunk := read_exact(f.fileno(), part_size):
             h.update(chunk)
             total += len(chunk)
             if total > before.st_size:
@@ -180,9 +188,12 @@ def file_parts(plan: BundlePlan, result: PackResult, *, part_size: int,
         after = os.fstat(f.fileno())
         if total != before.st_size or (after.st_size, after.st_mtime_ns) != (
                 before.st_size, before.st_mtime_ns):
-            raise SourceChangedError("file changed while being uploaded", path=rec.path)
-    name = member_name(rec.path)
-    result.members.append(manifest.member_entry(now, name=name, offset=0, length=total,
-                                                digest=h.hexdigest()))
-    result.manifest = manifest.build(plan, result.members)
-    result.size = total
+            raise SourceChangedError("file changed while being uploaded", path=m.path)
+    digest = h.hexdigest()
+    if expect and expect.get(m.path, digest) != digest:
+        built.dry_run_mismatch.append(m.path)
+    entry = Entry(m.path, 0, total, digest, now.size, now.mtime_ns, now.about)
+    built.entries.append(entry)
+    built.manifest = manifest.build(plan, [json.dumps(manifest.member_json(
+        entry, member_name(m.path)), ensure_ascii=True)], created=built.created)
+    built.size = total

@@ -1,4 +1,21 @@
-"""The resumable LMDB checkpoint: catalogue, intents, committed objects and the RIS index."""
+"""The resumable LMDB checkpoint: its tables, and the intent -> upload -> commit protocol.
+
+Tables (named LMDB databases); path keys are raw path bytes, or a hash for long paths:
+    meta      name -> JSON              run configuration, key secret, format, object ids
+    intents   object key -> JSON        written before the first byte of an upload is sent
+    objects   object key -> JSON        acknowledged by the store (size, ETag, its number)
+    objkeys   number (4 bytes BE) -> object key
+    index     path -> row (rows.py)     the RIS path -> object index
+    sop       packed SOPInstanceUID -> path
+    problems  path -> JSON Problem      not migrated (yet), or skipped, with the reason
+    plan      path -> row (NO_OBJECT)   what the last dry run read, with the blake3
+    spill     group 0 path -> row        files of scattered studies, packed after the walk
+    groups    group -> ''                studies planned or stored (their count)
+
+The protocol: `put_intents` (write-ahead) -> the upload -> the store acknowledges ->
+`commit_objects` records the object, its rows and drops its intent in one transaction. A
+run that finds intents settles them first (`commit.reconcile`).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +24,8 @@ import fcntl
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+import struct
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,49 +33,48 @@ from typing import Any, TypeVar
 import blake3
 import lmdb
 
+from . import rows
 from .errors import StateError, StateLockedError
 from .paths import from_fields
-from .records import BundlePlan, Catalogued, FileEntry, Problem
+from .records import (
+    DICOM,
+    FILE,
+    BundlePlan,
+    Described,
+    Entry,
+    Member,
+    Problem,
+    StoredObject,
+    now_iso,
+)
 
 T = TypeVar("T")
 
-# The map starts small and doubles whenever a write finds it full (100M files need ~100 GiB).
+# The map starts small and doubles whenever a write finds it full.
 INITIAL_MAP_SIZE = 1 << 30
 LOW_SPACE = 16 << 20  # below this, a failed write is reported as a full disk
-FORMAT = 1
-
-# Named databases. Keys are raw path bytes (see _pkey) unless said otherwise.
-#   meta        name -> JSON               run configuration, key secret, format version
-#   catalogue   group + 0 + path -> Catalogued   classified, not yet stored (sorted by group)
-#   pending     path -> group               reverse map of the catalogue
-#   intents     object key -> JSON plan     written before an upload starts
-#   objects     object key -> JSON          acknowledged by the store
-#   index       path -> JSON row            the RIS path -> object index
-#   sop         SOPInstanceUID -> path
-#   problems    path -> JSON Problem        not migrated (yet), with the reason
-_DBS = ("meta", "catalogue", "pending", "intents", "objects", "index", "sop", "problems")
-
+FORMAT = 2
+_DBS = ("meta", "intents", "objects", "objkeys", "index", "sop", "problems", "plan",
+        "spill", "groups")
+_ID = struct.Struct(">I")
 
 # LMDB keys hold at most 511 bytes; paths may be 4096. Longer paths are keyed by a hash
-# (values always carry the full path). Real paths start with "/", so "#" cannot collide.
+# (the row then carries the path). Real paths start with "/", so "#" cannot collide.
 _MAX_PATH_KEY = 400
 
 
-def _pkey(path: bytes) -> bytes:
+def path_key(path: bytes) -> bytes:
     if len(path) <= _MAX_PATH_KEY:
         return path
     return b"#" + blake3.blake3(path).digest()
-
-
-def _cat_key(group: str, path: bytes) -> bytes:
-    return group.encode() + b"\0" + _pkey(path)
 
 
 class Checkpoint:
     """Sole owner of the LMDB environment; every write goes through one thread.
 
     Async callers use `await cp.call(cp.method, ...)`; the single worker thread keeps
-    LMDB's one-writer rule without locks of our own.
+    LMDB's one-writer rule. Lookups (`migrated`, `planned_hashes`) may run in any thread:
+    each opens its own read transaction.
     """
 
     def __init__(self, state_dir: Path, *, readonly: bool = False) -> None:
@@ -72,13 +89,22 @@ class Checkpoint:
             self._take_lock()
         try:
             self.env = lmdb.open(str(state_dir / "checkpoint.lmdb"), map_size=INITIAL_MAP_SIZE,
-                                 max_dbs=len(_DBS), readonly=readonly, subdir=True,
+                                 max_dbs=len(_DBS) + 2, readonly=readonly, subdir=True,
                                  readahead=False, lock=not readonly)
+            self.db = {name: self._open_db(name) for name in _DBS}
         except lmdb.Error as exc:
             self._release_lock()
             raise StateError(f"cannot open checkpoint in {state_dir}: {exc}") from exc
-        self.db = {name: self.env.open_db(name.encode(), create=not readonly) for name in _DBS}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmdb")
+        self._keys: dict[int, str] = {}  # object number -> key, for decoding rows
+
+    def _open_db(self, name: str) -> Any:
+        if self.readonly:
+            try:
+                return self.env.open_db(name.encode(), create=False)
+            except lmdb.NotFoundError:  # a state written before this table existed
+                return None
+        return self.env.open_db(name.encode())
 
     def _take_lock(self) -> None:
         fd = os.open(self.state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -139,88 +165,117 @@ class Checkpoint:
         self._write(lambda txn: txn.put(name.encode(), json.dumps(value).encode(),
                                         db=self.db["meta"]))
 
-    # -- catalogue --------------------------------------------------------------------
-    def triage(self, entries: list[FileEntry]) -> tuple[list[FileEntry], int, int]:
-        """Split a scan batch: (to classify, already migrated, already catalogued).
+    # -- lookups for the read stage (any thread) ----------------------------------------
+    def migrated(self, paths: Iterable[bytes]) -> list[tuple[int, int] | None]:
+        """(size, mtime_ns) the index recorded for each path, or None."""
+        with self.env.begin(db=self.db["index"]) as txn:
+            out: list[tuple[int, int] | None] = []
+            for p in paths:
+                raw = txn.get(path_key(p))
+                out.append(None if raw is None else rows.stat_of(raw))
+            return out
 
-        A file counts as known only while its size and mtime are what we recorded.
-        """
-        todo: list[FileEntry] = []
-        done = known = 0
-        with self.env.begin() as txn:
-            for e in entries:
-                row = txn.get(_pkey(e.path), db=self.db["index"])
-                if row is not None:
-                    r = json.loads(row)
-                    if r["size"] == e.size and r["mtime_ns"] == e.mtime_ns:
-                        done += 1
-                        continue
-                group = txn.get(_pkey(e.path), db=self.db["pending"])
-                if group is not None:
-                    raw = txn.get(_cat_key(group.decode(), e.path), db=self.db["catalogue"])
-                    if raw is not None:
-                        rec = Catalogued.loads(raw)
-                        if rec.size == e.size and rec.mtime_ns == e.mtime_ns:
-                            known += 1
-                            continue
-                todo.append(e)
-        return todo, done, known
+    def planned_hashes(self, paths: Iterable[bytes]) -> list[tuple[int, int, str] | None]:
+        """(size, mtime_ns, blake3) the last dry run read for each path, or None."""
+        with self.env.begin(db=self.db["plan"]) as txn:
+            out: list[tuple[int, int, str] | None] = []
+            for p in paths:
+                raw = txn.get(path_key(p))
+                if raw is None:
+                    out.append(None)
+                    continue
+                e, _ = rows.decode(p, raw)
+                out.append((e.size, e.mtime_ns, e.blake3))
+            return out
 
-    def catalogue(self, records: list[Catalogued], problems: list[Problem]) -> None:
-        """Record classified files (replacing older records of the same path) and problems."""
+    # -- problems and the dry run's plan ------------------------------------------------
+    def record_problems(self, problems: list[Problem]) -> None:
         def write(txn: lmdb.Transaction) -> None:
-            for rec in records:
-                self._uncatalogue(txn, rec.path)
-                txn.put(_cat_key(rec.group, rec.path), rec.dumps(), db=self.db["catalogue"])
-                txn.put(_pkey(rec.path), rec.group.encode(), db=self.db["pending"])
-                txn.delete(_pkey(rec.path), db=self.db["problems"])
             for p in problems:
-                self._uncatalogue(txn, p.path)
-                txn.put(_pkey(p.path), json.dumps(p.to_json()).encode(),
+                txn.put(path_key(p.path), json.dumps(p.to_json()).encode(),
                         db=self.db["problems"])
         self._write(write)
 
-    def _uncatalogue(self, txn: lmdb.Transaction, path: bytes) -> None:
-        old = txn.get(_pkey(path), db=self.db["pending"])
-        if old is not None:
-            txn.delete(_cat_key(bytes(old).decode(), path), db=self.db["catalogue"])
-            txn.delete(_pkey(path), db=self.db["pending"])
+    def record_plan(self, entries: list[Entry]) -> None:
+        """A dry run's record of each file it read (replacing an older dry run's)."""
+        def write(txn: lmdb.Transaction) -> None:
+            for e in entries:
+                k = path_key(e.path)
+                txn.put(k, rows.encode(e, rows.NO_OBJECT, long_path=k is not e.path),
+                        db=self.db["plan"])
+                txn.delete(k, db=self.db["problems"])
+                if e.about.status == DICOM:
+                    txn.put(e.about.group.encode(), b"", db=self.db["groups"])
+        self._write(write)
 
-    def catalogue_after(self, after: bytes, limit: int) -> list[tuple[bytes, Catalogued]]:
-        """The next `limit` catalogue records in (group, path) order after key `after`."""
-        return self._range("catalogue", after, limit, Catalogued.loads)
+    def clear_plan(self) -> None:
+        self._write(lambda txn: txn.drop(self.db["plan"], delete=False))
 
-    def _range(self, name: str, after: bytes, limit: int, decode: Callable[[bytes], T]
-               ) -> list[tuple[bytes, T]]:
-        """Up to `limit` records after key `after`, read in one short transaction."""
-        out: list[tuple[bytes, T]] = []
-        with self.env.begin(db=self.db[name]) as txn:
+    def clear_groups(self) -> None:
+        self._write(lambda txn: txn.drop(self.db["groups"], delete=False))
+
+    # -- the spill: scattered studies' files, packed by study after the walk ---------------
+    def spill(self, members: list[Member]) -> None:
+        def write(txn: lmdb.Transaction) -> None:
+            for m in members:
+                k = path_key(m.path)
+                e = Entry(m.path, 0, m.size, m.blake3, m.size, m.mtime_ns, m.about)
+                txn.put(_spill_key(m.group, m.path),
+                        rows.encode(e, rows.NO_OBJECT, long_path=k is not m.path),
+                        db=self.db["spill"])
+        self._write(write)
+
+    def unspill(self, group: str, paths: list[bytes]) -> None:
+        """Forget spilled files that were packed elsewhere or could not be read."""
+        def write(txn: lmdb.Transaction) -> None:
+            for p in paths:
+                txn.delete(_spill_key(group, p), db=self.db["spill"])
+        self._write(write)
+
+    def clear_spill(self) -> None:
+        self._write(lambda txn: txn.drop(self.db["spill"], delete=False))
+
+    def spilled_groups(self, groups: Iterable[str]) -> set[str]:
+        """Which of these groups have spilled files."""
+        found = set()
+        with self.env.begin(db=self.db["spill"]) as txn:
+            cur = txn.cursor()
+            for g in groups:
+                prefix = g.encode() + b"\0"
+                if cur.set_range(prefix) and bytes(cur.key()).startswith(prefix):
+                    found.add(g)
+        return found
+
+    def spill_after(self, after: bytes, limit: int) -> list[tuple[bytes, Member]]:
+        """The next `limit` spilled files in (group, path) order after key `after`."""
+        out: list[tuple[bytes, Member]] = []
+        with self.env.begin(db=self.db["spill"]) as txn:
             cur = txn.cursor()
             if not cur.set_range(after):
                 return out
             for k, v in cur:
-                if k != after:
-                    out.append((bytes(k), decode(v)))
-                    if len(out) >= limit:
-                        break
+                k = bytes(k)
+                if k == after:
+                    continue
+                group, _, pk = k.partition(b"\0")
+                e, _ = rows.decode(pk, v)
+                about = Described(group.decode(), *_about_fields(e.about))
+                out.append((k, Member(e.path, e.size, e.mtime_ns, about, e.blake3)))
+                if len(out) >= limit:
+                    break
         return out
-
-    def pending_totals(self) -> tuple[int, int]:
-        files = size = 0
-        with self.env.begin(db=self.db["catalogue"]) as txn:
-            for _, v in txn.cursor():
-                files += 1
-                size += json.loads(v)["size"]
-        return files, size
 
     # -- intents and commits ----------------------------------------------------------
     def put_intents(self, plans: list[BundlePlan]) -> None:
         """Write-ahead: the keys are recorded before any byte goes to the store."""
         def write(txn: lmdb.Transaction) -> None:
             for plan in plans:
-                value = {"key": plan.key, "kind": plan.kind, "group": plan.group,
-                         "bundle_id": plan.bundle_id,
-                         "members": [m.dumps().decode() for m in plan.members]}
+                value: dict[str, Any] = {"key": plan.key, "kind": plan.kind,
+                                         "group": plan.group, "bundle_id": plan.bundle_id}
+                if plan.kind == FILE:  # a raw object has no manifest inside it
+                    m = plan.members[0]
+                    value["member"] = {"path": m.path.hex(), "size": m.size,
+                                       "mtime_ns": m.mtime_ns, "about": _about_json(m.about)}
                 txn.put(plan.key.encode(), json.dumps(value).encode(), db=self.db["intents"])
         self._write(write)
 
@@ -228,39 +283,44 @@ class Checkpoint:
         plans = []
         with self.env.begin(db=self.db["intents"]) as txn:
             for _, v in txn.cursor():
-                d = json.loads(v)
-                plans.append(BundlePlan(d["group"], d["kind"],
-                                        [Catalogued.loads(m.encode()) for m in d["members"]],
-                                        d["key"], d["bundle_id"]))
+                plans.append(_intent_plan(json.loads(v)))
         return plans
 
     def drop_intent(self, key: str) -> None:
         self._write(lambda txn: txn.delete(key.encode(), db=self.db["intents"]))
 
-    def commit_objects(self, items: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> None:
-        """One transaction: acknowledged objects, their index rows, their intents gone.
-
-        The members leave the catalogue: what was stored is what was read. A file changed
-        after its read is caught by the next scan, whose size/mtime differ from the row.
-        """
+    def commit_objects(self, objects: list[StoredObject]) -> None:
+        """One transaction: acknowledged objects, their index rows, their intents gone."""
         def write(txn: lmdb.Transaction) -> None:
-            for obj, rows in items:
-                key = obj["key"].encode()
-                txn.put(key, json.dumps(obj).encode(), db=self.db["objects"])
-                for row in rows:
-                    path = bytes.fromhex(row["path_hex"])
-                    txn.put(_pkey(path), json.dumps(row).encode(), db=self.db["index"])
-                    if row.get("sop_uid") and len(row["sop_uid"]) <= _MAX_PATH_KEY:
-                        txn.put(row["sop_uid"].encode(), path, db=self.db["sop"])
-                    self._uncatalogue(txn, path)
-                    txn.delete(_pkey(path), db=self.db["problems"])
+            meta, index, sop, problems, plan = (self.db[n] for n in
+                                                ("meta", "index", "sop", "problems", "plan"))
+            raw = txn.get(b"next_object", db=meta)
+            next_id = int(raw) if raw is not None else 1
+            planned = txn.stat(plan)["entries"] > 0
+            spilled = txn.stat(self.db["spill"])["entries"] > 0
+            for obj in objects:
+                key = obj.key.encode()
+                old = txn.get(key, db=self.db["objects"])
+                number = json.loads(bytes(old)).get("id") if old is not None else None
+                if number is None:
+                    number, next_id = next_id, next_id + 1
+                txn.put(key, json.dumps(_object_json(obj, number)).encode(),
+                        db=self.db["objects"])
+                txn.put(_ID.pack(number), key, db=self.db["objkeys"])
+                for e in obj.entries:
+                    k = path_key(e.path)
+                    txn.put(k, rows.encode(e, number, long_path=k is not e.path), db=index)
+                    if e.about.sop_uid:
+                        txn.put(rows.packed_uid(e.about.sop_uid)[:500], e.path, db=sop)
+                    txn.delete(k, db=problems)
+                    if planned:
+                        txn.delete(k, db=plan)
+                    if spilled:
+                        txn.delete(_spill_key(obj.group, e.path), db=self.db["spill"])
                 txn.delete(key, db=self.db["intents"])
-        self._write(write)
-
-    def reset_catalogue(self) -> None:
-        def write(txn: lmdb.Transaction) -> None:
-            txn.drop(self.db["catalogue"], delete=False)
-            txn.drop(self.db["pending"], delete=False)
+                if obj.entries and obj.entries[0].about.status == DICOM:
+                    txn.put(obj.group.encode(), b"", db=self.db["groups"])
+            txn.put(b"next_object", str(next_id).encode(), db=meta)
         self._write(write)
 
     def object_record(self, key: str) -> dict[str, Any] | None:
@@ -275,7 +335,12 @@ class Checkpoint:
     # -- reading back -----------------------------------------------------------------
     def counts(self) -> dict[str, int]:
         with self.env.begin() as txn:
-            return {name: txn.stat(self.db[name])["entries"] for name in _DBS if name != "meta"}
+            return {name: (txn.stat(self.db[name])["entries"] if self.db[name] is not None
+                           else 0) for name in _DBS if name not in ("meta", "objkeys")}
+
+    def group_entries(self) -> int:
+        """Studies planned or stored in this state."""
+        return self.counts()["groups"]
 
     def settle_vanished(self) -> int:
         """Open problems whose path is gone now become deliberate skips ("vanished").
@@ -289,7 +354,7 @@ class Checkpoint:
                 if not v["final"] and not os.path.lexists(
                     from_fields(v["source_path"], v["source_path_b64"]))]
         if gone:
-            self.catalogue([], gone)
+            self.record_problems(gone)
         return len(gone)
 
     def open_problems(self) -> int:
@@ -297,20 +362,96 @@ class Checkpoint:
         return sum(1 for _, v in self.iter_db("problems") if not v["final"])
 
     def iter_db(self, name: str, *, batch: int = 2000) -> Iterator[tuple[bytes, Any]]:
-        """Stream a database in short read transactions (memory stays flat)."""
+        """Stream a table as dicts, in short read transactions (memory stays flat)."""
         after = b""
-        while chunk := self._range(name, after, batch, json.loads):
+        while chunk := self._range(name, after, batch):
             yield from chunk
             if len(chunk) < batch:
                 return
             after = chunk[-1][0]
 
+    def _range(self, name: str, after: bytes, limit: int) -> list[tuple[bytes, Any]]:
+        """Up to `limit` records after key `after`, read in one short transaction."""
+        out: list[tuple[bytes, Any]] = []
+        if self.db[name] is None:
+            return out
+        with self.env.begin(db=self.db[name]) as txn:
+            cur = txn.cursor()
+            if not cur.set_range(after):
+                return out
+            for k, v in cur:
+                if k != after:
+                    out.append((bytes(k), self._decode(name, txn, bytes(k), v)))
+                    if len(out) >= limit:
+                        break
+        return out
+
+    def _decode(self, name: str, txn: lmdb.Transaction, k: bytes, v: bytes) -> Any:
+        if name == "spill":
+            entry, _ = rows.decode(k.partition(b"\0")[2], v)
+            return rows.as_dict(entry, "")
+        if name in ("index", "plan"):
+            legacy = rows.legacy_dict(v)
+            if legacy is not None:
+                return legacy
+            entry, number = rows.decode(k, v)
+            key = "" if number == rows.NO_OBJECT else self._object_key(txn, number)
+            return rows.as_dict(entry, key)
+        return json.loads(v)
+
+    def _object_key(self, txn: lmdb.Transaction, number: int) -> str:
+        key = self._keys.get(number)
+        if key is None:
+            raw = txn.get(_ID.pack(number), db=self.db["objkeys"])
+            key = bytes(raw).decode() if raw is not None else ""
+            if len(self._keys) > 100_000:
+                self._keys.clear()
+            self._keys[number] = key
+        return key
+
     def path_for_sop(self, sop_uid: str) -> bytes | None:
         with self.env.begin(db=self.db["sop"]) as txn:
-            raw = txn.get(sop_uid.encode())
+            raw = txn.get(rows.packed_uid(sop_uid)[:500]) or txn.get(sop_uid.encode())
         return None if raw is None else bytes(raw)
 
     def index_row(self, path: bytes) -> dict[str, Any] | None:
         with self.env.begin(db=self.db["index"]) as txn:
-            raw = txn.get(_pkey(path))
-        return None if raw is None else json.loads(raw)
+            raw = txn.get(path_key(path))
+            return None if raw is None else self._decode("index", txn, path_key(path), raw)
+
+
+def _spill_key(group: str, path: bytes) -> bytes:
+    return group.encode() + b"\0" + path_key(path)
+
+
+def _about_fields(a: Described) -> tuple[str, ...]:
+    return (a.status, a.reason, a.study_uid, a.series_uid, a.sop_uid, a.modality,
+            a.study_date, a.transfer_syntax)
+
+
+def _about_json(a: Described) -> dict[str, str]:
+    return {"group": a.group, "status": a.status, "reason": a.reason, "study_uid": a.study_uid,
+            "series_uid": a.series_uid, "sop_uid": a.sop_uid, "modality": a.modality,
+            "study_date": a.study_date, "transfer_syntax": a.transfer_syntax}
+
+
+def _intent_plan(d: dict[str, Any]) -> BundlePlan:
+    plan = BundlePlan(d["group"], d["kind"], key=d["key"], bundle_id=d["bundle_id"])
+    if "member" in d:
+        m = d["member"]
+        plan.add(Member(bytes.fromhex(m["path"]), m["size"], m["mtime_ns"],
+                        Described(**m["about"])))
+    for raw in d.get("members", ()):  # written by version 1 of the state
+        old = json.loads(raw)
+        about = Described(old["group"], old["status"], old["reason"], old["study_uid"],
+                          old["series_uid"], old["sop_uid"], old["modality"],
+                          old["study_date"], old["transfer_syntax"])
+        plan.add(Member(bytes.fromhex(old["path"]), old["size"], old["mtime_ns"], about))
+    return plan
+
+
+def _object_json(obj: StoredObject, number: int) -> dict[str, Any]:
+    return {"key": obj.key, "kind": obj.kind, "group": obj.group, "bundle_id": obj.bundle_id,
+            "size": obj.size, "etag": obj.etag, "members": len(obj.entries),
+            "bytes": sum(e.length for e in obj.entries), "created": obj.created,
+            "committed": now_iso(), "id": number}

@@ -15,8 +15,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.valuerep import VR
 
 from .keys import study_group, unsorted_group
-from .records import DICOM, UNSORTED, Catalogued, FileEntry, Problem
-from .source import hash_file, open_regular
+from .records import DICOM, UNSORTED, Described
 
 # pydicom's warnings and log lines can quote element values (names, IDs, UIDs): patient
 # data must never reach our output, so they are silenced; our reasons carry no values.
@@ -132,38 +131,17 @@ def _with_reason(h: Header, reason: str) -> Header:
                   h.transfer_syntax, reason)
 
 
-def header_from_bytes(data: bytes) -> Header:
+def header_of(data: bytes) -> Header:
+    """The header of a whole file's bytes."""
     return read_header(io.BytesIO(data), len(data))
 
 
-def catalogued(entry: FileEntry, header: Header, *, secret: bytes, digest: str = "") -> Catalogued:
-    """The catalogue record: a study group when the header names a study, else unsorted."""
+def describe(path: bytes, header: Header, *, secret: bytes) -> Described:
+    """The file's place: its study's group when the header names a study, else its folder's."""
     if header.reason:
-        group = unsorted_group(secret, os.path.dirname(entry.path))
-        status = UNSORTED
-    else:
-        group = study_group(secret, header.study_uid)
-        status = DICOM
-    return Catalogued(entry.path, entry.size, entry.mtime_ns, group, status, header.reason,
-                      header.study_uid, header.series_uid, header.sop_uid, header.modality,
-                      header.study_date, header.transfer_syntax, digest)
-
-
-def classify(entry: FileEntry, *, secret: bytes, hash_all: bool = False) -> Catalogued | Problem:
-    """Classify one file (runs in a reader thread). hash_all: also blake3 the whole file."""
-    path = entry.path
-    opened = open_regular(path, vanished="vanished before read", buffering=256 * 1024)
-    if isinstance(opened, Problem):
-        return opened
-    f, st = opened
-    try:
-        with f:
-            header = read_header(f, st.st_size)
-            digest = ""
-            if hash_all:
-                f.seek(0)
-                digest, _ = hash_file(f)
-    except OSError as exc:
-        return Problem(path, "unreadable", exc.strerror or str(exc), final=False)
-    now = FileEntry(path, st.st_size, st.st_mtime_ns)
-    return catalogued(now, header, secret=secret, digest=digest)
+        return Described(unsorted_group(secret, os.path.dirname(path)), UNSORTED, header.reason,
+                         header.study_uid, header.series_uid, header.sop_uid, header.modality,
+                         header.study_date, header.transfer_syntax)
+    return Described(study_group(secret, header.study_uid), DICOM, "", header.study_uid,
+                     header.series_uid, header.sop_uid, header.modality, header.study_date,
+                     header.transfer_syntax)

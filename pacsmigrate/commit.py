@@ -1,51 +1,34 @@
-"""Commit stage: record an acknowledged object and its index rows in one transaction."""
+"""Commit stage: record acknowledged objects and their index rows, many per transaction."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
-from . import manifest
 from .backends.base import Backend, PendingUploads
 from .checkpoint import Checkpoint
-from .records import now_iso
-from .upload import Stored, recover
+from .upload import recover
 
-Item = tuple[dict[str, Any], list[dict[str, Any]]]
-
-
-def _record(stored: Stored) -> Item:
-    doc = stored.doc
-    rows = manifest.rows(doc)
-    obj = {"key": doc["key"], "kind": doc["kind"], "group": doc["group"],
-           "size": stored.info.size, "etag": stored.info.etag, "members": len(rows),
-           "bytes": sum(int(r["length"]) for r in rows), "created": doc.get("created", ""),
-           "committed": now_iso()}
-    return obj, rows
+T = TypeVar("T")
 
 
-async def commit(cp: Checkpoint, stored: Stored) -> int:
-    """Only called after the store acknowledged the object and its sidecar."""
-    item = _record(stored)
-    await cp.call(cp.commit_objects, [item])
-    return len(item[1])
+class GroupWriter(Generic[T]):
+    """Group commit: items handed in while one transaction runs share the next one.
 
-
-class Committer:
-    """Group commit: objects acknowledged while one commit runs share the next transaction.
-
-    Each caller still returns only once its own object is durable in the checkpoint; under
-    load many objects share one fsync, idle there is no added wait (restic's batched index).
+    Each caller still returns only once its own item is durable in the checkpoint; under
+    load many items share one fsync, idle there is no added wait (restic's batched index).
+    Used for the write-ahead intents and for the commits of acknowledged objects.
     """
 
-    def __init__(self, cp: Checkpoint) -> None:
+    def __init__(self, cp: Checkpoint, write: Callable[[list[T]], None]) -> None:
         self.cp = cp
-        self._waiting: list[tuple[Item, asyncio.Future[None]]] = []
+        self.write = write
+        self._waiting: list[tuple[T, asyncio.Future[None]]] = []
         self._flushing = False
         self.transactions = 0
 
-    async def commit(self, stored: Stored) -> int:
-        item = _record(stored)
+    async def put(self, item: T) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, done))
         if not self._flushing:
@@ -55,18 +38,18 @@ class Committer:
             finally:
                 self._flushing = False
         await done
-        return len(item[1])
 
     async def _flush(self) -> None:
         while self._waiting:
             batch, self._waiting = self._waiting, []
             try:
-                await self.cp.call(self.cp.commit_objects, [item for item, _ in batch])
+                await self.cp.call(self.write, [item for item, _ in batch])
                 self.transactions += 1
             except BaseException as exc:
                 for _, done in batch:
                     if not done.done():
                         done.set_exception(exc)
+                        done.exception()  # retrieved here: the flusher re-raises it
                 raise
             for _, done in batch:
                 done.set_result(None)
@@ -75,7 +58,7 @@ class Committer:
 async def reconcile(cp: Checkpoint, backend: Backend) -> tuple[int, list[str]]:
     """Settle the intents a killed run left: adopt stored objects, forget the rest.
 
-    Runs before the scan, so a file changed since the crash is seen as changed afterwards.
+    Runs before the walk, so a file changed since the crash is seen as changed afterwards.
     A forgotten intent's unfinished multipart upload is left in place: the same plan has
     the same key, so this run resumes its parts; `abandon` aborts it if that never happens.
     Returns (objects adopted, keys of dropped intents).
@@ -85,7 +68,7 @@ async def reconcile(cp: Checkpoint, backend: Backend) -> tuple[int, list[str]]:
     for plan in await cp.call(cp.intents):
         stored = await recover(plan, backend)
         if stored is not None:
-            await commit(cp, stored)
+            await cp.call(cp.commit_objects, [stored])
             adopted += 1
             continue
         await cp.call(cp.drop_intent, plan.key)

@@ -95,6 +95,8 @@ class MigrateConfig:
     scan_threads: int = 16
     read_threads: int = 8
     header_bytes: int = 64 * KiB
+    memory: int = 512 * MiB  # file data held by open bundles and uploads in flight
+    hold_max: int = 2 * MiB  # files up to this size are read whole once and carried
     report_path: Path | None = None
     progress: bool = True
 
@@ -110,3 +112,5 @@ class MigrateConfig:
             raise ConfigError("--large-file must be positive")
         if self.large_file > self.bundle_size:
             raise ConfigError("--large-file must not exceed --bundle-size")
+        if self.memory < 2 * self.bundle_size // 8:
+            raise ConfigError("--memory must be at least a quarter of --bundle-size")

@@ -1,50 +1,135 @@
-"""Group catalogued files per study into bundle plans, streaming from the checkpoint."""
+"""Group stage: gather each study's files into bundles as the walk finds them, in bounded memory.
+
+Deterministic: decisions depend only on the order files arrive in (the walk's), never on
+time or thread timing, so a dry run plans exactly what the run will store.
+
+A study's bundle stays open while its files keep coming. It closes when
+- it is full (`bundle_size`), or the walk ends;
+- the walk has left the directory of its last file and `patience` other studies have
+  started since (a study whose series trickled in over days, dcm4chee-style, gets the
+  chance to be whole; a finished patient/study folder closes soon after);
+- memory is short: the least recently fed open bundles close first.
+A bundle closed early and small (idle, or for memory) is *spilled*: its files' records go to
+the checkpoint and are packed by study after the walk (re-read then), so scattered layouts
+(Orthanc's hashed folders) still give one bundle per study. Files above `large_file` are
+objects of their own.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import heapq
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from .checkpoint import Checkpoint
-from .config import Destination
-from .keys import assign_key
-from .records import BundlePlan
+from .records import FILE, TAR, BundlePlan, Member
 
-BATCH = 1000
-
-
-async def plans(cp: Checkpoint, dest: Destination, *, bundle_size: int,
-                large_file: int) -> AsyncIterator[BundlePlan]:
-    """Yield plans in catalogue order: one study's files together, split at bundle_size.
-
-    Reads the catalogue in short batches, so only the plan being built is in memory however
-    scattered a study's files were in the tree.
-    """
-    after = b""
-    current: BundlePlan | None = None
-    while batch := await cp.call(cp.catalogue_after, after, BATCH):
-        for _, rec in batch:
-            if rec.size > large_file:
-                single = BundlePlan(rec.group, "file", [rec])
-                assign_key(dest, single)
-                yield single
-                continue
-            if current is not None and (current.group != rec.group
-                                        or current.size + rec.size > bundle_size):
-                assign_key(dest, current)
-                yield current
-                current = None
-            if current is None:
-                current = BundlePlan(rec.group, "tar")
-            current.members.append(rec)
-        after = batch[-1][0]
-    if current is not None:
-        assign_key(dest, current)
-        yield current
+SPILL_FILES = 8  # an early-closed bundle with fewer members is spilled...
+SPILL_BYTES = 8 << 20  # ...when it is also smaller than this
 
 
-def requests_for(plan: BundlePlan, *, threshold: int, part_size: int) -> int:
-    """Store requests one plan costs: PUT, or create + parts + complete; plus its sidecar."""
-    size = plan.size
-    if size <= threshold:
-        return 2
-    return 2 + -(-size // part_size) + 1
+@dataclass(slots=True)
+class _Open:
+    plan: BundlePlan
+    held: int = 0  # bytes of member data in memory
+    last_dir: bytes = b""
+    touched: int = 0  # `started` when its last member arrived
+    exited: bool = False
+
+
+@dataclass
+class Closed:
+    """What one step of grouping produced: plans to store, members to spill."""
+
+    plans: list[BundlePlan] = field(default_factory=list)
+    spill: list[Member] = field(default_factory=list)
+
+
+class Grouper:
+    """Files in walk order in, bundle plans (and spilled members) out."""
+
+    def __init__(self, *, bundle_size: int, large_file: int, memory: int,
+                 patience: int = 8) -> None:
+        self.bundle_size = bundle_size
+        self.large_file = large_file
+        self.memory = memory
+        self.patience = patience
+        self.open: OrderedDict[str, _Open] = OrderedDict()  # least recently fed first
+        self.by_dir: dict[bytes, set[str]] = {}
+        self.exits: list[tuple[int, str]] = []  # (touched, group) of bundles whose dir was left
+        self.held = 0
+        self.started = 0  # groups opened so far: the clock of patience
+        self.here = b""
+
+    # -- the walk moves ----------------------------------------------------------------
+    def enter(self, directory: bytes, out: Closed) -> None:
+        """The walk is now in `directory`: mark bundles whose last directory it has left."""
+        here = self.here
+        if directory == here:
+            return
+        self.here = directory
+        while here and not _within(directory, here):
+            for group in self.by_dir.pop(here, ()):
+                b = self.open[group]
+                b.exited = True
+                heapq.heappush(self.exits, (b.touched, group))
+            parent = here.rpartition(b"/")[0]
+            here = parent
+        self._close_idle(out)
+
+    def _close_idle(self, out: Closed) -> None:
+        while self.exits and self.started - self.exits[0][0] >= self.patience:
+            touched, group = heapq.heappop(self.exits)
+            b = self.open.get(group)
+            if b is not None and b.exited and b.touched == touched:
+                self._close(group, out, early=True)
+
+    # -- files arrive -------------------------------------------------------------------
+    def add(self, m: Member, out: Closed) -> None:
+        if m.size > self.large_file:
+            out.plans.append(BundlePlan(m.group, FILE, [m], size=m.size))
+            return
+        group = m.group
+        b = self.open.get(group)
+        if b is not None and b.plan.size + m.size > self.bundle_size and b.plan.members:
+            self._close(group, out, early=False)
+            b = None
+        if b is None:
+            self.started += 1
+            b = self.open[group] = _Open(BundlePlan(group, TAR))
+        else:
+            self.open.move_to_end(group)
+            if not b.exited:
+                self.by_dir[b.last_dir].discard(group)
+        b.plan.add(m)
+        b.exited = False
+        b.touched = self.started
+        b.last_dir = self.here
+        self.by_dir.setdefault(self.here, set()).add(group)
+        if m.data is not None:
+            b.held += m.size
+            self.held += m.size
+        while self.held > self.memory and len(self.open) > 1:
+            self._close(next(iter(self.open)), out, early=True)
+        self._close_idle(out)
+
+    def finish(self, out: Closed, *, spilled: Callable[[str], bool]) -> None:
+        """The walk is over: every open bundle closes; one whose study has spilled files
+        is spilled too, so the study's stragglers are packed together."""
+        for group in list(self.open):
+            self._close(group, out, early=False, spill=spilled(group))
+
+    def _close(self, group: str, out: Closed, *, early: bool, spill: bool = False) -> None:
+        b = self.open.pop(group)
+        if not b.exited:
+            self.by_dir.get(b.last_dir, set()).discard(group)
+        self.held -= b.held
+        plan = b.plan
+        if spill or (early and len(plan.members) < SPILL_FILES and plan.size < SPILL_BYTES):
+            out.spill.extend(plan.members)
+            return
+        out.plans.append(plan)
+
+
+def _within(path: bytes, directory: bytes) -> bool:
+    return path == directory or path.startswith(directory + b"/")

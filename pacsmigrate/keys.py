@@ -50,5 +50,5 @@ def assign_key(dest: Destination, plan: BundlePlan) -> None:
     if plan.kind == "tar":
         ext = "tar"
     else:
-        ext = "dcm" if plan.members[0].status == "dicom" else "bin"
+        ext = "dcm" if plan.members[0].about.status == "dicom" else "bin"
     plan.key = object_key(dest, plan.group, plan.bundle_id, ext)

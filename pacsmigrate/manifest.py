@@ -1,4 +1,12 @@
-"""The JSON manifest of a stored object, and the index rows derived from it."""
+"""The JSON manifest of a stored object, the tar trailer that locates it, and its entries.
+
+A tar bundle ends with two members of ours: the manifest `pacsmigrate-manifests/<id>.json`
+(every member: source path, offset, length, blake3, stat, UIDs), then the trailer
+`pacsmigrate-manifests/<id>.end`: one 512-byte JSON block giving the manifest's offset and
+length. So the last 2,048 bytes of any bundle (trailer header, trailer, the two zero
+blocks) locate its manifest: two range GETs describe a bundle without a sidecar object.
+Bundles written before the trailer existed are read by walking back from the tail.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +15,13 @@ import tarfile
 from typing import Any
 
 from .paths import from_fields, path_fields
-from .records import BundlePlan, Catalogued, now_iso
+from .records import BundlePlan, Described, Entry, now_iso
 
 FORMAT = "pacsmigrate.manifest/1"
+TRAILER_FORMAT = "pacsmigrate.trailer/1"
 MANIFEST_DIR = "pacsmigrate-manifests"
+BLOCK = 512
+TAIL = 4 * BLOCK  # trailer header + trailer + two zero blocks
 
 # Columns every index row carries, in export order.
 ROW_FIELDS = ("source_path", "source_path_b64", "key", "offset", "length", "blake3",
@@ -18,15 +29,15 @@ ROW_FIELDS = ("source_path", "source_path_b64", "key", "offset", "length", "blak
               "transfer_syntax", "size", "mtime_ns", "status", "reason")
 
 
-def member_entry(rec: Catalogued, *, name: str, offset: int, length: int,
-                 digest: str) -> dict[str, Any]:
+def member_json(e: Entry, name: str) -> dict[str, Any]:
     """One member as the manifest records it: where its bytes are and what they are."""
+    a = e.about
     return {
-        "name": name, **path_fields(rec.path), "offset": offset, "length": length,
-        "blake3": digest, "size": rec.size, "mtime_ns": rec.mtime_ns,
-        "study_uid": rec.study_uid, "series_uid": rec.series_uid, "sop_uid": rec.sop_uid,
-        "modality": rec.modality, "study_date": rec.study_date,
-        "transfer_syntax": rec.transfer_syntax, "status": rec.status, "reason": rec.reason,
+        "name": name, **path_fields(e.path), "offset": e.offset, "length": e.length,
+        "blake3": e.blake3, "size": e.size, "mtime_ns": e.mtime_ns,
+        "study_uid": a.study_uid, "series_uid": a.series_uid, "sop_uid": a.sop_uid,
+        "modality": a.modality, "study_date": a.study_date,
+        "transfer_syntax": a.transfer_syntax, "status": a.status, "reason": a.reason,
     }
 
 
@@ -34,14 +45,16 @@ def manifest_name(bundle_id: str) -> str:
     return f"{MANIFEST_DIR}/{bundle_id}.json"
 
 
-def build(plan: BundlePlan, members: list[dict[str, Any]]) -> bytes:
-    doc = {
-        "format": FORMAT, "key": plan.key, "kind": plan.kind, "group": plan.group,
-        "bundle_id": plan.bundle_id,
-        "created": now_iso(),
-        "members": members,
-    }
-    return json.dumps(doc, ensure_ascii=True, indent=0, sort_keys=False).encode()
+def trailer_name(bundle_id: str) -> str:
+    return f"{MANIFEST_DIR}/{bundle_id}.end"
+
+
+def build(plan: BundlePlan, members: list[str], *, created: str | None = None) -> bytes:
+    """The manifest: a header object, then one member (already JSON) per line."""
+    head = json.dumps({"format": FORMAT, "key": plan.key, "kind": plan.kind,
+                       "group": plan.group, "bundle_id": plan.bundle_id,
+                       "created": created or now_iso()}, ensure_ascii=True)
+    return (head[:-1] + ',\n"members": [\n' + ",\n".join(members) + "\n]}\n").encode()
 
 
 def parse(data: bytes) -> dict[str, Any]:
@@ -51,34 +64,60 @@ def parse(data: bytes) -> dict[str, Any]:
     return doc
 
 
-def rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """Index rows (one per source file) of a manifest."""
+def entries(doc: dict[str, Any]) -> list[Entry]:
+    """The typed entries of a parsed manifest."""
+    group = doc.get("group", "")
     out = []
     for m in doc["members"]:
-        row = {f: m.get(f, "") for f in ROW_FIELDS}
-        row["key"] = doc["key"]
-        row["path_hex"] = from_fields(m["source_path"], m["source_path_b64"]).hex()
-        out.append(row)
+        about = Described(group, m.get("status", "dicom"), m.get("reason", ""),
+                          m.get("study_uid", ""), m.get("series_uid", ""), m.get("sop_uid", ""),
+                          m.get("modality", ""), m.get("study_date", ""),
+                          m.get("transfer_syntax", ""))
+        out.append(Entry(from_fields(m["source_path"], m.get("source_path_b64", "")),
+                         int(m["offset"]), int(m["length"]), m["blake3"], int(m["size"]),
+                         int(m["mtime_ns"]), about))
     return out
+
+
+def trailer(offset: int, length: int) -> bytes:
+    """The 512-byte block that says where the manifest is."""
+    doc = json.dumps({"format": TRAILER_FORMAT, "manifest_offset": offset,
+                      "manifest_length": length}).encode()
+    return doc.ljust(BLOCK - 1) + b"\n"
+
+
+def read_trailer(tail: bytes) -> tuple[int, int] | None:
+    """(offset, length) of the manifest from a bundle's last TAIL bytes, or None."""
+    if len(tail) < TAIL:
+        return None
+    try:
+        info = tarfile.TarInfo.frombuf(tail[-TAIL:-TAIL + BLOCK], "utf-8", "surrogateescape")
+        doc = json.loads(tail[-TAIL + BLOCK:-2 * BLOCK])
+    except (tarfile.HeaderError, ValueError):
+        return None
+    if (not info.name.startswith(MANIFEST_DIR + "/") or not info.name.endswith(".end")
+            or doc.get("format") != TRAILER_FORMAT):
+        return None
+    return int(doc["manifest_offset"]), int(doc["manifest_length"])
 
 
 def find_in_tar_tail(tail: bytes, bundle_id: str) -> bytes | None:
     """Find the manifest member in the last bytes of a bundle, walking back 512-byte blocks.
 
-    Used after a crash between the bundle's upload and its sidecar's: tar headers carry
-    their own checksum, so a block that parses as our manifest's header is one.
+    For bundles written before the trailer: tar headers carry their own checksum, so a
+    block that parses as our manifest's header is one.
     """
     want = manifest_name(bundle_id)
     # A tar's length is a multiple of 512, so block boundaries sit at multiples of 512 from
     # the end, whatever offset the tail was read from.
-    for pos in range(len(tail) - 512, -1, -512):
-        block = tail[pos:pos + 512]
+    for pos in range(len(tail) - BLOCK, -1, -BLOCK):
+        block = tail[pos:pos + BLOCK]
         if want.encode() not in block[:100]:
             continue
         try:
             info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
         except tarfile.HeaderError:
             continue
-        if info.name == want and pos + 512 + info.size <= len(tail):
-            return tail[pos + 512: pos + 512 + info.size]
+        if info.name == want and pos + BLOCK + info.size <= len(tail):
+            return tail[pos + BLOCK: pos + BLOCK + info.size]
     return None

@@ -1,38 +1,38 @@
-"""The migrate run: catalogue the sources, then pack, upload and commit study by study."""
+"""The migrate run: walk, read, group and store in one stream, then the scattered stragglers."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
-from pathlib import Path
 
-from . import faults, keys
+from . import faults
 from .backends import Backend, open_backend
-from .backends.base import one_chunk
 from .checkpoint import Checkpoint
-from .classify import classify
-from .commit import Committer, abandon, reconcile
+from .commit import abandon, reconcile
 from .config import MigrateConfig
-from .errors import ConfigError, ObjectExistsError, StateError, first_error
-from .group import plans, requests_for
+from .errors import first_error
+from .group import Closed, Grouper
+from .keys import assign_key
 from .progress import Bar
-from .records import BundlePlan, Catalogued, FileEntry, Problem, now_iso
+from .read import ReadOptions
+from .reads import read_tree
+from .records import FILE, TAR, BundlePlan, Problem
 from .report import write_report
-from .scan import scan
+from .setup import check_state, key_secret
+from .sink import PlanSink, Sink, StoreSink
 from .stats import Stats
-from .upload import upload
+from .walk import Walker
 
 # Log lines name object keys (keyed hashes) and counts, never source paths, names or UIDs:
 # paths often contain patient IDs (PatientID/StudyDate/... layouts).
 log = logging.getLogger("pacsmigrate.pipeline")
 
 MAX_PASSES = 3
-IN_FLIGHT_BATCHES = 4
+SPILL_BATCH = 1000
 
 
 class Migration:
@@ -42,11 +42,8 @@ class Migration:
         self.cfg = cfg
         self.stats = Stats()
         self.backend: Backend | None = backend
-        self.cp: Checkpoint | None = None
         self.secret = b""
-        self._last_group = ""
-        self.reader = ThreadPoolExecutor(max_workers=cfg.read_threads,
-                                         thread_name_prefix="read")
+        self.pool = ThreadPoolExecutor(max_workers=cfg.read_threads, thread_name_prefix="read")
 
     async def run(self) -> Stats:
         try:
@@ -56,38 +53,33 @@ class Migration:
 
     async def _run(self) -> Stats:
         started = time.monotonic()
+        cfg = self.cfg
         async with AsyncExitStack() as stack:
-            self.cp = cp = Checkpoint(self.cfg.state_dir)
+            cp = Checkpoint(cfg.state_dir)
             stack.callback(cp.close)
-            stack.callback(self.reader.shutdown, wait=True)
-            self._check_state(cp)
-            log.info("%s of %d source tree(s) to %s", "dry run" if self.cfg.dry_run
-                     else "migration", len(self.cfg.sources), self.cfg.dest)
-            if not self.cfg.dry_run and self.backend is None:
-                self.backend = await open_backend(self.cfg.dest, self.cfg.transfer)
+            stack.callback(self.pool.shutdown, wait=True)
+            check_state(cp, cfg)
+            log.info("%s of %d source tree(s) to %s", "dry run" if cfg.dry_run
+                     else "migration", len(cfg.sources), cfg.dest)
+            if not cfg.dry_run and self.backend is None:
+                self.backend = await open_backend(cfg.dest, cfg.transfer)
                 stack.push_async_callback(self.backend.close)
             try:
-                self.secret = await self._secret(cp)
+                self.secret = await key_secret(cp, None if cfg.dry_run else self.backend,
+                                               cfg.dest)
                 dropped: list[str] = []
-                if self.backend is not None and not self.cfg.dry_run:
+                if self.backend is not None and not cfg.dry_run:
                     adopted, dropped = await reconcile(cp, self.backend)
                     self.stats.objects_adopted += adopted
                     self.stats.intents_dropped += len(dropped)
                     if adopted or dropped:
                         log.info("after an interrupted run: %d stored objects adopted, %d "
                                  "unfinished uploads to redo", adopted, len(dropped))
-                await self._catalogue(cp)
-                await cp.call(cp.settle_vanished)
-                s = self.stats
-                log.info("catalogue: %d files seen, %d classified (%d unsorted), %d already "
-                         "migrated, %d skipped, %d failed", s.files_seen, s.classified,
-                         sum(s.unsorted.values()), s.already_migrated, sum(s.skipped.values()),
-                         sum(s.failed.values()))
-                if self.cfg.dry_run:
-                    await self._plan_only(cp)
-                else:
-                    await self._store(cp)
-                    assert self.backend is not None
+                await cp.call(cp.clear_spill)
+                if cfg.dry_run:
+                    await cp.call(cp.clear_plan)
+                await self._stream(cp, started)
+                if self.backend is not None and not cfg.dry_run:
                     self.stats.uploads_aborted += await abandon(cp, self.backend, dropped)
             except BaseException:
                 # The run stops on an error: the report still says how far it got, but a
@@ -100,221 +92,186 @@ class Migration:
             await self._finish(cp, started)
         return self.stats
 
-    async def _finish(self, cp: Checkpoint, started: float) -> None:
-        if self.backend is not None:
-            self._collect_backend_stats(self.backend)
-        self.stats.pending_after = (await cp.call(cp.pending_totals))[0]
-        self.stats.not_migrated = self.stats.pending_after * (not self.cfg.dry_run) + (
-            await cp.call(cp.open_problems))
-        self.stats.seconds = round(time.monotonic() - started, 3)
-        if self.cfg.report_path is not None:
-            await cp.call(write_report, self.cfg.report_path, cp, self.stats, self.cfg)
-
-    def _collect_backend_stats(self, backend: Backend) -> None:
-        policy = getattr(backend, "policy", None)
-        if policy is not None:
-            self.stats.retries.update(policy.stats.retries)
-            self.stats.requests += policy.stats.requests
-            self.stats.throttle_slowdowns += policy.limit.decreases
-            self.stats.lowest_concurrency = policy.limit.lowest
-        self.stats.parts_reused += getattr(backend, "parts_reused", 0)
-
-    # -- state ------------------------------------------------------------------------
-    def _check_state(self, cp: Checkpoint) -> None:
-        dest = str(self.cfg.dest)
-        known = cp.get_meta("config")
-        if known is None:
-            cp.put_meta("config", {"dest": dest, "endpoint_url": self.cfg.dest.endpoint_url,
-                                   "sources": [os.path.abspath(s) for s in self.cfg.sources],
-                                   "created": now_iso()})
-        elif known["dest"] != dest:
-            raise ConfigError(f"state directory {self.cfg.state_dir} belongs to a migration "
-                              f"to {known['dest']}, not {dest}; use another --state")
-        # Read-side commands (verify, get, restore) reach the store the way this run did.
-        ca = self.cfg.transfer.ca_bundle
-        cp.put_meta("ca_bundle", str(Path(ca).resolve()) if ca else None)
-
-    async def _secret(self, cp: Checkpoint) -> bytes:
-        """The key secret: the store's descriptor wins, the state remembers it.
-
-        Kept in the store so any machine (and `index rebuild`) derives the same keys.
-        """
-        mine = cp.get_meta("key_secret")
-        if self.backend is None or self.cfg.dry_run:
-            if mine is None:
-                mine = keys.new_secret().hex()
-                cp.put_meta("key_secret", mine)
-            return bytes.fromhex(mine)
-        name = self.cfg.dest.key(keys.DESCRIPTOR)
-        theirs = await self._read_descriptor(name)
-        if theirs is None:
-            secret = mine or keys.new_secret().hex()
-            doc = {"format": "pacsmigrate.store/1", "key_secret": secret, "created": now_iso()}
-            try:
-                await self.backend.save(name, one_chunk(json.dumps(doc).encode()))
-            except ObjectExistsError:
-                theirs = await self._read_descriptor(name)
-            else:
-                theirs = secret
-        assert theirs is not None
-        if mine != theirs:
-            if cp.counts()["objects"]:
-                raise StateError("the store's key secret differs from this state's; the "
-                                 "state directory belongs to another store")
-            await cp.call(cp.reset_catalogue)  # planned with another secret: plan again
-            cp.put_meta("key_secret", theirs)
-        return bytes.fromhex(theirs)
-
-    async def _read_descriptor(self, name: str) -> str | None:
-        assert self.backend is not None
-        if await self.backend.stat(name) is None:
-            return None
-        doc = json.loads(await self.backend.load(name))
-        return str(doc["key_secret"])
-
-    # -- phase 1: catalogue -----------------------------------------------------------
-    async def _catalogue(self, cp: Checkpoint) -> None:
-        roots = [os.fsencode(os.path.abspath(s)) for s in self.cfg.sources]
-        bar = Bar("catalogue", total_bytes=None, total_files=None, enabled=self.cfg.progress)
-        slots = asyncio.Semaphore(IN_FLIGHT_BATCHES)
-        loop = asyncio.get_running_loop()
-
-        async def handle(batch: list[FileEntry | Problem]) -> None:
-            try:
-                entries = [e for e in batch if isinstance(e, FileEntry)]
-                problems = [p for p in batch if isinstance(p, Problem)]
-                todo, done, known = await cp.call(cp.triage, entries)
-                results = await asyncio.gather(*(
-                    loop.run_in_executor(self.reader, _classify, e, self.secret,
-                                         self.cfg.dry_run) for e in todo))
-                records = [r for r in results if isinstance(r, Catalogued)]
-                problems += [r for r in results if isinstance(r, Problem)]
-                await cp.call(cp.catalogue, records, problems)
-                faults.point("mid-catalogue")
-                s = self.stats
-                s.files_seen += len(entries)
-                s.bytes_seen += sum(e.size for e in entries)
-                s.already_migrated += done
-                s.already_catalogued += known
-                s.classified += len(records)
-                for r in records:
-                    if r.reason:
-                        s.unsorted[r.reason] += 1
-                self._count_problems(problems)
-                bar.update(files=len(entries), nbytes=sum(e.size for e in todo))
-            finally:
-                slots.release()
-
-        try:
-            async with asyncio.TaskGroup() as tg:
-                async for batch in scan(roots, threads=self.cfg.scan_threads):
-                    await slots.acquire()
-                    tg.create_task(handle(batch))
-        finally:
-            bar.close()
-
-    def _count_problems(self, problems: list[Problem]) -> None:
-        for p in problems:
-            log.debug("not stored: %s", p.reason)
-            (self.stats.skipped if p.final else self.stats.failed)[p.reason] += 1
-
-    # -- phase 2: pack, upload, commit ------------------------------------------------
-    async def _plan_only(self, cp: Checkpoint) -> None:
+    def _sink(self, cp: Checkpoint, started: float, bar: Bar) -> Sink:
         t = self.cfg.transfer
-        async for plan in plans(cp, self.cfg.dest, bundle_size=self.cfg.bundle_size,
-                                large_file=self.cfg.large_file):
-            self._count_plan(plan)
-            self.stats.planned_requests += requests_for(
-                plan, threshold=t.multipart_threshold, part_size=t.part_size)
+        if self.cfg.dry_run:
+            return PlanSink(cp, self.stats, bar, part_size=t.part_size)
+        assert self.backend is not None
+        return StoreSink(cp, self.stats, bar, backend=self.backend, pool=self.pool,
+                         secret=self.secret, objects=2 * t.concurrency,
+                         memory=self.cfg.memory // 2, expect=cp.counts()["plan"] > 0,
+                         started=started)
 
-    def _count_plan(self, plan: BundlePlan) -> None:
-        """Plans arrive in group order, so a new study is a change of group (no set kept)."""
-        s = self.stats
-        s.planned_objects += 1
-        s.planned_files += len(plan.members)
-        s.planned_bytes += plan.size
-        if plan.group != self._last_group and plan.members[0].status == "dicom":
-            s.studies += 1
-        self._last_group = plan.group
-
-    async def _store(self, cp: Checkpoint) -> None:
-        files, size = await cp.call(cp.pending_totals)
-        bar = Bar("upload", total_bytes=size, total_files=files, enabled=self.cfg.progress)
+    async def _stream(self, cp: Checkpoint, started: float) -> None:
+        cfg = self.cfg
+        bar = Bar("store" if not cfg.dry_run else "plan", total_bytes=None, total_files=None,
+                  enabled=cfg.progress, position=1)
+        sink = self._sink(cp, started, bar)
         try:
-            for _ in range(MAX_PASSES):
-                if not await self._store_pass(cp, bar):
-                    break
+            await self._walk(cp, sink)
+            await cp.call(cp.settle_vanished)
+            s = self.stats
+            log.info("walk: %d files seen, %d read (%d unsorted), %d already migrated, %d "
+                     "spilled, %d skipped, %d failed", s.files_seen, s.classified,
+                     sum(s.unsorted.values()), s.already_migrated, s.spilled,
+                     sum(s.skipped.values()), sum(s.failed.values()))
+            await self._stragglers(cp, sink)
+        except BaseException:
+            if isinstance(sink, StoreSink):
+                await sink.cancel()
+            raise
         finally:
             bar.close()
 
-    async def _store_pass(self, cp: Checkpoint, bar: Bar) -> int:
-        """One pass over the catalogue; returns how many plans it handled."""
-        assert self.backend is not None
-        width = self.cfg.transfer.concurrency
-        queue: asyncio.Queue[BundlePlan | None] = asyncio.Queue(width)
-        committer = Committer(cp)
+    async def _walk(self, cp: Checkpoint, sink: Sink) -> None:
+        """Walk, read and group the sources; plans go to the sink as studies close."""
+        cfg = self.cfg
+        roots = [os.fsencode(os.path.abspath(s)) for s in cfg.sources]
+        opts = ReadOptions(self.secret, hold_max=cfg.hold_max, header_bytes=cfg.header_bytes,
+                           dry_run=cfg.dry_run,
+                           skip_migrated=cp.counts()["index"] > 0)
+        grouper = Grouper(bundle_size=cfg.bundle_size, large_file=cfg.large_file,
+                          memory=cfg.memory // 2)
+        problems: list[Problem] = []
+        s = self.stats
+        bar = Bar("read", total_bytes=None, total_files=None, enabled=cfg.progress, position=0)
+        # A separate counting walk gives the bars their totals (restic's way).
+        counting = asyncio.create_task(count_for(roots, [bar, sink.bar])) if cfg.progress \
+            else None
+        try:
+            await self._read_and_group(cp, sink, roots, opts, grouper, problems, bar)
+        finally:
+            bar.close()
+            if counting is not None:
+                counting.cancel()
+                await asyncio.gather(counting, return_exceptions=True)
+        await cp.call(cp.record_problems, problems)
+        out = Closed()
+        spilled = await cp.call(cp.spilled_groups, list(grouper.open))
+        grouper.finish(out, spilled=spilled.__contains__)
+        await self._emit(cp, sink, out)
+
+    async def _read_and_group(self, cp: Checkpoint, sink: Sink, roots: list[bytes],
+                              opts: ReadOptions, grouper: Grouper, problems: list[Problem],
+                              bar: Bar) -> None:
+        s = self.stats
+        async for result in read_tree(roots, self.pool, opts, cp,
+                                      jobs=2 * self.cfg.read_threads):
+            s.files_seen += result.listed
+            s.bytes_seen += result.seen_bytes
+            s.already_migrated += result.migrated
+            s.classified += len(result.members)
+            for m in result.members:
+                if m.about.reason:
+                    s.unsorted[m.about.reason] += 1
+            s.count_problems(result.problems)
+            problems += result.problems
+            out = Closed()
+            grouper.enter(result.directory, out)
+            for m in result.members:
+                grouper.add(m, out)
+            await self._emit(cp, sink, out)
+            if len(problems) >= SPILL_BATCH:
+                await cp.call(cp.record_problems, problems[:])
+                problems.clear()
+            bar.update(files=result.seen, nbytes=result.seen_bytes)
+            faults.point("mid-catalogue")
+
+    async def _emit(self, cp: Checkpoint, sink: Sink, out: Closed) -> None:
+        if out.spill:
+            for m in out.spill:
+                m.data = None  # read again when its study is packed
+            self.stats.spilled += len(out.spill)
+            await cp.call(cp.spill, out.spill)
+        for plan in out.plans:
+            await self._put(sink, plan)
+
+    async def _put(self, sink: Sink, plan: BundlePlan) -> None:
+        assign_key(self.cfg.dest, plan)
+        await sink.put(plan)
+
+    async def _stragglers(self, cp: Checkpoint, sink: Sink) -> None:
+        """Pack the spilled files by study, then those whose study changed since they were
+        read (or that changed while sent), a few passes at most; what is left stays in
+        the spill, reported as pending."""
+        if self.cfg.dry_run:  # nothing is stored, so one pass plans every spilled file
+            await self._pack_spill(cp, sink)
+            await sink.drain()
+            await cp.call(cp.clear_spill)
+            return
+        for attempt in range(MAX_PASSES + 1):
+            await sink.drain()
+            if isinstance(sink, StoreSink) and sink.moved:
+                moved, sink.moved = sink.moved, []
+                await cp.call(cp.spill, moved)
+            if attempt == MAX_PASSES or not (await cp.call(cp.counts))["spill"]:
+                break
+            await self._pack_spill(cp, sink)
+
+    async def _pack_spill(self, cp: Checkpoint, sink: Sink) -> int:
+        """One pass over the spill in (study, path) order; returns the plans it made.
+
+        Files a plan could not store stay in the spill (or come back to it) for the next.
+        """
+        cfg = self.cfg
+        after = b""
+        current: BundlePlan | None = None
         handled = 0
-
-        async def worker() -> None:
-            while (plan := await queue.get()) is not None:
-                await self._store_one(cp, committer, plan, bar)
-
-        async def release(batch: list[BundlePlan]) -> None:
-            # Write-ahead, one transaction per batch, before any byte of them is sent.
-            await cp.call(cp.put_intents, batch)
-            for plan in batch:
-                faults.point("after-intent")
-                await queue.put(plan)
-
-        async with asyncio.TaskGroup() as tg:
-            workers = [tg.create_task(worker()) for _ in range(width)]
-            batch: list[BundlePlan] = []
-            async for plan in plans(cp, self.cfg.dest, bundle_size=self.cfg.bundle_size,
-                                    large_file=self.cfg.large_file):
-                self._count_plan(plan)
-                batch.append(plan)
-                handled += 1
-                if len(batch) >= width:
-                    await release(batch)
-                    batch = []
-            await release(batch)
-            for _ in workers:
-                await queue.put(None)
-        self.stats.commit_transactions += committer.transactions
+        while batch := await cp.call(cp.spill_after, after, SPILL_BATCH):
+            for _, m in batch:
+                if m.size > cfg.large_file:
+                    await self._put(sink, BundlePlan(m.group, FILE, [m], size=m.size))
+                    handled += 1
+                    continue
+                if current is not None and (current.group != m.group
+                                            or current.size + m.size > cfg.bundle_size):
+                    await self._put(sink, current)
+                    handled += 1
+                    current = None
+                if current is None:
+                    current = BundlePlan(m.group, TAR)
+                current.add(m)
+            after = batch[-1][0]
+        if current is not None:
+            await self._put(sink, current)
+            handled += 1
         return handled
 
-    async def _store_one(self, cp: Checkpoint, committer: Committer, plan: BundlePlan,
-                         bar: Bar) -> None:
-        assert self.backend is not None
-        stored, result = await upload(plan, self.backend, self.reader, secret=self.secret)
+    async def _finish(self, cp: Checkpoint, started: float) -> None:
         s = self.stats
-        if stored is None:
-            await cp.call(cp.drop_intent, plan.key)
-            log.info("nothing stored for %s: its files moved, vanished or changed", plan.key)
-        else:
-            n = await committer.commit(stored)
-            faults.point("after-commit")
-            s.files_migrated += n
-            log.info("%s %s: %d files, %d bytes", "adopted" if stored.adopted else "stored",
-                     plan.key, n, stored.info.size)
-            if stored.adopted:
-                s.objects_adopted += 1
-            else:
-                s.objects_uploaded += 1
-                s.bundles_uploaded += plan.kind == "tar"
-                s.bytes_uploaded += stored.info.size
-        s.reread_changed += result.reread
-        s.reread_bytes += result.reread_bytes
-        s.moved_study += len(result.moved)
-        s.dry_run_mismatch += len(result.dry_run_mismatch)
-        self._count_problems(result.problems)
-        if result.moved or result.problems:
-            await cp.call(cp.catalogue, result.moved, result.problems)
-        bar.update(files=len(plan.members), nbytes=plan.size)
+        if self.backend is not None:
+            collect_backend_stats(s, self.backend)
+        s.studies = await cp.call(cp.group_entries)
+        s.pending_after = 0 if self.cfg.dry_run else (await cp.call(cp.counts))["spill"]
+        s.not_migrated = s.pending_after + await cp.call(cp.open_problems)
+        s.seconds = round(time.monotonic() - started, 3)
+        if self.cfg.report_path is not None:
+            await cp.call(write_report, self.cfg.report_path, cp, s, self.cfg)
 
 
-def _classify(entry: FileEntry, secret: bytes, hash_all: bool) -> Catalogued | Problem:
-    return classify(entry, secret=secret, hash_all=hash_all)
+async def count_for(roots: list[bytes], bars: list[Bar]) -> None:
+    """Count the files under roots, then give the bars their total."""
+    walker = Walker(roots)
+    n = 0
+    try:
+        while (got := await walker.next()) is not None:
+            n += len(got.files)
+            if walker.listings % 64 == 0:
+                await asyncio.sleep(0)  # listings inline on fast storage: let the run go on
+    finally:
+        walker.close()
+    for bar in bars:
+        bar.total_files = n
+
+
+def collect_backend_stats(s: Stats, backend: Backend) -> None:
+    policy = getattr(backend, "policy", None)
+    if policy is not None:
+        s.retries.update(policy.stats.retries)
+        s.requests += policy.stats.requests
+        s.throttle_slowdowns += policy.limit.decreases
+        s.lowest_concurrency = policy.limit.lowest
+    s.parts_reused += getattr(backend, "parts_reused", 0)
 
 
 async def migrate(cfg: MigrateConfig, *, backend: Backend | None = None) -> Stats:

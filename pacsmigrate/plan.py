@@ -1,4 +1,4 @@
-"""The plan a dry run leaves in the state: every catalogued file, with the hash it read."""
+"""The plan a dry run leaves in the state: every file it read, with the hash it read."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from .checkpoint import Checkpoint
-from .paths import path_fields
 
 PLAN_FIELDS = ("source_path", "source_path_b64", "size", "mtime_ns", "blake3", "study_uid",
                "series_uid", "sop_uid", "modality", "study_date", "transfer_syntax", "status",
@@ -17,9 +16,8 @@ FORMATS = ("csv", "jsonl")
 
 
 def planned(cp: Checkpoint) -> Iterator[dict[str, Any]]:
-    """Files catalogued but not stored yet, in study order (blake3 is set after --dry-run)."""
-    for _, rec in cp.iter_db("catalogue"):
-        row = {**rec, **path_fields(bytes.fromhex(rec["path"]))}
+    """Every file the last dry run read, in path order, with the blake3 of what it read."""
+    for _, row in cp.iter_db("plan"):
         yield {f: row.get(f, "") for f in PLAN_FIELDS}
 
 

@@ -1,4 +1,4 @@
-"""Rebuild a lost state's index from the store alone: every object's manifest is beside it."""
+"""Rebuild a lost state's index from the store alone: every object describes itself."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ from typing import Any
 from . import keys, manifest
 from .backends.base import Backend
 from .checkpoint import Checkpoint
-from .commit import commit
 from .config import Destination
 from .errors import StateError
 from .progress import Bar
-from .records import now_iso
-from .upload import Stored
+from .records import Entry, StoredObject, now_iso
+from .upload import manifest_of_bundle
 
 
 @dataclass
@@ -23,19 +22,23 @@ class RebuildResult:
     rows: int = 0
     superseded: int = 0  # rows replaced by a newer version of the same file
     missing_objects: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)  # bundles whose manifest is unreadable
 
 
-def _newer(row: dict[str, Any], old: dict[str, Any] | None, created: str,
-           old_created: str) -> bool:
+def _newer(mtime_ns: int, old: dict[str, Any] | None, created: str, old_created: str) -> bool:
     """A file migrated twice (it changed on the NAS): the later version wins, as in the run."""
     if old is None:
         return True
-    return (int(row["mtime_ns"]), created) >= (int(old["mtime_ns"]), old_created)
+    return (mtime_ns, created) >= (int(old["mtime_ns"]), old_created)
 
 
 async def rebuild(backend: Backend, dest: Destination, cp: Checkpoint, *,
                   progress: bool = False) -> RebuildResult:
-    """Read every sidecar manifest under the prefix and commit it into a fresh checkpoint."""
+    """Read every object's manifest under the prefix and commit it into a fresh checkpoint.
+
+    A tar bundle's manifest is found through its trailer (two range GETs); a raw large
+    file's in its sidecar `.json`; bundles from before the trailer have sidecars too.
+    """
     if cp.counts()["objects"]:
         raise StateError(f"{cp.state_dir} already holds a migration; rebuild into a new --state")
     descriptor = dest.key(keys.DESCRIPTOR)
@@ -48,39 +51,52 @@ async def rebuild(backend: Backend, dest: Destination, cp: Checkpoint, *,
     result = RebuildResult()
     bar = Bar("rebuild", total_bytes=None, total_files=None, enabled=progress)
     prefix = dest.key("")
+    described = ""  # the stem of the last sidecar: `id.json` lists before `id.tar`
     try:
         async for info in backend.list(f"{prefix}/" if prefix else ""):
-            if not info.key.endswith(".json") or info.key == descriptor:
+            stem, _, ext = info.key.rpartition(".")
+            if info.key == descriptor or not stem:
                 continue
-            doc = manifest.parse(await backend.load(info.key))
-            data = await backend.stat(doc["key"])
-            if data is None:
-                result.missing_objects.append(doc["key"])
+            if ext == "json":
+                described = stem
+                doc = manifest.parse(await backend.load(info.key))
+                data = await backend.stat(doc["key"])
+                if data is None:
+                    result.missing_objects.append(doc["key"])
+                    continue
+            elif ext == "tar" and stem != described:
+                raw = await manifest_of_bundle(backend, info.key, info.size,
+                                               stem.rpartition("/")[2])
+                if raw is None:
+                    result.unreadable.append(info.key)
+                    continue
+                doc, data = manifest.parse(raw), info
+            else:
                 continue
-            rows, superseded = await _keep_newest(cp, doc)
+            entries, superseded = await _keep_newest(cp, doc)
             result.superseded += superseded
-            doc = {**doc, "members": rows}
-            result.rows += await commit(cp, Stored(data, doc, adopted=True))
+            await cp.call(cp.commit_objects, [StoredObject(
+                doc["key"], doc["kind"], doc["group"], doc.get("bundle_id", ""), data.size,
+                data.etag, doc.get("created", ""), tuple(entries), adopted=True)])
+            result.rows += len(entries)
             result.manifests += 1
-            bar.update(files=len(rows))
+            bar.update(files=len(entries))
     finally:
         bar.close()
     return result
 
 
-async def _keep_newest(cp: Checkpoint, doc: dict[str, Any]
-                       ) -> tuple[list[dict[str, Any]], int]:
-    """Members of doc newer than what the rebuilt index holds, and how many versions lost."""
+async def _keep_newest(cp: Checkpoint, doc: dict[str, Any]) -> tuple[list[Entry], int]:
+    """Entries of doc newer than what the rebuilt index holds, and how many versions lost."""
     keep = []
     superseded = 0
-    for m in doc["members"]:
-        path = manifest.rows({**doc, "members": [m]})[0]["path_hex"]
-        old = await cp.call(cp.index_row, bytes.fromhex(path))
+    for e in manifest.entries(doc):
+        old = await cp.call(cp.index_row, e.path)
         old_created = ""
         if old is not None:
             old_obj = await cp.call(cp.object_record, old["key"])
             old_created = old_obj.get("created", "") if old_obj else ""
-        if _newer(m, old, doc.get("created", ""), old_created):
-            keep.append(m)
+        if _newer(e.mtime_ns, old, doc.get("created", ""), old_created):
+            keep.append(e)
         superseded += old is not None
     return keep, superseded

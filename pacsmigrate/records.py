@@ -1,9 +1,8 @@
-"""The small value objects that flow between pipeline stages."""
+"""The typed records that travel between pipeline stages, from the read to the commit."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,15 +10,8 @@ from .paths import path_fields
 
 DICOM = "dicom"
 UNSORTED = "unsorted"
-
-
-@dataclass(frozen=True, slots=True)
-class FileEntry:
-    """A regular file found by the scan, with what its stat said then."""
-
-    path: bytes
-    size: int
-    mtime_ns: int
+TAR = "tar"
+FILE = "file"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,12 +33,9 @@ class Problem:
 
 
 @dataclass(frozen=True, slots=True)
-class Catalogued:
-    """One classified file waiting to be packed, keyed in the catalogue by its group."""
+class Described:
+    """What a file's header says about it, and which group (study or directory) it joins."""
 
-    path: bytes
-    size: int
-    mtime_ns: int
     group: str
     status: str = DICOM
     reason: str = ""
@@ -56,18 +45,39 @@ class Catalogued:
     modality: str = ""
     study_date: str = ""
     transfer_syntax: str = ""
-    blake3: str = ""  # set only by a dry-run, which hashes everything up front
 
-    def dumps(self) -> bytes:
-        d = asdict(self)
-        d["path"] = self.path.hex()
-        return json.dumps(d, separators=(",", ":")).encode()
 
-    @classmethod
-    def loads(cls, raw: bytes) -> Catalogued:
-        d = json.loads(raw)
-        d["path"] = bytes.fromhex(d["path"])
-        return cls(**d)
+@dataclass(slots=True)
+class Member:
+    """A file read for packing: its stat, its header, and its bytes (or None: read at upload).
+
+    Small files are read whole once and carried here; larger ones (`data` None) are read
+    again only when their bundle is sent, checked against this stat.
+    """
+
+    path: bytes
+    size: int
+    mtime_ns: int
+    about: Described
+    blake3: str = ""  # of `data` (or, after a dry run, of the whole file)
+    data: bytes | None = None
+
+    @property
+    def group(self) -> str:
+        return self.about.group
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stored file as its manifest and the index record it: where its bytes are."""
+
+    path: bytes
+    offset: int
+    length: int
+    blake3: str
+    size: int
+    mtime_ns: int
+    about: Described
 
 
 @dataclass(slots=True)
@@ -75,14 +85,30 @@ class BundlePlan:
     """Files of one group to pack into one object (a tar bundle, or one large file alone)."""
 
     group: str
-    kind: str  # "tar" or "file"
-    members: list[Catalogued] = field(default_factory=list)
+    kind: str  # TAR or FILE
+    members: list[Member] = field(default_factory=list)
     key: str = ""
     bundle_id: str = ""
+    size: int = 0  # sum of the members' sizes
 
-    @property
-    def size(self) -> int:
-        return sum(m.size for m in self.members)
+    def add(self, m: Member) -> None:
+        self.members.append(m)
+        self.size += m.size
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    """An object the store acknowledged (or that a run adopted), with its entries."""
+
+    key: str
+    kind: str
+    group: str
+    bundle_id: str
+    size: int
+    etag: str
+    created: str
+    entries: tuple[Entry, ...]
+    adopted: bool = False
 
 
 def now_iso() -> str:

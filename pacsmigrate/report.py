@@ -9,7 +9,6 @@ from typing import IO, Any
 
 from .checkpoint import Checkpoint
 from .config import MigrateConfig
-from .paths import path_fields
 from .records import now_iso
 from .stats import Stats
 
@@ -38,9 +37,9 @@ def write_report(path: Path, cp: Checkpoint, stats: Stats, cfg: MigrateConfig) -
                 "destination": str(cfg.dest), "sources": [str(s) for s in cfg.sources],
                 "dry_run": cfg.dry_run, "run": stats.as_dict(), "state": cp.counts()}
         out.write(json.dumps(head, ensure_ascii=True, indent=1)[:-2])
-        pending = ({**path_fields(bytes.fromhex(v["path"])), "reason": "pending",
-                    "detail": "catalogued, not yet stored"}
-                   for _, v in cp.iter_db("catalogue"))
+        pending = ({"source_path": v["source_path"], "source_path_b64": v["source_path_b64"],
+                    "reason": "pending", "detail": "read, not yet stored"}
+                   for _, v in cp.iter_db("spill"))
         problems = list_problems(cp, final=False)
         _stream(out, "not_migrated", _chain(problems, pending))
         _stream(out, "skipped", list_problems(cp, final=True))

@@ -32,25 +32,11 @@ def open_source(path: bytes) -> int:
 
 def open_regular(path: bytes, *, vanished: str, buffering: int = 0
                  ) -> tuple[BinaryIO, os.stat_result] | Problem:
-    """The open file and its fstat, or the Problem that says why it is not a regular file.
-
-    One place decides what each failure means, for every stage that reads sources:
-    gone (deliberate skip, reason `vanished`), a symlink or a directory now (skip, as the
-    scan would have), a path too long for the kernel (skip, listed), else unreadable (the
-    run must come back to it).
-    """
+    """The open file and its fstat, or the Problem that says why it is not a regular file."""
     try:
         fd = open_source(path)
-    except FileNotFoundError:
-        return Problem(path, vanished)
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return Problem(path, "symlink not followed")
-        if exc.errno == errno.ENAMETOOLONG:
-            return Problem(path, "path too long to open", exc.strerror or "")
-        if exc.errno == errno.EISDIR:
-            return Problem(path, "not a regular file any more")
-        return Problem(path, "unreadable", exc.strerror or str(exc), final=False)
+        return problem_for(path, exc, vanished=vanished)
     try:
         st = os.fstat(fd)
     except OSError as exc:
@@ -60,6 +46,37 @@ def open_regular(path: bytes, *, vanished: str, buffering: int = 0
         os.close(fd)
         return Problem(path, "not a regular file any more")
     return os.fdopen(fd, "rb", buffering=buffering), st
+
+
+def problem_for(path: bytes, exc: OSError, *, vanished: str) -> Problem:
+    """What a failed open of a source file means, decided in one place for every stage.
+
+    Gone: a deliberate skip (reason `vanished`); a symlink or a directory now: skipped, as
+    the scan would have; a path too long for the kernel: skipped, listed; anything else:
+    unreadable, and the run must come back to it.
+    """
+    if isinstance(exc, FileNotFoundError):
+        return Problem(path, vanished)
+    if exc.errno == errno.ELOOP:
+        return Problem(path, "symlink not followed")
+    if exc.errno == errno.ENAMETOOLONG:
+        return Problem(path, "path too long to open", exc.strerror or "")
+    if exc.errno == errno.EISDIR:
+        return Problem(path, "not a regular file any more")
+    return Problem(path, "unreadable", exc.strerror or str(exc), final=False)
+
+
+def read_exact(fd: int, n: int) -> bytes:
+    """Up to n bytes from fd, fewer only at end of file (NFS and FUSE may return short)."""
+    data = os.read(fd, n)
+    if len(data) == n or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < n and (more := os.read(fd, n - got)):
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
 
 
 def hash_file(f: BinaryIO) -> tuple[str, int]:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from .records import Problem
 
 
 @dataclass
@@ -14,8 +17,8 @@ class Stats:
     files_seen: int = 0
     bytes_seen: int = 0
     already_migrated: int = 0
-    already_catalogued: int = 0
     classified: int = 0
+    spilled: int = 0  # files of scattered studies, packed after the walk
     unsorted: Counter[str] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
     failed: Counter[str] = field(default_factory=Counter)
@@ -43,7 +46,12 @@ class Stats:
     studies: int = 0
     pending_after: int = 0
     not_migrated: int = 0
+    first_object_seconds: float = 0.0  # from the start until the first object was committed
     seconds: float = 0.0
+
+    def count_problems(self, problems: Iterable[Problem]) -> None:
+        for p in problems:
+            (self.skipped if p.final else self.failed)[p.reason] += 1
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

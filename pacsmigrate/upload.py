@@ -1,37 +1,29 @@
-"""Upload stage: stream a plan's parts into the store; recover objects a crash left behind."""
+"""Upload stage: pack a plan and store it in one request (or a multipart upload); recover
+the objects a killed run left behind."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Executor
-from dataclasses import dataclass
-from typing import Any
 
 import blake3
 
 from . import faults, manifest
 from .backends.base import Backend, ObjectInfo, one_chunk
-from .bundle import PackResult, file_parts, tar_parts
+from .bundle import Built, file_parts, tar_parts
 from .errors import BackendError, ObjectExistsError, SourceChangedError
 from .keys import sidecar_key
 from .paths import member_name
-from .records import BundlePlan
+from .records import FILE, TAR, BundlePlan, Entry, StoredObject
 
-TAIL_BYTES = 8 << 20
-META = {"pacsmigrate-format": "1"}
-
-
-@dataclass
-class Stored:
-    """An object the store acknowledged, with the manifest that describes it."""
-
-    info: ObjectInfo
-    doc: dict[str, Any]
-    adopted: bool = False
+META = {"pacsmigrate-format": "2"}
+INLINE_MAX = 1 << 20  # bundles this small, all in memory, are packed on the event loop
+LEGACY_TAIL = 8 << 20
 
 
-async def _drain(gen: Iterator[bytes], first: bytes, pool: Executor) -> AsyncIterator[bytes]:
+async def _parts(gen: Iterator[bytes], first: bytes, pool: Executor) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     yield first
     faults.point("mid-upload")
@@ -39,51 +31,72 @@ async def _drain(gen: Iterator[bytes], first: bytes, pool: Executor) -> AsyncIte
         yield chunk
 
 
-async def upload(plan: BundlePlan, backend: Backend, pool: Executor, *,
-                 secret: bytes) -> tuple[Stored | None, PackResult]:
+async def _listed(chunks: list[bytes]) -> AsyncIterator[bytes]:
+    for i, chunk in enumerate(chunks):
+        if i == 1:
+            faults.point("mid-upload")
+        yield chunk
+
+
+async def store(plan: BundlePlan, backend: Backend, pool: Executor, *, secret: bytes,
+                expect: dict[bytes, str] | None = None) -> tuple[StoredObject | None, Built]:
     """Pack and store one plan. None when no member could be packed (all moved/vanished).
 
     Source reads run in `pool`; at most a few parts per object are in memory at once.
     """
-    result = PackResult()
-    make = tar_parts if plan.kind == "tar" else file_parts
-    gen = make(plan, result, part_size=backend.part_size(plan.size), secret=secret)
-    loop = asyncio.get_running_loop()
+    built = Built()
+    make = tar_parts if plan.kind == TAR else file_parts
+    gen = make(plan, built, part_size=backend.part_size(plan.size), secret=secret,
+               expect=expect)
+    meta = {**META, "pacsmigrate-kind": plan.kind}
     try:
-        first = await loop.run_in_executor(pool, next, gen, None)
-        if first is None:
-            return None, result
-        info = await backend.save(plan.key, _drain(gen, first, pool),
-                                  metadata={**META, "pacsmigrate-kind": plan.kind})
+        if plan.size <= INLINE_MAX and all(m.data is not None for m in plan.members):
+            chunks = list(gen)  # no file to read: cheaper here than a thread hand-off
+            if not chunks:
+                return None, built
+            info = await backend.save(plan.key, _listed(chunks), metadata=meta)
+        else:
+            first = await asyncio.get_running_loop().run_in_executor(pool, next, gen, None)
+            if first is None:
+                return None, built
+            info = await backend.save(plan.key, _parts(gen, first, pool), metadata=meta)
     except SourceChangedError:
-        # The upload was aborted; the file stays catalogued and the next pass retries it.
-        result.reread += 1
-        return None, result
+        # The upload was aborted; the file is read again on the next pass.
+        built.reread += 1
+        built.again.extend(plan.members)
+        return None, built
     except ObjectExistsError:
         # An earlier attempt stored this exact plan (deterministic key): adopt what it
-        # stored. This attempt's findings are dropped; plan members the stored manifest
-        # lacks stay catalogued and go into the next pass.
-        return await recover(plan, backend), PackResult()
+        # stored. Plan members its manifest lacks are read again on the next pass.
+        return await recover(plan, backend), Built()
     faults.point("after-upload")
-    await save_sidecar(backend, plan.key, result.manifest)
+    if plan.kind == FILE:
+        await save_sidecar(backend, plan.key, built.manifest)
     faults.point("after-sidecar")
-    return Stored(info, manifest.parse(result.manifest)), result
+    return _stored(plan, info, built.created, built.entries), built
+
+
+def _stored(plan: BundlePlan, info: ObjectInfo, created: str, entries: list[Entry],
+            *, adopted: bool = False) -> StoredObject:
+    return StoredObject(plan.key, plan.kind, plan.group, plan.bundle_id, info.size, info.etag,
+                        created, tuple(entries), adopted)
 
 
 async def save_sidecar(backend: Backend, key: str, doc: bytes) -> None:
-    """The manifest beside its object, so the store alone can rebuild the index."""
+    """The manifest beside a raw object (a tar bundle carries its own)."""
     try:
         await backend.save(sidecar_key(key), one_chunk(doc), metadata=META)
     except ObjectExistsError:
         pass  # written by the attempt that stored the object
 
 
-async def recover(plan: BundlePlan, backend: Backend) -> Stored | None:
-    """The manifest of an object stored by an interrupted run, or None if it is absent.
+async def recover(plan: BundlePlan, backend: Backend) -> StoredObject | None:
+    """What an interrupted run stored at plan.key, or None if nothing is there.
 
-    Order of evidence: the sidecar; else the manifest inside the tar's tail; else (a raw
-    large file) the object's bytes hashed afresh. A missing sidecar is written back. An
-    object at our key that none of these explains is an error, never silently reused.
+    Evidence, in order: a sidecar manifest; else the manifest the tar's trailer points at
+    (or, in bundles older than the trailer, found walking back from the tail); else, for a
+    raw large file, the object's bytes hashed afresh. An object at our key that none of
+    these explains is an error, never silently reused.
     """
     info = await backend.stat(plan.key)
     if info is None:
@@ -98,25 +111,39 @@ async def recover(plan: BundlePlan, backend: Backend) -> Stored | None:
         raise BackendError(f"an object not written by this migration is at {plan.key}; "
                            "move it away and re-run", key=plan.key)
     assert raw is not None
-    await save_sidecar(backend, plan.key, raw)
-    return Stored(info, doc, adopted=True)
+    if plan.kind == FILE:
+        await save_sidecar(backend, plan.key, raw)
+    return _stored(plan, info, doc.get("created", ""), manifest.entries(doc), adopted=True)
 
 
 async def _find_manifest(plan: BundlePlan, backend: Backend, info: ObjectInfo) -> bytes | None:
     if await backend.stat(sidecar_key(plan.key)) is not None:
         return await backend.load(sidecar_key(plan.key))
-    if plan.kind == "tar":
-        start = max(0, info.size - TAIL_BYTES)
-        raw = manifest.find_in_tar_tail(await backend.load(plan.key, offset=start),
-                                        plan.bundle_id)
-        if raw is None and start:
-            raw = manifest.find_in_tar_tail(await backend.load(plan.key), plan.bundle_id)
-        return raw
+    if plan.kind == TAR:
+        return await manifest_of_bundle(backend, plan.key, info.size, plan.bundle_id)
     rec = plan.members[0]
     h = blake3.blake3()
-    for offset in range(0, info.size, TAIL_BYTES):  # hashed in ranges, never whole in memory
+    for offset in range(0, info.size, LEGACY_TAIL):  # hashed in ranges, never whole in memory
         h.update(await backend.load(plan.key, offset=offset,
-                                    length=min(TAIL_BYTES, info.size - offset)))
-    entry = manifest.member_entry(rec, name=member_name(rec.path), offset=0,
-                                  length=info.size, digest=h.hexdigest())
-    return manifest.build(plan, [entry])
+                                    length=min(LEGACY_TAIL, info.size - offset)))
+    entry = Entry(rec.path, 0, info.size, h.hexdigest(), rec.size, rec.mtime_ns, rec.about)
+    return manifest.build(plan, [json.dumps(manifest.member_json(entry, member_name(rec.path)),
+                                            ensure_ascii=True)])
+
+
+async def manifest_of_bundle(backend: Backend, key: str, size: int,
+                             bundle_id: str | None = None) -> bytes | None:
+    """A bundle's manifest from the store: its trailer, then the range it names."""
+    if size >= manifest.TAIL:
+        tail = await backend.load(key, offset=size - manifest.TAIL, length=manifest.TAIL)
+        where = manifest.read_trailer(tail)
+        if where is not None:
+            offset, length = where
+            return await backend.load(key, offset=offset, length=length)
+    if bundle_id is None:
+        return None
+    start = max(0, size - LEGACY_TAIL)  # a bundle from before the trailer
+    raw = manifest.find_in_tar_tail(await backend.load(key, offset=start), bundle_id)
+    if raw is None and start:
+        raw = manifest.find_in_tar_tail(await backend.load(key), bundle_id)
+    return raw

@@ -15,6 +15,7 @@ import blake3
 from pacsmigrate.checkpoint import Checkpoint
 from pacsmigrate.config import Destination, MigrateConfig, TransferConfig
 from pacsmigrate.index import export
+from pacsmigrate.manifest import TAIL, read_trailer
 from pacsmigrate.paths import from_fields
 
 MiB = 1 << 20
@@ -71,16 +72,28 @@ def assert_complete(target: Any, state: Path, *roots: Path,
     sidecars = {k for k in keys if k.endswith(".json") and not k.endswith("pacsmigrate.json")}
     referenced = {r["key"] for r in rows}
     assert data_keys == referenced, f"orphans: {data_keys - referenced}"
-    assert {k.rsplit(".", 1)[0] for k in sidecars} == {k.rsplit(".", 1)[0] for k in data_keys}
+    # A raw large file has its manifest beside it; a tar bundle has it inside (no sidecar).
+    raw_keys = {k for k in data_keys if not k.endswith(".tar")}
+    assert {k.rsplit(".", 1)[0] for k in sidecars} == {k.rsplit(".", 1)[0] for k in raw_keys}
     seen: dict[str, int] = {}
-    for k in sidecars:
-        for m in json.loads(target.get(k))["members"]:
+    for doc in [json.loads(target.get(k)) for k in sidecars] + [
+            bundle_manifest(target.get(k)) for k in data_keys - raw_keys]:
+        for m in doc["members"]:
             seen[m["source_path"] + m["source_path_b64"]] = seen.get(
                 m["source_path"] + m["source_path_b64"], 0) + 1
     assert all(v == 1 for v in seen.values()), "a file was stored in two objects"
     assert len(seen) == len(rows)
     assert target.pending_uploads() == []
     return rows
+
+
+def bundle_manifest(data: bytes) -> dict[str, Any]:
+    """The manifest a tar bundle's trailer points at."""
+    where = read_trailer(data[-TAIL:])
+    assert where is not None, "bundle without a trailer"
+    offset, length = where
+    doc: dict[str, Any] = json.loads(data[offset:offset + length])
+    return doc
 
 
 def call_unblocked(fn: Any, fifo: Path, *, what: str) -> Any:

@@ -13,12 +13,12 @@ import pytest
 from helpers import call_unblocked
 
 from pacsmigrate import manifest
-from pacsmigrate.bundle import PackResult, file_parts, tar_parts
-from pacsmigrate.classify import classify
+from pacsmigrate.bundle import Built, file_parts, tar_parts
 from pacsmigrate.config import Destination
 from pacsmigrate.errors import SourceChangedError, SourceError
 from pacsmigrate.keys import assign_key, new_secret
-from pacsmigrate.records import DICOM, BundlePlan, Catalogued, FileEntry, Problem
+from pacsmigrate.read import ReadOptions, read_files
+from pacsmigrate.records import DICOM, BundlePlan, Member, Problem
 
 SECRET = new_secret()
 DEST = Destination.parse("s3://bucket/archive")
@@ -32,23 +32,27 @@ def samples(shared_samples: Path) -> Path:
     return shared_samples
 
 
-def catalogue(path: bytes) -> Catalogued:
-    st = os.stat(path)
-    rec = classify(FileEntry(path, st.st_size, st.st_mtime_ns), secret=SECRET)
-    assert isinstance(rec, Catalogued), rec
-    return rec
+def member_of(path: bytes) -> Member:
+    """The file as the read stage sees it; its bytes are not kept (hold_max=0), so packing
+    reads it again and sees what changed since."""
+    directory, _, name = path.rpartition(b"/")
+    got = read_files(directory, [name], ReadOptions(SECRET, hold_max=0))
+    (m,) = got.members
+    return m
 
 
 def make_plan(paths: list[bytes], kind: str = "tar") -> BundlePlan:
-    members = [catalogue(p) for p in paths]
+    members = [member_of(p) for p in paths]
     assert len({m.group for m in members}) == 1, "a plan holds one study"
-    plan = BundlePlan(members[0].group, kind, members)
+    plan = BundlePlan(members[0].group, kind)
+    for m in members:
+        plan.add(m)
     assign_key(DEST, plan)
     return plan
 
 
-def pack(plan: BundlePlan, part_size: int = PART) -> tuple[list[bytes], PackResult]:
-    result = PackResult()
+def pack(plan: BundlePlan, part_size: int = PART) -> tuple[list[bytes], Built]:
+    result = Built()
     parts = list(tar_parts(plan, result, part_size=part_size, secret=SECRET))
     return parts, result
 
@@ -108,11 +112,12 @@ def test_parts_form_a_tar_the_system_tar_extracts(study: list[bytes], tmp_path: 
     latin_dir = os.path.join(out, os.path.dirname(study[2]).lstrip(b"/"))
     assert b"caf\xe9-\xff.dcm" in os.listdir(latin_dir)
 
-    # The manifest is a member too, and the last one.
+    # The manifest is a member too, then the trailer that says where it is.
     with tarfile.open(tmp_path / "bundle.tar") as tf:
         names = tf.getnames()
-    assert names[-1] == manifest.manifest_name(plan.bundle_id)
-    assert len(names) == len(study) + 1
+    assert names[-2:] == [manifest.manifest_name(plan.bundle_id),
+                          manifest.trailer_name(plan.bundle_id)]
+    assert len(names) == len(study) + 2
     with open(os.path.join(out, manifest.manifest_name(plan.bundle_id).encode()), "rb") as f:
         assert f.read() == result.manifest
 
@@ -123,19 +128,29 @@ def test_manifest_members_locate_exact_bytes(study: list[bytes]) -> None:
     bundle = b"".join(parts)
     doc = manifest.parse(result.manifest)
     assert doc["key"] == plan.key and doc["bundle_id"] == plan.bundle_id
-    assert doc["members"] == result.members
-    assert len(doc["members"]) == len(study)
-    for member, path, rec in zip(doc["members"], study, plan.members):
+    entries = manifest.entries(doc)
+    assert [(e.path, e.offset, e.length, e.blake3) for e in entries] == [
+        (e.path, e.offset, e.length, e.blake3) for e in result.entries]
+    assert len(entries) == len(study)
+    for e, path, rec in zip(entries, study, plan.members):
         with open(path, "rb") as f:
             data = f.read()
-        off, length = member["offset"], member["length"]
-        assert off % 512 == 0
-        assert bundle[off:off + length] == data
-        assert member["blake3"] == blake3.blake3(data).hexdigest()
-        assert (member["size"], member["mtime_ns"]) == (rec.size, rec.mtime_ns)
-        assert member["sop_uid"] == rec.sop_uid and member["status"] == DICOM
-    rows = manifest.rows(doc)
-    assert [bytes.fromhex(r["path_hex"]) for r in rows] == study
+        assert e.offset % 512 == 0
+        assert bundle[e.offset:e.offset + e.length] == data
+        assert e.blake3 == blake3.blake3(data).hexdigest()
+        assert (e.size, e.mtime_ns) == (rec.size, rec.mtime_ns)
+        assert e.about.sop_uid == rec.about.sop_uid and e.about.status == DICOM
+    assert [e.path for e in entries] == study
+
+
+def test_trailer_locates_the_manifest(study: list[bytes]) -> None:
+    parts, result = pack(make_plan(study))
+    bundle = b"".join(parts)
+    where = manifest.read_trailer(bundle[-manifest.TAIL:])
+    assert where is not None
+    offset, length = where
+    assert bundle[offset:offset + length] == result.manifest
+    assert manifest.read_trailer(bundle[-manifest.TAIL - 512:-512]) is None
 
 
 def test_manifest_found_in_tail(study: list[bytes]) -> None:
@@ -144,8 +159,8 @@ def test_manifest_found_in_tail(study: list[bytes]) -> None:
     bundle = b"".join(parts)
     raw = manifest.find_in_tar_tail(bundle, plan.bundle_id)
     assert raw == result.manifest
-    # The manifest member: header + data padded to 512 + two zero end blocks.
-    need = 512 + len(result.manifest) + (-len(result.manifest) % 512) + 1024
+    # The manifest member: header + data padded to 512, the trailer, two zero end blocks.
+    need = 512 + len(result.manifest) + (-len(result.manifest) % 512) + 1024 + 1024
     assert bundle.endswith(b"\0" * 1024)
     for n in (need, need + 512, need + 4096):  # block-aligned tails, as recovery reads them
         assert len(bundle) > n
@@ -163,7 +178,7 @@ def test_manifest_found_in_unaligned_tail(study: list[bytes]) -> None:
     plan = make_plan(study)
     parts, result = pack(plan)
     bundle = b"".join(parts)
-    need = 512 + len(result.manifest) + (-len(result.manifest) % 512) + 1024
+    need = 512 + len(result.manifest) + (-len(result.manifest) % 512) + 2048
     for n in (need + 1, need + 300, need + 4000):
         assert n % 512 and len(bundle) > n
         raw = manifest.find_in_tar_tail(bundle[-n:], plan.bundle_id)
@@ -184,12 +199,12 @@ def test_file_changed_after_cataloguing_is_reread(study: list[bytes], tmp_path: 
     assert result.reread == 1
     assert result.reread_bytes == len(new_bytes)
     assert result.moved == [] and result.problems == []
-    member = result.members[1]
-    assert bundle[member["offset"]:member["offset"] + member["length"]] == new_bytes
-    assert member["size"] == len(new_bytes)
-    assert member["mtime_ns"] == os.stat(changed).st_mtime_ns
-    assert member["blake3"] == blake3.blake3(new_bytes).hexdigest()
-    assert member["sop_uid"] == plan.members[1].sop_uid  # re-parsed, same header
+    e = result.entries[1]
+    assert bundle[e.offset:e.offset + e.length] == new_bytes
+    assert e.size == len(new_bytes)
+    assert e.mtime_ns == os.stat(changed).st_mtime_ns
+    assert e.blake3 == blake3.blake3(new_bytes).hexdigest()
+    assert e.about.sop_uid == plan.members[1].about.sop_uid  # re-parsed, same header
 
     out = extract(bundle, tmp_path)
     with open(os.path.join(out, changed.lstrip(b"/")), "rb") as f:
@@ -204,7 +219,7 @@ def test_file_now_of_another_study_is_handed_back(study: list[bytes], samples: P
     assert result.reread == 1
     assert [m.path for m in result.moved] == [study[0]]
     assert result.moved[0].group != plan.group
-    packed = [bytes.fromhex(r["path_hex"]) for r in manifest.rows(manifest.parse(result.manifest))]
+    packed = [e.path for e in manifest.entries(manifest.parse(result.manifest))]
     assert packed == study[1:]
 
 
@@ -215,20 +230,19 @@ def test_vanished_file_is_problem_not_member(study: list[bytes], tmp_path: Path)
     parts, result = pack(plan)
     assert result.problems == [Problem(gone, "vanished before packing")]
     assert result.problems[0].final
-    assert len(result.members) == len(study) - 1
-    assert all(bytes.fromhex(r["path_hex"]) != gone
-               for r in manifest.rows(manifest.parse(result.manifest)))
+    assert len(result.entries) == len(study) - 1
+    assert all(e.path != gone for e in manifest.entries(manifest.parse(result.manifest)))
     out = extract(b"".join(parts), tmp_path)
     assert not os.path.exists(os.path.join(out, gone.lstrip(b"/")))
     with tarfile.open(tmp_path / "bundle.tar") as tf:
-        assert len(tf.getnames()) == len(study)  # three files + manifest
+        assert len(tf.getnames()) == len(study) + 1  # three files, manifest, trailer
 
 
 def test_member_replaced_by_fifo_is_problem_and_does_not_block(study: list[bytes]) -> None:
     """A member replaced by a FIFO after cataloguing must neither hang packing nor be packed.
 
-    _stable_read() opens with O_RDONLY (no O_NONBLOCK), which blocks on a FIFO until a
-    writer appears, and it never checks that what it opened is still a regular file.
+    A plain O_RDONLY open blocks on a FIFO until a writer appears; stable_read() opens
+    with O_NONBLOCK and checks that what it opened is still a regular file.
     """
     plan = make_plan(study)
     fifo = study[1]
@@ -236,7 +250,7 @@ def test_member_replaced_by_fifo_is_problem_and_does_not_block(study: list[bytes
     os.mkfifo(fifo)
     _, result = call_unblocked(lambda: pack(plan), fifo, what="tar_parts()")
     assert [p.path for p in result.problems] == [fifo]
-    packed = [bytes.fromhex(r["path_hex"]) for r in manifest.rows(manifest.parse(result.manifest))]
+    packed = [e.path for e in manifest.entries(manifest.parse(result.manifest))]
     assert fifo not in packed and len(packed) == len(study) - 1
 
 
@@ -246,7 +260,7 @@ def test_all_members_vanished_gives_no_bundle(study: list[bytes]) -> None:
         os.unlink(p)
     parts, result = pack(plan)
     assert parts == []
-    assert result.members == [] and result.manifest == b"" and result.size == 0
+    assert result.entries == [] and result.manifest == b"" and result.size == 0
     assert {p.reason for p in result.problems} == {"vanished before packing"}
 
 
@@ -258,23 +272,23 @@ def test_file_parts_streams_in_part_size_chunks(samples: Path) -> None:
     assert plan.key.endswith(".dcm")
     with open(path, "rb") as f:
         data = f.read()
-    result = PackResult()
+    result = Built()
     chunks = list(file_parts(plan, result, part_size=PART, secret=SECRET))
     assert b"".join(chunks) == data
     assert all(len(c) == PART for c in chunks[:-1]) and 0 < len(chunks[-1]) <= PART
     assert len(chunks) == -(-len(data) // PART)
     assert result.size == len(data) and result.reread == 0
-    (member,) = result.members
-    assert (member["offset"], member["length"]) == (0, len(data))
-    assert member["blake3"] == blake3.blake3(data).hexdigest()
-    assert manifest.parse(result.manifest)["members"] == [member]
+    (e,) = result.entries
+    assert (e.offset, e.length) == (0, len(data))
+    assert e.blake3 == blake3.blake3(data).hexdigest()
+    assert [m["blake3"] for m in manifest.parse(result.manifest)["members"]] == [e.blake3]
 
 
 def test_file_parts_raises_when_file_grows_during_read(samples: Path, tmp_path: Path) -> None:
     path = os.fsencode(tmp_path / "growing.dcm")
     shutil.copyfile(samples / "CT_small.dcm", path)
     plan = make_plan([path], kind="file")
-    result = PackResult()
+    result = Built()
     got = []
     with pytest.raises(SourceChangedError) as info:
         for chunk in file_parts(plan, result, part_size=PART, secret=SECRET):
@@ -284,7 +298,7 @@ def test_file_parts_raises_when_file_grows_during_read(samples: Path, tmp_path: 
                     f.write(b"more pixels" * 1000)
     assert isinstance(info.value, SourceError)
     assert info.value.path == path
-    assert result.members == [] and result.manifest == b""  # nothing claims success
+    assert result.entries == [] and result.manifest == b""  # nothing claims success
 
 
 def test_file_parts_raises_when_file_rewritten_during_read(samples: Path,
@@ -294,7 +308,7 @@ def test_file_parts_raises_when_file_rewritten_during_read(samples: Path,
     plan = make_plan([path], kind="file")
     st = os.stat(path)
     with pytest.raises(SourceChangedError):
-        for i, _ in enumerate(file_parts(plan, PackResult(), part_size=PART, secret=SECRET)):
+        for i, _ in enumerate(file_parts(plan, Built(), part_size=PART, secret=SECRET)):
             if i == 1:  # same size, new mtime: rewritten in place
                 os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
 
@@ -304,6 +318,6 @@ def test_file_parts_vanished(samples: Path, tmp_path: Path) -> None:
     shutil.copyfile(samples / "CT_small.dcm", path)
     plan = make_plan([path], kind="file")
     os.unlink(path)
-    result = PackResult()
+    result = Built()
     assert list(file_parts(plan, result, part_size=PART, secret=SECRET)) == []
     assert result.problems == [Problem(path, "vanished before packing")]

@@ -1,10 +1,9 @@
-"""The LMDB checkpoint in a real state directory: lock, catalogue, intents, commits."""
+"""The LMDB checkpoint in a real state directory: lock, intents, commits, spill, plan."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import random
 import subprocess
 import sys
 import textwrap
@@ -13,19 +12,38 @@ from pathlib import Path
 
 import pytest
 
-from pacsmigrate import manifest
-from pacsmigrate.checkpoint import Checkpoint
+from pacsmigrate import rows
+from pacsmigrate.checkpoint import Checkpoint, path_key
 from pacsmigrate.errors import StateError, StateLockedError
-from pacsmigrate.paths import member_name
-from pacsmigrate.records import DICOM, UNSORTED, BundlePlan, Catalogued, FileEntry, Problem
+from pacsmigrate.records import (
+    DICOM,
+    UNSORTED,
+    BundlePlan,
+    Described,
+    Entry,
+    Member,
+    Problem,
+    StoredObject,
+)
 
 GROUPS = ["0" * 32, "7f" * 16, "ff" * 16]
 
 
-def rec(path: bytes, group: str = GROUPS[0], size: int = 100, mtime_ns: int = 1000,
-        sop: str = "") -> Catalogued:
-    return Catalogued(path, size, mtime_ns, group, DICOM, "", "1.2.3", "1.2.3.4",
-                      sop or "1.2.3.4." + path.hex(), "CT", "20240101", "1.2.840.10008.1.2.1")
+def about(group: str = GROUPS[0], sop: str = "1.2.3.4.5") -> Described:
+    return Described(group, DICOM, "", "1.2.3", "1.2.3.4", sop, "CT", "20240101",
+                     "1.2.840.10008.1.2.1")
+
+
+def member(path: bytes, group: str = GROUPS[0], size: int = 100, mtime_ns: int = 1000,
+           sop: str = "") -> Member:
+    return Member(path, size, mtime_ns, about(group, sop or "1.2.3.4." + str(len(path))))
+
+
+def stored(key: str, members: list[Member], group: str = GROUPS[0]) -> StoredObject:
+    entries = tuple(Entry(m.path, 512 * (i + 1), m.size, f"{i + 1:064x}", m.size, m.mtime_ns,
+                          m.about) for i, m in enumerate(members))
+    return StoredObject(key, "tar", group, key.rsplit("/", 1)[1], 4096, "etag", "2026-01-01",
+                        entries)
 
 
 @pytest.fixture
@@ -39,16 +57,6 @@ def cp(tmp_path: Path) -> Iterator[Checkpoint]:
 def reopen(cp: Checkpoint) -> Checkpoint:
     cp.close()
     return Checkpoint(cp.state_dir)
-
-
-def all_catalogue(cp: Checkpoint, limit: int) -> list[tuple[bytes, Catalogued]]:
-    out: list[tuple[bytes, Catalogued]] = []
-    after = b""
-    while batch := cp.catalogue_after(after, limit):
-        assert len(batch) <= limit
-        out += batch
-        after = batch[-1][0]
-    return out
 
 
 def test_second_writer_is_refused_with_directory_named(cp: Checkpoint) -> None:
@@ -66,151 +74,143 @@ def test_second_writer_is_refused_with_directory_named(cp: Checkpoint) -> None:
     again.close()
 
 
-def test_triage_todo_known_and_done(cp: Checkpoint) -> None:
-    known = rec(b"/s/known.dcm", size=10, mtime_ns=111)
-    changed = rec(b"/s/changed.dcm", size=20, mtime_ns=222)
-    resized = rec(b"/s/resized.dcm", size=30, mtime_ns=333)
-    cp.catalogue([known, changed, resized], [])
-    # One file already migrated: its index row says size 40, mtime 444.
-    cp.commit_objects([({"key": "k/1.tar"}, [{"path_hex": b"/s/done.dcm".hex(), "size": 40,
-                                           "mtime_ns": 444, "sop_uid": ""}])])
-    entries = [
-        FileEntry(b"/s/known.dcm", 10, 111),      # same as catalogued
-        FileEntry(b"/s/changed.dcm", 20, 999),    # new mtime: classify again
-        FileEntry(b"/s/resized.dcm", 31, 333),    # new size: classify again
-        FileEntry(b"/s/new.dcm", 5, 5),           # never seen
-        FileEntry(b"/s/done.dcm", 40, 444),       # already stored
-        FileEntry(b"/s/caf\xe9.dcm", 1, 1),       # never seen, non-UTF-8
-    ]
-    cp.commit_objects([({"key": "k/2.tar"}, [{"path_hex": b"/s/redo.dcm".hex(), "size": 1,
-                                           "mtime_ns": 1, "sop_uid": ""}])])
-    entries.append(FileEntry(b"/s/redo.dcm", 1, 2))  # stored, but modified since
-    todo, done, known_n = cp.triage(entries)
-    assert [e.path for e in todo] == [b"/s/changed.dcm", b"/s/resized.dcm", b"/s/new.dcm",
-                                      b"/s/caf\xe9.dcm", b"/s/redo.dcm"]
-    assert (done, known_n) == (1, 1)
-
-
-def test_catalogue_after_sorted_and_batched(cp: Checkpoint) -> None:
-    rng = random.Random(7)
-    records = [rec(b"/s/%s/%04d" % (g[:2].encode(), i), group=g)
-               for g in GROUPS for i in range(40)]
-    records.append(rec(b"/s/\xff\xfe", group=GROUPS[1]))
-    shuffled = records[:]
-    rng.shuffle(shuffled)
-    for i in range(0, len(shuffled), 17):  # several write transactions
-        cp.catalogue(shuffled[i:i + 17], [])
-
-    expected = sorted(records, key=lambda r: (r.group, r.path))
-    for limit in (1, 7, 40, 1000):
-        got = all_catalogue(cp, limit)
-        assert [r for _, r in got] == expected, limit
-        assert [k for k, _ in got] == [r.group.encode() + b"\0" + r.path for r in expected]
-    assert len(cp.catalogue_after(b"", 7)) == 7
-    assert cp.catalogue_after(b"\xff" * 40, 10) == []
-    assert cp.pending_totals() == (len(records), 100 * len(records))
-
-
-def test_catalogue_replaces_older_record_and_problems(cp: Checkpoint) -> None:
-    path = b"/s/moved.dcm"
-    cp.catalogue([rec(path, group=GROUPS[0])], [])
-    cp.catalogue([rec(path, group=GROUPS[2], size=7)], [])  # re-classified: another study
-    got = all_catalogue(cp, 10)
-    assert [(r.path, r.group, r.size) for _, r in got] == [(path, GROUPS[2], 7)]
-    assert cp.counts()["pending"] == 1
-
-    # A problem for a catalogued path takes it out of the catalogue...
-    cp.catalogue([], [Problem(path, "unreadable", "Permission denied", final=False),
-                      Problem(b"/s/link", "symlink not followed")])
-    assert all_catalogue(cp, 10) == []
+def test_problems_recorded_then_cleared_by_a_commit(cp: Checkpoint) -> None:
+    path = b"/s/flaky.dcm"
+    cp.record_problems([Problem(path, "unreadable", "Permission denied", final=False),
+                        Problem(b"/s/link", "symlink not followed")])
     assert cp.counts()["problems"] == 2
     assert cp.open_problems() == 1
-    # ...and a later successful classification clears the problem.
-    cp.catalogue([rec(path)], [])
+    cp.commit_objects([stored("p/00/00/g/abc.tar", [member(path)])])
     assert cp.open_problems() == 0
     assert [p for p, _ in cp.iter_db("problems")] == [b"/s/link"]
 
 
 def test_intents_round_trip(cp: Checkpoint) -> None:
-    members = [rec(b"/s/a.dcm", sop="1.1"), rec(b"/s/caf\xe9.dcm", sop="1.2"),
-               Catalogued(b"/s/notes.txt", 3, 4, GROUPS[0], UNSORTED, "not DICOM")]
-    plan = BundlePlan(GROUPS[0], "tar", members, key="p/00/00/g/abc.tar", bundle_id="abc")
-    single = BundlePlan(GROUPS[1], "file", [rec(b"/s/big.dcm", group=GROUPS[1])],
-                        key="p/7f/7f/g/def.dcm", bundle_id="def")
-    cp.put_intents([plan])
-    cp.put_intents([single])
+    tar = BundlePlan(GROUPS[0], "tar", key="p/00/00/g/abc.tar", bundle_id="abc")
+    tar.add(member(b"/s/a.dcm"))
+    big = member(b"/s/caf\xe9-big.dcm", group=GROUPS[1], size=1 << 30)
+    single = BundlePlan(GROUPS[1], "file", key="p/7f/7f/g/def.dcm", bundle_id="def")
+    single.add(big)
+    cp.put_intents([tar, single])
     cp = reopen(cp)
     try:
         got = sorted(cp.intents(), key=lambda p: p.key)
-        assert got == [plan, single]
-        cp.drop_intent(plan.key)
-        assert cp.intents() == [single]
+        assert [(p.key, p.kind, p.group, p.bundle_id) for p in got] == [
+            (tar.key, "tar", tar.group, "abc"), (single.key, "file", single.group, "def")]
+        # A raw file's intent carries its member (its manifest is not inside the object).
+        assert got[0].members == [] and got[1].members == [big]
+        cp.drop_intent(tar.key)
+        assert [p.key for p in cp.intents()] == [single.key]
     finally:
         cp.close()
 
 
-def committed_plan(cp: Checkpoint) -> tuple[BundlePlan, list[dict[str, object]]]:
-    members = [rec(b"/s/a.dcm", sop="1.9.1"), rec(b"/s/caf\xe9.dcm", sop="1.9.2"),
-               Catalogued(b"/s/notes.txt", 3, 4, GROUPS[0], UNSORTED, "not DICOM")]
-    bystander = rec(b"/s/other.dcm", group=GROUPS[2], sop="1.9.3")
-    cp.catalogue(members + [bystander], [])
-    plan = BundlePlan(GROUPS[0], "tar", members, key="p/00/00/g/abc.tar", bundle_id="abc")
+def test_commit_object_is_durable_and_rows_read_back(cp: Checkpoint) -> None:
+    members = [member(b"/s/a.dcm", sop="1.9.1"), member(b"/s/caf\xe9.dcm", sop="1.9.2"),
+               Member(b"/s/notes.txt", 3, 4, Described(GROUPS[0], UNSORTED, "not DICOM"))]
+    obj = stored("p/00/00/g/abc.tar", members)
+    plan = BundlePlan(GROUPS[0], "tar", key=obj.key, bundle_id="abc")
     cp.put_intents([plan])
-    entries = [manifest.member_entry(m, name=member_name(m.path), offset=512 * (i + 1),
-                                     length=m.size, digest="0" * 64)
-               for i, m in enumerate(members)]
-    rows = manifest.rows(manifest.parse(manifest.build(plan, entries)))
-    return plan, rows
-
-
-def test_commit_object_is_durable(cp: Checkpoint) -> None:
-    plan, rows = committed_plan(cp)
-    cp.commit_objects([({"key": plan.key, "size": 4096, "etag": "x"}, rows)])
+    cp.spill([member(b"/s/a.dcm", sop="1.9.1"), member(b"/s/zz.dcm", group=GROUPS[2])])
+    cp.commit_objects([obj])
     cp = reopen(cp)
     try:
-        assert cp.has_object(plan.key)
-        assert not cp.has_object("p/other.tar")
+        assert cp.has_object(obj.key) and not cp.has_object("p/other.tar")
         assert cp.intents() == []
-        # Only the bystander (another study) is still waiting.
-        assert [r.path for _, r in all_catalogue(cp, 10)] == [b"/s/other.dcm"]
-        assert cp.counts()["pending"] == 1
-        for m, row in zip(plan.members, rows):
-            stored = cp.index_row(m.path)
-            assert stored == json.loads(json.dumps(row))
-            assert stored is not None and stored["key"] == plan.key
-        with cp.env.begin(db=cp.db["sop"]) as txn:
-            assert txn.get(b"1.9.1") == b"/s/a.dcm"
-            assert txn.get(b"1.9.2") == b"/s/caf\xe9.dcm"
-            assert txn.get(b"1.9.3") is None  # not committed
+        record = cp.object_record(obj.key)
+        assert record is not None and (record["members"], record["size"]) == (3, 4096)
+        for e in obj.entries:
+            row = cp.index_row(e.path)
+            assert row is not None
+            assert rows.as_dict(e, obj.key) == row
+        assert cp.path_for_sop("1.9.1") == b"/s/a.dcm"
+        assert cp.path_for_sop("1.9.2") == b"/s/caf\xe9.dcm"
+        assert cp.path_for_sop("1.9.3") is None
         assert cp.counts()["sop"] == 2  # the unsorted member has no SOP UID
-        assert [p for p, _ in cp.iter_db("index")] == sorted(m.path for m in plan.members)
-        # A rescan now sees the stored files as done.
-        todo, done, known = cp.triage([FileEntry(m.path, m.size, m.mtime_ns)
-                                       for m in plan.members])
-        assert (todo, done, known) == ([], 3, 0)
+        assert [p for p, _ in cp.iter_db("index")] == sorted(m.path for m in members)
+        # A re-run's triage sees the stored files with their size and mtime.
+        assert cp.migrated([m.path for m in members] + [b"/s/new.dcm"]) == [
+            (m.size, m.mtime_ns) for m in members] + [None]
+        # The committed file left the spill; the other study's stays.
+        assert [v["source_path"] for _, v in cp.iter_db("spill")] == ["/s/zz.dcm"]
+        assert cp.group_entries() == 1
     finally:
         cp.close()
+
+
+def test_objects_get_numbers_once(cp: Checkpoint) -> None:
+    a = stored("p/00/00/g/a.tar", [member(b"/s/a")])
+    b = stored("p/00/00/g/b.tar", [member(b"/s/b")])
+    cp.commit_objects([a, b])
+    cp.commit_objects([a])  # adopted again (a rebuild, a second reconcile): same number
+    numbers = {cp.object_record(k)["id"] for k in (a.key, b.key)}  # type: ignore[index]
+    assert numbers == {1, 2}
+    assert cp.index_row(b"/s/a")["key"] == a.key  # type: ignore[index]
+
+
+def test_long_paths_are_keyed_by_hash_and_kept_whole(cp: Checkpoint) -> None:
+    long = b"/s/" + b"d" * 300 + b"/" + b"f" * 300 + b".dcm"
+    assert path_key(long) != long
+    obj = stored("p/00/00/g/a.tar", [member(long)])
+    cp.commit_objects([obj])
+    row = cp.index_row(long)
+    assert row is not None and row["source_path"] == long.decode()
+    assert cp.migrated([long]) == [(100, 1000)]
+    assert cp.path_for_sop(obj.entries[0].about.sop_uid) == long
+
+
+def test_spill_in_group_order_and_unspill(cp: Checkpoint) -> None:
+    spilled = [member(b"/s/%03d" % i, group=GROUPS[i % 3], size=i) for i in range(30)]
+    cp.spill(spilled[:17])
+    cp.spill(spilled[17:])
+    got: list[tuple[bytes, Member]] = []
+    after = b""
+    while batch := cp.spill_after(after, 7):
+        assert len(batch) <= 7
+        got += batch
+        after = batch[-1][0]
+    assert [m.group for _, m in got] == sorted(m.group for m in spilled)
+    assert sorted((m.path, m.size, m.about) for _, m in got) == sorted(
+        (m.path, m.size, m.about) for m in spilled)
+    assert cp.spilled_groups([GROUPS[1], "ab" * 16]) == {GROUPS[1]}
+    cp.unspill(GROUPS[0], [m.path for m in spilled if m.group == GROUPS[0]])
+    assert cp.spilled_groups(GROUPS) == {GROUPS[1], GROUPS[2]}
+    cp.clear_spill()
+    assert cp.counts()["spill"] == 0
+
+
+def test_plan_keeps_the_dry_runs_hashes(cp: Checkpoint) -> None:
+    e = Entry(b"/s/a.dcm", 0, 10, "ab" * 32, 10, 77, about())
+    cp.record_plan([e])
+    assert cp.planned_hashes([b"/s/a.dcm", b"/s/b.dcm"]) == [(10, 77, "ab" * 32), None]
+    ((_, row),) = list(cp.iter_db("plan"))
+    assert row["blake3"] == "ab" * 32 and row["key"] == "" and row["study_uid"] == "1.2.3"
+    cp.clear_plan()
+    assert cp.counts()["plan"] == 0
+
+
+def test_rows_written_by_version_1_still_read(cp: Checkpoint) -> None:
+    old = {"source_path": "/s/old.dcm", "source_path_b64": "", "key": "p/old.tar",
+           "offset": 512, "length": 9, "blake3": "0" * 64, "size": 9, "mtime_ns": 5,
+           "status": "dicom", "reason": "", "path_hex": b"/s/old.dcm".hex()}
+    with cp.env.begin(write=True) as txn:
+        txn.put(b"/s/old.dcm", json.dumps(old).encode(), db=cp.db["index"])
+        txn.put(b"1.2.3.99", b"/s/old.dcm", db=cp.db["sop"])
+    assert cp.index_row(b"/s/old.dcm") == old
+    assert cp.migrated([b"/s/old.dcm"]) == [(9, 5)]
+    assert cp.path_for_sop("1.2.3.99") == b"/s/old.dcm"
 
 
 def test_iter_db_streams_past_batch_boundary(cp: Checkpoint) -> None:
     n = 4321
-    records = [rec(b"/s/%06d" % i, group=GROUPS[i % 3], size=i) for i in range(n)]
     for i in range(0, n, 1000):
-        cp.catalogue(records[i:i + 1000], [])
-    keys = sorted(r.group.encode() + b"\0" + r.path for r in records)
+        cp.commit_objects([stored(f"p/00/00/g/{i}.tar",
+                                  [member(b"/s/%06d" % j) for j in range(i, min(n, i + 1000))])])
+    keys = [b"/s/%06d" % j for j in range(n)]
     for batch in (2000, 1000, 7, 1):
-        got = list(cp.iter_db("catalogue", batch=batch))
+        got = list(cp.iter_db("index", batch=batch))
         assert [k for k, _ in got] == keys, batch
-    got = list(cp.iter_db("catalogue"))
-    assert {v["size"] for _, v in got} == set(range(n))
-    assert list(cp.iter_db("objects")) == []
-    # Exactly one full batch: the second (empty) read must not repeat or lose rows.
-    small = Checkpoint(cp.state_dir.parent / "small")
-    try:
-        small.catalogue(records[:2000], [])
-        assert len(list(small.iter_db("catalogue"))) == 2000
-    finally:
-        small.close()
+    assert len(list(cp.iter_db("objects"))) == 5
 
 
 def test_async_call_runs_on_the_writer_thread(cp: Checkpoint) -> None:
@@ -233,17 +233,17 @@ _READER = textwrap.dedent("""
 
 
 def test_readonly_reader_while_writer_holds_lock(cp: Checkpoint) -> None:
-    plan, rows = committed_plan(cp)
-    cp.commit_objects([({"key": plan.key}, rows)])
+    obj = stored("p/00/00/g/abc.tar", [member(b"/s/a.dcm"), member(b"/s/b.dcm")])
+    cp.commit_objects([obj])
     cp.put_meta("run", {"n": 1})
-    # A separate process, as `pacsmigrate report` would be beside a running migrate.
+    # A separate process, as `pacsmigrate status` would be beside a running migrate.
     proc = subprocess.run([sys.executable, "-c", _READER, str(cp.state_dir)],
                           check=False, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
     assert got["meta"] == {"n": 1}
-    assert got["counts"]["objects"] == 1 and got["counts"]["index"] == 3
-    assert got["row"]["key"] == plan.key
+    assert got["counts"]["objects"] == 1 and got["counts"]["index"] == 2
+    assert got["row"]["key"] == obj.key
     # The writer still holds its lock and keeps working.
     with pytest.raises(StateLockedError):
         Checkpoint(cp.state_dir)

@@ -1,4 +1,4 @@
-"""classify(): real DICOM headers (pydicom's sample files) decide study group or unsorted."""
+"""The read stage: real DICOM headers (pydicom's samples) decide study group or unsorted."""
 
 from __future__ import annotations
 
@@ -7,16 +7,19 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import blake3
 import pydicom
 import pytest
 from helpers import call_unblocked
 
-from pacsmigrate.classify import classify
 from pacsmigrate.keys import new_secret, study_group, unsorted_group
-from pacsmigrate.records import DICOM, UNSORTED, Catalogued, FileEntry, Problem
+from pacsmigrate.read import ReadOptions, read_files
+from pacsmigrate.records import DICOM, UNSORTED, Problem
 
 SECRET = new_secret()
 
@@ -27,14 +30,22 @@ def samples(shared_samples: Path) -> Path:
     return shared_samples
 
 
-def entry(path: Path) -> FileEntry:
-    st = os.stat(path)
-    return FileEntry(os.fsencode(path), st.st_size, st.st_mtime_ns)
+def classify(path: Path | bytes, *, secret: bytes = SECRET, hash_all: bool = False,
+             hold_max: int = 2 << 20) -> SimpleNamespace | Problem:
+    """One file through the read stage: a flat record of what it read, or its Problem."""
+    directory, _, name = os.fsencode(path).rpartition(b"/")
+    got = read_files(directory, [name], ReadOptions(secret, dry_run=hash_all,
+                                                    hold_max=hold_max))
+    if got.problems:
+        return got.problems[0]
+    (m,) = got.members
+    return SimpleNamespace(path=m.path, size=m.size, mtime_ns=m.mtime_ns,
+                           blake3=m.blake3, data=m.data, **asdict(m.about))
 
 
-def cat(path: Path, **kwargs: bool) -> Catalogued:
-    rec = classify(entry(path), secret=SECRET, **kwargs)
-    assert isinstance(rec, Catalogued), rec
+def cat(path: Path, **kwargs: Any) -> SimpleNamespace:
+    rec = classify(path, **kwargs)
+    assert isinstance(rec, SimpleNamespace), rec
     return rec
 
 
@@ -54,7 +65,12 @@ def test_ct_small_is_dicom_with_header_fields(samples: Path) -> None:
     assert rec.study_date == ds.StudyDate
     assert rec.transfer_syntax == ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
     assert rec.group == study_group(SECRET, ds.StudyInstanceUID)
-    assert rec.blake3 == ""  # only a dry run hashes up front
+    # Read whole once: the bytes and their hash go on to the bundle.
+    assert rec.data == path.read_bytes()
+    assert rec.blake3 == blake3.blake3(rec.data).hexdigest()
+    # A larger file gives its header only; its hash is taken when it is packed.
+    big = cat(path, hold_max=0)
+    assert (big.data, big.blake3, big.study_uid) == (None, "", rec.study_uid)
 
 
 @pytest.mark.parametrize("name, syntax", [
@@ -209,7 +225,7 @@ def test_dicom_without_study_uid(samples: Path, tmp_path: Path) -> None:
 
 def test_missing_file_is_problem(tmp_path: Path) -> None:
     path = os.fsencode(tmp_path / "gone.dcm")
-    got = classify(FileEntry(path, 10, 1), secret=SECRET)
+    got = classify(path)
     assert got == Problem(path, "vanished before read")
     assert got.final
 
@@ -217,7 +233,7 @@ def test_missing_file_is_problem(tmp_path: Path) -> None:
 def test_replaced_by_symlink_is_problem(samples: Path, tmp_path: Path) -> None:
     link = tmp_path / "was-a-file.dcm"
     link.symlink_to(samples / "CT_small.dcm")
-    got = classify(FileEntry(os.fsencode(link), 1, 1), secret=SECRET)
+    got = classify(link)
     assert isinstance(got, Problem)
     assert got.reason == "symlink not followed"
 
@@ -225,13 +241,12 @@ def test_replaced_by_symlink_is_problem(samples: Path, tmp_path: Path) -> None:
 def test_replaced_by_fifo_does_not_block(tmp_path: Path) -> None:
     """A file replaced by a FIFO between scan and read must not hang a reader thread.
 
-    classify() opens before it checks the file type, and open(O_RDONLY) of a FIFO blocks
-    until a writer appears.
+    The read opens before it checks the file type, and open(O_RDONLY) of a FIFO blocks
+    until a writer appears: it opens with O_NONBLOCK.
     """
     fifo = tmp_path / "was-a-file.dcm"
     os.mkfifo(fifo)
-    got = call_unblocked(lambda: classify(FileEntry(os.fsencode(fifo), 100, 1), secret=SECRET),
-                         fifo, what="classify()")
+    got = call_unblocked(lambda: classify(fifo), fifo, what="the read stage")
     assert isinstance(got, Problem)
     assert got.reason == "not a regular file any more"
 
@@ -268,15 +283,16 @@ def test_groups_follow_study_and_directory(samples: Path, tmp_path: Path) -> Non
     assert gx1 not in groups.values() and gx1 != cat(a).group
 
     # A different key secret gives unrelated groups (keys reveal nothing across runs).
-    assert classify(entry(a), secret=new_secret()).group != cat(a).group  # type: ignore[union-attr]
+    assert cat(a, secret=new_secret()).group != cat(a).group
 
 
 def test_hash_all_is_blake3_of_whole_file(samples: Path) -> None:
     for name in ("CT_small.dcm", "README.txt", "MR_truncated.dcm"):
         path = samples / name
-        rec = cat(path, hash_all=True)
+        rec = cat(path, hash_all=True, hold_max=0)
         assert rec.blake3 == blake3.blake3(path.read_bytes()).hexdigest()
-    assert cat(samples / "CT_small.dcm").blake3 == ""
+        assert rec.data is None  # a dry run keeps no bytes
+    assert cat(samples / "CT_small.dcm", hold_max=0).blake3 == ""
 
 
 def _patient_values(path: Path) -> set[str]:
@@ -296,7 +312,7 @@ def test_reasons_never_carry_patient_data(samples: Path, caplog: pytest.LogCaptu
     for p in files:
         values = _patient_values(p)
         secrets_seen |= values
-        got = classify(entry(p), secret=SECRET)
+        got = classify(p)
         text = got.reason + " " + (got.detail if isinstance(got, Problem) else "")
         texts.append(text)
         for v in values:
@@ -310,14 +326,13 @@ def test_reasons_never_carry_patient_data(samples: Path, caplog: pytest.LogCaptu
 _CLASSIFY_ALL = textwrap.dedent("""
     import os, sys
     from pathlib import Path
-    from pacsmigrate.classify import classify
     from pacsmigrate.keys import new_secret
-    from pacsmigrate.records import FileEntry
+    from pacsmigrate.read import ReadOptions, read_files
     secret, n = new_secret(), 0
     for p in sorted(Path(sys.argv[1]).rglob("*")):
         if p.is_file():
-            st = p.stat()
-            classify(FileEntry(os.fsencode(p), st.st_size, st.st_mtime_ns), secret=secret)
+            d, _, name = os.fsencode(p).rpartition(b"/")
+            read_files(d, [name], ReadOptions(secret))
             n += 1
     print(n)
 """)

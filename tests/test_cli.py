@@ -127,7 +127,7 @@ def test_progress_bars_show_rates(moto_s3: S3Target, small_tree: Path, tmp_path:
     proc = run_cli(*_migrate(small_tree, moto_s3, tmp_path / "s", "--progress"),
                    env=moto_s3.env())
     assert proc.returncode == 0, proc.stderr
-    assert "catalogue" in proc.stderr and "upload" in proc.stderr
+    assert "read" in proc.stderr and "store" in proc.stderr
     assert "files/s" in proc.stderr and "B/s" in proc.stderr
     assert "4/4 files" in proc.stderr
 

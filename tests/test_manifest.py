@@ -1,4 +1,4 @@
-"""The JSON manifest: build/parse round trip and the index rows derived from it."""
+"""The JSON manifest: build/parse round trip, the entries it gives, and the tar trailer."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 
 from pacsmigrate import manifest
 from pacsmigrate.paths import member_name
-from pacsmigrate.records import DICOM, UNSORTED, BundlePlan, Catalogued
+from pacsmigrate.records import DICOM, UNSORTED, BundlePlan, Described, Entry
+from pacsmigrate.tarheader import tar_header
 
 PATHS = [
     b"/pacs/2019/CT/IM0001.dcm",
@@ -18,61 +19,68 @@ PATHS = [
 ]
 
 
-def record(path: bytes, i: int, status: str = DICOM) -> Catalogued:
-    return Catalogued(path, size=1000 + i, mtime_ns=1_700_000_000_000_000_000 + i,
-                      group="ab" * 16, status=status,
-                      reason="" if status == DICOM else "not DICOM",
-                      study_uid="1.2.3" if status == DICOM else "", series_uid="1.2.3.4",
-                      sop_uid=f"1.2.3.4.{i}" if status == DICOM else "", modality="CT",
-                      study_date="20240101", transfer_syntax="1.2.840.10008.1.2.1")
+def entry(path: bytes, i: int, status: str = DICOM) -> Entry:
+    about = Described("ab" * 16, status, "" if status == DICOM else "not DICOM",
+                      "1.2.3" if status == DICOM else "", "1.2.3.4",
+                      f"1.2.3.4.{i}" if status == DICOM else "", "CT", "20240101",
+                      "1.2.840.10008.1.2.1")
+    return Entry(path, 512 + 10_000 * i, 1000 + i, f"{i:064x}", 1000 + i,
+                 1_700_000_000_000_000_000 + i, about)
 
 
-def plan_and_members() -> tuple[BundlePlan, list[dict[str, object]]]:
-    recs = [record(p, i, DICOM if i < 2 else UNSORTED) for i, p in enumerate(PATHS)]
-    plan = BundlePlan("ab" * 16, "tar", recs, key="archive/ab/ab/x/y.tar", bundle_id="c" * 24)
-    members = []
-    offset = 512
-    for i, rec in enumerate(recs):
-        members.append(manifest.member_entry(rec, name=member_name(rec.path), offset=offset,
-                                             length=rec.size, digest=f"{i:064x}"))
-        offset += 512 + rec.size + (-rec.size % 512)
-    return plan, members
+def plan_and_entries() -> tuple[BundlePlan, list[Entry]]:
+    entries = [entry(p, i, DICOM if i < 2 else UNSORTED) for i, p in enumerate(PATHS)]
+    plan = BundlePlan("ab" * 16, "tar", key="archive/ab/ab/x/y.tar", bundle_id="c" * 24)
+    return plan, entries
+
+
+def build(plan: BundlePlan, entries: list[Entry]) -> bytes:
+    return manifest.build(plan, [json.dumps(manifest.member_json(e, member_name(e.path)))
+                                 for e in entries])
 
 
 def test_build_parse_round_trip() -> None:
-    plan, members = plan_and_members()
-    raw = manifest.build(plan, members)
+    plan, entries = plan_and_entries()
+    raw = build(plan, entries)
     assert isinstance(raw, bytes)
     raw.decode("ascii")  # ensure_ascii: safe in any store metadata or log
     doc = manifest.parse(raw)
     assert doc["format"] == manifest.FORMAT
     assert (doc["key"], doc["kind"], doc["group"], doc["bundle_id"]) == (
         plan.key, "tar", plan.group, plan.bundle_id)
-    assert doc["members"] == members
+    assert manifest.entries(doc) == entries
     assert doc["created"].endswith("+00:00")
     # Member names keep non-UTF-8 bytes (surrogate escapes) through JSON.
     assert [os.fsencode(m["name"]) for m in doc["members"]] == [p.lstrip(b"/") for p in PATHS]
+    # One member per line: a reader can stream it.
+    assert raw.count(b"\n") >= len(entries) + 2
 
 
-def test_rows_one_per_member_with_exact_paths() -> None:
-    plan, members = plan_and_members()
-    rows = manifest.rows(manifest.parse(manifest.build(plan, members)))
-    assert len(rows) == len(PATHS)
-    for row, path, member in zip(rows, PATHS, members):
-        assert row["key"] == plan.key
-        assert bytes.fromhex(row["path_hex"]) == path
-        assert set(manifest.ROW_FIELDS) | {"path_hex"} == set(row)
-        for f in manifest.ROW_FIELDS:
-            if f != "key":
-                assert row[f] == member[f], f
+def test_members_carry_exact_paths() -> None:
+    plan, entries = plan_and_entries()
+    members = manifest.parse(build(plan, entries))["members"]
     # UTF-8 paths are readable as-is; the non-UTF-8 one carries its exact bytes in b64.
-    assert rows[0]["source_path"] == "/pacs/2019/CT/IM0001.dcm" and rows[0]["source_path_b64"] == ""
-    assert rows[1]["source_path"] == "/pacs/Müller/Bild.dcm" and rows[1]["source_path_b64"] == ""
-    assert rows[2]["source_path"] == "/pacs/caf\\xe9/\\xff\\xfe.dcm"
-    assert rows[2]["source_path_b64"] != ""
-    assert (rows[0]["status"], rows[2]["status"], rows[2]["reason"]) == (
+    assert members[0]["source_path"] == "/pacs/2019/CT/IM0001.dcm"
+    assert members[0]["source_path_b64"] == ""
+    assert members[1]["source_path"] == "/pacs/Müller/Bild.dcm"
+    assert members[1]["source_path_b64"] == ""
+    assert members[2]["source_path"] == "/pacs/caf\\xe9/\\xff\\xfe.dcm"
+    assert members[2]["source_path_b64"] != ""
+    assert (members[0]["status"], members[2]["status"], members[2]["reason"]) == (
         DICOM, UNSORTED, "not DICOM")
-    assert rows[0]["sop_uid"] == "1.2.3.4.0"
+    assert members[0]["sop_uid"] == "1.2.3.4.0"
+
+
+def test_trailer_round_trip_and_rejects_other_blocks() -> None:
+    block = manifest.trailer(123_456, 789)
+    assert len(block) == manifest.BLOCK
+    tail = tar_header(manifest.trailer_name("d" * 24), 512, 0) + block + bytes(1024)
+    assert manifest.read_trailer(tail) == (123_456, 789)
+    assert manifest.read_trailer(b"x" * 100 + tail) == (123_456, 789)
+    assert manifest.read_trailer(tail[:-1]) is None
+    other = tar_header("some/file.dcm", 512, 0) + block + bytes(1024)
+    assert manifest.read_trailer(other) is None
+    assert manifest.read_trailer(bytes(manifest.TAIL)) is None
 
 
 def test_parse_rejects_foreign_json() -> None:

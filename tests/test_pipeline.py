@@ -17,6 +17,8 @@ from helpers import MiB, assert_complete, config, index_rows, source_files
 from pacsmigrate import Migration, migrate
 from pacsmigrate.checkpoint import Checkpoint
 from pacsmigrate.paths import from_fields
+from pacsmigrate.records import BundlePlan
+from pacsmigrate.sink import Sink
 from pacsmigrate.synth import make_tree
 
 
@@ -94,10 +96,13 @@ def test_dry_run_writes_nothing_and_plans(moto_s3: S3Target, tree: Path, tmp_pat
     assert moto_s3.object_keys() == []
     n = len(source_files(tree))
     assert stats.planned_files == n and stats.files_seen == n
-    assert stats.planned_objects > 0 and stats.planned_requests >= 2 * stats.planned_objects
+    assert stats.planned_objects > 0 and stats.planned_requests >= stats.planned_objects
     assert stats.not_migrated == 0
-    # The real run after a dry run stores everything, with the hashes the dry run computed.
-    run(migrate(config([tree], moto_s3.url, state, moto_s3.info.endpoint_url)))
+    # The real run after a dry run stores exactly the plan, with the hashes it computed.
+    real = run(migrate(config([tree], moto_s3.url, state, moto_s3.info.endpoint_url)))
+    assert (real.objects_uploaded, real.files_migrated, real.bytes_seen) == (
+        stats.planned_objects, stats.planned_files, stats.planned_bytes)
+    assert real.dry_run_mismatch == 0
     assert_complete(moto_s3, state, tree)
 
 
@@ -111,7 +116,8 @@ def test_rerun_uploads_nothing_and_a_new_file_one_bundle(moto_s3: S3Target, tree
     again = run(migrate(cfg))
     assert again.objects_uploaded == 0 and again.already_migrated == len(source_files(tree))
     assert moto_s3.object_keys() == sorted(before)
-    # A new instance of an existing study: one new bundle (+ its manifest), nothing rewritten.
+    # A new instance of an existing study: one new bundle (its manifest inside), nothing
+    # rewritten.
     src = next(p for p in sorted((tree / "dcm4chee").rglob("*")) if p.is_file())
     ds = pydicom.dcmread(src)
     ds.SOPInstanceUID = ds.SOPInstanceUID + ".9"
@@ -120,7 +126,7 @@ def test_rerun_uploads_nothing_and_a_new_file_one_bundle(moto_s3: S3Target, tree
     third = run(migrate(cfg))
     assert third.objects_uploaded == 1 and third.files_migrated == 1
     new = set(moto_s3.object_keys()) - set(before)
-    assert len(new) == 2 and {k.rsplit(".", 1)[1] for k in new} == {"tar", "json"}
+    assert len(new) == 1 and {k.rsplit(".", 1)[1] for k in new} == {"tar"}
     for k, etag in before.items():
         assert moto_s3.client.head_object(Bucket=moto_s3.bucket, Key=k)["ETag"] == etag
     rows = assert_complete(moto_s3, state, tree)
@@ -145,7 +151,7 @@ def test_hostile_inputs_are_reported_not_fatal(moto_s3: S3Target, tmp_path: Path
     shutil.copy(TEST_FILES / "MR_small.dcm", doomed)
     state = tmp_path / "state"
     report = tmp_path / "report.json"
-    # Catalogue first (dry run), then delete a file before the real run packs it.
+    # A dry run first, then a file is deleted: the run does not see it at all.
     run(migrate(config([root], moto_s3.url, state, moto_s3.info.endpoint_url, dry_run=True)))
     doomed.unlink()
     stats = run(migrate(config([root], moto_s3.url, state, moto_s3.info.endpoint_url,
@@ -161,8 +167,7 @@ def test_hostile_inputs_are_reported_not_fatal(moto_s3: S3Target, tmp_path: Path
     assert len(odd) == 1 and r"caf\xe9-\xff.dcm" in odd[0]["source_path"]
     doc = json.loads(report.read_text())
     skipped = {Path(p["source_path"]).name: p["reason"] for p in doc["skipped"]}
-    assert skipped == {"broken-link": "symlink not followed", "a-fifo": "fifo skipped",
-                       "deleted-before-pack.dcm": "vanished before packing"}
+    assert skipped == {"broken-link": "symlink not followed", "a-fifo": "fifo skipped"}
     assert doc["not_migrated"] == []
     assert {Path(u["source_path"]).name for u in doc["unsorted"]} >= {
         "empty.dcm", "truncated.dcm", "nostudy.dcm"}
@@ -175,16 +180,18 @@ def test_changed_file_is_reread_not_packed_half_old(moto_s3: S3Target, tmp_path:
     victim = next(p for p in sorted(root.rglob("*.dcm")))
 
     class ChangeBeforePacking(Migration):
-        """The NAS changes a file after the catalogue phase, before the pack phase."""
+        """The NAS changes a file after its header was read, before its bundle is packed."""
 
-        async def _store(self, cp: Checkpoint) -> None:
-            ds = pydicom.dcmread(victim)
-            ds.SeriesDescription = "changed after cataloguing"
-            ds.save_as(victim)
-            os.utime(victim, ns=(0, 1_000_000_000))
-            await super()._store(cp)
+        async def _put(self, sink: Sink, plan: BundlePlan) -> None:
+            if not victim.stat().st_mtime_ns == 1_000_000_000:
+                ds = pydicom.dcmread(victim)
+                ds.SeriesDescription = "changed after its header was read"
+                ds.save_as(victim)
+                os.utime(victim, ns=(0, 1_000_000_000))
+            await super()._put(sink, plan)
 
-    cfg = config([root], moto_s3.url, state, moto_s3.info.endpoint_url)
+    # Nothing held in memory: every file is read again when packed, as large files are.
+    cfg = config([root], moto_s3.url, state, moto_s3.info.endpoint_url, hold_max=0)
     stats = run(ChangeBeforePacking(cfg).run())
     assert stats.reread_changed == 1
     assert_complete(moto_s3, state, root)
@@ -226,7 +233,8 @@ def test_dry_run_hashes_equal_the_index_hashes(moto_s3: S3Target, tree: Path, tm
     state = tmp_path / "state"
     run(migrate(config([tree], moto_s3.url, state, moto_s3.info.endpoint_url, dry_run=True)))
     cp = Checkpoint(state, readonly=True)
-    planned = {bytes.fromhex(v["path"]): v["blake3"] for _, v in cp.iter_db("catalogue")}
+    planned = {from_fields(v["source_path"], v["source_path_b64"]): v["blake3"]
+               for _, v in cp.iter_db("plan")}
     cp.close()
     assert len(planned) == len(source_files(tree)) and all(planned.values())
     # One file rewritten in place with the same size and mtime: only the hash can tell.

@@ -149,7 +149,7 @@ def test_logs_progress_output_and_keys_carry_no_patient_data(
     first = run_cli(*_migrate(root, moto_s3, state, "--progress", "--report", str(report)),
                     env=env)
     assert first.returncode == 0, _output(first)
-    assert "upload" in first.stderr and "INFO" in first.stderr  # bars and logs were on
+    assert "store" in first.stderr and "INFO" in first.stderr  # bars and logs were on
     outputs["migrate -vv --progress"] = _output(first)
     again = run_cli(*_migrate(root, moto_s3, state, "--progress"), env=env)
     assert again.returncode == 0 and "already migrated" in again.stdout, _output(again)
@@ -189,7 +189,7 @@ def test_error_paths_carry_no_patient_data(moto_s3: S3Target,
 
     files = sorted(p for p in (root / "patient").rglob("*.dcm")
                    if p.stat().st_size and not p.name.endswith("-trunc.dcm"))
-    files[0].unlink()                                             # vanished before packing
+    files[0].unlink()                                             # gone: not walked
     files[1].unlink()
     os.mkfifo(files[1])                                           # not a regular file any more
     other = pydicom.dcmread(files[3])
@@ -204,7 +204,7 @@ def test_error_paths_carry_no_patient_data(moto_s3: S3Target,
     run_ = run_cli(*_migrate(root, moto_s3, state, "--report", str(tmp_path / "r.json")),
                    env=env)
     assert run_.returncode in (0, 1), _output(run_)
-    assert "WARNING" in run_.stdout and "vanished" in run_.stdout, run_.stdout
+    assert "WARNING" in run_.stdout and "fifo skipped" in run_.stdout, run_.stdout
     outputs["migrate after changes"] = _output(run_)
 
     killed_target = S3Target(moto_s3.info, moto_s3.bucket + "-k", "moto")

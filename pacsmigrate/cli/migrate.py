@@ -22,18 +22,23 @@ from .common import handle_errors, size_option, state_option, transfer_config, t
 @state_option(must_exist=False)
 @click.option("--endpoint-url", help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
 @click.option("--dry-run", is_flag=True, help="Read, hash and parse everything; write nothing.")
-@click.option("--bundle-size", default="256MiB", show_default=True, callback=size_option)
+@click.option("--bundle-size", default="256MiB", show_default=True, callback=size_option,
+              help="Largest bundle; a bigger study is split into several.")
 @click.option("--large-file", default="64MiB", show_default=True, callback=size_option,
               help="Files above this become objects of their own.")
 @transfer_options
-@click.option("--read-threads", default=8, show_default=True, type=click.IntRange(1, 256))
+@click.option("--read-threads", default=8, show_default=True, type=click.IntRange(1, 256),
+              help="Source files read at once (more hide NAS latency).")
+@click.option("--memory", default="512MiB", show_default=True, callback=size_option,
+              help="File data held in open bundles and uploads in flight.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path),
               help="Write the JSON report here.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bars (default: when stderr is a terminal).")
 @handle_errors
 def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None, dry_run: bool,
-            bundle_size: int, large_file: int, read_threads: int, report_path: Path | None,
+            bundle_size: int, large_file: int, read_threads: int, memory: int,
+            report_path: Path | None,
             progress: bool | None, **transfer: Any) -> None:
     """Copy SOURCE directories to DEST (s3://bucket/prefix).
 
@@ -47,7 +52,7 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None, d
         dest=Destination.parse(paths[-1], endpoint_url=endpoint_url),
         state_dir=state_dir, dry_run=dry_run, bundle_size=bundle_size, large_file=large_file,
         transfer=transfer_config(**transfer),
-        read_threads=read_threads, report_path=report_path,
+        read_threads=read_threads, memory=memory, report_path=report_path,
         progress=sys.stderr.isatty() if progress is None else progress,
     )
     stats = asyncio.run(run_migrate(cfg))
@@ -100,14 +105,14 @@ def status(state_dir: Path, as_json: bool) -> None:
     cp = Checkpoint(state_dir, readonly=True)
     try:
         counts = cp.counts()
-        files, size = cp.pending_totals()
+        pending = counts["spill"]
         config = cp.get_meta("config") or {}
         open_problems = cp.open_problems()
     finally:
         cp.close()
     doc = {"destination": config.get("dest"), "sources": config.get("sources"),
            "files_migrated": counts["index"], "objects": counts["objects"],
-           "files_pending": files, "bytes_pending": size, "uploads_in_doubt": counts["intents"],
+           "files_pending": pending, "uploads_in_doubt": counts["intents"],
            "files_with_problems": open_problems,
            "files_skipped": counts["problems"] - open_problems}
     if as_json:

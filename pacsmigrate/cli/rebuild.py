@@ -28,21 +28,23 @@ def rebuild_cmd(dest: str, endpoint_url: str | None, state_dir: Path,
     """Rebuild the index of DEST (s3://bucket/prefix) into a new --state from the store alone."""
     where = Destination.parse(dest, endpoint_url=endpoint_url)
 
-    async def go() -> tuple[int, int, int, list[str]]:
+    async def go() -> tuple[int, int, int, list[str], list[str]]:
         cp = Checkpoint(state_dir)
         backend = await open_backend(where, TransferConfig(ca_bundle=ca_bundle))
         try:
             cp.put_meta("ca_bundle", str(ca_bundle.resolve()) if ca_bundle else None)
             r = await rebuild(backend, where, cp,
                               progress=sys.stderr.isatty() if progress is None else progress)
-            return r.manifests, r.rows, r.superseded, r.missing_objects
+            return r.manifests, r.rows, r.superseded, r.missing_objects, r.unreadable
         finally:
             await backend.close()
             cp.close()
 
-    manifests, rows, superseded, missing = asyncio.run(go())
+    manifests, rows, superseded, missing, unreadable = asyncio.run(go())
     click.echo(f"rebuilt {rows:,} index rows from {manifests:,} manifests into {state_dir}"
                + (f" ({superseded:,} older versions superseded)" if superseded else ""))
     for key in missing:
         click.echo(f"MISSING object for manifest: {key}", err=True)
-    sys.exit(1 if missing else 0)
+    for key in unreadable:
+        click.echo(f"UNREADABLE manifest (no trailer found) in bundle: {key}", err=True)
+    sys.exit(1 if missing or unreadable else 0)

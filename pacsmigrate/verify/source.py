@@ -11,9 +11,8 @@ from typing import Any
 
 from ..checkpoint import Checkpoint
 from ..progress import Bar
-from ..records import FileEntry, Problem
-from ..scan import scan
 from ..source import hash_file, open_source
+from ..walk import walk
 from .common import Job, Sampler, db_batches, workers
 from .findings import (
     SOURCE_CHANGED,
@@ -104,16 +103,16 @@ async def walk_sources(job: Job, recorded: list[str]) -> None:
             job.findings.add(Finding(SOURCE_GONE, path=root,
                                      detail=f"source root missing{relative}"))
     try:
-        async for batch in scan(roots, threads=job.cfg.scan_threads):
-            entries = [e for e in batch if isinstance(e, FileEntry)]
-            for p in batch:
-                if isinstance(p, Problem) and not p.final:  # symlinks etc. were skipped too
+        async for listing in walk(roots, threads=job.cfg.scan_threads):
+            for p in listing.problems:
+                if not p.final:  # symlinks etc. were skipped by the migration too
                     job.findings.add(Finding(SOURCE_UNREADABLE, path=p.path,
                                              detail=f"{p.reason} {p.detail}".strip()))
-            for path in await job.cp.call(_not_indexed, job.cp, [e.path for e in entries]):
+            paths = [listing.path + b"/" + name for name in listing.files]
+            for path in await job.cp.call(_not_indexed, job.cp, paths):
                 job.findings.add(Finding(SOURCE_NOT_INDEXED, path=path,
                                          detail="on the source, not migrated"))
-            job.n["sources_walked"] += len(entries)
-            bar.update(files=len(entries), nbytes=sum(e.size for e in entries))
+            job.n["sources_walked"] += len(paths)
+            bar.update(files=len(paths))
     finally:
         bar.close()

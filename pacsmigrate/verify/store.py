@@ -1,4 +1,4 @@
-"""The store pass: every committed object and its sidecar manifest, by LIST (HEAD as fallback)."""
+"""The store pass: every committed object (and a raw file's sidecar), by LIST (HEAD as fallback)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 from ..backends.base import ObjectInfo
 from ..keys import sidecar_key
 from ..progress import Bar
+from ..records import FILE
 from .common import Job, db_batches, workers
 from .findings import (
     MANIFEST_MISSING,
@@ -66,7 +67,8 @@ async def check_store(job: Job) -> None:
 
 
 async def _check_shard(job: Job, prefix: str, records: list[dict[str, Any]], bar: Bar) -> None:
-    wanted = {r["key"] for r in records} | {sidecar_key(r["key"]) for r in records}
+    wanted = {r["key"] for r in records} | {sidecar_key(r["key"]) for r in records
+                                             if _has_sidecar(r)}
     listed: dict[str, ObjectInfo] = {}
     if job.use_list:
         async for info in job.backend.list(prefix):
@@ -103,10 +105,17 @@ async def _check_object(job: Job, rec: dict[str, Any], listed: Mapping[str, Obje
     elif etag and _etag(info.etag) and _etag(info.etag) != etag:
         job.findings.add(Finding(OBJECT_CHECKSUM, key,
                                  detail=f"ETag {_etag(info.etag)}, committed {etag}"))
+    if not _has_sidecar(rec):
+        return  # a tar bundle's manifest is inside it: its size and ETag vouch for it
     side = sidecar_key(key)
     job.n["manifests"] += 1
     if side not in listed and await _head(job, side) is None:
         job.findings.add(Finding(MANIFEST_MISSING, side, detail=f"of {key}"))
+
+
+def _has_sidecar(rec: dict[str, Any]) -> bool:
+    """Raw large files keep their manifest beside them; so did bundles before trailers."""
+    return rec.get("kind") == FILE or "id" not in rec
 
 
 async def _head(job: Job, key: str) -> ObjectInfo | None:

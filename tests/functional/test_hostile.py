@@ -31,10 +31,13 @@ import pytest
 from conftest import TEST_FILES, S3Target, run, run_cli
 from helpers import MiB, assert_complete, config, index_rows, source_files
 
-from pacsmigrate import Migration, bundle, pipeline, source
-from pacsmigrate import scan as scan_module
-from pacsmigrate.checkpoint import Checkpoint
+from pacsmigrate import Migration, bundle, pipeline, reads, source
+from pacsmigrate import read as read_module
+from pacsmigrate import walk as walk_module
+from pacsmigrate.manifest import TAIL, read_trailer
 from pacsmigrate.paths import from_fields
+from pacsmigrate.records import BundlePlan
+from pacsmigrate.sink import Sink
 from pacsmigrate.synth import make_tree
 
 # ---------------------------------------------------------------------------------------
@@ -363,6 +366,40 @@ def _fd_path(fd: int) -> bytes:
     return os.fsencode(os.readlink(f"/proc/self/fd/{fd}"))
 
 
+def _before_read(act: Callable[[list[bytes]], None]) -> Callable[..., Any]:
+    """A read stage that first calls act(paths) with the paths it is about to read."""
+    real = reads.read_files
+
+    def read_files(directory: bytes, names: list[bytes], *args: Any) -> Any:
+        act([directory + b"/" + n for n in names])
+        return real(directory, names, *args)
+    return read_files
+
+
+class ChangeAfterTheWalk(Migration):
+    """Holds every plan until the walk is over, runs `change`, then stores them: the tree
+    changes after each file was read, before any was packed."""
+
+    def __init__(self, *args: Any, change: Callable[[], None], **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.change = change
+        self.held: list[BundlePlan] | None = None
+
+    async def _walk(self, cp: Any, sink: Sink) -> None:
+        self.held = []
+        await super()._walk(cp, sink)
+        held, self.held = self.held, None
+        self.change()
+        for plan in held:
+            await super()._put(sink, plan)
+
+    async def _put(self, sink: Sink, plan: BundlePlan) -> None:
+        if self.held is not None:
+            self.held.append(plan)
+        else:
+            await super()._put(sink, plan)
+
+
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
     root = tmp_path / "nas"
@@ -384,7 +421,7 @@ def test_files_vanishing_or_replaced_during_the_scan_and_before_the_read(
     listed_then_gone = work / "gone-after-listing"
 
     # 1. While the walker lists: a directory disappears before it is listed, and a file
-    #    disappears between the listing and its stat.
+    #    disappears right after the listing named it.
     real_scandir = os.scandir
 
     def scandir(path: Any) -> Any:
@@ -403,31 +440,28 @@ def test_files_vanishing_or_replaced_during_the_scan_and_before_the_read(
 
             def __iter__(self) -> Iterator[os.DirEntry[bytes]]:
                 for entry in it:
-                    if entry.name == b"f0.dcm":
-                        os.unlink(entry.path)  # listed, gone before its lstat
                     yield entry
+                    if entry.name == b"f0.dcm":
+                        os.unlink(entry.path)  # listed, gone before anyone opens it
         return Vanishing()
 
 
-    # 2. After the walker handed a batch over, before the reader opens the files.
+    # 2. After the walker handed a listing over, before the reader opens the files.
     actions: dict[bytes, Callable[[], None]] = {
         _abs(a / "f0.dcm"): lambda: os.unlink(a / "f0.dcm"),
         _abs(listed_then_gone / "f0.dcm"): lambda: shutil.rmtree(listed_then_gone),
     }
-    real_scan = scan_module.scan
 
-    async def scan(roots: Any, **kw: Any) -> Any:
-        async for batch in real_scan(roots, **kw):
-            for entry in batch:
-                act = actions.pop(entry.path, None)
-                if act is not None:
-                    act()
-            yield batch
+    def act(paths: list[bytes]) -> None:
+        for p in paths:
+            action = actions.pop(p, None)
+            if action is not None:
+                action()
 
     report = tmp_path / "report.json"
     with monkeypatch.context() as hook:
-        hook.setattr(scan_module, "os", _OsProxy(scandir=scandir))
-        hook.setattr(pipeline, "scan", scan)
+        hook.setattr(walk_module, "os", _OsProxy(scandir=scandir))
+        hook.setattr(reads, "read_files", _before_read(act))
         stats = run(pipeline.migrate(config([tree], moto_s3.url, tmp_path / "state",
                                             moto_s3.info.endpoint_url, report_path=report)))
     assert actions == {}, "the hooks did not run"
@@ -435,33 +469,32 @@ def test_files_vanishing_or_replaced_during_the_scan_and_before_the_read(
     assert_complete(moto_s3, tmp_path / "state", tree)
     skipped = {p: s["reason"] for p, s in _by_path(_report(report)["skipped"]).items()}
     assert skipped[_abs(gone_dir)] == "directory vanished during scan"
-    assert skipped[_abs(b / "f0.dcm")] == "vanished during scan"
+    assert skipped[_abs(b / "f0.dcm")] == "vanished before read"
     assert skipped[_abs(a / "f0.dcm")] == "vanished before read"
     for i in range(3):
         assert skipped[_abs(listed_then_gone / f"f{i}.dcm")] == "vanished before read"
     assert _report(report)["not_migrated"] == []
 
 
-def test_files_changed_deleted_or_moved_between_catalogue_and_packing(
+def test_files_changed_deleted_or_moved_between_read_and_packing(
         moto_s3: S3Target, tree: Path, tmp_path: Path) -> None:
     work = tree / "work"
     a = work / "a"
     victim_other_study = a / "f0.dcm"
     other = pydicom.dcmread(TEST_FILES / "MR_small.dcm")
 
-    class TreeChangesBeforePacking(Migration):
-        async def _store(self, cp: Checkpoint) -> None:
-            os.unlink(a / "f1.dcm")                               # deleted
-            other.save_as(victim_other_study)                     # now another study
-            (a / "f2.dcm").write_bytes(b"")                       # emptied
-            shutil.rmtree(work / "gone-before-pack")              # whole directory gone
-            await super()._store(cp)
+    def change() -> None:
+        os.unlink(a / "f1.dcm")                               # deleted
+        other.save_as(victim_other_study)                     # now another study
+        (a / "f2.dcm").write_bytes(b"")                       # emptied
+        shutil.rmtree(work / "gone-before-pack")              # whole directory gone
 
     report = tmp_path / "report.json"
     state = tmp_path / "state"
-    stats = run(TreeChangesBeforePacking(config([tree], moto_s3.url, state,
-                                                moto_s3.info.endpoint_url,
-                                                report_path=report)).run())
+    # hold_max=0: no file's bytes are carried from the read; packing reads them again.
+    cfg = config([tree], moto_s3.url, state, moto_s3.info.endpoint_url, report_path=report,
+                 hold_max=0)
+    stats = run(ChangeAfterTheWalk(cfg, change=change).run())
     assert stats.not_migrated == 0
     assert stats.moved_study == 2 and stats.reread_changed == 2  # other study; empty
     rows = {from_fields(r["source_path"], r["source_path_b64"]): r for r in index_rows(state)}
@@ -494,32 +527,25 @@ REPLACED = {"symlink": "symlink not followed", "directory": "not a regular file 
 def test_file_replaced_by_a_non_file_is_skipped_not_failed(
         stage: str, kind: str, moto_s3: S3Target, tree: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """A path that stops being a regular file after the scan listed it (between the listing
-    and the header read, or between cataloguing and packing) is what the scan would have
-    skipped: reported as skipped with the scan's reason, and the run succeeds. Whatever the
+    """A path that stops being a regular file after the walk listed it (between the listing
+    and the read, or between the read and packing) is what the walk would have skipped:
+    reported as skipped with the walk's reason, and the run succeeds. Whatever the
     directory now holds is migrated by the next run."""
     victim = tree / "work" / "a" / "f0.dcm"
-    real_scan = scan_module.scan
 
-    async def scan(roots: Any, **kw: Any) -> Any:
-        async for batch in real_scan(roots, **kw):
-            if any(e.path == _abs(victim) for e in batch):
-                _replace(victim, kind)
-            yield batch
-
-    class ReplaceBeforePacking(Migration):
-        async def _store(self, cp: Checkpoint) -> None:
+    def act(paths: list[bytes]) -> None:
+        if _abs(victim) in paths:
             _replace(victim, kind)
-            await super()._store(cp)
 
     report = tmp_path / "report.json"
     cfg = config([tree], moto_s3.url, tmp_path / "state", moto_s3.info.endpoint_url,
-                 report_path=report)
+                 report_path=report, hold_max=0)
     with monkeypatch.context() as hook:
         if stage == "before-read":
-            hook.setattr(pipeline, "scan", scan)
-        migration = Migration if stage == "before-read" else ReplaceBeforePacking
-        stats = run(migration(cfg).run())
+            hook.setattr(reads, "read_files", _before_read(act))
+            stats = run(Migration(cfg).run())
+        else:
+            stats = run(ChangeAfterTheWalk(cfg, change=lambda: _replace(victim, kind)).run())
     doc = _report(report)
     listed = _by_path(doc["skipped"] + doc["not_migrated"])
     assert _abs(victim) in listed, "the replaced path is not in the report"
@@ -532,42 +558,45 @@ def test_file_replaced_by_a_non_file_is_skipped_not_failed(
 
 def test_files_that_keep_changing_while_read_are_left_for_the_next_run(
         moto_s3: S3Target, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A writer appends to two files every time the packer looks at them: a small one (tar
-    member) and a 12 MiB one (its own multipart object). Neither may be stored half-old; both
-    are reported; no multipart upload is left behind; the next run stores them."""
+    """A writer appends to two files every time they are looked at: a small one while it is
+    read, a 12 MiB one (its own multipart object) while it is uploaded. Neither may be
+    stored half-old; both are reported; no multipart upload is left behind; the next run
+    stores them."""
     small = tree / "work" / "a" / "f0.dcm"
     large = tree / "work" / "large.dcm"
     data = _pydicom_data()
     base = (data / "RG1_UNCI.dcm").read_bytes() if data else (TEST_FILES / "CT_small.dcm"
                                                               ).read_bytes()
     large.write_bytes(base + b"\0" * (12 * MiB - len(base)))
-    racing = {_abs(small), _abs(large)}
-    appended = {p: 0 for p in racing}
+    appended = {_abs(small): 0, _abs(large): 0}
 
-    def fstat(fd: int) -> os.stat_result:
-        st = os.fstat(fd)
-        path = _fd_path(fd)
-        if path in racing:  # the NAS writes to the file right after every look at it
-            with open(path, "ab") as f:
-                f.write(b"\0" * 1024)
-            appended[path] += 1
-        return st
+    def writer_on(racing: bytes) -> Callable[[int], os.stat_result]:
+        def fstat(fd: int) -> os.stat_result:
+            st = os.fstat(fd)
+            path = _fd_path(fd)
+            if path == racing:  # the NAS writes to the file right after every look at it
+                with open(path, "ab") as f:
+                    f.write(b"\0" * 1024)
+                appended[path] += 1
+            return st
+        return fstat
 
     state, report = tmp_path / "state", tmp_path / "report.json"
     cfg = config([tree], moto_s3.url, state, moto_s3.info.endpoint_url, report_path=report,
                  bundle_size=8 * MiB, large_file=4 * MiB)
     with monkeypatch.context() as writer:
-        writer.setattr(bundle, "os", _OsProxy(fstat=fstat))
-        writer.setattr(source, "os", _OsProxy(fstat=fstat))
+        writer.setattr(read_module, "os", _OsProxy(fstat=writer_on(_abs(small))))
+        writer.setattr(bundle, "os", _OsProxy(fstat=writer_on(_abs(large))))
+        writer.setattr(source, "os", _OsProxy(fstat=writer_on(_abs(large))))
         stats = run(pipeline.migrate(cfg))
     assert all(appended.values()), appended
     assert stats.not_migrated == 2
     indexed = {from_fields(r["source_path"], r["source_path_b64"]) for r in index_rows(state)}
-    assert not racing & indexed, "a file that changed during every read was stored"
+    assert not set(appended) & indexed, "a file that changed during every read was stored"
     doc = _report(report)
     not_migrated = {p: v["reason"] for p, v in _by_path(doc["not_migrated"]).items()}
     assert not_migrated[_abs(small)] == "kept changing while being read"
-    assert not_migrated[_abs(large)] == "pending"  # aborted upload: still catalogued
+    assert not_migrated[_abs(large)] == "pending"  # uploads aborted: read, not stored
     assert moto_s3.pending_uploads() == []  # the aborted multipart uploads are gone
     assert stats.files_migrated == len(source_files(tree)) - 2
 
@@ -617,11 +646,18 @@ def assert_consistent(target: S3Target, state: Path, root: Path) -> None:
             assert data == files[p].read_bytes(), f"stored bytes differ for {p!r}"
     keys = target.object_keys()
     data_keys = {k for k in keys if not k.endswith(".json")}
+    raw_keys = {k for k in data_keys if not k.endswith(".tar")}
     sidecars = {k for k in keys if k.endswith(".json") and not k.endswith("pacsmigrate.json")}
-    assert {k.rsplit(".", 1)[0] for k in sidecars} == {k.rsplit(".", 1)[0] for k in data_keys}
+    assert {k.rsplit(".", 1)[0] for k in sidecars} == {k.rsplit(".", 1)[0] for k in raw_keys}
     referenced = {r["key"] for r in rows.values()}
     for key in data_keys - referenced:
-        doc = json.loads(target.get(key.rsplit(".", 1)[0] + ".json"))
+        if key in raw_keys:
+            doc = json.loads(target.get(key.rsplit(".", 1)[0] + ".json"))
+        else:
+            data = target.get(key)
+            where = read_trailer(data[-TAIL:])
+            assert where is not None, f"bundle without a trailer: {key}"
+            doc = json.loads(data[where[0]:where[0] + where[1]])
         for m in doc["members"]:
             p = from_fields(m["source_path"], m["source_path_b64"])
             assert p in rows and rows[p]["key"] != key, f"orphan object {key}"
@@ -816,8 +852,7 @@ def test_a_failed_file_deleted_before_the_next_run_is_not_pending_forever(
     cfg = config([tree], moto_s3.url, tmp_path / "state", moto_s3.info.endpoint_url,
                  report_path=report)
     with monkeypatch.context() as writer:
-        writer.setattr(bundle, "os", _OsProxy(fstat=fstat))
-        writer.setattr(source, "os", _OsProxy(fstat=fstat))
+        writer.setattr(read_module, "os", _OsProxy(fstat=fstat))
         assert run(pipeline.migrate(cfg)).not_migrated == 1
     victim.unlink()
     again = run(pipeline.migrate(cfg))

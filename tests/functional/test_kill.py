@@ -27,10 +27,10 @@ def kill_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _migrate_args(tree: Path, s3: S3Target, state: Path) -> list[str]:
+def _migrate_args(tree: Path, s3: S3Target, state: Path, *extra: str) -> list[str]:
     return ["migrate", str(tree), s3.url, "--endpoint-url", s3.info.endpoint_url,
             "--state", str(state), "--bundle-size", "8MiB", "--large-file", "3MiB",
-            "--part-size", "5MiB", "--concurrency", "3", "--no-progress"]
+            "--part-size", "5MiB", "--concurrency", "3", "--no-progress", *extra]
 
 
 # (crash point, which occurrence): inside catalogue writes, right after the write-ahead
@@ -60,21 +60,24 @@ def test_kill_at_random_moments(moto_s3: S3Target, kill_tree: Path, tmp_path: Pa
     """SIGKILL at up to 20 random moments (catalogue, uploads, LMDB commits, in between),
     re-running each time; then nothing is lost, doubled or orphaned."""
     rng = random.Random(int(os.environ.get("PACSMIGRATE_KILL_SEED", "1234")))
+    # A bandwidth cap stretches the run over seconds, so that twenty kills can land in it.
+    slow = ("--bwlimit", "1500KiB")
     # How long an uninterrupted run takes here, so the kills land inside the run.
     started = time.monotonic()
-    run_cli(*_migrate_args(kill_tree, moto_s3, tmp_path / "timing"), env=moto_s3.env(),
+    run_cli(*_migrate_args(kill_tree, moto_s3, tmp_path / "timing", *slow), env=moto_s3.env(),
             check=True)
     full = time.monotonic() - started
     target = S3Target(moto_s3.info, moto_s3.bucket + "-k", "moto")
     target.client.create_bucket(Bucket=target.bucket)
     state = tmp_path / "state"
-    args = [sys.executable, "-m", "pacsmigrate", *_migrate_args(kill_tree, target, state)]
+    args = [sys.executable, "-m", "pacsmigrate",
+            *_migrate_args(kill_tree, target, state, *slow)]
     kills = 0
     for _ in range(40):
         proc = subprocess.Popen(args, env=target.env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
         # Python's start-up is ~0.5 s of each attempt; the rest lands anywhere in the work.
-        time.sleep(0.4 + rng.uniform(0.0, 0.35) * full)
+        time.sleep(0.4 + rng.uniform(0.0, 0.12) * full)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1

@@ -14,7 +14,7 @@ from helpers import assert_complete, config
 
 import pacsmigrate.checkpoint as checkpoint_mod
 from pacsmigrate import migrate
-from pacsmigrate.records import Catalogued
+from pacsmigrate.records import Described, Member
 
 
 def test_map_grows_when_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -22,9 +22,9 @@ def test_map_grows_when_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     cp = checkpoint_mod.Checkpoint(tmp_path / "state")
     try:
         for i in range(40):
-            cp.catalogue([Catalogued(b"/nas/%d/%d.dcm" % (i, j), 10, 1, f"{i:032x}")
-                          for j in range(200)], [])
-        assert cp.counts()["catalogue"] == 8000
+            cp.spill([Member(b"/nas/%d/%d.dcm" % (i, j), 10, 1, Described(f"{i:032x}"))
+                      for j in range(200)])
+        assert cp.counts()["spill"] == 8000
         assert cp.env.info()["map_size"] > 1 << 16
     finally:
         cp.close()

@@ -1,0 +1,127 @@
+"""Read stage: open each file once, read it (whole when small), hash it, parse its header.
+
+Runs in a pool thread over a slice of one directory's files, so threads hand the GIL over
+per slice, not per file. Small files (up to `hold_max`) are read whole once and carried to
+their bundle; larger ones give their header only and are read again when packed.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+
+import blake3
+
+from .checkpoint import Checkpoint
+from .classify import Header, describe, header_of, read_header
+from .records import Member, Problem
+from .source import HASH_CHUNK, open_source, problem_for, read_exact
+
+READ_ATTEMPTS = 3
+VANISHED = "vanished before read"
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How the read stage treats each file."""
+
+    secret: bytes
+    hold_max: int = 2 << 20  # files up to this size are read whole once
+    header_bytes: int = 64 << 10  # what is read of larger files to parse their header
+    dry_run: bool = False  # hash every byte, keep none
+    skip_migrated: bool = False  # the index has rows: skip files it holds unchanged
+    budget: int = 8 << 20  # bytes one call reads before it hands the rest back
+
+
+@dataclass
+class ReadResult:
+    """One slice of a directory, read: members in listing order, problems, counts."""
+
+    directory: bytes
+    members: list[Member] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    rest: list[bytes] = field(default_factory=list)  # names not read yet (budget spent)
+    listed: int = 0  # regular files (by the listing) this slice handled
+    seen: int = 0  # of them, read or found unchanged
+    seen_bytes: int = 0
+    migrated: int = 0  # unchanged since an earlier run stored them
+    held: int = 0  # bytes of file data carried in members
+
+
+def read_files(directory: bytes, names: list[bytes], opts: ReadOptions,
+               cp: Checkpoint | None = None) -> ReadResult:
+    """Read the named files of one directory (runs in a pool thread)."""
+    out = ReadResult(directory)
+    paths = [directory + b"/" + n for n in names]
+    known = cp.migrated(paths) if opts.skip_migrated and cp is not None else None
+    for i, path in enumerate(paths):
+        if out.held >= opts.budget:
+            out.rest = names[i:]
+            break
+        out.listed += 1
+        got = _read_one(path, opts, None if known is None else known[i], out)
+        if isinstance(got, Member):
+            out.members.append(got)
+            if got.data is not None:
+                out.held += got.size
+        elif isinstance(got, Problem):
+            out.problems.append(got)
+    return out
+
+
+def _read_one(path: bytes, opts: ReadOptions, recorded: tuple[int, int] | None,
+              out: ReadResult) -> Member | Problem | None:
+    for _ in range(READ_ATTEMPTS):
+        try:
+            fd = open_source(path)
+        except OSError as exc:
+            return problem_for(path, exc, vanished=VANISHED)
+        try:
+            before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode):
+                return Problem(path, "not a regular file any more")
+            size, mtime = before.st_size, before.st_mtime_ns
+            if recorded == (size, mtime):
+                out.seen += 1
+                out.seen_bytes += size
+                out.migrated += 1
+                return None
+            got = _contents(fd, path, size, opts)
+            after = os.fstat(fd)
+        except OSError as exc:
+            return Problem(path, "unreadable", exc.strerror or str(exc), final=False)
+        finally:
+            os.close(fd)
+        if after.st_size != size or after.st_mtime_ns != mtime or got is None:
+            continue  # changed while read: again, from a fresh open
+        header, digest, data = got
+        out.seen += 1
+        out.seen_bytes += size
+        return Member(path, size, mtime, describe(path, header, secret=opts.secret), digest,
+                      None if opts.dry_run else data)
+    return Problem(path, "kept changing while being read", final=False)
+
+
+def _contents(fd: int, path: bytes, size: int, opts: ReadOptions
+              ) -> tuple[Header, str, bytes | None] | None:
+    """(header, blake3, data) of an open file; None when its length was not `size`."""
+    if size <= opts.hold_max:
+        data = read_exact(fd, size + 1)
+        if len(data) != size:
+            return None
+        return header_of(data), blake3.blake3(data).hexdigest(), data
+    with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
+        header = read_header(f, size)
+    digest = ""
+    if opts.dry_run:  # the dry run hashes every byte; packing hashes what it sends
+        os.lseek(fd, 0, os.SEEK_SET)
+        h = blake3.blake3()
+        total = 0
+        while chunk := os.read(fd, HASH_CHUNK):
+            h.update(chunk)
+            total += len(chunk)
+        if total != size:
+            return None
+        digest = h.hexdigest()
+    return header, digest, None

@@ -1,0 +1,73 @@
+"""Before a run: the state directory belongs to this destination, and the key secret."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from . import keys
+from .backends import Backend
+from .backends.base import one_chunk
+from .checkpoint import FORMAT, Checkpoint
+from .config import Destination, MigrateConfig
+from .errors import ConfigError, ObjectExistsError, StateError
+from .records import now_iso
+
+
+def check_state(cp: Checkpoint, cfg: MigrateConfig) -> None:
+    """Bind a new state directory to this destination; refuse one bound to another."""
+    dest = str(cfg.dest)
+    known = cp.get_meta("config")
+    if known is None:
+        cp.put_meta("config", {"dest": dest, "endpoint_url": cfg.dest.endpoint_url,
+                               "sources": [os.path.abspath(s) for s in cfg.sources],
+                               "created": now_iso()})
+    elif known["dest"] != dest:
+        raise ConfigError(f"state directory {cfg.state_dir} belongs to a migration "
+                          f"to {known['dest']}, not {dest}; use another --state")
+    cp.put_meta("format", FORMAT)
+    # Read-side commands (verify, get, restore) reach the store the way this run did.
+    ca = cfg.transfer.ca_bundle
+    cp.put_meta("ca_bundle", str(Path(ca).resolve()) if ca else None)
+
+
+async def key_secret(cp: Checkpoint, backend: Backend | None, dest: Destination) -> bytes:
+    """The key secret: the store's descriptor wins, the state remembers it.
+
+    Kept in the store so any machine (and `index rebuild`) derives the same keys. Without
+    a backend (a dry run) the state's own secret is used, made on first use.
+    """
+    mine = cp.get_meta("key_secret")
+    if backend is None:
+        if mine is None:
+            mine = keys.new_secret().hex()
+            cp.put_meta("key_secret", mine)
+        return bytes.fromhex(mine)
+    name = dest.key(keys.DESCRIPTOR)
+    theirs = await _read_descriptor(backend, name)
+    if theirs is None:
+        secret = mine or keys.new_secret().hex()
+        doc = {"format": "pacsmigrate.store/1", "key_secret": secret, "created": now_iso()}
+        try:
+            await backend.save(name, one_chunk(json.dumps(doc).encode()))
+        except ObjectExistsError:
+            theirs = await _read_descriptor(backend, name)
+        else:
+            theirs = secret
+    assert theirs is not None
+    if mine != theirs:
+        if cp.counts()["objects"]:
+            raise StateError("the store's key secret differs from this state's; the "
+                             "state directory belongs to another store")
+        # Planned with another secret (a dry run): its study groups have other names now.
+        await cp.call(cp.clear_groups)
+        cp.put_meta("key_secret", theirs)
+    return bytes.fromhex(theirs)
+
+
+async def _read_descriptor(backend: Backend, name: str) -> str | None:
+    if await backend.stat(name) is None:
+        return None
+    doc = json.loads(await backend.load(name))
+    return str(doc["key_secret"])

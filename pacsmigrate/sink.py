@@ -1,0 +1,188 @@
+"""Where closed plans go: stored (intent, pack, upload, commit), or in a dry run, counted."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor
+
+from . import faults
+from .backends import Backend
+from .checkpoint import Checkpoint
+from .commit import GroupWriter
+from .progress import Bar
+from .records import FILE, TAR, BundlePlan, Entry, Member, StoredObject
+from .stats import Stats
+from .upload import store
+
+log = logging.getLogger("pacsmigrate.pipeline")
+
+
+def requests_for(plan: BundlePlan, *, part_size: int) -> int:
+    """Store requests one plan costs: PUT, or create + parts + complete; a raw file's sidecar."""
+    size = plan.size
+    data = 1 if size <= part_size else 2 + -(-size // part_size)
+    return data + (plan.kind == FILE)
+
+
+class Sink:
+    """Counts what every closed plan holds; subclasses store it or record the plan."""
+
+    def __init__(self, cp: Checkpoint, stats: Stats, bar: Bar) -> None:
+        self.cp = cp
+        self.stats = stats
+        self.bar = bar
+
+    def _count(self, plan: BundlePlan) -> None:
+        s = self.stats
+        s.planned_objects += 1
+        s.planned_files += len(plan.members)
+        s.planned_bytes += plan.size
+
+    async def put(self, plan: BundlePlan) -> None:
+        raise NotImplementedError
+
+    async def drain(self) -> None:
+        """Wait until every plan put is done."""
+
+
+class PlanSink(Sink):
+    """A dry run: record each planned file with the blake3 it read; store nothing."""
+
+    def __init__(self, cp: Checkpoint, stats: Stats, bar: Bar, *, part_size: int) -> None:
+        super().__init__(cp, stats, bar)
+        self.part_size = part_size
+        self._batch: list[Entry] = []
+
+    async def put(self, plan: BundlePlan) -> None:
+        self._count(plan)
+        self.stats.planned_requests += requests_for(plan, part_size=self.part_size)
+        self._batch.extend(Entry(m.path, 0, m.size, m.blake3, m.size, m.mtime_ns, m.about)
+                           for m in plan.members)
+        if len(self._batch) >= 2000:
+            await self.drain()
+
+    async def drain(self) -> None:
+        batch, self._batch = self._batch, []
+        if batch:
+            await self.cp.call(self.cp.record_plan, batch)
+
+
+class StoreSink(Sink):
+    """Write-ahead intents, then pack, upload and group-commit each plan, many at once.
+
+    Bounded: at most `objects` plans and `memory` bytes of file data in flight; `put`
+    waits for room, which is how a slow store slows the walk down.
+    """
+
+    def __init__(self, cp: Checkpoint, stats: Stats, bar: Bar, *, backend: Backend,
+                 pool: Executor, secret: bytes, objects: int, memory: int,
+                 expect: bool, started: float) -> None:
+        super().__init__(cp, stats, bar)
+        self.backend = backend
+        self.pool = pool
+        self.secret = secret
+        self.intents: GroupWriter[BundlePlan] = GroupWriter(cp, cp.put_intents)
+        self.commits: GroupWriter[StoredObject] = GroupWriter(cp, cp.commit_objects)
+        self.expect = expect
+        self.started = started
+        self.room = asyncio.Condition()
+        self.objects_max = objects
+        self.memory_max = memory
+        self.in_flight = 0
+        self.in_flight_bytes = 0
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.error: BaseException | None = None
+        # Packed after the walk: files whose study changed since they were read, and those
+        # whose upload was aborted because they changed while being sent.
+        self.moved: list[Member] = []
+
+    async def put(self, plan: BundlePlan) -> None:
+        self._raise()
+        held = sum(m.size for m in plan.members if m.data is not None)
+        async with self.room:
+            await self.room.wait_for(lambda: self.error is not None or (
+                self.in_flight < self.objects_max
+                and (self.in_flight_bytes + held <= self.memory_max or not self.in_flight)))
+            self._raise()
+            self.in_flight += 1
+            self.in_flight_bytes += held
+        self._count(plan)
+        # Write-ahead before any byte of it is sent (a batch shares one transaction).
+        task = asyncio.create_task(self._one(plan, held))
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and self.error is None:
+            self.error = task.exception()
+
+    async def _one(self, plan: BundlePlan, held: int) -> None:
+        try:
+            # Write-ahead before any byte of it is sent (plans share transactions).
+            await self.intents.put(plan)
+            faults.point("after-intent")
+            await self._store(plan)
+        finally:
+            async with self.room:
+                self.in_flight -= 1
+                self.in_flight_bytes -= held
+                self.room.notify_all()
+
+    async def _store(self, plan: BundlePlan) -> None:
+        expect = None
+        if self.expect:
+            got = await self.cp.call(self.cp.planned_hashes, [m.path for m in plan.members])
+            expect = {m.path: g[2] for m, g in zip(plan.members, got, strict=True)
+                      if g is not None and (g[0], g[1]) == (m.size, m.mtime_ns) and g[2]}
+        stored, built = await store(plan, self.backend, self.pool, secret=self.secret,
+                                    expect=expect)
+        s = self.stats
+        if stored is None:
+            await self.cp.call(self.cp.drop_intent, plan.key)
+            log.info("nothing stored for %s: its files moved, vanished or changed", plan.key)
+        else:
+            await self.commits.put(stored)
+            n = len(stored.entries)
+            faults.point("after-commit")
+            s.files_migrated += n
+            if not s.first_object_seconds:
+                s.first_object_seconds = round(time.monotonic() - self.started, 3)
+            log.info("%s %s: %d files, %d bytes", "adopted" if stored.adopted else "stored",
+                     plan.key, n, stored.size)
+            if stored.adopted:
+                s.objects_adopted += 1
+            else:
+                s.objects_uploaded += 1
+                s.bundles_uploaded += plan.kind == TAR
+                s.bytes_uploaded += stored.size
+        s.reread_changed += built.reread
+        s.reread_bytes += built.reread_bytes
+        s.moved_study += len(built.moved)
+        s.dry_run_mismatch += len(built.dry_run_mismatch)
+        s.count_problems(built.problems)
+        self.moved.extend(built.moved + built.again)
+        if built.problems:
+            await self.cp.call(self.cp.record_problems, built.problems)
+        if built.moved or built.problems:
+            await self.cp.call(self.cp.unspill, plan.group,
+                               [m.path for m in built.moved] + [p.path for p in built.problems])
+        self.bar.update(files=len(plan.members), nbytes=plan.size)
+
+    async def drain(self) -> None:
+        while self.tasks:
+            await asyncio.wait(set(self.tasks))
+        self.stats.commit_transactions = self.commits.transactions
+        self._raise()
+
+    async def cancel(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        if self.tasks:
+            await asyncio.wait(set(self.tasks))
