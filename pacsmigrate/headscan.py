@@ -8,68 +8,62 @@ from pydicom import config, uid
 from pydicom.datadict import _dictionary_vr_fast
 from pydicom.dataelem import empty_value_for_VR
 from pydicom.hooks import hooks, raw_element_value, raw_element_vr
-from pydicom.valuerep import AMBIGUOUS_VR, EXPLICIT_VR_LENGTH_32, VR
+from pydicom.valuerep import AMBIGUOUS_VR, VR
+
+from .headskip import (
+    ALL_VRS,
+    CHARSET,
+    EXPLICIT,
+    IMPLICIT,
+    ITEM,
+    ITEM_END,
+    LONG_VRS,
+    SEQ_END,
+    U32,
+    UNDEFINED,
+    VR_LONG,
+    Buffer,
+    Need,
+    Unsure,
+    avail,
+    check_charset,
+    check_vr,
+    skip_undefined,
+    tag_key,
+)
 
 # (study, series, sop, modality, study date, transfer syntax, reason): a Header's fields.
 Fields = tuple[str, str, str, str, str, str, str]
-Buffer = bytes | memoryview
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_BE = "1.2.840.10008.1.2.2"
 DEFLATED = ("1.2.840.10008.1.2.1.99",)
 _DECLINED_SYNTAXES = frozenset({EXPLICIT_BE, *DEFLATED})
-_ALL_VRS = frozenset(v.value.encode() for v in VR)
-_LONG_VRS = frozenset(v.encode() for v in EXPLICIT_VR_LENGTH_32)
-# The VRs pydicom reads as explicit: whether each has the 4-byte length.
-_VR_LONG = {v: v in _LONG_VRS for v in _ALL_VRS if len(v) == 2}
 # Converting these with a length that is not a multiple of the size raises in pydicom.
 _NUMERIC_SIZE = {b"UL": 4, b"SL": 4, b"US": 2, b"SS": 2, b"FL": 4, b"FD": 8, b"AT": 4,
                  b"UV": 8, b"SV": 8}
 
-# Tags as the little-endian uint32 of their 4 bytes (element << 16 | group): one unpack each.
-_EXPLICIT = struct.Struct("<I2sH").unpack_from
 _EXPLICIT_12 = struct.Struct("<I2sHI").unpack_from  # with the 4-byte length of long VRs
-_IMPLICIT = struct.Struct("<II").unpack_from
-_U32 = struct.Struct("<I").unpack_from
 _U16 = struct.Struct("<H").unpack_from
 _U32_BE = struct.Struct(">I").unpack_from
 _U16_BE = struct.Struct(">H").unpack_from
-_UNDEFINED = 0xFFFFFFFF
 
-
-def _key(group: int, element: int) -> int:
-    return element << 16 | group
-
-
-STUDY, SERIES, SOP = _key(0x0020, 0x000D), _key(0x0020, 0x000E), _key(0x0008, 0x0018)
-MODALITY, STUDY_DATE = _key(0x0008, 0x0060), _key(0x0008, 0x0020)
-_CHARSET = _key(0x0008, 0x0005)
-_TRANSFER_SYNTAX, _META_LENGTH = _key(0x0002, 0x0010), _key(0x0002, 0x0000)
-_ITEM, _ITEM_END, _SEQ_END = _key(0xFFFE, 0xE000), _key(0xFFFE, 0xE00D), _key(0xFFFE, 0xE0DD)
+STUDY, SERIES = tag_key(0x0020, 0x000D), tag_key(0x0020, 0x000E)
+SOP, MODALITY, STUDY_DATE = tag_key(8, 0x0018), tag_key(8, 0x0060), tag_key(8, 0x0020)
+_TRANSFER_SYNTAX, _META_LENGTH = tag_key(0x0002, 0x0010), tag_key(0x0002, 0x0000)
 # pydicom's stop_before_pixels stops at any of these.
-_PIXELS = frozenset({_key(0x7FE0, 0x0010), _key(0x7FE0, 0x0008), _key(0x7FE0, 0x0009)})
+_PIXELS = frozenset(tag_key(0x7FE0, element) for element in (0x0010, 0x0008, 0x0009))
 _FIELDS = (STUDY, SERIES, SOP, MODALITY, STUDY_DATE)
 # Top-level elements pydicom converts while reading a header, with the VR we can decode.
 _NOTED = {STUDY: b"UI", SERIES: b"UI", SOP: b"UI", MODALITY: b"CS", STUDY_DATE: b"DA",
-          _CHARSET: b"CS"}
-_PIXEL_REPRESENTATION = _key(0x0028, 0x0103)
-_TOP_SPECIAL = frozenset(_NOTED) | _PIXELS | {_ITEM, _ITEM_END, _SEQ_END, _PIXEL_REPRESENTATION}
+          CHARSET: b"CS"}
+_PIXEL_REPRESENTATION = tag_key(0x0028, 0x0103)
+_TOP_SPECIAL = frozenset(_NOTED) | _PIXELS | {ITEM, ITEM_END, SEQ_END, _PIXEL_REPRESENTATION}
 _AMBIGUOUS = frozenset(str(v) for v in AMBIGUOUS_VR)
 # Explicit VRs whose empty raw value is None (not b""): pydicom converts those when it
 # checks lengths (with use_none_as_empty_text_VR_value off, which the scan requires).
-_NONE_WHEN_EMPTY = frozenset(v for v in _VR_LONG if empty_value_for_VR(v.decode(), raw=True)
+_NONE_WHEN_EMPTY = frozenset(v for v in VR_LONG if empty_value_for_VR(v.decode(), raw=True)
                              is None)
-
-
-class _Need(Exception):
-    """The prefix ends before the scan could decide: read up to `end`."""
-
-    def __init__(self, end: int) -> None:
-        self.end = end
-
-
-class _Unsure(Exception):
-    """Something pydicom may read differently: leave the file to pydicom."""
 
 
 def pixel_overrun(head: bytes, pos: int, size: int, ts: str) -> bool:
@@ -79,12 +73,12 @@ def pixel_overrun(head: bytes, pos: int, size: int, ts: str) -> bool:
     """
     if len(head) < 8:
         return True
-    u32, u16 = (_U32_BE, _U16_BE) if ts == EXPLICIT_BE else (_U32, _U16)
+    u32, u16 = (_U32_BE, _U16_BE) if ts == EXPLICIT_BE else (U32, _U16)
     # Judge VR from the bytes: some files declare explicit VR but are written implicit.
-    if ts == IMPLICIT_LE or head[4:6] not in _ALL_VRS:
+    if ts == IMPLICIT_LE or head[4:6] not in ALL_VRS:
         (length,) = u32(head, 4)
         header_len = 8
-    elif head[4:6] in _LONG_VRS:
+    elif head[4:6] in LONG_VRS:
         if len(head) < 12:
             return True
         (length,) = u32(head, 8)
@@ -92,7 +86,7 @@ def pixel_overrun(head: bytes, pos: int, size: int, ts: str) -> bool:
     else:
         (length,) = u16(head, 6)
         header_len = 8
-    if length == _UNDEFINED:
+    if length == UNDEFINED:
         return False
     return bool(pos + header_len + length > size)
 
@@ -108,9 +102,9 @@ def scan_fields(data: Buffer, size: int) -> Fields | int | None:
         return None
     try:
         return _scan(data, n, size)
-    except _Need as need:
+    except Need as need:
         return need.end
-    except _Unsure:
+    except Unsure:
         return None
 
 
@@ -124,38 +118,31 @@ def _pydicom_defaults() -> bool:
             and hooks.raw_element_value is raw_element_value)
 
 
-def _avail(n: int, size: int, end: int) -> None:
-    if end > size:
-        raise _Unsure
-    if end > n:
-        raise _Need(end)
-
-
 def _text(data: Buffer, n: int, size: int, at: int, length: int) -> str:
     """A single UI/CS/DA value as pydicom gives it after str().strip()."""
     end = at + length
     if end > n:
-        _avail(n, size, end)
+        avail(n, size, end)
     value = str(data[at:end], "latin-1").rstrip(" \x00")
     if "\\" in value:
-        raise _Unsure  # several values: pydicom gives a list
+        raise Unsure  # several values: pydicom gives a list
     return value.strip()
 
 
 def _scan(data: Buffer, n: int, size: int) -> Fields | int | None:
     pos, ts = _meta(data, n, size)
-    key = _U32(data, pos)[0]
+    key = U32(data, pos)[0]
     if key & 0xFFFF == 0:
-        raise _Unsure  # a command set group
+        raise Unsure  # a command set group
     # pydicom trusts the first element's bytes over the transfer syntax (explicit or not).
     implicit = not (0x40 < data[pos + 4] < 0x5B and 0x40 < data[pos + 5] < 0x5B)
     walked = (_walk_implicit if implicit else _walk_explicit)(data, n, size, pos)
     if not isinstance(walked, tuple):
         return walked
     found, stop, overrun, empty_sequence = walked
-    charset = found.get(_CHARSET)
+    charset = found.get(CHARSET)
     if charset is not None:
-        _check_charset(data, n, size, *charset)
+        check_charset(data, n, size, *charset)
     values: list[str] = []
     for key in _FIELDS:
         field = found.get(key)
@@ -164,7 +151,7 @@ def _scan(data: Buffer, n: int, size: int) -> Fields | int | None:
             continue
         at, length, vr = field
         if vr is not None and vr != _NOTED[key]:
-            _check_vr(vr, _NOTED[key], length)
+            check_vr(vr, _NOTED[key], length)
         values.append(_text(data, n, size, at, length))
     if values[0] and empty_sequence:
         _check_pixel_representation(found, size)
@@ -175,7 +162,7 @@ def _scan(data: Buffer, n: int, size: int) -> Fields | int | None:
         reason = "truncated DICOM (data set shorter than declared)"
     elif stop >= 0:
         head_end = min(stop + 12, size)
-        _avail(n, size, head_end)
+        avail(n, size, head_end)
         if pixel_overrun(bytes(data[stop:head_end]), stop, size, ts):
             reason = "truncated DICOM (pixel data shorter than declared)"
     return values[0], values[1], values[2], values[3], values[4], ts, reason
@@ -184,30 +171,30 @@ def _scan(data: Buffer, n: int, size: int) -> Fields | int | None:
 def _meta(data: Buffer, n: int, size: int) -> tuple[int, str]:
     """Walk the group 0002 file meta; return where the data set starts and the syntax."""
     pos, ts_at, first = 132, None, True
-    unpack, vr_long = _EXPLICIT_12, _VR_LONG.get
+    unpack, vr_long = _EXPLICIT_12, VR_LONG.get
     while True:
         # pydicom peeks at up to 12 bytes past the meta; fewer make it fail in odd ways.
         if pos + 12 > n:
-            _avail(n, size, pos + 12)
+            avail(n, size, pos + 12)
         key, vr, length, long_length = unpack(data, pos)
         if key & 0xFFFF != 2:
             if first:
-                raise _Unsure  # no file meta: pydicom guesses the syntax
+                raise Unsure  # no file meta: pydicom guesses the syntax
             return pos, _syntax(data, n, size, ts_at)
         long = vr_long(vr)
         if long:
-            if vr == b"UN" or long_length == _UNDEFINED:
-                raise _Unsure
+            if vr == b"UN" or long_length == UNDEFINED:
+                raise Unsure
             length, at = long_length, pos + 12
         elif long is None:
-            raise _Unsure
+            raise Unsure
         else:
             at = pos + 8
         if (first or key == _META_LENGTH) and length % _NUMERIC_SIZE.get(vr, 1):
-            raise _Unsure  # pydicom converts these and raises on a bad length
+            raise Unsure  # pydicom converts these and raises on a bad length
         if key == _TRANSFER_SYNTAX:
             if vr != b"UI":
-                raise _Unsure
+                raise Unsure
             ts_at = (at, length)
         first = False
         pos = at + length
@@ -215,10 +202,10 @@ def _meta(data: Buffer, n: int, size: int) -> tuple[int, str]:
 
 def _syntax(data: Buffer, n: int, size: int, ts_at: tuple[int, int] | None) -> str:
     if ts_at is None:
-        raise _Unsure  # pydicom guesses the syntax from the data set
+        raise Unsure  # pydicom guesses the syntax from the data set
     ts = _text(data, n, size, *ts_at)
     if ts in _DECLINED_SYNTAXES or ts in uid.PrivateTransferSyntaxes:
-        raise _Unsure
+        raise Unsure
     return ts
 
 
@@ -231,9 +218,9 @@ def _walk_explicit(data: Buffer, n: int, size: int, pos: int) -> _Walked:
     """Walk the top-level explicit VR data set up to pixel data or EOF, as pydicom reads it."""
     found: _Found = {}
     empty_sequence = False
-    unpack, unpack8, vr_long, special = _EXPLICIT_12, _EXPLICIT, _VR_LONG.get, _TOP_SPECIAL
+    unpack, unpack8, vr_long, special = _EXPLICIT_12, EXPLICIT, VR_LONG.get, _TOP_SPECIAL
     none_when_empty = _NONE_WHEN_EMPTY
-    undefined, key = _UNDEFINED, 0
+    undefined, key = UNDEFINED, 0
     while True:
         if pos + 12 > n:
             end = _at_end(found, key, pos, n, size, empty_sequence, 12)
@@ -241,7 +228,7 @@ def _walk_explicit(data: Buffer, n: int, size: int, pos: int) -> _Walked:
                 return end
             key, vr, length = unpack8(data, pos)
             if vr_long(vr) is not False:
-                raise _Unsure  # pydicom fails to unpack the missing 4-byte length
+                raise Unsure  # pydicom fails to unpack the missing 4-byte length
             at = pos + 8
         else:
             key, vr, length, long_length = unpack(data, pos)
@@ -251,10 +238,10 @@ def _walk_explicit(data: Buffer, n: int, size: int, pos: int) -> _Walked:
                 if length == undefined:
                     if key in special and _note(found, key, at, length, vr):
                         return found, pos, False, empty_sequence
-                    pos = _skip_undefined(data, n, size, at, key, vr)
+                    pos = skip_undefined(data, n, size, at, key, vr)
                     continue
             elif long is None:
-                raise _Unsure  # pydicom switches this element to implicit VR
+                raise Unsure  # pydicom switches this element to implicit VR
             else:
                 at = pos + 8
         if key in special and _note(found, key, at, length, vr):
@@ -269,7 +256,7 @@ def _walk_implicit(data: Buffer, n: int, size: int, pos: int) -> _Walked:
     """Walk the top-level implicit VR data set up to pixel data or EOF, as pydicom reads it."""
     found: _Found = {}
     empty_sequence = False
-    unpack, special, undefined, key = _IMPLICIT, _TOP_SPECIAL, _UNDEFINED, 0
+    unpack, special, undefined, key = IMPLICIT, _TOP_SPECIAL, UNDEFINED, 0
     while True:
         if pos + 8 > n:
             end = _at_end(found, key, pos, n, size, empty_sequence, 8)
@@ -281,7 +268,7 @@ def _walk_implicit(data: Buffer, n: int, size: int, pos: int) -> _Walked:
         if not length and _empty_converts(key):
             empty_sequence = True
         if length == undefined:
-            pos = _skip_undefined(data, n, size, pos + 8, key, None)
+            pos = skip_undefined(data, n, size, pos + 8, key, None)
         else:
             pos += 8 + length
 
@@ -290,8 +277,8 @@ def _note(found: _Found, key: int, at: int, length: int, vr: bytes | None) -> bo
     """Record a wanted top-level element; True at pixel data, where pydicom stops."""
     if key in _PIXELS:
         return True
-    if length == _UNDEFINED or not (key in _NOTED or key == _PIXEL_REPRESENTATION):
-        raise _Unsure  # a delimiter at the top level, or a field of undefined length
+    if length == UNDEFINED or not (key in _NOTED or key == _PIXEL_REPRESENTATION):
+        raise Unsure  # a delimiter at the top level, or a field of undefined length
     found[key] = (at, length, vr)
     return False
 
@@ -303,7 +290,7 @@ def _at_end(found: _Found, key: int, pos: int, n: int, size: int, empty_sequence
         # The last value (of `key`) was cut by EOF; pydicom no longer sees the length of
         # the fields it converted.
         if key in _NOTED:
-            raise _Unsure
+            raise Unsure
         return found, -1, True, empty_sequence
     if n < size:
         return min(size, pos + header)
@@ -322,13 +309,13 @@ def _empty_converts(key: int) -> bool:
     if key & 1:
         # Private: the VR comes from the private dictionary and converting reads the
         # creator (and the group length), any of which may fail to convert.
-        raise _Unsure
+        raise Unsure
     try:
         vr = _dictionary_vr_fast((key & 0xFFFF) << 16 | key >> 16)
     except KeyError:
         return False  # UN, or UL for a group length
     if vr in _AMBIGUOUS:
-        raise _Unsure  # pydicom resolves these from other elements' values, which may fail
+        raise Unsure  # pydicom resolves these from other elements' values, which may fail
     return vr == VR.SQ
 
 
@@ -337,100 +324,4 @@ def _check_pixel_representation(found: _Found, size: int) -> None:
     if _PIXEL_REPRESENTATION in found:
         at, length, vr = found[_PIXEL_REPRESENTATION]
         if vr not in (None, b"US") or length % 2 or at + length > size:
-            raise _Unsure
-
-
-def _check_vr(vr: bytes | None, expected: bytes, length: int) -> None:
-    # pydicom reads UN as the dictionary VR when the value is shorter than 64 KiB.
-    if vr is not None and vr != expected and not (
-            vr == b"UN" and length < 0xFFFF and config.replace_un_with_known_vr):
-        raise _Unsure
-
-
-def _check_charset(data: Buffer, n: int, size: int, at: int, length: int,
-                   vr: bytes | None) -> None:
-    # pydicom looks odd character sets up in the codec registry; plain ASCII names are safe.
-    _check_vr(vr, b"CS", length)
-    _avail(n, size, at + length)
-    value = bytes(data[at:at + length]).rstrip(b" \x00")
-    if not (value.isascii() and value.decode().isprintable()):
-        raise _Unsure
-
-
-def _skip_undefined(data: Buffer, n: int, size: int, at: int, key: int,
-                    vr: bytes | None) -> int:
-    """Skip an undefined-length value starting at `at` the way pydicom reads it."""
-    if vr is None:
-        try:
-            is_sequence = _dictionary_vr_fast((key & 0xFFFF) << 16 | key >> 16) == VR.SQ
-        except KeyError:
-            _avail(n, size, at + 4)
-            is_sequence = _U32(data, at)[0] == _ITEM  # pydicom looks ahead for an item
-    else:
-        is_sequence = vr in (b"SQ", b"UN")
-    if is_sequence:
-        return _skip_sequence(data, n, size, at, vr is None)
-    return _skip_fragments(data, n, size, at)
-
-
-def _skip_sequence(data: Buffer, n: int, size: int, pos: int, implicit: bool) -> int:
-    while True:
-        _avail(n, size, pos + 8)
-        key, length = _IMPLICIT(data, pos)
-        pos += 8
-        if key == _SEQ_END:
-            return pos
-        if key != _ITEM:
-            raise _Unsure
-        item_implicit = implicit
-        if not implicit:
-            # Items of an explicit sequence may be implicit: pydicom judges each one.
-            _avail(n, size, pos + 6)
-            item_implicit = not (0x40 < data[pos + 4] < 0x5B and 0x40 < data[pos + 5] < 0x5B)
-        end = None if length == _UNDEFINED else pos + length
-        pos = _skip_item(data, n, size, pos, item_implicit, end)
-
-
-def _skip_item(data: Buffer, n: int, size: int, pos: int, implicit: bool,
-               end: int | None) -> int:
-    while end is None or pos < end:
-        _avail(n, size, pos + 8)
-        key, length = _IMPLICIT(data, pos)
-        vr: bytes | None = None
-        if key & 0xFFFF == 0xFFFE:
-            if key == _ITEM_END and length == 0 and end is None:
-                return pos + 8
-            raise _Unsure
-        at = pos + 8
-        if not implicit:
-            key, vr, length = _EXPLICIT(data, pos)
-            long = _VR_LONG.get(vr)
-            if long is None:
-                raise _Unsure
-            if long:
-                _avail(n, size, pos + 12)
-                length = _U32(data, pos + 8)[0]
-                at = pos + 12
-        if key == _CHARSET:
-            _check_charset(data, n, size, at, length, vr)
-        if length == _UNDEFINED:
-            pos = _skip_undefined(data, n, size, at, key, vr)
-            continue
-        pos = at + length
-        if pos > size:
-            raise _Unsure
-    if pos != end:
-        raise _Unsure  # elements overran their item
-    return pos
-
-
-def _skip_fragments(data: Buffer, n: int, size: int, pos: int) -> int:
-    """Skip items up to the sequence delimiter, as pydicom's encapsulated-data reader does."""
-    while True:
-        _avail(n, size, pos + 8)
-        key, length = _IMPLICIT(data, pos)
-        if key == _SEQ_END:
-            return pos + 8
-        if key != _ITEM:
-            raise _Unsure  # pydicom falls back to a byte search for the delimiter
-        pos += 8 + length
+            raise Unsure
