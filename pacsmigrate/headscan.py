@@ -190,8 +190,8 @@ def _meta(data: Buffer, n: int, size: int) -> tuple[int, str]:
             raise Unsure
         else:
             at = pos + 8
-        if (first or key == _META_LENGTH) and length % _NUMERIC_SIZE.get(vr, 1):
-            raise Unsure  # pydicom converts these and raises on a bad length
+        if (first or key == _META_LENGTH) and (vr == b"SQ" or length % _NUMERIC_SIZE.get(vr, 1)):
+            raise Unsure  # pydicom converts these: a bad length or a sequence may raise
         if key == _TRANSFER_SYNTAX:
             if vr != b"UI":
                 raise Unsure

@@ -306,6 +306,21 @@ def test_truncated_in_the_meta_header() -> None:
         assert declined(data[:cut]).reason == reference(data[:cut]).reason
 
 
+def test_odd_meta_goes_to_pydicom() -> None:
+    data = encode(image())
+    group_length = data[132:144]
+    assert group_length[:6] == b"\x02\x00\x00\x00UL"
+    for odd in (b"\x02\x00\x00\x00SQ\x00\x00" + group_length[8:],  # pydicom converts it
+                b"\x02\x00\x00\x00UL\x03\x00" + group_length[8:11],  # a bad length
+                b"\x02\x00\x00\x00\x04\x00\x00\x00" + group_length[8:]):  # implicit meta
+        variant = data[:132] + odd + data[144:]
+        assert scan(variant, len(variant)) is None
+        with io.BytesIO(variant) as f:
+            assert parse(variant[:PREFIX], len(variant), f) == reference(variant)
+    no_syntax = data.replace(b"\x02\x00\x10\x00UI", b"\x02\x00\x11\x00UI")
+    assert declined(no_syntax).study_uid == image().StudyInstanceUID
+
+
 def test_deflated_big_endian_and_no_meta_go_to_pydicom() -> None:
     ds = image()
     deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
