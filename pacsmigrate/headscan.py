@@ -170,7 +170,7 @@ def _scan(data: Buffer, n: int, size: int) -> Fields | int | None:
 
 def _meta(data: Buffer, n: int, size: int) -> tuple[int, str]:
     """Walk the group 0002 file meta; return where the data set starts and the syntax."""
-    pos, ts_at, first = 132, None, True
+    pos, ts_at, first = 132, None, -1
     unpack, vr_long = _EXPLICIT_12, VR_LONG.get
     while True:
         # pydicom peeks at up to 12 bytes past the meta; fewer make it fail in odd ways.
@@ -178,7 +178,7 @@ def _meta(data: Buffer, n: int, size: int) -> tuple[int, str]:
             avail(n, size, pos + 12)
         key, vr, length, long_length = unpack(data, pos)
         if key & 0xFFFF != 2:
-            if first:
+            if first < 0:
                 raise Unsure  # no file meta: pydicom guesses the syntax
             return pos, _syntax(data, n, size, ts_at)
         long = vr_long(vr)
@@ -190,13 +190,16 @@ def _meta(data: Buffer, n: int, size: int) -> tuple[int, str]:
             raise Unsure
         else:
             at = pos + 8
-        if (first or key == _META_LENGTH) and (vr == b"SQ" or length % _NUMERIC_SIZE.get(vr, 1)):
-            raise Unsure  # pydicom converts these: a bad length or a sequence may raise
+        if first < 0:
+            first = key
+        # pydicom converts the first tag (with its last value) and the group length: a bad
+        # length or a sequence may fail there.
+        if key in (first, _META_LENGTH) and (vr == b"SQ" or length % _NUMERIC_SIZE.get(vr, 1)):
+            raise Unsure
         if key == _TRANSFER_SYNTAX:
             if vr != b"UI":
                 raise Unsure
             ts_at = (at, length)
-        first = False
         pos = at + length
 
 
