@@ -282,6 +282,8 @@ def _note(found: _Found, key: int, at: int, length: int, vr: bytes | None) -> bo
         return True
     if length == UNDEFINED or not (key in _NOTED or key == _PIXEL_REPRESENTATION):
         raise Unsure  # a delimiter at the top level, or a field of undefined length
+    if key == CHARSET and key in found:
+        raise Unsure  # pydicom decodes each copy as it reads; only the last is checked
     found[key] = (at, length, vr)
     return False
 

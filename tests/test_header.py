@@ -349,6 +349,13 @@ def test_odd_values_are_left_to_pydicom() -> None:
     odd_vr = encode(image(StudyDate="20240131"))
     odd_vr = odd_vr.replace(b"\x08\x00\x20\x00DA", b"\x08\x00\x20\x00LO")
     assert declined(odd_vr).study_date == "20240131"
+    # A character set pydicom cannot look up fails the read, also when a good copy follows.
+    data = encode(image())
+    charset = data.index(b"\x08\x00\x05\x00CS")
+    bad = b"\x08\x00\x05\x00CS\x04\x00a\x00bc"
+    before, good, after = data[:charset], data[charset:charset + 18], data[charset + 18:]
+    for variant in (before + bad + after, before + bad + good + after):
+        assert declined(variant).reason == "unreadable DICOM header (ValueError)"
 
 
 def test_padding_and_empty_fields_match_pydicom() -> None:
