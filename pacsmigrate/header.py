@@ -11,7 +11,8 @@ from typing import Any, BinaryIO
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from .headscan import DEFLATED, Buffer, pixel_overrun, scan_fields
+from .headscan import DEFLATED, pixel_overrun, scan_fields
+from .headskip import Buffer
 
 # pydicom's warnings and log lines can quote element values (names, IDs, UIDs): patient
 # data must never reach our output, so they are silenced; our reasons carry no values.
