@@ -1,0 +1,147 @@
+"""A file's DICOM header fields: a fast byte scan, with pydicom for everything it declines."""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from .headscan import DEFLATED, pixel_overrun, scan_fields
+from .headskip import Buffer
+
+# pydicom's warnings and log lines can quote element values (names, IDs, UIDs): patient
+# data must never reach our output, so they are silenced; our reasons carry no values.
+warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
+logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+
+# The most parse() reads from a file for the scan before it hands the file to pydicom.
+MAX_PREFIX = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """What the header says, or why it could not place the file in a study."""
+
+    study_uid: str = ""
+    series_uid: str = ""
+    sop_uid: str = ""
+    modality: str = ""
+    study_date: str = ""
+    transfer_syntax: str = ""
+    reason: str = ""
+
+
+def scan(data: Buffer, size: int) -> Header | int | None:
+    """The header from the file's first bytes `data` (of `size` in all), when sure.
+
+    Returns exactly what read_header would; an int when `data` is too short to tell (read at
+    least that many bytes from the start and call again); None when pydicom must decide.
+    """
+    got = scan_fields(data, size)
+    if got is None or isinstance(got, int):
+        return got
+    return Header(*got)
+
+
+def parse(data: Buffer, size: int, f: BinaryIO | None = None) -> Header:
+    """The header of a file whose first bytes are `data`: the scan, else pydicom.
+
+    `f`, if given, is the open file (any position): the scan may read more of it, up to
+    MAX_PREFIX, and pydicom reads it from the start. Without `f`, `data` must be the whole
+    file whenever the scan needs more than it.
+    """
+    got = scan(data, size)
+    while isinstance(got, int) and f is not None and len(data) < got <= MAX_PREFIX:
+        want = min(size, MAX_PREFIX, max(got, 2 * len(data)))
+        f.seek(len(data))
+        data = bytes(data) + f.read(want - len(data))
+        if len(data) < want:
+            break  # the file shrank: pydicom judges what is there
+        got = scan(data, size)
+    if isinstance(got, Header):
+        return got
+    if f is not None:
+        f.seek(0)
+        return read_header(f, size)
+    if len(data) >= size:
+        return read_header(io.BytesIO(bytes(data[:size])), size)
+    raise ValueError(f"the header needs more than the {len(data)} bytes given; pass the file")
+
+
+def _text(ds: Any, name: str) -> str:
+    value = ds.get(name, "")
+    return str(value).strip() if value is not None else ""
+
+
+def _pixels_truncated(f: BinaryIO, size: int, ts: str) -> bool:
+    """True when the PixelData element declares more bytes than the file holds.
+
+    dcmread(stop_before_pixels=True) leaves the file positioned at the pixel element's tag,
+    so this costs one 12-byte read.
+    """
+    pos = f.tell()
+    if pos >= size or ts in DEFLATED:
+        return False
+    return pixel_overrun(f.read(12), pos, size, ts)
+
+
+def read_header(f: BinaryIO, size: int) -> Header:
+    """Parse the header of an open file with pydicom (stopping before pixel data)."""
+    if size == 0:
+        return Header(reason="empty file")
+    prefix = f.read(132)
+    has_marker = prefix[128:132] == b"DICM"
+    f.seek(0)
+    try:
+        ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
+    except (InvalidDicomError, EOFError) as exc:
+        return Header(reason="truncated DICOM header" if has_marker
+                      else f"not DICOM ({type(exc).__name__})")
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on garbage input
+        return Header(reason=("unreadable DICOM header" if has_marker else "not DICOM")
+                      + f" ({type(exc).__name__})")
+    meta = getattr(ds, "file_meta", None)
+    ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    try:
+        h = Header(_text(ds, "StudyInstanceUID"), _text(ds, "SeriesInstanceUID"),
+                   _text(ds, "SOPInstanceUID"), _text(ds, "Modality"), _text(ds, "StudyDate"),
+                   ts)
+    except Exception as exc:  # noqa: BLE001 - a value that fails to decode
+        return Header(reason=f"unreadable DICOM header ({type(exc).__name__})")
+    if not has_marker and not (h.study_uid or h.sop_uid or h.series_uid):
+        return Header(reason="not DICOM")
+    if not h.study_uid:
+        return _with_reason(h, "DICOM without StudyInstanceUID")
+    if ts not in DEFLATED and _elements_overrun(ds, size):
+        return _with_reason(h, "truncated DICOM (data set shorter than declared)")
+    if _pixels_truncated(f, size, ts):
+        return _with_reason(h, "truncated DICOM (pixel data shorter than declared)")
+    return h
+
+
+def _elements_overrun(ds: Any, size: int) -> bool:
+    """True when a top-level element declares more bytes than the file has.
+
+    pydicom reads a value cut short by the end of the file without complaint; the raw
+    elements still carry where their value starts and how long it claims to be.
+    """
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag)
+        length, at = getattr(raw, "length", None), getattr(raw, "value_tell", None)
+        if length is not None and at is not None and length != 0xFFFFFFFF and at + length > size:
+            return True
+    return False
+
+
+def _with_reason(h: Header, reason: str) -> Header:
+    return Header(h.study_uid, h.series_uid, h.sop_uid, h.modality, h.study_date,
+                  h.transfer_syntax, reason)
+
+
+def header_from_bytes(data: bytes) -> Header:
+    return parse(data, len(data))

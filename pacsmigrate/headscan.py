@@ -1,0 +1,332 @@
+"""Scan a DICOM file's first bytes for its header fields, as pydicom would read them, or decline."""
+
+from __future__ import annotations
+
+import struct
+
+from pydicom import config, uid
+from pydicom.datadict import _dictionary_vr_fast
+from pydicom.dataelem import empty_value_for_VR
+from pydicom.hooks import hooks, raw_element_value, raw_element_vr
+from pydicom.valuerep import AMBIGUOUS_VR, VR
+
+from .headskip import (
+    ALL_VRS,
+    CHARSET,
+    EXPLICIT,
+    IMPLICIT,
+    ITEM,
+    ITEM_END,
+    LONG_VRS,
+    SEQ_END,
+    U32,
+    UNDEFINED,
+    VR_LONG,
+    Buffer,
+    Need,
+    Unsure,
+    avail,
+    check_charset,
+    check_vr,
+    skip_undefined,
+    tag_key,
+)
+
+# (study, series, sop, modality, study date, transfer syntax, reason): a Header's fields.
+Fields = tuple[str, str, str, str, str, str, str]
+
+IMPLICIT_LE = "1.2.840.10008.1.2"
+EXPLICIT_BE = "1.2.840.10008.1.2.2"
+DEFLATED = ("1.2.840.10008.1.2.1.99",)
+_DECLINED_SYNTAXES = frozenset({EXPLICIT_BE, *DEFLATED})
+# Converting these with a length that is not a multiple of the size raises in pydicom.
+_NUMERIC_SIZE = {b"UL": 4, b"SL": 4, b"US": 2, b"SS": 2, b"FL": 4, b"FD": 8, b"AT": 4,
+                 b"UV": 8, b"SV": 8}
+
+_EXPLICIT_12 = struct.Struct("<I2sHI").unpack_from  # with the 4-byte length of long VRs
+_U16 = struct.Struct("<H").unpack_from
+_U32_BE = struct.Struct(">I").unpack_from
+_U16_BE = struct.Struct(">H").unpack_from
+
+STUDY, SERIES = tag_key(0x0020, 0x000D), tag_key(0x0020, 0x000E)
+SOP, MODALITY, STUDY_DATE = tag_key(8, 0x0018), tag_key(8, 0x0060), tag_key(8, 0x0020)
+_TRANSFER_SYNTAX, _META_LENGTH = tag_key(0x0002, 0x0010), tag_key(0x0002, 0x0000)
+# pydicom's stop_before_pixels stops at any of these.
+_PIXELS = frozenset(tag_key(0x7FE0, element) for element in (0x0010, 0x0008, 0x0009))
+_FIELDS = (STUDY, SERIES, SOP, MODALITY, STUDY_DATE)
+# Top-level elements pydicom converts while reading a header, with the VR we can decode.
+_NOTED = {STUDY: b"UI", SERIES: b"UI", SOP: b"UI", MODALITY: b"CS", STUDY_DATE: b"DA",
+          CHARSET: b"CS"}
+_PIXEL_REPRESENTATION = tag_key(0x0028, 0x0103)
+_TOP_SPECIAL = frozenset(_NOTED) | _PIXELS | {ITEM, ITEM_END, SEQ_END, _PIXEL_REPRESENTATION}
+_AMBIGUOUS = frozenset(str(v) for v in AMBIGUOUS_VR)
+# Explicit VRs whose empty raw value is None (not b""): pydicom converts those when it
+# checks lengths (with use_none_as_empty_text_VR_value off, which the scan requires).
+_NONE_WHEN_EMPTY = frozenset(v for v in VR_LONG if empty_value_for_VR(v.decode(), raw=True)
+                             is None)
+
+
+def pixel_overrun(head: bytes, pos: int, size: int, ts: str) -> bool:
+    """True when the pixel element whose first bytes are `head` (at `pos`) ends past EOF.
+
+    Encapsulated (undefined length) data is not judged.
+    """
+    if len(head) < 8:
+        return True
+    u32, u16 = (_U32_BE, _U16_BE) if ts == EXPLICIT_BE else (U32, _U16)
+    # Judge VR from the bytes: some files declare explicit VR but are written implicit.
+    if ts == IMPLICIT_LE or head[4:6] not in ALL_VRS:
+        (length,) = u32(head, 4)
+        header_len = 8
+    elif head[4:6] in LONG_VRS:
+        if len(head) < 12:
+            return True
+        (length,) = u32(head, 8)
+        header_len = 12
+    else:
+        (length,) = u16(head, 6)
+        header_len = 8
+    if length == UNDEFINED:
+        return False
+    return bool(pos + header_len + length > size)
+
+
+def scan_fields(data: Buffer, size: int) -> Fields | int | None:
+    """A Header's fields from the file's first bytes; an int: read this many; None: use pydicom."""
+    if size == 0:
+        return "", "", "", "", "", "", "empty file"
+    n = min(len(data), size)
+    if n < 132 + 12:
+        return min(size, 4096) if n < size else None
+    if data[128:132] != b"DICM" or not _pydicom_defaults():
+        return None
+    try:
+        return _scan(data, n, size)
+    except Need as need:
+        return need.end
+    except Unsure:
+        return None
+
+
+def _pydicom_defaults() -> bool:
+    # The scan copies pydicom's reading under its default settings only.
+    return (config.settings.reading_validation_mode != config.RAISE
+            and config.settings.infer_sq_for_un_vr and not config.datetime_conversion
+            and not config.use_none_as_empty_text_VR_value
+            and config.data_element_callback is None and not hooks.raw_element_kwargs
+            and hooks.raw_element_vr is raw_element_vr
+            and hooks.raw_element_value is raw_element_value)
+
+
+def _text(data: Buffer, n: int, size: int, at: int, length: int) -> str:
+    """A single UI/CS/DA value as pydicom gives it after str().strip()."""
+    end = at + length
+    if end > n:
+        avail(n, size, end)
+    value = str(data[at:end], "latin-1").rstrip(" \x00")
+    if "\\" in value:
+        raise Unsure  # several values: pydicom gives a list
+    return value.strip()
+
+
+def _scan(data: Buffer, n: int, size: int) -> Fields | int | None:
+    pos, ts = _meta(data, n, size)
+    key = U32(data, pos)[0]
+    if key & 0xFFFF == 0:
+        raise Unsure  # a command set group
+    # pydicom trusts the first element's bytes over the transfer syntax (explicit or not).
+    implicit = not (0x40 < data[pos + 4] < 0x5B and 0x40 < data[pos + 5] < 0x5B)
+    walked = (_walk_implicit if implicit else _walk_explicit)(data, n, size, pos)
+    if not isinstance(walked, tuple):
+        return walked
+    found, stop, overrun, empty_sequence = walked
+    charset = found.get(CHARSET)
+    if charset is not None:
+        check_charset(data, n, size, *charset)
+    values: list[str] = []
+    for key in _FIELDS:
+        field = found.get(key)
+        if field is None:
+            values.append("")
+            continue
+        at, length, vr = field
+        if vr is not None and vr != _NOTED[key]:
+            check_vr(vr, _NOTED[key], length)
+        values.append(_text(data, n, size, at, length))
+    if values[0] and empty_sequence:
+        _check_pixel_representation(found, size)
+    reason = ""
+    if not values[0]:
+        reason = "DICOM without StudyInstanceUID"
+    elif overrun:
+        reason = "truncated DICOM (data set shorter than declared)"
+    elif stop >= 0:
+        head_end = min(stop + 12, size)
+        avail(n, size, head_end)
+        if pixel_overrun(bytes(data[stop:head_end]), stop, size, ts):
+            reason = "truncated DICOM (pixel data shorter than declared)"
+    return values[0], values[1], values[2], values[3], values[4], ts, reason
+
+
+def _meta(data: Buffer, n: int, size: int) -> tuple[int, str]:
+    """Walk the group 0002 file meta; return where the data set starts and the syntax."""
+    pos, ts_at, first = 132, None, -1
+    unpack, vr_long = _EXPLICIT_12, VR_LONG.get
+    while True:
+        # pydicom peeks at up to 12 bytes past the meta; fewer make it fail in odd ways.
+        if pos + 12 > n:
+            avail(n, size, pos + 12)
+        key, vr, length, long_length = unpack(data, pos)
+        if key & 0xFFFF != 2:
+            if first < 0:
+                raise Unsure  # no file meta: pydicom guesses the syntax
+            return pos, _syntax(data, n, size, ts_at)
+        long = vr_long(vr)
+        if long:
+            if vr == b"UN" or long_length == UNDEFINED:
+                raise Unsure
+            length, at = long_length, pos + 12
+        elif long is None:
+            raise Unsure
+        else:
+            at = pos + 8
+        if first < 0:
+            first = key
+        # pydicom converts the first tag (with its last value) and the group length: a bad
+        # length or a sequence may fail there.
+        if key in (first, _META_LENGTH) and (vr == b"SQ" or length % _NUMERIC_SIZE.get(vr, 1)):
+            raise Unsure
+        if key == _TRANSFER_SYNTAX:
+            if vr != b"UI":
+                raise Unsure
+            ts_at = (at, length)
+        pos = at + length
+
+
+def _syntax(data: Buffer, n: int, size: int, ts_at: tuple[int, int] | None) -> str:
+    if ts_at is None:
+        raise Unsure  # pydicom guesses the syntax from the data set
+    ts = _text(data, n, size, *ts_at)
+    if ts in _DECLINED_SYNTAXES or ts in uid.PrivateTransferSyntaxes:
+        raise Unsure
+    return ts
+
+
+_Found = dict[int, tuple[int, int, bytes | None]]
+# (found elements, where pixel data starts or -1, a value overran EOF, an empty sequence).
+_Walked = tuple[_Found, int, bool, bool] | int
+
+
+def _walk_explicit(data: Buffer, n: int, size: int, pos: int) -> _Walked:
+    """Walk the top-level explicit VR data set up to pixel data or EOF, as pydicom reads it."""
+    found: _Found = {}
+    empty_sequence = False
+    unpack, unpack8, vr_long, special = _EXPLICIT_12, EXPLICIT, VR_LONG.get, _TOP_SPECIAL
+    none_when_empty = _NONE_WHEN_EMPTY
+    undefined, key = UNDEFINED, 0
+    while True:
+        if pos + 12 > n:
+            end = _at_end(found, key, pos, n, size, empty_sequence, 12)
+            if end is not None:
+                return end
+            key, vr, length = unpack8(data, pos)
+            if vr_long(vr) is not False:
+                raise Unsure  # pydicom fails to unpack the missing 4-byte length
+            at = pos + 8
+        else:
+            key, vr, length, long_length = unpack(data, pos)
+            long = vr_long(vr)
+            if long:
+                length, at = long_length, pos + 12
+                if length == undefined:
+                    if key in special and _note(found, key, at, length, vr):
+                        return found, pos, False, empty_sequence
+                    pos = skip_undefined(data, n, size, at, key, vr)
+                    continue
+            elif long is None:
+                raise Unsure  # pydicom switches this element to implicit VR
+            else:
+                at = pos + 8
+        if key in special and _note(found, key, at, length, vr):
+            return found, pos, False, empty_sequence
+        if not length and vr in none_when_empty and (key & 1 or vr == b"UN") \
+                and _empty_converts(key):
+            empty_sequence = True
+        pos = at + length
+
+
+def _walk_implicit(data: Buffer, n: int, size: int, pos: int) -> _Walked:
+    """Walk the top-level implicit VR data set up to pixel data or EOF, as pydicom reads it."""
+    found: _Found = {}
+    empty_sequence = False
+    unpack, special, undefined, key = IMPLICIT, _TOP_SPECIAL, UNDEFINED, 0
+    while True:
+        if pos + 8 > n:
+            end = _at_end(found, key, pos, n, size, empty_sequence, 8)
+            if end is not None:
+                return end
+        key, length = unpack(data, pos)
+        if key in special and _note(found, key, pos + 8, length, None):
+            return found, pos, False, empty_sequence
+        if not length and _empty_converts(key):
+            empty_sequence = True
+        if length == undefined:
+            pos = skip_undefined(data, n, size, pos + 8, key, None)
+        else:
+            pos += 8 + length
+
+
+def _note(found: _Found, key: int, at: int, length: int, vr: bytes | None) -> bool:
+    """Record a wanted top-level element; True at pixel data, where pydicom stops."""
+    if key in _PIXELS:
+        return True
+    if length == UNDEFINED or not (key in _NOTED or key == _PIXEL_REPRESENTATION):
+        raise Unsure  # a delimiter at the top level, or a field of undefined length
+    if key == CHARSET and key in found:
+        raise Unsure  # pydicom decodes each copy as it reads; only the last is checked
+    found[key] = (at, length, vr)
+    return False
+
+
+def _at_end(found: _Found, key: int, pos: int, n: int, size: int, empty_sequence: bool,
+            header: int) -> _Walked | None:
+    """The walk's end where fewer than `header` bytes are left; None: 8 to 11 bytes left."""
+    if pos > size:
+        # The last value (of `key`) was cut by EOF; pydicom no longer sees the length of
+        # the fields it converted.
+        if key in _NOTED:
+            raise Unsure
+        return found, -1, True, empty_sequence
+    if n < size:
+        return min(size, pos + header)
+    if pos + 8 > size:
+        return found, -1, False, empty_sequence  # pydicom ends quietly on a cut header
+    return None
+
+
+def _empty_converts(key: int) -> bool:
+    """Whether pydicom's conversion of this empty element reads PixelRepresentation.
+
+    Checking lengths, pydicom converts the empty top-level elements whose raw value is None
+    (implicit VR, UN, or private of a non-text VR); converting a sequence reads
+    PixelRepresentation.
+    """
+    if key & 1:
+        # Private: the VR comes from the private dictionary and converting reads the
+        # creator (and the group length), any of which may fail to convert.
+        raise Unsure
+    try:
+        vr = _dictionary_vr_fast((key & 0xFFFF) << 16 | key >> 16)
+    except KeyError:
+        return False  # UN, or UL for a group length
+    if vr in _AMBIGUOUS:
+        raise Unsure  # pydicom resolves these from other elements' values, which may fail
+    return vr == VR.SQ
+
+
+def _check_pixel_representation(found: _Found, size: int) -> None:
+    # pydicom converts it when it converts a sequence; a bad length raises there.
+    if _PIXEL_REPRESENTATION in found:
+        at, length, vr = found[_PIXEL_REPRESENTATION]
+        if vr not in (None, b"US") or length % 2 or at + length > size:
+            raise Unsure
