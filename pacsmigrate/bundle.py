@@ -10,14 +10,16 @@ from dataclasses import dataclass, field
 import blake3
 
 from . import manifest
-from .classify import describe, header_of, read_header
+from .classify import describe
 from .errors import SourceChangedError
+from .header import header_from_bytes, parse
 from .paths import member_name
 from .records import BundlePlan, Entry, Member, Problem, now_iso
 from .source import open_regular, read_exact
 from .tarheader import BLOCK, ZEROS, pad, tar_header
 
 READ_ATTEMPTS = 3
+HEADER_BYTES = 32 << 10
 VANISHED = "vanished before packing"
 
 
@@ -105,7 +107,7 @@ def _member_bytes(m: Member, plan: BundlePlan, built: Built, secret: bytes
     # Changed since the read stage: what it is now decides where it goes.
     built.reread += 1
     built.reread_bytes += len(data)
-    about = describe(m.path, header_of(data), secret=secret)
+    about = describe(m.path, header_from_bytes(data), secret=secret)
     now = Member(m.path, len(data), st.st_mtime_ns, about, "", data)
     if about.group != plan.group:
         built.moved.append(Member(m.path, len(data), st.st_mtime_ns, about))
@@ -171,7 +173,8 @@ def file_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
         if (before.st_size, before.st_mtime_ns) != (m.size, m.mtime_ns):
             built.reread += 1
             built.reread_bytes += before.st_size
-            about = describe(m.path, read_header(f, before.st_size), secret=secret)
+            head = read_exact(f.fileno(), HEADER_BYTES)
+            about = describe(m.path, parse(head, before.st_size, f), secret=secret)
             f.seek(0)
             now = Member(m.path, before.st_size, before.st_mtime_ns, about)
             if about.group != plan.group:

@@ -94,7 +94,7 @@ class MigrateConfig:
     transfer: TransferConfig = field(default_factory=TransferConfig)
     scan_threads: int = 16
     read_threads: int = 8
-    header_bytes: int = 64 * KiB
+    header_bytes: int = 32 * KiB
     memory: int = 512 * MiB  # file data held by open bundles and uploads in flight
     hold_max: int = 2 * MiB  # files up to this size are read whole once and carried
     report_path: Path | None = None

@@ -117,7 +117,11 @@ def read_header(f: BinaryIO, size: int) -> Header:
         return Header(reason="not DICOM")
     if not h.study_uid:
         return _with_reason(h, "DICOM without StudyInstanceUID")
-    if ts not in DEFLATED and _elements_overrun(ds, size):
+    try:
+        overrun = ts not in DEFLATED and _elements_overrun(ds, size)
+    except Exception as exc:  # noqa: BLE001 - an odd element pydicom cannot convert
+        return _with_reason(h, f"unreadable DICOM header ({type(exc).__name__})")
+    if overrun:
         return _with_reason(h, "truncated DICOM (data set shorter than declared)")
     if _pixels_truncated(f, size, ts):
         return _with_reason(h, "truncated DICOM (pixel data shorter than declared)")

@@ -133,7 +133,6 @@ class Migration:
         grouper = Grouper(bundle_size=cfg.bundle_size, large_file=cfg.large_file,
                           memory=cfg.memory // 2)
         problems: list[Problem] = []
-        s = self.stats
         bar = Bar("read", total_bytes=None, total_files=None, enabled=cfg.progress, position=0)
         # A separate counting walk gives the bars their totals (restic's way).
         counting = asyncio.create_task(count_for(roots, [bar, sink.bar])) if cfg.progress \

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import blake3
 
 from .checkpoint import Checkpoint
-from .classify import Header, describe, header_of, read_header
+from .classify import describe
+from .header import Header, parse
 from .records import Member, Problem
 from .source import HASH_CHUNK, open_source, problem_for, read_exact
 
@@ -28,7 +29,7 @@ class ReadOptions:
 
     secret: bytes
     hold_max: int = 2 << 20  # files up to this size are read whole once
-    header_bytes: int = 64 << 10  # what is read of larger files to parse their header
+    header_bytes: int = 32 << 10  # what is read first of larger files for their header
     dry_run: bool = False  # hash every byte, keep none
     skip_migrated: bool = False  # the index has rows: skip files it holds unchanged
     budget: int = 8 << 20  # bytes one call reads before it hands the rest back
@@ -110,9 +111,10 @@ def _contents(fd: int, path: bytes, size: int, opts: ReadOptions
         data = read_exact(fd, size + 1)
         if len(data) != size:
             return None
-        return header_of(data), blake3.blake3(data).hexdigest(), data
+        return parse(data, size), blake3.blake3(data).hexdigest(), data
+    prefix = read_exact(fd, opts.header_bytes)
     with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
-        header = read_header(f, size)
+        header = parse(prefix, size, f)  # reads further only when the header needs it
     digest = ""
     if opts.dry_run:  # the dry run hashes every byte; packing hashes what it sends
         os.lseek(fd, 0, os.SEEK_SET)

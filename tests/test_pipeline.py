@@ -183,7 +183,7 @@ def test_changed_file_is_reread_not_packed_half_old(moto_s3: S3Target, tmp_path:
         """The NAS changes a file after its header was read, before its bundle is packed."""
 
         async def _put(self, sink: Sink, plan: BundlePlan) -> None:
-            if not victim.stat().st_mtime_ns == 1_000_000_000:
+            if victim.stat().st_mtime_ns != 1_000_000_000:
                 ds = pydicom.dcmread(victim)
                 ds.SeriesDescription = "changed after its header was read"
                 ds.save_as(victim)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import subprocess
 import sys
@@ -111,7 +112,7 @@ def test_walk_order_is_depth_first_and_the_same_when_listing_ahead(
     # Depth-first: once the walk leaves a directory it never comes back to it.
     dirs = [os.path.dirname(p) for p in inline]
     left: set[bytes] = set()
-    for prev, cur in zip(dirs, dirs[1:]):
+    for prev, cur in itertools.pairwise(dirs):
         if prev != cur:
             left.add(prev)
             assert cur not in left
