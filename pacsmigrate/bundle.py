@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -137,7 +136,7 @@ def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
         entry = Entry(m.path, parts.offset, len(data), digest, now.size, now.mtime_ns,
                       now.about)
         built.entries.append(entry)
-        lines.append(json.dumps(manifest.member_json(entry, name), ensure_ascii=True))
+        lines.append(manifest.member_line(entry, name))
         yield from parts.add(data)
         yield from parts.add(pad(len(data)))
     if not built.entries:
@@ -197,6 +196,6 @@ def file_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
         built.dry_run_mismatch.append(m.path)
     entry = Entry(m.path, 0, total, digest, now.size, now.mtime_ns, now.about)
     built.entries.append(entry)
-    built.manifest = manifest.build(plan, [json.dumps(manifest.member_json(
-        entry, member_name(m.path)), ensure_ascii=True)], created=built.created)
+    built.manifest = manifest.build(plan, [manifest.member_line(entry, member_name(m.path))],
+                                    created=built.created)
     built.size = total

@@ -296,8 +296,10 @@ class Checkpoint:
                                                 ("meta", "index", "sop", "problems", "plan"))
             raw = txn.get(b"next_object", db=meta)
             next_id = int(raw) if raw is not None else 1
+            # Cleanups only where there is something to clean (the usual run has none).
             planned = txn.stat(plan)["entries"] > 0
             spilled = txn.stat(self.db["spill"])["entries"] > 0
+            troubled = txn.stat(problems)["entries"] > 0
             for obj in objects:
                 key = obj.key.encode()
                 old = txn.get(key, db=self.db["objects"])
@@ -312,7 +314,8 @@ class Checkpoint:
                     txn.put(k, rows.encode(e, number, long_path=k is not e.path), db=index)
                     if e.about.sop_uid:
                         txn.put(rows.packed_uid(e.about.sop_uid)[:500], e.path, db=sop)
-                    txn.delete(k, db=problems)
+                    if troubled:
+                        txn.delete(k, db=problems)
                     if planned:
                         txn.delete(k, db=plan)
                     if spilled:

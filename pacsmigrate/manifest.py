@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import tarfile
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from .paths import from_fields, path_fields
@@ -39,6 +40,25 @@ def member_json(e: Entry, name: str) -> dict[str, Any]:
         "modality": a.modality, "study_date": a.study_date,
         "transfer_syntax": a.transfer_syntax, "status": a.status, "reason": a.reason,
     }
+
+
+# One member as one line of JSON, formatted directly: json.dumps of a dict per member was
+# a tenth of the per-file cost of packing. Same text as json.dumps(member_json(...)).
+_MEMBER_LINE = ('{"name": %s, "source_path": %s, "source_path_b64": %s, "offset": %d, '
+                '"length": %d, "blake3": %s, "size": %d, "mtime_ns": %d, "study_uid": %s, '
+                '"series_uid": %s, "sop_uid": %s, "modality": %s, "study_date": %s, '
+                '"transfer_syntax": %s, "status": %s, "reason": %s}')
+
+
+def member_line(e: Entry, name: str) -> str:
+    """member_json(e, name) as JSON text (ASCII), without building the dict."""
+    a = e.about
+    q = encode_basestring_ascii
+    fields = path_fields(e.path)
+    return _MEMBER_LINE % (
+        q(name), q(fields["source_path"]), q(fields["source_path_b64"]), e.offset, e.length,
+        q(e.blake3), e.size, e.mtime_ns, q(a.study_uid), q(a.series_uid), q(a.sop_uid),
+        q(a.modality), q(a.study_date), q(a.transfer_syntax), q(a.status), q(a.reason))
 
 
 def manifest_name(bundle_id: str) -> str:

@@ -38,4 +38,7 @@ def member_name(path: bytes) -> str:
 
 def path_fields(path: bytes) -> dict[str, str]:
     """The two fields every index row and manifest member carries for its path."""
-    return {"source_path": display(path), "source_path_b64": b64_if_needed(path)}
+    try:
+        return {"source_path": path.decode("utf-8"), "source_path_b64": ""}
+    except UnicodeDecodeError:
+        return {"source_path": display(path), "source_path_b64": b64_if_needed(path)}

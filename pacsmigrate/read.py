@@ -51,13 +51,17 @@ class ReadResult:
 
 
 def read_files(directory: bytes, names: list[bytes], opts: ReadOptions,
-               cp: Checkpoint | None = None) -> ReadResult:
-    """Read the named files of one directory (runs in a pool thread)."""
+               cp: Checkpoint | None = None, *, budget: int | None = None) -> ReadResult:
+    """Read the named files of one directory (runs in a pool thread).
+
+    Stops once `budget` bytes (default: opts.budget) are held; `rest` names the others.
+    """
+    budget = opts.budget if budget is None else budget
     out = ReadResult(directory)
     paths = [directory + b"/" + n for n in names]
     known = cp.migrated(paths) if opts.skip_migrated and cp is not None else None
     for i, path in enumerate(paths):
-        if out.held >= opts.budget:
+        if out.held >= budget and i:
             out.rest = names[i:]
             break
         out.listed += 1

@@ -6,12 +6,45 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass, field
 
 from .checkpoint import Checkpoint
 from .read import ReadOptions, ReadResult, read_files
+from .records import Problem
 from .walk import Walker
 
-JOB_FILES = 64  # files per read job: GIL hand-offs per job, not per file
+JOB_FILES = 64  # files per read job (from one or several directories): hand-offs per job
+
+
+@dataclass
+class Slice:
+    """Some files of one directory, and the entries its listing skipped (in order)."""
+
+    directory: bytes
+    names: list[bytes]
+    problems: list[Problem] = field(default_factory=list)
+
+
+@dataclass
+class Job:
+    """What one job read, and the slices it left for the next (its byte budget ran out)."""
+
+    results: list[ReadResult]
+    left: list[Slice]
+
+
+def read_slices(slices: list[Slice], opts: ReadOptions, cp: Checkpoint | None) -> Job:
+    """Read slices in order until the byte budget is spent (runs in a pool thread)."""
+    results: list[ReadResult] = []
+    held = 0
+    for i, s in enumerate(slices):
+        r = read_files(s.directory, s.names, opts, cp, budget=opts.budget - held)
+        r.problems[:0] = s.problems
+        results.append(r)
+        held += r.held
+        if r.rest:
+            return Job(results, [Slice(s.directory, r.rest), *slices[i + 1:]])
+    return Job(results, [])
 
 
 async def read_tree(roots: Sequence[bytes], pool: Executor, opts: ReadOptions,
@@ -19,46 +52,46 @@ async def read_tree(roots: Sequence[bytes], pool: Executor, opts: ReadOptions,
                     ) -> AsyncIterator[ReadResult]:
     """Every file under roots read, as ReadResults in walk order.
 
-    Up to `jobs` slices are read at once (many in flight hide NAS latency); the results
-    are handed on in walk order, so what follows is deterministic.
+    Up to `jobs` jobs are read at once (many in flight hide NAS latency); the results are
+    handed on in walk order, so what follows is deterministic.
     """
     loop = asyncio.get_running_loop()
     walker = Walker(roots, threads=walk_threads)
-    window: deque[asyncio.Future[ReadResult]] = deque()
-    queued: deque[tuple[bytes, list[bytes]]] = deque()  # slices not submitted yet
+    window: deque[asyncio.Future[Job]] = deque()
+    filling: list[Slice] = []
+    files = 0
     walked = False
 
-    def submit(directory: bytes, names: list[bytes]) -> asyncio.Future[ReadResult]:
-        return loop.run_in_executor(pool, read_files, directory, names, opts, cp)
+    def submit(slices: list[Slice]) -> asyncio.Future[Job]:
+        return loop.run_in_executor(pool, read_slices, slices, opts, cp)
 
     async def refill() -> None:
-        nonlocal walked
-        while len(window) < jobs:
-            if not queued:
-                if walked:
-                    return
-                listing = await walker.next()
-                if listing is None:
-                    walked = True
-                    return
-                if listing.problems:
-                    done: asyncio.Future[ReadResult] = loop.create_future()
-                    done.set_result(ReadResult(listing.path, problems=listing.problems))
-                    window.append(done)
-                files = listing.files
-                for i in range(0, len(files), JOB_FILES):
-                    queued.append((listing.path, files[i:i + JOB_FILES]))
-                continue
-            window.append(submit(*queued.popleft()))
+        nonlocal walked, filling, files
+        while len(window) < jobs and not walked:
+            listing = await walker.next()
+            if listing is None:
+                walked = True
+            else:
+                names = listing.files
+                filling.append(Slice(listing.path, names[:JOB_FILES], listing.problems))
+                for i in range(JOB_FILES, len(names), JOB_FILES):
+                    filling.append(Slice(listing.path, names[i:i + JOB_FILES]))
+                files += len(names)
+                if files < JOB_FILES:
+                    continue
+            if filling:
+                window.append(submit(filling))
+                filling, files = [], 0
 
     try:
         await refill()
         while window:
-            result = await window.popleft()
-            if result.rest:  # the job's byte budget ran out: the rest comes next, in order
-                window.appendleft(submit(result.directory, result.rest))
+            job = await window.popleft()
+            if job.left:  # the rest of this job comes next, in order
+                window.appendleft(submit(job.left))
             await refill()
-            yield result
+            for result in job.results:
+                yield result
     finally:
         walker.close()
         for fut in window:

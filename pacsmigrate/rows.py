@@ -14,6 +14,7 @@ state were JSON; `decode` still reads them.
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from typing import Any
@@ -40,6 +41,7 @@ _UID_CHARS = "0123456789."
 _NO_DIGEST = bytes(32)
 
 
+@functools.lru_cache(maxsize=4096)  # a bundle's members share study, series, modality...
 def pack_text(s: str) -> bytes:
     """A string field: UIDs packed two characters a byte, anything else as UTF-8."""
     if s and len(s) < 250 and not s.strip(_UID_CHARS):
@@ -79,17 +81,15 @@ def encode(e: Entry, object_id: int, *, long_path: bool = False) -> bytes:
         flags |= LONG_PATH
     if a.status == UNSORTED:
         flags |= UNSORTED_FLAG
-    parts = [_HEAD.pack(VERSION, flags, object_id),
-             (_WIDE if flags & WIDE else _NARROW).pack(e.offset, e.length)]
-    if flags & SIZE_DIFFERS:
-        parts.append(_Q.pack(e.size))
-    parts.append(_TAIL.pack(e.mtime_ns, bytes.fromhex(e.blake3) if e.blake3 else b""))
-    for s in (a.study_uid, a.series_uid, a.sop_uid, a.modality, a.study_date,
-              a.transfer_syntax, a.reason):
-        parts.append(pack_text(s))
-    if long_path:
-        parts.append(_LEN.pack(len(e.path)) + e.path)
-    return b"".join(parts)
+    p = pack_text
+    return b"".join((
+        _HEAD.pack(VERSION, flags, object_id),
+        (_WIDE if flags & WIDE else _NARROW).pack(e.offset, e.length),
+        _Q.pack(e.size) if flags & SIZE_DIFFERS else b"",
+        _TAIL.pack(e.mtime_ns, bytes.fromhex(e.blake3) if e.blake3 else b""),
+        p(a.study_uid), p(a.series_uid), p(a.sop_uid), p(a.modality), p(a.study_date),
+        p(a.transfer_syntax), p(a.reason),
+        _LEN.pack(len(e.path)) + e.path if long_path else b""))
 
 
 def stat_of(raw: bytes | memoryview) -> tuple[int, int]:

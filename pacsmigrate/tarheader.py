@@ -7,13 +7,11 @@ import tarfile
 BLOCK = 512
 ZEROS = bytes(BLOCK * 2)
 _MAX_OCTAL_11 = 8 ** 11 - 1
-_TEMPLATE = bytearray(BLOCK)
-_TEMPLATE[100:108] = b"0000644\0"  # mode
-_TEMPLATE[108:116] = b"0000000\0"  # uid
-_TEMPLATE[116:124] = b"0000000\0"  # gid
-_TEMPLATE[156:157] = b"0"  # regular file
-_TEMPLATE[257:265] = b"ustar\x0000"
-_TEMPLATE[148:156] = b"        "
+# A ustar block is name | fixed fields | size | mtime | checksum | fixed fields | prefix.
+_MODE_IDS = b"0000644\0" b"0000000\0" b"0000000\0"  # mode, uid, gid
+_TYPE_TO_PREFIX = (b"0" + bytes(100) + b"ustar\x0000" + bytes(32 + 32 + 8 + 8))
+_SPACES = b" " * 8
+_FIXED_SUM = sum(_MODE_IDS) + sum(_TYPE_TO_PREFIX) + sum(_SPACES)
 
 
 def _split(name: bytes) -> tuple[bytes, bytes] | None:
@@ -42,13 +40,13 @@ def tar_header(name: str, size: int, mtime: int) -> bytes:
         split = _split(raw)
         if split is not None:
             prefix, short = split
-            block = bytearray(_TEMPLATE)
-            block[0:len(short)] = short
-            block[124:136] = b"%011o\0" % size
-            block[136:148] = b"%011o\0" % mtime
-            block[345:345 + len(prefix)] = prefix
-            block[148:156] = b"%06o\0 " % sum(block)  # the field itself counts as spaces
-            return bytes(block)
+            size_field = b"%011o\0" % size
+            mtime_field = b"%011o\0" % mtime
+            checksum = (_FIXED_SUM + sum(short) + sum(prefix) + sum(size_field)
+                        + sum(mtime_field))
+            return b"".join((short.ljust(100, b"\0"), _MODE_IDS, size_field, mtime_field,
+                             b"%06o\0 " % checksum, _TYPE_TO_PREFIX,
+                             prefix.ljust(155, b"\0"), bytes(12)))
     info = tarfile.TarInfo(name)
     info.size = size
     info.mtime = mtime

@@ -4,7 +4,6 @@ the objects a killed run left behind."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Executor
 
@@ -127,8 +126,7 @@ async def _find_manifest(plan: BundlePlan, backend: Backend, info: ObjectInfo) -
         h.update(await backend.load(plan.key, offset=offset,
                                     length=min(LEGACY_TAIL, info.size - offset)))
     entry = Entry(rec.path, 0, info.size, h.hexdigest(), rec.size, rec.mtime_ns, rec.about)
-    return manifest.build(plan, [json.dumps(manifest.member_json(entry, member_name(rec.path)),
-                                            ensure_ascii=True)])
+    return manifest.build(plan, [manifest.member_line(entry, member_name(rec.path))])
 
 
 async def manifest_of_bundle(backend: Backend, key: str, size: int,

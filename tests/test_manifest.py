@@ -35,8 +35,7 @@ def plan_and_entries() -> tuple[BundlePlan, list[Entry]]:
 
 
 def build(plan: BundlePlan, entries: list[Entry]) -> bytes:
-    return manifest.build(plan, [json.dumps(manifest.member_json(e, member_name(e.path)))
-                                 for e in entries])
+    return manifest.build(plan, [manifest.member_line(e, member_name(e.path)) for e in entries])
 
 
 def test_build_parse_round_trip() -> None:
@@ -54,6 +53,15 @@ def test_build_parse_round_trip() -> None:
     assert [os.fsencode(m["name"]) for m in doc["members"]] == [p.lstrip(b"/") for p in PATHS]
     # One member per line: a reader can stream it.
     assert raw.count(b"\n") >= len(entries) + 2
+
+
+def test_member_lines_are_the_json_of_the_member() -> None:
+    _, entries = plan_and_entries()
+    odd = Entry(b'/x/"quoted"\\back\x01.dcm', 0, 0, "", 0, -1,
+                Described("g", UNSORTED, 'odd "reason"\n', modality="\u00e9"))
+    for e in [*entries, odd]:
+        name = member_name(e.path)
+        assert manifest.member_line(e, name) == json.dumps(manifest.member_json(e, name))
 
 
 def test_members_carry_exact_paths() -> None:

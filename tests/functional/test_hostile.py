@@ -370,9 +370,9 @@ def _before_read(act: Callable[[list[bytes]], None]) -> Callable[..., Any]:
     """A read stage that first calls act(paths) with the paths it is about to read."""
     real = reads.read_files
 
-    def read_files(directory: bytes, names: list[bytes], *args: Any) -> Any:
+    def read_files(directory: bytes, names: list[bytes], *args: Any, **kw: Any) -> Any:
         act([directory + b"/" + n for n in names])
-        return real(directory, names, *args)
+        return real(directory, names, *args, **kw)
     return read_files
 
 

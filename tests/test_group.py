@@ -1,0 +1,113 @@
+"""The grouper: bundles close when full, when their study is left long enough, or for
+memory; small early closes spill; the same input always gives the same plans."""
+
+from __future__ import annotations
+
+from pacsmigrate.group import SPILL_FILES, Closed, Grouper
+from pacsmigrate.records import FILE, TAR, Described, Member
+
+MiB = 1 << 20
+
+
+def m(directory: str, name: str, study: str, size: int = 1000, *, held: bool = True) -> Member:
+    path = f"{directory}/{name}".encode()
+    return Member(path, size, 1, Described(study * 32), "", b"x" if held else None)
+
+
+def feed(g: Grouper, files: list[Member], *, spilled: frozenset[str] = frozenset()) -> Closed:
+    """Files in walk order, each entering its directory; then the end of the walk."""
+    out = Closed()
+    for f in files:
+        g.enter(f.path.rpartition(b"/")[0], out)
+        g.add(f, out)
+    g.finish(out, spilled=spilled.__contains__)
+    return out
+
+
+def grouper(**kw: int) -> Grouper:
+    args = {"bundle_size": 64 * MiB, "large_file": 16 * MiB, "memory": 256 * MiB,
+            "patience": 2, **kw}
+    return Grouper(**args)
+
+
+def names(plan_members: list[Member]) -> list[str]:
+    return [p.path.decode().rsplit("/", 1)[1] for p in plan_members]
+
+
+def test_a_study_split_over_folders_and_days_stays_one_bundle() -> None:
+    # dcm4chee-style: study a's second series arrives two days later, with one other
+    # study in between (fewer than `patience` new studies): still one bundle.
+    files = [m("/2015/01/01/A/s1", f"a{i}", "a") for i in range(10)]
+    files += [m("/2015/01/02/B/s1", f"b{i}", "b") for i in range(10)]
+    files += [m("/2015/01/03/A/s2", f"a{i}", "a") for i in range(10, 20)]
+    out = feed(grouper(), files)
+    assert out.spill == []
+    assert sorted((p.group[0], len(p.members)) for p in out.plans) == [("a", 20), ("b", 10)]
+
+
+def test_a_left_study_closes_once_enough_others_started() -> None:
+    files = [m("/p/1/A", f"a{i}", "a") for i in range(10)]
+    for s in "bcd":  # three more studies: a is closed as soon as the third one starts
+        files += [m(f"/p/2/{s}", f"{s}{i}", s) for i in range(10)]
+    g = grouper(patience=3)
+    out = Closed()
+    for f in files:
+        g.enter(f.path.rpartition(b"/")[0], out)
+        g.add(f, out)
+        if f.path.endswith(b"/d0"):
+            assert [p.group[0] for p in out.plans] == ["a"]  # streamed before the end
+    g.finish(out, spilled=lambda _: False)
+    assert [p.group[0] for p in out.plans] == ["a", "b", "c", "d"]
+    # ...but not while the walk is still inside its folder, however many studies pass.
+    flat = [m("/flat", f"a{i}", "a") for i in range(9)] + [
+        m("/flat", f"x{i}", chr(ord("e") + i)) for i in range(6)] + [m("/flat", "a9", "a")]
+    out = feed(grouper(patience=1), flat)
+    assert [len(p.members) for p in out.plans if p.group[0] == "a"] == [10]
+
+
+def test_full_bundles_split_and_large_files_stand_alone() -> None:
+    files = [m("/s", f"f{i}", "a", 3 * MiB, held=False) for i in range(7)]
+    files.insert(3, m("/s", "huge", "a", 20 * MiB, held=False))
+    out = feed(grouper(bundle_size=10 * MiB), files)
+    kinds = [(p.kind, names(p.members)) for p in out.plans]
+    assert kinds == [(FILE, ["huge"]), (TAR, ["f0", "f1", "f2"]), (TAR, ["f3", "f4", "f5"]),
+                     (TAR, ["f6"])]
+
+
+def test_scattered_small_pieces_spill_and_whole_studies_do_not() -> None:
+    # Orthanc-style hashed folders: each study's files are everywhere.
+    files = []
+    for i in range(30):
+        s = "abc"[i % 3]
+        files.append(m(f"/{i % 7:02x}/{i:02x}", f"{s}{i}", s))
+    out = feed(grouper(patience=1), files)
+    spilled = {f.path for f in out.spill}
+    planned = {f.path for p in out.plans for f in p.members}
+    assert spilled and spilled | planned == {f.path for f in files}
+    assert not spilled & planned
+    # Closing at the end: a study that spilled before spills its last bundle too.
+    out = feed(grouper(patience=1), files, spilled=frozenset({"a" * 32}))
+    assert all(p.group != "a" * 32 for p in out.plans)
+    # A bundle closed early with enough members is stored, not spilled.
+    big = [m("/x/A", f"a{i}", "a") for i in range(SPILL_FILES)] + [
+        m(f"/y/{s}", s, s) for s in "bcdef"]
+    out = feed(grouper(patience=2), big)
+    assert out.plans[0].group == "a" * 32 and len(out.plans[0].members) == SPILL_FILES
+    assert all(f.group != "a" * 32 for f in out.spill)
+
+
+def test_memory_pressure_closes_the_least_recently_fed_first() -> None:
+    files = [m(f"/d/{s}", f"{s}{i}", s, MiB) for s in "abcd" for i in range(3)]
+    out = feed(grouper(memory=5 * MiB, patience=100), files)
+    # Each new study pushed the least recently fed one out (small: spilled); the last
+    # stayed open until the end of the walk.
+    assert [f.path.decode()[-2] for f in out.spill] == list("aaabbbccc")
+    assert [p.group[0] for p in out.plans] == ["d"]
+
+
+def test_same_input_same_plans() -> None:
+    files = [m(f"/{i % 5}/{i % 3}", f"f{i}", "abcd"[i % 4], 1000 + i) for i in range(200)]
+    runs = [feed(grouper(patience=2, memory=50_000), files) for _ in range(2)]
+    assert [[f.path for f in p.members] for p in runs[0].plans] == [
+        [f.path for f in p.members] for p in runs[1].plans]
+    assert [f.path for f in runs[0].spill] == [f.path for f in runs[1].spill]
