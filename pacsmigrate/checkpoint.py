@@ -45,7 +45,6 @@ from .records import (
     Member,
     Problem,
     StoredObject,
-    now_iso,
 )
 
 T = TypeVar("T")
@@ -166,27 +165,22 @@ class Checkpoint:
                                         db=self.db["meta"]))
 
     # -- lookups for the read stage (any thread) ----------------------------------------
+    def _lookup(self, name: str, paths: Iterable[bytes], fn: Callable[[bytes, bytes], T]
+                ) -> list[T | None]:
+        with self.env.begin(db=self.db[name]) as txn:
+            return [None if (raw := txn.get(path_key(p))) is None else fn(p, raw)
+                    for p in paths]
+
     def migrated(self, paths: Iterable[bytes]) -> list[tuple[int, int] | None]:
         """(size, mtime_ns) the index recorded for each path, or None."""
-        with self.env.begin(db=self.db["index"]) as txn:
-            out: list[tuple[int, int] | None] = []
-            for p in paths:
-                raw = txn.get(path_key(p))
-                out.append(None if raw is None else rows.stat_of(raw))
-            return out
+        return self._lookup("index", paths, lambda _, raw: rows.stat_of(raw))
 
     def planned_hashes(self, paths: Iterable[bytes]) -> list[tuple[int, int, str] | None]:
         """(size, mtime_ns, blake3) the last dry run read for each path, or None."""
-        with self.env.begin(db=self.db["plan"]) as txn:
-            out: list[tuple[int, int, str] | None] = []
-            for p in paths:
-                raw = txn.get(path_key(p))
-                if raw is None:
-                    out.append(None)
-                    continue
-                e, _ = rows.decode(p, raw)
-                out.append((e.size, e.mtime_ns, e.blake3))
-            return out
+        def planned(p: bytes, raw: bytes) -> tuple[int, int, str]:
+            e, _ = rows.decode(p, raw)
+            return e.size, e.mtime_ns, e.blake3
+        return self._lookup("plan", paths, planned)
 
     # -- problems and the dry run's plan ------------------------------------------------
     def record_problems(self, problems: list[Problem]) -> None:
@@ -208,11 +202,12 @@ class Checkpoint:
                     txn.put(e.about.group.encode(), b"", db=self.db["groups"])
         self._write(write)
 
-    def clear_plan(self) -> None:
-        self._write(lambda txn: txn.drop(self.db["plan"], delete=False))
-
-    def clear_groups(self) -> None:
-        self._write(lambda txn: txn.drop(self.db["groups"], delete=False))
+    def clear(self, *names: str) -> None:
+        """Empty tables (the spill at a run's start, the plan at a dry run's)."""
+        def write(txn: lmdb.Transaction) -> None:
+            for name in names:
+                txn.drop(self.db[name], delete=False)
+        self._write(write)
 
     # -- the spill: scattered studies' files, packed by study after the walk ---------------
     def spill(self, members: list[Member]) -> None:
@@ -231,9 +226,6 @@ class Checkpoint:
             for p in paths:
                 txn.delete(_spill_key(group, p), db=self.db["spill"])
         self._write(write)
-
-    def clear_spill(self) -> None:
-        self._write(lambda txn: txn.drop(self.db["spill"], delete=False))
 
     def spilled_groups(self, groups: Iterable[str]) -> set[str]:
         """Which of these groups have spilled files."""
@@ -259,7 +251,7 @@ class Checkpoint:
                     continue
                 group, _, pk = k.partition(b"\0")
                 e, _ = rows.decode(pk, v)
-                about = Described(group.decode(), *_about_fields(e.about))
+                about = Described(group.decode(), *rows.about_fields(e.about))
                 out.append((k, Member(e.path, e.size, e.mtime_ns, about, e.blake3)))
                 if len(out) >= limit:
                     break
@@ -275,7 +267,7 @@ class Checkpoint:
                 if plan.kind == FILE:  # a raw object has no manifest inside it
                     m = plan.members[0]
                     value["member"] = {"path": m.path.hex(), "size": m.size,
-                                       "mtime_ns": m.mtime_ns, "about": _about_json(m.about)}
+                                       "mtime_ns": m.mtime_ns, "about": rows.about_json(m.about)}
                 txn.put(plan.key.encode(), json.dumps(value).encode(), db=self.db["intents"])
         self._write(write)
 
@@ -283,7 +275,7 @@ class Checkpoint:
         plans = []
         with self.env.begin(db=self.db["intents"]) as txn:
             for _, v in txn.cursor():
-                plans.append(_intent_plan(json.loads(v)))
+                plans.append(rows.intent_plan(json.loads(v)))
         return plans
 
     def drop_intent(self, key: str) -> None:
@@ -306,7 +298,7 @@ class Checkpoint:
                 number = json.loads(bytes(old)).get("id") if old is not None else None
                 if number is None:
                     number, next_id = next_id, next_id + 1
-                txn.put(key, json.dumps(_object_json(obj, number)).encode(),
+                txn.put(key, json.dumps(rows.object_json(obj, number)).encode(),
                         db=self.db["objects"])
                 txn.put(_ID.pack(number), key, db=self.db["objkeys"])
                 for e in obj.entries:
@@ -425,36 +417,3 @@ class Checkpoint:
 
 def _spill_key(group: str, path: bytes) -> bytes:
     return group.encode() + b"\0" + path_key(path)
-
-
-def _about_fields(a: Described) -> tuple[str, ...]:
-    return (a.status, a.reason, a.study_uid, a.series_uid, a.sop_uid, a.modality,
-            a.study_date, a.transfer_syntax)
-
-
-def _about_json(a: Described) -> dict[str, str]:
-    return {"group": a.group, "status": a.status, "reason": a.reason, "study_uid": a.study_uid,
-            "series_uid": a.series_uid, "sop_uid": a.sop_uid, "modality": a.modality,
-            "study_date": a.study_date, "transfer_syntax": a.transfer_syntax}
-
-
-def _intent_plan(d: dict[str, Any]) -> BundlePlan:
-    plan = BundlePlan(d["group"], d["kind"], key=d["key"], bundle_id=d["bundle_id"])
-    if "member" in d:
-        m = d["member"]
-        plan.add(Member(bytes.fromhex(m["path"]), m["size"], m["mtime_ns"],
-                        Described(**m["about"])))
-    for raw in d.get("members", ()):  # written by version 1 of the state
-        old = json.loads(raw)
-        about = Described(old["group"], old["status"], old["reason"], old["study_uid"],
-                          old["series_uid"], old["sop_uid"], old["modality"],
-                          old["study_date"], old["transfer_syntax"])
-        plan.add(Member(bytes.fromhex(old["path"]), old["size"], old["mtime_ns"], about))
-    return plan
-
-
-def _object_json(obj: StoredObject, number: int) -> dict[str, Any]:
-    return {"key": obj.key, "kind": obj.kind, "group": obj.group, "bundle_id": obj.bundle_id,
-            "size": obj.size, "etag": obj.etag, "members": len(obj.entries),
-            "bytes": sum(e.length for e in obj.entries), "created": obj.created,
-            "committed": now_iso(), "id": number}

@@ -75,9 +75,9 @@ class Migration:
                     if adopted or dropped:
                         log.info("after an interrupted run: %d stored objects adopted, %d "
                                  "unfinished uploads to redo", adopted, len(dropped))
-                await cp.call(cp.clear_spill)
+                await cp.call(cp.clear, "spill")
                 if cfg.dry_run:
-                    await cp.call(cp.clear_plan)
+                    await cp.call(cp.clear, "plan")
                 await self._stream(cp, started)
                 if self.backend is not None and not cfg.dry_run:
                     self.stats.uploads_aborted += await abandon(cp, self.backend, dropped)
@@ -196,7 +196,7 @@ class Migration:
         if self.cfg.dry_run:  # nothing is stored, so one pass plans every spilled file
             await self._pack_spill(cp, sink)
             await sink.drain()
-            await cp.call(cp.clear_spill)
+            await cp.call(cp.clear, "spill")
             return
         for attempt in range(MAX_PASSES + 1):
             await sink.drain()

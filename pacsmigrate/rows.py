@@ -20,7 +20,7 @@ import struct
 from typing import Any
 
 from .paths import path_fields
-from .records import DICOM, UNSORTED, Described, Entry
+from .records import DICOM, UNSORTED, BundlePlan, Described, Entry, Member, StoredObject, now_iso
 
 VERSION = 2
 NO_OBJECT = 0xFFFFFFFF  # a dry run's plan rows name no object
@@ -157,3 +157,37 @@ def legacy_dict(raw: bytes | memoryview) -> dict[str, Any] | None:
         return None
     d: dict[str, Any] = json.loads(bytes(raw))
     return d
+
+
+# -- the JSON forms of the other tables' values ----------------------------------------
+def about_fields(a: Described) -> tuple[str, ...]:
+    return (a.status, a.reason, a.study_uid, a.series_uid, a.sop_uid, a.modality,
+            a.study_date, a.transfer_syntax)
+
+
+def about_json(a: Described) -> dict[str, str]:
+    return {"group": a.group, "status": a.status, "reason": a.reason, "study_uid": a.study_uid,
+            "series_uid": a.series_uid, "sop_uid": a.sop_uid, "modality": a.modality,
+            "study_date": a.study_date, "transfer_syntax": a.transfer_syntax}
+
+
+def intent_plan(d: dict[str, Any]) -> BundlePlan:
+    plan = BundlePlan(d["group"], d["kind"], key=d["key"], bundle_id=d["bundle_id"])
+    if "member" in d:
+        m = d["member"]
+        plan.add(Member(bytes.fromhex(m["path"]), m["size"], m["mtime_ns"],
+                        Described(**m["about"])))
+    for raw in d.get("members", ()):  # written by version 1 of the state
+        old = json.loads(raw)
+        about = Described(old["group"], old["status"], old["reason"], old["study_uid"],
+                          old["series_uid"], old["sop_uid"], old["modality"],
+                          old["study_date"], old["transfer_syntax"])
+        plan.add(Member(bytes.fromhex(old["path"]), old["size"], old["mtime_ns"], about))
+    return plan
+
+
+def object_json(obj: StoredObject, number: int) -> dict[str, Any]:
+    return {"key": obj.key, "kind": obj.kind, "group": obj.group, "bundle_id": obj.bundle_id,
+            "size": obj.size, "etag": obj.etag, "members": len(obj.entries),
+            "bytes": sum(e.length for e in obj.entries), "created": obj.created,
+            "committed": now_iso(), "id": number}

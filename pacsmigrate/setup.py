@@ -61,7 +61,7 @@ async def key_secret(cp: Checkpoint, backend: Backend | None, dest: Destination)
             raise StateError("the store's key secret differs from this state's; the "
                              "state directory belongs to another store")
         # Planned with another secret (a dry run): its study groups have other names now.
-        await cp.call(cp.clear_groups)
+        await cp.call(cp.clear, "groups")
         cp.put_meta("key_secret", theirs)
     return bytes.fromhex(theirs)
 

@@ -175,7 +175,7 @@ def test_spill_in_group_order_and_unspill(cp: Checkpoint) -> None:
     assert cp.spilled_groups([GROUPS[1], "ab" * 16]) == {GROUPS[1]}
     cp.unspill(GROUPS[0], [m.path for m in spilled if m.group == GROUPS[0]])
     assert cp.spilled_groups(GROUPS) == {GROUPS[1], GROUPS[2]}
-    cp.clear_spill()
+    cp.clear("spill")
     assert cp.counts()["spill"] == 0
 
 
@@ -185,7 +185,7 @@ def test_plan_keeps_the_dry_runs_hashes(cp: Checkpoint) -> None:
     assert cp.planned_hashes([b"/s/a.dcm", b"/s/b.dcm"]) == [(10, 77, "ab" * 32), None]
     ((_, row),) = list(cp.iter_db("plan"))
     assert row["blake3"] == "ab" * 32 and row["key"] == "" and row["study_uid"] == "1.2.3"
-    cp.clear_plan()
+    cp.clear("plan")
     assert cp.counts()["plan"] == 0
 
 
