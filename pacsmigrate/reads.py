@@ -1,19 +1,33 @@
-"""The ordered read window: directory listings in walk order, read in a pool, in order out."""
+"""The ordered read window: directory listings in walk order, read inline or in a pool.
+
+Fast storage (page cache, local disks) is read on the event loop's own thread: a pool
+thread would hand the GIL back and forth with the loop at every system call. Slow storage
+(a NAS, where each call waits a millisecond or more) is read by many pool threads at once.
+The mode follows what reads cost: a job whose files mostly waited on I/O switches to the
+pool; now and then one job runs inline again to see whether the storage got fast.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from .checkpoint import Checkpoint
+from .clock import IOWait
 from .read import ReadOptions, ReadResult, read_files
 from .records import Problem
 from .walk import Walker
 
+log = logging.getLogger("pacsmigrate.pipeline")
+
 JOB_FILES = 64  # files per read job (from one or several directories): hand-offs per job
+SLOW_FILE = 300e-6  # seconds of I/O wait per file above which reads go to the pool
+PROBE_EVERY = 32  # pool jobs between two inline probes
 
 
 @dataclass
@@ -27,15 +41,20 @@ class Slice:
 
 @dataclass
 class Job:
-    """What one job read, and the slices it left for the next (its byte budget ran out)."""
+    """What one job read, the slices it left (its byte budget ran out), what it cost."""
 
     results: list[ReadResult]
     left: list[Slice]
+    files: int = 0
+    io_wait: float = 0.0  # seconds the job's thread waited on the storage
+    cpu: float = 0.0
 
 
 def read_slices(slices: list[Slice], opts: ReadOptions, cp: Checkpoint | None) -> Job:
-    """Read slices in order until the byte budget is spent (runs in a pool thread)."""
+    """Read slices in order until the byte budget is spent."""
+    waited, cpu = IOWait(), time.thread_time()
     results: list[ReadResult] = []
+    left: list[Slice] = []
     held = 0
     for i, s in enumerate(slices):
         r = read_files(s.directory, s.names, opts, cp, budget=opts.budget - held)
@@ -43,8 +62,36 @@ def read_slices(slices: list[Slice], opts: ReadOptions, cp: Checkpoint | None) -
         results.append(r)
         held += r.held
         if r.rest:
-            return Job(results, [Slice(s.directory, r.rest), *slices[i + 1:]])
-    return Job(results, [])
+            left = [Slice(s.directory, r.rest), *slices[i + 1:]]
+            break
+    return Job(results, left, sum(r.listed for r in results), waited.seconds(),
+               time.thread_time() - cpu)
+
+
+class Mode:
+    """Inline or pool, from the I/O wait per file of jobs run inline."""
+
+    def __init__(self, pool_jobs: int) -> None:
+        self.inline = True
+        self.pool_jobs = pool_jobs
+        self._since_probe = 0
+
+    def jobs(self) -> int:
+        return 1 if self.inline else self.pool_jobs
+
+    def note(self, job: Job, *, inline: bool) -> None:
+        if inline:
+            waited = job.io_wait / max(job.files, 1)
+            if self.inline != (waited < SLOW_FILE):
+                log.debug("reads %s: %d files waited %.0f us each (%.0f us CPU)",
+                          "inline" if waited < SLOW_FILE else "in the pool", job.files,
+                          waited * 1e6, job.cpu / max(job.files, 1) * 1e6)
+            self.inline = waited < SLOW_FILE
+            self._since_probe = 0
+        else:
+            self._since_probe += 1
+            if self._since_probe >= PROBE_EVERY:
+                self.inline = True  # probe: the next job runs inline and decides
 
 
 async def read_tree(roots: Sequence[bytes], pool: Executor, opts: ReadOptions,
@@ -52,22 +99,27 @@ async def read_tree(roots: Sequence[bytes], pool: Executor, opts: ReadOptions,
                     ) -> AsyncIterator[ReadResult]:
     """Every file under roots read, as ReadResults in walk order.
 
-    Up to `jobs` jobs are read at once (many in flight hide NAS latency); the results are
-    handed on in walk order, so what follows is deterministic.
+    In the pool up to `jobs` jobs are read at once; the results are handed on in walk
+    order either way, so what follows is deterministic.
     """
     loop = asyncio.get_running_loop()
     walker = Walker(roots, threads=walk_threads)
-    window: deque[asyncio.Future[Job]] = deque()
+    mode = Mode(jobs)
+    window: deque[tuple[asyncio.Future[Job], bool]] = deque()  # (job, ran inline)
     filling: list[Slice] = []
     files = 0
     walked = False
 
-    def submit(slices: list[Slice]) -> asyncio.Future[Job]:
-        return loop.run_in_executor(pool, read_slices, slices, opts, cp)
+    def start(slices: list[Slice]) -> tuple[asyncio.Future[Job], bool]:
+        if mode.inline and not window:
+            done: asyncio.Future[Job] = loop.create_future()
+            done.set_result(read_slices(slices, opts, cp))
+            return done, True
+        return loop.run_in_executor(pool, read_slices, slices, opts, cp), False
 
     async def refill() -> None:
         nonlocal walked, filling, files
-        while len(window) < jobs and not walked:
+        while len(window) < mode.jobs() and not walked:
             listing = await walker.next()
             if listing is None:
                 walked = True
@@ -80,21 +132,23 @@ async def read_tree(roots: Sequence[bytes], pool: Executor, opts: ReadOptions,
                 if files < JOB_FILES:
                     continue
             if filling:
-                window.append(submit(filling))
+                window.append(start(filling))
                 filling, files = [], 0
 
     try:
         await refill()
         while window:
-            job = await window.popleft()
+            fut, inline = window.popleft()
+            job = await fut
+            mode.note(job, inline=inline)
             if job.left:  # the rest of this job comes next, in order
-                window.appendleft(submit(job.left))
+                window.appendleft(start(job.left))
             await refill()
             for result in job.results:
                 yield result
     finally:
         walker.close()
-        for fut in window:
+        for fut, _ in window:
             fut.cancel()
         if window:
-            await asyncio.gather(*window, return_exceptions=True)
+            await asyncio.gather(*(f for f, _ in window), return_exceptions=True)

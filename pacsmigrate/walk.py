@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import stat
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from .clock import IOWait
 from .records import Problem
+
+log = logging.getLogger("pacsmigrate.pipeline")
 
 CHUNK = 2048  # entries per listing piece: a flat folder of millions is never held whole
 # Seconds per listing above which the next listings are fetched ahead in the pool (a NAS
@@ -40,7 +43,7 @@ class Listing:
     problems: list[Problem] = field(default_factory=list)
     subdirs: list[bytes] = field(default_factory=list)
     rest: Iterator[os.DirEntry[bytes]] | None = None
-    seconds: float = 0.0
+    seconds: float = 0.0  # waiting on the storage to list it
 
 
 def _kind(mode: int) -> str:
@@ -60,7 +63,7 @@ def list_dir(path: bytes, rest: Iterator[os.DirEntry[bytes]] | None = None,
     Regular files are opened later with O_NOFOLLOW and checked with fstat, so a file that
     turns into something else in between is still caught.
     """
-    t0 = time.perf_counter()
+    waited = IOWait()
     out = Listing(path, subdirs=subdirs if subdirs is not None else [])
     it = rest
     if it is None:
@@ -104,7 +107,7 @@ def list_dir(path: bytes, rest: Iterator[os.DirEntry[bytes]] | None = None,
                                 final=False))
     if out.rest is None and hasattr(it, "close"):
         it.close()
-    out.seconds = time.perf_counter() - t0
+    out.seconds = waited.seconds()
     return out
 
 
@@ -134,10 +137,14 @@ class Walker:
 
     def _note(self, seconds: float) -> None:
         self._slow = 0.8 * self._slow + 0.2 * seconds
+        ahead = self.ahead
         if self._slow > SLOW:
             self.ahead = True
         elif self._slow < FAST:
             self.ahead = False
+        if ahead != self.ahead:
+            log.debug("walk: listings %s (%.0f us each)", "ahead in threads" if self.ahead
+                      else "inline", self._slow * 1e6)
 
     def _after(self, got: Listing) -> None:
         self.listings += 1

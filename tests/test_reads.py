@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from pacsmigrate import reads
 from pacsmigrate.read import ReadOptions, ReadResult
-from pacsmigrate.reads import JOB_FILES, read_tree
+from pacsmigrate.reads import JOB_FILES, Job, Mode, read_tree
 from pacsmigrate.walk import count_files
 
 
@@ -35,9 +36,15 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.parametrize("slow", [False, True])
 @pytest.mark.parametrize("jobs, budget", [(1, 1 << 30), (8, 1 << 30), (8, 5000)])
-def test_results_in_walk_order_and_complete(tree: Path, jobs: int, budget: int) -> None:
-    """Tiny budgets cut jobs mid-directory; the remainder still comes next, in order."""
+def test_results_in_walk_order_and_complete(tree: Path, jobs: int, budget: int, slow: bool,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiny budgets cut jobs mid-directory; the remainder still comes next, in order.
+    `slow`: every read looks like a NAS's, so jobs go to the pool (with inline probes)."""
+    if slow:
+        monkeypatch.setattr(reads, "SLOW_FILE", -1.0)
+        monkeypatch.setattr(reads, "PROBE_EVERY", 3)
     opts = ReadOptions(b"k" * 32, budget=budget)
     results = collect(tree, opts, jobs)
     paths = [m.path for r in results for m in r.members]
@@ -52,3 +59,17 @@ def test_results_in_walk_order_and_complete(tree: Path, jobs: int, budget: int) 
     assert [p.reason for r in results for p in r.problems] == ["symlink not followed"]
     if budget < 1 << 30:
         assert any(r.held >= budget for r in results)  # the budget did cut jobs
+
+
+def test_mode_goes_to_the_pool_when_reads_wait_and_probes_back() -> None:
+    mode = Mode(8)
+    assert mode.inline and mode.jobs() == 1
+    mode.note(Job([], [], files=64, io_wait=0.054, cpu=0.010), inline=True)  # a NAS
+    assert not mode.inline and mode.jobs() == 8
+    for _ in range(reads.PROBE_EVERY - 1):
+        mode.note(Job([], [], files=64, io_wait=0.5, cpu=0.01), inline=False)
+        assert not mode.inline
+    mode.note(Job([], [], files=64, io_wait=0.5, cpu=0.01), inline=False)
+    assert mode.inline  # one job inline to look again
+    mode.note(Job([], [], files=64, io_wait=0.0001, cpu=0.0039), inline=True)  # cached
+    assert mode.inline
