@@ -12,7 +12,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 from . import faults, keys
-from .backends import Backend, open_backend
+from .backends import Backend, Measured, open_backend
 from .backends.base import one_chunk
 from .checkpoint import Checkpoint
 from .classify import classify
@@ -111,13 +111,13 @@ class Migration:
             await cp.call(write_report, self.cfg.report_path, cp, self.stats, self.cfg)
 
     def _collect_backend_stats(self, backend: Backend) -> None:
-        policy = getattr(backend, "policy", None)
-        if policy is not None:
-            self.stats.retries.update(policy.stats.retries)
-            self.stats.requests += policy.stats.requests
-            self.stats.throttle_slowdowns += policy.limit.decreases
-            self.stats.lowest_concurrency = policy.limit.lowest
-        self.stats.parts_reused += getattr(backend, "parts_reused", 0)
+        if isinstance(backend, Measured):
+            b = backend.stats
+            self.stats.retries.update(b.retries)
+            self.stats.requests += b.requests
+            self.stats.throttle_slowdowns += b.throttle_slowdowns
+            self.stats.lowest_concurrency = b.lowest_concurrency
+            self.stats.parts_reused += b.parts_reused
 
     # -- state ------------------------------------------------------------------------
     def _check_state(self, cp: Checkpoint) -> None:

@@ -7,6 +7,7 @@ import re
 
 import aiohttp
 from botocore.exceptions import (
+    BotoCoreError,
     ClientError,
     ConnectionClosedError,
     ConnectTimeoutError,
@@ -68,11 +69,18 @@ def classify(exc: BaseException) -> Cause | None:
 _BOTO_RETRY_NOTE = re.compile(r" \(reached max retries: \d+\)")
 
 
-def map_error(exc: Exception, *, key: str | None) -> BackendError:
-    """Translate botocore's errors into the errors.py tree at this boundary.
+STORE_ERRORS = (TimeoutError, ClientError, BotoCoreError, TruncatedBodyError, aiohttp.ClientError,
+                ConnectionError)
+
+
+def map_error(exc: BaseException, *, key: str | None) -> BackendError | None:
+    """Translate botocore's errors into the errors.py tree at this boundary (None for
+    anything else: a bug is not a store error).
 
     botocore's own "(reached max retries: 0)" is dropped: its retries are off, ours counted.
     """
+    if not isinstance(exc, STORE_ERRORS):
+        return None
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         text = _BOTO_RETRY_NOTE.sub("", str(exc))
