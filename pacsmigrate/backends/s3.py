@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import io
 import ssl
-import time
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
+from urllib.parse import quote
 
 import aioboto3
 from aiobotocore.config import AioConfig
@@ -20,7 +18,10 @@ from ..errors import BackendError
 from .base import ObjectInfo, Part, PendingUpload
 from .body import Body
 from .policy import Cause
-from .s3_errors import TruncatedBodyError, classify, map_error
+from .s3_errors import classify, map_error
+from .s3_http import DataPath, bucket_url
+
+CONDITIONAL = {"If-None-Match": "*"}  # create only: an existing key answers 412
 
 
 class _VerifyingSession(AIOHTTPSession):  # type: ignore[misc]
@@ -33,35 +34,11 @@ class _VerifyingSession(AIOHTTPSession):  # type: ignore[misc]
         return context
 
 
-class _BodyFile(io.BytesIO):
-    """A Body as the file botocore reads while the socket drains, marking its progress."""
-
-    def __init__(self, body: Body) -> None:
-        super().__init__(body.view)
-        self.body = body
-
-    def read(self, size: int | None = -1, /) -> bytes:
-        data = super().read(size)
-        self.body.touched = time.monotonic()
-        self.body.sent = self.tell() >= self.body.size
-        return data
-
-    def seek(self, pos: int, whence: int = 0, /) -> int:
-        # botocore reads the body to sign it, then rewinds it for sending
-        at = super().seek(pos, whence)
-        self.body.touched = time.monotonic()
-        self.body.sent = at >= self.body.size
-        return at
-
-
-def _b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode("ascii")
-
-
 class S3Backend:
-    """One aioboto3 client, conditional writes, Content-MD5 on every body it sends.
+    """PutObject, UploadPart and ranged GetObject on a lean signed aiohttp path (s3_http);
+    the rarer requests on one aioboto3 client. Conditional writes, Content-MD5 on every body.
 
-    No retries here: each request is sent once (botocore's retries are off) and
+    No retries here: both clients send each request once (botocore's retries are off) and
     RetryBackend's policy decides. Implements Primitives and ChunkedWriter (base.py).
     """
 
@@ -73,6 +50,7 @@ class S3Backend:
         self.transfer = transfer
         self._stack = AsyncExitStack()
         self._client: Any = None
+        self._data: DataPath | None = None
 
     async def open(self) -> S3Backend:
         t = self.transfer
@@ -89,15 +67,31 @@ class S3Backend:
             response_checksum_validation="when_required",
         )
         session = aioboto3.Session()
-        # TLS certificates are verified by default; a private CA is added, never skipped.
+        region = session.region_name or "us-east-1"
+        # TLS certificates are verified by default; a private CA is given, never skipped.
         verify: Any = str(t.ca_bundle) if t.ca_bundle else None
         self._client = await self._stack.enter_async_context(
             session.client("s3", endpoint_url=self.dest.endpoint_url, config=config,
-                           region_name=session.region_name or "us-east-1", verify=verify))
+                           region_name=region, verify=verify))
+        # The data path signs with the session's credentials, for the endpoint the client
+        # resolved, and trusts exactly the CA file the client was given: botocore resolves
+        # --ca-bundle, else AWS_CA_BUNDLE / REQUESTS_CA_BUNDLE, else certifi's.
+        endpoint = self._client.meta.endpoint_url if self.dest.endpoint_url else None
+        self._data = DataPath(
+            base=bucket_url(self.bucket, endpoint, region), region=region,
+            credentials=await session.get_credentials(),
+            verify=self._client._endpoint.http_session._verify, pool=t.concurrency,
+            connect_timeout=t.connect_timeout, read_timeout=t.read_timeout)
+        self._stack.push_async_callback(self._data.close)
         return self
 
     async def close(self) -> None:
         await self._stack.aclose()
+
+    @property
+    def data(self) -> DataPath:
+        assert self._data is not None, "S3Backend.open() first"
+        return self._data
 
     def part_size(self, size_hint: int) -> int:
         # Keep within S3's part limits whatever the object size (s3transfer's adjuster).
@@ -115,22 +109,15 @@ class S3Backend:
     # -- objects ---------------------------------------------------------------------
     async def put(self, key: str, body: Body, *, md5: bytes,
                   metadata: Mapping[str, str]) -> str:
-        resp = await self._client.put_object(
-            Bucket=self.bucket, Key=key, Body=_BodyFile(body), ContentMD5=_b64(md5),
-            IfNoneMatch="*", Metadata=dict(metadata))
-        return str(resp.get("ETag", "")).strip('"')
+        headers = dict(CONDITIONAL)
+        for name, value in metadata.items():
+            if not (name + value).isascii():  # botocore refuses them too
+                raise ValueError(f"S3 metadata must be ASCII: {name!r}")
+            headers[f"x-amz-meta-{name}"] = value
+        return await self.data.put(key, body, md5=md5, headers=headers)
 
     async def get(self, key: str, *, offset: int, length: int | None) -> bytes:
-        kwargs: dict[str, Any] = {}
-        if offset or length is not None:
-            end = "" if length is None else str(offset + length - 1)
-            kwargs["Range"] = f"bytes={offset}-{end}"
-        resp = await self._client.get_object(Bucket=self.bucket, Key=key, **kwargs)
-        async with resp["Body"] as stream:
-            data: bytes = await stream.read()
-        if len(data) != int(resp.get("ContentLength", len(data))):
-            raise TruncatedBodyError(f"got {len(data)} of {resp['ContentLength']} bytes")
-        return data
+        return await self.data.get(key, offset=offset, length=length)
 
     async def head(self, key: str) -> ObjectInfo:
         resp = await self._client.head_object(Bucket=self.bucket, Key=key)
@@ -156,10 +143,8 @@ class S3Backend:
 
     async def upload_part(self, key: str, upload_id: str, number: int, body: Body, *,
                           md5: bytes) -> str:
-        resp = await self._client.upload_part(
-            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-            Body=_BodyFile(body), ContentMD5=_b64(md5))
-        return str(resp["ETag"]).strip('"')
+        query = f"partNumber={number}&uploadId={quote(upload_id, safe='-_.~')}"
+        return await self.data.put(key, body, md5=md5, query=query, operation="UploadPart")
 
     async def complete_upload(self, key: str, upload_id: str,
                               parts: Sequence[tuple[int, str]]) -> str:

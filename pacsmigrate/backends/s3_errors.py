@@ -59,8 +59,11 @@ def classify(exc: BaseException) -> Cause | None:
         return Cause(TRANSIENT, "timeout")
     if isinstance(exc, (EndpointConnectionError, ConnectionClosedError)):
         return Cause(TRANSIENT, "connection failed")
-    if isinstance(exc, (TruncatedBodyError, IncompleteReadError, ResponseStreamingError)):
+    if isinstance(exc, (TruncatedBodyError, IncompleteReadError, ResponseStreamingError,
+                        aiohttp.ClientPayloadError)):
         return Cause(TRANSIENT, "truncated response")
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return None  # an untrusted certificate stays untrusted
     if isinstance(exc, (aiohttp.ClientError, ConnectionError)):
         return Cause(TRANSIENT, "connection reset")
     return None
@@ -74,8 +77,8 @@ STORE_ERRORS = (TimeoutError, ClientError, BotoCoreError, TruncatedBodyError, ai
 
 
 def map_error(exc: BaseException, *, key: str | None) -> BackendError | None:
-    """Translate botocore's errors into the errors.py tree at this boundary (None for
-    anything else: a bug is not a store error).
+    """Translate botocore's and aiohttp's errors into the errors.py tree at this boundary
+    (None for anything else: a bug is not a store error).
 
     botocore's own "(reached max retries: 0)" is dropped: its retries are off, ours counted.
     """
@@ -94,7 +97,8 @@ def map_error(exc: BaseException, *, key: str | None) -> BackendError | None:
         if code in PERMANENT_CODES:
             return PermanentBackendError(f"store refused ({code}): {text}", key=key)
         return BackendError(f"store error ({code}): {text}", key=key)
-    if isinstance(exc, SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(exc):
+    if (isinstance(exc, (SSLError, aiohttp.ClientSSLError))
+            or "CERTIFICATE_VERIFY_FAILED" in str(exc)):
         return PermanentBackendError(
             f"TLS certificate not trusted ({exc}); give --ca-bundle for a private CA", key=key)
     return BackendError(f"store request failed: {exc}", key=key)
