@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 
 from . import faults
-from .backends import Backend, open_backend
+from .backends import Backend, Measured, open_backend
 from .checkpoint import Checkpoint
 from .commit import abandon, reconcile
 from .config import MigrateConfig
@@ -264,13 +264,14 @@ async def count_for(roots: list[bytes], bars: list[Bar]) -> None:
 
 
 def collect_backend_stats(s: Stats, backend: Backend) -> None:
-    policy = getattr(backend, "policy", None)
-    if policy is not None:
-        s.retries.update(policy.stats.retries)
-        s.requests += policy.stats.requests
-        s.throttle_slowdowns += policy.limit.decreases
-        s.lowest_concurrency = policy.limit.lowest
-    s.parts_reused += getattr(backend, "parts_reused", 0)
+    """What the store's requests did: counts, retries by cause, throttling, parts resumed."""
+    if isinstance(backend, Measured):
+        b = backend.stats
+        s.retries.update(b.retries)
+        s.requests += b.requests
+        s.throttle_slowdowns += b.throttle_slowdowns
+        s.lowest_concurrency = b.lowest_concurrency
+        s.parts_reused += b.parts_reused
 
 
 async def migrate(cfg: MigrateConfig, *, backend: Backend | None = None) -> Stats:

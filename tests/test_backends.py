@@ -17,7 +17,16 @@ from typing import Any
 
 import pytest
 
-from pacsmigrate.backends import Backend, MemoryBackend, PendingUploads, one_chunk
+from pacsmigrate.backends import (
+    Backend,
+    BackendStats,
+    Measured,
+    MemoryBackend,
+    PendingUploads,
+    one_chunk,
+    open_backend,
+)
+from pacsmigrate.backends.retry import RetryBackend
 from pacsmigrate.backends.s3 import S3Backend
 from pacsmigrate.config import (
     S3_MAX_PART,
@@ -52,7 +61,7 @@ class Store:
         if self.target is None:
             return MemoryBackend(chunk=PART)
         dest = Destination("s3", bucket or self.target.bucket, "pfx", self.target.info.endpoint_url)
-        return await S3Backend(dest, TRANSFER).open()
+        return await open_backend(dest, TRANSFER)
 
 
 def _store(request: pytest.FixtureRequest) -> Store:
@@ -369,14 +378,15 @@ def test_list_follows_continuation_tokens(s3store: Store) -> None:
     async def body(b: Backend) -> None:
         for k in keys:
             await b.save(k, one_chunk(k.encode()))
-        assert isinstance(b, S3Backend)
-        real = b._client.list_objects_v2
+        assert isinstance(b, RetryBackend) and isinstance(b.store, S3Backend)
+        client = b.store._client
+        real = client.list_objects_v2
 
         async def small_pages(**kwargs: Any) -> Any:
             calls.append(kwargs)
             return await real(MaxKeys=2, **kwargs)
 
-        b._client.list_objects_v2 = small_pages
+        client.list_objects_v2 = small_pages
         assert await keys_under(b, "pfx/") == keys
 
     run_on(s3store, body)
@@ -497,3 +507,78 @@ def test_missing_bucket_save_is_permanent(s3store: Store) -> None:
     run_on(s3store, body, bucket=bucket)
     names = [b["Name"] for b in target.client.list_buckets()["Buckets"]]
     assert bucket not in names
+
+
+# --- buffers, keys, stats --------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["bytearray", "memoryview"])
+def test_any_buffer_is_saved(store: Store, kind: str) -> None:
+    """Chunks may be bytearray or memoryview (sent from the caller's memory, not copied)."""
+    def as_kind(data: bytes) -> bytearray | memoryview:
+        return bytearray(data) if kind == "bytearray" else memoryview(bytearray(data))
+
+    small = payload(70_000, seed=8)
+
+    async def body(b: Backend) -> None:
+        info = await b.save("pfx/small", one_chunk(as_kind(small)))
+        assert info.size == len(small)
+        if store.is_s3:
+            assert info.etag == hashlib.md5(small).hexdigest()
+        big = await b.save("pfx/big", chunks_of([as_kind(p) for p in TWO_PARTS]))
+        assert big.size == sum(map(len, TWO_PARTS))
+        assert await b.load("pfx/small") == small
+        assert await b.load("pfx/big") == b"".join(TWO_PARTS)
+
+    run_on(store, body)
+
+
+ODD_KEYS = ["pfx/with space/ä ü €.tar", "pfx/plus+and%25percent%", "pfx/q?mark#hash",
+            "pfx/tilde~semi;colon=eq&amp@at:colon,comma", "pfx/!$'()*[]"]
+
+
+def test_keys_are_percent_encoded(store: Store) -> None:
+    """Any key round-trips: RFC 3986 encoding on the lean path, the same key for botocore."""
+    async def body(b: Backend) -> None:
+        for i, key in enumerate(ODD_KEYS):
+            await b.save(key, one_chunk(key.encode()))
+            await b.save(key + ".big", chunks_of(TWO_PARTS))
+            assert await b.load(key, offset=1, length=3) == key.encode()[1:4]
+            st = await b.stat(key)
+            assert st is not None and st.size == len(key.encode()), key
+        assert sorted(await keys_under(b, "pfx/")) == sorted(
+            [*ODD_KEYS, *(k + ".big" for k in ODD_KEYS)])
+
+    run_on(store, body)
+    if store.target is not None:
+        assert store.target.get(ODD_KEYS[0]) == ODD_KEYS[0].encode()
+
+
+def test_stats_are_one_snapshot(s3store: Store) -> None:
+    async def body(b: Backend) -> None:
+        assert isinstance(b, Measured)
+        before = b.stats
+        await b.save("pfx/s", one_chunk(b"data"))
+        assert await b.stat("pfx/s") is not None
+        after = b.stats
+        assert isinstance(after, BackendStats)
+        assert after.requests == before.requests + 2
+        assert after.retries == {} and after.throttle_slowdowns == 0 and after.gave_up == 0
+        assert after.lowest_concurrency == TRANSFER.concurrency and after.parts_reused == 0
+
+    run_on(s3store, body)
+
+
+@pytest.mark.seaweed
+def test_the_store_checks_our_content_md5(weed: Store) -> None:
+    """The lean path's Content-MD5 reaches the store, which refuses a body that differs."""
+    async def body(b: Backend) -> None:
+        assert isinstance(b, RetryBackend)
+        wrong = hashlib.md5(b"other bytes").digest()
+        with pytest.raises(PermanentBackendError, match="BadDigest") as caught:
+            await b.send(lambda bd: b.store.put("pfx/md5", bd, md5=wrong, metadata={}),
+                         b"these bytes", key="pfx/md5")
+        assert caught.value.key == "pfx/md5"
+        assert await b.stat("pfx/md5") is None
+        assert b.stats.requests == 2 and b.stats.retries == {}
+
+    run_on(weed, body)

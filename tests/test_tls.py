@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import boto3
@@ -15,7 +16,10 @@ from botocore.config import Config
 from conftest import TEST_FILES, S3Target, run_cli
 from helpers import assert_complete
 
+from pacsmigrate.backends import one_chunk, open_backend
+from pacsmigrate.config import Destination, TransferConfig
 from pacsmigrate.devstore import SeaweedFS, StoreInfo, create_bucket, make_tls_files
+from pacsmigrate.errors import PermanentBackendError
 
 pytestmark = pytest.mark.seaweed
 
@@ -151,3 +155,50 @@ def test_with_ca_bundle_the_migration_completes(tls_s3: TlsTarget, tree: Path, t
     check = run_cli("verify", "--state", str(state), "--deep", env=tls_s3.env(aws_ca_bundle),
                     timeout=120)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_the_data_path_verifies_tls_as_the_client_does(tls_s3: TlsTarget, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """PUT, UploadPart and GET go over aiohttp, not botocore: the same CA file, host names
+    checked, and an untrusted certificate is permanent (no retries)."""
+    for k, v in tls_s3.info.env().items():
+        monkeypatch.setenv(k, v)
+    assert tls_s3.info.ca_file is not None
+    ca = Path(tls_s3.info.ca_file)
+    other_ca, _, _ = make_tls_files(tmp_path / "other-ca")
+    url = tls_s3.info.endpoint_url
+    localhost = f"https://localhost:{url.rsplit(':', 1)[1]}"
+    small, parts = b"x" * 1000, [b"a" * (5 << 20), b"tail"]
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for p in parts:
+            yield p
+
+    async def go() -> None:
+        b = await open_backend(Destination("s3", tls_s3.bucket, "", url),
+                               TransferConfig(ca_bundle=ca))
+        try:
+            await b.save("k/small", one_chunk(small))
+            await b.save("k/big", chunks())
+            assert await b.load("k/small", offset=10, length=5) == small[10:15]
+        finally:
+            await b.close()
+        refused = [(url, None), (url, other_ca)]
+        if "127.0.0.1" in {a[4][0] for a in socket.getaddrinfo("localhost", None,
+                                                               socket.AF_INET)}:
+            refused.append((localhost, ca))  # the right CA, a name the certificate lacks
+        for endpoint, bundle in refused:
+            b = await open_backend(Destination("s3", tls_s3.bucket, "", endpoint),
+                                   TransferConfig(ca_bundle=bundle, max_attempts=5))
+            try:
+                started = time.monotonic()
+                for request in (b.save("k/new", one_chunk(small)), b.load("k/small")):
+                    with pytest.raises(PermanentBackendError, match="certificate"):
+                        await request
+                assert b.stats.retries == {} and time.monotonic() - started < 10
+            finally:
+                await b.close()
+
+    asyncio.run(go())
+    assert tls_s3.object_keys() == ["k/big", "k/small"]
+    assert tls_s3.get("k/big") == b"".join(parts)

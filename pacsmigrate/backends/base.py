@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
+
+from ..errors import BackendError
+from .body import Body, Buffer
+from .policy import Cause
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,7 @@ class Backend(Protocol):
     `save` never overwrites: a key that already exists raises ObjectExistsError, so a
     re-run can never rewrite what an earlier run stored. Errors are mapped to the tree in
     errors.py; transient ones are retried inside the backend, so whatever escapes is final.
+    What `open_backend` returns also has `stats` (see Measured).
     """
 
     scheme: str
@@ -33,9 +39,13 @@ class Backend(Protocol):
         ...
 
     async def save(
-        self, key: str, chunks: AsyncIterator[bytes], *, metadata: Mapping[str, str] | None = None
+        self, key: str, chunks: AsyncIterator[Buffer], *, metadata: Mapping[str, str] | None = None
     ) -> ObjectInfo:
-        """Store the concatenation of chunks (each part_size() long but the last) under key."""
+        """Store the concatenation of chunks (each part_size() long but the last) under key.
+
+        Chunks are bytes, bytearray or memoryview, sent from the caller's memory: a chunk
+        must not change after it is yielded (a retry sends it again).
+        """
         ...
 
     async def load(self, key: str, *, offset: int = 0, length: int | None = None) -> bytes:
@@ -85,6 +95,124 @@ class PendingUploads(Protocol):
         ...
 
 
-async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
-    """Adapt a bytes object to the chunk iterator `save` takes."""
+@dataclass(frozen=True)
+class BackendStats:
+    """What a backend's requests went through this run; `open_backend(...).stats`.
+
+    requests: attempts sent (each retry counts); retries: retried failures by cause
+    ("503 SlowDown", "500 InternalError", "timeout", "connection reset", ...); gave_up:
+    requests still failing after the last allowed attempt; throttle_slowdowns: times the
+    store's throttling halved the requests in flight; lowest_concurrency: the lowest that
+    limit went (the configured concurrency if never throttled); parts_reused: multipart parts
+    an interrupted run had sent, found intact and kept instead of sent again.
+    """
+
+    requests: int = 0
+    retries: Counter[str] = field(default_factory=Counter)
+    gave_up: int = 0
+    throttle_slowdowns: int = 0
+    lowest_concurrency: int = 0
+    parts_reused: int = 0
+
+
+@runtime_checkable
+class Measured(Protocol):
+    """Has run statistics: a snapshot, taken when read."""
+
+    @property
+    def stats(self) -> BackendStats:
+        ...
+
+
+# --- what a store implements: single attempts, wrapped into a Backend by RetryBackend --------
+
+@runtime_checkable
+class Primitives(Protocol):
+    """One store's requests, each a single attempt (restic's backend under its RetryBackend).
+
+    A request may fail with the store's own exceptions; `classify` says which are worth
+    another attempt, `map_error` translates them into errors.py's tree (None: not a store
+    error, let it through). Pacing, retries, deadlines and stats are RetryBackend's job.
+    Bodies arrive as Body (sent slice by slice, progress marked) with their MD5 digest.
+    """
+
+    scheme: str
+
+    def part_size(self, size_hint: int) -> int: ...
+
+    def classify(self, exc: BaseException) -> Cause | None: ...
+
+    def map_error(self, exc: BaseException, *, key: str | None) -> BackendError | None: ...
+
+    async def put(self, key: str, body: Body, *, md5: bytes,
+                  metadata: Mapping[str, str]) -> str:
+        """Create key with body unless it exists (conditional); return its ETag."""
+        ...
+
+    async def get(self, key: str, *, offset: int, length: int | None) -> bytes: ...
+
+    async def head(self, key: str) -> ObjectInfo:
+        """The object's info; a missing key fails (mapped to ObjectNotFoundError)."""
+        ...
+
+    async def list_page(self, prefix: str, token: str | None
+                        ) -> tuple[list[ObjectInfo], str | None]:
+        """One page of keys under prefix, and the token of the next page (None: last)."""
+        ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Part:
+    """A part an unfinished upload holds: its number, ETag (the part's MD5 in hex) and size."""
+
+    number: int
+    etag: str
+    size: int
+
+
+@runtime_checkable
+class ChunkedWriter(Protocol):
+    """Optional: objects written as numbered parts, then completed (S3 multipart uploads;
+    Azure block blobs). Unfinished uploads outlive the client until completed or aborted.
+    Every method is a single attempt, like Primitives'."""
+
+    async def create_upload(self, key: str, *, metadata: Mapping[str, str]) -> str:
+        """Start an upload; return its id."""
+        ...
+
+    async def upload_part(self, key: str, upload_id: str, number: int, body: Body, *,
+                          md5: bytes) -> str:
+        """Send part `number` (from 1); return its ETag."""
+        ...
+
+    async def complete_upload(self, key: str, upload_id: str,
+                              parts: Sequence[tuple[int, str]]) -> str:
+        """Join the parts (number, ETag) into the object unless key exists (conditional);
+        return its ETag, or "" when the store's answer does not say it."""
+        ...
+
+    async def abort(self, key: str, upload_id: str) -> None: ...
+
+    async def list_uploads_page(self, prefix: str, marker: tuple[str, str] | None
+                                ) -> tuple[list[PendingUpload], tuple[str, str] | None]:
+        """One page of unfinished uploads under prefix, and where the next page starts."""
+        ...
+
+    async def list_parts_page(self, key: str, upload_id: str, marker: int | None
+                              ) -> tuple[list[Part], int | None]:
+        """One page of an unfinished upload's parts, after part number `marker`."""
+        ...
+
+    def expected_etag(self, part_md5s: Sequence[bytes]) -> str:
+        """The ETag the completed object will carry, from its parts' MD5 digests ("" if the
+        store has no such rule): proof that an object found at the key is this upload's."""
+        ...
+
+
+async def one_chunk(data: Buffer) -> AsyncIterator[Buffer]:
+    """Adapt one buffer to the chunk iterator `save` takes."""
     yield data

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Mapping
 from ..config import MiB
 from ..errors import ObjectExistsError, ObjectNotFoundError
 from .base import ObjectInfo
+from .body import Buffer
 
 
 class MemoryBackend:
@@ -24,7 +25,7 @@ class MemoryBackend:
         return self._chunk
 
     async def save(
-        self, key: str, chunks: AsyncIterator[bytes], *, metadata: Mapping[str, str] | None = None
+        self, key: str, chunks: AsyncIterator[Buffer], *, metadata: Mapping[str, str] | None = None
     ) -> ObjectInfo:
         data = b"".join([c async for c in chunks])
         if key in self.objects:

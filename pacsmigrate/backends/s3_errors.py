@@ -7,6 +7,7 @@ import re
 
 import aiohttp
 from botocore.exceptions import (
+    BotoCoreError,
     ClientError,
     ConnectionClosedError,
     ConnectTimeoutError,
@@ -58,8 +59,11 @@ def classify(exc: BaseException) -> Cause | None:
         return Cause(TRANSIENT, "timeout")
     if isinstance(exc, (EndpointConnectionError, ConnectionClosedError)):
         return Cause(TRANSIENT, "connection failed")
-    if isinstance(exc, (TruncatedBodyError, IncompleteReadError, ResponseStreamingError)):
+    if isinstance(exc, (TruncatedBodyError, IncompleteReadError, ResponseStreamingError,
+                        aiohttp.ClientPayloadError)):
         return Cause(TRANSIENT, "truncated response")
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return None  # an untrusted certificate stays untrusted
     if isinstance(exc, (aiohttp.ClientError, ConnectionError)):
         return Cause(TRANSIENT, "connection reset")
     return None
@@ -68,11 +72,18 @@ def classify(exc: BaseException) -> Cause | None:
 _BOTO_RETRY_NOTE = re.compile(r" \(reached max retries: \d+\)")
 
 
-def map_error(exc: Exception, *, key: str | None) -> BackendError:
-    """Translate botocore's errors into the errors.py tree at this boundary.
+STORE_ERRORS = (TimeoutError, ClientError, BotoCoreError, TruncatedBodyError, aiohttp.ClientError,
+                ConnectionError)
+
+
+def map_error(exc: BaseException, *, key: str | None) -> BackendError | None:
+    """Translate botocore's and aiohttp's errors into the errors.py tree at this boundary
+    (None for anything else: a bug is not a store error).
 
     botocore's own "(reached max retries: 0)" is dropped: its retries are off, ours counted.
     """
+    if not isinstance(exc, STORE_ERRORS):
+        return None
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         text = _BOTO_RETRY_NOTE.sub("", str(exc))
@@ -86,7 +97,8 @@ def map_error(exc: Exception, *, key: str | None) -> BackendError:
         if code in PERMANENT_CODES:
             return PermanentBackendError(f"store refused ({code}): {text}", key=key)
         return BackendError(f"store error ({code}): {text}", key=key)
-    if isinstance(exc, SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(exc):
+    if (isinstance(exc, (SSLError, aiohttp.ClientSSLError))
+            or "CERTIFICATE_VERIFY_FAILED" in str(exc)):
         return PermanentBackendError(
             f"TLS certificate not trusted ({exc}); give --ca-bundle for a private CA", key=key)
     return BackendError(f"store request failed: {exc}", key=key)

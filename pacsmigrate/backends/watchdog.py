@@ -1,57 +1,67 @@
-"""Cancel a request whose body stopped moving: socket read timeouts do not cover sending."""
+"""Bound one request attempt in time: a deadline, and a body nobody reads for `idle` s."""
 
 from __future__ import annotations
 
 import asyncio
-import io
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import TypeVar
+
+from .body import Body
 
 T = TypeVar("T")
 
 
-class TimedBody(io.BytesIO):
-    """A request body that remembers when it was last read (or rewound for signing).
+class _Watch:
+    """Expires `timeout` when the body has been waiting `idle` s for its next slice.
 
-    aiohttp reads it as the socket drains; a store that stops reading, or never answers
-    `Expect: 100-continue`, stops the reads, and the watchdog sees the silence.
+    Socket read timeouts do not cover sending: a store that stops reading our body (or never
+    says 100 Continue) leaves the writer blocked. One timer, re-armed from the last progress,
+    so a body that keeps moving costs nothing but that timer.
     """
 
-    def __init__(self, data: bytes) -> None:
-        super().__init__(data)
-        self.size = len(data)
-        self.touched = time.monotonic()
+    __slots__ = ("body", "fired", "handle", "idle", "timeout")
 
-    def read(self, size: int | None = -1, /) -> bytes:
-        self.touched = time.monotonic()
-        return super().read(size)
+    def __init__(self, body: Body, idle: float, timeout: asyncio.Timeout) -> None:
+        self.body, self.idle, self.timeout = body, idle, timeout
+        self.fired = False
+        self.handle = asyncio.get_running_loop().call_at(body.touched + idle, self._check)
 
-    def seek(self, pos: int, whence: int = 0, /) -> int:
-        self.touched = time.monotonic()
-        return super().seek(pos, whence)
+    def _check(self) -> None:
+        if self.body.sent:
+            return  # waiting for the answer is the read timeout's job
+        due = self.body.touched + self.idle
+        now = time.monotonic()
+        if now >= due:
+            self.fired = True
+            self.timeout.reschedule(now)  # expires at once: the attempt is cancelled
+        else:
+            self.handle = asyncio.get_running_loop().call_at(due, self._check)
 
-    @property
-    def sent(self) -> bool:
-        return self.tell() >= self.size
+    def stop(self) -> None:
+        self.handle.cancel()
 
 
-async def guarded(request: Callable[[TimedBody], Awaitable[T]], data: bytes, *,
-                  idle: float, tick: float = 0.5) -> T:
-    """Run request with a fresh body; raise TimeoutError if the body sits unread for `idle`.
+async def bounded(request: Awaitable[T], *, budget: float | None,
+                  body: Body | None = None, idle: float = 0.0) -> T:
+    """Await request within budget seconds; with a body, also fail once it sits unread idle s.
 
-    Once the body is sent, waiting for the answer is the client's read timeout's job.
+    Both raise TimeoutError (a transient fault: the attempt is retried). Runs in the caller's
+    task, so an attempt costs no extra task.
     """
-    body = TimedBody(data)
-    task = asyncio.ensure_future(request(body))
+    watch: _Watch | None = None
     try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=min(tick, idle))
-            if done:
-                return task.result()
-            if not body.sent and time.monotonic() - body.touched > idle:
-                raise TimeoutError(f"request body unread for {idle:g} s")
-    finally:
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        async with asyncio.timeout(budget) as timeout:
+            if body is not None:
+                watch = _Watch(body, idle, timeout)  # loop.time() is time.monotonic()
+            try:
+                return await request
+            finally:
+                if watch is not None:
+                    watch.stop()
+    except TimeoutError:
+        if not timeout.expired():
+            raise  # the request's own timeout (socket read, connect)
+        if watch is not None and watch.fired:
+            raise TimeoutError(f"request body unread for {idle:g} s") from None
+        raise TimeoutError(f"no answer within {budget:g} s") from None

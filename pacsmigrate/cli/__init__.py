@@ -30,7 +30,7 @@ def main(verbose: int) -> None:
                             logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         # Third-party debug logs can quote request bodies and paths: keep them quiet.
         # (pydicom stays at the CRITICAL level classify.py sets: its warnings quote values.)
-        for noisy in ("botocore", "aiobotocore", "urllib3", "asyncio", "s3transfer"):
+        for noisy in ("botocore", "aiobotocore", "aiohttp", "urllib3", "asyncio", "s3transfer"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -1,0 +1,62 @@
+"""Request bodies: any buffer, hashed once (MD5), sent from the caller's memory in slices."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+# What `save` accepts as a chunk. The buffer is sent (and re-sent on a retry) from the
+# caller's memory, never copied, so it must not change until `save` returns.
+Buffer = bytes | bytearray | memoryview
+
+INLINE_HASH = 256 * 1024  # larger bodies are hashed in a thread
+SLICE = 256 * 1024  # bytes handed to the transport at a time
+
+
+def view(data: Buffer) -> memoryview:
+    """A flat byte view of data (no copy); a non-contiguous view is refused, not copied."""
+    mv = data if isinstance(data, memoryview) else memoryview(data)
+    if not mv.c_contiguous:
+        raise TypeError("a chunk must be one contiguous buffer")
+    return mv if mv.ndim == 1 and mv.itemsize == 1 else mv.cast("B")
+
+
+async def md5(data: Buffer) -> Any:
+    """MD5 of data for Content-MD5 (and part matching on resume), computed once per body.
+
+    Large bodies in a thread: hashlib releases the GIL, so a 16 MiB part does not stall the
+    event loop that drives every other request.
+    """
+    mv = view(data)
+    if mv.nbytes <= INLINE_HASH:
+        return hashlib.md5(mv)
+    return await asyncio.to_thread(hashlib.md5, mv)
+
+
+class Body:
+    """One attempt's body: the caller's buffer, and when a slice of it last went out.
+
+    The transport takes it slice by slice (`pieces`) as the socket drains. A store that stops
+    reading, or never answers `Expect: 100-continue`, stops the slices: the watchdog sees
+    `touched` grow old while the body is not yet `sent`.
+    """
+
+    __slots__ = ("sent", "size", "touched", "view")
+
+    def __init__(self, data: Buffer) -> None:
+        self.view = view(data)
+        self.size = self.view.nbytes
+        self.touched = time.monotonic()
+        self.sent = self.size == 0
+
+    def pieces(self, size: int = SLICE) -> Iterator[memoryview]:
+        """The body from its start (a transport may send it again), marking progress."""
+        mv = self.view
+        for start in range(0, self.size, size):
+            self.touched = time.monotonic()
+            yield mv[start:start + size]
+        self.touched = time.monotonic()
+        self.sent = True

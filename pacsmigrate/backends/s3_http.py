@@ -1,0 +1,205 @@
+"""S3's hot requests (PutObject, UploadPart, ranged GetObject) as signed aiohttp requests."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import ssl
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.payload import Payload
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import RefreshableCredentials
+from botocore.exceptions import ClientError, NoCredentialsError
+from botocore.httpsession import ProxyConfiguration, create_urllib3_context, get_cert_path
+from yarl import URL
+
+from ..errors import ConfigError
+from .body import Body
+from .s3_errors import TruncatedBodyError
+
+EXPECT_CONTINUE = 1024 * 1024  # as botocore: larger bodies wait for `100 Continue`
+MAX_ERROR_BODY = 64 * 1024
+
+
+def tls_context(verify: str | bool) -> ssl.SSLContext:
+    """The TLS context aiobotocore builds for `verify` (one CA file: --ca-bundle, else
+    AWS_CA_BUNDLE or REQUESTS_CA_BUNDLE, else certifi's), with host names checked."""
+    context: ssl.SSLContext = create_urllib3_context()
+    context.check_hostname = True
+    cafile = get_cert_path(verify)
+    try:
+        context.load_verify_locations(cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the CA certificates in {cafile}: {exc}") from exc
+    return context
+
+
+def bucket_url(bucket: str, endpoint_url: str | None, region: str) -> str:
+    """Where the bucket's objects are: path style under a custom endpoint (the only style
+    local and private stores reliably resolve), virtual-hosted on AWS's regional endpoint.
+
+    Not covered (a later issue adds --addressing-style and providers): virtual-hosted
+    custom endpoints, AWS's FIPS / dual-stack / accelerate endpoints, the China partition
+    (amazonaws.com.cn), access points and S3 Express buckets, and a bucket in another region
+    than the client's (AWS answers 301 / AuthorizationHeaderMalformed: the run stops).
+    """
+    if endpoint_url:
+        return f"{endpoint_url.rstrip('/')}/{quote(bucket, safe='')}"
+    if "." in bucket:  # a dotted name breaks the certificate's wildcard: path style
+        return f"https://s3.{region}.amazonaws.com/{quote(bucket, safe='')}"
+    return f"https://{bucket}.s3.{region}.amazonaws.com"
+
+
+class _UnsignedPayload(S3SigV4Auth):  # type: ignore[misc]
+    """botocore's S3 SigV4 signer with `UNSIGNED-PAYLOAD` on every request.
+
+    The body is protected by Content-MD5, which the store verifies and which is itself
+    signed (a changed body would need the same MD5): a SHA-256 of it would hash every body
+    a second time, which botocore does over plain http.
+    """
+
+    def _should_sha256_sign_payload(self, request: Any) -> bool:
+        return False
+
+
+class _Signer:
+    """Credentials resolved once from the session, refreshed when they are refreshable."""
+
+    def __init__(self, credentials: Any, region: str) -> None:
+        self._credentials = credentials
+        self._region = region
+        self._refreshable = isinstance(credentials, RefreshableCredentials)
+        self._frozen: Any = None
+        self._auth: _UnsignedPayload | None = None
+
+    async def auth(self) -> _UnsignedPayload:
+        if self._credentials is None:
+            raise NoCredentialsError()
+        if self._auth is None or self._refreshable:
+            frozen = await self._credentials.get_frozen_credentials()
+            if frozen is not self._frozen:
+                self._frozen = frozen
+                self._auth = _UnsignedPayload(frozen, "s3", self._region)
+        assert self._auth is not None
+        return self._auth
+
+
+class _BodyPayload(Payload):
+    """aiohttp payload sending a Body slice by slice from the caller's buffer (no copy of
+    the whole, no 16 MiB joined to the headers), marking progress for the watchdog."""
+
+    def __init__(self, body: Body) -> None:
+        super().__init__(body)
+        self._size = body.size
+        self._body = body
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        raise TypeError("a request body is bytes")
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        for piece in self._body.pieces():
+            await writer.write(piece)
+
+    async def write_with_length(self, writer: AbstractStreamWriter,
+                                content_length: int | None) -> None:
+        await self.write(writer)
+
+
+def client_error(status: int, body: bytes, operation: str) -> ClientError:
+    """An S3 error answer as botocore's ClientError, so one judgement (s3_errors) and one
+    wording serve both paths: `<Error><Code>` and `<Message>`, else the bare status."""
+    code, message = str(status), http.client.responses.get(status, "")
+    try:
+        root = ET.fromstring(body) if body.strip() else None
+    except ET.ParseError:
+        root = None
+    if root is not None and root.tag == "Error":
+        code = (root.findtext("Code") or code).strip()
+        message = (root.findtext("Message") or message).strip()
+    return ClientError({"Error": {"Code": code, "Message": message},
+                        "ResponseMetadata": {"HTTPStatusCode": status}}, operation)
+
+
+async def _error_body(resp: aiohttp.ClientResponse) -> bytes:
+    data = b""
+    while len(data) < MAX_ERROR_BODY and (chunk := await resp.content.read(MAX_ERROR_BODY)):
+        data += chunk
+    return data[:MAX_ERROR_BODY]
+
+
+class DataPath:
+    """One shared aiohttp session to the bucket; requests signed with botocore's signer.
+
+    Used for the few requests the migration sends by the thousand; everything else stays
+    on aioboto3. No retries here (RetryBackend's policy is the only retry layer).
+    """
+
+    def __init__(self, *, base: str, region: str, credentials: Any, verify: str | bool,
+                 pool: int, connect_timeout: float, read_timeout: float) -> None:
+        self.base = base.rstrip("/")
+        self.host = urlsplit(self.base).netloc  # signed and sent as the Host header
+        self._signer = _Signer(credentials, region)
+        self._proxy = ProxyConfiguration().proxy_url_for(self.base)  # HTTP(S)_PROXY, as botocore
+        connector = aiohttp.TCPConnector(limit=pool, ssl=tls_context(verify))
+        self._session = aiohttp.ClientSession(
+            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
+            headers={"User-Agent": "pacsmigrate", "Accept-Encoding": "identity"},
+            skip_auto_headers=("Content-Type",),  # as botocore: the store's default type
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout,
+                                          sock_read=read_timeout))
+        # aiohttp resends a PUT once on a dropped keep-alive connection, unseen; off, so
+        # every attempt is counted and paced by the policy.
+        self._session._retry_connection = False
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    def url(self, key: str, query: str = "") -> str:
+        # RFC 3986 percent-encoding, "/" kept; S3 signs the path exactly as sent.
+        return f"{self.base}/{quote(key, safe='/~')}{'?' if query else ''}{query}"
+
+    async def _headers(self, method: str, url: str, headers: dict[str, str]) -> dict[str, str]:
+        headers["Host"] = self.host
+        request = AWSRequest(method=method, url=url, headers=headers)
+        (await self._signer.auth()).add_auth(request)
+        return dict(request.headers.items())
+
+    async def put(self, key: str, body: Body, *, md5: bytes, query: str = "",
+                  headers: Mapping[str, str] | None = None, operation: str = "PutObject") -> str:
+        """PUT body with its Content-MD5; the ETag of what the store kept."""
+        url = self.url(key, query)
+        signed = await self._headers("PUT", url, {
+            "Content-MD5": base64.b64encode(md5).decode("ascii"), **(headers or {})})
+        async with self._session.put(URL(url, encoded=True), data=_BodyPayload(body),
+                                     headers=signed, proxy=self._proxy, allow_redirects=False,
+                                     expect100=body.size > EXPECT_CONTINUE) as resp:
+            if resp.status >= 300:
+                raise client_error(resp.status, await _error_body(resp), operation)
+            return resp.headers.get("ETag", "").strip('"')
+
+    async def get(self, key: str, *, offset: int, length: int | None) -> bytes:
+        """The object's bytes, or length bytes from offset (one ranged GET)."""
+        url = self.url(key)
+        headers: dict[str, str] = {}
+        if offset or length is not None:
+            end = "" if length is None else str(offset + length - 1)
+            headers["Range"] = f"bytes={offset}-{end}"
+        signed = await self._headers("GET", url, headers)
+        # A redirect (AWS: the bucket is in another region) is an answer, not followed:
+        # the signature is for this host, and the error names the problem.
+        async with self._session.get(URL(url, encoded=True), headers=signed,
+                                     proxy=self._proxy, allow_redirects=False) as resp:
+            if resp.status >= 300:
+                raise client_error(resp.status, await _error_body(resp), "GetObject")
+            data = await resp.read()
+            declared = resp.content_length
+            if declared is not None and len(data) != declared:
+                raise TruncatedBodyError(f"got {len(data)} of {declared} bytes")
+            return data
