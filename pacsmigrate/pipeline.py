@@ -139,6 +139,9 @@ class Migration:
             else None
         try:
             await self._read_and_group(cp, sink, roots, opts, grouper, problems, bar)
+            # The walk is over: whatever the counting walk got to, the total is known.
+            for b in (bar, sink.bar):
+                b.total_files = self.stats.files_seen
         finally:
             bar.close()
             if counting is not None:

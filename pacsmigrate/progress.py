@@ -38,4 +38,5 @@ class Bar:
 
     def close(self) -> None:
         if self._bar is not None:
+            self.update()  # the last counts and total, whenever the last update was
             self._bar.close()

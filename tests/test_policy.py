@@ -48,7 +48,7 @@ def test_token_bucket_caps_rate() -> None:
     assert clock.now == pytest.approx(2.0)
 
 
-def test_token_bucket_large_takes_go_into_debt() -> None:
+def test_token_bucket_large_takes_wait_for_their_whole_size() -> None:
     clock = FakeClock()
 
     async def go() -> None:
@@ -57,7 +57,9 @@ def test_token_bucket_large_takes_go_into_debt() -> None:
             await bucket.take(4_000_000)  # 4 MB parts
 
     run(go())
-    assert clock.now == pytest.approx(12.0)  # 16 MB at 1 MB/s, the first MB was the burst
+    # 16 MB at 1 MB/s, the first MB was the burst: the last part starts after 15 s, not
+    # before it was paid for (a hard cap holds up to the run's last request).
+    assert clock.now == pytest.approx(15.0)
 
 
 def test_aimd_halves_once_per_cooldown_and_climbs_back() -> None:

@@ -45,7 +45,9 @@ class RetryConfig:
 class TokenBucket:
     """A leaky bucket with an injectable clock, so tests control time (after s3transfer).
 
-    Takers may go into debt (one 16 MiB part under a 1 MiB/s cap): the next taker waits it off.
+    A hard cap: a taker waits until the bucket holds its whole amount, so by any moment at
+    most `burst + rate * elapsed` has been taken. A take larger than the burst (one 16 MiB
+    part under a 1 MiB/s cap) waits for all of it; the wait is its own, spent at once.
     """
 
     def __init__(self, rate: float, *, burst: float | None = None, clock: Clock = time.monotonic,
@@ -68,12 +70,14 @@ class TokenBucket:
     async def take(self, amount: float) -> None:
         async with self._lock:  # first come, first served
             self._refill()
-            # One sleep for the whole deficit, no re-check loop: float rounding could
-            # otherwise leave a deficit too small to ever sleep off.
-            deficit = min(amount, self.burst) - self._tokens
+            deficit = amount - self._tokens
             if deficit > 0:
+                # One sleep for the whole deficit, then exactly that many tokens earned (even
+                # above the burst: they are spent at once), so rounding cannot leave a
+                # deficit too small to ever sleep off.
                 await self.sleep(deficit / self.rate)
-                self._refill()
+                self._last = self.clock()
+                self._tokens = amount
             self._tokens -= amount
 
 

@@ -61,7 +61,7 @@ def test_kill_at_random_moments(moto_s3: S3Target, kill_tree: Path, tmp_path: Pa
     re-running each time; then nothing is lost, doubled or orphaned."""
     rng = random.Random(int(os.environ.get("PACSMIGRATE_KILL_SEED", "1234")))
     # A bandwidth cap stretches the run over seconds, so that twenty kills can land in it.
-    slow = ("--bwlimit", "1500KiB")
+    slow = ("--bwlimit", "800KiB")
     # How long an uninterrupted run takes here, so the kills land inside the run.
     started = time.monotonic()
     run_cli(*_migrate_args(kill_tree, moto_s3, tmp_path / "timing", *slow), env=moto_s3.env(),
@@ -83,7 +83,7 @@ def test_kill_at_random_moments(moto_s3: S3Target, kill_tree: Path, tmp_path: Pa
             kills += 1
         _, err = proc.communicate(timeout=120)
         assert proc.returncode in (0, -signal.SIGKILL), err
-        if proc.returncode == 0 or kills >= 20:
+        if proc.returncode == 0 or kills >= 15:
             break
     final = run_cli(*_migrate_args(kill_tree, target, state), env=target.env())
     assert final.returncode == 0, final.stdout + final.stderr
