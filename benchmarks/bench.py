@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -149,12 +150,15 @@ def header_section(ctx: Ctx, quick: bool) -> Section:
         helptext = run_timed([*argv, "--help"], env=ctx.store.env, log=log, timeout=120)
         if "--quick" in log.read_text(errors="replace") and helptext.code == 0:
             argv.append("--quick")
-    t = run_timed(argv, env=ctx.store.env, log=log, idle_wait=ctx.idle_wait,
-                  timeout=1200 if quick else ctx.timeout)
+    # Someone else's script: bounded, so --quick stays under its 10 minutes.
+    limit = 240 if quick else 3600
+    t = run_timed(argv, env=ctx.store.env, log=log, idle_wait=ctx.idle_wait, timeout=limit)
     text = log.read_text(errors="replace").rstrip()
+    ended = (f"was stopped after {limit} s" if t.code == -9 and t.wall >= limit
+             else f"exited {t.code}")
     return Section("header", title, [
-        (f"`{shlex.join(['python', 'benchmarks/header_bench.py', *argv[2:]])}` exited {t.code} "
-        f"after {t.wall:.1f} s; its output:"), "", "```", text[-20000:], "```"])
+        (f"`{shlex.join(['python', 'benchmarks/header_bench.py', *argv[2:]])}` {ended} "
+         f"after {t.wall:.1f} s; its output:"), "", "```", text[-20000:], "```"])
 
 
 def run_sections(args: argparse.Namespace, ctx: Ctx, trees: Trees) -> tuple[list[Section],
@@ -243,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep:
             print(f"kept {work}")
         else:
-            shutil.rmtree(work, ignore_errors=True)
+            print(f"deleting {work} ...", flush=True)
+            # rm -rf unlinks a 1M-file tree several times faster than shutil.rmtree.
+            subprocess.run(["rm", "-rf", "--one-file-system", str(work)], check=False)
 
 
 if __name__ == "__main__":

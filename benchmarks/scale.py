@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,9 @@ def memory_section(ctx: Ctx, results: list[ScaleRuns], strace: StraceResult | No
         "disk = allocated bytes of every file under `--state` after the run (as `du` counts "
         "them); B/file = that ÷ files; → at 100M files = B/file × 100M. The dry run's state "
         "holds the catalogue only. MB = 10^6 bytes."), "", *rows, ""]
+    lines += ["Commands:", "", "```sh",
+              *(shlex.join(run.timed.argv) for res in results for run in (res.real, res.dry)),
+              *([shlex.join(strace.argv)] if strace else []), "```", ""]
     for res in results:
         lines.append(f"- {res.tree.name}: real-run state {res.state_alloc:,} B allocated, "
                      f"{res.state_apparent:,} B apparent; {res.real.note}; "
@@ -185,6 +189,10 @@ def _upload_alone_tree(ctx: Ctx, real: Run) -> Tree:
                 seconds=0.0)
 
 
+def _descriptor(key: str) -> bool:
+    return key.rsplit("/", 1)[-1] == "pacsmigrate.json"
+
+
 def stream_section(ctx: Ctx, res: ScaleRuns) -> Section:
     """Time to the first stored object, and the full run against its stages run alone."""
     up_tree = _upload_alone_tree(ctx, res.real)
@@ -192,9 +200,12 @@ def stream_section(ctx: Ctx, res: ScaleRuns) -> Section:
     shutil.rmtree(up_tree.root, ignore_errors=True)
     full, dry, up = res.real.timed.wall, res.dry.timed.wall, upload.timed.wall
     slowest = max(dry, up)
+    keys = list(res.real.listing)
     kinds = {"bundles (.tar)": res.real.tars,
-             "sidecar manifests (.json)": sum(k.endswith(".json") for k in res.real.listing)}
-    kinds["other objects"] = len(res.real.listing) - sum(kinds.values())
+             "sidecar manifests (.json)": sum(k.endswith(".json") and not _descriptor(k)
+                                              for k in keys),
+             "descriptor (pacsmigrate.json)": sum(map(_descriptor, keys))}
+    kinds["other objects"] = len(keys) - sum(kinds.values())
     firsts = [f"{r.variant.name}: " + (f"{v:.1f} s" if (v := _first_object(r)) is not None
                                        else "n/a (the report has no run.first_object_seconds)")
               for r in (res.real,)]
@@ -216,6 +227,8 @@ def stream_section(ctx: Ctx, res: ScaleRuns) -> Section:
         f"{full / (dry + up):.2f}x, 1.00 = no overlap at all)."),
         "",
         f"Time from process start to the first object acknowledged: {'; '.join(firsts)}.",
+        "", "Commands (full run, dry run, upload alone):", "", "```sh",
+        *(shlex.join(r.timed.argv) for r in (res.real, res.dry, upload)), "```",
     ]
     if dry < CATALOGUE_MINUTE:
         lines += ["", (f"Note: the dry run took {dry:.0f} s, under a minute, so this tree does "

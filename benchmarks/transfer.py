@@ -107,8 +107,8 @@ def _section_text(outcomes: list[Outcome], tree: Tree, ctx: Ctx, *, by: str) -> 
              "fresh bucket and pacsmigrate a fresh `--state`):"), "", *commands(outcomes), "",
              "Order (alternates between repeats):", "", *order_lines(outcomes), "",
              ("Every run was verified: pacsmigrate by `pacsmigrate status --state DIR --json` "
-             f"(files_migrated = {tree.files:,}, nothing pending, in doubt or with problems) and "
-             "its bundles in the bucket; the peers by listing the bucket (exactly one object per "
+             f"(files_migrated = {tree.files:,}, nothing pending, in doubt or with problems; "
+             "objects in the bucket); the peers by listing the bucket (exactly one object per "
              "source file, same keys, same total bytes)."), "",
              (f"Results (median of {ctx.repeats} repeat(s); files/s and MB/s = source files and "
              "bytes ÷ median wall time; client CPU = user+sys of the tool's process and the "
