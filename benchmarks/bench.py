@@ -1,15 +1,7 @@
-"""Benchmark suite: pacsmigrate vs s5cmd, rclone and aws cli, judged against the issue's targets.
+"""Benchmark suite: pacsmigrate vs s5cmd, rclone and aws cli, judged against the issue's targets."""
 
-    .venv/bin/python benchmarks/bench.py [--quick] [--only small,ct,...] [--profile] [--print]
-
-Sections: small (small-file tree), ct (CT-sized tree and the store's ceiling), mixed
-(make_tree, continuity), stream (first object; full run vs its stages), walk (vs find, warm
-and on a FUSE mount with 1 ms per call), scale (memory and state at 100k and 1M files,
-syscalls), header (benchmarks/header_bench.py when present). Trees are written once per run;
-ONE SeaweedFS on 127.0.0.1 serves the whole run; every tool run gets a fresh bucket (and
-pacsmigrate a fresh --state), is verified, and repeats alternate their order. A dated
-section is added at the top of RESULTS.md (--print: printed instead). See README.md.
-"""
+# Usage and what each section measures: benchmarks/README.md. `make bench` runs it all;
+# --quick, --only/--skip, --profile, --print (print the section, leave RESULTS.md alone).
 
 from __future__ import annotations
 
@@ -65,7 +57,7 @@ QUICK = Sizes(small_files=3_000, ct_mb=200, mixed_studies=40, mixed_scale=0.1,
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true",
                    help="small trees, 1 repeat, no 1M tree: under 10 minutes")
     p.add_argument("--only", help=f"comma-separated sections: {','.join(SECTIONS)}")

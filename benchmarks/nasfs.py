@@ -1,14 +1,11 @@
-"""A NAS-like mount for the walk bench: a read-only FUSE passthrough adding latency per call.
+"""A NAS-like mount for the walk bench: a read-only FUSE passthrough adding latency per call."""
 
-    python benchmarks/nasfs.py SOURCE MOUNTPOINT [--delay-ms 1] [--stats FILE]
-
-Runs in the foreground, multithreaded (fusepy over libfuse 2), until `umount MOUNTPOINT`.
-Every metadata and read call (getattr, access, readlink, opendir, readdir, open, read,
-statfs) sleeps --delay-ms first, like a round trip to a NAS; closes (release, releasedir)
-do not, as NFS clients do not wait for them either. readdir returns each entry's type
-(like NFS READDIR), so `find -type f` needs no stat per file. The kernel caches entries
-and attributes for libfuse's default 1 s. --stats: call counts, rewritten every 0.25 s.
-"""
+# python benchmarks/nasfs.py SOURCE MOUNTPOINT [--delay-ms 1] [--stats FILE]; runs in the
+# foreground, multithreaded (fusepy over libfuse 2), until `umount MOUNTPOINT`. Metadata
+# and read calls sleep first, like a round trip to a NAS; closes do not, as NFS clients do
+# not wait for them either. readdir returns entry types (like NFS READDIR), so
+# `find -type f` needs no stat per file. The kernel caches entries and attributes for
+# libfuse's default 1 s.
 
 from __future__ import annotations
 
@@ -117,7 +114,7 @@ def _write_stats(fs: DelayedPassthrough, path: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("source")
     parser.add_argument("mountpoint")
     parser.add_argument("--delay-ms", type=float, default=1.0)
