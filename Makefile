@@ -25,8 +25,12 @@ test: install
 test-all: install
 	$(BIN)/python -m pytest -q -ra -m ''
 
+# The benchmark suite vs s5cmd, rclone and the aws cli (see benchmarks/README.md); the full
+# suite takes hours on a slow pipeline. BENCH_ARGS=--quick checks it in under 10 minutes.
 bench: install
-	$(BIN)/python benchmarks/bench.py
+	$(BIN)/pip install -q -r benchmarks/requirements.txt
+	benchmarks/install-peers.sh
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check pacsmigrate tests benchmarks examples

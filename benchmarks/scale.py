@@ -1,0 +1,264 @@
+"""Sections 4 and 6: streaming (first object, full run vs its stages) and memory/state at scale."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shlex
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from runs import Ctx, Run, run_one
+from targets import Section, Target, ratio
+from tools import PM_DEFAULTS, S5_DEFAULTS, Variant
+from trees import Tree, Trees
+
+PM_DRY = Variant("pacsmigrate --dry-run", "pacsmigrate", ("--dry-run",))
+MB = 1e6
+CATALOGUE_MINUTE = 60.0
+
+
+@dataclass
+class ScaleRuns:
+    tree: Tree
+    real: Run
+    dry: Run
+    state_alloc: int  # bytes on disk (du) of the real run's --state
+    state_apparent: int
+    dry_state_alloc: int
+
+
+def _disk_usage(path: Path) -> tuple[int, int]:
+    """(allocated, apparent) bytes below path, as `du -s --block-size=1` and `du -sb` count."""
+    alloc = apparent = 0
+    for folder, _dirs, names in os.walk(path):
+        for name in names:
+            st = os.lstat(os.path.join(folder, name))
+            alloc += st.st_blocks * 512
+            apparent += st.st_size
+    return alloc, apparent
+
+
+def scale_runs(ctx: Ctx, tree: Tree) -> ScaleRuns:
+    """A real run and a dry run over the tree, each sampled for memory, each with --report."""
+    real = run_one(ctx, PM_DEFAULTS, tree, section=f"scale-{tree.files}", report=True,
+                   keep_state=True)
+    alloc, apparent = _disk_usage(real.state)
+    shutil.rmtree(real.state, ignore_errors=True)
+    dry = run_one(ctx, PM_DRY, tree, section=f"scale-{tree.files}", report=True,
+                  keep_state=True, dry_run=True)
+    dry_alloc, _ = _disk_usage(dry.state)
+    shutil.rmtree(dry.state, ignore_errors=True)
+    return ScaleRuns(tree, real, dry, alloc, apparent, dry_alloc)
+
+
+def _first_object(run: Run) -> float | None:
+    value = ((run.report or {}).get("run") or {}).get("first_object_seconds")
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _peak_mb(run: Run, key: str) -> float:
+    return (run.timed.peak_kib or {}).get(key, 0) * 1024 / MB
+
+
+def memory_section(ctx: Ctx, results: list[ScaleRuns], strace: StraceResult | None) -> Section:
+    rows = [("| run | files | wall s | files/s | client CPU s | peak RssAnon MB | peak VmRSS MB "
+            "| peak RssFile MB | state on disk MB | state B/file | → at 100M files | "
+            "first object s | others' CPU s |"),
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for res in results:
+        n = res.tree.files
+        for run, state in ((res.real, res.state_alloc), (res.dry, res.dry_state_alloc)):
+            t, first = run.timed, _first_object(run)
+            rows.append(
+                f"| {run.variant.name} | {n:,} | {t.wall:.1f} | {n / t.wall:,.0f} | {t.cpu:.1f} | "
+                f"{_peak_mb(run, 'RssAnon'):,.0f} | {_peak_mb(run, 'VmRSS'):,.0f} | "
+                f"{_peak_mb(run, 'RssFile'):,.0f} | {state / MB:,.1f} | {state / n:,.0f} | "
+                f"{state / n * 1e8 / 1e9:,.1f} GB | "
+                + (f"{first:.1f}" if first is not None else "n/a") + " | "
+                + (f"{t.other_cpu:.1f}" if t.other_cpu is not None else "n/a") + " |")
+    lines = [
+        ("Each tree: one real run (`pacsmigrate migrate TREE s3://BUCKET/x --endpoint-url URL "
+        "--state DIR --no-progress --report FILE`, fresh bucket and state) and one dry run "
+        "(the same with `--dry-run`). While each ran, the bench summed `RssAnon`, `VmRSS` and "
+        "`RssFile` from `/proc/PID/status` over the process and all its descendants every "
+        "50 ms and kept the peaks (RssAnon is what the process allocated; LMDB's mapped pages "
+        "are page cache and count under RssFile, together with mapped libraries). State on "
+        "disk = allocated bytes of every file under `--state` after the run (as `du` counts "
+        "them); B/file = that ÷ files; → at 100M files = B/file × 100M. The dry run's state "
+        "holds the catalogue only. MB = 10^6 bytes."), "", *rows, ""]
+    lines += ["Commands:", "", "```sh",
+              *(shlex.join(run.timed.argv) for res in results for run in (res.real, res.dry)),
+              *([shlex.join(strace.argv)] if strace else []), "```", ""]
+    for res in results:
+        lines.append(f"- {res.tree.name}: real-run state {res.state_alloc:,} B allocated, "
+                     f"{res.state_apparent:,} B apparent; {res.real.note}; "
+                     f"{res.real.tars / res.tree.studies:.2f} bundles per study.")
+    targets = _memory_targets(results)
+    if strace:
+        lines += ["", *strace.lines()]
+        targets.append(Target("6d", "futex calls per file (informational)",
+                              f"{strace.futex:,} futex / {strace.total:,} syscalls over "
+                              f"{strace.files:,} files", strace.futex / strace.files, None,
+                              unit="calls/file"))
+    return Section("scale", "6. Memory and state at scale", lines, targets)
+
+
+def _memory_targets(results: list[ScaleRuns]) -> list[Target]:
+    runs = [(res.tree.files, run) for res in results for run in (res.real, res.dry)]
+    worst = max(runs, key=lambda x: _peak_mb(x[1], "RssAnon"))
+    targets = [Target("6a", "peak RssAnon ≤ 400 MB (every real and dry run)",
+                      f"highest: {worst[1].variant.name} over {worst[0]:,} files",
+                      _peak_mb(worst[1], "RssAnon"), 400.0, at_most=True, unit="MB")]
+    if len(results) >= 2:
+        lo, hi = results[0], results[-1]
+        growth = [(name, ratio(_peak_mb(getattr(hi, name), "RssAnon"),
+                               _peak_mb(getattr(lo, name), "RssAnon"))) for name in ("real", "dry")]
+        judged = max((g for _, g in growth if g is not None), default=None)
+        targets.append(Target(
+            "6b", f"RssAnon within 1.2x between {lo.tree.files:,} and {hi.tree.files:,} files",
+            "; ".join(f"{name} run {g:.2f}x" for name, g in growth if g is not None),
+            judged, 1.2, at_most=True))
+    else:
+        targets.append(Target("6b", "RssAnon within 1.2x between 100k and 1M files",
+                              "needs two tree sizes (skipped in --quick)", None, 1.2, True))
+    big = results[-1]
+    targets.append(Target("6c", "state ≤ 600 B per migrated file",
+                          f"{big.state_alloc:,} B on disk for {big.tree.files:,} files "
+                          f"(→ {big.state_alloc / big.tree.files * 1e8 / 1e9:,.1f} GB at 100M)",
+                          big.state_alloc / big.tree.files, 600.0, at_most=True, unit="B"))
+    return targets
+
+
+@dataclass
+class StraceResult:
+    files: int
+    futex: int
+    total: int
+    wall: float
+    table: str
+    argv: list[str]
+
+    def lines(self) -> list[str]:
+        return [(f"**Syscalls** (a separate, untimed pass: `strace -f -c -o FILE` around a real "
+                f"run over {self.files:,} tiny files; strace slows the run, it took "
+                f"{self.wall:.0f} s): **{self.futex / self.files:,.1f} futex calls per file**, "
+                f"{self.total / self.files:,.1f} syscalls per file. Top of strace's summary:"),
+                "", "```", self.table, "```"]
+
+
+def strace_pass(ctx: Ctx, tree: Tree) -> StraceResult:
+    out = ctx.work / "strace" / f"strace-{tree.files}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    run = run_one(ctx, PM_DEFAULTS, tree, section=f"strace-{tree.files}", idle_wait=0,
+                  prefix=("strace", "-f", "-c", "-o", str(out)))
+    text = out.read_text()
+    counts: dict[str, int] = {}
+    total = 0
+    for line in text.splitlines():
+        cols = line.split()
+        if len(cols) >= 5 and cols[-1] == "total":
+            total = int(cols[3])
+        elif len(cols) >= 5 and re.fullmatch(r"[\d.]+", cols[0]) and cols[3].isdigit():
+            counts[cols[-1]] = int(cols[3])
+    top = "\n".join(text.splitlines()[:14])
+    return StraceResult(tree.files, counts.get("futex", 0), total or sum(counts.values()),
+                        run.timed.wall, top, run.timed.argv)
+
+
+def _upload_alone_tree(ctx: Ctx, real: Run) -> Tree:
+    """One file per object the real run stored (bundles, sidecars, descriptor), same sizes."""
+    root = ctx.work / "trees" / f"upload-alone-{real.bucket}"
+    shutil.rmtree(root, ignore_errors=True)
+    pool = random.Random(1).randbytes(64 << 20)
+    sizes = sorted(real.listing.values(), reverse=True)
+    for i, size in enumerate(sizes):
+        folder = root / f"{i // 1000:04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"obj-{i:08d}", "wb") as out:
+            left, at = size, (i * 7919) % (1 << 20)
+            while left > 0:
+                piece = pool[at:at + min(left, len(pool) - at)]
+                out.write(piece)
+                left -= len(piece)
+                at = 0
+    return Tree(name=root.name, root=root, how="objects of the real run", layout="flat",
+                files=len(sizes), bytes=sum(sizes), dirs=len(sizes) // 1000 + 1, studies=0,
+                seconds=0.0)
+
+
+def _descriptor(key: str) -> bool:
+    return key.rsplit("/", 1)[-1] == "pacsmigrate.json"
+
+
+def stream_section(ctx: Ctx, res: ScaleRuns) -> Section:
+    """Time to the first stored object, and the full run against its stages run alone."""
+    up_tree = _upload_alone_tree(ctx, res.real)
+    upload = run_one(ctx, S5_DEFAULTS, up_tree, section="upload-alone")
+    shutil.rmtree(up_tree.root, ignore_errors=True)
+    full, dry, up = res.real.timed.wall, res.dry.timed.wall, upload.timed.wall
+    slowest = max(dry, up)
+    keys = list(res.real.listing)
+    kinds = {"bundles (.tar)": res.real.tars,
+             "sidecar manifests (.json)": sum(k.endswith(".json") and not _descriptor(k)
+                                              for k in keys),
+             "descriptor (pacsmigrate.json)": sum(map(_descriptor, keys))}
+    kinds["other objects"] = len(keys) - sum(kinds.values())
+    firsts = [f"{r.variant.name}: " + (f"{v:.1f} s" if (v := _first_object(r)) is not None
+                                       else "n/a (the report has no run.first_object_seconds)")
+              for r in (res.real,)]
+    lines = [
+        f"On **{res.tree.name}** (the largest tree of section 6; the same real and dry runs):",
+        "",
+        "| run | wall s | what it does |", "|---|---:|---|",
+        (f"| pacsmigrate, full run | {full:.1f} | walk + read + parse + hash + bundle + upload + "
+        "commit (+ writing the --report) |"),
+        f"| pacsmigrate --dry-run | {dry:.1f} | walk + read + parse + hash, no upload |",
+        f"| upload alone (s5cmd defaults) | {up:.1f} | {up_tree.files:,} files of the sizes of "
+        f"the {len(res.real.listing):,} objects the full run stored ("
+        + ", ".join(f"{n:,} {k}" for k, n in kinds.items())
+        + f"), {up_tree.bytes / MB:,.1f} MB of random bytes, `s5cmd cp 'DIR/*'` into a fresh "
+        "bucket |", "",
+        (f"Full run ÷ slowest stage alone = {full:.1f} / {slowest:.1f} = "
+         f"**{full / slowest:.2f}x** "
+        f"(1.00 = the stages overlap perfectly; full ÷ (dry run + upload) = "
+        f"{full / (dry + up):.2f}x, 1.00 = no overlap at all)."),
+        "",
+        f"Time from process start to the first object acknowledged: {'; '.join(firsts)}.",
+        "", "Commands (full run, dry run, upload alone):", "", "```sh",
+        *(shlex.join(r.timed.argv) for r in (res.real, res.dry, upload)), "```",
+    ]
+    if dry < CATALOGUE_MINUTE:
+        lines += ["", (f"Note: the dry run took {dry:.0f} s, under a minute, so this tree does "
+                  "not yet show a catalogue that takes over a minute (the regime the issue "
+                  "describes); run without --quick, or a larger `--scale-files`.")]
+    first = _first_object(res.real)
+    targets = [
+        Target("4a", "time to the first object acknowledged ≤ 10 s",
+               f"`run.first_object_seconds` of the report, {res.tree.files:,}-file real run"
+               if first is not None else "field absent from today's report", first, 10.0,
+               at_most=True, unit="s"),
+        Target("4b", "full run vs its slowest stage alone (informational)",
+               f"full {full:.1f} s; dry run {dry:.1f} s; upload alone {up:.1f} s",
+               full / slowest, None),
+        Target("4c", "bundles per study, date layout (informational; 1.00 = ideal)",
+               f"{res.real.tars:,} bundles / {res.tree.studies:,} studies",
+               res.real.tars / res.tree.studies, None, unit="/study"),
+    ]
+    return Section("stream", "4. Streaming", lines, targets)
+
+
+def run_scale(ctx: Ctx, trees: Trees, sizes: list[int], strace_files: int, *,
+              memory: bool, stream: bool) -> list[Section]:
+    if not memory:
+        sizes = sizes[-1:]  # streaming needs only the largest tree's runs
+    results = [scale_runs(ctx, trees.fast("tiny", n)) for n in sorted(sizes)]
+    out = []
+    if stream:
+        out.append(stream_section(ctx, results[-1]))
+    if memory:
+        strace = strace_pass(ctx, trees.fast("tiny", strace_files)) if strace_files else None
+        out.append(memory_section(ctx, results, strace))
+    return out
