@@ -379,7 +379,7 @@ def test_list_follows_continuation_tokens(s3store: Store) -> None:
         for k in keys:
             await b.save(k, one_chunk(k.encode()))
         assert isinstance(b, RetryBackend) and isinstance(b.store, S3Backend)
-        client = b.store._client
+        client = await b.store._cold()  # the aioboto3 client, made on first use
         real = client.list_objects_v2
 
         async def small_pages(**kwargs: Any) -> Any:

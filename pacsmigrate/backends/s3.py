@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-import ssl
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 from urllib.parse import quote
-
-import aioboto3
-from aiobotocore.config import AioConfig
-from aiobotocore.httpsession import AIOHTTPSession
 
 from ..config import S3_MAX_PART, S3_MAX_PARTS, S3_MIN_PART, Destination, TransferConfig
 from ..errors import BackendError
@@ -22,16 +18,6 @@ from .s3_errors import classify, map_error
 from .s3_http import DataPath, bucket_url
 
 CONDITIONAL = {"If-None-Match": "*"}  # create only: an existing key answers 412
-
-
-class _VerifyingSession(AIOHTTPSession):  # type: ignore[misc]
-    """aiobotocore reuses urllib3's TLS context, which leaves host names unchecked (urllib3
-    checks them itself; aiohttp does not). A certificate must name the host we dialled."""
-
-    def _get_ssl_context(self) -> ssl.SSLContext:
-        context: ssl.SSLContext = super()._get_ssl_context()
-        context.check_hostname = True
-        return context
 
 
 class S3Backend:
@@ -50,12 +36,58 @@ class S3Backend:
         self.transfer = transfer
         self._stack = AsyncExitStack()
         self._client: Any = None
+        self._client_lock = asyncio.Lock()
+        self._session: Any = None
+        self._region = "us-east-1"
+        self._verify: str | bool = True
         self._data: DataPath | None = None
 
     async def open(self) -> S3Backend:
+        """The data path only: the aioboto3 client (slow to import and build) waits for the
+        first request that needs it; a run of small bundles may never make one."""
+        from aiobotocore.session import AioSession
+
+        t = self.transfer
+        self._session = session = AioSession()
+        self._region = session.get_config_variable("region") or "us-east-1"
+        # TLS certificates are verified by default; a private CA is given, never skipped:
+        # --ca-bundle, else AWS_CA_BUNDLE (as botocore resolves it), else certifi's.
+        ca = t.ca_bundle or session.get_config_variable("ca_bundle")
+        self._verify = str(ca) if ca else True
+        self._data = DataPath(
+            base=bucket_url(self.bucket, self.dest.endpoint_url, self._region),
+            region=self._region, credentials=await session.get_credentials(),
+            verify=self._verify, pool=t.concurrency,
+            connect_timeout=t.connect_timeout, read_timeout=t.read_timeout)
+        self._stack.push_async_callback(self._data.close)
+        return self
+
+    async def _cold(self) -> Any:
+        """The aioboto3 client for the rarer requests, made on first use."""
+        async with self._client_lock:
+            if self._client is None:
+                self._client = await self._stack.enter_async_context(self._new_client())
+        return self._client
+
+    def _new_client(self) -> Any:
+        import ssl
+
+        from aiobotocore.config import AioConfig
+        from aiobotocore.httpsession import AIOHTTPSession
+
+        class VerifyingSession(AIOHTTPSession):  # type: ignore[misc]
+            """aiobotocore reuses urllib3's TLS context, which leaves host names unchecked
+            (urllib3 checks them itself; aiohttp does not): a certificate must name the
+            host we dialled."""
+
+            def _get_ssl_context(self) -> ssl.SSLContext:
+                context: ssl.SSLContext = super()._get_ssl_context()
+                context.check_hostname = True
+                return context
+
         t = self.transfer
         config = AioConfig(
-            http_session_cls=_VerifyingSession,
+            http_session_cls=VerifyingSession,
             s3={"addressing_style": "path"},
             retries={"mode": "standard", "total_max_attempts": 1},
             max_pool_connections=max(10, t.concurrency * 2),
@@ -66,24 +98,9 @@ class S3Backend:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        session = aioboto3.Session()
-        region = session.region_name or "us-east-1"
-        # TLS certificates are verified by default; a private CA is given, never skipped.
-        verify: Any = str(t.ca_bundle) if t.ca_bundle else None
-        self._client = await self._stack.enter_async_context(
-            session.client("s3", endpoint_url=self.dest.endpoint_url, config=config,
-                           region_name=region, verify=verify))
-        # The data path signs with the session's credentials, for the endpoint the client
-        # resolved, and trusts exactly the CA file the client was given: botocore resolves
-        # --ca-bundle, else AWS_CA_BUNDLE / REQUESTS_CA_BUNDLE, else certifi's.
-        endpoint = self._client.meta.endpoint_url if self.dest.endpoint_url else None
-        self._data = DataPath(
-            base=bucket_url(self.bucket, endpoint, region), region=region,
-            credentials=await session.get_credentials(),
-            verify=self._client._endpoint.http_session._verify, pool=t.concurrency,
-            connect_timeout=t.connect_timeout, read_timeout=t.read_timeout)
-        self._stack.push_async_callback(self._data.close)
-        return self
+        return self._session.create_client(
+            "s3", endpoint_url=self.dest.endpoint_url, config=config,
+            region_name=self._region, verify=self._verify)
 
     async def close(self) -> None:
         await self._stack.aclose()
@@ -120,24 +137,23 @@ class S3Backend:
         return await self.data.get(key, offset=offset, length=length)
 
     async def head(self, key: str) -> ObjectInfo:
-        resp = await self._client.head_object(Bucket=self.bucket, Key=key)
-        return ObjectInfo(key, int(resp["ContentLength"]), str(resp.get("ETag", "")).strip('"'),
-                          dict(resp.get("Metadata", {})))
+        size, etag, metadata = await self.data.head(key)
+        return ObjectInfo(key, size, etag, metadata)
 
     async def list_page(self, prefix: str, token: str | None
                         ) -> tuple[list[ObjectInfo], str | None]:
         kwargs: dict[str, Any] = {"ContinuationToken": token} if token else {}
-        resp = await self._client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, **kwargs)
+        resp = await (await self._cold()).list_objects_v2(Bucket=self.bucket, Prefix=prefix, **kwargs)
         page = [ObjectInfo(o["Key"], int(o["Size"]), str(o.get("ETag", "")).strip('"'))
                 for o in resp.get("Contents", [])]
         return page, (resp.get("NextContinuationToken") if resp.get("IsTruncated") else None)
 
     async def delete(self, key: str) -> None:
-        await self._client.delete_object(Bucket=self.bucket, Key=key)
+        await (await self._cold()).delete_object(Bucket=self.bucket, Key=key)
 
     # -- multipart uploads (ChunkedWriter) -------------------------------------------
     async def create_upload(self, key: str, *, metadata: Mapping[str, str]) -> str:
-        resp = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key,
+        resp = await (await self._cold()).create_multipart_upload(Bucket=self.bucket, Key=key,
                                                           Metadata=dict(metadata))
         return str(resp["UploadId"])
 
@@ -148,13 +164,13 @@ class S3Backend:
 
     async def complete_upload(self, key: str, upload_id: str,
                               parts: Sequence[tuple[int, str]]) -> str:
-        resp = await self._client.complete_multipart_upload(
+        resp = await (await self._cold()).complete_multipart_upload(
             Bucket=self.bucket, Key=key, UploadId=upload_id, IfNoneMatch="*",
             MultipartUpload={"Parts": [{"ETag": etag, "PartNumber": n} for n, etag in parts]})
         return str(resp.get("ETag", "")).strip('"')
 
     async def abort(self, key: str, upload_id: str) -> None:
-        await self._client.abort_multipart_upload(Bucket=self.bucket, Key=key,
+        await (await self._cold()).abort_multipart_upload(Bucket=self.bucket, Key=key,
                                                   UploadId=upload_id)
 
     async def list_uploads_page(self, prefix: str, marker: tuple[str, str] | None
@@ -162,7 +178,7 @@ class S3Backend:
         kwargs: dict[str, Any] = {"Prefix": prefix}
         if marker is not None:
             kwargs["KeyMarker"], kwargs["UploadIdMarker"] = marker
-        resp = await self._client.list_multipart_uploads(Bucket=self.bucket, **kwargs)
+        resp = await (await self._cold()).list_multipart_uploads(Bucket=self.bucket, **kwargs)
         page = [PendingUpload(u["Key"], u["UploadId"],
                               u["Initiated"].timestamp() if u.get("Initiated") else 0.0)
                 for u in resp.get("Uploads", [])]
@@ -172,7 +188,7 @@ class S3Backend:
 
     async def list_parts_page(self, key: str, upload_id: str, marker: int | None
                               ) -> tuple[list[Part], int | None]:
-        resp = await self._client.list_parts(Bucket=self.bucket, Key=key, UploadId=upload_id,
+        resp = await (await self._cold()).list_parts(Bucket=self.bucket, Key=key, UploadId=upload_id,
                                              PartNumberMarker=marker or 0)
         page = [Part(int(p["PartNumber"]), str(p["ETag"]).strip('"'), int(p["Size"]))
                 for p in resp.get("Parts", [])]

@@ -184,6 +184,19 @@ class DataPath:
                 raise client_error(resp.status, await _error_body(resp), operation)
             return resp.headers.get("ETag", "").strip('"')
 
+    async def head(self, key: str) -> tuple[int, str, dict[str, str]]:
+        """(size, ETag, user metadata) of an object; a missing one is a 404 ClientError."""
+        url = self.url(key)
+        signed = await self._headers("HEAD", url, {})
+        async with self._session.head(URL(url, encoded=True), headers=signed,
+                                      proxy=self._proxy, allow_redirects=False) as resp:
+            if resp.status >= 300:
+                raise client_error(resp.status, b"", "HeadObject")
+            meta = {k[11:].lower(): v for k, v in resp.headers.items()
+                    if k.lower().startswith("x-amz-meta-")}
+            return (int(resp.headers.get("Content-Length", 0)),
+                    resp.headers.get("ETag", "").strip('"'), meta)
+
     async def get(self, key: str, *, offset: int, length: int | None) -> bytes:
         """The object's bytes, or length bytes from offset (one ranged GET)."""
         url = self.url(key)
