@@ -73,10 +73,13 @@ class TransferConfig:
     max_requests_per_second: float | None = None
     bwlimit: float | None = None  # bytes per second sent
     ca_bundle: Path | None = None  # extra trusted CA (PEM); verification is always on
+    checksum: str = "md5"  # what a single PUT's body is checked with by the store
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ConfigError("--concurrency must be at least 1")
+        if self.checksum not in ("md5", "crc32"):
+            raise ConfigError(f"--checksum must be md5 or crc32, not {self.checksum!r}")
         if self.part_size < S3_MIN_PART:
             raise ConfigError(f"part size must be at least {S3_MIN_PART} bytes")
 

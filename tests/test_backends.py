@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import os
 import random
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from pacsmigrate.backends import (
     one_chunk,
     open_backend,
 )
+from pacsmigrate.backends.body import Checksum, checksum
 from pacsmigrate.backends.retry import RetryBackend
 from pacsmigrate.backends.s3 import S3Backend
 from pacsmigrate.config import (
@@ -575,10 +577,30 @@ def test_the_store_checks_our_content_md5(weed: Store) -> None:
         assert isinstance(b, RetryBackend)
         wrong = hashlib.md5(b"other bytes").digest()
         with pytest.raises(PermanentBackendError, match="BadDigest") as caught:
-            await b.send(lambda bd: b.store.put("pfx/md5", bd, md5=wrong, metadata={}),
+            await b.send(lambda bd: b.store.put("pfx/md5", bd, checksum=Checksum("md5", wrong),
+                                                metadata={}),
                          b"these bytes", key="pfx/md5")
         assert caught.value.key == "pfx/md5"
         assert await b.stat("pfx/md5") is None
         assert b.stats.requests == 2 and b.stats.retries == {}
+
+    run_on(weed, body)
+
+
+@pytest.mark.seaweed
+def test_the_store_checks_our_crc32(weed: Store) -> None:
+    """--checksum crc32: the body's CRC32 goes as x-amz-checksum-crc32, which the store
+    checks: a wrong one is refused, the right one stores the object."""
+    async def body(b: Backend) -> None:
+        assert isinstance(b, RetryBackend)
+        wrong = Checksum("crc32", zlib.crc32(b"other bytes").to_bytes(4, "big"))
+        with pytest.raises(PermanentBackendError, match="BadDigest"):
+            await b.send(lambda bd: b.store.put("pfx/crc", bd, checksum=wrong, metadata={}),
+                         b"these bytes", key="pfx/crc")
+        assert await b.stat("pfx/crc") is None
+        right = await checksum(b"these bytes", "crc32")
+        await b.send(lambda bd: b.store.put("pfx/crc", bd, checksum=right, metadata={}),
+                     b"these bytes", key="pfx/crc")
+        assert await b.load("pfx/crc") == b"these bytes"
 
     run_on(weed, body)

@@ -19,7 +19,7 @@ from conftest import run
 
 from pacsmigrate.backends import PendingUploads, one_chunk, wrap
 from pacsmigrate.backends.base import ObjectInfo, Part, PendingUpload
-from pacsmigrate.backends.body import Body
+from pacsmigrate.backends.body import Body, Checksum
 from pacsmigrate.backends.multipart import ChunkedBackend
 from pacsmigrate.backends.policy import TRANSIENT, Cause, RequestPolicy, RetryConfig
 from pacsmigrate.backends.retry import RetryBackend
@@ -95,10 +95,11 @@ class PlainStore:
                 "NoSuchKey": ObjectNotFoundError}.get(exc.code, PermanentBackendError)(
                     f"{exc.code}: {key}", key=key)
 
-    async def put(self, key: str, body: Body, *, md5: bytes, metadata: Mapping[str, str]) -> str:
+    async def put(self, key: str, body: Body, *, checksum: Checksum,
+                  metadata: Mapping[str, str]) -> str:
         what = self._enter("put")
         data = b"".join(body.pieces())
-        assert hashlib.md5(data).digest() == md5
+        assert checksum == Checksum("md5", hashlib.md5(data).digest())
         if key in self.objects:
             raise Fault("exists")
         self.objects[key] = (data, md5hex(data), dict(metadata))

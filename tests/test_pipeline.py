@@ -16,6 +16,7 @@ from helpers import MiB, assert_complete, config, index_rows, source_files
 
 from pacsmigrate import Migration, migrate
 from pacsmigrate.checkpoint import Checkpoint
+from pacsmigrate.config import TransferConfig
 from pacsmigrate.paths import from_fields
 from pacsmigrate.records import BundlePlan
 from pacsmigrate.sink import Sink
@@ -87,6 +88,18 @@ def test_multipart_bundles_and_large_files(s3: S3Target, tmp_path: Path) -> None
     etags = {k: s3.client.head_object(Bucket=s3.bucket, Key=k)["ETag"] for k in
              {r["key"] for r in rows}}
     assert any("-" in e for e in etags.values()), "no object went multipart"
+
+
+@pytest.mark.seaweed
+def test_bundles_checked_by_crc32(seaweed_s3: S3Target, tree: Path, tmp_path: Path) -> None:
+    """--checksum crc32 (which SeaweedFS checks, as AWS and MinIO do): the same result."""
+    state = tmp_path / "state"
+    transfer = TransferConfig(part_size=5 * MiB, multipart_threshold=5 * MiB, concurrency=4,
+                              checksum="crc32")
+    stats = run(migrate(config([tree], seaweed_s3.url, state, seaweed_s3.info.endpoint_url,
+                               transfer=transfer)))
+    assert stats.not_migrated == 0 and stats.objects_uploaded > 1
+    assert_complete(seaweed_s3, state, tree)
 
 
 def test_dry_run_writes_nothing_and_plans(moto_s3: S3Target, tree: Path, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from ..errors import BackendError
-from .body import Body, Buffer
+from .body import Body, Buffer, Checksum
 from .policy import Cause
 
 
@@ -133,7 +133,7 @@ class Primitives(Protocol):
     A request may fail with the store's own exceptions; `classify` says which are worth
     another attempt, `map_error` translates them into errors.py's tree (None: not a store
     error, let it through). Pacing, retries, deadlines and stats are RetryBackend's job.
-    Bodies arrive as Body (sent slice by slice, progress marked) with their MD5 digest.
+    Bodies arrive as Body (sent slice by slice, progress marked) with their checksum.
     """
 
     scheme: str
@@ -144,9 +144,10 @@ class Primitives(Protocol):
 
     def map_error(self, exc: BaseException, *, key: str | None) -> BackendError | None: ...
 
-    async def put(self, key: str, body: Body, *, md5: bytes,
+    async def put(self, key: str, body: Body, *, checksum: Checksum,
                   metadata: Mapping[str, str]) -> str:
-        """Create key with body unless it exists (conditional); return its ETag."""
+        """Create key with body unless it exists (conditional); return its ETag. The store
+        refuses the body if it does not match `checksum`."""
         ...
 
     async def get(self, key: str, *, offset: int, length: int | None) -> bytes: ...

@@ -9,7 +9,7 @@ from typing import TypeVar
 from ..config import TransferConfig
 from ..errors import ObjectNotFoundError
 from .base import BackendStats, ObjectInfo, Primitives
-from .body import Body, Buffer, md5, view
+from .body import Body, Buffer, checksum, view
 from .policy import RequestPolicy, RetryConfig
 from .watchdog import bounded
 
@@ -92,9 +92,10 @@ class RetryBackend:
         return await self._run(attempt, key=key, nbytes=nbytes)
 
     async def put(self, key: str, data: Buffer, meta: Mapping[str, str]) -> ObjectInfo:
-        digest = (await md5(data)).digest()
+        digest = await checksum(data, self.transfer.checksum)
         etag = await self.send(
-            lambda body: self.store.put(key, body, md5=digest, metadata=meta), data, key=key)
+            lambda body: self.store.put(key, body, checksum=digest, metadata=meta), data,
+            key=key)
         return ObjectInfo(key, view(data).nbytes, etag, meta)
 
     async def save(self, key: str, chunks: AsyncIterator[Buffer], *,

@@ -12,7 +12,7 @@ from urllib.parse import quote
 from ..config import S3_MAX_PART, S3_MAX_PARTS, S3_MIN_PART, Destination, TransferConfig
 from ..errors import BackendError
 from .base import ObjectInfo, Part, PendingUpload
-from .body import Body
+from .body import Body, Checksum
 from .policy import Cause
 from .s3_errors import classify, map_error
 from .s3_http import DataPath, bucket_url
@@ -124,14 +124,14 @@ class S3Backend:
         return map_error(exc, key=key)
 
     # -- objects ---------------------------------------------------------------------
-    async def put(self, key: str, body: Body, *, md5: bytes,
+    async def put(self, key: str, body: Body, *, checksum: Checksum,
                   metadata: Mapping[str, str]) -> str:
         headers = dict(CONDITIONAL)
         for name, value in metadata.items():
             if not (name + value).isascii():  # botocore refuses them too
                 raise ValueError(f"S3 metadata must be ASCII: {name!r}")
             headers[f"x-amz-meta-{name}"] = value
-        return await self.data.put(key, body, md5=md5, headers=headers)
+        return await self.data.put(key, body, checksum=checksum, headers=headers)
 
     async def get(self, key: str, *, offset: int, length: int | None) -> bytes:
         return await self.data.get(key, offset=offset, length=length)
@@ -160,7 +160,8 @@ class S3Backend:
     async def upload_part(self, key: str, upload_id: str, number: int, body: Body, *,
                           md5: bytes) -> str:
         query = f"partNumber={number}&uploadId={quote(upload_id, safe='-_.~')}"
-        return await self.data.put(key, body, md5=md5, query=query, operation="UploadPart")
+        return await self.data.put(key, body, checksum=Checksum("md5", md5), query=query,
+                                   operation="UploadPart")
 
     async def complete_upload(self, key: str, upload_id: str,
                               parts: Sequence[tuple[int, str]]) -> str:

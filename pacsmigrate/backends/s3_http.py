@@ -21,7 +21,7 @@ from botocore.httpsession import ProxyConfiguration, create_urllib3_context, get
 from yarl import URL
 
 from ..errors import ConfigError
-from .body import Body
+from .body import Body, Checksum
 from .s3_errors import TruncatedBodyError
 
 EXPECT_CONTINUE = 1024 * 1024  # as botocore: larger bodies wait for `100 Continue`
@@ -171,12 +171,13 @@ class DataPath:
         (await self._signer.auth()).add_auth(request)
         return dict(request.headers.items())
 
-    async def put(self, key: str, body: Body, *, md5: bytes, query: str = "",
+    async def put(self, key: str, body: Body, *, checksum: Checksum, query: str = "",
                   headers: Mapping[str, str] | None = None, operation: str = "PutObject") -> str:
-        """PUT body with its Content-MD5; the ETag of what the store kept."""
+        """PUT body with its checksum for the store to check; the ETag of what it kept."""
         url = self.url(key, query)
+        name = "Content-MD5" if checksum.algorithm == "md5" else "x-amz-checksum-crc32"
         signed = await self._headers("PUT", url, {
-            "Content-MD5": base64.b64encode(md5).decode("ascii"), **(headers or {})})
+            name: base64.b64encode(checksum.digest).decode("ascii"), **(headers or {})})
         async with self._session.put(URL(url, encoded=True), data=_BodyPayload(body),
                                      headers=signed, proxy=self._proxy, allow_redirects=False,
                                      expect100=body.size > EXPECT_CONTINUE) as resp:

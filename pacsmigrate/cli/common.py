@@ -82,8 +82,8 @@ def transfer_options(fn: F) -> F:
 
 def transfer_config(*, concurrency: int, part_size: int, max_requests_per_second: float | None,
                     bwlimit: float | None, retries: int, timeout: float,
-                    ca_bundle: Path | None) -> TransferConfig:
+                    ca_bundle: Path | None, checksum: str = "md5") -> TransferConfig:
     return TransferConfig(part_size=part_size, multipart_threshold=part_size,
                           concurrency=concurrency, max_attempts=retries, read_timeout=timeout,
                           max_requests_per_second=max_requests_per_second, bwlimit=bwlimit,
-                          ca_bundle=ca_bundle)
+                          ca_bundle=ca_bundle, checksum=checksum)
