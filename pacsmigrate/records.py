@@ -32,7 +32,11 @@ class Problem:
                 "final": self.final}
 
 
-@dataclass(frozen=True, slots=True)
+# The per-file records are plain slotted dataclasses, not frozen ones: a frozen dataclass
+# costs five times as much to build, and the pipeline builds several per file.
+
+
+@dataclass(slots=True)
 class Described:
     """What a file's header says about it, and which group (study or directory) it joins."""
 
@@ -67,7 +71,7 @@ class Member:
         return self.about.group
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Entry:
     """One stored file as its manifest and the index record it: where its bytes are."""
 

@@ -147,7 +147,11 @@ class DataPath:
         self.host = urlsplit(self.base).netloc  # signed and sent as the Host header
         self._signer = _Signer(credentials, region)
         self._proxy = ProxyConfiguration().proxy_url_for(self.base)  # HTTP(S)_PROXY, as botocore
-        connector = aiohttp.TCPConnector(limit=pool, ssl=tls_context(verify))
+        # Plain http (a store on loopback or a private net) needs no TLS context: building
+        # one loads a CA bundle, which costs as much as thousands of requests.
+        tls: ssl.SSLContext | bool = (tls_context(verify) if self.base.startswith("https:")
+                                      else False)
+        connector = aiohttp.TCPConnector(limit=pool, ssl=tls)
         self._session = aiohttp.ClientSession(
             connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
             headers={"User-Agent": "pacsmigrate", "Accept-Encoding": "identity"},
