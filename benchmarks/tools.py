@@ -90,7 +90,8 @@ class Variant:
 
 
 PM_DEFAULTS = Variant("pacsmigrate (defaults)", "pacsmigrate")
-PM_C16 = Variant("pacsmigrate --concurrency 16", "pacsmigrate", ("--concurrency", "16"))
+PM_C16 = Variant("pacsmigrate --concurrency 16 --checksum crc32", "pacsmigrate",
+                 ("--concurrency", "16", "--checksum", "crc32"))
 S5_DEFAULTS = Variant("s5cmd (defaults)", "s5cmd")
 _RCLONE_FAST = ("--s3-no-head", "--no-check-dest", "--s3-no-check-bucket")
 

@@ -15,8 +15,9 @@ STEADY_SECONDS = 20.0
 NOT_LIKE_FOR_LIKE = (
     "Not like for like: the peers PUT one object per file and nothing else; pacsmigrate also "
     "parses every DICOM header, hashes every byte (blake3), packs per-study tar bundles with "
-    "manifests, uploads with Content-MD5 and conditional writes, writes sidecar manifests and "
-    "commits every object and index row to LMDB. Wall time is process start to exit, so it "
+    "manifests (inside each bundle), uploads with a store-checked checksum and conditional "
+    "writes, and commits every object and index row to LMDB. Wall time is process start to "
+    "exit, so it "
     "includes each tool's start-up.")
 
 

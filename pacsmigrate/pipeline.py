@@ -98,7 +98,7 @@ class Migration:
             return PlanSink(cp, self.stats, bar, part_size=t.part_size)
         assert self.backend is not None
         return StoreSink(cp, self.stats, bar, backend=self.backend, pool=self.pool,
-                         secret=self.secret, objects=2 * t.concurrency,
+                         secret=self.secret, concurrency=t.concurrency,
                          memory=self.cfg.memory // 2, expect=cp.counts()["plan"] > 0,
                          started=started)
 

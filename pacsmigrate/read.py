@@ -8,7 +8,6 @@ their bundle; larger ones give their header only and are read again when packed.
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass, field
 
 import blake3
@@ -17,7 +16,7 @@ from .checkpoint import Checkpoint
 from .classify import describe
 from .header import Header, parse
 from .records import Member, Problem
-from .source import HASH_CHUNK, open_source, problem_for, read_exact
+from .source import HASH_CHUNK, open_checked, read_exact
 
 READ_ATTEMPTS = 3
 VANISHED = "vanished before read"
@@ -78,14 +77,11 @@ def read_files(directory: bytes, names: list[bytes], opts: ReadOptions,
 def _read_one(path: bytes, opts: ReadOptions, recorded: tuple[int, int] | None,
               out: ReadResult) -> Member | Problem | None:
     for _ in range(READ_ATTEMPTS):
+        opened = open_checked(path, vanished=VANISHED)
+        if isinstance(opened, Problem):
+            return opened
+        fd, before = opened
         try:
-            fd = open_source(path)
-        except OSError as exc:
-            return problem_for(path, exc, vanished=VANISHED)
-        try:
-            before = os.fstat(fd)
-            if not stat.S_ISREG(before.st_mode):
-                return Problem(path, "not a regular file any more")
             size, mtime = before.st_size, before.st_mtime_ns
             if recorded == (size, mtime):
                 out.seen += 1

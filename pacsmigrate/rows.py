@@ -92,29 +92,8 @@ def encode(e: Entry, object_id: int, *, long_path: bool = False) -> bytes:
         _LEN.pack(len(e.path)) + e.path if long_path else b""))
 
 
-def stat_of(raw: bytes | memoryview) -> tuple[int, int]:
-    """(size, mtime_ns) of a row without decoding the rest: the re-run's triage."""
-    if bytes(raw[:1]) == b"{":
-        d = json.loads(bytes(raw))
-        return int(d["size"]), int(d["mtime_ns"])
-    _, flags, _ = _HEAD.unpack_from(raw, 0)
-    pos = _HEAD.size
-    if flags & WIDE:
-        _, length = _WIDE.unpack_from(raw, pos)
-        pos += _WIDE.size
-    else:
-        _, length = _NARROW.unpack_from(raw, pos)
-        pos += _NARROW.size
-    size = length
-    if flags & SIZE_DIFFERS:
-        (size,) = _Q.unpack_from(raw, pos)
-        pos += 8
-    (mtime,) = struct.unpack_from("<q", raw, pos)
-    return size, mtime
-
-
-def decode(path_key: bytes, raw: bytes | memoryview) -> tuple[Entry, int]:
-    """(entry, object id) of a row; path_key is its LMDB key (the path, unless LONG_PATH)."""
+def _fixed(raw: bytes | memoryview) -> tuple[int, int, int, int, int, int]:
+    """(flags, object id, offset, length, size, where mtime starts) of a compact row."""
     _, flags, object_id = _HEAD.unpack_from(raw, 0)
     pos = _HEAD.size
     fixed = _WIDE if flags & WIDE else _NARROW
@@ -124,6 +103,22 @@ def decode(path_key: bytes, raw: bytes | memoryview) -> tuple[Entry, int]:
     if flags & SIZE_DIFFERS:
         (size,) = _Q.unpack_from(raw, pos)
         pos += 8
+    return flags, object_id, offset, length, size, pos
+
+
+def stat_of(raw: bytes | memoryview) -> tuple[int, int]:
+    """(size, mtime_ns) of a row without decoding the rest: the re-run's triage."""
+    if bytes(raw[:1]) == b"{":
+        d = json.loads(bytes(raw))
+        return int(d["size"]), int(d["mtime_ns"])
+    _, _, _, _, size, pos = _fixed(raw)
+    (mtime,) = struct.unpack_from("<q", raw, pos)
+    return size, mtime
+
+
+def decode(path_key: bytes, raw: bytes | memoryview) -> tuple[Entry, int]:
+    """(entry, object id) of a row; path_key is its LMDB key (the path, unless LONG_PATH)."""
+    flags, object_id, offset, length, size, pos = _fixed(raw)
     mtime, digest = _TAIL.unpack_from(raw, pos)
     pos += _TAIL.size
     texts = []

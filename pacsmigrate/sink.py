@@ -72,12 +72,12 @@ class PlanSink(Sink):
 class StoreSink(Sink):
     """Write-ahead intents, then pack, upload and group-commit each plan, many at once.
 
-    Bounded: at most `objects` plans and `memory` bytes of file data in flight; `put`
-    waits for room, which is how a slow store slows the walk down.
+    Bounded: at most twice `concurrency` plans and `memory` bytes of file data in flight;
+    `put` waits for room, which is how a slow store slows the walk down.
     """
 
     def __init__(self, cp: Checkpoint, stats: Stats, bar: Bar, *, backend: Backend,
-                 pool: Executor, secret: bytes, objects: int, memory: int,
+                 pool: Executor, secret: bytes, concurrency: int, memory: int,
                  expect: bool, started: float) -> None:
         super().__init__(cp, stats, bar)
         self.backend = backend
@@ -88,7 +88,8 @@ class StoreSink(Sink):
         self.expect = expect
         self.started = started
         self.room = asyncio.Condition()
-        self.objects_max = objects
+        self.concurrency = concurrency
+        self.objects_max = 2 * concurrency  # packing overlaps the requests of others
         self.memory_max = memory
         self.in_flight = 0
         self.in_flight_bytes = 0
@@ -98,9 +99,20 @@ class StoreSink(Sink):
         # whose upload was aborted because they changed while being sent.
         self.moved: list[Member] = []
 
+    def _memory(self, plan: BundlePlan) -> int:
+        """What storing the plan holds in memory at most: its members read at the start,
+        plus, for files read as it is packed, the largest of them and a part being built;
+        a large file streamed alone holds its parts in flight."""
+        part = self.backend.part_size(plan.size)
+        if plan.kind == FILE:
+            return min(plan.size, part * (self.concurrency + 1))
+        held = sum(m.size for m in plan.members if m.data is not None)
+        later = [m.size for m in plan.members if m.data is None]
+        return held + (max(later) + part if later else 0)
+
     async def put(self, plan: BundlePlan) -> None:
         self._raise()
-        held = sum(m.size for m in plan.members if m.data is not None)
+        held = self._memory(plan)
         async with self.room:
             await self.room.wait_for(lambda: self.error is not None or (
                 self.in_flight < self.objects_max

@@ -30,9 +30,9 @@ def open_source(path: bytes) -> int:
         return os.open(path, flags)  # O_NOATIME needs ownership; read-only is what matters
 
 
-def open_regular(path: bytes, *, vanished: str, buffering: int = 0
-                 ) -> tuple[BinaryIO, os.stat_result] | Problem:
-    """The open file and its fstat, or the Problem that says why it is not a regular file."""
+def open_checked(path: bytes, *, vanished: str) -> tuple[int, os.stat_result] | Problem:
+    """The open descriptor and its fstat, or the Problem that says why it is not a regular
+    file (the caller closes the descriptor)."""
     try:
         fd = open_source(path)
     except OSError as exc:
@@ -45,6 +45,16 @@ def open_regular(path: bytes, *, vanished: str, buffering: int = 0
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         return Problem(path, "not a regular file any more")
+    return fd, st
+
+
+def open_regular(path: bytes, *, vanished: str, buffering: int = 0
+                 ) -> tuple[BinaryIO, os.stat_result] | Problem:
+    """The open file and its fstat, or the Problem that says why it is not a regular file."""
+    opened = open_checked(path, vanished=vanished)
+    if isinstance(opened, Problem):
+        return opened
+    fd, st = opened
     return os.fdopen(fd, "rb", buffering=buffering), st
 
 

@@ -159,17 +159,19 @@ class Walker:
             self._stack.extend(sorted(got.subdirs, reverse=True))
             got.subdirs = []
 
-    def next_sync(self) -> Listing | None:
-        """The next listing piece, blocking (for callers outside an event loop)."""
+    def _pop(self) -> bytes | Future[Listing] | Listing | None:
         if not self._stack:
             return None
         if self.ahead:
             self._prefetch()
-        item = self._stack.pop()
-        if isinstance(item, Future):
-            got = item.result()
-        else:
-            got = self._inline(item)
+        return self._stack.pop()
+
+    def next_sync(self) -> Listing | None:
+        """The next listing piece, blocking (for callers outside an event loop)."""
+        item = self._pop()
+        if item is None:
+            return None
+        got = item.result() if isinstance(item, Future) else self._inline(item)
         self._after(got)
         return got
 
@@ -182,15 +184,10 @@ class Walker:
 
     async def next(self) -> Listing | None:
         """The next listing piece; awaits a slow listing instead of blocking the loop."""
-        if not self._stack:
+        item = self._pop()
+        if item is None:
             return None
-        if self.ahead:
-            self._prefetch()
-        item = self._stack.pop()
-        if isinstance(item, Future):
-            got = await asyncio.wrap_future(item)
-        else:
-            got = self._inline(item)
+        got = await asyncio.wrap_future(item) if isinstance(item, Future) else self._inline(item)
         self._after(got)
         return got
 

@@ -31,7 +31,7 @@ import pytest
 from conftest import TEST_FILES, S3Target, run, run_cli
 from helpers import MiB, assert_complete, config, index_rows, source_files
 
-from pacsmigrate import Migration, bundle, pipeline, reads, source
+from pacsmigrate import Migration, bundle, pipeline, reads
 from pacsmigrate import read as read_module
 from pacsmigrate import walk as walk_module
 from pacsmigrate.manifest import TAIL, read_trailer
@@ -571,14 +571,14 @@ def test_files_that_keep_changing_while_read_are_left_for_the_next_run(
     appended = {_abs(small): 0, _abs(large): 0}
 
     def writer_on(racing: bytes) -> Callable[[int], os.stat_result]:
+        """The stat that ends a read sees the file grown: the NAS wrote while we read."""
         def fstat(fd: int) -> os.stat_result:
-            st = os.fstat(fd)
             path = _fd_path(fd)
-            if path == racing:  # the NAS writes to the file right after every look at it
+            if path == racing:
                 with open(path, "ab") as f:
                     f.write(b"\0" * 1024)
                 appended[path] += 1
-            return st
+            return os.fstat(fd)
         return fstat
 
     state, report = tmp_path / "state", tmp_path / "report.json"
@@ -587,7 +587,6 @@ def test_files_that_keep_changing_while_read_are_left_for_the_next_run(
     with monkeypatch.context() as writer:
         writer.setattr(read_module, "os", _OsProxy(fstat=writer_on(_abs(small))))
         writer.setattr(bundle, "os", _OsProxy(fstat=writer_on(_abs(large))))
-        writer.setattr(source, "os", _OsProxy(fstat=writer_on(_abs(large))))
         stats = run(pipeline.migrate(cfg))
     assert all(appended.values()), appended
     assert stats.not_migrated == 2
@@ -841,12 +840,11 @@ def test_a_failed_file_deleted_before_the_next_run_is_not_pending_forever(
     and the report says the file vanished instead of listing it as still to do."""
     victim = tree / "work" / "a" / "f0.dcm"
 
-    def fstat(fd: int) -> os.stat_result:
-        st = os.fstat(fd)
+    def fstat(fd: int) -> os.stat_result:  # the file grows while it is read, every time
         if _fd_path(fd) == _abs(victim):
             with open(victim, "ab") as f:
                 f.write(b"\0" * 1024)
-        return st
+        return os.fstat(fd)
 
     report = tmp_path / "report.json"
     cfg = config([tree], moto_s3.url, tmp_path / "state", moto_s3.info.endpoint_url,
