@@ -32,6 +32,7 @@ from .walk import Walker
 log = logging.getLogger("pacsmigrate.pipeline")
 
 MAX_PASSES = 3
+COMPACT_MIN_ROWS = 1000
 SPILL_BATCH = 1000
 
 
@@ -81,6 +82,7 @@ class Migration:
                 await self._stream(cp, started)
                 if self.backend is not None and not cfg.dry_run:
                     self.stats.uploads_aborted += await abandon(cp, self.backend, dropped)
+                await self._compact(cp)
             except BaseException:
                 # The run stops on an error: the report still says how far it got, but a
                 # failure to write it must not hide the error that stopped the run.
@@ -238,6 +240,16 @@ class Migration:
             await self._put(sink, current)
             handled += 1
         return handled
+
+    async def _compact(self, cp: Checkpoint) -> None:
+        """Pack the state's pages after a run that wrote a good share of it (a tenth or
+        more of its rows), so the copy's cost stays a fraction of the run's."""
+        s = self.stats
+        wrote = s.files_migrated if not self.cfg.dry_run else s.planned_files
+        rows = (await cp.call(cp.counts))["index" if not self.cfg.dry_run else "plan"]
+        if wrote >= COMPACT_MIN_ROWS and wrote * 10 >= rows:
+            saved = await cp.call(cp.compact)
+            log.info("state compacted: %d bytes saved", saved)
 
     async def _finish(self, cp: Checkpoint, started: float) -> None:
         s = self.stats

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import subprocess
 import sys
 import textwrap
@@ -249,3 +250,24 @@ def test_readonly_reader_while_writer_holds_lock(cp: Checkpoint) -> None:
         Checkpoint(cp.state_dir)
     cp.put_meta("run", {"n": 2})
     assert cp.get_meta("run") == {"n": 2}
+
+
+def test_compact_packs_pages_and_keeps_every_row(cp: Checkpoint) -> None:
+    order = list(range(6000))
+    random.Random(3).shuffle(order)  # rows arrive in the order the store acknowledges
+    for i in range(0, len(order), 200):
+        cp.commit_objects([stored(f"p/00/00/g/{i}.tar", [member(b"/s/%06d/%06d" % (j % 97, j))
+                                                         for j in order[i:i + 200]])])
+    cp.put_meta("run", {"n": 7})
+    cp.record_problems([Problem(b"/s/odd", "unreadable", final=False)])
+    before = {name: list(cp.iter_db(name)) for name in ("index", "objects", "problems")}
+    sops = cp.counts()["sop"]
+    size = (cp.state_dir / "checkpoint.lmdb" / "data.mdb").stat().st_size
+    saved = cp.compact()
+    after = (cp.state_dir / "checkpoint.lmdb" / "data.mdb").stat().st_size
+    assert saved == size - after and after < 0.75 * size
+    assert {name: list(cp.iter_db(name)) for name in before} == before
+    assert cp.counts()["sop"] == sops and cp.get_meta("run") == {"n": 7}
+    assert not (cp.state_dir / "checkpoint.compact").exists()
+    cp.commit_objects([stored("p/00/00/g/late.tar", [member(b"/s/late")])])  # still writable
+    assert cp.index_row(b"/s/late") is not None
