@@ -139,6 +139,7 @@ def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
         lines.append(manifest.member_line(entry, name))
         yield from parts.add(data)
         yield from parts.add(pad(len(data)))
+        m.data = None  # in a part now: the member's own copy can go (a retry reads it again)
     if not built.entries:
         return
     built.manifest = manifest.build(plan, lines, created=built.created)

@@ -14,6 +14,7 @@ import logging
 import os
 import stat
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -114,7 +115,8 @@ def list_dir(path: bytes, rest: Iterator[os.DirEntry[bytes]] | None = None,
 class Walker:
     """Depth-first listings of the roots, in order; ahead in a pool when listings are slow."""
 
-    def __init__(self, roots: Sequence[bytes], *, threads: int = 16, lookahead: int = 64) -> None:
+    def __init__(self, roots: Sequence[bytes], *, threads: int = 16, lookahead: int = 64,
+                 ahead_max: int = 256) -> None:
         # Each stack item: a path to list, a pending listing, or a continuation.
         self._stack: list[bytes | Future[Listing] | Listing] = list(reversed(roots))
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="walk")
@@ -122,11 +124,41 @@ class Walker:
         self._slow = 0.0  # moving average of seconds per listing
         self.ahead = False
         self.listings = 0
+        # Listings fetched ahead of the stack: as one completes, its subdirectories are
+        # listed too (up to ahead_max waiting), so the pool works several levels deep.
+        self._ahead: dict[bytes, Future[Listing]] = {}
+        self._ahead_max = ahead_max
+        self._ahead_lock = threading.Lock()
+        self._closed = False
 
     def _submit(self, item: bytes | Listing) -> Future[Listing]:
         if isinstance(item, Listing):
             return self._pool.submit(list_dir, item.path, item.rest, item.subdirs)
-        return self._pool.submit(list_dir, item)
+        with self._ahead_lock:
+            fut = self._ahead.pop(item, None)
+        if fut is not None:
+            return fut
+        fut = self._pool.submit(list_dir, item)
+        fut.add_done_callback(self._deeper)
+        return fut
+
+    def _deeper(self, fut: Future[Listing]) -> None:
+        """A listing came back: list its first subdirectories too, while there is room."""
+        if fut.cancelled() or fut.exception() is not None or not self.ahead:
+            return
+        got = fut.result()
+        if got.rest is not None:
+            return  # a huge flat folder: its pieces come in order, on demand
+        for sub in sorted(got.subdirs)[:self._lookahead]:
+            with self._ahead_lock:
+                if self._closed or len(self._ahead) >= self._ahead_max or sub in self._ahead:
+                    return
+                try:
+                    child = self._pool.submit(list_dir, sub)
+                except RuntimeError:  # the pool was shut down: the walk is over
+                    return
+                self._ahead[sub] = child
+            child.add_done_callback(self._deeper)
 
     def _prefetch(self) -> None:
         stack = self._stack
@@ -164,7 +196,11 @@ class Walker:
             return None
         if self.ahead:
             self._prefetch()
-        return self._stack.pop()
+        item = self._stack.pop()
+        if isinstance(item, bytes) and self._ahead:
+            with self._ahead_lock:  # listed ahead while the walk was slow
+                return self._ahead.pop(item, None) or item
+        return item
 
     def next_sync(self) -> Listing | None:
         """The next listing piece, blocking (for callers outside an event loop)."""
@@ -193,7 +229,11 @@ class Walker:
 
     def close(self) -> None:
         """Stop: pending listings are dropped and open directory iterators closed."""
-        for item in self._stack:
+        with self._ahead_lock:
+            self._closed = True
+            pending = [*self._stack, *self._ahead.values()]
+            self._ahead.clear()
+        for item in pending:
             if isinstance(item, Future):
                 item.cancel()
                 if item.done() and not item.cancelled() and item.exception() is None:

@@ -13,12 +13,12 @@ from conftest import S3Target, run, run_cli
 from helpers import assert_complete, config
 
 import pacsmigrate.checkpoint as checkpoint_mod
-from pacsmigrate import migrate
+from pacsmigrate import lmdbfile, migrate
 from pacsmigrate.records import Described, Member
 
 
 def test_map_grows_when_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(checkpoint_mod, "INITIAL_MAP_SIZE", 1 << 16)
+    monkeypatch.setattr(lmdbfile, "INITIAL_MAP_SIZE", 1 << 16)
     cp = checkpoint_mod.Checkpoint(tmp_path / "state")
     try:
         for i in range(40):

@@ -1,0 +1,156 @@
+"""The LMDB file under a state directory: the lock, one writer thread, a growing map,
+clean failure on a full disk, and compaction. What the tables mean is checkpoint.py's."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import itertools
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lmdb
+
+from .errors import StateError, StateLockedError
+
+T = TypeVar("T")
+
+# The map starts small and doubles whenever a write finds it full.
+INITIAL_MAP_SIZE = 1 << 30
+LOW_SPACE = 16 << 20  # below this, a failed write is reported as a full disk
+
+
+class LmdbFile:
+    """Sole owner of one LMDB environment; every write goes through one thread.
+
+    Async callers use `await cp.call(cp.method, ...)`; the single worker thread keeps
+    LMDB's one-writer rule. Reads may run in any thread: each opens its own transaction.
+    """
+
+    TABLES: Sequence[str] = ()
+
+    def __init__(self, state_dir: Path, *, readonly: bool = False) -> None:
+        self.state_dir = state_dir
+        self.readonly = readonly
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(f"cannot create state directory {state_dir}: {exc}") from exc
+        self._lock_fd: int | None = None
+        if not readonly:
+            self._take_lock()
+        try:
+            self._open_env()
+        except lmdb.Error as exc:
+            self._release_lock()
+            raise StateError(f"cannot open checkpoint in {state_dir}: {exc}") from exc
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmdb")
+
+    def _open_env(self) -> None:
+        self.env = lmdb.open(str(self.state_dir / "checkpoint.lmdb"),
+                             map_size=INITIAL_MAP_SIZE, max_dbs=len(self.TABLES) + 2,
+                             readonly=self.readonly, subdir=True, readahead=False,
+                             lock=not self.readonly)
+        self.db = {name: self._open_db(name) for name in self.TABLES}
+
+    def _open_db(self, name: str) -> Any:
+        if self.readonly:
+            try:
+                return self.env.open_db(name.encode(), create=False)
+            except lmdb.NotFoundError:  # a state written before this table existed
+                return None
+        return self.env.open_db(name.encode())
+
+    def compact(self) -> int:
+        """Rewrite the state with full pages; returns the bytes saved.
+
+        Rows committed in the order the store acknowledges them leave B-tree pages a little
+        over half full. Written again in key order with LMDB's append mode, every page is
+        full. The copy replaces the file by a rename: a kill leaves the old one whole.
+        """
+        data = self.state_dir / "checkpoint.lmdb" / "data.mdb"
+        fresh = self.state_dir / "checkpoint.compact"
+        shutil.rmtree(fresh, ignore_errors=True)
+        before = data.stat().st_size
+        try:
+            out = lmdb.open(str(fresh), map_size=max(before * 2, INITIAL_MAP_SIZE),
+                            max_dbs=len(self.TABLES) + 2, subdir=True)
+            try:
+                for name in self.TABLES:
+                    self._copy_table(name, out)
+            finally:
+                out.close()
+        except lmdb.Error as exc:
+            shutil.rmtree(fresh, ignore_errors=True)
+            raise StateError(f"cannot compact the checkpoint in {self.state_dir}: {exc}") from exc
+        self.env.close()  # one environment per file and process: closed before the swap
+        try:
+            os.replace(fresh / "data.mdb", data)
+        finally:
+            shutil.rmtree(fresh, ignore_errors=True)
+            self._open_env()
+        return before - data.stat().st_size
+
+    def _copy_table(self, name: str, out: Any) -> None:
+        target = out.open_db(name.encode())
+        with self.env.begin(db=self.db[name]) as src:
+            rows = iter(src.cursor())
+            while True:
+                batch = [(bytes(k), bytes(v)) for k, v in itertools.islice(rows, 50_000)]
+                if not batch:
+                    return
+                with out.begin(write=True, db=target) as txn:
+                    txn.cursor().putmulti(batch, append=True)
+
+    def _take_lock(self) -> None:
+        fd = os.open(self.state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StateLockedError(
+                f"another pacsmigrate run is using {self.state_dir}; wait for it to finish "
+                "or give a different --state"
+            ) from None
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.env.close()
+        self._release_lock()
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, fn, *args)
+
+    def _write(self, body: Callable[[lmdb.Transaction], Any]) -> None:
+        """One write transaction; the map grows when full; a full disk stops the run cleanly.
+
+        On ENOSPC nothing of this transaction is kept (LMDB aborts it), so the run can be
+        resumed once space is freed; an upload acknowledged but not yet committed is adopted
+        from its intent then.
+        """
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    body(txn)
+                return
+            except lmdb.MapFullError:
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+            except lmdb.Error as exc:
+                # Full filesystems surface as ENOSPC or, through the map, as EIO: ask the
+                # filesystem rather than trust the error text.
+                if shutil.disk_usage(self.state_dir).free < LOW_SPACE:
+                    raise StateError(f"no space left for the checkpoint in {self.state_dir}: "
+                                     "free some space, then re-run the same command to "
+                                     "resume") from exc
+                raise StateError(f"checkpoint write failed in {self.state_dir}: {exc}") from exc
