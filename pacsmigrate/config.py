@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import quote, unquote, urlparse
 
 from .errors import ConfigError
 
@@ -13,10 +14,8 @@ KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
 
-# S3 limits (Azure's differ; each backend adjusts part sizes to its own).
-S3_MIN_PART = 5 * MiB
-S3_MAX_PART = 5 * GiB
-S3_MAX_PARTS = 10_000
+# Each backend keeps part sizes within its own store's limits (backends.base.Limits).
+MIN_PART = 1 * MiB
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 
@@ -33,9 +32,16 @@ def parse_size(text: str | int) -> int:
     return int(number * scale)
 
 
+_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+AZURE_HOST = ".blob.core.windows.net"
+FORMS = ("s3://BUCKET[/PREFIX], az://CONTAINER[/PREFIX], "
+         "https://ACCOUNT.blob.core.windows.net/CONTAINER[/PREFIX], file:///DIR or /DIR")
+
+
 @dataclass(frozen=True)
 class Destination:
-    """Where objects go: a store kind, a bucket/container and a key prefix."""
+    """Where objects go: a store kind (scheme), a bucket/container (for a local directory,
+    its absolute path) and a key prefix; for S3 and Azure the endpoint (None: the default)."""
 
     scheme: str
     bucket: str
@@ -44,18 +50,45 @@ class Destination:
 
     @classmethod
     def parse(cls, url: str, *, endpoint_url: str | None = None) -> Destination:
+        """One of FORMS. A plain path is a local directory (made absolute here)."""
+        if not _SCHEME_RE.match(url):
+            return cls._local(url)
         parsed = urlparse(url)
-        if parsed.scheme != "s3":
-            raise ConfigError(f"unsupported destination {url!r}: expected s3://bucket[/prefix]")
-        if not parsed.netloc:
-            raise ConfigError(f"destination {url!r} names no bucket")
-        return cls("s3", parsed.netloc, parsed.path.strip("/"), endpoint_url)
+        scheme, netloc, path = parsed.scheme.lower(), parsed.netloc, parsed.path
+        if scheme == "file":
+            if netloc not in ("", "localhost"):
+                raise ConfigError(f"destination {url!r}: a file URL names a local directory "
+                                  "(file:///DIR); mount a remote one first")
+            return cls._local(unquote(path))
+        if scheme == "https" and netloc.lower().endswith(AZURE_HOST):
+            # The form azcopy users paste: the account is in the host, the container first.
+            container, _, prefix = path.strip("/").partition("/")
+            return cls._named(url, "az", container, prefix, endpoint_url or f"https://{netloc}")
+        if scheme in ("s3", "az"):
+            return cls._named(url, scheme, netloc, path.strip("/"), endpoint_url)
+        raise ConfigError(f"unsupported destination {url!r}: expected {FORMS}")
+
+    @classmethod
+    def _named(cls, url: str, scheme: str, bucket: str, prefix: str,
+               endpoint_url: str | None) -> Destination:
+        if not bucket:
+            what = "bucket" if scheme == "s3" else "container"
+            raise ConfigError(f"destination {url!r} names no {what}")
+        return cls(scheme, bucket, prefix, endpoint_url)
+
+    @classmethod
+    def _local(cls, path: str) -> Destination:
+        if not path.strip():
+            raise ConfigError(f"no destination directory given: expected {FORMS}")
+        return cls("file", os.path.abspath(os.path.expanduser(path)).rstrip("/") or "/")
 
     def key(self, *parts: str) -> str:
         """An object key under this destination's prefix."""
         return "/".join(p for p in (self.prefix, *parts) if p)
 
     def __str__(self) -> str:
+        if self.scheme == "file":
+            return f"file://{quote(self.bucket)}"
         return f"{self.scheme}://{self.bucket}/{self.prefix}".rstrip("/")
 
 
@@ -80,8 +113,9 @@ class TransferConfig:
             raise ConfigError("--concurrency must be at least 1")
         if self.checksum not in ("md5", "crc32"):
             raise ConfigError(f"--checksum must be md5 or crc32, not {self.checksum!r}")
-        if self.part_size < S3_MIN_PART:
-            raise ConfigError(f"part size must be at least {S3_MIN_PART} bytes")
+        if self.part_size < MIN_PART:
+            raise ConfigError(f"--part-size must be at least 1MiB (S3 raises it to its 5MiB "
+                              f"minimum), not {self.part_size} bytes")
 
 
 @dataclass(frozen=True)
@@ -109,6 +143,9 @@ class MigrateConfig:
         for src in self.sources:
             if not src.is_dir():
                 raise ConfigError(f"source is not a directory: {src}")
+            if self.dest.scheme == "file" and _overlap(src, Path(self.dest.bucket)):
+                raise ConfigError(f"destination {self.dest.bucket} and source {src} overlap: "
+                                  "the source is never written to, give a directory outside it")
         if self.bundle_size < 1 * MiB:
             raise ConfigError("--bundle-size must be at least 1MiB")
         if self.large_file < 1:
@@ -117,3 +154,9 @@ class MigrateConfig:
             raise ConfigError("--large-file must not exceed --bundle-size")
         if self.memory < 2 * self.bundle_size // 8:
             raise ConfigError("--memory must be at least a quarter of --bundle-size")
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    """One directory is the other or inside it (after symlinks)."""
+    ra, rb = a.resolve(), b.resolve()
+    return ra == rb or ra in rb.parents or rb in ra.parents

@@ -56,8 +56,12 @@ def object_uri(dest: Destination, key: str, *, offset: int, length: int) -> str:
     gives the byte range in decimal: `offset` of the first byte, `length` in bytes, i.e.
     `Range: bytes=offset-(offset+length-1)`. Example:
     `s3://hospital-archive/pacs/3f/a2/3fa2.../b81c....tar#offset=1536&length=525314`.
-    parse_object_uri is the inverse.
+    parse_object_uri is the inverse. A local directory's address is the file's own URL,
+    `file:///srv/archive/3f/a2/...tar#offset=...`, whose path can be opened as it is.
     """
+    if dest.scheme == "file":
+        return (f"file://{quote(dest.bucket.rstrip('/') + '/' + key, safe='/')}"
+                f"#offset={int(offset)}&length={int(length)}")
     return (f"{dest.scheme}://{quote(dest.bucket, safe='')}/{quote(key, safe='/')}"
             f"#offset={int(offset)}&length={int(length)}")
 
@@ -66,15 +70,20 @@ _RANGE_RE = re.compile(r"offset=(\d+)&length=(\d+)|length=(\d+)&offset=(\d+)")
 
 
 def parse_object_uri(uri: str) -> ObjectAddress:
-    """The parts of an address written by object_uri; ValueError if it is not one."""
+    """The parts of an address written by object_uri; ValueError if it is not one.
+
+    For a local directory (`file:`) bucket is "" and key the file's absolute path.
+    """
     parts = urlsplit(uri)
     m = _RANGE_RE.fullmatch(parts.fragment)
-    if not parts.scheme or not parts.netloc or len(parts.path) < 2 or parts.query or not m:
+    local = parts.scheme == "file" and not parts.netloc
+    if not parts.scheme or not (parts.netloc or local) or len(parts.path) < 2 or parts.query \
+            or not m:
         raise ValueError(f"not an object address (SCHEME://BUCKET/KEY#offset=N&length=N): "
                          f"{uri!r}")
     offset, length = (m[1], m[2]) if m[1] is not None else (m[4], m[3])
-    return ObjectAddress(parts.scheme, unquote(parts.netloc), unquote(parts.path[1:]),
-                         int(offset), int(length))
+    key = unquote(parts.path) if local else unquote(parts.path[1:])
+    return ObjectAddress(parts.scheme, unquote(parts.netloc), key, int(offset), int(length))
 
 
 # -- rows ---------------------------------------------------------------------------------

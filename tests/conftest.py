@@ -102,6 +102,52 @@ def s3(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> S3Tar
     return _target(info, request.param, monkeypatch)
 
 
+class LocalTarget:
+    """A destination directory, inspected from outside like S3Target inspects a bucket."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = str(root)
+        self.kind = "local"
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def object_keys(self) -> list[str]:
+        out = []
+        for dirpath, dirs, names in os.walk(self.root):
+            if Path(dirpath) == self.root:
+                dirs[:] = [d for d in dirs if not d.startswith(".pacsmigrate-")]
+            out += [str((Path(dirpath) / n).relative_to(self.root)) for n in names]
+        return sorted(out)
+
+    def get(self, key: str, offset: int | None = None, length: int | None = None) -> bytes:
+        data = (self.root / key).read_bytes()
+        if offset is not None and length is not None:
+            return data[offset:offset + length]
+        return data
+
+    def pending_uploads(self) -> list[dict[str, Any]]:
+        uploads = self.root / ".pacsmigrate-uploads"
+        if not uploads.is_dir():
+            return []
+        return [{"Key": (p / "upload.json").read_text(), "UploadId": p.name}
+                for p in sorted(uploads.iterdir())]
+
+    def leftovers(self) -> list[str]:
+        """Temporary files a write left behind (a finished or failed write leaves none)."""
+        tmp = self.root / ".pacsmigrate-tmp"
+        return sorted(p.name for p in tmp.iterdir()) if tmp.is_dir() else []
+
+
+@pytest.fixture
+def local_store(tmp_path: Path) -> LocalTarget:
+    """A fresh destination directory (created: the backend refuses a missing one)."""
+    root = tmp_path / "archive"
+    root.mkdir()
+    return LocalTarget(root)
+
+
 def _copy_samples(parent: Path) -> Path:
     dest = parent / "pydicom-samples"
     shutil.copytree(TEST_FILES, dest, ignore=shutil.ignore_patterns("__pycache__", "*.py"))

@@ -17,6 +17,7 @@ from pacsmigrate.config import Destination, MigrateConfig, TransferConfig
 from pacsmigrate.index import export
 from pacsmigrate.manifest import TAIL, read_trailer
 from pacsmigrate.paths import from_fields
+from pacsmigrate.synth import make_tree
 
 MiB = 1 << 20
 
@@ -27,6 +28,13 @@ def config(sources: list[Path], url: str, state: Path, endpoint: str | None, **k
                                                  concurrency=4))
     return MigrateConfig(sources=tuple(sources), dest=Destination.parse(url, endpoint_url=endpoint),
                          state_dir=state, transfer=transfer, progress=False, **kw)
+
+
+def multipart_tree(root: Path) -> Path:
+    """A few studies, big enough for multipart bundles (5 MiB parts, 8 MiB bundles)."""
+    make_tree(root / "a", studies=3, seed=11, layout="patient", scale=0.25)
+    make_tree(root / "b", studies=3, seed=12, layout="date", scale=0.05)
+    return root
 
 
 def source_files(*roots: Path) -> dict[bytes, Path]:

@@ -1,4 +1,5 @@
-"""One conformance suite for every Backend: MemoryBackend, S3Backend on moto and on SeaweedFS.
+"""One conformance suite for every Backend: MemoryBackend, S3Backend on moto and on SeaweedFS,
+LocalStore on a directory.
 
 pytest-asyncio is not installed, so each test defines an `async def body(backend)` and hands
 it to `run_on(store, body)`, which opens the backend inside a fresh event loop (aioboto3's
@@ -27,41 +28,53 @@ from pacsmigrate.backends import (
     one_chunk,
     open_backend,
 )
+from pacsmigrate.backends.base import PendingUpload
 from pacsmigrate.backends.body import Checksum, checksum
+from pacsmigrate.backends.multipart import ChunkedBackend
 from pacsmigrate.backends.retry import RetryBackend
+from pacsmigrate.backends.s3 import LIMITS as S3_LIMITS
 from pacsmigrate.backends.s3 import S3Backend
-from pacsmigrate.config import (
-    S3_MAX_PART,
-    S3_MAX_PARTS,
-    S3_MIN_PART,
-    Destination,
-    MiB,
-    TransferConfig,
-)
+from pacsmigrate.config import Destination, MiB, TransferConfig
 from pacsmigrate.errors import BackendError, ObjectExistsError, PermanentBackendError
 
+S3_MIN_PART, S3_MAX_PART, S3_MAX_PARTS = S3_LIMITS.min_part, S3_LIMITS.max_part, S3_LIMITS.max_parts
 TiB = 1024 * 1024 * MiB
 PART = 5 * MiB  # S3's minimum part size: every part but the last must be at least this
 TRANSFER = TransferConfig(part_size=PART, multipart_threshold=PART, concurrency=4)
 
-BACKENDS = ["memory", "moto", pytest.param("seaweed", marks=pytest.mark.seaweed)]
+BACKENDS = ["memory", "moto", "local", pytest.param("seaweed", marks=pytest.mark.seaweed)]
 S3_BACKENDS = ["moto", pytest.param("seaweed", marks=pytest.mark.seaweed)]
+# Stores that write in parts, whose unfinished uploads outlive the client.
+CHUNKED = ["moto", "local", pytest.param("seaweed", marks=pytest.mark.seaweed)]
+SCHEMES = {"memory": "memory", "local": "file", "moto": "s3", "seaweed": "s3"}
 
 
 @dataclass
 class Store:
-    """One backend under test: its kind, and for S3 a fresh bucket with a boto3 client."""
+    """One backend under test: its kind, and a target to inspect it from outside (for S3 a
+    fresh bucket with a boto3 client, conftest.S3Target; for a directory a LocalTarget)."""
 
     kind: str
-    target: Any = None  # conftest.S3Target
+    target: Any = None
 
     @property
     def is_s3(self) -> bool:
-        return self.target is not None
+        return self.kind in ("moto", "seaweed")
+
+    @property
+    def chunked(self) -> bool:
+        return self.kind != "memory"
+
+    @property
+    def md5_etags(self) -> bool:
+        """ETags are the body's MD5 (S3's rule; the local store keeps it too)."""
+        return self.kind != "memory"
 
     async def open(self, *, bucket: str | None = None) -> Backend:
-        if self.target is None:
+        if self.kind == "memory":
             return MemoryBackend(chunk=PART)
+        if self.kind == "local":
+            return await open_backend(Destination("file", str(self.target.root)), TRANSFER)
         dest = Destination("s3", bucket or self.target.bucket, "pfx", self.target.info.endpoint_url)
         return await open_backend(dest, TRANSFER)
 
@@ -70,6 +83,8 @@ def _store(request: pytest.FixtureRequest) -> Store:
     kind = request.param
     if kind == "memory":
         return Store(kind)
+    if kind == "local":
+        return Store(kind, request.getfixturevalue("local_store"))
     return Store(kind, request.getfixturevalue(f"{kind}_s3"))  # conftest's moto_s3/seaweed_s3
 
 
@@ -80,6 +95,11 @@ def store(request: pytest.FixtureRequest) -> Store:
 
 @pytest.fixture(params=S3_BACKENDS)
 def s3store(request: pytest.FixtureRequest) -> Store:
+    return _store(request)
+
+
+@pytest.fixture(params=CHUNKED)
+def chunked(request: pytest.FixtureRequest) -> Store:
     return _store(request)
 
 
@@ -145,8 +165,8 @@ def test_implements_protocol(store: Store) -> None:
     async def body(b: Backend) -> None:
         assert isinstance(b, Backend)
         # Only stores with multipart uploads that can outlive a client offer abort_pending.
-        assert isinstance(b, PendingUploads) == store.is_s3
-        assert b.scheme == ("s3" if store.is_s3 else "memory")
+        assert isinstance(b, PendingUploads) == store.chunked
+        assert b.scheme == SCHEMES[store.kind]
 
     run_on(store, body)
 
@@ -160,7 +180,7 @@ def test_small_object_round_trip(store: Store) -> None:
     async def body(b: Backend) -> None:
         info = await b.save(key, one_chunk(data), metadata={"pacsmigrate-kind": "tar"})
         assert (info.key, info.size) == (key, len(data))
-        if store.is_s3:
+        if store.md5_etags:
             assert info.etag == hashlib.md5(data).hexdigest()
 
         assert await b.load(key) == data
@@ -174,7 +194,7 @@ def test_small_object_round_trip(store: Store) -> None:
         assert st is not None
         assert (st.key, st.size) == (key, len(data))
         assert dict(st.metadata) == {"pacsmigrate-kind": "tar"}
-        if store.is_s3:
+        if store.md5_etags:
             assert st.etag == info.etag
 
         assert await b.stat("pfx/study/missing.tar") is None
@@ -216,7 +236,7 @@ def test_multipart_round_trip(store: Store) -> None:
     async def body(b: Backend) -> None:
         info = await b.save(key, chunks_of(BIG_PARTS), metadata={"pacsmigrate-kind": "file"})
         assert (info.key, info.size) == (key, len(BIG))
-        if store.is_s3:
+        if store.md5_etags:
             assert info.etag == multipart_etag(BIG_PARTS)  # parts completed in order
         assert await b.load(key) == BIG
         # A range that straddles the part 1/part 2 boundary.
@@ -227,10 +247,12 @@ def test_multipart_round_trip(store: Store) -> None:
         assert dict(st.metadata) == {"pacsmigrate-kind": "file"}
 
     run_on(store, body)
-    if store.target is not None:
+    if store.is_s3:
         head = store.target.client.head_object(Bucket=store.target.bucket, Key=key)
         assert head["ETag"].strip('"').endswith("-4"), head["ETag"]
         assert head["ContentLength"] == len(BIG)
+    if store.target is not None:
+        assert store.target.get(key) == BIG
         assert store.target.pending_uploads() == []
 
 
@@ -294,9 +316,9 @@ def test_failing_source_leaves_nothing(store: Store, good_parts: int) -> None:
         assert store.target.object_keys() == [key]
 
 
-def test_cancelled_save_leaves_no_pending_upload(s3store: Store) -> None:
+def test_cancelled_save_leaves_no_pending_upload(chunked: Store) -> None:
     key = "pfx/cancelled.tar"
-    target = s3store.target
+    target = chunked.target
     assert target is not None
 
     async def stalls_after_two() -> AsyncIterator[bytes]:
@@ -318,35 +340,36 @@ def test_cancelled_save_leaves_no_pending_upload(s3store: Store) -> None:
             await task
         assert await b.stat(key) is None
 
-    run_on(s3store, body)
+    run_on(chunked, body)
     assert target.pending_uploads() == []
     assert target.object_keys() == []
 
 
 # --- abort_pending (stores with multipart uploads) -------------------------------------------
 
-def test_abort_pending(s3store: Store) -> None:
-    target = s3store.target
-    assert target is not None
-    client, bucket = target.client, target.bucket
+def test_abort_pending(chunked: Store) -> None:
+    target = chunked.target
     key = "pfx/orphan.tar"
-    # An upload a killed client left behind, with one part; and one for a longer key that
-    # merely starts with `key`, which abort_pending must leave alone.
-    up = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
-    client.upload_part(Bucket=bucket, Key=key, UploadId=up, PartNumber=1, Body=b"x" * 1000)
-    other = client.create_multipart_upload(Bucket=bucket, Key=key + ".sidecar")["UploadId"]
-    assert len(target.pending_uploads()) == 2
 
     async def body(b: Backend) -> None:
-        assert isinstance(b, PendingUploads)
+        assert isinstance(b, ChunkedBackend) and isinstance(b, PendingUploads)
+        # An upload a killed client left behind, with one part; and one for a longer key
+        # that merely starts with `key`, which abort_pending must leave alone.
+        w = b.writer
+        up = await w.create_upload(key, metadata={})
+        await b.send(lambda body: w.upload_part(key, up, 1, body,
+                                                md5=hashlib.md5(b"x" * 1000).digest()),
+                     b"x" * 1000, key=key)
+        other = await w.create_upload(key + ".sidecar", metadata={})
+        assert len(await asyncio.to_thread(target.pending_uploads)) == 2
         assert await b.abort_pending(key) == 1
         assert await b.abort_pending(key) == 0
         assert await b.abort_pending("pfx/never-started") == 0
+        left = [(u.key, u.upload_id) async for u in b.pending_uploads("pfx/")]
+        assert left == [(key + ".sidecar", other)]
+        await b.abort_upload(PendingUpload(key + ".sidecar", other, 0.0))
 
-    run_on(s3store, body)
-    left = target.pending_uploads()
-    assert [(u["Key"], u["UploadId"]) for u in left] == [(key + ".sidecar", other)]
-    client.abort_multipart_upload(Bucket=bucket, Key=key + ".sidecar", UploadId=other)
+    run_on(chunked, body)
     assert target.pending_uploads() == []
     assert target.object_keys() == []
 
@@ -524,7 +547,7 @@ def test_any_buffer_is_saved(store: Store, kind: str) -> None:
     async def body(b: Backend) -> None:
         info = await b.save("pfx/small", one_chunk(as_kind(small)))
         assert info.size == len(small)
-        if store.is_s3:
+        if store.md5_etags:
             assert info.etag == hashlib.md5(small).hexdigest()
         big = await b.save("pfx/big", chunks_of([as_kind(p) for p in TWO_PARTS]))
         assert big.size == sum(map(len, TWO_PARTS))
@@ -555,7 +578,7 @@ def test_keys_are_percent_encoded(store: Store) -> None:
         assert store.target.get(ODD_KEYS[0]) == ODD_KEYS[0].encode()
 
 
-def test_stats_are_one_snapshot(s3store: Store) -> None:
+def test_stats_are_one_snapshot(chunked: Store) -> None:
     async def body(b: Backend) -> None:
         assert isinstance(b, Measured)
         before = b.stats
@@ -567,7 +590,7 @@ def test_stats_are_one_snapshot(s3store: Store) -> None:
         assert after.retries == {} and after.throttle_slowdowns == 0 and after.gave_up == 0
         assert after.lowest_concurrency == TRANSFER.concurrency and after.parts_reused == 0
 
-    run_on(s3store, body)
+    run_on(chunked, body)
 
 
 @pytest.mark.seaweed

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pacsmigrate.config import (
-    S3_MIN_PART,
+    MIN_PART,
     Destination,
     GiB,
     KiB,
@@ -58,11 +58,43 @@ def test_destination_parse_and_key() -> None:
     assert Destination.parse("s3://b/p/").prefix == "p"
 
 
+@pytest.mark.parametrize("url, expected", [
+    ("file:///srv/archive", ("file", "/srv/archive", "")),
+    ("file:///srv/archive/", ("file", "/srv/archive", "")),
+    ("/srv/archive", ("file", "/srv/archive", "")),
+    ("/srv/with%20percent", ("file", "/srv/with%20percent", "")),  # a path is taken as typed
+    ("file:///srv/with%20space", ("file", "/srv/with space", "")),  # a URL is decoded
+    ("az://container/pacs/x", ("az", "container", "pacs/x")),
+    ("https://acct.blob.core.windows.net/container/pacs", ("az", "container", "pacs")),
+])
+def test_destination_forms(url: str, expected: tuple[str, str, str]) -> None:
+    d = Destination.parse(url)
+    assert (d.scheme, d.bucket, d.prefix) == expected
+    assert Destination.parse(str(d), endpoint_url=d.endpoint_url) == d  # the state keeps str(d)
+
+
+def test_destination_local_paths_are_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                              ) -> None:
+    monkeypatch.chdir(tmp_path)
+    d = Destination.parse("archive/")
+    assert (d.scheme, d.bucket) == ("file", str(tmp_path / "archive"))
+    assert str(d) == f"file://{tmp_path}/archive" and d.key("ab", "x.tar") == "ab/x.tar"
+
+
+def test_destination_azure_url_carries_its_account() -> None:
+    d = Destination.parse("https://acct.blob.core.windows.net/c/p")
+    assert d.endpoint_url == "https://acct.blob.core.windows.net"
+    assert Destination.parse("https://acct.blob.core.windows.net/c", endpoint_url="http://x"
+                             ).endpoint_url == "http://x"  # --endpoint-url wins
+
+
 @pytest.mark.parametrize("url, words", [
-    ("/tmp/x", "s3://bucket"),
     ("s3://", "no bucket"),
-    ("gs://b", "s3://bucket"),
-    ("b/p", "s3://bucket"),
+    ("az://", "no container"),
+    ("https://acct.blob.core.windows.net/", "no container"),
+    ("gs://b", "s3://BUCKET"),
+    ("https://example.org/b", "az://CONTAINER"),
+    ("file://nas01/share", "mount a remote one first"),
 ])
 def test_destination_rejects(url: str, words: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -70,6 +102,17 @@ def test_destination_rejects(url: str, words: str) -> None:
     msg = str(info.value)
     assert words in msg  # says what is expected or what is missing
     assert repr(url) in msg  # and quotes what was given
+
+
+def test_local_destination_must_not_overlap_a_source(tmp_path: Path) -> None:
+    src = tmp_path / "pacs"
+    (src / "inner").mkdir(parents=True)
+    for dest in (src, src / "inner", tmp_path):
+        with pytest.raises(ConfigError, match="overlap.*never written to"):
+            MigrateConfig(sources=(src,), dest=Destination.parse(str(dest)),
+                          state_dir=tmp_path / "state")
+    MigrateConfig(sources=(src,), dest=Destination.parse(str(tmp_path / "archive")),
+                  state_dir=tmp_path / "state")
 
 
 def config(tmp_path: Path, **kwargs: object) -> MigrateConfig:
@@ -106,8 +149,9 @@ def test_migrate_config_rejects_bad_sizes(tmp_path: Path) -> None:
 
 
 def test_transfer_config_checks() -> None:
-    assert TransferConfig().part_size >= S3_MIN_PART
+    assert TransferConfig().part_size >= MIN_PART
+    TransferConfig(part_size=2 * MiB)  # below S3's minimum: S3's backend raises it
     with pytest.raises(ConfigError, match="concurrency"):
         TransferConfig(concurrency=0)
-    with pytest.raises(ConfigError, match="part size"):
-        TransferConfig(part_size=S3_MIN_PART - 1)
+    with pytest.raises(ConfigError, match="--part-size must be at least 1MiB"):
+        TransferConfig(part_size=MIN_PART - 1)

@@ -58,6 +58,15 @@ def test_object_uri_form() -> None:
     assert parse_object_uri("s3://b/k#length=5&offset=7") == ObjectAddress("s3", "b", "k", 7, 5)
 
 
+def test_local_object_uri_is_the_files_url() -> None:
+    local = Destination.parse("/srv/pacs archive")
+    uri = object_uri(local, "3f/Müller.tar", offset=7, length=5)
+    assert uri == "file:///srv/pacs%20archive/3f/M%C3%BCller.tar#offset=7&length=5"
+    got = parse_object_uri(uri)
+    assert got == ObjectAddress("file", "", "/srv/pacs archive/3f/Müller.tar", 7, 5)
+    assert Path(got.key) == Path(local.bucket) / "3f/Müller.tar"  # open it, seek, read
+
+
 @pytest.mark.parametrize("bad", ["s3://b/k", "s3://b/k#offset=1", "s3://b/#offset=1&length=2",
                                  "s3:///k#offset=1&length=2", "b/k#offset=1&length=2",
                                  "s3://b/k?x=1#offset=1&length=2", "s3://b/k#offset=-1&length=2",

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
 from ..config import Destination, TransferConfig
 from ..errors import ConfigError
 from .base import (
     Backend,
     BackendStats,
     ChunkedWriter,
+    Limits,
     Measured,
     ObjectInfo,
     PendingUploads,
@@ -29,15 +33,34 @@ def wrap(store: Primitives, transfer: TransferConfig, *,
     return RetryBackend(store, transfer, policy=policy)
 
 
+async def _open_s3(dest: Destination, transfer: TransferConfig) -> Primitives:
+    from .s3 import S3Backend
+
+    return await S3Backend(dest, transfer).open()
+
+
+async def _open_local(dest: Destination, transfer: TransferConfig) -> Primitives:
+    from .local import LocalStore
+
+    return await LocalStore(Path(dest.bucket), part_size=transfer.part_size).open()
+
+
+# Destination scheme -> how to open its store (config.Destination parses the URLs).
+OPENERS: dict[str, Callable[[Destination, TransferConfig], Awaitable[Primitives]]] = {
+    "s3": _open_s3,
+    "file": _open_local,
+}
+
+
 async def open_backend(dest: Destination, transfer: TransferConfig) -> RetryBackend:
     """Open the backend for dest's scheme; the caller closes it. Its `stats` (BackendStats)
     say what its requests went through."""
-    if dest.scheme == "s3":
-        from .s3 import S3Backend
+    opener = OPENERS.get(dest.scheme)
+    if opener is None:
+        raise ConfigError(f"no backend for {dest.scheme}:// destinations in this version "
+                          f"(available: {', '.join(sorted(OPENERS))})")
+    return wrap(await opener(dest, transfer), transfer)
 
-        return wrap(await S3Backend(dest, transfer).open(), transfer)
-    raise ConfigError(f"no backend for scheme {dest.scheme!r}")
 
-
-__all__ = ["Backend", "BackendStats", "Measured", "MemoryBackend", "ObjectInfo", "PendingUploads",
+__all__ = ["Backend", "BackendStats", "Limits", "Measured", "MemoryBackend", "ObjectInfo", "PendingUploads",
            "one_chunk", "open_backend", "wrap"]

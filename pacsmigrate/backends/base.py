@@ -13,6 +13,25 @@ from .policy import Cause
 
 
 @dataclass(frozen=True)
+class Limits:
+    """A store's limits on objects written in parts."""
+
+    min_part: int  # every part but the last at least this
+    max_part: int
+    max_parts: int
+
+
+def adjust_part_size(limits: Limits, wanted: int, size_hint: int) -> int:
+    """The part size for an object of about size_hint bytes: the wanted size, kept within
+    the store's range and grown (doubling) until the object fits in its part count
+    (s3transfer's adjuster, for any store)."""
+    size = min(max(wanted, limits.min_part), limits.max_part)
+    while size_hint / size > limits.max_parts and size < limits.max_part:
+        size *= 2
+    return min(size, limits.max_part)
+
+
+@dataclass(frozen=True)
 class ObjectInfo:
     """What a store says about one stored object."""
 

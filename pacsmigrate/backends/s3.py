@@ -9,15 +9,16 @@ from contextlib import AsyncExitStack
 from typing import Any
 from urllib.parse import quote
 
-from ..config import S3_MAX_PART, S3_MAX_PARTS, S3_MIN_PART, Destination, TransferConfig
+from ..config import Destination, GiB, MiB, TransferConfig
 from ..errors import BackendError
-from .base import ObjectInfo, Part, PendingUpload
+from .base import Limits, ObjectInfo, Part, PendingUpload, adjust_part_size
 from .body import Body, Checksum
 from .policy import Cause
 from .s3_errors import classify, map_error
 from .s3_http import DataPath, bucket_url
 
 CONDITIONAL = {"If-None-Match": "*"}  # create only: an existing key answers 412
+LIMITS = Limits(min_part=5 * MiB, max_part=5 * GiB, max_parts=10_000)
 
 
 class S3Backend:
@@ -111,11 +112,7 @@ class S3Backend:
         return self._data
 
     def part_size(self, size_hint: int) -> int:
-        # Keep within S3's part limits whatever the object size (s3transfer's adjuster).
-        size = max(self.transfer.part_size, S3_MIN_PART)
-        while size_hint / size > S3_MAX_PARTS:
-            size *= 2
-        return min(size, S3_MAX_PART)
+        return adjust_part_size(LIMITS, self.transfer.part_size, size_hint)
 
     def classify(self, exc: BaseException) -> Cause | None:
         return classify(exc)

@@ -36,7 +36,8 @@ def _age(ctx: click.Context, param: click.Parameter, value: str) -> float:
 @handle_errors
 def cleanup(dest: str, endpoint_url: str | None, older_than: float, dry_run: bool,
             ca_bundle: Path | None) -> None:
-    """List and abort stale multipart uploads under DEST (s3://bucket/prefix)."""
+    """List and abort unfinished uploads that killed runs left under DEST (s3://bucket/prefix,
+    /dir or file:///dir)."""
     where = Destination.parse(dest, endpoint_url=endpoint_url)
 
     async def go() -> list[PendingUpload]:

@@ -44,7 +44,9 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None, d
             bundle_size: int, large_file: int, read_threads: int, memory: int,
             checksum: str, report_path: Path | None,
             progress: bool | None, **transfer: Any) -> None:
-    """Copy SOURCE directories to DEST (s3://bucket/prefix).
+    """Copy SOURCE directories to DEST: s3://bucket/prefix (AWS, Wasabi, Ceph, MinIO, any
+    S3-compatible store with --endpoint-url) or a local directory (/dir or file:///dir, which
+    must exist and lie outside every SOURCE).
 
     Exit status: 0 when every file was migrated or deliberately skipped, 1 when some still
     need migrating (see --report), 2 on an error that stopped the run.

@@ -25,7 +25,8 @@ from .common import handle_errors, state_option
 @handle_errors
 def rebuild_cmd(dest: str, endpoint_url: str | None, state_dir: Path,
                 progress: bool | None, ca_bundle: Path | None) -> None:
-    """Rebuild the index of DEST (s3://bucket/prefix) into a new --state from the store alone."""
+    """Rebuild the index of DEST (s3://bucket/prefix, /dir or file:///dir) into a new --state
+    from the store alone."""
     where = Destination.parse(dest, endpoint_url=endpoint_url)
 
     async def go() -> tuple[int, int, int, list[str], list[str]]:

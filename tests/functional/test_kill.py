@@ -13,18 +13,12 @@ from pathlib import Path
 
 import pytest
 from conftest import S3Target, run_cli
-from helpers import assert_complete
-
-from pacsmigrate.synth import make_tree
+from helpers import assert_complete, multipart_tree
 
 
 @pytest.fixture(scope="module")
 def kill_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A few studies, big enough for multipart bundles (5 MiB parts, 8 MiB bundles)."""
-    root = tmp_path_factory.mktemp("kill") / "pacs"
-    make_tree(root / "a", studies=3, seed=11, layout="patient", scale=0.25)
-    make_tree(root / "b", studies=3, seed=12, layout="date", scale=0.05)
-    return root
+    return multipart_tree(tmp_path_factory.mktemp("kill") / "pacs")
 
 
 def _migrate_args(tree: Path, s3: S3Target, state: Path, *extra: str) -> list[str]:

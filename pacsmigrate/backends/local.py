@@ -1,0 +1,404 @@
+"""A directory as an object store (NAS to NAS, air-gapped sites): single-attempt requests.
+
+Keys are relative paths under the root. Every write is atomic and never overwrites: the
+bytes go to a temporary file under the root, are fsynced, then hard-linked into place (a
+link fails if the name exists, so two writers cannot both win) and the directory is fsynced.
+Metadata and the ETag live in extended attributes (`user.pacsmigrate.*`); on a filesystem
+without them the objects are still whole, only `stat` reports no metadata or ETag.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import socket
+import time
+import uuid
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from itertools import islice
+from pathlib import Path
+
+from aiofiles.os import wrap
+
+from ..errors import (
+    BackendError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    PermanentBackendError,
+)
+from .base import Limits, ObjectInfo, Part, PendingUpload, adjust_part_size
+from .body import Body, Checksum
+from .policy import TRANSIENT, Cause
+
+# Reserved names at the root; listings skip them.
+TMP_DIR = ".pacsmigrate-tmp"
+UPLOADS_DIR = ".pacsmigrate-uploads"
+RESERVED = (TMP_DIR, UPLOADS_DIR)
+XATTR = "user.pacsmigrate."
+PAGE = 1000
+HOST = socket.gethostname().replace(".", "_") or "host"
+STALE_TMP = 24 * 3600
+LIMITS = Limits(min_part=1 << 20, max_part=5 << 30, max_parts=10_000)
+# NFS and SMB mounts report these for trouble that may pass (server restart, failover).
+TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.ETIMEDOUT, errno.ESTALE, errno.EAGAIN,
+                              errno.EINTR, errno.ECONNRESET, errno.EHOSTDOWN})
+NO_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK})
+
+
+class BodyMismatchError(Exception):
+    """The body does not match the checksum it came with (a store answers BadDigest)."""
+
+
+def _digest(data: memoryview, algorithm: str) -> bytes:
+    if algorithm == "crc32":
+        return zlib.crc32(data).to_bytes(4, "big")
+    return hashlib.md5(data).digest()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalStore:
+    """Objects as files under `root`; implements Primitives and ChunkedWriter (base.py).
+
+    Requests run in threads through aiofiles (one thread hop per request, not per call).
+    Parts of an unfinished upload are files under `.pacsmigrate-uploads/ID/`, named by
+    number and MD5, so a killed run's parts are found and kept like a store's.
+    """
+
+    scheme = "file"
+
+    def __init__(self, root: Path, *, part_size: int) -> None:
+        self.root = root
+        self._part_size = part_size
+
+    async def open(self) -> LocalStore:
+        await wrap(self._open)()
+        return self
+
+    def _open(self) -> None:
+        if not self.root.is_dir():
+            raise PermanentBackendError(
+                f"destination directory {self.root} does not exist: create it first (a typo "
+                "must not start a new archive)")
+        for name in RESERVED:
+            (self.root / name).mkdir(exist_ok=True)
+        self._sweep()
+
+    def _tmp(self) -> Path:
+        """A temporary file's name says who writes it, so a sweep knows when it is dead."""
+        return self.root / TMP_DIR / f"{HOST}.{os.getpid()}.{uuid.uuid4().hex}"
+
+    def _sweep(self) -> None:
+        """Remove temporary files of killed writers: this host's whose process is gone, any
+        host's untouched for a day (a live write keeps its file's mtime fresh)."""
+        now = time.time()
+        for entry in os.scandir(self.root / TMP_DIR):
+            host, _, pid = entry.name.rpartition(".")[0].partition(".")
+            try:
+                mine = host == HOST and pid.isdigit() and not _alive(int(pid))
+                if mine or now - entry.stat().st_mtime > STALE_TMP:
+                    os.unlink(entry.path)
+            except OSError:
+                continue  # gone already, or not ours to remove
+
+    def part_size(self, size_hint: int) -> int:
+        return adjust_part_size(LIMITS, self._part_size, size_hint)
+
+    def classify(self, exc: BaseException) -> Cause | None:
+        if isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS:
+            return Cause(TRANSIENT, f"I/O error ({errno.errorcode.get(exc.errno or 0, '?')})")
+        return None
+
+    def map_error(self, exc: BaseException, *, key: str | None) -> BackendError | None:
+        if isinstance(exc, BodyMismatchError):
+            return PermanentBackendError(f"body does not match its checksum: {key}", key=key)
+        if not isinstance(exc, OSError):
+            return None
+        if isinstance(exc, FileExistsError):
+            return ObjectExistsError(f"object exists: {key}", key=key)
+        if isinstance(exc, FileNotFoundError):
+            return ObjectNotFoundError(f"no such object: {key}", key=key)
+        if isinstance(exc, PermissionError):
+            return PermanentBackendError(
+                f"permission denied in {self.root} ({exc.strerror}): the user running "
+                "pacsmigrate must be able to write there", key=key)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return PermanentBackendError(f"no space left in {self.root}: free some or grow "
+                                         "the volume, then re-run to resume", key=key)
+        return BackendError(f"{self.root}: {exc.strerror or exc}", key=key)
+
+    def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or (
+                parts[0] in RESERVED):
+            raise PermanentBackendError(f"not a key a directory can hold: {key!r}", key=key)
+        return self.root.joinpath(*parts)
+
+    # -- objects ---------------------------------------------------------------------
+    async def put(self, key: str, body: Body, *, checksum: Checksum,
+                  metadata: Mapping[str, str]) -> str:
+        return str(await wrap(self._put)(key, body, checksum, metadata))
+
+    def _put(self, key: str, body: Body, checksum: Checksum, metadata: Mapping[str, str]) -> str:
+        target = self._path(key)
+        if _digest(body.view, checksum.algorithm) != checksum.digest:
+            raise BodyMismatchError(key)
+        etag = checksum.digest.hex()
+        tmp = self._tmp()
+        with open(tmp, "wb") as f:
+            f.writelines(body.pieces())
+            self._set_attrs(f.fileno(), metadata, etag)
+            os.fsync(f.fileno())
+        self._publish(tmp, target)
+        return etag
+
+    def _set_attrs(self, fd: int, metadata: Mapping[str, str], etag: str) -> None:
+        try:
+            os.setxattr(fd, XATTR + "etag", etag.encode())
+            if metadata:
+                os.setxattr(fd, XATTR + "meta", json.dumps(dict(metadata)).encode())
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+
+    def _publish(self, tmp: Path, target: Path) -> None:
+        """Move tmp to target unless target exists; durable once this returns."""
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(tmp, target)  # fails with EEXIST: never overwrites
+            except OSError as exc:
+                if exc.errno not in NO_LINKS:
+                    raise
+                # No hard links here (some SMB mounts): check, then rename. Keys are unique
+                # per plan and one run holds the state lock, so the window is not raced.
+                if target.exists():
+                    raise FileExistsError(errno.EEXIST, "exists", str(target)) from None
+                os.rename(tmp, target)
+            _fsync_dir(target.parent)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    async def get(self, key: str, *, offset: int, length: int | None) -> bytes:
+        return bytes(await wrap(self._get)(key, offset, length))
+
+    def _get(self, key: str, offset: int, length: int | None) -> bytes:
+        with open(self._path(key), "rb") as f:
+            if length is None:
+                f.seek(offset)
+                return f.read()
+            return os.pread(f.fileno(), length, offset)
+
+    async def head(self, key: str) -> ObjectInfo:
+        info: ObjectInfo = await wrap(self._head)(key)
+        return info
+
+    def _head(self, key: str) -> ObjectInfo:
+        path = self._path(key)
+        st = os.stat(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(errno.ENOENT, "not a file", str(path))
+        return ObjectInfo(key, st.st_size, *self._attrs(path))
+
+    def _attrs(self, path: Path) -> tuple[str, dict[str, str]]:
+        try:
+            etag = os.getxattr(path, XATTR + "etag").decode()
+        except OSError:
+            return "", {}
+        try:
+            meta = json.loads(os.getxattr(path, XATTR + "meta"))
+        except OSError:
+            meta = {}
+        return etag, meta
+
+    async def list_page(self, prefix: str, token: str | None
+                        ) -> tuple[list[ObjectInfo], str | None]:
+        page: list[ObjectInfo] = await wrap(self._list_page)(prefix, token)
+        return page, (page[-1].key if len(page) == PAGE else None)
+
+    def _list_page(self, prefix: str, token: str | None) -> list[ObjectInfo]:
+        keys = (k for k in self._keys(prefix) if token is None or k > token)
+        return [self._head(k) for k in islice(keys, PAGE)]
+
+    def _keys(self, prefix: str) -> Iterator[str]:
+        """Keys under prefix in byte order, as S3 lists them (a directory `a` sorts as `a/`)."""
+        base, _, _ = prefix.rpartition("/")
+        start = self.root.joinpath(*base.split("/")) if base else self.root
+        yield from self._walk(start, base + "/" if base else "", prefix)
+
+    def _walk(self, directory: Path, rel: str, prefix: str) -> Iterator[str]:
+        try:
+            with os.scandir(directory) as it:
+                entries = [(e.name + "/" if e.is_dir(follow_symlinks=False) else e.name, e)
+                           for e in it]
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for name, entry in sorted(entries, key=lambda t: t[0].encode("utf-8", "surrogateescape")):
+            key = rel + name
+            if not rel and name.rstrip("/") in RESERVED:
+                continue
+            if not (key.startswith(prefix) or prefix.startswith(key)):
+                continue
+            if name.endswith("/"):
+                yield from self._walk(Path(entry.path), key, prefix)
+            elif key.startswith(prefix) and entry.is_file(follow_symlinks=False):
+                yield key
+
+    async def delete(self, key: str) -> None:
+        await wrap(self._delete)(key)
+
+    def _delete(self, key: str) -> None:
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        parent = path.parent  # directories exist only for keys: drop the ones left empty
+        while parent != self.root:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+
+    async def close(self) -> None:
+        return None
+
+    # -- uploads in parts (ChunkedWriter) --------------------------------------------
+    def _upload(self, upload_id: str) -> Path:
+        if not upload_id.isalnum():
+            raise FileNotFoundError(errno.ENOENT, "no such upload", upload_id)
+        return self.root / UPLOADS_DIR / upload_id
+
+    async def create_upload(self, key: str, *, metadata: Mapping[str, str]) -> str:
+        return str(await wrap(self._create_upload)(key, metadata))
+
+    def _create_upload(self, key: str, metadata: Mapping[str, str]) -> str:
+        self._path(key)  # a bad key fails now, not at completion
+        upload_id = uuid.uuid4().hex
+        folder = self._upload(upload_id)
+        folder.mkdir()
+        doc = {"key": key, "metadata": dict(metadata), "initiated": time.time()}
+        (folder / "upload.json").write_text(json.dumps(doc))
+        return upload_id
+
+    async def upload_part(self, key: str, upload_id: str, number: int, body: Body, *,
+                          md5: bytes) -> str:
+        return str(await wrap(self._upload_part)(upload_id, number, body, md5))
+
+    def _upload_part(self, upload_id: str, number: int, body: Body, md5: bytes) -> str:
+        folder = self._upload(upload_id)
+        if not (folder / "upload.json").exists():
+            raise FileNotFoundError(errno.ENOENT, "no such upload", upload_id)
+        if hashlib.md5(body.view).digest() != md5:
+            raise BodyMismatchError(upload_id)
+        tmp = folder / f"tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.writelines(body.pieces())
+            os.fsync(f.fileno())
+        for old in folder.glob(f"{number:05d}-*"):  # a part sent again replaces its twin
+            old.unlink(missing_ok=True)
+        os.rename(tmp, folder / f"{number:05d}-{md5.hex()}")
+        return md5.hex()
+
+    async def complete_upload(self, key: str, upload_id: str,
+                              parts: Sequence[tuple[int, str]]) -> str:
+        return str(await wrap(self._complete)(key, upload_id, parts))
+
+    def _complete(self, key: str, upload_id: str, parts: Sequence[tuple[int, str]]) -> str:
+        folder = self._upload(upload_id)
+        doc = json.loads((folder / "upload.json").read_text())  # absent: NoSuchUpload
+        target = self._path(key)
+        digests = [bytes.fromhex(etag) for _, etag in parts]
+        etag = self.expected_etag(digests)
+        tmp = self._tmp()
+        with open(tmp, "wb") as out:
+            for number, part_etag in parts:
+                with open(folder / f"{number:05d}-{part_etag}", "rb") as src:
+                    _copy(src.fileno(), out.fileno())
+            self._set_attrs(out.fileno(), doc["metadata"], etag)
+            os.fsync(out.fileno())
+        self._publish(tmp, target)
+        shutil.rmtree(folder, ignore_errors=True)
+        return etag
+
+    async def abort(self, key: str, upload_id: str) -> None:
+        await wrap(self._abort)(upload_id)
+
+    def _abort(self, upload_id: str) -> None:
+        shutil.rmtree(self._upload(upload_id), ignore_errors=True)
+
+    async def list_uploads_page(self, prefix: str, marker: tuple[str, str] | None
+                                ) -> tuple[list[PendingUpload], tuple[str, str] | None]:
+        page: list[PendingUpload] = await wrap(self._uploads)(prefix)
+        return page, None  # one page: unfinished uploads are few (one per part writer)
+
+    def _uploads(self, prefix: str) -> list[PendingUpload]:
+        found = []
+        for folder in (self.root / UPLOADS_DIR).iterdir():
+            try:
+                doc = json.loads((folder / "upload.json").read_text())
+            except (OSError, ValueError):
+                continue  # being created or removed right now
+            if doc["key"].startswith(prefix):
+                found.append(PendingUpload(doc["key"], folder.name, float(doc["initiated"])))
+        return sorted(found, key=lambda u: (u.key, u.upload_id))
+
+    async def list_parts_page(self, key: str, upload_id: str, marker: int | None
+                              ) -> tuple[list[Part], int | None]:
+        page: list[Part] = await wrap(self._parts)(upload_id)
+        return page, None
+
+    def _parts(self, upload_id: str) -> list[Part]:
+        folder = self._upload(upload_id)
+        if not (folder / "upload.json").exists():
+            raise FileNotFoundError(errno.ENOENT, "no such upload", upload_id)
+        parts = []
+        for path in folder.iterdir():
+            number, _, md5 = path.name.partition("-")
+            if number.isdigit() and len(md5) == 32:
+                parts.append(Part(int(number), md5, path.stat().st_size))
+        return sorted(parts, key=lambda p: p.number)
+
+    def expected_etag(self, part_md5s: Sequence[bytes]) -> str:
+        # S3's rule, so an ETag means the same thing whichever store holds the object.
+        return f"{hashlib.md5(b''.join(part_md5s)).hexdigest()}-{len(part_md5s)}"
+
+
+def _copy(src: int, dst: int) -> None:
+    """Append all of src to dst in the kernel (a reflink where the filesystem can)."""
+    while True:
+        try:
+            n = os.copy_file_range(src, dst, 1 << 30)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            n = _copy_plain(src, dst)
+        if n == 0:
+            return
+
+
+def _copy_plain(src: int, dst: int) -> int:
+    data = memoryview(os.read(src, 1 << 20))
+    done = 0
+    while done < len(data):
+        done += os.write(dst, data[done:])
+    return done
+

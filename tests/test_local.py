@@ -1,0 +1,176 @@
+"""What only a directory store does: atomic, never-overwriting writes; attributes; errors
+mapped to one clear line; listings in key order across pages; dead writers' files swept."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import os
+import zlib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from conftest import LocalTarget
+
+from pacsmigrate.backends import Backend, one_chunk, open_backend
+from pacsmigrate.backends import local as local_mod
+from pacsmigrate.backends.body import Body, Checksum
+from pacsmigrate.backends.local import LocalStore
+from pacsmigrate.backends.retry import RetryBackend
+from pacsmigrate.config import Destination, MiB, TransferConfig
+from pacsmigrate.errors import (
+    BackendError,
+    ObjectExistsError,
+    PermanentBackendError,
+)
+
+TRANSFER = TransferConfig(part_size=MiB, multipart_threshold=MiB, concurrency=4,
+                          retry_base_delay=0.01)
+
+
+def on(root: Path, body: Callable[[RetryBackend], Awaitable[None]]) -> None:
+    async def main() -> None:
+        b = await open_backend(Destination("file", str(root)), TRANSFER)
+        try:
+            await body(b)
+        finally:
+            await b.close()
+
+    asyncio.run(main())
+
+
+def test_objects_are_plain_files_with_their_etag_and_metadata(local_store: LocalTarget) -> None:
+    async def body(b: Backend) -> None:
+        await b.save("3f/a2/x.tar", one_chunk(b"bundle bytes"), metadata={"pacsmigrate-kind": "tar"})
+
+    on(local_store.root, body)
+    path = local_store.root / "3f" / "a2" / "x.tar"
+    assert path.read_bytes() == b"bundle bytes"  # readable with cp and tar, no tool needed
+    assert os.getxattr(path, "user.pacsmigrate.etag").decode() == hashlib.md5(
+        b"bundle bytes").hexdigest()
+    assert local_store.leftovers() == []
+
+
+def test_a_body_that_does_not_match_its_checksum_is_refused(local_store: LocalTarget) -> None:
+    async def body(b: RetryBackend) -> None:
+        for wrong in (Checksum("md5", hashlib.md5(b"other").digest()),
+                      Checksum("crc32", zlib.crc32(b"other").to_bytes(4, "big"))):
+            def put(bd: Body, w: Checksum = wrong) -> Awaitable[str]:
+                return b.store.put("k", bd, checksum=w, metadata={})
+
+            with pytest.raises(PermanentBackendError, match="does not match its checksum"):
+                await b.send(put, b"these bytes", key="k")
+        assert await b.stat("k") is None
+        assert b.stats.retries == {}
+
+    on(local_store.root, body)
+    assert local_store.object_keys() == [] and local_store.leftovers() == []
+
+
+def test_without_hard_links_writes_still_never_overwrite(local_store: LocalTarget,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Some SMB mounts refuse link(2): the store falls back to check-then-rename."""
+    def no_link(src: object, dst: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_link)
+
+    async def body(b: Backend) -> None:
+        await b.save("k", one_chunk(b"first"))
+        with pytest.raises(ObjectExistsError):
+            await b.save("k", one_chunk(b"second"))
+        assert await b.load("k") == b"first"
+
+    on(local_store.root, body)
+    assert local_store.leftovers() == []
+
+
+def test_transient_io_errors_are_retried_and_counted(local_store: LocalTarget,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """An NFS server restart (EIO, ESTALE) is retried; the run's stats say so."""
+    real = LocalStore._put
+    calls = []
+
+    def flaky(self: LocalStore, *args: object) -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(errno.ESTALE, "Stale file handle")
+        return real(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(LocalStore, "_put", flaky)
+
+    async def body(b: RetryBackend) -> None:
+        await b.save("k", one_chunk(b"data"))
+        assert b.stats.retries == {"I/O error (ESTALE)": 1}
+        assert await b.load("k") == b"data"
+
+    on(local_store.root, body)
+
+
+@pytest.mark.parametrize(("exc", "message"), [
+    (PermissionError(errno.EACCES, "Permission denied"), "permission denied in"),
+    (OSError(errno.ENOSPC, "No space left on device"), "no space left in"),
+])
+def test_store_failures_become_one_clear_error(local_store: LocalTarget, exc: OSError,
+                                               message: str) -> None:
+    store = LocalStore(local_store.root, part_size=MiB)
+    mapped = store.map_error(exc, key="k")
+    assert isinstance(mapped, PermanentBackendError) and message in str(mapped)
+    assert str(local_store.root) in str(mapped) and "\n" not in str(mapped)
+    assert store.classify(exc) is None  # no retry can fix them
+
+
+@pytest.mark.parametrize("key", ["../escape", "/abs", "a//b", "a/./b", ".pacsmigrate-tmp/x", ""])
+def test_keys_that_could_leave_the_root_are_refused(local_store: LocalTarget, key: str) -> None:
+    async def body(b: Backend) -> None:
+        with pytest.raises(BackendError, match="not a key a directory can hold"):
+            await b.save(key, one_chunk(b"x"))
+
+    on(local_store.root, body)
+    assert local_store.object_keys() == []
+    assert not (local_store.root.parent / "escape").exists()
+
+
+def test_listing_is_in_key_byte_order_across_pages(local_store: LocalTarget,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local_mod, "PAGE", 2)
+    keys = ["a-c", "a/b", "a/b0", "a0", "b/c/d", "b/c/e", "ü"]
+
+    async def body(b: Backend) -> None:
+        for k in reversed(keys):
+            await b.save(k, one_chunk(k.encode()))
+        assert [i.key async for i in b.list("")] == sorted(keys, key=str.encode)
+        assert [i.key async for i in b.list("a")] == ["a-c", "a/b", "a/b0", "a0"]
+        assert [i.key async for i in b.list("a/b")] == ["a/b", "a/b0"]
+
+    on(local_store.root, body)
+
+
+def test_removing_the_last_key_of_a_directory_removes_the_directory(
+        local_store: LocalTarget) -> None:
+    async def body(b: Backend) -> None:
+        await b.save("x/y/z", one_chunk(b"1"))
+        await b.remove("x/y/z")
+
+    on(local_store.root, body)
+    assert not (local_store.root / "x").exists()
+
+
+def test_a_dead_writers_temporary_files_are_swept(local_store: LocalTarget) -> None:
+    tmp = local_store.root / ".pacsmigrate-tmp"
+    tmp.mkdir()
+    dead = tmp / f"{local_mod.HOST}.999999999.deadbeef"  # beyond pid_max: never alive
+    live = tmp / f"{local_mod.HOST}.{os.getpid()}.cafe"
+    remote = tmp / "otherhost.1.f00d"  # another machine's: kept until it is a day old
+    old = tmp / "otherhost.2.beef"
+    for p in (dead, live, remote, old):
+        p.write_bytes(b"partial")
+    os.utime(old, (0, 0))
+
+    async def body(b: Backend) -> None:
+        return None
+
+    on(local_store.root, body)
+    assert sorted(local_store.leftovers()) == sorted([live.name, remote.name])
