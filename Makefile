@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+AZURITE := .tools/azurite/node_modules/.bin/azurite-blob
 
 .PHONY: install demo test test-all bench lint clean
 
@@ -12,7 +13,12 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
+	$(MAKE) $(AZURITE)
 	touch $(STAMP)
+
+# Azurite (Microsoft's Azure Storage emulator, from npm) for the Azure tests and benchmarks.
+$(AZURITE):
+	npm install --no-save --no-audit --no-fund --loglevel=error --prefix .tools/azurite azurite@3.35.0
 
 demo: install
 	$(BIN)/python examples/demo.py
@@ -37,4 +43,4 @@ lint: install
 	$(BIN)/mypy pacsmigrate
 
 clean:
-	rm -rf $(VENV) demo-work bench-work .pytest_cache .mypy_cache
+	rm -rf $(VENV) .tools demo-work bench-work .pytest_cache .mypy_cache

@@ -97,7 +97,7 @@ class Migration:
     def _sink(self, cp: Checkpoint, started: float, bar: Bar) -> Sink:
         t = self.cfg.transfer
         if self.cfg.dry_run:
-            return PlanSink(cp, self.stats, bar, part_size=t.part_size)
+            return PlanSink(cp, self.stats, bar, scheme=self.cfg.dest.scheme, part_size=t.part_size)
         assert self.backend is not None
         return StoreSink(cp, self.stats, bar, backend=self.backend, pool=self.pool,
                          secret=self.secret, concurrency=t.concurrency,

@@ -9,6 +9,7 @@ from concurrent.futures import Executor
 
 from . import faults
 from .backends import Backend
+from .backends.limits import planned_requests
 from .checkpoint import Checkpoint
 from .commit import GroupWriter
 from .progress import Bar
@@ -19,11 +20,10 @@ from .upload import store
 log = logging.getLogger("pacsmigrate.pipeline")
 
 
-def requests_for(plan: BundlePlan, *, part_size: int) -> int:
-    """Store requests one plan costs: PUT, or create + parts + complete; a raw file's sidecar."""
-    size = plan.size
-    data = 1 if size <= part_size else 2 + -(-size // part_size)
-    return data + (plan.kind == FILE)
+def requests_for(plan: BundlePlan, *, scheme: str, part_size: int) -> int:
+    """Store requests one plan costs: one PUT, or its parts and the store's extra requests
+    (S3: create and complete; Azure: the commit); a raw file's sidecar."""
+    return planned_requests(scheme, plan.size, part_size=part_size) + (plan.kind == FILE)
 
 
 class Sink:
@@ -50,14 +50,17 @@ class Sink:
 class PlanSink(Sink):
     """A dry run: record each planned file with the blake3 it read; store nothing."""
 
-    def __init__(self, cp: Checkpoint, stats: Stats, bar: Bar, *, part_size: int) -> None:
+    def __init__(self, cp: Checkpoint, stats: Stats, bar: Bar, *, scheme: str,
+                 part_size: int) -> None:
         super().__init__(cp, stats, bar)
+        self.scheme = scheme
         self.part_size = part_size
         self._batch: list[Entry] = []
 
     async def put(self, plan: BundlePlan) -> None:
         self._count(plan)
-        self.stats.planned_requests += requests_for(plan, part_size=self.part_size)
+        self.stats.planned_requests += requests_for(plan, scheme=self.scheme,
+                                                  part_size=self.part_size)
         self._batch.extend(Entry(m.path, 0, m.size, m.blake3, m.size, m.mtime_ns, m.about)
                            for m in plan.members)
         if len(self._batch) >= 2000:

@@ -18,6 +18,7 @@ import pydicom
 import pytest
 from botocore.config import Config
 
+from pacsmigrate.devazure import Azurite
 from pacsmigrate.devstore import MotoServer, SeaweedFS, StoreInfo, create_bucket
 
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -138,6 +139,55 @@ class LocalTarget:
         """Temporary files a write left behind (a finished or failed write leaves none)."""
         tmp = self.root / ".pacsmigrate-tmp"
         return sorted(p.name for p in tmp.iterdir()) if tmp.is_dir() else []
+
+
+@pytest.fixture(scope="session")
+def azurite_server() -> Iterator[Azurite]:
+    with Azurite() as server:
+        yield server
+
+
+class AzureTarget:
+    """A fresh container on Azurite, inspected with the SDK's sync client."""
+
+    def __init__(self, server: Azurite, container: str) -> None:
+        from azure.storage.blob import BlobServiceClient
+
+        self.server = server
+        self.bucket = container
+        self.url = f"az://{container}/archive"
+        self.kind = "azurite"
+        self.client = BlobServiceClient.from_connection_string(
+            server.connection_string).get_container_client(container)
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, **self.server.env()}
+
+    def object_keys(self) -> list[str]:
+        return sorted(b.name for b in self.client.list_blobs())
+
+    def get(self, key: str, offset: int | None = None, length: int | None = None) -> bytes:
+        data: bytes = self.client.download_blob(key, offset=offset, length=length).readall()
+        return data
+
+    def pending_uploads(self) -> list[dict[str, Any]]:
+        """Azure has no unfinished uploads to list or abort: blocks staged and never
+        committed stay invisible and expire (7 days); a commit keeps only the blocks it names."""
+        return []
+
+    def staged(self) -> list[str]:
+        """Keys with blocks staged but not committed (an upload under way or abandoned)."""
+        return sorted(b.name for b in self.client.list_blobs(include=["uncommittedblobs"])
+                      if b.name not in set(self.object_keys()))
+
+
+@pytest.fixture
+def azure_store(azurite_server: Azurite, monkeypatch: pytest.MonkeyPatch) -> AzureTarget:
+    container = f"t{os.getpid()}-{next(_bucket_ids)}"
+    azurite_server.create_container(container)
+    for k, v in azurite_server.env().items():
+        monkeypatch.setenv(k, v)
+    return AzureTarget(azurite_server, container)
 
 
 @pytest.fixture

@@ -171,7 +171,8 @@ class ChunkedStore(PlainStore):
             self.in_flight -= 1
 
     async def complete_upload(self, key: str, upload_id: str,
-                              parts: Sequence[tuple[int, str]]) -> str:
+                              parts: Sequence[tuple[int, str]], *,
+                              metadata: Mapping[str, str] | None = None) -> str:
         what = self._enter("complete")
         up = self.uploads.get(upload_id)
         if up is None:
@@ -298,12 +299,12 @@ def test_a_412_after_a_lost_complete_is_ours_when_the_etag_proves_it() -> None:
     store = ChunkedStore()
     real = store.complete_upload
 
-    async def complete_then_412(key: str, upload_id: str,
-                                parts: Sequence[tuple[int, str]]) -> str:
+    async def complete_then_412(key: str, upload_id: str, parts: Sequence[tuple[int, str]],
+                                *, metadata: Mapping[str, str] | None = None) -> str:
         if key in store.objects:
             raise Fault("exists")  # SeaweedFS: the retried complete meets If-None-Match
         up = store.uploads[upload_id]
-        await real(key, upload_id, parts)
+        await real(key, upload_id, parts, metadata=metadata)
         store.uploads[upload_id] = up  # the upload lingers, so no NoSuchUpload
         raise Fault("busy")
 

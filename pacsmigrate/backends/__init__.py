@@ -45,10 +45,17 @@ async def _open_local(dest: Destination, transfer: TransferConfig) -> Primitives
     return await LocalStore(Path(dest.bucket), part_size=transfer.part_size).open()
 
 
+async def _open_azure(dest: Destination, transfer: TransferConfig) -> Primitives:
+    from .azure import AzureStore
+
+    return await AzureStore(dest, transfer).open()
+
+
 # Destination scheme -> how to open its store (config.Destination parses the URLs).
 OPENERS: dict[str, Callable[[Destination, TransferConfig], Awaitable[Primitives]]] = {
     "s3": _open_s3,
     "file": _open_local,
+    "az": _open_azure,
 }
 
 

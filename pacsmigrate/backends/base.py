@@ -9,26 +9,8 @@ from typing import Protocol, runtime_checkable
 
 from ..errors import BackendError
 from .body import Body, Buffer, Checksum
+from .limits import Limits, adjust_part_size
 from .policy import Cause
-
-
-@dataclass(frozen=True)
-class Limits:
-    """A store's limits on objects written in parts."""
-
-    min_part: int  # every part but the last at least this
-    max_part: int
-    max_parts: int
-
-
-def adjust_part_size(limits: Limits, wanted: int, size_hint: int) -> int:
-    """The part size for an object of about size_hint bytes: the wanted size, kept within
-    the store's range and grown (doubling) until the object fits in its part count
-    (s3transfer's adjuster, for any store)."""
-    size = min(max(wanted, limits.min_part), limits.max_part)
-    while size_hint / size > limits.max_parts and size < limits.max_part:
-        size *= 2
-    return min(size, limits.max_part)
 
 
 @dataclass(frozen=True)
@@ -210,9 +192,11 @@ class ChunkedWriter(Protocol):
         ...
 
     async def complete_upload(self, key: str, upload_id: str,
-                              parts: Sequence[tuple[int, str]]) -> str:
+                              parts: Sequence[tuple[int, str]], *,
+                              metadata: Mapping[str, str] | None = None) -> str:
         """Join the parts (number, ETag) into the object unless key exists (conditional);
-        return its ETag, or "" when the store's answer does not say it."""
+        return its ETag, or "" when the store's answer does not say it. `metadata` is the
+        object's again, for a store that sets it at completion (Azure's block list)."""
         ...
 
     async def abort(self, key: str, upload_id: str) -> None: ...
@@ -236,3 +220,7 @@ class ChunkedWriter(Protocol):
 async def one_chunk(data: Buffer) -> AsyncIterator[Buffer]:
     """Adapt one buffer to the chunk iterator `save` takes."""
     yield data
+
+
+__all__ = ["Backend", "BackendStats", "ChunkedWriter", "Limits", "Measured", "ObjectInfo", "Part",
+           "PendingUpload", "PendingUploads", "Primitives", "adjust_part_size", "one_chunk"]

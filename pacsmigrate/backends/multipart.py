@@ -41,7 +41,8 @@ class ChunkedBackend(RetryBackend):
         try:
             if created:
                 await self._abort_twins(key, upload_id)
-            etag, total = await self._send_parts(key, upload_id, held, first, second, rest)
+            etag, total = await self._send_parts(key, upload_id, held, first, second, rest,
+                                                 meta)
         except BaseException:
             # Shielded so a cancel still runs it; only a kill skips it, and then the next
             # run resumes the upload's parts (or `abandon` / `cleanup` aborts it).
@@ -74,7 +75,8 @@ class ChunkedBackend(RetryBackend):
                 await self._abort(key, twin.upload_id)
 
     async def _send_parts(self, key: str, upload_id: str, held: Held, first: Buffer,
-                          second: Buffer, rest: AsyncIterator[Buffer]) -> tuple[str, int]:
+                          second: Buffer, rest: AsyncIterator[Buffer],
+                          meta: dict[str, str]) -> tuple[str, int]:
         parts: dict[int, tuple[str, bytes]] = {}  # number -> (ETag, MD5 digest)
         # Bounded parts in flight: the producer waits before reading more source bytes.
         slots = asyncio.Semaphore(self.transfer.concurrency)
@@ -121,10 +123,10 @@ class ChunkedBackend(RetryBackend):
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
-        return await self._complete(key, upload_id, parts, total), total
+        return await self._complete(key, upload_id, parts, total, meta), total
 
     async def _complete(self, key: str, upload_id: str, parts: dict[int, tuple[str, bytes]],
-                        total: int) -> str:
+                        total: int, meta: dict[str, str]) -> str:
         """Complete the upload; a retry after a lost success is recognised, not failed.
 
         If the store completed the upload but its answer was lost, the retry hears
@@ -137,7 +139,7 @@ class ChunkedBackend(RetryBackend):
         numbers = sorted(parts)
         try:
             etag = await self.call(lambda: self.writer.complete_upload(
-                key, upload_id, [(n, parts[n][0]) for n in numbers]), key=key)
+                key, upload_id, [(n, parts[n][0]) for n in numbers], metadata=meta), key=key)
         except (ObjectNotFoundError, ObjectExistsError) as exc:
             info = await self.stat(key)
             if info is None or info.size != total:
@@ -159,6 +161,11 @@ class ChunkedBackend(RetryBackend):
             await self.call(lambda: self.writer.abort(key, upload_id), key=key)
         except BackendError:
             pass  # `pacsmigrate cleanup` finds what is left
+
+    @property
+    def uploads_expire(self) -> bool:
+        """The store drops unfinished uploads by itself (Azure's uncommitted blocks)."""
+        return bool(getattr(self.writer, "uploads_expire", False))
 
     # -- PendingUploads ------------------------------------------------------------------
     async def abort_upload(self, upload: PendingUpload) -> None:

@@ -9,16 +9,17 @@ from contextlib import AsyncExitStack
 from typing import Any
 from urllib.parse import quote
 
-from ..config import Destination, GiB, MiB, TransferConfig
+from ..config import Destination, TransferConfig
 from ..errors import BackendError
-from .base import Limits, ObjectInfo, Part, PendingUpload, adjust_part_size
+from .base import ObjectInfo, Part, PendingUpload, adjust_part_size
 from .body import Body, Checksum
+from .limits import S3
 from .policy import Cause
 from .s3_errors import classify, map_error
 from .s3_http import DataPath, bucket_url
 
 CONDITIONAL = {"If-None-Match": "*"}  # create only: an existing key answers 412
-LIMITS = Limits(min_part=5 * MiB, max_part=5 * GiB, max_parts=10_000)
+LIMITS = S3.limits
 
 
 class S3Backend:
@@ -161,7 +162,8 @@ class S3Backend:
                                    operation="UploadPart")
 
     async def complete_upload(self, key: str, upload_id: str,
-                              parts: Sequence[tuple[int, str]]) -> str:
+                              parts: Sequence[tuple[int, str]], *,
+                              metadata: Mapping[str, str] | None = None) -> str:
         resp = await (await self._cold()).complete_multipart_upload(
             Bucket=self.bucket, Key=key, UploadId=upload_id, IfNoneMatch="*",
             MultipartUpload={"Parts": [{"ETag": etag, "PartNumber": n} for n, etag in parts]})

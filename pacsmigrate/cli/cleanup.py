@@ -40,14 +40,20 @@ def cleanup(dest: str, endpoint_url: str | None, older_than: float, dry_run: boo
     /dir or file:///dir)."""
     where = Destination.parse(dest, endpoint_url=endpoint_url)
 
-    async def go() -> list[PendingUpload]:
+    async def go() -> list[PendingUpload] | None:
         backend = await open_backend(where, TransferConfig(ca_bundle=ca_bundle))
         try:
+            if getattr(backend, "uploads_expire", False):
+                return None
             return await run_cleanup(backend, where, older_than=older_than, dry_run=dry_run)
         finally:
             await backend.close()
 
     found = asyncio.run(go())
+    if found is None:
+        click.echo(f"nothing to clean under {where}: this store drops uploads never completed "
+                   "by itself (Azure: uncommitted blocks after 7 days)")
+        return
     for u in found:
         started = datetime.fromtimestamp(u.initiated, UTC).isoformat(timespec="seconds")
         click.echo(f"{'stale' if dry_run else 'aborted'}: {u.key} (started {started})")

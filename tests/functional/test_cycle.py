@@ -1,6 +1,6 @@
-"""Every command on a local directory destination, through the real CLI: migrate killed in
-the middle of a multipart bundle and resumed, status, verify --deep --source, get, locate,
-index export (file URLs one can open), restore, index rebuild, cleanup, a dry run."""
+"""Every command on every store, through the real CLI: a dry run, migrate killed in the middle
+of a multipart bundle and resumed, status, verify --deep --source, get, locate, index export,
+restore, index rebuild; on a local directory also file URLs one can open, and cleanup."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import io
 import json
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import LocalTarget, run_cli
+from conftest import AzureTarget, LocalTarget, run_cli
 from helpers import assert_complete, index_rows, multipart_tree, source_files
 
 from pacsmigrate.index import parse_object_uri
@@ -28,39 +29,64 @@ def _migrate(tree: Path, dest: str, state: Path, *extra: str) -> list[str]:
             "--no-progress", *extra]
 
 
-def test_every_command_on_a_local_directory(tree: Path, local_store: LocalTarget,
-                                            tmp_path: Path) -> None:
-    state, dest = tmp_path / "state", f"file://{local_store.root}"
-    files = source_files(tree)
+def cycle(target: Any, dest: str, tree: Path, tmp_path: Path) -> tuple[Path, list[dict[str, str]]]:
+    """The whole life of a migration on one store; returns its state and index rows."""
+    state, env, files = tmp_path / "state", target.env(), source_files(tree)
 
-    plan = run_cli(*_migrate(tree, dest, tmp_path / "dry", "--dry-run"))
+    plan = run_cli(*_migrate(tree, dest, tmp_path / "dry", "--dry-run"), env=env)
     assert plan.returncode == 0, plan.stderr
-    assert local_store.object_keys() == []  # a dry run stores nothing
+    assert target.object_keys() == []  # a dry run stores nothing
 
     killed = run_cli(*_migrate(tree, dest, state),
-                     env={**local_store.env(), "PACSMIGRATE_CRASH_AT": "part-uploaded:1"})
+                     env={**env, "PACSMIGRATE_CRASH_AT": "part-uploaded:1"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    assert local_store.pending_uploads(), "the kill should leave a multipart upload behind"
-    done = run_cli(*_migrate(tree, dest, state))
+    done = run_cli(*_migrate(tree, dest, state), env=env)
     assert done.returncode == 0, done.stdout + done.stderr
-    rows = assert_complete(local_store, state, tree)  # every byte range, no orphans or uploads
-    assert local_store.leftovers() == []
-    again = run_cli(*_migrate(tree, dest, state))
+    rows = assert_complete(target, state, tree)  # every byte range, no orphans or uploads
+    again = run_cli(*_migrate(tree, dest, state), env=env)
     assert again.returncode == 0 and "nothing left to migrate" in again.stdout, again.stdout
 
-    status = json.loads(run_cli("status", "--state", str(state), "--json", check=True).stdout)
+    status = json.loads(run_cli("status", "--state", str(state), "--json", env=env,
+                                check=True).stdout)
     assert status["files_migrated"] == len(files)
-
-    verify = run_cli("verify", "--state", str(state), "--deep", "--source")
+    verify = run_cli("verify", "--state", str(state), "--deep", "--source", env=env)
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
     some = sorted(files)[len(files) // 2]
     out = tmp_path / "one.dcm"
-    run_cli("get", str(files[some]), "-o", str(out), "--state", str(state), check=True)
+    run_cli("get", str(files[some]), "-o", str(out), "--state", str(state), env=env, check=True)
     assert out.read_bytes() == files[some].read_bytes()
     where = json.loads(run_cli("locate", str(files[some]), "--state", str(state), "--json",
-                               check=True).stdout)
-    assert where["object_uri"].startswith(f"file://{local_store.root}/")
+                               env=env, check=True).stdout)
+    assert parse_object_uri(where["object_uri"]).length == files[some].stat().st_size
+
+    to = tmp_path / "restored"
+    restored = run_cli("restore", "--state", str(state), "--all", "--to", str(to),
+                       "--no-progress", env=env)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    for path, src in files.items():
+        assert (to / path.decode().lstrip("/")).read_bytes() == src.read_bytes()
+
+    rebuilt = tmp_path / "rebuilt"
+    proc = run_cli("index", "rebuild", dest, "--state", str(rebuilt), "--no-progress", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert index_rows(rebuilt) == rows
+    return state, rows
+
+
+def test_every_command_on_azure_blob(tree: Path, azure_store: AzureTarget,
+                                     tmp_path: Path) -> None:
+    _, rows = cycle(azure_store, azure_store.url, tree, tmp_path)
+    assert {r["object_uri"].split("/")[2] for r in rows} == {azure_store.bucket}
+    assert all(r["object_uri"].startswith(f"az://{azure_store.bucket}/archive/") for r in rows)
+
+
+def test_every_command_on_a_local_directory(tree: Path, local_store: LocalTarget,
+                                            tmp_path: Path) -> None:
+    dest = f"file://{local_store.root}"
+    files = source_files(tree)
+    state, _ = cycle(local_store, dest, tree, tmp_path)
+    assert local_store.leftovers() == []  # the killed run's temporary file was swept
 
     # The index's addresses are file URLs: the RIS can open the path and read the range.
     export = run_cli("index", "export", "--state", str(state), "--format", "csv", check=True)
@@ -73,20 +99,7 @@ def test_every_command_on_a_local_directory(tree: Path, local_store: LocalTarget
         with open(a.key, "rb") as f:
             f.seek(a.offset)
             data = f.read(a.length)
-        assert data == files[next(p for p in files if p.decode() == row["source_path"])
-                             ].read_bytes()
-
-    to = tmp_path / "restored"
-    restored = run_cli("restore", "--state", str(state), "--all", "--to", str(to),
-                       "--no-progress")
-    assert restored.returncode == 0, restored.stdout + restored.stderr
-    for path, src in files.items():
-        assert (to / path.decode().lstrip("/")).read_bytes() == src.read_bytes()
-
-    rebuilt = tmp_path / "rebuilt"
-    proc = run_cli("index", "rebuild", dest, "--state", str(rebuilt), "--no-progress")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert index_rows(rebuilt) == rows
+        assert data == files[row["source_path"].encode()].read_bytes()
 
     # An upload a killed run left, aged: cleanup lists it, then removes it.
     orphan = local_store.root / ".pacsmigrate-uploads" / "0123abcd"

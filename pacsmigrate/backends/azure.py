@@ -1,0 +1,369 @@
+"""Azure Blob Storage (and Azurite): block blobs through azure-storage-blob's aio client.
+
+Single attempts only (the SDK's retries are off; RetryBackend decides). A small object is one
+Put Blob with Content-MD5, which Azure checks; a large one is staged as blocks in parallel,
+each with its Content-MD5, then committed as a block list. Writes never overwrite
+(If-None-Match: *). Azure ETags are not content hashes, so the ETag this store reports is
+the body's MD5 (a blob's Content-MD5 property), or for a blob committed from blocks the S3
+rule over the blocks' MD5s, kept in its metadata: the same value S3 would give.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..config import Destination, MiB, TransferConfig
+from ..errors import (
+    BackendError,
+    ConfigError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    PermanentBackendError,
+)
+from .base import ObjectInfo, Part, PendingUpload, adjust_part_size
+from .body import Body, Checksum
+from .limits import AZURE
+from .policy import THROTTLE, TRANSIENT, Cause
+
+LIMITS = AZURE.limits
+ETAG_META = "pacsmigrate_etag"
+PERMANENT_CODES = frozenset({
+    "AuthenticationFailed", "AuthorizationFailure", "AuthorizationPermissionMismatch",
+    "InsufficientAccountPermissions", "AccountIsDisabled", "ContainerNotFound",
+    "ContainerBeingDeleted", "ContainerDisabled", "Md5Mismatch", "InvalidMd5",
+    "InvalidAuthenticationInfo"})
+THROTTLE_CODES = frozenset({"ServerBusy", "OperationTimedOut", "IngressOverAccountLimit",
+                            "EgressOverAccountLimit", "TpsOverAccountLimit"})
+
+
+def _code(exc: BaseException) -> str:
+    """The storage error code (set by azure-storage on the errors it raises)."""
+    code = getattr(exc, "error_code", None) or ""
+    return str(getattr(code, "value", code))  # a StorageErrorCode enum, or a plain string
+
+
+def _first_line(exc: BaseException) -> str:
+    message = getattr(exc, "message", None) or str(exc)
+    return str(message).strip().splitlines()[0] if str(message).strip() else ""
+
+
+def _meta_out(metadata: Mapping[str, str]) -> dict[str, str]:
+    # Azure metadata names are C# identifiers: ours use '-', stored as '_'.
+    return {k.replace("-", "_"): v for k, v in metadata.items()}
+
+
+def _meta_in(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    return {k.replace("_", "-"): v for k, v in (metadata or {}).items()
+            if k != ETAG_META}
+
+
+def _etag(props: Any) -> str:
+    """The content hash a blob carries: its Content-MD5, or the block rule in its metadata."""
+    md5 = props.content_settings.content_md5 if props.content_settings else None
+    if md5:
+        return bytes(md5).hex()
+    return str((props.metadata or {}).get(ETAG_META, ""))
+
+
+def _block_id(upload_id: str, number: int, md5_hex: str) -> str:
+    # Every block ID of a blob has the same length (55 of the 64 allowed; the SDK encodes
+    # it in base64); the part's MD5 rides in it, so the blocks a killed run staged can be
+    # checked and kept (Azure lists block IDs and sizes only).
+    return f"{upload_id}.{number:05d}.{md5_hex}"
+
+
+def _parse_block_id(block_id: str) -> tuple[str, int, str] | None:
+    try:
+        upload_id, number, md5 = block_id.split(".")
+        return upload_id, int(number), md5
+    except ValueError:
+        return None  # staged by another tool
+
+
+class AzureStore:
+    """Primitives and ChunkedWriter (base.py) for one container.
+
+    Credentials, in order: AZURE_STORAGE_CONNECTION_STRING; AZURE_STORAGE_ACCOUNT with
+    AZURE_STORAGE_KEY (account key) or AZURE_STORAGE_SAS_TOKEN; else azure-identity's
+    DefaultAzureCredential (managed identity, az login, environment) when installed.
+    Unfinished block lists need no cleanup: Azure drops uncommitted blocks after 7 days,
+    and a commit keeps only the blocks it names.
+    """
+
+    scheme = "az"
+    uploads_expire = True  # nothing for `cleanup` to do: the store drops them itself
+
+    def __init__(self, dest: Destination, transfer: TransferConfig) -> None:
+        self.dest = dest
+        self.transfer = transfer
+        self._service: Any = None
+        self._container: Any = None
+        self._credential: Any = None
+
+    async def open(self) -> AzureStore:
+        from azure.storage.blob.aio import BlobServiceClient
+
+        t = self.transfer
+        options: dict[str, Any] = {
+            "retry_total": 0, "connection_timeout": t.connect_timeout,
+            "read_timeout": t.read_timeout, "max_single_put_size": 4000 * MiB,
+            "max_block_size": 4000 * MiB}
+        ca = t.ca_bundle or os.environ.get("REQUESTS_CA_BUNDLE")
+        if ca:
+            options["connection_verify"] = str(ca)
+        conn = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
+        if conn:
+            if self.dest.endpoint_url:
+                options["account_url"] = self.dest.endpoint_url
+            self._service = BlobServiceClient.from_connection_string(conn, **options)
+        else:
+            self._service = BlobServiceClient(self._account_url(), credential=self._credentials(),
+                                              **options)
+        self._container = self._service.get_container_client(self.dest.bucket)
+        return self
+
+    def _account_url(self) -> str:
+        if self.dest.endpoint_url:
+            return self.dest.endpoint_url
+        account = os.environ.get("AZURE_STORAGE_ACCOUNT")
+        if not account:
+            raise ConfigError(
+                f"which storage account holds container {self.dest.bucket!r}? Give "
+                "https://ACCOUNT.blob.core.windows.net/CONTAINER as DEST, or set "
+                "AZURE_STORAGE_ACCOUNT, or AZURE_STORAGE_CONNECTION_STRING")
+        return f"https://{account}.blob.core.windows.net"
+
+    def _credentials(self) -> Any:
+        account = os.environ.get("AZURE_STORAGE_ACCOUNT", "")
+        key, sas = os.environ.get("AZURE_STORAGE_KEY"), os.environ.get("AZURE_STORAGE_SAS_TOKEN")
+        if key:
+            from azure.core.credentials import AzureNamedKeyCredential
+
+            if not account:
+                raise ConfigError("AZURE_STORAGE_KEY needs AZURE_STORAGE_ACCOUNT (its name)")
+            return AzureNamedKeyCredential(account, key)
+        if sas:
+            from azure.core.credentials import AzureSasCredential
+
+            return AzureSasCredential(sas.lstrip("?"))
+        try:
+            from azure.identity.aio import DefaultAzureCredential
+        except ImportError:
+            raise ConfigError(
+                "no Azure credentials: set AZURE_STORAGE_CONNECTION_STRING, or "
+                "AZURE_STORAGE_ACCOUNT with AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN, or "
+                "`pip install azure-identity` for a managed identity") from None
+        self._credential = DefaultAzureCredential()
+        return self._credential
+
+    async def close(self) -> None:
+        if self._service is not None:
+            await self._service.close()
+        if self._credential is not None:
+            await self._credential.close()
+
+    def part_size(self, size_hint: int) -> int:
+        return adjust_part_size(LIMITS, self.transfer.part_size, size_hint)
+
+    def classify(self, exc: BaseException) -> Cause | None:
+        from azure.core.exceptions import (
+            HttpResponseError,
+            ServiceRequestError,
+            ServiceResponseError,
+        )
+
+        if isinstance(exc, HttpResponseError):
+            status, code = exc.status_code or 0, _code(exc)
+            if code in PERMANENT_CODES:
+                return None
+            if code in THROTTLE_CODES or status in (429, 503):
+                return Cause(THROTTLE, f"{status} {code}".strip())
+            if status >= 500 or status == 408:
+                return Cause(TRANSIENT, f"{status} {code}".strip())
+            return None
+        if isinstance(exc, (ServiceRequestError, ServiceResponseError, ConnectionError,
+                            TimeoutError)):
+            return Cause(TRANSIENT, "connection failed")
+        return None
+
+    def map_error(self, exc: BaseException, *, key: str | None) -> BackendError | None:
+        from azure.core.exceptions import (
+            AzureError,
+            ClientAuthenticationError,
+            HttpResponseError,
+            ResourceExistsError,
+            ResourceModifiedError,
+            ResourceNotFoundError,
+        )
+
+        if not isinstance(exc, (AzureError, ConnectionError, TimeoutError)):
+            return None
+        code = _code(exc)
+        where = f"container {self.dest.bucket!r}"
+        if code == "ContainerNotFound":
+            return PermanentBackendError(f"{where} does not exist: create it first", key=key)
+        if isinstance(exc, (ResourceExistsError, ResourceModifiedError)) or code in (
+                "BlobAlreadyExists", "ConditionNotMet"):
+            return ObjectExistsError(f"object exists: {key}", key=key)
+        if isinstance(exc, ResourceNotFoundError):
+            return ObjectNotFoundError(f"no such object: {key}", key=key)
+        if isinstance(exc, ClientAuthenticationError) or code in PERMANENT_CODES:
+            hint = " (check the account key, SAS token or identity)" if (
+                isinstance(exc, ClientAuthenticationError) or code.startswith("Auth")) else ""
+            return PermanentBackendError(f"Azure refused ({code or 'denied'}) on {where}{hint}",
+                                         key=key)
+        if isinstance(exc, HttpResponseError) and exc.status_code:
+            status, said = exc.status_code, _first_line(exc)
+            if 400 <= status < 500 and status not in (408, 429):  # no retry fixes a refusal
+                return PermanentBackendError(f"Azure refused ({status} {code}: {said}) on "
+                                             f"{where}", key=key)
+            return BackendError(f"Azure error ({status} {code}: {said}) on {where}", key=key)
+        return BackendError(f"Azure request failed: {exc.__class__.__name__}: "
+                            f"{_first_line(exc)}", key=key)
+
+    def _blob(self, key: str) -> Any:
+        return self._container.get_blob_client(key)
+
+    # -- objects ---------------------------------------------------------------------
+    async def put(self, key: str, body: Body, *, checksum: Checksum,
+                  metadata: Mapping[str, str]) -> str:
+        from azure.storage.blob import ContentSettings
+
+        # Azure checks Content-MD5 (not CRC32): a body sent with another checksum gets one.
+        md5 = checksum.digest if checksum.algorithm == "md5" else hashlib.md5(body.view).digest()
+        await self._blob(key).upload_blob(
+            _Stream(body), length=body.size, overwrite=False, metadata=_meta_out(metadata),
+            content_settings=ContentSettings(content_md5=bytearray(md5)),
+            headers={"Content-MD5": base64.b64encode(md5).decode()})
+        return md5.hex()
+
+    async def get(self, key: str, *, offset: int, length: int | None) -> bytes:
+        # A read of the whole blob asks for no range (an empty blob has none to give).
+        whole = offset == 0 and length is None
+        stream = await self._blob(key).download_blob(offset=None if whole else offset,
+                                                     length=length)
+        data: bytes = await stream.readall()
+        return data
+
+    async def head(self, key: str) -> ObjectInfo:
+        props = await self._blob(key).get_blob_properties()
+        return ObjectInfo(key, int(props.size), _etag(props), _meta_in(props.metadata))
+
+    async def list_page(self, prefix: str, token: str | None
+                        ) -> tuple[list[ObjectInfo], str | None]:
+        pages = self._container.list_blobs(name_starts_with=prefix or None,
+                                           include=["metadata"]).by_page(continuation_token=token)
+        page = await anext(pages, None)
+        if page is None:
+            return [], None
+        items = [ObjectInfo(b.name, int(b.size), _etag(b), _meta_in(b.metadata))
+                 async for b in page]
+        return items, (pages.continuation_token or None)
+
+    async def delete(self, key: str) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            await self._blob(key).delete_blob()
+        except ResourceNotFoundError as exc:
+            if _code(exc) == "ContainerNotFound":
+                raise
+            # Absent already: not an error (as S3's DeleteObject)
+
+    # -- block blobs (ChunkedWriter) -------------------------------------------------
+    async def create_upload(self, key: str, *, metadata: Mapping[str, str]) -> str:
+        return os.urandom(8).hex()  # nothing to create: blocks are staged against the key
+
+    async def upload_part(self, key: str, upload_id: str, number: int, body: Body, *,
+                          md5: bytes) -> str:
+        await self._blob(key).stage_block(
+            _block_id(upload_id, number, md5.hex()), _Stream(body), length=body.size,
+            headers={"Content-MD5": base64.b64encode(md5).decode()})
+        return md5.hex()
+
+    async def complete_upload(self, key: str, upload_id: str,
+                              parts: Sequence[tuple[int, str]], *,
+                              metadata: Mapping[str, str] | None = None) -> str:
+        from azure.core import MatchConditions
+        from azure.storage.blob import BlobBlock
+
+        etag = self.expected_etag([bytes.fromhex(e) for _, e in parts])
+        await self._blob(key).commit_block_list(
+            [BlobBlock(_block_id(upload_id, n, e)) for n, e in parts],
+            metadata={**_meta_out(metadata or {}), ETAG_META: etag},
+            match_condition=MatchConditions.IfMissing)
+        return etag
+
+    async def abort(self, key: str, upload_id: str) -> None:
+        return None  # uncommitted blocks are dropped by Azure (7 days) or by the next commit
+
+    async def list_uploads_page(self, prefix: str, marker: tuple[str, str] | None
+                                ) -> tuple[list[PendingUpload], tuple[str, str] | None]:
+        """The block lists staged against exactly `prefix` as a key (resume asks per key).
+
+        Azure keeps no start time for them: `initiated` is the number of blocks staged, so
+        the upload that got furthest sorts last, and is the one resumed.
+        """
+        staged = Counter(upload_id for upload_id, *_ in await self._uncommitted(prefix))
+        return [PendingUpload(prefix, u, float(n)) for u, n in sorted(staged.items())], None
+
+    async def _uncommitted(self, key: str) -> list[tuple[str, int, str, int]]:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        if not key:
+            return []
+        try:
+            _, uncommitted = await self._blob(key).get_block_list("uncommitted")
+        except ResourceNotFoundError as exc:
+            if _code(exc) == "ContainerNotFound":
+                raise
+            return []
+        out = []
+        for block in uncommitted:
+            parsed = _parse_block_id(block.id)
+            if parsed is not None:
+                out.append((*parsed, int(block.size)))
+        return out
+
+    async def list_parts_page(self, key: str, upload_id: str, marker: int | None
+                              ) -> tuple[list[Part], int | None]:
+        parts = [Part(n, md5, size) for u, n, md5, size in await self._uncommitted(key)
+                 if u == upload_id]
+        return sorted(parts, key=lambda p: p.number), None
+
+    def expected_etag(self, part_md5s: Sequence[bytes]) -> str:
+        return f"{hashlib.md5(b''.join(part_md5s)).hexdigest()}-{len(part_md5s)}"
+
+
+class _Stream(io.RawIOBase):
+    """A body as the file-like object the SDK and aiohttp read in slices, marking progress
+    for the stall watchdog. A retry of the whole request builds a fresh one from the Body."""
+
+    def __init__(self, body: Body) -> None:
+        super().__init__()
+        self._body = body
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def read(self, size: int | None = -1) -> bytes:
+        body, start = self._body, self._pos
+        end = body.size if size is None or size < 0 else min(body.size, start + size)
+        self._pos = end
+        body.touched = time.monotonic()
+        if end >= body.size:
+            body.sent = True
+        return bytes(body.view[start:end])

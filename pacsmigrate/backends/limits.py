@@ -1,0 +1,49 @@
+"""Each store's limits on objects written in parts, and the requests a plan will cost there:
+known without contacting the store, so a dry run counts them too."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A store's limits on objects written in parts."""
+
+    min_part: int  # every part but the last at least this
+    max_part: int
+    max_parts: int
+
+
+def adjust_part_size(limits: Limits, wanted: int, size_hint: int) -> int:
+    """The part size for an object of about size_hint bytes: the wanted size, kept within
+    the store's range and grown (doubling) until the object fits in its part count
+    (s3transfer's adjuster, for any store)."""
+    size = min(max(wanted, limits.min_part), limits.max_part)
+    while size_hint / size > limits.max_parts and size < limits.max_part:
+        size *= 2
+    return min(size, limits.max_part)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """How a store writes in parts: its limits, and its requests besides the parts."""
+
+    limits: Limits
+    extra_requests: int
+
+
+S3 = Upload(Limits(min_part=5 * MiB, max_part=5 * GiB, max_parts=10_000), 2)  # create, complete
+AZURE = Upload(Limits(min_part=1 * MiB, max_part=4000 * MiB, max_parts=50_000), 1)  # commit
+LOCAL = Upload(Limits(min_part=1 * MiB, max_part=5 * GiB, max_parts=10_000), 2)
+UPLOADS = {"s3": S3, "az": AZURE, "file": LOCAL}
+
+
+def planned_requests(scheme: str, size: int, *, part_size: int) -> int:
+    """Requests storing `size` bytes will take: one PUT, or the parts and the extra ones."""
+    upload = UPLOADS.get(scheme, S3)
+    part = adjust_part_size(upload.limits, part_size, size)
+    return 1 if size <= part else upload.extra_requests + -(-size // part)

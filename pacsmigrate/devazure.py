@@ -1,0 +1,107 @@
+"""Azurite (Microsoft's Azure Storage emulator, from npm) on 127.0.0.1 for tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+from .errors import ConfigError
+
+LOOPBACK = "127.0.0.1"
+VERSION = "3.35.0"  # the last release that runs on Node 20
+# `make install` puts it here (npm install --prefix .tools/azurite azurite@VERSION).
+TOOLS = Path(__file__).resolve().parent.parent / ".tools" / "azurite"
+# Azurite's well-known development account (public, documented by Microsoft).
+ACCOUNT = "devstoreaccount1"
+KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==")
+
+
+def azurite_binary() -> str:
+    """PACSMIGRATE_AZURITE, else the copy `make install` made, else azurite-blob on PATH."""
+    for candidate in (os.environ.get("PACSMIGRATE_AZURITE"),
+                      str(TOOLS / "node_modules" / ".bin" / "azurite-blob"),
+                      shutil.which("azurite-blob")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise ConfigError(f"Azurite not found: run `make install` (it runs `npm install --prefix "
+                      f".tools/azurite azurite@{VERSION}`) or set PACSMIGRATE_AZURITE")
+
+
+class Azurite:
+    """One Azurite blob service on a free loopback port, data in memory; a context manager."""
+
+    def __init__(self, *, log: Path | None = None) -> None:
+        self.log = log
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}/{ACCOUNT}"
+
+    @property
+    def connection_string(self) -> str:
+        return (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
+                f"BlobEndpoint={self.endpoint};")
+
+    def env(self) -> dict[str, str]:
+        return {"AZURE_STORAGE_CONNECTION_STRING": self.connection_string}
+
+    def start(self) -> Azurite:
+        with socket.socket() as s:
+            s.bind((LOOPBACK, 0))
+            self.port = s.getsockname()[1]
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
+        # --skipApiVersionCheck: the SDK speaks a newer API version than this Azurite knows.
+        self._proc = subprocess.Popen(
+            [azurite_binary(), "--blobHost", LOOPBACK, "--blobPort", str(self.port),
+             "--inMemoryPersistence", "--disableTelemetry", "--skipApiVersionCheck",
+             "--silent"], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise RuntimeError(f"Azurite exited with {self._proc.returncode}")
+            try:
+                urllib.request.urlopen(f"{self.endpoint}?comp=list", timeout=2)
+            except urllib.error.HTTPError:
+                return  # it answers (403 without a signature): ready
+            except OSError:
+                time.sleep(0.1)
+                continue
+            return
+        self.stop()
+        raise RuntimeError(f"Azurite did not answer on port {self.port} within {timeout:.0f} s")
+
+    def create_container(self, name: str) -> None:
+        from azure.storage.blob import BlobServiceClient
+
+        with BlobServiceClient.from_connection_string(self.connection_string) as svc:
+            svc.create_container(name)
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+    def __enter__(self) -> Azurite:  # noqa: PYI034
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

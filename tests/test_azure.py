@@ -1,0 +1,141 @@
+"""What only Azure Blob does, on Azurite: Content-MD5 checked by the store, blocks a killed run
+staged kept on resume, stale blocks dropped by the commit, credentials and errors in one line."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable
+
+import pytest
+from conftest import AzureTarget, run_cli
+
+from pacsmigrate.backends import open_backend
+from pacsmigrate.backends.body import Body, Checksum, checksum
+from pacsmigrate.backends.multipart import ChunkedBackend
+from pacsmigrate.backends.retry import RetryBackend
+from pacsmigrate.config import Destination, MiB, TransferConfig
+from pacsmigrate.devazure import ACCOUNT, KEY
+from pacsmigrate.errors import ConfigError, PermanentBackendError
+
+PART = MiB
+TRANSFER = TransferConfig(part_size=PART, multipart_threshold=PART, concurrency=4)
+DATA = bytes(range(256)) * (3 * PART // 256) + b"tail"
+PARTS = [DATA[i:i + PART] for i in range(0, len(DATA), PART)]
+
+
+def on(target: AzureTarget, body: Callable[[RetryBackend], Awaitable[None]], *,
+       dest: Destination | None = None) -> None:
+    async def main() -> None:
+        b = await open_backend(dest or Destination("az", target.bucket, "pfx"), TRANSFER)
+        try:
+            await body(b)
+        finally:
+            await b.close()
+
+    asyncio.run(main())
+
+
+async def chunks(parts: list[bytes]):  # type: ignore[no-untyped-def]
+    for p in parts:
+        yield p
+
+
+def test_azure_checks_our_content_md5(azure_store: AzureTarget) -> None:
+    async def body(b: RetryBackend) -> None:
+        wrong = Checksum("md5", hashlib.md5(b"other bytes").digest())
+
+        def put(bd: Body) -> Awaitable[str]:
+            return b.store.put("pfx/md5", bd, checksum=wrong, metadata={})
+
+        # Azure answers Md5Mismatch, Azurite InvalidOperation "contentMD5 doesn't match".
+        with pytest.raises(PermanentBackendError, match="(?i)md5"):
+            await b.send(put, b"these bytes", key="pfx/md5")
+        assert await b.stat("pfx/md5") is None and b.stats.retries == {}
+        # --checksum crc32: Azure checks MD5 only, so the store sends one of its own.
+        right = await checksum(b"these bytes", "crc32")
+        etag = await b.send(lambda bd: b.store.put("pfx/crc", bd, checksum=right, metadata={}),
+                            b"these bytes", key="pfx/crc")
+        assert etag == hashlib.md5(b"these bytes").hexdigest()
+
+    on(azure_store, body)
+
+
+def test_blocks_a_killed_run_staged_are_kept(azure_store: AzureTarget) -> None:
+    """The part's MD5 rides in its block ID: a resumed save sends only what is missing."""
+    async def body(b: RetryBackend) -> None:
+        assert isinstance(b, ChunkedBackend)
+        w, key = b.writer, "pfx/big"
+        up = await w.create_upload(key, metadata={})
+        for n in (1, 2):  # what the killed run got through
+            md5 = hashlib.md5(PARTS[n - 1]).digest()
+            await b.send(lambda bd, n=n, md5=md5: w.upload_part(key, up, n, bd, md5=md5),
+                         PARTS[n - 1], key=key)
+        stale = await w.create_upload(key, metadata={})  # an older attempt's other bytes
+        await b.send(lambda bd: w.upload_part(key, stale, 3, bd,
+                                              md5=hashlib.md5(b"junk").digest()),
+                     b"junk", key=key)
+        info = await b.save(key, chunks(PARTS), metadata={"pacsmigrate-kind": "file"})
+        assert b.stats.parts_reused == 2
+        assert await b.load(key) == DATA
+        st = await b.stat(key)
+        assert st is not None and st.etag == info.etag and info.etag.endswith(f"-{len(PARTS)}")
+        assert dict(st.metadata) == {"pacsmigrate-kind": "file"}
+
+    on(azure_store, body)
+    assert azure_store.object_keys() == ["pfx/big"]
+    assert azure_store.staged() == []  # the commit kept only its own blocks
+
+
+def test_account_key_credentials(azure_store: AzureTarget,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """AZURE_STORAGE_ACCOUNT + AZURE_STORAGE_KEY (the az CLI's names), endpoint given."""
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING")
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT", ACCOUNT)
+    monkeypatch.setenv("AZURE_STORAGE_KEY", KEY)
+    dest = Destination("az", azure_store.bucket, "pfx", azure_store.server.endpoint)
+
+    async def body(b: RetryBackend) -> None:
+        await b.save("pfx/k", chunks([b"keyed"]))
+        assert await b.load("pfx/k") == b"keyed"
+
+    on(azure_store, body, dest=dest)
+
+
+def test_wrong_key_is_permanent_and_says_so(azure_store: AzureTarget,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING")
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT", ACCOUNT)
+    monkeypatch.setenv("AZURE_STORAGE_KEY", "d3Jvbmcga2V5")
+    dest = Destination("az", azure_store.bucket, "pfx", azure_store.server.endpoint)
+
+    async def body(b: RetryBackend) -> None:
+        with pytest.raises(PermanentBackendError, match="check the account key") as caught:
+            await b.save("pfx/k", chunks([b"x"]))
+        assert "\n" not in str(caught.value) and b.stats.requests == 1
+
+    on(azure_store, body, dest=dest)
+
+
+def test_missing_container_is_permanent(azure_store: AzureTarget) -> None:
+    async def body(b: RetryBackend) -> None:
+        with pytest.raises(PermanentBackendError, match="does not exist: create it first"):
+            await b.save("pfx/k", chunks([b"x"]))
+        with pytest.raises(PermanentBackendError, match="does not exist"):
+            await b.load("pfx/k")
+
+    on(azure_store, body, dest=Destination("az", "no-such-container", "pfx"))
+
+
+def test_no_credentials_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_KEY",
+                 "AZURE_STORAGE_SAS_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match="which storage account"):
+        asyncio.run(open_backend(Destination("az", "c"), TRANSFER))
+
+
+def test_cleanup_has_nothing_to_do_on_azure(azure_store: AzureTarget) -> None:
+    proc = run_cli("cleanup", azure_store.url, "--older-than", "0", env=azure_store.env())
+    assert proc.returncode == 0, proc.stderr
+    assert "uncommitted blocks after 7 days" in proc.stdout
