@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .backends import Backend, open_backend
 from .checkpoint import Checkpoint
-from .config import Destination, TransferConfig
+from .config import Destination, S3Options, TransferConfig
 from .errors import StateError
 
 
@@ -27,8 +27,9 @@ def destination_of(cp: Checkpoint, *, endpoint_url: str | None = None) -> Destin
     config = cp.get_meta("config")
     if not config:
         raise StateError(f"{cp.state_dir} holds no migration (run `pacsmigrate migrate` first)")
-    return Destination.parse(config["dest"],
+    dest = Destination.parse(config["dest"],
                              endpoint_url=endpoint_url or config.get("endpoint_url"))
+    return dest.with_s3(S3Options.from_meta(config)) if dest.scheme == "s3" else dest
 
 
 @asynccontextmanager

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
 
@@ -38,6 +38,55 @@ FORMS = ("s3://BUCKET[/PREFIX], az://CONTAINER[/PREFIX], "
          "https://ACCOUNT.blob.core.windows.net/CONTAINER[/PREFIX], file:///DIR or /DIR")
 
 
+PROVIDERS = ("aws", "wasabi", "ceph", "minio", "other")
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """How to reach an S3 store: region, credentials profile, addressing, provider preset.
+
+    Presets: `aws` (AWS's regional endpoints, virtual-hosted addressing); `wasabi` (its
+    regional endpoint s3.REGION.wasabisys.com unless --endpoint-url; no storage classes);
+    `ceph`, `minio`, `other` (--endpoint-url required, path-style addressing; Ceph RGW
+    before Quincy ignores x-amz-checksum-*, so it is refused with --checksum crc32).
+    """
+
+    region: str | None = None
+    profile: str | None = None
+    addressing_style: str | None = None  # "path" or "virtual"; None: the provider's
+    provider: str | None = None
+
+    def resolve(self, endpoint_url: str | None) -> tuple[str | None, S3Options]:
+        """The endpoint and the options with the provider's defaults filled in."""
+        provider, style = self.provider, self.addressing_style
+        if provider is not None and provider not in PROVIDERS:
+            raise ConfigError(f"--provider must be one of {', '.join(PROVIDERS)}, "
+                              f"not {provider!r}")
+        if style not in (None, "path", "virtual"):
+            raise ConfigError(f"--addressing-style must be path or virtual, not {style!r}")
+        if provider == "wasabi" and not endpoint_url:
+            region = self.region or "us-east-1"
+            endpoint_url = f"https://s3.{region}.wasabisys.com"
+        if provider in ("ceph", "minio", "other") and not endpoint_url:
+            raise ConfigError(f"--provider {provider} needs --endpoint-url (the store's "
+                              "address, e.g. https://rgw.hospital.local:7480)")
+        if style is None:
+            style = "virtual" if provider == "aws" or not endpoint_url else "path"
+        return endpoint_url, replace(self, addressing_style=style)
+
+    def as_meta(self) -> dict[str, str | None]:
+        return {"region": self.region, "profile": self.profile,
+                "addressing_style": self.addressing_style, "provider": self.provider}
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, object]) -> S3Options:
+        def get(name: str) -> str | None:
+            value = meta.get(name)
+            return str(value) if value else None
+
+        return cls(get("region"), get("profile"), get("addressing_style"), get("provider"))
+
+
 @dataclass(frozen=True)
 class Destination:
     """Where objects go: a store kind (scheme), a bucket/container (for a local directory,
@@ -47,6 +96,17 @@ class Destination:
     bucket: str
     prefix: str = ""
     endpoint_url: str | None = None
+    s3: S3Options | None = None  # S3 only: region, profile, addressing, provider
+
+    def with_s3(self, options: S3Options) -> Destination:
+        """This destination with a provider's preset applied (S3 only)."""
+        if self.scheme != "s3":
+            if options != S3Options():
+                raise ConfigError(f"--region, --profile, --addressing-style and --provider "
+                                  f"are for s3:// destinations, not {self}")
+            return self
+        endpoint, opts = options.resolve(self.endpoint_url)
+        return replace(self, endpoint_url=endpoint, s3=opts)
 
     @classmethod
     def parse(cls, url: str, *, endpoint_url: str | None = None) -> Destination:
@@ -152,6 +212,11 @@ class MigrateConfig:
             raise ConfigError("--large-file must be positive")
         if self.large_file > self.bundle_size:
             raise ConfigError("--large-file must not exceed --bundle-size")
+        s3 = self.dest.s3
+        if s3 is not None and s3.provider == "ceph" and self.transfer.checksum == "crc32":
+            raise ConfigError("--checksum crc32 with --provider ceph: Ceph RGW before Quincy "
+                              "ignores x-amz-checksum-crc32, so nothing would check the "
+                              "bytes; use --checksum md5 (the default)")
         if self.memory < 2 * self.bundle_size // 8:
             raise ConfigError("--memory must be at least a quarter of --bundle-size")
 

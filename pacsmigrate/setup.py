@@ -20,7 +20,8 @@ def check_state(cp: Checkpoint, cfg: MigrateConfig) -> None:
     dest = str(cfg.dest)
     known = cp.get_meta("config")
     if known is None:
-        cp.put_meta("config", {"dest": dest, "endpoint_url": cfg.dest.endpoint_url,
+        s3 = cfg.dest.s3.as_meta() if cfg.dest.s3 else {}
+        cp.put_meta("config", {"dest": dest, "endpoint_url": cfg.dest.endpoint_url, **s3,
                                "sources": [os.path.abspath(s) for s in cfg.sources],
                                "created": now_iso()})
     elif known["dest"] != dest:

@@ -72,6 +72,10 @@ def test_dry_run_prints_the_plan(moto_s3: S3Target, small_tree: Path, tmp_path: 
 
 @pytest.mark.parametrize("args, message", [
     (["gs://bucket/x"], "unsupported destination"),
+    (["s3://b/x", "--provider", "ceph"], "--provider ceph needs --endpoint-url"),
+    (["s3://b/x", "--provider", "ceph", "--endpoint-url", "http://127.0.0.1:9",
+      "--checksum", "crc32"], "ignores x-amz-checksum-crc32"),
+    (["az://c/x", "--region", "eu-west-1"], "are for s3:// destinations"),
     (["s3://"], "names no bucket"),
     (["s3://b/x", "--bundle-size", "12XB"], "not a size"),
     (["s3://b/x", "--large-file", "1GiB"], "--large-file must not exceed --bundle-size"),
@@ -158,3 +162,33 @@ def test_dry_run_plan_hashes_equal_the_index_hashes(moto_s3: S3Target, small_tre
     assert stored == planned
     left = run_cli("plan", "--state", str(state), "--format", "csv", check=True)
     assert left.stdout.splitlines()[1:] == []  # nothing left to plan
+
+
+def test_unknown_aws_profile_is_one_line(moto_s3: S3Target, small_tree: Path,
+                                         tmp_path: Path) -> None:
+    proc = run_cli("migrate", str(small_tree), moto_s3.url, "--endpoint-url",
+                   moto_s3.info.endpoint_url, "--profile", "typo", "--state",
+                   str(tmp_path / "s"), env=moto_s3.env())
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        ("error: AWS profile 'typo' is not in ~/.aws/config or ~/.aws/credentials "
+        "(see `aws configure list-profiles`)")]
+
+
+def test_store_options_are_kept_for_the_read_commands(moto_s3: S3Target, small_tree: Path,
+                                                      tmp_path: Path) -> None:
+    """--provider, --region, --addressing-style are part of the migration: verify, get and
+    restore reach the store the same way without being told again."""
+    state = tmp_path / "s"
+    run_cli("migrate", str(small_tree), moto_s3.url, "--endpoint-url", moto_s3.info.endpoint_url,
+            "--provider", "minio", "--region", "eu-west-1", "--addressing-style", "path",
+            "--state", str(state), "--no-progress", env=moto_s3.env(), check=True)
+    cp = Checkpoint(state, readonly=True)
+    try:
+        config = cp.get_meta("config")
+    finally:
+        cp.close()
+    assert (config["provider"], config["region"], config["addressing_style"]) == (
+        "minio", "eu-west-1", "path")
+    verify = run_cli("verify", "--state", str(state), "--deep", env=moto_s3.env())
+    assert verify.returncode == 0, verify.stdout + verify.stderr

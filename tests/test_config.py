@@ -13,6 +13,7 @@ from pacsmigrate.config import (
     KiB,
     MiB,
     MigrateConfig,
+    S3Options,
     TransferConfig,
     parse_size,
 )
@@ -155,3 +156,46 @@ def test_transfer_config_checks() -> None:
         TransferConfig(concurrency=0)
     with pytest.raises(ConfigError, match="--part-size must be at least 1MiB"):
         TransferConfig(part_size=MIN_PART - 1)
+
+
+@pytest.mark.parametrize("options, endpoint, expected", [
+    (S3Options(), None, (None, "virtual")),  # AWS itself
+    (S3Options(), "http://127.0.0.1:9000", ("http://127.0.0.1:9000", "path")),
+    (S3Options(provider="aws", region="eu-central-1"), None, (None, "virtual")),
+    (S3Options(provider="wasabi", region="eu-central-2"), None,
+     ("https://s3.eu-central-2.wasabisys.com", "path")),
+    (S3Options(provider="wasabi"), None, ("https://s3.us-east-1.wasabisys.com", "path")),
+    (S3Options(provider="ceph"), "https://rgw:7480", ("https://rgw:7480", "path")),
+    (S3Options(provider="minio", addressing_style="virtual"), "https://minio:9000",
+     ("https://minio:9000", "virtual")),
+])
+def test_s3_provider_presets(options: S3Options, endpoint: str | None,
+                             expected: tuple[str | None, str]) -> None:
+    d = Destination.parse("s3://b/p", endpoint_url=endpoint).with_s3(options)
+    assert (d.endpoint_url, d.s3.addressing_style if d.s3 else None) == expected
+    assert d.s3 is not None and d.s3.region == options.region
+    assert S3Options.from_meta(d.s3.as_meta()) == d.s3  # kept in the state as it is
+
+
+@pytest.mark.parametrize("options, words", [
+    (S3Options(provider="ceph"), "--provider ceph needs --endpoint-url"),
+    (S3Options(provider="other"), "--provider other needs --endpoint-url"),
+    (S3Options(provider="gcs"), "--provider must be one of"),
+])
+def test_s3_provider_presets_refuse(options: S3Options, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        Destination.parse("s3://b/p").with_s3(options)
+
+
+def test_s3_options_are_for_s3_only(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="are for s3:// destinations"):
+        Destination.parse(str(tmp_path)).with_s3(S3Options(region="eu-west-1"))
+    assert Destination.parse(str(tmp_path)).with_s3(S3Options()).scheme == "file"
+
+
+def test_crc32_is_refused_on_ceph(tmp_path: Path) -> None:
+    dest = Destination.parse("s3://b", endpoint_url="https://rgw:7480").with_s3(
+        S3Options(provider="ceph"))
+    with pytest.raises(ConfigError, match="ignores x-amz-checksum-crc32"):
+        MigrateConfig(sources=(tmp_path,), dest=dest, state_dir=tmp_path / "s",
+                      transfer=TransferConfig(checksum="crc32"))

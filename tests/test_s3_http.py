@@ -29,6 +29,12 @@ def test_bucket_urls() -> None:
     assert bucket_url("pacs", None, "eu-west-1") == "https://pacs.s3.eu-west-1.amazonaws.com"
     assert (bucket_url("pacs.archive", None, "eu-west-1")
             == "https://s3.eu-west-1.amazonaws.com/pacs.archive")
+    # --addressing-style: either style on either kind of endpoint.
+    assert (bucket_url("b", "https://minio.local:9000", "x", style="virtual")
+            == "https://b.minio.local:9000")
+    assert bucket_url("pacs", None, "eu-west-1", style="path") == (
+        "https://s3.eu-west-1.amazonaws.com/pacs")
+    assert bucket_url("pacs.x", "https://m:9000", "x", style="virtual") == "https://m:9000/pacs.x"
 
 
 S3_ERROR = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'

@@ -9,8 +9,8 @@ from contextlib import AsyncExitStack
 from typing import Any
 from urllib.parse import quote
 
-from ..config import Destination, TransferConfig
-from ..errors import BackendError
+from ..config import Destination, S3Options, TransferConfig
+from ..errors import BackendError, ConfigError
 from .base import ObjectInfo, Part, PendingUpload, adjust_part_size
 from .body import Body, Checksum
 from .limits import S3
@@ -43,22 +43,31 @@ class S3Backend:
         self._region = "us-east-1"
         self._verify: str | bool = True
         self._data: DataPath | None = None
+        self._style: str | None = None
 
     async def open(self) -> S3Backend:
         """The data path only: the aioboto3 client (slow to import and build) waits for the
         first request that needs it; a run of small bundles may never make one."""
         from aiobotocore.session import AioSession
+        from botocore.exceptions import ProfileNotFound
 
-        t = self.transfer
-        self._session = session = AioSession()
-        self._region = session.get_config_variable("region") or "us-east-1"
+        t, opts = self.transfer, self.dest.s3 or S3Options()
+        self._session = session = AioSession(profile=opts.profile)
+        try:
+            self._region = (opts.region or session.get_config_variable("region")
+                            or "us-east-1")
+            credentials = await session.get_credentials()
+        except ProfileNotFound:
+            raise ConfigError(f"AWS profile {opts.profile!r} is not in ~/.aws/config or "
+                              "~/.aws/credentials (see `aws configure list-profiles`)") from None
+        self._style = opts.addressing_style
         # TLS certificates are verified by default; a private CA is given, never skipped:
         # --ca-bundle, else AWS_CA_BUNDLE (as botocore resolves it), else certifi's.
         ca = t.ca_bundle or session.get_config_variable("ca_bundle")
         self._verify = str(ca) if ca else True
         self._data = DataPath(
-            base=bucket_url(self.bucket, self.dest.endpoint_url, self._region),
-            region=self._region, credentials=await session.get_credentials(),
+            base=bucket_url(self.bucket, self.dest.endpoint_url, self._region, style=self._style),
+            region=self._region, credentials=credentials,
             verify=self._verify, pool=t.concurrency,
             connect_timeout=t.connect_timeout, read_timeout=t.read_timeout)
         self._stack.push_async_callback(self._data.close)
@@ -90,7 +99,8 @@ class S3Backend:
         t = self.transfer
         config = AioConfig(
             http_session_cls=VerifyingSession,
-            s3={"addressing_style": "path"},
+            s3={"addressing_style": self._style or (
+                "path" if self.dest.endpoint_url else "virtual")},
             retries={"mode": "standard", "total_max_attempts": 1},
             max_pool_connections=max(10, t.concurrency * 2),
             connect_timeout=t.connect_timeout,

@@ -8,7 +8,7 @@ import ssl
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
 from aiohttp.abc import AbstractStreamWriter
@@ -41,20 +41,23 @@ def tls_context(verify: str | bool) -> ssl.SSLContext:
     return context
 
 
-def bucket_url(bucket: str, endpoint_url: str | None, region: str) -> str:
-    """Where the bucket's objects are: path style under a custom endpoint (the only style
-    local and private stores reliably resolve), virtual-hosted on AWS's regional endpoint.
+def bucket_url(bucket: str, endpoint_url: str | None, region: str, *,
+               style: str | None = None) -> str:
+    """Where the bucket's objects are. Path style (`ENDPOINT/BUCKET`) or virtual-hosted
+    (`BUCKET.HOST`); by default path style under a custom endpoint (the only style local and
+    private stores reliably resolve), virtual-hosted on AWS's regional endpoint.
 
-    Not covered (a later issue adds --addressing-style and providers): virtual-hosted
-    custom endpoints, AWS's FIPS / dual-stack / accelerate endpoints, the China partition
+    Not covered: AWS's FIPS / dual-stack / accelerate endpoints, the China partition
     (amazonaws.com.cn), access points and S3 Express buckets, and a bucket in another region
     than the client's (AWS answers 301 / AuthorizationHeaderMalformed: the run stops).
     """
-    if endpoint_url:
-        return f"{endpoint_url.rstrip('/')}/{quote(bucket, safe='')}"
-    if "." in bucket:  # a dotted name breaks the certificate's wildcard: path style
-        return f"https://s3.{region}.amazonaws.com/{quote(bucket, safe='')}"
-    return f"https://{bucket}.s3.{region}.amazonaws.com"
+    endpoint = (endpoint_url or f"https://s3.{region}.amazonaws.com").rstrip("/")
+    if style is None:
+        style = "path" if endpoint_url else "virtual"
+    if style == "path" or "." in bucket:  # a dotted name breaks a wildcard certificate
+        return f"{endpoint}/{quote(bucket, safe='')}"
+    parts = urlsplit(endpoint)
+    return urlunsplit((parts.scheme, f"{bucket}.{parts.netloc}", parts.path, "", ""))
 
 
 class _UnsignedPayload(S3SigV4Auth):  # type: ignore[misc]

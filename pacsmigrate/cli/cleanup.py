@@ -12,8 +12,8 @@ import click
 from ..backends import open_backend
 from ..backends.base import PendingUpload
 from ..cleanup import cleanup as run_cleanup
-from ..config import Destination, TransferConfig
-from .common import handle_errors
+from ..config import TransferConfig
+from .common import destination, handle_errors, store_options
 
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 
@@ -27,18 +27,20 @@ def _age(ctx: click.Context, param: click.Parameter, value: str) -> float:
 
 @click.command()
 @click.argument("dest")
-@click.option("--endpoint-url", help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
+@store_options
 @click.option("--older-than", default="24h", show_default=True, callback=_age,
               help="Only uploads started this long ago (a running migration's are younger).")
 @click.option("--dry-run", is_flag=True, help="List them, abort nothing.")
 @click.option("--ca-bundle", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="PEM file of a private CA to trust (certificates are always checked).")
 @handle_errors
-def cleanup(dest: str, endpoint_url: str | None, older_than: float, dry_run: bool,
+def cleanup(dest: str, endpoint_url: str | None, provider: str | None, region: str | None,
+            profile: str | None, addressing_style: str | None, older_than: float, dry_run: bool,
             ca_bundle: Path | None) -> None:
     """List and abort unfinished uploads that killed runs left under DEST (s3://bucket/prefix,
     /dir or file:///dir)."""
-    where = Destination.parse(dest, endpoint_url=endpoint_url)
+    where = destination(dest, endpoint_url=endpoint_url, provider=provider, region=region,
+                        profile=profile, addressing_style=addressing_style)
 
     async def go() -> list[PendingUpload] | None:
         backend = await open_backend(where, TransferConfig(ca_bundle=ca_bundle))

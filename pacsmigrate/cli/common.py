@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from ..config import TransferConfig, parse_size
+from ..config import PROVIDERS, Destination, S3Options, TransferConfig, parse_size
 from ..errors import PacsMigrateError, first_error
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -57,6 +57,32 @@ def rate_option(ctx: click.Context, param: click.Parameter, value: str | None) -
     if value is None:
         return None
     return float(size_option(ctx, param, value))
+
+
+def store_options(fn: F) -> F:
+    """Where the store is: --endpoint-url and, for S3, region, profile, addressing, provider."""
+    for option in reversed([
+        click.option("--endpoint-url", help="The store's address: an S3-compatible endpoint "
+                     "(e.g. https://rgw.hospital.local:7480), or Azure's blob endpoint."),
+        click.option("--provider", type=click.Choice(PROVIDERS),
+                     help="S3 preset: aws (virtual-hosted), wasabi (its regional endpoint), "
+                          "ceph, minio, other (need --endpoint-url; path style)."),
+        click.option("--region", help="S3 region (default: the profile's, else us-east-1)."),
+        click.option("--profile", help="AWS credentials profile (~/.aws/credentials)."),
+        click.option("--addressing-style", type=click.Choice(["path", "virtual"]),
+                     help="S3 URL style (default: the provider's; path for --endpoint-url)."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def destination(url: str, *, endpoint_url: str | None, provider: str | None,
+                region: str | None, profile: str | None,
+                addressing_style: str | None) -> Destination:
+    """DEST with the store options applied (the provider's preset for S3)."""
+    return Destination.parse(url, endpoint_url=endpoint_url).with_s3(
+        S3Options(region=region, profile=profile, addressing_style=addressing_style,
+                  provider=provider))
 
 
 def transfer_options(fn: F) -> F:

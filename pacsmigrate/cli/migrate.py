@@ -11,16 +11,24 @@ from typing import Any
 import click
 
 from ..checkpoint import Checkpoint
-from ..config import Destination, MigrateConfig
+from ..config import MigrateConfig
 from ..pipeline import migrate as run_migrate
 from ..stats import Stats
-from .common import handle_errors, size_option, state_option, transfer_config, transfer_options
+from .common import (
+    destination,
+    handle_errors,
+    size_option,
+    state_option,
+    store_options,
+    transfer_config,
+    transfer_options,
+)
 
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True, metavar="SOURCE... DEST")
 @state_option(must_exist=False)
-@click.option("--endpoint-url", help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
+@store_options
 @click.option("--dry-run", is_flag=True, help="Read, hash and parse everything; write nothing.")
 @click.option("--bundle-size", default="256MiB", show_default=True, callback=size_option,
               help="Largest bundle; a bigger study is split into several.")
@@ -40,7 +48,9 @@ from .common import handle_errors, size_option, state_option, transfer_config, t
 @click.option("--progress/--no-progress", default=None,
               help="Progress bars (default: when stderr is a terminal).")
 @handle_errors
-def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None, dry_run: bool,
+def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
+            provider: str | None, region: str | None, profile: str | None,
+            addressing_style: str | None, dry_run: bool,
             bundle_size: int, large_file: int, read_threads: int, memory: int,
             checksum: str, report_path: Path | None,
             progress: bool | None, **transfer: Any) -> None:
@@ -55,7 +65,8 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None, d
         raise click.UsageError("give at least one SOURCE and a DEST")
     cfg = MigrateConfig(
         sources=tuple(Path(p) for p in paths[:-1]),
-        dest=Destination.parse(paths[-1], endpoint_url=endpoint_url),
+        dest=destination(paths[-1], endpoint_url=endpoint_url, provider=provider, region=region,
+                         profile=profile, addressing_style=addressing_style),
         state_dir=state_dir, dry_run=dry_run, bundle_size=bundle_size, large_file=large_file,
         transfer=transfer_config(**transfer, checksum=checksum),
         read_threads=read_threads, memory=memory, report_path=report_path,

@@ -10,24 +10,26 @@ import click
 
 from ..backends import open_backend
 from ..checkpoint import Checkpoint
-from ..config import Destination, TransferConfig
+from ..config import TransferConfig
 from ..rebuild import rebuild
-from .common import handle_errors, state_option
+from .common import destination, handle_errors, state_option, store_options
 
 
 @click.command("rebuild")
 @click.argument("dest")
-@click.option("--endpoint-url", help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
+@store_options
 @state_option(must_exist=False)
 @click.option("--progress/--no-progress", default=None)
 @click.option("--ca-bundle", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="PEM file of a private CA to trust (certificates are always checked).")
 @handle_errors
-def rebuild_cmd(dest: str, endpoint_url: str | None, state_dir: Path,
+def rebuild_cmd(dest: str, endpoint_url: str | None, provider: str | None, region: str | None,
+            profile: str | None, addressing_style: str | None, state_dir: Path,
                 progress: bool | None, ca_bundle: Path | None) -> None:
     """Rebuild the index of DEST (s3://bucket/prefix, /dir or file:///dir) into a new --state
     from the store alone."""
-    where = Destination.parse(dest, endpoint_url=endpoint_url)
+    where = destination(dest, endpoint_url=endpoint_url, provider=provider, region=region,
+                        profile=profile, addressing_style=addressing_style)
 
     async def go() -> tuple[int, int, int, list[str], list[str]]:
         cp = Checkpoint(state_dir)
