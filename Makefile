@@ -24,11 +24,11 @@ demo: install
 	$(BIN)/python examples/demo.py
 
 # Everything but soaks: moto and the SeaweedFS strict tier, kill-and-resume included.
-test: install
+test: install $(AZURITE)
 	$(BIN)/python -m pytest -q -ra
 
 # Soaks too (long kill/resume runs).
-test-all: install
+test-all: install $(AZURITE)
 	$(BIN)/python -m pytest -q -ra -m ''
 
 # The benchmark suite vs s5cmd, rclone and the aws cli (see benchmarks/README.md); the full
