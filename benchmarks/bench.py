@@ -29,7 +29,7 @@ from targets import Section
 from tools import PEERS, missing
 from trees import Trees
 
-SECTIONS = ("header", "small", "ct", "mixed", "walk", "stream", "scale")
+SECTIONS = ("header", "small", "ct", "mixed", "walk", "stream", "scale", "stores")
 MARKER = ".pacsmigrate-bench"
 
 
@@ -174,6 +174,10 @@ def run_sections(args: argparse.Namespace, ctx: Ctx, trees: Trees) -> tuple[list
     if {"stream", "scale"} & chosen:
         out += scale.run_scale(ctx, trees, list(z.scale_files), z.strace_files,
                                memory="scale" in chosen, stream="stream" in chosen)
+    if "stores" in chosen:
+        import stores
+
+        out.append(stores.run_stores(ctx, trees, z.ct_mb))
     profile: list[str] = []
     if args.profile:
         profile, finding = spy.profile(ctx, trees.fast("small", z.small_files))

@@ -58,6 +58,8 @@ class Azurite:
         with socket.socket() as s:
             s.bind((LOOPBACK, 0))
             self.port = s.getsockname()[1]
+        if self.log:
+            self.log.parent.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
         # --skipApiVersionCheck: the SDK speaks a newer API version than this Azurite knows.
         self._proc = subprocess.Popen(
