@@ -237,6 +237,19 @@ class Checkpoint(LmdbFile):
             txn.put(b"next_object", str(next_id).encode(), db=meta)
         self._write(write)
 
+    def set_etags(self, etags: dict[str, str]) -> None:
+        """A replica's objects carry the ETags its own store gave (`replicate`)."""
+        def write(txn: lmdb.Transaction) -> None:
+            db = self.db["objects"]
+            for key, etag in etags.items():
+                raw = txn.get(key.encode(), db=db)
+                if raw is None:
+                    continue  # the store descriptor or a sidecar: not an indexed object
+                record = json.loads(bytes(raw))
+                record["etag"] = etag
+                txn.put(key.encode(), json.dumps(record).encode(), db=db)
+        self._write(write)
+
     def object_record(self, key: str) -> dict[str, Any] | None:
         with self.env.begin(db=self.db["objects"]) as txn:
             raw = txn.get(key.encode())

@@ -13,6 +13,7 @@ from .locate import locate
 from .migrate import migrate, status
 from .plan import plan
 from .rebuild import rebuild_cmd
+from .replicate import replicate_cmd
 from .retrieve import get, restore_cmd
 from .synth import synth
 from .verify import verify
@@ -37,6 +38,7 @@ def main(verbose: int) -> None:
 # One line per command; each lives in its own module.
 main.add_command(migrate)
 main.add_command(status)
+main.add_command(replicate_cmd)
 main.add_command(plan)
 main.add_command(index)
 index.add_command(rebuild_cmd)

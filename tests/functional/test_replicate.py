@@ -1,0 +1,91 @@
+"""`replicate`: a migration copied to a second store (other kind, same keys), checked, with its
+own state that verify --deep, get and restore use; a re-run copies only what is missing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import AzureTarget, LocalTarget, S3Target, run_cli
+from helpers import assert_complete, index_rows, multipart_tree, source_files
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return multipart_tree(tmp_path_factory.mktemp("replicate") / "pacs")
+
+
+def _migrate(tree: Path, dest: str, state: Path, env: dict[str, str], *extra: str) -> None:
+    run_cli("migrate", str(tree), dest, "--state", str(state), "--bundle-size", "8MiB",
+            "--large-file", "3MiB", "--part-size", "5MiB", "--no-progress", *extra, env=env,
+            check=True)
+
+
+def test_local_migration_replicated_to_azure(tree: Path, local_store: LocalTarget,
+                                             azure_store: AzureTarget, tmp_path: Path) -> None:
+    state, replica = tmp_path / "state", tmp_path / "replica"
+    _migrate(tree, str(local_store.root), state, local_store.env())
+    dest2 = f"az://{azure_store.bucket}"
+    env = azure_store.env()
+    proc = run_cli("replicate", dest2, "--state", str(state), "--to-state", str(replica),
+                   "--part-size", "5MiB", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    objects = len(local_store.object_keys())
+    assert f"{objects - 1:,} copied" in proc.stdout or f"{objects:,} copied" in proc.stdout
+    # The same keys, every byte range right, the descriptor too: the replica stands alone.
+    assert azure_store.object_keys() == local_store.object_keys()
+    rows = assert_complete(azure_store, replica, tree)
+    assert [r["key"] for r in rows] == [r["key"] for r in index_rows(state)]
+    verify = run_cli("verify", "--state", str(replica), "--deep", "--source", env=env)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    files = source_files(tree)
+    some = min(files)
+    out = tmp_path / "one.dcm"
+    run_cli("get", str(files[some]), "-o", str(out), "--state", str(replica), env=env,
+            check=True)
+    assert out.read_bytes() == files[some].read_bytes()
+    rebuilt = tmp_path / "rebuilt"
+    run_cli("index", "rebuild", dest2, "--state", str(rebuilt), "--no-progress", env=env,
+            check=True)
+    assert index_rows(rebuilt) == index_rows(replica)
+
+    # An object lost in the replica store: a re-run copies it alone.
+    lost = rows[0]["key"]
+    azure_store.client.delete_blob(lost)
+    again = run_cli("replicate", dest2, "--state", str(state), "--to-state", str(replica),
+                    env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "1 copied" in again.stdout, again.stdout
+    assert azure_store.object_keys() == local_store.object_keys()
+
+
+def test_s3_migration_replicated_to_a_directory(tree: Path, moto_s3: S3Target,
+                                                local_store: LocalTarget, tmp_path: Path) -> None:
+    """The source's prefix becomes the directory's first folder: the keys stay the same."""
+    state, replica = tmp_path / "state", tmp_path / "replica"
+    env = moto_s3.env()
+    _migrate(tree, moto_s3.url, state, env, "--endpoint-url", moto_s3.info.endpoint_url)
+    proc = run_cli("replicate", str(local_store.root), "--state", str(state), "--to-state",
+                   str(replica), env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert local_store.object_keys() == moto_s3.object_keys()
+    assert_complete(local_store, replica, tree)
+    status = json.loads(run_cli("status", "--state", str(replica), "--json", check=True).stdout)
+    assert status["files_migrated"] == len(source_files(tree))
+    verify = run_cli("verify", "--state", str(replica), "--deep", env=env)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_replica_must_keep_the_keys(tree: Path, local_store: LocalTarget, moto_s3: S3Target,
+                                    tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env = moto_s3.env()
+    _migrate(tree, moto_s3.url, state, env, "--endpoint-url", moto_s3.info.endpoint_url)
+    other_prefix = f"s3://{moto_s3.bucket}/elsewhere"
+    proc = run_cli("replicate", other_prefix, "--endpoint-url", moto_s3.info.endpoint_url,
+                   "--state", str(state), "--to-state", str(tmp_path / "r"), env=env)
+    assert proc.returncode == 2 and "a replica keeps the same keys" in proc.stderr
+    same = run_cli("replicate", moto_s3.url, "--endpoint-url", moto_s3.info.endpoint_url,
+                   "--state", str(state), "--to-state", str(tmp_path / "r2"), env=env)
+    assert same.returncode == 2 and "the migration's own destination" in same.stderr
