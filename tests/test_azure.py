@@ -139,3 +139,30 @@ def test_cleanup_has_nothing_to_do_on_azure(azure_store: AzureTarget) -> None:
     proc = run_cli("cleanup", azure_store.url, "--older-than", "0", env=azure_store.env())
     assert proc.returncode == 0, proc.stderr
     assert "uncommitted blocks after 7 days" in proc.stdout
+
+
+def test_sas_token_credentials(azure_store: AzureTarget, monkeypatch: pytest.MonkeyPatch
+                               ) -> None:
+    """AZURE_STORAGE_SAS_TOKEN: a container SAS as a hospital's storage team hands out."""
+    from datetime import UTC, datetime, timedelta
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    sas = generate_container_sas(
+        ACCOUNT, azure_store.bucket, account_key=KEY,
+        permission=ContainerSasPermissions(read=True, write=True, create=True, add=True,
+                                           list=True, delete=True),
+        expiry=datetime.now(UTC) + timedelta(hours=1))
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING")
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT", ACCOUNT)
+    monkeypatch.setenv("AZURE_STORAGE_SAS_TOKEN", "?" + sas)
+    dest = Destination("az", azure_store.bucket, "pfx", azure_store.server.endpoint)
+
+    async def body(b: RetryBackend) -> None:
+        await b.save("pfx/small", chunks([b"by sas"]))
+        await b.save("pfx/big", chunks(PARTS))  # blocks and a commit
+        assert await b.load("pfx/small") == b"by sas"
+        assert await b.load("pfx/big") == DATA
+        assert [i.key async for i in b.list("pfx/")] == ["pfx/big", "pfx/small"]
+
+    on(azure_store, body, dest=dest)

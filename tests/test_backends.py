@@ -653,3 +653,11 @@ def test_planned_requests_follow_each_stores_upload_model() -> None:
     # S3 raises a 2 MiB part to its 5 MiB minimum; Azure takes it as it is.
     assert planned_requests("s3", 12 * MiB, part_size=2 * MiB) == 3 + 2
     assert planned_requests("az", 12 * MiB, part_size=2 * MiB) == 6 + 1
+
+
+def test_an_object_larger_than_the_store_allows_is_refused_before_sending() -> None:
+    from pacsmigrate.backends.limits import AZURE, S3, adjust_part_size
+
+    with pytest.raises(PermanentBackendError, match="larger than this store allows"):
+        adjust_part_size(S3.limits, 16 * MiB, 6 * TiB)
+    assert adjust_part_size(AZURE.limits, 16 * MiB, 6 * TiB) * 50_000 >= 6 * TiB

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import PermanentBackendError
+
 MiB = 1 << 20
 GiB = 1 << 30
 
@@ -16,12 +18,17 @@ class Limits:
     min_part: int  # every part but the last at least this
     max_part: int
     max_parts: int
+    max_object: int = 1 << 62  # the largest object the store keeps
 
 
 def adjust_part_size(limits: Limits, wanted: int, size_hint: int) -> int:
     """The part size for an object of about size_hint bytes: the wanted size, kept within
     the store's range and grown (doubling) until the object fits in its part count
-    (s3transfer's adjuster, for any store)."""
+    (s3transfer's adjuster, for any store). An object the store cannot hold is refused here,
+    before any byte is sent."""
+    if size_hint > limits.max_object:
+        raise PermanentBackendError(f"an object of {size_hint:,} bytes is larger than this "
+                                    f"store allows ({limits.max_object:,})")
     size = min(max(wanted, limits.min_part), limits.max_part)
     while size_hint / size > limits.max_parts and size < limits.max_part:
         size *= 2
@@ -36,8 +43,13 @@ class Upload:
     extra_requests: int
 
 
-S3 = Upload(Limits(min_part=5 * MiB, max_part=5 * GiB, max_parts=10_000), 2)  # create, complete
-AZURE = Upload(Limits(min_part=1 * MiB, max_part=4000 * MiB, max_parts=50_000), 1)  # commit
+TiB = 1 << 40
+# S3: create + parts + complete; objects up to 5 TiB.
+S3 = Upload(Limits(min_part=5 * MiB, max_part=5 * GiB, max_parts=10_000, max_object=5 * TiB), 2)
+# Azure block blobs: blocks + the commit; 50,000 blocks of up to 4,000 MiB.
+AZURE = Upload(Limits(min_part=1 * MiB, max_part=4000 * MiB, max_parts=50_000,
+                      max_object=50_000 * 4000 * MiB), 1)
+# A directory: parts as files, then one join; the filesystem sets the largest file.
 LOCAL = Upload(Limits(min_part=1 * MiB, max_part=5 * GiB, max_parts=10_000), 2)
 UPLOADS = {"s3": S3, "az": AZURE, "file": LOCAL}
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AzureTarget, LocalTarget, run_cli
+from conftest import AzureTarget, LocalTarget, S3Target, run_cli
 from helpers import assert_complete, index_rows, multipart_tree, source_files
 
 from pacsmigrate.index import parse_object_uri
@@ -29,21 +29,23 @@ def _migrate(tree: Path, dest: str, state: Path, *extra: str) -> list[str]:
             "--no-progress", *extra]
 
 
-def cycle(target: Any, dest: str, tree: Path, tmp_path: Path) -> tuple[Path, list[dict[str, str]]]:
-    """The whole life of a migration on one store; returns its state and index rows."""
+def cycle(target: Any, dest: str, tree: Path, tmp_path: Path, *where: str
+          ) -> tuple[Path, list[dict[str, str]]]:
+    """The whole life of a migration on one store (`where`: its --endpoint-url); returns its
+    state and index rows."""
     state, env, files = tmp_path / "state", target.env(), source_files(tree)
 
-    plan = run_cli(*_migrate(tree, dest, tmp_path / "dry", "--dry-run"), env=env)
+    plan = run_cli(*_migrate(tree, dest, tmp_path / "dry", "--dry-run", *where), env=env)
     assert plan.returncode == 0, plan.stderr
     assert target.object_keys() == []  # a dry run stores nothing
 
-    killed = run_cli(*_migrate(tree, dest, state),
+    killed = run_cli(*_migrate(tree, dest, state, *where),
                      env={**env, "PACSMIGRATE_CRASH_AT": "part-uploaded:1"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    done = run_cli(*_migrate(tree, dest, state), env=env)
+    done = run_cli(*_migrate(tree, dest, state, *where), env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     rows = assert_complete(target, state, tree)  # every byte range, no orphans or uploads
-    again = run_cli(*_migrate(tree, dest, state), env=env)
+    again = run_cli(*_migrate(tree, dest, state, *where), env=env)
     assert again.returncode == 0 and "nothing left to migrate" in again.stdout, again.stdout
 
     status = json.loads(run_cli("status", "--state", str(state), "--json", env=env,
@@ -68,10 +70,16 @@ def cycle(target: Any, dest: str, tree: Path, tmp_path: Path) -> tuple[Path, lis
         assert (to / path.decode().lstrip("/")).read_bytes() == src.read_bytes()
 
     rebuilt = tmp_path / "rebuilt"
-    proc = run_cli("index", "rebuild", dest, "--state", str(rebuilt), "--no-progress", env=env)
+    proc = run_cli("index", "rebuild", dest, "--state", str(rebuilt), "--no-progress", *where,
+                   env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert index_rows(rebuilt) == rows
     return state, rows
+
+
+def test_every_command_on_s3(tree: Path, s3: S3Target, tmp_path: Path) -> None:
+    _, rows = cycle(s3, s3.url, tree, tmp_path, "--endpoint-url", s3.info.endpoint_url)
+    assert all(r["object_uri"].startswith(f"s3://{s3.bucket}/archive/") for r in rows)
 
 
 def test_every_command_on_azure_blob(tree: Path, azure_store: AzureTarget,
