@@ -249,7 +249,9 @@ def test_multipart_round_trip(store: Store) -> None:
     async def body(b: Backend) -> None:
         info = await b.save(key, chunks_of(BIG_PARTS), metadata={"pacsmigrate-kind": "file"})
         assert (info.key, info.size) == (key, len(BIG))
-        if store.md5_etags:
+        if store.kind == "azurite":  # the blob's Content-MD5, set at the commit
+            assert info.etag == hashlib.md5(BIG).hexdigest()
+        elif store.md5_etags:
             assert info.etag == multipart_etag(BIG_PARTS)  # parts completed in order
         assert await b.load(key) == BIG
         # A range that straddles the part 1/part 2 boundary.
@@ -258,6 +260,8 @@ def test_multipart_round_trip(store: Store) -> None:
         st = await b.stat(key)
         assert st is not None and st.size == len(BIG)
         assert dict(st.metadata) == {"pacsmigrate-kind": "file"}
+        if store.md5_etags:
+            assert st.etag == info.etag  # what verify compares with the committed ETag
 
     run_on(store, body)
     if store.is_s3:

@@ -172,7 +172,8 @@ class ChunkedStore(PlainStore):
 
     async def complete_upload(self, key: str, upload_id: str,
                               parts: Sequence[tuple[int, str]], *,
-                              metadata: Mapping[str, str] | None = None) -> str:
+                              metadata: Mapping[str, str] | None = None,
+                              content_md5: bytes | None = None) -> str:
         what = self._enter("complete")
         up = self.uploads.get(upload_id)
         if up is None:
@@ -300,7 +301,8 @@ def test_a_412_after_a_lost_complete_is_ours_when_the_etag_proves_it() -> None:
     real = store.complete_upload
 
     async def complete_then_412(key: str, upload_id: str, parts: Sequence[tuple[int, str]],
-                                *, metadata: Mapping[str, str] | None = None) -> str:
+                                *, metadata: Mapping[str, str] | None = None,
+                                content_md5: bytes | None = None) -> str:
         if key in store.objects:
             raise Fault("exists")  # SeaweedFS: the retried complete meets If-None-Match
         up = store.uploads[upload_id]

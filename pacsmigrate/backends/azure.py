@@ -2,10 +2,10 @@
 
 Single attempts only (the SDK's retries are off; RetryBackend decides). A small object is one
 Put Blob with Content-MD5, which Azure checks; a large one is staged as blocks in parallel,
-each with its Content-MD5, then committed as a block list. Writes never overwrite
-(If-None-Match: *). Azure ETags are not content hashes, so the ETag this store reports is
-the body's MD5 (a blob's Content-MD5 property), or for a blob committed from blocks the S3
-rule over the blocks' MD5s, kept in its metadata: the same value S3 would give.
+each with its Content-MD5, then committed as a block list that sets the blob's Content-MD5
+to the whole object's. Writes never overwrite (If-None-Match: *). Azure ETags are not
+content hashes, so the ETag this store reports is the blob's Content-MD5 (or, for a blob
+committed without one, S3's rule over its blocks' MD5s, kept in its metadata).
 """
 
 from __future__ import annotations
@@ -99,6 +99,7 @@ class AzureStore:
 
     scheme = "az"
     uploads_expire = True  # nothing for `cleanup` to do: the store drops them itself
+    wants_content_md5 = True  # a blob committed from blocks gets the whole object's MD5
 
     def __init__(self, dest: Destination, transfer: TransferConfig) -> None:
         self.dest = dest
@@ -290,15 +291,21 @@ class AzureStore:
 
     async def complete_upload(self, key: str, upload_id: str,
                               parts: Sequence[tuple[int, str]], *,
-                              metadata: Mapping[str, str] | None = None) -> str:
+                              metadata: Mapping[str, str] | None = None,
+                              content_md5: bytes | None = None) -> str:
         from azure.core import MatchConditions
-        from azure.storage.blob import BlobBlock
+        from azure.storage.blob import BlobBlock, ContentSettings
 
+        blocks = [BlobBlock(_block_id(upload_id, n, e)) for n, e in parts]
+        meta = _meta_out(metadata or {})
+        if content_md5 is not None:  # the blob's MD5, as a single Put Blob would have it
+            await self._blob(key).commit_block_list(
+                blocks, metadata=meta, match_condition=MatchConditions.IfMissing,
+                content_settings=ContentSettings(content_md5=bytearray(content_md5)))
+            return content_md5.hex()
         etag = self.expected_etag([bytes.fromhex(e) for _, e in parts])
-        await self._blob(key).commit_block_list(
-            [BlobBlock(_block_id(upload_id, n, e)) for n, e in parts],
-            metadata={**_meta_out(metadata or {}), ETAG_META: etag},
-            match_condition=MatchConditions.IfMissing)
+        await self._blob(key).commit_block_list(blocks, metadata={**meta, ETAG_META: etag},
+                                                match_condition=MatchConditions.IfMissing)
         return etag
 
     async def abort(self, key: str, upload_id: str) -> None:

@@ -193,10 +193,13 @@ class ChunkedWriter(Protocol):
 
     async def complete_upload(self, key: str, upload_id: str,
                               parts: Sequence[tuple[int, str]], *,
-                              metadata: Mapping[str, str] | None = None) -> str:
+                              metadata: Mapping[str, str] | None = None,
+                              content_md5: bytes | None = None) -> str:
         """Join the parts (number, ETag) into the object unless key exists (conditional);
         return its ETag, or "" when the store's answer does not say it. `metadata` is the
-        object's again, for a store that sets it at completion (Azure's block list)."""
+        object's again, for a store that sets it at completion (Azure's block list);
+        `content_md5` the whole object's MD5, given to a writer that has
+        `wants_content_md5 = True` (Azure keeps it as the blob's Content-MD5)."""
         ...
 
     async def abort(self, key: str, upload_id: str) -> None: ...

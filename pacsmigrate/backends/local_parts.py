@@ -81,7 +81,8 @@ class LocalParts:
 
     async def complete_upload(self, key: str, upload_id: str,
                               parts: Sequence[tuple[int, str]], *,
-                              metadata: Mapping[str, str] | None = None) -> str:
+                              metadata: Mapping[str, str] | None = None,
+                              content_md5: bytes | None = None) -> str:
         return str(await wrap(self._complete)(key, upload_id, parts))
 
     def _complete(self, key: str, upload_id: str, parts: Sequence[tuple[int, str]]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator
 
 from .. import faults
@@ -109,11 +110,16 @@ class ChunkedBackend(RetryBackend):
                 yield c
 
         total = 0
+        # A store that keeps the whole object's MD5 (Azure's Content-MD5) is given it at
+        # completion: the chunks come in order, so it is summed as they pass.
+        whole = hashlib.md5() if getattr(self.writer, "wants_content_md5", False) else None
         try:
             async for data in chunks():
                 await slots.acquire()
                 if failed:
                     raise failed[0]
+                if whole is not None:
+                    await asyncio.to_thread(whole.update, view(data))
                 total += view(data).nbytes
                 tasks.append(asyncio.create_task(send(len(tasks) + 1, data)))
                 tasks[-1].add_done_callback(note)
@@ -123,10 +129,11 @@ class ChunkedBackend(RetryBackend):
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
-        return await self._complete(key, upload_id, parts, total, meta), total
+        content_md5 = whole.digest() if whole is not None else None
+        return await self._complete(key, upload_id, parts, total, meta, content_md5), total
 
     async def _complete(self, key: str, upload_id: str, parts: dict[int, tuple[str, bytes]],
-                        total: int, meta: dict[str, str]) -> str:
+                        total: int, meta: dict[str, str], content_md5: bytes | None) -> str:
         """Complete the upload; a retry after a lost success is recognised, not failed.
 
         If the store completed the upload but its answer was lost, the retry hears
@@ -139,7 +146,8 @@ class ChunkedBackend(RetryBackend):
         numbers = sorted(parts)
         try:
             etag = await self.call(lambda: self.writer.complete_upload(
-                key, upload_id, [(n, parts[n][0]) for n in numbers], metadata=meta), key=key)
+                key, upload_id, [(n, parts[n][0]) for n in numbers], metadata=meta,
+                content_md5=content_md5), key=key)
         except (ObjectNotFoundError, ObjectExistsError) as exc:
             info = await self.stat(key)
             if info is None or info.size != total:

@@ -173,7 +173,8 @@ class S3Backend:
 
     async def complete_upload(self, key: str, upload_id: str,
                               parts: Sequence[tuple[int, str]], *,
-                              metadata: Mapping[str, str] | None = None) -> str:
+                              metadata: Mapping[str, str] | None = None,
+                              content_md5: bytes | None = None) -> str:
         resp = await (await self._cold()).complete_multipart_upload(
             Bucket=self.bucket, Key=key, UploadId=upload_id, IfNoneMatch="*",
             MultipartUpload={"Parts": [{"ETag": etag, "PartNumber": n} for n, etag in parts]})

@@ -58,9 +58,9 @@ def cycle(target: Any, dest: str, tree: Path, tmp_path: Path, *where: str
     out = tmp_path / "one.dcm"
     run_cli("get", str(files[some]), "-o", str(out), "--state", str(state), env=env, check=True)
     assert out.read_bytes() == files[some].read_bytes()
-    where = json.loads(run_cli("locate", str(files[some]), "--state", str(state), "--json",
-                               env=env, check=True).stdout)
-    assert parse_object_uri(where["object_uri"]).length == files[some].stat().st_size
+    located = json.loads(run_cli("locate", str(files[some]), "--state", str(state), "--json",
+                                 env=env, check=True).stdout)
+    assert parse_object_uri(located["object_uri"]).length == files[some].stat().st_size
 
     to = tmp_path / "restored"
     restored = run_cli("restore", "--state", str(state), "--all", "--to", str(to),
