@@ -58,6 +58,13 @@ def test_object_uri_form() -> None:
     assert parse_object_uri("s3://b/k#length=5&offset=7") == ObjectAddress("s3", "b", "k", 7, 5)
 
 
+def test_azure_object_uri_round_trips() -> None:
+    az = Destination.parse("https://acct.blob.core.windows.net/pacs-archive/2016")
+    uri = object_uri(az, "2016/3f/a b.tar", offset=1, length=2)
+    assert uri == "az://pacs-archive/2016/3f/a%20b.tar#offset=1&length=2"
+    assert parse_object_uri(uri) == ObjectAddress("az", "pacs-archive", "2016/3f/a b.tar", 1, 2)
+
+
 def test_local_object_uri_is_the_files_url() -> None:
     local = Destination.parse("/srv/pacs archive")
     uri = object_uri(local, "3f/Müller.tar", offset=7, length=5)
