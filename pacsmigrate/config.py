@@ -64,15 +64,16 @@ class S3Options:
                               f"not {provider!r}")
         if style not in (None, "path", "virtual"):
             raise ConfigError(f"--addressing-style must be path or virtual, not {style!r}")
-        if provider == "wasabi" and not endpoint_url:
-            region = self.region or "us-east-1"
-            endpoint_url = f"https://s3.{region}.wasabisys.com"
+        region = self.region
+        if provider == "wasabi":
+            region = region or "us-east-1"  # requests are signed for the endpoint's region
+            endpoint_url = endpoint_url or f"https://s3.{region}.wasabisys.com"
         if provider in ("ceph", "minio", "other") and not endpoint_url:
             raise ConfigError(f"--provider {provider} needs --endpoint-url (the store's "
                               "address, e.g. https://rgw.hospital.local:7480)")
         if style is None:
             style = "virtual" if provider == "aws" or not endpoint_url else "path"
-        return endpoint_url, replace(self, addressing_style=style)
+        return endpoint_url, replace(self, addressing_style=style, region=region)
 
     def as_meta(self) -> dict[str, str | None]:
         return {"region": self.region, "profile": self.profile,

@@ -47,7 +47,10 @@ class Replicated:
 def check_destinations(source: Destination, replica: Destination) -> None:
     """A replica keeps the source's keys: another store, the same prefix (a directory holds
     the prefix as its first folders)."""
-    if str(source) == str(replica) and source.endpoint_url == replica.endpoint_url:
+    same = str(source) == str(replica) and source.endpoint_url == replica.endpoint_url
+    if source.scheme == replica.scheme == "file":
+        same = os.path.realpath(source.bucket) == os.path.realpath(replica.bucket)
+    if same:
         raise ConfigError(f"{replica} is the migration's own destination: give another store")
     if replica.scheme != "file" and replica.prefix != source.prefix:
         raise ConfigError(f"a replica keeps the same keys: give {replica.scheme}://"
@@ -55,46 +58,93 @@ def check_destinations(source: Destination, replica: Destination) -> None:
                           f"{source.prefix!r}), not {replica}")
 
 
-def prepare_state(source: Checkpoint, replica_state: Path, dest: Destination) -> None:
-    """Make (or refresh) the replica's state: the source's tables, bound to `dest`."""
+def prepare_state(source: Checkpoint, replica_state: Path, dest: Destination,
+                  transfer: TransferConfig) -> Checkpoint:
+    """The replica's state, open and locked: the source's tables, bound to `dest`.
+
+    The copy is bound to `dest` before it replaces the replica's file, under the replica's
+    lock: a kill or a second run never leaves a state that points at the primary store.
+    """
     origin = destination_of(source)
-    if (replica_state / "checkpoint.lmdb").exists():
-        old = Checkpoint(replica_state, readonly=True)
-        try:
-            known = old.get_meta("config") or {}
-        finally:
-            old.close()
-        if known.get("replica_of") != str(origin) or known.get("dest") != str(dest):
+    replica = Checkpoint(replica_state)  # takes the replica's lock (a new one is empty)
+    try:
+        known = replica.get_meta("config")
+        if known is not None and (known.get("replica_of") != str(origin)
+                                  or known.get("dest") != str(dest)):
             raise ConfigError(f"{replica_state} is not a replica of {origin} to {dest}: "
                               "give another --to-state")
-    copy = replica_state / "checkpoint.copy"
-    shutil.rmtree(copy, ignore_errors=True)
-    copy.mkdir(parents=True)
-    source.env.copy(str(copy), compact=True)  # one read transaction: a consistent snapshot
-    (replica_state / "checkpoint.lmdb").mkdir(exist_ok=True)
-    os.replace(copy / "data.mdb", replica_state / "checkpoint.lmdb" / "data.mdb")
-    shutil.rmtree(copy, ignore_errors=True)
-    cp = Checkpoint(replica_state)  # takes the replica's lock
-    try:
-        config = dict(source.get_meta("config"))
-        s3 = dest.s3.as_meta() if dest.s3 else {}
-        config.update({"dest": str(dest), "endpoint_url": dest.endpoint_url,
-                       "provider": None, "region": None, "profile": None,
-                       "addressing_style": None, **s3, "replica_of": str(origin),
-                       "replicated": now_iso()})
-        cp.put_meta("config", config)
-    finally:
-        cp.close()
+        staging = replica_state / "checkpoint.copy"
+        shutil.rmtree(staging, ignore_errors=True)
+        (staging / "checkpoint.lmdb").mkdir(parents=True)
+        # One read transaction: a consistent snapshot even while the source migration runs.
+        source.env.copy(str(staging / "checkpoint.lmdb"), compact=True)
+        copy = Checkpoint(staging)
+        try:
+            config = dict(source.get_meta("config"))
+            s3 = dest.s3.as_meta() if dest.s3 else {}
+            config.update({"dest": str(dest), "endpoint_url": dest.endpoint_url,
+                           "provider": None, "region": None, "profile": None,
+                           "addressing_style": None, **s3, "replica_of": str(origin),
+                           "replicated": now_iso()})
+            copy.put_meta("config", config)
+            ca = transfer.ca_bundle  # the CA the replica's store is reached with
+            copy.put_meta("ca_bundle", str(Path(ca).resolve()) if ca else None)
+        finally:
+            copy.close()
+        replica.adopt(staging / "checkpoint.lmdb" / "data.mdb")
+        shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        replica.close()
+        raise
+    return replica
 
 
 def _comparable(etag: str) -> bool:
     return len(etag) == _MD5_HEX and all(c in "0123456789abcdef" for c in etag)
 
 
+class _Check:
+    """The source's hash of one object, checked as its bytes pass, before the copy is
+    completed: its MD5, or S3's rule over parts of the size we copy with."""
+
+    def __init__(self, key: str, etag: str) -> None:
+        self.key, self.etag = key, etag
+        self.whole = hashlib.md5()
+        self.parts: list[bytes] = []
+
+    def add(self, data: bytes) -> None:
+        self.whole.update(data)
+        self.parts.append(hashlib.md5(data).digest())
+
+    @property
+    def rule(self) -> str:
+        return f"{hashlib.md5(b''.join(self.parts)).hexdigest()}-{len(self.parts)}"
+
+    def ours(self, etag: str) -> bool:
+        """An ETag the second store would give these bytes."""
+        return etag in (self.whole.hexdigest(), self.rule)
+
+    def verdict(self) -> bool | None:
+        """True: the bytes are the source's; None: the ETags cannot tell. Raises if they
+        differ: nothing of them is completed in the second store."""
+        if _comparable(self.etag):
+            ok = self.whole.hexdigest() == self.etag
+        elif self.etag.endswith(f"-{len(self.parts)}"):
+            ok = self.rule == self.etag
+            if not ok:
+                return None  # written in parts of another size than ours: cannot tell
+        else:
+            return None
+        if not ok:
+            raise IntegrityError(f"{self.key}: bytes read from the source do not match its "
+                                 f"ETag {self.etag}")
+        return True
+
+
 async def copy_object(src: Backend, dst: Backend, key: str, size: int, etag: str,
                       done: Replicated) -> None:
-    """Copy one object unless the second store has it; check it against the source's ETag
-    (the body's MD5, or S3's rule over parts when the part counts match)."""
+    """Copy one object unless the second store has it, checked against the source's ETag
+    before the copy is completed."""
     have = await dst.stat(key)
     if have is not None and have.size == size:
         if _comparable(etag) and _comparable(have.etag) and have.etag != etag:
@@ -104,37 +154,35 @@ async def copy_object(src: Backend, dst: Backend, key: str, size: int, etag: str
         done.etags[key] = have.etag
         return
     part = dst.part_size(size)
-    whole, digests = hashlib.md5(), []
+    check = _Check(key, etag)
+    checked: list[bool | None] = []
 
     async def chunks() -> AsyncIterator[Buffer]:
-        for offset in range(0, max(size, 1), part):
+        for offset in range(0, size, part):
             data = await src.load(key, offset=offset, length=min(part, size - offset))
-            whole.update(data)
-            digests.append(hashlib.md5(data).digest())
+            check.add(data)
+            if offset + part >= size:
+                checked.append(check.verdict())  # raises before the last part is sent
             yield data
 
     try:
-        info = await dst.save(key, chunks() if size > part else one_chunk(
-            await _read_all(src, key, size, whole, digests)))
+        if size > part:
+            info = await dst.save(key, chunks())
+        else:
+            data = await src.load(key) if size else b""
+            check.add(data)
+            checked.append(check.verdict())
+            info = await dst.save(key, one_chunk(data))
     except ObjectExistsError:
-        raise IntegrityError(f"the replica holds another object at {key} (size differs)") from None
-    rule = f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
-    if _comparable(etag):
-        if whole.hexdigest() != etag:
-            raise IntegrityError(f"{key}: bytes read from the source do not match its MD5")
-    elif etag != rule:
-        done.unchecked += 1  # written in other parts than ours: the deep verify checks it
+        # A lost answer to our own write, or someone else's object at the key.
+        info = await dst.stat(key)  # type: ignore[assignment]
+        if info is None or info.size != size or (info.etag and not check.ours(info.etag)):
+            raise IntegrityError(f"the replica holds another object at {key}") from None
+    if not checked or checked[0] is None:
+        done.unchecked += 1  # the deep verify of the replica settles it
     done.copied += 1
     done.bytes_copied += size
     done.etags[key] = info.etag
-
-
-async def _read_all(src: Backend, key: str, size: int, whole: Any, digests: list[bytes]
-                    ) -> bytes:
-    data = await src.load(key) if size else b""
-    whole.update(data)
-    digests.append(hashlib.md5(data).digest())
-    return data
 
 
 async def replicate(source_state: Path, dest: Destination, replica_state: Path, *,
@@ -147,8 +195,7 @@ async def replicate(source_state: Path, dest: Destination, replica_state: Path, 
         check_destinations(origin, dest)
         ca = cp.get_meta("ca_bundle")
         src_transfer = replace(transfer, ca_bundle=Path(ca)) if ca else transfer
-        prepare_state(cp, replica_state, dest)
-        replica = Checkpoint(replica_state)
+        replica = prepare_state(cp, replica_state, dest, transfer)
         try:
             done = Replicated()
             src = await open_backend(origin, src_transfer)

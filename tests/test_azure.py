@@ -167,3 +167,15 @@ def test_sas_token_credentials(azure_store: AzureTarget, monkeypatch: pytest.Mon
         assert [i.key async for i in b.list("pfx/")] == ["pfx/big", "pfx/small"]
 
     on(azure_store, body, dest=dest)
+
+
+def test_connection_string_with_the_account_url_form(azure_store: AzureTarget) -> None:
+    """DEST names the endpoint (https://ACCOUNT.blob.core.windows.net/... or --endpoint-url);
+    the connection string lends its credentials."""
+    dest = Destination("az", azure_store.bucket, "pfx", azure_store.server.endpoint)
+
+    async def body(b: RetryBackend) -> None:
+        await b.save("pfx/k", chunks([b"both"]))
+        assert await b.load("pfx/k") == b"both"
+
+    on(azure_store, body, dest=dest)

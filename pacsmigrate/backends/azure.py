@@ -43,6 +43,19 @@ THROTTLE_CODES = frozenset({"ServerBusy", "OperationTimedOut", "IngressOverAccou
                             "EgressOverAccountLimit", "TpsOverAccountLimit"})
 
 
+def _conn_credential(conn: str) -> Any:
+    """The account key or SAS of a connection string, for a client given its own endpoint."""
+    from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
+
+    parts = dict(p.split("=", 1) for p in conn.split(";") if "=" in p)
+    if parts.get("AccountName") and parts.get("AccountKey"):
+        return AzureNamedKeyCredential(parts["AccountName"], parts["AccountKey"])
+    if parts.get("SharedAccessSignature"):
+        return AzureSasCredential(parts["SharedAccessSignature"].lstrip("?"))
+    raise ConfigError("AZURE_STORAGE_CONNECTION_STRING holds neither AccountName with "
+                      "AccountKey nor SharedAccessSignature")
+
+
 def _code(exc: BaseException) -> str:
     """The storage error code (set by azure-storage on the errors it raises)."""
     code = getattr(exc, "error_code", None) or ""
@@ -120,9 +133,12 @@ class AzureStore:
         if ca:
             options["connection_verify"] = str(ca)
         conn = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
-        if conn:
-            if self.dest.endpoint_url:
-                options["account_url"] = self.dest.endpoint_url
+        if conn and self.dest.endpoint_url:
+            # The https://ACCOUNT.blob.core.windows.net form (or --endpoint-url) names the
+            # endpoint; the connection string then only lends its credentials.
+            self._service = BlobServiceClient(self.dest.endpoint_url,
+                                              credential=_conn_credential(conn), **options)
+        elif conn:
             self._service = BlobServiceClient.from_connection_string(conn, **options)
         else:
             self._service = BlobServiceClient(self._account_url(), credential=self._credentials(),
@@ -175,11 +191,16 @@ class AzureStore:
 
     def classify(self, exc: BaseException) -> Cause | None:
         from azure.core.exceptions import (
+            DecodeError,
             HttpResponseError,
+            IncompleteReadError,
             ServiceRequestError,
             ServiceResponseError,
         )
 
+        if isinstance(exc, (IncompleteReadError, DecodeError)) or (
+                isinstance(exc, HttpResponseError) and exc.status_code is None):
+            return Cause(TRANSIENT, "truncated response")  # a body cut short: read it again
         if isinstance(exc, HttpResponseError):
             status, code = exc.status_code or 0, _code(exc)
             if code in PERMANENT_CODES:
@@ -210,8 +231,9 @@ class AzureStore:
         where = f"container {self.dest.bucket!r}"
         if code == "ContainerNotFound":
             return PermanentBackendError(f"{where} does not exist: create it first", key=key)
-        if isinstance(exc, (ResourceExistsError, ResourceModifiedError)) or code in (
-                "BlobAlreadyExists", "ConditionNotMet"):
+        if code in ("BlobAlreadyExists", "ConditionNotMet") or (
+                isinstance(exc, (ResourceExistsError, ResourceModifiedError))
+                and code not in PERMANENT_CODES and code != "ResourceTypeMismatch"):
             return ObjectExistsError(f"object exists: {key}", key=key)
         if isinstance(exc, ResourceNotFoundError):
             return ObjectNotFoundError(f"no such object: {key}", key=key)

@@ -65,6 +65,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _make_dirs(path: Path) -> None:
+    """mkdir -p, each new directory made durable in its parent."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for new in reversed(missing):
+        try:
+            new.mkdir()
+        except FileExistsError:
+            pass  # made by a concurrent write meanwhile
+        _fsync_dir(new.parent)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -161,10 +175,14 @@ class LocalStore(LocalParts):
             raise BodyMismatchError(key)
         etag = checksum.digest.hex()
         tmp = self._tmp()
-        with open(tmp, "wb") as f:
-            f.writelines(body.pieces())
-            self._set_attrs(f.fileno(), metadata, etag)
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                f.writelines(body.pieces())
+                self._set_attrs(f.fileno(), metadata, etag)
+                os.fsync(f.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk must not keep the half it took
+            raise
         self._publish(tmp, target)
         return etag
 
@@ -180,7 +198,7 @@ class LocalStore(LocalParts):
     def _publish(self, tmp: Path, target: Path) -> None:
         """Move tmp to target unless target exists; durable once this returns."""
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            _make_dirs(target.parent)
             try:
                 os.link(tmp, target)  # fails with EEXIST: never overwrites
             except OSError as exc:
@@ -203,7 +221,13 @@ class LocalStore(LocalParts):
             if length is None:
                 f.seek(offset)
                 return f.read()
-            return os.pread(f.fileno(), length, offset)
+            out = bytearray()
+            while len(out) < length:  # one pread returns at most ~2 GiB
+                got = os.pread(f.fileno(), length - len(out), offset + len(out))
+                if not got:
+                    break
+                out += got
+            return bytes(out)
 
     async def head(self, key: str) -> ObjectInfo:
         info: ObjectInfo = await wrap(self._head)(key)
@@ -233,16 +257,19 @@ class LocalStore(LocalParts):
         return page, (page[-1].key if len(page) == PAGE else None)
 
     def _list_page(self, prefix: str, token: str | None) -> list[ObjectInfo]:
-        keys = (k for k in self._keys(prefix) if token is None or k > token)
+        keys = (k for k in self._keys(prefix, token) if token is None or k > token)
         return [self._head(k) for k in islice(keys, PAGE)]
 
-    def _keys(self, prefix: str) -> Iterator[str]:
-        """Keys under prefix in byte order, as S3 lists them (a directory `a` sorts as `a/`)."""
+    def _keys(self, prefix: str, token: str | None = None) -> Iterator[str]:
+        """Keys under prefix in byte order, as S3 lists them (a directory `a` sorts as `a/`);
+        with a token, the directories wholly before it are not entered (a page costs the
+        path to the token, not the keys before it)."""
         base, _, _ = prefix.rpartition("/")
         start = self.root.joinpath(*base.split("/")) if base else self.root
-        yield from self._walk(start, base + "/" if base else "", prefix)
+        yield from self._walk(start, base + "/" if base else "", prefix, token)
 
-    def _walk(self, directory: Path, rel: str, prefix: str) -> Iterator[str]:
+    def _walk(self, directory: Path, rel: str, prefix: str,
+              token: str | None = None) -> Iterator[str]:
         try:
             with os.scandir(directory) as it:
                 entries = [(e.name + "/" if e.is_dir(follow_symlinks=False) else e.name, e)
@@ -255,8 +282,10 @@ class LocalStore(LocalParts):
                 continue
             if not (key.startswith(prefix) or prefix.startswith(key)):
                 continue
+            if token is not None and key < token and not token.startswith(key):
+                continue  # every key in it sorts before the token
             if name.endswith("/"):
-                yield from self._walk(Path(entry.path), key, prefix)
+                yield from self._walk(Path(entry.path), key, prefix, token)
             elif key.startswith(prefix) and entry.is_file(follow_symlinks=False):
                 yield key
 

@@ -71,9 +71,13 @@ class LocalParts:
         if hashlib.md5(body.view).digest() != md5:
             raise BodyMismatchError(upload_id)
         tmp = folder / f"tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as f:
-            f.writelines(body.pieces())
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                f.writelines(body.pieces())
+                os.fsync(f.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         for old in folder.glob(f"{number:05d}-*"):  # a part sent again replaces its twin
             old.unlink(missing_ok=True)
         os.rename(tmp, folder / f"{number:05d}-{md5.hex()}")
@@ -92,12 +96,16 @@ class LocalParts:
         digests = [bytes.fromhex(etag) for _, etag in parts]
         etag = self.expected_etag(digests)
         tmp = self._tmp()
-        with open(tmp, "wb") as out:
-            for number, part_etag in parts:
-                with open(folder / f"{number:05d}-{part_etag}", "rb") as src:
-                    _copy(src.fileno(), out.fileno())
-            self._set_attrs(out.fileno(), doc["metadata"], etag)
-            os.fsync(out.fileno())
+        try:
+            with open(tmp, "wb") as out:
+                for number, part_etag in parts:
+                    with open(folder / f"{number:05d}-{part_etag}", "rb") as src:
+                        _copy(src.fileno(), out.fileno())
+                self._set_attrs(out.fileno(), doc["metadata"], etag)
+                os.fsync(out.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         self._publish(tmp, target)
         shutil.rmtree(folder, ignore_errors=True)
         return etag

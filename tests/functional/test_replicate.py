@@ -4,6 +4,7 @@ own state that verify --deep, get and restore use; a re-run copies only what is 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,26 @@ def test_replica_must_keep_the_keys(tree: Path, local_store: LocalTarget, moto_s
     same = run_cli("replicate", moto_s3.url, "--endpoint-url", moto_s3.info.endpoint_url,
                    "--state", str(state), "--to-state", str(tmp_path / "r2"), env=env)
     assert same.returncode == 2 and "the migration's own destination" in same.stderr
+
+
+def test_a_source_object_that_does_not_match_its_etag_is_not_copied(
+        tree: Path, local_store: LocalTarget, azure_store: AzureTarget, tmp_path: Path) -> None:
+    """Bytes changed in the primary store (same size): the replica refuses them before
+    anything is committed under that key, in one line."""
+    state = tmp_path / "state"
+    _migrate(tree, str(local_store.root), state, local_store.env())
+    rows = index_rows(state)
+    victim = min({r["key"] for r in rows}, key=lambda k: (local_store.root / k).stat().st_size)
+    path = local_store.root / victim
+    data = bytearray(path.read_bytes())
+    data[600] ^= 0xFF
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:  # in place: the xattr ETag stays the original's MD5
+        f.write(data)
+    proc = run_cli("replicate", f"az://{azure_store.bucket}", "--state", str(state),
+                   "--to-state", str(tmp_path / "r"), env=azure_store.env())
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        (f"error: {victim}: bytes read from the source do not match its ETag "
+        f"{os.getxattr(path, 'user.pacsmigrate.etag').decode()}")]
+    assert victim not in azure_store.object_keys()
