@@ -55,11 +55,15 @@ async def rebuild(backend: Backend, dest: Destination, cp: Checkpoint, *,
     try:
         async for info in backend.list(f"{prefix}/" if prefix else ""):
             stem, _, ext = info.key.rpartition(".")
-            if info.key == descriptor or not stem:
-                continue
+            if info.key.rpartition("/")[2] == keys.DESCRIPTOR or not stem:
+                continue  # this store's descriptor (or a replica's copy of its source's)
             if ext == "json":
                 described = stem
-                doc = manifest.parse(await backend.load(info.key))
+                try:
+                    doc = manifest.parse(await backend.load(info.key))
+                except ValueError:
+                    result.unreadable.append(info.key)
+                    continue
                 data = await backend.stat(doc["key"])
                 if data is None:
                     result.missing_objects.append(doc["key"])

@@ -142,9 +142,10 @@ class _Check:
 
 
 async def copy_object(src: Backend, dst: Backend, key: str, size: int, etag: str,
-                      done: Replicated) -> None:
-    """Copy one object unless the second store has it, checked against the source's ETag
-    before the copy is completed."""
+                      done: Replicated, *, target: str | None = None) -> None:
+    """Copy one object (to `target`, by default the same key) unless the second store has
+    it, checked against the source's ETag before the copy is completed."""
+    source_key, key = key, target or key
     have = await dst.stat(key)
     if have is not None and have.size == size:
         if _comparable(etag) and _comparable(have.etag) and have.etag != etag:
@@ -159,7 +160,7 @@ async def copy_object(src: Backend, dst: Backend, key: str, size: int, etag: str
 
     async def chunks() -> AsyncIterator[Buffer]:
         for offset in range(0, size, part):
-            data = await src.load(key, offset=offset, length=min(part, size - offset))
+            data = await src.load(source_key, offset=offset, length=min(part, size - offset))
             check.add(data)
             if offset + part >= size:
                 checked.append(check.verdict())  # raises before the last part is sent
@@ -169,7 +170,7 @@ async def copy_object(src: Backend, dst: Backend, key: str, size: int, etag: str
         if size > part:
             info = await dst.save(key, chunks())
         else:
-            data = await src.load(key) if size else b""
+            data = await src.load(source_key) if size else b""
             check.add(data)
             checked.append(check.verdict())
             info = await dst.save(key, one_chunk(data))
@@ -228,6 +229,11 @@ async def _copy_all(cp: Checkpoint, replica: Checkpoint, src: Backend, dst: Back
     if info is None:
         raise StateError(f"the source store has no {descriptor}: not a pacsmigrate store")
     await copy_object(src, dst, descriptor, info.size, info.etag, done)
+    if dst.scheme == "file" and origin.prefix:
+        # The directory holds the prefix as folders: a descriptor at its root too, so
+        # `index rebuild DIR` finds the store and keeps the keys as they are.
+        await copy_object(src, dst, descriptor, info.size, info.etag, done,
+                          target=keys.DESCRIPTOR)
 
     async def items() -> AsyncIterator[dict[str, Any]]:
         async for batch in db_batches(cp, "objects"):

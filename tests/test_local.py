@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from conftest import LocalTarget
+from conftest import LocalTarget, run_cli
 
 from pacsmigrate.backends import Backend, one_chunk, open_backend
 from pacsmigrate.backends import local as local_mod
@@ -174,3 +174,16 @@ def test_a_dead_writers_temporary_files_are_swept(local_store: LocalTarget) -> N
 
     on(local_store.root, body)
     assert sorted(local_store.leftovers()) == sorted([live.name, remote.name])
+
+
+def test_rebuild_lists_a_stray_json_as_unreadable(local_store: LocalTarget, shared_samples: Path,
+                                                  tmp_path: Path) -> None:
+    """Someone's notes.json beside the bundles: one line naming it, no traceback."""
+    run_cli("migrate", str(shared_samples), str(local_store.root), "--state",
+            str(tmp_path / "s"), "--no-progress", check=True)
+    (local_store.root / "notes.json").write_text('{"who": "the night shift"}')
+    proc = run_cli("index", "rebuild", str(local_store.root), "--state", str(tmp_path / "r"),
+                   "--no-progress")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == "UNREADABLE manifest: notes.json"
+    assert "rebuilt" in proc.stdout

@@ -49,5 +49,5 @@ def rebuild_cmd(dest: str, endpoint_url: str | None, provider: str | None, regio
     for key in missing:
         click.echo(f"MISSING object for manifest: {key}", err=True)
     for key in unreadable:
-        click.echo(f"UNREADABLE manifest (no trailer found) in bundle: {key}", err=True)
+        click.echo(f"UNREADABLE manifest: {key}", err=True)
     sys.exit(1 if missing or unreadable else 0)

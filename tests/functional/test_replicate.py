@@ -70,12 +70,17 @@ def test_s3_migration_replicated_to_a_directory(tree: Path, moto_s3: S3Target,
     proc = run_cli("replicate", str(local_store.root), "--state", str(state), "--to-state",
                    str(replica), env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert local_store.object_keys() == moto_s3.object_keys()
+    assert local_store.object_keys() == [*moto_s3.object_keys(), "pacsmigrate.json"]
     assert_complete(local_store, replica, tree)
     status = json.loads(run_cli("status", "--state", str(replica), "--json", check=True).stdout)
     assert status["files_migrated"] == len(source_files(tree))
     verify = run_cli("verify", "--state", str(replica), "--deep", env=env)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+    # The directory alone gives the index back, keys as they are.
+    rebuilt = tmp_path / "rebuilt"
+    run_cli("index", "rebuild", str(local_store.root), "--state", str(rebuilt), "--no-progress",
+            check=True)
+    assert index_rows(rebuilt) == index_rows(replica)
 
 
 def test_replica_must_keep_the_keys(tree: Path, local_store: LocalTarget, moto_s3: S3Target,
