@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
 
 from .errors import ConfigError
+from .tiers import TierPolicy
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -197,6 +198,7 @@ class MigrateConfig:
     hold_max: int = 2 * MiB  # files up to this size are read whole once and carried
     report_path: Path | None = None
     progress: bool = True
+    tiers: TierPolicy = field(default_factory=TierPolicy)  # storage class by study age
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -214,6 +216,7 @@ class MigrateConfig:
         if self.large_file > self.bundle_size:
             raise ConfigError("--large-file must not exceed --bundle-size")
         s3 = self.dest.s3
+        self.tiers.check(self.dest.scheme, provider=s3.provider if s3 else None)
         if s3 is not None and s3.provider == "ceph" and self.transfer.checksum == "crc32":
             raise ConfigError("--checksum crc32 with --provider ceph: Ceph RGW before Quincy "
                               "ignores x-amz-checksum-crc32, so nothing would check the "

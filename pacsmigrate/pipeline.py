@@ -8,6 +8,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 
 from . import faults
 from .backends import Backend, Measured, open_backend
@@ -99,10 +100,13 @@ class Migration:
         if self.cfg.dry_run:
             return PlanSink(cp, self.stats, bar, scheme=self.cfg.dest.scheme, part_size=t.part_size)
         assert self.backend is not None
+        tiers, today = self.cfg.tiers, datetime.now(UTC).date()
+        classes = (lambda plan: tiers.class_for(plan.members[0].about.study_date, today)
+                   ) if tiers else None
         return StoreSink(cp, self.stats, bar, backend=self.backend, pool=self.pool,
                          secret=self.secret, concurrency=t.concurrency,
                          memory=self.cfg.memory // 2, expect=cp.counts()["plan"] > 0,
-                         started=started)
+                         started=started, classes=classes)
 
     async def _stream(self, cp: Checkpoint, started: float) -> None:
         cfg = self.cfg

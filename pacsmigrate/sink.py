@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 
 from . import faults
@@ -81,11 +82,13 @@ class StoreSink(Sink):
 
     def __init__(self, cp: Checkpoint, stats: Stats, bar: Bar, *, backend: Backend,
                  pool: Executor, secret: bytes, concurrency: int, memory: int,
-                 expect: bool, started: float) -> None:
+                 expect: bool, started: float,
+                 classes: Callable[[BundlePlan], str | None] | None = None) -> None:
         super().__init__(cp, stats, bar)
         self.backend = backend
         self.pool = pool
         self.secret = secret
+        self.classes = classes
         self.intents: GroupWriter[BundlePlan] = GroupWriter(cp, cp.put_intents)
         self.commits: GroupWriter[StoredObject] = GroupWriter(cp, cp.commit_objects)
         self.expect = expect
@@ -157,7 +160,8 @@ class StoreSink(Sink):
             expect = {m.path: g[2] for m, g in zip(plan.members, got, strict=True)
                       if g is not None and (g[0], g[1]) == (m.size, m.mtime_ns) and g[2]}
         stored, built = await store(plan, self.backend, self.pool, secret=self.secret,
-                                    expect=expect)
+                                    expect=expect, storage_class=self.classes(plan)
+                                    if self.classes else None)
         s = self.stats
         if stored is None:
             await self.cp.call(self.cp.drop_intent, plan.key)

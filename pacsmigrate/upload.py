@@ -16,6 +16,7 @@ from .errors import BackendError, ObjectExistsError, SourceChangedError
 from .keys import sidecar_key
 from .paths import member_name
 from .records import FILE, TAR, BundlePlan, Entry, StoredObject
+from .tiers import CLASS_META
 
 META = {"pacsmigrate-format": "2"}
 INLINE_MAX = 1 << 20  # bundles this small, all in memory, are packed on the event loop
@@ -38,7 +39,8 @@ async def _listed(chunks: list[bytes]) -> AsyncIterator[bytes]:
 
 
 async def store(plan: BundlePlan, backend: Backend, pool: Executor, *, secret: bytes,
-                expect: dict[bytes, str] | None = None) -> tuple[StoredObject | None, Built]:
+                expect: dict[bytes, str] | None = None, storage_class: str | None = None
+                ) -> tuple[StoredObject | None, Built]:
     """Pack and store one plan. None when no member could be packed (all moved/vanished).
 
     Source reads run in `pool`; at most a few parts per object are in memory at once.
@@ -48,6 +50,8 @@ async def store(plan: BundlePlan, backend: Backend, pool: Executor, *, secret: b
     gen = make(plan, built, part_size=backend.part_size(plan.size), secret=secret,
                expect=expect)
     meta = {**META, "pacsmigrate-kind": plan.kind}
+    if storage_class:
+        meta[CLASS_META] = storage_class  # each store maps it to its own classes or tiers
     try:
         if plan.size <= INLINE_MAX and all(m.data is not None for m in plan.members):
             chunks = list(gen)  # no file to read: cheaper here than a thread hand-off

@@ -27,6 +27,7 @@ from ..errors import (
     ObjectNotFoundError,
     PermanentBackendError,
 )
+from ..tiers import CLASS_META
 from .base import ObjectInfo, Part, PendingUpload, adjust_part_size
 from .body import Body, Checksum
 from .limits import AZURE
@@ -54,6 +55,14 @@ def _conn_credential(conn: str) -> Any:
         return AzureSasCredential(parts["SharedAccessSignature"].lstrip("?"))
     raise ConfigError("AZURE_STORAGE_CONNECTION_STRING holds neither AccountName with "
                       "AccountKey nor SharedAccessSignature")
+
+
+def _tier(metadata: Mapping[str, str]) -> Any:
+    """The access tier (Hot, Cool, Cold, Archive) the object's class names, if any."""
+    from azure.storage.blob import StandardBlobTier
+
+    name = metadata.get(CLASS_META)
+    return StandardBlobTier(name) if name else None
 
 
 def _code(exc: BaseException) -> str:
@@ -263,6 +272,7 @@ class AzureStore:
         md5 = checksum.digest if checksum.algorithm == "md5" else hashlib.md5(body.view).digest()
         await self._blob(key).upload_blob(
             _Stream(body), length=body.size, overwrite=False, metadata=_meta_out(metadata),
+            standard_blob_tier=_tier(metadata),
             content_settings=ContentSettings(content_md5=bytearray(md5)),
             headers={"Content-MD5": base64.b64encode(md5).decode()})
         return md5.hex()
@@ -320,14 +330,17 @@ class AzureStore:
 
         blocks = [BlobBlock(_block_id(upload_id, n, e)) for n, e in parts]
         meta = _meta_out(metadata or {})
+        tier = _tier(metadata or {})
         if content_md5 is not None:  # the blob's MD5, as a single Put Blob would have it
             await self._blob(key).commit_block_list(
                 blocks, metadata=meta, match_condition=MatchConditions.IfMissing,
-                content_settings=ContentSettings(content_md5=bytearray(content_md5)))
+                content_settings=ContentSettings(content_md5=bytearray(content_md5)),
+                standard_blob_tier=tier)
             return content_md5.hex()
         etag = self.expected_etag([bytes.fromhex(e) for _, e in parts])
         await self._blob(key).commit_block_list(blocks, metadata={**meta, ETAG_META: etag},
-                                                match_condition=MatchConditions.IfMissing)
+                                                match_condition=MatchConditions.IfMissing,
+                                                standard_blob_tier=tier)
         return etag
 
     async def abort(self, key: str, upload_id: str) -> None:

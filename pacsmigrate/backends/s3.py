@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 from ..config import Destination, S3Options, TransferConfig
 from ..errors import BackendError, ConfigError
+from ..tiers import CLASS_META
 from .base import ObjectInfo, Part, PendingUpload, adjust_part_size
 from .body import Body, Checksum
 from .limits import S3
@@ -135,6 +136,8 @@ class S3Backend:
     async def put(self, key: str, body: Body, *, checksum: Checksum,
                   metadata: Mapping[str, str]) -> str:
         headers = dict(CONDITIONAL)
+        if metadata.get(CLASS_META):
+            headers["x-amz-storage-class"] = metadata[CLASS_META]
         for name, value in metadata.items():
             if not (name + value).isascii():  # botocore refuses them too
                 raise ValueError(f"S3 metadata must be ASCII: {name!r}")
@@ -161,8 +164,9 @@ class S3Backend:
 
     # -- multipart uploads (ChunkedWriter) -------------------------------------------
     async def create_upload(self, key: str, *, metadata: Mapping[str, str]) -> str:
+        extra = {"StorageClass": metadata[CLASS_META]} if metadata.get(CLASS_META) else {}
         resp = await (await self._cold()).create_multipart_upload(Bucket=self.bucket, Key=key,
-                                                          Metadata=dict(metadata))
+                                                          Metadata=dict(metadata), **extra)
         return str(resp["UploadId"])
 
     async def upload_part(self, key: str, upload_id: str, number: int, body: Body, *,

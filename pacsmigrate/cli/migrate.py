@@ -14,6 +14,7 @@ from ..checkpoint import Checkpoint
 from ..config import MigrateConfig
 from ..pipeline import migrate as run_migrate
 from ..stats import Stats
+from ..tiers import TierPolicy
 from .common import (
     destination,
     handle_errors,
@@ -43,6 +44,14 @@ from .common import (
               show_default=True,
               help="What the store checks each bundle's bytes with: md5 (Content-MD5, every "
                    "S3 store) or crc32 (AWS, MinIO, SeaweedFS, recent Ceph; 6x cheaper).")
+@click.option("--storage-class", metavar="CLASS",
+              help="Store every object in this class (S3: STANDARD, STANDARD_IA, "
+                   "INTELLIGENT_TIERING, GLACIER_IR, GLACIER, DEEP_ARCHIVE; Azure: Hot, Cool, "
+                   "Cold, Archive); with --tier-policy, the class of studies it does not "
+                   "place (no StudyDate).")
+@click.option("--tier-policy", metavar="POLICY",
+              help="Class by study age, e.g. 0-180d=STANDARD,180d-5y=GLACIER_IR,"
+                   "5y-=DEEP_ARCHIVE (d days, m months, y years).")
 @click.option("--report", "report_path", type=click.Path(path_type=Path),
               help="Write the JSON report here.")
 @click.option("--progress/--no-progress", default=None,
@@ -52,7 +61,8 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
             provider: str | None, region: str | None, profile: str | None,
             addressing_style: str | None, dry_run: bool,
             bundle_size: int, large_file: int, read_threads: int, memory: int,
-            checksum: str, report_path: Path | None,
+            checksum: str, storage_class: str | None, tier_policy: str | None,
+            report_path: Path | None,
             progress: bool | None, **transfer: Any) -> None:
     """Copy SOURCE directories to DEST: s3://bucket/prefix (AWS, Wasabi, Ceph, MinIO, any
     S3-compatible store with --endpoint-url) or a local directory (/dir or file:///dir, which
@@ -70,6 +80,7 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
         state_dir=state_dir, dry_run=dry_run, bundle_size=bundle_size, large_file=large_file,
         transfer=transfer_config(**transfer, checksum=checksum),
         read_threads=read_threads, memory=memory, report_path=report_path,
+        tiers=TierPolicy.parse(tier_policy, default=storage_class),
         progress=sys.stderr.isatty() if progress is None else progress,
     )
     stats = asyncio.run(run_migrate(cfg))

@@ -1,0 +1,143 @@
+"""Storage classes by study age: the policy, its checks, and objects really stored in their
+class on SeaweedFS (S3 storage classes) and Azurite (Azure access tiers)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pydicom
+import pytest
+from conftest import TEST_FILES, AzureTarget, S3Target, run_cli
+from helpers import index_rows
+
+from pacsmigrate.errors import ConfigError
+from pacsmigrate.tiers import TierPolicy, parse_age
+
+POLICY = "0-180d=STANDARD,180d-5y=STANDARD_IA,5y-=GLACIER_IR"
+TODAY = date(2026, 12, 2)
+
+
+def test_ages() -> None:
+    assert [parse_age(a) for a in ("0", "180d", "6m", "5y")] == [0, 180, 180, 1825]
+    for bad in ("5", "5x", "-1d", "y"):
+        with pytest.raises(ConfigError, match="not an age"):
+            parse_age(bad)
+
+
+def _ago(days: int) -> str:
+    return f"{TODAY - timedelta(days=days):%Y%m%d}"
+
+
+@pytest.mark.parametrize(("study_date", "expected"), [
+    (_ago(0), "STANDARD"), (_ago(179), "STANDARD"),
+    (_ago(180), "STANDARD_IA"),  # a range includes its start, not its end
+    (f"{TODAY - timedelta(days=1824):%Y.%m.%d}", "STANDARD_IA"),  # the old DA form
+    (_ago(1825), "GLACIER_IR"), ("19900101", "GLACIER_IR"),
+    ("20300101", "STANDARD"),  # a date in the future counts as new
+    ("", "ONEZONE_IA"), ("2021", "ONEZONE_IA"), ("20211332", "ONEZONE_IA"),  # no usable date
+])
+def test_class_by_study_age(study_date: str, expected: str) -> None:
+    policy = TierPolicy.parse(POLICY, default="ONEZONE_IA")
+    assert policy.class_for(study_date, TODAY) == expected
+
+
+def test_closed_policy_leaves_older_studies_to_the_default() -> None:
+    policy = TierPolicy.parse("0-1y=Hot,1y-2y=Cool")
+    assert policy.class_for("20251202", TODAY) == "Cool"
+    assert policy.class_for("20201202", TODAY) is None  # the store's default class
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("10d-1y=STANDARD", "from 0 without gaps"),
+    ("0-1y=STANDARD,2y-=GLACIER", "from 0 without gaps"),
+    ("0-=STANDARD,1y-=GLACIER", "only the last range may be open"),
+    ("0-0d=STANDARD", "is empty"),
+    ("0-1y:STANDARD", "not a tier"),
+    ("0-1q=STANDARD", "not an age"),
+])
+def test_bad_policies_are_one_clear_error(text: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        TierPolicy.parse(text)
+
+
+def test_classes_are_checked_against_the_store() -> None:
+    TierPolicy.parse(POLICY).check("s3")
+    TierPolicy.parse("0-1y=Hot,1y-=Archive").check("az")
+    with pytest.raises(ConfigError, match="'Hot' is not a storage class of s3:// stores"):
+        TierPolicy.parse("0-1y=Hot").check("s3")
+    with pytest.raises(ConfigError, match="file:// stores have no storage classes"):
+        TierPolicy(default="STANDARD").check("file")
+    with pytest.raises(ConfigError, match="Wasabi has no storage classes"):
+        TierPolicy(default="STANDARD").check("s3", provider="wasabi")
+    TierPolicy().check("file")  # no policy: nothing to check
+
+
+def _aged_tree(root: Path) -> dict[str, str]:
+    """One study per age band (and one without a date), plus a large non-DICOM file: the
+    StudyInstanceUID -> StudyDate of each study."""
+    today = datetime.now(UTC).date()
+    dates = {"new": today - timedelta(days=10), "mid": today - timedelta(days=400),
+             "old": today - timedelta(days=3000), "undated": None}
+    studies = {}
+    for i, (name, day) in enumerate(dates.items()):
+        ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+        ds.StudyInstanceUID = f"1.2.826.0.1.3680043.8.498.{900 + i}"
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.{950 + i}"
+        ds.StudyDate = f"{day:%Y%m%d}" if day else ""
+        (root / name).mkdir(parents=True)
+        ds.save_as(root / name / "img.dcm")
+        studies[ds.StudyInstanceUID] = ds.StudyDate
+    (root / "scan.bin").write_bytes(b"\0" * (6 << 20))  # an object of its own, in parts
+    return studies
+
+
+def _expected(rows: list[dict[str, str]], studies: dict[str, str], default: str) -> dict[str, str]:
+    policy = TierPolicy.parse(POLICY, default=default)
+    today = datetime.now(UTC).date()
+    return {r["key"]: policy.class_for(studies.get(r["study_uid"], ""), today) or default
+            for r in rows}
+
+
+@pytest.mark.seaweed
+def test_objects_are_stored_in_their_class_on_s3(seaweed_s3: S3Target, tmp_path: Path) -> None:
+    studies = _aged_tree(tmp_path / "pacs")
+    state = tmp_path / "state"
+    run_cli("migrate", str(tmp_path / "pacs"), seaweed_s3.url, "--endpoint-url",
+            seaweed_s3.info.endpoint_url, "--state", str(state), "--tier-policy", POLICY,
+            "--storage-class", "ONEZONE_IA", "--large-file", "5MiB", "--part-size", "5MiB",
+            "--no-progress", env=seaweed_s3.env(), check=True)
+    expected = _expected(index_rows(state), studies, "ONEZONE_IA")
+    assert sorted(set(expected.values())) == ["GLACIER_IR", "ONEZONE_IA", "STANDARD",
+                                              "STANDARD_IA"]
+    for key, storage_class in expected.items():
+        head = seaweed_s3.client.head_object(Bucket=seaweed_s3.bucket, Key=key)
+        assert head.get("StorageClass", "STANDARD") == storage_class, key
+
+
+def test_blobs_are_stored_in_their_tier_on_azure(azure_store: AzureTarget, tmp_path: Path
+                                                 ) -> None:
+    studies = _aged_tree(tmp_path / "pacs")
+    state = tmp_path / "state"
+    policy = "0-180d=Hot,180d-5y=Cool,5y-=Cold"
+    run_cli("migrate", str(tmp_path / "pacs"), f"az://{azure_store.bucket}/pacs", "--state",
+            str(state), "--tier-policy", policy, "--storage-class", "Cool", "--large-file",
+            "5MiB", "--part-size", "5MiB", "--no-progress", env=azure_store.env(), check=True)
+    today = datetime.now(UTC).date()
+    tiers = TierPolicy.parse(policy, default="Cool")
+    for r in index_rows(state):
+        want = tiers.class_for(studies.get(r["study_uid"], ""), today)
+        assert azure_store.client.get_blob_client(r["key"]).get_blob_properties(
+            ).blob_tier == want, r["key"]
+
+
+def test_a_store_without_classes_refuses_a_policy(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "dest").mkdir()
+    proc = run_cli("migrate", str(tmp_path / "src"), str(tmp_path / "dest"), "--state",
+                   str(tmp_path / "s"), "--storage-class", "STANDARD_IA")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("error: file:// stores have no storage classes: drop "
+                                   "--storage-class and --tier-policy")
+    assert not any((tmp_path / "dest").iterdir())  # refused before anything was written
+
