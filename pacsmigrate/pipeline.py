@@ -24,7 +24,7 @@ from .reads import read_tree
 from .records import FILE, TAR, BundlePlan, Problem
 from .report import write_report
 from .setup import check_state, key_secret
-from .sink import PlanSink, Sink, StoreSink
+from .sink import Classes, PlanSink, Sink, StoreSink
 from .stats import Stats
 from .walk import Walker
 
@@ -98,15 +98,20 @@ class Migration:
     def _sink(self, cp: Checkpoint, started: float, bar: Bar) -> Sink:
         t = self.cfg.transfer
         if self.cfg.dry_run:
-            return PlanSink(cp, self.stats, bar, scheme=self.cfg.dest.scheme, part_size=t.part_size)
+            return PlanSink(cp, self.stats, bar, scheme=self.cfg.dest.scheme,
+                            part_size=t.part_size, classes=self._classes())
         assert self.backend is not None
-        tiers, today = self.cfg.tiers, datetime.now(UTC).date()
-        classes = (lambda plan: tiers.class_for(plan.members[0].about.study_date, today)
-                   ) if tiers else None
         return StoreSink(cp, self.stats, bar, backend=self.backend, pool=self.pool,
                          secret=self.secret, concurrency=t.concurrency,
                          memory=self.cfg.memory // 2, expect=cp.counts()["plan"] > 0,
-                         started=started, classes=classes)
+                         started=started, classes=self._classes())
+
+    def _classes(self) -> Classes | None:
+        """Each plan's storage class by its study's age today (None: no policy given)."""
+        tiers, today = self.cfg.tiers, datetime.now(UTC).date()
+        if not tiers:
+            return None
+        return lambda plan: tiers.class_for(plan.members[0].about.study_date, today)
 
     async def _stream(self, cp: Checkpoint, started: float) -> None:
         cfg = self.cfg

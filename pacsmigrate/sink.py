@@ -26,20 +26,32 @@ def requests_for(plan: BundlePlan, *, scheme: str, part_size: int) -> int:
     (S3: create and complete; Azure: the commit); a raw file's sidecar."""
     return planned_requests(scheme, plan.size, part_size=part_size) + (plan.kind == FILE)
 
+# A plan -> the storage class it goes to (None: the store's default).
+Classes = Callable[[BundlePlan], str | None]
+
 
 class Sink:
     """Counts what every closed plan holds; subclasses store it or record the plan."""
 
-    def __init__(self, cp: Checkpoint, stats: Stats, bar: Bar) -> None:
+    def __init__(self, cp: Checkpoint, stats: Stats, bar: Bar, *,
+                 classes: Classes | None = None) -> None:
         self.cp = cp
         self.stats = stats
         self.bar = bar
+        self.classes = classes
+
+    def storage_class(self, plan: BundlePlan) -> str | None:
+        return self.classes(plan) if self.classes else None
 
     def _count(self, plan: BundlePlan) -> None:
         s = self.stats
         s.planned_objects += 1
         s.planned_files += len(plan.members)
         s.planned_bytes += plan.size
+        if self.classes:
+            name = self.storage_class(plan) or "the store's default"
+            s.objects_by_class[name] += 1
+            s.bytes_by_class[name] += plan.size
 
     async def put(self, plan: BundlePlan) -> None:
         raise NotImplementedError
@@ -52,8 +64,8 @@ class PlanSink(Sink):
     """A dry run: record each planned file with the blake3 it read; store nothing."""
 
     def __init__(self, cp: Checkpoint, stats: Stats, bar: Bar, *, scheme: str,
-                 part_size: int) -> None:
-        super().__init__(cp, stats, bar)
+                 part_size: int, classes: Classes | None = None) -> None:
+        super().__init__(cp, stats, bar, classes=classes)
         self.scheme = scheme
         self.part_size = part_size
         self._batch: list[Entry] = []
@@ -82,13 +94,11 @@ class StoreSink(Sink):
 
     def __init__(self, cp: Checkpoint, stats: Stats, bar: Bar, *, backend: Backend,
                  pool: Executor, secret: bytes, concurrency: int, memory: int,
-                 expect: bool, started: float,
-                 classes: Callable[[BundlePlan], str | None] | None = None) -> None:
-        super().__init__(cp, stats, bar)
+                 expect: bool, started: float, classes: Classes | None = None) -> None:
+        super().__init__(cp, stats, bar, classes=classes)
         self.backend = backend
         self.pool = pool
         self.secret = secret
-        self.classes = classes
         self.intents: GroupWriter[BundlePlan] = GroupWriter(cp, cp.put_intents)
         self.commits: GroupWriter[StoredObject] = GroupWriter(cp, cp.commit_objects)
         self.expect = expect
@@ -160,8 +170,7 @@ class StoreSink(Sink):
             expect = {m.path: g[2] for m, g in zip(plan.members, got, strict=True)
                       if g is not None and (g[0], g[1]) == (m.size, m.mtime_ns) and g[2]}
         stored, built = await store(plan, self.backend, self.pool, secret=self.secret,
-                                    expect=expect, storage_class=self.classes(plan)
-                                    if self.classes else None)
+                                    expect=expect, storage_class=self.storage_class(plan))
         s = self.stats
         if stored is None:
             await self.cp.call(self.cp.drop_intent, plan.key)

@@ -141,3 +141,15 @@ def test_a_store_without_classes_refuses_a_policy(tmp_path: Path) -> None:
                                    "--storage-class and --tier-policy")
     assert not any((tmp_path / "dest").iterdir())  # refused before anything was written
 
+
+
+def test_the_dry_run_counts_objects_per_class(tmp_path: Path) -> None:
+    _aged_tree(tmp_path / "pacs")
+    proc = run_cli("migrate", str(tmp_path / "pacs"), "s3://hospital-archive/pacs", "--dry-run",
+                   "--state", str(tmp_path / "s"), "--tier-policy", POLICY, "--storage-class",
+                   "ONEZONE_IA", "--large-file", "5MiB", "--part-size", "5MiB")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("storage class")]
+    assert [ln.split(" MB")[0].rsplit(",", 1)[0] for ln in lines] == [
+        "storage class GLACIER_IR: 1 objects", "storage class ONEZONE_IA: 2 objects",
+        "storage class STANDARD: 1 objects", "storage class STANDARD_IA: 1 objects"]

@@ -101,6 +101,8 @@ def _print_summary(s: Stats, *, dry_run: bool) -> None:
                    f"objects ({s.bytes_uploaded / 1e6:,.1f} MB); "
                    "adopted (stored by an interrupted attempt): "
                    f"{s.objects_adopted:,}; already migrated: {s.already_migrated:,}")
+    for name, n in sorted(s.objects_by_class.items()):
+        click.echo(f"storage class {name}: {n:,} objects, {s.bytes_by_class[name] / 1e6:,.1f} MB")
     for title, counter in (("unsorted (stored outside studies)", s.unsorted),
                            ("skipped", s.skipped), ("failed", s.failed)):
         for reason, n in sorted(counter.items()):
