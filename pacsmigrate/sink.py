@@ -16,6 +16,7 @@ from .commit import GroupWriter
 from .progress import Bar
 from .records import FILE, TAR, BundlePlan, Entry, Member, StoredObject
 from .stats import Stats
+from .tiers import billed_size
 from .upload import store
 
 log = logging.getLogger("pacsmigrate.pipeline")
@@ -49,9 +50,13 @@ class Sink:
         s.planned_files += len(plan.members)
         s.planned_bytes += plan.size
         if self.classes:
-            name = self.storage_class(plan) or "the store's default"
+            chosen = self.storage_class(plan)
+            name = chosen or "the store's default"
             s.objects_by_class[name] += 1
             s.bytes_by_class[name] += plan.size
+            billed = billed_size(chosen, plan.size)
+            s.billed_by_class[name] += billed
+            s.small_by_class[name] += billed > plan.size
 
     async def put(self, plan: BundlePlan) -> None:
         raise NotImplementedError

@@ -45,6 +45,8 @@ class Stats:
     planned_requests: int = 0
     objects_by_class: Counter[str] = field(default_factory=Counter)  # with a tier policy
     bytes_by_class: Counter[str] = field(default_factory=Counter)
+    small_by_class: Counter[str] = field(default_factory=Counter)  # billed above their size
+    billed_by_class: Counter[str] = field(default_factory=Counter)
     studies: int = 0
     pending_after: int = 0
     not_migrated: int = 0

@@ -22,6 +22,19 @@ S3_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "G
 AZURE_TIERS = ("Hot", "Cool", "Cold", "Archive")
 CLASSES: Mapping[str, tuple[str, ...]] = {"s3": S3_CLASSES, "az": AZURE_TIERS}
 CLASS_META = "pacsmigrate-class"  # object metadata naming the class; each store maps it
+KiB = 1024
+# AWS bills an object in these classes as at least 128 KiB ...
+MIN_BILLABLE = {"STANDARD_IA": 128 * KiB, "ONEZONE_IA": 128 * KiB, "GLACIER_IR": 128 * KiB}
+# ... and one in these with 40 KiB more (32 KiB of index at its rate, 8 KiB of name at STANDARD).
+OVERHEAD = {"GLACIER": 40 * KiB, "DEEP_ARCHIVE": 40 * KiB}
+
+
+def billed_size(storage_class: str | None, size: int) -> int:
+    """The bytes a store bills for an object of `size` bytes in this class (AWS's rules,
+    documented on its S3 pricing page as of 2026; Azure's tiers have no minimum size)."""
+    if storage_class is None:
+        return size
+    return max(size, MIN_BILLABLE.get(storage_class, 0)) + OVERHEAD.get(storage_class, 0)
 _DAYS = {"d": 1, "m": 30, "y": 365}
 _AGE = re.compile(r"^\s*(\d+)\s*([dmy]?)\s*$")
 _RANGE = re.compile(r"^\s*([^-=]*)-([^-=]*)=\s*(\S+)\s*$")

@@ -12,7 +12,7 @@ from conftest import TEST_FILES, AzureTarget, S3Target, run_cli
 from helpers import index_rows
 
 from pacsmigrate.errors import ConfigError
-from pacsmigrate.tiers import TierPolicy, parse_age
+from pacsmigrate.tiers import TierPolicy, billed_size, parse_age
 
 POLICY = "0-180d=STANDARD,180d-5y=STANDARD_IA,5y-=GLACIER_IR"
 TODAY = date(2026, 12, 2)
@@ -153,3 +153,16 @@ def test_the_dry_run_counts_objects_per_class(tmp_path: Path) -> None:
     assert [ln.split(" MB")[0].rsplit(",", 1)[0] for ln in lines] == [
         "storage class GLACIER_IR: 1 objects", "storage class ONEZONE_IA: 2 objects",
         "storage class STANDARD: 1 objects", "storage class STANDARD_IA: 1 objects"]
+    # A one-image study (~40 KB) is billed as 128 KiB in the IA classes and Glacier IR; the
+    # 6 MiB file is not; STANDARD has no minimum.
+    small = {ln.split(":")[0]: ln.split("; ")[1] for ln in lines if "; " in ln}
+    assert small == {"storage class GLACIER_IR": "1 objects billed above their size: 0.1 MB billed",
+                     "storage class ONEZONE_IA": "1 objects billed above their size: 6.4 MB billed",
+                     "storage class STANDARD_IA": "1 objects billed above their size: 0.1 MB billed"}
+
+
+def test_billed_sizes() -> None:
+    assert billed_size("STANDARD_IA", 1000) == 128 * 1024
+    assert billed_size("STANDARD_IA", 10 << 20) == 10 << 20
+    assert billed_size("DEEP_ARCHIVE", 1000) == 1000 + 40 * 1024
+    assert billed_size("STANDARD", 1000) == billed_size(None, 1000) == billed_size("Cool", 1000)

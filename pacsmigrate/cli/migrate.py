@@ -102,7 +102,11 @@ def _print_summary(s: Stats, *, dry_run: bool) -> None:
                    "adopted (stored by an interrupted attempt): "
                    f"{s.objects_adopted:,}; already migrated: {s.already_migrated:,}")
     for name, n in sorted(s.objects_by_class.items()):
-        click.echo(f"storage class {name}: {n:,} objects, {s.bytes_by_class[name] / 1e6:,.1f} MB")
+        line = f"storage class {name}: {n:,} objects, {s.bytes_by_class[name] / 1e6:,.1f} MB"
+        if s.small_by_class[name]:  # below the class's minimum billable size, or overhead
+            line += (f"; {s.small_by_class[name]:,} objects billed above their size: "
+                     f"{s.billed_by_class[name] / 1e6:,.1f} MB billed")
+        click.echo(line)
     for title, counter in (("unsorted (stored outside studies)", s.unsorted),
                            ("skipped", s.skipped), ("failed", s.failed)):
         for reason, n in sorted(counter.items()):
