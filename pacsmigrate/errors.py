@@ -10,7 +10,8 @@
     │   └── SourceChangedError the file changed while it was being read
     └── BackendError           the store refused or failed a request (carries .key)
         ├── PermanentBackendError  retrying cannot help (403, NoSuchBucket, bad digest)
-        │   └── ObjectNotFoundError    the key does not exist
+        │   ├── ObjectNotFoundError    the key does not exist
+        │   └── ObjectArchivedError    the object is in a cold tier: restore it first
         └── ObjectExistsError      a conditional write found the key already present
 
 Lower-layer errors (OSError, botocore's ClientError, lmdb.Error) are mapped to these at the
@@ -70,6 +71,11 @@ class PermanentBackendError(BackendError):
 
 class ObjectNotFoundError(PermanentBackendError):
     """The object asked for does not exist."""
+
+
+class ObjectArchivedError(PermanentBackendError):
+    """The object lies in a cold tier (S3 Glacier / Deep Archive, Azure Archive) and must be
+    restored (rehydrated) before it can be read."""
 
 
 class ObjectExistsError(BackendError):

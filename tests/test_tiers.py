@@ -166,3 +166,33 @@ def test_billed_sizes() -> None:
     assert billed_size("STANDARD_IA", 10 << 20) == 10 << 20
     assert billed_size("DEEP_ARCHIVE", 1000) == 1000 + 40 * 1024
     assert billed_size("STANDARD", 1000) == billed_size(None, 1000) == billed_size("Cool", 1000)
+
+
+def test_reading_an_archived_blob_says_to_rehydrate_it(azure_store: AzureTarget,
+                                                       tmp_path: Path) -> None:
+    _aged_tree(tmp_path / "pacs")
+    state, env = tmp_path / "state", azure_store.env()
+    run_cli("migrate", str(tmp_path / "pacs"), f"az://{azure_store.bucket}", "--state",
+            str(state), "--storage-class", "Archive", "--no-progress", env=env, check=True)
+    path = tmp_path / "pacs" / "old" / "img.dcm"
+    proc = run_cli("get", str(path), "-o", str(tmp_path / "out.dcm"), "--state", str(state),
+                   env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    line = proc.stderr.strip()
+    assert "\n" not in line and "is in the Archive tier: rehydrate it first" in line
+    assert not (tmp_path / "out.dcm").exists()
+
+
+def test_a_glacier_get_is_mapped_to_restore_first() -> None:
+    from botocore.exceptions import ClientError
+
+    from pacsmigrate.backends.s3_errors import classify, map_error
+    from pacsmigrate.errors import ObjectArchivedError
+
+    exc = ClientError({"Error": {"Code": "InvalidObjectState", "Message": "The operation is "
+                       "not valid for the object's storage class"},
+                       "ResponseMetadata": {"HTTPStatusCode": 403}}, "GetObject")
+    assert classify(exc) is None  # no retry: it stays archived until restored
+    mapped = map_error(exc, key="pacs/3f/x.tar")
+    assert isinstance(mapped, ObjectArchivedError)
+    assert "pacs/3f/x.tar is in a Glacier storage class: restore it first" in str(mapped)

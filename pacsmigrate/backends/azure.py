@@ -23,6 +23,7 @@ from ..config import Destination, MiB, TransferConfig
 from ..errors import (
     BackendError,
     ConfigError,
+    ObjectArchivedError,
     ObjectExistsError,
     ObjectNotFoundError,
     PermanentBackendError,
@@ -240,6 +241,11 @@ class AzureStore:
         where = f"container {self.dest.bucket!r}"
         if code == "ContainerNotFound":
             return PermanentBackendError(f"{where} does not exist: create it first", key=key)
+        if code == "BlobArchived":
+            return ObjectArchivedError(
+                f"{key} is in the Archive tier: rehydrate it first (az storage blob set-tier "
+                "--tier Hot --rehydrate-priority Standard), then run the command again",
+                key=key)
         if code in ("BlobAlreadyExists", "ConditionNotMet") or (
                 isinstance(exc, (ResourceExistsError, ResourceModifiedError))
                 and code not in PERMANENT_CODES and code != "ResourceTypeMismatch"):

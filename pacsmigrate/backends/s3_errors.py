@@ -20,6 +20,7 @@ from botocore.exceptions import (
 
 from ..errors import (
     BackendError,
+    ObjectArchivedError,
     ObjectExistsError,
     ObjectNotFoundError,
     PermanentBackendError,
@@ -92,6 +93,11 @@ def map_error(exc: BaseException, *, key: str | None) -> BackendError | None:
         if code == "NoSuchUpload":
             return ObjectNotFoundError(f"no such multipart upload for {key} (aborted?)",
                                        key=key)
+        if code == "InvalidObjectState":  # a GET of an object in Glacier / Deep Archive
+            return ObjectArchivedError(
+                f"{key} is in a Glacier storage class: restore it first (aws s3api "
+                "restore-object --restore-request Days=7), then run the command again",
+                key=key)
         if code in ("NoSuchKey", "404", "NotFound"):
             return ObjectNotFoundError(f"no such object: {key}", key=key)
         if code in PERMANENT_CODES:
