@@ -22,6 +22,10 @@ S3_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "G
 AZURE_TIERS = ("Hot", "Cool", "Cold", "Archive")
 CLASSES: Mapping[str, tuple[str, ...]] = {"s3": S3_CLASSES, "az": AZURE_TIERS}
 CLASS_META = "pacsmigrate-class"  # object metadata naming the class; each store maps it
+YEAR_META = "pacsmigrate-study-year"  # the study's year (from StudyDate), for lifecycle rules
+# Metadata the stores also set as object tags (S3 object tags, Azure blob index tags), which
+# lifecycle rules and inventories can filter on.
+TAGGED = (CLASS_META, YEAR_META)
 KiB = 1024
 # AWS bills an object in these classes as at least 128 KiB ...
 MIN_BILLABLE = {"STANDARD_IA": 128 * KiB, "ONEZONE_IA": 128 * KiB, "GLACIER_IR": 128 * KiB}
@@ -119,6 +123,17 @@ class TierPolicy:
             if t.start <= age and (t.end is None or age < t.end):
                 return t.storage_class
         return self.default
+
+
+def study_year(study_date: str) -> str | None:
+    """The year of a StudyDate (DICOM DA), None when it has none."""
+    day = _study_day(study_date)
+    return f"{day.year:04d}" if day else None
+
+
+def tags(metadata: Mapping[str, str]) -> dict[str, str]:
+    """The object tags an object's metadata asks for."""
+    return {name: metadata[name] for name in TAGGED if metadata.get(name)}
 
 
 def _study_day(text: str) -> date | None:

@@ -16,7 +16,7 @@ from .errors import BackendError, ObjectExistsError, SourceChangedError
 from .keys import sidecar_key
 from .paths import member_name
 from .records import FILE, TAR, BundlePlan, Entry, StoredObject
-from .tiers import CLASS_META
+from .tiers import CLASS_META, YEAR_META, study_year
 
 META = {"pacsmigrate-format": "2"}
 INLINE_MAX = 1 << 20  # bundles this small, all in memory, are packed on the event loop
@@ -52,6 +52,9 @@ async def store(plan: BundlePlan, backend: Backend, pool: Executor, *, secret: b
     meta = {**META, "pacsmigrate-kind": plan.kind}
     if storage_class:
         meta[CLASS_META] = storage_class  # each store maps it to its own classes or tiers
+        year = study_year(plan.members[0].about.study_date) if plan.members else None
+        if year:
+            meta[YEAR_META] = year  # tagged with the class, for lifecycle rules
     try:
         if plan.size <= INLINE_MAX and all(m.data is not None for m in plan.members):
             chunks = list(gen)  # no file to read: cheaper here than a thread hand-off

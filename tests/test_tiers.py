@@ -110,9 +110,17 @@ def test_objects_are_stored_in_their_class_on_s3(seaweed_s3: S3Target, tmp_path:
     expected = _expected(index_rows(state), studies, "ONEZONE_IA")
     assert sorted(set(expected.values())) == ["GLACIER_IR", "ONEZONE_IA", "STANDARD",
                                               "STANDARD_IA"]
+    years = {r["key"]: studies.get(r["study_uid"], "")[:4] for r in index_rows(state)}
     for key, storage_class in expected.items():
         head = seaweed_s3.client.head_object(Bucket=seaweed_s3.bucket, Key=key)
         assert head.get("StorageClass", "STANDARD") == storage_class, key
+        # Tagged with the class and the study's year, for lifecycle rules and inventories.
+        tags = {t["Key"]: t["Value"] for t in seaweed_s3.client.get_object_tagging(
+            Bucket=seaweed_s3.bucket, Key=key)["TagSet"]}
+        want = {"pacsmigrate-class": storage_class}
+        if years[key]:
+            want["pacsmigrate-study-year"] = years[key]
+        assert tags == want, key
 
 
 def test_blobs_are_stored_in_their_tier_on_azure(azure_store: AzureTarget, tmp_path: Path
@@ -127,8 +135,11 @@ def test_blobs_are_stored_in_their_tier_on_azure(azure_store: AzureTarget, tmp_p
     tiers = TierPolicy.parse(policy, default="Cool")
     for r in index_rows(state):
         want = tiers.class_for(studies.get(r["study_uid"], ""), today)
-        assert azure_store.client.get_blob_client(r["key"]).get_blob_properties(
-            ).blob_tier == want, r["key"]
+        blob = azure_store.client.get_blob_client(r["key"])
+        assert blob.get_blob_properties().blob_tier == want, r["key"]
+        year = studies.get(r["study_uid"], "")[:4]
+        assert blob.get_blob_tags() == ({"pacsmigrate-class": want} | (
+            {"pacsmigrate-study-year": year} if year else {})), r["key"]
 
 
 def test_a_store_without_classes_refuses_a_policy(tmp_path: Path) -> None:

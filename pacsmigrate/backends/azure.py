@@ -28,7 +28,7 @@ from ..errors import (
     ObjectNotFoundError,
     PermanentBackendError,
 )
-from ..tiers import CLASS_META
+from ..tiers import CLASS_META, tags
 from .base import ObjectInfo, Part, PendingUpload, adjust_part_size
 from .body import Body, Checksum
 from .limits import AZURE
@@ -278,7 +278,7 @@ class AzureStore:
         md5 = checksum.digest if checksum.algorithm == "md5" else hashlib.md5(body.view).digest()
         await self._blob(key).upload_blob(
             _Stream(body), length=body.size, overwrite=False, metadata=_meta_out(metadata),
-            standard_blob_tier=_tier(metadata),
+            standard_blob_tier=_tier(metadata), tags=tags(metadata) or None,
             content_settings=ContentSettings(content_md5=bytearray(md5)),
             headers={"Content-MD5": base64.b64encode(md5).decode()})
         return md5.hex()
@@ -341,12 +341,13 @@ class AzureStore:
             await self._blob(key).commit_block_list(
                 blocks, metadata=meta, match_condition=MatchConditions.IfMissing,
                 content_settings=ContentSettings(content_md5=bytearray(content_md5)),
-                standard_blob_tier=tier)
+                standard_blob_tier=tier, tags=tags(metadata or {}) or None)
             return content_md5.hex()
         etag = self.expected_etag([bytes.fromhex(e) for _, e in parts])
         await self._blob(key).commit_block_list(blocks, metadata={**meta, ETAG_META: etag},
                                                 match_condition=MatchConditions.IfMissing,
-                                                standard_blob_tier=tier)
+                                                standard_blob_tier=tier,
+                                                tags=tags(metadata or {}) or None)
         return etag
 
     async def abort(self, key: str, upload_id: str) -> None:

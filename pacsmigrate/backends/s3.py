@@ -7,11 +7,11 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from ..config import Destination, S3Options, TransferConfig
 from ..errors import BackendError, ConfigError
-from ..tiers import CLASS_META
+from ..tiers import CLASS_META, tags
 from .base import ObjectInfo, Part, PendingUpload, adjust_part_size
 from .body import Body, Checksum
 from .limits import S3
@@ -138,6 +138,8 @@ class S3Backend:
         headers = dict(CONDITIONAL)
         if metadata.get(CLASS_META):
             headers["x-amz-storage-class"] = metadata[CLASS_META]
+        if tags(metadata):
+            headers["x-amz-tagging"] = urlencode(tags(metadata))
         for name, value in metadata.items():
             if not (name + value).isascii():  # botocore refuses them too
                 raise ValueError(f"S3 metadata must be ASCII: {name!r}")
@@ -164,7 +166,11 @@ class S3Backend:
 
     # -- multipart uploads (ChunkedWriter) -------------------------------------------
     async def create_upload(self, key: str, *, metadata: Mapping[str, str]) -> str:
-        extra = {"StorageClass": metadata[CLASS_META]} if metadata.get(CLASS_META) else {}
+        extra: dict[str, str] = {}
+        if metadata.get(CLASS_META):
+            extra["StorageClass"] = metadata[CLASS_META]
+        if tags(metadata):
+            extra["Tagging"] = urlencode(tags(metadata))
         resp = await (await self._cold()).create_multipart_upload(Bucket=self.bucket, Key=key,
                                                           Metadata=dict(metadata), **extra)
         return str(resp["UploadId"])
