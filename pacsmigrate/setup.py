@@ -28,6 +28,8 @@ def check_state(cp: Checkpoint, cfg: MigrateConfig) -> None:
         raise ConfigError(f"state directory {cfg.state_dir} belongs to a migration "
                           f"to {known['dest']}, not {dest}; use another --state")
     cp.put_meta("format", FORMAT)
+    if cfg.tiers:  # `policy lifecycle` writes the rules that keep objects moving as they age
+        cp.put_meta("tiers", {"policy": cfg.tiers.text, "default": cfg.tiers.default})
     # Read-side commands (verify, get, restore) reach the store the way this run did.
     ca = cfg.transfer.ca_bundle
     cp.put_meta("ca_bundle", str(Path(ca).resolve()) if ca else None)

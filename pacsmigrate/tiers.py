@@ -65,6 +65,7 @@ class TierPolicy:
 
     tiers: tuple[Tier, ...] = ()
     default: str | None = None
+    text: str = ""  # as given, kept in the state for `policy lifecycle`
 
     @classmethod
     def parse(cls, text: str | None, *, default: str | None = None) -> TierPolicy:
@@ -89,7 +90,7 @@ class TierPolicy:
             if t.end is None and t is not tiers[-1]:
                 raise ConfigError("--tier-policy: only the last range may be open (5y-=...)")
             expected = t.end if t.end is not None else -1
-        return cls(tuple(tiers), default)
+        return cls(tuple(tiers), default, (text or "").strip())
 
     def __bool__(self) -> bool:
         return bool(self.tiers) or self.default is not None

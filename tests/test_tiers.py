@@ -3,6 +3,7 @@ class on SeaweedFS (S3 storage classes) and Azurite (Azure access tiers)."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -11,7 +12,9 @@ import pytest
 from conftest import TEST_FILES, AzureTarget, S3Target, run_cli
 from helpers import index_rows
 
+from pacsmigrate.config import Destination
 from pacsmigrate.errors import ConfigError
+from pacsmigrate.lifecycle import azure_policy, s3_rules
 from pacsmigrate.tiers import TierPolicy, billed_size, parse_age
 
 POLICY = "0-180d=STANDARD,180d-5y=STANDARD_IA,5y-=GLACIER_IR"
@@ -207,3 +210,59 @@ def test_a_glacier_get_is_mapped_to_restore_first() -> None:
     mapped = map_error(exc, key="pacs/3f/x.tar")
     assert isinstance(mapped, ObjectArchivedError)
     assert "pacs/3f/x.tar is in a Glacier storage class: restore it first" in str(mapped)
+
+
+def test_lifecycle_rules_move_each_study_year_on_when_its_youngest_study_crosses(
+        moto_s3: S3Target) -> None:
+    policy = TierPolicy.parse(POLICY)
+    dest = Destination.parse("s3://hospital-archive/pacs")
+    doc = s3_rules(policy, [2019, 2024], dest)
+    first = doc["Rules"][0]
+    assert first["ID"] == "pacsmigrate-study-year-2019"
+    assert first["Filter"] == {"And": {"Prefix": "pacs/", "Tags": [
+        {"Key": "pacsmigrate-study-year", "Value": "2019"}]}}
+    # 31 Dec 2019 + 180 days, and + 5 years of 365 days: never before any 2019 study is due.
+    assert first["Transitions"] == [
+        {"Date": "2020-06-28T00:00:00Z", "StorageClass": "STANDARD_IA"},
+        {"Date": "2024-12-29T00:00:00Z", "StorageClass": "GLACIER_IR"}]
+    # A store takes them as they are (moto parses and keeps the configuration).
+    moto_s3.client.put_bucket_lifecycle_configuration(Bucket=moto_s3.bucket,
+                                                      LifecycleConfiguration=doc)
+    kept = moto_s3.client.get_bucket_lifecycle_configuration(Bucket=moto_s3.bucket)["Rules"]
+    assert [r["ID"] for r in kept] == ["pacsmigrate-study-year-2019",
+                                       "pacsmigrate-study-year-2024"]
+    assert [t["StorageClass"] for t in kept[1]["Transitions"]] == ["STANDARD_IA", "GLACIER_IR"]
+
+
+def test_azure_management_policy_counts_days_from_the_first_run() -> None:
+    policy = TierPolicy.parse("0-180d=Hot,180d-5y=Cool,5y-=Archive")
+    dest = Destination.parse("az://pacs-archive/2016")
+    doc = azure_policy(policy, [2019], dest, first_day=date(2026, 12, 2))
+    rule = doc["rules"][0]
+    assert rule["definition"]["filters"]["blobIndexMatch"] == [
+        {"name": "pacsmigrate-study-year", "op": "==", "value": "2019"}]
+    assert rule["definition"]["filters"]["prefixMatch"] == ["pacs-archive/2016/"]
+    # Both days are past by the first run: due at once (Azure checks daily).
+    assert rule["definition"]["actions"]["baseBlob"] == {
+        "tierToCool": {"daysAfterCreationGreaterThan": 0},
+        "tierToArchive": {"daysAfterCreationGreaterThan": 0}}
+    later = azure_policy(policy, [2026], dest, first_day=date(2026, 12, 2))
+    assert later["rules"][0]["definition"]["actions"]["baseBlob"] == {
+        "tierToCool": {"daysAfterCreationGreaterThan": 29 + 180},
+        "tierToArchive": {"daysAfterCreationGreaterThan": 29 + 1825}}
+
+
+def test_policy_lifecycle_command(moto_s3: S3Target, tmp_path: Path) -> None:
+    studies = _aged_tree(tmp_path / "pacs")
+    state, env = tmp_path / "state", moto_s3.env()
+    run_cli("migrate", str(tmp_path / "pacs"), moto_s3.url, "--endpoint-url",
+            moto_s3.info.endpoint_url, "--state", str(state), "--tier-policy", POLICY,
+            "--no-progress", env=env, check=True)
+    doc = json.loads(run_cli("policy", "lifecycle", "--state", str(state), check=True).stdout)
+    years = sorted({d[:4] for d in studies.values() if d})
+    assert [r["ID"] for r in doc["Rules"]] == [f"pacsmigrate-study-year-{y}" for y in years]
+    plain = tmp_path / "plain"
+    run_cli("migrate", str(tmp_path / "pacs"), moto_s3.url + "2", "--endpoint-url",
+            moto_s3.info.endpoint_url, "--state", str(plain), "--dry-run", env=env, check=True)
+    proc = run_cli("policy", "lifecycle", "--state", str(plain))
+    assert proc.returncode == 2 and "was run without --tier-policy" in proc.stderr

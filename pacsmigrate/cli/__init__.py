@@ -12,6 +12,7 @@ from .index import index
 from .locate import locate
 from .migrate import migrate, status
 from .plan import plan
+from .policy import policy
 from .rebuild import rebuild_cmd
 from .replicate import replicate_cmd
 from .retrieve import get, restore_cmd
@@ -40,6 +41,7 @@ main.add_command(migrate)
 main.add_command(status)
 main.add_command(replicate_cmd)
 main.add_command(plan)
+main.add_command(policy)
 main.add_command(index)
 index.add_command(rebuild_cmd)
 main.add_command(synth)
