@@ -16,7 +16,7 @@ move later, never earlier).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -44,60 +44,52 @@ def study_years(cp: Checkpoint) -> list[int]:
     return sorted(int(y) for y in years if y)
 
 
-def _moves(policy: TierPolicy, year: int) -> list[tuple[date, str]]:
-    """(day, class) each boundary of the policy is crossed by the youngest study of `year`."""
-    youngest = date(year, 12, 31)
-    return [(youngest + timedelta(days=t.start), t.storage_class) for t in policy.tiers
-            if t.start > 0]
+def _moves(policy: TierPolicy, years: Iterable[int]
+           ) -> Iterator[tuple[str, str, list[tuple[date, str]]]]:
+    """Per study year: the rule's name, the year, and the (day, class) each boundary of the
+    policy is crossed by that year's youngest study."""
+    count = 0
+    for year in years:
+        youngest = date(year, 12, 31)
+        moves = [(youngest + timedelta(days=t.start), t.storage_class) for t in policy.tiers
+                 if t.start > 0]
+        if moves:
+            count += 1
+            if count > MAX_RULES:
+                raise ConfigError("the study years need more lifecycle rules than a bucket "
+                                  f"holds ({MAX_RULES})")
+            yield f"pacsmigrate-study-year-{year:04d}", f"{year:04d}", moves
 
 
 def s3_rules(policy: TierPolicy, years: Iterable[int], dest: Destination) -> dict[str, Any]:
-    rules = []
     prefix = dest.key("")
-    for year in years:
-        moves = _moves(policy, year)
-        if not moves:
-            continue
-        tags = [{"Key": YEAR_META, "Value": f"{year:04d}"}]
-        rules.append({
-            "ID": f"pacsmigrate-study-year-{year:04d}",
-            "Status": "Enabled",
-            "Filter": {"And": {"Prefix": f"{prefix}/" if prefix else "", "Tags": tags}},
-            "Transitions": [{"Date": f"{day.isoformat()}T00:00:00Z", "StorageClass": name}
-                            for day, name in moves],
-        })
-    _check_count(rules)
-    return {"Rules": rules}
+    return {"Rules": [{
+        "ID": name, "Status": "Enabled",
+        "Filter": {"And": {"Prefix": f"{prefix}/" if prefix else "",
+                           "Tags": [{"Key": YEAR_META, "Value": year}]}},
+        "Transitions": [{"Date": f"{day.isoformat()}T00:00:00Z", "StorageClass": cls}
+                        for day, cls in moves],
+    } for name, year, moves in _moves(policy, years)]}
 
 
 def azure_policy(policy: TierPolicy, years: Iterable[int], dest: Destination,
                  first_day: date) -> dict[str, Any]:
     actions = {"Cool": "tierToCool", "Cold": "tierToCold", "Archive": "tierToArchive",
                "Hot": "tierToHot"}
-    rules = []
     prefix = dest.key("")
-    for year in years:
-        moves = _moves(policy, year)
-        if not moves:
-            continue
-        base = {actions[name]: {"daysAfterCreationGreaterThan": max(0, (day - first_day).days)}
-                for day, name in moves if name in actions}
-        rules.append({
-            "enabled": True,
-            "name": f"pacsmigrate-study-year-{year:04d}",
-            "type": "Lifecycle",
-            "definition": {
-                "filters": {
-                    "blobTypes": ["blockBlob"],
-                    "prefixMatch": [f"{dest.bucket}/{prefix}/" if prefix else f"{dest.bucket}/"],
-                    "blobIndexMatch": [{"name": YEAR_META, "op": "==",
-                                        "value": f"{year:04d}"}],
-                },
-                "actions": {"baseBlob": base},
+    return {"rules": [{
+        "enabled": True, "name": name, "type": "Lifecycle",
+        "definition": {
+            "filters": {
+                "blobTypes": ["blockBlob"],
+                "prefixMatch": [f"{dest.bucket}/{prefix}/" if prefix else f"{dest.bucket}/"],
+                "blobIndexMatch": [{"name": YEAR_META, "op": "==", "value": year}],
             },
-        })
-    _check_count(rules)
-    return {"rules": rules}
+            "actions": {"baseBlob": {
+                actions[cls]: {"daysAfterCreationGreaterThan": max(0, (day - first_day).days)}
+                for day, cls in moves if cls in actions}},
+        },
+    } for name, year, moves in _moves(policy, years)]}
 
 
 def lifecycle(cp: Checkpoint, dest: Destination) -> dict[str, Any]:
@@ -112,10 +104,3 @@ def lifecycle(cp: Checkpoint, dest: Destination) -> dict[str, Any]:
         first = datetime.strptime(created, "%Y-%m-%d").date() if created else date.today()
         return azure_policy(policy, years, dest, first)
     raise ConfigError(f"{dest.scheme}:// stores have no lifecycle rules")
-
-
-def _check_count(rules: list[dict[str, Any]]) -> None:
-    if len(rules) > MAX_RULES:
-        raise ConfigError(f"{len(rules)} study years need more lifecycle rules than a bucket "
-                          f"holds ({MAX_RULES})")
-
