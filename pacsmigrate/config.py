@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
 
 from .errors import ConfigError
+from .retention import Retention
 from .tiers import TierPolicy
 
 KiB = 1024
@@ -199,6 +200,7 @@ class MigrateConfig:
     report_path: Path | None = None
     progress: bool = True
     tiers: TierPolicy = field(default_factory=TierPolicy)  # storage class by study age
+    retention: Retention | None = None  # Object Lock by study age
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -217,6 +219,8 @@ class MigrateConfig:
             raise ConfigError("--large-file must not exceed --bundle-size")
         s3 = self.dest.s3
         self.tiers.check(self.dest.scheme, provider=s3.provider if s3 else None)
+        if self.retention is not None:
+            self.retention.check(self.dest.scheme)
         if s3 is not None and s3.provider == "ceph" and self.transfer.checksum == "crc32":
             raise ConfigError("--checksum crc32 with --provider ceph: Ceph RGW before Quincy "
                               "ignores x-amz-checksum-crc32, so nothing would check the "

@@ -23,8 +23,8 @@ from .read import ReadOptions
 from .reads import read_tree
 from .records import FILE, TAR, BundlePlan, Problem
 from .report import write_report
-from .setup import check_state, key_secret
-from .sink import Classes, PlanSink, Sink, StoreSink
+from .setup import check_object_lock, check_state, key_secret
+from .sink import Classes, Locks, PlanSink, Sink, StoreSink
 from .stats import Stats
 from .walk import Walker
 
@@ -66,6 +66,8 @@ class Migration:
             if not cfg.dry_run and self.backend is None:
                 self.backend = await open_backend(cfg.dest, cfg.transfer)
                 stack.push_async_callback(self.backend.close)
+                if cfg.retention is not None:
+                    await check_object_lock(self.backend, cfg.dest)
             try:
                 self.secret = await key_secret(cp, None if cfg.dry_run else self.backend,
                                                cfg.dest)
@@ -104,7 +106,7 @@ class Migration:
         return StoreSink(cp, self.stats, bar, backend=self.backend, pool=self.pool,
                          secret=self.secret, concurrency=t.concurrency,
                          memory=self.cfg.memory // 2, expect=cp.counts()["plan"] > 0,
-                         started=started, classes=self._classes())
+                         started=started, classes=self._classes(), locks=self._locks())
 
     def _classes(self) -> Classes | None:
         """Each plan's storage class by its study's age today (None: no policy given)."""
@@ -112,6 +114,13 @@ class Migration:
         if not tiers:
             return None
         return lambda plan: tiers.class_for(plan.members[0].about.study_date, today)
+
+    def _locks(self) -> Locks | None:
+        """Each plan's retention lock by its study's date (None: no retention asked for)."""
+        retention, today = self.cfg.retention, datetime.now(UTC).date()
+        if retention is None:
+            return None
+        return lambda plan: retention.metadata(plan.members[0].about.study_date, today)
 
     async def _stream(self, cp: Checkpoint, started: float) -> None:
         cfg = self.cfg

@@ -74,3 +74,13 @@ async def _read_descriptor(backend: Backend, name: str) -> str | None:
         return None
     doc = json.loads(await backend.load(name))
     return str(doc["key_secret"])
+
+
+async def check_object_lock(backend: Backend, dest: Destination) -> None:
+    """Before anything is stored with a retention lock: the bucket must take one."""
+    store = getattr(backend, "store", backend)
+    probe = getattr(store, "object_lock_enabled", None)
+    if probe is None or not await probe():
+        raise ConfigError(f"{dest} has no object lock: create the bucket with object lock "
+                          "enabled (aws s3api create-bucket --object-lock-enabled-for-bucket), "
+                          "or drop --retain-years and --legal-hold")

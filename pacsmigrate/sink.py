@@ -29,6 +29,8 @@ def requests_for(plan: BundlePlan, *, scheme: str, part_size: int) -> int:
 
 # A plan -> the storage class it goes to (None: the store's default).
 Classes = Callable[[BundlePlan], str | None]
+# A plan -> the retention lock metadata of its object.
+Locks = Callable[[BundlePlan], dict[str, str]]
 
 
 class Sink:
@@ -99,8 +101,10 @@ class StoreSink(Sink):
 
     def __init__(self, cp: Checkpoint, stats: Stats, bar: Bar, *, backend: Backend,
                  pool: Executor, secret: bytes, concurrency: int, memory: int,
-                 expect: bool, started: float, classes: Classes | None = None) -> None:
+                 expect: bool, started: float, classes: Classes | None = None,
+                 locks: Locks | None = None) -> None:
         super().__init__(cp, stats, bar, classes=classes)
+        self.locks = locks
         self.backend = backend
         self.pool = pool
         self.secret = secret
@@ -175,7 +179,8 @@ class StoreSink(Sink):
             expect = {m.path: g[2] for m, g in zip(plan.members, got, strict=True)
                       if g is not None and (g[0], g[1]) == (m.size, m.mtime_ns) and g[2]}
         stored, built = await store(plan, self.backend, self.pool, secret=self.secret,
-                                    expect=expect, storage_class=self.storage_class(plan))
+                                    expect=expect, storage_class=self.storage_class(plan),
+                                    locks=self.locks(plan) if self.locks else None)
         s = self.stats
         if stored is None:
             await self.cp.call(self.cp.drop_intent, plan.key)

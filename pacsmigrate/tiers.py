@@ -116,7 +116,7 @@ class TierPolicy:
 
     def class_for(self, study_date: str, today: date) -> str | None:
         """The class for a study of this StudyDate (DICOM DA, YYYYMMDD or YYYY.MM.DD)."""
-        day = _study_day(study_date)
+        day = study_day(study_date)
         if day is None:
             return self.default
         age = max(0, (today - day).days)  # a date in the future: a new study
@@ -128,7 +128,7 @@ class TierPolicy:
 
 def study_year(study_date: str) -> str | None:
     """The year of a StudyDate (DICOM DA), None when it has none."""
-    day = _study_day(study_date)
+    day = study_day(study_date)
     return f"{day.year:04d}" if day else None
 
 
@@ -137,7 +137,8 @@ def tags(metadata: Mapping[str, str]) -> dict[str, str]:
     return {name: metadata[name] for name in TAGGED if metadata.get(name)}
 
 
-def _study_day(text: str) -> date | None:
+def study_day(text: str) -> date | None:
+    """The day of a StudyDate (DICOM DA: YYYYMMDD, or the old YYYY.MM.DD), if valid."""
     digits = text.strip().replace(".", "")
     if len(digits) != 8 or not digits.isdigit():
         return None

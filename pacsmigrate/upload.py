@@ -4,7 +4,7 @@ the objects a killed run left behind."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from concurrent.futures import Executor
 
 import blake3
@@ -39,8 +39,8 @@ async def _listed(chunks: list[bytes]) -> AsyncIterator[bytes]:
 
 
 async def store(plan: BundlePlan, backend: Backend, pool: Executor, *, secret: bytes,
-                expect: dict[bytes, str] | None = None, storage_class: str | None = None
-                ) -> tuple[StoredObject | None, Built]:
+                expect: dict[bytes, str] | None = None, storage_class: str | None = None,
+                locks: Mapping[str, str] | None = None) -> tuple[StoredObject | None, Built]:
     """Pack and store one plan. None when no member could be packed (all moved/vanished).
 
     Source reads run in `pool`; at most a few parts per object are in memory at once.
@@ -55,6 +55,7 @@ async def store(plan: BundlePlan, backend: Backend, pool: Executor, *, secret: b
         year = study_year(plan.members[0].about.study_date) if plan.members else None
         if year:
             meta[YEAR_META] = year  # tagged with the class, for lifecycle rules
+    meta.update(locks or {})  # retention: each store maps it to its lock
     try:
         if plan.size <= INLINE_MAX and all(m.data is not None for m in plan.members):
             chunks = list(gen)  # no file to read: cheaper here than a thread hand-off

@@ -7,10 +7,12 @@ import io
 import json
 import os
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import blake3
+import pydicom
 
 from pacsmigrate.checkpoint import Checkpoint
 from pacsmigrate.config import Destination, MigrateConfig, TransferConfig
@@ -20,6 +22,7 @@ from pacsmigrate.paths import from_fields
 from pacsmigrate.synth import make_tree
 
 MiB = 1 << 20
+TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 
 
 def config(sources: list[Path], url: str, state: Path, endpoint: str | None, **kw: Any
@@ -117,3 +120,22 @@ def call_unblocked(fn: Any, fifo: Path, *, what: str) -> Any:
         t.join(5)
     assert not blocked, f"{what} blocked opening a FIFO"
     return out[0]
+
+
+def aged_tree(root: Path) -> dict[str, str]:
+    """One study per age band (and one without a date), plus a large non-DICOM file: the
+    StudyInstanceUID -> StudyDate of each study."""
+    today = datetime.now(UTC).date()
+    dates = {"new": today - timedelta(days=10), "mid": today - timedelta(days=400),
+             "old": today - timedelta(days=3000), "undated": None}
+    studies = {}
+    for i, (name, day) in enumerate(dates.items()):
+        ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+        ds.StudyInstanceUID = f"1.2.826.0.1.3680043.8.498.{900 + i}"
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.{950 + i}"
+        ds.StudyDate = f"{day:%Y%m%d}" if day else ""
+        (root / name).mkdir(parents=True)
+        ds.save_as(root / name / "img.dcm")
+        studies[ds.StudyInstanceUID] = ds.StudyDate
+    (root / "scan.bin").write_bytes(b"\0" * (6 << 20))  # an object of its own, in parts
+    return studies

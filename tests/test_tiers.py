@@ -7,9 +7,9 @@ import json
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-import pydicom
 import pytest
-from conftest import TEST_FILES, AzureTarget, S3Target, run_cli
+from conftest import AzureTarget, S3Target, run_cli
+from helpers import aged_tree as _aged_tree
 from helpers import index_rows
 
 from pacsmigrate.config import Destination
@@ -74,25 +74,6 @@ def test_classes_are_checked_against_the_store() -> None:
     with pytest.raises(ConfigError, match="Wasabi has no storage classes"):
         TierPolicy(default="STANDARD").check("s3", provider="wasabi")
     TierPolicy().check("file")  # no policy: nothing to check
-
-
-def _aged_tree(root: Path) -> dict[str, str]:
-    """One study per age band (and one without a date), plus a large non-DICOM file: the
-    StudyInstanceUID -> StudyDate of each study."""
-    today = datetime.now(UTC).date()
-    dates = {"new": today - timedelta(days=10), "mid": today - timedelta(days=400),
-             "old": today - timedelta(days=3000), "undated": None}
-    studies = {}
-    for i, (name, day) in enumerate(dates.items()):
-        ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
-        ds.StudyInstanceUID = f"1.2.826.0.1.3680043.8.498.{900 + i}"
-        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.{950 + i}"
-        ds.StudyDate = f"{day:%Y%m%d}" if day else ""
-        (root / name).mkdir(parents=True)
-        ds.save_as(root / name / "img.dcm")
-        studies[ds.StudyInstanceUID] = ds.StudyDate
-    (root / "scan.bin").write_bytes(b"\0" * (6 << 20))  # an object of its own, in parts
-    return studies
 
 
 def _expected(rows: list[dict[str, str]], studies: dict[str, str], default: str) -> dict[str, str]:

@@ -6,11 +6,13 @@ import asyncio
 import hashlib
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from ..config import Destination, S3Options, TransferConfig
 from ..errors import BackendError, ConfigError
+from ..retention import HOLD_META, MODE_META, UNTIL_META
 from ..tiers import CLASS_META, tags
 from .base import ObjectInfo, Part, PendingUpload, adjust_part_size
 from .body import Body, Checksum
@@ -140,6 +142,7 @@ class S3Backend:
             headers["x-amz-storage-class"] = metadata[CLASS_META]
         if tags(metadata):
             headers["x-amz-tagging"] = urlencode(tags(metadata))
+        headers.update(_lock_headers(metadata))
         for name, value in metadata.items():
             if not (name + value).isascii():  # botocore refuses them too
                 raise ValueError(f"S3 metadata must be ASCII: {name!r}")
@@ -161,16 +164,30 @@ class S3Backend:
                 for o in resp.get("Contents", [])]
         return page, (resp.get("NextContinuationToken") if resp.get("IsTruncated") else None)
 
+    async def object_lock_enabled(self) -> bool:
+        """Whether the bucket takes retention locks (a capability asked before a run)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            resp = await (await self._cold()).get_object_lock_configuration(Bucket=self.bucket)
+        except ClientError as exc:
+            if "ObjectLockConfigurationNotFound" in str(exc.response.get("Error", {})):
+                return False
+            raise
+        return bool(resp.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled")
+                    == "Enabled")
+
     async def delete(self, key: str) -> None:
         await (await self._cold()).delete_object(Bucket=self.bucket, Key=key)
 
     # -- multipart uploads (ChunkedWriter) -------------------------------------------
     async def create_upload(self, key: str, *, metadata: Mapping[str, str]) -> str:
-        extra: dict[str, str] = {}
+        extra: dict[str, Any] = {}
         if metadata.get(CLASS_META):
             extra["StorageClass"] = metadata[CLASS_META]
         if tags(metadata):
             extra["Tagging"] = urlencode(tags(metadata))
+        extra.update(_lock_params(metadata))
         resp = await (await self._cold()).create_multipart_upload(Bucket=self.bucket, Key=key,
                                                           Metadata=dict(metadata), **extra)
         return str(resp["UploadId"])
@@ -218,3 +235,26 @@ class S3Backend:
     def expected_etag(self, part_md5s: Sequence[bytes]) -> str:
         # S3's multipart ETag: the MD5 of the parts' MD5s, then "-" and the part count.
         return f"{hashlib.md5(b''.join(part_md5s)).hexdigest()}-{len(part_md5s)}"
+
+
+def _lock_headers(metadata: Mapping[str, str]) -> dict[str, str]:
+    """S3 Object Lock headers for a PUT, from the retention the metadata carries."""
+    out = {}
+    if metadata.get(UNTIL_META):
+        out["x-amz-object-lock-mode"] = metadata[MODE_META]
+        out["x-amz-object-lock-retain-until-date"] = f"{metadata[UNTIL_META]}T00:00:00Z"
+    if metadata.get(HOLD_META):
+        out["x-amz-object-lock-legal-hold"] = "ON"
+    return out
+
+
+def _lock_params(metadata: Mapping[str, str]) -> dict[str, Any]:
+    """The same for CreateMultipartUpload."""
+    out: dict[str, Any] = {}
+    if metadata.get(UNTIL_META):
+        out["ObjectLockMode"] = metadata[MODE_META]
+        out["ObjectLockRetainUntilDate"] = datetime.fromisoformat(metadata[UNTIL_META]).replace(
+            tzinfo=UTC)
+    if metadata.get(HOLD_META):
+        out["ObjectLockLegalHoldStatus"] = "ON"
+    return out

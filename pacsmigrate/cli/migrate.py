@@ -13,6 +13,7 @@ import click
 from ..checkpoint import Checkpoint
 from ..config import MigrateConfig
 from ..pipeline import migrate as run_migrate
+from ..retention import Retention
 from ..stats import Stats
 from ..tiers import TierPolicy
 from .common import (
@@ -52,6 +53,14 @@ from .common import (
 @click.option("--tier-policy", metavar="POLICY",
               help="Class by study age, e.g. 0-180d=STANDARD,180d-5y=GLACIER_IR,"
                    "5y-=DEEP_ARCHIVE (d days, m months, y years).")
+@click.option("--retain-years", type=click.IntRange(1, 100), metavar="N",
+              help="S3 Object Lock: keep each study's objects undeletable until its "
+                   "StudyDate + N years (today + N without a StudyDate); the bucket must "
+                   "have object lock enabled.")
+@click.option("--lock-mode", type=click.Choice(["GOVERNANCE", "COMPLIANCE"]),
+              default="GOVERNANCE", show_default=True,
+              help="COMPLIANCE: nobody, not even the account's root, can shorten the lock.")
+@click.option("--legal-hold", is_flag=True, help="Also put a legal hold on every object.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path),
               help="Write the JSON report here.")
 @click.option("--progress/--no-progress", default=None,
@@ -62,6 +71,7 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
             addressing_style: str | None, dry_run: bool,
             bundle_size: int, large_file: int, read_threads: int, memory: int,
             checksum: str, storage_class: str | None, tier_policy: str | None,
+            retain_years: int | None, lock_mode: str, legal_hold: bool,
             report_path: Path | None,
             progress: bool | None, **transfer: Any) -> None:
     """Copy SOURCE directories to DEST: s3://bucket/prefix (AWS, Wasabi, Ceph, MinIO, any
@@ -81,6 +91,7 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
         transfer=transfer_config(**transfer, checksum=checksum),
         read_threads=read_threads, memory=memory, report_path=report_path,
         tiers=TierPolicy.parse(tier_policy, default=storage_class),
+        retention=Retention(retain_years, lock_mode, legal_hold) if retain_years else None,
         progress=sys.stderr.isatty() if progress is None else progress,
     )
     stats = asyncio.run(run_migrate(cfg))
