@@ -57,6 +57,8 @@ class S3Options:
     profile: str | None = None
     addressing_style: str | None = None  # "path" or "virtual"; None: the provider's
     provider: str | None = None
+    sse: str | None = None  # server-side encryption: "AES256" (SSE-S3) or "aws:kms"
+    sse_kms_key_id: str | None = None
 
     def resolve(self, endpoint_url: str | None) -> tuple[str | None, S3Options]:
         """The endpoint and the options with the provider's defaults filled in."""
@@ -64,6 +66,10 @@ class S3Options:
         if provider is not None and provider not in PROVIDERS:
             raise ConfigError(f"--provider must be one of {', '.join(PROVIDERS)}, "
                               f"not {provider!r}")
+        if self.sse not in (None, "AES256", "aws:kms"):
+            raise ConfigError(f"--sse must be AES256 or aws:kms, not {self.sse!r}")
+        if self.sse_kms_key_id and self.sse != "aws:kms":
+            raise ConfigError("--sse-kms-key-id goes with --sse aws:kms")
         if style not in (None, "path", "virtual"):
             raise ConfigError(f"--addressing-style must be path or virtual, not {style!r}")
         region = self.region
@@ -79,7 +85,8 @@ class S3Options:
 
     def as_meta(self) -> dict[str, str | None]:
         return {"region": self.region, "profile": self.profile,
-                "addressing_style": self.addressing_style, "provider": self.provider}
+                "addressing_style": self.addressing_style, "provider": self.provider,
+                "sse": self.sse, "sse_kms_key_id": self.sse_kms_key_id}
 
     @classmethod
     def from_meta(cls, meta: dict[str, object]) -> S3Options:
@@ -87,7 +94,8 @@ class S3Options:
             value = meta.get(name)
             return str(value) if value else None
 
-        return cls(get("region"), get("profile"), get("addressing_style"), get("provider"))
+        return cls(get("region"), get("profile"), get("addressing_style"), get("provider"),
+                   get("sse"), get("sse_kms_key_id"))
 
 
 @dataclass(frozen=True)
@@ -105,8 +113,8 @@ class Destination:
         """This destination with a provider's preset applied (S3 only)."""
         if self.scheme != "s3":
             if options != S3Options():
-                raise ConfigError(f"--region, --profile, --addressing-style and --provider "
-                                  f"are for s3:// destinations, not {self}")
+                raise ConfigError(f"--region, --profile, --addressing-style, --provider and "
+                                  f"--sse are for s3:// destinations, not {self}")
             return self
         endpoint, opts = options.resolve(self.endpoint_url)
         return replace(self, endpoint_url=endpoint, s3=opts)

@@ -143,6 +143,7 @@ class S3Backend:
         if tags(metadata):
             headers["x-amz-tagging"] = urlencode(tags(metadata))
         headers.update(_lock_headers(metadata))
+        headers.update(self._sse_headers())
         for name, value in metadata.items():
             if not (name + value).isascii():  # botocore refuses them too
                 raise ValueError(f"S3 metadata must be ASCII: {name!r}")
@@ -163,6 +164,15 @@ class S3Backend:
         page = [ObjectInfo(o["Key"], int(o["Size"]), str(o.get("ETag", "")).strip('"'))
                 for o in resp.get("Contents", [])]
         return page, (resp.get("NextContinuationToken") if resp.get("IsTruncated") else None)
+
+    def _sse_headers(self) -> dict[str, str]:
+        """Server-side encryption asked for this destination (--sse, --sse-kms-key-id)."""
+        opts, out = self.dest.s3 or S3Options(), {}
+        if opts.sse:
+            out["x-amz-server-side-encryption"] = opts.sse
+        if opts.sse_kms_key_id:
+            out["x-amz-server-side-encryption-aws-kms-key-id"] = opts.sse_kms_key_id
+        return out
 
     async def object_lock_enabled(self) -> bool:
         """Whether the bucket takes retention locks (a capability asked before a run)."""
@@ -188,6 +198,11 @@ class S3Backend:
         if tags(metadata):
             extra["Tagging"] = urlencode(tags(metadata))
         extra.update(_lock_params(metadata))
+        opts = self.dest.s3 or S3Options()
+        if opts.sse:
+            extra["ServerSideEncryption"] = opts.sse
+        if opts.sse_kms_key_id:
+            extra["SSEKMSKeyId"] = opts.sse_kms_key_id
         resp = await (await self._cold()).create_multipart_upload(Bucket=self.bucket, Key=key,
                                                           Metadata=dict(metadata), **extra)
         return str(resp["UploadId"])

@@ -71,18 +71,22 @@ def store_options(fn: F) -> F:
         click.option("--profile", help="AWS credentials profile (~/.aws/credentials)."),
         click.option("--addressing-style", type=click.Choice(["path", "virtual"]),
                      help="S3 URL style (default: the provider's; path for --endpoint-url)."),
+        click.option("--sse", type=click.Choice(["AES256", "aws:kms"]),
+                     help="S3 server-side encryption: AES256 (store-managed keys) or aws:kms."),
+        click.option("--sse-kms-key-id", metavar="KEY",
+                     help="The KMS key for --sse aws:kms (default: the account's S3 key)."),
     ]):
         fn = option(fn)
     return fn
 
 
 def destination(url: str, *, endpoint_url: str | None, provider: str | None,
-                region: str | None, profile: str | None,
-                addressing_style: str | None) -> Destination:
+                region: str | None, profile: str | None, addressing_style: str | None,
+                sse: str | None = None, sse_kms_key_id: str | None = None) -> Destination:
     """DEST with the store options applied (the provider's preset for S3)."""
     return Destination.parse(url, endpoint_url=endpoint_url).with_s3(
         S3Options(region=region, profile=profile, addressing_style=addressing_style,
-                  provider=provider))
+                  provider=provider, sse=sse, sse_kms_key_id=sse_kms_key_id))
 
 
 def transfer_options(fn: F) -> F:

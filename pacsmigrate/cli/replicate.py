@@ -30,7 +30,8 @@ from .common import (
 @handle_errors
 def replicate_cmd(dest: str, state_dir: Path, replica_state: Path, endpoint_url: str | None,
                   provider: str | None, region: str | None, profile: str | None,
-                  addressing_style: str | None, **transfer: Any) -> None:
+                  addressing_style: str | None, sse: str | None,
+                  sse_kms_key_id: str | None, **transfer: Any) -> None:
     """Copy the migration in --state to a second store DEST (same keys) for disaster
     recovery; the replica gets its own state (--to-state) for verify, get and restore.
 
@@ -38,7 +39,8 @@ def replicate_cmd(dest: str, state_dir: Path, replica_state: Path, endpoint_url:
     `pacsmigrate verify --state REPLICA --deep` to read every instance back from DEST.
     """
     where = destination(dest, endpoint_url=endpoint_url, provider=provider, region=region,
-                        profile=profile, addressing_style=addressing_style)
+                        profile=profile, addressing_style=addressing_style, sse=sse,
+                        sse_kms_key_id=sse_kms_key_id)
     done = asyncio.run(replicate(state_dir, where, replica_state,
                                  transfer=transfer_config(**transfer)))
     click.echo(f"replicated to {where}: {done.objects:,} objects; {done.copied:,} copied "
