@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -77,30 +78,44 @@ class S3Target:
             Bucket=self.bucket).get("Uploads", [])
         return uploads
 
+    def drop(self, bucket: str | None = None) -> None:
+        """Delete the bucket with what it holds (SeaweedFS drops its volumes at once; moto
+        refuses a bucket that is not empty, which only costs memory)."""
+        # A bucket left behind is not the test's failure.
+        with contextlib.suppress(Exception):
+            self.client.delete_bucket(Bucket=bucket or self.bucket)
 
-def _target(info: StoreInfo, kind: str, monkeypatch: pytest.MonkeyPatch) -> S3Target:
+
+def _target(info: StoreInfo, kind: str, monkeypatch: pytest.MonkeyPatch,
+            request: pytest.FixtureRequest) -> S3Target:
     bucket = f"t{os.getpid()}-{next(_bucket_ids)}"
     create_bucket(info, bucket)
     for k, v in info.env().items():
         monkeypatch.setenv(k, v)
-    return S3Target(info, bucket, kind)
+    target = S3Target(info, bucket, kind)
+    # SeaweedFS gives every bucket volumes of its own and has a fixed number: a suite that
+    # keeps hundreds of buckets runs out ("No writable volumes"). Deleting one frees them.
+    request.addfinalizer(target.drop)
+    return target
 
 
 @pytest.fixture
-def moto_s3(moto_server: StoreInfo, monkeypatch: pytest.MonkeyPatch) -> S3Target:
-    return _target(moto_server, "moto", monkeypatch)
+def moto_s3(moto_server: StoreInfo, monkeypatch: pytest.MonkeyPatch,
+            request: pytest.FixtureRequest) -> S3Target:
+    return _target(moto_server, "moto", monkeypatch, request)
 
 
 @pytest.fixture
-def seaweed_s3(seaweed_server: StoreInfo, monkeypatch: pytest.MonkeyPatch) -> S3Target:
-    return _target(seaweed_server, "seaweed", monkeypatch)
+def seaweed_s3(seaweed_server: StoreInfo, monkeypatch: pytest.MonkeyPatch,
+               request: pytest.FixtureRequest) -> S3Target:
+    return _target(seaweed_server, "seaweed", monkeypatch, request)
 
 
 @pytest.fixture(params=["moto", pytest.param("seaweed", marks=pytest.mark.seaweed)])
 def s3(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> S3Target:
     """Both tiers: moto (fast) and SeaweedFS (validates checksums and credentials)."""
     info = request.getfixturevalue(f"{request.param}_server")
-    return _target(info, request.param, monkeypatch)
+    return _target(info, request.param, monkeypatch, request)
 
 
 class LocalTarget:

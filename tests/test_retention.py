@@ -32,17 +32,18 @@ def test_lock_ends_years_after_the_study() -> None:
             Retention(**bad)  # type: ignore[arg-type]
 
 
-def _lock_bucket(target: S3Target) -> str:
+def _lock_bucket(target: S3Target, request: pytest.FixtureRequest) -> str:
     bucket = target.bucket + "-lock"
     target.client.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    request.addfinalizer(lambda: target.drop(bucket))
     return bucket
 
 
 @pytest.mark.seaweed
-def test_every_object_is_locked_until_its_study_plus_the_years(seaweed_s3: S3Target,
-                                                               tmp_path: Path) -> None:
+def test_every_object_is_locked_until_its_study_plus_the_years(
+        seaweed_s3: S3Target, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     studies = aged_tree(tmp_path / "pacs")
-    bucket = _lock_bucket(seaweed_s3)
+    bucket = _lock_bucket(seaweed_s3, request)
     state = tmp_path / "state"
     run_cli("migrate", str(tmp_path / "pacs"), f"s3://{bucket}/pacs", "--endpoint-url",
             seaweed_s3.info.endpoint_url, "--state", str(state), "--retain-years", "30",
