@@ -128,12 +128,39 @@ def test_missing_container_is_permanent(azure_store: AzureTarget) -> None:
     on(azure_store, body, dest=Destination("az", "no-such-container", "pfx"))
 
 
-def test_no_credentials_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_storage_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_KEY",
                  "AZURE_STORAGE_SAS_TOKEN"):
         monkeypatch.delenv(name, raising=False)
+
+
+def test_no_credentials_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_storage_credentials(monkeypatch)
     with pytest.raises(ConfigError, match="which storage account"):
         asyncio.run(open_backend(Destination("az", "c"), TRANSFER))
+
+
+def test_without_storage_credentials_a_managed_identity_is_used(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No key, SAS or connection string: azure-identity's DefaultAzureCredential (managed
+    identity, `az login`, environment) signs the requests. Only its choice is tested here:
+    getting a token needs Azure's identity endpoints, which this machine cannot reach."""
+    from azure.identity.aio import DefaultAzureCredential
+
+    from pacsmigrate.backends.azure import AzureStore
+
+    _no_storage_credentials(monkeypatch)
+
+    async def main() -> None:
+        store = await AzureStore(Destination("az", "c", "", "https://acct.blob.core.windows.net"),
+                                 TRANSFER).open()
+        try:
+            assert isinstance(store._credential, DefaultAzureCredential)
+            assert store._service.url.startswith("https://acct.blob.core.windows.net")
+        finally:
+            await store.close()
+
+    asyncio.run(main())
 
 
 def test_cleanup_has_nothing_to_do_on_azure(azure_store: AzureTarget) -> None:
