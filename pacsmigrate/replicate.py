@@ -21,7 +21,7 @@ from typing import Any
 from . import keys
 from .access import destination_of
 from .backends import Backend, one_chunk, open_backend
-from .backends.body import Buffer
+from .backends.body import Buffer, multipart_etag
 from .checkpoint import Checkpoint
 from .config import Destination, TransferConfig
 from .errors import ConfigError, IntegrityError, ObjectExistsError, StateError
@@ -118,7 +118,7 @@ class _Check:
 
     @property
     def rule(self) -> str:
-        return f"{hashlib.md5(b''.join(self.parts)).hexdigest()}-{len(self.parts)}"
+        return multipart_etag(self.parts)
 
     def ours(self, etag: str) -> bool:
         """An ETag the second store would give these bytes."""

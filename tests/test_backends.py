@@ -96,24 +96,11 @@ def _store(request: pytest.FixtureRequest) -> Store:
     return Store(kind, request.getfixturevalue(f"{kind}_s3"))  # conftest's moto_s3/seaweed_s3
 
 
-@pytest.fixture(params=BACKENDS)
-def store(request: pytest.FixtureRequest) -> Store:
-    return _store(request)
-
-
-@pytest.fixture(params=S3_BACKENDS)
-def s3store(request: pytest.FixtureRequest) -> Store:
-    return _store(request)
-
-
-@pytest.fixture(params=CHUNKED)
-def chunked(request: pytest.FixtureRequest) -> Store:
-    return _store(request)
-
-
-@pytest.fixture(params=ABORTABLE)
-def abortable(request: pytest.FixtureRequest) -> Store:
-    return _store(request)
+# One fixture per set of stores a test runs on (the same factory, other parameters).
+store = pytest.fixture(params=BACKENDS, name="store")(_store)
+s3store = pytest.fixture(params=S3_BACKENDS, name="s3store")(_store)
+chunked = pytest.fixture(params=CHUNKED, name="chunked")(_store)
+abortable = pytest.fixture(params=ABORTABLE, name="abortable")(_store)
 
 
 @pytest.fixture

@@ -23,26 +23,17 @@ from ..config import Destination, MiB, TransferConfig
 from ..errors import (
     BackendError,
     ConfigError,
-    ObjectArchivedError,
-    ObjectExistsError,
-    ObjectNotFoundError,
-    PermanentBackendError,
 )
 from ..tiers import CLASS_META, tags
+from .azure_errors import classify, code_of, map_error
 from .base import ObjectInfo, Part, PendingUpload, adjust_part_size
-from .body import Body, Checksum
+from .body import Body, Checksum, multipart_etag
 from .limits import AZURE
-from .policy import THROTTLE, TRANSIENT, Cause
+from .policy import Cause
 
 LIMITS = AZURE.limits
 ETAG_META = "pacsmigrate_etag"
-PERMANENT_CODES = frozenset({
-    "AuthenticationFailed", "AuthorizationFailure", "AuthorizationPermissionMismatch",
-    "InsufficientAccountPermissions", "AccountIsDisabled", "ContainerNotFound",
-    "ContainerBeingDeleted", "ContainerDisabled", "Md5Mismatch", "InvalidMd5",
-    "InvalidAuthenticationInfo"})
-THROTTLE_CODES = frozenset({"ServerBusy", "OperationTimedOut", "IngressOverAccountLimit",
-                            "EgressOverAccountLimit", "TpsOverAccountLimit"})
+
 
 
 def _conn_credential(conn: str) -> Any:
@@ -64,17 +55,6 @@ def _tier(metadata: Mapping[str, str]) -> Any:
 
     name = metadata.get(CLASS_META)
     return StandardBlobTier(name) if name else None
-
-
-def _code(exc: BaseException) -> str:
-    """The storage error code (set by azure-storage on the errors it raises)."""
-    code = getattr(exc, "error_code", None) or ""
-    return str(getattr(code, "value", code))  # a StorageErrorCode enum, or a plain string
-
-
-def _first_line(exc: BaseException) -> str:
-    message = getattr(exc, "message", None) or str(exc)
-    return str(message).strip().splitlines()[0] if str(message).strip() else ""
 
 
 def _meta_out(metadata: Mapping[str, str]) -> dict[str, str]:
@@ -200,71 +180,10 @@ class AzureStore:
         return adjust_part_size(LIMITS, self.transfer.part_size, size_hint)
 
     def classify(self, exc: BaseException) -> Cause | None:
-        from azure.core.exceptions import (
-            DecodeError,
-            HttpResponseError,
-            IncompleteReadError,
-            ServiceRequestError,
-            ServiceResponseError,
-        )
-
-        if isinstance(exc, (IncompleteReadError, DecodeError)) or (
-                isinstance(exc, HttpResponseError) and exc.status_code is None):
-            return Cause(TRANSIENT, "truncated response")  # a body cut short: read it again
-        if isinstance(exc, HttpResponseError):
-            status, code = exc.status_code or 0, _code(exc)
-            if code in PERMANENT_CODES:
-                return None
-            if code in THROTTLE_CODES or status in (429, 503):
-                return Cause(THROTTLE, f"{status} {code}".strip())
-            if status >= 500 or status == 408:
-                return Cause(TRANSIENT, f"{status} {code}".strip())
-            return None
-        if isinstance(exc, (ServiceRequestError, ServiceResponseError, ConnectionError,
-                            TimeoutError)):
-            return Cause(TRANSIENT, "connection failed")
-        return None
+        return classify(exc)
 
     def map_error(self, exc: BaseException, *, key: str | None) -> BackendError | None:
-        from azure.core.exceptions import (
-            AzureError,
-            ClientAuthenticationError,
-            HttpResponseError,
-            ResourceExistsError,
-            ResourceModifiedError,
-            ResourceNotFoundError,
-        )
-
-        if not isinstance(exc, (AzureError, ConnectionError, TimeoutError)):
-            return None
-        code = _code(exc)
-        where = f"container {self.dest.bucket!r}"
-        if code == "ContainerNotFound":
-            return PermanentBackendError(f"{where} does not exist: create it first", key=key)
-        if code == "BlobArchived":
-            return ObjectArchivedError(
-                f"{key} is in the Archive tier: rehydrate it first (az storage blob set-tier "
-                "--tier Hot --rehydrate-priority Standard), then run the command again",
-                key=key)
-        if code in ("BlobAlreadyExists", "ConditionNotMet") or (
-                isinstance(exc, (ResourceExistsError, ResourceModifiedError))
-                and code not in PERMANENT_CODES and code != "ResourceTypeMismatch"):
-            return ObjectExistsError(f"object exists: {key}", key=key)
-        if isinstance(exc, ResourceNotFoundError):
-            return ObjectNotFoundError(f"no such object: {key}", key=key)
-        if isinstance(exc, ClientAuthenticationError) or code in PERMANENT_CODES:
-            hint = " (check the account key, SAS token or identity)" if (
-                isinstance(exc, ClientAuthenticationError) or code.startswith("Auth")) else ""
-            return PermanentBackendError(f"Azure refused ({code or 'denied'}) on {where}{hint}",
-                                         key=key)
-        if isinstance(exc, HttpResponseError) and exc.status_code:
-            status, said = exc.status_code, _first_line(exc)
-            if 400 <= status < 500 and status not in (408, 429):  # no retry fixes a refusal
-                return PermanentBackendError(f"Azure refused ({status} {code}: {said}) on "
-                                             f"{where}", key=key)
-            return BackendError(f"Azure error ({status} {code}: {said}) on {where}", key=key)
-        return BackendError(f"Azure request failed: {exc.__class__.__name__}: "
-                            f"{_first_line(exc)}", key=key)
+        return map_error(exc, key=key, container=self.dest.bucket)
 
     def _blob(self, key: str) -> Any:
         return self._container.get_blob_client(key)
@@ -312,7 +231,7 @@ class AzureStore:
         try:
             await self._blob(key).delete_blob()
         except ResourceNotFoundError as exc:
-            if _code(exc) == "ContainerNotFound":
+            if code_of(exc) == "ContainerNotFound":
                 raise
             # Absent already: not an error (as S3's DeleteObject)
 
@@ -343,7 +262,7 @@ class AzureStore:
                 content_settings=ContentSettings(content_md5=bytearray(content_md5)),
                 standard_blob_tier=tier, tags=tags(metadata or {}) or None)
             return content_md5.hex()
-        etag = self.expected_etag([bytes.fromhex(e) for _, e in parts])
+        etag = multipart_etag([bytes.fromhex(e) for _, e in parts])
         await self._blob(key).commit_block_list(blocks, metadata={**meta, ETAG_META: etag},
                                                 match_condition=MatchConditions.IfMissing,
                                                 standard_blob_tier=tier,
@@ -371,7 +290,7 @@ class AzureStore:
         try:
             _, uncommitted = await self._blob(key).get_block_list("uncommitted")
         except ResourceNotFoundError as exc:
-            if _code(exc) == "ContainerNotFound":
+            if code_of(exc) == "ContainerNotFound":
                 raise
             return []
         out = []
@@ -388,7 +307,7 @@ class AzureStore:
         return sorted(parts, key=lambda p: p.number), None
 
     def expected_etag(self, part_md5s: Sequence[bytes]) -> str:
-        return f"{hashlib.md5(b''.join(part_md5s)).hexdigest()}-{len(part_md5s)}"
+        return multipart_etag(part_md5s)
 
 
 class _Stream(io.RawIOBase):

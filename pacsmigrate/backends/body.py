@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,12 @@ async def md5(data: Buffer) -> Any:
     if mv.nbytes <= INLINE_HASH:
         return hashlib.md5(mv)
     return await asyncio.to_thread(hashlib.md5, mv)
+
+
+def multipart_etag(part_md5s: Sequence[bytes]) -> str:
+    """S3's ETag of an object completed from parts: the MD5 of the parts' MD5 digests, then
+    "-" and the part count (the local and Azure stores report the same rule)."""
+    return f"{hashlib.md5(b''.join(part_md5s)).hexdigest()}-{len(part_md5s)}"
 
 
 CHECKSUMS = ("md5", "crc32")

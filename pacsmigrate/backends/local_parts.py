@@ -17,7 +17,7 @@ from pathlib import Path
 from aiofiles.os import wrap
 
 from .base import Part, PendingUpload
-from .body import Body
+from .body import Body, multipart_etag
 
 UPLOADS_DIR = ".pacsmigrate-uploads"
 
@@ -150,7 +150,7 @@ class LocalParts:
 
     def expected_etag(self, part_md5s: Sequence[bytes]) -> str:
         # S3's rule, so an ETag means the same thing whichever store holds the object.
-        return f"{hashlib.md5(b''.join(part_md5s)).hexdigest()}-{len(part_md5s)}"
+        return multipart_etag(part_md5s)
 
 
 def _copy(src: int, dst: int) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
@@ -15,7 +14,7 @@ from ..errors import BackendError, ConfigError
 from ..retention import HOLD_META, MODE_META, UNTIL_META
 from ..tiers import CLASS_META, tags
 from .base import ObjectInfo, Part, PendingUpload, adjust_part_size
-from .body import Body, Checksum
+from .body import Body, Checksum, multipart_etag
 from .limits import S3
 from .policy import Cause
 from .s3_errors import classify, map_error
@@ -249,7 +248,7 @@ class S3Backend:
 
     def expected_etag(self, part_md5s: Sequence[bytes]) -> str:
         # S3's multipart ETag: the MD5 of the parts' MD5s, then "-" and the part count.
-        return f"{hashlib.md5(b''.join(part_md5s)).hexdigest()}-{len(part_md5s)}"
+        return multipart_etag(part_md5s)
 
 
 def _lock_headers(metadata: Mapping[str, str]) -> dict[str, str]:
