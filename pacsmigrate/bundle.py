@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import blake3
@@ -36,6 +36,8 @@ class Built:
     reread_bytes: int = 0
     # Other bytes than the dry run read although size and mtime are the same.
     dry_run_mismatch: list[bytes] = field(default_factory=list)
+    duplicates: int = 0  # members whose content was stored before: not stored again
+    duplicate_bytes: int = 0
     size: int = 0
     manifest: bytes = b""
     created: str = field(default_factory=now_iso)
@@ -114,15 +116,32 @@ def _member_bytes(m: Member, plan: BundlePlan, built: Built, secret: bytes
     return now, data
 
 
+# blake3 -> (object key, offset, length) of committed content with it, or None.
+Known = Callable[[str], "tuple[str, int, int] | None"]
+
+
+def _stored_at(digest: str, here: dict[str, tuple[int, int]], known: Known, key: str
+               ) -> tuple[str, int, int] | None:
+    """Where this content is stored already: in this bundle, else in a committed object."""
+    if digest in here:
+        return key, *here[digest]
+    return known(digest)
+
+
 def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
-              expect: dict[bytes, str] | None = None) -> Iterator[bytes]:
+              expect: dict[bytes, str] | None = None, known: Known | None = None
+              ) -> Iterator[bytes]:
     """Yield the bundle in part_size pieces; fill `built` as members are written.
 
     Each member's bytes were read whole between two equal fstat()s before its header goes
     out, so a member is never half-old. `expect`: blake3 per path from a dry run.
+    `known`: where committed content is stored (deduplication; None: store every member).
+    A member whose content is known, or is in this bundle already, is not written again:
+    its manifest line names the object that holds it (`duplicate_of`).
     """
     parts = _Parts(part_size)
     lines: list[str] = []
+    here: dict[str, tuple[int, int]] = {}  # content in this bundle: blake3 -> offset, length
     for m in plan.members:
         got = _member_bytes(m, plan, built, secret)
         if got is None:
@@ -132,11 +151,25 @@ def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
         if expect and expect.get(m.path, digest) != digest:
             built.dry_run_mismatch.append(m.path)
         name = member_name(m.path)
+        if known is not None and data:
+            where = _stored_at(digest, here, known, plan.key)
+            if where is not None:
+                key, offset, length = where
+                entry = Entry(m.path, offset, length, digest, now.size, now.mtime_ns,
+                              now.about, key)
+                built.entries.append(entry)
+                lines.append(manifest.member_line(entry, name))
+                built.duplicates += 1
+                built.duplicate_bytes += length
+                m.data = None
+                continue
         yield from parts.add(tar_header(name, len(data), now.mtime_ns // 1_000_000_000))
         entry = Entry(m.path, parts.offset, len(data), digest, now.size, now.mtime_ns,
                       now.about)
         built.entries.append(entry)
         lines.append(manifest.member_line(entry, name))
+        if known is not None and data:
+            here[digest] = entry.offset, entry.length
         yield from parts.add(data)
         yield from parts.add(pad(len(data)))
         m.data = None  # in a part now: the member's own copy can go (a retry reads it again)

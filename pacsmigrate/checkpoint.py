@@ -11,6 +11,10 @@ Tables (named LMDB databases); path keys are raw path bytes, or a hash for long 
     plan      path -> row (NO_OBJECT)   what the last dry run read, with the blake3
     spill     group 0 path -> row        files of scattered studies, packed after the walk
     groups    group -> ''                studies planned or stored (their count)
+    content   blake3 (32 bytes) -> number, offset, length (4+8+8)
+                                        where committed content is stored (deduplication)
+    conflicts path -> JSON              files whose SOPInstanceUID another file with other
+                                        bytes has too (both kept)
 
 The protocol: `put_intents` (write-ahead) -> the upload -> the store acknowledges ->
 `commit_objects` records the object, its rows and drops its intent in one transaction. A
@@ -26,42 +30,30 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import blake3
 import lmdb
 
 from . import rows
 from .lmdbfile import LmdbFile
-from .paths import from_fields
+from .paths import from_fields, path_fields
 from .records import (
     DICOM,
     FILE,
     BundlePlan,
-    Described,
     Entry,
-    Member,
     Problem,
     StoredObject,
 )
+from .spilltable import SpillTable, path_key, spill_key
 
 T = TypeVar("T")
 
 FORMAT = 2
 _DBS = ("meta", "intents", "objects", "objkeys", "index", "sop", "problems", "plan",
-        "spill", "groups")
+        "spill", "groups", "content", "conflicts")
 _ID = struct.Struct(">I")
+_WHERE = struct.Struct("<IQQ")
 
-# LMDB keys hold at most 511 bytes; paths may be 4096. Longer paths are keyed by a hash
-# (the row then carries the path). Real paths start with "/", so "#" cannot collide.
-_MAX_PATH_KEY = 400
-
-
-def path_key(path: bytes) -> bytes:
-    if len(path) <= _MAX_PATH_KEY:
-        return path
-    return b"#" + blake3.blake3(path).digest()
-
-
-class Checkpoint(LmdbFile):
+class Checkpoint(SpillTable, LmdbFile):
     """The state's tables and the intent -> upload -> commit protocol (see above).
 
     Lookups for the read stage (`migrated`, `planned_hashes`) may run in any thread.
@@ -101,6 +93,21 @@ class Checkpoint(LmdbFile):
             return e.size, e.mtime_ns, e.blake3
         return self._lookup("plan", paths, planned)
 
+    def stored_content(self, blake3_hex: str) -> tuple[str, int, int] | None:
+        """(object key, offset, length) of committed bytes with this blake3, or None.
+
+        Only committed objects are recorded: a duplicate never points at an object that a
+        kill could still lose.
+        """
+        if not blake3_hex or self.db["content"] is None:
+            return None
+        with self.env.begin() as txn:
+            raw = txn.get(bytes.fromhex(blake3_hex), db=self.db["content"])
+            if raw is None:
+                return None
+            number, offset, length = _WHERE.unpack(raw)
+            return self._object_key(txn, number), offset, length
+
     # -- problems and the dry run's plan ------------------------------------------------
     def record_problems(self, problems: list[Problem]) -> None:
         def write(txn: lmdb.Transaction) -> None:
@@ -127,54 +134,6 @@ class Checkpoint(LmdbFile):
             for name in names:
                 txn.drop(self.db[name], delete=False)
         self._write(write)
-
-    # -- the spill: scattered studies' files, packed by study after the walk ---------------
-    def spill(self, members: list[Member]) -> None:
-        def write(txn: lmdb.Transaction) -> None:
-            for m in members:
-                k = path_key(m.path)
-                e = Entry(m.path, 0, m.size, m.blake3, m.size, m.mtime_ns, m.about)
-                txn.put(_spill_key(m.group, m.path),
-                        rows.encode(e, rows.NO_OBJECT, long_path=k is not m.path),
-                        db=self.db["spill"])
-        self._write(write)
-
-    def unspill(self, group: str, paths: list[bytes]) -> None:
-        """Forget spilled files that were packed elsewhere or could not be read."""
-        def write(txn: lmdb.Transaction) -> None:
-            for p in paths:
-                txn.delete(_spill_key(group, p), db=self.db["spill"])
-        self._write(write)
-
-    def spilled_groups(self, groups: Iterable[str]) -> set[str]:
-        """Which of these groups have spilled files."""
-        found = set()
-        with self.env.begin(db=self.db["spill"]) as txn:
-            cur = txn.cursor()
-            for g in groups:
-                prefix = g.encode() + b"\0"
-                if cur.set_range(prefix) and bytes(cur.key()).startswith(prefix):
-                    found.add(g)
-        return found
-
-    def spill_after(self, after: bytes, limit: int) -> list[tuple[bytes, Member]]:
-        """The next `limit` spilled files in (group, path) order after key `after`."""
-        out: list[tuple[bytes, Member]] = []
-        with self.env.begin(db=self.db["spill"]) as txn:
-            cur = txn.cursor()
-            if not cur.set_range(after):
-                return out
-            for k, v in cur:
-                k = bytes(k)
-                if k == after:
-                    continue
-                group, _, pk = k.partition(b"\0")
-                e, _ = rows.decode(pk, v)
-                about = Described(group.decode(), *rows.about_fields(e.about))
-                out.append((k, Member(e.path, e.size, e.mtime_ns, about, e.blake3)))
-                if len(out) >= limit:
-                    break
-        return out
 
     # -- intents and commits ----------------------------------------------------------
     def put_intents(self, plans: list[BundlePlan]) -> None:
@@ -211,31 +170,82 @@ class Checkpoint(LmdbFile):
             planned = txn.stat(plan)["entries"] > 0
             spilled = txn.stat(self.db["spill"])["entries"] > 0
             troubled = txn.stat(problems)["entries"] > 0
+            content = self.db["content"]
+            dedup = json.loads(bytes(txn.get(b"dedup", b"[0, 0]", db=meta)))
+
+            def number_of(key: str, *, committing: bool) -> int:
+                """An object's number: kept from its record, or from a duplicate that named
+                it before it was committed (in a rebuild: `id:KEY` in meta), else the next."""
+                nonlocal next_id
+                old = txn.get(key.encode(), db=self.db["objects"])
+                if old is not None and (number := json.loads(bytes(old)).get("id")):
+                    return int(number)
+                early = txn.get(b"id:" + key.encode(), db=meta)
+                if early is not None:
+                    if committing:
+                        txn.delete(b"id:" + key.encode(), db=meta)
+                    return int(early)
+                number, next_id = next_id, next_id + 1
+                txn.put(_ID.pack(number), key.encode(), db=self.db["objkeys"])
+                if not committing:
+                    txn.put(b"id:" + key.encode(), str(number).encode(), db=meta)
+                return number
+
             for obj in objects:
                 key = obj.key.encode()
-                old = txn.get(key, db=self.db["objects"])
-                number = json.loads(bytes(old)).get("id") if old is not None else None
-                if number is None:
-                    number, next_id = next_id, next_id + 1
+                number = number_of(obj.key, committing=True)
+                txn.put(_ID.pack(number), key, db=self.db["objkeys"])
                 txn.put(key, json.dumps(rows.object_json(obj, number)).encode(),
                         db=self.db["objects"])
-                txn.put(_ID.pack(number), key, db=self.db["objkeys"])
                 for e in obj.entries:
                     k = path_key(e.path)
-                    txn.put(k, rows.encode(e, number, long_path=k is not e.path), db=index)
+                    if e.duplicate_of:
+                        where = number if e.duplicate_of == obj.key else number_of(
+                            e.duplicate_of, committing=False)
+                    else:
+                        where = number
+                        if e.blake3 and e.length:
+                            txn.put(bytes.fromhex(e.blake3), _WHERE.pack(number, e.offset,
+                                                                         e.length),
+                                    db=content, overwrite=False)
+                    txn.put(k, rows.encode(e, where, long_path=k is not e.path), db=index)
+                    if e.duplicate_of:
+                        dedup[0] += 1
+                        dedup[1] += e.length
                     if e.about.sop_uid:
-                        txn.put(rows.packed_uid(e.about.sop_uid)[:500], e.path, db=sop)
+                        uid = rows.packed_uid(e.about.sop_uid)[:500]
+                        self._same_sop(txn, e, txn.get(uid, db=sop))
+                        txn.put(uid, e.path, db=sop)
                     if troubled:
                         txn.delete(k, db=problems)
                     if planned:
                         txn.delete(k, db=plan)
                     if spilled:
-                        txn.delete(_spill_key(obj.group, e.path), db=self.db["spill"])
+                        txn.delete(spill_key(obj.group, e.path), db=self.db["spill"])
                 txn.delete(key, db=self.db["intents"])
                 if obj.entries and obj.entries[0].about.status == DICOM:
                     txn.put(obj.group.encode(), b"", db=self.db["groups"])
             txn.put(b"next_object", str(next_id).encode(), db=meta)
+            txn.put(b"dedup", json.dumps(dedup).encode(), db=meta)
         self._write(write)
+
+    def _same_sop(self, txn: lmdb.Transaction, e: Entry, other: bytes | memoryview | None
+                  ) -> None:
+        """Record a file whose SOPInstanceUID a file at another path with other bytes has
+        (a re-sent or edited instance): both are kept, the report lists them."""
+        if other is None or bytes(other) == e.path:
+            return
+        raw = txn.get(path_key(bytes(other)), db=self.db["index"])
+        if raw is None or (rows.legacy_dict(raw) is None
+                           and rows.decode(bytes(other), raw)[0].blake3 == e.blake3):
+            return
+        txn.put(path_key(e.path), json.dumps({**path_fields(e.path), "other": path_fields(
+            bytes(other))}).encode(), db=self.db["conflicts"])
+
+    def deduplicated(self) -> tuple[int, int]:
+        """(files, bytes) stored once for several files, over the whole state."""
+        files, nbytes = self.get_meta("dedup") or (0, 0)
+        return int(files), int(nbytes)
 
     def set_etags(self, etags: dict[str, str]) -> None:
         """A replica's objects carry the ETags its own store gave (`replicate`)."""
@@ -346,6 +356,3 @@ class Checkpoint(LmdbFile):
             raw = txn.get(path_key(path))
             return None if raw is None else self._decode("index", txn, path_key(path), raw)
 
-
-def _spill_key(group: str, path: bytes) -> bytes:
-    return group.encode() + b"\0" + path_key(path)

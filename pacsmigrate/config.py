@@ -209,6 +209,7 @@ class MigrateConfig:
     progress: bool = True
     tiers: TierPolicy = field(default_factory=TierPolicy)  # storage class by study age
     retention: Retention | None = None  # Object Lock by study age
+    dedup: bool = True  # content stored once per migration (by blake3)
 
     def __post_init__(self) -> None:
         if not self.sources:

@@ -27,7 +27,7 @@ TAIL = 4 * BLOCK  # trailer header + trailer + two zero blocks
 # Columns every index row carries, in export order.
 ROW_FIELDS = ("source_path", "source_path_b64", "key", "offset", "length", "blake3",
               "study_uid", "series_uid", "sop_uid", "modality", "study_date",
-              "transfer_syntax", "size", "mtime_ns", "status", "reason")
+              "transfer_syntax", "size", "mtime_ns", "status", "reason", "duplicate_of")
 
 
 def member_json(e: Entry, name: str) -> dict[str, Any]:
@@ -39,6 +39,7 @@ def member_json(e: Entry, name: str) -> dict[str, Any]:
         "study_uid": a.study_uid, "series_uid": a.series_uid, "sop_uid": a.sop_uid,
         "modality": a.modality, "study_date": a.study_date,
         "transfer_syntax": a.transfer_syntax, "status": a.status, "reason": a.reason,
+        **({"duplicate_of": e.duplicate_of} if e.duplicate_of else {}),
     }
 
 
@@ -55,10 +56,13 @@ def member_line(e: Entry, name: str) -> str:
     a = e.about
     q = encode_basestring_ascii
     fields = path_fields(e.path)
-    return _MEMBER_LINE % (
+    line = _MEMBER_LINE % (
         q(name), q(fields["source_path"]), q(fields["source_path_b64"]), e.offset, e.length,
         q(e.blake3), e.size, e.mtime_ns, q(a.study_uid), q(a.series_uid), q(a.sop_uid),
         q(a.modality), q(a.study_date), q(a.transfer_syntax), q(a.status), q(a.reason))
+    if e.duplicate_of:  # not in this tar: the bytes are at offset, length of that object
+        line = line[:-1] + ', "duplicate_of": ' + q(e.duplicate_of) + "}"
+    return line
 
 
 def manifest_name(bundle_id: str) -> str:
@@ -95,7 +99,7 @@ def entries(doc: dict[str, Any]) -> list[Entry]:
                           m.get("transfer_syntax", ""))
         out.append(Entry(from_fields(m["source_path"], m.get("source_path_b64", "")),
                          int(m["offset"]), int(m["length"]), m["blake3"], int(m["size"]),
-                         int(m["mtime_ns"]), about))
+                         int(m["mtime_ns"]), about, m.get("duplicate_of", "")))
     return out
 
 

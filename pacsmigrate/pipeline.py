@@ -106,7 +106,8 @@ class Migration:
         return StoreSink(cp, self.stats, bar, backend=self.backend, pool=self.pool,
                          secret=self.secret, concurrency=t.concurrency,
                          memory=self.cfg.memory // 2, expect=cp.counts()["plan"] > 0,
-                         started=started, classes=self._classes(), locks=self._locks())
+                         started=started, classes=self._classes(), locks=self._locks(),
+                         dedup=self.cfg.dedup)
 
     def _classes(self) -> Classes | None:
         """Each plan's storage class by its study's age today (None: no policy given)."""

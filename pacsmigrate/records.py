@@ -82,6 +82,9 @@ class Entry:
     size: int
     mtime_ns: int
     about: Described
+    # Deduplicated: the bytes were not stored again; offset and length are those of the
+    # same content (same blake3) in the object with this key, stored earlier.
+    duplicate_of: str = ""
 
 
 @dataclass(slots=True)

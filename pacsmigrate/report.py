@@ -35,7 +35,9 @@ def write_report(path: Path, cp: Checkpoint, stats: Stats, cfg: MigrateConfig) -
         head = {"tool": "pacsmigrate", "format": "pacsmigrate.report/1",
                 "written": now_iso(),
                 "destination": str(cfg.dest), "sources": [str(s) for s in cfg.sources],
-                "dry_run": cfg.dry_run, "run": stats.as_dict(), "state": cp.counts()}
+                "dry_run": cfg.dry_run, "run": stats.as_dict(),
+                "state": {**cp.counts(), "deduplicated_files": cp.deduplicated()[0],
+                          "deduplicated_bytes": cp.deduplicated()[1]}}
         out.write(json.dumps(head, ensure_ascii=True, indent=1)[:-2])
         pending = ({"source_path": v["source_path"], "source_path_b64": v["source_path_b64"],
                     "reason": "pending", "detail": "read, not yet stored"}
@@ -47,6 +49,8 @@ def write_report(path: Path, cp: Checkpoint, stats: Stats, cfg: MigrateConfig) -
                                    "source_path_b64": r["source_path_b64"],
                                    "reason": r["reason"], "key": r["key"]}
                                   for _, r in cp.iter_db("index") if r["status"] != "dicom"))
+        # Two paths, one SOPInstanceUID, other bytes: both kept (a re-sent or edited image).
+        _stream(out, "same_sop_other_bytes", (v for _, v in cp.iter_db("conflicts")))
         out.write("\n}\n")
     os.replace(tmp, path)
 

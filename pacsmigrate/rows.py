@@ -29,6 +29,8 @@ WIDE = 1
 SIZE_DIFFERS = 2
 LONG_PATH = 4
 UNSORTED_FLAG = 8
+DUPLICATE = 16  # the object named holds the same content stored for another file
+IN_ROW_OBJECT = "*"  # a decoded duplicate's `duplicate_of`: the object the row names
 
 _HEAD = struct.Struct("<BBI")
 _NARROW = struct.Struct("<II")
@@ -81,6 +83,8 @@ def encode(e: Entry, object_id: int, *, long_path: bool = False) -> bytes:
         flags |= LONG_PATH
     if a.status == UNSORTED:
         flags |= UNSORTED_FLAG
+    if e.duplicate_of:
+        flags |= DUPLICATE
     p = pack_text
     return b"".join((
         _HEAD.pack(VERSION, flags, object_id),
@@ -133,7 +137,8 @@ def decode(path_key: bytes, raw: bytes | memoryview) -> tuple[Entry, int]:
     about = Described("", UNSORTED if flags & UNSORTED_FLAG else DICOM, reason, study, series,
                       sop, modality, date, ts)
     digest_hex = digest.hex() if digest != _NO_DIGEST else ""
-    return Entry(path, offset, length, digest_hex, size, mtime, about), object_id
+    return Entry(path, offset, length, digest_hex, size, mtime, about,
+                 IN_ROW_OBJECT if flags & DUPLICATE else ""), object_id
 
 
 def as_dict(e: Entry, key: str) -> dict[str, Any]:
@@ -143,7 +148,8 @@ def as_dict(e: Entry, key: str) -> dict[str, Any]:
             "blake3": e.blake3, "study_uid": a.study_uid, "series_uid": a.series_uid,
             "sop_uid": a.sop_uid, "modality": a.modality, "study_date": a.study_date,
             "transfer_syntax": a.transfer_syntax, "size": e.size, "mtime_ns": e.mtime_ns,
-            "status": a.status, "reason": a.reason, "path_hex": e.path.hex()}
+            "status": a.status, "reason": a.reason, "duplicate_of": key if e.duplicate_of else "",
+            "path_hex": e.path.hex()}
 
 
 def legacy_dict(raw: bytes | memoryview) -> dict[str, Any] | None:

@@ -102,9 +102,10 @@ class StoreSink(Sink):
     def __init__(self, cp: Checkpoint, stats: Stats, bar: Bar, *, backend: Backend,
                  pool: Executor, secret: bytes, concurrency: int, memory: int,
                  expect: bool, started: float, classes: Classes | None = None,
-                 locks: Locks | None = None) -> None:
+                 locks: Locks | None = None, dedup: bool = True) -> None:
         super().__init__(cp, stats, bar, classes=classes)
         self.locks = locks
+        self.dedup = dedup
         self.backend = backend
         self.pool = pool
         self.secret = secret
@@ -180,7 +181,8 @@ class StoreSink(Sink):
                       if g is not None and (g[0], g[1]) == (m.size, m.mtime_ns) and g[2]}
         stored, built = await store(plan, self.backend, self.pool, secret=self.secret,
                                     expect=expect, storage_class=self.storage_class(plan),
-                                    locks=self.locks(plan) if self.locks else None)
+                                    locks=self.locks(plan) if self.locks else None,
+                                    known=self.cp.stored_content if self.dedup else None)
         s = self.stats
         if stored is None:
             await self.cp.call(self.cp.drop_intent, plan.key)
@@ -200,6 +202,8 @@ class StoreSink(Sink):
                 s.objects_uploaded += 1
                 s.bundles_uploaded += plan.kind == TAR
                 s.bytes_uploaded += stored.size
+        s.duplicate_files += built.duplicates
+        s.duplicate_bytes += built.duplicate_bytes
         s.reread_changed += built.reread
         s.reread_bytes += built.reread_bytes
         s.moved_study += len(built.moved)

@@ -26,6 +26,8 @@ class Stats:
     bundles_uploaded: int = 0
     files_migrated: int = 0
     bytes_uploaded: int = 0
+    duplicate_files: int = 0  # stored once already (same blake3): indexed, not sent again
+    duplicate_bytes: int = 0
     objects_adopted: int = 0
     commit_transactions: int = 0
     uploads_aborted: int = 0

@@ -11,7 +11,7 @@ import blake3
 
 from . import faults, manifest
 from .backends.base import Backend, ObjectInfo, one_chunk
-from .bundle import Built, file_parts, tar_parts
+from .bundle import Built, Known, file_parts, tar_parts
 from .errors import BackendError, ObjectExistsError, SourceChangedError
 from .keys import sidecar_key
 from .paths import member_name
@@ -40,15 +40,17 @@ async def _listed(chunks: list[bytes]) -> AsyncIterator[bytes]:
 
 async def store(plan: BundlePlan, backend: Backend, pool: Executor, *, secret: bytes,
                 expect: dict[bytes, str] | None = None, storage_class: str | None = None,
-                locks: Mapping[str, str] | None = None) -> tuple[StoredObject | None, Built]:
+                locks: Mapping[str, str] | None = None, known: Known | None = None
+                ) -> tuple[StoredObject | None, Built]:
     """Pack and store one plan. None when no member could be packed (all moved/vanished).
 
     Source reads run in `pool`; at most a few parts per object are in memory at once.
     """
     built = Built()
-    make = tar_parts if plan.kind == TAR else file_parts
-    gen = make(plan, built, part_size=backend.part_size(plan.size), secret=secret,
-               expect=expect)
+    part_size = backend.part_size(plan.size)
+    gen = tar_parts(plan, built, part_size=part_size, secret=secret, expect=expect,
+                    known=known) if plan.kind == TAR else file_parts(
+        plan, built, part_size=part_size, secret=secret, expect=expect)
     meta = {**META, "pacsmigrate-kind": plan.kind}
     if storage_class:
         meta[CLASS_META] = storage_class  # each store maps it to its own classes or tiers
@@ -114,7 +116,8 @@ async def recover(plan: BundlePlan, backend: Backend) -> StoredObject | None:
     except ValueError:
         doc = None
     if doc is None or doc.get("key") != plan.key or any(
-            int(m["offset"]) + int(m["length"]) > info.size for m in doc["members"]):
+            int(m["offset"]) + int(m["length"]) > info.size for m in doc["members"]
+            if m.get("duplicate_of", plan.key) == plan.key):
         raise BackendError(f"an object not written by this migration is at {plan.key}; "
                            "move it away and re-run", key=plan.key)
     assert raw is not None

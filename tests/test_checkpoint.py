@@ -271,3 +271,25 @@ def test_compact_packs_pages_and_keeps_every_row(cp: Checkpoint) -> None:
     assert not (cp.state_dir / "checkpoint.compact").exists()
     cp.commit_objects([stored("p/00/00/g/late.tar", [member(b"/s/late")])])  # still writable
     assert cp.index_row(b"/s/late") is not None
+
+
+def test_a_duplicate_may_name_an_object_committed_after_it(tmp_path: Path) -> None:
+    """An index rebuilt from the store meets objects in key order: a copy's bundle may come
+    before the object holding its bytes; both then agree on that object's number."""
+    from pacsmigrate.records import Described, Entry, StoredObject
+
+    about = Described("g")
+    cp = Checkpoint(tmp_path / "s")
+    try:
+        copy = Entry(b"/pacs/copy.dcm", 1536, 10, "ab" * 32, 10, 1, about, duplicate_of="b.tar")
+        cp.commit_objects([StoredObject("a.tar", "tar", "g", "a", 4096, "e1", "", (copy,))])
+        original = Entry(b"/pacs/orig.dcm", 1536, 10, "ab" * 32, 10, 1, about)
+        cp.commit_objects([StoredObject("b.tar", "tar", "g", "b", 8192, "e2", "", (original,))])
+        row = cp.index_row(b"/pacs/copy.dcm")
+        assert row is not None and (row["key"], row["duplicate_of"]) == ("b.tar", "b.tar")
+        assert cp.index_row(b"/pacs/orig.dcm")["duplicate_of"] == ""  # type: ignore[index]
+        assert cp.stored_content("ab" * 32) == ("b.tar", 1536, 10)
+        assert cp.object_record("b.tar")["id"] == 2  # type: ignore[index]
+        assert cp.deduplicated() == (1, 10)
+    finally:
+        cp.close()

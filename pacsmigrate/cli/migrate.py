@@ -61,6 +61,9 @@ from .common import (
               default="GOVERNANCE", show_default=True,
               help="COMPLIANCE: nobody, not even the account's root, can shorten the lock.")
 @click.option("--legal-hold", is_flag=True, help="Also put a legal hold on every object.")
+@click.option("--dedup/--no-dedup", default=True, show_default=True,
+              help="Store each content (blake3) once: a file identical to one stored "
+                   "already in this migration is indexed at the stored copy's bytes.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path),
               help="Write the JSON report here.")
 @click.option("--progress/--no-progress", default=None,
@@ -72,7 +75,7 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
             sse_kms_key_id: str | None, dry_run: bool,
             bundle_size: int, large_file: int, read_threads: int, memory: int,
             checksum: str, storage_class: str | None, tier_policy: str | None,
-            retain_years: int | None, lock_mode: str, legal_hold: bool,
+            retain_years: int | None, lock_mode: str, legal_hold: bool, dedup: bool,
             report_path: Path | None,
             progress: bool | None, **transfer: Any) -> None:
     """Copy SOURCE directories to DEST: s3://bucket/prefix (AWS, Wasabi, Ceph, MinIO, any
@@ -94,7 +97,7 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
         read_threads=read_threads, memory=memory, report_path=report_path,
         tiers=TierPolicy.parse(tier_policy, default=storage_class),
         retention=Retention(retain_years, lock_mode, legal_hold) if retain_years else None,
-        progress=sys.stderr.isatty() if progress is None else progress,
+        progress=sys.stderr.isatty() if progress is None else progress, dedup=dedup,
     )
     stats = asyncio.run(run_migrate(cfg))
     _print_summary(stats, dry_run=dry_run)
@@ -114,6 +117,9 @@ def _print_summary(s: Stats, *, dry_run: bool) -> None:
                    f"objects ({s.bytes_uploaded / 1e6:,.1f} MB); "
                    "adopted (stored by an interrupted attempt): "
                    f"{s.objects_adopted:,}; already migrated: {s.already_migrated:,}")
+    if s.duplicate_files:
+        click.echo(f"deduplicated: {s.duplicate_files:,} files ({s.duplicate_bytes / 1e6:,.1f} "
+                   "MB) were identical to files stored already: indexed, not stored again")
     for name, n in sorted(s.objects_by_class.items()):
         line = f"storage class {name}: {n:,} objects, {s.bytes_by_class[name] / 1e6:,.1f} MB"
         if s.small_by_class[name]:  # below the class's minimum billable size, or overhead
@@ -155,12 +161,15 @@ def status(state_dir: Path, as_json: bool) -> None:
         pending = counts["spill"]
         config = cp.get_meta("config") or {}
         open_problems = cp.open_problems()
+        dedup = cp.deduplicated()
     finally:
         cp.close()
     doc = {"destination": config.get("dest"), "sources": config.get("sources"),
            "files_migrated": counts["index"], "objects": counts["objects"],
            "files_pending": pending, "uploads_in_doubt": counts["intents"],
            "files_with_problems": open_problems,
+           "files_deduplicated": dedup[0], "bytes_deduplicated": dedup[1],
+           "same_sop_other_bytes": counts["conflicts"],
            "files_skipped": counts["problems"] - open_problems}
     if as_json:
         click.echo(json.dumps(doc, indent=1))
