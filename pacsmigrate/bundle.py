@@ -10,6 +10,7 @@ import blake3
 
 from . import manifest
 from .classify import describe
+from .encoding import ZSTD, Compressor, stored_name
 from .errors import SourceChangedError
 from .header import header_from_bytes, parse
 from .paths import member_name
@@ -36,6 +37,9 @@ class Built:
     reread_bytes: int = 0
     # Other bytes than the dry run read although size and mtime are the same.
     dry_run_mismatch: list[bytes] = field(default_factory=list)
+    compressed: int = 0  # members stored as zstd frames, and their bytes before and after
+    compressed_from: int = 0
+    compressed_to: int = 0
     duplicates: int = 0  # members whose content was stored before: not stored again
     duplicate_bytes: int = 0
     size: int = 0
@@ -117,11 +121,11 @@ def _member_bytes(m: Member, plan: BundlePlan, built: Built, secret: bytes
 
 
 # blake3 -> (object key, offset, length) of committed content with it, or None.
-Known = Callable[[str], "tuple[str, int, int] | None"]
+Known = Callable[[str], "tuple[str, int, int, str] | None"]
 
 
-def _stored_at(digest: str, here: dict[str, tuple[int, int]], known: Known, key: str
-               ) -> tuple[str, int, int] | None:
+def _stored_at(digest: str, here: dict[str, tuple[int, int, str]], known: Known, key: str
+               ) -> tuple[str, int, int, str] | None:
     """Where this content is stored already: in this bundle, else in a committed object."""
     if digest in here:
         return key, *here[digest]
@@ -129,19 +133,21 @@ def _stored_at(digest: str, here: dict[str, tuple[int, int]], known: Known, key:
 
 
 def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
-              expect: dict[bytes, str] | None = None, known: Known | None = None
-              ) -> Iterator[bytes]:
+              expect: dict[bytes, str] | None = None, known: Known | None = None,
+              compress: str = "") -> Iterator[bytes]:
     """Yield the bundle in part_size pieces; fill `built` as members are written.
 
     Each member's bytes were read whole between two equal fstat()s before its header goes
     out, so a member is never half-old. `expect`: blake3 per path from a dry run.
     `known`: where committed content is stored (deduplication; None: store every member).
     A member whose content is known, or is in this bundle already, is not written again:
-    its manifest line names the object that holds it (`duplicate_of`).
+    its manifest line names the object that holds it (`duplicate_of`). `compress` "zstd":
+    members with uncompressed pixels stored as zstd frames where smaller (encoding.py).
     """
     parts = _Parts(part_size)
     lines: list[str] = []
-    here: dict[str, tuple[int, int]] = {}  # content in this bundle: blake3 -> offset, length
+    here: dict[str, tuple[int, int, str]] = {}  # content here: blake3 -> offset, length, enc
+    packer = Compressor() if compress else None
     for m in plan.members:
         got = _member_bytes(m, plan, built, secret)
         if got is None:
@@ -154,22 +160,30 @@ def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
         if known is not None and data:
             where = _stored_at(digest, here, known, plan.key)
             if where is not None:
-                key, offset, length = where
+                key, offset, length, enc = where
                 entry = Entry(m.path, offset, length, digest, now.size, now.mtime_ns,
-                              now.about, key)
+                              now.about, key, enc)
                 built.entries.append(entry)
                 lines.append(manifest.member_line(entry, name))
                 built.duplicates += 1
                 built.duplicate_bytes += length
                 m.data = None
                 continue
-        yield from parts.add(tar_header(name, len(data), now.mtime_ns // 1_000_000_000))
+        frame = packer.encode(data, now.about.transfer_syntax) if packer else None
+        if frame is not None:
+            built.compressed += 1
+            built.compressed_from += len(data)
+            built.compressed_to += len(frame)
+            data = frame
+        enc = ZSTD if frame is not None else ""
+        yield from parts.add(tar_header(stored_name(name, enc), len(data),
+                                        now.mtime_ns // 1_000_000_000))
         entry = Entry(m.path, parts.offset, len(data), digest, now.size, now.mtime_ns,
-                      now.about)
+                      now.about, "", enc)
         built.entries.append(entry)
         lines.append(manifest.member_line(entry, name))
         if known is not None and data:
-            here[digest] = entry.offset, entry.length
+            here[digest] = entry.offset, entry.length, enc
         yield from parts.add(data)
         yield from parts.add(pad(len(data)))
         m.data = None  # in a part now: the member's own copy can go (a retry reads it again)

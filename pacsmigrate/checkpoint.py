@@ -11,7 +11,7 @@ Tables (named LMDB databases); path keys are raw path bytes, or a hash for long 
     plan      path -> row (NO_OBJECT)   what the last dry run read, with the blake3
     spill     group 0 path -> row        files of scattered studies, packed after the walk
     groups    group -> ''                studies planned or stored (their count)
-    content   blake3 (32 bytes) -> number, offset, length (4+8+8)
+    content   blake3 (32 bytes) -> number, offset, length, zstd (4+8+8+1)
                                         where committed content is stored (deduplication)
     conflicts path -> JSON              files whose SOPInstanceUID another file with other
                                         bytes has too (both kept)
@@ -51,7 +51,7 @@ FORMAT = 2
 _DBS = ("meta", "intents", "objects", "objkeys", "index", "sop", "problems", "plan",
         "spill", "groups", "content", "conflicts")
 _ID = struct.Struct(">I")
-_WHERE = struct.Struct("<IQQ")
+_WHERE = struct.Struct("<IQQ?")
 
 class Checkpoint(SpillTable, LmdbFile):
     """The state's tables and the intent -> upload -> commit protocol (see above).
@@ -93,8 +93,8 @@ class Checkpoint(SpillTable, LmdbFile):
             return e.size, e.mtime_ns, e.blake3
         return self._lookup("plan", paths, planned)
 
-    def stored_content(self, blake3_hex: str) -> tuple[str, int, int] | None:
-        """(object key, offset, length) of committed bytes with this blake3, or None.
+    def stored_content(self, blake3_hex: str) -> tuple[str, int, int, str] | None:
+        """(object key, offset, length, encoding) of committed content with this blake3.
 
         Only committed objects are recorded: a duplicate never points at an object that a
         kill could still lose.
@@ -105,8 +105,8 @@ class Checkpoint(SpillTable, LmdbFile):
             raw = txn.get(bytes.fromhex(blake3_hex), db=self.db["content"])
             if raw is None:
                 return None
-            number, offset, length = _WHERE.unpack(raw)
-            return self._object_key(txn, number), offset, length
+            number, offset, length, zstd = _WHERE.unpack(raw)
+            return self._object_key(txn, number), offset, length, "zstd" if zstd else ""
 
     # -- problems and the dry run's plan ------------------------------------------------
     def record_problems(self, problems: list[Problem]) -> None:
@@ -205,8 +205,8 @@ class Checkpoint(SpillTable, LmdbFile):
                     else:
                         where = number
                         if e.blake3 and e.length:
-                            txn.put(bytes.fromhex(e.blake3), _WHERE.pack(number, e.offset,
-                                                                         e.length),
+                            txn.put(bytes.fromhex(e.blake3), _WHERE.pack(
+                                number, e.offset, e.length, bool(e.encoding)),
                                     db=content, overwrite=False)
                     txn.put(k, rows.encode(e, where, long_path=k is not e.path), db=index)
                     if e.duplicate_of:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
 
+from . import encoding
 from .errors import ConfigError
 from .retention import Retention
 from .tiers import TierPolicy
@@ -210,6 +211,7 @@ class MigrateConfig:
     tiers: TierPolicy = field(default_factory=TierPolicy)  # storage class by study age
     retention: Retention | None = None  # Object Lock by study age
     dedup: bool = True  # content stored once per migration (by blake3)
+    compress: str = ""  # "zstd": uncompressed-pixel members as zstd frames (encoding.py)
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -234,6 +236,7 @@ class MigrateConfig:
             raise ConfigError("--checksum crc32 with --provider ceph: Ceph RGW before Quincy "
                               "ignores x-amz-checksum-crc32, so nothing would check the "
                               "bytes; use --checksum md5 (the default)")
+        encoding.check(self.compress)
         if self.memory < 2 * self.bundle_size // 8:
             raise ConfigError("--memory must be at least a quarter of --bundle-size")
 

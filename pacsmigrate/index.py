@@ -39,6 +39,7 @@ class ObjectAddress:
     key: str
     offset: int
     length: int
+    encoding: str = ""  # "zstd": the range is one zstd frame of the file
 
     @property
     def http_range(self) -> str | None:
@@ -46,7 +47,8 @@ class ObjectAddress:
         return f"bytes={self.offset}-{self.offset + self.length - 1}" if self.length else None
 
 
-def object_uri(dest: Destination, key: str, *, offset: int, length: int) -> str:
+def object_uri(dest: Destination, key: str, *, offset: int, length: int, encoding: str = ""
+               ) -> str:
     """The address of a file's bytes: `SCHEME://BUCKET/KEY#offset=N&length=N`.
 
     SCHEME names the store kind (`s3`: AWS S3 or any S3-compatible store; the endpoint is
@@ -58,12 +60,15 @@ def object_uri(dest: Destination, key: str, *, offset: int, length: int) -> str:
     `s3://hospital-archive/pacs/3f/a2/3fa2.../b81c....tar#offset=1536&length=525314`.
     parse_object_uri is the inverse. A local directory's address is the file's own URL,
     `file:///srv/archive/3f/a2/...tar#offset=...`, whose path can be opened as it is.
+    A member stored compressed (`--compress zstd`) adds `&encoding=zstd`: the range is one
+    zstd frame, `zstd -d` gives the file.
     """
+    fragment = f"#offset={int(offset)}&length={int(length)}"
+    if encoding:
+        fragment += f"&encoding={encoding}"
     if dest.scheme == "file":
-        return (f"file://{quote(dest.bucket.rstrip('/') + '/' + key, safe='/')}"
-                f"#offset={int(offset)}&length={int(length)}")
-    return (f"{dest.scheme}://{quote(dest.bucket, safe='')}/{quote(key, safe='/')}"
-            f"#offset={int(offset)}&length={int(length)}")
+        return f"file://{quote(dest.bucket.rstrip('/') + '/' + key, safe='/')}{fragment}"
+    return f"{dest.scheme}://{quote(dest.bucket, safe='')}/{quote(key, safe='/')}{fragment}"
 
 
 _RANGE_RE = re.compile(r"offset=(\d+)&length=(\d+)|length=(\d+)&offset=(\d+)")
@@ -75,7 +80,8 @@ def parse_object_uri(uri: str) -> ObjectAddress:
     For a local directory (`file:`) bucket is "" and key the file's absolute path.
     """
     parts = urlsplit(uri)
-    m = _RANGE_RE.fullmatch(parts.fragment)
+    fragment, _, encoding = parts.fragment.partition("&encoding=")
+    m = _RANGE_RE.fullmatch(fragment)
     local = parts.scheme == "file" and not parts.netloc
     if not parts.scheme or not (parts.netloc or local) or len(parts.path) < 2 or parts.query \
             or not m:
@@ -83,7 +89,8 @@ def parse_object_uri(uri: str) -> ObjectAddress:
                          f"{uri!r}")
     offset, length = (m[1], m[2]) if m[1] is not None else (m[4], m[3])
     key = unquote(parts.path) if local else unquote(parts.path[1:])
-    return ObjectAddress(parts.scheme, unquote(parts.netloc), key, int(offset), int(length))
+    return ObjectAddress(parts.scheme, unquote(parts.netloc), key, int(offset), int(length),
+                         encoding)
 
 
 # -- rows ---------------------------------------------------------------------------------
@@ -105,7 +112,7 @@ def export_row(row: dict[str, Any], *, dest: Destination, mapping: PrefixMap | N
     if mapping:
         out["source_path"] = mapping.apply(out["source_path"])
     out["object_uri"] = object_uri(dest, out["key"], offset=int(out["offset"]),
-                                   length=int(out["length"]))
+                                   length=int(out["length"]), encoding=out["encoding"])
     return out
 
 

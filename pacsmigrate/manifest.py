@@ -27,7 +27,7 @@ TAIL = 4 * BLOCK  # trailer header + trailer + two zero blocks
 # Columns every index row carries, in export order.
 ROW_FIELDS = ("source_path", "source_path_b64", "key", "offset", "length", "blake3",
               "study_uid", "series_uid", "sop_uid", "modality", "study_date",
-              "transfer_syntax", "size", "mtime_ns", "status", "reason", "duplicate_of")
+              "transfer_syntax", "size", "mtime_ns", "status", "reason", "duplicate_of", "encoding")
 
 
 def member_json(e: Entry, name: str) -> dict[str, Any]:
@@ -40,6 +40,7 @@ def member_json(e: Entry, name: str) -> dict[str, Any]:
         "modality": a.modality, "study_date": a.study_date,
         "transfer_syntax": a.transfer_syntax, "status": a.status, "reason": a.reason,
         **({"duplicate_of": e.duplicate_of} if e.duplicate_of else {}),
+        **({"encoding": e.encoding} if e.encoding else {}),
     }
 
 
@@ -62,6 +63,8 @@ def member_line(e: Entry, name: str) -> str:
         q(a.modality), q(a.study_date), q(a.transfer_syntax), q(a.status), q(a.reason))
     if e.duplicate_of:  # not in this tar: the bytes are at offset, length of that object
         line = line[:-1] + ', "duplicate_of": ' + q(e.duplicate_of) + "}"
+    if e.encoding:  # offset, length: the stored frame's; size, blake3: the file's
+        line = line[:-1] + ', "encoding": ' + q(e.encoding) + "}"
     return line
 
 
@@ -99,7 +102,8 @@ def entries(doc: dict[str, Any]) -> list[Entry]:
                           m.get("transfer_syntax", ""))
         out.append(Entry(from_fields(m["source_path"], m.get("source_path_b64", "")),
                          int(m["offset"]), int(m["length"]), m["blake3"], int(m["size"]),
-                         int(m["mtime_ns"]), about, m.get("duplicate_of", "")))
+                         int(m["mtime_ns"]), about, m.get("duplicate_of", ""),
+                         m.get("encoding", "")))
     return out
 
 

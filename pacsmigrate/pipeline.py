@@ -107,7 +107,7 @@ class Migration:
                          secret=self.secret, concurrency=t.concurrency,
                          memory=self.cfg.memory // 2, expect=cp.counts()["plan"] > 0,
                          started=started, classes=self._classes(), locks=self._locks(),
-                         dedup=self.cfg.dedup)
+                         dedup=self.cfg.dedup, compress=self.cfg.compress)
 
     def _classes(self) -> Classes | None:
         """Each plan's storage class by its study's age today (None: no policy given)."""

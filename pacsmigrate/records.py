@@ -85,6 +85,7 @@ class Entry:
     # Deduplicated: the bytes were not stored again; offset and length are those of the
     # same content (same blake3) in the object with this key, stored earlier.
     duplicate_of: str = ""
+    encoding: str = ""  # "" as they are, "zstd": one zstd frame (encoding.py)
 
 
 @dataclass(slots=True)

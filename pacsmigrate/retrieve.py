@@ -15,6 +15,7 @@ from .access import Opened, open_migration
 from .backends.base import Backend
 from .checkpoint import Checkpoint
 from .config import MiB
+from .encoding import decode
 from .errors import IntegrityError, NotInIndexError
 from .index import candidates
 from .paths import display
@@ -44,6 +45,7 @@ async def read_row(backend: Backend, row: dict[str, Any]) -> bytes:
     length = int(row["length"])
     data = await backend.load(row["key"], offset=int(row["offset"]), length=length) \
         if length else b""
+    data = decode(data, row.get("encoding", ""), size=int(row["size"]))
     if blake3.blake3(data).hexdigest() != row["blake3"]:
         raise IntegrityError(f"blake3 mismatch reading {row['key']} at offset {row['offset']}")
     return data
@@ -77,6 +79,11 @@ class Archive:
         then, so a consumer must discard what it got if the iteration fails.
         """
         row = self.locate(path, sop=sop)
+        if row.get("encoding"):  # a frame is decoded whole (only members up to
+            data = await read_row(self._m.backend, row)  # --large-file are compressed)
+            for i in range(0, len(data), chunk):
+                yield data[i:i + chunk]
+            return
         h = blake3.blake3()
         start, end = int(row["offset"]), int(row["offset"]) + int(row["length"])
         pos = start

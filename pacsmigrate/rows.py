@@ -30,6 +30,7 @@ SIZE_DIFFERS = 2
 LONG_PATH = 4
 UNSORTED_FLAG = 8
 DUPLICATE = 16  # the object named holds the same content stored for another file
+ZSTD_FLAG = 32  # stored as one zstd frame (length is the frame's, size the file's)
 IN_ROW_OBJECT = "*"  # a decoded duplicate's `duplicate_of`: the object the row names
 
 _HEAD = struct.Struct("<BBI")
@@ -85,6 +86,8 @@ def encode(e: Entry, object_id: int, *, long_path: bool = False) -> bytes:
         flags |= UNSORTED_FLAG
     if e.duplicate_of:
         flags |= DUPLICATE
+    if e.encoding:
+        flags |= ZSTD_FLAG
     p = pack_text
     return b"".join((
         _HEAD.pack(VERSION, flags, object_id),
@@ -138,7 +141,8 @@ def decode(path_key: bytes, raw: bytes | memoryview) -> tuple[Entry, int]:
                       sop, modality, date, ts)
     digest_hex = digest.hex() if digest != _NO_DIGEST else ""
     return Entry(path, offset, length, digest_hex, size, mtime, about,
-                 IN_ROW_OBJECT if flags & DUPLICATE else ""), object_id
+                 IN_ROW_OBJECT if flags & DUPLICATE else "",
+                 "zstd" if flags & ZSTD_FLAG else ""), object_id
 
 
 def as_dict(e: Entry, key: str) -> dict[str, Any]:
@@ -149,6 +153,7 @@ def as_dict(e: Entry, key: str) -> dict[str, Any]:
             "sop_uid": a.sop_uid, "modality": a.modality, "study_date": a.study_date,
             "transfer_syntax": a.transfer_syntax, "size": e.size, "mtime_ns": e.mtime_ns,
             "status": a.status, "reason": a.reason, "duplicate_of": key if e.duplicate_of else "",
+            "encoding": e.encoding,
             "path_hex": e.path.hex()}
 
 

@@ -102,10 +102,11 @@ class StoreSink(Sink):
     def __init__(self, cp: Checkpoint, stats: Stats, bar: Bar, *, backend: Backend,
                  pool: Executor, secret: bytes, concurrency: int, memory: int,
                  expect: bool, started: float, classes: Classes | None = None,
-                 locks: Locks | None = None, dedup: bool = True) -> None:
+                 locks: Locks | None = None, dedup: bool = True, compress: str = "") -> None:
         super().__init__(cp, stats, bar, classes=classes)
         self.locks = locks
         self.dedup = dedup
+        self.compress = compress
         self.backend = backend
         self.pool = pool
         self.secret = secret
@@ -182,7 +183,8 @@ class StoreSink(Sink):
         stored, built = await store(plan, self.backend, self.pool, secret=self.secret,
                                     expect=expect, storage_class=self.storage_class(plan),
                                     locks=self.locks(plan) if self.locks else None,
-                                    known=self.cp.stored_content if self.dedup else None)
+                                    known=self.cp.stored_content if self.dedup else None,
+                                    compress=self.compress)
         s = self.stats
         if stored is None:
             await self.cp.call(self.cp.drop_intent, plan.key)
@@ -202,6 +204,9 @@ class StoreSink(Sink):
                 s.objects_uploaded += 1
                 s.bundles_uploaded += plan.kind == TAR
                 s.bytes_uploaded += stored.size
+        s.compressed_files += built.compressed
+        s.compressed_from += built.compressed_from
+        s.compressed_to += built.compressed_to
         s.duplicate_files += built.duplicates
         s.duplicate_bytes += built.duplicate_bytes
         s.reread_changed += built.reread

@@ -26,6 +26,9 @@ class Stats:
     bundles_uploaded: int = 0
     files_migrated: int = 0
     bytes_uploaded: int = 0
+    compressed_files: int = 0  # stored as zstd frames: their bytes before and after
+    compressed_from: int = 0
+    compressed_to: int = 0
     duplicate_files: int = 0  # stored once already (same blake3): indexed, not sent again
     duplicate_bytes: int = 0
     objects_adopted: int = 0

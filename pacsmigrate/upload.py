@@ -40,8 +40,8 @@ async def _listed(chunks: list[bytes]) -> AsyncIterator[bytes]:
 
 async def store(plan: BundlePlan, backend: Backend, pool: Executor, *, secret: bytes,
                 expect: dict[bytes, str] | None = None, storage_class: str | None = None,
-                locks: Mapping[str, str] | None = None, known: Known | None = None
-                ) -> tuple[StoredObject | None, Built]:
+                locks: Mapping[str, str] | None = None, known: Known | None = None,
+                compress: str = "") -> tuple[StoredObject | None, Built]:
     """Pack and store one plan. None when no member could be packed (all moved/vanished).
 
     Source reads run in `pool`; at most a few parts per object are in memory at once.
@@ -49,7 +49,7 @@ async def store(plan: BundlePlan, backend: Backend, pool: Executor, *, secret: b
     built = Built()
     part_size = backend.part_size(plan.size)
     gen = tar_parts(plan, built, part_size=part_size, secret=secret, expect=expect,
-                    known=known) if plan.kind == TAR else file_parts(
+                    known=known, compress=compress) if plan.kind == TAR else file_parts(
         plan, built, part_size=part_size, secret=secret, expect=expect)
     meta = {**META, "pacsmigrate-kind": plan.kind}
     if storage_class:
@@ -59,7 +59,8 @@ async def store(plan: BundlePlan, backend: Backend, pool: Executor, *, secret: b
             meta[YEAR_META] = year  # tagged with the class, for lifecycle rules
     meta.update(locks or {})  # retention: each store maps it to its lock
     try:
-        if plan.size <= INLINE_MAX and all(m.data is not None for m in plan.members):
+        if plan.size <= INLINE_MAX and not compress and all(
+                m.data is not None for m in plan.members):
             chunks = list(gen)  # no file to read: cheaper here than a thread hand-off
             if not chunks:
                 return None, built

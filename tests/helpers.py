@@ -16,6 +16,7 @@ import pydicom
 
 from pacsmigrate.checkpoint import Checkpoint
 from pacsmigrate.config import Destination, MigrateConfig, TransferConfig
+from pacsmigrate.encoding import decode
 from pacsmigrate.index import export
 from pacsmigrate.manifest import TAIL, read_trailer
 from pacsmigrate.paths import from_fields
@@ -76,6 +77,7 @@ def assert_complete(target: Any, state: Path, *roots: Path,
         # A zero-length member has no byte range to ask for (HTTP ranges are inclusive).
         length = int(r["length"])
         data = target.get(r["key"], int(r["offset"]), length) if length else b""
+        data = decode(data, r["encoding"], size=int(r["size"]))  # a zstd frame: the file
         assert data == files[p].read_bytes(), f"range GET differs for {files[p]}"
         assert blake3.blake3(data).hexdigest() == r["blake3"]
     keys = target.object_keys()

@@ -9,6 +9,7 @@ from typing import Any
 
 import blake3
 
+from ..encoding import hasher
 from ..errors import BackendError, ObjectNotFoundError, PermanentBackendError
 from ..progress import Bar
 from .common import Job, Sampler, db_batches, workers
@@ -43,7 +44,7 @@ class _RunHash:
         while i < len(run) and run[i].offset < end:
             m = run[i]
             if not self.finished[i] and m.end > pos:
-                h = self.hashers[i] or blake3.blake3()
+                h = self.hashers[i] or hasher(m.encoding)
                 h.update(view[max(m.offset, pos) - pos:min(m.end, end) - pos])
                 if m.end <= end:
                     done.append((m, h.hexdigest()))

@@ -19,6 +19,7 @@ class Member:
     length: int
     blake3: str
     path: bytes
+    encoding: str = ""
 
     @property
     def end(self) -> int:
@@ -43,7 +44,7 @@ class ByObject:
                 "PRAGMA journal_mode=OFF", "PRAGMA synchronous=OFF",
                 "PRAGMA cache_size=-65536",
                 ("CREATE TABLE rows (key TEXT, offset INTEGER, length INTEGER, blake3 TEXT, "
-                 "path BLOB, PRIMARY KEY (key, offset, path)) WITHOUT ROWID"),
+                 "path BLOB, encoding TEXT, PRIMARY KEY (key, offset, path)) WITHOUT ROWID"),
                 "CREATE TABLE missing (key TEXT PRIMARY KEY) WITHOUT ROWID",
             ):
                 self.db.execute(sql)
@@ -52,9 +53,9 @@ class ByObject:
             raise StateError(f"cannot create verify workspace in {self.dir}: {exc}") from exc
 
     def add(self, rows: list[dict[str, Any]]) -> None:
-        self._write("INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?, ?)",
+        self._write("INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?, ?, ?)",
                     [(r["key"], int(r["offset"]), int(r["length"]), r["blake3"],
-                      bytes.fromhex(r["path_hex"])) for r in rows])
+                      bytes.fromhex(r["path_hex"]), r.get("encoding", "")) for r in rows])
 
     def mark_missing(self, key: str) -> None:
         self._write("INSERT OR IGNORE INTO missing VALUES (?)", [(key,)])
@@ -71,17 +72,17 @@ class ByObject:
         return self.db.execute("SELECT 1 FROM missing WHERE key = ?", (key,)).fetchone() is not None
 
     def objects(self) -> Iterator[tuple[str, list[Member]]]:
-        cur = self.db.execute("SELECT key, offset, length, blake3, path FROM rows "
+        cur = self.db.execute("SELECT key, offset, length, blake3, path, encoding FROM rows "
                               "ORDER BY key, offset, path")
         key: str | None = None
         members: list[Member] = []
         while batch := cur.fetchmany(1000):
-            for k, offset, length, digest, path in batch:
+            for k, offset, length, digest, path, enc in batch:
                 if k != key:
                     if key is not None:
                         yield key, members
                     key, members = k, []
-                members.append(Member(offset, length, digest, path))
+                members.append(Member(offset, length, digest, path, enc))
         if key is not None:
             yield key, members
 
