@@ -6,12 +6,16 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote, urlparse
 
 from . import encoding
 from .errors import ConfigError
 from .retention import Retention
 from .tiers import TierPolicy
+
+if TYPE_CHECKING:
+    from .costs import PriceTable
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -212,6 +216,7 @@ class MigrateConfig:
     retention: Retention | None = None  # Object Lock by study age
     dedup: bool = True  # content stored once per migration (by blake3)
     compress: str = ""  # "zstd": uncompressed-pixel members as zstd frames (encoding.py)
+    prices: PriceTable | None = None  # the dry run's cost estimate (None: the store's default)
 
     def __post_init__(self) -> None:
         if not self.sources:

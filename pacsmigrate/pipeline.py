@@ -15,6 +15,7 @@ from .backends import Backend, Measured, open_backend
 from .checkpoint import Checkpoint
 from .commit import abandon, reconcile
 from .config import MigrateConfig
+from .costs import default_table
 from .errors import first_error
 from .group import Closed, Grouper
 from .keys import assign_key
@@ -100,8 +101,11 @@ class Migration:
     def _sink(self, cp: Checkpoint, started: float, bar: Bar) -> Sink:
         t = self.cfg.transfer
         if self.cfg.dry_run:
-            return PlanSink(cp, self.stats, bar, scheme=self.cfg.dest.scheme,
-                            part_size=t.part_size, classes=self._classes())
+            dest = self.cfg.dest
+            prices = self.cfg.prices or default_table(
+                dest.scheme, dest.s3.provider if dest.s3 else None, dest.endpoint_url)
+            return PlanSink(cp, self.stats, bar, scheme=dest.scheme, part_size=t.part_size,
+                            classes=self._classes(), prices=prices)
         assert self.backend is not None
         return StoreSink(cp, self.stats, bar, backend=self.backend, pool=self.pool,
                          secret=self.secret, concurrency=t.concurrency,

@@ -13,6 +13,7 @@ from .backends import Backend
 from .backends.limits import planned_requests
 from .checkpoint import Checkpoint
 from .commit import GroupWriter
+from .costs import NO_PRICES, PriceTable, Tally, as_json, describe, estimate
 from .progress import Bar
 from .records import FILE, TAR, BundlePlan, Entry, Member, StoredObject
 from .stats import Stats
@@ -68,19 +69,27 @@ class Sink:
 
 
 class PlanSink(Sink):
-    """A dry run: record each planned file with the blake3 it read; store nothing."""
+    """A dry run: record each planned file with the blake3 it read; store nothing; tally
+    what the plan would cost with `prices`."""
 
     def __init__(self, cp: Checkpoint, stats: Stats, bar: Bar, *, scheme: str,
-                 part_size: int, classes: Classes | None = None) -> None:
+                 part_size: int, classes: Classes | None = None,
+                 prices: PriceTable | None = None) -> None:
         super().__init__(cp, stats, bar, classes=classes)
         self.scheme = scheme
         self.part_size = part_size
+        self.prices = prices
+        self.tally = Tally()
         self._batch: list[Entry] = []
 
     async def put(self, plan: BundlePlan) -> None:
         self._count(plan)
-        self.stats.planned_requests += requests_for(plan, scheme=self.scheme,
-                                                  part_size=self.part_size)
+        requests = requests_for(plan, scheme=self.scheme, part_size=self.part_size)
+        self.stats.planned_requests += requests
+        if self.prices is not None:
+            self.tally.add(self.prices, self.storage_class(plan), plan.size,
+                           [m.size for m in plan.members], requests=requests,
+                           scheme=self.scheme, part_size=self.part_size)
         self._batch.extend(Entry(m.path, 0, m.size, m.blake3, m.size, m.mtime_ns, m.about)
                            for m in plan.members)
         if len(self._batch) >= 2000:
@@ -90,6 +99,12 @@ class PlanSink(Sink):
         batch, self._batch = self._batch, []
         if batch:
             await self.cp.call(self.cp.record_plan, batch)
+        if self.prices is not None:
+            lines = estimate(self.prices, self.tally)
+            self.stats.cost = as_json(self.prices, lines)
+            self.stats.cost_lines = describe(self.prices, lines)
+        else:
+            self.stats.cost_lines = [NO_PRICES]
 
 
 class StoreSink(Sink):

@@ -52,6 +52,8 @@ class Stats:
     bytes_by_class: Counter[str] = field(default_factory=Counter)
     small_by_class: Counter[str] = field(default_factory=Counter)  # billed above their size
     billed_by_class: Counter[str] = field(default_factory=Counter)
+    cost: dict[str, Any] | None = None  # the dry run's estimate (costs.py), with prices
+    cost_lines: list[str] = field(default_factory=list)
     studies: int = 0
     pending_after: int = 0
     not_migrated: int = 0

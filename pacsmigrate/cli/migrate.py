@@ -12,6 +12,7 @@ import click
 
 from ..checkpoint import Checkpoint
 from ..config import MigrateConfig
+from ..costs import PriceTable
 from ..pipeline import migrate as run_migrate
 from ..retention import Retention
 from ..stats import Stats
@@ -67,6 +68,9 @@ from .common import (
 @click.option("--compress", type=click.Choice(["zstd"]),
               help="Store DICOM files whose pixel data is uncompressed as zstd frames "
                    "(name.zst in the tar) where that is smaller; needs pacsmigrate[zstd].")
+@click.option("--prices", type=click.Path(path_type=Path, dir_okay=False),
+              help="JSON price table for the dry run's cost estimate (default: AWS S3 "
+                   "us-east-1 or Wasabi list prices; none for other stores).")
 @click.option("--report", "report_path", type=click.Path(path_type=Path),
               help="Write the JSON report here.")
 @click.option("--progress/--no-progress", default=None,
@@ -79,7 +83,7 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
             bundle_size: int, large_file: int, read_threads: int, memory: int,
             checksum: str, storage_class: str | None, tier_policy: str | None,
             retain_years: int | None, lock_mode: str, legal_hold: bool, dedup: bool,
-            compress: str | None,
+            compress: str | None, prices: Path | None,
             report_path: Path | None,
             progress: bool | None, **transfer: Any) -> None:
     """Copy SOURCE directories to DEST: s3://bucket/prefix (AWS, Wasabi, Ceph, MinIO, any
@@ -102,7 +106,7 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
         tiers=TierPolicy.parse(tier_policy, default=storage_class),
         retention=Retention(retain_years, lock_mode, legal_hold) if retain_years else None,
         progress=sys.stderr.isatty() if progress is None else progress, dedup=dedup,
-        compress=compress or "",
+        compress=compress or "", prices=PriceTable.load(prices) if prices else None,
     )
     stats = asyncio.run(run_migrate(cfg))
     _print_summary(stats, dry_run=dry_run)
@@ -122,6 +126,8 @@ def _print_summary(s: Stats, *, dry_run: bool) -> None:
                    f"objects ({s.bytes_uploaded / 1e6:,.1f} MB); "
                    "adopted (stored by an interrupted attempt): "
                    f"{s.objects_adopted:,}; already migrated: {s.already_migrated:,}")
+    for line in s.cost_lines:
+        click.echo(line)
     if s.duplicate_files:
         click.echo(f"deduplicated: {s.duplicate_files:,} files ({s.duplicate_bytes / 1e6:,.1f} "
                    "MB) were identical to files stored already: indexed, not stored again")
