@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import blake3
 
@@ -14,7 +15,8 @@ from .encoding import ZSTD, Compressor, stored_name
 from .errors import SourceChangedError
 from .header import header_from_bytes, parse
 from .paths import member_name
-from .records import BundlePlan, Entry, Member, Problem, now_iso
+from .records import BundlePlan, Entry, Member, Problem, Stored, now_iso
+from .retention import Lock, covers, lock_of
 from .source import open_regular, read_exact
 from .tarheader import BLOCK, ZEROS, pad, tar_header
 
@@ -45,6 +47,7 @@ class Built:
     size: int = 0
     manifest: bytes = b""
     created: str = field(default_factory=now_iso)
+    retention: dict[str, Any] | None = None  # the object's lock, for its manifest
 
 
 class _Parts:
@@ -121,15 +124,19 @@ def _member_bytes(m: Member, plan: BundlePlan, built: Built, secret: bytes
 
 
 # blake3 -> (object key, offset, length) of committed content with it, or None.
-Known = Callable[[str], "tuple[str, int, int, str] | None"]
+Known = Callable[[str], "Stored | None"]
 
 
-def _stored_at(digest: str, here: dict[str, tuple[int, int, str]], known: Known, key: str
-               ) -> tuple[str, int, int, str] | None:
-    """Where this content is stored already: in this bundle, else in a committed object."""
+def _stored_at(digest: str, here: dict[str, tuple[int, int, str]], known: Known, key: str,
+               need: Lock) -> tuple[str, int, int, str] | None:
+    """Where this content is stored already: in this bundle, else in a committed object
+    locked at least as long and as strictly as this one must be."""
     if digest in here:
         return key, *here[digest]
-    return known(digest)
+    found = known(digest)
+    if found is None or not covers(found.lock, need):
+        return None
+    return found.key, found.offset, found.length, found.encoding
 
 
 def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
@@ -148,6 +155,7 @@ def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
     lines: list[str] = []
     here: dict[str, tuple[int, int, str]] = {}  # content here: blake3 -> offset, length, enc
     packer = Compressor() if compress else None
+    need = lock_of(built.retention)
     for m in plan.members:
         got = _member_bytes(m, plan, built, secret)
         if got is None:
@@ -158,7 +166,7 @@ def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
             built.dry_run_mismatch.append(m.path)
         name = member_name(m.path)
         if known is not None and data:
-            where = _stored_at(digest, here, known, plan.key)
+            where = _stored_at(digest, here, known, plan.key, need)
             if where is not None:
                 key, offset, length, enc = where
                 entry = Entry(m.path, offset, length, digest, now.size, now.mtime_ns,
@@ -189,7 +197,8 @@ def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
         m.data = None  # in a part now: the member's own copy can go (a retry reads it again)
     if not built.entries:
         return
-    built.manifest = manifest.build(plan, lines, created=built.created)
+    built.manifest = manifest.build(plan, lines, created=built.created,
+                                    retention=built.retention)
     yield from parts.add(tar_header(manifest.manifest_name(plan.bundle_id),
                                     len(built.manifest), 0))
     at = parts.offset
@@ -245,5 +254,5 @@ def file_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
     entry = Entry(m.path, 0, total, digest, now.size, now.mtime_ns, now.about)
     built.entries.append(entry)
     built.manifest = manifest.build(plan, [manifest.member_line(entry, member_name(m.path))],
-                                    created=built.created)
+                                    created=built.created, retention=built.retention)
     built.size = total

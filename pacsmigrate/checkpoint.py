@@ -11,8 +11,9 @@ Tables (named LMDB databases); path keys are raw path bytes, or a hash for long 
     plan      path -> row (NO_OBJECT)   what the last dry run read, with the blake3
     spill     group 0 path -> row        files of scattered studies, packed after the walk
     groups    group -> ''                studies planned or stored (their count)
-    content   blake3 (32 bytes) -> number, offset, length, zstd (4+8+8+1)
+    content   blake3 (32 bytes) -> number, offset, length, zstd, lock (4+8+8+1+4+1)
                                         where committed content is stored (deduplication)
+    retention u:UID or a:ACCESSION -> years TAB label   the last run's --retention-map
     conflicts path -> JSON              files whose SOPInstanceUID another file with other
                                         bytes has too (both kept)
 
@@ -41,19 +42,21 @@ from .records import (
     BundlePlan,
     Entry,
     Problem,
+    Stored,
     StoredObject,
 )
-from .spilltable import SpillTable, path_key, spill_key
+from .retention import Lock, covers, lock_of
+from .tables import RetentionTable, SpillTable, path_key, spill_key
 
 T = TypeVar("T")
 
 FORMAT = 2
 _DBS = ("meta", "intents", "objects", "objkeys", "index", "sop", "problems", "plan",
-        "spill", "groups", "content", "conflicts")
+        "spill", "groups", "content", "conflicts", "retention")
 _ID = struct.Struct(">I")
-_WHERE = struct.Struct("<IQQ?")
+_WHERE = struct.Struct("<IQQ?IB")
 
-class Checkpoint(SpillTable, LmdbFile):
+class Checkpoint(SpillTable, RetentionTable, LmdbFile):
     """The state's tables and the intent -> upload -> commit protocol (see above).
 
     Lookups for the read stage (`migrated`, `planned_hashes`) may run in any thread.
@@ -64,6 +67,7 @@ class Checkpoint(SpillTable, LmdbFile):
     def __init__(self, state_dir: Path, *, readonly: bool = False) -> None:
         super().__init__(state_dir, readonly=readonly)
         self._keys: dict[int, str] = {}  # object number -> key, for decoding rows
+        self._locks: dict[str, tuple[str, str]] = {}  # object key -> its lock, likewise
 
     # -- meta -------------------------------------------------------------------------
     def get_meta(self, name: str) -> Any:
@@ -93,8 +97,8 @@ class Checkpoint(SpillTable, LmdbFile):
             return e.size, e.mtime_ns, e.blake3
         return self._lookup("plan", paths, planned)
 
-    def stored_content(self, blake3_hex: str) -> tuple[str, int, int, str] | None:
-        """(object key, offset, length, encoding) of committed content with this blake3.
+    def stored_content(self, blake3_hex: str) -> Stored | None:
+        """Where committed content with this blake3 is, and its object's lock.
 
         Only committed objects are recorded: a duplicate never points at an object that a
         kill could still lose.
@@ -105,8 +109,9 @@ class Checkpoint(SpillTable, LmdbFile):
             raw = txn.get(bytes.fromhex(blake3_hex), db=self.db["content"])
             if raw is None:
                 return None
-            number, offset, length, zstd = _WHERE.unpack(raw)
-            return self._object_key(txn, number), offset, length, "zstd" if zstd else ""
+            number, offset, length, zstd, until, flags = _WHERE.unpack(raw)
+            return Stored(self._object_key(txn, number), offset, length,
+                          "zstd" if zstd else "", (until, flags))
 
     # -- problems and the dry run's plan ------------------------------------------------
     def record_problems(self, problems: list[Problem]) -> None:
@@ -170,7 +175,6 @@ class Checkpoint(SpillTable, LmdbFile):
             planned = txn.stat(plan)["entries"] > 0
             spilled = txn.stat(self.db["spill"])["entries"] > 0
             troubled = txn.stat(problems)["entries"] > 0
-            content = self.db["content"]
             dedup = json.loads(bytes(txn.get(b"dedup", b"[0, 0]", db=meta)))
 
             def number_of(key: str, *, committing: bool) -> int:
@@ -197,6 +201,7 @@ class Checkpoint(SpillTable, LmdbFile):
                 txn.put(_ID.pack(number), key, db=self.db["objkeys"])
                 txn.put(key, json.dumps(rows.object_json(obj, number)).encode(),
                         db=self.db["objects"])
+                lock = lock_of(obj.retention)
                 for e in obj.entries:
                     k = path_key(e.path)
                     if e.duplicate_of:
@@ -205,9 +210,7 @@ class Checkpoint(SpillTable, LmdbFile):
                     else:
                         where = number
                         if e.blake3 and e.length:
-                            txn.put(bytes.fromhex(e.blake3), _WHERE.pack(
-                                number, e.offset, e.length, bool(e.encoding)),
-                                    db=content, overwrite=False)
+                            self._note_content(txn, e, number, lock)
                     txn.put(k, rows.encode(e, where, long_path=k is not e.path), db=index)
                     if e.duplicate_of:
                         dedup[0] += 1
@@ -228,6 +231,18 @@ class Checkpoint(SpillTable, LmdbFile):
             txn.put(b"next_object", str(next_id).encode(), db=meta)
             txn.put(b"dedup", json.dumps(dedup).encode(), db=meta)
         self._write(write)
+
+    def _note_content(self, txn: lmdb.Transaction, e: Entry, number: int, lock: Lock) -> None:
+        """Record where content is stored: the first copy, or a later one locked longer
+        (so copies in longer-kept studies can point at it)."""
+        digest = bytes.fromhex(e.blake3)
+        old = txn.get(digest, db=self.db["content"])
+        if old is not None:
+            had = _WHERE.unpack(old)[4:]
+            if not covers(lock, had) or lock == had:
+                return
+        txn.put(digest, _WHERE.pack(number, e.offset, e.length, bool(e.encoding), *lock),
+                db=self.db["content"])
 
     def _same_sop(self, txn: lmdb.Transaction, e: Entry, other: bytes | memoryview | None
                   ) -> None:
@@ -333,7 +348,10 @@ class Checkpoint(SpillTable, LmdbFile):
                 return legacy
             entry, number = rows.decode(k, v)
             key = "" if number == rows.NO_OBJECT else self._object_key(txn, number)
-            return rows.as_dict(entry, key)
+            row = rows.as_dict(entry, key)
+            if name == "index":
+                row["retain_until"], row["lock_mode"] = self._lock_of(txn, key)
+            return row
         return json.loads(v)
 
     def _object_key(self, txn: lmdb.Transaction, number: int) -> str:
@@ -345,6 +363,18 @@ class Checkpoint(SpillTable, LmdbFile):
                 self._keys.clear()
             self._keys[number] = key
         return key
+
+    def _lock_of(self, txn: lmdb.Transaction, key: str) -> tuple[str, str]:
+        """(retain-until date, mode) of an object's lock, or ("", "")."""
+        lock = self._locks.get(key)
+        if lock is None:
+            raw = txn.get(key.encode(), db=self.db["objects"])
+            r = (json.loads(bytes(raw)).get("retention") if raw is not None else None) or {}
+            lock = r.get("retain_until", ""), r.get("mode", "") if r.get("retain_until") else ""
+            if len(self._locks) > 100_000:
+                self._locks.clear()
+            self._locks[key] = lock
+        return lock
 
     def path_for_sop(self, sop_uid: str) -> bytes | None:
         with self.env.begin(db=self.db["sop"]) as txn:

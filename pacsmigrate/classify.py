@@ -14,7 +14,7 @@ def describe(path: bytes, header: Header, *, secret: bytes) -> Described:
     if header.reason:
         return Described(unsorted_group(secret, os.path.dirname(path)), UNSORTED, header.reason,
                          header.study_uid, header.series_uid, header.sop_uid, header.modality,
-                         header.study_date, header.transfer_syntax)
+                         header.study_date, header.transfer_syntax, header.accession)
     return Described(study_group(secret, header.study_uid), DICOM, "", header.study_uid,
                      header.series_uid, header.sop_uid, header.modality, header.study_date,
-                     header.transfer_syntax)
+                     header.transfer_syntax, header.accession)

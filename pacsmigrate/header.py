@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
 
 import pydicom
@@ -34,6 +34,7 @@ class Header:
     study_date: str = ""
     transfer_syntax: str = ""
     reason: str = ""
+    accession: str = ""  # AccessionNumber: for a retention map only, never stored
 
 
 def scan(data: Buffer, size: int) -> Header | int | None:
@@ -110,7 +111,7 @@ def read_header(f: BinaryIO, size: int) -> Header:
     try:
         h = Header(_text(ds, "StudyInstanceUID"), _text(ds, "SeriesInstanceUID"),
                    _text(ds, "SOPInstanceUID"), _text(ds, "Modality"), _text(ds, "StudyDate"),
-                   ts)
+                   ts, accession=_text(ds, "AccessionNumber"))
     except Exception as exc:  # noqa: BLE001 - a value that fails to decode
         return Header(reason=f"unreadable DICOM header ({type(exc).__name__})")
     if not has_marker and not (h.study_uid or h.sop_uid or h.series_uid):
@@ -143,8 +144,7 @@ def _elements_overrun(ds: Any, size: int) -> bool:
 
 
 def _with_reason(h: Header, reason: str) -> Header:
-    return Header(h.study_uid, h.series_uid, h.sop_uid, h.modality, h.study_date,
-                  h.transfer_syntax, reason)
+    return replace(h, reason=reason)
 
 
 def header_from_bytes(data: bytes) -> Header:

@@ -32,8 +32,9 @@ from .headskip import (
     tag_key,
 )
 
-# (study, series, sop, modality, study date, transfer syntax, reason): a Header's fields.
-Fields = tuple[str, str, str, str, str, str, str]
+# (study, series, sop, modality, study date, transfer syntax, reason, accession number): a
+# Header's fields.
+Fields = tuple[str, str, str, str, str, str, str, str]
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_BE = "1.2.840.10008.1.2.2"
@@ -50,13 +51,14 @@ _U16_BE = struct.Struct(">H").unpack_from
 
 STUDY, SERIES = tag_key(0x0020, 0x000D), tag_key(0x0020, 0x000E)
 SOP, MODALITY, STUDY_DATE = tag_key(8, 0x0018), tag_key(8, 0x0060), tag_key(8, 0x0020)
+ACCESSION = tag_key(8, 0x0050)
 _TRANSFER_SYNTAX, _META_LENGTH = tag_key(0x0002, 0x0010), tag_key(0x0002, 0x0000)
 # pydicom's stop_before_pixels stops at any of these.
 _PIXELS = frozenset(tag_key(0x7FE0, element) for element in (0x0010, 0x0008, 0x0009))
-_FIELDS = (STUDY, SERIES, SOP, MODALITY, STUDY_DATE)
+_FIELDS = (STUDY, SERIES, SOP, MODALITY, STUDY_DATE, ACCESSION)
 # Top-level elements pydicom converts while reading a header, with the VR we can decode.
 _NOTED = {STUDY: b"UI", SERIES: b"UI", SOP: b"UI", MODALITY: b"CS", STUDY_DATE: b"DA",
-          CHARSET: b"CS"}
+          ACCESSION: b"SH", CHARSET: b"CS"}
 _PIXEL_REPRESENTATION = tag_key(0x0028, 0x0103)
 _TOP_SPECIAL = frozenset(_NOTED) | _PIXELS | {ITEM, ITEM_END, SEQ_END, _PIXEL_REPRESENTATION}
 _AMBIGUOUS = frozenset(str(v) for v in AMBIGUOUS_VR)
@@ -94,7 +96,7 @@ def pixel_overrun(head: bytes, pos: int, size: int, ts: str) -> bool:
 def scan_fields(data: Buffer, size: int) -> Fields | int | None:
     """A Header's fields from the file's first bytes; an int: read this many; None: use pydicom."""
     if size == 0:
-        return "", "", "", "", "", "", "empty file"
+        return "", "", "", "", "", "", "empty file", ""
     n = min(len(data), size)
     if n < 132 + 12:
         return min(size, 4096) if n < size else None
@@ -152,7 +154,10 @@ def _scan(data: Buffer, n: int, size: int) -> Fields | int | None:
         at, length, vr = field
         if vr is not None and vr != _NOTED[key]:
             check_vr(vr, _NOTED[key], length)
-        values.append(_text(data, n, size, at, length))
+        text = _text(data, n, size, at, length)
+        if key == ACCESSION and not text.isascii():
+            raise Unsure  # SH follows the character set: pydicom decodes it
+        values.append(text)
     if values[0] and empty_sequence:
         _check_pixel_representation(found, size)
     reason = ""
@@ -165,7 +170,7 @@ def _scan(data: Buffer, n: int, size: int) -> Fields | int | None:
         avail(n, size, head_end)
         if pixel_overrun(bytes(data[stop:head_end]), stop, size, ts):
             reason = "truncated DICOM (pixel data shorter than declared)"
-    return values[0], values[1], values[2], values[3], values[4], ts, reason
+    return values[0], values[1], values[2], values[3], values[4], ts, reason, values[5]
 
 
 def _meta(data: Buffer, n: int, size: int) -> tuple[int, str]:

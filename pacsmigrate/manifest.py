@@ -27,7 +27,8 @@ TAIL = 4 * BLOCK  # trailer header + trailer + two zero blocks
 # Columns every index row carries, in export order.
 ROW_FIELDS = ("source_path", "source_path_b64", "key", "offset", "length", "blake3",
               "study_uid", "series_uid", "sop_uid", "modality", "study_date",
-              "transfer_syntax", "size", "mtime_ns", "status", "reason", "duplicate_of", "encoding")
+              "transfer_syntax", "size", "mtime_ns", "status", "reason", "duplicate_of", "encoding", "retain_until",
+              "lock_mode")
 
 
 def member_json(e: Entry, name: str) -> dict[str, Any]:
@@ -76,11 +77,16 @@ def trailer_name(bundle_id: str) -> str:
     return f"{MANIFEST_DIR}/{bundle_id}.end"
 
 
-def build(plan: BundlePlan, members: list[str], *, created: str | None = None) -> bytes:
-    """The manifest: a header object, then one member (already JSON) per line."""
-    head = json.dumps({"format": FORMAT, "key": plan.key, "kind": plan.kind,
-                       "group": plan.group, "bundle_id": plan.bundle_id,
-                       "created": created or now_iso()}, ensure_ascii=True)
+def build(plan: BundlePlan, members: list[str], *, created: str | None = None,
+          retention: dict[str, Any] | None = None) -> bytes:
+    """The manifest: a header object (with the object's retention lock, if any), then one
+    member (already JSON) per line."""
+    doc: dict[str, Any] = {"format": FORMAT, "key": plan.key, "kind": plan.kind,
+                           "group": plan.group, "bundle_id": plan.bundle_id,
+                           "created": created or now_iso()}
+    if retention:
+        doc["retention"] = retention
+    head = json.dumps(doc, ensure_ascii=True)
     return (head[:-1] + ',\n"members": [\n' + ",\n".join(members) + "\n]}\n").encode()
 
 

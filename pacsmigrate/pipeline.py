@@ -22,7 +22,7 @@ from .keys import assign_key
 from .progress import Bar
 from .read import ReadOptions
 from .reads import read_tree
-from .records import FILE, TAR, BundlePlan, Problem
+from .records import DICOM, FILE, TAR, BundlePlan, Problem
 from .report import write_report
 from .setup import check_object_lock, check_state, key_secret
 from .sink import Classes, Locks, PlanSink, Sink, StoreSink
@@ -81,6 +81,9 @@ class Migration:
                         log.info("after an interrupted run: %d stored objects adopted, %d "
                                  "unfinished uploads to redo", adopted, len(dropped))
                 await cp.call(cp.clear, "spill")
+                if cfg.retention is not None and cfg.retention.map is not None:
+                    n = await cp.call(cp.load_retention, cfg.retention.map.rows())
+                    log.info("retention map: %d studies", n)
                 if cfg.dry_run:
                     await cp.call(cp.clear, "plan")
                 await self._stream(cp, started)
@@ -105,12 +108,12 @@ class Migration:
             prices = self.cfg.prices or default_table(
                 dest.scheme, dest.s3.provider if dest.s3 else None, dest.endpoint_url)
             return PlanSink(cp, self.stats, bar, scheme=dest.scheme, part_size=t.part_size,
-                            classes=self._classes(), prices=prices)
+                            classes=self._classes(), prices=prices, locks=self._locks(cp))
         assert self.backend is not None
         return StoreSink(cp, self.stats, bar, backend=self.backend, pool=self.pool,
                          secret=self.secret, concurrency=t.concurrency,
                          memory=self.cfg.memory // 2, expect=cp.counts()["plan"] > 0,
-                         started=started, classes=self._classes(), locks=self._locks(),
+                         started=started, classes=self._classes(), locks=self._locks(cp),
                          dedup=self.cfg.dedup, compress=self.cfg.compress)
 
     def _classes(self) -> Classes | None:
@@ -120,12 +123,26 @@ class Migration:
             return None
         return lambda plan: tiers.class_for(plan.members[0].about.study_date, today)
 
-    def _locks(self) -> Locks | None:
-        """Each plan's retention lock by its study's date (None: no retention asked for)."""
-        retention, today = self.cfg.retention, datetime.now(UTC).date()
+    def _locks(self, cp: Checkpoint) -> Locks | None:
+        """Each plan's retention lock: the years the map gives its study (by UID, else
+        AccessionNumber) or --retain-years, from its StudyDate (None: no retention)."""
+        retention, today, s = self.cfg.retention, datetime.now(UTC).date(), self.stats
         if retention is None:
             return None
-        return lambda plan: retention.metadata(plan.members[0].about.study_date, today)
+
+        def lock(plan: BundlePlan) -> dict[str, str]:
+            about = plan.members[0].about
+            found = None
+            if retention.map is not None:
+                found = cp.retention_for(about.study_uid, about.accession)
+                if found is None and about.status == DICOM:
+                    if retention.years:
+                        s.retention_defaulted += 1
+                    else:
+                        s.retention_unlocked += 1
+            years, label = found or (None, "")
+            return retention.metadata(about.study_date, today, years=years, label=label)
+        return lock
 
     async def _stream(self, cp: Checkpoint, started: float) -> None:
         cfg = self.cfg

@@ -81,7 +81,8 @@ async def rebuild(backend: Backend, dest: Destination, cp: Checkpoint, *,
             result.superseded += superseded
             await cp.call(cp.commit_objects, [StoredObject(
                 doc["key"], doc["kind"], doc["group"], doc.get("bundle_id", ""), data.size,
-                data.etag, doc.get("created", ""), tuple(entries), adopted=True)])
+                data.etag, doc.get("created", ""), tuple(entries), adopted=True,
+                retention=doc.get("retention"))])
             result.rows += len(entries)
             result.manifests += 1
             bar.update(files=len(entries))

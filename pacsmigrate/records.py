@@ -49,6 +49,9 @@ class Described:
     modality: str = ""
     study_date: str = ""
     transfer_syntax: str = ""
+    # AccessionNumber, held while the file is planned (a retention map may name it); kept
+    # in the spill, never in the index, manifests or keys.
+    accession: str = ""
 
 
 @dataclass(slots=True)
@@ -117,6 +120,19 @@ class StoredObject:
     created: str
     entries: tuple[Entry, ...]
     adopted: bool = False
+    retention: dict[str, Any] | None = None  # its lock, as the manifest records it
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """Where committed content is (deduplication): its object, range, encoding and the
+    object's lock as retention.lock_of gives it."""
+
+    key: str
+    offset: int
+    length: int
+    encoding: str
+    lock: tuple[int, int]
 
 
 def now_iso() -> str:

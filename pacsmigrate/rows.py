@@ -31,6 +31,7 @@ LONG_PATH = 4
 UNSORTED_FLAG = 8
 DUPLICATE = 16  # the object named holds the same content stored for another file
 ZSTD_FLAG = 32  # stored as one zstd frame (length is the frame's, size the file's)
+ACCESSION = 64  # an eighth string, the AccessionNumber (spill rows only: keep_accession)
 IN_ROW_OBJECT = "*"  # a decoded duplicate's `duplicate_of`: the object the row names
 
 _HEAD = struct.Struct("<BBI")
@@ -72,7 +73,8 @@ def packed_uid(uid: str) -> bytes:
     return pack_text(uid)[2:]
 
 
-def encode(e: Entry, object_id: int, *, long_path: bool = False) -> bytes:
+def encode(e: Entry, object_id: int, *, long_path: bool = False,
+           keep_accession: bool = False) -> bytes:
     """The row of one stored (or, with NO_OBJECT, planned) file."""
     a = e.about
     flags = 0
@@ -88,6 +90,8 @@ def encode(e: Entry, object_id: int, *, long_path: bool = False) -> bytes:
         flags |= DUPLICATE
     if e.encoding:
         flags |= ZSTD_FLAG
+    if keep_accession and a.accession:
+        flags |= ACCESSION
     p = pack_text
     return b"".join((
         _HEAD.pack(VERSION, flags, object_id),
@@ -95,7 +99,7 @@ def encode(e: Entry, object_id: int, *, long_path: bool = False) -> bytes:
         _Q.pack(e.size) if flags & SIZE_DIFFERS else b"",
         _TAIL.pack(e.mtime_ns, bytes.fromhex(e.blake3) if e.blake3 else b""),
         p(a.study_uid), p(a.series_uid), p(a.sop_uid), p(a.modality), p(a.study_date),
-        p(a.transfer_syntax), p(a.reason),
+        p(a.transfer_syntax), p(a.reason), p(a.accession) if flags & ACCESSION else b"",
         _LEN.pack(len(e.path)) + e.path if long_path else b""))
 
 
@@ -129,16 +133,16 @@ def decode(path_key: bytes, raw: bytes | memoryview) -> tuple[Entry, int]:
     mtime, digest = _TAIL.unpack_from(raw, pos)
     pos += _TAIL.size
     texts = []
-    for _ in range(7):
+    for _ in range(8 if flags & ACCESSION else 7):
         s, pos = _unpack_text(raw, pos)
         texts.append(s)
     path = path_key
     if flags & LONG_PATH:
         (n,) = _LEN.unpack_from(raw, pos)
         path = bytes(raw[pos + 2:pos + 2 + n])
-    study, series, sop, modality, date, ts, reason = texts
+    study, series, sop, modality, date, ts, reason = texts[:7]
     about = Described("", UNSORTED if flags & UNSORTED_FLAG else DICOM, reason, study, series,
-                      sop, modality, date, ts)
+                      sop, modality, date, ts, texts[7] if flags & ACCESSION else "")
     digest_hex = digest.hex() if digest != _NO_DIGEST else ""
     return Entry(path, offset, length, digest_hex, size, mtime, about,
                  IN_ROW_OBJECT if flags & DUPLICATE else "",
@@ -168,7 +172,7 @@ def legacy_dict(raw: bytes | memoryview) -> dict[str, Any] | None:
 # -- the JSON forms of the other tables' values ----------------------------------------
 def about_fields(a: Described) -> tuple[str, ...]:
     return (a.status, a.reason, a.study_uid, a.series_uid, a.sop_uid, a.modality,
-            a.study_date, a.transfer_syntax)
+            a.study_date, a.transfer_syntax, a.accession)
 
 
 def about_json(a: Described) -> dict[str, str]:
@@ -196,4 +200,5 @@ def object_json(obj: StoredObject, number: int) -> dict[str, Any]:
     return {"key": obj.key, "kind": obj.kind, "group": obj.group, "bundle_id": obj.bundle_id,
             "size": obj.size, "etag": obj.etag, "members": len(obj.entries),
             "bytes": sum(e.length for e in obj.entries), "created": obj.created,
-            "committed": now_iso(), "id": number}
+            "committed": now_iso(), "id": number,
+            **({"retention": obj.retention} if obj.retention else {})}

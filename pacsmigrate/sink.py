@@ -74,8 +74,9 @@ class PlanSink(Sink):
 
     def __init__(self, cp: Checkpoint, stats: Stats, bar: Bar, *, scheme: str,
                  part_size: int, classes: Classes | None = None,
-                 prices: PriceTable | None = None) -> None:
+                 prices: PriceTable | None = None, locks: Locks | None = None) -> None:
         super().__init__(cp, stats, bar, classes=classes)
+        self.locks = locks  # asked only to count the studies a retention map misses
         self.scheme = scheme
         self.part_size = part_size
         self.prices = prices
@@ -84,6 +85,8 @@ class PlanSink(Sink):
 
     async def put(self, plan: BundlePlan) -> None:
         self._count(plan)
+        if self.locks is not None:
+            self.locks(plan)
         requests = requests_for(plan, scheme=self.scheme, part_size=self.part_size)
         self.stats.planned_requests += requests
         if self.prices is not None:

@@ -29,6 +29,9 @@ class Stats:
     compressed_files: int = 0  # stored as zstd frames: their bytes before and after
     compressed_from: int = 0
     compressed_to: int = 0
+    # Study objects a --retention-map does not name: locked for --retain-years, or unlocked.
+    retention_defaulted: int = 0
+    retention_unlocked: int = 0
     duplicate_files: int = 0  # stored once already (same blake3): indexed, not sent again
     duplicate_bytes: int = 0
     objects_adopted: int = 0

@@ -25,7 +25,9 @@ CLASS_META = "pacsmigrate-class"  # object metadata naming the class; each store
 YEAR_META = "pacsmigrate-study-year"  # the study's year (from StudyDate), for lifecycle rules
 # Metadata the stores also set as object tags (S3 object tags, Azure blob index tags), which
 # lifecycle rules and inventories can filter on.
-TAGGED = (CLASS_META, YEAR_META)
+# The retention a study is kept for: a map's class ("inpatient") or "30y" (retention.py).
+RETENTION_META = "pacsmigrate-retention"
+TAGGED = (CLASS_META, YEAR_META, RETENTION_META)
 KiB = 1024
 # AWS bills an object in these classes as at least 128 KiB ...
 MIN_BILLABLE = {"STANDARD_IA": 128 * KiB, "ONEZONE_IA": 128 * KiB, "GLACIER_IR": 128 * KiB}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping
 from concurrent.futures import Executor
+from typing import Any
 
 import blake3
 
@@ -16,6 +17,7 @@ from .errors import BackendError, ObjectExistsError, SourceChangedError
 from .keys import sidecar_key
 from .paths import member_name
 from .records import FILE, TAR, BundlePlan, Entry, StoredObject
+from .retention import manifest_fields
 from .tiers import CLASS_META, YEAR_META, study_year
 
 META = {"pacsmigrate-format": "2"}
@@ -46,7 +48,7 @@ async def store(plan: BundlePlan, backend: Backend, pool: Executor, *, secret: b
 
     Source reads run in `pool`; at most a few parts per object are in memory at once.
     """
-    built = Built()
+    built = Built(retention=manifest_fields(locks))
     part_size = backend.part_size(plan.size)
     gen = tar_parts(plan, built, part_size=part_size, secret=secret, expect=expect,
                     known=known, compress=compress) if plan.kind == TAR else file_parts(
@@ -83,13 +85,13 @@ async def store(plan: BundlePlan, backend: Backend, pool: Executor, *, secret: b
     if plan.kind == FILE:
         await save_sidecar(backend, plan.key, built.manifest)
     faults.point("after-sidecar")
-    return _stored(plan, info, built.created, built.entries), built
+    return _stored(plan, info, built.created, built.entries, retention=built.retention), built
 
 
 def _stored(plan: BundlePlan, info: ObjectInfo, created: str, entries: list[Entry],
-            *, adopted: bool = False) -> StoredObject:
+            *, adopted: bool = False, retention: dict[str, Any] | None = None) -> StoredObject:
     return StoredObject(plan.key, plan.kind, plan.group, plan.bundle_id, info.size, info.etag,
-                        created, tuple(entries), adopted)
+                        created, tuple(entries), adopted, retention)
 
 
 async def save_sidecar(backend: Backend, key: str, doc: bytes) -> None:
@@ -124,7 +126,8 @@ async def recover(plan: BundlePlan, backend: Backend) -> StoredObject | None:
     assert raw is not None
     if plan.kind == FILE:
         await save_sidecar(backend, plan.key, raw)
-    return _stored(plan, info, doc.get("created", ""), manifest.entries(doc), adopted=True)
+    return _stored(plan, info, doc.get("created", ""), manifest.entries(doc), adopted=True,
+                   retention=doc.get("retention"))
 
 
 async def _find_manifest(plan: BundlePlan, backend: Backend, info: ObjectInfo) -> bytes | None:

@@ -9,7 +9,7 @@ import pytest
 from conftest import run_cli
 from helpers import aged_tree
 
-from pacsmigrate.costs import AWS_US_EAST_1, GiB, KB, PriceTable, Tally, estimate
+from pacsmigrate.costs import AWS_US_EAST_1, KB, GiB, PriceTable, Tally, estimate
 from pacsmigrate.errors import ConfigError
 
 POLICY = "0-180d=STANDARD,180d-5y=GLACIER_IR,5y-=DEEP_ARCHIVE"

@@ -7,15 +7,21 @@ import json
 import os
 import shutil
 import signal
+from dataclasses import replace
 from pathlib import Path
 
+import blake3
 import pydicom
 import pytest
 from conftest import TEST_FILES, S3Target, run, run_cli
 from helpers import assert_complete, bundle_manifest, config, index_rows
 
 from pacsmigrate import migrate
+from pacsmigrate.bundle import Built, tar_parts
+from pacsmigrate.checkpoint import Checkpoint
 from pacsmigrate.paths import from_fields
+from pacsmigrate.records import TAR, BundlePlan, Described, Entry, Member, Stored, StoredObject
+from pacsmigrate.retention import covers, lock_of
 from pacsmigrate.synth import make_tree
 
 
@@ -167,3 +173,41 @@ def test_kill_during_a_run_of_copies_then_resume(point: str, moto_s3: S3Target,
     assert all(r["key"] in stored for r in rows)
     verify = run_cli("verify", "--state", str(state), "--deep", "--source", env=moto_s3.env())
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_a_copy_points_only_at_bytes_locked_as_long(tmp_path: Path) -> None:
+    """Retention and deduplication together: a file kept 30 years (or under COMPLIANCE, or a
+    legal hold) is not indexed at bytes whose lock ends sooner or is weaker."""
+
+    def lock(until: str, mode: str = "GOVERNANCE", hold: bool = False) -> dict[str, object]:
+        return {"retain_until": until, "mode": mode, "legal_hold": hold, "retention": ""}
+
+    short, long = lock_of(lock("2040-01-01")), lock_of(lock("2056-01-01"))
+    assert covers(long, short) and not covers(short, long)
+    assert not covers(long, lock_of(lock("2040-01-01", "COMPLIANCE")))
+    assert not covers(long, lock_of(lock("", hold=True))) and covers(long, lock_of(None))
+    data = (TEST_FILES / "CT_small.dcm").read_bytes()
+    digest = blake3.blake3(data).hexdigest()
+
+    def pack(need: dict[str, object], have: tuple[int, int]) -> Built:
+        plan = BundlePlan("g", TAR, key="k.tar", bundle_id="b")
+        plan.add(Member(b"/p/a.dcm", len(data), 1, Described("g"), digest, data))
+        built = Built(retention=need)
+        list(tar_parts(plan, built, part_size=8 << 20, secret=b"s", known=lambda d: Stored(
+            "old.tar", 512, len(data), "", have) if d == digest else None))
+        return built
+
+    assert pack(lock("2040-01-01"), long).duplicates == 1  # stored longer: shared
+    assert pack(lock("2056-01-01"), short).duplicates == 0  # stored shorter: stored again
+    # The longer-locked copy then becomes the one later copies point at.
+    cp = Checkpoint(tmp_path / "s")
+    try:
+        e = Entry(b"/p/a.dcm", 512, len(data), digest, len(data), 1, Described("g"))
+        for key, until in (("a.tar", "2040-01-01"), ("b.tar", "2056-01-01"),
+                           ("c.tar", "2045-01-01")):
+            cp.commit_objects([StoredObject(key, TAR, "g", key, 4096, "e", "", (
+                replace(e, path=f"/p/{key}".encode()),), retention=lock(until))])
+        found = cp.stored_content(digest)
+        assert found is not None and (found.key, found.lock) == ("b.tar", long)
+    finally:
+        cp.close()

@@ -3,16 +3,21 @@ plus the years asked for, checked on SeaweedFS; a bucket without object lock ref
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import pydicom
 import pytest
 from botocore.exceptions import ClientError
 from conftest import AzureTarget, S3Target, run_cli
-from helpers import aged_tree, index_rows
+from helpers import aged_tree, bundle_manifest, index_rows
 
+from pacsmigrate import rows
+from pacsmigrate.checkpoint import Checkpoint
 from pacsmigrate.errors import ConfigError
-from pacsmigrate.retention import Retention
+from pacsmigrate.records import Described, Entry, Member
+from pacsmigrate.retention import Retention, RetentionMap, parse_classes
 
 TODAY = date(2026, 12, 2)
 
@@ -24,10 +29,17 @@ def test_lock_ends_years_after_the_study() -> None:
     assert r.until("", TODAY) == date(2056, 12, 2)  # no StudyDate: from today, never shorter
     assert Retention(15).until("19900101", TODAY) is None  # already over: nothing to lock
     assert Retention(15, "COMPLIANCE", legal_hold=True).metadata("19900101", TODAY) == {
-        "pacsmigrate-legal-hold": "ON"}
+        "pacsmigrate-legal-hold": "ON", "pacsmigrate-retention": "15y"}
     assert r.metadata("20190301", TODAY) == {"pacsmigrate-retain-until": "2049-03-01",
-                                             "pacsmigrate-lock-mode": "GOVERNANCE"}
-    for bad in ({"years": 0}, {"years": 30, "mode": "STRICT"}):
+                                             "pacsmigrate-lock-mode": "GOVERNANCE",
+                                             "pacsmigrate-retention": "30y"}
+    # What a retention map says of a study wins over --retain-years.
+    assert r.metadata("20190301", TODAY, years=15, label="outpatient") == {
+        "pacsmigrate-retain-until": "2034-03-01", "pacsmigrate-lock-mode": "GOVERNANCE",
+        "pacsmigrate-retention": "outpatient"}
+    assert Retention(None, legal_hold=True).metadata("20190301", TODAY) == {
+        "pacsmigrate-legal-hold": "ON"}
+    for bad in ({"years": 0}, {"years": 30, "mode": "STRICT"}, {"years": None}):
         with pytest.raises(ConfigError):
             Retention(**bad)  # type: ignore[arg-type]
 
@@ -130,3 +142,117 @@ def test_sse_options_are_checked(tmp_path: Path) -> None:
     proc = run_cli("migrate", str(tmp_path / "d"), str(tmp_path / "d2"), "--sse", "AES256",
                    "--state", str(tmp_path / "s"))
     assert proc.returncode == 2 and "are for s3:// destinations" in proc.stderr
+
+
+def _map(tmp_path: Path, text: str) -> RetentionMap:
+    path = tmp_path / "retention.csv"
+    path.write_text(text, encoding="utf-8")
+    return RetentionMap(path, parse_classes(("research=50",)))
+
+
+def test_retention_map_rows_and_one_line_errors(tmp_path: Path) -> None:
+    m = _map(tmp_path, "\ufeffStudyInstanceUID,AccessionNumber,class\n"
+             "1.2.3,ACC1,inpatient\n,ACC2,outpatient\n1.2.5,,research\n1.2.6,,7\n")
+    assert list(m.rows()) == [(b"u:1.2.3", 30, "inpatient"), (b"a:ACC1", 30, "inpatient"),
+                              (b"a:ACC2", 15, "outpatient"), (b"u:1.2.5", 50, "research"),
+                              (b"u:1.2.6", 7, "7y")]
+    for text, why in (
+            ("uid,years\n1.2.3,30\n", "needs a StudyInstanceUID or AccessionNumber column"),
+            ("study_uid,retention\n1.2.3,forever\n",
+             ("line 2: unknown retention class 'forever' (known: inpatient=30, outpatient=15, "
+             "research=50; add --retention-class NAME=YEARS)")),
+            ("study_uid,years\n1.2.3,0\n", "line 2: must be 1 to 100 years, not 0"),
+            ("study_uid,accession_number,years\n,,30\n",
+             "line 2: no StudyInstanceUID or AccessionNumber")):
+        with pytest.raises(ConfigError, match=re.escape(why)) as err:
+            _map(tmp_path, text).check()
+        assert "1.2.3" not in str(err.value)  # a UID is never quoted back
+    with pytest.raises(ConfigError, match="must be NAME=YEARS"):
+        parse_classes(("inpatient",))
+
+
+def test_a_spilled_file_keeps_its_accession_number(tmp_path: Path) -> None:
+    """Files of a scattered study wait in the spill: the AccessionNumber a retention map
+    may name must come back with them (and never go into the index)."""
+    about = Described("g", study_uid="1.2.3", accession="ACC-77")
+    raw = rows.encode(Entry(b"/p/a.dcm", 0, 5, "", 5, 1, about), rows.NO_OBJECT,
+                      keep_accession=True)
+    assert rows.decode(b"/p/a.dcm", raw)[0].about.accession == "ACC-77"
+    assert rows.decode(b"/p/a.dcm", rows.encode(Entry(b"/p/a.dcm", 0, 5, "", 5, 1, about),
+                                                1))[0].about.accession == ""
+    cp = Checkpoint(tmp_path / "s")
+    try:
+        cp.spill([Member(b"/p/a.dcm", 5, 1, about)])
+        (_, back), = cp.spill_after(b"", 10)
+        assert back.about.accession == "ACC-77"
+    finally:
+        cp.close()
+
+
+@pytest.mark.seaweed
+def test_a_retention_map_locks_each_study_for_its_class(
+        seaweed_s3: S3Target, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """By StudyInstanceUID and by AccessionNumber, the rest for --retain-years; the lock is
+    in each object's manifest and in the index, and an index rebuilt from the store keeps
+    it."""
+    studies = aged_tree(tmp_path / "pacs")
+    uids = sorted(studies)
+    by_accession = tmp_path / "pacs" / "mid" / "img.dcm"
+    ds = pydicom.dcmread(by_accession)
+    ds.AccessionNumber = "RIS-4711"
+    ds.save_as(by_accession)
+    mid_uid = str(ds.StudyInstanceUID)
+    inpatient = next(u for u in uids if studies[u] and u != mid_uid)
+    rmap = tmp_path / "ris.csv"
+    rmap.write_text(f"StudyInstanceUID,AccessionNumber,class\n{inpatient},,inpatient\n"
+                    ",RIS-4711,outpatient\n")
+    bucket = _lock_bucket(seaweed_s3, request)
+    state = tmp_path / "state"
+    proc = run_cli("migrate", str(tmp_path / "pacs"), f"s3://{bucket}/pacs", "--endpoint-url",
+                   seaweed_s3.info.endpoint_url, "--state", str(state), "--retention-map",
+                   str(rmap), "--retain-years", "10", "--large-file", "5MiB", "--part-size",
+                   "5MiB", "--no-progress", env=seaweed_s3.env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # Two dated studies not in the map and the undated one: --retain-years.
+    assert "2 study objects it does not name: locked for --retain-years" in proc.stdout
+    today = datetime.now(UTC).date()
+    years = {inpatient: (30, "inpatient"), mid_uid: (15, "outpatient")}
+    for r in index_rows(state):
+        n, label = years.get(r["study_uid"], (10, "10y"))
+        want = Retention(n).until(studies.get(r["study_uid"], ""), today)
+        head = seaweed_s3.client.head_object(Bucket=bucket, Key=r["key"])
+        tags = seaweed_s3.client.get_object_tagging(Bucket=bucket, Key=r["key"])["TagSet"]
+        if want is None:  # the 3000-day-old study's ten years are over: no lock left
+            assert "ObjectLockMode" not in head and r["retain_until"] == ""
+            continue
+        assert head["ObjectLockRetainUntilDate"].date() == want, r["key"]
+        assert (r["retain_until"], r["lock_mode"]) == (want.isoformat(), "GOVERNANCE")
+        assert {"Key": "pacsmigrate-retention", "Value": label} in tags
+        if r["key"].endswith(".tar"):
+            doc = bundle_manifest(seaweed_s3.client.get_object(
+                Bucket=bucket, Key=r["key"])["Body"].read())
+            assert doc["retention"] == {"retain_until": want.isoformat(), "mode": "GOVERNANCE",
+                                        "legal_hold": False, "retention": label}
+    rebuilt = tmp_path / "rebuilt"
+    run_cli("index", "rebuild", f"s3://{bucket}/pacs", "--endpoint-url",
+            seaweed_s3.info.endpoint_url, "--state", str(rebuilt), env=seaweed_s3.env(),
+            check=True)
+    assert index_rows(rebuilt) == index_rows(state)
+
+
+def test_an_unmapped_study_without_default_is_stored_unlocked_and_said(
+        moto_s3: S3Target, tmp_path: Path) -> None:
+    aged_tree(tmp_path / "pacs")
+    rmap = tmp_path / "ris.csv"
+    rmap.write_text("StudyInstanceUID,years\n9.9.9,30\n")
+    proc = run_cli("migrate", str(tmp_path / "pacs"), "s3://hospital-archive/pacs",
+                   "--dry-run", "--state", str(tmp_path / "s"), "--retention-map", str(rmap),
+                   "--large-file", "5MiB")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert ("WARNING: retention map: 4 study objects it does not name: no lock (give "
+            "--retain-years for them)") in proc.stdout
+    bad = run_cli("migrate", str(tmp_path / "pacs"), "s3://hospital-archive/pacs",
+                  "--dry-run", "--state", str(tmp_path / "s2"), "--retention-map",
+                  str(tmp_path / "missing.csv"))
+    assert bad.returncode == 2 and "cannot read --retention-map" in bad.stderr
+    assert not (tmp_path / "s2").exists()

@@ -14,7 +14,7 @@ from ..checkpoint import Checkpoint
 from ..config import MigrateConfig
 from ..costs import PriceTable
 from ..pipeline import migrate as run_migrate
-from ..retention import Retention
+from ..retention import Retention, RetentionMap, parse_classes
 from ..stats import Stats
 from ..tiers import TierPolicy
 from .common import (
@@ -58,6 +58,14 @@ from .common import (
               help="S3 Object Lock: keep each study's objects undeletable until its "
                    "StudyDate + N years (today + N without a StudyDate); the bucket must "
                    "have object lock enabled.")
+@click.option("--retention-map", type=click.Path(path_type=Path, dir_okay=False),
+              metavar="CSV",
+              help="Retention per study from the RIS: a CSV with a StudyInstanceUID or "
+                   "AccessionNumber column and a years or class column; studies it does not "
+                   "name get --retain-years (without it: no lock, and counted).")
+@click.option("--retention-class", "retention_classes", multiple=True, metavar="NAME=YEARS",
+              help="A class the map may name (repeatable; defaults inpatient=30, "
+                   "outpatient=15).")
 @click.option("--lock-mode", type=click.Choice(["GOVERNANCE", "COMPLIANCE"]),
               default="GOVERNANCE", show_default=True,
               help="COMPLIANCE: nobody, not even the account's root, can shorten the lock.")
@@ -82,7 +90,8 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
             sse_kms_key_id: str | None, dry_run: bool,
             bundle_size: int, large_file: int, read_threads: int, memory: int,
             checksum: str, storage_class: str | None, tier_policy: str | None,
-            retain_years: int | None, lock_mode: str, legal_hold: bool, dedup: bool,
+            retain_years: int | None, retention_map: Path | None,
+            retention_classes: tuple[str, ...], lock_mode: str, legal_hold: bool, dedup: bool,
             compress: str | None, prices: Path | None,
             report_path: Path | None,
             progress: bool | None, **transfer: Any) -> None:
@@ -104,13 +113,28 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
         transfer=transfer_config(**transfer, checksum=checksum),
         read_threads=read_threads, memory=memory, report_path=report_path,
         tiers=TierPolicy.parse(tier_policy, default=storage_class),
-        retention=Retention(retain_years, lock_mode, legal_hold) if retain_years else None,
+        retention=_retention(retain_years, retention_map, retention_classes, lock_mode,
+                             legal_hold),
         progress=sys.stderr.isatty() if progress is None else progress, dedup=dedup,
         compress=compress or "", prices=PriceTable.load(prices) if prices else None,
     )
     stats = asyncio.run(run_migrate(cfg))
     _print_summary(stats, dry_run=dry_run)
     sys.exit(0 if stats.not_migrated == 0 else 1)
+
+
+def _retention(years: int | None, path: Path | None, classes: tuple[str, ...], mode: str,
+               legal_hold: bool) -> Retention | None:
+    """The retention asked for, its map read through once (one line for a bad row) before
+    the state directory is touched."""
+    if years is None and path is None and not legal_hold:
+        if classes:
+            raise click.UsageError("--retention-class goes with --retention-map")
+        return None
+    rmap = RetentionMap(path, parse_classes(classes)) if path is not None else None
+    if rmap is not None:
+        rmap.check()
+    return Retention(years, mode, legal_hold, rmap)
 
 
 def _print_summary(s: Stats, *, dry_run: bool) -> None:
@@ -126,6 +150,12 @@ def _print_summary(s: Stats, *, dry_run: bool) -> None:
                    f"objects ({s.bytes_uploaded / 1e6:,.1f} MB); "
                    "adopted (stored by an interrupted attempt): "
                    f"{s.objects_adopted:,}; already migrated: {s.already_migrated:,}")
+    if s.retention_defaulted:
+        click.echo(f"retention map: {s.retention_defaulted:,} study objects it does not name: "
+                   "locked for --retain-years")
+    if s.retention_unlocked:
+        click.echo(f"WARNING: retention map: {s.retention_unlocked:,} study objects it does not "
+                   "name: no lock (give --retain-years for them)")
     for line in s.cost_lines:
         click.echo(line)
     if s.duplicate_files:

@@ -1,5 +1,6 @@
-"""The spill table of the checkpoint: files of scattered studies, packed by study after the
-walk (see checkpoint.py for every table), and the path keys all path tables use."""
+"""Two tables of the checkpoint with their methods (checkpoint.py describes every table):
+the spill (files of scattered studies, packed by study after the walk) and the retention
+map; and the path keys all path tables use."""
 
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ class SpillTable:
                 k = path_key(m.path)
                 e = Entry(m.path, 0, m.size, m.blake3, m.size, m.mtime_ns, m.about)
                 txn.put(spill_key(m.group, m.path),
-                        rows.encode(e, rows.NO_OBJECT, long_path=k is not m.path),
+                        rows.encode(e, rows.NO_OBJECT, long_path=k is not m.path,
+                                    keep_accession=True),
                         db=self.db["spill"])
         self._write(write)
 
@@ -81,4 +83,43 @@ class SpillTable:
                 if len(out) >= limit:
                     break
         return out
+
+
+
+class RetentionTable:
+    """The last run's --retention-map; mixed into Checkpoint, which opens the tables."""
+
+    env: lmdb.Environment
+    db: dict[str, Any]
+    _write: Callable[[Callable[[lmdb.Transaction], Any]], None]  # LmdbFile's
+    clear: Callable[..., None]  # Checkpoint's
+
+    def load_retention(self, rows: Iterable[tuple[bytes, int, str]], *, batch: int = 100_000
+                       ) -> int:
+        """Replace the retention map with `rows` (streamed, in transactions of `batch`)."""
+        self.clear("retention")
+        n, chunk = 0, []
+        for row in rows:
+            chunk.append(row)
+            if len(chunk) >= batch:
+                n += self._put_retention(chunk)
+                chunk = []
+        return n + self._put_retention(chunk)
+
+    def _put_retention(self, chunk: list[tuple[bytes, int, str]]) -> int:
+        def write(txn: lmdb.Transaction) -> None:
+            for key, years, label in chunk:
+                txn.put(key, f"{years}\t{label}".encode(), db=self.db["retention"])
+        self._write(write)
+        return len(chunk)
+
+    def retention_for(self, study_uid: str, accession: str) -> tuple[int, str] | None:
+        """(years, label) the retention map gives a study, by UID, else accession number."""
+        with self.env.begin(db=self.db["retention"]) as txn:
+            raw = (study_uid and txn.get(b"u:" + study_uid.encode()[:500])) or (
+                accession and txn.get(b"a:" + accession.encode()[:500]))
+        if not raw:
+            return None
+        years, _, label = bytes(raw).decode().partition("\t")
+        return int(years), label
 
