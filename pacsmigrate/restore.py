@@ -68,7 +68,7 @@ def target_for(to: Path, path: bytes) -> Path:
 def _present(target: Path, row: dict[str, Any]) -> bool:
     """Already restored by an earlier run: same size and same blake3 (resume skips it)."""
     try:
-        if target.stat().st_size != int(row["length"]):
+        if target.stat().st_size != int(row["size"]):  # the file's (a zstd frame's differs)
             return False
         with open(target, "rb") as f:
             digest, _ = hash_file(f)
