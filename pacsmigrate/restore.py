@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .access import Opened
-from .errors import ConfigError, IntegrityError, ObjectNotFoundError
+from .backends.base import Backend, Rehydrating
+from .errors import ConfigError, IntegrityError, ObjectArchivedError, ObjectNotFoundError
 from .paths import display, from_fields, member_name
 from .progress import Bar
 from .retrieve import save_verified
@@ -38,16 +40,28 @@ class Selection:
         return path.startswith(self.path_prefix)
 
 
+@dataclass(frozen=True)
+class RestoreRequest:
+    """Ask the store to restore archived objects (S3 Glacier, Azure Archive) when a read
+    finds them there; the next run reads them once they are ready."""
+
+    days: int = 7  # S3: how long the restored copy stays readable
+    priority: str = "Standard"  # Bulk, Standard or High (S3 Expedited)
+
+
 @dataclass
 class RestoreResult:
     restored: int = 0
     already_present: int = 0
     bytes: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    archived: Counter[str] = field(default_factory=Counter)  # object key -> files in it
+    requests: Counter[str] = field(default_factory=Counter)  # request status -> objects
 
     @property
     def selected(self) -> int:
-        return self.restored + self.already_present + len(self.failed)
+        return (self.restored + self.already_present + len(self.failed)
+                + sum(self.archived.values()))
 
 
 def _rows(opened: Opened, sel: Selection) -> Iterator[tuple[bytes, dict[str, Any]]]:
@@ -77,9 +91,24 @@ def _present(target: Path, row: dict[str, Any]) -> bool:
     return bool(digest == row["blake3"])
 
 
+async def request_restores(backend: Backend, keys: Iterable[str], request: RestoreRequest
+                           ) -> Counter[str]:
+    """Ask the store to restore each archived object; how many objects got each answer."""
+    store = getattr(backend, "store", backend)
+    if not isinstance(store, Rehydrating):
+        raise ConfigError("this store cannot restore archived objects")
+    out: Counter[str] = Counter()
+    for key in keys:
+        out[await store.request_restore(key, days=request.days,
+                                        priority=request.priority)] += 1
+    return out
+
+
 async def restore(opened: Opened, sel: Selection, to: Path, *, concurrency: int = 8,
-                  progress: bool = False) -> RestoreResult:
-    """Recreate the selected files byte-identical under `to`; re-running resumes."""
+                  progress: bool = False, request: RestoreRequest | None = None
+                  ) -> RestoreResult:
+    """Recreate the selected files byte-identical under `to`; re-running resumes. Files in
+    archived objects are counted (and, with `request`, their restore is asked for)."""
     total_files = total_bytes = 0
     for _, row in _rows(opened, sel):
         total_files += 1
@@ -96,6 +125,8 @@ async def restore(opened: Opened, sel: Selection, to: Path, *, concurrency: int 
             else:
                 result.bytes += await save_verified(opened.backend, row, target)
                 result.restored += 1
+        except ObjectArchivedError:
+            result.archived[row["key"]] += 1
         except (IntegrityError, ObjectNotFoundError, ConfigError, OSError) as exc:
             # This file is lost or damaged in the store: say so, restore the rest. Any
             # other store error (access denied, ...) stops the drill.
@@ -111,4 +142,7 @@ async def restore(opened: Opened, sel: Selection, to: Path, *, concurrency: int 
                 tg.create_task(one(path, row))
     finally:
         bar.close()
+    if request is not None and result.archived:
+        result.requests = await request_restores(opened.backend, sorted(result.archived),
+                                                 request)
     return result

@@ -26,7 +26,7 @@ from ..errors import (
 )
 from ..tiers import CLASS_META, tags
 from .azure_errors import classify, code_of, map_error
-from .base import ObjectInfo, Part, PendingUpload, adjust_part_size
+from .base import IN_PROGRESS, READY, REQUESTED, ObjectInfo, Part, PendingUpload, adjust_part_size
 from .body import Body, Checksum, multipart_etag
 from .limits import AZURE
 from .policy import Cause
@@ -213,6 +213,24 @@ class AzureStore:
     async def head(self, key: str) -> ObjectInfo:
         props = await self._blob(key).get_blob_properties()
         return ObjectInfo(key, int(props.size), _etag(props), _meta_in(props.metadata))
+
+    async def request_restore(self, key: str, *, days: int, priority: str) -> str:
+        """Rehydrate an Archive-tier blob to Cool (Rehydrating): cheaper to keep than Hot
+        for a study read again once; the tier policy's lifecycle rule moves it back."""
+        try:
+            props = await self._blob(key).get_blob_properties()
+            if props.archive_status:  # rehydrate-pending-to-cool / -to-hot
+                return IN_PROGRESS
+            if str(props.blob_tier) != "Archive":
+                return READY
+            await self._blob(key).set_standard_blob_tier(
+                "Cool", rehydrate_priority="High" if priority == "High" else "Standard")
+        except Exception as exc:
+            mapped = self.map_error(exc, key=key)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        return REQUESTED
 
     async def list_page(self, prefix: str, token: str | None
                         ) -> tuple[list[ObjectInfo], str | None]:

@@ -80,8 +80,9 @@ def map_error(exc: BaseException, *, key: str | None, container: str) -> Backend
         return PermanentBackendError(f"{where} does not exist: create it first", key=key)
     if code == "BlobArchived":
         return ObjectArchivedError(
-            f"{key} is in the Archive tier: rehydrate it first (az storage blob set-tier "
-            "--tier Hot --rehydrate-priority Standard), then run the command again",
+            f"{key} is in the Archive tier: rehydrate it first (get or restore "
+            "--request-restore, or az storage blob set-tier --tier Cool --rehydrate-priority "
+            "Standard), then run the command again",
             key=key)
     if code in ("BlobAlreadyExists", "ConditionNotMet") or (
             isinstance(exc, (ResourceExistsError, ResourceModifiedError))

@@ -167,6 +167,23 @@ class Primitives(Protocol):
     async def close(self) -> None: ...
 
 
+# What a restore request for an archived object found or did.
+REQUESTED, IN_PROGRESS, READY = "requested", "in progress", "ready"
+PRIORITIES = ("Bulk", "Standard", "High")
+
+
+@runtime_checkable
+class Rehydrating(Protocol):
+    """Optional: a store with archive tiers whose objects must be restored before they can
+    be read (S3 GLACIER and DEEP_ARCHIVE: RestoreObject; Azure Archive: rehydration)."""
+
+    async def request_restore(self, key: str, *, days: int, priority: str) -> str:
+        """Ask for an archived object back (`priority` one of PRIORITIES; `days`: how long
+        S3 keeps the restored copy). Returns REQUESTED, IN_PROGRESS (asked already) or
+        READY (readable now). One attempt; errors mapped to the tree in errors.py."""
+        ...
+
+
 @dataclass(frozen=True)
 class Part:
     """A part an unfinished upload holds: its number, ETag (the part's MD5 in hex) and size."""

@@ -13,7 +13,7 @@ from ..config import Destination, S3Options, TransferConfig
 from ..errors import BackendError, ConfigError
 from ..retention import HOLD_META, MODE_META, UNTIL_META
 from ..tiers import CLASS_META, tags
-from .base import ObjectInfo, Part, PendingUpload, adjust_part_size
+from .base import IN_PROGRESS, READY, REQUESTED, ObjectInfo, Part, PendingUpload, adjust_part_size
 from .body import Body, Checksum, multipart_etag
 from .limits import S3
 from .policy import Cause
@@ -188,6 +188,28 @@ class S3Backend:
 
     async def delete(self, key: str) -> None:
         await (await self._cold()).delete_object(Bucket=self.bucket, Key=key)
+
+    async def request_restore(self, key: str, *, days: int, priority: str) -> str:
+        """RestoreObject for an object in GLACIER or DEEP_ARCHIVE (Rehydrating)."""
+        from botocore.exceptions import ClientError
+
+        client = await self._cold()
+        try:
+            head = await client.head_object(Bucket=self.bucket, Key=key)
+            restore = str(head.get("Restore", ""))
+            if 'ongoing-request="true"' in restore:
+                return IN_PROGRESS
+            if 'ongoing-request="false"' in restore or head.get("StorageClass") not in (
+                    "GLACIER", "DEEP_ARCHIVE"):
+                return READY
+            tier = {"High": "Expedited"}.get(priority, priority)
+            await client.restore_object(Bucket=self.bucket, Key=key, RestoreRequest={
+                "Days": days, "GlacierJobParameters": {"Tier": tier}})
+        except ClientError as exc:
+            if "RestoreAlreadyInProgress" in str(exc.response.get("Error", {})):
+                return IN_PROGRESS
+            raise map_error(exc, key=key) or exc from exc
+        return REQUESTED
 
     # -- multipart uploads (ChunkedWriter) -------------------------------------------
     async def create_upload(self, key: str, *, metadata: Mapping[str, str]) -> str:

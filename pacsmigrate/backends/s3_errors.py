@@ -95,8 +95,8 @@ def map_error(exc: BaseException, *, key: str | None) -> BackendError | None:
                                        key=key)
         if code == "InvalidObjectState":  # a GET of an object in Glacier / Deep Archive
             return ObjectArchivedError(
-                f"{key} is in a Glacier storage class: restore it first (aws s3api "
-                "restore-object --restore-request Days=7), then run the command again",
+                f"{key} is in a Glacier storage class: restore it first (get or restore "
+                "--request-restore, or aws s3api restore-object), then run the command again",
                 key=key)
         if code in ("NoSuchKey", "404", "NotFound"):
             return ObjectNotFoundError(f"no such object: {key}", key=key)

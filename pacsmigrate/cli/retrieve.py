@@ -5,14 +5,40 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import click
 
 from ..access import open_migration
-from ..restore import Selection, restore
+from ..backends.base import PRIORITIES
+from ..errors import ObjectArchivedError
+from ..restore import RestoreRequest, RestoreResult, Selection, request_restores, restore
 from ..retrieve import Archive, write_file
 from .common import handle_errors, state_option
+
+
+def _restore_options(fn: Any) -> Any:
+    fn = click.option("--restore-priority", type=click.Choice(PRIORITIES), default="Standard",
+                      show_default=True,
+                      help="With --request-restore: how fast (and dear) the store restores: "
+                           "S3 Bulk/Standard/Expedited, Azure Standard/High.")(fn)
+    fn = click.option("--restore-days", type=click.IntRange(1, 365), default=7,
+                      show_default=True,
+                      help="With --request-restore, on S3: days the restored copy stays.")(fn)
+    return click.option("--request-restore", is_flag=True,
+                        help="Ask the store to restore files' objects found in an archive "
+                             "tier (S3 Glacier, Deep Archive; Azure Archive); then re-run "
+                             "once they are ready.")(fn)
+
+
+_WAIT = ("re-run this command once they are ready (S3: minutes with Expedited, 3-5 h "
+         "Standard, 5-12 h Bulk, up to 48 h from Deep Archive; Azure: up to 15 h)")
+
+
+def _said(requests: Counter[str]) -> str:
+    return ", ".join(f"{n:,} {status}" for status, n in sorted(requests.items()))
 
 
 @click.command()
@@ -22,22 +48,36 @@ from .common import handle_errors, state_option
               help="Write here (default: standard output when it is not a terminal).")
 @state_option()
 @click.option("--endpoint-url", help="Override the endpoint recorded in the state.")
+@_restore_options
 @handle_errors
 def get(source_path: str | None, sop: str | None, output: Path | None, state_dir: Path,
-        endpoint_url: str | None) -> None:
+        endpoint_url: str | None, request_restore: bool, restore_days: int,
+        restore_priority: str) -> None:
     """Fetch one instance by its original SOURCE_PATH (or --sop UID): one range GET."""
     if (source_path is None) == (sop is None):
         raise click.UsageError("give either SOURCE_PATH or --sop UID")
     if output is None and sys.stdout.isatty():
         raise click.UsageError("standard output is a terminal: give -o FILE")
 
-    async def fetch() -> tuple[bytes, int]:
+    async def fetch() -> tuple[bytes, int] | str:
         async with open_migration(state_dir, endpoint_url=endpoint_url) as opened:
             archive = Archive(opened)
             row = archive.locate(source_path, sop=sop)
-            return await archive.read(source_path, sop=sop), int(row["mtime_ns"])
+            try:
+                return await archive.read(source_path, sop=sop), int(row["mtime_ns"])
+            except ObjectArchivedError:
+                if not request_restore:
+                    raise
+                asked = await request_restores(opened.backend, [row["key"]], RestoreRequest(
+                    restore_days, restore_priority))
+                return _said(asked)
 
-    data, mtime_ns = asyncio.run(fetch())
+    got = asyncio.run(fetch())
+    if isinstance(got, str):
+        click.echo(f"the file's object is in an archive tier: restore {got}; {_WAIT}",
+                   err=True)
+        sys.exit(1)
+    data, mtime_ns = got
     if output is None:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
@@ -56,24 +96,34 @@ def get(source_path: str | None, sop: str | None, output: Path | None, state_dir
 @click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 256))
 @click.option("--endpoint-url", help="Override the endpoint recorded in the state.")
 @click.option("--progress/--no-progress", default=None)
+@_restore_options
 @handle_errors
 def restore_cmd(state_dir: Path, study_uid: str | None, path_prefix: str | None,
                 everything: bool, to: Path, concurrency: int, endpoint_url: str | None,
-                progress: bool | None) -> None:
+                progress: bool | None, request_restore: bool, restore_days: int,
+                restore_priority: str) -> None:
     """Recreate original paths under --to, byte-identical; re-run to resume a drill."""
     sel = Selection(study_uid, os.fsencode(path_prefix) if path_prefix else None, everything)
 
-    async def go() -> tuple[int, int, int, list[tuple[str, str]], int]:
+    async def go() -> RestoreResult:
         async with open_migration(state_dir, endpoint_url=endpoint_url) as opened:
-            r = await restore(opened, sel, to, concurrency=concurrency,
-                              progress=sys.stderr.isatty() if progress is None else progress)
-            return r.restored, r.already_present, r.bytes, r.failed, r.selected
+            return await restore(
+                opened, sel, to, concurrency=concurrency,
+                progress=sys.stderr.isatty() if progress is None else progress,
+                request=RestoreRequest(restore_days, restore_priority)
+                if request_restore else None)
 
-    restored, present, nbytes, failed, selected = asyncio.run(go())
-    click.echo(f"selected: {selected:,} files; restored: {restored:,} ({nbytes / 1e6:,.1f} MB); "
-               f"already present and verified: {present:,}; failed: {len(failed):,}")
-    for path, reason in failed:
+    r = asyncio.run(go())
+    click.echo(f"selected: {r.selected:,} files; restored: {r.restored:,} "
+               f"({r.bytes / 1e6:,.1f} MB); already present and verified: "
+               f"{r.already_present:,}; failed: {len(r.failed):,}")
+    if r.archived:
+        files = sum(r.archived.values())
+        click.echo(f"in an archive tier: {files:,} files in {len(r.archived):,} objects; "
+                   + (f"restore {_said(r.requests)}; {_WAIT}" if r.requests else
+                      "add --request-restore to ask the store for them"))
+    for path, reason in r.failed:
         click.echo(f"FAILED {path}: {reason}", err=True)
-    if selected == 0:
+    if r.selected == 0:
         click.echo("nothing matched the selection", err=True)
-    sys.exit(1 if failed or selected == 0 else 0)
+    sys.exit(1 if r.failed or r.archived or r.selected == 0 else 0)
