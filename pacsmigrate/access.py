@@ -34,11 +34,15 @@ def destination_of(cp: Checkpoint, *, endpoint_url: str | None = None) -> Destin
 
 @asynccontextmanager
 async def open_migration(state_dir: Path, *, endpoint_url: str | None = None,
-                         transfer: TransferConfig | None = None) -> AsyncIterator[Opened]:
-    """Read access for verify, get, restore, locate; does not take the run lock."""
+                         transfer: TransferConfig | None = None,
+                         sse_c_key_file: str | None = None) -> AsyncIterator[Opened]:
+    """Read access for verify, get, restore, locate; does not take the run lock.
+    `sse_c_key_file`: the key of a migration encrypted with SSE-C (else the environment's)."""
     cp = Checkpoint(state_dir, readonly=True)
     try:
         dest = destination_of(cp, endpoint_url=endpoint_url)
+        if dest.s3 is not None and sse_c_key_file:
+            dest = replace(dest, s3=replace(dest.s3, sse_c_key_file=sse_c_key_file))
         transfer = transfer or TransferConfig()
         ca = cp.get_meta("ca_bundle")  # the private CA the migration was told to trust
         if ca and transfer.ca_bundle is None:

@@ -12,6 +12,7 @@ from urllib.parse import quote, unquote, urlparse
 from . import encoding
 from .errors import ConfigError
 from .retention import Retention
+from .ssec import load_key
 from .tiers import TierPolicy
 
 if TYPE_CHECKING:
@@ -64,6 +65,10 @@ class S3Options:
     provider: str | None = None
     sse: str | None = None  # server-side encryption: "AES256" (SSE-S3) or "aws:kms"
     sse_kms_key_id: str | None = None
+    # SSE-C: the customer key's file (never stored, never shown) and the key's MD5 (kept in
+    # the state, so a later command given another key is refused before any request).
+    sse_c_key_file: str | None = field(default=None, repr=False, compare=False)
+    sse_c_md5: str | None = None
 
     def resolve(self, endpoint_url: str | None) -> tuple[str | None, S3Options]:
         """The endpoint and the options with the provider's defaults filled in."""
@@ -75,6 +80,12 @@ class S3Options:
             raise ConfigError(f"--sse must be AES256 or aws:kms, not {self.sse!r}")
         if self.sse_kms_key_id and self.sse != "aws:kms":
             raise ConfigError("--sse-kms-key-id goes with --sse aws:kms")
+        md5 = self.sse_c_md5
+        if self.sse_c_key_file:
+            if self.sse:
+                raise ConfigError("--sse-c-key-file encrypts with your own key (SSE-C): "
+                                  "drop --sse")
+            md5 = load_key(self.sse_c_key_file).md5
         if style not in (None, "path", "virtual"):
             raise ConfigError(f"--addressing-style must be path or virtual, not {style!r}")
         region = self.region
@@ -86,12 +97,14 @@ class S3Options:
                               "address, e.g. https://rgw.hospital.local:7480)")
         if style is None:
             style = "virtual" if provider == "aws" or not endpoint_url else "path"
-        return endpoint_url, replace(self, addressing_style=style, region=region)
+        return endpoint_url, replace(self, addressing_style=style, region=region,
+                                     sse_c_md5=md5)
 
     def as_meta(self) -> dict[str, str | None]:
         return {"region": self.region, "profile": self.profile,
                 "addressing_style": self.addressing_style, "provider": self.provider,
-                "sse": self.sse, "sse_kms_key_id": self.sse_kms_key_id}
+                "sse": self.sse, "sse_kms_key_id": self.sse_kms_key_id,
+                "sse_c_md5": self.sse_c_md5}
 
     @classmethod
     def from_meta(cls, meta: dict[str, object]) -> S3Options:
@@ -100,7 +113,7 @@ class S3Options:
             return str(value) if value else None
 
         return cls(get("region"), get("profile"), get("addressing_style"), get("provider"),
-                   get("sse"), get("sse_kms_key_id"))
+                   get("sse"), get("sse_kms_key_id"), sse_c_md5=get("sse_c_md5"))
 
 
 @dataclass(frozen=True)
@@ -117,7 +130,7 @@ class Destination:
     def with_s3(self, options: S3Options) -> Destination:
         """This destination with a provider's preset applied (S3 only)."""
         if self.scheme != "s3":
-            if options != S3Options():
+            if options != S3Options() or options.sse_c_key_file:
                 raise ConfigError(f"--region, --profile, --addressing-style, --provider and "
                                   f"--sse are for s3:// destinations, not {self}")
             return self

@@ -27,12 +27,27 @@ def check_state(cp: Checkpoint, cfg: MigrateConfig) -> None:
     elif known["dest"] != dest:
         raise ConfigError(f"state directory {cfg.state_dir} belongs to a migration "
                           f"to {known['dest']}, not {dest}; use another --state")
+    else:
+        _same_customer_key(known.get("sse_c_md5"), cfg.dest.s3.sse_c_md5 if cfg.dest.s3 else None)
     cp.put_meta("format", FORMAT)
     if cfg.tiers:  # `policy lifecycle` writes the rules that keep objects moving as they age
         cp.put_meta("tiers", {"policy": cfg.tiers.text, "default": cfg.tiers.default})
     # Read-side commands (verify, get, restore) reach the store the way this run did.
     ca = cfg.transfer.ca_bundle
     cp.put_meta("ca_bundle", str(Path(ca).resolve()) if ca else None)
+
+
+def _same_customer_key(stored: str | None, given: str | None) -> None:
+    """One migration, one SSE-C key (or none): objects under two keys could not all be read
+    with the one key every later command is given."""
+    if (stored or None) == (given or None):
+        return
+    if not stored:
+        raise ConfigError("this migration stores objects without SSE-C: drop --sse-c-key-file "
+                          "(or use another --state)")
+    raise ConfigError("this migration's objects are encrypted with your own key (SSE-C): "
+                      + ("the key given is another one" if given else
+                         "give the same --sse-c-key-file"))
 
 
 async def key_secret(cp: Checkpoint, backend: Backend | None, dest: Destination) -> bytes:

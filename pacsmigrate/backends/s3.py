@@ -12,6 +12,7 @@ from urllib.parse import quote, urlencode
 from ..config import Destination, S3Options, TransferConfig
 from ..errors import BackendError, ConfigError
 from ..retention import HOLD_META, MODE_META, UNTIL_META
+from ..ssec import ENV, CustomerKey, key_file, load_key
 from ..tiers import CLASS_META, tags
 from .base import IN_PROGRESS, READY, REQUESTED, ObjectInfo, Part, PendingUpload, adjust_part_size
 from .body import Body, Checksum, multipart_etag
@@ -46,6 +47,7 @@ class S3Backend:
         self._verify: str | bool = True
         self._data: DataPath | None = None
         self._style: str | None = None
+        self._ssec: CustomerKey | None = None  # SSE-C: sent with every write and read
 
     async def open(self) -> S3Backend:
         """The data path only: the aioboto3 client (slow to import and build) waits for the
@@ -54,6 +56,8 @@ class S3Backend:
         from botocore.exceptions import ProfileNotFound
 
         t, opts = self.transfer, self.dest.s3 or S3Options()
+        if opts.sse_c_md5:
+            self._ssec = _customer_key(opts)
         self._session = session = AioSession(profile=opts.profile)
         try:
             self._region = (opts.region or session.get_config_variable("region")
@@ -71,7 +75,8 @@ class S3Backend:
             base=bucket_url(self.bucket, self.dest.endpoint_url, self._region, style=self._style),
             region=self._region, credentials=credentials,
             verify=self._verify, pool=t.concurrency,
-            connect_timeout=t.connect_timeout, read_timeout=t.read_timeout)
+            connect_timeout=t.connect_timeout, read_timeout=t.read_timeout,
+            always=self._ssec.headers() if self._ssec else None)
         self._stack.push_async_callback(self._data.close)
         return self
 
@@ -224,6 +229,8 @@ class S3Backend:
             extra["ServerSideEncryption"] = opts.sse
         if opts.sse_kms_key_id:
             extra["SSEKMSKeyId"] = opts.sse_kms_key_id
+        if self._ssec:
+            extra.update(self._ssec.params())
         resp = await (await self._cold()).create_multipart_upload(Bucket=self.bucket, Key=key,
                                                           Metadata=dict(metadata), **extra)
         return str(resp["UploadId"])
@@ -271,6 +278,20 @@ class S3Backend:
     def expected_etag(self, part_md5s: Sequence[bytes]) -> str:
         # S3's multipart ETag: the MD5 of the parts' MD5s, then "-" and the part count.
         return multipart_etag(part_md5s)
+
+
+def _customer_key(opts: S3Options) -> CustomerKey:
+    """The SSE-C key for a store whose objects are encrypted with one: from the file given
+    (or PACSMIGRATE_SSE_C_KEY_FILE), and the same key they were encrypted with."""
+    path = key_file(opts.sse_c_key_file)
+    if path is None:
+        raise ConfigError("this migration's objects are encrypted with your own key (SSE-C): "
+                          f"give --sse-c-key-file FILE or set {ENV}")
+    key = load_key(path)
+    if key.md5 != opts.sse_c_md5:
+        raise ConfigError("the SSE-C key given is not the key this migration's objects are "
+                          "encrypted with")
+    return key
 
 
 def _lock_headers(metadata: Mapping[str, str]) -> dict[str, str]:

@@ -145,8 +145,10 @@ class DataPath:
     """
 
     def __init__(self, *, base: str, region: str, credentials: Any, verify: str | bool,
-                 pool: int, connect_timeout: float, read_timeout: float) -> None:
+                 pool: int, connect_timeout: float, read_timeout: float,
+                 always: Mapping[str, str] | None = None) -> None:
         self.base = base.rstrip("/")
+        self._always = dict(always or {})  # on every request: SSE-C's key headers
         self.host = urlsplit(self.base).netloc  # signed and sent as the Host header
         self._signer = _Signer(credentials, region)
         self._proxy = ProxyConfiguration().proxy_url_for(self.base)  # HTTP(S)_PROXY, as botocore
@@ -173,6 +175,7 @@ class DataPath:
         return f"{self.base}/{quote(key, safe='/~')}{'?' if query else ''}{query}"
 
     async def _headers(self, method: str, url: str, headers: dict[str, str]) -> dict[str, str]:
+        headers.update(self._always)
         headers["Host"] = self.host
         request = AWSRequest(method=method, url=url, headers=headers)
         (await self._signer.auth()).add_auth(request)

@@ -12,6 +12,7 @@ import click
 
 from ..config import PROVIDERS, Destination, S3Options, TransferConfig, parse_size
 from ..errors import PacsMigrateError, first_error
+from ..ssec import ENV
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_STATE = "pacsmigrate-state"
@@ -59,6 +60,12 @@ def rate_option(ctx: click.Context, param: click.Parameter, value: str | None) -
     return float(size_option(ctx, param, value))
 
 
+SSE_C_OPTION = click.option(
+    "--sse-c-key-file", type=click.Path(dir_okay=False), envvar=ENV, show_envvar=True,
+    help="S3 SSE-C: encrypt (migrate) or read objects with your own 256-bit key from this "
+         "file (32 bytes, hex or base64); needed by every command on them; never stored.")
+
+
 def store_options(fn: F) -> F:
     """Where the store is: --endpoint-url and, for S3, region, profile, addressing, provider."""
     for option in reversed([
@@ -75,6 +82,7 @@ def store_options(fn: F) -> F:
                      help="S3 server-side encryption: AES256 (store-managed keys) or aws:kms."),
         click.option("--sse-kms-key-id", metavar="KEY",
                      help="The KMS key for --sse aws:kms (default: the account's S3 key)."),
+        SSE_C_OPTION,
     ]):
         fn = option(fn)
     return fn
@@ -82,11 +90,13 @@ def store_options(fn: F) -> F:
 
 def destination(url: str, *, endpoint_url: str | None, provider: str | None,
                 region: str | None, profile: str | None, addressing_style: str | None,
-                sse: str | None = None, sse_kms_key_id: str | None = None) -> Destination:
+                sse: str | None = None, sse_kms_key_id: str | None = None,
+                sse_c_key_file: str | None = None) -> Destination:
     """DEST with the store options applied (the provider's preset for S3)."""
     return Destination.parse(url, endpoint_url=endpoint_url).with_s3(
         S3Options(region=region, profile=profile, addressing_style=addressing_style,
-                  provider=provider, sse=sse, sse_kms_key_id=sse_kms_key_id))
+                  provider=provider, sse=sse, sse_kms_key_id=sse_kms_key_id,
+                  sse_c_key_file=sse_c_key_file))
 
 
 def transfer_options(fn: F) -> F:

@@ -16,7 +16,7 @@ from ..backends.base import PRIORITIES
 from ..errors import ObjectArchivedError
 from ..restore import RestoreRequest, RestoreResult, Selection, request_restores, restore
 from ..retrieve import Archive, write_file
-from .common import handle_errors, state_option
+from .common import SSE_C_OPTION, handle_errors, state_option
 
 
 def _restore_options(fn: Any) -> Any:
@@ -49,10 +49,11 @@ def _said(requests: Counter[str]) -> str:
 @state_option()
 @click.option("--endpoint-url", help="Override the endpoint recorded in the state.")
 @_restore_options
+@SSE_C_OPTION
 @handle_errors
 def get(source_path: str | None, sop: str | None, output: Path | None, state_dir: Path,
         endpoint_url: str | None, request_restore: bool, restore_days: int,
-        restore_priority: str) -> None:
+        restore_priority: str, sse_c_key_file: str | None) -> None:
     """Fetch one instance by its original SOURCE_PATH (or --sop UID): one range GET."""
     if (source_path is None) == (sop is None):
         raise click.UsageError("give either SOURCE_PATH or --sop UID")
@@ -60,7 +61,8 @@ def get(source_path: str | None, sop: str | None, output: Path | None, state_dir
         raise click.UsageError("standard output is a terminal: give -o FILE")
 
     async def fetch() -> tuple[bytes, int] | str:
-        async with open_migration(state_dir, endpoint_url=endpoint_url) as opened:
+        async with open_migration(state_dir, endpoint_url=endpoint_url,
+                                  sse_c_key_file=sse_c_key_file) as opened:
             archive = Archive(opened)
             row = archive.locate(source_path, sop=sop)
             try:
@@ -97,16 +99,18 @@ def get(source_path: str | None, sop: str | None, output: Path | None, state_dir
 @click.option("--endpoint-url", help="Override the endpoint recorded in the state.")
 @click.option("--progress/--no-progress", default=None)
 @_restore_options
+@SSE_C_OPTION
 @handle_errors
 def restore_cmd(state_dir: Path, study_uid: str | None, path_prefix: str | None,
                 everything: bool, to: Path, concurrency: int, endpoint_url: str | None,
                 progress: bool | None, request_restore: bool, restore_days: int,
-                restore_priority: str) -> None:
+                restore_priority: str, sse_c_key_file: str | None) -> None:
     """Recreate original paths under --to, byte-identical; re-run to resume a drill."""
     sel = Selection(study_uid, os.fsencode(path_prefix) if path_prefix else None, everything)
 
     async def go() -> RestoreResult:
-        async with open_migration(state_dir, endpoint_url=endpoint_url) as opened:
+        async with open_migration(state_dir, endpoint_url=endpoint_url,
+                                  sse_c_key_file=sse_c_key_file) as opened:
             return await restore(
                 opened, sel, to, concurrency=concurrency,
                 progress=sys.stderr.isatty() if progress is None else progress,

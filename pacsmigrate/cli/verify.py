@@ -12,7 +12,7 @@ from ..access import open_migration
 from ..config import TransferConfig
 from ..verify import VerifyConfig, VerifyResult
 from ..verify import verify as run_verify
-from .common import handle_errors, state_option
+from .common import SSE_C_OPTION, handle_errors, state_option
 
 
 @click.command()
@@ -36,10 +36,12 @@ from .common import handle_errors, state_option
               help="Write the JSON report here.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bars (default: when stderr is a terminal).")
+@SSE_C_OPTION
 @handle_errors
 def verify(state_dir: Path, endpoint_url: str | None, deep: bool, sample: float | None,
            seed: int, source: bool, concurrency: int, read_threads: int, use_list: bool,
-           report_path: Path | None, progress: bool | None) -> None:
+           report_path: Path | None, progress: bool | None,
+           sse_c_key_file: str | None) -> None:
     """Check a migration without downloading whole objects.
 
     Always: every committed object is in the store with its recorded size and ETag, beside
@@ -51,7 +53,8 @@ def verify(state_dir: Path, endpoint_url: str | None, deep: bool, sample: float 
 
     async def go() -> VerifyResult:
         async with open_migration(state_dir, endpoint_url=endpoint_url,
-                                  transfer=TransferConfig(concurrency=concurrency)) as opened:
+                                  transfer=TransferConfig(concurrency=concurrency),
+                                  sse_c_key_file=sse_c_key_file) as opened:
             return await run_verify(
                 opened, deep=deep, sample=sample, seed=seed, source=source,
                 progress=sys.stderr.isatty() if progress is None else progress,
