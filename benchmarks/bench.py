@@ -29,7 +29,7 @@ from targets import Section
 from tools import PEERS, missing
 from trees import Trees
 
-SECTIONS = ("header", "small", "ct", "mixed", "walk", "stream", "scale", "stores")
+SECTIONS = ("header", "small", "ct", "mixed", "walk", "stream", "scale", "stores", "compress")
 MARKER = ".pacsmigrate-bench"
 
 
@@ -178,6 +178,10 @@ def run_sections(args: argparse.Namespace, ctx: Ctx, trees: Trees) -> tuple[list
         import stores
 
         out.append(stores.run_stores(ctx, trees, z.ct_mb))
+    if "compress" in chosen:
+        import compress  # numpy, zstandard: only when chosen
+
+        out.append(compress.run_compress(ctx, trees, z.ct_mb))
     profile: list[str] = []
     if args.profile:
         profile, finding = spy.profile(ctx, trees.fast("small", z.small_files))
