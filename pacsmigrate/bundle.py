@@ -139,6 +139,27 @@ def _stored_at(digest: str, here: dict[str, tuple[int, int, str]], known: Known,
     return found.key, found.offset, found.length, found.encoding
 
 
+def _unchanged(m: Member) -> bool:
+    try:
+        st = os.stat(m.path, follow_symlinks=False)
+    except OSError:
+        return False
+    return (st.st_size, st.st_mtime_ns) == (m.size, m.mtime_ns)
+
+
+def _copy(built: Built, lines: list[str], m: Member, now: Member,
+          where: tuple[str, int, int, str]) -> None:
+    """Record a member as a copy of stored content: in the manifest, not in the tar."""
+    key, offset, length, enc = where
+    entry = Entry(m.path, offset, length, now.blake3, now.size, now.mtime_ns, now.about, key,
+                  enc)
+    built.entries.append(entry)
+    lines.append(manifest.member_line(entry, member_name(m.path)))
+    built.duplicates += 1
+    built.duplicate_bytes += now.size
+    m.data = None
+
+
 def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
               expect: dict[bytes, str] | None = None, known: Known | None = None,
               compress: str = "") -> Iterator[bytes]:
@@ -157,6 +178,12 @@ def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
     packer = Compressor() if compress else None
     need = lock_of(built.retention)
     for m in plan.members:
+        if known is not None and m.data is None and m.blake3 and _unchanged(m):
+            # Hashed already and unchanged since: a copy needs no read (a large file's copy).
+            where = _stored_at(m.blake3, here, known, plan.key, need)
+            if where is not None:
+                _copy(built, lines, m, m, where)
+                continue
         got = _member_bytes(m, plan, built, secret)
         if got is None:
             continue
@@ -168,14 +195,8 @@ def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
         if known is not None and data:
             where = _stored_at(digest, here, known, plan.key, need)
             if where is not None:
-                key, offset, length, enc = where
-                entry = Entry(m.path, offset, length, digest, now.size, now.mtime_ns,
-                              now.about, key, enc)
-                built.entries.append(entry)
-                lines.append(manifest.member_line(entry, name))
-                built.duplicates += 1
-                built.duplicate_bytes += length
-                m.data = None
+                _copy(built, lines, m, Member(m.path, now.size, now.mtime_ns, now.about,
+                                              digest), where)
                 continue
         frame = packer.encode(data, now.about.transfer_syntax) if packer else None
         if frame is not None:

@@ -55,6 +55,7 @@ _DBS = ("meta", "intents", "objects", "objkeys", "index", "sop", "problems", "pl
         "spill", "groups", "content", "conflicts", "retention")
 _ID = struct.Struct(">I")
 _WHERE = struct.Struct("<IQQ?IB")
+_SIZE_KEY = b"size:"  # content keys of this 13-byte form: sizes of large files stored
 
 class Checkpoint(SpillTable, RetentionTable, LmdbFile):
     """The state's tables and the intent -> upload -> commit protocol (see above).
@@ -112,6 +113,14 @@ class Checkpoint(SpillTable, RetentionTable, LmdbFile):
             number, offset, length, zstd, until, flags = _WHERE.unpack(raw)
             return Stored(self._object_key(txn, number), offset, length,
                           "zstd" if zstd else "", (until, flags))
+
+    def has_large_file(self, size: int) -> bool:
+        """Whether a large file (stored alone) of this size is committed: only then is a
+        new one of that size hashed before its upload, to find it is a copy."""
+        if self.db["content"] is None:
+            return False
+        with self.env.begin(db=self.db["content"]) as txn:
+            return txn.get(_SIZE_KEY + struct.pack("<Q", size)) is not None
 
     # -- problems and the dry run's plan ------------------------------------------------
     def record_problems(self, problems: list[Problem]) -> None:
@@ -211,6 +220,9 @@ class Checkpoint(SpillTable, RetentionTable, LmdbFile):
                         where = number
                         if e.blake3 and e.length:
                             self._note_content(txn, e, number, lock)
+                            if obj.kind == FILE:  # a large file alone: see has_large_file
+                                txn.put(_SIZE_KEY + struct.pack("<Q", e.size), b"",
+                                        db=self.db["content"])
                     txn.put(k, rows.encode(e, where, long_path=k is not e.path), db=index)
                     if e.duplicate_of:
                         dedup[0] += 1

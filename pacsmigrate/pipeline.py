@@ -24,8 +24,10 @@ from .read import ReadOptions
 from .reads import read_tree
 from .records import DICOM, FILE, TAR, BundlePlan, Problem
 from .report import write_report
+from .retention import covers, lock_of, manifest_fields
 from .setup import check_object_lock, check_state, key_secret
 from .sink import Classes, Locks, PlanSink, Sink, StoreSink
+from .source import hash_unchanged
 from .stats import Stats
 from .walk import Walker
 
@@ -231,8 +233,27 @@ class Migration:
             await self._put(sink, plan)
 
     async def _put(self, sink: Sink, plan: BundlePlan) -> None:
+        if plan.kind == FILE and isinstance(sink, StoreSink) and self.cfg.dedup:
+            plan = await self._copy_of_large(sink, plan)
         assign_key(self.cfg.dest, plan)
         await sink.put(plan)
+
+    async def _copy_of_large(self, sink: StoreSink, plan: BundlePlan) -> BundlePlan:
+        """A large file that is a copy of one stored (same blake3, locked as long) becomes a
+        bundle of that one copy: its manifest points at the stored bytes, none are sent.
+        Hashed first only when a large file of its size is stored already."""
+        cp, m = sink.cp, plan.members[0]
+        if not await cp.call(cp.has_large_file, m.size):
+            return plan
+        loop = asyncio.get_running_loop()
+        digest = await loop.run_in_executor(self.pool, hash_unchanged, m.path, m.size,
+                                            m.mtime_ns)
+        found = await cp.call(cp.stored_content, digest) if digest else None
+        need = lock_of(manifest_fields(sink.locks(plan))) if sink.locks else (0, 0)
+        if found is None or not covers(found.lock, need):
+            return plan
+        m.blake3 = digest or ""
+        return BundlePlan(plan.group, TAR, [m], size=m.size)
 
     async def _stragglers(self, cp: Checkpoint, sink: Sink) -> None:
         """Pack the spilled files by study, then those whose study changed since they were

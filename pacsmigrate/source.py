@@ -89,6 +89,23 @@ def read_exact(fd: int, n: int) -> bytes:
     return b"".join(parts)
 
 
+def hash_unchanged(path: bytes, size: int, mtime_ns: int) -> str | None:
+    """blake3 of a file if it is still `size` bytes of `mtime_ns` before and after the
+    read, else None (it changed: it is read again when packed)."""
+    try:
+        with open(path, "rb") as f:
+            before = os.fstat(f.fileno())
+            if (before.st_size, before.st_mtime_ns) != (size, mtime_ns):
+                return None
+            digest, n = hash_file(f)
+            after = os.fstat(f.fileno())
+    except OSError:
+        return None
+    if n != size or (after.st_size, after.st_mtime_ns) != (size, mtime_ns):
+        return None
+    return digest
+
+
 def hash_file(f: BinaryIO) -> tuple[str, int]:
     """blake3 (hex) of an open file from its current position to the end, and bytes read."""
     h = blake3.blake3()

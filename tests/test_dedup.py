@@ -211,3 +211,34 @@ def test_a_copy_points_only_at_bytes_locked_as_long(tmp_path: Path) -> None:
         assert found is not None and (found.key, found.lock) == ("b.tar", long)
     finally:
         cp.close()
+
+
+def test_a_copy_of_a_large_file_is_not_sent_again(moto_s3: S3Target, tmp_path: Path) -> None:
+    """Large files go alone (no bundle): a copy is found by hashing it first, only when a
+    large file of its size is stored; same size and other bytes is stored as usual."""
+    root = tmp_path / "pacs"
+    (root / "a").mkdir(parents=True)
+    big = os.urandom(6 << 20)
+    (root / "a" / "cine.bin").write_bytes(big)
+    state = tmp_path / "state"
+    cfg = config([root], moto_s3.url, state, moto_s3.info.endpoint_url, large_file=5 << 20)
+    run(migrate(cfg))
+    (root / "b").mkdir()
+    (root / "b" / "cine-copy.bin").write_bytes(big)
+    (root / "b" / "other.bin").write_bytes(os.urandom(6 << 20))  # same size, other bytes
+    second = run(migrate(cfg))
+    assert second.duplicate_files == 1 and second.duplicate_bytes == len(big)
+    assert second.bytes_uploaded < (6 << 20) + 64 * 1024  # other.bin, and one manifest
+    rows = _rows_by_path(state)
+    orig, copy = rows[os.fsencode(root / "a" / "cine.bin")], rows[
+        os.fsencode(root / "b" / "cine-copy.bin")]
+    assert (copy["key"], copy["offset"], copy["length"], copy["duplicate_of"]) == (
+        orig["key"], "0", str(len(big)), orig["key"])
+    assert not rows[os.fsencode(root / "b" / "other.bin")]["duplicate_of"]
+    assert_complete(moto_s3, state, root)
+    verify = run_cli("verify", "--state", str(state), "--deep", "--source", env=moto_s3.env())
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    rebuilt = tmp_path / "rebuilt"
+    run_cli("index", "rebuild", moto_s3.url, "--endpoint-url", moto_s3.info.endpoint_url,
+            "--state", str(rebuilt), env=moto_s3.env(), check=True)
+    assert index_rows(rebuilt) == index_rows(state)
