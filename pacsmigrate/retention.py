@@ -143,9 +143,9 @@ class Retention:
         return out
 
     def check(self, scheme: str) -> None:
-        if scheme != "s3":
-            raise ConfigError(f"retention locks are for S3 stores (Object Lock) in this "
-                              f"version, not {scheme}://")
+        if scheme not in ("s3", "az"):
+            raise ConfigError(f"retention locks are for S3 (Object Lock) and Azure "
+                              f"(version-level immutability) stores, not {scheme}://")
 
 
 Lock = tuple[int, int]  # (retain-until as a date ordinal or 0, COMPLIANCE 1 | legal hold 2)

@@ -96,6 +96,11 @@ async def check_object_lock(backend: Backend, dest: Destination) -> None:
     store = getattr(backend, "store", backend)
     probe = getattr(store, "object_lock_enabled", None)
     if probe is None or not await probe():
+        if dest.scheme == "az":
+            raise ConfigError(f"{dest} has no version-level immutability: enable it on the "
+                              "container (Azure portal, or az storage container-rm create "
+                              "--enable-vlw), or drop --retain-years, --retention-map and "
+                              "--legal-hold")
         raise ConfigError(f"{dest} has no object lock: create the bucket with object lock "
                           "enabled (aws s3api create-bucket --object-lock-enabled-for-bucket), "
                           "or drop --retain-years and --legal-hold")

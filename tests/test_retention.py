@@ -93,13 +93,30 @@ def test_a_bucket_without_object_lock_is_refused_before_anything_is_stored(
     assert seaweed_s3.object_keys() == []
 
 
-def test_retention_on_azure_is_refused(azure_store: AzureTarget, tmp_path: Path) -> None:
+def test_azure_retention_needs_version_level_immutability(azure_store: AzureTarget,
+                                                          tmp_path: Path) -> None:
+    """Azurite does not implement immutability: a container without it is refused before
+    anything is stored; what the request would set is checked without a store."""
     aged_tree(tmp_path / "pacs")
     proc = run_cli("migrate", str(tmp_path / "pacs"), azure_store.url, "--state",
                    str(tmp_path / "s"), "--retain-years", "15", env=azure_store.env())
     assert proc.returncode == 2
-    assert "retention locks are for S3 stores (Object Lock) in this version" in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {azure_store.url} has no version-level immutability: enable it on the "
+        "container (Azure portal, or az storage container-rm create --enable-vlw), or drop "
+        "--retain-years, --retention-map and --legal-hold"]
     assert azure_store.object_keys() == []
+    from pacsmigrate.backends.azure import _written
+
+    meta = Retention(30, "COMPLIANCE", legal_hold=True).metadata("20190301", TODAY)
+    written = _written(meta)
+    policy = written["immutability_policy"]
+    assert (policy.expiry_time.isoformat(), policy.policy_mode, written["legal_hold"]) == (
+        "2049-03-01T00:00:00+00:00", "Locked", True)
+    assert written["tags"] == {"pacsmigrate-retention": "30y"}
+    assert _written(Retention(30).metadata("20190301", TODAY))[
+        "immutability_policy"].policy_mode == "Unlocked"  # GOVERNANCE
+    assert "immutability_policy" not in _written({})
 
 
 @pytest.mark.seaweed

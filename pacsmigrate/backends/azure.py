@@ -17,6 +17,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from ..config import Destination, MiB, TransferConfig
@@ -24,6 +25,7 @@ from ..errors import (
     BackendError,
     ConfigError,
 )
+from ..retention import HOLD_META, MODE_META, UNTIL_META
 from ..tiers import CLASS_META, tags
 from .azure_errors import classify, code_of, map_error
 from .base import IN_PROGRESS, READY, REQUESTED, ObjectInfo, Part, PendingUpload, adjust_part_size
@@ -55,6 +57,24 @@ def _tier(metadata: Mapping[str, str]) -> Any:
 
     name = metadata.get(CLASS_META)
     return StandardBlobTier(name) if name else None
+
+
+def _written(metadata: Mapping[str, str]) -> dict[str, Any]:
+    """What a blob's writing request sets beside its bytes: access tier, index tags, and the
+    retention the metadata asks for (version-level immutability: GOVERNANCE is an unlocked
+    policy, which an authorised user may shorten; COMPLIANCE a locked one)."""
+    out: dict[str, Any] = {"standard_blob_tier": _tier(metadata),
+                           "tags": tags(metadata) or None}
+    if metadata.get(UNTIL_META):
+        from azure.storage.blob import ImmutabilityPolicy
+
+        until = datetime.fromisoformat(metadata[UNTIL_META]).replace(tzinfo=UTC)
+        out["immutability_policy"] = ImmutabilityPolicy(
+            expiry_time=until,
+            policy_mode="Locked" if metadata.get(MODE_META) == "COMPLIANCE" else "Unlocked")
+    if metadata.get(HOLD_META):
+        out["legal_hold"] = True
+    return out
 
 
 def _meta_out(metadata: Mapping[str, str]) -> dict[str, str]:
@@ -197,7 +217,7 @@ class AzureStore:
         md5 = checksum.digest if checksum.algorithm == "md5" else hashlib.md5(body.view).digest()
         await self._blob(key).upload_blob(
             _Stream(body), length=body.size, overwrite=False, metadata=_meta_out(metadata),
-            standard_blob_tier=_tier(metadata), tags=tags(metadata) or None,
+            **_written(metadata),
             content_settings=ContentSettings(content_md5=bytearray(md5)),
             headers={"Content-MD5": base64.b64encode(md5).decode()})
         return md5.hex()
@@ -272,20 +292,26 @@ class AzureStore:
         from azure.storage.blob import BlobBlock, ContentSettings
 
         blocks = [BlobBlock(_block_id(upload_id, n, e)) for n, e in parts]
-        meta = _meta_out(metadata or {})
-        tier = _tier(metadata or {})
+        meta, written = _meta_out(metadata or {}), _written(metadata or {})
         if content_md5 is not None:  # the blob's MD5, as a single Put Blob would have it
             await self._blob(key).commit_block_list(
                 blocks, metadata=meta, match_condition=MatchConditions.IfMissing,
                 content_settings=ContentSettings(content_md5=bytearray(content_md5)),
-                standard_blob_tier=tier, tags=tags(metadata or {}) or None)
+                **written)
             return content_md5.hex()
         etag = multipart_etag([bytes.fromhex(e) for _, e in parts])
         await self._blob(key).commit_block_list(blocks, metadata={**meta, ETAG_META: etag},
                                                 match_condition=MatchConditions.IfMissing,
-                                                standard_blob_tier=tier,
-                                                tags=tags(metadata or {}) or None)
+                                                **written)
         return etag
+
+    async def object_lock_enabled(self) -> bool:
+        """Whether the container takes retention (version-level immutability support)."""
+        try:
+            props = await self._container.get_container_properties()
+        except Exception as exc:
+            raise self.map_error(exc, key=None) or exc from exc
+        return bool(getattr(props, "immutable_storage_with_versioning_enabled", False))
 
     async def abort(self, key: str, upload_id: str) -> None:
         return None  # uncommitted blocks are dropped by Azure (7 days) or by the next commit
