@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .backends import Backend, open_backend
 from .checkpoint import Checkpoint
-from .config import Destination, S3Options, TransferConfig
+from .config import AzureOptions, Destination, S3Options, TransferConfig
 from .errors import StateError
 
 
@@ -29,6 +29,8 @@ def destination_of(cp: Checkpoint, *, endpoint_url: str | None = None) -> Destin
         raise StateError(f"{cp.state_dir} holds no migration (run `pacsmigrate migrate` first)")
     dest = Destination.parse(config["dest"],
                              endpoint_url=endpoint_url or config.get("endpoint_url"))
+    if dest.scheme == "az":
+        return dest.with_azure(AzureOptions.from_meta(config))
     return dest.with_s3(S3Options.from_meta(config)) if dest.scheme == "s3" else dest
 
 
@@ -43,6 +45,8 @@ async def open_migration(state_dir: Path, *, endpoint_url: str | None = None,
         dest = destination_of(cp, endpoint_url=endpoint_url)
         if dest.s3 is not None and sse_c_key_file:
             dest = replace(dest, s3=replace(dest.s3, sse_c_key_file=sse_c_key_file))
+        if dest.azure is not None and sse_c_key_file:
+            dest = replace(dest, azure=replace(dest.azure, cpk_key_file=sse_c_key_file))
         transfer = transfer or TransferConfig()
         ca = cp.get_meta("ca_bundle")  # the private CA the migration was told to trust
         if ca and transfer.ca_bundle is None:

@@ -117,6 +117,30 @@ class S3Options:
 
 
 @dataclass(frozen=True)
+class AzureOptions:
+    """Azure's encryption choices: an encryption scope (a key the account keeps under a
+    name) and/or a customer-provided key (the same key file as S3's SSE-C: sent with every
+    request, never stored; the state keeps its MD5)."""
+
+    encryption_scope: str | None = None
+    cpk_key_file: str | None = field(default=None, repr=False, compare=False)
+    cpk_md5: str | None = None
+
+    def resolve(self) -> AzureOptions:
+        if self.cpk_key_file:
+            return replace(self, cpk_md5=load_key(self.cpk_key_file).md5)
+        return self
+
+    def as_meta(self) -> dict[str, str | None]:
+        return {"encryption_scope": self.encryption_scope, "sse_c_md5": self.cpk_md5}
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, object]) -> AzureOptions:
+        scope, md5 = meta.get("encryption_scope"), meta.get("sse_c_md5")
+        return cls(str(scope) if scope else None, cpk_md5=str(md5) if md5 else None)
+
+
+@dataclass(frozen=True)
 class Destination:
     """Where objects go: a store kind (scheme), a bucket/container (for a local directory,
     its absolute path) and a key prefix; for S3 and Azure the endpoint (None: the default)."""
@@ -126,6 +150,21 @@ class Destination:
     prefix: str = ""
     endpoint_url: str | None = None
     s3: S3Options | None = None  # S3 only: region, profile, addressing, provider
+    azure: AzureOptions | None = None  # Azure only: encryption scope, customer key
+
+    @property
+    def customer_key_md5(self) -> str | None:
+        """The MD5 of the customer key its objects are encrypted with (SSE-C, Azure CPK)."""
+        return (self.s3.sse_c_md5 if self.s3 else None) or (
+            self.azure.cpk_md5 if self.azure else None)
+
+    def with_azure(self, options: AzureOptions) -> Destination:
+        """This destination with Azure's encryption options (Azure only)."""
+        if self.scheme != "az":
+            if options.encryption_scope:
+                raise ConfigError(f"--encryption-scope is for az:// destinations, not {self}")
+            return self
+        return replace(self, azure=options.resolve())
 
     def with_s3(self, options: S3Options) -> Destination:
         """This destination with a provider's preset applied (S3 only)."""

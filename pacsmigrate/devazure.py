@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -37,18 +38,25 @@ def azurite_binary() -> str:
 class Azurite:
     """One Azurite blob service on a free loopback port, data in memory; a context manager."""
 
-    def __init__(self, *, log: Path | None = None) -> None:
+    def __init__(self, *, log: Path | None = None, tls: tuple[Path, Path, Path] | None = None,
+                 loose: bool = False) -> None:
+        """`tls`: (CA, certificate, key) PEM files (devstore.make_tls_files) to serve HTTPS
+        with; `loose`: Azurite's mode that ignores the headers it does not implement (e.g.
+        customer-provided keys) instead of refusing them."""
         self.log = log
+        self.tls = tls
+        self.loose = loose
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}/{ACCOUNT}"
+        return f"{'https' if self.tls else 'http'}://{LOOPBACK}:{self.port}/{ACCOUNT}"
 
     @property
     def connection_string(self) -> str:
-        return (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
+        scheme = "https" if self.tls else "http"
+        return (f"DefaultEndpointsProtocol={scheme};AccountName={ACCOUNT};AccountKey={KEY};"
                 f"BlobEndpoint={self.endpoint};")
 
     def env(self) -> dict[str, str]:
@@ -65,7 +73,9 @@ class Azurite:
         self._proc = subprocess.Popen(
             [azurite_binary(), "--blobHost", LOOPBACK, "--blobPort", str(self.port),
              "--inMemoryPersistence", "--disableTelemetry", "--skipApiVersionCheck",
-             "--silent"], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+             "--silent", *(["--cert", str(self.tls[1]), "--key", str(self.tls[2])]
+                           if self.tls else []), *(["--loose"] if self.loose else [])],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self._wait_ready()
         return self
 
@@ -75,7 +85,9 @@ class Azurite:
             if self._proc is not None and self._proc.poll() is not None:
                 raise RuntimeError(f"Azurite exited with {self._proc.returncode}")
             try:
-                urllib.request.urlopen(f"{self.endpoint}?comp=list", timeout=2)
+                context = ssl.create_default_context(cafile=str(self.tls[0])) if self.tls \
+                    else None
+                urllib.request.urlopen(f"{self.endpoint}?comp=list", timeout=2, context=context)
             except urllib.error.HTTPError:
                 return  # it answers (403 without a signature): ready
             except OSError:
@@ -88,7 +100,9 @@ class Azurite:
     def create_container(self, name: str) -> None:
         from azure.storage.blob import BlobServiceClient
 
-        with BlobServiceClient.from_connection_string(self.connection_string) as svc:
+        verify = str(self.tls[0]) if self.tls else True
+        with BlobServiceClient.from_connection_string(self.connection_string,
+                                                      connection_verify=verify) as svc:
             svc.create_container(name)
 
     def stop(self) -> None:

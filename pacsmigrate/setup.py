@@ -20,7 +20,8 @@ def check_state(cp: Checkpoint, cfg: MigrateConfig) -> None:
     dest = str(cfg.dest)
     known = cp.get_meta("config")
     if known is None:
-        s3 = cfg.dest.s3.as_meta() if cfg.dest.s3 else {}
+        s3 = cfg.dest.s3.as_meta() if cfg.dest.s3 else (
+            cfg.dest.azure.as_meta() if cfg.dest.azure else {})
         cp.put_meta("config", {"dest": dest, "endpoint_url": cfg.dest.endpoint_url, **s3,
                                "sources": [os.path.abspath(s) for s in cfg.sources],
                                "created": now_iso()})
@@ -28,7 +29,7 @@ def check_state(cp: Checkpoint, cfg: MigrateConfig) -> None:
         raise ConfigError(f"state directory {cfg.state_dir} belongs to a migration "
                           f"to {known['dest']}, not {dest}; use another --state")
     else:
-        _same_customer_key(known.get("sse_c_md5"), cfg.dest.s3.sse_c_md5 if cfg.dest.s3 else None)
+        _same_customer_key(known.get("sse_c_md5"), cfg.dest.customer_key_md5)
     cp.put_meta("format", FORMAT)
     if cfg.tiers:  # `policy lifecycle` writes the rules that keep objects moving as they age
         cp.put_meta("tiers", {"policy": cfg.tiers.text, "default": cfg.tiers.default})

@@ -31,6 +31,11 @@ class CustomerKey:
         """The key's MD5, base64: what S3 checks the key against (and the state keeps)."""
         return base64.b64encode(hashlib.md5(self.key).digest()).decode()
 
+    @property
+    def sha256(self) -> str:
+        """The key's SHA-256, base64: what Azure checks a customer-provided key against."""
+        return base64.b64encode(hashlib.sha256(self.key).digest()).decode()
+
     def headers(self, *, copy_source: bool = False) -> dict[str, str]:
         """The three request headers (x-amz-copy-source-... for a copy's source)."""
         p = "x-amz-copy-source-server-side-encryption-customer-" if copy_source else \
@@ -68,3 +73,17 @@ def load_key(path: str | Path) -> CustomerKey:
 def key_file(given: str | None) -> str | None:
     """The key file: the one given, else the environment's."""
     return given or os.environ.get(ENV) or None
+
+
+def customer_key(given: str | None, md5: str | None) -> CustomerKey:
+    """The key of a store whose objects are encrypted with one: from the file given (or the
+    environment's), and the same key they were encrypted with (its MD5 is `md5`)."""
+    path = key_file(given)
+    if path is None:
+        raise ConfigError("this migration's objects are encrypted with your own key (SSE-C): "
+                          f"give --sse-c-key-file FILE or set {ENV}")
+    key = load_key(path)
+    if key.md5 != md5:
+        raise ConfigError("the SSE-C key given is not the key this migration's objects are "
+                          "encrypted with")
+    return key

@@ -74,4 +74,4 @@ def test_archive_blobs_are_rehydrated_then_restored(azure_store: AzureTarget, tm
     for r in index_rows(state):
         assert (out / r["source_path"].lstrip("/")).read_bytes() == Path(
             r["source_path"]).read_bytes()
-    assert not os.listdir(out) == []
+    assert os.listdir(out) != []

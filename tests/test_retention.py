@@ -102,9 +102,9 @@ def test_azure_retention_needs_version_level_immutability(azure_store: AzureTarg
                    str(tmp_path / "s"), "--retain-years", "15", env=azure_store.env())
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"error: {azure_store.url} has no version-level immutability: enable it on the "
+        (f"error: {azure_store.url} has no version-level immutability: enable it on the "
         "container (Azure portal, or az storage container-rm create --enable-vlw), or drop "
-        "--retain-years, --retention-map and --legal-hold"]
+        "--retain-years, --retention-map and --legal-hold")]
     assert azure_store.object_keys() == []
     from pacsmigrate.backends.azure import _written
 

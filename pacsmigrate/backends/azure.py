@@ -20,12 +20,13 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from ..config import Destination, MiB, TransferConfig
+from ..config import AzureOptions, Destination, MiB, TransferConfig
 from ..errors import (
     BackendError,
     ConfigError,
 )
 from ..retention import HOLD_META, MODE_META, UNTIL_META
+from ..ssec import customer_key
 from ..tiers import CLASS_META, tags
 from .azure_errors import classify, code_of, map_error
 from .base import IN_PROGRESS, READY, REQUESTED, ObjectInfo, Part, PendingUpload, adjust_part_size
@@ -130,6 +131,8 @@ class AzureStore:
         self._service: Any = None
         self._container: Any = None
         self._credential: Any = None
+        self._read: dict[str, Any] = {}  # a customer-provided key, on every request
+        self._write: dict[str, Any] = {}  # ... and the encryption scope, on writes
 
     async def open(self) -> AzureStore:
         from azure.storage.blob.aio import BlobServiceClient
@@ -154,7 +157,23 @@ class AzureStore:
             self._service = BlobServiceClient(self._account_url(), credential=self._credentials(),
                                               **options)
         self._container = self._service.get_container_client(self.dest.bucket)
+        self._encryption(self.dest.azure or AzureOptions(), self._service.url)
         return self
+
+    def _encryption(self, opts: AzureOptions, url: str) -> None:
+        """The keyword arguments that encrypt (and read) blobs as `opts` asks."""
+        if opts.cpk_md5:
+            from azure.storage.blob import CustomerProvidedEncryptionKey
+
+            if not url.startswith("https:"):
+                raise ConfigError("a customer-provided key (--sse-c-key-file) goes over HTTPS "
+                                  f"only, and {self.dest} is reached over plain HTTP")
+            key = customer_key(opts.cpk_key_file, opts.cpk_md5)
+            self._read["cpk"] = CustomerProvidedEncryptionKey(
+                base64.b64encode(key.key).decode(), key.sha256)
+        self._write = dict(self._read)
+        if opts.encryption_scope:
+            self._write["encryption_scope"] = opts.encryption_scope
 
     def _account_url(self) -> str:
         if self.dest.endpoint_url:
@@ -219,26 +238,26 @@ class AzureStore:
             _Stream(body), length=body.size, overwrite=False, metadata=_meta_out(metadata),
             **_written(metadata),
             content_settings=ContentSettings(content_md5=bytearray(md5)),
-            headers={"Content-MD5": base64.b64encode(md5).decode()})
+            headers={"Content-MD5": base64.b64encode(md5).decode()}, **self._write)
         return md5.hex()
 
     async def get(self, key: str, *, offset: int, length: int | None) -> bytes:
         # A read of the whole blob asks for no range (an empty blob has none to give).
         whole = offset == 0 and length is None
         stream = await self._blob(key).download_blob(offset=None if whole else offset,
-                                                     length=length)
+                                                     length=length, **self._read)
         data: bytes = await stream.readall()
         return data
 
     async def head(self, key: str) -> ObjectInfo:
-        props = await self._blob(key).get_blob_properties()
+        props = await self._blob(key).get_blob_properties(**self._read)
         return ObjectInfo(key, int(props.size), _etag(props), _meta_in(props.metadata))
 
     async def request_restore(self, key: str, *, days: int, priority: str) -> str:
         """Rehydrate an Archive-tier blob to Cool (Rehydrating): cheaper to keep than Hot
         for a study read again once; the tier policy's lifecycle rule moves it back."""
         try:
-            props = await self._blob(key).get_blob_properties()
+            props = await self._blob(key).get_blob_properties(**self._read)
             if props.archive_status:  # rehydrate-pending-to-cool / -to-hot
                 return IN_PROGRESS
             if str(props.blob_tier) != "Archive":
@@ -281,7 +300,7 @@ class AzureStore:
                           md5: bytes) -> str:
         await self._blob(key).stage_block(
             _block_id(upload_id, number, md5.hex()), _Stream(body), length=body.size,
-            headers={"Content-MD5": base64.b64encode(md5).decode()})
+            headers={"Content-MD5": base64.b64encode(md5).decode()}, **self._write)
         return md5.hex()
 
     async def complete_upload(self, key: str, upload_id: str,
@@ -297,12 +316,12 @@ class AzureStore:
             await self._blob(key).commit_block_list(
                 blocks, metadata=meta, match_condition=MatchConditions.IfMissing,
                 content_settings=ContentSettings(content_md5=bytearray(content_md5)),
-                **written)
+                **written, **self._write)
             return content_md5.hex()
         etag = multipart_etag([bytes.fromhex(e) for _, e in parts])
         await self._blob(key).commit_block_list(blocks, metadata={**meta, ETAG_META: etag},
                                                 match_condition=MatchConditions.IfMissing,
-                                                **written)
+                                                **written, **self._write)
         return etag
 
     async def object_lock_enabled(self) -> bool:

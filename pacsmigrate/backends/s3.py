@@ -12,7 +12,7 @@ from urllib.parse import quote, urlencode
 from ..config import Destination, S3Options, TransferConfig
 from ..errors import BackendError, ConfigError
 from ..retention import HOLD_META, MODE_META, UNTIL_META
-from ..ssec import ENV, CustomerKey, key_file, load_key
+from ..ssec import CustomerKey, customer_key
 from ..tiers import CLASS_META, tags
 from .base import IN_PROGRESS, READY, REQUESTED, ObjectInfo, Part, PendingUpload, adjust_part_size
 from .body import Body, Checksum, multipart_etag
@@ -57,7 +57,7 @@ class S3Backend:
 
         t, opts = self.transfer, self.dest.s3 or S3Options()
         if opts.sse_c_md5:
-            self._ssec = _customer_key(opts)
+            self._ssec = customer_key(opts.sse_c_key_file, opts.sse_c_md5)
         self._session = session = AioSession(profile=opts.profile)
         try:
             self._region = (opts.region or session.get_config_variable("region")
@@ -278,20 +278,6 @@ class S3Backend:
     def expected_etag(self, part_md5s: Sequence[bytes]) -> str:
         # S3's multipart ETag: the MD5 of the parts' MD5s, then "-" and the part count.
         return multipart_etag(part_md5s)
-
-
-def _customer_key(opts: S3Options) -> CustomerKey:
-    """The SSE-C key for a store whose objects are encrypted with one: from the file given
-    (or PACSMIGRATE_SSE_C_KEY_FILE), and the same key they were encrypted with."""
-    path = key_file(opts.sse_c_key_file)
-    if path is None:
-        raise ConfigError("this migration's objects are encrypted with your own key (SSE-C): "
-                          f"give --sse-c-key-file FILE or set {ENV}")
-    key = load_key(path)
-    if key.md5 != opts.sse_c_md5:
-        raise ConfigError("the SSE-C key given is not the key this migration's objects are "
-                          "encrypted with")
-    return key
 
 
 def _lock_headers(metadata: Mapping[str, str]) -> dict[str, str]:

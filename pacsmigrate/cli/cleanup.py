@@ -36,14 +36,16 @@ def _age(ctx: click.Context, param: click.Parameter, value: str) -> float:
 @handle_errors
 def cleanup(dest: str, endpoint_url: str | None, provider: str | None, region: str | None,
             profile: str | None, addressing_style: str | None, sse: str | None,
-            sse_kms_key_id: str | None, sse_c_key_file: str | None, older_than: float, dry_run: bool,
+            sse_kms_key_id: str | None, sse_c_key_file: str | None,
+            encryption_scope: str | None, older_than: float, dry_run: bool,
             ca_bundle: Path | None) -> None:
     """List and abort unfinished uploads that killed runs left under DEST (s3://bucket/prefix,
     /dir or file:///dir)."""
     where = destination(dest, endpoint_url=endpoint_url, provider=provider, region=region,
                         profile=profile, addressing_style=addressing_style, sse=sse,
                         sse_kms_key_id=sse_kms_key_id,
-                        sse_c_key_file=sse_c_key_file)
+                        sse_c_key_file=sse_c_key_file,
+                        encryption_scope=encryption_scope)
 
     async def go() -> list[PendingUpload] | None:
         backend = await open_backend(where, TransferConfig(ca_bundle=ca_bundle))

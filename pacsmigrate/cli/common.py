@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from ..config import PROVIDERS, Destination, S3Options, TransferConfig, parse_size
+from ..config import PROVIDERS, AzureOptions, Destination, S3Options, TransferConfig, parse_size
 from ..errors import PacsMigrateError, first_error
 from ..ssec import ENV
 
@@ -83,6 +83,9 @@ def store_options(fn: F) -> F:
         click.option("--sse-kms-key-id", metavar="KEY",
                      help="The KMS key for --sse aws:kms (default: the account's S3 key)."),
         SSE_C_OPTION,
+        click.option("--encryption-scope", metavar="NAME",
+                     help="Azure: encrypt every blob with this encryption scope of the "
+                          "account (a key it keeps under that name)."),
     ]):
         fn = option(fn)
     return fn
@@ -91,12 +94,17 @@ def store_options(fn: F) -> F:
 def destination(url: str, *, endpoint_url: str | None, provider: str | None,
                 region: str | None, profile: str | None, addressing_style: str | None,
                 sse: str | None = None, sse_kms_key_id: str | None = None,
-                sse_c_key_file: str | None = None) -> Destination:
-    """DEST with the store options applied (the provider's preset for S3)."""
-    return Destination.parse(url, endpoint_url=endpoint_url).with_s3(
-        S3Options(region=region, profile=profile, addressing_style=addressing_style,
-                  provider=provider, sse=sse, sse_kms_key_id=sse_kms_key_id,
-                  sse_c_key_file=sse_c_key_file))
+                sse_c_key_file: str | None = None, encryption_scope: str | None = None
+                ) -> Destination:
+    """DEST with the store options applied (the provider's preset for S3); the customer key
+    file is S3's SSE-C key or Azure's customer-provided key."""
+    dest = Destination.parse(url, endpoint_url=endpoint_url)
+    azure = dest.scheme == "az"
+    return dest.with_s3(S3Options(
+        region=region, profile=profile, addressing_style=addressing_style, provider=provider,
+        sse=sse, sse_kms_key_id=sse_kms_key_id,
+        sse_c_key_file=None if azure else sse_c_key_file)).with_azure(AzureOptions(
+            encryption_scope, cpk_key_file=sse_c_key_file if azure else None))
 
 
 def transfer_options(fn: F) -> F:

@@ -25,14 +25,16 @@ from .common import destination, handle_errors, state_option, store_options
 @handle_errors
 def rebuild_cmd(dest: str, endpoint_url: str | None, provider: str | None, region: str | None,
             profile: str | None, addressing_style: str | None, sse: str | None,
-            sse_kms_key_id: str | None, sse_c_key_file: str | None, state_dir: Path,
+            sse_kms_key_id: str | None, sse_c_key_file: str | None,
+            encryption_scope: str | None, state_dir: Path,
                 progress: bool | None, ca_bundle: Path | None) -> None:
     """Rebuild the index of DEST (s3://bucket/prefix, /dir or file:///dir) into a new --state
     from the store alone."""
     where = destination(dest, endpoint_url=endpoint_url, provider=provider, region=region,
                         profile=profile, addressing_style=addressing_style, sse=sse,
                         sse_kms_key_id=sse_kms_key_id,
-                        sse_c_key_file=sse_c_key_file)
+                        sse_c_key_file=sse_c_key_file,
+                        encryption_scope=encryption_scope)
 
     async def go() -> tuple[int, int, int, list[str], list[str]]:
         cp = Checkpoint(state_dir)

@@ -31,7 +31,8 @@ from .common import (
 def replicate_cmd(dest: str, state_dir: Path, replica_state: Path, endpoint_url: str | None,
                   provider: str | None, region: str | None, profile: str | None,
                   addressing_style: str | None, sse: str | None,
-                  sse_kms_key_id: str | None, sse_c_key_file: str | None, **transfer: Any) -> None:
+                  sse_kms_key_id: str | None, sse_c_key_file: str | None,
+            encryption_scope: str | None, **transfer: Any) -> None:
     """Copy the migration in --state to a second store DEST (same keys) for disaster
     recovery; the replica gets its own state (--to-state) for verify, get and restore.
 
@@ -41,7 +42,8 @@ def replicate_cmd(dest: str, state_dir: Path, replica_state: Path, endpoint_url:
     where = destination(dest, endpoint_url=endpoint_url, provider=provider, region=region,
                         profile=profile, addressing_style=addressing_style, sse=sse,
                         sse_kms_key_id=sse_kms_key_id,
-                        sse_c_key_file=sse_c_key_file)
+                        sse_c_key_file=sse_c_key_file,
+                        encryption_scope=encryption_scope)
     done = asyncio.run(replicate(state_dir, where, replica_state,
                                  transfer=transfer_config(**transfer)))
     click.echo(f"replicated to {where}: {done.objects:,} objects; {done.copied:,} copied "
