@@ -116,11 +116,13 @@ class Tally:
 
     objects: Counter[str] = field(default_factory=Counter)
     requests: Counter[str] = field(default_factory=Counter)
+    multipart: Counter[str] = field(default_factory=Counter)  # objects sent in parts
     billed: Counter[str] = field(default_factory=Counter)  # sizes raised to the minimum
     monitored: Counter[str] = field(default_factory=Counter)
     # The same files stored one object per file (s5cmd, rclone, aws s3 sync).
     files: Counter[str] = field(default_factory=Counter)
     file_requests: Counter[str] = field(default_factory=Counter)
+    file_multipart: Counter[str] = field(default_factory=Counter)
     file_billed: Counter[str] = field(default_factory=Counter)
     file_monitored: Counter[str] = field(default_factory=Counter)
 
@@ -131,11 +133,14 @@ class Tally:
         low = price.min_object if price else 0
         self.objects[name] += 1
         self.requests[name] += requests
+        self.multipart[name] += planned_requests(scheme, size, part_size=part_size) > 1
         self.billed[name] += max(size, low)
         self.monitored[name] += size >= 128 * KB
         self.files[name] += len(member_sizes)
         for s in member_sizes:
-            self.file_requests[name] += planned_requests(scheme, s, part_size=part_size)
+            n = planned_requests(scheme, s, part_size=part_size)
+            self.file_requests[name] += n
+            self.file_multipart[name] += n > 1
             self.file_billed[name] += max(s, low)
             self.file_monitored[name] += s >= 128 * KB
 
@@ -144,33 +149,35 @@ class Tally:
 class Line:
     storage_class: str
     objects: int
-    requests: int
+    requests: int  # PUT-class: single PUTs, and multipart uploads' create, parts, complete
+    multipart: int  # objects sent in parts (the rest: one PUT each, plus a raw file's sidecar)
     gb_billed: float
     monthly: float | None  # None: the table has no price for this class
     one_off: float | None
 
 
-def _line(table: PriceTable, name: str, objects: int, requests: int, billed: int,
-          monitored: int) -> Line:
+def _line(table: PriceTable, name: str, objects: int, requests: int, multipart: int,
+          billed: int, monitored: int) -> Line:
     price = table.classes.get(name)
     standard = table.classes[table.default_class]
     extra = objects * (price.overhead_class if price else 0)
     gb = (billed + extra) / table.gb
     if price is None:
-        return Line(name, objects, requests, gb, None, None)
+        return Line(name, objects, requests, multipart, gb, None, None)
     monthly = (gb * price.storage_gb_month
                + objects * price.overhead_standard / table.gb * standard.storage_gb_month
                + monitored / 1000 * price.monitoring_per_1000)
-    return Line(name, objects, requests, gb, monthly, requests / 1000 * price.put_per_1000)
+    return Line(name, objects, requests, multipart, gb, monthly,
+                requests / 1000 * price.put_per_1000)
 
 
 def estimate(table: PriceTable, t: Tally) -> dict[str, list[Line]]:
     """Per class: the bundles planned, and a per-file copier's objects for the same files."""
     names = sorted(t.objects)
-    return {"bundles": [_line(table, n, t.objects[n], t.requests[n], t.billed[n],
-                              t.monitored[n]) for n in names],
-            "per_file": [_line(table, n, t.files[n], t.file_requests[n], t.file_billed[n],
-                               t.file_monitored[n]) for n in names]}
+    return {"bundles": [_line(table, n, t.objects[n], t.requests[n], t.multipart[n],
+                              t.billed[n], t.monitored[n]) for n in names],
+            "per_file": [_line(table, n, t.files[n], t.file_requests[n], t.file_multipart[n],
+                               t.file_billed[n], t.file_monitored[n]) for n in names]}
 
 
 def _money(x: float | None, cur: str) -> str:
@@ -185,9 +192,10 @@ def describe(table: PriceTable, lines: dict[str, list[Line]]) -> list[str]:
     for what, title in (("bundles", "bundles"), ("per_file", "one object per file")):
         rows = lines[what]
         for ln in rows:
-            out.append(f"  {title}, {ln.storage_class}: {ln.objects:,} objects, "
-                       f"{ln.requests:,} PUT requests ({_money(ln.one_off, table.currency)} "
-                       f"once), {ln.gb_billed:,.2f} GB billed, "
+            out.append(f"  {title}, {ln.storage_class}: {ln.objects:,} objects "
+                       f"({ln.multipart:,} in parts), {ln.requests:,} PUT-class requests "
+                       f"({_money(ln.one_off, table.currency)} once), "
+                       f"{ln.gb_billed:,.2f} GB billed, "
                        f"{_money(ln.monthly, table.currency)} a month")
         if all(ln.monthly is not None for ln in rows) and len(rows) > 1:
             out.append(f"  {title}, all classes: "

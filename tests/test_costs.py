@@ -55,6 +55,7 @@ def test_the_dry_run_prints_and_reports_the_estimate(tmp_path: Path) -> None:
     assert sum(ln["objects"] for ln in cost["bundles"]) == 5
     assert sum(ln["objects"] for ln in cost["per_file"]) == 5
     assert sum(ln["requests"] for ln in cost["per_file"]) == 4 + 4
+    assert sum(ln["multipart"] for ln in cost["per_file"]) == 1  # the 6 MiB file
     assert all(ln["monthly"] > 0 and ln["one_off"] > 0 for ln in cost["bundles"])
 
 
