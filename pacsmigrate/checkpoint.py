@@ -42,11 +42,10 @@ from .records import (
     BundlePlan,
     Entry,
     Problem,
-    Stored,
     StoredObject,
 )
-from .retention import Lock, covers, lock_of
-from .tables import RetentionTable, SpillTable, path_key, spill_key
+from .retention import lock_of
+from .tables import ContentTable, RetentionTable, SpillTable, path_key, spill_key
 
 T = TypeVar("T")
 
@@ -54,10 +53,8 @@ FORMAT = 2
 _DBS = ("meta", "intents", "objects", "objkeys", "index", "sop", "problems", "plan",
         "spill", "groups", "content", "conflicts", "retention")
 _ID = struct.Struct(">I")
-_WHERE = struct.Struct("<IQQ?IB")
-_SIZE_KEY = b"size:"  # content keys of this 13-byte form: sizes of large files stored
 
-class Checkpoint(SpillTable, RetentionTable, LmdbFile):
+class Checkpoint(SpillTable, RetentionTable, ContentTable, LmdbFile):
     """The state's tables and the intent -> upload -> commit protocol (see above).
 
     Lookups for the read stage (`migrated`, `planned_hashes`) may run in any thread.
@@ -97,30 +94,6 @@ class Checkpoint(SpillTable, RetentionTable, LmdbFile):
             e, _ = rows.decode(p, raw)
             return e.size, e.mtime_ns, e.blake3
         return self._lookup("plan", paths, planned)
-
-    def stored_content(self, blake3_hex: str) -> Stored | None:
-        """Where committed content with this blake3 is, and its object's lock.
-
-        Only committed objects are recorded: a duplicate never points at an object that a
-        kill could still lose.
-        """
-        if not blake3_hex or self.db["content"] is None:
-            return None
-        with self.env.begin() as txn:
-            raw = txn.get(bytes.fromhex(blake3_hex), db=self.db["content"])
-            if raw is None:
-                return None
-            number, offset, length, zstd, until, flags = _WHERE.unpack(raw)
-            return Stored(self._object_key(txn, number), offset, length,
-                          "zstd" if zstd else "", (until, flags))
-
-    def has_large_file(self, size: int) -> bool:
-        """Whether a large file (stored alone) of this size is committed: only then is a
-        new one of that size hashed before its upload, to find it is a copy."""
-        if self.db["content"] is None:
-            return False
-        with self.env.begin(db=self.db["content"]) as txn:
-            return txn.get(_SIZE_KEY + struct.pack("<Q", size)) is not None
 
     # -- problems and the dry run's plan ------------------------------------------------
     def record_problems(self, problems: list[Problem]) -> None:
@@ -219,10 +192,7 @@ class Checkpoint(SpillTable, RetentionTable, LmdbFile):
                     else:
                         where = number
                         if e.blake3 and e.length:
-                            self._note_content(txn, e, number, lock)
-                            if obj.kind == FILE:  # a large file alone: see has_large_file
-                                txn.put(_SIZE_KEY + struct.pack("<Q", e.size), b"",
-                                        db=self.db["content"])
+                            self._note_content(txn, e, number, lock, alone=obj.kind == FILE)
                     txn.put(k, rows.encode(e, where, long_path=k is not e.path), db=index)
                     if e.duplicate_of:
                         dedup[0] += 1
@@ -243,18 +213,6 @@ class Checkpoint(SpillTable, RetentionTable, LmdbFile):
             txn.put(b"next_object", str(next_id).encode(), db=meta)
             txn.put(b"dedup", json.dumps(dedup).encode(), db=meta)
         self._write(write)
-
-    def _note_content(self, txn: lmdb.Transaction, e: Entry, number: int, lock: Lock) -> None:
-        """Record where content is stored: the first copy, or a later one locked longer
-        (so copies in longer-kept studies can point at it)."""
-        digest = bytes.fromhex(e.blake3)
-        old = txn.get(digest, db=self.db["content"])
-        if old is not None:
-            had = _WHERE.unpack(old)[4:]
-            if not covers(lock, had) or lock == had:
-                return
-        txn.put(digest, _WHERE.pack(number, e.offset, e.length, bool(e.encoding), *lock),
-                db=self.db["content"])
 
     def _same_sop(self, txn: lmdb.Transaction, e: Entry, other: bytes | memoryview | None
                   ) -> None:

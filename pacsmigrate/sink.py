@@ -11,6 +11,7 @@ from concurrent.futures import Executor
 from . import faults
 from .backends import Backend
 from .backends.limits import planned_requests
+from .bundle import Known
 from .checkpoint import Checkpoint
 from .commit import GroupWriter
 from .costs import NO_PRICES, PriceTable, Tally, as_json, describe, estimate
@@ -201,7 +202,7 @@ class StoreSink(Sink):
         stored, built = await store(plan, self.backend, self.pool, secret=self.secret,
                                     expect=expect, storage_class=self.storage_class(plan),
                                     locks=self.locks(plan) if self.locks else None,
-                                    known=self.cp.stored_content if self.dedup else None,
+                                    known=await self._known(plan) if self.dedup else None,
                                     compress=self.compress)
         s = self.stats
         if stored is None:
@@ -239,6 +240,14 @@ class StoreSink(Sink):
             await self.cp.call(self.cp.unspill, plan.group,
                                [m.path for m in built.moved] + [p.path for p in built.problems])
         self.bar.update(files=len(plan.members), nbytes=plan.size)
+
+    async def _known(self, plan: BundlePlan) -> Known:
+        """Where the plan's members' content is stored already, looked up at once in the
+        LMDB thread; a member whose digest is learnt only when packed is looked up then."""
+        asked = {m.blake3 for m in plan.members if m.blake3}
+        found = await self.cp.call(self.cp.stored_contents, list(asked)) if asked else {}
+        lookup = self.cp.stored_content
+        return lambda d: found.get(d) if d in asked else lookup(d)
 
     async def drain(self) -> None:
         while self.tasks:

@@ -1,9 +1,10 @@
-"""Two tables of the checkpoint with their methods (checkpoint.py describes every table):
-the spill (files of scattered studies, packed by study after the walk) and the retention
-map; and the path keys all path tables use."""
+"""Tables of the checkpoint with their methods (checkpoint.py describes every table): the
+spill (files of scattered studies, packed by study after the walk), the retention map and
+the content table (deduplication); and the path keys all path tables use."""
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -11,7 +12,8 @@ import blake3
 import lmdb
 
 from . import rows
-from .records import Described, Entry, Member
+from .records import Described, Entry, Member, Stored
+from .retention import Lock, covers
 
 # LMDB keys hold at most 511 bytes; paths may be 4096. Longer paths are keyed by a hash
 # (the row then carries the path). Real paths start with "/", so "#" cannot collide.
@@ -122,4 +124,64 @@ class RetentionTable:
             return None
         years, _, label = bytes(raw).decode().partition("\t")
         return int(years), label
+
+
+
+_WHERE = struct.Struct("<IQQ?IB")  # object number, offset, length, zstd, lock (until, flags)
+_SIZE_KEY = b"size:"  # content keys of this 13-byte form: sizes of large files stored
+
+
+class ContentTable:
+    """Where committed content is (blake3 -> object, range, lock); mixed into Checkpoint."""
+
+    env: lmdb.Environment
+    db: dict[str, Any]
+    _object_key: Callable[[lmdb.Transaction, int], str]  # Checkpoint's
+
+    def stored_content(self, blake3_hex: str) -> Stored | None:
+        """Where committed content with this blake3 is, and its object's lock.
+
+        Only committed objects are recorded: a duplicate never points at an object that a
+        kill could still lose.
+        """
+        return self.stored_contents([blake3_hex]).get(blake3_hex)
+
+    def stored_contents(self, digests: list[str]) -> dict[str, Stored]:
+        """stored_content for many digests in one read transaction (a plan's members:
+        LMDB calls release the GIL, so one per member would queue the event loop for it)."""
+        out: dict[str, Stored] = {}
+        if self.db["content"] is None:
+            return out
+        with self.env.begin() as txn:
+            for d in digests:
+                raw = txn.get(bytes.fromhex(d), db=self.db["content"]) if d else None
+                if raw is not None:
+                    number, offset, length, zstd, until, flags = _WHERE.unpack(raw)
+                    out[d] = Stored(self._object_key(txn, number), offset, length,
+                                    "zstd" if zstd else "", (until, flags))
+        return out
+
+    def has_large_file(self, size: int) -> bool:
+        """Whether a large file (stored alone) of this size is committed: only then is a
+        new one of that size hashed before its upload, to find it is a copy."""
+        if self.db["content"] is None:
+            return False
+        with self.env.begin(db=self.db["content"]) as txn:
+            return txn.get(_SIZE_KEY + struct.pack("<Q", size)) is not None
+
+    def _note_content(self, txn: lmdb.Transaction, e: Entry, number: int, lock: Lock, *,
+                      alone: bool) -> None:
+        """Record where content is stored: the first copy, or a later one locked longer
+        (so copies in longer-kept studies can point at it); `alone`: a large file stored
+        as its own object, whose size is noted too (see has_large_file)."""
+        if alone:
+            txn.put(_SIZE_KEY + struct.pack("<Q", e.size), b"", db=self.db["content"])
+        digest = bytes.fromhex(e.blake3)
+        old = txn.get(digest, db=self.db["content"])
+        if old is not None:
+            had = _WHERE.unpack(old)[4:]
+            if not covers(lock, had) or lock == had:
+                return
+        txn.put(digest, _WHERE.pack(number, e.offset, e.length, bool(e.encoding), *lock),
+                db=self.db["content"])
 
