@@ -49,6 +49,7 @@ class Migration:
         self.backend: Backend | None = backend
         self.secret = b""
         self.pool = ThreadPoolExecutor(max_workers=cfg.read_threads, thread_name_prefix="read")
+        self.today = datetime.now(UTC).date()  # study ages and locks count from the run's day
 
     async def run(self) -> Stats:
         try:
@@ -120,31 +121,41 @@ class Migration:
 
     def _classes(self) -> Classes | None:
         """Each plan's storage class by its study's age today (None: no policy given)."""
-        tiers, today = self.cfg.tiers, datetime.now(UTC).date()
+        tiers, today = self.cfg.tiers, self.today
         if not tiers:
             return None
         return lambda plan: tiers.class_for(plan.members[0].about.study_date, today)
 
     def _locks(self, cp: Checkpoint) -> Locks | None:
-        """Each plan's retention lock: the years the map gives its study (by UID, else
-        AccessionNumber) or --retain-years, from its StudyDate (None: no retention)."""
-        retention, today, s = self.cfg.retention, datetime.now(UTC).date(), self.stats
+        """Each plan's retention lock (see _lock_of), counting the studies a retention map
+        does not name; None: no retention asked for."""
+        retention, s = self.cfg.retention, self.stats
         if retention is None:
             return None
 
         def lock(plan: BundlePlan) -> dict[str, str]:
-            about = plan.members[0].about
-            found = None
-            if retention.map is not None:
-                found = cp.retention_for(about.study_uid, about.accession)
-                if found is None and about.status == DICOM:
-                    if retention.years:
-                        s.retention_defaulted += 1
-                    else:
-                        s.retention_unlocked += 1
-            years, label = found or (None, "")
-            return retention.metadata(about.study_date, today, years=years, label=label)
+            meta, unnamed = self._lock_of(cp, plan)
+            if unnamed:
+                if retention.years:
+                    s.retention_defaulted += 1
+                else:
+                    s.retention_unlocked += 1
+            return meta
         return lock
+
+    def _lock_of(self, cp: Checkpoint, plan: BundlePlan) -> tuple[dict[str, str], bool]:
+        """A plan's lock metadata: the years the map gives its study (by UID, else
+        AccessionNumber) or --retain-years, from its StudyDate; and whether it is a study
+        the map does not name."""
+        retention, about = self.cfg.retention, plan.members[0].about
+        if retention is None:
+            return {}, False
+        found = None
+        if retention.map is not None:
+            found = cp.retention_for(about.study_uid, about.accession)
+        years, label = found or (None, "")
+        meta = retention.metadata(about.study_date, self.today, years=years, label=label)
+        return meta, retention.map is not None and found is None and about.status == DICOM
 
     async def _stream(self, cp: Checkpoint, started: float) -> None:
         cfg = self.cfg
@@ -249,7 +260,7 @@ class Migration:
         digest = await loop.run_in_executor(self.pool, hash_unchanged, m.path, m.size,
                                             m.mtime_ns)
         found = await cp.call(cp.stored_content, digest) if digest else None
-        need = lock_of(manifest_fields(sink.locks(plan))) if sink.locks else (0, 0)
+        need = lock_of(manifest_fields(self._lock_of(cp, plan)[0]))
         if found is None or not covers(found.lock, need):
             return plan
         m.blake3 = digest or ""

@@ -31,13 +31,14 @@ def write_report(path: Path, cp: Checkpoint, stats: Stats, cfg: MigrateConfig) -
     devices, vanished files); unsorted: files stored, but outside any study, with reason.
     """
     tmp = path.with_name(path.name + ".tmp")
+    files, nbytes = cp.deduplicated()
     with open(tmp, "w", encoding="ascii") as out:
         head = {"tool": "pacsmigrate", "format": "pacsmigrate.report/1",
                 "written": now_iso(),
                 "destination": str(cfg.dest), "sources": [str(s) for s in cfg.sources],
                 "dry_run": cfg.dry_run, "run": stats.as_dict(),
-                "state": {**cp.counts(), "deduplicated_files": cp.deduplicated()[0],
-                          "deduplicated_bytes": cp.deduplicated()[1]}}
+                "state": {**cp.counts(), "deduplicated_files": files,
+                          "deduplicated_bytes": nbytes}}
         out.write(json.dumps(head, ensure_ascii=True, indent=1)[:-2])
         pending = ({"source_path": v["source_path"], "source_path_b64": v["source_path_b64"],
                     "reason": "pending", "detail": "read, not yet stored"}

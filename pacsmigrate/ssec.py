@@ -36,10 +36,9 @@ class CustomerKey:
         """The key's SHA-256, base64: what Azure checks a customer-provided key against."""
         return base64.b64encode(hashlib.sha256(self.key).digest()).decode()
 
-    def headers(self, *, copy_source: bool = False) -> dict[str, str]:
-        """The three request headers (x-amz-copy-source-... for a copy's source)."""
-        p = "x-amz-copy-source-server-side-encryption-customer-" if copy_source else \
-            "x-amz-server-side-encryption-customer-"
+    def headers(self) -> dict[str, str]:
+        """The three request headers."""
+        p = "x-amz-server-side-encryption-customer-"
         return {p + "algorithm": ALGORITHM, p + "key": base64.b64encode(self.key).decode(),
                 p + "key-MD5": self.md5}
 
