@@ -45,6 +45,7 @@ from .records import (
     StoredObject,
 )
 from .retention import lock_of
+from .statemerge import MergeTables
 from .tables import ContentTable, RetentionTable, SpillTable, path_key, spill_key
 
 T = TypeVar("T")
@@ -54,7 +55,7 @@ _DBS = ("meta", "intents", "objects", "objkeys", "index", "sop", "problems", "pl
         "spill", "groups", "content", "conflicts", "retention")
 _ID = struct.Struct(">I")
 
-class Checkpoint(SpillTable, RetentionTable, ContentTable, LmdbFile):
+class Checkpoint(MergeTables, SpillTable, RetentionTable, ContentTable, LmdbFile):
     """The state's tables and the intent -> upload -> commit protocol (see above).
 
     Lookups for the read stage (`migrated`, `planned_hashes`) may run in any thread.

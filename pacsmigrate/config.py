@@ -12,6 +12,7 @@ from urllib.parse import quote, unquote, urlparse
 from . import encoding
 from .errors import ConfigError
 from .retention import Retention
+from .shard import Shard
 from .ssec import load_key
 from .tiers import TierPolicy
 
@@ -269,6 +270,7 @@ class MigrateConfig:
     dedup: bool = True  # content stored once per migration (by blake3)
     compress: str = ""  # "zstd": uncompressed-pixel members as zstd frames (encoding.py)
     prices: PriceTable | None = None  # the dry run's cost estimate (None: the store's default)
+    shard: Shard | None = None  # --shard K/N: this run's slice of the sources (shard.py)
 
     def __post_init__(self) -> None:
         if not self.sources:

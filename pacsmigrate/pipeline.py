@@ -21,11 +21,12 @@ from .group import Closed, Grouper
 from .keys import assign_key
 from .progress import Bar
 from .read import ReadOptions
-from .reads import read_tree
+from .reads import in_shard, read_tree
 from .records import DICOM, FILE, TAR, BundlePlan, Problem
 from .report import write_report
 from .retention import covers, lock_of, manifest_fields
 from .setup import check_object_lock, check_state, key_secret
+from .shard import Shard
 from .sink import Classes, Locks, PlanSink, Sink, StoreSink
 from .source import hash_unchanged
 from .stats import Stats
@@ -190,8 +191,8 @@ class Migration:
         problems: list[Problem] = []
         bar = Bar("read", total_bytes=None, total_files=None, enabled=cfg.progress, position=0)
         # A separate counting walk gives the bars their totals (restic's way).
-        counting = asyncio.create_task(count_for(roots, [bar, sink.bar])) if cfg.progress \
-            else None
+        counting = asyncio.create_task(count_for(roots, [bar, sink.bar], cfg.shard)) \
+            if cfg.progress else None
         try:
             await self._read_and_group(cp, sink, roots, opts, grouper, problems, bar)
             # The walk is over: whatever the counting walk got to, the total is known.
@@ -213,7 +214,7 @@ class Migration:
                               bar: Bar) -> None:
         s = self.stats
         async for result in read_tree(roots, self.pool, opts, cp,
-                                      jobs=2 * self.cfg.read_threads):
+                                      jobs=2 * self.cfg.read_threads, shard=self.cfg.shard):
             s.files_seen += result.listed
             s.bytes_seen += result.seen_bytes
             s.already_migrated += result.migrated
@@ -335,13 +336,13 @@ class Migration:
             await cp.call(write_report, self.cfg.report_path, cp, s, self.cfg)
 
 
-async def count_for(roots: list[bytes], bars: list[Bar]) -> None:
-    """Count the files under roots, then give the bars their total."""
+async def count_for(roots: list[bytes], bars: list[Bar], shard: Shard | None = None) -> None:
+    """Count the files under roots (in the shard's slice), then give the bars their total."""
     walker = Walker(roots)
     n = 0
     try:
         while (got := await walker.next()) is not None:
-            n += len(got.files)
+            n += len(in_shard(got, roots, shard).files if shard is not None else got.files)
             if walker.listings % 64 == 0:
                 await asyncio.sleep(0)  # listings inline on fast storage: let the run go on
     finally:

@@ -21,7 +21,8 @@ from .checkpoint import Checkpoint
 from .clock import IOWait
 from .read import ReadOptions, ReadResult, read_files
 from .records import Problem
-from .walk import Walker
+from .shard import Shard, root_of
+from .walk import Listing, Walker
 
 log = logging.getLogger("pacsmigrate.pipeline")
 
@@ -68,6 +69,19 @@ def read_slices(slices: list[Slice], opts: ReadOptions, cp: Checkpoint | None) -
                time.thread_time() - cpu)
 
 
+def in_shard(listing: Listing, roots: Sequence[bytes], shard: Shard) -> Listing:
+    """The listing's files and skipped entries that are in `shard`'s slice."""
+    root = root_of(list(roots), listing.path)
+    problems = [p for p in listing.problems
+                if shard.keeps(root, *_split(p.path))] if listing.problems else []
+    return Listing(listing.path, shard.select(root, listing.path, listing.files), problems)
+
+
+def _split(path: bytes) -> tuple[bytes, bytes]:
+    directory, _, name = path.rpartition(b"/")
+    return directory, name
+
+
 class Mode:
     """Inline or pool, from the I/O wait per file of jobs run inline."""
 
@@ -95,12 +109,13 @@ class Mode:
 
 
 async def read_tree(roots: Sequence[bytes], pool: Executor, opts: ReadOptions,
-                    cp: Checkpoint | None, *, jobs: int, walk_threads: int = 16
-                    ) -> AsyncIterator[ReadResult]:
+                    cp: Checkpoint | None, *, jobs: int, walk_threads: int = 16,
+                    shard: Shard | None = None) -> AsyncIterator[ReadResult]:
     """Every file under roots read, as ReadResults in walk order.
 
     In the pool up to `jobs` jobs are read at once; the results are handed on in walk
-    order either way, so what follows is deterministic.
+    order either way, so what follows is deterministic. With `shard`, only its slice of
+    the files is read (the walk still lists every folder).
     """
     loop = asyncio.get_running_loop()
     walker = Walker(roots, threads=walk_threads)
@@ -124,6 +139,8 @@ async def read_tree(roots: Sequence[bytes], pool: Executor, opts: ReadOptions,
             if listing is None:
                 walked = True
             else:
+                if shard is not None:
+                    listing = in_shard(listing, roots, shard)
                 names = listing.files
                 filling.append(Slice(listing.path, names[:JOB_FILES], listing.problems))
                 for i in range(JOB_FILES, len(names), JOB_FILES):

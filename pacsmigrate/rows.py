@@ -103,6 +103,18 @@ def encode(e: Entry, object_id: int, *, long_path: bool = False,
         _LEN.pack(len(e.path)) + e.path if long_path else b""))
 
 
+def renumbered(raw: bytes | memoryview, offset: int) -> bytes:
+    """The row with its object number moved by `offset` (`index merge`): the number sits
+    at a fixed place, so nothing else is decoded. Version-1 rows name their key: as they are."""
+    raw = bytes(raw)
+    if raw[:1] == b"{":
+        return raw
+    version, flags, number = _HEAD.unpack_from(raw, 0)
+    if number == NO_OBJECT:
+        return raw
+    return _HEAD.pack(version, flags, number + offset) + raw[_HEAD.size:]
+
+
 def _fixed(raw: bytes | memoryview) -> tuple[int, int, int, int, int, int]:
     """(flags, object id, offset, length, size, where mtime starts) of a compact row."""
     _, flags, object_id = _HEAD.unpack_from(raw, 0)

@@ -24,18 +24,32 @@ def check_state(cp: Checkpoint, cfg: MigrateConfig) -> None:
             cfg.dest.azure.as_meta() if cfg.dest.azure else {})
         cp.put_meta("config", {"dest": dest, "endpoint_url": cfg.dest.endpoint_url, **s3,
                                "sources": [os.path.abspath(s) for s in cfg.sources],
+                               "shard": str(cfg.shard) if cfg.shard else None,
                                "created": now_iso()})
     elif known["dest"] != dest:
         raise ConfigError(f"state directory {cfg.state_dir} belongs to a migration "
                           f"to {known['dest']}, not {dest}; use another --state")
     else:
         _same_customer_key(known.get("sse_c_md5"), cfg.dest.customer_key_md5)
+        _same_shard(known.get("shard"), cfg)
     cp.put_meta("format", FORMAT)
     if cfg.tiers:  # `policy lifecycle` writes the rules that keep objects moving as they age
         cp.put_meta("tiers", {"policy": cfg.tiers.text, "default": cfg.tiers.default})
     # Read-side commands (verify, get, restore) reach the store the way this run did.
     ca = cfg.transfer.ca_bundle
     cp.put_meta("ca_bundle", str(Path(ca).resolve()) if ca else None)
+
+
+def _same_shard(stored: str | None, cfg: MigrateConfig) -> None:
+    """A state holds one slice of the sources (or all of them): another slice in it would
+    look like files deleted from the first."""
+    given = str(cfg.shard) if cfg.shard else None
+    if stored == given:
+        return
+    held = f"slice {stored} (--shard)" if stored else "a whole migration (no --shard)"
+    raise ConfigError(f"state directory {cfg.state_dir} holds {held}; this run asks for "
+                      + (f"--shard {given}" if given else "no --shard")
+                      + ": give each slice its own --state")
 
 
 def _same_customer_key(stored: str | None, given: str | None) -> None:

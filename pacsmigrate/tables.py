@@ -185,3 +185,11 @@ class ContentTable:
         txn.put(digest, _WHERE.pack(number, e.offset, e.length, bool(e.encoding), *lock),
                 db=self.db["content"])
 
+
+def renumbered_content(key: bytes, raw: bytes | memoryview, offset: int) -> bytes:
+    """A content row with its object number moved by `offset` (`index merge`)."""
+    raw = bytes(raw)
+    if key.startswith(_SIZE_KEY):
+        return raw
+    number, *rest = _WHERE.unpack(raw)
+    return _WHERE.pack(number + offset, *rest)

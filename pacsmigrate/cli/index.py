@@ -12,7 +12,9 @@ import click
 
 from .. import index as index_mod
 from ..checkpoint import Checkpoint
+from ..errors import StateError
 from ..ris import DIALECTS, PrefixMap, SqlTarget
+from ..statemerge import Merged
 from .common import handle_errors, state_option
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -81,3 +83,63 @@ def export(state_dir: Path, fmt: str, output: Path | None, map_prefix: tuple[str
         click.echo(f"{n:,} rows written to {output}", err=True)
     finally:
         cp.close()
+
+
+@index.command("merge")
+@click.argument("states", nargs=-1, required=True,
+                type=click.Path(path_type=Path, exists=True, file_okay=False))
+@state_option(must_exist=False)
+@handle_errors
+def merge(states: tuple[Path, ...], state_dir: Path) -> None:
+    """Join the states of a migration's slices (`migrate --shard K/N`) into one: --state.
+
+    The merged state is new (a --state holding a migration is refused) and is read by
+    verify, get, locate, restore and `index export` like any other. Each STATE must be
+    idle (no run using it) and settled (no uploads in doubt).
+    """
+    given = [p.resolve() for p in states]
+    if state_dir.resolve() in given:
+        raise click.UsageError("--state is the merged state: give a new directory, not one "
+                               "of the STATEs")
+    if len(set(given)) != len(given):
+        raise click.UsageError("a STATE is given twice")
+    out = Checkpoint(state_dir)
+    try:
+        if out.get_meta("config") is not None:
+            raise StateError(f"{state_dir} holds a migration already: merge into a new "
+                             "--state (merge again from the slices after they change)")
+        result = Merged()
+        for path in states:
+            src = Checkpoint(path)  # its lock: no run may change it while it is copied
+            try:
+                out.merge_state(src, result)
+            finally:
+                src.close()
+    finally:
+        out.close()
+    slices = ", ".join(sorted(result.shards, key=_slice_order)) or "none"
+    click.echo(f"merged {result.states} state(s) (slices: {slices}) into {state_dir}: "
+               f"{result.rows:,} index rows in {result.objects:,} objects; "
+               f"{result.problems:,} files not migrated; {result.pending:,} still pending; "
+               f"{result.superseded:,} older versions replaced; "
+               f"{result.conflicts:,} SOP conflicts")
+    _check_slices(result.shards)
+
+
+def _slice_order(text: str) -> tuple[int, int]:
+    k, _, n = text.partition("/")
+    return int(n), int(k)
+
+
+def _check_slices(shards: list[str]) -> None:
+    """Warn when the slices merged do not make whole sets (one missing, or two sizes)."""
+    counts = {int(s.partition("/")[2]) for s in shards}
+    for n in sorted(counts):
+        have = {int(s.partition("/")[0]) for s in shards if s.endswith(f"/{n}")}
+        missing = sorted(set(range(n)) - have)
+        if missing:
+            click.echo(f"WARNING: slices {', '.join(f'{k}/{n}' for k in missing)} are not "
+                       "merged: their files are not in this index", err=True)
+    if len(counts) > 1:
+        click.echo("WARNING: slices of different N merged: a file may be in two of them "
+                   "(the newer version is kept)", err=True)

@@ -15,6 +15,7 @@ from ..config import MigrateConfig
 from ..costs import PriceTable
 from ..pipeline import migrate as run_migrate
 from ..retention import Retention, RetentionMap, parse_classes
+from ..shard import Shard
 from ..stats import Stats
 from ..tiers import TierPolicy
 from .common import (
@@ -81,6 +82,9 @@ from .common import (
                    "us-east-1 or Wasabi list prices; none for other stores).")
 @click.option("--report", "report_path", type=click.Path(path_type=Path),
               help="Write the JSON report here.")
+@click.option("--shard", metavar="K/N",
+              help="Migrate only slice K of N (K from 0) of the sources, the same on every "
+                   "machine; run each slice with its own --state, then `index merge`.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bars (default: when stderr is a terminal).")
 @handle_errors
@@ -94,7 +98,7 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
             retain_years: int | None, retention_map: Path | None,
             retention_classes: tuple[str, ...], lock_mode: str, legal_hold: bool, dedup: bool,
             compress: str | None, prices: Path | None,
-            report_path: Path | None,
+            report_path: Path | None, shard: str | None,
             progress: bool | None, **transfer: Any) -> None:
     """Copy SOURCE directories to DEST: s3://bucket/prefix (AWS, Wasabi, Ceph, MinIO, any
     S3-compatible store with --endpoint-url) or a local directory (/dir or file:///dir, which
@@ -119,6 +123,7 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
                              legal_hold),
         progress=sys.stderr.isatty() if progress is None else progress, dedup=dedup,
         compress=compress or "", prices=PriceTable.load(prices) if prices else None,
+        shard=Shard.parse(shard) if shard is not None else None,
     )
     stats = asyncio.run(run_migrate(cfg))
     _print_summary(stats, dry_run=dry_run)

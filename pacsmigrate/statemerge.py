@@ -1,0 +1,222 @@
+"""`index merge`: the states of several slices (`--shard K/N`) of one migration, as one.
+
+The merged state is a state like any other: verify, get, locate, restore and the exports
+read it. Rows are copied as they are, only their object numbers moved past those already
+merged, so the index holds exactly the rows the slices committed. Tables are copied in
+short transactions: memory stays flat whatever the states' size.
+
+A path found in two states (two runs over overlapping sources) keeps the newer version,
+as `index rebuild` does. A SOPInstanceUID found at two paths with other bytes is listed in
+`conflicts`, as in a single run.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import lmdb
+
+from . import rows
+from .errors import StateError
+from .records import now_iso
+from .tables import path_key, renumbered_content
+
+BATCH = 4096
+_ID_BYTES = 4  # objkeys: number (4 bytes big endian) -> object key
+# Meta copied from the first state; the rest (config, counters) is merged.
+_SAME_META = (b"key_secret", b"format", b"ca_bundle", b"tiers")
+
+
+@dataclass
+class Merged:
+    """What one merge did."""
+
+    states: int = 0
+    objects: int = 0
+    rows: int = 0
+    superseded: int = 0  # rows replaced by a newer version of the same file
+    problems: int = 0
+    conflicts: int = 0
+    pending: int = 0  # files the slices still have to migrate (spilled, not stored)
+    sources: list[str] = field(default_factory=list)
+    shards: list[str] = field(default_factory=list)
+
+
+def raw_batches(env: lmdb.Environment, db: Any, *, batch: int = BATCH
+                ) -> Iterator[list[tuple[bytes, bytes]]]:
+    """A table's raw rows in key order, a short read transaction per batch."""
+    after: bytes | None = None
+    while True:
+        with env.begin(db=db) as txn:
+            cur = txn.cursor()
+            if after is None:
+                more = cur.first()
+            else:
+                more = cur.set_range(after) and (bytes(cur.key()) != after or cur.next())
+            if not more:
+                return
+            chunk = [(bytes(k), bytes(v)) for k, v in itertools.islice(cur, batch)]
+        if not chunk:
+            return
+        yield chunk
+        after = chunk[-1][0]
+
+
+class MergeTables:
+    """`merge_state`, mixed into Checkpoint (which opens the tables and owns the format)."""
+
+    env: lmdb.Environment
+    db: dict[str, Any]
+    state_dir: Any
+    _write: Callable[[Callable[[lmdb.Transaction], Any]], None]  # LmdbFile's
+    _same_sop: Callable[..., None]  # Checkpoint's
+    counts: Callable[[], dict[str, int]]
+    get_meta: Callable[[str], Any]
+
+    def merge_state(self, other: Any, result: Merged) -> None:
+        """Copy another state's committed migration into this one (see the module)."""
+        if other.counts()["intents"]:
+            raise StateError(f"{other.state_dir} has uploads in doubt (an interrupted run): "
+                             "run its `migrate` again to settle them, then merge")
+        config = self._merge_config(other, result)
+        offset = self._next_object() - 1
+        copy = self._copy
+        copy(other, "objkeys", lambda k, v: (rows_id(k, offset), v))
+        copy(other, "objects", lambda k, v: (k, _object(v, offset)))
+        for chunk in raw_batches(other.env, other.db["index"]):
+            self._write(functools.partial(self._index, chunk=chunk, offset=offset,
+                                          result=result))
+        for chunk in raw_batches(other.env, other.db["sop"]):
+            self._write(functools.partial(self._sop, chunk=chunk))
+        copy(other, "content", lambda k, v: (k, renumbered_content(k, v, offset)), keep=True)
+        copy(other, "groups", lambda k, v: (k, v))
+        copy(other, "conflicts", lambda k, v: (k, v))
+        for chunk in raw_batches(other.env, other.db["problems"]):
+            self._write(functools.partial(self._problems, chunk=chunk, result=result))
+        result.pending += other.counts()["spill"]
+
+        with other.env.begin(db=other.db["meta"]) as txn:
+            top = int(bytes(txn.get(b"next_object") or b"1"))
+            cur = txn.cursor()
+            early = [(bytes(k), int(bytes(v))) for k, v in cur.iternext()
+                     if bytes(k).startswith(b"id:")] if cur.set_range(b"id:") else []
+
+        def meta(txn: lmdb.Transaction) -> None:
+            m = self.db["meta"]
+            txn.put(b"next_object", str(offset + top).encode(), db=m)
+            for k, number in early:  # numbers a duplicate gave an object not committed
+                txn.put(k, str(number + offset).encode(), db=m)
+            mine = json.loads(bytes(txn.get(b"dedup", b"[0, 0]", db=m)))
+            theirs = other.deduplicated()
+            txn.put(b"dedup", json.dumps([mine[0] + theirs[0], mine[1] + theirs[1]]).encode(),
+                    db=m)
+            txn.put(b"config", json.dumps(config).encode(), db=m)
+        self._write(meta)
+        result.states += 1
+        counts = self.counts()
+        result.objects, result.conflicts = counts["objects"], counts["conflicts"]
+
+    # -- pieces ---------------------------------------------------------------------------
+    def _merge_config(self, other: Any, result: Merged) -> dict[str, Any]:
+        theirs = other.get_meta("config")
+        if not theirs:
+            raise StateError(f"{other.state_dir} holds no migration")
+        mine = self.get_meta("config")
+        with other.env.begin(db=other.db["meta"]) as txn:
+            their_meta = {k: txn.get(k) for k in _SAME_META}
+        if mine is None:
+            mine = {k: v for k, v in theirs.items() if k not in ("shard", "created")}
+            mine.update({"sources": [], "merged_from": [], "created": now_iso()})
+            self._write(lambda txn: [txn.put(k, bytes(v), db=self.db["meta"])
+                                     for k, v in their_meta.items() if v is not None])
+        else:
+            if mine["dest"] != theirs["dest"]:
+                raise StateError(f"{other.state_dir} is a migration to {theirs['dest']}, not "
+                                 f"{mine['dest']}: merge only the slices of one migration")
+            secret = self.get_meta("key_secret")
+            their_secret = their_meta[b"key_secret"]
+            if their_secret is not None and json.loads(bytes(their_secret)) != secret:
+                raise StateError(f"{other.state_dir} was keyed with another store's secret: "
+                                 "merge only the slices of one migration")
+        if theirs.get("shard"):
+            result.shards.append(theirs["shard"])
+        for s in theirs.get("sources", []):
+            if s not in mine["sources"]:
+                mine["sources"].append(s)
+        mine["merged_from"].append({"state": str(other.state_dir),
+                                    "shard": theirs.get("shard")})
+        result.sources = list(mine["sources"])
+        return dict(mine)
+
+    def _next_object(self) -> int:
+        with self.env.begin(db=self.db["meta"]) as txn:
+            raw = txn.get(b"next_object")
+        return int(bytes(raw)) if raw is not None else 1
+
+    def _copy(self, other: Any, name: str, fn: Callable[[bytes, bytes], tuple[bytes, bytes]],
+              *, keep: bool = False) -> None:
+        """Copy a table, each row through fn; `keep`: rows this state has win."""
+        if other.db[name] is None:
+            return
+        for chunk in raw_batches(other.env, other.db[name]):
+            def write(txn: lmdb.Transaction, chunk: list[tuple[bytes, bytes]] = chunk) -> None:
+                db = self.db[name]
+                for k, v in chunk:
+                    nk, nv = fn(k, v)
+                    if name == "objects" and txn.get(nk, db=db) is not None:
+                        raise StateError(f"object {k.decode()} is in two of the states: a "
+                                         "state given twice? Merge each slice once, into a "
+                                         "new --state")
+                    txn.put(nk, nv, db=db, overwrite=not keep)
+            self._write(write)
+
+    def _index(self, txn: lmdb.Transaction, chunk: list[tuple[bytes, bytes]], offset: int,
+               result: Merged) -> None:
+        index, problems = self.db["index"], self.db["problems"]
+        for k, v in chunk:
+            old = txn.get(k, db=index)
+            if old is not None:
+                result.superseded += 1
+                if rows.stat_of(old)[1] > rows.stat_of(v)[1]:
+                    continue  # the version merged before is the newer one
+            txn.put(k, rows.renumbered(v, offset), db=index)
+            txn.delete(k, db=problems)
+            result.rows += 1
+
+    def _sop(self, txn: lmdb.Transaction, chunk: list[tuple[bytes, bytes]]) -> None:
+        """SOPInstanceUID -> path; a UID at another path with other bytes is a conflict."""
+        sop, index = self.db["sop"], self.db["index"]
+        for uid, path in chunk:
+            there = txn.get(uid, db=sop)
+            if there is not None and bytes(there) != path:
+                raw = txn.get(path_key(path), db=index)
+                if raw is not None and rows.legacy_dict(raw) is None:
+                    self._same_sop(txn, rows.decode(path_key(path), raw)[0], there)
+            txn.put(uid, path, db=sop)
+
+    def _problems(self, txn: lmdb.Transaction, chunk: list[tuple[bytes, bytes]],
+                  result: Merged) -> None:
+        for k, v in chunk:
+            if txn.get(k, db=self.db["index"]) is None:  # migrated by another state
+                txn.put(k, v, db=self.db["problems"])
+                result.problems += 1
+
+
+def rows_id(key: bytes, offset: int) -> bytes:
+    """An objkeys key (the object's number) moved by offset."""
+    return (int.from_bytes(key[:_ID_BYTES], "big") + offset).to_bytes(_ID_BYTES, "big")
+
+
+def _object(raw: bytes, offset: int) -> bytes:
+    record = json.loads(raw)
+    if record.get("id"):
+        record["id"] = int(record["id"]) + offset
+    return json.dumps(record).encode()
+
+
+__all__ = ["MergeTables", "Merged", "path_key", "raw_batches"]

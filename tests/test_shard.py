@@ -1,0 +1,189 @@
+"""`migrate --shard K/N` and `index merge`: slices of one migration, run apart, one index."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+from conftest import LocalTarget, S3Target, run_cli
+from helpers import assert_complete, index_rows, source_files
+
+from pacsmigrate.errors import ConfigError
+from pacsmigrate.paths import from_fields
+from pacsmigrate.shard import Shard
+from pacsmigrate.synth import make_tree
+
+# Columns that say what a file is and holds; key, offset and length name the bundle it
+# went into, which depends on how the tree was sliced.
+SAME = ("source_path", "source_path_b64", "blake3", "size", "mtime_ns", "study_uid",
+        "series_uid", "sop_uid", "modality", "study_date", "status", "reason")
+
+
+def _tree(root: Path) -> Path:
+    make_tree(root / "p", studies=4, seed=71, layout="patient", scale=0.05)
+    make_tree(root / "d", studies=4, seed=72, layout="date", scale=0.05)
+    make_tree(root / "h", studies=3, seed=73, layout="hashed", scale=0.05)
+    # Files directly in the root are spread over the slices one by one.
+    for i, src in enumerate(sorted((root / "h").rglob("*"))[:6]):
+        if src.is_file():
+            shutil.copy(src, root / f"loose-{i}.dcm")
+    (root / "notes.txt").write_text("not DICOM")
+    return root
+
+
+def _migrate(target: S3Target | LocalTarget, root: Path, state: Path, *extra: str) -> None:
+    endpoint = ["--endpoint-url", target.info.endpoint_url] if isinstance(target, S3Target) \
+        else []
+    run_cli("migrate", str(root), target.url, *endpoint, "--state", str(state),
+            "--no-progress", *extra, env=target.env(), check=True)
+
+
+def _same(rows: list[dict[str, str]]) -> list[tuple[str, ...]]:
+    return sorted(tuple(r[c] for c in SAME) for r in rows)
+
+
+def test_slices_cover_the_tree_once_and_merge_to_a_single_runs_index(
+        moto_s3: S3Target, local_store: LocalTarget, tmp_path: Path) -> None:
+    root = _tree(tmp_path / "pacs")
+    _migrate(local_store, root, tmp_path / "single")
+    single = index_rows(tmp_path / "single")
+
+    slices = [tmp_path / f"slice{k}" for k in range(3)]
+    seen: set[bytes] = set()
+    for k, state in enumerate(slices):
+        _migrate(moto_s3, root, state, "--shard", f"{k}/3")
+        paths = {from_fields(r["source_path"], r["source_path_b64"]) for r in index_rows(state)}
+        assert paths and not paths & seen, "a file is in two slices"
+        seen |= paths
+    assert seen == set(source_files(root))
+
+    merged = tmp_path / "merged"
+    proc = run_cli("index", "merge", *map(str, slices), "--state", str(merged), check=True)
+    assert f"{len(single):,} index rows" in proc.stdout and "slices: 0/3, 1/3, 2/3" in proc.stdout
+    rows = assert_complete(moto_s3, merged, root)  # each row's range GET is its file
+    assert _same(rows) == _same(single)
+    # The merged state is read like any other.
+    verify = run_cli("verify", "--state", str(merged), "--deep", "--source", env=moto_s3.env())
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    victim = next(p for p in sorted((root / "d").rglob("*")) if p.is_file())
+    out = tmp_path / "got.dcm"
+    run_cli("get", str(victim), "-o", str(out), "--state", str(merged), env=moto_s3.env(),
+            check=True)
+    assert out.read_bytes() == victim.read_bytes()
+    status = run_cli("status", "--state", str(merged), "--json", check=True).stdout
+    assert json.loads(status)["files_migrated"] == len(single)
+
+
+def test_two_machines_mounting_the_archive_elsewhere_cut_it_alike(
+        local_store: LocalTarget, tmp_path: Path) -> None:
+    """No shared path: each machine has its own mount point and its own state; the slices
+    follow paths relative to the source root, so together they hold every file once."""
+    first = _tree(tmp_path / "machine-a" / "mnt" / "pacs")
+    second = tmp_path / "machine-b" / "nas"
+    shutil.copytree(first, second, copy_function=shutil.copy2)
+    _migrate(local_store, first, tmp_path / "machine-a" / "state", "--shard", "0/2")
+    _migrate(local_store, second, tmp_path / "machine-b" / "state", "--shard", "1/2")
+    merged = tmp_path / "merged"
+    run_cli("index", "merge", str(tmp_path / "machine-a" / "state"),
+            str(tmp_path / "machine-b" / "state"), "--state", str(merged), check=True)
+    rel = []
+    for r in index_rows(merged):
+        path = os.fsdecode(from_fields(r["source_path"], r["source_path_b64"]))
+        base = first if path.startswith(str(first)) else second
+        rel.append(os.path.relpath(path, base))
+    assert sorted(rel) == sorted(os.path.relpath(os.fsdecode(p), first)
+                                 for p in source_files(first))
+
+
+def test_a_state_keeps_its_slice(local_store: LocalTarget, tmp_path: Path) -> None:
+    root = tmp_path / "pacs"
+    make_tree(root, studies=2, seed=74, layout="patient", scale=0.05)
+    state = tmp_path / "state"
+    _migrate(local_store, root, state, "--shard", "0/2")
+    for other, says in ((["--shard", "1/2"], "--shard 1/2"), ([], "no --shard")):
+        proc = run_cli("migrate", str(root), local_store.url, "--state", str(state),
+                       "--no-progress", *other)
+        assert proc.returncode == 2, proc.stderr
+        assert f"holds slice 0/2 (--shard); this run asks for {says}" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    _migrate(local_store, root, state, "--shard", "0/2")  # the same slice resumes
+
+
+@pytest.mark.parametrize(("spec", "says"), [("2/2", "K must be less than N"),
+                                            ("one/4", "give K/N"), ("0/0", "N must be")])
+def test_a_bad_shard_is_one_line(spec: str, says: str, local_store: LocalTarget,
+                                 tmp_path: Path) -> None:
+    (tmp_path / "pacs").mkdir()
+    proc = run_cli("migrate", str(tmp_path / "pacs"), local_store.url, "--state",
+                   str(tmp_path / "s"), "--shard", spec)
+    assert proc.returncode == 2 and says in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
+
+
+def test_the_slicing_rule() -> None:
+    root = b"/mnt/pacs"
+    shards = [Shard(k, 4) for k in range(4)]
+
+    def owners(directory: bytes, name: bytes) -> list[int]:
+        return [s.index for s in shards if s.keeps(root, directory, name)]
+
+    # Two folders deep or more: the folder holding the file's folder decides, so a study's
+    # series folders stay in one slice.
+    study = b"/mnt/pacs/PID1/20200101/1.2.3"
+    series = [owners(study + b"/" + s, b"IM1") for s in (b"1.2.3.1", b"1.2.3.2", b"1.2.3.3")]
+    assert all(len(o) == 1 for o in series) and len({o[0] for o in series}) == 1
+    # Files directly in the root: one by one.
+    loose = {owners(root, b"f%d" % i)[0] for i in range(64)}
+    assert loose == {0, 1, 2, 3}
+    # Balanced over many study folders.
+    counts = [0, 0, 0, 0]
+    for i in range(4000):
+        (k,) = owners(b"/mnt/pacs/2020/01/%d/study%d/series" % (i % 28, i), b"IM1")
+        counts[k] += 1
+    assert min(counts) > 850
+    # A relative rule: the same cut under another mount point.
+    moved = Shard(1, 4)
+    assert moved.keeps(b"/nas", b"/nas/a/b/c", b"x") == moved.keeps(root, root + b"/a/b/c", b"x")
+    with pytest.raises(ConfigError):
+        Shard.parse("4/4")
+
+
+def test_merge_refuses_what_it_cannot_join(moto_s3: S3Target, local_store: LocalTarget,
+                                           tmp_path: Path) -> None:
+    root = tmp_path / "pacs"
+    make_tree(root, studies=2, seed=75, layout="patient", scale=0.05)
+    _migrate(local_store, root, tmp_path / "here", "--shard", "0/2")
+    _migrate(moto_s3, root, tmp_path / "there", "--shard", "1/2")
+    merged = tmp_path / "merged"
+    proc = run_cli("index", "merge", str(tmp_path / "here"), str(tmp_path / "there"),
+                   "--state", str(merged))
+    assert proc.returncode == 2 and "merge only the slices of one migration" in proc.stderr
+    proc = run_cli("index", "merge", str(tmp_path / "here"), str(tmp_path / "here"),
+                   "--state", str(tmp_path / "m2"))
+    assert proc.returncode == 2 and "given twice" in proc.stderr
+    run_cli("index", "merge", str(tmp_path / "here"), "--state", str(tmp_path / "m3"),
+            check=True)
+    proc = run_cli("index", "merge", str(tmp_path / "here"), "--state", str(tmp_path / "m3"))
+    assert proc.returncode == 2 and "holds a migration already" in proc.stderr
+    # A slice missing from the merge is named.
+    proc = run_cli("index", "merge", str(tmp_path / "here"), "--state", str(tmp_path / "m4"))
+    assert proc.returncode == 0 and "slices 1/2 are not merged" in proc.stderr
+
+
+def test_merge_refuses_a_slice_with_uploads_in_doubt(moto_s3: S3Target, tmp_path: Path) -> None:
+    root = tmp_path / "pacs"
+    make_tree(root, studies=2, seed=76, layout="patient", scale=0.05)
+    state = tmp_path / "slice"
+    args = ["migrate", str(root), moto_s3.url, "--endpoint-url", moto_s3.info.endpoint_url,
+            "--state", str(state), "--no-progress", "--shard", "0/1"]
+    killed = run_cli(*args, env={**moto_s3.env(), "PACSMIGRATE_CRASH_AT": "after-intent:1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    proc = run_cli("index", "merge", str(state), "--state", str(tmp_path / "merged"))
+    assert proc.returncode == 2 and "uploads in doubt" in proc.stderr
+    run_cli(*args, env=moto_s3.env(), check=True)  # settled by its own re-run
+    run_cli("index", "merge", str(state), "--state", str(tmp_path / "merged2"), check=True)
+    assert_complete(moto_s3, tmp_path / "merged2", root)
