@@ -48,8 +48,8 @@ class NotInIndexError(PacsMigrateError):
 class SourceError(PacsMigrateError):
     """A source file could not be read as planned."""
 
-    def __init__(self, message: str, *, path: bytes) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, path: bytes = b"") -> None:
+        super().__init__(message)  # path has a default so the error pickles (Dask workers)
         self.path = path
 
 

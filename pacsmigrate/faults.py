@@ -1,7 +1,8 @@
 """Crash points for the kill-and-resume tests: SIGKILL ourselves at a named moment.
 
 Set PACSMIGRATE_CRASH_AT=name:n to die the n-th time the run reaches `name`. Unset (the
-normal case) every call is one dict lookup.
+normal case) every call is one dict lookup. With PACSMIGRATE_CRASH_ONCE=FILE as well, only
+the first process to create FILE dies (one worker of a run on Dask, once).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import signal
 from collections import Counter
 
 _TARGET = os.environ.get("PACSMIGRATE_CRASH_AT", "")
+_ONCE = os.environ.get("PACSMIGRATE_CRASH_ONCE", "")
 _seen: Counter[str] = Counter()
 
 POINTS = ("after-intent", "mid-upload", "part-uploaded", "after-upload", "after-sidecar",
@@ -22,5 +24,15 @@ def point(name: str) -> None:
     if not _TARGET:
         return
     _seen[name] += 1
-    if _TARGET == f"{name}:{_seen[name]}":
+    if _TARGET == f"{name}:{_seen[name]}" and _first_to_die():
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _first_to_die() -> bool:
+    if not _ONCE:
+        return True
+    try:
+        os.close(os.open(_ONCE, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True

@@ -26,6 +26,9 @@ def check_state(cp: Checkpoint, cfg: MigrateConfig) -> None:
                                "sources": [os.path.abspath(s) for s in cfg.sources],
                                "shard": str(cfg.shard) if cfg.shard else None,
                                "created": now_iso()})
+    elif cp.get_meta("workers") is not None:
+        raise ConfigError(f"state directory {cfg.state_dir} holds a migration run on Dask "
+                          "workers: re-run it with --workers (or --scheduler)")
     elif known["dest"] != dest:
         raise ConfigError(f"state directory {cfg.state_dir} belongs to a migration "
                           f"to {known['dest']}, not {dest}; use another --state")

@@ -207,6 +207,21 @@ class MergeTables:
                 result.problems += 1
 
 
+def merge_into(out: Any, states: list[Any]) -> Merged:
+    """Merge the states at these paths into the open checkpoint `out`, each under its lock
+    (no run may change a state while it is copied)."""
+    from .checkpoint import Checkpoint  # the checkpoint mixes this module in
+
+    result = Merged()
+    for path in states:
+        src = Checkpoint(path)
+        try:
+            out.merge_state(src, result)
+        finally:
+            src.close()
+    return result
+
+
 def rows_id(key: bytes, offset: int) -> bytes:
     """An objkeys key (the object's number) moved by offset."""
     return (int.from_bytes(key[:_ID_BYTES], "big") + offset).to_bytes(_ID_BYTES, "big")
@@ -219,4 +234,4 @@ def _object(raw: bytes, offset: int) -> bytes:
     return json.dumps(record).encode()
 
 
-__all__ = ["MergeTables", "Merged", "path_key", "raw_batches"]
+__all__ = ["MergeTables", "Merged", "merge_into", "raw_batches"]

@@ -67,6 +67,21 @@ class Stats:
         for p in problems:
             (self.skipped if p.final else self.failed)[p.reason] += 1
 
+    def add(self, other: dict[str, Any]) -> None:
+        """Add another run's totals (as_dict) to these: a slice's, on a Dask worker."""
+        for name, value in other.items():
+            mine = getattr(self, name)
+            if isinstance(mine, Counter):
+                mine.update(value)
+            elif name == "lowest_concurrency":
+                if value and (not mine or value < mine):
+                    self.lowest_concurrency = value
+            elif name == "first_object_seconds":
+                if value and (not mine or value < mine):
+                    self.first_object_seconds = value
+            elif isinstance(mine, int | float) and not isinstance(mine, bool):
+                setattr(self, name, mine + value)
+
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name in self.__dataclass_fields__:

@@ -14,7 +14,7 @@ from .. import index as index_mod
 from ..checkpoint import Checkpoint
 from ..errors import StateError
 from ..ris import DIALECTS, PrefixMap, SqlTarget
-from ..statemerge import Merged
+from ..statemerge import merge_into
 from .common import handle_errors, state_option
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -108,13 +108,7 @@ def merge(states: tuple[Path, ...], state_dir: Path) -> None:
         if out.get_meta("config") is not None:
             raise StateError(f"{state_dir} holds a migration already: merge into a new "
                              "--state (merge again from the slices after they change)")
-        result = Merged()
-        for path in states:
-            src = Checkpoint(path)  # its lock: no run may change it while it is copied
-            try:
-                out.merge_state(src, result)
-            finally:
-                src.close()
+        result = merge_into(out, list(states))
     finally:
         out.close()
     slices = ", ".join(sorted(result.shards, key=_slice_order)) or "none"

@@ -18,6 +18,7 @@ from ..retention import Retention, RetentionMap, parse_classes
 from ..shard import Shard
 from ..stats import Stats
 from ..tiers import TierPolicy
+from ..workers import migrate_on_dask
 from .common import (
     destination,
     handle_errors,
@@ -85,6 +86,13 @@ from .common import (
 @click.option("--shard", metavar="K/N",
               help="Migrate only slice K of N (K from 0) of the sources, the same on every "
                    "machine; run each slice with its own --state, then `index merge`.")
+@click.option("--workers", type=click.IntRange(1, 1024), metavar="N",
+              help="Run on N worker processes of this machine (Dask distributed; the way to "
+                   "use every core): the run is cut into slices, one state each under "
+                   "--state, merged into --state at the end.")
+@click.option("--scheduler", metavar="ADDRESS",
+              help="Run on an existing Dask cluster (tcp://HOST:8786); --state must be a "
+                   "path every worker reaches, and so must the sources.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bars (default: when stderr is a terminal).")
 @handle_errors
@@ -98,8 +106,8 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
             retain_years: int | None, retention_map: Path | None,
             retention_classes: tuple[str, ...], lock_mode: str, legal_hold: bool, dedup: bool,
             compress: str | None, prices: Path | None,
-            report_path: Path | None, shard: str | None,
-            progress: bool | None, **transfer: Any) -> None:
+            report_path: Path | None, shard: str | None, workers: int | None,
+            scheduler: str | None, progress: bool | None, **transfer: Any) -> None:
     """Copy SOURCE directories to DEST: s3://bucket/prefix (AWS, Wasabi, Ceph, MinIO, any
     S3-compatible store with --endpoint-url) or a local directory (/dir or file:///dir, which
     must exist and lie outside every SOURCE).
@@ -125,7 +133,14 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
         compress=compress or "", prices=PriceTable.load(prices) if prices else None,
         shard=Shard.parse(shard) if shard is not None else None,
     )
-    stats = asyncio.run(run_migrate(cfg))
+    if workers is not None or scheduler is not None:
+        if workers is not None and scheduler is not None:
+            raise click.UsageError("--workers starts a cluster here, --scheduler uses one: "
+                                   "give one or the other")
+        stats = migrate_on_dask(cfg, workers=workers, scheduler=scheduler,
+                                echo=lambda line: click.echo(line, err=True))
+    else:
+        stats = asyncio.run(run_migrate(cfg))
     _print_summary(stats, dry_run=dry_run)
     sys.exit(0 if stats.not_migrated == 0 else 1)
 

@@ -1,0 +1,106 @@
+"""`migrate --workers N` / `--scheduler`: one migration on Dask distributed, one index."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import LocalTarget, S3Target, run_cli
+from helpers import assert_complete, config, index_rows
+from test_shard import _same, _tree
+
+from pacsmigrate.config import TransferConfig
+from pacsmigrate.workers import _share
+
+
+def _args(target: S3Target, root: Path, state: Path, *extra: str) -> list[str]:
+    return ["migrate", str(root), target.url, "--endpoint-url", target.info.endpoint_url,
+            "--state", str(state), "--no-progress", *extra]
+
+
+def test_three_workers_make_the_index_of_a_single_run(moto_s3: S3Target,
+                                                      local_store: LocalTarget,
+                                                      tmp_path: Path) -> None:
+    root = _tree(tmp_path / "pacs")
+    run_cli("migrate", str(root), local_store.url, "--state", str(tmp_path / "single"),
+            "--no-progress", check=True)
+    single = index_rows(tmp_path / "single")
+    state = tmp_path / "state"
+    proc = run_cli(*_args(moto_s3, root, state, "--workers", "3"), env=moto_s3.env(),
+                   check=True)
+    assert "3 slices on 3 Dask workers" in proc.stderr
+    assert f"migrated now: {len(single):,} files" in proc.stdout
+    rows = assert_complete(moto_s3, state, root)
+    assert _same(rows) == _same(single)
+    verify = run_cli("verify", "--state", str(state), "--deep", "--source", env=moto_s3.env())
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    # Re-running the same command (with another number of workers) stores nothing more.
+    keys = moto_s3.object_keys()
+    again = run_cli(*_args(moto_s3, root, state, "--workers", "2"), env=moto_s3.env(),
+                    check=True)
+    assert "migrated now: 0 files" in again.stdout and "3 slices on 2" in again.stderr
+    assert moto_s3.object_keys() == keys and _same(index_rows(state)) == _same(single)
+
+
+def test_a_worker_killed_mid_run_is_replaced_and_nothing_is_lost(moto_s3: S3Target,
+                                                                 tmp_path: Path) -> None:
+    root = _tree(tmp_path / "pacs")
+    marker = tmp_path / "one-worker-died"
+    state = tmp_path / "state"
+    # One worker process (the first to get there) SIGKILLs itself after its 2nd upload was
+    # acknowledged and before the commit: Dask runs its slice again on a new worker.
+    proc = run_cli(*_args(moto_s3, root, state, "--workers", "3", "--report",
+                          str(tmp_path / "report.json")),
+                   env={**moto_s3.env(), "PACSMIGRATE_CRASH_AT": "after-upload:2",
+                        "PACSMIGRATE_CRASH_ONCE": str(marker)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert marker.exists(), "no worker was killed"
+    assert_complete(moto_s3, state, root)  # nothing lost, nothing twice, no orphans
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["run"]["objects_adopted"] >= 1  # the killed upload, adopted, not resent
+    assert report["not_migrated"] == []
+
+
+def test_an_existing_cluster_is_used_with_scheduler(moto_s3: S3Target, tmp_path: Path) -> None:
+    from distributed import LocalCluster
+
+    root = tmp_path / "pacs"
+    root.mkdir()
+    _tree(root)
+    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        proc = run_cli(*_args(moto_s3, root, tmp_path / "state", "--scheduler",
+                              cluster.scheduler_address), env=moto_s3.env(), check=True)
+    assert "2 slices on 2 Dask workers" in proc.stderr
+    assert_complete(moto_s3, tmp_path / "state", root)
+
+
+def test_what_workers_refuse(moto_s3: S3Target, tmp_path: Path) -> None:
+    root = tmp_path / "pacs"
+    root.mkdir()
+    (root / "a.txt").write_text("x")
+    single = tmp_path / "single"
+    run_cli(*_args(moto_s3, root, single), env=moto_s3.env(), check=True)
+    cases = [
+        (_args(moto_s3, root, single, "--workers", "2"), "run in one process"),
+        (_args(moto_s3, root, tmp_path / "d", "--workers", "2", "--dry-run"), "--dry-run runs"),
+        (_args(moto_s3, root, tmp_path / "s", "--workers", "2", "--shard", "0/2"),
+         "one or the other"),
+        (_args(moto_s3, root, tmp_path / "b", "--workers", "2", "--scheduler", "tcp://x:1"),
+         "one or the other"),
+    ]
+    for args, says in cases:
+        proc = run_cli(*args, env=moto_s3.env())
+        assert proc.returncode == 2 and says in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("running", [1, 4])
+def test_caps_and_memory_are_for_the_whole_run(running: int, tmp_path: Path) -> None:
+    cfg = config([tmp_path], "s3://b/x", tmp_path / "s", None, memory=512 << 20,
+                 transfer=TransferConfig(max_requests_per_second=400, bwlimit=100e6))
+    share = _share(cfg, running)
+    assert share.transfer.max_requests_per_second == 400 / running
+    assert share.transfer.bwlimit == 100e6 / running
+    assert share.memory == (512 << 20) // running
