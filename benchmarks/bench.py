@@ -29,7 +29,8 @@ from targets import Section
 from tools import PEERS, missing
 from trees import Trees
 
-SECTIONS = ("header", "small", "ct", "mixed", "walk", "stream", "scale", "stores", "compress")
+SECTIONS = ("header", "small", "ct", "mixed", "walk", "stream", "scale", "stores", "compress",
+            "workers")
 MARKER = ".pacsmigrate-bench"
 
 
@@ -121,7 +122,7 @@ def needed_tools(args: argparse.Namespace) -> set[str]:
     need: set[str] = set()
     if {"small", "ct"} & set(args.sections):
         need |= set(args.peers)
-    if {"mixed", "stream", "ct"} & set(args.sections):
+    if {"mixed", "stream", "ct", "workers"} & set(args.sections):
         need.add("s5cmd")
     if "scale" in args.sections and args.sizes.strace_files:
         need.add("strace")
@@ -182,6 +183,10 @@ def run_sections(args: argparse.Namespace, ctx: Ctx, trees: Trees) -> tuple[list
         import compress  # numpy, zstandard: only when chosen
 
         out.append(compress.run_compress(ctx, trees, z.ct_mb))
+    if "workers" in chosen:
+        import workers  # distributed: only when chosen
+
+        out.append(workers.run_workers(ctx, trees, z.small_files))
     profile: list[str] = []
     if args.profile:
         profile, finding = spy.profile(ctx, trees.fast("small", z.small_files))
