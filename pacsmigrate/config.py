@@ -271,6 +271,7 @@ class MigrateConfig:
     compress: str = ""  # "zstd": uncompressed-pixel members as zstd frames (encoding.py)
     prices: PriceTable | None = None  # the dry run's cost estimate (None: the store's default)
     shard: Shard | None = None  # --shard K/N: this run's slice of the sources (shard.py)
+    progress_file: Path | None = None  # counts written every second (a slice on a worker)
 
     def __post_init__(self) -> None:
         if not self.sources:

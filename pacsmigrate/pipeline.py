@@ -19,7 +19,7 @@ from .costs import default_table
 from .errors import first_error
 from .group import Closed, Grouper
 from .keys import assign_key
-from .progress import Bar
+from .progress import Bar, keep_writing
 from .read import ReadOptions
 from .reads import in_shard, read_tree
 from .records import DICOM, FILE, TAR, BundlePlan, Problem
@@ -90,6 +90,10 @@ class Migration:
                     log.info("retention map: %d studies", n)
                 if cfg.dry_run:
                     await cp.call(cp.clear, "plan")
+                if cfg.progress_file is not None:
+                    writer = asyncio.create_task(keep_writing(cfg.progress_file,
+                                                              self.stats.as_dict))
+                    stack.push_async_callback(_stop, writer)
                 await self._stream(cp, started)
                 if self.backend is not None and not cfg.dry_run:
                     self.stats.uploads_aborted += await abandon(cp, self.backend, dropped)
@@ -334,6 +338,11 @@ class Migration:
         s.seconds = round(time.monotonic() - started, 3)
         if self.cfg.report_path is not None:
             await cp.call(write_report, self.cfg.report_path, cp, s, self.cfg)
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 async def count_for(roots: list[bytes], bars: list[Bar], shard: Shard | None = None) -> None:

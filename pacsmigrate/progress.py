@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -40,3 +44,32 @@ class Bar:
         if self._bar is not None:
             self.update()  # the last counts and total, whenever the last update was
             self._bar.close()
+
+
+# What a run on a Dask worker tells the coordinator's bar, as a small JSON file.
+SHOWN = ("files_seen", "bytes_seen", "files_migrated", "already_migrated", "bytes_uploaded")
+
+
+def write_progress(path: Path, counts: dict[str, Any]) -> None:
+    """Replace the progress file (a rename: a reader never sees half of it)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({k: counts.get(k, 0) for k in SHOWN}))
+    os.replace(tmp, path)
+
+
+def read_progress(path: Path) -> dict[str, int]:
+    try:
+        got = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: int(got.get(k, 0)) for k in SHOWN}
+
+
+async def keep_writing(path: Path, counts: Any, every: float = 1.0) -> None:
+    """Write `counts()` to path every `every` seconds until cancelled, then once more."""
+    try:
+        while True:
+            write_progress(path, counts())
+            await asyncio.sleep(every)
+    finally:
+        write_progress(path, counts())

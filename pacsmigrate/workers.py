@@ -33,6 +33,7 @@ from typing import Any
 from .checkpoint import Checkpoint
 from .config import MigrateConfig
 from .errors import ConfigError
+from .progress import Bar, read_progress
 from .report import write_report
 from .shard import Shard
 from .statemerge import merge_into
@@ -51,8 +52,9 @@ def run_slice(cfg: MigrateConfig, shard: Shard) -> dict[str, Any]:
     """A Dask task: migrate one slice in this worker process; its totals as a dict."""
     from .pipeline import migrate
 
-    mine = replace(cfg, shard=shard, state_dir=slice_state(cfg.state_dir, shard),
-                   progress=False, report_path=None)
+    state = slice_state(cfg.state_dir, shard)
+    mine = replace(cfg, shard=shard, state_dir=state, progress=False, report_path=None,
+                   progress_file=state.parent / f"{state.name}.progress.json")
     return asyncio.run(migrate(mine)).as_dict()
 
 
@@ -130,23 +132,42 @@ def migrate_on_dask(cfg: MigrateConfig, *, workers: int | None = None,
 
 def _run_slices(client: Any, cfg: MigrateConfig, count: int,
                 echo: Callable[[str], None]) -> Stats:
-    from distributed import as_completed
-
+    """Submit every slice; wait for them, the bar fed by the slices' progress files."""
     shards = {f"pacsmigrate-slice-{k}-of-{count}-{time.time_ns()}": Shard(k, count)
               for k in range(count)}
-    futures = [client.submit(run_slice, cfg, shard, key=key, pure=False, retries=0)
-               for key, shard in shards.items()]
-    total = Stats()
+    futures = {client.submit(run_slice, cfg, shard, key=key, pure=False, retries=0): shard
+               for key, shard in shards.items()}
+    files = [slice_state(cfg.state_dir, s).parent / f"{s.index}-of-{s.count}.progress.json"
+             for s in shards.values()]
+    bar = Bar("store", total_bytes=None, total_files=None, enabled=cfg.progress)
+    total, shown = Stats(), {"files": 0, "bytes": 0}
     try:
-        for fut in as_completed(futures):
-            got = fut.result()  # a slice's error stops the run, one line as in one process
-            total.add(got)
-            echo(f"slice {shards[fut.key]} done: {got['files_migrated']:,} files migrated, "
-                 f"{got['not_migrated']:,} still to do")
+        left = dict(futures)
+        while left:
+            for fut in [f for f in left if f.done()]:
+                shard = left.pop(fut)
+                got = fut.result()  # a slice's error stops the run, one line as in one process
+                total.add(got)
+                echo(f"slice {shard} done: {got['files_migrated']:,} files migrated, "
+                     f"{got['not_migrated']:,} still to do")
+            _show(bar, files, shown)
+            if left:
+                time.sleep(0.5)
     except BaseException:
-        client.cancel(futures)
+        client.cancel(list(futures))
         raise
+    finally:
+        bar.close()
     return total
+
+
+def _show(bar: Bar, files: list[Path], shown: dict[str, int]) -> None:
+    """Move the bar to the slices' totals (files stored or found stored, bytes read)."""
+    now = [read_progress(f) for f in files]
+    done = sum(p.get("files_migrated", 0) + p.get("already_migrated", 0) for p in now)
+    nbytes = sum(p.get("bytes_seen", 0) for p in now)
+    bar.update(files=max(0, done - shown["files"]), nbytes=max(0, nbytes - shown["bytes"]))
+    shown["files"], shown["bytes"] = max(done, shown["files"]), max(nbytes, shown["bytes"])
 
 
 def _merge(run: Checkpoint, cfg: MigrateConfig, count: int) -> Checkpoint:

@@ -71,8 +71,12 @@ def test_an_existing_cluster_is_used_with_scheduler(moto_s3: S3Target, tmp_path:
     with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
                       dashboard_address=None) as cluster:
         proc = run_cli(*_args(moto_s3, root, tmp_path / "state", "--scheduler",
-                              cluster.scheduler_address), env=moto_s3.env(), check=True)
+                              cluster.scheduler_address, "--progress"), env=moto_s3.env(),
+                       check=True)
     assert "2 slices on 2 Dask workers" in proc.stderr
+    # The bar sums what the slices write to their progress files.
+    files = len(index_rows(tmp_path / "state"))
+    assert f"{files} files" in proc.stderr
     assert_complete(moto_s3, tmp_path / "state", root)
 
 
