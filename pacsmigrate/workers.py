@@ -83,6 +83,15 @@ def _client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
         yield client
 
 
+def _dashboard(client: Any) -> str:
+    """Where Dask's dashboard is, or how to get it (it needs bokeh)."""
+    import importlib.util
+
+    if importlib.util.find_spec("bokeh") is None:
+        return "Dask's dashboard: pip install 'pacsmigrate[dashboard]'"
+    return f"Dask's dashboard: {getattr(client, 'dashboard_link', '') or 'not served'}"
+
+
 def _slices(run: Checkpoint, cfg: MigrateConfig, workers: int) -> int:
     """How many slices this run has: recorded by its first run (refusing a state that
     holds a migration of one process)."""
@@ -115,9 +124,7 @@ def migrate_on_dask(cfg: MigrateConfig, *, workers: int | None = None,
             found = len(client.scheduler_info()["workers"]) or (workers or 1)
             count = _slices(run, cfg, found)
             shared = _share(cfg, min(found, count))
-            link = getattr(client, "dashboard_link", "")
-            echo(f"{count} slices on {found} Dask workers" + (f" (dashboard: {link})"
-                                                              if link else ""))
+            echo(f"{count} slices on {found} Dask workers ({_dashboard(client)})")
             stats = _run_slices(client, shared, count, echo)
         merged = _merge(run, cfg, count)
         stats.seconds = round(time.monotonic() - started, 3)
