@@ -19,7 +19,7 @@ from pacsmigrate.checkpoint import Checkpoint
 from pacsmigrate.config import TransferConfig
 from pacsmigrate.paths import from_fields
 from pacsmigrate.records import BundlePlan
-from pacsmigrate.sink import Sink
+from pacsmigrate.stream import SourceStream
 from pacsmigrate.synth import make_tree
 
 
@@ -192,20 +192,20 @@ def test_changed_file_is_reread_not_packed_half_old(moto_s3: S3Target, tmp_path:
     state = tmp_path / "state"
     victim = next(p for p in sorted(root.rglob("*.dcm")))
 
-    class ChangeBeforePacking(Migration):
+    class ChangeBeforePacking(SourceStream):
         """The NAS changes a file after its header was read, before its bundle is packed."""
 
-        async def _put(self, sink: Sink, plan: BundlePlan) -> None:
+        async def put(self, plan: BundlePlan) -> None:
             if victim.stat().st_mtime_ns != 1_000_000_000:
                 ds = pydicom.dcmread(victim)
                 ds.SeriesDescription = "changed after its header was read"
                 ds.save_as(victim)
                 os.utime(victim, ns=(0, 1_000_000_000))
-            await super()._put(sink, plan)
+            await super().put(plan)
 
     # Nothing held in memory: every file is read again when packed, as large files are.
     cfg = config([root], moto_s3.url, state, moto_s3.info.endpoint_url, hold_max=0)
-    stats = run(ChangeBeforePacking(cfg).run())
+    stats = run(Migration(cfg, stream=ChangeBeforePacking).run())
     assert stats.reread_changed == 1
     assert_complete(moto_s3, state, root)
     row = next(r for r in index_rows(state) if r["source_path"] == str(victim))

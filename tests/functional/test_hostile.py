@@ -38,6 +38,7 @@ from pacsmigrate.manifest import TAIL, read_trailer
 from pacsmigrate.paths import from_fields
 from pacsmigrate.records import BundlePlan
 from pacsmigrate.sink import Sink
+from pacsmigrate.stream import SourceStream
 from pacsmigrate.synth import make_tree
 
 # ---------------------------------------------------------------------------------------
@@ -376,22 +377,27 @@ def _before_read(act: Callable[[list[bytes]], None]) -> Callable[..., Any]:
     return read_files
 
 
-class ChangeAfterTheWalk(Migration):
-    """Holds every plan until the walk is over, runs `change`, then stores them: the tree
-    changes after each file was read, before any was packed."""
+def change_after_the_walk(cfg: Any, change: Callable[[], None]) -> Migration:
+    """A migration that holds every plan until the walk is over, runs `change`, then stores
+    them: the tree changes after each file was read, before any was packed."""
 
-    def __init__(self, *args: Any, change: Callable[[], None], **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.change = change
-        self.held: list[BundlePlan] | None = None
+    class ChangeAfterTheWalk(SourceStream):
+        held: list[BundlePlan] | None = None
 
-    async def _walk(self, cp: Any, sink: Sink) -> None:
-        self.held = []
-        await super()._walk(cp, sink)
-        held, self.held = self.held, None
-        self.change()
-        for plan in held:
-            await super()._put(sink, plan)
+        async def walk(self) -> None:
+            self.held = []
+            await super().walk()
+            held, self.held = self.held, None
+            change()
+            for plan in held:
+                await super().put(plan)
+
+        async def put(self, plan: BundlePlan) -> None:
+            if self.held is not None:
+                self.held.append(plan)
+            else:
+                await super().put(plan)
+    return Migration(cfg, stream=ChangeAfterTheWalk)
 
     async def _put(self, sink: Sink, plan: BundlePlan) -> None:
         if self.held is not None:
@@ -494,7 +500,7 @@ def test_files_changed_deleted_or_moved_between_read_and_packing(
     # hold_max=0: no file's bytes are carried from the read; packing reads them again.
     cfg = config([tree], moto_s3.url, state, moto_s3.info.endpoint_url, report_path=report,
                  hold_max=0)
-    stats = run(ChangeAfterTheWalk(cfg, change=change).run())
+    stats = run(change_after_the_walk(cfg, change).run())
     assert stats.not_migrated == 0
     assert stats.moved_study == 2 and stats.reread_changed == 2  # other study; empty
     rows = {from_fields(r["source_path"], r["source_path_b64"]): r for r in index_rows(state)}
@@ -545,7 +551,7 @@ def test_file_replaced_by_a_non_file_is_skipped_not_failed(
             hook.setattr(reads, "read_files", _before_read(act))
             stats = run(Migration(cfg).run())
         else:
-            stats = run(ChangeAfterTheWalk(cfg, change=lambda: _replace(victim, kind)).run())
+            stats = run(change_after_the_walk(cfg, lambda: _replace(victim, kind)).run())
     doc = _report(report)
     listed = _by_path(doc["skipped"] + doc["not_migrated"])
     assert _abs(victim) in listed, "the replaced path is not in the report"

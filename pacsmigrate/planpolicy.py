@@ -1,0 +1,59 @@
+"""Where each plan's object goes and how long it is kept: its storage class by its study's
+age, and its retention lock (a --retention-map's years for its study, or --retain-years)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+from .checkpoint import Checkpoint
+from .config import MigrateConfig
+from .records import DICOM, BundlePlan
+from .sink import Classes, Locks
+from .stats import Stats
+
+
+@dataclass(frozen=True)
+class PlanPolicy:
+    """The run's storage-class and retention policy, from its config and its day."""
+
+    cfg: MigrateConfig
+    today: date  # study ages and locks count from the run's day, fixed once
+
+    def classes(self) -> Classes | None:
+        """Each plan's storage class by its study's age today (None: no policy given)."""
+        tiers, today = self.cfg.tiers, self.today
+        if not tiers:
+            return None
+        return lambda plan: tiers.class_for(plan.members[0].about.study_date, today)
+
+    def locks(self, cp: Checkpoint, stats: Stats) -> Locks | None:
+        """Each plan's retention lock (see lock_of), counting in `stats` the studies a
+        retention map does not name; None: no retention asked for."""
+        retention = self.cfg.retention
+        if retention is None:
+            return None
+
+        def lock(plan: BundlePlan) -> dict[str, str]:
+            meta, unnamed = self.lock_of(cp, plan)
+            if unnamed:
+                if retention.years:
+                    stats.retention_defaulted += 1
+                else:
+                    stats.retention_unlocked += 1
+            return meta
+        return lock
+
+    def lock_of(self, cp: Checkpoint, plan: BundlePlan) -> tuple[dict[str, str], bool]:
+        """A plan's lock metadata: the years the map gives its study (by UID, else
+        AccessionNumber) or --retain-years, from its StudyDate; and whether it is a study
+        the map does not name."""
+        retention, about = self.cfg.retention, plan.members[0].about
+        if retention is None:
+            return {}, False
+        found = None
+        if retention.map is not None:
+            found = cp.retention_for(about.study_uid, about.accession)
+        years, label = found or (None, "")
+        meta = retention.metadata(about.study_date, self.today, years=years, label=label)
+        return meta, retention.map is not None and found is None and about.status == DICOM

@@ -1,0 +1,222 @@
+"""One shard's catalogue and store stage: walk, read and group the sources, hand each plan
+to the sink as its study closes, then pack the scattered stragglers by study.
+
+`Migration` (pipeline.py) prepares the state and the store and runs this stage; a Dask
+worker runs the same for its slice (cfg.shard). Subclasses may override `walk` or `put`
+to make races deterministic in tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from . import faults
+from .checkpoint import Checkpoint
+from .config import MigrateConfig
+from .group import Closed, Grouper
+from .keys import assign_key
+from .planpolicy import PlanPolicy
+from .progress import Bar
+from .read import ReadOptions
+from .reads import in_shard, read_tree
+from .records import FILE, TAR, BundlePlan, Problem
+from .retention import covers, lock_of, manifest_fields
+from .shard import Shard
+from .sink import Sink, StoreSink
+from .source import hash_unchanged
+from .stats import Stats
+from .walk import Walker
+
+# Log lines name object keys (keyed hashes) and counts, never source paths, names or UIDs.
+log = logging.getLogger("pacsmigrate.pipeline")
+
+MAX_PASSES = 3
+SPILL_BATCH = 1000
+
+
+@dataclass
+class SourceStream:
+    """The sources of one run (or one slice of it) into a sink, in bounded memory."""
+
+    cfg: MigrateConfig
+    cp: Checkpoint
+    sink: Sink
+    stats: Stats
+    pool: Executor
+    secret: bytes
+    policy: PlanPolicy
+
+    async def run(self) -> None:
+        """Walk and store everything; on an error the sink's uploads in flight stop."""
+        cp, s = self.cp, self.stats
+        try:
+            await self.walk()
+            await cp.call(cp.settle_vanished)
+            log.info("walk: %d files seen, %d read (%d unsorted), %d already migrated, %d "
+                     "spilled, %d skipped, %d failed", s.files_seen, s.classified,
+                     sum(s.unsorted.values()), s.already_migrated, s.spilled,
+                     sum(s.skipped.values()), sum(s.failed.values()))
+            await self.stragglers()
+        except BaseException:
+            if isinstance(self.sink, StoreSink):
+                await self.sink.cancel()
+            raise
+
+    async def walk(self) -> None:
+        """Walk, read and group the sources; plans go to the sink as studies close."""
+        cp, sink = self.cp, self.sink
+        cfg = self.cfg
+        roots = [os.fsencode(os.path.abspath(s)) for s in cfg.sources]
+        opts = ReadOptions(self.secret, hold_max=cfg.hold_max, header_bytes=cfg.header_bytes,
+                           dry_run=cfg.dry_run,
+                           skip_migrated=cp.counts()["index"] > 0)
+        grouper = Grouper(bundle_size=cfg.bundle_size, large_file=cfg.large_file,
+                          memory=cfg.memory // 2)
+        problems: list[Problem] = []
+        bar = Bar("read", total_bytes=None, total_files=None, enabled=cfg.progress, position=0)
+        # A separate counting walk gives the bars their totals (restic's way).
+        counting = asyncio.create_task(count_for(roots, [bar, sink.bar], cfg.shard)) \
+            if cfg.progress else None
+        try:
+            await self.read_and_group(roots, opts, grouper, problems, bar)
+            # The walk is over: whatever the counting walk got to, the total is known.
+            for b in (bar, sink.bar):
+                b.total_files = self.stats.files_seen
+        finally:
+            bar.close()
+            if counting is not None:
+                counting.cancel()
+                await asyncio.gather(counting, return_exceptions=True)
+        await cp.call(cp.record_problems, problems)
+        out = Closed()
+        spilled = await cp.call(cp.spilled_groups, list(grouper.open))
+        grouper.finish(out, spilled=spilled.__contains__)
+        await self.emit(out)
+
+    async def read_and_group(self, roots: list[bytes], opts: ReadOptions, grouper: Grouper,
+                             problems: list[Problem], bar: Bar) -> None:
+        cp = self.cp
+        s = self.stats
+        async for result in read_tree(roots, self.pool, opts, cp,
+                                      jobs=2 * self.cfg.read_threads, shard=self.cfg.shard):
+            s.files_seen += result.listed
+            s.bytes_seen += result.seen_bytes
+            s.already_migrated += result.migrated
+            s.classified += len(result.members)
+            for m in result.members:
+                if m.about.reason:
+                    s.unsorted[m.about.reason] += 1
+            s.count_problems(result.problems)
+            problems += result.problems
+            out = Closed()
+            grouper.enter(result.directory, out)
+            for m in result.members:
+                grouper.add(m, out)
+            await self.emit(out)
+            if len(problems) >= SPILL_BATCH:
+                await cp.call(cp.record_problems, problems[:])
+                problems.clear()
+            bar.update(files=result.seen, nbytes=result.seen_bytes)
+            faults.point("mid-catalogue")
+
+    async def emit(self, out: Closed) -> None:
+        cp = self.cp
+        if out.spill:
+            for m in out.spill:
+                m.data = None  # read again when its study is packed
+            self.stats.spilled += len(out.spill)
+            await cp.call(cp.spill, out.spill)
+        for plan in out.plans:
+            await self.put(plan)
+
+    async def put(self, plan: BundlePlan) -> None:
+        sink = self.sink
+        if plan.kind == FILE and isinstance(sink, StoreSink) and self.cfg.dedup:
+            plan = await self.copy_of_large(sink, plan)
+        assign_key(self.cfg.dest, plan)
+        await sink.put(plan)
+
+    async def copy_of_large(self, sink: StoreSink, plan: BundlePlan) -> BundlePlan:
+        """A large file that is a copy of one stored (same blake3, locked as long) becomes a
+        bundle of that one copy: its manifest points at the stored bytes, none are sent.
+        Hashed first only when a large file of its size is stored already."""
+        cp, m = self.cp, plan.members[0]
+        if not await cp.call(cp.has_large_file, m.size):
+            return plan
+        loop = asyncio.get_running_loop()
+        digest = await loop.run_in_executor(self.pool, hash_unchanged, m.path, m.size,
+                                            m.mtime_ns)
+        found = await cp.call(cp.stored_content, digest) if digest else None
+        need = lock_of(manifest_fields(self.policy.lock_of(cp, plan)[0]))
+        if found is None or not covers(found.lock, need):
+            return plan
+        m.blake3 = digest or ""
+        return BundlePlan(plan.group, TAR, [m], size=m.size)
+
+    async def stragglers(self) -> None:
+        """Pack the spilled files by study, then those whose study changed since they were
+        read (or that changed while sent), a few passes at most; what is left stays in
+        the spill, reported as pending."""
+        cp, sink = self.cp, self.sink
+        if self.cfg.dry_run:  # nothing is stored, so one pass plans every spilled file
+            await self.pack_spill()
+            await sink.drain()
+            await cp.call(cp.clear, "spill")
+            return
+        for attempt in range(MAX_PASSES + 1):
+            await sink.drain()
+            if isinstance(sink, StoreSink) and sink.moved:
+                moved, sink.moved = sink.moved, []
+                await cp.call(cp.spill, moved)
+            if attempt == MAX_PASSES or not (await cp.call(cp.counts))["spill"]:
+                break
+            await self.pack_spill()
+
+    async def pack_spill(self) -> int:
+        """One pass over the spill in (study, path) order; returns the plans it made.
+
+        Files a plan could not store stay in the spill (or come back to it) for the next.
+        """
+        cp = self.cp
+        cfg = self.cfg
+        after = b""
+        current: BundlePlan | None = None
+        handled = 0
+        while batch := await cp.call(cp.spill_after, after, SPILL_BATCH):
+            for _, m in batch:
+                if m.size > cfg.large_file:
+                    await self.put(BundlePlan(m.group, FILE, [m], size=m.size))
+                    handled += 1
+                    continue
+                if current is not None and (current.group != m.group
+                                            or current.size + m.size > cfg.bundle_size):
+                    await self.put(current)
+                    handled += 1
+                    current = None
+                if current is None:
+                    current = BundlePlan(m.group, TAR)
+                current.add(m)
+            after = batch[-1][0]
+        if current is not None:
+            await self.put(current)
+            handled += 1
+        return handled
+
+
+async def count_for(roots: list[bytes], bars: list[Bar], shard: Shard | None = None) -> None:
+    """Count the files under roots (in the shard's slice), then give the bars their total."""
+    walker = Walker(roots)
+    n = 0
+    try:
+        while (got := await walker.next()) is not None:
+            n += len(in_shard(got, roots, shard).files if shard is not None else got.files)
+            if walker.listings % 64 == 0:
+                await asyncio.sleep(0)  # listings inline on fast storage: let the run go on
+    finally:
+        walker.close()
+    for bar in bars:
+        bar.total_files = n
