@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import LocalTarget, S3Target, run_cli
-from helpers import assert_complete, config, index_rows
+from helpers import assert_complete, config, index_rows, multipart_tree
 from test_shard import _same, _tree
 
 from pacsmigrate.config import TransferConfig
@@ -43,22 +43,31 @@ def test_three_workers_make_the_index_of_a_single_run(moto_s3: S3Target,
     assert moto_s3.object_keys() == keys and _same(index_rows(state)) == _same(single)
 
 
-def test_a_worker_killed_mid_run_is_replaced_and_nothing_is_lost(moto_s3: S3Target,
+@pytest.mark.parametrize("point", ["after-upload:2", "part-uploaded:1"])
+def test_a_worker_killed_mid_run_is_replaced_and_nothing_is_lost(point: str, moto_s3: S3Target,
                                                                  tmp_path: Path) -> None:
-    root = _tree(tmp_path / "pacs")
+    root = tmp_path / "pacs"
+    extra: list[str] = []
+    if point.startswith("part"):  # bundles sent in 5 MiB parts: a multipart upload is cut
+        multipart_tree(root)
+        extra = ["--part-size", "5MiB", "--bundle-size", "8MiB", "--large-file", "8MiB"]
+    else:
+        _tree(root)
     marker = tmp_path / "one-worker-died"
     state = tmp_path / "state"
-    # One worker process (the first to get there) SIGKILLs itself after its 2nd upload was
-    # acknowledged and before the commit: Dask runs its slice again on a new worker.
+    # One worker process (the first to get there) SIGKILLs itself at the crash point, with an
+    # upload in flight or acknowledged and not committed: Dask runs its slice again on a new
+    # worker, whose state adopts or resumes what the killed one sent.
     proc = run_cli(*_args(moto_s3, root, state, "--workers", "3", "--report",
-                          str(tmp_path / "report.json")),
-                   env={**moto_s3.env(), "PACSMIGRATE_CRASH_AT": "after-upload:2",
+                          str(tmp_path / "report.json"), *extra),
+                   env={**moto_s3.env(), "PACSMIGRATE_CRASH_AT": point,
                         "PACSMIGRATE_CRASH_ONCE": str(marker)})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert marker.exists(), "no worker was killed"
-    assert_complete(moto_s3, state, root)  # nothing lost, nothing twice, no orphans
+    assert_complete(moto_s3, state, root)  # nothing lost or twice, no orphans, no uploads left
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["run"]["objects_adopted"] >= 1  # the killed upload, adopted, not resent
+    run = report["run"]
+    assert (run["objects_adopted"] if point.startswith("after") else run["parts_reused"]) >= 1
     assert report["not_migrated"] == []
 
 
