@@ -16,7 +16,7 @@ from .checkpoint import Checkpoint
 from .commit import GroupWriter
 from .costs import NO_PRICES, PriceTable, Tally, as_json, describe, estimate
 from .progress import Bar
-from .records import FILE, TAR, BundlePlan, Entry, Member, StoredObject
+from .records import FILE, TAR, BundlePlan, Entry, Member, Stored, StoredObject
 from .stats import Stats
 from .tiers import billed_size
 from .upload import store
@@ -129,7 +129,9 @@ class StoreSink(Sink):
         self.backend = backend
         self.pool = pool
         self.secret = secret
-        self.intents: GroupWriter[BundlePlan] = GroupWriter(cp, cp.put_intents)
+        self.intents: GroupWriter[BundlePlan] = GroupWriter(cp, self._intents)
+        # plan key -> its members' digests -> where that content is stored (or None)
+        self._found: dict[str, dict[str, Stored | None]] = {}
         self.commits: GroupWriter[StoredObject] = GroupWriter(cp, cp.commit_objects)
         self.expect = expect
         self.started = started
@@ -202,7 +204,7 @@ class StoreSink(Sink):
         stored, built = await store(plan, self.backend, self.pool, secret=self.secret,
                                     expect=expect, storage_class=self.storage_class(plan),
                                     locks=self.locks(plan) if self.locks else None,
-                                    known=await self._known(plan) if self.dedup else None,
+                                    known=self._known(plan) if self.dedup else None,
                                     compress=self.compress)
         s = self.stats
         if stored is None:
@@ -241,13 +243,25 @@ class StoreSink(Sink):
                                [m.path for m in built.moved] + [p.path for p in built.problems])
         self.bar.update(files=len(plan.members), nbytes=plan.size)
 
-    async def _known(self, plan: BundlePlan) -> Known:
-        """Where the plan's members' content is stored already, looked up at once in the
-        LMDB thread; a member whose digest is learnt only when packed is looked up then."""
-        asked = {m.blake3 for m in plan.members if m.blake3}
-        found = await self.cp.call(self.cp.stored_contents, list(asked)) if asked else {}
+    def _intents(self, plans: list[BundlePlan]) -> None:
+        """Write-ahead intents (in the LMDB thread); with dedup, in the same trip, where the
+        plans' members' content is stored already: one hand-off per batch of plans, not
+        one more per plan (each makes the event loop wait for the GIL)."""
+        self.cp.put_intents(plans)
+        if not self.dedup:
+            return
+        asked = {m.blake3 for p in plans for m in p.members if m.blake3}
+        found = self.cp.stored_contents(list(asked)) if asked else {}
+        for p in plans:
+            self._found[p.key] = {m.blake3: found.get(m.blake3) for m in p.members
+                                  if m.blake3}
+
+    def _known(self, plan: BundlePlan) -> Known:
+        """Where the plan's members' content is stored already (looked up with its intent);
+        a digest learnt only when packed is looked up when met."""
+        found = self._found.pop(plan.key, {})
         lookup = self.cp.stored_content
-        return lambda d: found.get(d) if d in asked else lookup(d)
+        return lambda d: found[d] if d in found else lookup(d)
 
     async def drain(self) -> None:
         while self.tasks:
