@@ -73,13 +73,19 @@ def in_shard(listing: Listing, roots: Sequence[bytes], shard: Shard) -> Listing:
     """The listing's files and skipped entries that are in `shard`'s slice."""
     root = root_of(list(roots), listing.path)
     problems = [p for p in listing.problems
-                if shard.keeps(root, *_split(p.path))] if listing.problems else []
+                if _owns(shard, root, listing.path, p.path)] if listing.problems else []
     return Listing(listing.path, shard.select(root, listing.path, listing.files), problems)
 
 
-def _split(path: bytes) -> tuple[bytes, bytes]:
+def _owns(shard: Shard, root: bytes, listed: bytes, path: bytes) -> bool:
+    """Whether a skipped entry is this slice's to report: an entry as a file would be; the
+    listed directory itself (unreadable, vanished) by the slice that owns its files, or by
+    every slice when each of its files decides for itself (a source root)."""
+    if path == listed:
+        whole = shard.folder(root, listed)
+        return True if whole is None else whole
     directory, _, name = path.rpartition(b"/")
-    return directory, name
+    return shard.keeps(root, directory, name)
 
 
 class Mode:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from .paths import path_fields
@@ -103,16 +104,16 @@ def encode(e: Entry, object_id: int, *, long_path: bool = False,
         _LEN.pack(len(e.path)) + e.path if long_path else b""))
 
 
-def renumbered(raw: bytes | memoryview, offset: int) -> bytes:
-    """The row with its object number moved by `offset` (`index merge`): the number sits
-    at a fixed place, so nothing else is decoded. Version-1 rows name their key: as they are."""
+def renumbered(raw: bytes | memoryview, number: Callable[[int], int]) -> bytes:
+    """The row with its object number mapped (`index merge`): the number sits at a fixed
+    place, so nothing else is decoded. Version-1 rows name their key: as they are."""
     raw = bytes(raw)
     if raw[:1] == b"{":
         return raw
-    version, flags, number = _HEAD.unpack_from(raw, 0)
-    if number == NO_OBJECT:
+    version, flags, old = _HEAD.unpack_from(raw, 0)
+    if old == NO_OBJECT:
         return raw
-    return _HEAD.pack(version, flags, number + offset) + raw[_HEAD.size:]
+    return _HEAD.pack(version, flags, number(old)) + raw[_HEAD.size:]
 
 
 def _fixed(raw: bytes | memoryview) -> tuple[int, int, int, int, int, int]:

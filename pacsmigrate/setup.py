@@ -19,6 +19,9 @@ def check_state(cp: Checkpoint, cfg: MigrateConfig) -> None:
     """Bind a new state directory to this destination; refuse one bound to another."""
     dest = str(cfg.dest)
     known = cp.get_meta("config")
+    if cp.get_meta("workers") is not None:  # even before its first merge wrote a config
+        raise ConfigError(f"state directory {cfg.state_dir} holds a migration run on Dask "
+                          "workers: re-run it with --workers (or --scheduler)")
     if known is None:
         s3 = cfg.dest.s3.as_meta() if cfg.dest.s3 else (
             cfg.dest.azure.as_meta() if cfg.dest.azure else {})
@@ -26,9 +29,6 @@ def check_state(cp: Checkpoint, cfg: MigrateConfig) -> None:
                                "sources": [os.path.abspath(s) for s in cfg.sources],
                                "shard": str(cfg.shard) if cfg.shard else None,
                                "created": now_iso()})
-    elif cp.get_meta("workers") is not None:
-        raise ConfigError(f"state directory {cfg.state_dir} holds a migration run on Dask "
-                          "workers: re-run it with --workers (or --scheduler)")
     elif known["dest"] != dest:
         raise ConfigError(f"state directory {cfg.state_dir} belongs to a migration "
                           f"to {known['dest']}, not {dest}; use another --state")

@@ -6,8 +6,10 @@ merged, so the index holds exactly the rows the slices committed. Tables are cop
 short transactions: memory stays flat whatever the states' size.
 
 A path found in two states (two runs over overlapping sources) keeps the newer version,
-as `index rebuild` does. A SOPInstanceUID found at two paths with other bytes is listed in
-`conflicts`, as in a single run.
+as `index rebuild` does; an object both states hold (the same files packed alike) is one
+object. A SOPInstanceUID found at two paths with other bytes is listed in `conflicts`, as
+in a single run. The CLI merges into a new directory beside the target and renames it into
+place at the end, so an interrupted merge leaves no state that looks whole.
 """
 
 from __future__ import annotations
@@ -85,17 +87,28 @@ class MergeTables:
                              "run its `migrate` again to settle them, then merge")
         config = self._merge_config(other, result)
         offset = self._next_object() - 1
+        # Objects this state holds too (two runs packed the same files alike: same key)
+        # keep the number they have here; the others move past the numbers taken.
+        shared = self._shared_objects(other)
+
+        def number(n: int) -> int:
+            return shared.get(n, n + offset)
+
         copy = self._copy
-        copy(other, "objkeys", lambda k, v: (rows_id(k, offset), v))
-        copy(other, "objects", lambda k, v: (k, _object(v, offset)))
+        copy(other, "objkeys", lambda k, v: None if _id(k) in shared else (
+            _id_key(number(_id(k))), v))
+        copy(other, "objects", lambda k, v: None if _record_id(v) in shared else (
+            k, _object(v, number)))
+        skipped: set[bytes] = set()
         for chunk in raw_batches(other.env, other.db["index"]):
-            self._write(functools.partial(self._index, chunk=chunk, offset=offset,
-                                          result=result))
+            self._write(functools.partial(self._index, chunk=chunk, number=number,
+                                          result=result, skipped=skipped))
         for chunk in raw_batches(other.env, other.db["sop"]):
-            self._write(functools.partial(self._sop, chunk=chunk))
-        copy(other, "content", lambda k, v: (k, renumbered_content(k, v, offset)), keep=True)
+            self._write(functools.partial(self._sop, chunk=chunk, skipped=skipped))
+        copy(other, "content", lambda k, v: (k, renumbered_content(k, v, number)), keep=True)
         copy(other, "groups", lambda k, v: (k, v))
         copy(other, "conflicts", lambda k, v: (k, v))
+        copy(other, "spill", lambda k, v: (k, v))  # files the slice has still to store
         for chunk in raw_batches(other.env, other.db["problems"]):
             self._write(functools.partial(self._problems, chunk=chunk, result=result))
         result.pending += other.counts()["spill"]
@@ -109,8 +122,8 @@ class MergeTables:
         def meta(txn: lmdb.Transaction) -> None:
             m = self.db["meta"]
             txn.put(b"next_object", str(offset + top).encode(), db=m)
-            for k, number in early:  # numbers a duplicate gave an object not committed
-                txn.put(k, str(number + offset).encode(), db=m)
+            for k, n in early:  # numbers a duplicate gave an object not committed
+                txn.put(k, str(number(n)).encode(), db=m)
             mine = json.loads(bytes(txn.get(b"dedup", b"[0, 0]", db=m)))
             theirs = other.deduplicated()
             txn.put(b"dedup", json.dumps([mine[0] + theirs[0], mine[1] + theirs[1]]).encode(),
@@ -138,6 +151,9 @@ class MergeTables:
             if mine["dest"] != theirs["dest"]:
                 raise StateError(f"{other.state_dir} is a migration to {theirs['dest']}, not "
                                  f"{mine['dest']}: merge only the slices of one migration")
+            if (mine.get("sse_c_md5") or None) != (theirs.get("sse_c_md5") or None):
+                raise StateError(f"{other.state_dir} stores its objects under another SSE-C "
+                                 "key (or none): one index must be read with one key")
             secret = self.get_meta("key_secret")
             their_secret = their_meta[b"key_secret"]
             if their_secret is not None and json.loads(bytes(their_secret)) != secret:
@@ -158,8 +174,9 @@ class MergeTables:
             raw = txn.get(b"next_object")
         return int(bytes(raw)) if raw is not None else 1
 
-    def _copy(self, other: Any, name: str, fn: Callable[[bytes, bytes], tuple[bytes, bytes]],
-              *, keep: bool = False) -> None:
+    def _copy(self, other: Any, name: str,
+              fn: Callable[[bytes, bytes], tuple[bytes, bytes] | None], *,
+              keep: bool = False) -> None:
         """Copy a table, each row through fn; `keep`: rows this state has win."""
         if other.db[name] is None:
             return
@@ -167,37 +184,50 @@ class MergeTables:
             def write(txn: lmdb.Transaction, chunk: list[tuple[bytes, bytes]] = chunk) -> None:
                 db = self.db[name]
                 for k, v in chunk:
-                    nk, nv = fn(k, v)
-                    if name == "objects" and txn.get(nk, db=db) is not None:
-                        raise StateError(f"object {k.decode()} is in two of the states: a "
-                                         "state given twice? Merge each slice once, into a "
-                                         "new --state")
-                    txn.put(nk, nv, db=db, overwrite=not keep)
+                    got = fn(k, v)
+                    if got is not None:
+                        txn.put(got[0], got[1], db=db, overwrite=not keep)
             self._write(write)
 
-    def _index(self, txn: lmdb.Transaction, chunk: list[tuple[bytes, bytes]], offset: int,
-               result: Merged) -> None:
+    def _index(self, txn: lmdb.Transaction, chunk: list[tuple[bytes, bytes]],
+               number: Callable[[int], int], result: Merged, skipped: set[bytes]) -> None:
         index, problems = self.db["index"], self.db["problems"]
         for k, v in chunk:
             old = txn.get(k, db=index)
             if old is not None:
                 result.superseded += 1
                 if rows.stat_of(old)[1] > rows.stat_of(v)[1]:
-                    continue  # the version merged before is the newer one
-            txn.put(k, rows.renumbered(v, offset), db=index)
+                    skipped.add(k)  # the version merged before is the newer one
+                    continue
+            else:
+                result.rows += 1
+            txn.put(k, rows.renumbered(v, number), db=index)
             txn.delete(k, db=problems)
-            result.rows += 1
 
-    def _sop(self, txn: lmdb.Transaction, chunk: list[tuple[bytes, bytes]]) -> None:
+    def _sop(self, txn: lmdb.Transaction, chunk: list[tuple[bytes, bytes]],
+             skipped: set[bytes]) -> None:
         """SOPInstanceUID -> path; a UID at another path with other bytes is a conflict."""
         sop, index = self.db["sop"], self.db["index"]
         for uid, path in chunk:
+            if path_key(path) in skipped:
+                continue  # that path keeps the other state's (newer) version
             there = txn.get(uid, db=sop)
             if there is not None and bytes(there) != path:
                 raw = txn.get(path_key(path), db=index)
                 if raw is not None and rows.legacy_dict(raw) is None:
                     self._same_sop(txn, rows.decode(path_key(path), raw)[0], there)
             txn.put(uid, path, db=sop)
+
+    def _shared_objects(self, other: Any) -> dict[int, int]:
+        """Numbers of the other state's objects that this one holds already -> ours."""
+        shared: dict[int, int] = {}
+        for chunk in raw_batches(other.env, other.db["objects"]):
+            with self.env.begin(db=self.db["objects"]) as txn:
+                for k, v in chunk:
+                    mine = txn.get(k)
+                    if mine is not None:
+                        shared[_record_id(v)] = _record_id(bytes(mine))
+        return shared
 
     def _problems(self, txn: lmdb.Transaction, chunk: list[tuple[bytes, bytes]],
                   result: Merged) -> None:
@@ -222,15 +252,23 @@ def merge_into(out: Any, states: list[Any]) -> Merged:
     return result
 
 
-def rows_id(key: bytes, offset: int) -> bytes:
-    """An objkeys key (the object's number) moved by offset."""
-    return (int.from_bytes(key[:_ID_BYTES], "big") + offset).to_bytes(_ID_BYTES, "big")
+def _id(key: bytes) -> int:
+    """An objkeys key: the object's number, 4 bytes big endian."""
+    return int.from_bytes(key[:_ID_BYTES], "big")
 
 
-def _object(raw: bytes, offset: int) -> bytes:
+def _id_key(number: int) -> bytes:
+    return number.to_bytes(_ID_BYTES, "big")
+
+
+def _record_id(raw: bytes) -> int:
+    return int(json.loads(raw).get("id") or 0)
+
+
+def _object(raw: bytes, number: Callable[[int], int]) -> bytes:
     record = json.loads(raw)
     if record.get("id"):
-        record["id"] = int(record["id"]) + offset
+        record["id"] = number(int(record["id"]))
     return json.dumps(record).encode()
 
 

@@ -186,10 +186,11 @@ class ContentTable:
                 db=self.db["content"])
 
 
-def renumbered_content(key: bytes, raw: bytes | memoryview, offset: int) -> bytes:
-    """A content row with its object number moved by `offset` (`index merge`)."""
+def renumbered_content(key: bytes, raw: bytes | memoryview, number: Callable[[int], int]
+                       ) -> bytes:
+    """A content row with its object number mapped (`index merge`)."""
     raw = bytes(raw)
     if key.startswith(_SIZE_KEY):
         return raw
-    number, *rest = _WHERE.unpack(raw)
-    return _WHERE.pack(number + offset, *rest)
+    old, *rest = _WHERE.unpack(raw)
+    return _WHERE.pack(number(old), *rest)

@@ -32,7 +32,7 @@ from typing import Any
 
 from .checkpoint import Checkpoint
 from .config import MigrateConfig
-from .errors import ConfigError
+from .errors import ConfigError, StateError
 from .progress import Bar, read_progress
 from .report import write_report
 from .shard import Shard
@@ -42,6 +42,7 @@ from .stats import Stats
 SLICES = "slices"
 MERGING = "merging.tmp"
 MIN_MEMORY = 64 << 20
+WAIT_FOR_WORKERS = 300  # seconds a run on a cluster waits for its first worker
 
 
 def slice_state(state_dir: Path, shard: Shard) -> Path:
@@ -117,10 +118,15 @@ def migrate_on_dask(cfg: MigrateConfig, *, workers: int | None = None,
     if cfg.shard is not None:
         raise ConfigError("--shard is for one slice run by itself; --workers cuts the run "
                           "into slices of its own: give one or the other")
+    # Workers resolve paths in their own working directory: give them absolute ones.
+    cfg = replace(cfg, state_dir=cfg.state_dir.resolve(),
+                  sources=tuple(p.resolve() for p in cfg.sources))
     started = time.monotonic()
     run = Checkpoint(cfg.state_dir)  # one coordinator per run
     try:
         with _client(workers, scheduler) as client:
+            if scheduler is not None:  # an autoscaling cluster may start with none
+                client.wait_for_workers(1, timeout=WAIT_FOR_WORKERS)
             found = len(client.scheduler_info()["workers"]) or (workers or 1)
             count = _slices(run, cfg, found)
             shared = _share(cfg, min(found, count))
@@ -146,6 +152,8 @@ def _run_slices(client: Any, cfg: MigrateConfig, count: int,
                for key, shard in shards.items()}
     files = [slice_state(cfg.state_dir, s).parent / f"{s.index}-of-{s.count}.progress.json"
              for s in shards.values()]
+    for f in files:  # a previous run's counts must not start this run's bar
+        f.unlink(missing_ok=True)
     bar = Bar("store", total_bytes=None, total_files=None, enabled=cfg.progress)
     total, shown = Stats(), {"files": 0, "bytes": 0}
     try:
@@ -179,11 +187,17 @@ def _show(bar: Bar, files: list[Path], shown: dict[str, int]) -> None:
 
 def _merge(run: Checkpoint, cfg: MigrateConfig, count: int) -> Checkpoint:
     """Merge the slices into a new state, then put it in place of the run's (a rename)."""
+    slices = [slice_state(cfg.state_dir, Shard(k, count)) for k in range(count)]
+    lost = [s for s in slices if not (s / "checkpoint.lmdb").is_dir()]
+    if lost:
+        raise StateError(f"no state for slice(s) {', '.join(s.name for s in lost)} under "
+                         f"{cfg.state_dir / SLICES}: the workers must write to this --state "
+                         "(a path they all reach)")
     tmp = cfg.state_dir / MERGING
     shutil.rmtree(tmp, ignore_errors=True)
     out = Checkpoint(tmp)
     try:
-        merge_into(out, [slice_state(cfg.state_dir, Shard(k, count)) for k in range(count)])
+        merge_into(out, slices)
         out.put_meta("workers", {"slices": count, "dest": str(cfg.dest)})
     finally:
         out.close()

@@ -12,10 +12,14 @@ import pytest
 from conftest import LocalTarget, S3Target, run_cli
 from helpers import assert_complete, index_rows, source_files
 
+from pacsmigrate.checkpoint import Checkpoint
 from pacsmigrate.errors import ConfigError
 from pacsmigrate.paths import from_fields
+from pacsmigrate.reads import in_shard
+from pacsmigrate.records import Described, Member, Problem
 from pacsmigrate.shard import Shard
 from pacsmigrate.synth import make_tree
+from pacsmigrate.walk import Listing
 
 # Columns that say what a file is and holds; key, offset and length name the bundle it
 # went into, which depends on how the tree was sliced.
@@ -168,7 +172,7 @@ def test_merge_refuses_what_it_cannot_join(moto_s3: S3Target, local_store: Local
     run_cli("index", "merge", str(tmp_path / "here"), "--state", str(tmp_path / "m3"),
             check=True)
     proc = run_cli("index", "merge", str(tmp_path / "here"), "--state", str(tmp_path / "m3"))
-    assert proc.returncode == 2 and "holds a migration already" in proc.stderr
+    assert proc.returncode == 2 and "is not empty" in proc.stderr
     # A slice missing from the merge is named.
     proc = run_cli("index", "merge", str(tmp_path / "here"), "--state", str(tmp_path / "m4"))
     assert proc.returncode == 0 and "slices 1/2 are not merged" in proc.stderr
@@ -184,6 +188,82 @@ def test_merge_refuses_a_slice_with_uploads_in_doubt(moto_s3: S3Target, tmp_path
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     proc = run_cli("index", "merge", str(state), "--state", str(tmp_path / "merged"))
     assert proc.returncode == 2 and "uploads in doubt" in proc.stderr
+    # Nothing that looks like a merged state is left behind by the refused merge.
+    assert not (tmp_path / "merged").exists()
     run_cli(*args, env=moto_s3.env(), check=True)  # settled by its own re-run
     run_cli("index", "merge", str(state), "--state", str(tmp_path / "merged2"), check=True)
     assert_complete(moto_s3, tmp_path / "merged2", root)
+
+
+def test_overlapping_states_merge_to_one_index(local_store: LocalTarget, tmp_path: Path) -> None:
+    """Two slices and a whole run over the same tree: the files both hold are one row (the
+    newer version), the objects both stored (packed alike, same key) one object."""
+    root = _tree(tmp_path / "pacs")
+    states = [tmp_path / "half0", tmp_path / "half1", tmp_path / "whole"]
+    _migrate(local_store, root, states[0], "--shard", "0/2")
+    _migrate(local_store, root, states[1], "--shard", "1/2")
+    _migrate(local_store, root, states[2])
+    merged = tmp_path / "merged"
+    proc = run_cli("index", "merge", *map(str, states), "--state", str(merged), check=True)
+    whole = index_rows(states[2])
+    assert f"{len(whole):,} older versions replaced" in proc.stdout  # each file twice
+    # The store keeps both runs' bundles (a study the slices split is one bundle of the
+    # whole run): every row must still read back as its file.
+    assert _same(index_rows(merged)) == _same(whole)
+    verify = run_cli("verify", "--state", str(merged), "--deep")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_pending_files_and_problems_of_a_slice_stay_visible(local_store: LocalTarget,
+                                                            tmp_path: Path) -> None:
+    root = tmp_path / "pacs"
+    make_tree(root, studies=2, seed=77, layout="patient", scale=0.05)
+    state = tmp_path / "slice"
+    _migrate(local_store, root, state, "--shard", "0/1")
+    cp = Checkpoint(state)
+    try:  # a file read but not stored yet (a study packed after the walk)
+        cp.spill([Member(b"/nas/later.dcm", 10, 1, Described("g" * 32))])
+    finally:
+        cp.close()
+    merged = tmp_path / "merged"
+    proc = run_cli("index", "merge", str(state), "--state", str(merged), check=True)
+    assert "1 still pending" in proc.stdout
+    status = json.loads(run_cli("status", "--state", str(merged), "--json", check=True).stdout)
+    assert status["files_pending"] == 1
+
+
+def test_a_slices_verify_walks_only_its_slice(local_store: LocalTarget, tmp_path: Path) -> None:
+    root = _tree(tmp_path / "pacs")
+    state = tmp_path / "slice"
+    _migrate(local_store, root, state, "--shard", "1/3")
+    verify = run_cli("verify", "--state", str(state), "--source")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_a_folder_that_cannot_be_listed_is_reported_by_the_slice_of_its_files() -> None:
+    root = b"/mnt/pacs"
+    for k in range(200):
+        folder = b"/mnt/pacs/PID%d/2020/study%d" % (k, k)
+        listing = Listing(folder, problems=[Problem(folder, "unreadable directory")])
+        owners = [s for s in range(8) if in_shard(listing, [root], Shard(s, 8)).problems]
+        assert owners == [s for s in range(8) if Shard(s, 8).keeps(root, folder, b"any")]
+    # The root itself: every slice reads files in it, so every slice reports it.
+    listing = Listing(root, problems=[Problem(root, "unreadable directory")])
+    assert all(in_shard(listing, [root], Shard(s, 4)).problems for s in range(4))
+
+
+def test_a_state_of_a_run_on_workers_refuses_other_runs_from_the_start(
+        local_store: LocalTarget, tmp_path: Path) -> None:
+    """A run on workers killed before its first merge has no config yet: still refused."""
+    root = tmp_path / "pacs"
+    make_tree(root, studies=1, seed=78, layout="patient", scale=0.05)
+    state = tmp_path / "state"
+    cp = Checkpoint(state)
+    try:
+        cp.put_meta("workers", {"slices": 2, "dest": local_store.url})
+    finally:
+        cp.close()
+    for extra in ([], ["--shard", "0/2"]):
+        proc = run_cli("migrate", str(root), local_store.url, "--state", str(state),
+                       "--no-progress", *extra)
+        assert proc.returncode == 2 and "run on Dask workers" in proc.stderr

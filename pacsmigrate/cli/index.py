@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -93,7 +95,7 @@ def export(state_dir: Path, fmt: str, output: Path | None, map_prefix: tuple[str
 def merge(states: tuple[Path, ...], state_dir: Path) -> None:
     """Join the states of a migration's slices (`migrate --shard K/N`) into one: --state.
 
-    The merged state is new (a --state holding a migration is refused) and is read by
+    The merged state is new (a --state that is not empty is refused) and is read by
     verify, get, locate, restore and `index export` like any other. Each STATE must be
     idle (no run using it) and settled (no uploads in doubt).
     """
@@ -103,14 +105,21 @@ def merge(states: tuple[Path, ...], state_dir: Path) -> None:
                                "of the STATEs")
     if len(set(given)) != len(given):
         raise click.UsageError("a STATE is given twice")
-    out = Checkpoint(state_dir)
+    if state_dir.exists() and (not state_dir.is_dir() or any(state_dir.iterdir())):
+        raise StateError(f"{state_dir} is not empty: merge into a new --state (merge again "
+                         "from the slices after they change)")
+    # Built beside the target and renamed into place: an interrupted merge leaves only the
+    # `.merging` directory, which the next merge removes.
+    building = state_dir.with_name(state_dir.name + ".merging")
+    shutil.rmtree(building, ignore_errors=True)
+    out = Checkpoint(building)
     try:
-        if out.get_meta("config") is not None:
-            raise StateError(f"{state_dir} holds a migration already: merge into a new "
-                             "--state (merge again from the slices after they change)")
         result = merge_into(out, list(states))
     finally:
         out.close()
+    if state_dir.exists():
+        state_dir.rmdir()
+    os.replace(building, state_dir)
     slices = ", ".join(sorted(result.shards, key=_slice_order)) or "none"
     click.echo(f"merged {result.states} state(s) (slices: {slices}) into {state_dir}: "
                f"{result.rows:,} index rows in {result.objects:,} objects; "

@@ -12,6 +12,7 @@ from ..access import Opened
 from ..checkpoint import Checkpoint
 from ..errors import ConfigError
 from ..records import now_iso
+from ..shard import Shard
 from .common import Job
 from .config import VerifyConfig
 from .deep import check_members
@@ -64,7 +65,9 @@ async def verify(opened: Opened, *, deep: bool = False, sample: float | None = N
                 job.by_object.close()
         if source:
             await check_sources(job, sample, seed)
-            await walk_sources(job, list(_recorded_sources(opened.cp)))
+            shard = (opened.cp.get_meta("config") or {}).get("shard")
+            await walk_sources(job, list(_recorded_sources(opened.cp)),
+                               Shard.parse(shard) if shard else None)
         result = VerifyResult(job.counts(), findings.errors, findings.warnings,
                               MappingProxyType(dict(findings.by_kind)), tuple(findings.kept),
                               round(time.monotonic() - started, 3))

@@ -11,6 +11,8 @@ from typing import Any
 
 from ..checkpoint import Checkpoint
 from ..progress import Bar
+from ..reads import in_shard
+from ..shard import Shard
 from ..source import hash_file, open_source
 from ..walk import walk
 from .common import Job, Sampler, db_batches, workers
@@ -91,8 +93,9 @@ async def check_sources(job: Job, sample: float | None, seed: int) -> None:
         bar.close()
 
 
-async def walk_sources(job: Job, recorded: list[str]) -> None:
-    """Every regular file under the recorded source roots must be in the index."""
+async def walk_sources(job: Job, recorded: list[str], shard: Shard | None = None) -> None:
+    """Every regular file under the recorded source roots (in the state's slice, if it
+    holds one) must be in the index."""
     bar = Bar("walk sources", total_bytes=None, total_files=None, enabled=job.progress)
     # Relative roots resolve against the working directory, as `migrate` resolved them.
     roots = [os.fsencode(os.path.abspath(s)) for s in recorded]
@@ -103,7 +106,8 @@ async def walk_sources(job: Job, recorded: list[str]) -> None:
             job.findings.add(Finding(SOURCE_GONE, path=root,
                                      detail=f"source root missing{relative}"))
     try:
-        async for listing in walk(roots, threads=job.cfg.scan_threads):
+        async for got in walk(roots, threads=job.cfg.scan_threads):
+            listing = in_shard(got, roots, shard) if shard is not None else got
             for p in listing.problems:
                 if not p.final:  # symlinks etc. were skipped by the migration too
                     job.findings.add(Finding(SOURCE_UNREADABLE, path=p.path,
