@@ -63,8 +63,8 @@ class Checkpoint(MergeTables, SpillTable, RetentionTable, ContentTable, LmdbFile
 
     TABLES = _DBS
 
-    def __init__(self, state_dir: Path, *, readonly: bool = False) -> None:
-        super().__init__(state_dir, readonly=readonly)
+    def __init__(self, state_dir: Path, *, readonly: bool = False, idle: bool = False) -> None:
+        super().__init__(state_dir, readonly=readonly, idle=idle)
         self._keys: dict[int, str] = {}  # object number -> key, for decoding rows
         self._locks: dict[str, tuple[str, str]] = {}  # object key -> its lock, likewise
 

@@ -34,7 +34,10 @@ class LmdbFile:
 
     TABLES: Sequence[str] = ()
 
-    def __init__(self, state_dir: Path, *, readonly: bool = False) -> None:
+    def __init__(self, state_dir: Path, *, readonly: bool = False,
+                 idle: bool = False) -> None:
+        """`idle` (with readonly): refuse a state a run is using, and keep runs out while
+        it is open (a shared lock: readers do not exclude each other)."""
         self.state_dir = state_dir
         self.readonly = readonly
         try:
@@ -44,6 +47,8 @@ class LmdbFile:
         self._lock_fd: int | None = None
         if not readonly:
             self._take_lock()
+        elif idle:
+            self._share_lock()
         try:
             self._open_env()
         except lmdb.Error as exc:
@@ -132,6 +137,19 @@ class LmdbFile:
                 f"another pacsmigrate run is using {self.state_dir}; wait for it to finish "
                 "or give a different --state"
             ) from None
+        self._lock_fd = fd
+
+    def _share_lock(self) -> None:
+        try:
+            fd = os.open(self.state_dir / "lock", os.O_RDONLY)
+        except FileNotFoundError:
+            return  # no run ever took it: none is running
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StateLockedError(f"a pacsmigrate run is using {self.state_dir}; wait for "
+                                   "it to finish") from None
         self._lock_fd = fd
 
     def _release_lock(self) -> None:

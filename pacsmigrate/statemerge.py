@@ -51,7 +51,10 @@ class Merged:
 
 def raw_batches(env: lmdb.Environment, db: Any, *, batch: int = BATCH
                 ) -> Iterator[list[tuple[bytes, bytes]]]:
-    """A table's raw rows in key order, a short read transaction per batch."""
+    """A table's raw rows in key order, a short read transaction per batch (none for a
+    table the state does not have: opened read-only, an older state may lack one)."""
+    if db is None:
+        return
     after: bytes | None = None
     while True:
         with env.begin(db=db) as txn:
@@ -238,13 +241,13 @@ class MergeTables:
 
 
 def merge_into(out: Any, states: list[Any]) -> Merged:
-    """Merge the states at these paths into the open checkpoint `out`, each under its lock
-    (no run may change a state while it is copied)."""
+    """Merge the states at these paths into the open checkpoint `out`, each read-only under
+    a shared lock (no run may change a state while it is copied; nothing is written to it)."""
     from .checkpoint import Checkpoint  # the checkpoint mixes this module in
 
     result = Merged()
     for path in states:
-        src = Checkpoint(path)
+        src = Checkpoint(path, readonly=True, idle=True)  # no run may change it meanwhile
         try:
             out.merge_state(src, result)
         finally:

@@ -173,9 +173,25 @@ def test_merge_refuses_what_it_cannot_join(moto_s3: S3Target, local_store: Local
             check=True)
     proc = run_cli("index", "merge", str(tmp_path / "here"), "--state", str(tmp_path / "m3"))
     assert proc.returncode == 2 and "is not empty" in proc.stderr
-    # A slice missing from the merge is named.
+    # A slice missing from the merge is named; the inputs are read, never written.
+    data = tmp_path / "here" / "checkpoint.lmdb" / "data.mdb"
+    before = data.read_bytes()
     proc = run_cli("index", "merge", str(tmp_path / "here"), "--state", str(tmp_path / "m4"))
     assert proc.returncode == 0 and "slices 1/2 are not merged" in proc.stderr
+    assert data.read_bytes() == before
+    # A state a run is using, and a directory that holds no state: one line each.
+    running = Checkpoint(tmp_path / "here")  # what a run holds: the exclusive lock
+    try:
+        proc = run_cli("index", "merge", str(tmp_path / "here"), "--state", str(tmp_path / "m5"))
+    finally:
+        running.close()
+    assert proc.returncode == 2 and "a pacsmigrate run is using" in proc.stderr
+    (tmp_path / "not-a-state").mkdir()
+    proc = run_cli("index", "merge", str(tmp_path / "not-a-state"), "--state",
+                   str(tmp_path / "m6"))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "not-a-state" / "checkpoint.lmdb").exists()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(("m5", "m6"))]
 
 
 def test_merge_refuses_a_slice_with_uploads_in_doubt(moto_s3: S3Target, tmp_path: Path) -> None:

@@ -115,8 +115,11 @@ def merge(states: tuple[Path, ...], state_dir: Path) -> None:
     out = Checkpoint(building)
     try:
         result = merge_into(out, list(states))
-    finally:
+    except BaseException:
         out.close()
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    out.close()
     if state_dir.exists():
         state_dir.rmdir()
     os.replace(building, state_dir)
