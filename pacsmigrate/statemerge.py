@@ -148,8 +148,12 @@ class MergeTables:
         if mine is None:
             mine = {k: v for k, v in theirs.items() if k not in ("shard", "created")}
             mine.update({"sources": [], "merged_from": [], "created": now_iso()})
-            self._write(lambda txn: [txn.put(k, bytes(v), db=self.db["meta"])
-                                     for k, v in their_meta.items() if v is not None])
+
+            def first(txn: lmdb.Transaction) -> None:
+                for k, v in their_meta.items():
+                    if v is not None:
+                        txn.put(k, bytes(v), db=self.db["meta"])
+            self._write(first)
         else:
             if mine["dest"] != theirs["dest"]:
                 raise StateError(f"{other.state_dir} is a migration to {theirs['dest']}, not "
@@ -181,8 +185,6 @@ class MergeTables:
               fn: Callable[[bytes, bytes], tuple[bytes, bytes] | None], *,
               keep: bool = False) -> None:
         """Copy a table, each row through fn; `keep`: rows this state has win."""
-        if other.db[name] is None:
-            return
         for chunk in raw_batches(other.env, other.db[name]):
             def write(txn: lmdb.Transaction, chunk: list[tuple[bytes, bytes]] = chunk) -> None:
                 db = self.db[name]

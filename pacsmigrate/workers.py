@@ -49,13 +49,19 @@ def slice_state(state_dir: Path, shard: Shard) -> Path:
     return state_dir / SLICES / f"{shard.index}-of-{shard.count}"
 
 
+def progress_file(state_dir: Path, shard: Shard) -> Path:
+    """Where a slice's counts are for the coordinator's bar (beside the slice's state)."""
+    state = slice_state(state_dir, shard)
+    return state.with_name(f"{state.name}.progress.json")
+
+
 def run_slice(cfg: MigrateConfig, shard: Shard) -> dict[str, Any]:
     """A Dask task: migrate one slice in this worker process; its totals as a dict."""
     from .pipeline import migrate
 
-    state = slice_state(cfg.state_dir, shard)
-    mine = replace(cfg, shard=shard, state_dir=state, progress=False, report_path=None,
-                   progress_file=state.parent / f"{state.name}.progress.json")
+    mine = replace(cfg, shard=shard, state_dir=slice_state(cfg.state_dir, shard),
+                   progress=False, report_path=None,
+                   progress_file=progress_file(cfg.state_dir, shard))
     return asyncio.run(migrate(mine)).as_dict()
 
 
@@ -150,8 +156,7 @@ def _run_slices(client: Any, cfg: MigrateConfig, count: int,
               for k in range(count)}
     futures = {client.submit(run_slice, cfg, shard, key=key, pure=False, retries=0): shard
                for key, shard in shards.items()}
-    files = [slice_state(cfg.state_dir, s).parent / f"{s.index}-of-{s.count}.progress.json"
-             for s in shards.values()]
+    files = [progress_file(cfg.state_dir, s) for s in shards.values()]
     for f in files:  # a previous run's counts must not start this run's bar
         f.unlink(missing_ok=True)
     bar = Bar("store", total_bytes=None, total_files=None, enabled=cfg.progress)
