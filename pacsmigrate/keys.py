@@ -10,6 +10,9 @@ from .config import Destination
 from .records import BundlePlan
 
 DESCRIPTOR = "pacsmigrate.json"
+# The migration's own records beside its objects (never bundles): the source roots of its
+# runs (RUN_DIR/sources/), the states of slices run on workers (RUN_DIR/slices/).
+RUN_DIR = "pacsmigrate-run"
 SECRET_BYTES = 32
 
 
@@ -38,6 +41,13 @@ def bundle_id(plan: BundlePlan) -> str:
 def object_key(dest: Destination, group: str, ident: str, ext: str) -> str:
     """`prefix/ab/cd/<group>/<id>.<ext>`: two hashed levels let S3 partition the load."""
     return dest.key(group[:2], group[2:4], group, f"{ident}.{ext}")
+
+
+def sources_key(dest: Destination, sources: list[str]) -> str:
+    """Where a run records its source roots (`index rebuild` gives them back): one object
+    per set of roots, named by its hash, so every run of the same set writes it once."""
+    name = blake3.blake3("\0".join(sorted(sources)).encode()).hexdigest()[:32]
+    return dest.key(RUN_DIR, "sources", f"{name}.json")
 
 
 def sidecar_key(key: str) -> str:

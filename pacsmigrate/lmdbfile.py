@@ -104,6 +104,17 @@ class LmdbFile:
             self._open_env()
         return before - data.stat().st_size
 
+    def snapshot(self, target: Path) -> Path:
+        """A consistent, compacted copy of the state in directory target (made afresh);
+        returns the copy's file. Writes may go on meanwhile: the copy is of one moment."""
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        try:
+            self.env.copy(str(target), compact=True)
+        except lmdb.Error as exc:
+            raise StateError(f"cannot copy the checkpoint in {self.state_dir}: {exc}") from exc
+        return target / "data.mdb"
+
     def adopt(self, data: Path) -> None:
         """Replace this state's file by `data` (an LMDB file made elsewhere), holding the
         lock throughout; a rename, so a kill leaves one or the other whole."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
@@ -20,7 +21,7 @@ from .errors import first_error
 from .planpolicy import PlanPolicy
 from .progress import Bar, keep_writing
 from .report import write_report
-from .setup import check_object_lock, check_state, key_secret
+from .setup import check_object_lock, check_state, key_secret, record_sources
 from .sink import PlanSink, Sink, StoreSink
 from .stats import Stats
 from .stream import SourceStream
@@ -72,6 +73,8 @@ class Migration:
                                                cfg.dest)
                 dropped: list[str] = []
                 if self.backend is not None and not cfg.dry_run:
+                    await record_sources(self.backend, cfg.dest,
+                                         [os.path.abspath(s) for s in cfg.sources])
                     adopted, dropped = await reconcile(cp, self.backend)
                     self.stats.objects_adopted += adopted
                     self.stats.intents_dropped += len(dropped)

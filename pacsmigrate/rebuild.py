@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import keys, manifest
-from .backends.base import Backend
+from .backends.base import Backend, ObjectInfo
 from .checkpoint import Checkpoint
 from .config import Destination
 from .errors import StateError
 from .progress import Bar
 from .records import Entry, StoredObject, now_iso
+from .setup import SOURCES_FORMAT
 from .upload import manifest_of_bundle
 
 
@@ -37,7 +39,8 @@ async def rebuild(backend: Backend, dest: Destination, cp: Checkpoint, *,
     """Read every object's manifest under the prefix and commit it into a fresh checkpoint.
 
     A tar bundle's manifest is found through its trailer (two range GETs); a raw large
-    file's in its sidecar `.json`; bundles from before the trailer have sidecars too.
+    file's in its sidecar `.json`; bundles from before the trailer have sidecars too. The
+    source roots come from the records each run left (keys.sources_key).
     """
     if cp.counts()["objects"]:
         raise StateError(f"{cp.state_dir} already holds a migration; rebuild into a new --state")
@@ -46,56 +49,97 @@ async def rebuild(backend: Backend, dest: Destination, cp: Checkpoint, *,
         raise StateError(f"no pacsmigrate store at {dest} (missing {descriptor})")
     secret = json.loads(await backend.load(descriptor))["key_secret"]
     cp.put_meta("config", {"dest": str(dest), "endpoint_url": dest.endpoint_url,
-                           "sources": [], "created": now_iso(), "rebuilt_from_store": True})
+                           "sources": await recorded_sources(backend, dest),
+                           "created": now_iso(), "rebuilt_from_store": True})
     cp.put_meta("key_secret", secret)
     result = RebuildResult()
     bar = Bar("rebuild", total_bytes=None, total_files=None, enabled=progress)
-    prefix = dest.key("")
-    described = ""  # the stem of the last sidecar: `id.json` lists before `id.tar`
     try:
-        async for info in backend.list(f"{prefix}/" if prefix else ""):
-            stem, _, ext = info.key.rpartition(".")
-            if info.key.rpartition("/")[2] == keys.DESCRIPTOR or not stem:
-                continue  # this store's descriptor (or a replica's copy of its source's)
-            if ext == "json":
-                described = stem
-                try:
-                    doc = manifest.parse(await backend.load(info.key))
-                except ValueError:
-                    result.unreadable.append(info.key)
-                    continue
-                data = await backend.stat(doc["key"])
-                if data is None:
-                    result.missing_objects.append(doc["key"])
-                    continue
-            elif ext == "tar" and stem != described:
-                raw = await manifest_of_bundle(backend, info.key, info.size,
-                                               stem.rpartition("/")[2])
-                if raw is None:
-                    result.unreadable.append(info.key)
-                    continue
-                doc, data = manifest.parse(raw), info
-            else:
-                continue
-            entries, superseded = await _keep_newest(cp, doc)
-            result.superseded += superseded
-            await cp.call(cp.commit_objects, [StoredObject(
-                doc["key"], doc["kind"], doc["group"], doc.get("bundle_id", ""), data.size,
-                data.etag, doc.get("created", ""), tuple(entries), adopted=True,
-                retention=doc.get("retention"))])
-            result.rows += len(entries)
-            result.manifests += 1
-            bar.update(files=len(entries))
+        async for doc, data in described(backend, dest, result):
+            rows = await commit_described(cp, doc, data, result)
+            bar.update(files=rows)
     finally:
         bar.close()
     return result
 
 
-async def _keep_newest(cp: Checkpoint, doc: dict[str, Any]) -> tuple[list[Entry], int]:
+async def recorded_sources(backend: Backend, dest: Destination) -> list[str]:
+    """The source roots the runs into this store recorded (setup.record_sources), sorted."""
+    found: set[str] = set()
+    async for info in backend.list(dest.key(keys.RUN_DIR, "sources") + "/"):
+        try:
+            doc = json.loads(await backend.load(info.key))
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and doc.get("format") == SOURCES_FORMAT:
+            found.update(str(s) for s in doc.get("sources", []))
+    return sorted(found)
+
+
+async def described(backend: Backend, dest: Destination, result: RebuildResult, *,
+                    since: float = 0.0) -> AsyncIterator[tuple[dict[str, Any], ObjectInfo]]:
+    """Each stored object under the prefix with its parsed manifest; with `since`, only
+    those the store dated at or after it (by its clock). Unreadable manifests and manifests
+    whose object is gone are noted in result."""
+    prefix = dest.key("")
+    sidecar = ""  # the stem of the last sidecar: `id.json` lists before `id.tar`
+    async for info in backend.list(f"{prefix}/" if prefix else ""):
+        stem, _, ext = info.key.rpartition(".")
+        if info.key.rpartition("/")[2] == keys.DESCRIPTOR or not stem or \
+                keys.RUN_DIR in info.key.split("/"):
+            continue  # the descriptor and run records (or a replica's copies of its source's)
+        if since and info.modified and info.modified < since:
+            continue
+        if ext == "json":
+            sidecar = stem
+            try:
+                doc = manifest.parse(await backend.load(info.key))
+            except ValueError:
+                result.unreadable.append(info.key)
+                continue
+            data = await backend.stat(doc["key"])
+            if data is None:
+                result.missing_objects.append(doc["key"])
+                continue
+        elif ext == "tar" and stem != sidecar:
+            raw = await manifest_of_bundle(backend, info.key, info.size,
+                                           stem.rpartition("/")[2])
+            if raw is None:
+                result.unreadable.append(info.key)
+                continue
+            doc, data = manifest.parse(raw), info
+        else:
+            continue
+        yield doc, data
+
+
+async def commit_described(cp: Checkpoint, doc: dict[str, Any], data: ObjectInfo,
+                           result: RebuildResult,
+                           keep: Callable[[bytes], bool] | None = None) -> int:
+    """Commit one described object (as adopted) with those of its entries that `keep`
+    accepts and that are newer than what the index holds; returns how many rows."""
+    entries, superseded = await _keep_newest(cp, doc, keep)
+    result.superseded += superseded
+    if not entries and keep is not None:
+        return 0  # nothing of it belongs here (another slice's object)
+    await cp.call(cp.commit_objects, [StoredObject(
+        doc["key"], doc["kind"], doc["group"], doc.get("bundle_id", ""), data.size,
+        data.etag, doc.get("created", ""), tuple(entries), adopted=True,
+        retention=doc.get("retention"))])
+    result.rows += len(entries)
+    result.manifests += 1
+    return len(entries)
+
+
+async def _keep_newest(cp: Checkpoint, doc: dict[str, Any],
+                       wanted: Callable[[bytes], bool] | None = None
+                       ) -> tuple[list[Entry], int]:
     """Entries of doc newer than what the rebuilt index holds, and how many versions lost."""
     keep = []
     superseded = 0
     for e in manifest.entries(doc):
+        if wanted is not None and not wanted(e.path):
+            continue
         old = await cp.call(cp.index_row, e.path)
         old_created = ""
         if old is not None:

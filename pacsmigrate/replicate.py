@@ -234,6 +234,13 @@ async def _copy_all(cp: Checkpoint, replica: Checkpoint, src: Backend, dst: Back
         # `index rebuild DIR` finds the store and keeps the keys as they are.
         await copy_object(src, dst, descriptor, info.size, info.etag, done,
                           target=keys.DESCRIPTOR)
+    # The runs' source roots, for `index rebuild` of the replica (likewise at its root).
+    records = origin.key(keys.RUN_DIR, "sources") + "/"
+    async for rec in src.list(records):
+        await copy_object(src, dst, rec.key, rec.size, rec.etag, done)
+        if dst.scheme == "file" and origin.prefix:
+            await copy_object(src, dst, rec.key, rec.size, rec.etag, done,
+                              target=rec.key[len(origin.key("")) + 1:])
 
     async def items() -> AsyncIterator[dict[str, Any]]:
         async for batch in db_batches(cp, "objects"):

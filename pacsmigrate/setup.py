@@ -14,6 +14,8 @@ from .config import Destination, MigrateConfig
 from .errors import ConfigError, ObjectExistsError, StateError
 from .records import now_iso
 
+SOURCES_FORMAT = "pacsmigrate.sources/1"
+
 
 def check_state(cp: Checkpoint, cfg: MigrateConfig) -> None:
     """Bind a new state directory to this destination; refuse one bound to another."""
@@ -100,6 +102,19 @@ async def key_secret(cp: Checkpoint, backend: Backend | None, dest: Destination)
         await cp.call(cp.clear, "groups")
         cp.put_meta("key_secret", theirs)
     return bytes.fromhex(theirs)
+
+
+async def record_sources(backend: Backend, dest: Destination, sources: list[str]) -> None:
+    """Leave the run's source roots in the store, where `index rebuild` finds them again
+    (one small object per set of roots, written by the first run that uses it)."""
+    key = keys.sources_key(dest, sources)
+    if await backend.stat(key) is not None:
+        return
+    doc = {"format": SOURCES_FORMAT, "sources": sorted(sources), "created": now_iso()}
+    try:
+        await backend.save(key, one_chunk(json.dumps(doc).encode()))
+    except ObjectExistsError:
+        pass  # another slice of the run wrote it first
 
 
 async def _read_descriptor(backend: Backend, name: str) -> str | None:

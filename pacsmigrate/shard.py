@@ -73,6 +73,12 @@ class Shard:
         whole = self.folder(root, directory)
         return self.of(name) == self.index if whole is None else whole
 
+    def holds(self, roots: list[bytes], path: bytes) -> bool:
+        """Whether the file at `path` (under one of `roots`) is in this slice."""
+        directory, _, name = path.rpartition(b"/")
+        root = root_of(roots, directory)
+        return bool(root) and self.keeps(root, directory, name)
+
     def select(self, root: bytes, directory: bytes, names: list[bytes]) -> list[bytes]:
         """The names of files in `directory` that are in this slice, in order."""
         whole = self.folder(root, directory)

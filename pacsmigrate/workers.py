@@ -1,18 +1,21 @@
 """`migrate --workers N` / `--scheduler ADDRESS`: one migration on Dask distributed.
 
 The run is cut into S slices (`--shard K/S`, shard.py), S fixed by the first run (the
-number of workers then) and recorded in the run's state. Each slice is one Dask task that
-runs the normal pipeline (pipeline.migrate) in a worker process, with a state of its own
-under `STATE/slices/`. Dask places the tasks and, when a worker dies, runs its slice again
-on another: the slice's state resumes it there (intents settled, acknowledged objects
-adopted, the rest uploaded), so nothing is lost or stored twice. When every slice is done,
-their states are merged (statemerge.py) into STATE itself, which verify, get, locate,
-restore and the exports then read as the state of any run.
+number of workers then) and recorded in the run's state. Each slice is one Dask task
+(slicetask.py) that runs the normal pipeline in a worker process with a state of its own.
+Dask places the tasks and, when a worker dies, runs its slice again on another, which
+resumes it there: intents settled, acknowledged objects adopted, the rest uploaded, so
+nothing is lost or stored twice. When every slice is done, their states are merged
+(statemerge.py) into STATE itself, which verify, get, locate, restore and the exports
+then read as the state of any run.
 
-The slices' states live under STATE, so they must be on a path every worker reaches: on
-one machine (`--workers`) they are; with `--scheduler` give a shared --state (NFS). Why
-not rebuild a lost slice's state from the store instead: rebuilding reads every manifest
-of the whole store, far more than re-listing one slice's tree with its state at hand.
+Where the slices' states live (`--slice-states`, fixed by the first run):
+- `shared` (the default with --workers): under STATE/slices, a path every worker reaches
+  (one machine, or an NFS --state). A slice resumes from its state wherever it runs.
+- `store` (the default with --scheduler): in each worker's own directory, copied to the
+  store when the slice is done and read back by the coordinator (slicestore.py). A slice
+  re-run on another machine starts from its last copy and adopts what the store holds
+  since: the store describes itself. Nothing needs a shared path but the sources.
 
 Rate caps (--max-requests-per-second, --bwlimit) and --memory are for the whole run: each
 of the slices running at once gets an equal share.
@@ -24,45 +27,29 @@ import asyncio
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from .backends import Backend, open_backend
 from .checkpoint import Checkpoint
 from .config import MigrateConfig
 from .errors import ConfigError, StateError
-from .progress import Bar, read_progress
+from .progress import Bar
 from .report import write_report
 from .shard import Shard
+from .slicestore import abort_strays, fetch, held_copy, mark_start, marker_key
+from .slicetask import SHARED, SLICES, STORE, SliceJob, run_slice, slice_state
 from .statemerge import merge_into
 from .stats import Stats
 
-SLICES = "slices"
+T = TypeVar("T")
+
 MERGING = "merging.tmp"
 MIN_MEMORY = 64 << 20
 WAIT_FOR_WORKERS = 300  # seconds a run on a cluster waits for its first worker
-
-
-def slice_state(state_dir: Path, shard: Shard) -> Path:
-    return state_dir / SLICES / f"{shard.index}-of-{shard.count}"
-
-
-def progress_file(state_dir: Path, shard: Shard) -> Path:
-    """Where a slice's counts are for the coordinator's bar (beside the slice's state)."""
-    state = slice_state(state_dir, shard)
-    return state.with_name(f"{state.name}.progress.json")
-
-
-def run_slice(cfg: MigrateConfig, shard: Shard) -> dict[str, Any]:
-    """A Dask task: migrate one slice in this worker process; its totals as a dict."""
-    from .pipeline import migrate
-
-    mine = replace(cfg, shard=shard, state_dir=slice_state(cfg.state_dir, shard),
-                   progress=False, report_path=None,
-                   progress_file=progress_file(cfg.state_dir, shard))
-    return asyncio.run(migrate(mine)).as_dict()
 
 
 def _share(cfg: MigrateConfig, running: int) -> MigrateConfig:
@@ -99,24 +86,33 @@ def _dashboard(client: Any) -> str:
     return f"Dask's dashboard: {getattr(client, 'dashboard_link', '') or 'not served'}"
 
 
-def _slices(run: Checkpoint, cfg: MigrateConfig, workers: int) -> int:
-    """How many slices this run has: recorded by its first run (refusing a state that
-    holds a migration of one process)."""
+def _plan(run: Checkpoint, cfg: MigrateConfig, workers: int, states: str | None,
+          scheduler: str | None) -> dict[str, Any]:
+    """The run's slices (how many, where their states live, its id): recorded by its first
+    run, which also refuses a state that holds a migration of one process."""
     known = run.get_meta("workers")
     if known is None:
         if run.get_meta("config") is not None:
             raise ConfigError(f"{cfg.state_dir} holds a migration run in one process: run it "
                               "without --workers, or give a new --state")
-        run.put_meta("workers", {"slices": workers, "dest": str(cfg.dest)})
-        return workers
+        known = {"slices": workers, "dest": str(cfg.dest),
+                 "states": states or (STORE if scheduler else SHARED),
+                 "run_id": uuid.uuid4().hex[:16]}
+        run.put_meta("workers", known)
+        return known
     if known["dest"] != str(cfg.dest):
         raise ConfigError(f"state directory {cfg.state_dir} belongs to a migration to "
                           f"{known['dest']}, not {cfg.dest}; use another --state")
-    return int(known["slices"])
+    known.setdefault("states", SHARED)  # runs from before --slice-states
+    known.setdefault("run_id", "")
+    if states is not None and states != known["states"]:
+        raise ConfigError(f"this run keeps its slices' states in the {known['states']!r} "
+                          f"way (--slice-states {known['states']}), fixed by its first run")
+    return dict(known)
 
 
 def migrate_on_dask(cfg: MigrateConfig, *, workers: int | None = None,
-                    scheduler: str | None = None,
+                    scheduler: str | None = None, states: str | None = None,
                     echo: Callable[[str], None] = print) -> Stats:
     """Run the migration as slices on Dask; returns the totals of every slice."""
     if cfg.dry_run:
@@ -134,11 +130,21 @@ def migrate_on_dask(cfg: MigrateConfig, *, workers: int | None = None,
             if scheduler is not None:  # an autoscaling cluster may start with none
                 client.wait_for_workers(1, timeout=WAIT_FOR_WORKERS)
             found = len(client.scheduler_info()["workers"]) or (workers or 1)
-            count = _slices(run, cfg, found)
-            shared = _share(cfg, min(found, count))
-            echo(f"{count} slices on {found} Dask workers ({_dashboard(client)})")
-            stats = _run_slices(client, shared, count, echo)
-        merged = _merge(run, cfg, count)
+            plan = _plan(run, cfg, found, states, scheduler)
+            count = plan["slices"]
+            if plan["states"] == STORE:
+                asyncio.run(_in_store(lambda b: mark_start(b, cfg.dest, plan["run_id"]), cfg))
+            echo(f"{count} slices on {found} Dask workers, states kept "
+                 f"{'in the store' if plan['states'] == STORE else 'under --state'} "
+                 f"({_dashboard(client)})")
+            shared, queue = _share(cfg, min(found, count)), f"pacsmigrate-{uuid.uuid4().hex}"
+            jobs = [SliceJob(shared, Shard(k, count), plan["states"], plan["run_id"], queue)
+                    for k in range(count)]
+            stats, copies = _run_slices(client, jobs, echo, cfg.progress)
+        if plan["states"] == STORE:
+            stats.uploads_aborted += asyncio.run(_in_store(
+                lambda b: _fetch_all(b, cfg, plan["run_id"], copies), cfg))
+        merged = _merge(run, cfg, plan)
         stats.seconds = round(time.monotonic() - started, 3)
         stats.studies = merged.counts()["groups"]
         stats.pending_after = merged.counts()["spill"]
@@ -149,28 +155,59 @@ def migrate_on_dask(cfg: MigrateConfig, *, workers: int | None = None,
     return stats
 
 
-def _run_slices(client: Any, cfg: MigrateConfig, count: int,
-                echo: Callable[[str], None]) -> Stats:
-    """Submit every slice; wait for them, the bar fed by the slices' progress files."""
-    shards = {f"pacsmigrate-slice-{k}-of-{count}-{time.time_ns()}": Shard(k, count)
-              for k in range(count)}
-    futures = {client.submit(run_slice, cfg, shard, key=key, pure=False, retries=0): shard
-               for key, shard in shards.items()}
-    files = [progress_file(cfg.state_dir, s) for s in shards.values()]
-    for f in files:  # a previous run's counts must not start this run's bar
-        f.unlink(missing_ok=True)
-    bar = Bar("store", total_bytes=None, total_files=None, enabled=cfg.progress)
-    total, shown = Stats(), {"files": 0, "bytes": 0}
+async def _in_store(body: Callable[[Backend], Awaitable[T]], cfg: MigrateConfig) -> T:
+    backend = await open_backend(cfg.dest, cfg.transfer)
+    try:
+        return await body(backend)
+    finally:
+        await backend.close()
+
+
+async def _fetch_all(backend: Backend, cfg: MigrateConfig, run_id: str,
+                     copies: dict[int, str]) -> int:
+    """Read each slice's copy into STATE/slices (unless the one there is it); abort what
+    lost workers left half uploaded. Returns how many uploads were aborted."""
+    for k, key in sorted(copies.items()):
+        target = slice_state(cfg.state_dir, Shard(k, len(copies)))
+        if held_copy(target) == key:
+            continue
+        info = await backend.stat(key)
+        if info is None:
+            raise StateError(f"the copy of slice {k} at {key} is gone from the store; run "
+                             "again")
+        await fetch(backend, info, target / "checkpoint.lmdb" / "data.mdb")
+    marker = await backend.stat(marker_key(cfg.dest, run_id))
+    return await abort_strays(backend, cfg.dest, marker.modified if marker else time.time())
+
+
+def _run_slices(client: Any, jobs: list[SliceJob], echo: Callable[[str], None],
+                progress: bool) -> tuple[Stats, dict[int, str]]:
+    """Submit every slice; wait for them, the bar fed by the counts the slices send.
+    Returns the totals and, by slice, the key of each state's copy in the store."""
+    from distributed import Queue
+
+    queue = Queue(jobs[0].queue, client=client)
+    futures = {client.submit(run_slice, job, key=f"{job.queue}-slice-{job.shard.index}",
+                             pure=False, retries=0): job.shard for job in jobs}
+    bar = Bar("store", total_bytes=None, total_files=None, enabled=progress)
+    total, copies = Stats(), {}
+    counts: dict[int, dict[str, int]] = {}
+    shown = {"files": 0, "bytes": 0}
     try:
         left = dict(futures)
         while left:
             for fut in [f for f in left if f.done()]:
                 shard = left.pop(fut)
                 got = fut.result()  # a slice's error stops the run, one line as in one process
-                total.add(got)
-                echo(f"slice {shard} done: {got['files_migrated']:,} files migrated, "
-                     f"{got['not_migrated']:,} still to do")
-            _show(bar, files, shown)
+                total.add(got["stats"])
+                if got["copy"]:
+                    copies[shard.index] = got["copy"]
+                echo(f"slice {shard} done: {got['stats']['files_migrated']:,} files migrated, "
+                     f"{got['stats']['not_migrated']:,} still to do (it started from "
+                     f"{got['from']})")
+            for item in queue.get(batch=True):  # what is there now, without waiting
+                counts[int(item.pop("slice"))] = item
+            _show(bar, list(counts.values()), shown)
             if left:
                 time.sleep(0.5)
     except BaseException:
@@ -178,32 +215,32 @@ def _run_slices(client: Any, cfg: MigrateConfig, count: int,
         raise
     finally:
         bar.close()
-    return total
+    return total, copies
 
 
-def _show(bar: Bar, files: list[Path], shown: dict[str, int]) -> None:
+def _show(bar: Bar, now: list[dict[str, int]], shown: dict[str, int]) -> None:
     """Move the bar to the slices' totals (files stored or found stored, bytes read)."""
-    now = [read_progress(f) for f in files]
     done = sum(p.get("files_migrated", 0) + p.get("already_migrated", 0) for p in now)
     nbytes = sum(p.get("bytes_seen", 0) for p in now)
     bar.update(files=max(0, done - shown["files"]), nbytes=max(0, nbytes - shown["bytes"]))
     shown["files"], shown["bytes"] = max(done, shown["files"]), max(nbytes, shown["bytes"])
 
 
-def _merge(run: Checkpoint, cfg: MigrateConfig, count: int) -> Checkpoint:
+def _merge(run: Checkpoint, cfg: MigrateConfig, plan: dict[str, Any]) -> Checkpoint:
     """Merge the slices into a new state, then put it in place of the run's (a rename)."""
+    count = plan["slices"]
     slices = [slice_state(cfg.state_dir, Shard(k, count)) for k in range(count)]
     lost = [s for s in slices if not (s / "checkpoint.lmdb").is_dir()]
     if lost:
         raise StateError(f"no state for slice(s) {', '.join(s.name for s in lost)} under "
                          f"{cfg.state_dir / SLICES}: the workers must write to this --state "
-                         "(a path they all reach)")
+                         "(a path they all reach), or run with --slice-states store")
     tmp = cfg.state_dir / MERGING
     shutil.rmtree(tmp, ignore_errors=True)
     out = Checkpoint(tmp)
     try:
         merge_into(out, slices)
-        out.put_meta("workers", {"slices": count, "dest": str(cfg.dest)})
+        out.put_meta("workers", plan)
     finally:
         out.close()
     run.adopt(tmp / "checkpoint.lmdb" / "data.mdb")
@@ -211,4 +248,4 @@ def _merge(run: Checkpoint, cfg: MigrateConfig, count: int) -> Checkpoint:
     return run
 
 
-__all__ = ["migrate_on_dask", "run_slice", "slice_state"]
+__all__ = ["migrate_on_dask"]

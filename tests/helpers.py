@@ -18,6 +18,7 @@ from pacsmigrate.checkpoint import Checkpoint
 from pacsmigrate.config import Destination, MigrateConfig, TransferConfig
 from pacsmigrate.encoding import decode
 from pacsmigrate.index import export
+from pacsmigrate.keys import RUN_DIR
 from pacsmigrate.manifest import TAIL, read_trailer
 from pacsmigrate.paths import from_fields
 from pacsmigrate.synth import make_tree
@@ -80,7 +81,7 @@ def assert_complete(target: Any, state: Path, *roots: Path,
         data = decode(data, r["encoding"], size=int(r["size"]))  # a zstd frame: the file
         assert data == files[p].read_bytes(), f"range GET differs for {files[p]}"
         assert blake3.blake3(data).hexdigest() == r["blake3"]
-    keys = target.object_keys()
+    keys = [k for k in target.object_keys() if RUN_DIR not in k.split("/")]  # our records
     data_keys = {k for k in keys if not k.endswith(".json")}
     sidecars = {k for k in keys if k.endswith(".json") and not k.endswith("pacsmigrate.json")}
     referenced = {r["key"] for r in rows}

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import os
 import random
+import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -395,6 +396,23 @@ def test_list_prefix(store: Store) -> None:
         assert sorted(await keys_under(b, "pfx")) == sorted([*inside, "pfx-other"])
         assert await keys_under(b, "nothing/") == []
         assert sorted(await keys_under(b, "")) == sorted({**inside, **outside})
+
+    run_on(store, body)
+
+
+def test_stat_and_list_give_the_stores_write_time(store: Store) -> None:
+    """Each store dates what it wrote by its own clock (slices of a run on workers find what
+    was stored after a point by it): here every clock is this machine's."""
+    async def body(b: Backend) -> None:
+        before = time.time()
+        await b.save("t/one", one_chunk(b"x"))
+        after = time.time()
+        info = await b.stat("t/one")
+        assert info is not None
+        listed = [i async for i in b.list("t/")]
+        # HTTP dates have whole seconds
+        assert before - 2 <= info.modified <= after + 1
+        assert [abs(i.modified - info.modified) < 1.5 for i in listed] == [True]
 
     run_on(store, body)
 

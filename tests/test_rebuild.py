@@ -11,6 +11,7 @@ from conftest import TEST_FILES, S3Target, run, run_cli
 from helpers import config, index_rows
 
 from pacsmigrate import migrate
+from pacsmigrate.checkpoint import Checkpoint
 from pacsmigrate.synth import make_tree
 
 
@@ -38,6 +39,12 @@ def test_rebuilt_export_equals_original_row_for_row(s3: S3Target, tmp_path: Path
     assert proc.returncode == 0, proc.stderr
     assert "1 older versions superseded" in proc.stdout
     assert index_rows(new_state) == original
+    # The source roots come back too (verify --source and reports name them).
+    cp = Checkpoint(new_state, readonly=True)
+    try:
+        assert cp.get_meta("config")["sources"] == [os.path.abspath(root)]
+    finally:
+        cp.close()
     # The rebuilt state serves reads like the original.
     out = tmp_path / "v.dcm"
     run_cli("get", str(victim), "-o", str(out), "--state", str(new_state), env=s3.env(),

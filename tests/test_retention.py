@@ -106,7 +106,7 @@ def test_azure_retention_needs_version_level_immutability(azure_store: AzureTarg
         "container (Azure portal, or az storage container-rm create --enable-vlw), or drop "
         "--retain-years, --retention-map and --legal-hold")]
     assert azure_store.object_keys() == []
-    from pacsmigrate.backends.azure import _written
+    from pacsmigrate.backends.azure_blob import write_args as _written
 
     meta = Retention(30, "COMPLIANCE", legal_hold=True).metadata("20190301", TODAY)
     written = _written(meta)

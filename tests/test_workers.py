@@ -14,6 +14,16 @@ from pacsmigrate.config import TransferConfig
 from pacsmigrate.workers import _share
 
 
+def crash_tree(root: Path, point: str) -> list[str]:
+    """A tree for a worker killed at `point`, and the options that get it there: bundles
+    sent in 5 MiB parts (a multipart upload is cut) for part-uploaded, else small studies."""
+    if point.startswith("part"):
+        multipart_tree(root)
+        return ["--part-size", "5MiB", "--bundle-size", "8MiB", "--large-file", "8MiB"]
+    _tree(root)
+    return []
+
+
 def _args(target: S3Target, root: Path, state: Path, *extra: str) -> list[str]:
     return ["migrate", str(root), target.url, "--endpoint-url", target.info.endpoint_url,
             "--state", str(state), "--no-progress", *extra]
@@ -47,12 +57,7 @@ def test_three_workers_make_the_index_of_a_single_run(moto_s3: S3Target,
 def test_a_worker_killed_mid_run_is_replaced_and_nothing_is_lost(point: str, moto_s3: S3Target,
                                                                  tmp_path: Path) -> None:
     root = tmp_path / "pacs"
-    extra: list[str] = []
-    if point.startswith("part"):  # bundles sent in 5 MiB parts: a multipart upload is cut
-        multipart_tree(root)
-        extra = ["--part-size", "5MiB", "--bundle-size", "8MiB", "--large-file", "8MiB"]
-    else:
-        _tree(root)
+    extra = crash_tree(root, point)
     marker = tmp_path / "one-worker-died"
     state = tmp_path / "state"
     # One worker process (the first to get there) SIGKILLs itself at the crash point, with an

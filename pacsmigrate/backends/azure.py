@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import os
-import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from ..config import AzureOptions, Destination, MiB, TransferConfig
@@ -25,90 +22,35 @@ from ..errors import (
     BackendError,
     ConfigError,
 )
-from ..retention import HOLD_META, MODE_META, UNTIL_META
 from ..ssec import customer_key
-from ..tiers import CLASS_META, tags
+from .azure_blob import (
+    ETAG_META,
+    Stream,
+    blob_etag,
+    block_id,
+    conn_credential,
+    meta_in,
+    meta_out,
+    parse_block_id,
+    write_args,
+)
 from .azure_errors import classify, code_of, map_error
-from .base import IN_PROGRESS, READY, REQUESTED, ObjectInfo, Part, PendingUpload, adjust_part_size
+from .base import (
+    IN_PROGRESS,
+    READY,
+    REQUESTED,
+    ObjectInfo,
+    Part,
+    PendingUpload,
+    adjust_part_size,
+    epoch,
+)
 from .body import Body, Checksum, multipart_etag
 from .limits import AZURE
 from .policy import Cause
 
 LIMITS = AZURE.limits
-ETAG_META = "pacsmigrate_etag"
 
-
-
-def _conn_credential(conn: str) -> Any:
-    """The account key or SAS of a connection string, for a client given its own endpoint."""
-    from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
-
-    parts = dict(p.split("=", 1) for p in conn.split(";") if "=" in p)
-    if parts.get("AccountName") and parts.get("AccountKey"):
-        return AzureNamedKeyCredential(parts["AccountName"], parts["AccountKey"])
-    if parts.get("SharedAccessSignature"):
-        return AzureSasCredential(parts["SharedAccessSignature"].lstrip("?"))
-    raise ConfigError("AZURE_STORAGE_CONNECTION_STRING holds neither AccountName with "
-                      "AccountKey nor SharedAccessSignature")
-
-
-def _tier(metadata: Mapping[str, str]) -> Any:
-    """The access tier (Hot, Cool, Cold, Archive) the object's class names, if any."""
-    from azure.storage.blob import StandardBlobTier
-
-    name = metadata.get(CLASS_META)
-    return StandardBlobTier(name) if name else None
-
-
-def _written(metadata: Mapping[str, str]) -> dict[str, Any]:
-    """What a blob's writing request sets beside its bytes: access tier, index tags, and the
-    retention the metadata asks for (version-level immutability: GOVERNANCE is an unlocked
-    policy, which an authorised user may shorten; COMPLIANCE a locked one)."""
-    out: dict[str, Any] = {"standard_blob_tier": _tier(metadata),
-                           "tags": tags(metadata) or None}
-    if metadata.get(UNTIL_META):
-        from azure.storage.blob import ImmutabilityPolicy
-
-        until = datetime.fromisoformat(metadata[UNTIL_META]).replace(tzinfo=UTC)
-        out["immutability_policy"] = ImmutabilityPolicy(
-            expiry_time=until,
-            policy_mode="Locked" if metadata.get(MODE_META) == "COMPLIANCE" else "Unlocked")
-    if metadata.get(HOLD_META):
-        out["legal_hold"] = True
-    return out
-
-
-def _meta_out(metadata: Mapping[str, str]) -> dict[str, str]:
-    # Azure metadata names are C# identifiers: ours use '-', stored as '_'.
-    return {k.replace("-", "_"): v for k, v in metadata.items()}
-
-
-def _meta_in(metadata: Mapping[str, str] | None) -> dict[str, str]:
-    return {k.replace("_", "-"): v for k, v in (metadata or {}).items()
-            if k != ETAG_META}
-
-
-def _etag(props: Any) -> str:
-    """The content hash a blob carries: its Content-MD5, or the block rule in its metadata."""
-    md5 = props.content_settings.content_md5 if props.content_settings else None
-    if md5:
-        return bytes(md5).hex()
-    return str((props.metadata or {}).get(ETAG_META, ""))
-
-
-def _block_id(upload_id: str, number: int, md5_hex: str) -> str:
-    # Every block ID of a blob has the same length (55 of the 64 allowed; the SDK encodes
-    # it in base64); the part's MD5 rides in it, so the blocks a killed run staged can be
-    # checked and kept (Azure lists block IDs and sizes only).
-    return f"{upload_id}.{number:05d}.{md5_hex}"
-
-
-def _parse_block_id(block_id: str) -> tuple[str, int, str] | None:
-    try:
-        upload_id, number, md5 = block_id.split(".")
-        return upload_id, int(number), md5
-    except ValueError:
-        return None  # staged by another tool
 
 
 class AzureStore:
@@ -150,7 +92,7 @@ class AzureStore:
             # The https://ACCOUNT.blob.core.windows.net form (or --endpoint-url) names the
             # endpoint; the connection string then only lends its credentials.
             self._service = BlobServiceClient(self.dest.endpoint_url,
-                                              credential=_conn_credential(conn), **options)
+                                              credential=conn_credential(conn), **options)
         elif conn:
             self._service = BlobServiceClient.from_connection_string(conn, **options)
         else:
@@ -235,8 +177,8 @@ class AzureStore:
         # Azure checks Content-MD5 (not CRC32): a body sent with another checksum gets one.
         md5 = checksum.digest if checksum.algorithm == "md5" else hashlib.md5(body.view).digest()
         await self._blob(key).upload_blob(
-            _Stream(body), length=body.size, overwrite=False, metadata=_meta_out(metadata),
-            **_written(metadata),
+            Stream(body), length=body.size, overwrite=False, metadata=meta_out(metadata),
+            **write_args(metadata),
             content_settings=ContentSettings(content_md5=bytearray(md5)),
             headers={"Content-MD5": base64.b64encode(md5).decode()}, **self._write)
         return md5.hex()
@@ -251,7 +193,8 @@ class AzureStore:
 
     async def head(self, key: str) -> ObjectInfo:
         props = await self._blob(key).get_blob_properties(**self._read)
-        return ObjectInfo(key, int(props.size), _etag(props), _meta_in(props.metadata))
+        return ObjectInfo(key, int(props.size), blob_etag(props), meta_in(props.metadata),
+                          epoch(props.last_modified))
 
     async def request_restore(self, key: str, *, days: int, priority: str) -> str:
         """Rehydrate an Archive-tier blob to Cool (Rehydrating): cheaper to keep than Hot
@@ -278,8 +221,8 @@ class AzureStore:
         page = await anext(pages, None)
         if page is None:
             return [], None
-        items = [ObjectInfo(b.name, int(b.size), _etag(b), _meta_in(b.metadata))
-                 async for b in page]
+        items = [ObjectInfo(b.name, int(b.size), blob_etag(b), meta_in(b.metadata),
+                            epoch(b.last_modified)) async for b in page]
         return items, (pages.continuation_token or None)
 
     async def delete(self, key: str) -> None:
@@ -299,7 +242,7 @@ class AzureStore:
     async def upload_part(self, key: str, upload_id: str, number: int, body: Body, *,
                           md5: bytes) -> str:
         await self._blob(key).stage_block(
-            _block_id(upload_id, number, md5.hex()), _Stream(body), length=body.size,
+            block_id(upload_id, number, md5.hex()), Stream(body), length=body.size,
             headers={"Content-MD5": base64.b64encode(md5).decode()}, **self._write)
         return md5.hex()
 
@@ -310,8 +253,8 @@ class AzureStore:
         from azure.core import MatchConditions
         from azure.storage.blob import BlobBlock, ContentSettings
 
-        blocks = [BlobBlock(_block_id(upload_id, n, e)) for n, e in parts]
-        meta, written = _meta_out(metadata or {}), _written(metadata or {})
+        blocks = [BlobBlock(block_id(upload_id, n, e)) for n, e in parts]
+        meta, written = meta_out(metadata or {}), write_args(metadata or {})
         if content_md5 is not None:  # the blob's MD5, as a single Put Blob would have it
             await self._blob(key).commit_block_list(
                 blocks, metadata=meta, match_condition=MatchConditions.IfMissing,
@@ -358,7 +301,7 @@ class AzureStore:
             return []
         out = []
         for block in uncommitted:
-            parsed = _parse_block_id(block.id)
+            parsed = parse_block_id(block.id)
             if parsed is not None:
                 out.append((*parsed, int(block.size)))
         return out
@@ -371,30 +314,3 @@ class AzureStore:
 
     def expected_etag(self, part_md5s: Sequence[bytes]) -> str:
         return multipart_etag(part_md5s)
-
-
-class _Stream(io.RawIOBase):
-    """A body as the file-like object the SDK and aiohttp read in slices, marking progress
-    for the stall watchdog. A retry of the whole request builds a fresh one from the Body."""
-
-    def __init__(self, body: Body) -> None:
-        super().__init__()
-        self._body = body
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
-
-    def read(self, size: int | None = -1) -> bytes:
-        body, start = self._body, self._pos
-        end = body.size if size is None or size < 0 else min(body.size, start + size)
-        self._pos = end
-        body.touched = time.monotonic()
-        if end >= body.size:
-            body.sent = True
-        return bytes(body.view[start:end])

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 from typing import Protocol, runtime_checkable
 
 from ..errors import BackendError
@@ -21,6 +23,9 @@ class ObjectInfo:
     size: int
     etag: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # When the store last wrote it, by the store's own clock (epoch seconds; 0.0 unknown).
+    # S3 gives a multipart object the time its upload was started.
+    modified: float = 0.0
 
 
 @runtime_checkable
@@ -235,6 +240,17 @@ class ChunkedWriter(Protocol):
         """The ETag the completed object will carry, from its parts' MD5 digests ("" if the
         store has no such rule): proof that an object found at the key is this upload's."""
         ...
+
+
+def epoch(when: datetime | str | None) -> float:
+    """A store's timestamp (a datetime from an SDK, or an HTTP date) as epoch seconds;
+    0.0 when it gave none or one that does not parse."""
+    if isinstance(when, str):
+        try:
+            when = parsedate_to_datetime(when)
+        except (TypeError, ValueError):
+            return 0.0
+    return when.timestamp() if when is not None else 0.0
 
 
 async def one_chunk(data: Buffer) -> AsyncIterator[Buffer]:

@@ -238,7 +238,7 @@ class LocalStore(LocalParts):
         st = os.stat(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(errno.ENOENT, "not a file", str(path))
-        return ObjectInfo(key, st.st_size, *self._attrs(path))
+        return ObjectInfo(key, st.st_size, *self._attrs(path), modified=st.st_mtime)
 
     def _attrs(self, path: Path) -> tuple[str, dict[str, str]]:
         try:

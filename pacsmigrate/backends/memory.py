@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Mapping
 
 from ..config import MiB
@@ -18,6 +19,7 @@ class MemoryBackend:
     def __init__(self, *, chunk: int = 8 * MiB) -> None:
         self.objects: dict[str, bytes] = {}
         self.metadata: dict[str, dict[str, str]] = {}
+        self.modified: dict[str, float] = {}
         self.saves = 0
         self._chunk = chunk
 
@@ -32,8 +34,9 @@ class MemoryBackend:
             raise ObjectExistsError(f"object exists: {key}", key=key)
         self.objects[key] = data
         self.metadata[key] = dict(metadata or {})
+        self.modified[key] = time.time()
         self.saves += 1
-        return ObjectInfo(key, len(data), metadata=self.metadata[key])
+        return self._info(key)
 
     async def load(self, key: str, *, offset: int = 0, length: int | None = None) -> bytes:
         if key not in self.objects:
@@ -45,16 +48,21 @@ class MemoryBackend:
     async def stat(self, key: str) -> ObjectInfo | None:
         if key not in self.objects:
             return None
-        return ObjectInfo(key, len(self.objects[key]), metadata=self.metadata[key])
+        return self._info(key)
 
     async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         for key in sorted(self.objects):
             if key.startswith(prefix):
-                yield ObjectInfo(key, len(self.objects[key]), metadata=self.metadata[key])
+                yield self._info(key)
+
+    def _info(self, key: str) -> ObjectInfo:
+        return ObjectInfo(key, len(self.objects[key]), metadata=self.metadata[key],
+                          modified=self.modified.get(key, 0.0))
 
     async def remove(self, key: str) -> None:
         self.objects.pop(key, None)
         self.metadata.pop(key, None)
+        self.modified.pop(key, None)
 
     async def close(self) -> None:
         return None

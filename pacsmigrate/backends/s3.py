@@ -14,7 +14,16 @@ from ..errors import BackendError, ConfigError
 from ..retention import HOLD_META, MODE_META, UNTIL_META
 from ..ssec import CustomerKey, customer_key
 from ..tiers import CLASS_META, tags
-from .base import IN_PROGRESS, READY, REQUESTED, ObjectInfo, Part, PendingUpload, adjust_part_size
+from .base import (
+    IN_PROGRESS,
+    READY,
+    REQUESTED,
+    ObjectInfo,
+    Part,
+    PendingUpload,
+    adjust_part_size,
+    epoch,
+)
 from .body import Body, Checksum, multipart_etag
 from .limits import S3
 from .policy import Cause
@@ -158,14 +167,15 @@ class S3Backend:
         return await self.data.get(key, offset=offset, length=length)
 
     async def head(self, key: str) -> ObjectInfo:
-        size, etag, metadata = await self.data.head(key)
-        return ObjectInfo(key, size, etag, metadata)
+        size, etag, metadata, modified = await self.data.head(key)
+        return ObjectInfo(key, size, etag, metadata, modified)
 
     async def list_page(self, prefix: str, token: str | None
                         ) -> tuple[list[ObjectInfo], str | None]:
         kwargs: dict[str, Any] = {"ContinuationToken": token} if token else {}
         resp = await (await self._cold()).list_objects_v2(Bucket=self.bucket, Prefix=prefix, **kwargs)
-        page = [ObjectInfo(o["Key"], int(o["Size"]), str(o.get("ETag", "")).strip('"'))
+        page = [ObjectInfo(o["Key"], int(o["Size"]), str(o.get("ETag", "")).strip('"'),
+                           modified=epoch(o.get("LastModified")))
                 for o in resp.get("Contents", [])]
         return page, (resp.get("NextContinuationToken") if resp.get("IsTruncated") else None)
 

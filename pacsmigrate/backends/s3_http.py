@@ -21,6 +21,7 @@ from botocore.httpsession import ProxyConfiguration, create_urllib3_context, get
 from yarl import URL
 
 from ..errors import ConfigError
+from .base import epoch
 from .body import Body, Checksum
 from .s3_errors import TruncatedBodyError
 
@@ -195,8 +196,9 @@ class DataPath:
                 raise client_error(resp.status, await _error_body(resp), operation)
             return resp.headers.get("ETag", "").strip('"')
 
-    async def head(self, key: str) -> tuple[int, str, dict[str, str]]:
-        """(size, ETag, user metadata) of an object; a missing one is a 404 ClientError."""
+    async def head(self, key: str) -> tuple[int, str, dict[str, str], float]:
+        """(size, ETag, user metadata, Last-Modified as epoch seconds) of an object; a
+        missing one is a 404 ClientError."""
         url = self.url(key)
         signed = await self._headers("HEAD", url, {})
         async with self._session.head(URL(url, encoded=True), headers=signed,
@@ -206,7 +208,8 @@ class DataPath:
             meta = {k[11:].lower(): v for k, v in resp.headers.items()
                     if k.lower().startswith("x-amz-meta-")}
             return (int(resp.headers.get("Content-Length", 0)),
-                    resp.headers.get("ETag", "").strip('"'), meta)
+                    resp.headers.get("ETag", "").strip('"'), meta,
+                    epoch(resp.headers.get("Last-Modified")))
 
     async def get(self, key: str, *, offset: int, length: int | None) -> bytes:
         """The object's bytes, or length bytes from offset (one ranged GET)."""

@@ -91,8 +91,13 @@ from .common import (
                    "use every core): the run is cut into slices, one state each under "
                    "--state, merged into --state at the end.")
 @click.option("--scheduler", metavar="ADDRESS",
-              help="Run on an existing Dask cluster (tcp://HOST:8786); --state must be a "
-                   "path every worker reaches, and so must the sources.")
+              help="Run on an existing Dask cluster (tcp://HOST:8786); every worker must "
+                   "reach the sources at the same paths.")
+@click.option("--slice-states", "slice_states", type=click.Choice(["shared", "store"]),
+              help="Where the slices of a run on workers keep their states: under --state "
+                   "(shared: a path every worker reaches; default with --workers) or on each "
+                   "worker, copied through the store (default with --scheduler). Fixed by "
+                   "the run's first start.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bars (default: when stderr is a terminal).")
 @handle_errors
@@ -107,7 +112,8 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
             retention_classes: tuple[str, ...], lock_mode: str, legal_hold: bool, dedup: bool,
             compress: str | None, prices: Path | None,
             report_path: Path | None, shard: str | None, workers: int | None,
-            scheduler: str | None, progress: bool | None, **transfer: Any) -> None:
+            scheduler: str | None, slice_states: str | None, progress: bool | None,
+            **transfer: Any) -> None:
     """Copy SOURCE directories to DEST: s3://bucket/prefix (AWS, Wasabi, Ceph, MinIO, any
     S3-compatible store with --endpoint-url) or a local directory (/dir or file:///dir, which
     must exist and lie outside every SOURCE).
@@ -133,11 +139,14 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
         compress=compress or "", prices=PriceTable.load(prices) if prices else None,
         shard=Shard.parse(shard) if shard is not None else None,
     )
+    if slice_states is not None and workers is None and scheduler is None:
+        raise click.UsageError("--slice-states is for a run on workers: add --workers or "
+                               "--scheduler")
     if workers is not None or scheduler is not None:
         if workers is not None and scheduler is not None:
             raise click.UsageError("--workers starts a cluster here, --scheduler uses one: "
                                    "give one or the other")
-        stats = migrate_on_dask(cfg, workers=workers, scheduler=scheduler,
+        stats = migrate_on_dask(cfg, workers=workers, scheduler=scheduler, states=slice_states,
                                 echo=lambda line: click.echo(line, err=True))
     else:
         stats = asyncio.run(run_migrate(cfg))

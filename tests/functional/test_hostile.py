@@ -34,6 +34,7 @@ from helpers import MiB, assert_complete, config, index_rows, source_files
 from pacsmigrate import Migration, bundle, pipeline, reads
 from pacsmigrate import read as read_module
 from pacsmigrate import walk as walk_module
+from pacsmigrate.keys import RUN_DIR
 from pacsmigrate.manifest import TAIL, read_trailer
 from pacsmigrate.paths import from_fields
 from pacsmigrate.records import BundlePlan
@@ -649,7 +650,7 @@ def assert_consistent(target: S3Target, state: Path, root: Path) -> None:
         assert blake3.blake3(data).hexdigest() == r["blake3"], p
         if p in files:
             assert data == files[p].read_bytes(), f"stored bytes differ for {p!r}"
-    keys = target.object_keys()
+    keys = [k for k in target.object_keys() if RUN_DIR not in k.split("/")]  # our records
     data_keys = {k for k in keys if not k.endswith(".json")}
     raw_keys = {k for k in data_keys if not k.endswith(".tar")}
     sidecars = {k for k in keys if k.endswith(".json") and not k.endswith("pacsmigrate.json")}

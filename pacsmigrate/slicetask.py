@@ -1,0 +1,159 @@
+"""What a Dask worker runs for one slice of a run on workers (workers.py coordinates).
+
+The task runs the normal pipeline (pipeline.migrate) for its slice, with a state that is
+either under the run's --state (`shared`: a path every worker reaches) or in the worker's
+own directory, copied to and from the store (`store`, slicestore.py). Beside it a thread
+sends the slice's counts to the coordinator's bar (a Dask queue) and stops the slice when
+Dask cancels the task: a coordinator that died or was stopped leaves no slice running on
+after it, uploading what the next run's slices would upload again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .backends import Backend, open_backend
+from .config import MigrateConfig
+from .errors import StateLockedError
+from .progress import read_progress
+from .shard import Shard
+
+log = logging.getLogger("pacsmigrate.workers")
+T = TypeVar("T")
+
+SHARED, STORE = "shared", "store"
+SLICES = "slices"
+LOCK_WAIT = 120.0  # seconds a slice waits for a stopping task of an earlier run to let go
+EVERY = 1.0  # seconds between counts sent to the coordinator
+
+
+@dataclass(frozen=True)
+class SliceJob:
+    """One slice of a run: what the task needs besides the run's config."""
+
+    cfg: MigrateConfig  # the run's, caps and memory already shared out (workers._share)
+    shard: Shard
+    states: str  # SHARED or STORE
+    run_id: str
+    queue: str  # the Dask queue the coordinator reads counts from
+
+
+def slice_state(state_dir: Path, shard: Shard) -> Path:
+    """Where a slice's state is under the run's state (shared) or a worker's directory."""
+    return state_dir / SLICES / f"{shard.index}-of-{shard.count}"
+
+
+def run_slice(job: SliceJob) -> dict[str, Any]:
+    """The Dask task: migrate one slice in this worker process. Returns its totals and,
+    with states kept in the store, the key of its state's copy there."""
+    from distributed import Queue, get_worker
+
+    worker = get_worker()
+    # A worker's own directory is dask-scratch-space/worker-XXXX, made afresh by each
+    # worker process: the states go beside it, where a worker restarted here finds them.
+    base = job.cfg.state_dir if job.states == SHARED else \
+        Path(worker.local_directory).parent / "pacsmigrate" / job.run_id
+    state = slice_state(base, job.shard)
+    cfg = replace(job.cfg, shard=job.shard, state_dir=state, progress=False,
+                  report_path=None, progress_file=state.with_name(state.name + ".progress"))
+    queue = Queue(job.queue)  # type: ignore[no-untyped-call]
+    watch = _Watch(worker, worker.get_current_task(), queue, job.shard,
+                   cfg.progress_file)
+    return asyncio.run(_run(job, cfg, watch))
+
+
+async def _run(job: SliceJob, cfg: MigrateConfig, watch: _Watch) -> dict[str, Any]:
+    from .pipeline import migrate
+    from .slicestore import seed, ship
+
+    watch.start(asyncio.get_running_loop(), asyncio.current_task())
+    copy, how = None, "its state under --state"
+    try:
+        if job.states == STORE:
+            async with _backend(cfg) as backend:
+                how = await _when_free(lambda: seed(cfg, backend, job.run_id))
+        stats = await _when_free(lambda: migrate(cfg))
+        if job.states == STORE:
+            async with _backend(cfg) as backend:
+                copy = await ship(cfg, backend, job.run_id)
+    finally:
+        watch.stop()
+    return {"stats": stats.as_dict(), "copy": copy, "from": how}
+
+
+@asynccontextmanager
+async def _backend(cfg: MigrateConfig) -> AsyncIterator[Backend]:
+    backend = await open_backend(cfg.dest, cfg.transfer)
+    try:
+        yield backend
+    finally:
+        await backend.close()
+
+
+async def _when_free(start: Callable[[], Awaitable[T]]) -> T:
+    """Run start(); while the slice's state is locked by a task of an earlier run that is
+    still stopping (cancelled by Dask), wait for it, up to LOCK_WAIT."""
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            return await start()
+        except StateLockedError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(1.0)
+
+
+class _Watch:
+    """A thread beside the slice: its counts to the coordinator, and a stop when Dask no
+    longer wants the task (its key released or cancelled: the coordinator went away)."""
+
+    def __init__(self, worker: Any, key: Any, queue: Any, shard: Shard, counts: Path | None
+                 ) -> None:
+        self.worker, self.key, self.queue, self.shard, self.counts = (
+            worker, key, queue, shard, counts)
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any] | None) -> None:
+        self._thread = threading.Thread(target=self._run, args=(loop, task), daemon=True,
+                                        name="pacsmigrate-watch")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._send()
+
+    def wanted(self) -> bool:
+        ts = self.worker.state.tasks.get(self.key)
+        return ts is not None and ts.state != "cancelled"
+
+    def _run(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any] | None) -> None:
+        while not self._done.wait(EVERY):
+            if not self.wanted():
+                log.warning("slice %s: the run's coordinator is gone; stopping", self.shard)
+                if task is not None:
+                    loop.call_soon_threadsafe(task.cancel)
+                return
+            self._send()
+
+    def _send(self) -> None:
+        got = read_progress(self.counts) if self.counts is not None else {}
+        if not got:
+            return
+        try:
+            self.queue.put({"slice": self.shard.index, **got}, timeout=10)
+        except Exception as exc:  # noqa: BLE001 - the bar is not worth stopping a slice for
+            log.debug("slice %s: counts not sent: %s", self.shard, exc)
+
+
+__all__ = ["SHARED", "STORE", "SliceJob", "run_slice", "slice_state"]

@@ -1,0 +1,283 @@
+"""A run on workers that share no path: slice states on each "machine", copied through the
+store (`--slice-states store`, the default with --scheduler); a lost machine's slice is
+rebuilt from the store elsewhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import S3Target, run, run_cli
+from helpers import assert_complete, config, index_rows
+from test_shard import _same, _tree
+from test_workers import crash_tree
+
+from pacsmigrate.backends.memory import MemoryBackend
+from pacsmigrate.checkpoint import Checkpoint
+from pacsmigrate.errors import StateError
+from pacsmigrate.pipeline import migrate
+from pacsmigrate.shard import Shard
+from pacsmigrate.slicestore import HELD, fetch, mark_start, newest_copy, seed, ship
+
+
+@contextmanager
+def machines(tmp_path: Path, env: dict[str, str], n: int = 2) -> Iterator[tuple[str, list[Path]]]:
+    """A Dask scheduler and n worker processes on 127.0.0.1, each in a directory of its own
+    (its "machine"), without nannies: a worker that dies stays dead, so its slice must run
+    again on another machine."""
+    sched_file = tmp_path / "scheduler.json"
+    logs = open(tmp_path / "cluster.log", "w")  # noqa: SIM115 - closed below
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+         "--port", "0", "--no-dashboard", "--scheduler-file", str(sched_file)],
+        env=env, stdout=logs, stderr=logs)]
+    dirs = []
+    try:
+        deadline = time.monotonic() + 60
+        while not sched_file.exists() or "address" not in sched_file.read_text() or '}' not in \
+                sched_file.read_text():
+            assert time.monotonic() < deadline, "the scheduler did not start"
+            time.sleep(0.2)
+        address = json.loads(sched_file.read_text())["address"]
+        for i in range(n):
+            d = tmp_path / f"machine{i}"
+            d.mkdir()
+            dirs.append(d)
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads",
+                 "1", "--host", "127.0.0.1", "--no-dashboard", "--no-nanny",
+                 "--local-directory", str(d)], cwd=d, env=env, stdout=logs, stderr=logs))
+        from distributed import Client
+
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(n, timeout=60)
+        yield address, dirs
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        logs.close()
+
+
+def _args(target: S3Target, root: Path, state: Path, *extra: str) -> list[str]:
+    return ["migrate", str(root), target.url, "--endpoint-url", target.info.endpoint_url,
+            "--state", str(state), "--no-progress", *extra]
+
+
+def _slice_states(d: Path) -> list[str]:
+    return sorted(p.parent.name for p in d.rglob("checkpoint.lmdb"))
+
+
+def test_two_machines_without_a_shared_path_make_one_index(moto_s3: S3Target,
+                                                           tmp_path: Path) -> None:
+    root = _tree(tmp_path / "pacs")
+    run_cli(*_args(moto_s3, root, tmp_path / "single"), env=moto_s3.env(), check=True)
+    single = index_rows(tmp_path / "single")
+    moto_s3.drop()
+    moto_s3.client.create_bucket(Bucket=moto_s3.bucket)
+    state = tmp_path / "state"
+    env = {**moto_s3.env(), "PYTHONPATH": os.pathsep.join(sys.path)}
+    with machines(tmp_path, env) as (address, dirs):
+        proc = run_cli(*_args(moto_s3, root, state, "--scheduler", address), env=env,
+                       check=True)
+        assert "2 slices on 2 Dask workers, states kept in the store" in proc.stderr
+        # Each slice's state was made on a machine, in its own directory, not under --state.
+        made = _slice_states(dirs[0]) + _slice_states(dirs[1])
+        assert sorted(set(made)) == ["0-of-2", "1-of-2"], made
+        rows = assert_complete(moto_s3, state, root)
+        assert _same(rows) == _same(single)
+        # One copy of each slice's state stays in the store, beside the run's start mark.
+        copies = [k for k in moto_s3.object_keys() if "/pacsmigrate-run/slices/" in k]
+        assert sorted(k.rsplit("/", 2)[1] for k in copies if k.endswith(".lmdb")) == [
+            "0-of-2", "1-of-2"]
+        # Re-run: each slice finds its state on its machine or in the store; nothing new.
+        keys = moto_s3.object_keys()
+        again = run_cli(*_args(moto_s3, root, state, "--scheduler", address), env=env,
+                        check=True)
+        assert "migrated now: 0 files" in again.stdout, again.stdout
+        assert set(moto_s3.object_keys()) - set(keys) <= {k for k in moto_s3.object_keys()
+                                                          if k.endswith(".lmdb")}
+    verify = run_cli("verify", "--state", str(state), "--deep", "--source", env=moto_s3.env())
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+@pytest.mark.parametrize("point", ["after-upload:2", "part-uploaded:1"])
+def test_a_lost_machine_s_slice_is_rebuilt_from_the_store(point: str, moto_s3: S3Target,
+                                                          tmp_path: Path) -> None:
+    root = tmp_path / "pacs"
+    extra = crash_tree(root, point)
+    marker = tmp_path / "one-machine-died"
+    env = {**moto_s3.env(), "PYTHONPATH": os.pathsep.join(sys.path),
+           "PACSMIGRATE_CRASH_AT": point, "PACSMIGRATE_CRASH_ONCE": str(marker)}
+    with machines(tmp_path, env) as (address, _):
+        proc = run_cli(*_args(moto_s3, root, tmp_path / "state", "--scheduler", address,
+                              "--report", str(tmp_path / "report.json"), *extra),
+                       env={k: v for k, v in env.items() if not k.startswith("PACSMIGRATE")})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert marker.exists(), "no worker was killed"
+    # The other machine ran the lost slice from an empty state and found in the store what
+    # the lost one had stored (objects by their manifests, a multipart upload by its parts):
+    # it sent only the rest. Nothing lost, doubled or orphaned, no upload left open.
+    assert_complete(moto_s3, tmp_path / "state", root)
+    if point.startswith("after"):
+        found = [line for line in proc.stderr.splitlines() if "an empty state" in line
+                 and "files found in the store since" in line and ", 0 files" not in line]
+        assert found, proc.stderr
+    else:
+        assert json.loads((tmp_path / "report.json").read_text())["run"]["parts_reused"] >= 1
+
+
+@pytest.mark.seaweed
+def test_uploads_left_open_by_lost_workers_are_aborted(seaweed_s3: S3Target,
+                                                       tmp_path: Path) -> None:
+    """At the end of a run every slice is done: an upload still open under the prefix, begun
+    since the run started, was left by a lost worker whose plan no slice made again. (On
+    SeaweedFS: moto dates every upload 2010, so none looks begun since the run started.)"""
+    from pacsmigrate.backends import open_backend
+    from pacsmigrate.config import TransferConfig
+    from pacsmigrate.slicestore import abort_strays, marker_key
+
+    cfg = config([tmp_path], seaweed_s3.url, tmp_path / "s", seaweed_s3.info.endpoint_url)
+
+    async def go() -> int:
+        backend = await open_backend(cfg.dest, TransferConfig())
+        try:
+            await mark_start(backend, cfg.dest, "r")
+            marker = await backend.stat(marker_key(cfg.dest, "r"))
+            assert marker is not None and marker.modified > 0
+            return await abort_strays(backend, cfg.dest, marker.modified)
+        finally:
+            await backend.close()
+
+    stray = cfg.dest.key("ab", "cd", "g", "x.tar")
+    seaweed_s3.client.create_multipart_upload(Bucket=seaweed_s3.bucket, Key=stray)
+    seaweed_s3.client.create_multipart_upload(Bucket=seaweed_s3.bucket, Key="elsewhere/y.tar")
+    assert run(go()) == 1
+    assert [u["Key"] for u in seaweed_s3.pending_uploads()] == ["elsewhere/y.tar"]
+
+
+# --- the slice state's copies, without Dask ---------------------------------------------------
+
+def _slice_cfg(tmp_path: Path, root: Path, state: Path, shard: Shard):  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    return replace(config([root], "s3://bucket/pfx", state, None), shard=shard)
+
+
+def test_a_stale_local_state_gives_way_to_the_newest_copy(tmp_path: Path) -> None:
+    """A machine that ran a slice in an earlier run, while another machine ran it since,
+    starts from the store's newest copy, not its own older state."""
+    root = _tree(tmp_path / "pacs")
+    backend = MemoryBackend()
+    shard = Shard(0, 2)
+    here, there = tmp_path / "here", tmp_path / "there"
+
+    async def go() -> None:
+        a, b = _slice_cfg(tmp_path, root, here, shard), _slice_cfg(tmp_path, root, there, shard)
+        await mark_start(backend, a.dest, "run1")
+        assert "an empty state" in await seed(a, backend, "run1")
+        await migrate(a, backend=backend)
+        first = await ship(a, backend, "run1")
+        # The other machine starts from that copy, stores a new file of the slice, ships.
+        assert "its copy in the store" in await seed(b, backend, "run1")
+        new = next(p for i in range(64) if shard.holds(
+            [os.fsencode(root)], os.fsencode(p := root / "p" / f"new{i}" / "study" / "x.txt")))
+        new.parent.mkdir(parents=True)
+        new.write_text("arrived after the first run")
+        assert (await migrate(b, backend=backend)).files_migrated == 1
+        second = await ship(b, backend, "run1")
+        assert second > first and (await newest_copy(backend, a.dest, "run1", shard)).key == \
+            second
+        assert first not in backend.objects  # the older copy is removed
+        # Back here: the local state started from `first`, older than the newest: replaced.
+        assert "its copy in the store" in await seed(a, backend, "run1")
+        cp = Checkpoint(here, readonly=True)
+        try:
+            assert cp.get_meta(HELD) == second
+        finally:
+            cp.close()
+        # And now it is the newest: kept as it is.
+        assert await seed(a, backend, "run1") == "its state on this worker"
+
+    run(go())
+    assert index_rows(here) == index_rows(there)
+
+
+def test_a_copy_that_does_not_read_back_whole_is_refused(tmp_path: Path) -> None:
+    root = _tree(tmp_path / "pacs")
+    backend = MemoryBackend()
+    cfg = _slice_cfg(tmp_path, root, tmp_path / "s", Shard(1, 2))
+
+    async def go() -> None:
+        await mark_start(backend, cfg.dest, "r")
+        await seed(cfg, backend, "r")
+        await migrate(cfg, backend=backend)
+        key = await ship(cfg, backend, "r")
+        data = bytearray(backend.objects[key])
+        data[len(data) // 2] ^= 1
+        backend.objects[key] = bytes(data)
+        info = await newest_copy(backend, cfg.dest, "r", cfg.shard)
+        assert info is not None
+        with pytest.raises(StateError, match="does not read back whole"):
+            await fetch(backend, info, tmp_path / "fetched" / "data.mdb")
+        assert not (tmp_path / "fetched" / "data.mdb").exists()
+
+    run(go())
+
+
+def test_a_slice_stops_when_its_coordinator_dies(moto_s3: S3Target, tmp_path: Path) -> None:
+    """kill -9 of the `migrate` command: Dask cancels its task, the slice on the worker stops
+    (its state's lock is let go) instead of uploading on; the next run completes the job."""
+    import fcntl
+    import signal
+
+    root = _tree(tmp_path / "pacs")
+    state = tmp_path / "state"
+    env = {**moto_s3.env(), "PYTHONPATH": os.pathsep.join(sys.path)}
+    with machines(tmp_path, env, n=1) as (address, dirs):
+        slow = subprocess.Popen(  # two requests a second: the run lasts minutes
+            [sys.executable, "-m", "pacsmigrate",
+             *_args(moto_s3, root, state, "--scheduler", address,
+                    "--max-requests-per-second", "2")],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 120
+            while not any(k.endswith(".tar") for k in moto_s3.object_keys()):
+                assert time.monotonic() < deadline and slow.poll() is None, "nothing stored"
+                time.sleep(0.2)
+        finally:
+            slow.send_signal(signal.SIGKILL)
+            slow.wait()
+        lock = next(dirs[0].rglob("slices/0-of-1/lock"))
+
+        def taken() -> bool:
+            fd = os.open(lock, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return False
+            except BlockingIOError:
+                return True
+            finally:
+                os.close(fd)
+
+        assert taken(), "the slice should still be running right after the kill"
+        deadline = time.monotonic() + 30
+        while taken():
+            assert time.monotonic() < deadline, "the slice ran on after its coordinator died"
+            time.sleep(0.2)
+        stored = moto_s3.object_keys()
+        time.sleep(3)
+        assert moto_s3.object_keys() == stored  # nothing more is uploaded
+        run_cli(*_args(moto_s3, root, state, "--scheduler", address), env=env, check=True)
+    assert_complete(moto_s3, state, root)
