@@ -60,7 +60,7 @@ class Migration:
             cp = Checkpoint(cfg.state_dir)
             stack.callback(cp.close)
             stack.callback(self.pool.shutdown, wait=True)
-            check_state(cp, cfg)
+            cfg = self.cfg = check_state(cp, cfg)
             log.info("%s of %d source tree(s) to %s", "dry run" if cfg.dry_run
                      else "migration", len(cfg.sources), cfg.dest)
             if not cfg.dry_run and self.backend is None:

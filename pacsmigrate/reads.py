@@ -21,7 +21,7 @@ from .checkpoint import Checkpoint
 from .clock import IOWait
 from .read import ReadOptions, ReadResult, read_files
 from .records import Problem
-from .shard import Shard, root_of
+from .shard import Shard, pruner, root_of
 from .walk import Listing, Walker
 
 log = logging.getLogger("pacsmigrate.pipeline")
@@ -121,10 +121,10 @@ async def read_tree(roots: Sequence[bytes], pool: Executor, opts: ReadOptions,
 
     In the pool up to `jobs` jobs are read at once; the results are handed on in walk
     order either way, so what follows is deterministic. With `shard`, only its slice of
-    the files is read (the walk still lists every folder).
+    the files is read (the walk lists the upper folders and the slice's own subtrees).
     """
     loop = asyncio.get_running_loop()
-    walker = Walker(roots, threads=walk_threads)
+    walker = Walker(roots, threads=walk_threads, prune=pruner(list(roots), shard))
     mode = Mode(jobs)
     window: deque[tuple[asyncio.Future[Job], bool]] = deque()  # (job, ran inline)
     filling: list[Slice] = []

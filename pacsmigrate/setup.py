@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from . import keys
@@ -17,8 +18,9 @@ from .records import now_iso
 SOURCES_FORMAT = "pacsmigrate.sources/1"
 
 
-def check_state(cp: Checkpoint, cfg: MigrateConfig) -> None:
-    """Bind a new state directory to this destination; refuse one bound to another."""
+def check_state(cp: Checkpoint, cfg: MigrateConfig) -> MigrateConfig:
+    """Bind a new state directory to this destination; refuse one bound to another.
+    Returns the config to run with: a slice's cut as its state recorded it."""
     dest = str(cfg.dest)
     known = cp.get_meta("config")
     if cp.get_meta("workers") is not None:  # even before its first merge wrote a config
@@ -30,6 +32,7 @@ def check_state(cp: Checkpoint, cfg: MigrateConfig) -> None:
         cp.put_meta("config", {"dest": dest, "endpoint_url": cfg.dest.endpoint_url, **s3,
                                "sources": [os.path.abspath(s) for s in cfg.sources],
                                "shard": str(cfg.shard) if cfg.shard else None,
+                               "shard_cut": cfg.shard.cut if cfg.shard else None,
                                "created": now_iso()})
     elif known["dest"] != dest:
         raise ConfigError(f"state directory {cfg.state_dir} belongs to a migration "
@@ -37,12 +40,15 @@ def check_state(cp: Checkpoint, cfg: MigrateConfig) -> None:
     else:
         _same_customer_key(known.get("sse_c_md5"), cfg.dest.customer_key_md5)
         _same_shard(known.get("shard"), cfg)
+        if cfg.shard is not None:  # a state made before the cut keeps its rule (None)
+            cfg = replace(cfg, shard=replace(cfg.shard, cut=known.get("shard_cut")))
     cp.put_meta("format", FORMAT)
     if cfg.tiers:  # `policy lifecycle` writes the rules that keep objects moving as they age
         cp.put_meta("tiers", {"policy": cfg.tiers.text, "default": cfg.tiers.default})
     # Read-side commands (verify, get, restore) reach the store the way this run did.
     ca = cfg.transfer.ca_bundle
     cp.put_meta("ca_bundle", str(Path(ca).resolve()) if ca else None)
+    return cfg
 
 
 def _same_shard(stored: str | None, cfg: MigrateConfig) -> None:

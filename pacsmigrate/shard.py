@@ -6,20 +6,26 @@ merge` joins their states into one index. Every file falls in exactly one slice.
 
 The slice of a file is a hash of its *unit*, a path relative to its source root (so two
 machines that mount the archive at different places cut it the same way):
-- a file two or more folders deep: the folder holding its folder. In the usual layouts
-  that is the study's folder (PatientID/StudyDate/Study/Series/file, dcm4chee's
-  yyyy/MM/dd/study/series/file, a CD's PT/ST/SE/file), so a study's series stay together
-  and make one bundle, as in a single run;
+- a file two or more folders deep: the folder holding its folder, but no deeper than CUT
+  (3) folders from the root. In the usual layouts that is the study's folder or a day's
+  (PatientID/Study/Series/file, a CD's PT/ST/SE/file; yyyy/MM/dd of date-named trees and
+  dcm4chee's yyyy/MM/dd/HH/..), so a study's series stay together and make one bundle,
+  as in a single run;
 - a file one folder deep: that folder;
 - a file directly in a source root: the file itself (a flat storescp folder is spread
   over the slices; its studies, scattered anyway, get one bundle per slice).
+Everything below a folder CUT+1 deep has that folder's unit, so a slice does not enter the
+folders of other slices there: it lists the top CUT levels and only its own subtrees below.
+
 The rule and the hash (blake3 of the unit) must never change: a state made with one slice
-must find the same files in it on every later run.
+must find the same files in it on every later run. States made before the cut existed
+(`cut` None: the folder holding the file's folder, at any depth) keep their rule.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import blake3
@@ -28,17 +34,20 @@ from .errors import ConfigError
 
 _SPEC = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 MAX_SHARDS = 1 << 16
+CUT = 3  # folders from a root below which a whole subtree is one unit
 
 
 @dataclass(frozen=True)
 class Shard:
-    """Slice `index` of `count` (0 <= index < count)."""
+    """Slice `index` of `count` (0 <= index < count), units cut at `cut` folders deep
+    (None: at no depth, as states made before the cut)."""
 
     index: int
     count: int
+    cut: int | None = CUT
 
     @classmethod
-    def parse(cls, text: str) -> Shard:
+    def parse(cls, text: str, *, cut: int | None = CUT) -> Shard:
         m = _SPEC.match(text)
         if m is None:
             raise ConfigError(f"--shard {text!r}: give K/N, e.g. 0/4 for the first of four "
@@ -49,7 +58,7 @@ class Shard:
         if k >= n:
             raise ConfigError(f"--shard {text}: K must be less than N (K counts from 0: "
                               f"0/{n} to {n - 1}/{n})")
-        return cls(k, n)
+        return cls(k, n, cut)
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
@@ -65,8 +74,22 @@ class Shard:
         rel = directory[len(root):].strip(b"/")
         if not rel:
             return None
-        parent, _, _ = rel.rpartition(b"/")
-        return self.of(parent or rel) == self.index
+        parts = rel.split(b"/")
+        if len(parts) == 1:
+            return self.of(rel) == self.index
+        depth = len(parts) - 1 if self.cut is None else min(len(parts) - 1, self.cut)
+        return self.of(b"/".join(parts[:depth])) == self.index
+
+    def subdirs(self, root: bytes, directory: bytes, subdirs: list[bytes]) -> list[bytes]:
+        """The subdirectories of `directory` (under `root`) that can hold files of this
+        slice: below the cut, a subtree is one unit, in this slice or not at all."""
+        if self.cut is None or not subdirs:
+            return subdirs
+        rel = directory[len(root):].strip(b"/")
+        if (rel.count(b"/") + 1 if rel else 0) != self.cut:
+            return subdirs  # above the cut (or below it: already inside a subtree of ours)
+        # Every file below a folder at the cut has that folder as its unit.
+        return subdirs if self.of(rel) == self.index else []
 
     def keeps(self, root: bytes, directory: bytes, name: bytes) -> bool:
         """Whether the file `name` in `directory` (under `root`) is in this slice."""
@@ -85,6 +108,18 @@ class Shard:
         if whole is None:
             return [n for n in names if self.of(n) == self.index]
         return names if whole else []
+
+
+def pruner(roots: list[bytes], shard: Shard | None
+           ) -> Callable[[bytes, list[bytes]], list[bytes]] | None:
+    """The walk's prune for a slice: enter only the subtrees that can hold its files."""
+    if shard is None or shard.cut is None:
+        return None
+    cut = shard
+
+    def prune(directory: bytes, subdirs: list[bytes]) -> list[bytes]:
+        return cut.subdirs(root_of(roots, directory), directory, subdirs)
+    return prune
 
 
 def root_of(roots: list[bytes], directory: bytes) -> bytes:

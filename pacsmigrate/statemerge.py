@@ -47,6 +47,7 @@ class Merged:
     pending: int = 0  # files the slices still have to migrate (spilled, not stored)
     sources: list[str] = field(default_factory=list)
     shards: list[str] = field(default_factory=list)
+    cuts: set[int | None] = field(default_factory=set)  # how the slices were cut (shard.py)
 
 
 def raw_batches(env: lmdb.Environment, db: Any, *, batch: int = BATCH
@@ -146,7 +147,8 @@ class MergeTables:
         with other.env.begin(db=other.db["meta"]) as txn:
             their_meta = {k: txn.get(k) for k in _SAME_META}
         if mine is None:
-            mine = {k: v for k, v in theirs.items() if k not in ("shard", "created")}
+            mine = {k: v for k, v in theirs.items()
+                    if k not in ("shard", "shard_cut", "created")}
             mine.update({"sources": [], "merged_from": [], "created": now_iso()})
 
             def first(txn: lmdb.Transaction) -> None:
@@ -168,6 +170,7 @@ class MergeTables:
                                  "merge only the slices of one migration")
         if theirs.get("shard"):
             result.shards.append(theirs["shard"])
+            result.cuts.add(theirs.get("shard_cut"))
         for s in theirs.get("sources", []):
             if s not in mine["sources"]:
                 mine["sources"].append(s)

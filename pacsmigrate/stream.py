@@ -25,7 +25,7 @@ from .read import ReadOptions
 from .reads import in_shard, read_tree
 from .records import FILE, TAR, BundlePlan, Problem
 from .retention import covers, lock_of, manifest_fields
-from .shard import Shard
+from .shard import Shard, pruner
 from .sink import Sink, StoreSink
 from .source import hash_unchanged
 from .stats import Stats
@@ -209,7 +209,7 @@ class SourceStream:
 
 async def count_for(roots: list[bytes], bars: list[Bar], shard: Shard | None = None) -> None:
     """Count the files under roots (in the shard's slice), then give the bars their total."""
-    walker = Walker(roots)
+    walker = Walker(roots, prune=pruner(roots, shard))
     n = 0
     try:
         while (got := await walker.next()) is not None:

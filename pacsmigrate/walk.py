@@ -15,7 +15,7 @@ import os
 import stat
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -29,6 +29,9 @@ CHUNK = 2048  # entries per listing piece: a flat folder of millions is never he
 # round trip is a millisecond or more), and below which they run inline again.
 SLOW = 2e-3
 FAST = 2e-4
+
+
+Prune = Callable[[bytes, list[bytes]], list[bytes]]
 
 
 @dataclass(slots=True)
@@ -116,7 +119,9 @@ class Walker:
     """Depth-first listings of the roots, in order; ahead in a pool when listings are slow."""
 
     def __init__(self, roots: Sequence[bytes], *, threads: int = 16, lookahead: int = 64,
-                 ahead_max: int = 256) -> None:
+                 ahead_max: int = 256, prune: Prune | None = None) -> None:
+        """`prune(directory, subdirs)`: the subdirectories to enter (a slice's, shard.py)."""
+        self._prune = prune
         # Each stack item: a path to list, a pending listing, or a continuation.
         self._stack: list[bytes | Future[Listing] | Listing] = list(reversed(roots))
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="walk")
@@ -149,7 +154,8 @@ class Walker:
         got = fut.result()
         if got.rest is not None:
             return  # a huge flat folder: its pieces come in order, on demand
-        for sub in sorted(got.subdirs)[:self._lookahead]:
+        subdirs = got.subdirs if self._prune is None else self._prune(got.path, got.subdirs)
+        for sub in sorted(subdirs)[:self._lookahead]:
             with self._ahead_lock:
                 if self._closed or len(self._ahead) >= self._ahead_max or sub in self._ahead:
                     return
@@ -188,7 +194,9 @@ class Walker:
         else:
             # Subdirectories in name order: date-named trees are walked in date order, so
             # a study whose series arrived on consecutive days is met in one stretch.
-            self._stack.extend(sorted(got.subdirs, reverse=True))
+            subdirs = got.subdirs if self._prune is None else self._prune(got.path,
+                                                                          got.subdirs)
+            self._stack.extend(sorted(subdirs, reverse=True))
             got.subdirs = []
 
     def _pop(self) -> bytes | Future[Listing] | Listing | None:
@@ -249,9 +257,10 @@ def _close(listing: Listing) -> None:
         listing.rest.close()
 
 
-async def walk(roots: Sequence[bytes], *, threads: int = 16) -> AsyncIterator[Listing]:
-    """Every listing piece of the roots, depth-first in scandir order."""
-    walker = Walker(roots, threads=threads)
+async def walk(roots: Sequence[bytes], *, threads: int = 16,
+               prune: Prune | None = None) -> AsyncIterator[Listing]:
+    """Every listing piece of the roots (those prune lets in), depth-first in scandir order."""
+    walker = Walker(roots, threads=threads, prune=prune)
     try:
         while (got := await walker.next()) is not None:
             yield got

@@ -6,20 +6,22 @@ import json
 import os
 import shutil
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import LocalTarget, S3Target, run_cli
-from helpers import assert_complete, index_rows, source_files
+from conftest import LocalTarget, S3Target, run, run_cli
+from helpers import assert_complete, config, index_rows, source_files
 
+from pacsmigrate import migrate
 from pacsmigrate.checkpoint import Checkpoint
 from pacsmigrate.errors import ConfigError
 from pacsmigrate.paths import from_fields
 from pacsmigrate.reads import in_shard
 from pacsmigrate.records import Described, Member, Problem
-from pacsmigrate.shard import Shard
+from pacsmigrate.shard import Shard, pruner
 from pacsmigrate.synth import make_tree
-from pacsmigrate.walk import Listing
+from pacsmigrate.walk import Listing, Walker
 
 # Columns that say what a file is and holds; key, offset and length name the bundle it
 # went into, which depends on how the tree was sliced.
@@ -146,9 +148,27 @@ def test_the_slicing_rule() -> None:
     # Balanced over many study folders.
     counts = [0, 0, 0, 0]
     for i in range(4000):
-        (k,) = owners(b"/mnt/pacs/2020/01/%d/study%d/series" % (i % 28, i), b"IM1")
+        (k,) = owners(b"/mnt/pacs/PID%d/study/series" % i, b"IM1")
         counts[k] += 1
     assert min(counts) > 850
+    # Below the cut (3 folders) a subtree is one unit: a day of a date-named tree, whatever
+    # its studies; a slice enters only its own days' folders, and lists the levels above.
+    day = b"/mnt/pacs/2020/01/05"
+    below = {owners(day + b"/%s/%s" % (st, se), b"IM%d" % i)[0]
+             for st in (b"A", b"B", b"C") for se in (b"1", b"2") for i in range(3)}
+    assert len(below) == 1
+    (mine,) = below
+    subs = [day + b"/A", day + b"/B"]
+    assert [len(s.subdirs(root, day, subs)) for s in shards] == [
+        2 if s.index == mine else 0 for s in shards]
+    assert all(s.subdirs(root, b"/mnt/pacs/2020/01", subs) == subs for s in shards)
+    # Files directly in the day's folder belong to its month's unit (the folder holding it).
+    assert owners(day, b"x") == owners(b"/mnt/pacs/2020/01/06", b"y")
+    # States made before the cut keep their rule: each study folder decides.
+    legacy = [Shard(k, 4, cut=None) for k in range(4)]
+    units = {tuple(s.index for s in legacy if s.keeps(root, day + b"/S%d/1" % i, b"x"))
+             for i in range(64)}
+    assert len(units) == 4 and all(s.subdirs(root, day, subs) == subs for s in legacy)
     # A relative rule: the same cut under another mount point.
     moved = Shard(1, 4)
     assert moved.keeps(b"/nas", b"/nas/a/b/c", b"x") == moved.keeps(root, root + b"/a/b/c", b"x")
@@ -283,3 +303,49 @@ def test_a_state_of_a_run_on_workers_refuses_other_runs_from_the_start(
         proc = run_cli("migrate", str(root), local_store.url, "--state", str(state),
                        "--no-progress", *extra)
         assert proc.returncode == 2 and "run on Dask workers" in proc.stderr
+
+
+def test_a_slice_lists_the_upper_folders_and_only_its_own_subtrees(tmp_path: Path) -> None:
+    root = tmp_path / "pacs"
+    make_tree(root, studies=12, seed=75, layout="date", scale=0.05)
+    roots = [os.fsencode(root)]
+
+    def walked(shard: Shard | None) -> tuple[int, set[bytes]]:
+        walker = Walker(roots, prune=pruner(roots, shard))
+        files: set[bytes] = set()
+        try:
+            while (got := walker.next_sync()) is not None:
+                kept = in_shard(got, roots, shard) if shard is not None else got
+                files |= {got.path + b"/" + name for name in kept.files}
+        finally:
+            walker.close()
+        return walker.listings, files
+
+    listings, every = walked(None)
+    parts = [walked(Shard(k, 3)) for k in range(3)]
+    assert set().union(*(p[1] for p in parts)) == every
+    assert sum(len(p[1]) for p in parts) == len(every)  # each file in one slice
+    assert all(0 < p[0] < listings for p in parts)
+    # The folders above the cut are listed by every slice, the rest by one.
+    upper = sum(1 for d in [root, *root.rglob("*")] if d.is_dir()
+                and len(d.relative_to(root).parts) <= 3)
+    assert sum(p[0] for p in parts) == listings + 2 * upper
+
+
+def test_a_slice_state_made_before_the_cut_keeps_its_rule(local_store: LocalTarget,
+                                                          tmp_path: Path) -> None:
+    root = tmp_path / "pacs"
+    make_tree(root, studies=8, seed=76, layout="date", scale=0.05)
+    files = source_files(root)
+    roots = [os.fsencode(root)]
+    legacy, now = Shard(0, 2, cut=None), Shard.parse("0/2")
+    assert {p for p in files if legacy.holds(roots, p)} != {p for p in files
+                                                             if now.holds(roots, p)}
+    state = tmp_path / "state"
+    run(migrate(replace(config([root], local_store.url, state, None), shard=legacy)))
+    before = index_rows(state)
+    assert before
+    proc = run_cli("migrate", str(root), local_store.url, "--state", str(state), "--shard",
+                   "0/2", "--no-progress", check=True)
+    assert "migrated now: 0 files" in proc.stdout, proc.stdout
+    assert index_rows(state) == before

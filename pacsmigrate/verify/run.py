@@ -65,9 +65,10 @@ async def verify(opened: Opened, *, deep: bool = False, sample: float | None = N
                 job.by_object.close()
         if source:
             await check_sources(job, sample, seed)
-            shard = (opened.cp.get_meta("config") or {}).get("shard")
-            await walk_sources(job, list(_recorded_sources(opened.cp)),
-                               Shard.parse(shard) if shard else None)
+            bound = opened.cp.get_meta("config") or {}
+            shard = Shard.parse(bound["shard"], cut=bound.get("shard_cut")) \
+                if bound.get("shard") else None
+            await walk_sources(job, list(_recorded_sources(opened.cp)), shard)
         result = VerifyResult(job.counts(), findings.errors, findings.warnings,
                               MappingProxyType(dict(findings.by_kind)), tuple(findings.kept),
                               round(time.monotonic() - started, 3))

@@ -12,7 +12,7 @@ from typing import Any
 from ..checkpoint import Checkpoint
 from ..progress import Bar
 from ..reads import in_shard
-from ..shard import Shard
+from ..shard import Shard, pruner
 from ..source import hash_file, open_source
 from ..walk import walk
 from .common import Job, Sampler, db_batches, workers
@@ -106,7 +106,8 @@ async def walk_sources(job: Job, recorded: list[str], shard: Shard | None = None
             job.findings.add(Finding(SOURCE_GONE, path=root,
                                      detail=f"source root missing{relative}"))
     try:
-        async for got in walk(roots, threads=job.cfg.scan_threads):
+        async for got in walk(roots, threads=job.cfg.scan_threads,
+                              prune=pruner(roots, shard)):
             listing = in_shard(got, roots, shard) if shard is not None else got
             for p in listing.problems:
                 if not p.final:  # symlinks etc. were skipped by the migration too
