@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import warnings
 from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
@@ -15,9 +16,34 @@ from .headscan import DEFLATED, pixel_overrun, scan_fields
 from .headskip import Buffer
 
 # pydicom's warnings and log lines can quote element values (names, IDs, UIDs): patient
-# data must never reach our output, so they are silenced; our reasons carry no values.
-warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
-logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+# data must never reach our output. They are dropped while a thread reads a header for us,
+# and only then: the rest of the process (a Dask worker's other tasks) keeps them, and the
+# import changes nothing (a filter on the pydicom logger and a showwarning that passes all
+# else on are put in place by the first read).
+_reading = threading.local()
+_hushed = threading.Lock()
+_installed = False
+
+
+class _NotWhileReading(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_reading, "on", False)
+
+
+def _hush() -> None:
+    global _installed
+    with _hushed:
+        if _installed:
+            return
+        logging.getLogger("pydicom").addFilter(_NotWhileReading())
+        shown = warnings.showwarning
+
+        def showwarning(message: Warning | str, category: type[Warning], filename: str,
+                        lineno: int, file: Any = None, line: str | None = None) -> None:
+            if not getattr(_reading, "on", False):
+                shown(message, category, filename, lineno, file, line)
+        warnings.showwarning = showwarning
+        _installed = True
 
 # The most parse() reads from a file for the scan before it hands the file to pydicom.
 MAX_PREFIX = 1 << 20
@@ -95,6 +121,15 @@ def read_header(f: BinaryIO, size: int) -> Header:
     """Parse the header of an open file with pydicom (stopping before pixel data)."""
     if size == 0:
         return Header(reason="empty file")
+    _hush()
+    _reading.on = True
+    try:
+        return _read_header(f, size)
+    finally:
+        _reading.on = False
+
+
+def _read_header(f: BinaryIO, size: int) -> Header:
     prefix = f.read(132)
     has_marker = prefix[128:132] == b"DICM"
     f.seek(0)

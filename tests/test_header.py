@@ -430,3 +430,39 @@ def test_scan_declines_under_non_default_pydicom_settings(
     monkeypatch.setattr(pydicom.config, "datetime_conversion", True)
     assert scan(data, len(data)) is None
     assert parse(data, len(data)) == reference(data)
+
+
+def test_pydicom_is_hushed_only_while_it_reads_for_us(tmp_path: Path) -> None:
+    """Importing pacsmigrate changes nothing process-wide (a Dask worker runs other tasks);
+    pydicom's warnings, which can quote patient data, are dropped only inside our reads."""
+    ds = Dataset()
+    ds.PatientName = "DOE^SECRET"
+    ds.StudyInstanceUID = "1.2.3.SECRET"  # not a valid UID: pydicom warns, quoting it
+    ds.SeriesInstanceUID, ds.SOPInstanceUID = "1.2.3.4", "1.2.3.5"
+    ds.SOPClassUID = UID("1.2.840.10008.5.1.4.1.1.7")
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.1")
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    path = tmp_path / "odd.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    script = textwrap.dedent(f"""
+        import logging, sys, warnings
+        warnings.simplefilter("always")
+        logging.basicConfig(level=logging.WARNING)
+        import pydicom  # its own imports (requests, urllib3) add filters of theirs
+        before = list(warnings.filters), logging.getLogger("pydicom").level
+        from pacsmigrate.header import read_header
+        assert (list(warnings.filters), logging.getLogger("pydicom").level) == before
+        with open({str(path)!r}, "rb") as f:
+            h = read_header(f, {path.stat().st_size})
+        assert h.study_uid == "1.2.3.SECRET", h
+        print("OURS-DONE", file=sys.stderr, flush=True)
+        str(pydicom.dcmread({str(path)!r}).StudyInstanceUID)  # anyone else's read: warns
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=False, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    ours, _, theirs = proc.stderr.partition("OURS-DONE")
+    assert "SECRET" not in ours
+    assert "SECRET" in theirs  # pydicom still warns outside our reads
