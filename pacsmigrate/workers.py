@@ -1,7 +1,7 @@
 """`migrate --workers N` / `--scheduler ADDRESS`: one migration on Dask distributed.
 
-The run is cut into S slices (`--shard K/S`, shard.py), S fixed by the first run (the
-number of workers then) and recorded in the run's state. Each slice is one Dask task
+The run is cut into S slices (`--shard K/S`, shard.py), S fixed by the first run (four
+per task its cluster ran at once) and recorded in the run's state. Each slice is one Dask task
 (slicetask.py) that runs the normal pipeline in a worker process with a state of its own.
 Dask places the tasks and, when a worker dies, runs its slice again on another, which
 resumes it there: intents settled, acknowledged objects adopted, the rest uploaded, so
@@ -39,8 +39,8 @@ from .config import MigrateConfig
 from .errors import ConfigError, StateError
 from .progress import Bar
 from .report import write_report
-from .shard import Shard
-from .slicestore import abort_strays, fetch, held_copy, mark_start, marker_key
+from .shard import CUT, Shard
+from .slicestore import abort_strays, fetch, held_copy, mark_start, marker_key, newest_copy
 from .slicetask import SHARED, SLICES, STORE, SliceJob, run_slice, slice_state
 from .statemerge import merge_into
 from .stats import Stats
@@ -50,6 +50,9 @@ T = TypeVar("T")
 MERGING = "merging.tmp"
 MIN_MEMORY = 64 << 20
 WAIT_FOR_WORKERS = 300  # seconds a run on a cluster waits for its first worker
+# Slices per task a cluster runs at once: when one slice is larger than the others, Dask
+# gives the rest to the workers that are free, so the run does not wait on one worker.
+SLICES_PER_SLOT = 4
 
 
 def _share(cfg: MigrateConfig, running: int) -> MigrateConfig:
@@ -97,7 +100,7 @@ def _plan(run: Checkpoint, cfg: MigrateConfig, workers: int, states: str | None,
                               "without --workers, or give a new --state")
         known = {"slices": workers, "dest": str(cfg.dest),
                  "states": states or (STORE if scheduler else SHARED),
-                 "run_id": uuid.uuid4().hex[:16]}
+                 "run_id": uuid.uuid4().hex[:16], "cut": CUT}
         run.put_meta("workers", known)
         return known
     if known["dest"] != str(cfg.dest):
@@ -105,6 +108,7 @@ def _plan(run: Checkpoint, cfg: MigrateConfig, workers: int, states: str | None,
                           f"{known['dest']}, not {cfg.dest}; use another --state")
     known.setdefault("states", SHARED)  # runs from before --slice-states
     known.setdefault("run_id", "")
+    known.setdefault("cut", None)  # and from before the cut (shard.py)
     if states is not None and states != known["states"]:
         raise ConfigError(f"this run keeps its slices' states in the {known['states']!r} "
                           f"way (--slice-states {known['states']}), fixed by its first run")
@@ -129,17 +133,19 @@ def migrate_on_dask(cfg: MigrateConfig, *, workers: int | None = None,
         with _client(workers, scheduler) as client:
             if scheduler is not None:  # an autoscaling cluster may start with none
                 client.wait_for_workers(1, timeout=WAIT_FOR_WORKERS)
-            found = len(client.scheduler_info()["workers"]) or (workers or 1)
-            plan = _plan(run, cfg, found, states, scheduler)
+            seen = client.scheduler_info()["workers"].values()
+            found = len(seen) or (workers or 1)
+            slots = sum(int(w.get("nthreads", 1)) for w in seen) or found  # tasks at once
+            plan = _plan(run, cfg, SLICES_PER_SLOT * slots, states, scheduler)
             count = plan["slices"]
             if plan["states"] == STORE:
                 asyncio.run(_in_store(lambda b: mark_start(b, cfg.dest, plan["run_id"]), cfg))
             echo(f"{count} slices on {found} Dask workers, states kept "
                  f"{'in the store' if plan['states'] == STORE else 'under --state'} "
                  f"({_dashboard(client)})")
-            shared, queue = _share(cfg, min(found, count)), f"pacsmigrate-{uuid.uuid4().hex}"
-            jobs = [SliceJob(shared, Shard(k, count), plan["states"], plan["run_id"], queue)
-                    for k in range(count)]
+            shared, queue = _share(cfg, min(slots, count)), f"pacsmigrate-{uuid.uuid4().hex}"
+            jobs = [SliceJob(shared, Shard(k, count, plan["cut"]), plan["states"],
+                             plan["run_id"], queue) for k in range(count)]
             stats, copies = _run_slices(client, jobs, echo, cfg.progress)
         if plan["states"] == STORE:
             stats.uploads_aborted += asyncio.run(_in_store(
@@ -167,14 +173,16 @@ async def _fetch_all(backend: Backend, cfg: MigrateConfig, run_id: str,
                      copies: dict[int, str]) -> int:
     """Read each slice's copy into STATE/slices (unless the one there is it); abort what
     lost workers left half uploaded. Returns how many uploads were aborted."""
+    count = len(copies)
     for k, key in sorted(copies.items()):
-        target = slice_state(cfg.state_dir, Shard(k, len(copies)))
-        if held_copy(target) == key:
-            continue
+        target = slice_state(cfg.state_dir, Shard(k, count))
         info = await backend.stat(key)
-        if info is None:
-            raise StateError(f"the copy of slice {k} at {key} is gone from the store; run "
-                             "again")
+        if info is None:  # the slice ran again since (a newer copy replaced this one)
+            info = await newest_copy(backend, cfg.dest, run_id, Shard(k, count))
+            if info is None:
+                raise StateError(f"no copy of slice {k} is left in the store; run again")
+        if held_copy(target) == info.key:
+            continue
         await fetch(backend, info, target / "checkpoint.lmdb" / "data.mdb")
     marker = await backend.stat(marker_key(cfg.dest, run_id))
     return await abort_strays(backend, cfg.dest, marker.modified if marker else time.time())
@@ -199,6 +207,10 @@ def _run_slices(client: Any, jobs: list[SliceJob], echo: Callable[[str], None],
             for fut in [f for f in left if f.done()]:
                 shard = left.pop(fut)
                 got = fut.result()  # a slice's error stops the run, one line as in one process
+                # Let go of it: Dask would run it again to keep a result that a lost worker
+                # held, and a slice done twice replaces the copy of its state read below.
+                del futures[fut]
+                fut.release()
                 total.add(got["stats"])
                 if got["copy"]:
                     copies[shard.index] = got["copy"]

@@ -39,7 +39,7 @@ def test_three_workers_make_the_index_of_a_single_run(moto_s3: S3Target,
     state = tmp_path / "state"
     proc = run_cli(*_args(moto_s3, root, state, "--workers", "3"), env=moto_s3.env(),
                    check=True)
-    assert "3 slices on 3 Dask workers" in proc.stderr
+    assert "12 slices on 3 Dask workers" in proc.stderr
     assert f"migrated now: {len(single):,} files" in proc.stdout
     rows = assert_complete(moto_s3, state, root)
     assert _same(rows) == _same(single)
@@ -49,7 +49,7 @@ def test_three_workers_make_the_index_of_a_single_run(moto_s3: S3Target,
     keys = moto_s3.object_keys()
     again = run_cli(*_args(moto_s3, root, state, "--workers", "2"), env=moto_s3.env(),
                     check=True)
-    assert "migrated now: 0 files" in again.stdout and "3 slices on 2" in again.stderr
+    assert "migrated now: 0 files" in again.stdout and "12 slices on 2" in again.stderr
     assert moto_s3.object_keys() == keys and _same(index_rows(state)) == _same(single)
 
 
@@ -87,7 +87,7 @@ def test_an_existing_cluster_is_used_with_scheduler(moto_s3: S3Target, tmp_path:
         proc = run_cli(*_args(moto_s3, root, tmp_path / "state", "--scheduler",
                               cluster.scheduler_address, "--progress"), env=moto_s3.env(),
                        check=True)
-    assert "2 slices on 2 Dask workers" in proc.stderr
+    assert "8 slices on 2 Dask workers" in proc.stderr
     # The bar sums what the slices write to their progress files.
     files = len(index_rows(tmp_path / "state"))
     assert f"{files} files" in proc.stderr

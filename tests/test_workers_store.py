@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import S3Target, run, run_cli
-from helpers import assert_complete, config, index_rows
+from helpers import assert_complete, config, index_rows, source_files
 from test_shard import _same, _tree
 from test_workers import crash_tree
 
@@ -91,16 +91,16 @@ def test_two_machines_without_a_shared_path_make_one_index(moto_s3: S3Target,
     with machines(tmp_path, env) as (address, dirs):
         proc = run_cli(*_args(moto_s3, root, state, "--scheduler", address), env=env,
                        check=True)
-        assert "2 slices on 2 Dask workers, states kept in the store" in proc.stderr
+        assert "8 slices on 2 Dask workers, states kept in the store" in proc.stderr
         # Each slice's state was made on a machine, in its own directory, not under --state.
         made = _slice_states(dirs[0]) + _slice_states(dirs[1])
-        assert sorted(set(made)) == ["0-of-2", "1-of-2"], made
+        assert sorted(set(made)) == [f"{k}-of-8" for k in range(8)], made
         rows = assert_complete(moto_s3, state, root)
         assert _same(rows) == _same(single)
         # One copy of each slice's state stays in the store, beside the run's start mark.
         copies = [k for k in moto_s3.object_keys() if "/pacsmigrate-run/slices/" in k]
         assert sorted(k.rsplit("/", 2)[1] for k in copies if k.endswith(".lmdb")) == [
-            "0-of-2", "1-of-2"]
+            f"{k}-of-8" for k in range(8)]
         # Re-run: each slice finds its state on its machine or in the store; nothing new.
         keys = moto_s3.object_keys()
         again = run_cli(*_args(moto_s3, root, state, "--scheduler", address), env=env,
@@ -110,6 +110,20 @@ def test_two_machines_without_a_shared_path_make_one_index(moto_s3: S3Target,
                                                           if k.endswith(".lmdb")}
     verify = run_cli("verify", "--state", str(state), "--deep", "--source", env=moto_s3.env())
     assert verify.returncode == 0, verify.stdout + verify.stderr
+    # The run's state serves every read command as a single run's would.
+    files = source_files(root)
+    some = sorted(files)[len(files) // 2]
+    located = json.loads(run_cli("locate", os.fsdecode(some), "--state", str(state), "--json",
+                                 env=moto_s3.env(), check=True).stdout)
+    assert located["blake3"] == next(r["blake3"] for r in single
+                                     if r["source_path"] == os.fsdecode(some))
+    to = tmp_path / "restored"
+    run_cli("restore", "--state", str(state), "--all", "--to", str(to), "--no-progress",
+            env=moto_s3.env(), check=True)
+    for path, src in files.items():
+        assert (to / os.fsdecode(path).lstrip("/")).read_bytes() == src.read_bytes()
+    export = run_cli("index", "export", "--state", str(state), "--format", "csv", check=True)
+    assert len(export.stdout.strip().splitlines()) == len(single) + 1  # a header line
 
 
 @pytest.mark.parametrize("point", ["after-upload:2", "part-uploaded:1"])
@@ -259,17 +273,17 @@ def test_a_slice_stops_when_its_coordinator_dies(moto_s3: S3Target, tmp_path: Pa
         finally:
             slow.send_signal(signal.SIGKILL)
             slow.wait()
-        lock = next(dirs[0].rglob("slices/0-of-1/lock"))
-
         def taken() -> bool:
-            fd = os.open(lock, os.O_RDONLY)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                return False
-            except BlockingIOError:
-                return True
-            finally:
-                os.close(fd)
+            """Whether a slice's state is in use (one runs at a time on the one worker)."""
+            for lock in dirs[0].rglob("slices/*-of-4/lock"):
+                fd = os.open(lock, os.O_RDONLY)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return True
+                finally:
+                    os.close(fd)
+            return False
 
         assert taken(), "the slice should still be running right after the kill"
         deadline = time.monotonic() + 30
