@@ -33,8 +33,9 @@ def run_workers(ctx: Ctx, trees: Trees, files: int) -> Section:
     s5 = by[S5_DEFAULTS.name].wall
     lines = [(f"Tree: **{tree.name}** ({tree.files:,} files of {tree.bytes / tree.files / 1024:.1f}"
               f" KiB). Each run: a fresh bucket and --state; `--workers N` starts a Dask "
-              "LocalCluster of N processes (one thread each) on 127.0.0.1, cuts the run into N "
-              "slices and merges their states at the end, all inside the timed run (cluster "
+              "LocalCluster of N processes (one thread each) on 127.0.0.1, cuts the run into "
+              "4N slices (states under --state) and merges them at the end, all inside the "
+              "timed run (cluster "
               f"start-up included). {ctx.repeats} repeats in alternating order; CPU is the "
               "whole process tree's (workers included), median of the repeats."), "",
              "Order:", "", *order_lines(outcomes), "",
