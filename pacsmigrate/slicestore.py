@@ -6,17 +6,19 @@ is done the worker leaves a copy of that state in the store (keys.RUN_DIR/slices
 TIME.lmdb, blake3 in its metadata) and the coordinator reads the copies back to merge them:
 the store is the one place every machine reaches.
 
-A slice whose worker was lost starts again elsewhere from its last copy (or from nothing)
-and learns from the store what the lost worker stored: every object the store dated since
-that copy (by the store's own clock, less a margin for gateways whose clocks differ) is
-described by its manifest, and the entries that belong to this slice are adopted. So it
-uploads only the rest. The cost is two ranged reads per object stored since then, by any
-slice: a lost worker is rare, a run that re-reads and re-sends a slice is not cheap.
-
-A machine that ran the slice before keeps its own state when that state is the latest (it
-started from the newest copy, or no copy exists yet): its intents settle what it left in
-flight. An upload the lost worker left half done (a multipart upload) is aborted by the
-coordinator at the end (abort_strays).
+Each attempt at a slice first leaves a record in the store (attempt-ID.json beside the
+copies); a copy, once stored, replaces the records. So a slice that starts sees whether
+anyone ran it since its newest copy without leaving one. If nobody did, it starts from that
+copy (or from nothing), and a machine holding the slice's state from that copy keeps its
+own: its intents settle what it left in flight. If someone did (a lost worker), it starts
+from the copy and learns from the store what was stored since: every object the store
+dated since the copy (or since the run began, by the store's own clock, less a margin for
+gateways whose clocks differ) is described by its manifest, and the entries that belong to
+this slice are adopted, so it uploads only the rest. The cost is a listing of the prefix
+and two ranged reads per object stored since then, by any slice: paid only after a loss.
+Copies are numbered by generation (the one a state started from, plus one), not by any
+machine's clock. A multipart upload the lost worker left half done is found by its key
+when the slice plans the same bundle again, and its parts reused.
 """
 
 from __future__ import annotations
@@ -26,15 +28,16 @@ import json
 import logging
 import os
 import shutil
-import time
+import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiofiles
 import blake3
 
 from . import keys
-from .backends.base import Backend, ObjectInfo, PendingUploads, one_chunk
+from .backends.base import Backend, ObjectInfo, one_chunk
 from .checkpoint import Checkpoint
 from .config import Destination, MigrateConfig
 from .errors import BackendError, ObjectExistsError, StateError
@@ -49,6 +52,8 @@ MARGIN = 900.0  # seconds of the store's clock read again before a copy's date
 RANGE = 16 << 20  # one ranged read of a copy
 HASH_META = "pacsmigrate-blake3"
 HELD = "slice_copy"  # meta: the copy in the store a state started from (or is)
+ATTEMPT = "slice_attempt"  # meta: the attempt that made this state (its record's id)
+SEEDED = "slice_seeded"  # meta: written last, once the state is whole
 
 
 def run_prefix(dest: Destination, run_id: str) -> str:
@@ -61,8 +66,17 @@ def marker_key(dest: Destination, run_id: str) -> str:
     return f"{run_prefix(dest, run_id)}/started.json"
 
 
-def copies_prefix(dest: Destination, run_id: str, shard: Shard) -> str:
+def slice_prefix(dest: Destination, run_id: str, shard: Shard) -> str:
     return f"{run_prefix(dest, run_id)}/{shard.index}-of-{shard.count}/"
+
+
+def copy_name(generation: int) -> str:
+    return f"copy-{generation:012d}.lmdb"
+
+
+def generation_of(key: str | None) -> int:
+    name = (key or "").rpartition("/")[2]
+    return int(name[5:17]) if name.startswith("copy-") and name.endswith(".lmdb") else 0
 
 
 async def mark_start(backend: Backend, dest: Destination, run_id: str) -> None:
@@ -76,51 +90,96 @@ async def mark_start(backend: Backend, dest: Destination, run_id: str) -> None:
         pass
 
 
+@dataclass
+class InStore:
+    """What the store holds of one slice: its newest copy and the attempts since."""
+
+    newest: ObjectInfo | None = None
+    attempts: set[str] = field(default_factory=set)  # ids of attempts that left no copy
+    keys: list[str] = field(default_factory=list)
+
+
+async def in_store(backend: Backend, dest: Destination, run_id: str, shard: Shard) -> InStore:
+    found, newest = InStore(), ""
+    async for info in backend.list(slice_prefix(dest, run_id, shard)):
+        name = info.key.rpartition("/")[2]
+        found.keys.append(info.key)
+        if generation_of(info.key) and name > newest.rpartition("/")[2]:
+            newest = info.key
+        elif name.startswith("attempt-") and name.endswith(".json"):
+            found.attempts.add(name[8:-5])
+    if newest:
+        found.newest = await backend.stat(newest)  # with its metadata (the blake3)
+    return found
+
+
 async def newest_copy(backend: Backend, dest: Destination, run_id: str,
                       shard: Shard) -> ObjectInfo | None:
-    """The slice's latest copy in the store (names sort by time), with its metadata."""
-    newest: str | None = None
-    async for info in backend.list(copies_prefix(dest, run_id, shard)):
-        if info.key.endswith(".lmdb") and (newest is None or info.key > newest):
-            newest = info.key
-    return None if newest is None else await backend.stat(newest)
+    """The slice's latest copy in the store (the highest generation), with its metadata."""
+    return (await in_store(backend, dest, run_id, shard)).newest
 
 
-def held_copy(state_dir: Path) -> str | None | bool:
-    """The copy a local state started from (None: from nothing); False: no local state."""
+@dataclass(frozen=True)
+class Held:
+    """What a whole local state says of itself (see seed)."""
+
+    copy: str | None
+    attempt: str | None
+
+
+def held(state_dir: Path) -> Held | None:
+    """The copy and attempt a local state came from; None when there is no whole state."""
     if not (state_dir / "checkpoint.lmdb" / "data.mdb").is_file():
-        return False
+        return None
     cp = Checkpoint(state_dir, readonly=True, idle=True)
     try:
-        held: str | None = cp.get_meta(HELD)
-        return held
+        if not cp.get_meta(SEEDED):
+            return None  # its start was cut short: not to be trusted
+        return Held(cp.get_meta(HELD), cp.get_meta(ATTEMPT))
     finally:
         cp.close()
+
+
+def held_copy(state_dir: Path) -> str | None:
+    """The copy a local state is (or started from), if it is whole."""
+    h = held(state_dir)
+    return h.copy if h is not None else None
 
 
 async def seed(cfg: MigrateConfig, backend: Backend, run_id: str) -> str:
     """Make cfg.state_dir the state this slice resumes from; says what it started from."""
     assert cfg.shard is not None
-    newest = await newest_copy(backend, cfg.dest, run_id, cfg.shard)
-    held = held_copy(cfg.state_dir)
-    if held is not False and held == (newest.key if newest else None):
-        return "its state on this worker"
+    store = await in_store(backend, cfg.dest, run_id, cfg.shard)
+    newest = store.newest.key if store.newest else None
+    mine = held(cfg.state_dir)
+    if mine is not None and mine.copy == newest and store.attempts <= {mine.attempt}:
+        return "its state on this worker"  # nobody ran the slice since this state began
+    attempt = uuid.uuid4().hex
+    await backend.save(slice_prefix(cfg.dest, run_id, cfg.shard) + f"attempt-{attempt}.json",
+                       one_chunk(json.dumps({"started": now_iso()}).encode()))
     shutil.rmtree(cfg.state_dir, ignore_errors=True)
-    if newest is not None:
-        await fetch(backend, newest, cfg.state_dir / "checkpoint.lmdb" / "data.mdb")
-        since = newest.modified
+    if store.newest is not None:
+        await fetch(backend, store.newest, cfg.state_dir / "checkpoint.lmdb" / "data.mdb")
+        since = store.newest.modified
     else:
         marker = await backend.stat(marker_key(cfg.dest, run_id))
         since = marker.modified if marker is not None else 0.0
     cp = Checkpoint(cfg.state_dir)
     try:
-        cp.put_meta(HELD, newest.key if newest else None)
         await key_secret(cp, backend, cfg.dest)
-        found = await adopt_since(cp, backend, cfg, max(0.0, since - MARGIN) if since else 0.0)
+        found = 0
+        if store.attempts:  # someone ran it since and left no copy: see what it stored
+            found = await adopt_since(cp, backend, cfg,
+                                      max(0.0, since - MARGIN) if since else 0.0)
+        cp.put_meta(HELD, newest)
+        cp.put_meta(ATTEMPT, attempt)
+        cp.put_meta(SEEDED, True)
     finally:
         cp.close()
-    return (f"{'its copy in the store' if newest else 'an empty state'}, {found:,} files "
-            "found in the store since")
+    start = "its copy in the store" if newest else "an empty state"
+    if not store.attempts:
+        return start
+    return f"{start}, {found:,} files found in the store from an attempt that left no copy"
 
 
 async def adopt_since(cp: Checkpoint, backend: Backend, cfg: MigrateConfig,
@@ -141,31 +200,39 @@ async def adopt_since(cp: Checkpoint, backend: Backend, cfg: MigrateConfig,
 
 
 async def ship(cfg: MigrateConfig, backend: Backend, run_id: str) -> str:
-    """Leave a copy of the slice's state in the store; returns its key. Older copies are
-    removed (a store whose lock keeps them keeps them: the newest is the one read)."""
+    """Leave a copy of the slice's state in the store; returns its key. The copy replaces
+    older copies and the attempt records (a store whose lock keeps them keeps them: the
+    highest generation is the one read)."""
     assert cfg.shard is not None
-    prefix = copies_prefix(cfg.dest, run_id, cfg.shard)
-    key = f"{prefix}{time.time_ns():020d}.lmdb"
+    prefix = slice_prefix(cfg.dest, run_id, cfg.shard)
     work = cfg.state_dir.with_name(cfg.state_dir.name + ".copy")
     cp = Checkpoint(cfg.state_dir)
     try:
-        cp.put_meta(HELD, key)  # the copy is the state a worker holding it resumes
-        data = await asyncio.to_thread(cp.snapshot, work)
+        key = prefix + copy_name(generation_of(cp.get_meta(HELD)) + 1)
+        await asyncio.to_thread(cp.snapshot, work / "checkpoint.lmdb")
+        copy = Checkpoint(work)
+        try:  # the copy is the state that a worker holding it resumes
+            copy.put_meta(HELD, key)
+            copy.put_meta(ATTEMPT, None)
+        finally:
+            copy.close()
+        data = work / "checkpoint.lmdb" / "data.mdb"
+        try:
+            digest = await asyncio.to_thread(_blake3_of, data)
+            await backend.save(key, _chunks(data, backend.part_size(data.stat().st_size)),
+                               metadata={HASH_META: digest})
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        cp.put_meta(HELD, key)  # only once the store holds it
+        cp.put_meta(ATTEMPT, None)
     finally:
         cp.close()
-    try:
-        digest = await asyncio.to_thread(_blake3_of, data)
-        size = data.stat().st_size
-        await backend.save(key, _chunks(data, backend.part_size(size)),
-                           metadata={HASH_META: digest})
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     async for info in backend.list(prefix):
-        if info.key < key:
+        if info.key != key and generation_of(info.key) < generation_of(key):
             try:
                 await backend.remove(info.key)
             except BackendError as exc:
-                log.info("an older copy of slice %s stays: %s", cfg.shard, exc)
+                log.info("an older record of slice %s stays: %s", cfg.shard, exc)
     return key
 
 
@@ -194,22 +261,6 @@ async def fetch(backend: Backend, info: ObjectInfo, target: Path) -> None:
     os.replace(tmp, target)
 
 
-async def abort_strays(backend: Backend, dest: Destination, started: float) -> int:
-    """Abort unfinished uploads under the prefix begun after `started` (epoch seconds, the
-    store's clock): every slice of the run is done, so none is ours to resume; they were
-    left by lost workers. Returns how many. Azure keeps no start time for staged blocks
-    (none is aborted here); it drops uncommitted blocks itself after seven days."""
-    if not isinstance(backend, PendingUploads):
-        return 0
-    n = 0
-    prefix = dest.key("")
-    async for up in backend.pending_uploads(f"{prefix}/" if prefix else ""):
-        if up.initiated >= started - MARGIN:
-            await backend.abort_upload(up)
-            n += 1
-    return n
-
-
 def _blake3_of(path: Path) -> str:
     h = blake3.blake3(max_threads=1)
     h.update_mmap(path)
@@ -222,4 +273,4 @@ async def _chunks(path: Path, size: int) -> AsyncIterator[bytes]:
             yield chunk
 
 
-__all__ = ["abort_strays", "fetch", "mark_start", "newest_copy", "seed", "ship"]
+__all__ = ["fetch", "held_copy", "mark_start", "newest_copy", "seed", "ship"]

@@ -64,6 +64,8 @@ def run_slice(job: SliceJob) -> dict[str, Any]:
     state = slice_state(base, job.shard)
     cfg = replace(job.cfg, shard=job.shard, state_dir=state, progress=False,
                   report_path=None, progress_file=state.with_name(state.name + ".progress"))
+    assert cfg.progress_file is not None
+    cfg.progress_file.unlink(missing_ok=True)  # an earlier run's counts must not be sent
     queue = Queue(job.queue)  # type: ignore[no-untyped-call]
     watch = _Watch(worker, worker.get_current_task(), queue, job.shard,
                    cfg.progress_file)

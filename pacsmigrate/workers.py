@@ -35,12 +35,13 @@ from typing import Any, TypeVar
 
 from .backends import Backend, open_backend
 from .checkpoint import Checkpoint
+from .cleanup import stale_uploads
 from .config import MigrateConfig
 from .errors import ConfigError, StateError
 from .progress import Bar
 from .report import write_report
 from .shard import CUT, Shard
-from .slicestore import abort_strays, fetch, held_copy, mark_start, marker_key, newest_copy
+from .slicestore import MARGIN, fetch, held_copy, mark_start, marker_key, newest_copy
 from .slicetask import SHARED, SLICES, STORE, SliceJob, run_slice, slice_state
 from .statemerge import merge_into
 from .stats import Stats
@@ -148,8 +149,12 @@ def migrate_on_dask(cfg: MigrateConfig, *, workers: int | None = None,
                              plan["run_id"], queue) for k in range(count)]
             stats, copies = _run_slices(client, jobs, echo, cfg.progress)
         if plan["states"] == STORE:
-            stats.uploads_aborted += asyncio.run(_in_store(
+            left = asyncio.run(_in_store(
                 lambda b: _fetch_all(b, cfg, plan["run_id"], copies), cfg))
+            if left:  # a lost worker's, whose bundle no slice planned again (or not ours)
+                echo(f"WARNING: {left} multipart upload(s) under {cfg.dest} begun during this "
+                     "run are still open; once nothing else writes there, `pacsmigrate "
+                     "cleanup` aborts them")
         merged = _merge(run, cfg, plan)
         stats.seconds = round(time.monotonic() - started, 3)
         stats.studies = merged.counts()["groups"]
@@ -171,8 +176,8 @@ async def _in_store(body: Callable[[Backend], Awaitable[T]], cfg: MigrateConfig)
 
 async def _fetch_all(backend: Backend, cfg: MigrateConfig, run_id: str,
                      copies: dict[int, str]) -> int:
-    """Read each slice's copy into STATE/slices (unless the one there is it); abort what
-    lost workers left half uploaded. Returns how many uploads were aborted."""
+    """Read each slice's copy into STATE/slices (unless the one there is it). Returns how
+    many multipart uploads under the prefix begun since the run started are still open."""
     count = len(copies)
     for k, key in sorted(copies.items()):
         target = slice_state(cfg.state_dir, Shard(k, count))
@@ -185,7 +190,9 @@ async def _fetch_all(backend: Backend, cfg: MigrateConfig, run_id: str,
             continue
         await fetch(backend, info, target / "checkpoint.lmdb" / "data.mdb")
     marker = await backend.stat(marker_key(cfg.dest, run_id))
-    return await abort_strays(backend, cfg.dest, marker.modified if marker else time.time())
+    since = marker.modified - MARGIN if marker and marker.modified else time.time()
+    return len([u async for u in stale_uploads(backend, cfg.dest, older_than=0)
+                if u.initiated >= since])
 
 
 def _run_slices(client: Any, jobs: list[SliceJob], echo: Callable[[str], None],
@@ -227,6 +234,7 @@ def _run_slices(client: Any, jobs: list[SliceJob], echo: Callable[[str], None],
         raise
     finally:
         bar.close()
+        queue.close()
     return total, copies
 
 

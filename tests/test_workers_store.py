@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import S3Target, run, run_cli
+from conftest import LocalTarget, S3Target, run, run_cli
 from helpers import assert_complete, config, index_rows, source_files
 from test_shard import _same, _tree
 from test_workers import crash_tree
@@ -80,12 +80,12 @@ def _slice_states(d: Path) -> list[str]:
 
 
 def test_two_machines_without_a_shared_path_make_one_index(moto_s3: S3Target,
+                                                           local_store: LocalTarget,
                                                            tmp_path: Path) -> None:
     root = _tree(tmp_path / "pacs")
-    run_cli(*_args(moto_s3, root, tmp_path / "single"), env=moto_s3.env(), check=True)
+    run_cli("migrate", str(root), local_store.url, "--state", str(tmp_path / "single"),
+            "--no-progress", check=True)
     single = index_rows(tmp_path / "single")
-    moto_s3.drop()
-    moto_s3.client.create_bucket(Bucket=moto_s3.bucket)
     state = tmp_path / "state"
     env = {**moto_s3.env(), "PYTHONPATH": os.pathsep.join(sys.path)}
     with machines(tmp_path, env) as (address, dirs):
@@ -146,21 +146,23 @@ def test_a_lost_machine_s_slice_is_rebuilt_from_the_store(point: str, moto_s3: S
     assert_complete(moto_s3, tmp_path / "state", root)
     if point.startswith("after"):
         found = [line for line in proc.stderr.splitlines() if "an empty state" in line
-                 and "files found in the store since" in line and ", 0 files" not in line]
+                 and "found in the store from an attempt that left no copy" in line
+                 and ", 0 files" not in line]
         assert found, proc.stderr
     else:
         assert json.loads((tmp_path / "report.json").read_text())["run"]["parts_reused"] >= 1
 
 
 @pytest.mark.seaweed
-def test_uploads_left_open_by_lost_workers_are_aborted(seaweed_s3: S3Target,
-                                                       tmp_path: Path) -> None:
-    """At the end of a run every slice is done: an upload still open under the prefix, begun
-    since the run started, was left by a lost worker whose plan no slice made again. (On
-    SeaweedFS: moto dates every upload 2010, so none looks begun since the run started.)"""
+def test_uploads_left_open_under_the_prefix_are_reported_not_aborted(seaweed_s3: S3Target,
+                                                                    tmp_path: Path) -> None:
+    """An upload still open at the end (a lost worker's whose bundle no slice planned again,
+    or another migration's into the same prefix) is counted for a warning, never aborted:
+    only the user knows nothing else writes there. (On SeaweedFS: moto dates every upload
+    2010, before any run.)"""
     from pacsmigrate.backends import open_backend
     from pacsmigrate.config import TransferConfig
-    from pacsmigrate.slicestore import abort_strays, marker_key
+    from pacsmigrate.workers import _fetch_all
 
     cfg = config([tmp_path], seaweed_s3.url, tmp_path / "s", seaweed_s3.info.endpoint_url)
 
@@ -168,9 +170,7 @@ def test_uploads_left_open_by_lost_workers_are_aborted(seaweed_s3: S3Target,
         backend = await open_backend(cfg.dest, TransferConfig())
         try:
             await mark_start(backend, cfg.dest, "r")
-            marker = await backend.stat(marker_key(cfg.dest, "r"))
-            assert marker is not None and marker.modified > 0
-            return await abort_strays(backend, cfg.dest, marker.modified)
+            return await _fetch_all(backend, cfg, "r", {})
         finally:
             await backend.close()
 
@@ -178,7 +178,11 @@ def test_uploads_left_open_by_lost_workers_are_aborted(seaweed_s3: S3Target,
     seaweed_s3.client.create_multipart_upload(Bucket=seaweed_s3.bucket, Key=stray)
     seaweed_s3.client.create_multipart_upload(Bucket=seaweed_s3.bucket, Key="elsewhere/y.tar")
     assert run(go()) == 1
-    assert [u["Key"] for u in seaweed_s3.pending_uploads()] == ["elsewhere/y.tar"]
+    assert sorted(u["Key"] for u in seaweed_s3.pending_uploads()) == sorted(
+        ["elsewhere/y.tar", stray])
+    for u in seaweed_s3.pending_uploads():
+        seaweed_s3.client.abort_multipart_upload(Bucket=seaweed_s3.bucket, Key=u["Key"],
+                                                 UploadId=u["UploadId"])
 
 
 # --- the slice state's copies, without Dask ---------------------------------------------------
@@ -226,6 +230,53 @@ def test_a_stale_local_state_gives_way_to_the_newest_copy(tmp_path: Path) -> Non
 
     run(go())
     assert index_rows(here) == index_rows(there)
+
+
+def test_an_attempt_that_left_no_copy_is_seen_by_the_next(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """Machine A ran the slice and left a copy; B started from it, stored more and was lost
+    without a copy; the slice comes back to A. A must not trust its own state (it lacks
+    B's objects): it starts from the copy and adopts what B stored. And a start cut short
+    while adopting leaves a state that the next start does not trust either."""
+    from pacsmigrate import slicestore
+
+    root = _tree(tmp_path / "pacs")
+    backend = MemoryBackend()
+    shard = Shard(1, 2)
+    a = _slice_cfg(tmp_path, root, tmp_path / "a", shard)
+    b = _slice_cfg(tmp_path, root, tmp_path / "b", shard)
+
+    async def go() -> None:
+        await mark_start(backend, a.dest, "r")
+        await seed(a, backend, "r")
+        await migrate(a, backend=backend)
+        await ship(a, backend, "r")
+        new = next(p for i in range(64) if shard.holds(
+            [os.fsencode(root)], os.fsencode(p := root / "p" / f"new{i}" / "study" / "x.txt")))
+        new.parent.mkdir(parents=True)
+        new.write_text("arrived later")
+        await seed(b, backend, "r")
+        assert (await migrate(b, backend=backend)).files_migrated == 1  # then B is lost
+        objects = set(backend.objects)
+
+        async def cut_short(*args: object) -> int:
+            raise OSError("killed while adopting")
+        monkeypatch.setattr(slicestore, "adopt_since", cut_short)
+        with pytest.raises(OSError):
+            await seed(a, backend, "r")
+        monkeypatch.undo()
+        said = await seed(a, backend, "r")
+        assert said == ("its copy in the store, 1 files found in the store from an attempt "
+                        "that left no copy"), said
+        again = await migrate(a, backend=backend)
+        assert again.files_migrated == 0 and again.already_migrated > 0
+        assert set(backend.objects) - objects == {k for k in backend.objects
+                                                  if "/attempt-" in k} - objects
+
+    run(go())
+    rows = {r["source_path"]: r["key"] for r in index_rows(tmp_path / "a")}
+    assert rows == {r["source_path"]: r["key"] for r in index_rows(tmp_path / "b")}
 
 
 def test_a_copy_that_does_not_read_back_whole_is_refused(tmp_path: Path) -> None:
