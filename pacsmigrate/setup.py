@@ -123,6 +123,28 @@ async def record_sources(backend: Backend, dest: Destination, sources: list[str]
         pass  # another slice of the run wrote it first
 
 
+async def agreed_cut(cp: Checkpoint, backend: Backend, cfg: MigrateConfig) -> MigrateConfig:
+    """A slice cuts the tree as the migration's other slices do, wherever they run: the
+    first records its cut in the store (keys.RUN_DIR/slicing.json), a new slice state
+    takes the recorded one. A state that holds files keeps its own (index merge refuses
+    states cut two ways)."""
+    if cfg.shard is None:
+        return cfg
+    key = cfg.dest.key(keys.RUN_DIR, "slicing.json")
+    if await backend.stat(key) is None:
+        try:
+            await backend.save(key, one_chunk(json.dumps({"cut": cfg.shard.cut}).encode()))
+            return cfg
+        except ObjectExistsError:
+            pass  # another slice recorded it first
+    cut = json.loads(await backend.load(key)).get("cut")
+    if cut == cfg.shard.cut or cp.counts()["index"]:
+        return cfg
+    known = cp.get_meta("config") or {}
+    cp.put_meta("config", {**known, "shard_cut": cut})
+    return replace(cfg, shard=replace(cfg.shard, cut=cut))
+
+
 async def _read_descriptor(backend: Backend, name: str) -> str | None:
     if await backend.stat(name) is None:
         return None

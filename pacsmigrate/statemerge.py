@@ -171,6 +171,11 @@ class MergeTables:
         if theirs.get("shard"):
             result.shards.append(theirs["shard"])
             result.cuts.add(theirs.get("shard_cut"))
+            if len(result.cuts) > 1:
+                raise StateError(f"{other.state_dir} is a slice cut another way than the "
+                                 "states before it (one made before slices were cut at 3 "
+                                 "folders): together they may miss files; migrate the tree "
+                                 "again with one kind of slices")
         for s in theirs.get("sources", []):
             if s not in mine["sources"]:
                 mine["sources"].append(s)

@@ -349,3 +349,33 @@ def test_a_slice_state_made_before_the_cut_keeps_its_rule(local_store: LocalTarg
                    "0/2", "--no-progress", check=True)
     assert "migrated now: 0 files" in proc.stdout, proc.stdout
     assert index_rows(state) == before
+
+
+def test_every_slice_takes_the_cut_the_migration_recorded(local_store: LocalTarget,
+                                                          tmp_path: Path) -> None:
+    """The first slice records its cut in the store; a new slice state on any machine takes
+    it, so slices made by different versions still cover the tree once. Slices that were
+    cut two ways anyway (their states held files already) are refused by index merge."""
+    root = tmp_path / "pacs"
+    make_tree(root, studies=8, seed=77, layout="date", scale=0.05)
+    old = tmp_path / "old"
+    run(migrate(replace(config([root], local_store.url, old, None),
+                        shard=Shard(0, 2, cut=None))))
+    record = local_store.root / "pacsmigrate-run" / "slicing.json"
+    assert json.loads(record.read_text()) == {"cut": None}
+    new = tmp_path / "new"
+    _migrate(local_store, root, new, "--shard", "1/2")
+    cp = Checkpoint(new, readonly=True)
+    try:
+        assert cp.get_meta("config")["shard_cut"] is None
+    finally:
+        cp.close()
+    paths = [{from_fields(r["source_path"], r["source_path_b64"]) for r in index_rows(s)}
+             for s in (old, new)]
+    assert not paths[0] & paths[1] and paths[0] | paths[1] == set(source_files(root))
+    # Cut two ways: a slice made while no record was there to read.
+    record.unlink()
+    other = tmp_path / "other"
+    _migrate(local_store, root, other, "--shard", "1/2")
+    proc = run_cli("index", "merge", str(old), str(other), "--state", str(tmp_path / "m"))
+    assert proc.returncode == 2 and "cut another way" in proc.stderr, proc.stderr

@@ -130,9 +130,6 @@ def merge(states: tuple[Path, ...], state_dir: Path) -> None:
                f"{result.superseded:,} older versions replaced; "
                f"{result.conflicts:,} SOP conflicts")
     _check_slices(result.shards)
-    if len(result.cuts) > 1:
-        click.echo("WARNING: slices cut two ways merged (some made before slices were cut "
-                   "at 3 folders deep): a file may be in two of them", err=True)
 
 
 def _slice_order(text: str) -> tuple[int, int]:
