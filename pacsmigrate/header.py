@@ -22,7 +22,6 @@ from .headskip import Buffer
 # else on are put in place by the first read).
 _reading = threading.local()
 _hushed = threading.Lock()
-_installed = False
 
 
 class _NotWhileReading(logging.Filter):
@@ -30,20 +29,30 @@ class _NotWhileReading(logging.Filter):
         return not getattr(_reading, "on", False)
 
 
+_FILTER = _NotWhileReading()
+
+
 def _hush() -> None:
-    global _installed
+    """Put the filter and the showwarning wrapper in place, again whenever something took
+    them away (a `warnings.catch_warnings` block of another thread restores the
+    showwarning it found; `logging.captureWarnings` puts in its own)."""
+    if getattr(warnings.showwarning, "_pacsmigrate", False) and \
+            _FILTER in logging.getLogger("pydicom").filters:
+        return
     with _hushed:
-        if _installed:
+        log = logging.getLogger("pydicom")
+        if _FILTER not in log.filters:
+            log.addFilter(_FILTER)
+        if getattr(warnings.showwarning, "_pacsmigrate", False):
             return
-        logging.getLogger("pydicom").addFilter(_NotWhileReading())
         shown = warnings.showwarning
 
         def showwarning(message: Warning | str, category: type[Warning], filename: str,
                         lineno: int, file: Any = None, line: str | None = None) -> None:
             if not getattr(_reading, "on", False):
                 shown(message, category, filename, lineno, file, line)
+        showwarning._pacsmigrate = True  # type: ignore[attr-defined]
         warnings.showwarning = showwarning
-        _installed = True
 
 # The most parse() reads from a file for the scan before it hands the file to pydicom.
 MAX_PREFIX = 1 << 20

@@ -454,9 +454,22 @@ def test_pydicom_is_hushed_only_while_it_reads_for_us(tmp_path: Path) -> None:
         before = list(warnings.filters), logging.getLogger("pydicom").level
         from pacsmigrate.header import read_header
         assert (list(warnings.filters), logging.getLogger("pydicom").level) == before
-        with open({str(path)!r}, "rb") as f:
-            h = read_header(f, {path.stat().st_size})
-        assert h.study_uid == "1.2.3.SECRET", h
+        import threading
+        entered, leave = threading.Event(), threading.Event()
+
+        def other_task():  # another thread's catch_warnings spans our first read
+            with warnings.catch_warnings():
+                entered.set()
+                leave.wait()
+        t = threading.Thread(target=other_task)
+        t.start()
+        entered.wait()
+        for _ in range(2):  # the second read comes after that block put back what it found
+            with open({str(path)!r}, "rb") as f:
+                h = read_header(f, {path.stat().st_size})
+            assert h.study_uid == "1.2.3.SECRET", h
+            leave.set()
+            t.join()
         print("OURS-DONE", file=sys.stderr, flush=True)
         str(pydicom.dcmread({str(path)!r}).StudyInstanceUID)  # anyone else's read: warns
     """)

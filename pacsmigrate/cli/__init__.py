@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 import click
 
@@ -27,11 +28,15 @@ from .verify import verify
                    "name object keys and counts, never source paths, names or UIDs.")
 def main(verbose: int) -> None:
     """Migrate PACS archives into object storage, resumably, with a RIS index."""
+    # pydicom's warnings and log lines can quote element values (patient data). The command
+    # line is a process of our own: silence them in all of it (the library does so only
+    # while it reads a header, header.py, so a process that imports it keeps them).
+    warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     if verbose:
         logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if verbose > 1 else
                             logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         # Third-party debug logs can quote request bodies and paths: keep them quiet.
-        # (pydicom stays at the CRITICAL level classify.py sets: its warnings quote values.)
         for noisy in ("botocore", "aiobotocore", "aiohttp", "urllib3", "asyncio", "s3transfer"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
