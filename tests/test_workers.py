@@ -72,7 +72,11 @@ def test_a_worker_killed_mid_run_is_replaced_and_nothing_is_lost(point: str, mot
     assert_complete(moto_s3, state, root)  # nothing lost or twice, no orphans, no uploads left
     report = json.loads((tmp_path / "report.json").read_text())
     run = report["run"]
-    assert (run["objects_adopted"] if point.startswith("after") else run["parts_reused"]) >= 1
+    # The half-sent upload was resumed (its parts reused) or, when the slice's new attempt
+    # closed its bundles otherwise (bundles close by time too), aborted: either way none is
+    # left open (assert_complete).
+    assert (run["objects_adopted"] if point.startswith("after") else
+            run["parts_reused"] + run["uploads_aborted"]) >= 1
     assert report["not_migrated"] == []
 
 
