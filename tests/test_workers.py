@@ -104,7 +104,13 @@ def test_what_workers_refuse(moto_s3: S3Target, tmp_path: Path) -> None:
     (root / "a.txt").write_text("x")
     single = tmp_path / "single"
     run_cli(*_args(moto_s3, root, single), env=moto_s3.env(), check=True)
+    on_workers = tmp_path / "w"  # its slices' states under --state (the --workers default)
+    run_cli(*_args(moto_s3, root, on_workers, "--workers", "1"), env=moto_s3.env(), check=True)
     cases = [
+        (_args(moto_s3, root, tmp_path / "x", "--slice-states", "store"),
+         "--slice-states is for a run on workers"),
+        (_args(moto_s3, root, on_workers, "--workers", "1", "--slice-states", "store"),
+         "fixed by its first run"),
         (_args(moto_s3, root, single, "--workers", "2"), "run in one process"),
         (_args(moto_s3, root, tmp_path / "d", "--workers", "2", "--dry-run"), "--dry-run runs"),
         (_args(moto_s3, root, tmp_path / "s", "--workers", "2", "--shard", "0/2"),
