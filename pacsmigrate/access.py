@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .backends import Backend, open_backend
+from .backends import Backend, opened
 from .checkpoint import Checkpoint
 from .config import AzureOptions, Destination, S3Options, TransferConfig
 from .errors import StateError
@@ -51,10 +51,7 @@ async def open_migration(state_dir: Path, *, endpoint_url: str | None = None,
         ca = cp.get_meta("ca_bundle")  # the private CA the migration was told to trust
         if ca and transfer.ca_bundle is None:
             transfer = replace(transfer, ca_bundle=Path(ca))
-        backend = await open_backend(dest, transfer)
-        try:
+        async with opened(dest, transfer) as backend:
             yield Opened(cp, dest, backend)
-        finally:
-            await backend.close()
     finally:
         cp.close()

@@ -6,6 +6,7 @@ import json
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from . import keys
 from .backends import Backend
@@ -89,17 +90,10 @@ async def key_secret(cp: Checkpoint, backend: Backend | None, dest: Destination)
             cp.put_meta("key_secret", mine)
         return bytes.fromhex(mine)
     name = dest.key(keys.DESCRIPTOR)
-    theirs = await _read_descriptor(backend, name)
-    if theirs is None:
-        secret = mine or keys.new_secret().hex()
-        doc = {"format": "pacsmigrate.store/1", "key_secret": secret, "created": now_iso()}
-        try:
-            await backend.save(name, one_chunk(json.dumps(doc).encode()))
-        except ObjectExistsError:
-            theirs = await _read_descriptor(backend, name)
-        else:
-            theirs = secret
-    assert theirs is not None
+    secret = mine or keys.new_secret().hex()
+    doc = {"format": "pacsmigrate.store/1", "key_secret": secret, "created": now_iso()}
+    theirs = secret if await write_once(backend, name, doc) else \
+        str(json.loads(await backend.load(name))["key_secret"])
     if mine != theirs:
         if cp.counts()["objects"]:
             raise StateError("the store's key secret differs from this state's; the "
@@ -110,17 +104,24 @@ async def key_secret(cp: Checkpoint, backend: Backend | None, dest: Destination)
     return bytes.fromhex(theirs)
 
 
-async def record_sources(backend: Backend, dest: Destination, sources: list[str]) -> None:
-    """Leave the run's source roots in the store, where `index rebuild` finds them again
-    (one small object per set of roots, written by the first run that uses it)."""
-    key = keys.sources_key(dest, sources)
+async def write_once(backend: Backend, key: str, doc: dict[str, Any]) -> bool:
+    """Store doc (JSON) at key unless an object is there already (another run or slice
+    wrote it first: theirs stands, never overwritten). True when this call wrote it."""
     if await backend.stat(key) is not None:
-        return
-    doc = {"format": SOURCES_FORMAT, "sources": sorted(sources), "created": now_iso()}
+        return False
     try:
         await backend.save(key, one_chunk(json.dumps(doc).encode()))
     except ObjectExistsError:
-        pass  # another slice of the run wrote it first
+        return False
+    return True
+
+
+async def record_sources(backend: Backend, dest: Destination, sources: list[str]) -> None:
+    """Leave the run's source roots in the store, where `index rebuild` finds them again
+    (one small object per set of roots, written by the first run that uses it)."""
+    await write_once(backend, keys.sources_key(dest, sources),
+                     {"format": SOURCES_FORMAT, "sources": sorted(sources),
+                      "created": now_iso()})
 
 
 async def agreed_cut(cp: Checkpoint, backend: Backend, cfg: MigrateConfig) -> MigrateConfig:
@@ -131,25 +132,14 @@ async def agreed_cut(cp: Checkpoint, backend: Backend, cfg: MigrateConfig) -> Mi
     if cfg.shard is None:
         return cfg
     key = cfg.dest.key(keys.RUN_DIR, "slicing.json")
-    if await backend.stat(key) is None:
-        try:
-            await backend.save(key, one_chunk(json.dumps({"cut": cfg.shard.cut}).encode()))
-            return cfg
-        except ObjectExistsError:
-            pass  # another slice recorded it first
+    if await write_once(backend, key, {"cut": cfg.shard.cut}):
+        return cfg
     cut = json.loads(await backend.load(key)).get("cut")
     if cut == cfg.shard.cut or cp.counts()["index"]:
         return cfg
     known = cp.get_meta("config") or {}
     cp.put_meta("config", {**known, "shard_cut": cut})
     return replace(cfg, shard=replace(cfg.shard, cut=cut))
-
-
-async def _read_descriptor(backend: Backend, name: str) -> str | None:
-    if await backend.stat(name) is None:
-        return None
-    doc = json.loads(await backend.load(name))
-    return str(doc["key_secret"])
 
 
 async def check_object_lock(backend: Backend, dest: Destination) -> None:

@@ -40,10 +40,10 @@ from . import keys
 from .backends.base import Backend, ObjectInfo, one_chunk
 from .checkpoint import Checkpoint
 from .config import Destination, MigrateConfig
-from .errors import BackendError, ObjectExistsError, StateError
+from .errors import BackendError, StateError
 from .rebuild import RebuildResult, commit_described, described
 from .records import now_iso
-from .setup import key_secret
+from .setup import key_secret, write_once
 from .shard import Shard
 
 log = logging.getLogger("pacsmigrate.slicestore")
@@ -80,14 +80,7 @@ def generation_of(key: str | None) -> int:
 
 
 async def mark_start(backend: Backend, dest: Destination, run_id: str) -> None:
-    key = marker_key(dest, run_id)
-    if await backend.stat(key) is not None:
-        return
-    doc = {"run": run_id, "started": now_iso()}
-    try:
-        await backend.save(key, one_chunk(json.dumps(doc).encode()))
-    except ObjectExistsError:
-        pass
+    await write_once(backend, marker_key(dest, run_id), {"run": run_id, "started": now_iso()})
 
 
 @dataclass
@@ -96,14 +89,12 @@ class InStore:
 
     newest: ObjectInfo | None = None
     attempts: set[str] = field(default_factory=set)  # ids of attempts that left no copy
-    keys: list[str] = field(default_factory=list)
 
 
 async def in_store(backend: Backend, dest: Destination, run_id: str, shard: Shard) -> InStore:
     found, newest = InStore(), ""
     async for info in backend.list(slice_prefix(dest, run_id, shard)):
         name = info.key.rpartition("/")[2]
-        found.keys.append(info.key)
         if generation_of(info.key) and name > newest.rpartition("/")[2]:
             newest = info.key
         elif name.startswith("attempt-") and name.endswith(".json"):

@@ -14,13 +14,12 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .backends import Backend, open_backend
+from .backends import opened
 from .config import MigrateConfig
 from .errors import StateLockedError
 from .progress import read_progress
@@ -80,24 +79,15 @@ async def _run(job: SliceJob, cfg: MigrateConfig, watch: _Watch) -> dict[str, An
     copy, how = None, "its state under --state"
     try:
         if job.states == STORE:
-            async with _backend(cfg) as backend:
+            async with opened(cfg.dest, cfg.transfer) as backend:
                 how = await _when_free(lambda: seed(cfg, backend, job.run_id))
         stats = await _when_free(lambda: migrate(cfg))
         if job.states == STORE:
-            async with _backend(cfg) as backend:
+            async with opened(cfg.dest, cfg.transfer) as backend:
                 copy = await ship(cfg, backend, job.run_id)
     finally:
         watch.stop()
     return {"stats": stats.as_dict(), "copy": copy, "from": how}
-
-
-@asynccontextmanager
-async def _backend(cfg: MigrateConfig) -> AsyncIterator[Backend]:
-    backend = await open_backend(cfg.dest, cfg.transfer)
-    try:
-        yield backend
-    finally:
-        await backend.close()
 
 
 async def _when_free(start: Callable[[], Awaitable[T]]) -> T:

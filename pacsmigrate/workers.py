@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from .backends import Backend, open_backend
+from .backends import Backend, opened
 from .checkpoint import Checkpoint
 from .cleanup import stale_uploads
 from .config import MigrateConfig
@@ -167,11 +167,8 @@ def migrate_on_dask(cfg: MigrateConfig, *, workers: int | None = None,
 
 
 async def _in_store(body: Callable[[Backend], Awaitable[T]], cfg: MigrateConfig) -> T:
-    backend = await open_backend(cfg.dest, cfg.transfer)
-    try:
+    async with opened(cfg.dest, cfg.transfer) as backend:
         return await body(backend)
-    finally:
-        await backend.close()
 
 
 async def _fetch_all(backend: Backend, cfg: MigrateConfig, run_id: str,

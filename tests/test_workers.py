@@ -24,7 +24,15 @@ def crash_tree(root: Path, point: str) -> list[str]:
     return []
 
 
-def _args(target: S3Target, root: Path, state: Path, *extra: str) -> list[str]:
+def single_run(local_store: LocalTarget, tmp_path: Path) -> tuple[Path, list[dict[str, str]]]:
+    """The slicing test tree, and the index one process makes of it (into a directory)."""
+    root = _tree(tmp_path / "pacs")
+    run_cli("migrate", str(root), local_store.url, "--state", str(tmp_path / "single"),
+            "--no-progress", check=True)
+    return root, index_rows(tmp_path / "single")
+
+
+def migrate_args(target: S3Target, root: Path, state: Path, *extra: str) -> list[str]:
     return ["migrate", str(root), target.url, "--endpoint-url", target.info.endpoint_url,
             "--state", str(state), "--no-progress", *extra]
 
@@ -32,12 +40,9 @@ def _args(target: S3Target, root: Path, state: Path, *extra: str) -> list[str]:
 def test_three_workers_make_the_index_of_a_single_run(moto_s3: S3Target,
                                                       local_store: LocalTarget,
                                                       tmp_path: Path) -> None:
-    root = _tree(tmp_path / "pacs")
-    run_cli("migrate", str(root), local_store.url, "--state", str(tmp_path / "single"),
-            "--no-progress", check=True)
-    single = index_rows(tmp_path / "single")
+    root, single = single_run(local_store, tmp_path)
     state = tmp_path / "state"
-    proc = run_cli(*_args(moto_s3, root, state, "--workers", "3"), env=moto_s3.env(),
+    proc = run_cli(*migrate_args(moto_s3, root, state, "--workers", "3"), env=moto_s3.env(),
                    check=True)
     assert "12 slices on 3 Dask workers" in proc.stderr
     assert f"migrated now: {len(single):,} files" in proc.stdout
@@ -47,7 +52,7 @@ def test_three_workers_make_the_index_of_a_single_run(moto_s3: S3Target,
     assert verify.returncode == 0, verify.stdout + verify.stderr
     # Re-running the same command (with another number of workers) stores nothing more.
     keys = moto_s3.object_keys()
-    again = run_cli(*_args(moto_s3, root, state, "--workers", "2"), env=moto_s3.env(),
+    again = run_cli(*migrate_args(moto_s3, root, state, "--workers", "2"), env=moto_s3.env(),
                     check=True)
     assert "migrated now: 0 files" in again.stdout and "12 slices on 2" in again.stderr
     assert moto_s3.object_keys() == keys and _same(index_rows(state)) == _same(single)
@@ -63,7 +68,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_nothing_is_lost(point: str, mot
     # One worker process (the first to get there) SIGKILLs itself at the crash point, with an
     # upload in flight or acknowledged and not committed: Dask runs its slice again on a new
     # worker, whose state adopts or resumes what the killed one sent.
-    proc = run_cli(*_args(moto_s3, root, state, "--workers", "3", "--report",
+    proc = run_cli(*migrate_args(moto_s3, root, state, "--workers", "3", "--report",
                           str(tmp_path / "report.json"), *extra),
                    env={**moto_s3.env(), "PACSMIGRATE_CRASH_AT": point,
                         "PACSMIGRATE_CRASH_ONCE": str(marker)})
@@ -88,7 +93,7 @@ def test_an_existing_cluster_is_used_with_scheduler(moto_s3: S3Target, tmp_path:
     _tree(root)
     with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
                       dashboard_address=None) as cluster:
-        proc = run_cli(*_args(moto_s3, root, tmp_path / "state", "--scheduler",
+        proc = run_cli(*migrate_args(moto_s3, root, tmp_path / "state", "--scheduler",
                               cluster.scheduler_address, "--progress"), env=moto_s3.env(),
                        check=True)
     assert "8 slices on 2 Dask workers" in proc.stderr
@@ -103,19 +108,19 @@ def test_what_workers_refuse(moto_s3: S3Target, tmp_path: Path) -> None:
     root.mkdir()
     (root / "a.txt").write_text("x")
     single = tmp_path / "single"
-    run_cli(*_args(moto_s3, root, single), env=moto_s3.env(), check=True)
+    run_cli(*migrate_args(moto_s3, root, single), env=moto_s3.env(), check=True)
     on_workers = tmp_path / "w"  # its slices' states under --state (the --workers default)
-    run_cli(*_args(moto_s3, root, on_workers, "--workers", "1"), env=moto_s3.env(), check=True)
+    run_cli(*migrate_args(moto_s3, root, on_workers, "--workers", "1"), env=moto_s3.env(), check=True)
     cases = [
-        (_args(moto_s3, root, tmp_path / "x", "--slice-states", "store"),
+        (migrate_args(moto_s3, root, tmp_path / "x", "--slice-states", "store"),
          "--slice-states is for a run on workers"),
-        (_args(moto_s3, root, on_workers, "--workers", "1", "--slice-states", "store"),
+        (migrate_args(moto_s3, root, on_workers, "--workers", "1", "--slice-states", "store"),
          "fixed by its first run"),
-        (_args(moto_s3, root, single, "--workers", "2"), "run in one process"),
-        (_args(moto_s3, root, tmp_path / "d", "--workers", "2", "--dry-run"), "--dry-run runs"),
-        (_args(moto_s3, root, tmp_path / "s", "--workers", "2", "--shard", "0/2"),
+        (migrate_args(moto_s3, root, single, "--workers", "2"), "run in one process"),
+        (migrate_args(moto_s3, root, tmp_path / "d", "--workers", "2", "--dry-run"), "--dry-run runs"),
+        (migrate_args(moto_s3, root, tmp_path / "s", "--workers", "2", "--shard", "0/2"),
          "one or the other"),
-        (_args(moto_s3, root, tmp_path / "b", "--workers", "2", "--scheduler", "tcp://x:1"),
+        (migrate_args(moto_s3, root, tmp_path / "b", "--workers", "2", "--scheduler", "tcp://x:1"),
          "one or the other"),
     ]
     for args, says in cases:

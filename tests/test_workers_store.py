@@ -17,7 +17,7 @@ import pytest
 from conftest import LocalTarget, S3Target, run, run_cli
 from helpers import assert_complete, config, index_rows, source_files
 from test_shard import _same, _tree
-from test_workers import crash_tree
+from test_workers import crash_tree, migrate_args, single_run
 
 from pacsmigrate.backends.memory import MemoryBackend
 from pacsmigrate.checkpoint import Checkpoint
@@ -70,11 +70,6 @@ def machines(tmp_path: Path, env: dict[str, str], n: int = 2) -> Iterator[tuple[
         logs.close()
 
 
-def _args(target: S3Target, root: Path, state: Path, *extra: str) -> list[str]:
-    return ["migrate", str(root), target.url, "--endpoint-url", target.info.endpoint_url,
-            "--state", str(state), "--no-progress", *extra]
-
-
 def _slice_states(d: Path) -> list[str]:
     return sorted(p.parent.name for p in d.rglob("checkpoint.lmdb"))
 
@@ -82,14 +77,11 @@ def _slice_states(d: Path) -> list[str]:
 def test_two_machines_without_a_shared_path_make_one_index(moto_s3: S3Target,
                                                            local_store: LocalTarget,
                                                            tmp_path: Path) -> None:
-    root = _tree(tmp_path / "pacs")
-    run_cli("migrate", str(root), local_store.url, "--state", str(tmp_path / "single"),
-            "--no-progress", check=True)
-    single = index_rows(tmp_path / "single")
+    root, single = single_run(local_store, tmp_path)
     state = tmp_path / "state"
     env = {**moto_s3.env(), "PYTHONPATH": os.pathsep.join(sys.path)}
     with machines(tmp_path, env) as (address, dirs):
-        proc = run_cli(*_args(moto_s3, root, state, "--scheduler", address), env=env,
+        proc = run_cli(*migrate_args(moto_s3, root, state, "--scheduler", address), env=env,
                        check=True)
         assert "8 slices on 2 Dask workers, states kept in the store" in proc.stderr
         # Each slice's state was made on a machine, in its own directory, not under --state.
@@ -103,7 +95,7 @@ def test_two_machines_without_a_shared_path_make_one_index(moto_s3: S3Target,
             f"{k}-of-8" for k in range(8)]
         # Re-run: each slice finds its state on its machine or in the store; nothing new.
         keys = moto_s3.object_keys()
-        again = run_cli(*_args(moto_s3, root, state, "--scheduler", address), env=env,
+        again = run_cli(*migrate_args(moto_s3, root, state, "--scheduler", address), env=env,
                         check=True)
         assert "migrated now: 0 files" in again.stdout, again.stdout
         assert set(moto_s3.object_keys()) - set(keys) <= {k for k in moto_s3.object_keys()
@@ -135,7 +127,7 @@ def test_a_lost_machine_s_slice_is_rebuilt_from_the_store(point: str, moto_s3: S
     env = {**moto_s3.env(), "PYTHONPATH": os.pathsep.join(sys.path),
            "PACSMIGRATE_CRASH_AT": point, "PACSMIGRATE_CRASH_ONCE": str(marker)}
     with machines(tmp_path, env) as (address, _):
-        proc = run_cli(*_args(moto_s3, root, tmp_path / "state", "--scheduler", address,
+        proc = run_cli(*migrate_args(moto_s3, root, tmp_path / "state", "--scheduler", address,
                               "--report", str(tmp_path / "report.json"), *extra),
                        env={k: v for k, v in env.items() if not k.startswith("PACSMIGRATE")})
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -319,7 +311,7 @@ def test_a_slice_stops_when_its_coordinator_dies(moto_s3: S3Target, tmp_path: Pa
     with machines(tmp_path, env, n=1) as (address, dirs):
         slow = subprocess.Popen(  # two requests a second: the run lasts minutes
             [sys.executable, "-m", "pacsmigrate",
-             *_args(moto_s3, root, state, "--scheduler", address,
+             *migrate_args(moto_s3, root, state, "--scheduler", address,
                     "--max-requests-per-second", "2")],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -350,5 +342,5 @@ def test_a_slice_stops_when_its_coordinator_dies(moto_s3: S3Target, tmp_path: Pa
         stored = moto_s3.object_keys()
         time.sleep(3)
         assert moto_s3.object_keys() == stored  # nothing more is uploaded
-        run_cli(*_args(moto_s3, root, state, "--scheduler", address), env=env, check=True)
+        run_cli(*migrate_args(moto_s3, root, state, "--scheduler", address), env=env, check=True)
     assert_complete(moto_s3, state, root)

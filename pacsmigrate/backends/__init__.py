@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from ..config import Destination, TransferConfig
@@ -69,5 +70,15 @@ async def open_backend(dest: Destination, transfer: TransferConfig) -> RetryBack
     return wrap(await opener(dest, transfer), transfer)
 
 
+@asynccontextmanager
+async def opened(dest: Destination, transfer: TransferConfig) -> AsyncIterator[RetryBackend]:
+    """open_backend for the length of an `async with`, closed after."""
+    backend = await open_backend(dest, transfer)
+    try:
+        yield backend
+    finally:
+        await backend.close()
+
+
 __all__ = ["Backend", "BackendStats", "Limits", "Measured", "MemoryBackend", "ObjectInfo", "PendingUploads",
-           "one_chunk", "open_backend", "wrap"]
+           "one_chunk", "open_backend", "opened", "wrap"]
