@@ -21,7 +21,7 @@ from .errors import first_error
 from .planpolicy import PlanPolicy
 from .progress import Bar, keep_writing
 from .report import write_report
-from .setup import agreed_cut, check_object_lock, check_state, key_secret, record_sources
+from .setup import agreed_slicing, check_object_lock, check_state, key_secret, record_sources
 from .sink import PlanSink, Sink, StoreSink
 from .stats import Stats
 from .stream import SourceStream
@@ -75,7 +75,7 @@ class Migration:
                 if self.backend is not None and not cfg.dry_run:
                     await record_sources(self.backend, cfg.dest,
                                          [os.path.abspath(s) for s in cfg.sources])
-                    cfg = self.cfg = await agreed_cut(cp, self.backend, cfg)
+                    cfg = self.cfg = await agreed_slicing(cp, self.backend, cfg)
                     adopted, dropped = await reconcile(cp, self.backend)
                     self.stats.objects_adopted += adopted
                     self.stats.intents_dropped += len(dropped)
@@ -87,6 +87,7 @@ class Migration:
                     n = await cp.call(cp.load_retention, cfg.retention.map.rows())
                     log.info("retention map: %d studies", n)
                 if cfg.dry_run:
+                    cfg = self.cfg = await agreed_slicing(cp, None, cfg)
                     await cp.call(cp.clear, "plan")
                 if cfg.progress_file is not None:
                     writer = asyncio.create_task(keep_writing(cfg.progress_file,

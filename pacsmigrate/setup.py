@@ -15,6 +15,7 @@ from .checkpoint import FORMAT, Checkpoint
 from .config import Destination, MigrateConfig
 from .errors import ConfigError, ObjectExistsError, StateError
 from .records import now_iso
+from .slicing import as_doc, plan, with_plan
 
 SOURCES_FORMAT = "pacsmigrate.sources/1"
 
@@ -34,6 +35,7 @@ def check_state(cp: Checkpoint, cfg: MigrateConfig) -> MigrateConfig:
                                "sources": [os.path.abspath(s) for s in cfg.sources],
                                "shard": str(cfg.shard) if cfg.shard else None,
                                "shard_cut": cfg.shard.cut if cfg.shard else None,
+                               "shard_plan": None,
                                "created": now_iso()})
     elif known["dest"] != dest:
         raise ConfigError(f"state directory {cfg.state_dir} belongs to a migration "
@@ -42,7 +44,8 @@ def check_state(cp: Checkpoint, cfg: MigrateConfig) -> MigrateConfig:
         _same_customer_key(known.get("sse_c_md5"), cfg.dest.customer_key_md5)
         _same_shard(known.get("shard"), cfg)
         if cfg.shard is not None:  # a state made before the cut keeps its rule (None)
-            cfg = replace(cfg, shard=replace(cfg.shard, cut=known.get("shard_cut")))
+            cfg = replace(cfg, shard=with_plan(replace(cfg.shard, cut=known.get("shard_cut")),
+                                               known.get("shard_plan")))
     cp.put_meta("format", FORMAT)
     if cfg.tiers:  # `policy lifecycle` writes the rules that keep objects moving as they age
         cp.put_meta("tiers", {"policy": cfg.tiers.text, "default": cfg.tiers.default})
@@ -124,22 +127,52 @@ async def record_sources(backend: Backend, dest: Destination, sources: list[str]
                       "created": now_iso()})
 
 
-async def agreed_cut(cp: Checkpoint, backend: Backend, cfg: MigrateConfig) -> MigrateConfig:
+async def agreed_slicing(cp: Checkpoint, backend: Backend | None,
+                         cfg: MigrateConfig) -> MigrateConfig:
     """A slice cuts the tree as the migration's other slices do, wherever they run: the
-    first records its cut in the store (keys.RUN_DIR/slicing.json), a new slice state
-    takes the recorded one. A state that holds files keeps its own (index merge refuses
-    states cut two ways)."""
+    first plans the slicing (slicing.py) and records it in the store, a new slice state
+    takes the recorded plan. A state that holds files keeps its own (index merge refuses
+    states cut two ways). Without a backend (a dry run) the state keeps the plan it made,
+    which its first real run records unless another slice's is there first."""
     if cfg.shard is None:
         return cfg
     key = cfg.dest.key(keys.RUN_DIR, "slicing.json")
-    if await write_once(backend, key, {"cut": cfg.shard.cut}):
-        return cfg
-    cut = json.loads(await backend.load(key)).get("cut")
-    if cut == cfg.shard.cut or cp.counts()["index"]:
-        return cfg
     known = cp.get_meta("config") or {}
-    cp.put_meta("config", {**known, "shard_cut": cut})
-    return replace(cfg, shard=replace(cfg.shard, cut=cut))
+    if cp.counts()["index"]:  # made with this plan (or adopted files with it)
+        if known.get("shard_plan") is None:
+            cp.put_meta("config", {**known, "shard_plan": as_doc(cfg.shard)})
+        if backend is not None:
+            await write_once(backend, key, as_doc(cfg.shard))
+        return cfg
+    doc = await agreed_plan(backend, cfg, cfg.shard.count, cfg.shard.cut,
+                            known.get("shard_plan"))
+    shard = with_plan(cfg.shard, doc)
+    cp.put_meta("config", {**known, "shard_cut": shard.cut, "shard_plan": as_doc(shard)})
+    return replace(cfg, shard=shard)
+
+
+async def agreed_plan(backend: Backend | None, cfg: MigrateConfig, slices: int,
+                      cut: int | None, mine: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The migration's slicing plan: the store's if recorded; else `mine` (a dry run's) or
+    a new one, recorded unless another run's got there first (then theirs)."""
+    doc = await slicing_of(backend, cfg.dest) if backend is not None else None
+    if doc is not None:
+        return doc
+    doc = mine or await plan([os.fsencode(os.path.abspath(s)) for s in cfg.sources],
+                             slices, cut)
+    if backend is not None and not await write_once(
+            backend, cfg.dest.key(keys.RUN_DIR, "slicing.json"), doc):
+        doc = await slicing_of(backend, cfg.dest) or doc
+    return doc
+
+
+async def slicing_of(backend: Backend, dest: Destination) -> dict[str, Any] | None:
+    """The migration's slicing plan in the store, if one is recorded."""
+    key = dest.key(keys.RUN_DIR, "slicing.json")
+    if await backend.stat(key) is None:
+        return None
+    doc: dict[str, Any] = json.loads(await backend.load(key))
+    return doc
 
 
 async def check_object_lock(backend: Backend, dest: Destination) -> None:

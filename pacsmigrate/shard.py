@@ -17,9 +17,18 @@ machines that mount the archive at different places cut it the same way):
 Everything below a folder CUT+1 deep has that folder's unit, so a slice does not enter the
 folders of other slices there: it lists the top CUT levels and only its own subtrees below.
 
-The rule and the hash (blake3 of the unit) must never change: a state made with one slice
-must find the same files in it on every later run. States made before the cut existed
-(`cut` None: the folder holding the file's folder, at any depth) keep their rule.
+A unit found too large when the migration's slicing was planned (slicing.py) is cut finer,
+as the plan recorded (marks of folders, never names, so the plan holds no patient data):
+- `flat`: a folder of many files directly in it; each of those files is a unit, as in a
+  source root (a storescp or import folder of millions);
+- `split`: a folder whose unit is cut one folder deeper: each folder in it is a unit (a
+  tree narrow at the top, e.g. archive/fs1/2019/..., where the cut leaves a few units).
+  A flat folder below the cut is always in a split folder (the walk must enter it).
+
+The rule, the hash (blake3 of the unit) and a migration's plan must never change: a state
+made with one slice must find the same files in it on every later run. States made before
+the cut existed (`cut` None: the folder holding the file's folder, at any depth) keep their
+rule, as those made before plans (nothing split).
 """
 
 from __future__ import annotations
@@ -37,14 +46,22 @@ MAX_SHARDS = 1 << 16
 CUT = 3  # folders from a root below which a whole subtree is one unit
 
 
+def mark(rel: bytes) -> bytes:
+    """How a plan names a folder (its path under the root): a hash, never the name."""
+    return blake3.blake3(b"pacsmigrate-split\0" + rel).digest(16)
+
+
 @dataclass(frozen=True)
 class Shard:
     """Slice `index` of `count` (0 <= index < count), units cut at `cut` folders deep
-    (None: at no depth, as states made before the cut)."""
+    (None: at no depth, as states made before the cut), finer where the plan says
+    (`split`, `flat`: marks of folders)."""
 
     index: int
     count: int
     cut: int | None = CUT
+    split: frozenset[bytes] = frozenset()
+    flat: frozenset[bytes] = frozenset()
 
     @classmethod
     def parse(cls, text: str, *, cut: int | None = CUT) -> Shard:
@@ -68,17 +85,23 @@ class Shard:
         digest = blake3.blake3(b"pacsmigrate-shard\0" + unit).digest(8)
         return int.from_bytes(digest, "big") % self.count
 
-    def folder(self, root: bytes, directory: bytes) -> bool | None:
-        """Whether all files directly in `directory` (under `root`) are in this slice;
-        None when each file decides for itself (files directly in the root)."""
-        rel = directory[len(root):].strip(b"/")
-        if not rel:
+    def unit(self, rel: bytes) -> bytes | None:
+        """The unit of the files directly in the folder `rel` (a path under a root); None
+        when each of them is a unit of its own (the root, a flat folder)."""
+        if not rel or (self.flat and mark(rel) in self.flat):
             return None
         parts = rel.split(b"/")
-        if len(parts) == 1:
-            return self.of(rel) == self.index
-        depth = len(parts) - 1 if self.cut is None else min(len(parts) - 1, self.cut)
-        return self.of(b"/".join(parts[:depth])) == self.index
+        n = len(parts)
+        depth = 1 if n == 1 else n - 1 if self.cut is None else min(n - 1, self.cut)
+        while depth < n and self.split and mark(b"/".join(parts[:depth])) in self.split:
+            depth += 1
+        return b"/".join(parts[:depth])
+
+    def folder(self, root: bytes, directory: bytes) -> bool | None:
+        """Whether all files directly in `directory` (under `root`) are in this slice;
+        None when each file decides for itself (the root, a flat folder)."""
+        unit = self.unit(directory[len(root):].strip(b"/"))
+        return None if unit is None else self.of(unit) == self.index
 
     def subdirs(self, root: bytes, directory: bytes, subdirs: list[bytes]) -> list[bytes]:
         """The subdirectories of `directory` (under `root`) that can hold files of this
@@ -86,15 +109,35 @@ class Shard:
         if self.cut is None or not subdirs:
             return subdirs
         rel = directory[len(root):].strip(b"/")
-        if (rel.count(b"/") + 1 if rel else 0) != self.cut:
-            return subdirs  # above the cut (or below it: already inside a subtree of ours)
-        # Every file below a folder at the cut has that folder as its unit.
-        return subdirs if self.of(rel) == self.index else []
+        parts = rel.split(b"/") if rel else []
+        if len(parts) < self.cut:
+            return subdirs  # above the cut
+        depth = self.cut
+        while depth < len(parts) and self.split and mark(b"/".join(parts[:depth])) in self.split:
+            depth += 1
+        if depth < len(parts):
+            return subdirs  # already inside a subtree of ours
+        if not (self.split and mark(rel) in self.split):
+            # Every file below a folder at the cut has that folder as its unit.
+            return subdirs if self.of(rel) == self.index else []
+        # A split folder: each subdirectory is a unit (or is cut finer still).
+        base = len(root.rstrip(b"/")) + 1
+        return [s for s in subdirs
+                if (m := mark(s[base:])) in self.split or m in self.flat
+                or self.of(s[base:]) == self.index]
 
     def keeps(self, root: bytes, directory: bytes, name: bytes) -> bool:
         """Whether the file `name` in `directory` (under `root`) is in this slice."""
         whole = self.folder(root, directory)
-        return self.of(name) == self.index if whole is None else whole
+        return self.of(self._own(root, directory, name)) == self.index if whole is None \
+            else whole
+
+    @staticmethod
+    def _own(root: bytes, directory: bytes, name: bytes) -> bytes:
+        """The unit of a file that is a unit of its own: its name in a root (as ever), its
+        path under the root in a flat folder."""
+        rel = directory[len(root):].strip(b"/")
+        return rel + b"/" + name if rel else name
 
     def holds(self, roots: list[bytes], path: bytes) -> bool:
         """Whether the file at `path` (under one of `roots`) is in this slice."""
@@ -106,7 +149,9 @@ class Shard:
         """The names of files in `directory` that are in this slice, in order."""
         whole = self.folder(root, directory)
         if whole is None:
-            return [n for n in names if self.of(n) == self.index]
+            rel = directory[len(root):].strip(b"/")
+            head = rel + b"/" if rel else b""
+            return [n for n in names if self.of(head + n) == self.index]
         return names if whole else []
 
 

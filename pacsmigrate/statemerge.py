@@ -47,7 +47,7 @@ class Merged:
     pending: int = 0  # files the slices still have to migrate (spilled, not stored)
     sources: list[str] = field(default_factory=list)
     shards: list[str] = field(default_factory=list)
-    cuts: set[int | None] = field(default_factory=set)  # how the slices were cut (shard.py)
+    cuts: set[str] = field(default_factory=set)  # how the slices were cut (slicing.py)
 
 
 def raw_batches(env: lmdb.Environment, db: Any, *, batch: int = BATCH
@@ -148,7 +148,7 @@ class MergeTables:
             their_meta = {k: txn.get(k) for k in _SAME_META}
         if mine is None:
             mine = {k: v for k, v in theirs.items()
-                    if k not in ("shard", "shard_cut", "created")}
+                    if k not in ("shard", "shard_cut", "shard_plan", "created")}
             mine.update({"sources": [], "merged_from": [], "created": now_iso()})
 
             def first(txn: lmdb.Transaction) -> None:
@@ -170,12 +170,14 @@ class MergeTables:
                                  "merge only the slices of one migration")
         if theirs.get("shard"):
             result.shards.append(theirs["shard"])
-            result.cuts.add(theirs.get("shard_cut"))
+            plan = theirs.get("shard_plan") or {}
+            result.cuts.add(json.dumps([theirs.get("shard_cut"), plan.get("split", []),
+                                        plan.get("flat", [])]))
             if len(result.cuts) > 1:
                 raise StateError(f"{other.state_dir} is a slice cut another way than the "
-                                 "states before it (one made before slices were cut at 3 "
-                                 "folders): together they may miss files; migrate the tree "
-                                 "again with one kind of slices")
+                                 "states before it (made before slices were cut at 3 "
+                                 "folders, or with another slicing plan): together they may "
+                                 "miss files; migrate the tree again with one kind of slices")
         for s in theirs.get("sources", []):
             if s not in mine["sources"]:
                 mine["sources"].append(s)

@@ -40,9 +40,11 @@ from .config import MigrateConfig
 from .errors import ConfigError, StateError
 from .progress import Bar
 from .report import write_report
+from .setup import agreed_plan
 from .shard import CUT, Shard
 from .slicestore import MARGIN, fetch, held_copy, mark_start, marker_key, newest_copy
 from .slicetask import SHARED, SLICES, STORE, SliceJob, run_slice, slice_state
+from .slicing import with_plan
 from .statemerge import merge_into
 from .stats import Stats
 
@@ -101,7 +103,7 @@ def _plan(run: Checkpoint, cfg: MigrateConfig, workers: int, states: str | None,
                               "without --workers, or give a new --state")
         known = {"slices": workers, "dest": str(cfg.dest),
                  "states": states or (STORE if scheduler else SHARED),
-                 "run_id": uuid.uuid4().hex[:16], "cut": CUT}
+                 "run_id": uuid.uuid4().hex[:16], "cut": CUT, "slicing": None}
         run.put_meta("workers", known)
         return known
     if known["dest"] != str(cfg.dest):
@@ -110,6 +112,7 @@ def _plan(run: Checkpoint, cfg: MigrateConfig, workers: int, states: str | None,
     known.setdefault("states", SHARED)  # runs from before --slice-states
     known.setdefault("run_id", "")
     known.setdefault("cut", None)  # and from before the cut (shard.py)
+    known.setdefault("slicing", {})  # and from before slicing plans: nothing split
     if states is not None and states != known["states"]:
         raise ConfigError(f"this run keeps its slices' states in the {known['states']!r} "
                           f"way (--slice-states {known['states']}), fixed by its first run")
@@ -139,14 +142,22 @@ def migrate_on_dask(cfg: MigrateConfig, *, workers: int | None = None,
             slots = sum(int(w.get("nthreads", 1)) for w in seen) or found  # tasks at once
             plan = _plan(run, cfg, SLICES_PER_SLOT * slots, states, scheduler)
             count = plan["slices"]
+            if plan["slicing"] is None:  # its first start: cut too large units finer
+                echo("planning the slices: listing the folders above the cut "
+                     f"({CUT} deep)")
+                plan["slicing"] = doc = asyncio.run(_in_store(
+                    lambda b: agreed_plan(b, cfg, count, plan["cut"]), cfg))
+                run.put_meta("workers", plan)
+                echo(f"slicing: {len(doc.get('flat', [])):,} flat folder(s) spread file by "
+                     f"file, {len(doc.get('split', [])):,} folder(s) cut deeper")
             if plan["states"] == STORE:
                 asyncio.run(_in_store(lambda b: mark_start(b, cfg.dest, plan["run_id"]), cfg))
             echo(f"{count} slices on {found} Dask workers, states kept "
                  f"{'in the store' if plan['states'] == STORE else 'under --state'} "
                  f"({_dashboard(client)})")
             shared, queue = _share(cfg, min(slots, count)), f"pacsmigrate-{uuid.uuid4().hex}"
-            jobs = [SliceJob(shared, Shard(k, count, plan["cut"]), plan["states"],
-                             plan["run_id"], queue) for k in range(count)]
+            jobs = [SliceJob(shared, with_plan(Shard(k, count, plan["cut"]), plan["slicing"]),
+                             plan["states"], plan["run_id"], queue) for k in range(count)]
             stats, copies = _run_slices(client, jobs, echo, cfg.progress)
         if plan["states"] == STORE:
             left = asyncio.run(_in_store(

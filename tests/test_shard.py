@@ -362,7 +362,7 @@ def test_every_slice_takes_the_cut_the_migration_recorded(local_store: LocalTarg
     run(migrate(replace(config([root], local_store.url, old, None),
                         shard=Shard(0, 2, cut=None))))
     record = local_store.root / "pacsmigrate-run" / "slicing.json"
-    assert json.loads(record.read_text()) == {"cut": None}
+    assert json.loads(record.read_text())["cut"] is None
     new = tmp_path / "new"
     _migrate(local_store, root, new, "--shard", "1/2")
     cp = Checkpoint(new, readonly=True)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import LocalTarget, S3Target, run_cli
 from helpers import assert_complete, config, index_rows, multipart_tree
 from test_shard import _same, _tree
 
+from pacsmigrate.checkpoint import Checkpoint
 from pacsmigrate.config import TransferConfig
 from pacsmigrate.workers import _share
 
@@ -32,6 +34,14 @@ def single_run(local_store: LocalTarget, tmp_path: Path) -> tuple[Path, list[dic
     return root, index_rows(tmp_path / "single")
 
 
+def meta(state: Path, key: str) -> Any:
+    cp = Checkpoint(state, readonly=True)
+    try:
+        return cp.get_meta(key)
+    finally:
+        cp.close()
+
+
 def migrate_args(target: S3Target, root: Path, state: Path, *extra: str) -> list[str]:
     return ["migrate", str(root), target.url, "--endpoint-url", target.info.endpoint_url,
             "--state", str(state), "--no-progress", *extra]
@@ -45,6 +55,13 @@ def test_three_workers_make_the_index_of_a_single_run(moto_s3: S3Target,
     proc = run_cli(*migrate_args(moto_s3, root, state, "--workers", "3"), env=moto_s3.env(),
                    check=True)
     assert "12 slices on 3 Dask workers" in proc.stderr
+    # The coordinator planned the slicing once: this small tree has fewer units at the cut
+    # than 8 per slice, so they are cut deeper (down to the studies); every slice took it.
+    plan = meta(state, "workers")["slicing"]
+    assert plan["split"] and plan["cut"] == 3
+    slices = list((state / "slices").glob("*-of-12"))
+    assert len(slices) == 12
+    assert all(meta(s, "config")["shard_plan"]["split"] == plan["split"] for s in slices)
     assert f"migrated now: {len(single):,} files" in proc.stdout
     rows = assert_complete(moto_s3, state, root)
     assert _same(rows) == _same(single)
