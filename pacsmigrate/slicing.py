@@ -17,6 +17,7 @@ plan stays as it was made: files added later, even many, do not move between sli
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -24,6 +25,8 @@ from typing import Any
 
 from .shard import Shard, mark, root_of
 from .walk import walk
+
+log = logging.getLogger("pacsmigrate.pipeline")
 
 FLAT_FILES = 10_000  # files directly in one folder above which each file is a unit
 UNITS_PER_SLICE = 8  # units per slice below which a narrow tree is cut deeper
@@ -126,6 +129,8 @@ async def plan(roots: list[bytes], slices: int, cut: int | None, *,
                 split.add(mark(rel(path)))
                 units += len(subs) - 1
                 frontier.extend(c for c in subs if c in inner and mark(rel(c)) not in flat)
+    log.info("slicing planned from %d folders listed: %d flat, %d cut deeper, about %d "
+             "units for %d slices", listed, len(flat), len(split), units, slices)
     return {"cut": cut, "split": sorted(m.hex() for m in split),
             "flat": sorted(m.hex() for m in flat),
             "planned": {"slices": slices, "folders_listed": listed, "units": units,
