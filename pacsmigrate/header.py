@@ -9,9 +9,6 @@ import warnings
 from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
 
-import pydicom
-from pydicom.errors import InvalidDicomError
-
 from .headscan import DEFLATED, pixel_overrun, scan_fields
 from .headskip import Buffer
 
@@ -139,6 +136,9 @@ def read_header(f: BinaryIO, size: int) -> Header:
 
 
 def _read_header(f: BinaryIO, size: int) -> Header:
+    import pydicom  # the fallback only: the scan reads most headers without it (dicomref)
+    from pydicom.errors import InvalidDicomError
+
     prefix = f.read(132)
     has_marker = prefix[128:132] == b"DICM"
     f.seek(0)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import struct
 
-from pydicom import config, uid
-from pydicom.datadict import _dictionary_vr_fast
-from pydicom.dataelem import empty_value_for_VR
-from pydicom.hooks import hooks, raw_element_value, raw_element_vr
-from pydicom.valuerep import AMBIGUOUS_VR, VR
-
+from .dicomref import (
+    AMBIGUOUS_VR_NAMES,
+    NONE_WHEN_EMPTY_NAMES,
+    defaults,
+    dictionary_vr,
+    private_syntax,
+)
 from .headskip import (
     ALL_VRS,
     CHARSET,
@@ -61,11 +62,10 @@ _NOTED = {STUDY: b"UI", SERIES: b"UI", SOP: b"UI", MODALITY: b"CS", STUDY_DATE: 
           ACCESSION: b"SH", CHARSET: b"CS"}
 _PIXEL_REPRESENTATION = tag_key(0x0028, 0x0103)
 _TOP_SPECIAL = frozenset(_NOTED) | _PIXELS | {ITEM, ITEM_END, SEQ_END, _PIXEL_REPRESENTATION}
-_AMBIGUOUS = frozenset(str(v) for v in AMBIGUOUS_VR)
+_AMBIGUOUS = AMBIGUOUS_VR_NAMES
 # Explicit VRs whose empty raw value is None (not b""): pydicom converts those when it
 # checks lengths (with use_none_as_empty_text_VR_value off, which the scan requires).
-_NONE_WHEN_EMPTY = frozenset(v for v in VR_LONG if empty_value_for_VR(v.decode(), raw=True)
-                             is None)
+_NONE_WHEN_EMPTY = frozenset(v.encode() for v in NONE_WHEN_EMPTY_NAMES)
 
 
 def pixel_overrun(head: bytes, pos: int, size: int, ts: str) -> bool:
@@ -100,7 +100,7 @@ def scan_fields(data: Buffer, size: int) -> Fields | int | None:
     n = min(len(data), size)
     if n < 132 + 12:
         return min(size, 4096) if n < size else None
-    if data[128:132] != b"DICM" or not _pydicom_defaults():
+    if data[128:132] != b"DICM" or not defaults():
         return None
     try:
         return _scan(data, n, size)
@@ -108,16 +108,6 @@ def scan_fields(data: Buffer, size: int) -> Fields | int | None:
         return need.end
     except Unsure:
         return None
-
-
-def _pydicom_defaults() -> bool:
-    # The scan copies pydicom's reading under its default settings only.
-    return (config.settings.reading_validation_mode != config.RAISE
-            and config.settings.infer_sq_for_un_vr and not config.datetime_conversion
-            and not config.use_none_as_empty_text_VR_value
-            and config.data_element_callback is None and not hooks.raw_element_kwargs
-            and hooks.raw_element_vr is raw_element_vr
-            and hooks.raw_element_value is raw_element_value)
 
 
 def _text(data: Buffer, n: int, size: int, at: int, length: int) -> str:
@@ -212,7 +202,7 @@ def _syntax(data: Buffer, n: int, size: int, ts_at: tuple[int, int] | None) -> s
     if ts_at is None:
         raise Unsure  # pydicom guesses the syntax from the data set
     ts = _text(data, n, size, *ts_at)
-    if ts in _DECLINED_SYNTAXES or ts in uid.PrivateTransferSyntaxes:
+    if ts in _DECLINED_SYNTAXES or private_syntax(ts):
         raise Unsure
     return ts
 
@@ -321,12 +311,12 @@ def _empty_converts(key: int) -> bool:
         # creator (and the group length), any of which may fail to convert.
         raise Unsure
     try:
-        vr = _dictionary_vr_fast((key & 0xFFFF) << 16 | key >> 16)
+        vr = dictionary_vr((key & 0xFFFF) << 16 | key >> 16)
     except KeyError:
         return False  # UN, or UL for a group length
     if vr in _AMBIGUOUS:
         raise Unsure  # pydicom resolves these from other elements' values, which may fail
-    return vr == VR.SQ
+    return vr == "SQ"
 
 
 def _check_pixel_representation(found: _Found, size: int) -> None:

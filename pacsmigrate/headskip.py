@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import struct
 
-from pydicom import config
-from pydicom.datadict import _dictionary_vr_fast
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
+from .dicomref import LONG_VR_NAMES, VR_NAMES, dictionary_vr, replace_un_with_known_vr
 
 Buffer = bytes | memoryview
 
-ALL_VRS = frozenset(v.value.encode() for v in VR)
-LONG_VRS = frozenset(v.encode() for v in EXPLICIT_VR_LENGTH_32)
+ALL_VRS = frozenset(v.encode() for v in VR_NAMES)
+LONG_VRS = frozenset(v.encode() for v in LONG_VR_NAMES)
 # The VRs pydicom reads as explicit: whether each has the 4-byte length.
 VR_LONG = {v: v in LONG_VRS for v in ALL_VRS if len(v) == 2}
 
@@ -52,7 +50,7 @@ def avail(n: int, size: int, end: int) -> None:
 def check_vr(vr: bytes | None, expected: bytes, length: int) -> None:
     # pydicom reads UN as the dictionary VR when the value is shorter than 64 KiB.
     if vr is not None and vr != expected and not (
-            vr == b"UN" and length < 0xFFFF and config.replace_un_with_known_vr):
+            vr == b"UN" and length < 0xFFFF and replace_un_with_known_vr()):
         raise Unsure
 
 
@@ -71,7 +69,7 @@ def skip_undefined(data: Buffer, n: int, size: int, at: int, key: int,
     """Skip an undefined-length value starting at `at` the way pydicom reads it."""
     if vr is None:
         try:
-            is_sequence = _dictionary_vr_fast((key & 0xFFFF) << 16 | key >> 16) == VR.SQ
+            is_sequence = dictionary_vr((key & 0xFFFF) << 16 | key >> 16) == "SQ"
         except KeyError:
             avail(n, size, at + 4)
             is_sequence = U32(data, at)[0] == ITEM  # pydicom looks ahead for an item

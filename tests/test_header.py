@@ -479,3 +479,70 @@ def test_pydicom_is_hushed_only_while_it_reads_for_us(tmp_path: Path) -> None:
     ours, _, theirs = proc.stderr.partition("OURS-DONE")
     assert "SECRET" not in ours
     assert "SECRET" in theirs  # pydicom still warns outside our reads
+
+
+def test_the_scans_vr_tables_are_pydicoms() -> None:
+    """dicomref keeps pydicom's VR sets so the scan runs without importing pydicom."""
+    from pydicom.dataelem import empty_value_for_VR
+    from pydicom.valuerep import AMBIGUOUS_VR, EXPLICIT_VR_LENGTH_32, VR
+
+    from pacsmigrate import dicomref
+
+    assert dicomref.VR_NAMES == {v.value for v in VR}
+    assert dicomref.LONG_VR_NAMES == {str(v) for v in EXPLICIT_VR_LENGTH_32}
+    assert dicomref.AMBIGUOUS_VR_NAMES == {str(v) for v in AMBIGUOUS_VR}
+    assert dicomref.NONE_WHEN_EMPTY_NAMES == {
+        v.value for v in VR if len(v.value) == 2 and empty_value_for_VR(v.value, raw=True) is None}
+
+
+def _probe(code: str, *args: str, env: dict[str, str] | None = None) -> list[str]:
+    """Run code in a fresh interpreter; its output lines."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args],
+                          capture_output=True, text=True, check=True, env=env
+                          ).stdout.splitlines()
+
+
+_SCAN_THEN_PARSE = """
+    import sys
+    from pathlib import Path
+    import pacsmigrate.cli
+    from pacsmigrate.header import parse
+    from pacsmigrate.headscan import scan_fields
+    for path in sys.argv[1:]:
+        data = Path(path).read_bytes()
+        scanned = type(scan_fields(data, len(data))).__name__
+        loaded = "pydicom" in sys.modules
+        print(scanned, loaded, parse(data, len(data)).study_uid != "", "pydicom" in sys.modules)
+    """
+
+
+def test_headers_are_scanned_without_importing_pydicom() -> None:
+    """A process that only scans never imports pydicom (a third of a CPU-second each). A file
+    the scan declines, or an implicit VR file that needs pydicom's data dictionary, imports
+    it then; the fields are pydicom's either way."""
+    explicit, declined, implicit = (SAMPLES / n for n in
+                                    ("CT_small.dcm", "ExplVR_BigEnd.dcm", "rtplan.dcm"))
+    assert _probe(_SCAN_THEN_PARSE, str(explicit), str(declined)) == [
+        "tuple False True False", "NoneType False True True"]
+    assert _probe(_SCAN_THEN_PARSE, str(implicit)) == ["tuple True True True"]
+    for path in (explicit, declined, implicit):
+        data = path.read_bytes()
+        assert parse(data, len(data)) == reference(data)
+
+
+def test_the_scan_follows_pydicom_settings_from_the_environment() -> None:
+    """PYDICOM_FUTURE may change pydicom's defaults: with it set, the scan loads pydicom to
+    read its settings before it trusts itself."""
+    env = {k: v for k, v in os.environ.items() if k != "PYDICOM_FUTURE"}
+    ct = str(SAMPLES / "CT_small.dcm")
+    assert _probe(_SCAN_THEN_PARSE, ct, env=env) == ["tuple False True False"]
+    assert _probe(_SCAN_THEN_PARSE, ct, env={**env, "PYDICOM_FUTURE": "1"}) == [
+        "tuple True True True"]
+
+
+def test_a_private_transfer_syntax_goes_to_pydicom(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pacsmigrate import dicomref
+
+    assert not dicomref.private_syntax("1.2.3.4.5")
+    monkeypatch.setattr(pydicom.uid, "PrivateTransferSyntaxes", [UID("1.2.3.4.5")])
+    assert dicomref.private_syntax("1.2.3.4.5")

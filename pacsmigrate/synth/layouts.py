@@ -1,4 +1,4 @@
-"""Path layouts: the layout names, per-layout file namers and the sink that writes by name."""
+"""Path layouts: per-layout file namers and the sink that writes by name."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ from typing import Protocol
 from pydicom.dataset import Dataset
 
 from .plan import _Series, _Study
-
-LAYOUTS = ("patient", "date", "cd", "hashed", "storescp", "mixed")
 
 
 class _Namer(Protocol):

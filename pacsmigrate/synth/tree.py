@@ -10,10 +10,11 @@ from typing import Protocol
 
 from pydicom.dataset import Dataset
 
+from . import LAYOUTS
 from .datasets import _series_instances
 from .dicomdir import _DICOMDIR, _CdSink
 from .encode import _SeriesEncoder
-from .layouts import _NAMERS, LAYOUTS, _PathSink
+from .layouts import _NAMERS, _PathSink
 from .plan import _plan_studies, _Series, _Study
 from .uids import _NS, _derived_uid
 
