@@ -1,6 +1,6 @@
 """What the header scan takes from pydicom, importing pydicom only when a file needs it.
 
-Importing pydicom costs a process about a third of a CPU-second (its pixel handlers pull in
+Importing pydicom costs a process about 0.2 CPU-s (its pixel handlers pull in
 numpy, its data dictionary is large), a few per cent of a small-file run and again in every
 Dask worker. Most headers are scanned without it: only its data dictionary (for implicit
 VR and empty elements), its settings once something has imported it, and the fallback

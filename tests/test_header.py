@@ -517,7 +517,7 @@ _SCAN_THEN_PARSE = """
 
 
 def test_headers_are_scanned_without_importing_pydicom() -> None:
-    """A process that only scans never imports pydicom (a third of a CPU-second each). A file
+    """A process that only scans never imports pydicom (about 0.2 CPU-s each). A file
     the scan declines, or an implicit VR file that needs pydicom's data dictionary, imports
     it then; the fields are pydicom's either way."""
     explicit, declined, implicit = (SAMPLES / n for n in
