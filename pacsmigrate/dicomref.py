@@ -29,6 +29,8 @@ NONE_WHEN_EMPTY_NAMES = frozenset({"AT", "DS", "FD", "FL", "IS", "OB", "OD", "OF
                                    "OW", "SL", "SS", "SV", "UL", "UN", "US", "UV"})
 
 _ref: dict[str, Any] = {}
+# Read once: pydicom reads it once too, when it is imported (the scan runs per file).
+_FUTURE = bool(os.environ.get("PYDICOM_FUTURE"))
 
 
 def _load() -> dict[str, Any]:
@@ -43,7 +45,7 @@ def _load() -> dict[str, Any]:
 
 def _untouched() -> bool:
     """pydicom is not loaded, so its settings are the defaults it will start with."""
-    return "pydicom" not in sys.modules and not os.environ.get("PYDICOM_FUTURE")
+    return not _FUTURE and "pydicom" not in sys.modules
 
 
 def dictionary_vr(tag: int) -> str:
