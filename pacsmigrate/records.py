@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -135,6 +136,14 @@ class Stored:
     lock: tuple[int, int]
 
 
+_second: tuple[int, str] = (-1, "")
+
+
 def now_iso() -> str:
-    """UTC now, to the second, as the manifests, report and checkpoint write it."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    """UTC now, to the second, as the manifests, report and checkpoint write it (formatted
+    once a second: every bundle's manifest and object record asks)."""
+    global _second
+    t = int(time.time())
+    if _second[0] != t:
+        _second = (t, datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds"))
+    return _second[1]
