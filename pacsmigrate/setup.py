@@ -141,8 +141,13 @@ async def agreed_slicing(cp: Checkpoint, backend: Backend | None,
     if cp.counts()["index"]:  # made with this plan (or adopted files with it)
         if known.get("shard_plan") is None:
             cp.put_meta("config", {**known, "shard_plan": as_doc(cfg.shard)})
-        if backend is not None:
-            await write_once(backend, key, as_doc(cfg.shard))
+        if backend is not None and not await write_once(backend, key, as_doc(cfg.shard)):
+            theirs = await slicing_of(backend, cfg.dest)
+            if as_doc(with_plan(cfg.shard, theirs)) != as_doc(cfg.shard):
+                raise StateError(f"state directory {cfg.state_dir} holds slice {cfg.shard} "
+                                 f"cut another way than the migration's recorded plan ({key}):"
+                                 " index merge could not join it to the other slices; migrate "
+                                 "this slice into a new --state")
         return cfg
     doc = await agreed_plan(backend, cfg, cfg.shard.count, cfg.shard.cut,
                             known.get("shard_plan"))
@@ -162,7 +167,11 @@ async def agreed_plan(backend: Backend | None, cfg: MigrateConfig, slices: int,
                              slices, cut)
     if backend is not None and not await write_once(
             backend, cfg.dest.key(keys.RUN_DIR, "slicing.json"), doc):
-        doc = await slicing_of(backend, cfg.dest) or doc
+        theirs = await slicing_of(backend, cfg.dest)
+        if theirs is None:
+            raise StateError("the migration's slicing plan in the store was there and is "
+                             "gone: run again")
+        return theirs
     return doc
 
 

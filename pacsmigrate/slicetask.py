@@ -71,6 +71,17 @@ def run_slice(job: SliceJob) -> dict[str, Any]:
     return asyncio.run(_run(job, cfg, watch))
 
 
+def plan_slicing(cfg: MigrateConfig, slices: int, cut: int | None) -> dict[str, Any]:
+    """The Dask task that makes (or reads) the migration's slicing plan: on a worker, which
+    sees the sources (the coordinator may not)."""
+    from .setup import agreed_plan
+
+    async def agree() -> dict[str, Any]:
+        async with opened(cfg.dest, cfg.transfer) as backend:
+            return await agreed_plan(backend, cfg, slices, cut)
+    return asyncio.run(agree())
+
+
 async def _run(job: SliceJob, cfg: MigrateConfig, watch: _Watch) -> dict[str, Any]:
     from .pipeline import migrate
     from .slicestore import seed, ship

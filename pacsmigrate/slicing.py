@@ -11,18 +11,23 @@ path under the root), so it holds no patient data. Two kinds of too large:
   UNITS_PER_SLICE units per slice): the folders at the cut are cut one level deeper
   (`split`), again up to DEEPER levels, until there are enough units; never a folder
   whose folders hold only files (a study's series stay together).
-The listing is streamed (folders counted as they come, at most a few per slice kept); the
-plan stays as it was made: files added later, even many, do not move between slices.
+The listing is streamed: folders are counted as they come; what is kept is the plan, up to
+UNITS_PER_SLICE folders per slice to cut next and SAMPLE names of each (beside the walk's
+own listing of one folder at a time). Slices started together before any plan is recorded
+each plan, and the first recorded stands. The plan stays as it was made: files added
+later, even many, do not move between slices.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
+from .errors import SourceError
 from .shard import Shard, mark, root_of
 from .walk import walk
 
@@ -31,7 +36,7 @@ log = logging.getLogger("pacsmigrate.pipeline")
 FLAT_FILES = 10_000  # files directly in one folder above which each file is a unit
 UNITS_PER_SLICE = 8  # units per slice below which a narrow tree is cut deeper
 DEEPER = 3  # levels below the cut a narrow tree may be cut at
-LISTINGS = 100_000  # folders a level of a narrow tree may list to plan its cut
+SAMPLE = 16  # folders of a folder looked into to tell a study's series from a deeper tree
 
 
 def as_doc(shard: Shard) -> dict[str, Any]:
@@ -49,21 +54,31 @@ def with_plan(shard: Shard, doc: dict[str, Any] | None) -> Shard:
                    flat=frozenset(bytes.fromhex(m) for m in doc.get("flat", ())))
 
 
-async def _folders(starts: list[bytes], deeper: Any, threads: int
+def recorded_slice(config: dict[str, Any]) -> Shard | None:
+    """The slice a state's config records, cut as it was (None: a whole migration)."""
+    if not config.get("shard"):
+        return None
+    return with_plan(Shard.parse(config["shard"], cut=config.get("shard_cut")),
+                     config.get("shard_plan"))
+
+
+async def _folders(starts: list[bytes], deeper: Any, threads: int, *, strict: bool = False
                    ) -> AsyncIterator[tuple[bytes, int, list[bytes]]]:
     """Each folder listed: its path, how many files directly in it, its subfolders.
-    `deeper(path)`: whether to list the subfolders of `path` too."""
-    subdirs: dict[bytes, list[bytes]] = {}  # met by the walk's prune, until listed
-
+    `deeper(path)`: whether to list the subfolders of `path` too. `strict`: a start that
+    cannot be listed is an error (a source root: a plan made without it would stand)."""
     def prune(directory: bytes, found: list[bytes]) -> list[bytes]:
-        subdirs[directory] = found
         return found if deeper(directory) else []
 
     files = 0
     async for got in walk(starts, threads=threads, prune=prune):
+        if strict and got.problems and got.path in starts and any(
+                p.path == got.path for p in got.problems):
+            raise SourceError(f"cannot list {os.fsdecode(got.path)} to plan the slicing "
+                              f"({got.problems[0].reason}): check the SOURCE is mounted here")
         files += len(got.files)  # the pieces of one folder come one after the other
         if got.rest is None:
-            yield got.path, files, subdirs.pop(got.path, [])
+            yield got.path, files, got.subdirs  # all of them, also those not entered
             files = 0
 
 
@@ -87,7 +102,8 @@ async def plan(roots: list[bytes], slices: int, cut: int | None, *,
         r = rel(path)
         return r.count(b"/") + 1 if r else 0
 
-    async for path, files, subs in _folders(roots, lambda p: depth(p) < cut - 1, threads):
+    async for path, files, subs in _folders(roots, lambda p: depth(p) < cut - 1, threads,
+                                            strict=True):
         listed += 1
         d = depth(path)
         if d == 0 or files > flat_files:
@@ -102,18 +118,18 @@ async def plan(roots: list[bytes], slices: int, cut: int | None, *,
     for _ in range(DEEPER):
         if units >= want or not frontier:
             break
-        kids: dict[bytes, list[bytes]] = {}
+        # Each folder of the level: how many folders it holds, and the first SAMPLE of them
+        # (by name), looked into to tell a study's series from a deeper tree.
+        kids: dict[bytes, tuple[int, list[bytes]]] = {}
         async for path, files, subs in _folders(frontier, lambda p: False, threads):
             listed += 1
-            kids[path] = subs
+            kids[path] = len(subs), sorted(subs)[:SAMPLE]
             if files > flat_files:
                 flat.add(mark(rel(path)))
                 units += files
-        children = [c for subs in kids.values() for c in subs]
-        if len(children) > LISTINGS:
-            break
-        inner: set[bytes] = set()  # children that hold folders, or are flat
-        async for path, files, subs in _folders(children, lambda p: False, threads):
+        looked = [c for _, some in kids.values() for c in some]
+        inner: set[bytes] = set()  # of those, the ones that hold folders or are flat
+        async for path, files, subs in _folders(looked, lambda p: False, threads):
             listed += 1
             if subs:
                 inner.add(path)
@@ -122,13 +138,14 @@ async def plan(roots: list[bytes], slices: int, cut: int | None, *,
                 inner.add(path)
                 units += files
         frontier = []
-        for path, subs in kids.items():
+        for path, (count, some) in kids.items():
             # A folder whose folders hold only files is left whole: they may be a
             # study's series, which one bundle should keep together.
-            if any(c in inner for c in subs):
+            if any(c in inner for c in some):
                 split.add(mark(rel(path)))
-                units += len(subs) - 1
-                frontier.extend(c for c in subs if c in inner and mark(rel(c)) not in flat)
+                units += count - 1
+                frontier.extend(c for c in some if c in inner and mark(rel(c)) not in flat)
+        del frontier[want + 1:]
     log.info("slicing planned from %d folders listed: %d flat, %d cut deeper, about %d "
              "units for %d slices", listed, len(flat), len(split), units, slices)
     return {"cut": cut, "split": sorted(m.hex() for m in split),

@@ -39,7 +39,8 @@ class Listing:
     """One piece of a directory: its regular files (names), skipped entries, subdirs.
 
     `rest` is the open scandir iterator when the directory has more entries; `subdirs`
-    are full paths, complete only on the last piece (`rest` None).
+    are full paths, complete only on the last piece (`rest` None), all of them (also those
+    a prune kept the walk out of).
     """
 
     path: bytes
@@ -197,7 +198,6 @@ class Walker:
             subdirs = got.subdirs if self._prune is None else self._prune(got.path,
                                                                           got.subdirs)
             self._stack.extend(sorted(subdirs, reverse=True))
-            got.subdirs = []
 
     def _pop(self) -> bytes | Future[Listing] | Listing | None:
         if not self._stack:

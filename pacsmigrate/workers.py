@@ -40,10 +40,9 @@ from .config import MigrateConfig
 from .errors import ConfigError, StateError
 from .progress import Bar
 from .report import write_report
-from .setup import agreed_plan
 from .shard import CUT, Shard
 from .slicestore import MARGIN, fetch, held_copy, mark_start, marker_key, newest_copy
-from .slicetask import SHARED, SLICES, STORE, SliceJob, run_slice, slice_state
+from .slicetask import SHARED, SLICES, STORE, SliceJob, plan_slicing, run_slice, slice_state
 from .slicing import with_plan
 from .statemerge import merge_into
 from .stats import Stats
@@ -145,8 +144,9 @@ def migrate_on_dask(cfg: MigrateConfig, *, workers: int | None = None,
             if plan["slicing"] is None:  # its first start: cut too large units finer
                 echo("planning the slices: listing the folders above the cut "
                      f"({CUT} deep)")
-                plan["slicing"] = doc = asyncio.run(_in_store(
-                    lambda b: agreed_plan(b, cfg, count, plan["cut"]), cfg))
+                plan["slicing"] = doc = client.submit(
+                    plan_slicing, cfg, count, plan["cut"], pure=False,
+                    key=f"pacsmigrate-plan-{uuid.uuid4().hex}").result()
                 run.put_meta("workers", plan)
                 echo(f"slicing: {len(doc.get('flat', [])):,} flat folder(s) spread file by "
                      f"file, {len(doc.get('split', [])):,} folder(s) cut deeper")

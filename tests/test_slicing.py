@@ -15,6 +15,7 @@ from helpers import config, index_rows, source_files
 
 from pacsmigrate import migrate, slicing
 from pacsmigrate.checkpoint import Checkpoint
+from pacsmigrate.errors import SourceError
 from pacsmigrate.paths import from_fields
 from pacsmigrate.reads import in_shard
 from pacsmigrate.shard import Shard, mark, pruner
@@ -168,6 +169,10 @@ def test_slices_keep_the_recorded_plan_as_the_tree_grows(
     assert all(before <= after for before, after in zip(held, again, strict=True))
     newer = os.fsencode(root / "new" / "incoming") + b"/"
     assert sum(1 for h in again if any(p.startswith(newer) for p in h)) == 1  # not planned
+    # verify --source of a slice checks its own files against the source, as cut by its plan.
+    for k in range(3):
+        proc = run_cli("verify", "--state", str(tmp_path / f"s{k}"), "--source")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
     # The slices merge to one index, a row per file.
     proc = run_cli("index", "merge", *(str(tmp_path / f"s{k}") for k in range(3)),
                    "--state", str(tmp_path / "merged"), check=True)
@@ -183,6 +188,11 @@ def test_slices_keep_the_recorded_plan_as_the_tree_grows(
     proc = run_cli("index", "merge", str(tmp_path / "other"), str(tmp_path / "s1"),
                    str(tmp_path / "s2"), "--state", str(tmp_path / "m2"))
     assert proc.returncode == 2 and "another slicing plan" in proc.stderr, proc.stderr
+    # and a slice that holds files refuses to go on under another plan than the store's
+    proc = run_cli("migrate", str(root), local_store.url, "--state", str(tmp_path / "s1"),
+                   "--shard", "1/3", "--no-progress")
+    assert proc.returncode == 2 and "cut another way than the migration's recorded plan" \
+        in proc.stderr, proc.stderr
 
 
 def test_a_dry_run_of_a_slice_plans_as_its_run_will(
@@ -221,3 +231,38 @@ def test_a_flat_folder_deep_in_a_narrow_tree_is_reached_by_every_slice(tmp_path:
     parts = _sliced(root, [with_plan(Shard(k, 4), doc) for k in range(4)])
     _once(parts, root)
     assert sum(1 for p in parts if p) >= 2
+
+
+def test_a_wide_folder_is_cut_from_a_look_into_a_few_of_its_folders(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder of 150,000 patients is not listed patient by patient to decide its cut: the
+    planner looks into the first SAMPLE of its folders (here 2)."""
+    monkeypatch.setattr(slicing, "SAMPLE", 2)
+    root = _narrow(tmp_path / "pacs")
+    doc = run(plan([os.fsencode(root)], 3, 3))
+    assert mark(b"archive/fs1/data").hex() in doc["split"]
+    parts = _sliced(root, [with_plan(Shard(k, 3), doc) for k in range(3)])
+    _once(parts, root)
+    assert sum(1 for p in parts if p) >= 2, [len(p) for p in parts]
+
+
+def test_a_source_that_cannot_be_listed_is_not_planned_without(tmp_path: Path) -> None:
+    """A plan made without a root would stand for good: refuse, in one line."""
+    (tmp_path / "here").mkdir()
+    with pytest.raises(SourceError, match="cannot list .*missing to plan the slicing"):
+        run(plan([os.fsencode(tmp_path / "here"), os.fsencode(tmp_path / "missing")], 2, 3))
+
+
+def test_the_walk_hands_every_subfolder_to_the_planner(tmp_path: Path) -> None:
+    """The last piece of a folder's listing names all its folders, also those the prune
+    kept the walk out of (the planner counts them; it used to catch them in the prune)."""
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+    walker = Walker([os.fsencode(tmp_path)], prune=lambda directory, subdirs: [])
+    try:
+        got = walker.next_sync()
+        assert got is not None and got.rest is None
+        assert sorted(got.subdirs) == [os.fsencode(tmp_path / n) for n in ("a", "b", "c")]
+        assert walker.next_sync() is None  # and entered none of them
+    finally:
+        walker.close()

@@ -12,7 +12,7 @@ from ..access import Opened
 from ..checkpoint import Checkpoint
 from ..errors import ConfigError
 from ..records import now_iso
-from ..shard import Shard
+from ..slicing import recorded_slice
 from .common import Job
 from .config import VerifyConfig
 from .deep import check_members
@@ -65,9 +65,7 @@ async def verify(opened: Opened, *, deep: bool = False, sample: float | None = N
                 job.by_object.close()
         if source:
             await check_sources(job, sample, seed)
-            bound = opened.cp.get_meta("config") or {}
-            shard = Shard.parse(bound["shard"], cut=bound.get("shard_cut")) \
-                if bound.get("shard") else None
+            shard = recorded_slice(opened.cp.get_meta("config") or {})
             await walk_sources(job, list(_recorded_sources(opened.cp)), shard)
         result = VerifyResult(job.counts(), findings.errors, findings.warnings,
                               MappingProxyType(dict(findings.by_kind)), tuple(findings.kept),
