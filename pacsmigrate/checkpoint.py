@@ -54,6 +54,10 @@ FORMAT = 2
 _DBS = ("meta", "intents", "objects", "objkeys", "index", "sop", "problems", "plan",
         "spill", "groups", "content", "conflicts", "retention")
 _ID = struct.Struct(">I")
+# Objects whose key and lock decoding rows remembers. Rows are read in path order and a
+# bundle's files sit together, so a few thousand hit as well as all; 100,000 entries held
+# ~25 MB at a million files (the report's walk of the index), which grew with the tree.
+DECODE_CACHE = 4096
 
 class Checkpoint(MergeTables, SpillTable, RetentionTable, ContentTable, LmdbFile):
     """The state's tables and the intent -> upload -> commit protocol (see above).
@@ -330,7 +334,7 @@ class Checkpoint(MergeTables, SpillTable, RetentionTable, ContentTable, LmdbFile
         if key is None:
             raw = txn.get(_ID.pack(number), db=self.db["objkeys"])
             key = bytes(raw).decode() if raw is not None else ""
-            if len(self._keys) > 100_000:
+            if len(self._keys) >= DECODE_CACHE:
                 self._keys.clear()
             self._keys[number] = key
         return key
@@ -342,7 +346,7 @@ class Checkpoint(MergeTables, SpillTable, RetentionTable, ContentTable, LmdbFile
             raw = txn.get(key.encode(), db=self.db["objects"])
             r = (json.loads(bytes(raw)).get("retention") if raw is not None else None) or {}
             lock = r.get("retain_until", ""), r.get("mode", "") if r.get("retain_until") else ""
-            if len(self._locks) > 100_000:
+            if len(self._locks) >= DECODE_CACHE:
                 self._locks.clear()
             self._locks[key] = lock
         return lock

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pacsmigrate import rows
+from pacsmigrate import checkpoint, rows
 from pacsmigrate.checkpoint import Checkpoint, path_key
 from pacsmigrate.errors import StateError, StateLockedError
 from pacsmigrate.records import (
@@ -294,3 +294,17 @@ def test_a_duplicate_may_name_an_object_committed_after_it(tmp_path: Path) -> No
         assert cp.deduplicated() == (1, 10)
     finally:
         cp.close()
+
+
+def test_rows_name_their_objects_past_the_decode_cache(cp: Checkpoint,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoding rows remembers a few thousand objects' keys and locks (memory stays flat at
+    any size); past that the cache starts again and every row still names its object."""
+    monkeypatch.setattr(checkpoint, "DECODE_CACHE", 3)
+    for i in range(10):
+        cp.commit_objects([stored(f"p/00/00/g/{i}.tar", [member(b"/s/%02d/%d" % (i, j))
+                                                         for j in range(2)])])
+    got = {k: r["key"] for k, r in cp.iter_db("index")}
+    assert got == {b"/s/%02d/%d" % (i, j): f"p/00/00/g/{i}.tar"
+                   for i in range(10) for j in range(2)}
+    assert len(cp._keys) <= 3 and len(cp._locks) <= 3
