@@ -1,7 +1,8 @@
 """A migration's slicing plan: which units of the cut (shard.py) are too large, cut finer.
 
-Planned once, by the first run of a migration cut into slices (the Dask coordinator, or the
-first `--shard K/N` to start), from one listing of the folders above the cut, and recorded
+Planned once, by the first run of a migration cut into slices (on Dask, one task on a
+worker, which sees the sources; else the first `--shard K/N` to start), from one listing of
+the folders above the cut, and recorded
 in the store (keys.RUN_DIR/slicing.json, never overwritten) where every slice, on any
 machine, every later run, reads the same plan. It names folders by marks (a hash of the
 path under the root), so it holds no patient data. Two kinds of too large:
@@ -23,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -62,7 +63,8 @@ def recorded_slice(config: dict[str, Any]) -> Shard | None:
                      config.get("shard_plan"))
 
 
-async def _folders(starts: list[bytes], deeper: Any, threads: int, *, strict: bool = False
+async def _folders(starts: list[bytes], deeper: Callable[[bytes], bool], threads: int, *,
+                   strict: bool = False
                    ) -> AsyncIterator[tuple[bytes, int, list[bytes]]]:
     """Each folder listed: its path, how many files directly in it, its subfolders.
     `deeper(path)`: whether to list the subfolders of `path` too. `strict`: a start that
