@@ -288,30 +288,41 @@ class Checkpoint(MergeTables, SpillTable, RetentionTable, ContentTable, LmdbFile
         """Files recorded as not migrated for a reason that is not a deliberate skip."""
         return sum(1 for _, v in self.iter_db("problems") if not v["final"])
 
-    def iter_db(self, name: str, *, batch: int = 2000) -> Iterator[tuple[bytes, Any]]:
-        """Stream a table as dicts, in short read transactions (memory stays flat)."""
+    def iter_db(self, name: str, *, batch: int = 2000,
+                 keep: Callable[[bytes | memoryview], bool] | None = None
+                 ) -> Iterator[tuple[bytes, Any]]:
+        """Stream a table as dicts, in short read transactions (memory stays flat).
+        `keep(raw)`: only the records it accepts, judged before they are decoded."""
         after = b""
-        while chunk := self._range(name, after, batch):
+        while True:
+            chunk, last = self._range(name, after, batch, keep)
             yield from chunk
-            if len(chunk) < batch:
+            if last is None:
                 return
-            after = chunk[-1][0]
+            after = last
 
-    def _range(self, name: str, after: bytes, limit: int) -> list[tuple[bytes, Any]]:
-        """Up to `limit` records after key `after`, read in one short transaction."""
+    def _range(self, name: str, after: bytes, limit: int,
+               keep: Callable[[bytes | memoryview], bool] | None
+               ) -> tuple[list[tuple[bytes, Any]], bytes | None]:
+        """The records (that `keep` accepts) among the next `limit` after key `after`,
+        read in one short transaction; and the last key read, None at the table's end."""
         out: list[tuple[bytes, Any]] = []
         if self.db[name] is None:
-            return out
+            return out, None
+        read = 0
         with self.env.begin(db=self.db[name]) as txn:
             cur = txn.cursor()
             if not cur.set_range(after):
-                return out
+                return out, None
             for k, v in cur:
-                if k != after:
+                if k == after:
+                    continue
+                read += 1
+                if keep is None or keep(v):
                     out.append((bytes(k), self._decode(name, txn, bytes(k), v)))
-                    if len(out) >= limit:
-                        break
-        return out
+                if read >= limit:
+                    return out, bytes(k)
+        return out, None
 
     def _decode(self, name: str, txn: lmdb.Transaction, k: bytes, v: bytes) -> Any:
         if name == "spill":

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import IO, Any
 
+from . import rows
 from .checkpoint import Checkpoint
 from .config import MigrateConfig
 from .records import now_iso
@@ -49,7 +50,7 @@ def write_report(path: Path, cp: Checkpoint, stats: Stats, cfg: MigrateConfig) -
         _stream(out, "unsorted", ({"source_path": r["source_path"],
                                    "source_path_b64": r["source_path_b64"],
                                    "reason": r["reason"], "key": r["key"]}
-                                  for _, r in cp.iter_db("index") if r["status"] != "dicom"))
+                                  for _, r in cp.iter_db("index", keep=rows.unsorted)))
         # Two paths, one SOPInstanceUID, other bytes: both kept (a re-sent or edited image).
         _stream(out, "same_sop_other_bytes", (v for _, v in cp.iter_db("conflicts")))
         out.write("\n}\n")

@@ -104,6 +104,14 @@ def encode(e: Entry, object_id: int, *, long_path: bool = False,
         _LEN.pack(len(e.path)) + e.path if long_path else b""))
 
 
+def unsorted(raw: bytes | memoryview) -> bool:
+    """Whether an index row is of a file stored outside any study, read without decoding
+    the row (the report lists those among millions)."""
+    if raw[:1] == b"{":  # version 1
+        return bool(json.loads(bytes(raw)).get("status") != DICOM)
+    return bool(_HEAD.unpack_from(raw)[1] & UNSORTED_FLAG)
+
+
 def renumbered(raw: bytes | memoryview, number: Callable[[int], int]) -> bytes:
     """The row with its object number mapped (`index merge`): the number sits at a fixed
     place, so nothing else is decoded. Version-1 rows name their key: as they are."""

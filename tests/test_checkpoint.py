@@ -308,3 +308,17 @@ def test_rows_name_their_objects_past_the_decode_cache(cp: Checkpoint,
     assert got == {b"/s/%02d/%d" % (i, j): f"p/00/00/g/{i}.tar"
                    for i in range(10) for j in range(2)}
     assert len(cp._keys) <= 3 and len(cp._locks) <= 3
+
+
+def test_iter_db_keeps_what_the_raw_filter_accepts_across_batches(cp: Checkpoint) -> None:
+    """The report lists unsorted files among millions without decoding every row."""
+    odd = Described(GROUPS[1], UNSORTED, "not DICOM", "", "", "", "", "", "")
+    files = [Member(b"/s/%04d" % i, 10, 1, odd if i % 7 == 0 else about(sop=f"1.2.{i}"))
+             for i in range(50)]
+    cp.commit_objects([stored("p/00/00/g/a.tar", files)])
+    want = [b"/s/%04d" % i for i in range(0, 50, 7)]
+    for batch in (1000, 6, 1):
+        got = list(cp.iter_db("index", batch=batch, keep=rows.unsorted))
+        assert [k for k, _ in got] == want, batch
+        assert all(r["status"] == UNSORTED and r["reason"] == "not DICOM" for _, r in got)
+    assert rows.unsorted(b'{"status": "unsorted"}') and not rows.unsorted(b'{"status": "dicom"}')
