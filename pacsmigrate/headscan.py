@@ -62,7 +62,6 @@ _NOTED = {STUDY: b"UI", SERIES: b"UI", SOP: b"UI", MODALITY: b"CS", STUDY_DATE: 
           ACCESSION: b"SH", CHARSET: b"CS"}
 _PIXEL_REPRESENTATION = tag_key(0x0028, 0x0103)
 _TOP_SPECIAL = frozenset(_NOTED) | _PIXELS | {ITEM, ITEM_END, SEQ_END, _PIXEL_REPRESENTATION}
-_AMBIGUOUS = AMBIGUOUS_VR_NAMES
 # Explicit VRs whose empty raw value is None (not b""): pydicom converts those when it
 # checks lengths (with use_none_as_empty_text_VR_value off, which the scan requires).
 _NONE_WHEN_EMPTY = frozenset(v.encode() for v in NONE_WHEN_EMPTY_NAMES)
@@ -314,7 +313,7 @@ def _empty_converts(key: int) -> bool:
         vr = dictionary_vr((key & 0xFFFF) << 16 | key >> 16)
     except KeyError:
         return False  # UN, or UL for a group length
-    if vr in _AMBIGUOUS:
+    if vr in AMBIGUOUS_VR_NAMES:
         raise Unsure  # pydicom resolves these from other elements' values, which may fail
     return vr == "SQ"
 

@@ -43,6 +43,11 @@ def object_key(dest: Destination, group: str, ident: str, ext: str) -> str:
     return dest.key(group[:2], group[2:4], group, f"{ident}.{ext}")
 
 
+def slicing_key(dest: Destination) -> str:
+    """Where a migration cut into slices records its slicing plan (slicing.py)."""
+    return dest.key(RUN_DIR, "slicing.json")
+
+
 def sources_key(dest: Destination, sources: list[str]) -> str:
     """Where a run records its source roots (`index rebuild` gives them back): one object
     per set of roots, named by its hash, so every run of the same set writes it once."""

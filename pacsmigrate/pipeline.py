@@ -72,10 +72,12 @@ class Migration:
                 self.secret = await key_secret(cp, None if cfg.dry_run else self.backend,
                                                cfg.dest)
                 dropped: list[str] = []
+                # A dry run does not contact the store: it plans as a first run would.
+                cfg = self.cfg = await agreed_slicing(
+                    cp, None if cfg.dry_run else self.backend, cfg)
                 if self.backend is not None and not cfg.dry_run:
                     await record_sources(self.backend, cfg.dest,
                                          [os.path.abspath(s) for s in cfg.sources])
-                    cfg = self.cfg = await agreed_slicing(cp, self.backend, cfg)
                     adopted, dropped = await reconcile(cp, self.backend)
                     self.stats.objects_adopted += adopted
                     self.stats.intents_dropped += len(dropped)
@@ -87,7 +89,6 @@ class Migration:
                     n = await cp.call(cp.load_retention, cfg.retention.map.rows())
                     log.info("retention map: %d studies", n)
                 if cfg.dry_run:
-                    cfg = self.cfg = await agreed_slicing(cp, None, cfg)
                     await cp.call(cp.clear, "plan")
                 if cfg.progress_file is not None:
                     writer = asyncio.create_task(keep_writing(cfg.progress_file,

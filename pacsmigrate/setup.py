@@ -136,7 +136,7 @@ async def agreed_slicing(cp: Checkpoint, backend: Backend | None,
     which its first real run records unless another slice's is there first."""
     if cfg.shard is None:
         return cfg
-    key = cfg.dest.key(keys.RUN_DIR, "slicing.json")
+    key = keys.slicing_key(cfg.dest)
     known = cp.get_meta("config") or {}
     if cp.counts()["index"]:  # made with this plan (or adopted files with it)
         if known.get("shard_plan") is None:
@@ -166,7 +166,7 @@ async def agreed_plan(backend: Backend | None, cfg: MigrateConfig, slices: int,
     doc = mine or await plan([os.fsencode(os.path.abspath(s)) for s in cfg.sources],
                              slices, cut)
     if backend is not None and not await write_once(
-            backend, cfg.dest.key(keys.RUN_DIR, "slicing.json"), doc):
+            backend, keys.slicing_key(cfg.dest), doc):
         theirs = await slicing_of(backend, cfg.dest)
         if theirs is None:
             raise StateError("the migration's slicing plan in the store was there and is "
@@ -177,7 +177,7 @@ async def agreed_plan(backend: Backend | None, cfg: MigrateConfig, slices: int,
 
 async def slicing_of(backend: Backend, dest: Destination) -> dict[str, Any] | None:
     """The migration's slicing plan in the store, if one is recorded."""
-    key = dest.key(keys.RUN_DIR, "slicing.json")
+    key = keys.slicing_key(dest)
     if await backend.stat(key) is None:
         return None
     doc: dict[str, Any] = json.loads(await backend.load(key))

@@ -85,6 +85,13 @@ class Shard:
         digest = blake3.blake3(b"pacsmigrate-shard\0" + unit).digest(8)
         return int.from_bytes(digest, "big") % self.count
 
+    def _split_below(self, parts: list[bytes], depth: int) -> int:
+        """How deep the unit of `parts[:depth]` goes once the plan's split folders are cut
+        finer (never past the folder `parts` itself)."""
+        while depth < len(parts) and self.split and mark(b"/".join(parts[:depth])) in self.split:
+            depth += 1
+        return depth
+
     def unit(self, rel: bytes) -> bytes | None:
         """The unit of the files directly in the folder `rel` (a path under a root); None
         when each of them is a unit of its own (the root, a flat folder)."""
@@ -93,14 +100,12 @@ class Shard:
         parts = rel.split(b"/")
         n = len(parts)
         depth = 1 if n == 1 else n - 1 if self.cut is None else min(n - 1, self.cut)
-        while depth < n and self.split and mark(b"/".join(parts[:depth])) in self.split:
-            depth += 1
-        return b"/".join(parts[:depth])
+        return b"/".join(parts[:self._split_below(parts, depth)])
 
     def folder(self, root: bytes, directory: bytes) -> bool | None:
         """Whether all files directly in `directory` (under `root`) are in this slice;
         None when each file decides for itself (the root, a flat folder)."""
-        unit = self.unit(directory[len(root):].strip(b"/"))
+        unit = self.unit(_rel(root, directory))
         return None if unit is None else self.of(unit) == self.index
 
     def subdirs(self, root: bytes, directory: bytes, subdirs: list[bytes]) -> list[bytes]:
@@ -108,14 +113,11 @@ class Shard:
         slice: below the cut, a subtree is one unit, in this slice or not at all."""
         if self.cut is None or not subdirs:
             return subdirs
-        rel = directory[len(root):].strip(b"/")
+        rel = _rel(root, directory)
         parts = rel.split(b"/") if rel else []
         if len(parts) < self.cut:
             return subdirs  # above the cut
-        depth = self.cut
-        while depth < len(parts) and self.split and mark(b"/".join(parts[:depth])) in self.split:
-            depth += 1
-        if depth < len(parts):
+        if self._split_below(parts, self.cut) < len(parts):
             return subdirs  # already inside a subtree of ours
         if not (self.split and mark(rel) in self.split):
             # Every file below a folder at the cut has that folder as its unit.
@@ -128,16 +130,7 @@ class Shard:
 
     def keeps(self, root: bytes, directory: bytes, name: bytes) -> bool:
         """Whether the file `name` in `directory` (under `root`) is in this slice."""
-        whole = self.folder(root, directory)
-        return self.of(self._own(root, directory, name)) == self.index if whole is None \
-            else whole
-
-    @staticmethod
-    def _own(root: bytes, directory: bytes, name: bytes) -> bytes:
-        """The unit of a file that is a unit of its own: its name in a root (as ever), its
-        path under the root in a flat folder."""
-        rel = directory[len(root):].strip(b"/")
-        return rel + b"/" + name if rel else name
+        return bool(self.select(root, directory, [name]))
 
     def holds(self, roots: list[bytes], path: bytes) -> bool:
         """Whether the file at `path` (under one of `roots`) is in this slice."""
@@ -149,10 +142,17 @@ class Shard:
         """The names of files in `directory` that are in this slice, in order."""
         whole = self.folder(root, directory)
         if whole is None:
-            rel = directory[len(root):].strip(b"/")
+            # Each file is a unit: its name in a root (as ever), its path under the root in
+            # a flat folder.
+            rel = _rel(root, directory)
             head = rel + b"/" if rel else b""
             return [n for n in names if self.of(head + n) == self.index]
         return names if whole else []
+
+
+def _rel(root: bytes, directory: bytes) -> bytes:
+    """The path of `directory` under `root`."""
+    return directory[len(root):].strip(b"/")
 
 
 def pruner(roots: list[bytes], shard: Shard | None

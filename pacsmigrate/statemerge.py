@@ -26,6 +26,7 @@ import lmdb
 from . import rows
 from .errors import StateError
 from .records import now_iso
+from .slicing import as_doc, recorded_slice
 from .tables import path_key, renumbered_content
 
 BATCH = 4096
@@ -170,9 +171,9 @@ class MergeTables:
                                  "merge only the slices of one migration")
         if theirs.get("shard"):
             result.shards.append(theirs["shard"])
-            plan = theirs.get("shard_plan") or {}
-            result.cuts.add(json.dumps([theirs.get("shard_cut"), plan.get("split", []),
-                                        plan.get("flat", [])]))
+            cut = recorded_slice(theirs)
+            assert cut is not None  # a state with a shard records its slice
+            result.cuts.add(json.dumps(as_doc(cut)))
             if len(result.cuts) > 1:
                 raise StateError(f"{other.state_dir} is a slice cut another way than the "
                                  "states before it (made before slices were cut at 3 "
