@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -16,6 +17,15 @@ from ..ssec import ENV
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_STATE = "pacsmigrate-state"
+
+
+def quiet_gc() -> None:
+    """Fewer garbage collector passes for a long run: a run allocates millions of short-lived
+    objects (rows, headers, tasks) and almost no cycles, so the youngest generation is
+    scanned every 50,000 allocations instead of 700, and what the imports made is left out
+    of the scans altogether (gc.freeze)."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 def handle_errors(fn: F) -> F:

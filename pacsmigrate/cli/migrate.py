@@ -22,6 +22,7 @@ from ..workers import migrate_on_dask
 from .common import (
     destination,
     handle_errors,
+    quiet_gc,
     size_option,
     state_option,
     store_options,
@@ -149,6 +150,7 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
         stats = migrate_on_dask(cfg, workers=workers, scheduler=scheduler, states=slice_states,
                                 echo=lambda line: click.echo(line, err=True))
     else:
+        quiet_gc()
         stats = asyncio.run(run_migrate(cfg))
     _print_summary(stats, dry_run=dry_run)
     sys.exit(0 if stats.not_migrated == 0 else 1)
