@@ -272,6 +272,8 @@ class MigrateConfig:
     prices: PriceTable | None = None  # the dry run's cost estimate (None: the store's default)
     shard: Shard | None = None  # --shard K/N: this run's slice of the sources (shard.py)
     progress_file: Path | None = None  # counts written every second (a slice on a worker)
+    preflight: bool = False  # check sources, state and store before the state is made
+    offline: bool = False  # a dry run that does not contact the store at all
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -287,7 +289,13 @@ class MigrateConfig:
         if self.large_file < 1:
             raise ConfigError("--large-file must be positive")
         if self.large_file > self.bundle_size:
-            raise ConfigError("--large-file must not exceed --bundle-size")
+            raise ConfigError(f"--large-file ({_size(self.large_file)}; 64MiB by default) must "
+                              f"not exceed --bundle-size ({_size(self.bundle_size)}): give "
+                              f"--large-file {_size(self.bundle_size)} or less, or a larger "
+                              "--bundle-size")
+        if self.offline and not self.dry_run:
+            raise ConfigError("--offline is for a dry run (--dry-run --offline): a real run "
+                              "needs its store")
         s3 = self.dest.s3
         self.tiers.check(self.dest.scheme, provider=s3.provider if s3 else None)
         if self.retention is not None:
@@ -298,7 +306,17 @@ class MigrateConfig:
                               "bytes; use --checksum md5 (the default)")
         encoding.check(self.compress)
         if self.memory < 2 * self.bundle_size // 8:
-            raise ConfigError("--memory must be at least a quarter of --bundle-size")
+            raise ConfigError(f"--memory ({_size(self.memory)}) must be at least a quarter of "
+                              f"--bundle-size ({_size(self.bundle_size)}): give --memory "
+                              f"{_size(self.bundle_size // 4)} or more")
+
+
+def _size(n: int) -> str:
+    """A size as the options take it: 64MiB, 1GiB, 1500B."""
+    for unit, factor in (("GiB", 1 << 30), ("MiB", MiB), ("KiB", KiB)):
+        if n >= factor and n % factor == 0:
+            return f"{n // factor}{unit}"
+    return f"{n}B"
 
 
 def _overlap(a: Path, b: Path) -> bool:

@@ -60,9 +60,10 @@ class SourceChangedError(SourceError):
 class BackendError(PacsMigrateError):
     """The object store failed a request."""
 
-    def __init__(self, message: str, *, key: str | None = None) -> None:
+    def __init__(self, message: str, *, key: str | None = None, code: str = "") -> None:
         super().__init__(message)
         self.key = key
+        self.code = code  # the store's error code (AccessDenied, NoSuchBucket, ...), if any
 
 
 class PermanentBackendError(BackendError):

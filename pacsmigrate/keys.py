@@ -48,6 +48,11 @@ def slicing_key(dest: Destination) -> str:
     return dest.key(RUN_DIR, "slicing.json")
 
 
+def probe_key(dest: Destination, token: str) -> str:
+    """A pre-flight's probe object (written, read back, deleted at once)."""
+    return dest.key(RUN_DIR, f"preflight-{token}")
+
+
 def sources_key(dest: Destination, sources: list[str]) -> str:
     """Where a run records its source roots (`index rebuild` gives them back): one object
     per set of roots, named by its hash, so every run of the same set writes it once."""

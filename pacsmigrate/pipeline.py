@@ -19,6 +19,7 @@ from .config import MigrateConfig
 from .costs import default_table
 from .errors import first_error
 from .planpolicy import PlanPolicy
+from .preflight import WARN, preflight
 from .progress import Bar, keep_writing
 from .report import write_report
 from .setup import agreed_slicing, check_object_lock, check_state, key_secret, record_sources
@@ -56,6 +57,8 @@ class Migration:
     async def _run(self) -> Stats:
         started = time.monotonic()
         cfg = self.cfg
+        if cfg.preflight:  # before the state directory is made or bound to the store
+            await self._preflight()
         async with AsyncExitStack() as stack:
             cp = Checkpoint(cfg.state_dir)
             stack.callback(cp.close)
@@ -108,6 +111,16 @@ class Migration:
                 raise
             await self._finish(cp, started)
         return self.stats
+
+    async def _preflight(self) -> None:
+        """Sources, state and store checked (preflight.py); the first failure stops the run
+        in one line. Logged by subject: a source line would name a source path."""
+        report = await preflight(self.cfg, offline=self.cfg.offline, backend=self.backend)
+        report.raise_if_failed()
+        for c in report.checks:
+            if c.verdict == WARN:
+                log.warning("pre-flight: %s", c if c.subject != "source" else c.subject)
+        log.info("pre-flight passed: %s", ", ".join(sorted({c.subject for c in report.checks})))
 
     def _sink(self, cp: Checkpoint, started: float, bar: Bar) -> Sink:
         t = self.cfg.transfer

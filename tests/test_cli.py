@@ -78,7 +78,15 @@ def test_dry_run_prints_the_plan(moto_s3: S3Target, small_tree: Path, tmp_path: 
     (["az://c/x", "--region", "eu-west-1"], "are for s3:// destinations"),
     (["s3://"], "names no bucket"),
     (["s3://b/x", "--bundle-size", "12XB"], "not a size"),
-    (["s3://b/x", "--large-file", "1GiB"], "--large-file must not exceed --bundle-size"),
+    (["s3://b/x", "--large-file", "1GiB"],
+     ("--large-file (1GiB; 64MiB by default) must not exceed --bundle-size (256MiB): give "
+     "--large-file 256MiB or less, or a larger --bundle-size")),
+    # the default --large-file against a small --bundle-size: the message says both and the fix
+    (["s3://b/x", "--bundle-size", "1MiB"], ("--large-file (64MiB; 64MiB by default) must not "
+     "exceed --bundle-size (1MiB): give --large-file 1MiB or less")),
+    (["s3://b/x", "--bundle-size", "1GiB", "--memory", "64MiB"],
+     "give --memory 256MiB or more"),
+    (["s3://b/x", "--offline"], "--offline is for a dry run"),
 ])
 def test_bad_arguments_get_clear_messages(args: list[str], message: str, small_tree: Path,
                                           tmp_path: Path) -> None:
@@ -136,15 +144,16 @@ def test_progress_bars_show_rates(moto_s3: S3Target, small_tree: Path, tmp_path:
     assert "4/4 files" in proc.stderr
 
 
-def test_a_run_stopped_by_an_error_still_writes_its_report(moto_s3: S3Target, small_tree: Path,
-                                                           tmp_path: Path) -> None:
+def test_a_run_its_preflight_stops_leaves_nothing(moto_s3: S3Target, small_tree: Path,
+                                                  tmp_path: Path) -> None:
+    """Stopped by the pre-flight: one line, no state, no report (nothing ran). A run stopped
+    by an error later still writes its report (test_faults: the store failing for good)."""
     report = tmp_path / "report.json"
     proc = run_cli("migrate", str(small_tree), "s3://no-such-bucket-here/x", "--endpoint-url",
                    moto_s3.info.endpoint_url, "--state", str(tmp_path / "s"), "--report",
                    str(report), env=moto_s3.env())
     assert proc.returncode == 2 and "NoSuchBucket" in proc.stderr
-    doc = json.loads(report.read_text())  # the run stopped before cataloguing anything
-    assert doc["run"]["files_migrated"] == 0 and doc["not_migrated"] == []
+    assert not report.exists() and not (tmp_path / "s").exists()
 
 
 def test_dry_run_plan_hashes_equal_the_index_hashes(moto_s3: S3Target, small_tree: Path,
@@ -172,7 +181,7 @@ def test_unknown_aws_profile_is_one_line(moto_s3: S3Target, small_tree: Path,
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.strip().splitlines() == [
         ("error: AWS profile 'typo' is not in ~/.aws/config or ~/.aws/credentials "
-        "(see `aws configure list-profiles`)")]
+        "(see `aws configure list-profiles`): give another --profile or AWS_PROFILE")]
 
 
 def test_store_options_are_kept_for_the_read_commands(moto_s3: S3Target, small_tree: Path,

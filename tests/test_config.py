@@ -141,7 +141,8 @@ def test_migrate_config_rejects_missing_source(tmp_path: Path) -> None:
 
 
 def test_migrate_config_rejects_bad_sizes(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="--large-file must not exceed --bundle-size"):
+    with pytest.raises(ConfigError, match=r"--large-file \(8388609B; 64MiB by default\) "
+                       r"must not exceed --bundle-size \(8MiB\)"):
         config(tmp_path, bundle_size=8 * MiB, large_file=8 * MiB + 1)
     with pytest.raises(ConfigError, match="--bundle-size"):
         config(tmp_path, bundle_size=MiB - 1, large_file=1)

@@ -42,7 +42,7 @@ def test_deep_archive_small_files_cost_more_one_by_one() -> None:
 def test_the_dry_run_prints_and_reports_the_estimate(tmp_path: Path) -> None:
     aged_tree(tmp_path / "pacs")
     report = tmp_path / "plan.json"
-    proc = run_cli("migrate", str(tmp_path / "pacs"), "s3://hospital-archive/pacs", "--dry-run",
+    proc = run_cli("migrate", str(tmp_path / "pacs"), "s3://hospital-archive/pacs", "--dry-run", "--offline",
                    "--state", str(tmp_path / "s"), "--tier-policy", POLICY, "--large-file",
                    "5MiB", "--part-size", "5MiB", "--report", str(report))
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -67,7 +67,7 @@ def test_a_price_table_of_ones_own(tmp_path: Path) -> None:
         "default_class": "Hot", "classes": {
             "Hot": {"storage_gb_month": 0.02, "put_per_1000": 0.0065},
             "Cool": {"storage_gb_month": 0.01, "put_per_1000": 0.013}}}))
-    args = ["migrate", str(tmp_path / "pacs"), "az://pacs", "--dry-run", "--state",
+    args = ["migrate", str(tmp_path / "pacs"), "az://pacs", "--dry-run", "--offline", "--state",
             str(tmp_path / "s"), "--tier-policy", "0-1y=Hot,1y-=Cool"]
     proc = run_cli(*args, "--prices", str(prices))
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -90,7 +90,7 @@ def test_a_bad_price_table_is_one_line(text: str, why: str, tmp_path: Path) -> N
     with pytest.raises(ConfigError, match=why):
         PriceTable.load(bad)
     (tmp_path / "pacs").mkdir()
-    proc = run_cli("migrate", str(tmp_path / "pacs"), "az://pacs", "--dry-run", "--state",
+    proc = run_cli("migrate", str(tmp_path / "pacs"), "az://pacs", "--dry-run", "--offline", "--state",
                    str(tmp_path / "s"), "--prices", str(bad))
     assert proc.returncode == 2 and why in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

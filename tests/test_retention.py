@@ -263,13 +263,13 @@ def test_an_unmapped_study_without_default_is_stored_unlocked_and_said(
     rmap = tmp_path / "ris.csv"
     rmap.write_text("StudyInstanceUID,years\n9.9.9,30\n")
     proc = run_cli("migrate", str(tmp_path / "pacs"), "s3://hospital-archive/pacs",
-                   "--dry-run", "--state", str(tmp_path / "s"), "--retention-map", str(rmap),
+                   "--dry-run", "--offline", "--state", str(tmp_path / "s"), "--retention-map", str(rmap),
                    "--large-file", "5MiB")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert ("WARNING: retention map: 4 study objects it does not name: no lock (give "
             "--retain-years for them)") in proc.stdout
     bad = run_cli("migrate", str(tmp_path / "pacs"), "s3://hospital-archive/pacs",
-                  "--dry-run", "--state", str(tmp_path / "s2"), "--retention-map",
+                  "--dry-run", "--offline", "--state", str(tmp_path / "s2"), "--retention-map",
                   str(tmp_path / "missing.csv"))
     assert bad.returncode == 2 and "cannot read --retention-map" in bad.stderr
     assert not (tmp_path / "s2").exists()

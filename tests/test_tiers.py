@@ -140,7 +140,7 @@ def test_a_store_without_classes_refuses_a_policy(tmp_path: Path) -> None:
 
 def test_the_dry_run_counts_objects_per_class(tmp_path: Path) -> None:
     _aged_tree(tmp_path / "pacs")
-    proc = run_cli("migrate", str(tmp_path / "pacs"), "s3://hospital-archive/pacs", "--dry-run",
+    proc = run_cli("migrate", str(tmp_path / "pacs"), "s3://hospital-archive/pacs", "--dry-run", "--offline",
                    "--state", str(tmp_path / "s"), "--tier-policy", POLICY, "--storage-class",
                    "ONEZONE_IA", "--large-file", "5MiB", "--part-size", "5MiB")
     assert proc.returncode == 0, proc.stdout + proc.stderr

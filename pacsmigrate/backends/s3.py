@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -27,7 +29,7 @@ from .base import (
 from .body import Body, Checksum, multipart_etag
 from .limits import S3
 from .policy import Cause
-from .s3_errors import classify, map_error
+from .s3_errors import Where, classify, map_error
 from .s3_http import DataPath, bucket_url
 
 CONDITIONAL = {"If-None-Match": "*"}  # create only: an existing key answers 412
@@ -57,6 +59,7 @@ class S3Backend:
         self._data: DataPath | None = None
         self._style: str | None = None
         self._ssec: CustomerKey | None = None  # SSE-C: sent with every write and read
+        self.where = Where(bucket=dest.bucket, endpoint=dest.endpoint_url or "AWS S3")
 
     async def open(self) -> S3Backend:
         """The data path only: the aioboto3 client (slow to import and build) waits for the
@@ -73,8 +76,18 @@ class S3Backend:
                             or "us-east-1")
             credentials = await session.get_credentials()
         except ProfileNotFound:
-            raise ConfigError(f"AWS profile {opts.profile!r} is not in ~/.aws/config or "
-                              "~/.aws/credentials (see `aws configure list-profiles`)") from None
+            name = opts.profile or os.environ.get("AWS_PROFILE") or os.environ.get(
+                "AWS_DEFAULT_PROFILE")
+            raise ConfigError(f"AWS profile {name!r} is not in ~/.aws/config or "
+                              "~/.aws/credentials (see `aws configure list-profiles`): "
+                              "give another --profile or AWS_PROFILE") from None
+        if credentials is None:
+            raise ConfigError("no AWS credentials found: set AWS_ACCESS_KEY_ID and "
+                              "AWS_SECRET_ACCESS_KEY, or give --profile (a profile of "
+                              "~/.aws/credentials)")
+        self.where = replace(self.where, endpoint=self.dest.endpoint_url or f"AWS S3 "
+                             f"({self._region})", credentials=credentials_from(
+                                 credentials, opts.profile))
         self._style = opts.addressing_style
         # TLS certificates are verified by default; a private CA is given, never skipped:
         # --ca-bundle, else AWS_CA_BUNDLE (as botocore resolves it), else certifi's.
@@ -145,7 +158,7 @@ class S3Backend:
         return classify(exc)
 
     def map_error(self, exc: BaseException, *, key: str | None) -> BackendError | None:
-        return map_error(exc, key=key)
+        return map_error(exc, key=key, where=self.where)
 
     # -- objects ---------------------------------------------------------------------
     async def put(self, key: str, body: Body, *, checksum: Checksum,
@@ -311,3 +324,16 @@ def _lock_params(metadata: Mapping[str, str]) -> dict[str, Any]:
     if metadata.get(HOLD_META):
         out["ObjectLockLegalHoldStatus"] = "ON"
     return out
+
+
+def credentials_from(credentials: Any, profile: str | None) -> str:
+    """Where botocore found the keys, as an operator would look for them."""
+    method = getattr(credentials, "method", "") or ""
+    if method == "env":
+        return "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+    name = profile or os.environ.get("AWS_PROFILE") or "default"
+    if method == "shared-credentials-file":
+        return f"profile {name!r} of ~/.aws/credentials"
+    if method == "config-file":
+        return f"profile {name!r} of ~/.aws/config"
+    return f"botocore's {method or 'credential chain'}"

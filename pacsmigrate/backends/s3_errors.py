@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import dataclass
 
 import aiohttp
 from botocore.exceptions import (
@@ -73,21 +74,59 @@ def classify(exc: BaseException) -> Cause | None:
 _BOTO_RETRY_NOTE = re.compile(r" \(reached max retries: \d+\)")
 
 
+@dataclass(frozen=True)
+class Where:
+    """What an error message names: the bucket, the endpoint's URL, where the keys came from."""
+
+    bucket: str = ""
+    endpoint: str = ""
+    credentials: str = "the credentials"
+
+
+# What to do about each refusal that no retry fixes, in the operator's words.
+_FIXES = {
+    "AccessDenied": "the credentials from {credentials} may not do this on bucket {bucket!r}: "
+                    "they need s3:ListBucket, s3:GetObject, s3:PutObject and s3:DeleteObject "
+                    "on it (and no bucket policy denying them); use credentials that may, or "
+                    "another --profile",
+    "InvalidAccessKeyId": "{endpoint} does not know the access key ID from {credentials}: "
+                          "check it, or give another --profile",
+    "SignatureDoesNotMatch": "the secret key from {credentials} does not belong to its access "
+                             "key ID (or --region does not match {endpoint}): check both",
+    "NoSuchBucket": "bucket {bucket!r} does not exist at {endpoint}: create it (aws s3 mb "
+                    "s3://{bucket}) or correct the name in DEST",
+    "InvalidBucketName": "{bucket!r} is not a valid bucket name: correct DEST",
+    "RequestTimeTooSkewed": "this machine's clock is more than 15 minutes away from the "
+                            "store's: set the time (timedatectl set-ntp true), then run the "
+                            "command again",
+}
+_FIXES["403"] = _FIXES["AllAccessDisabled"] = _FIXES["AccessDenied"]
+
+
 STORE_ERRORS = (TimeoutError, ClientError, BotoCoreError, TruncatedBodyError, aiohttp.ClientError,
                 ConnectionError)
 
 
-def map_error(exc: BaseException, *, key: str | None) -> BackendError | None:
+def map_error(exc: BaseException, *, key: str | None,
+              where: Where | None = None) -> BackendError | None:
     """Translate botocore's and aiohttp's errors into the errors.py tree at this boundary
-    (None for anything else: a bug is not a store error).
+    (None for anything else: a bug is not a store error). Refusals that no retry fixes and
+    failures to reach the store say what to do about them, naming `where`.
 
     botocore's own "(reached max retries: 0)" is dropped: its retries are off, ours counted.
     """
     if not isinstance(exc, STORE_ERRORS):
         return None
+    where = where or Where()
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         text = _BOTO_RETRY_NOTE.sub("", str(exc))
+        fix = _FIXES.get(code)
+        if fix is not None:
+            said = fix.format(bucket=where.bucket, endpoint=where.endpoint or "the store",
+                              credentials=where.credentials)
+            kind = PermanentBackendError if code in PERMANENT_CODES else BackendError
+            return kind(f"store refused ({code}): {said}", key=key, code=code)
         if code in ("PreconditionFailed", "412"):
             return ObjectExistsError(f"object exists: {key}", key=key)
         if code == "NoSuchUpload":
@@ -101,10 +140,22 @@ def map_error(exc: BaseException, *, key: str | None) -> BackendError | None:
         if code in ("NoSuchKey", "404", "NotFound"):
             return ObjectNotFoundError(f"no such object: {key}", key=key)
         if code in PERMANENT_CODES:
-            return PermanentBackendError(f"store refused ({code}): {text}", key=key)
-        return BackendError(f"store error ({code}): {text}", key=key)
+            return PermanentBackendError(f"store refused ({code}): {text}", key=key, code=code)
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        said = f"{status} {code}" if status and str(status) != code else code
+        return BackendError(f"store error ({said}): {text}", key=key, code=code)
     if (isinstance(exc, (SSLError, aiohttp.ClientSSLError))
             or "CERTIFICATE_VERIFY_FAILED" in str(exc)):
         return PermanentBackendError(
             f"TLS certificate not trusted ({exc}); give --ca-bundle for a private CA", key=key)
+    if isinstance(exc, (EndpointConnectionError, aiohttp.ClientConnectorError)):
+        return BackendError(
+            f"cannot connect to {where.endpoint or 'the store'} ({exc}): check --endpoint-url, "
+            "that the store is running, and that this machine may reach it", key=key,
+            code="connect")
+    if isinstance(exc, (TimeoutError, ReadTimeoutError, ConnectTimeoutError)):
+        return BackendError(
+            f"{where.endpoint or 'the store'} did not answer in time: check the store and the "
+            "network (--timeout sets how long one request may take)", key=key,
+            code="timeout")
     return BackendError(f"store request failed: {exc}", key=key)

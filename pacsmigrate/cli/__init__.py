@@ -8,6 +8,7 @@ import warnings
 
 import click
 
+from .check import check
 from .cleanup import cleanup
 from .index import index
 from .locate import locate
@@ -43,6 +44,7 @@ def main(verbose: int) -> None:
 
 # One line per command; each lives in its own module.
 main.add_command(migrate)
+main.add_command(check)
 main.add_command(status)
 main.add_command(replicate_cmd)
 main.add_command(plan)

@@ -35,7 +35,11 @@ from .common import (
 @click.argument("paths", nargs=-1, required=True, metavar="SOURCE... DEST")
 @state_option(must_exist=False)
 @store_options
-@click.option("--dry-run", is_flag=True, help="Read, hash and parse everything; write nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Read, hash and parse everything and plan the run; write nothing (the "
+                   "store is only listed, to check the credentials and the bucket).")
+@click.option("--offline", is_flag=True,
+              help="With --dry-run: do not contact the store at all (plan as a first run).")
 @click.option("--bundle-size", default="256MiB", show_default=True, callback=size_option,
               help="Largest bundle; a bigger study is split into several.")
 @click.option("--large-file", default="64MiB", show_default=True, callback=size_option,
@@ -106,7 +110,7 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
             provider: str | None, region: str | None, profile: str | None,
             addressing_style: str | None, sse: str | None,
             sse_kms_key_id: str | None, sse_c_key_file: str | None,
-            encryption_scope: str | None, dry_run: bool,
+            encryption_scope: str | None, dry_run: bool, offline: bool,
             bundle_size: int, large_file: int, read_threads: int, memory: int,
             checksum: str, storage_class: str | None, tier_policy: str | None,
             retain_years: int | None, retention_map: Path | None,
@@ -130,7 +134,8 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
                          profile=profile, addressing_style=addressing_style, sse=sse,
                          sse_kms_key_id=sse_kms_key_id, sse_c_key_file=sse_c_key_file,
                          encryption_scope=encryption_scope),
-        state_dir=state_dir, dry_run=dry_run, bundle_size=bundle_size, large_file=large_file,
+        state_dir=state_dir, dry_run=dry_run, offline=offline, preflight=True,
+        bundle_size=bundle_size, large_file=large_file,
         transfer=transfer_config(**transfer, checksum=checksum),
         read_threads=read_threads, memory=memory, report_path=report_path,
         tiers=TierPolicy.parse(tier_policy, default=storage_class),

@@ -305,9 +305,11 @@ def test_access_denied_stops_quickly(scope: str, seaweed_s3: S3Target, proxy: Fa
 
 def test_store_failing_for_good_gives_up_after_retries(seaweed_s3: S3Target, proxy: FaultProxy,
                                                        small_tree: Path, tmp_path: Path) -> None:
-    """Every request answered 500: each is tried --retries times, then the run stops (exit 2,
-    one line), well before a retry could go on forever."""
-    proxy.configure(probability=1.0, kinds={"500": 1}, after=0.0)
+    """Every write of the run answered 500 (the pre-flight's probe passes): each is tried
+    --retries times, then the run stops (exit 2, one line), well before a retry could go on
+    forever."""
+    proxy.inject("500", phase=BEFORE, times=10_000, match=lambda r: r.method in ("PUT", "POST")
+                 and "/pacsmigrate-run/preflight-" not in r.target)
     started = time.monotonic()
     proc = run_cli(*migrate_args(small_tree, seaweed_s3, proxy, tmp_path / "state",
                                  "--retries", "3"), env=seaweed_s3.env(), timeout=60)
@@ -316,7 +318,11 @@ def test_store_failing_for_good_gives_up_after_retries(seaweed_s3: S3Target, pro
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "500" in lines[0], proc.stderr
     assert elapsed < 30
-    assert 3 <= proxy.requests <= 3 * (CONCURRENCY + 1), proxy.requests
+    doc = json.loads((tmp_path / "report.json").read_text())  # stopped, yet reported
+    assert doc["run"]["files_migrated"] == 0
+    probe = 5  # the pre-flight's list, put, get, head and delete
+    assert 3 <= proxy.injected["500"] <= 3 * (CONCURRENCY + 1), proxy.injected
+    assert proxy.requests <= probe + 3 * (CONCURRENCY + 1) + 5, proxy.requests
 
 
 # -- caps -----------------------------------------------------------------------------
@@ -367,7 +373,11 @@ def test_max_requests_per_second_caps_requests(seaweed_s3: S3Target, proxy: Faul
                                  "--max-requests-per-second", str(rps)),
                    env=seaweed_s3.env(), timeout=120)
     assert proc.returncode == 0, explain(proc, proxy)
-    log = proxy.log()
+    # The pre-flight's five requests (list, probe put/get/head/delete) come first, paced by
+    # a policy of their own: the cap is measured on the run's.
+    log = sorted(proxy.log(), key=lambda e: e.started)
+    assert "preflight-" in log[1].path and "preflight-" in log[4].path, log[:5]
+    log = log[5:]
     seconds = max(e.started for e in log) - min(e.started for e in log)
     n = len(log)
     assert n >= 2 * rps, f"too few requests ({n}) to measure a cap"

@@ -1,0 +1,229 @@
+"""The pre-flight: everything a run needs, checked in seconds before anything is written.
+
+`pacsmigrate check SOURCE... DEST` runs it alone; `migrate` runs it first, before its state
+directory is created or bound to the destination (a run that cannot reach its store leaves
+nothing behind). Each check ends in one line: what was found, or what to do about it.
+
+- sources: each is a directory this user can list;
+- state: `--state` can be created and written, lies outside every source (the source is
+  never written to), and its file system has room;
+- store: the credentials and the bucket (a listing), then, for a real run, a probe object
+  written (conditional, as every object), read back, compared and deleted under
+  `PREFIX/pacsmigrate-run/`; the store's clock against this machine's (from the probe's
+  Last-Modified); object lock when a retention is asked for.
+
+Store requests here are retried a few times with short deadlines (not a run's ten attempts
+of two minutes), so a dead or silent endpoint is reported within about half a minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .backends import open_backend, wrap
+from .backends.base import Backend, one_chunk
+from .config import Destination, MigrateConfig, TransferConfig
+from .errors import BackendError, ConfigError, PacsMigrateError
+from .keys import RUN_DIR, probe_key
+
+log = logging.getLogger("pacsmigrate.preflight")
+
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+MIN_SPACE = 1 << 20  # below this the state cannot even be made
+SPACE_WARN = 2 << 30  # below this say how far the room goes
+STATE_BYTES_PER_FILE = 600  # about what the state keeps per migrated file (bench: ~470)
+SKEW_WARN = 60.0  # seconds between this machine's clock and the store's worth a warning
+SKEW_FAIL = 15 * 60.0  # S3 refuses requests signed further off than this
+PROBE_ATTEMPTS = 2
+WAIT_NOTE = 3.0  # seconds without an answer before saying what is awaited
+PROBE_CONNECT = 5.0  # seconds
+PROBE_READ = 10.0
+
+
+@dataclass(frozen=True)
+class Check:
+    """One finding: its subject ("sources", "state", "store", "clock", ...), how it went,
+    and one line saying what was found or what to do."""
+
+    subject: str
+    verdict: str
+    line: str
+    error: PacsMigrateError | None = field(default=None, compare=False)  # what a run raises
+
+    def __str__(self) -> str:
+        return f"{self.verdict:<4}  {self.subject}: {self.line}"
+
+
+@dataclass
+class Report:
+    checks: list[Check]
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if c.verdict == FAIL]
+
+    def raise_if_failed(self) -> None:
+        """The first failure as the run's one-line error."""
+        if self.failed:
+            c = self.failed[0]
+            if c.error is not None:  # the store's own error, as a run would have met it
+                raise c.error
+            raise ConfigError(f"pre-flight: {c.subject}: {c.line}")
+
+
+def check_sources(sources: tuple[Path, ...]) -> list[Check]:
+    out: list[Check] = []
+    for source in sources:
+        path = os.path.abspath(source)
+        try:
+            if not os.path.isdir(path):
+                what = "does not exist" if not os.path.lexists(path) else "is not a directory"
+                out.append(Check("source", FAIL, f"{path} {what}: give the directory that "
+                                 "holds the archive"))
+                continue
+            with os.scandir(path) as entries:
+                next(entries, None)
+        except OSError as exc:
+            out.append(Check("source", FAIL, f"cannot list {path} ({exc.strerror}): run as a "
+                             "user that may read the archive, or mount it readable"))
+            continue
+        out.append(Check("source", OK, f"{path} readable"))
+    return out
+
+
+def check_state(state_dir: Path, sources: tuple[Path, ...]) -> list[Check]:
+    state = os.path.realpath(state_dir)
+    for source in sources:
+        src = os.path.realpath(source)
+        if state == src or state.startswith(src.rstrip("/") + "/"):
+            return [Check("state", FAIL, f"{state_dir} lies inside the source {source}, which "
+                          "is never written to: give --state outside every source")]
+    existing = Path(state)
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return [Check("state", FAIL, f"cannot create or write {state_dir} ({existing} is not a "
+                      "writable directory): give --state a writable place")]
+    free = shutil.disk_usage(existing).free
+    files = free // STATE_BYTES_PER_FILE
+    if free < MIN_SPACE:
+        return [Check("state", FAIL, f"only {free / 1e3:,.0f} kB free under {existing}: free "
+                      "some space or give --state on another file system")]
+    room = (f"{free / 1e9:,.1f} GB free under {existing}, room for the state of about "
+            f"{files:,} files")
+    return [Check("state", WARN if free < SPACE_WARN else OK, room)]
+
+
+def _short(transfer: TransferConfig) -> TransferConfig:
+    return replace(transfer, max_attempts=min(transfer.max_attempts, PROBE_ATTEMPTS),
+                   connect_timeout=min(transfer.connect_timeout, PROBE_CONNECT),
+                   read_timeout=min(transfer.read_timeout, PROBE_READ))
+
+
+async def check_store(backend: Backend, dest: Destination, *, write: bool,
+                      retention: bool = False,
+                      clock: Callable[[], float] = time.time) -> list[Check]:
+    """Credentials, bucket, a probe written, read back and deleted (`write`), the clocks,
+    object lock (`retention`). Stops at the first failure: the rest would fail alike."""
+    try:
+        async for _ in backend.list(dest.key(RUN_DIR) + "/"):
+            break
+    except BackendError as exc:
+        return [Check("store", FAIL, str(exc), exc)]
+    if not write:
+        return [Check("store", OK, f"{dest} listed (credentials and bucket accepted; a dry "
+                      "run writes nothing, so writing was not tried)")]
+    key = probe_key(dest, secrets.token_hex(8))
+    body = b"pacsmigrate pre-flight probe: safe to delete\n"
+    checks: list[Check] = []
+    try:
+        before = clock()
+        await backend.save(key, one_chunk(body), metadata={"pacsmigrate-probe": "1"})
+        try:
+            got = await backend.load(key)
+            info = await backend.stat(key)
+            after = clock()
+        finally:
+            await backend.remove(key)
+    except BackendError as exc:
+        return [Check("store", FAIL, f"{exc} (while writing, reading back and deleting a "
+                      "probe object)", exc)]
+    if got != body:
+        return [Check("store", FAIL, f"a probe object written to {dest} read back different "
+                      f"({len(got)} bytes, not {len(body)}): the store or a proxy alters "
+                      "objects; do not migrate to it")]
+    checks.append(Check("store", OK, f"{dest}: a probe object written, read back and "
+                        "deleted"))
+    if info is not None and info.modified:
+        # Last-Modified has whole seconds: the store's time lies within [before-1, after].
+        # skew > 0: this machine's clock is ahead of the store's.
+        skew = 0.0 if before - 1 <= info.modified <= after else (
+            after - info.modified if info.modified > after else before - 1 - info.modified)
+        if abs(skew) >= SKEW_FAIL:
+            checks.append(Check("clock", FAIL, f"this machine's clock is {skew:+,.0f} s from "
+                                "the store's: set the time (timedatectl set-ntp true)"))
+        elif abs(skew) >= SKEW_WARN:
+            checks.append(Check("clock", WARN, f"this machine's clock is {skew:+,.0f} s from "
+                                "the store's (S3 refuses beyond 15 minutes): check NTP"))
+        else:
+            checks.append(Check("clock", OK, "within a minute of the store's"))
+    if retention:
+        from .setup import check_object_lock
+        try:
+            await check_object_lock(backend, dest)
+            checks.append(Check("object lock", OK, f"{dest} takes retention locks"))
+        except PacsMigrateError as exc:
+            checks.append(Check("object lock", FAIL, str(exc), exc))
+    return checks
+
+
+async def preflight(cfg: MigrateConfig, *, offline: bool = False,
+                    backend: Backend | None = None) -> Report:
+    """Every check of a run of `cfg` (`offline`: the store is not contacted; a dry run only
+    lists it). With `backend`, its store is probed (with short deadlines)."""
+    return await run_checks(cfg.sources, cfg.state_dir, cfg.dest, cfg.transfer,
+                            store=not offline, write=not cfg.dry_run,
+                            retention=cfg.retention is not None, backend=backend)
+
+
+async def run_checks(sources: tuple[Path, ...], state_dir: Path, dest: Destination,
+                     transfer: TransferConfig, *, store: bool = True, write: bool = True,
+                     retention: bool = False, backend: Backend | None = None) -> Report:
+    """The checks one by one (`pacsmigrate check` prints them all)."""
+    checks = check_sources(sources) + check_state(state_dir, sources)
+    if not store:
+        return Report(checks)
+    short = _short(transfer)
+    opened: Backend
+    try:
+        if backend is None:
+            opened = await open_backend(dest, short)
+        else:
+            inner = getattr(backend, "store", None)
+            opened = wrap(inner, short) if inner is not None else backend
+        try:
+            task = asyncio.ensure_future(check_store(opened, dest, write=write,
+                                                     retention=retention))
+            done, _ = await asyncio.wait({task}, timeout=WAIT_NOTE)
+            if not done:
+                log.warning("pre-flight: waiting for the store %s to answer (giving up after "
+                            "about %.0f s)", dest, PROBE_ATTEMPTS * short.read_timeout)
+            checks += await task
+        finally:
+            if backend is None:
+                await opened.close()
+    except (ConfigError, BackendError) as exc:
+        checks.append(Check("store", FAIL, str(exc), exc))
+    return Report(checks)
+
+
+__all__ = ["Check", "Report", "check_sources", "check_state", "check_store", "preflight",
+           "run_checks"]
