@@ -38,6 +38,7 @@ from .checkpoint import Checkpoint
 from .cleanup import stale_uploads
 from .config import MigrateConfig
 from .errors import ConfigError, StateError
+from .preflight import preflight
 from .progress import Bar
 from .report import write_report
 from .shard import CUT, Shard
@@ -131,6 +132,8 @@ def migrate_on_dask(cfg: MigrateConfig, *, workers: int | None = None,
     cfg = replace(cfg, state_dir=cfg.state_dir.resolve(),
                   sources=tuple(p.resolve() for p in cfg.sources))
     started = time.monotonic()
+    if cfg.preflight:  # here before the state exists; each slice again on its worker
+        asyncio.run(preflight(cfg)).raise_if_failed()
     run = Checkpoint(cfg.state_dir)  # one coordinator per run
     try:
         with _client(workers, scheduler) as client:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from ..preflight import OK, run_checks
 from .common import (
     destination,
     handle_errors,
+    run_main,
     state_option,
     store_options,
     transfer_config,
@@ -49,7 +49,7 @@ def check(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
                        profile=profile, addressing_style=addressing_style, sse=sse,
                        sse_kms_key_id=sse_kms_key_id, sse_c_key_file=sse_c_key_file,
                        encryption_scope=encryption_scope)
-    report = asyncio.run(run_checks(tuple(Path(p) for p in paths[:-1]), state_dir, dest,
+    report = run_main(run_checks(tuple(Path(p) for p in paths[:-1]), state_dir, dest,
                                     transfer_config(**transfer), write=not read_only,
                                     retention=object_lock))
     for c in report.checks:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +12,7 @@ from ..backends import open_backend
 from ..backends.base import PendingUpload
 from ..cleanup import cleanup as run_cleanup
 from ..config import TransferConfig
-from .common import destination, handle_errors, store_options
+from .common import destination, handle_errors, run_main, store_options
 
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 
@@ -56,7 +55,7 @@ def cleanup(dest: str, endpoint_url: str | None, provider: str | None, region: s
         finally:
             await backend.close()
 
-    found = asyncio.run(go())
+    found = run_main(go())
     if found is None:
         click.echo(f"nothing to clean under {where}: this store drops uploads never completed "
                    "by itself (Azure: uncommitted blocks after 7 days)")

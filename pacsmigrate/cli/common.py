@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
@@ -12,10 +14,12 @@ from typing import Any, TypeVar
 import click
 
 from ..config import PROVIDERS, AzureOptions, Destination, S3Options, TransferConfig, parse_size
+from ..entry import LINES, Terminated
 from ..errors import PacsMigrateError, first_error
 from ..ssec import ENV
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 DEFAULT_STATE = "pacsmigrate-state"
 
 
@@ -28,8 +32,38 @@ def quiet_gc() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
+def run_main(main: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run, with SIGTERM handled as asyncio handles Ctrl-C: the main task is
+    cancelled, so what is in flight is finished or abandoned and committed as on Ctrl-C."""
+    async def guarded() -> T:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        signalled: list[int] = []
+
+        def on_term() -> None:
+            signalled.append(signal.SIGTERM)
+            task.cancel()
+
+        try:
+            loop.add_signal_handler(signal.SIGTERM, on_term)
+        except (NotImplementedError, RuntimeError):  # not the main thread: no handler
+            return await main
+        try:
+            return await main
+        except asyncio.CancelledError:
+            if signalled:
+                raise Terminated() from None
+            raise
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    return asyncio.run(guarded())
+
+
 def handle_errors(fn: F) -> F:
-    """Our errors become one clear line and exit status 2; Ctrl-C says how to resume."""
+    """Our errors become one clear line and exit status 2; Ctrl-C (130) and SIGTERM (143)
+    say how to resume."""
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -40,8 +74,11 @@ def handle_errors(fn: F) -> F:
         except PacsMigrateError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except Terminated:
+            click.echo(LINES[signal.SIGTERM], err=True)
+            sys.exit(143)
         except KeyboardInterrupt:
-            click.echo("interrupted: re-run the same command to resume", err=True)
+            click.echo(LINES[signal.SIGINT], err=True)
             sys.exit(130)
     return wrapper  # type: ignore[return-value]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from .common import (
     destination,
     handle_errors,
     quiet_gc,
+    run_main,
     size_option,
     state_option,
     store_options,
@@ -156,7 +156,7 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
                                 echo=lambda line: click.echo(line, err=True))
     else:
         quiet_gc()
-        stats = asyncio.run(run_migrate(cfg))
+        stats = run_main(run_migrate(cfg))
     _print_summary(stats, dry_run=dry_run)
     sys.exit(0 if stats.not_migrated == 0 else 1)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from ..backends import open_backend
 from ..checkpoint import Checkpoint
 from ..config import TransferConfig
 from ..rebuild import rebuild
-from .common import destination, handle_errors, state_option, store_options
+from .common import destination, handle_errors, run_main, state_option, store_options
 
 
 @click.command("rebuild")
@@ -48,7 +47,7 @@ def rebuild_cmd(dest: str, endpoint_url: str | None, provider: str | None, regio
             await backend.close()
             cp.close()
 
-    manifests, rows, superseded, missing, unreadable = asyncio.run(go())
+    manifests, rows, superseded, missing, unreadable = run_main(go())
     click.echo(f"rebuilt {rows:,} index rows from {manifests:,} manifests into {state_dir}"
                + (f" ({superseded:,} older versions superseded)" if superseded else ""))
     for key in missing:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ from ..replicate import replicate
 from .common import (
     destination,
     handle_errors,
+    run_main,
     state_option,
     store_options,
     transfer_config,
@@ -44,7 +44,7 @@ def replicate_cmd(dest: str, state_dir: Path, replica_state: Path, endpoint_url:
                         sse_kms_key_id=sse_kms_key_id,
                         sse_c_key_file=sse_c_key_file,
                         encryption_scope=encryption_scope)
-    done = asyncio.run(replicate(state_dir, where, replica_state,
+    done = run_main(replicate(state_dir, where, replica_state,
                                  transfer=transfer_config(**transfer)))
     click.echo(f"replicated to {where}: {done.objects:,} objects; {done.copied:,} copied "
                f"({done.bytes_copied / 1e6:,.1f} MB), {done.present:,} already there")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from collections import Counter
@@ -16,7 +15,7 @@ from ..backends.base import PRIORITIES
 from ..errors import ObjectArchivedError
 from ..restore import RestoreRequest, RestoreResult, Selection, request_restores, restore
 from ..retrieve import Archive, write_file
-from .common import SSE_C_OPTION, handle_errors, state_option
+from .common import SSE_C_OPTION, handle_errors, run_main, state_option
 
 
 def _restore_options(fn: Any) -> Any:
@@ -74,7 +73,7 @@ def get(source_path: str | None, sop: str | None, output: Path | None, state_dir
                     restore_days, restore_priority))
                 return _said(asked)
 
-    got = asyncio.run(fetch())
+    got = run_main(fetch())
     if isinstance(got, str):
         click.echo(f"the file's object is in an archive tier: restore {got}; {_WAIT}",
                    err=True)
@@ -117,7 +116,7 @@ def restore_cmd(state_dir: Path, study_uid: str | None, path_prefix: str | None,
                 request=RestoreRequest(restore_days, restore_priority)
                 if request_restore else None)
 
-    r = asyncio.run(go())
+    r = run_main(go())
     click.echo(f"selected: {r.selected:,} files; restored: {r.restored:,} "
                f"({r.bytes / 1e6:,.1f} MB); already present and verified: "
                f"{r.already_present:,}; failed: {len(r.failed):,}")

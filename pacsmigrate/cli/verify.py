@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from ..access import open_migration
 from ..config import TransferConfig
 from ..verify import VerifyConfig, VerifyResult
 from ..verify import verify as run_verify
-from .common import SSE_C_OPTION, handle_errors, state_option
+from .common import SSE_C_OPTION, handle_errors, run_main, state_option
 
 
 @click.command()
@@ -60,7 +59,7 @@ def verify(state_dir: Path, endpoint_url: str | None, deep: bool, sample: float 
                 progress=sys.stderr.isatty() if progress is None else progress,
                 report=report_path, config=cfg)
 
-    result = asyncio.run(go())
+    result = run_main(go())
     _print_summary(result, deep=deep, source=source, sample=sample, seed=seed)
     sys.exit(0 if result.ok else 1)
 
