@@ -82,6 +82,18 @@ class Checkpoint(MergeTables, SpillTable, RetentionTable, ContentTable, LmdbFile
         self._write(lambda txn: txn.put(name.encode(), json.dumps(value).encode(),
                                         db=self.db["meta"]))
 
+    RUNS_KEPT = 10_000  # run records kept (nightly runs for decades)
+
+    def record_run(self, run: dict[str, Any]) -> None:
+        """Append one run's record (who, where, when, how it ended, its totals) to the
+        state's history: every report carries the whole history, resumes included."""
+        runs = list(self.get_meta("runs") or [])
+        runs.append(run)
+        self.put_meta("runs", runs[-self.RUNS_KEPT:])
+
+    def runs(self) -> list[dict[str, Any]]:
+        return list(self.get_meta("runs") or [])
+
     # -- lookups for the read stage (any thread) ----------------------------------------
     def _lookup(self, name: str, paths: Iterable[bytes], fn: Callable[[bytes, bytes], T]
                 ) -> list[T | None]:

@@ -274,6 +274,7 @@ class MigrateConfig:
     progress_file: Path | None = None  # counts written every second (a slice on a worker)
     preflight: bool = False  # check sources, state and store before the state is made
     offline: bool = False  # a dry run that does not contact the store at all
+    stats_interval: float = 0.0  # seconds between two stats lines (pacsmigrate.stats); 0: none
 
     def __post_init__(self) -> None:
         if not self.sources:

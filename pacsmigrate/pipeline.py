@@ -20,8 +20,9 @@ from .costs import default_table
 from .errors import first_error
 from .planpolicy import PlanPolicy
 from .preflight import WARN, preflight
-from .progress import Bar, keep_writing
-from .report import write_report
+from .progress import Bar, keep_reporting, keep_writing, stats_line
+from .records import now_iso
+from .report import outcome_of, run_record, write_report
 from .setup import agreed_slicing, check_object_lock, check_state, key_secret, record_sources
 from .sink import PlanSink, Sink, StoreSink
 from .stats import Stats
@@ -30,6 +31,7 @@ from .stream import SourceStream
 # Log lines name object keys (keyed hashes) and counts, never source paths, names or UIDs:
 # paths often contain patient IDs (PatientID/StudyDate/... layouts).
 log = logging.getLogger("pacsmigrate.pipeline")
+stats_log = logging.getLogger("pacsmigrate.stats")  # --stats-interval lines
 
 COMPACT_MIN_ROWS = 1000
 
@@ -47,6 +49,7 @@ class Migration:
         # Study ages and locks count from the run's day, fixed once.
         self.policy = PlanPolicy(cfg, datetime.now(UTC).date())
         self.stream = stream  # the catalogue and store stage (tests pass a subclass)
+        self.started_at = now_iso()
 
     async def run(self) -> Stats:
         try:
@@ -93,6 +96,10 @@ class Migration:
                     log.info("retention map: %d studies", n)
                 if cfg.dry_run:
                     await cp.call(cp.clear, "plan")
+                if cfg.stats_interval > 0:
+                    reporter = asyncio.create_task(keep_reporting(
+                        lambda: self._stats_line(started), cfg.stats_interval, stats_log))
+                    stack.push_async_callback(_stop, reporter)
                 if cfg.progress_file is not None:
                     writer = asyncio.create_task(keep_writing(cfg.progress_file,
                                                               self.stats.as_dict))
@@ -101,15 +108,15 @@ class Migration:
                 if self.backend is not None and not cfg.dry_run:
                     self.stats.uploads_aborted += await abandon(cp, self.backend, dropped)
                 await self._compact(cp)
-            except BaseException:
+            except BaseException as stop:
                 # The run stops on an error: the report still says how far it got, but a
                 # failure to write it must not hide the error that stopped the run.
                 try:
-                    await self._finish(cp, started)
+                    await self._finish(cp, started, outcome=outcome_of(stop))
                 except Exception as exc:  # noqa: BLE001
                     log.warning("could not write the report after the error: %s", exc)
                 raise
-            await self._finish(cp, started)
+            await self._finish(cp, started, outcome="completed")
         return self.stats
 
     async def _preflight(self) -> None:
@@ -121,6 +128,11 @@ class Migration:
             if c.verdict == WARN:
                 log.warning("pre-flight: %s", c if c.subject != "source" else c.subject)
         log.info("pre-flight passed: %s", ", ".join(sorted({c.subject for c in report.checks})))
+
+    def _stats_line(self, started: float) -> str:
+        b = self.backend.stats if isinstance(self.backend, Measured) else None
+        return stats_line(self.stats, time.monotonic() - started,
+                          sum(b.retries.values()) if b else 0)
 
     def _sink(self, cp: Checkpoint, started: float, bar: Bar) -> Sink:
         t = self.cfg.transfer
@@ -161,7 +173,8 @@ class Migration:
             saved = await cp.call(cp.compact)
             log.info("state compacted: %d bytes saved", saved)
 
-    async def _finish(self, cp: Checkpoint, started: float) -> None:
+    async def _finish(self, cp: Checkpoint, started: float, *, outcome: str) -> None:
+        """The run's totals, its record in the state's history, then the report."""
         s = self.stats
         if self.backend is not None:
             collect_backend_stats(s, self.backend)
@@ -169,6 +182,8 @@ class Migration:
         s.pending_after = 0 if self.cfg.dry_run else (await cp.call(cp.counts))["spill"]
         s.not_migrated = s.pending_after + await cp.call(cp.open_problems)
         s.seconds = round(time.monotonic() - started, 3)
+        await cp.call(cp.record_run, run_record(self.cfg, s, started=self.started_at,
+                                                outcome=outcome))
         if self.cfg.report_path is not None:
             await cp.call(write_report, self.cfg.report_path, cp, s, self.cfg)
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +75,22 @@ async def keep_writing(path: Path, counts: Any, every: float = 1.0) -> None:
             await asyncio.sleep(every)
     finally:
         write_progress(path, counts())
+
+
+def stats_line(s: Any, seconds: float, retries: int) -> str:
+    """One line for a log or a redirected stderr: how far the run is, how fast it goes."""
+    done = s.files_migrated + s.duplicate_files
+    return (f"stats: {s.files_seen:,} files seen, {s.files_migrated:,} migrated now "
+            f"({s.bytes_uploaded / 1e6:,.1f} MB sent in {s.objects_uploaded:,} objects), "
+            f"{s.already_migrated:,} already migrated, {sum(s.failed.values()):,} failed; "
+            f"{done / max(seconds, 1e-9):,.0f} files/s, "
+            f"{s.bytes_uploaded / 1e6 / max(seconds, 1e-9):,.1f} MB/s over {seconds:,.0f} s; "
+            f"{retries:,} requests retried")
+
+
+async def keep_reporting(line: Callable[[], str], every: float, log: logging.Logger) -> None:
+    """Log `line()` every `every` seconds until cancelled (unattended runs: the log file,
+    or stderr when it is not a terminal)."""
+    while True:
+        await asyncio.sleep(every)
+        log.info("%s", line())

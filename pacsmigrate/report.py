@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import getpass
 import json
 import os
+import socket
 from pathlib import Path
 from typing import IO, Any
 
-from . import rows
+from . import __version__, rows
 from .checkpoint import Checkpoint
 from .config import MigrateConfig
+from .errors import PacsMigrateError
 from .records import now_iso
 from .stats import Stats
 
@@ -35,11 +39,13 @@ def write_report(path: Path, cp: Checkpoint, stats: Stats, cfg: MigrateConfig) -
     files, nbytes = cp.deduplicated()
     with open(tmp, "w", encoding="ascii") as out:
         head = {"tool": "pacsmigrate", "format": "pacsmigrate.report/1",
-                "written": now_iso(),
+                "version": __version__, "host": socket.gethostname(), "written": now_iso(),
                 "destination": str(cfg.dest), "sources": [str(s) for s in cfg.sources],
                 "dry_run": cfg.dry_run, "run": stats.as_dict(),
                 "state": {**cp.counts(), "deduplicated_files": files,
-                          "deduplicated_bytes": nbytes}}
+                          "deduplicated_bytes": nbytes},
+                # every run on this state, this one last: resumes add up, nothing is lost
+                "runs": cp.runs()}
         out.write(json.dumps(head, ensure_ascii=True, indent=1)[:-2])
         pending = ({"source_path": v["source_path"], "source_path_b64": v["source_path_b64"],
                     "reason": "pending", "detail": "read, not yet stored"}
@@ -64,3 +70,31 @@ def list_problems(cp: Checkpoint, *, final: bool) -> Any:
 def _chain(*its: Any) -> Any:
     for it in its:
         yield from it
+
+
+def outcome_of(stop: BaseException) -> str:
+    """How a run that raised ended, in the words of its record."""
+    if isinstance(stop, (KeyboardInterrupt, asyncio.CancelledError)):
+        return "interrupted"
+    if isinstance(stop, PacsMigrateError):
+        return f"stopped: {stop}"
+    return f"stopped: {type(stop).__name__}"
+
+
+def run_record(cfg: MigrateConfig, s: Stats, *, started: str, outcome: str) -> dict[str, Any]:
+    """One run for the state's history (and every later report): who ran what, where, when."""
+    return {"version": __version__, "host": socket.gethostname(), "user": _user(),
+            "pid": os.getpid(), "started": started, "ended": now_iso(),
+            "destination": str(cfg.dest), "sources": [os.path.abspath(p) for p in cfg.sources],
+            "shard": str(cfg.shard) if cfg.shard else None, "dry_run": cfg.dry_run,
+            "outcome": outcome, "files_seen": s.files_seen,
+            "files_migrated": s.files_migrated, "bytes_uploaded": s.bytes_uploaded,
+            "already_migrated": s.already_migrated, "not_migrated": s.not_migrated,
+            "seconds": s.seconds}
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container's uid without a passwd entry
+        return str(os.getuid())

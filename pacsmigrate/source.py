@@ -9,6 +9,7 @@ from typing import BinaryIO
 
 import blake3
 
+from . import faults
 from .records import Problem
 
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
@@ -22,6 +23,8 @@ def open_source(path: bytes) -> int:
     (regular files ignore it); callers check S_ISREG on the open descriptor.
     """
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if faults.DENY_OPEN:
+        faults.check_open(path)
     try:
         return os.open(path, flags | _O_NOATIME)
     except PermissionError:

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from . import faults
 from .clock import IOWait
 from .records import Problem
 
@@ -73,6 +74,8 @@ def list_dir(path: bytes, rest: Iterator[os.DirEntry[bytes]] | None = None,
     it = rest
     if it is None:
         try:
+            if faults.DENY_OPEN:
+                faults.check_open(path)
             it = os.scandir(path)
         except FileNotFoundError:
             out.problems.append(Problem(path, "directory vanished during scan"))

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-import sys
 import warnings
+from pathlib import Path
 
 import click
 
@@ -12,6 +12,7 @@ from .check import check
 from .cleanup import cleanup
 from .index import index
 from .locate import locate
+from .logs import configure
 from .migrate import migrate, status
 from .plan import plan
 from .policy import policy
@@ -22,24 +23,27 @@ from .synth import synth
 from .verify import verify
 
 
-@click.group()
+@click.group(context_settings={"auto_envvar_prefix": "PACSMIGRATE"})
 @click.version_option(package_name="pacsmigrate")
 @click.option("-v", "--verbose", count=True,
               help="Log what happens (-v: objects and retries, -vv: debug) to stderr. Logs "
                    "name object keys and counts, never source paths, names or UIDs.")
-def main(verbose: int) -> None:
-    """Migrate PACS archives into object storage, resumably, with a RIS index."""
+@click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also log to this file, one JSON object a line (time, level, logger, "
+                   "message), appended to; INFO and up (DEBUG with -vv).")
+def main(verbose: int, log_file: Path | None) -> None:
+    """Migrate PACS archives into object storage, resumably, with a RIS index.
+
+    Every option can also come from the environment: PACSMIGRATE_<COMMAND>_<OPTION>, e.g.
+    PACSMIGRATE_MIGRATE_CONCURRENCY=16 or PACSMIGRATE_LOG_FILE=/var/log/pacsmigrate.jsonl
+    (options of the command line win).
+    """
     # pydicom's warnings and log lines can quote element values (patient data). The command
     # line is a process of our own: silence them in all of it (the library does so only
     # while it reads a header, header.py, so a process that imports it keeps them).
     warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
-    if verbose:
-        logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if verbose > 1 else
-                            logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        # Third-party debug logs can quote request bodies and paths: keep them quiet.
-        for noisy in ("botocore", "aiobotocore", "aiohttp", "urllib3", "asyncio", "s3transfer"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure(verbose, log_file)
 
 
 # One line per command; each lives in its own module.

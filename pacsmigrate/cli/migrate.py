@@ -29,6 +29,9 @@ from .common import (
     transfer_config,
     transfer_options,
 )
+from .logs import stats_to_stderr
+
+DEFAULT_STATS_INTERVAL = 60.0  # seconds, when stderr is not a terminal
 
 
 @click.command()
@@ -105,6 +108,9 @@ from .common import (
                    "the run's first start.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bars (default: when stderr is a terminal).")
+@click.option("--stats-interval", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="A stats line (files, MB, rates, retries) every SECONDS on stderr and in "
+                   "--log-file; default 60 when stderr is not a terminal, else none; 0: none.")
 @handle_errors
 def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
             provider: str | None, region: str | None, profile: str | None,
@@ -118,6 +124,7 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
             compress: str | None, prices: Path | None,
             report_path: Path | None, shard: str | None, workers: int | None,
             scheduler: str | None, slice_states: str | None, progress: bool | None,
+            stats_interval: float | None,
             **transfer: Any) -> None:
     """Copy SOURCE directories to DEST: s3://bucket/prefix (AWS, Wasabi, Ceph, MinIO, any
     S3-compatible store with --endpoint-url) or a local directory (/dir or file:///dir, which
@@ -128,6 +135,10 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
     """
     if len(paths) < 2:
         raise click.UsageError("give at least one SOURCE and a DEST")
+    if stats_interval is None:
+        stats_interval = 0.0 if sys.stderr.isatty() else DEFAULT_STATS_INTERVAL
+    if stats_interval > 0:
+        stats_to_stderr()
     cfg = MigrateConfig(
         sources=tuple(Path(p) for p in paths[:-1]),
         dest=destination(paths[-1], endpoint_url=endpoint_url, provider=provider, region=region,
@@ -144,6 +155,7 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
         progress=sys.stderr.isatty() if progress is None else progress, dedup=dedup,
         compress=compress or "", prices=PriceTable.load(prices) if prices else None,
         shard=Shard.parse(shard) if shard is not None else None,
+        stats_interval=stats_interval,
     )
     if slice_states is not None and workers is None and scheduler is None:
         raise click.UsageError("--slice-states is for a run on workers: add --workers or "

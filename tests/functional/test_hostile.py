@@ -31,7 +31,7 @@ import pytest
 from conftest import TEST_FILES, S3Target, run, run_cli
 from helpers import MiB, assert_complete, config, index_rows, source_files
 
-from pacsmigrate import Migration, bundle, pipeline, reads
+from pacsmigrate import Migration, bundle, faults, pipeline, reads
 from pacsmigrate import read as read_module
 from pacsmigrate import walk as walk_module
 from pacsmigrate.keys import RUN_DIR
@@ -611,11 +611,12 @@ def test_files_that_keep_changing_while_read_are_left_for_the_next_run(
     assert_complete(moto_s3, state, tree)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
 def test_unreadable_file_is_reported_and_retried(moto_s3: S3Target, tree: Path,
-                                                 tmp_path: Path) -> None:
+                                                 tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its open fails with EACCES (the fault hook: CI runs as root, which reads mode 000)."""
     victim = tree / "work" / "a" / "f0.dcm"
-    victim.chmod(0)
+    monkeypatch.setattr(faults, "DENY_OPEN", b"a/f0.dcm")
     report = tmp_path / "report.json"
     cfg = config([tree], moto_s3.url, tmp_path / "state", moto_s3.info.endpoint_url,
                  report_path=report)
@@ -623,8 +624,24 @@ def test_unreadable_file_is_reported_and_retried(moto_s3: S3Target, tree: Path,
     assert stats.not_migrated == 1
     listed = _by_path(_report(report)["not_migrated"])
     assert listed[_abs(victim)]["reason"] == "unreadable"
-    victim.chmod(0o644)
+    monkeypatch.setattr(faults, "DENY_OPEN", b"")
     assert run(pipeline.migrate(cfg)).not_migrated == 0
+    assert_complete(moto_s3, tmp_path / "state", tree)
+
+
+def test_unreadable_file_exits_1_from_the_cli(moto_s3: S3Target, tree: Path,
+                                              tmp_path: Path) -> None:
+    """Exit status 1: files still to migrate (named in the report); 0 once they are."""
+    args = ["migrate", str(tree), moto_s3.url, "--endpoint-url", moto_s3.info.endpoint_url,
+            "--state", str(tmp_path / "state"), "--report", str(tmp_path / "r.json")]
+    proc = run_cli(*args, env={**moto_s3.env(), "PACSMIGRATE_DENY_OPEN": "a/f0.dcm"})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "NOT DONE: 1 files still to migrate; re-run the same command" in proc.stdout
+    assert "failed: 1 unreadable" in proc.stdout
+    listed = _by_path(_report(tmp_path / "r.json")["not_migrated"])
+    assert listed[_abs(tree / "work" / "a" / "f0.dcm")]["reason"] == "unreadable"
+    again = run_cli(*args, env=moto_s3.env())
+    assert again.returncode == 0, again.stdout + again.stderr
     assert_complete(moto_s3, tmp_path / "state", tree)
 
 

@@ -1,0 +1,59 @@
+"""Where the command line's log lines go: stderr with -v, a JSON-lines file with --log-file,
+and the stats lines of unattended runs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+NOISY = ("botocore", "aiobotocore", "aiohttp", "urllib3", "asyncio", "s3transfer")
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object a line: time (UTC, ms), level, logger, message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = datetime.fromtimestamp(record.created, UTC)
+        doc = {"time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+               "level": record.levelname, "logger": record.name,
+               "message": record.getMessage()}
+        if record.exc_info and record.levelno >= logging.ERROR:
+            doc["error"] = repr(record.exc_info[1])
+        return json.dumps(doc, ensure_ascii=True)
+
+
+def configure(verbose: int, log_file: Path | None) -> None:
+    """-v: INFO (-vv: DEBUG) to stderr; --log-file: INFO (DEBUG with -vv) as JSON lines."""
+    ours = logging.getLogger("pacsmigrate")
+    level = logging.DEBUG if verbose > 1 else logging.INFO
+    if verbose:
+        logging.basicConfig(stream=sys.stderr, level=level,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if log_file is not None:
+        handler = logging.FileHandler(log_file, encoding="utf-8")
+        handler.setFormatter(JsonLines())
+        ours.addHandler(handler)
+        ours.setLevel(level)
+        if not verbose:  # warnings still reach the terminal, as without a log file
+            shown = logging.StreamHandler(sys.stderr)
+            shown.setLevel(logging.WARNING)
+            ours.addHandler(shown)
+    if verbose or log_file is not None:
+        # Third-party debug logs can quote request bodies and paths: keep them quiet.
+        for noisy in NOISY:
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def stats_to_stderr() -> None:
+    """The stats lines (pacsmigrate.stats) on stderr, timestamped, when -v does not show them
+    already (a run whose stderr is a file or a journal)."""
+    stats = logging.getLogger("pacsmigrate.stats")
+    stats.setLevel(logging.INFO)
+    if logging.getLogger().handlers:  # -v: the root's stderr handler prints them
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    stats.addHandler(handler)

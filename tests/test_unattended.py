@@ -1,0 +1,131 @@
+"""Runs nobody watches: options from the environment, a JSON-lines log file, stats lines on a
+redirected stderr, and a report whose history of runs adds up across resumes."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import S3Target, run_cli
+from helpers import assert_complete, multipart_tree
+
+from pacsmigrate.synth import make_tree
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    return multipart_tree(tmp_path / "pacs")
+
+
+def _args(tree: Path, s3: S3Target, state: Path, *extra: str) -> list[str]:
+    return ["migrate", str(tree), s3.url, "--endpoint-url", s3.info.endpoint_url,
+            "--state", str(state), "--bundle-size", "8MiB", "--large-file", "3MiB",
+            "--part-size", "5MiB", "--no-progress", *extra]
+
+
+def test_options_come_from_the_environment(moto_s3: S3Target, tmp_path: Path) -> None:
+    make_tree(tmp_path / "src", studies=1, seed=2, scale=0.02)
+    env = {**moto_s3.env(), "PACSMIGRATE_MIGRATE_BUNDLE_SIZE": "1MiB"}
+    proc = run_cli("migrate", str(tmp_path / "src"), moto_s3.url, "--state",
+                   str(tmp_path / "s"), env=env)
+    assert proc.returncode == 2
+    assert "must not exceed --bundle-size (1MiB)" in proc.stderr  # the variable was read
+    # The command line wins over the environment.
+    env["PACSMIGRATE_MIGRATE_ENDPOINT_URL"] = moto_s3.info.endpoint_url
+    env["PACSMIGRATE_LOG_FILE"] = str(tmp_path / "log.jsonl")
+    proc = run_cli("migrate", str(tmp_path / "src"), moto_s3.url, "--state",
+                   str(tmp_path / "s"), "--bundle-size", "64MiB", "--large-file", "8MiB",
+                   env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "log.jsonl").stat().st_size > 0
+
+
+def test_log_file_is_json_lines_without_patient_data(moto_s3: S3Target, tmp_path: Path) -> None:
+    src = tmp_path / "DOE^JANE-19700101"  # a source named after a patient, as some are
+    make_tree(src, studies=2, seed=3, scale=0.02)
+    log = tmp_path / "run.jsonl"
+    proc = run_cli("--log-file", str(log), *_args(src, moto_s3, tmp_path / "s"),
+                   env=moto_s3.env())
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert lines and all(set(d) >= {"time", "level", "logger", "message"} for d in lines)
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", d["time"]) for d in lines)
+    messages = [d["message"] for d in lines]
+    assert any(m.startswith("pre-flight passed") for m in messages)
+    assert any(m.startswith("migration of 1 source tree(s)") for m in messages)
+    text = log.read_text()
+    assert "DOE" not in text and str(src) not in text
+    assert proc.stderr == ""  # nothing more on the terminal than without --log-file
+
+
+def test_stats_lines_when_stderr_is_not_a_terminal(moto_s3: S3Target, tree: Path,
+                                                   tmp_path: Path) -> None:
+    proc = run_cli(*_args(tree, moto_s3, tmp_path / "a", "--stats-interval", "0.3",
+                          "--bwlimit", "4MiB"), env=moto_s3.env())
+    assert proc.returncode == 0, proc.stderr
+    stats = [ln for ln in proc.stderr.splitlines() if " stats: " in ln]
+    assert len(stats) >= 2, proc.stderr
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} stats: [\d,]+ files seen, [\d,]+ "
+                    r"migrated now \([\d,.]+ MB sent in [\d,]+ objects\)", stats[-1]), stats[-1]
+    assert "requests retried" in stats[-1]
+    # Default: none for a run shorter than a minute; --stats-interval 0: none at all.
+    quiet = run_cli(*_args(tree, moto_s3, tmp_path / "b", "--stats-interval", "0",
+                           "--bwlimit", "4MiB"), env=moto_s3.env())
+    assert quiet.returncode == 0 and " stats: " not in quiet.stderr
+
+
+def test_report_keeps_every_run(moto_s3: S3Target, tree: Path, tmp_path: Path) -> None:
+    """Interrupted, then resumed: the report lists both runs, who ran them where and how
+    each ended, and their totals add up to the state's."""
+    state, report = tmp_path / "state", tmp_path / "report.json"
+    args = _args(tree, moto_s3, state, "--report", str(report))
+    proc = subprocess.Popen([sys.executable, "-m", "pacsmigrate", *args, "--bwlimit", "2MiB"],
+                            env=moto_s3.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 60
+    while not (state / "checkpoint.lmdb").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # well into the run
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    first = json.loads(report.read_text())
+    assert [r["outcome"] for r in first["runs"]] == ["interrupted"]
+    done = run_cli(*args, env=moto_s3.env())
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(report.read_text())
+    runs = doc["runs"]
+    assert [r["outcome"] for r in runs] == ["interrupted", "completed"], runs
+    for r in runs:
+        assert r["version"] == doc["version"] and r["host"] == doc["host"] and r["user"]
+        assert r["destination"] == moto_s3.url and r["sources"] == [str(tree.resolve())]
+        assert r["started"] <= r["ended"]
+    assert runs[0]["ended"] <= runs[1]["started"]
+    assert sum(r["files_migrated"] for r in runs) == doc["state"]["index"]
+    assert_complete(moto_s3, state, tree)
+
+
+def test_systemd_example_names_real_options() -> None:
+    """examples/systemd: every PACSMIGRATE_* variable of its env file is an option of that
+    command, and the unit's command lines use real options (the example cannot rot)."""
+    from pacsmigrate.cli import main
+
+    here = Path(__file__).resolve().parents[1] / "examples" / "systemd"
+    names = re.findall(r"^PACSMIGRATE_([A-Z]+)_([A-Z_]+)=", (here / "pacsmigrate.env")
+                       .read_text(), re.MULTILINE)
+    assert len(names) >= 5
+    for command, option in names:
+        params = {p.name.upper() for p in main.commands[command.lower()].params}
+        assert option in params, (command, option)
+    unit = (here / "pacsmigrate.service").read_text().replace("\\\n", " ")
+    for command, flags in re.findall(r"pacsmigrate (?:--log-file \S+ )?(\w+) \S+ \S+(.*)", unit):
+        known = {o for p in main.commands[command].params for o in getattr(p, "opts", [])}
+        for flag in re.findall(r"--[\w-]+", flags):
+            assert flag in known, (command, flag)
+    assert "--log-file" in {o for p in main.params for o in p.opts}
