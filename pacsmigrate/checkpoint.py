@@ -379,6 +379,23 @@ class Checkpoint(MergeTables, SpillTable, RetentionTable, ContentTable, LmdbFile
             raw = txn.get(rows.packed_uid(sop_uid)[:500]) or txn.get(sop_uid.encode())
         return None if raw is None else bytes(raw)
 
+    def paths_for_sop(self, sop_uid: str) -> list[bytes]:
+        """Every migrated file with this SOPInstanceUID and bytes of its own: the newest
+        first, then back along the `conflicts` chain (each names the file it displaced)."""
+        found: list[bytes] = []
+        path = self.path_for_sop(sop_uid)
+        with self.env.begin() as txn:
+            while path is not None and path not in found:
+                row = txn.get(path_key(path), db=self.db["index"])
+                if row is not None and self._decode("index", txn, path_key(path), row)[
+                        "sop_uid"] == sop_uid:
+                    found.append(path)
+                raw = txn.get(path_key(path), db=self.db["conflicts"])
+                other = None if raw is None else json.loads(raw)["other"]
+                path = None if other is None else from_fields(other["source_path"],
+                                                              other["source_path_b64"])
+        return found
+
     def index_row(self, path: bytes) -> dict[str, Any] | None:
         with self.env.begin(db=self.db["index"]) as txn:
             raw = txn.get(path_key(path))

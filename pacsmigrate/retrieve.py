@@ -16,7 +16,7 @@ from .backends.base import Backend
 from .checkpoint import Checkpoint
 from .config import MiB
 from .encoding import decode
-from .errors import IntegrityError, NotInIndexError
+from .errors import ConfigError, IntegrityError, NotInIndexError
 from .index import candidates
 from .paths import display
 
@@ -27,8 +27,12 @@ def lookup(cp: Checkpoint, *, path: str | bytes | None = None, sop: str | None =
            ) -> dict[str, Any]:
     """The index row for a path (as given, or made absolute) or a SOPInstanceUID."""
     if sop is not None:
-        found = cp.path_for_sop(sop)
-        row = cp.index_row(found) if found is not None else None
+        paths = cp.paths_for_sop(sop)
+        if len(paths) > 1:  # a re-sent or edited instance: which one is meant?
+            raise ConfigError(f"{len(paths)} migrated files with other bytes have that "
+                              "SOPInstanceUID (a re-sent or edited instance): get one by "
+                              f"its path: {', '.join(display(p) for p in paths)}")
+        row = cp.index_row(paths[0]) if paths else None
         if row is None:
             raise NotInIndexError("no migrated instance has that SOPInstanceUID")
         return row

@@ -201,3 +201,23 @@ def test_store_options_are_kept_for_the_read_commands(moto_s3: S3Target, small_t
         "minio", "eu-west-1", "path")
     verify = run_cli("verify", "--state", str(state), "--deep", env=moto_s3.env())
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_every_option_has_help() -> None:
+    """`--help` explains every option of every command (an admin's only manual at 3 a.m.)."""
+    import click
+
+    from pacsmigrate.cli import main
+
+    missing: list[str] = []
+
+    def walk(cmd: click.Command, name: str) -> None:
+        missing.extend(f"{name} {'/'.join(p.opts)}" for p in cmd.params
+                       if isinstance(p, click.Option) and not p.help
+                       and p.name not in ("help", "version"))
+        assert cmd.help, f"{name} has no description"
+        for sub, c in getattr(cmd, "commands", {}).items():
+            walk(c, f"{name} {sub}")
+
+    walk(main, "pacsmigrate")
+    assert missing == []

@@ -150,6 +150,18 @@ def test_same_sop_with_other_bytes_is_kept_twice_and_reported(moto_s3: S3Target,
     assert pair == {str(root / "first" / "img.dcm"), str(root / "resent" / "img.dcm")}
     status = json.loads(run_cli("status", "--state", str(state), "--json", check=True).stdout)
     assert status["same_sop_other_bytes"] == 1 and status["files_deduplicated"] == 0
+    # `get --sop` refuses to pick one of them and names both; by path, each is its own.
+    got = run_cli("get", "--sop", ds.SOPInstanceUID, "--state", str(state), "-o",
+                  str(tmp_path / "out.dcm"), env=moto_s3.env())
+    assert got.returncode == 2 and not (tmp_path / "out.dcm").exists()
+    assert got.stderr.startswith("error: 2 migrated files with other bytes have that "
+                                 "SOPInstanceUID"), got.stderr
+    assert str(root / "first" / "img.dcm") in got.stderr
+    assert str(root / "resent" / "img.dcm") in got.stderr
+    for name in ("first", "resent"):
+        run_cli("get", str(root / name / "img.dcm"), "--state", str(state), "-o",
+                str(tmp_path / f"{name}.dcm"), env=moto_s3.env(), check=True)
+        assert (tmp_path / f"{name}.dcm").read_bytes() == (root / name / "img.dcm").read_bytes()
 
 
 @pytest.mark.parametrize("point", ["after-intent:1", "after-upload:1", "after-commit:1"])

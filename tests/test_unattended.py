@@ -109,6 +109,14 @@ def test_report_keeps_every_run(moto_s3: S3Target, tree: Path, tmp_path: Path) -
     assert runs[0]["ended"] <= runs[1]["started"]
     assert sum(r["files_migrated"] for r in runs) == doc["state"]["index"]
     assert_complete(moto_s3, state, tree)
+    # `status` says the same in words.
+    said = run_cli("status", "--state", str(state), check=True).stdout.splitlines()
+    assert said[0] == f"destination: {moto_s3.url}"
+    assert said[2] == (f"migrated: {doc['state']['index']:,} files in "
+                       f"{doc['state']['objects']:,} objects")
+    assert "still to migrate: none" in said
+    assert said[-1].startswith(f"runs: 2; the last completed, started {runs[1]['started']} "
+                               f"on {doc['host']} as {runs[1]['user']}, ended ")
 
 
 def test_systemd_example_names_real_options() -> None:

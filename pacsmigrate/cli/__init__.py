@@ -13,12 +13,13 @@ from .cleanup import cleanup
 from .index import index
 from .locate import locate
 from .logs import configure
-from .migrate import migrate, status
+from .migrate import migrate
 from .plan import plan
 from .policy import policy
 from .rebuild import rebuild_cmd
 from .replicate import replicate_cmd
 from .retrieve import get, restore_cmd
+from .status import status
 from .synth import synth
 from .verify import verify
 

@@ -159,7 +159,9 @@ def transfer_options(fn: F) -> F:
     for option in reversed([
         click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 256),
                      help="Objects and requests in flight (lowered on throttling)."),
-        click.option("--part-size", default="16MiB", show_default=True, callback=size_option),
+        click.option("--part-size", default="16MiB", show_default=True, callback=size_option,
+                     help="Size of each part of a multipart upload (objects above 16MiB); "
+                          "raised as needed to stay within the store's 10,000 parts."),
         click.option("--max-requests-per-second", type=click.FloatRange(min=0, min_open=True),
                      help="Cap on requests per second to the store."),
         click.option("--bwlimit", callback=rate_option, metavar="RATE",

@@ -39,7 +39,9 @@ def index() -> None:
 @index.command("export")
 @state_option()
 @click.option("--format", "fmt", type=click.Choice(index_mod.FORMATS), default="csv",
-              show_default=True)
+              show_default=True, help="csv (a header row, then a row a file), jsonl (a JSON "
+                                      "object a line), sqlite (a database file, -o needed) or "
+                                      "sql (statements that load the index into a RIS).")
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
               help="File (default stdout; required for sqlite, which it replaces).")
 @map_prefix_option()

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ..checkpoint import Checkpoint
 from ..config import MigrateConfig
 from ..costs import PriceTable
 from ..pipeline import migrate as run_migrate
@@ -241,32 +239,3 @@ def _print_summary(s: Stats, *, dry_run: bool) -> None:
     state = "OK: nothing left to migrate" if s.not_migrated == 0 else (
         f"NOT DONE: {s.not_migrated:,} files still to migrate; re-run the same command")
     click.echo(state)
-
-
-@click.command()
-@state_option()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@handle_errors
-def status(state_dir: Path, as_json: bool) -> None:
-    """What is done and what remains in a state directory."""
-    cp = Checkpoint(state_dir, readonly=True)
-    try:
-        counts = cp.counts()
-        pending = counts["spill"]
-        config = cp.get_meta("config") or {}
-        open_problems = cp.open_problems()
-        dedup = cp.deduplicated()
-    finally:
-        cp.close()
-    doc = {"destination": config.get("dest"), "sources": config.get("sources"),
-           "files_migrated": counts["index"], "objects": counts["objects"],
-           "files_pending": pending, "uploads_in_doubt": counts["intents"],
-           "files_with_problems": open_problems,
-           "files_deduplicated": dedup[0], "bytes_deduplicated": dedup[1],
-           "same_sop_other_bytes": counts["conflicts"],
-           "files_skipped": counts["problems"] - open_problems}
-    if as_json:
-        click.echo(json.dumps(doc, indent=1))
-        return
-    for name, value in doc.items():
-        click.echo(f"{name.replace('_', ' ')}: {value}")

@@ -14,7 +14,8 @@ from .common import handle_errors, state_option
 
 @click.command()
 @state_option()
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="csv", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="csv", show_default=True,
+              help="csv (a header row, then one row a file) or jsonl (one JSON object a line).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="File (default stdout).")
 @handle_errors
 def plan(state_dir: Path, fmt: str, output: Path | None) -> None:

@@ -18,7 +18,8 @@ from .common import destination, handle_errors, run_main, state_option, store_op
 @click.argument("dest")
 @store_options
 @state_option(must_exist=False)
-@click.option("--progress/--no-progress", default=None)
+@click.option("--progress/--no-progress", default=None,
+              help="A progress bar (default: when stderr is a terminal).")
 @click.option("--ca-bundle", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="PEM file of a private CA to trust (certificates are always checked).")
 @handle_errors

@@ -94,9 +94,11 @@ def get(source_path: str | None, sop: str | None, output: Path | None, state_dir
 @click.option("--all", "everything", is_flag=True, help="Restore everything.")
 @click.option("--to", "to", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Directory to recreate the original paths under.")
-@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 256))
+@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 256),
+              help="Objects read from the store at once.")
 @click.option("--endpoint-url", help="Override the endpoint recorded in the state.")
-@click.option("--progress/--no-progress", default=None)
+@click.option("--progress/--no-progress", default=None,
+              help="A progress bar (default: when stderr is a terminal).")
 @_restore_options
 @SSE_C_OPTION
 @handle_errors

@@ -12,10 +12,14 @@ from .common import handle_errors
 
 @click.command()
 @click.argument("directory", type=click.Path(path_type=Path))
-@click.option("--studies", default=10, show_default=True, type=click.IntRange(1))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--studies", default=10, show_default=True, type=click.IntRange(1),
+              help="How many studies to write.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="The same seed writes the same tree.")
 @click.option("--layout", default="patient", show_default=True,
-              type=click.Choice(LAYOUTS))
+              type=click.Choice(LAYOUTS),
+              help="Folder layout, as PACS write them: by patient, by date received, as "
+                   "a CD, hashed, as storescp writes, or a mix.")
 @click.option("--scale", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
               help="Shrink image counts and sizes (tests use 0.01).")
 @handle_errors

@@ -1,0 +1,76 @@
+"""`status`: what is done and what remains in a state directory, in words or as JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..checkpoint import Checkpoint
+from .common import handle_errors, state_option
+
+
+@click.command()
+@state_option()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def status(state_dir: Path, as_json: bool) -> None:
+    """What is done and what remains in a state directory."""
+    cp = Checkpoint(state_dir, readonly=True)
+    try:
+        counts = cp.counts()
+        pending = counts["spill"]
+        config = cp.get_meta("config") or {}
+        open_problems = cp.open_problems()
+        dedup = cp.deduplicated()
+        runs = cp.runs()
+    finally:
+        cp.close()
+    doc = {"destination": config.get("dest"), "sources": config.get("sources"),
+           "files_migrated": counts["index"], "objects": counts["objects"],
+           "files_pending": pending, "uploads_in_doubt": counts["intents"],
+           "files_with_problems": open_problems,
+           "files_deduplicated": dedup[0], "bytes_deduplicated": dedup[1],
+           "same_sop_other_bytes": counts["conflicts"],
+           "files_skipped": counts["problems"] - open_problems,
+           "runs": len(runs), "last_run": runs[-1] if runs else None}
+    if as_json:
+        click.echo(json.dumps(doc, indent=1))
+        return
+    for line in describe(doc):
+        click.echo(line)
+
+
+def describe(d: dict[str, Any]) -> list[str]:
+    """The state in sentences an operator reads at a glance."""
+    out = [f"destination: {d['destination']}",
+           "sources: " + ", ".join(d["sources"] or []),
+           f"migrated: {d['files_migrated']:,} files in {d['objects']:,} objects"]
+    if d["files_deduplicated"]:
+        out.append(f"  of which {d['files_deduplicated']:,} files "
+                   f"({d['bytes_deduplicated'] / 1e6:,.1f} MB) are copies of others, stored once")
+    if d["same_sop_other_bytes"]:
+        out.append(f"  {d['same_sop_other_bytes']:,} files share a SOPInstanceUID with a file "
+                   "of other bytes (both kept; listed in the report)")
+    todo = d["files_pending"] + d["files_with_problems"]
+    if todo:
+        out.append(f"still to migrate: {todo:,} files ({d['files_pending']:,} read but not yet "
+                   f"stored, {d['files_with_problems']:,} that failed; the report says why); "
+                   "re-run migrate")
+    else:
+        out.append("still to migrate: none")
+    if d["files_skipped"]:
+        out.append(f"skipped on purpose: {d['files_skipped']:,} (links, devices, vanished "
+                   "files; listed in the report)")
+    if d["uploads_in_doubt"]:
+        out.append(f"uploads in doubt: {d['uploads_in_doubt']:,} (a run stopped while they "
+                   "were in flight; the next migrate checks the store: adopts those that "
+                   "arrived, sends the others again)")
+    last = d["last_run"]
+    if last:
+        out.append(f"runs: {d['runs']:,}; the last {last.get('outcome', '?')}, started "
+                   f"{last.get('started', '?')} on {last.get('host', '?')} as "
+                   f"{last.get('user', '?')}, ended {last.get('ended', '?')}")
+    return out
