@@ -11,6 +11,7 @@ from urllib.parse import quote, unquote, urlparse
 
 from . import encoding
 from .errors import ConfigError
+from .filters import EVERYTHING, Filters
 from .retention import Retention
 from .shard import Shard
 from .ssec import load_key
@@ -274,6 +275,7 @@ class MigrateConfig:
     progress_file: Path | None = None  # counts written every second (a slice on a worker)
     preflight: bool = False  # check sources, state and store before the state is made
     offline: bool = False  # a dry run that does not contact the store at all
+    filters: Filters = EVERYTHING  # which files this run takes (filters.py)
     stats_interval: float = 0.0  # seconds between two stats lines (pacsmigrate.stats); 0: none
 
     def __post_init__(self) -> None:

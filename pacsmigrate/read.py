@@ -8,12 +8,14 @@ their bundle; larger ones give their header only and are read again when packed.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 
 import blake3
 
 from .checkpoint import Checkpoint
 from .classify import describe
+from .filters import EVERYTHING, Filters
 from .header import Header, parse
 from .records import Member, Problem
 from .source import HASH_CHUNK, open_checked, read_exact
@@ -32,6 +34,7 @@ class ReadOptions:
     dry_run: bool = False  # hash every byte, keep none
     skip_migrated: bool = False  # the index has rows: skip files it holds unchanged
     budget: int = 8 << 20  # bytes one call reads before it hands the rest back
+    filters: Filters = EVERYTHING  # which files this run takes (filters.py)
 
 
 @dataclass
@@ -47,6 +50,7 @@ class ReadResult:
     seen_bytes: int = 0
     migrated: int = 0  # unchanged since an earlier run stored them
     held: int = 0  # bytes of file data carried in members
+    filtered: Counter[str] = field(default_factory=Counter)  # left out, by reason
 
 
 def read_files(directory: bytes, names: list[bytes], opts: ReadOptions,
@@ -59,11 +63,16 @@ def read_files(directory: bytes, names: list[bytes], opts: ReadOptions,
     out = ReadResult(directory)
     paths = [directory + b"/" + n for n in names]
     known = cp.migrated(paths) if opts.skip_migrated and cp is not None else None
+    by_path = opts.filters.include or opts.filters.exclude
     for i, path in enumerate(paths):
         if out.held >= budget and i:
             out.rest = names[i:]
             break
         out.listed += 1
+        if by_path and (why := opts.filters.path(path)) is not None:
+            out.filtered[why] += 1
+            out.seen += 1
+            continue
         got = _read_one(path, opts, None if known is None else known[i], out)
         if isinstance(got, Member):
             out.members.append(got)
@@ -88,6 +97,11 @@ def _read_one(path: bytes, opts: ReadOptions, recorded: tuple[int, int] | None,
                 out.seen_bytes += size
                 out.migrated += 1
                 return None
+            if opts.filters.by_age and (why := opts.filters.age(mtime)) is not None:
+                out.filtered[why] += 1
+                out.seen += 1
+                out.seen_bytes += size
+                return None
             got = _contents(fd, path, size, opts)
             after = os.fstat(fd)
         except OSError as exc:
@@ -99,8 +113,11 @@ def _read_one(path: bytes, opts: ReadOptions, recorded: tuple[int, int] | None,
         header, digest, data = got
         out.seen += 1
         out.seen_bytes += size
-        return Member(path, size, mtime, describe(path, header, secret=opts.secret), digest,
-                      None if opts.dry_run else data)
+        about = describe(path, header, secret=opts.secret)
+        if opts.filters.by_date and (why := opts.filters.study(about.study_date)) is not None:
+            out.filtered[why] += 1
+            return None
+        return Member(path, size, mtime, about, digest, None if opts.dry_run else data)
     return Problem(path, "kept changing while being read", final=False)
 
 

@@ -22,6 +22,7 @@ class Stats:
     unsorted: Counter[str] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
     failed: Counter[str] = field(default_factory=Counter)
+    filtered: Counter[str] = field(default_factory=Counter)  # left out by a filter, by reason
     objects_uploaded: int = 0
     bundles_uploaded: int = 0
     files_migrated: int = 0

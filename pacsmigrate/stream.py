@@ -73,7 +73,7 @@ class SourceStream:
         roots = [os.fsencode(os.path.abspath(s)) for s in cfg.sources]
         opts = ReadOptions(self.secret, hold_max=cfg.hold_max, header_bytes=cfg.header_bytes,
                            dry_run=cfg.dry_run,
-                           skip_migrated=cp.counts()["index"] > 0)
+                           skip_migrated=cp.counts()["index"] > 0, filters=cfg.filters)
         grouper = Grouper(bundle_size=cfg.bundle_size, large_file=cfg.large_file,
                           memory=cfg.memory // 2)
         problems: list[Problem] = []
@@ -106,6 +106,8 @@ class SourceStream:
             s.files_seen += result.listed
             s.bytes_seen += result.seen_bytes
             s.already_migrated += result.migrated
+            if result.filtered:
+                s.filtered.update(result.filtered)
             s.classified += len(result.members)
             for m in result.members:
                 if m.about.reason:

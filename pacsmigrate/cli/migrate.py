@@ -10,6 +10,7 @@ import click
 
 from ..config import MigrateConfig
 from ..costs import PriceTable
+from ..filters import Filters
 from ..pipeline import migrate as run_migrate
 from ..retention import Retention, RetentionMap, parse_classes
 from ..shard import Shard
@@ -104,6 +105,21 @@ DEFAULT_STATS_INTERVAL = 60.0  # seconds, when stderr is not a terminal
                    "(shared: a path every worker reaches; default with --workers) or on each "
                    "worker, copied through the store (default with --scheduler). Fixed by "
                    "the run's first start.")
+@click.option("--include", multiple=True, metavar="GLOB",
+              help="Only files whose whole path matches (fnmatch, * also crosses /; "
+                   "repeatable), e.g. '*/2015/*'. Left-out files are counted; a run "
+                   "without the filter takes them.")
+@click.option("--exclude", multiple=True, metavar="GLOB",
+              help="Leave out files whose whole path matches (repeatable), e.g. '*.tmp'.")
+@click.option("--study-date-from", metavar="DATE",
+              help="Only studies of this StudyDate or later (YYYYMMDD or YYYY-MM-DD); files "
+                   "without a StudyDate are left out while a study date filter is given.")
+@click.option("--study-date-to", metavar="DATE", help="Only studies of this StudyDate or "
+              "earlier, e.g. the oldest studies first.")
+@click.option("--min-age", metavar="AGE",
+              help="Only files last modified at least AGE ago (30d, 6m, 5y): leaves what a "
+                   "PACS may still be writing for a later run.")
+@click.option("--max-age", metavar="AGE", help="Only files last modified at most AGE ago.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bars (default: when stderr is a terminal).")
 @click.option("--stats-interval", type=click.FloatRange(min=0), metavar="SECONDS",
@@ -122,7 +138,9 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
             compress: str | None, prices: Path | None,
             report_path: Path | None, shard: str | None, workers: int | None,
             scheduler: str | None, slice_states: str | None, progress: bool | None,
-            stats_interval: float | None,
+            stats_interval: float | None, include: tuple[str, ...], exclude: tuple[str, ...],
+            study_date_from: str | None, study_date_to: str | None, min_age: str | None,
+            max_age: str | None,
             **transfer: Any) -> None:
     """Copy SOURCE directories to DEST: s3://bucket/prefix (AWS, Wasabi, Ceph, MinIO, any
     S3-compatible store with --endpoint-url) or a local directory (/dir or file:///dir, which
@@ -154,6 +172,8 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
         compress=compress or "", prices=PriceTable.load(prices) if prices else None,
         shard=Shard.parse(shard) if shard is not None else None,
         stats_interval=stats_interval,
+        filters=Filters.parse(include=include, exclude=exclude, study_from=study_date_from,
+                              study_to=study_date_to, min_age=min_age, max_age=max_age),
     )
     if slice_states is not None and workers is None and scheduler is None:
         raise click.UsageError("--slice-states is for a run on workers: add --workers or "
@@ -219,7 +239,9 @@ def _print_summary(s: Stats, *, dry_run: bool) -> None:
                      f"{s.billed_by_class[name] / 1e6:,.1f} MB billed")
         click.echo(line)
     for title, counter in (("unsorted (stored outside studies)", s.unsorted),
-                           ("skipped", s.skipped), ("failed", s.failed)):
+                           ("skipped", s.skipped), ("failed", s.failed),
+                           ("filtered out (a run without the filter takes them)",
+                            s.filtered)):
         for reason, n in sorted(counter.items()):
             click.echo(f"{title}: {n:,} {reason}")
     if s.reread_changed:
