@@ -137,3 +137,28 @@ def test_systemd_example_names_real_options() -> None:
         for flag in re.findall(r"--[\w-]+", flags):
             assert flag in known, (command, flag)
     assert "--log-file" in {o for p in main.params for o in p.opts}
+
+
+def test_store_trouble_is_shown_at_once_and_not_repeated(caplog: pytest.LogCaptureFixture
+                                                         ) -> None:
+    """The first retry warns without -v; more within the minute are counted, not shown."""
+    import asyncio
+
+    from pacsmigrate.backends.policy import RequestPolicy, RetryConfig
+    from pacsmigrate.backends.s3_errors import classify
+
+    policy = RequestPolicy(concurrency=2, retry=RetryConfig(max_attempts=5, base_delay=0.0))
+    failures = iter([ConnectionResetError()] * 3)
+
+    async def request() -> str:
+        exc = next(failures, None)
+        if exc is not None:
+            raise exc
+        return "ok"
+
+    with caplog.at_level("INFO", logger="pacsmigrate.store"):
+        assert asyncio.run(policy.run(request, classify=classify)) == "ok"
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == [("store trouble: retrying a request after connection reset; the run "
+                      "goes on")]
+    assert sum(r.levelname == "INFO" for r in caplog.records) == 3  # each retry, with -v

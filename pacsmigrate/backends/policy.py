@@ -13,6 +13,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 log = logging.getLogger("pacsmigrate.store")
+TROUBLE_EVERY = 60.0  # seconds between two store-trouble warnings
 
 THROTTLE = "throttle"
 TRANSIENT = "transient"
@@ -148,6 +149,21 @@ class RequestPolicy:
         self.sleep = sleep
         self.rng = rng or random.Random()
         self.stats = PolicyStats()
+        self._said_at = float("-inf")  # when store trouble was last shown (monotonic)
+        self._unsaid = 0
+
+    def _say_trouble(self, label: str) -> None:
+        """Store trouble reaches the terminal at once, without a -v: one warning, then at
+        most one a minute with the count since (a storm of 503s is not a wall of lines)."""
+        now = time.monotonic()
+        self._unsaid += 1
+        if now - self._said_at < TROUBLE_EVERY:
+            return
+        more = f" ({self._unsaid - 1:,} more retried since the last warning)" \
+            if self._said_at > float("-inf") and self._unsaid > 1 else ""
+        log.warning("store trouble: retrying a request after %s%s; the run goes on",
+                    label, more)
+        self._said_at, self._unsaid = now, 0
 
     def backoff(self, attempt: int) -> float:
         cap = min(self.retry.max_delay, self.retry.base_delay * 2 ** (attempt - 1))
@@ -178,6 +194,7 @@ class RequestPolicy:
                 self.stats.retries[cause.label] += 1
                 log.info("retrying after %s (attempt %d of %d, %d requests in flight allowed)",
                          cause.label, attempt, self.retry.max_attempts, int(self.limit.limit))
+                self._say_trouble(cause.label)
             else:
                 self.limit.succeeded()
                 return result

@@ -316,7 +316,9 @@ def test_store_failing_for_good_gives_up_after_retries(seaweed_s3: S3Target, pro
     elapsed = time.monotonic() - started
     assert proc.returncode == 2, explain(proc, proxy)
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and "500" in lines[0], proc.stderr
+    # Store trouble is shown at once (one warning), then the error stops the run.
+    assert lines[0].startswith("store trouble: retrying a request after 500"), proc.stderr
+    assert len(lines) == 2 and lines[1].startswith("error:") and "500" in lines[1], proc.stderr
     assert elapsed < 30
     doc = json.loads((tmp_path / "report.json").read_text())  # stopped, yet reported
     assert doc["run"]["files_migrated"] == 0
