@@ -22,6 +22,7 @@ from .source import HASH_CHUNK, open_checked, read_exact
 
 READ_ATTEMPTS = 3
 VANISHED = "vanished before read"
+KEPT_CHANGING = "kept changing while being read"
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def _read_one(path: bytes, opts: ReadOptions, recorded: tuple[int, int] | None,
             out.filtered[why] += 1
             return None
         return Member(path, size, mtime, about, digest, None if opts.dry_run else data)
-    return Problem(path, "kept changing while being read", final=False)
+    return Problem(path, KEPT_CHANGING, final=False)
 
 
 def _contents(fd: int, path: bytes, size: int, opts: ReadOptions

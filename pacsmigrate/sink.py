@@ -146,6 +146,7 @@ class StoreSink(Sink):
         # Packed after the walk: files whose study changed since they were read, and those
         # whose upload was aborted because they changed while being sent.
         self.moved: list[Member] = []
+        self.changing: dict[bytes, Member] = {}  # uploads aborted as the file changed
 
     def _memory(self, plan: BundlePlan) -> int:
         """What storing the plan holds in memory at most: its members read at the start,
@@ -236,6 +237,7 @@ class StoreSink(Sink):
         s.dry_run_mismatch += len(built.dry_run_mismatch)
         s.count_problems(built.problems)
         self.moved.extend(built.moved + built.again)
+        self.changing.update((m.path, m) for m in built.again)
         if built.problems:
             await self.cp.call(self.cp.record_problems, built.problems)
         if built.moved or built.problems:

@@ -21,9 +21,9 @@ from .group import Closed, Grouper
 from .keys import assign_key
 from .planpolicy import PlanPolicy
 from .progress import Bar
-from .read import ReadOptions
+from .read import KEPT_CHANGING, ReadOptions
 from .reads import in_shard, read_tree
-from .records import FILE, TAR, BundlePlan, Problem
+from .records import FILE, TAR, BundlePlan, Member, Problem
 from .retention import covers, lock_of, manifest_fields
 from .shard import Shard, pruner
 from .sink import Sink, StoreSink
@@ -177,6 +177,21 @@ class SourceStream:
             if attempt == MAX_PASSES or not (await cp.call(cp.counts))["spill"]:
                 break
             await self.pack_spill()
+        if isinstance(sink, StoreSink) and sink.changing:
+            await self.kept_changing(list(sink.changing.values()))
+
+    async def kept_changing(self, members: list[Member]) -> None:
+        """Files whose upload was aborted on every pass because they changed while sent:
+        reported as such (a problem, still to migrate) rather than as merely pending."""
+        cp = self.cp
+        left = await cp.call(cp.still_spilled, members)
+        if not left:
+            return
+        await cp.call(cp.record_problems, [Problem(m.path, KEPT_CHANGING, final=False)
+                                           for m in left])
+        for m in left:
+            await cp.call(cp.unspill, m.group, [m.path])
+        self.stats.failed[KEPT_CHANGING] += len(left)
 
     async def pack_spill(self) -> int:
         """One pass over the spill in (study, path) order; returns the plans it made.

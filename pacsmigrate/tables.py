@@ -56,6 +56,11 @@ class SpillTable:
                 txn.delete(spill_key(group, p), db=self.db["spill"])
         self._write(write)
 
+    def still_spilled(self, members: Iterable[Member]) -> list[Member]:
+        """Those of `members` still in the spill (under their group)."""
+        with self.env.begin(db=self.db["spill"]) as txn:
+            return [m for m in members if txn.get(spill_key(m.group, m.path)) is not None]
+
     def spilled_groups(self, groups: Iterable[str]) -> set[str]:
         """Which of these groups have spilled files."""
         found = set()
