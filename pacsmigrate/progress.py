@@ -26,7 +26,7 @@ class Bar:
         self._bar: Any = None
         if enabled:
             self._bar = tqdm(desc=desc, total=total_bytes, unit="B", unit_scale=True,
-                             unit_divisor=1024, dynamic_ncols=True, file=sys.stderr,
+                             unit_divisor=1000, dynamic_ncols=True, file=sys.stderr,
                              mininterval=0.5, smoothing=0.1, position=position)
 
     def update(self, *, files: int = 0, nbytes: int = 0) -> None:

@@ -71,9 +71,11 @@ def _rows(opened: Opened, sel: Selection) -> Iterator[tuple[bytes, dict[str, Any
             yield path, row
 
 
-def target_for(to: Path, path: bytes) -> Path:
-    """The original path recreated under `to` (as tar extracts it), never outside `to`."""
-    target = to / member_name(path)
+def target_for(to: Path, path: bytes, strip: bytes = b"") -> Path:
+    """The original path recreated under `to` (as tar extracts it), never outside `to`;
+    with `strip`, that leading part of the path left out (/mnt/pacs/2015/a.dcm with strip
+    /mnt/pacs: TO/2015/a.dcm)."""
+    target = to / member_name(path[len(strip):] if strip else path)
     if not target.resolve().is_relative_to(to.resolve()):
         raise ConfigError(f"refusing to restore outside {to}: {display(path)}")
     return target
@@ -105,21 +107,28 @@ async def request_restores(backend: Backend, keys: Iterable[str], request: Resto
 
 
 async def restore(opened: Opened, sel: Selection, to: Path, *, concurrency: int = 8,
-                  progress: bool = False, request: RestoreRequest | None = None
-                  ) -> RestoreResult:
-    """Recreate the selected files byte-identical under `to`; re-running resumes. Files in
-    archived objects are counted (and, with `request`, their restore is asked for)."""
-    total_files = total_bytes = 0
-    for _, row in _rows(opened, sel):
+                  progress: bool = False, request: RestoreRequest | None = None,
+                  strip_prefix: bytes = b"") -> RestoreResult:
+    """Recreate the selected files byte-identical under `to` (their paths without
+    `strip_prefix`, which every selected file must start with); re-running resumes. Files
+    in archived objects are counted (and, with `request`, their restore is asked for)."""
+    strip = strip_prefix.rstrip(b"/") + b"/" if strip_prefix else b""
+    total_files = total_bytes = outside = 0
+    for path, row in _rows(opened, sel):
         total_files += 1
         total_bytes += int(row["length"])
+        outside += bool(strip) and not path.startswith(strip)
+    if outside:
+        raise ConfigError(f"{outside:,} of the {total_files:,} selected files do not lie "
+                          f"under --strip-prefix {display(strip_prefix)}: narrow the "
+                          f"selection (--path-prefix {display(strip)}) or shorten the prefix")
     result = RestoreResult()
     bar = Bar("restore", total_bytes=total_bytes, total_files=total_files, enabled=progress)
     slots = asyncio.Semaphore(concurrency)
 
     async def one(path: bytes, row: dict[str, Any]) -> None:
         try:
-            target = target_for(to, path)
+            target = target_for(to, path, strip)
             if await asyncio.to_thread(_present, target, row):
                 result.already_present += 1
             else:

@@ -94,3 +94,26 @@ def test_restore_prefix_and_selection_errors(s3: S3Target, migrated: tuple[Path,
     both = run_cli("restore", "--state", str(state), "--all", "--study", "1.2", "--to", str(to),
                    env=s3.env())
     assert both.returncode == 2 and "exactly one of" in both.stderr
+
+
+def test_restore_strip_prefix_gives_relative_paths(moto_s3: S3Target, tmp_path: Path) -> None:
+    root = tmp_path / "pacs"
+    make_tree(root / "a", studies=2, seed=24, layout="date", scale=0.03)
+    make_tree(root / "b", studies=1, seed=25, layout="date", scale=0.03)
+    state = tmp_path / "state"
+    run(migrate(config([root], moto_s3.url, state, moto_s3.info.endpoint_url)))
+    to = tmp_path / "drill"
+    base = str(root.resolve())
+    proc = run_cli("restore", "--state", str(state), "--path-prefix", f"{base}/a",
+                   "--strip-prefix", f"{base}/", "--to", str(to), env=moto_s3.env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    wanted = {p.relative_to(root): p for p in source_files(root / "a").values()}
+    got = {p.relative_to(to): p for p in to.rglob("*") if p.is_file()}
+    assert set(got) == set(wanted) and all(str(k).startswith("a/") for k in got)
+    assert all(got[k].read_bytes() == wanted[k].read_bytes() for k in got)
+    # Files outside the prefix are refused before anything is written.
+    refused = run_cli("restore", "--state", str(state), "--all", "--strip-prefix",
+                      f"{base}/a", "--to", str(tmp_path / "other"), env=moto_s3.env())
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "selected files do not lie under --strip-prefix" in refused.stderr
+    assert not (tmp_path / "other").exists()

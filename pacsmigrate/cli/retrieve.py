@@ -93,7 +93,11 @@ def get(source_path: str | None, sop: str | None, output: Path | None, state_dir
 @click.option("--path-prefix", help="Restore files whose original path starts with this.")
 @click.option("--all", "everything", is_flag=True, help="Restore everything.")
 @click.option("--to", "to", required=True, type=click.Path(path_type=Path, file_okay=False),
-              help="Directory to recreate the original paths under.")
+              help="Directory to recreate the original paths under (made if missing).")
+@click.option("--strip-prefix", metavar="PREFIX",
+              help="Leave this leading part out of every path: with /mnt/pacs, "
+                   "/mnt/pacs/2015/a.dcm is restored as TO/2015/a.dcm (every selected file "
+                   "must lie under it).")
 @click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 256),
               help="Objects read from the store at once.")
 @click.option("--endpoint-url", help="Override the endpoint recorded in the state.")
@@ -103,7 +107,8 @@ def get(source_path: str | None, sop: str | None, output: Path | None, state_dir
 @SSE_C_OPTION
 @handle_errors
 def restore_cmd(state_dir: Path, study_uid: str | None, path_prefix: str | None,
-                everything: bool, to: Path, concurrency: int, endpoint_url: str | None,
+                everything: bool, to: Path, strip_prefix: str | None, concurrency: int,
+                endpoint_url: str | None,
                 progress: bool | None, request_restore: bool, restore_days: int,
                 restore_priority: str, sse_c_key_file: str | None) -> None:
     """Recreate original paths under --to, byte-identical; re-run to resume a drill."""
@@ -116,7 +121,8 @@ def restore_cmd(state_dir: Path, study_uid: str | None, path_prefix: str | None,
                 opened, sel, to, concurrency=concurrency,
                 progress=sys.stderr.isatty() if progress is None else progress,
                 request=RestoreRequest(restore_days, restore_priority)
-                if request_restore else None)
+                if request_restore else None,
+                strip_prefix=os.fsencode(strip_prefix) if strip_prefix else b"")
 
     r = run_main(go())
     click.echo(f"selected: {r.selected:,} files; restored: {r.restored:,} "

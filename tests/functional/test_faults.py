@@ -87,10 +87,6 @@ def complete(target: S3Target, state: Path, tree: Path, proxy: FaultProxy,
                              + explain(proc, proxy)) from exc
 
 
-def verify_available() -> bool:
-    return run_cli("verify", "--help").returncode == 0
-
-
 # -- mixed faults ---------------------------------------------------------------------
 def test_mixed_faults_lose_nothing(seaweed_s3: S3Target, proxy: FaultProxy, fault_tree: Path,
                                    tmp_path: Path) -> None:
@@ -120,12 +116,11 @@ def test_mixed_faults_lose_nothing(seaweed_s3: S3Target, proxy: FaultProxy, faul
     assert sum(retries.values()) == total and all(n > 0 for n in retries.values()), retries
     print(f"mixed faults: {elapsed:.1f} s, injected {injected}, survived {total} ({causes})")
 
-    if verify_available():
-        # Through the proxy (the state's endpoint), still failing 10% of requests.
-        seen = proxy.requests
-        check = run_cli("verify", "--state", str(state), "--deep", env=s3.env(), timeout=120)
-        assert check.returncode == 0, explain(check, proxy)
-        assert proxy.requests > seen, "verify did not go through the proxy"
+    # Through the proxy (the state's endpoint), still failing 10% of requests.
+    seen = proxy.requests
+    check = run_cli("verify", "--state", str(state), "--deep", env=s3.env(), timeout=120)
+    assert check.returncode == 0, explain(check, proxy)
+    assert proxy.requests > seen, "verify did not go through the proxy"
 
 
 # -- targeted: a fault at each point where "did it happen?" matters -------------------
@@ -419,9 +414,8 @@ def test_soak_heavy_mixed_faults(seed: int, seaweed_s3: S3Target, seaweed_server
         proxy.calm()
         again = run_cli(*migrate_args(tree, seaweed_s3, proxy, state), env=seaweed_s3.env())
         assert again.returncode == 0 and "migrated now: 0 files" in again.stdout, again.stdout
-        if verify_available():
-            proxy.configure(probability=0.2)
-            seen = proxy.requests
-            check = run_cli("verify", "--state", str(state), "--deep", env=seaweed_s3.env())
-            assert check.returncode == 0, explain(check, proxy)
-            assert proxy.requests > seen, "verify did not go through the proxy"
+        proxy.configure(probability=0.2)
+        seen = proxy.requests
+        check = run_cli("verify", "--state", str(state), "--deep", env=seaweed_s3.env())
+        assert check.returncode == 0, explain(check, proxy)
+        assert proxy.requests > seen, "verify did not go through the proxy"
