@@ -46,6 +46,7 @@ from .records import (
 )
 from .retention import lock_of
 from .statemerge import MergeTables
+from .staterepair import RepairTables
 from .tables import ContentTable, RetentionTable, SpillTable, path_key, spill_key
 
 T = TypeVar("T")
@@ -59,7 +60,7 @@ _ID = struct.Struct(">I")
 # ~25 MB at a million files (the report's walk of the index), which grew with the tree.
 DECODE_CACHE = 4096
 
-class Checkpoint(MergeTables, SpillTable, RetentionTable, ContentTable, LmdbFile):
+class Checkpoint(MergeTables, RepairTables, SpillTable, RetentionTable, ContentTable, LmdbFile):
     """The state's tables and the intent -> upload -> commit protocol (see above).
 
     Lookups for the read stage (`migrated`, `planned_hashes`) may run in any thread.

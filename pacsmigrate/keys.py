@@ -30,9 +30,11 @@ def unsorted_group(secret: bytes, directory: bytes) -> str:
     return blake3.blake3(b"unsorted\0" + directory, key=secret).hexdigest()[:32]
 
 
-def bundle_id(plan: BundlePlan) -> str:
-    """Deterministic id from the planned members: a re-run of the same plan hits the same key."""
-    h = blake3.blake3(plan.group.encode() + b"\0" + plan.kind.encode())
+def bundle_id(plan: BundlePlan, salt: str = "") -> str:
+    """Deterministic id from the planned members: a re-run of the same plan hits the same key.
+    `salt` (a state's, once a repair needed one) keeps new ids off damaged objects' keys."""
+    h = blake3.blake3(plan.group.encode() + b"\0" + plan.kind.encode()
+                      + (b"\0" + salt.encode() if salt else b""))
     for m in plan.members:
         h.update(b"\0%s\0%d\0%d" % (m.path, m.size, m.mtime_ns))
     return h.hexdigest()[:24]
@@ -65,8 +67,8 @@ def sidecar_key(key: str) -> str:
     return key.rsplit(".", 1)[0] + ".json"
 
 
-def assign_key(dest: Destination, plan: BundlePlan) -> None:
-    plan.bundle_id = bundle_id(plan)
+def assign_key(dest: Destination, plan: BundlePlan, salt: str = "") -> None:
+    plan.bundle_id = bundle_id(plan, salt)
     if plan.kind == "tar":
         ext = "tar"
     else:

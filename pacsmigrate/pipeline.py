@@ -25,6 +25,7 @@ from .records import now_iso
 from .report import outcome_of, run_record, write_report
 from .setup import agreed_slicing, check_object_lock, check_state, key_secret, record_sources
 from .sink import PlanSink, Sink, StoreSink
+from .staterepair import done_with_list, read_list
 from .stats import Stats
 from .stream import SourceStream
 
@@ -90,6 +91,8 @@ class Migration:
                     if adopted or dropped:
                         log.info("after an interrupted run: %d stored objects adopted, %d "
                                  "unfinished uploads to redo", adopted, len(dropped))
+                if not cfg.dry_run:
+                    await self._repair(cp)
                 await cp.call(cp.clear, "spill")
                 if cfg.retention is not None and cfg.retention.map is not None:
                     n = await cp.call(cp.load_retention, cfg.retention.map.rows())
@@ -118,6 +121,19 @@ class Migration:
                 raise
             await self._finish(cp, started, outcome="completed")
         return self.stats
+
+    async def _repair(self, cp: Checkpoint) -> None:
+        """What a verify found damaged (STATE/repair.jsonl) is forgotten, so this run
+        stores those files again, into new objects (staterepair.py)."""
+        damaged = read_list(cp.state_dir)
+        if damaged is None:
+            return
+        n, gone = await cp.call(cp.forget, damaged)
+        done_with_list(cp.state_dir)
+        self.stats.repaired_files += n
+        self.stats.damaged_objects += gone
+        log.info("repair: %d files found damaged by verify are stored again; %d damaged "
+                 "objects no longer indexed", n, len(gone))
 
     async def _preflight(self) -> None:
         """Sources, state and store checked (preflight.py); the first failure stops the run

@@ -138,6 +138,16 @@ def _fixed(raw: bytes | memoryview) -> tuple[int, int, int, int, int, int]:
     return flags, object_id, offset, length, size, pos
 
 
+def place(raw: bytes | memoryview) -> tuple[int | str, int]:
+    """(object number, offset) of a row's bytes without decoding the rest; a version-1 row
+    names its object by key."""
+    if bytes(raw[:1]) == b"{":
+        d = json.loads(bytes(raw))
+        return str(d["key"]), int(d["offset"])
+    _, object_id, offset, _, _, _ = _fixed(raw)
+    return object_id, offset
+
+
 def stat_of(raw: bytes | memoryview) -> tuple[int, int]:
     """(size, mtime_ns) of a row without decoding the rest: the re-run's triage."""
     if bytes(raw[:1]) == b"{":

@@ -45,6 +45,8 @@ class Stats:
     lowest_concurrency: int = 0
     intents_dropped: int = 0
     reread_changed: int = 0
+    repaired_files: int = 0  # found damaged by a verify, stored again by this run
+    damaged_objects: list[str] = field(default_factory=list)  # keys no longer indexed
     reread_bytes: int = 0
     moved_study: int = 0
     dry_run_mismatch: int = 0

@@ -50,6 +50,9 @@ class SourceStream:
     secret: bytes
     policy: PlanPolicy
 
+    def __post_init__(self) -> None:
+        self.salt = self.cp.key_salt()  # fixed for the run (keys.bundle_id)
+
     async def run(self) -> None:
         """Walk and store everything; on an error the sink's uploads in flight stop."""
         cp, s = self.cp, self.stats
@@ -139,7 +142,7 @@ class SourceStream:
         sink = self.sink
         if plan.kind == FILE and isinstance(sink, StoreSink) and self.cfg.dedup:
             plan = await self.copy_of_large(sink, plan)
-        assign_key(self.cfg.dest, plan)
+        assign_key(self.cfg.dest, plan, self.salt)
         await sink.put(plan)
 
     async def copy_of_large(self, sink: StoreSink, plan: BundlePlan) -> BundlePlan:

@@ -9,9 +9,13 @@ import click
 
 from ..access import open_migration
 from ..config import TransferConfig
+from ..paths import display
+from ..staterepair import REPAIR_FILE
 from ..verify import VerifyConfig, VerifyResult
 from ..verify import verify as run_verify
 from .common import SSE_C_OPTION, handle_errors, run_main, state_option
+
+SHOWN = 20  # damaged files named on the terminal (all of them in --report)
 
 
 @click.command()
@@ -83,6 +87,14 @@ def _print_summary(r: VerifyResult, *, deep: bool, source: bool, sample: float |
     shown = len(r.findings)
     if r.errors + r.warnings > shown:
         click.echo(f"... and {r.errors + r.warnings - shown:,} more (see --report)")
+    if r.damaged:
+        click.echo(f"damaged: {len(r.damaged):,} source files are behind these findings, "
+                   f"listed in {REPAIR_FILE} of the state: the next `migrate` stores them "
+                   "again (then verify once more)")
+        for path in r.damaged[:SHOWN]:
+            click.echo(f"  {display(path)}")
+        if len(r.damaged) > SHOWN:
+            click.echo(f"  ... and {len(r.damaged) - SHOWN:,} more")
     if r.ok:
         warnings = f"{r.warnings:,} warning{'' if r.warnings == 1 else 's'}"
         click.echo(f"OK: nothing wrong found ({warnings}) in {r.seconds:,.1f} s")

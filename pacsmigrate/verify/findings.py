@@ -26,6 +26,9 @@ SOURCE_NOT_INDEXED = "source not in index"
 SOURCE_GONE = "source gone"        # the stored copy is the only one left: safe, but say so
 SOURCE_TOUCHED = "source touched"  # mtime moved, bytes identical to the stored copy
 WARNINGS = frozenset({SOURCE_GONE, SOURCE_TOUCHED})
+# Damage a later `migrate` repairs: every file of such an object, or such a member.
+WHOLE_OBJECT = frozenset({OBJECT_MISSING, OBJECT_SIZE, OBJECT_CHECKSUM, UNCOMMITTED_OBJECT})
+ONE_MEMBER = frozenset({MEMBER_ALTERED, MEMBER_UNREADABLE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,8 @@ class Findings:
         self.errors = self.warnings = 0
         self._keep = keep
         self._spool = spool
+        self.damaged_objects: set[str] = set()  # keys (staterepair: every file stored again)
+        self.damaged_members: list[tuple[bytes, str]] = []  # (path, key)
 
     def add(self, f: Finding) -> None:
         self.by_kind[f.kind] += 1
@@ -68,6 +73,10 @@ class Findings:
             self.warnings += 1
         else:
             self.errors += 1
+        if f.kind in WHOLE_OBJECT:
+            self.damaged_objects.add(f.key)
+        elif f.kind in ONE_MEMBER and f.path is not None:
+            self.damaged_members.append((f.path, f.key))
         if len(self.kept) < self._keep:
             self.kept.append(f)
         if self._spool is not None:

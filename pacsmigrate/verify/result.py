@@ -39,6 +39,7 @@ class VerifyResult:
     by_kind: Mapping[str, int]
     findings: tuple[Finding, ...]  # the first VerifyConfig.keep_findings, in order found
     seconds: float
+    damaged: tuple[bytes, ...] = ()  # source files behind damage in the store (repair list)
 
     @property
     def ok(self) -> bool:

@@ -11,8 +11,10 @@ from typing import Any
 from ..access import Opened
 from ..checkpoint import Checkpoint
 from ..errors import ConfigError
+from ..paths import path_fields
 from ..records import now_iso
 from ..slicing import recorded_slice
+from ..staterepair import Damaged, write_list
 from .common import Job
 from .config import VerifyConfig
 from .deep import check_members
@@ -21,6 +23,19 @@ from .result import VerifyResult
 from .source import check_sources, walk_sources
 from .store import check_store
 from .workspace import ByObject
+
+
+async def _repair_list(job: Job) -> list[Damaged]:
+    """The files behind damage found in the store, left in the state for the next migrate
+    (staterepair.py); an earlier list stays until a migrate applied it."""
+    f = job.findings
+    if not (f.damaged_objects or f.damaged_members):
+        return []
+    cp = job.cp
+    damaged = await cp.call(cp.damaged_rows, sorted(f.damaged_objects), f.damaged_members)
+    if damaged:
+        await asyncio.to_thread(write_list, cp.state_dir, damaged)
+    return damaged
 
 
 def _recorded_sources(cp: Checkpoint) -> Any:
@@ -67,16 +82,20 @@ async def verify(opened: Opened, *, deep: bool = False, sample: float | None = N
             await check_sources(job, sample, seed)
             shard = recorded_slice(opened.cp.get_meta("config") or {})
             await walk_sources(job, list(_recorded_sources(opened.cp)), shard)
+        damaged = await _repair_list(job)
         result = VerifyResult(job.counts(), findings.errors, findings.warnings,
                               MappingProxyType(dict(findings.by_kind)), tuple(findings.kept),
-                              round(time.monotonic() - started, 3))
+                              round(time.monotonic() - started, 3),
+                              tuple(d.path for d in damaged))
         if report is not None and spool is not None:
             head = {"tool": "pacsmigrate", "format": "pacsmigrate.verify/1",
                     "written": now_iso(), "destination": str(opened.dest),
                     "sources": _recorded_sources(opened.cp),
                     "options": {"deep": deep, "sample": sample, "seed": seed,
                                 "source": source},
-                    "ok": result.ok, "totals": result.totals()}
+                    "ok": result.ok, "totals": result.totals(),
+                    # The files behind the findings, which the next migrate stores again.
+                    "damaged_files": [path_fields(p) for p in result.damaged]}
             await asyncio.to_thread(write_report, report, head, spool)
         return result
     finally:

@@ -1,0 +1,176 @@
+"""Repair: forget what `verify` found damaged in the store, so the next `migrate` stores
+those files again (into new objects) and nothing else.
+
+`verify` writes the files behind its findings to `STATE/repair.jsonl` (verify/repair.py):
+every file of an object missing, of another size or checksum, or named by the index but
+never committed, and every member read back altered or unreadable, each with the object
+and offset its row pointed at. `forget` drops exactly the rows that still point there (so
+applying a list twice, or after a repair, changes nothing), the content-table entries that
+would deduplicate new copies into the damaged bytes, and the damaged objects' records (they
+are no longer the home of any file; their bytes stay in the store until deleted). Later
+bundles get keys of their own (a salt in `meta`), never a damaged object's key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from . import rows
+from .paths import from_fields, path_fields
+from .records import now_iso
+from .tables import _WHERE, path_key
+
+_ID = struct.Struct(">I")  # objkeys: number (4 bytes big endian) -> object key
+
+SALT = b"key_salt"
+
+
+@dataclass(frozen=True)
+class Damaged:
+    """One file a verify found damaged: its path, the object its row pointed at and, for a
+    member found altered inside an otherwise good object, the member's offset."""
+
+    path: bytes
+    key: str
+    offset: int | None = None  # None: the whole object is lost
+
+
+class RepairTables:
+    """Mixed into Checkpoint, which opens the tables."""
+
+    env: lmdb.Environment
+    db: dict[str, Any]
+    _write: Callable[[Callable[[lmdb.Transaction], Any]], None]
+
+    def key_salt(self) -> str:
+        """What later bundle ids are salted with ("" until a repair needed one)."""
+        with self.env.begin(db=self.db["meta"]) as txn:
+            raw = txn.get(SALT)
+        return "" if raw is None else str(json.loads(bytes(raw)))
+
+    def damaged_rows(self, keys: Iterable[str], members: Iterable[tuple[bytes, str]]
+                     ) -> list[Damaged]:
+        """The files behind verify's findings: every row of the objects `keys` (one walk of
+        the index, decoding only the rows that match) and the rows of `members`."""
+        lost = set(keys)
+        out: list[Damaged] = []
+        names: dict[int, str | None] = {}
+        with self.env.begin() as txn:
+            if lost:
+                with txn.cursor(db=self.db["index"]) as cur:
+                    for k, raw in cur:
+                        where, _ = rows.place(raw)
+                        if isinstance(where, int) and where not in names:
+                            names[where] = _key_of(txn, self.db, where)
+                        key = where if isinstance(where, str) else names[where]
+                        if key in lost:
+                            out.append(Damaged(_path_of(bytes(k), raw), str(key)))
+            whole = {d.path for d in out}  # a member of a lost object: listed already
+            for path, key in members:
+                row = txn.get(path_key(path), db=self.db["index"])
+                if row is not None and path not in whole:
+                    whole.add(path)
+                    out.append(Damaged(path, key, rows.place(row)[1]))
+        return out
+
+    def forget(self, damaged: Iterable[Damaged]) -> tuple[int, list[str]]:
+        """Drop the rows still pointing at damaged bytes; returns (rows dropped, the keys
+        of the objects no longer recorded)."""
+        items = list(damaged)
+        dropped = 0
+        gone: list[str] = []
+
+        def write(txn: lmdb.Transaction) -> None:
+            nonlocal dropped
+            index, content = self.db["index"], self.db["content"]
+            lost: set[int] = set()  # numbers of objects lost whole
+            bad: set[tuple[int, int]] = set()  # (number, offset) of altered members
+            for d in items:
+                k = path_key(d.path)
+                raw = txn.get(k, db=index)
+                if raw is None:
+                    continue
+                where, offset = rows.place(raw)
+                key = where if isinstance(where, str) else _key_of(txn, self.db, where)
+                if key != d.key or (d.offset is not None and offset != d.offset):
+                    continue  # stored again since, or another object's: not this finding
+                if raw[:1] != b"{":
+                    sop = rows.decode(k, raw)[0].about.sop_uid
+                    uid = rows.packed_uid(sop)[:500] if sop else b""
+                    if uid and txn.get(uid, db=self.db["sop"]) == d.path:
+                        txn.delete(uid, db=self.db["sop"])
+                if isinstance(where, int) and d.offset is None:
+                    lost.add(where)
+                elif isinstance(where, int):
+                    bad.add((where, offset))
+                txn.delete(k, db=index)
+                dropped += 1
+            if content is not None and (lost or bad):
+                with txn.cursor(db=content) as cur:
+                    stale = [bytes(k) for k, v in cur if len(v) == _WHERE.size and (
+                        (n := _WHERE.unpack(v))[0] in lost or (n[0], n[1]) in bad)]
+                for k in stale:
+                    txn.delete(k, db=content)
+            for key in sorted({d.key for d in items if d.offset is None}):
+                if txn.delete(key.encode(), db=self.db["objects"]):
+                    gone.append(key)
+            if txn.get(SALT, db=self.db["meta"]) is None:
+                txn.put(SALT, json.dumps(secrets.token_hex(8)).encode(), db=self.db["meta"])
+
+        self._write(write)
+        return dropped, gone
+
+
+def _key_of(txn: lmdb.Transaction, db: dict[str, Any], number: int) -> str | None:
+    raw = txn.get(_ID.pack(number), db=db["objkeys"])
+    return None if raw is None else bytes(raw).decode()
+
+
+def _path_of(k: bytes, raw: bytes | memoryview) -> bytes:
+    if bytes(raw[:1]) == b"{":
+        d = json.loads(bytes(raw))
+        return from_fields(d["source_path"], d.get("source_path_b64", ""))
+    return rows.decode(k, raw)[0].path
+
+
+REPAIR_FILE = "repair.jsonl"
+
+
+def write_list(state_dir: Path, damaged: list[Damaged]) -> Path:
+    """The repair list verify leaves for the next migrate (replaced atomically)."""
+    target = state_dir / REPAIR_FILE
+    tmp = target.with_name(REPAIR_FILE + ".tmp")
+    with open(tmp, "w", encoding="ascii") as out:
+        out.writelines(json.dumps({**path_fields(d.path), "key": d.key, "offset": d.offset},
+                                 ensure_ascii=True) + "\n" for d in damaged)
+    os.replace(tmp, target)
+    return target
+
+
+def read_list(state_dir: Path) -> list[Damaged] | None:
+    """The repair list, if a verify left one."""
+    try:
+        text = (state_dir / REPAIR_FILE).read_text(encoding="ascii")
+    except FileNotFoundError:
+        return None
+    out = []
+    for line in text.splitlines():
+        d = json.loads(line)
+        out.append(Damaged(from_fields(d["source_path"], d["source_path_b64"]), d["key"],
+                           d["offset"]))
+    return out
+
+
+def done_with_list(state_dir: Path) -> None:
+    """Keep the applied list beside the state (renamed), for the record."""
+    stamp = now_iso().replace(":", "").replace("+0000", "Z")
+    os.replace(state_dir / REPAIR_FILE, state_dir / f"repair-applied-{stamp}.jsonl")
