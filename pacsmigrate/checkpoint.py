@@ -47,7 +47,7 @@ from .records import (
 from .retention import lock_of
 from .statemerge import MergeTables
 from .staterepair import RepairTables
-from .tables import ContentTable, RetentionTable, SpillTable, path_key, spill_key
+from .tables import ContentTable, RetentionTable, RunsTable, SpillTable, path_key, spill_key
 
 T = TypeVar("T")
 
@@ -60,7 +60,8 @@ _ID = struct.Struct(">I")
 # ~25 MB at a million files (the report's walk of the index), which grew with the tree.
 DECODE_CACHE = 4096
 
-class Checkpoint(MergeTables, RepairTables, SpillTable, RetentionTable, ContentTable, LmdbFile):
+class Checkpoint(MergeTables, RepairTables, RunsTable, SpillTable, RetentionTable,
+                 ContentTable, LmdbFile):
     """The state's tables and the intent -> upload -> commit protocol (see above).
 
     Lookups for the read stage (`migrated`, `planned_hashes`) may run in any thread.
@@ -82,18 +83,6 @@ class Checkpoint(MergeTables, RepairTables, SpillTable, RetentionTable, ContentT
     def put_meta(self, name: str, value: Any) -> None:
         self._write(lambda txn: txn.put(name.encode(), json.dumps(value).encode(),
                                         db=self.db["meta"]))
-
-    RUNS_KEPT = 10_000  # run records kept (nightly runs for decades)
-
-    def record_run(self, run: dict[str, Any]) -> None:
-        """Append one run's record (who, where, when, how it ended, its totals) to the
-        state's history: every report carries the whole history, resumes included."""
-        runs = list(self.get_meta("runs") or [])
-        runs.append(run)
-        self.put_meta("runs", runs[-self.RUNS_KEPT:])
-
-    def runs(self) -> list[dict[str, Any]]:
-        return list(self.get_meta("runs") or [])
 
     # -- lookups for the read stage (any thread) ----------------------------------------
     def _lookup(self, name: str, paths: Iterable[bytes], fn: Callable[[bytes, bytes], T]

@@ -30,6 +30,24 @@ def spill_key(group: str, path: bytes) -> bytes:
     return group.encode() + b"\0" + path_key(path)
 
 
+class RunsTable:
+    """The history of runs, in `meta`; mixed into Checkpoint."""
+
+    RUNS_KEPT = 10_000  # run records kept (nightly runs for decades)
+    get_meta: Callable[[str], Any]
+    put_meta: Callable[[str, Any], None]
+
+    def record_run(self, run: dict[str, Any]) -> None:
+        """Append one run's record (who, where, when, how it ended, its totals) to the
+        state's history: every report carries the whole history, resumes included."""
+        runs = list(self.get_meta("runs") or [])
+        runs.append(run)
+        self.put_meta("runs", runs[-self.RUNS_KEPT:])
+
+    def runs(self) -> list[dict[str, Any]]:
+        return list(self.get_meta("runs") or [])
+
+
 class SpillTable:
     """Methods on the `spill` table; mixed into Checkpoint, which opens the tables."""
 
