@@ -61,20 +61,21 @@ class Migration:
     async def _run(self) -> Stats:
         started = time.monotonic()
         cfg = self.cfg
-        if cfg.preflight:  # before the state directory is made or bound to the store
-            await self._preflight()
         async with AsyncExitStack() as stack:
+            opened = not cfg.dry_run and self.backend is None
+            if opened:  # the pre-flight probes through it: one session, one connection pool
+                self.backend = await open_backend(cfg.dest, cfg.transfer)
+                stack.push_async_callback(self.backend.close)
+            if cfg.preflight:  # before the state directory is made or bound to the store
+                await self._preflight()
+            elif opened and cfg.retention is not None and self.backend is not None:
+                await check_object_lock(self.backend, cfg.dest)
             cp = Checkpoint(cfg.state_dir)
             stack.callback(cp.close)
             stack.callback(self.pool.shutdown, wait=True)
             cfg = self.cfg = check_state(cp, cfg)
             log.info("%s of %d source tree(s) to %s", "dry run" if cfg.dry_run
                      else "migration", len(cfg.sources), cfg.dest)
-            if not cfg.dry_run and self.backend is None:
-                self.backend = await open_backend(cfg.dest, cfg.transfer)
-                stack.push_async_callback(self.backend.close)
-                if cfg.retention is not None:
-                    await check_object_lock(self.backend, cfg.dest)
             try:
                 self.secret = await key_secret(cp, None if cfg.dry_run else self.backend,
                                                cfg.dest)

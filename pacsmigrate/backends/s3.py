@@ -215,7 +215,7 @@ class S3Backend:
                     == "Enabled")
 
     async def delete(self, key: str) -> None:
-        await (await self._cold()).delete_object(Bucket=self.bucket, Key=key)
+        await self.data.delete(key)
 
     async def request_restore(self, key: str, *, days: int, priority: str) -> str:
         """RestoreObject for an object in GLACIER or DEEP_ARCHIVE (Rehydrating)."""

@@ -175,8 +175,10 @@ class DataPath:
         # RFC 3986 percent-encoding, "/" kept; S3 signs the path exactly as sent.
         return f"{self.base}/{quote(key, safe='/~')}{'?' if query else ''}{query}"
 
-    async def _headers(self, method: str, url: str, headers: dict[str, str]) -> dict[str, str]:
-        headers.update(self._always)
+    async def _headers(self, method: str, url: str, headers: dict[str, str], *,
+                       always: bool = True) -> dict[str, str]:
+        if always:  # SSE-C's key: for writes and reads, not for a DELETE
+            headers.update(self._always)
         headers["Host"] = self.host
         request = AWSRequest(method=method, url=url, headers=headers)
         (await self._signer.auth()).add_auth(request)
@@ -210,6 +212,15 @@ class DataPath:
             return (int(resp.headers.get("Content-Length", 0)),
                     resp.headers.get("ETag", "").strip('"'), meta,
                     epoch(resp.headers.get("Last-Modified")))
+
+    async def delete(self, key: str) -> None:
+        """Delete the object (S3 answers 204 whether it existed or not)."""
+        url = self.url(key)
+        signed = await self._headers("DELETE", url, {}, always=False)
+        async with self._session.delete(URL(url, encoded=True), headers=signed,
+                                        proxy=self._proxy, allow_redirects=False) as resp:
+            if resp.status >= 300 and resp.status != 404:
+                raise client_error(resp.status, await _error_body(resp), "DeleteObject")
 
     async def get(self, key: str, *, offset: int, length: int | None) -> bytes:
         """The object's bytes, or length bytes from offset (one ranged GET)."""
