@@ -296,3 +296,35 @@ def test_seaweedfs_multipart_etags_and_damage(seaweed_s3: S3Target, tree: Path, 
     assert code == 1
     assert _kinds(doc) == sorted([("object checksum differs", victim["key"], ""),
                                   ("member altered", victim["key"], victim["source_path"])])
+
+
+def test_unreadable_source_and_uncommitted_object_are_named(moto_s3: S3Target, tree: Path,
+                                                             tmp_path: Path) -> None:
+    """Two findings no other test reached: a source file verify cannot open (EACCES through
+    the fault hook: CI runs as root) and an index row naming an object never committed."""
+    state = tmp_path / "state"
+    rows = _migrate(moto_s3, tree, state)
+    victim = Path(next(r["source_path"] for r in rows if r["source_path"].endswith(
+        "CT_small.dcm")))
+    proc = run_cli("verify", "--state", str(state), "--source",
+                   env={**moto_s3.env(), "PACSMIGRATE_DENY_OPEN": "odd/CT_small.dcm"})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"source unreadable: {victim} (Permission denied)" in proc.stdout
+
+    # The objects table loses one record (as if the commit never happened) while the
+    # index still points at it.
+    import lmdb
+
+    key = next(r["key"] for r in rows if r["source_path"] == str(victim))
+    env = lmdb.open(str(state / "checkpoint.lmdb"), max_dbs=20)
+    with env.begin(write=True, db=env.open_db(b"objects")) as txn:
+        assert txn.delete(key.encode())
+    env.close()
+    code, out, doc = _verify(moto_s3, state, "--deep")
+    assert code == 1
+    behind = sum(r["key"] == key for r in rows)
+    assert f"index names an uncommitted object: {key} ({behind} index rows)" in out
+    assert ("index names an uncommitted object", key, "") in _kinds(doc)
+    # The files behind it are listed for repair (test_repair: the next migrate stores them).
+    assert {d["source_path"] for d in doc["damaged_files"]} == {  # type: ignore[union-attr]
+        r["source_path"] for r in rows if r["key"] == key}
