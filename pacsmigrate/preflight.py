@@ -37,7 +37,7 @@ from .keys import RUN_DIR, probe_key
 log = logging.getLogger("pacsmigrate.preflight")
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
-MIN_SPACE = 1 << 20  # below this the state cannot even be made
+MIN_SPACE = 256 << 10  # below this the state cannot even be made
 SPACE_WARN = 2 << 30  # below this say how far the room goes
 STATE_BYTES_PER_FILE = 600  # about what the state keeps per migrated file (bench: ~470)
 SKEW_WARN = 60.0  # seconds between this machine's clock and the store's worth a warning

@@ -52,8 +52,8 @@ def test_paths_longer_than_lmdb_keys(moto_s3: S3Target, tmp_path: Path) -> None:
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     mnt = tmp_path / "tmpfs"
     mnt.mkdir()
-    # Room enough to pass the pre-flight (1 MiB), too little for the state of 6,000 files.
-    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1280k", "tmpfs", str(mnt)],
+    # Room enough to pass the pre-flight (256 KiB), too little for the state of 3,000 files.
+    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=384k", "tmpfs", str(mnt)],
                         capture_output=True, check=False)
     if ok.returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs root)")
@@ -67,7 +67,7 @@ def test_full_disk_stops_cleanly_and_resumes(moto_s3: S3Target, tmp_path: Path,
                                              small_tmpfs: Path) -> None:
     root = tmp_path / "many"
     root.mkdir()
-    for i in range(6000):
+    for i in range(3000):
         (root / f"{i:05d}-{uuid.UUID(int=i).hex}.txt").write_bytes(b"x" * 64)
     state = small_tmpfs / "state"
     args = ["migrate", str(root), moto_s3.url, "--endpoint-url", moto_s3.info.endpoint_url,
@@ -85,7 +85,7 @@ def test_full_disk_stops_cleanly_and_resumes(moto_s3: S3Target, tmp_path: Path,
 def test_preflight_refuses_a_state_without_room(moto_s3: S3Target, tmp_path: Path,
                                                 small_tmpfs: Path) -> None:
     filler = small_tmpfs / "filler"
-    filler.write_bytes(b"\0" * (512 << 10))  # leaves less than the 1 MiB a state needs
+    filler.write_bytes(b"\0" * (256 << 10))  # leaves less than the 256 KiB a state needs
     (tmp_path / "src").mkdir()
     proc = run_cli("check", str(tmp_path / "src"), moto_s3.url, "--endpoint-url",
                    moto_s3.info.endpoint_url, "--state", str(small_tmpfs / "state"),
