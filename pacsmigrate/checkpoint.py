@@ -373,9 +373,11 @@ class Checkpoint(MergeTables, RepairTables, RunsTable, SpillTable, RetentionTabl
         """Every migrated file with this SOPInstanceUID and bytes of its own: the newest
         first, then back along the `conflicts` chain (each names the file it displaced)."""
         found: list[bytes] = []
+        seen: set[bytes] = set()
         path = self.path_for_sop(sop_uid)
         with self.env.begin() as txn:
-            while path is not None and path not in found:
+            while path is not None and path not in seen:
+                seen.add(path)
                 row = txn.get(path_key(path), db=self.db["index"])
                 if row is not None and self._decode("index", txn, path_key(path), row)[
                         "sop_uid"] == sop_uid:

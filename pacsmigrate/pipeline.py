@@ -17,7 +17,7 @@ from .checkpoint import Checkpoint
 from .commit import abandon, reconcile
 from .config import MigrateConfig
 from .costs import default_table
-from .errors import first_error
+from .errors import BackendError, ConfigError, first_error
 from .planpolicy import PlanPolicy
 from .preflight import WARN, preflight
 from .progress import Bar, keep_reporting, keep_writing, stats_line
@@ -129,18 +129,26 @@ class Migration:
         damaged = read_list(cp.state_dir)
         if damaged is None:
             return
-        n, gone = await cp.call(cp.forget, damaged)
+        done = await cp.call(cp.forget, damaged)
         done_with_list(cp.state_dir)
-        self.stats.repaired_files += n
-        self.stats.damaged_objects += gone
-        log.info("repair: %d files found damaged by verify are stored again; %d damaged "
-                 "objects no longer indexed", n, len(gone))
+        self.stats.repaired_files += done.dropped
+        self.stats.damaged_objects += done.objects
+        self.stats.damaged_source_gone += len(done.source_gone)
+        log.info("repair: %d files found damaged by verify to be stored again; %d damaged "
+                 "objects no longer indexed; %d damaged files whose source is gone kept",
+                 done.dropped, len(done.objects), len(done.source_gone))
 
     async def _preflight(self) -> None:
         """Sources, state and store checked (preflight.py); the first failure stops the run
         in one line. Logged by subject: a source line would name a source path."""
         report = await preflight(self.cfg, offline=self.cfg.offline, backend=self.backend)
-        report.raise_if_failed()
+        try:
+            report.raise_if_failed()
+        except BackendError as exc:
+            if not self.cfg.dry_run:
+                raise
+            raise ConfigError(f"{exc} (to plan without the store: --dry-run --offline)"
+                              ) from exc
         for c in report.checks:
             if c.verdict == WARN:
                 log.warning("pre-flight: %s", c if c.subject != "source" else c.subject)

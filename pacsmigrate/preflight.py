@@ -31,7 +31,7 @@ from pathlib import Path
 from .backends import open_backend, wrap
 from .backends.base import Backend, one_chunk
 from .config import Destination, MigrateConfig, TransferConfig
-from .errors import BackendError, ConfigError, PacsMigrateError
+from .errors import BackendError, ConfigError, ObjectExistsError, PacsMigrateError
 from .keys import RUN_DIR, probe_key
 
 log = logging.getLogger("pacsmigrate.preflight")
@@ -42,7 +42,7 @@ SPACE_WARN = 2 << 30  # below this say how far the room goes
 STATE_BYTES_PER_FILE = 600  # about what the state keeps per migrated file (bench: ~470)
 SKEW_WARN = 60.0  # seconds between this machine's clock and the store's worth a warning
 SKEW_FAIL = 15 * 60.0  # S3 refuses requests signed further off than this
-PROBE_ATTEMPTS = 2
+PROBE_ATTEMPTS = 3
 WAIT_NOTE = 3.0  # seconds without an answer before saying what is awaited
 PROBE_CONNECT = 5.0  # seconds
 PROBE_READ = 10.0
@@ -144,18 +144,20 @@ async def check_store(backend: Backend, dest: Destination, *, write: bool,
     key = probe_key(dest, secrets.token_hex(8))
     body = b"pacsmigrate pre-flight probe: safe to delete\n"
     checks: list[Check] = []
+    before = clock()
     try:
-        before = clock()
-        await backend.save(key, one_chunk(body), metadata={"pacsmigrate-probe": "1"})
         try:
-            got = await backend.load(key)
-            info = await backend.stat(key)
-            after = clock()
-        finally:
-            await backend.remove(key)
+            await backend.save(key, one_chunk(body), metadata={"pacsmigrate-probe": "1"})
+        except ObjectExistsError:
+            pass  # an attempt whose answer was lost wrote it: this random key is ours
+        got = await backend.load(key)
+        info = await backend.stat(key)
+        after = clock()
     except BackendError as exc:
-        return [Check("store", FAIL, f"{exc} (while writing, reading back and deleting a "
-                      "probe object)", exc)]
+        await _remove_probe(backend, key, checks)
+        return [Check("store", FAIL, f"{exc} (while writing and reading back a probe "
+                      "object)", exc), *checks]
+    await _remove_probe(backend, key, checks)
     if got != body:
         return [Check("store", FAIL, f"a probe object written to {dest} read back different "
                       f"({len(got)} bytes, not {len(body)}): the store or a proxy alters "
@@ -185,6 +187,16 @@ async def check_store(backend: Backend, dest: Destination, *, write: bool,
     return checks
 
 
+async def _remove_probe(backend: Backend, key: str, checks: list[Check]) -> None:
+    """Delete the probe; a store that refuses deletes (a WORM bucket policy) is not a
+    reason to stop a run, which never deletes: said, with the key left behind."""
+    try:
+        await backend.remove(key)
+    except BackendError as exc:
+        checks.append(Check("probe", WARN, f"could not delete the probe object {key} ({exc}); "
+                            "a migration never deletes, so this does not stop it"))
+
+
 async def preflight(cfg: MigrateConfig, *, offline: bool = False,
                     backend: Backend | None = None) -> Report:
     """Every check of a run of `cfg` (`offline`: the store is not contacted; a dry run only
@@ -196,11 +208,13 @@ async def preflight(cfg: MigrateConfig, *, offline: bool = False,
 
 async def run_checks(sources: tuple[Path, ...], state_dir: Path, dest: Destination,
                      transfer: TransferConfig, *, store: bool = True, write: bool = True,
-                     retention: bool = False, backend: Backend | None = None) -> Report:
-    """The checks one by one (`pacsmigrate check` prints them all)."""
+                     retention: bool = False, backend: Backend | None = None,
+                     report_all: bool = False) -> Report:
+    """The checks one by one; `report_all` (`pacsmigrate check`): the store's too after a
+    local check failed."""
     checks = check_sources(sources) + check_state(state_dir, sources)
-    if not store:
-        return Report(checks)
+    if not store or (not report_all and any(c.verdict == FAIL for c in checks)):
+        return Report(checks)  # a run stops here: nothing is written to the store
     short = _short(transfer)
     opened: Backend
     try:
@@ -212,11 +226,17 @@ async def run_checks(sources: tuple[Path, ...], state_dir: Path, dest: Destinati
         try:
             task = asyncio.ensure_future(check_store(opened, dest, write=write,
                                                      retention=retention))
-            done, _ = await asyncio.wait({task}, timeout=WAIT_NOTE)
-            if not done:
-                log.warning("pre-flight: waiting for the store %s to answer (giving up after "
-                            "about %.0f s)", dest, PROBE_ATTEMPTS * short.read_timeout)
-            checks += await task
+            try:
+                done, _ = await asyncio.wait({task}, timeout=WAIT_NOTE)
+                if not done:
+                    log.warning("pre-flight: waiting for the store %s to answer (giving up "
+                                "after about %.0f s)", dest,
+                                PROBE_ATTEMPTS * short.read_timeout)
+                checks += await task
+            finally:
+                if not task.done():  # interrupted: no probe left running on a closing store
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
         finally:
             if backend is None:
                 await opened.close()

@@ -18,13 +18,14 @@ import os
 import secrets
 import struct
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lmdb
 
 from . import rows
+from .errors import StateError
 from .paths import from_fields, path_fields
 from .records import now_iso
 from .tables import _WHERE, path_key
@@ -82,18 +83,19 @@ class RepairTables:
                     out.append(Damaged(path, key, rows.place(row)[1]))
         return out
 
-    def forget(self, damaged: Iterable[Damaged]) -> tuple[int, list[str]]:
-        """Drop the rows still pointing at damaged bytes; returns (rows dropped, the keys
-        of the objects no longer recorded)."""
+    def forget(self, damaged: Iterable[Damaged]) -> Forgotten:
+        """Drop the rows still pointing at damaged bytes whose source file is still there
+        (a file whose source is gone keeps its row: the damaged copy was the last one)."""
         items = list(damaged)
-        dropped = 0
-        gone: list[str] = []
+        out = Forgotten()
 
         def write(txn: lmdb.Transaction) -> None:
-            nonlocal dropped
+            nonlocal out
+            out = Forgotten()  # the body runs again when the map grows
             index, content = self.db["index"], self.db["content"]
             lost: set[int] = set()  # numbers of objects lost whole
             bad: set[tuple[int, int]] = set()  # (number, offset) of altered members
+            kept: set[str] = set()  # damaged objects some row still points at
             for d in items:
                 k = path_key(d.path)
                 raw = txn.get(k, db=index)
@@ -103,31 +105,51 @@ class RepairTables:
                 key = where if isinstance(where, str) else _key_of(txn, self.db, where)
                 if key != d.key or (d.offset is not None and offset != d.offset):
                     continue  # stored again since, or another object's: not this finding
+                if not os.path.lexists(d.path):
+                    out.source_gone.append(d.path)
+                    kept.add(d.key)
+                    continue
+                number = where if isinstance(where, int) else _number_of(txn, self.db, key)
+                if number is not None and d.offset is None:
+                    lost.add(number)
+                elif number is not None:
+                    bad.add((number, offset))
                 if raw[:1] != b"{":
                     sop = rows.decode(k, raw)[0].about.sop_uid
                     uid = rows.packed_uid(sop)[:500] if sop else b""
                     if uid and txn.get(uid, db=self.db["sop"]) == d.path:
                         txn.delete(uid, db=self.db["sop"])
-                if isinstance(where, int) and d.offset is None:
-                    lost.add(where)
-                elif isinstance(where, int):
-                    bad.add((where, offset))
                 txn.delete(k, db=index)
-                dropped += 1
+                out.dropped += 1
             if content is not None and (lost or bad):
                 with txn.cursor(db=content) as cur:
                     stale = [bytes(k) for k, v in cur if len(v) == _WHERE.size and (
                         (n := _WHERE.unpack(v))[0] in lost or (n[0], n[1]) in bad)]
                 for k in stale:
                     txn.delete(k, db=content)
-            for key in sorted({d.key for d in items if d.offset is None}):
+            for key in sorted({d.key for d in items if d.offset is None} - kept):
                 if txn.delete(key.encode(), db=self.db["objects"]):
-                    gone.append(key)
-            if txn.get(SALT, db=self.db["meta"]) is None:
+                    out.objects.append(key)
+            if out.dropped:  # a salt of its own: no new bundle can meet a damaged key
                 txn.put(SALT, json.dumps(secrets.token_hex(8)).encode(), db=self.db["meta"])
 
         self._write(write)
-        return dropped, gone
+        return out
+
+
+@dataclass
+class Forgotten:
+    """What `forget` did: rows dropped (stored again by the run), the damaged objects no
+    longer recorded, and damaged files whose source is gone (their rows kept)."""
+
+    dropped: int = 0
+    objects: list[str] = field(default_factory=list)
+    source_gone: list[bytes] = field(default_factory=list)
+
+
+def _number_of(txn: lmdb.Transaction, db: dict[str, Any], key: str | None) -> int | None:
+    raw = txn.get(key.encode(), db=db["objects"]) if key else None
+    return None if raw is None else int(json.loads(bytes(raw))["id"])
 
 
 def _key_of(txn: lmdb.Transaction, db: dict[str, Any], number: int) -> str | None:
@@ -146,27 +168,44 @@ REPAIR_FILE = "repair.jsonl"
 
 
 def write_list(state_dir: Path, damaged: list[Damaged]) -> Path:
-    """The repair list verify leaves for the next migrate (replaced atomically)."""
+    """The repair list verify leaves for the next migrate: added to one not applied yet
+    (a later, shallower verify does not undo a deep one's findings); synced, then renamed
+    into place."""
     target = state_dir / REPAIR_FILE
     tmp = target.with_name(REPAIR_FILE + ".tmp")
-    with open(tmp, "w", encoding="ascii") as out:
-        out.writelines(json.dumps({**path_fields(d.path), "key": d.key, "offset": d.offset},
-                                 ensure_ascii=True) + "\n" for d in damaged)
-    os.replace(tmp, target)
+    listed = {(d.path, d.key, d.offset): d for d in (read_list(state_dir) or [])}
+    listed.update({(d.path, d.key, d.offset): d for d in damaged})
+    try:
+        with open(tmp, "w", encoding="ascii") as out:
+            out.writelines(json.dumps({**path_fields(d.path), "key": d.key,
+                                      "offset": d.offset}, ensure_ascii=True) + "\n" for d in listed.values())
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise StateError(f"cannot write the repair list {target}: {exc.strerror or exc} "
+                         "(run verify as a user that may write the state directory)") from exc
     return target
 
 
 def read_list(state_dir: Path) -> list[Damaged] | None:
     """The repair list, if a verify left one."""
+    path = state_dir / REPAIR_FILE
     try:
-        text = (state_dir / REPAIR_FILE).read_text(encoding="ascii")
+        text = path.read_text(encoding="ascii")
     except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StateError(f"cannot read the repair list {path}: {exc}") from exc
     out = []
-    for line in text.splitlines():
-        d = json.loads(line)
-        out.append(Damaged(from_fields(d["source_path"], d["source_path_b64"]), d["key"],
-                           d["offset"]))
+    for n, line in enumerate(text.splitlines(), 1):
+        try:
+            d = json.loads(line)
+            out.append(Damaged(from_fields(d["source_path"], d["source_path_b64"]),
+                               str(d["key"]), d["offset"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StateError(f"{path} line {n} is not a repair entry ({exc}): run verify "
+                             "again to write it anew, or move the file away") from exc
     return out
 
 

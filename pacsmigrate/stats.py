@@ -47,6 +47,7 @@ class Stats:
     reread_changed: int = 0
     repaired_files: int = 0  # found damaged by a verify, stored again by this run
     damaged_objects: list[str] = field(default_factory=list)  # keys no longer indexed
+    damaged_source_gone: int = 0  # damaged, but the source is gone: rows kept
     reread_bytes: int = 0
     moved_study: int = 0
     dry_run_mismatch: int = 0

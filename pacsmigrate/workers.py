@@ -46,6 +46,7 @@ from .slicestore import MARGIN, fetch, held_copy, mark_start, marker_key, newest
 from .slicetask import SHARED, SLICES, STORE, SliceJob, plan_slicing, run_slice, slice_state
 from .slicing import with_plan
 from .statemerge import merge_into
+from .staterepair import REPAIR_FILE
 from .stats import Stats
 
 T = TypeVar("T")
@@ -66,7 +67,9 @@ def _share(cfg: MigrateConfig, running: int) -> MigrateConfig:
         if t.max_requests_per_second else None,
         bwlimit=t.bwlimit / running if t.bwlimit else None)
     # Short of memory, a slice closes its bundles sooner (group.py), as one process would.
-    return replace(cfg, transfer=transfer, memory=max(MIN_MEMORY, cfg.memory // running))
+    # The coordinator ran the pre-flight: slices do not each write a probe.
+    return replace(cfg, transfer=transfer, memory=max(MIN_MEMORY, cfg.memory // running),
+                   preflight=False)
 
 
 @contextmanager
@@ -132,8 +135,12 @@ def migrate_on_dask(cfg: MigrateConfig, *, workers: int | None = None,
     cfg = replace(cfg, state_dir=cfg.state_dir.resolve(),
                   sources=tuple(p.resolve() for p in cfg.sources))
     started = time.monotonic()
-    if cfg.preflight:  # here before the state exists; each slice again on its worker
+    if cfg.preflight:  # here, before the state exists
         asyncio.run(preflight(cfg)).raise_if_failed()
+    if (cfg.state_dir / REPAIR_FILE).exists():
+        raise ConfigError(f"a verify left {REPAIR_FILE} in {cfg.state_dir}: run that repair "
+                          "in one process first (the same migrate without --workers / "
+                          "--scheduler), then go on with workers")
     run = Checkpoint(cfg.state_dir)  # one coordinator per run
     try:
         with _client(workers, scheduler) as client:

@@ -4,6 +4,7 @@ migrate, which stores exactly those again (new objects, new keys); then verify p
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from conftest import S3Target, run_cli
@@ -53,8 +54,8 @@ def test_verify_then_migrate_repairs_exactly_the_damaged_files(s3: S3Target,
     fixed = run_cli(*_migrate(root, s3, state), env=s3.env())
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert f"migrated now: {len(expected)} files" in fixed.stdout  # exactly those
-    assert (f"repair: {len(expected)} files a verify found damaged were stored again; 2 "
-            "damaged objects are no longer indexed") in fixed.stdout
+    assert (f"repair: {len(expected)} files a verify found damaged were taken to be stored "
+            "again (counted above); 2 damaged objects are no longer indexed") in fixed.stdout
     assert lost in fixed.stdout and altered in fixed.stdout
     assert not (state / REPAIR_FILE).exists()
     assert list(state.glob("repair-applied-*.jsonl"))  # kept for the record
@@ -90,12 +91,40 @@ def test_forget_drops_only_rows_still_at_the_damaged_place(moto_s3: S3Target,
         damaged = cp.damaged_rows([], [(path, victim["key"])])
         assert damaged == [Damaged(path, victim["key"], int(victim["offset"]))]
         assert cp.stored_content(victim["blake3"]) is not None
-        assert cp.forget(damaged + [Damaged(path, victim["key"], 1)]) == (1, [])
-        assert cp.index_row(path) is None
+        # Another damaged member whose source is gone: its row stays (the last copy).
+        other = rows[1]
+        other_path = from_fields(other["source_path"], other["source_path_b64"])
+        os.unlink(other_path)
+        gone = Damaged(other_path, other["key"], int(other["offset"]))
+        done = cp.forget(damaged + [Damaged(path, victim["key"], 1), gone])
+        assert (done.dropped, done.objects, done.source_gone) == (1, [], [other_path])
+        assert cp.index_row(path) is None and cp.index_row(other_path) is not None
         assert cp.stored_content(victim["blake3"]) is None  # no dedup into the bad bytes
         assert cp.has_object(victim["key"])  # its other members stay indexed there
-        assert cp.key_salt()  # new bundles get keys of their own
-        assert cp.forget(damaged) == (0, [])  # applied twice: nothing more
+        salt = cp.key_salt()
+        assert salt  # new bundles get keys of their own
+        again = cp.forget(damaged)  # applied twice: nothing more
+        assert (again.dropped, again.objects) == (0, []) and cp.key_salt() == salt
     finally:
         cp.close()
     assert len(index_rows(state)) == len(rows) - 1
+
+
+def test_a_second_repair_gets_a_salt_of_its_own(moto_s3: S3Target, tmp_path: Path) -> None:
+    """Each repair salts later bundle ids anew: a bundle stored by one repair and damaged
+    later is never met (and adopted) by the next."""
+    root = tmp_path / "pacs"
+    make_tree(root, studies=1, seed=33, layout="patient", scale=0.03)
+    state = tmp_path / "state"
+    run_cli(*_migrate(root, moto_s3, state), env=moto_s3.env(), check=True)
+    keys = []
+    for _ in range(2):
+        key = index_rows(state)[0]["key"]
+        moto_s3.client.delete_object(Bucket=moto_s3.bucket, Key=key)
+        assert run_cli("verify", "--state", str(state), env=moto_s3.env()).returncode == 1
+        run_cli(*_migrate(root, moto_s3, state), env=moto_s3.env(), check=True)
+        keys.append(key)
+    final = {r["key"] for r in index_rows(state)}
+    assert not final & set(keys)
+    assert run_cli("verify", "--state", str(state), "--deep", env=moto_s3.env()
+                   ).returncode == 0

@@ -107,6 +107,12 @@ STORE_ERRORS = (TimeoutError, ClientError, BotoCoreError, TruncatedBodyError, ai
                 ConnectionError)
 
 
+def _told(exc: ClientError) -> str:
+    """The Message of an S3 error answer, if it said one beyond its code."""
+    message = str(exc.response.get("Error", {}).get("Message", "") or "")
+    return message if message and message not in ("Access Denied", "Forbidden") else ""
+
+
 def map_error(exc: BaseException, *, key: str | None,
               where: Where | None = None) -> BackendError | None:
     """Translate botocore's and aiohttp's errors into the errors.py tree at this boundary
@@ -126,7 +132,10 @@ def map_error(exc: BaseException, *, key: str | None,
             said = fix.format(bucket=where.bucket, endpoint=where.endpoint or "the store",
                               credentials=where.credentials)
             kind = PermanentBackendError if code in PERMANENT_CODES else BackendError
-            return kind(f"store refused ({code}): {said}", key=key, code=code)
+            told = _told(exc)  # the store's own words (KMS, a bucket policy, object lock)
+            return kind(f"store refused ({code}): {said}" + (f" [the store said: {told}]"
+                                                            if told else ""),
+                        key=key, code=code)
         if code in ("PreconditionFailed", "412"):
             return ObjectExistsError(f"object exists: {key}", key=key)
         if code == "NoSuchUpload":

@@ -51,7 +51,7 @@ def check(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
                        encryption_scope=encryption_scope)
     report = run_main(run_checks(tuple(Path(p) for p in paths[:-1]), state_dir, dest,
                                     transfer_config(**transfer), write=not read_only,
-                                    retention=object_lock))
+                                    retention=object_lock, report_all=True))
     for c in report.checks:
         click.echo(str(c))
     if report.failed:

@@ -45,18 +45,20 @@ def run_main(main: Coroutine[Any, Any, T]) -> T:
             signalled.append(signal.SIGTERM)
             task.cancel()
 
+        before = signal.getsignal(signal.SIGTERM)
         try:
             loop.add_signal_handler(signal.SIGTERM, on_term)
         except (NotImplementedError, RuntimeError):  # not the main thread: no handler
             return await main
         try:
             return await main
-        except asyncio.CancelledError:
-            if signalled:
+        except BaseException:
+            if signalled:  # whatever the cancelling ended in, it was the SIGTERM
                 raise Terminated() from None
             raise
         finally:
             loop.remove_signal_handler(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, before)  # asyncio leaves SIG_DFL
 
     return asyncio.run(guarded())
 

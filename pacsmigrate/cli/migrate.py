@@ -244,12 +244,15 @@ def _print_summary(s: Stats, *, dry_run: bool) -> None:
                             s.filtered)):
         for reason, n in sorted(counter.items()):
             click.echo(f"{title}: {n:,} {reason}")
-    if s.repaired_files or s.damaged_objects:
-        click.echo(f"repair: {s.repaired_files:,} files a verify found damaged were stored "
-                   f"again; {len(s.damaged_objects):,} damaged objects are no longer indexed "
-                   "(delete them from the store once their locks allow): "
-                   + ", ".join(s.damaged_objects[:5])
+    if s.repaired_files or s.damaged_objects or s.damaged_source_gone:
+        click.echo(f"repair: {s.repaired_files:,} files a verify found damaged were taken to "
+                   f"be stored again (counted above); {len(s.damaged_objects):,} damaged "
+                   "objects are no longer indexed (delete them from the store once their "
+                   "locks allow): " + ", ".join(s.damaged_objects[:5])
                    + (" ..." if len(s.damaged_objects) > 5 else ""))
+    if s.damaged_source_gone:
+        click.echo(f"WARNING: {s.damaged_source_gone:,} files a verify found damaged have no "
+                   "source any more: their damaged copy stays indexed (see verify)")
     if s.reread_changed:
         click.echo(f"re-read because the source changed: {s.reread_changed:,} files "
                    f"({s.reread_bytes / 1e6:,.1f} MB)")

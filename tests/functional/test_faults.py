@@ -317,7 +317,7 @@ def test_store_failing_for_good_gives_up_after_retries(seaweed_s3: S3Target, pro
     assert elapsed < 30
     doc = json.loads((tmp_path / "report.json").read_text())  # stopped, yet reported
     assert doc["run"]["files_migrated"] == 0
-    probe = 5  # the pre-flight's list, put, get, head and delete
+    probe = 4  # the pre-flight's put, get, head and delete
     assert 3 <= proxy.injected["500"] <= 3 * (CONCURRENCY + 1), proxy.injected
     assert proxy.requests <= probe + 3 * (CONCURRENCY + 1) + 5, proxy.requests
 
@@ -370,11 +370,13 @@ def test_max_requests_per_second_caps_requests(seaweed_s3: S3Target, proxy: Faul
                                  "--max-requests-per-second", str(rps)),
                    env=seaweed_s3.env(), timeout=120)
     assert proc.returncode == 0, explain(proc, proxy)
-    # The pre-flight's five requests (list, probe put/get/head/delete) come first, paced by
-    # a policy of their own: the cap is measured on the run's.
+    # The pre-flight's probe (put, get, head, delete) comes first, paced by a policy of its
+    # own: the cap is measured on the run's requests.
     log = sorted(proxy.log(), key=lambda e: e.started)
-    assert "preflight-" in log[1].path and "preflight-" in log[4].path, log[:5]
-    log = log[5:]
+    probe = [e for e in log if "/pacsmigrate-run/preflight-" in e.path]
+    assert [e.method for e in probe] == ["PUT", "GET", "HEAD", "DELETE"], probe
+    assert log[:4] == probe
+    log = log[4:]
     seconds = max(e.started for e in log) - min(e.started for e in log)
     n = len(log)
     assert n >= 2 * rps, f"too few requests ({n}) to measure a cap"
