@@ -221,3 +221,18 @@ def test_every_option_has_help() -> None:
 
     walk(main, "pacsmigrate")
     assert missing == []
+
+
+def test_the_package_builds_without_warnings(tmp_path: Path) -> None:
+    """`make demo`'s install used to open with setuptools deprecation warnings."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w",
+                          str(tmp_path), str(root)], capture_output=True, text=True,
+                         timeout=600, check=False)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    noise = [ln for ln in (out.stdout + out.stderr).splitlines()
+             if "Deprecat" in ln or "BuildBackendWarning" in ln]
+    assert noise == []
