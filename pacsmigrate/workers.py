@@ -40,7 +40,8 @@ from .config import MigrateConfig
 from .errors import ConfigError, StateError
 from .preflight import preflight
 from .progress import Bar
-from .report import write_report
+from .records import now_iso
+from .report import run_record, write_report
 from .shard import CUT, Shard
 from .slicestore import MARGIN, fetch, held_copy, mark_start, marker_key, newest_copy
 from .slicetask import SHARED, SLICES, STORE, SliceJob, plan_slicing, run_slice, slice_state
@@ -134,7 +135,7 @@ def migrate_on_dask(cfg: MigrateConfig, *, workers: int | None = None,
     # Workers resolve paths in their own working directory: give them absolute ones.
     cfg = replace(cfg, state_dir=cfg.state_dir.resolve(),
                   sources=tuple(p.resolve() for p in cfg.sources))
-    started = time.monotonic()
+    started, started_at = time.monotonic(), now_iso()
     if cfg.preflight:  # here, before the state exists
         asyncio.run(preflight(cfg)).raise_if_failed()
     if (cfg.state_dir / REPAIR_FILE).exists():
@@ -180,6 +181,7 @@ def migrate_on_dask(cfg: MigrateConfig, *, workers: int | None = None,
         stats.seconds = round(time.monotonic() - started, 3)
         stats.studies = merged.counts()["groups"]
         stats.pending_after = merged.counts()["spill"]
+        merged.record_run(run_record(cfg, stats, started=started_at, outcome="completed"))
         if cfg.report_path is not None:
             write_report(cfg.report_path, run, stats, cfg)
     finally:
@@ -275,10 +277,12 @@ def _merge(run: Checkpoint, cfg: MigrateConfig, plan: dict[str, Any]) -> Checkpo
                          "(a path they all reach), or run with --slice-states store")
     tmp = cfg.state_dir / MERGING
     shutil.rmtree(tmp, ignore_errors=True)
+    history = run.runs()  # the runs before this one: the merged state is made anew
     out = Checkpoint(tmp)
     try:
         merge_into(out, slices)
         out.put_meta("workers", plan)
+        out.put_meta("runs", history)
     finally:
         out.close()
     run.adopt(tmp / "checkpoint.lmdb" / "data.mdb")

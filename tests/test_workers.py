@@ -94,6 +94,9 @@ def test_a_worker_killed_mid_run_is_replaced_and_nothing_is_lost(point: str, mot
     assert_complete(moto_s3, state, root)  # nothing lost or twice, no orphans, no uploads left
     report = json.loads((tmp_path / "report.json").read_text())
     run = report["run"]
+    # The run is in the merged state's history (the coordinator records it after the merge).
+    assert [(r["outcome"], r["files_migrated"]) for r in report["runs"]] == [
+        ("completed", run["files_migrated"])]
     # The half-sent upload was resumed (its parts reused) or, when the slice's new attempt
     # closed its bundles otherwise (bundles close by time too), aborted: either way none is
     # left open (assert_complete).
