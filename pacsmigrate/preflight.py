@@ -24,7 +24,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from .backends.base import Backend, one_chunk
 from .config import Destination, MigrateConfig, TransferConfig
 from .errors import BackendError, ConfigError, ObjectExistsError, PacsMigrateError
 from .keys import RUN_DIR, probe_key
+from .tiers import CLASS_META
 
 log = logging.getLogger("pacsmigrate.preflight")
 
@@ -129,7 +130,7 @@ def _short(transfer: TransferConfig) -> TransferConfig:
 
 
 async def check_store(backend: Backend, dest: Destination, *, write: bool,
-                      retention: bool = False,
+                      retention: bool = False, classes: Sequence[str] = (),
                       clock: Callable[[], float] = time.time) -> list[Check]:
     """Credentials, bucket, a probe written, read back and deleted (`write`), the clocks,
     object lock (`retention`). Stops at the first failure: the rest would fail alike."""
@@ -177,6 +178,8 @@ async def check_store(backend: Backend, dest: Destination, *, write: bool,
                                 "the store's (S3 refuses beyond 15 minutes): check NTP"))
         else:
             checks.append(Check("clock", OK, "within a minute of the store's"))
+    if classes:
+        checks.append(await _check_classes(backend, dest, classes))
     if retention:
         from .setup import check_object_lock
         try:
@@ -185,6 +188,25 @@ async def check_store(backend: Backend, dest: Destination, *, write: bool,
         except PacsMigrateError as exc:
             checks.append(Check("object lock", FAIL, str(exc), exc))
     return checks
+
+
+async def _check_classes(backend: Backend, dest: Destination, classes: Sequence[str]) -> Check:
+    """A probe written in each storage class the run will use, then deleted (not read: an
+    archive class cannot be read back at once). A store without the class refuses it."""
+    for name in dict.fromkeys(classes):
+        key = probe_key(dest, secrets.token_hex(8))
+        try:
+            await backend.save(key, one_chunk(b"pacsmigrate pre-flight probe\n"),
+                               metadata={CLASS_META: name, "pacsmigrate-probe": "1"})
+        except BackendError as exc:
+            return Check("storage class", FAIL, f"{dest} does not take storage class {name} "
+                         f"({exc}): choose classes this store offers (--storage-class, "
+                         "--tier-policy)", exc)
+        try:
+            await backend.remove(key)
+        except BackendError:
+            pass  # said by the first probe's check already, if deletes are refused
+    return Check("storage class", OK, f"{', '.join(dict.fromkeys(classes))} accepted")
 
 
 async def _remove_probe(backend: Backend, key: str, checks: list[Check]) -> None:
@@ -203,13 +225,14 @@ async def preflight(cfg: MigrateConfig, *, offline: bool = False,
     lists it). With `backend`, its store is probed (with short deadlines)."""
     return await run_checks(cfg.sources, cfg.state_dir, cfg.dest, cfg.transfer,
                             store=not offline, write=not cfg.dry_run,
-                            retention=cfg.retention is not None, backend=backend)
+                            retention=cfg.retention is not None, backend=backend,
+                            classes=cfg.tiers.classes() if cfg.tiers else ())
 
 
 async def run_checks(sources: tuple[Path, ...], state_dir: Path, dest: Destination,
                      transfer: TransferConfig, *, store: bool = True, write: bool = True,
                      retention: bool = False, backend: Backend | None = None,
-                     report_all: bool = False) -> Report:
+                     report_all: bool = False, classes: Sequence[str] = ()) -> Report:
     """The checks one by one; `report_all` (`pacsmigrate check`): the store's too after a
     local check failed."""
     checks = check_sources(sources) + check_state(state_dir, sources)
@@ -225,7 +248,7 @@ async def run_checks(sources: tuple[Path, ...], state_dir: Path, dest: Destinati
             opened = wrap(inner, short) if inner is not None else backend
         try:
             task = asyncio.ensure_future(check_store(opened, dest, write=write,
-                                                     retention=retention))
+                                                     retention=retention, classes=classes))
             try:
                 done, _ = await asyncio.wait({task}, timeout=WAIT_NOTE)
                 if not done:

@@ -250,3 +250,16 @@ def test_a_store_that_alters_objects_fails() -> None:
     [c] = run(check_store(store, dest, write=True))
     assert c.verdict == FAIL and "read back different" in c.line
     assert store.objects == {}  # the probe was deleted all the same
+
+
+def test_storage_classes_are_probed(moto_s3: S3Target, tree: Path, tmp_path: Path) -> None:
+    code, out = _check(tree, moto_s3, tmp_path / "s", "--storage-class", "STANDARD_IA",
+                       "--storage-class", "GLACIER_IR")
+    assert code == 0, out
+    assert "ok    storage class: STANDARD_IA, GLACIER_IR accepted" in out
+    assert moto_s3.object_keys() == []  # every probe deleted
+    code, out = _check(tree, moto_s3, tmp_path / "s", "--storage-class", "NOT_A_CLASS")
+    assert code == 2
+    assert (f"FAIL  storage class: {moto_s3.url} does not take storage class NOT_A_CLASS"
+            in out)
+    assert "choose classes this store offers" in out

@@ -27,6 +27,9 @@ from .common import (
 @transfer_options
 @click.option("--read-only", is_flag=True,
               help="Only list the store (as a dry run does); write no probe object.")
+@click.option("--storage-class", "classes", multiple=True, metavar="CLASS",
+              help="Also check that the store takes objects in this class (repeatable; "
+                   "`migrate` checks the classes of its --storage-class / --tier-policy).")
 @click.option("--object-lock", is_flag=True,
               help="Also check that the bucket takes retention locks (for --retain-years, "
                    "--retention-map, --legal-hold).")
@@ -35,7 +38,7 @@ def check(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
           provider: str | None, region: str | None, profile: str | None,
           addressing_style: str | None, sse: str | None, sse_kms_key_id: str | None,
           sse_c_key_file: str | None, encryption_scope: str | None, read_only: bool,
-          object_lock: bool, **transfer: Any) -> None:
+          classes: tuple[str, ...], object_lock: bool, **transfer: Any) -> None:
     """Check that `migrate SOURCE... DEST` can run, writing nothing but a probe object
     (deleted at once): the sources are readable; --state can be made outside them, with
     room; the store takes the credentials, has the bucket, stores, returns and deletes an
@@ -51,7 +54,7 @@ def check(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
                        encryption_scope=encryption_scope)
     report = run_main(run_checks(tuple(Path(p) for p in paths[:-1]), state_dir, dest,
                                     transfer_config(**transfer), write=not read_only,
-                                    retention=object_lock, report_all=True))
+                                    retention=object_lock, report_all=True, classes=classes))
     for c in report.checks:
         click.echo(str(c))
     if report.failed:
