@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +28,6 @@ from .errors import StateError
 from .paths import from_fields, path_fields
 from .records import now_iso
 from .tables import _WHERE, path_key
-
-_ID = struct.Struct(">I")  # objkeys: number (4 bytes big endian) -> object key
 
 SALT = b"key_salt"
 
@@ -51,6 +48,7 @@ class RepairTables:
     env: lmdb.Environment
     db: dict[str, Any]
     _write: Callable[[Callable[[lmdb.Transaction], Any]], None]
+    _object_key: Callable[[lmdb.Transaction, int], str]  # Checkpoint's (cached objkeys)
 
     def key_salt(self) -> str:
         """What later bundle ids are salted with ("" until a repair needed one)."""
@@ -64,15 +62,12 @@ class RepairTables:
         the index, decoding only the rows that match) and the rows of `members`."""
         lost = set(keys)
         out: list[Damaged] = []
-        names: dict[int, str | None] = {}
         with self.env.begin() as txn:
             if lost:
                 with txn.cursor(db=self.db["index"]) as cur:
                     for k, raw in cur:
                         where, _ = rows.place(raw)
-                        if isinstance(where, int) and where not in names:
-                            names[where] = _key_of(txn, self.db, where)
-                        key = where if isinstance(where, str) else names[where]
+                        key = where if isinstance(where, str) else self._object_key(txn, where)
                         if key in lost:
                             out.append(Damaged(_path_of(bytes(k), raw), str(key)))
             whole = {d.path for d in out}  # a member of a lost object: listed already
@@ -102,7 +97,7 @@ class RepairTables:
                 if raw is None:
                     continue
                 where, offset = rows.place(raw)
-                key = where if isinstance(where, str) else _key_of(txn, self.db, where)
+                key = where if isinstance(where, str) else self._object_key(txn, where)
                 if key != d.key or (d.offset is not None and offset != d.offset):
                     continue  # stored again since, or another object's: not this finding
                 if not os.path.lexists(d.path):
@@ -150,11 +145,6 @@ class Forgotten:
 def _number_of(txn: lmdb.Transaction, db: dict[str, Any], key: str | None) -> int | None:
     raw = txn.get(key.encode(), db=db["objects"]) if key else None
     return None if raw is None else int(json.loads(bytes(raw))["id"])
-
-
-def _key_of(txn: lmdb.Transaction, db: dict[str, Any], number: int) -> str | None:
-    raw = txn.get(_ID.pack(number), db=db["objkeys"])
-    return None if raw is None else bytes(raw).decode()
 
 
 def _path_of(k: bytes, raw: bytes | memoryview) -> bytes:
