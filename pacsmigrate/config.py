@@ -277,6 +277,7 @@ class MigrateConfig:
     offline: bool = False  # a dry run that does not contact the store at all
     filters: Filters = EVERYTHING  # which files this run takes (filters.py)
     stats_interval: float = 0.0  # seconds between two stats lines (pacsmigrate.stats); 0: none
+    sample: int = 0  # a dry run's --sample: read 1 slice of this many (sample.py); 0: all
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -296,6 +297,10 @@ class MigrateConfig:
                               f"not exceed --bundle-size ({_size(self.bundle_size)}): give "
                               f"--large-file {_size(self.bundle_size)} or less, or a larger "
                               "--bundle-size")
+        if self.sample and not self.dry_run:
+            raise ConfigError("--sample estimates a run without making it: add --dry-run")
+        if self.sample and self.shard is not None:
+            raise ConfigError("--sample reads a slice of its own: drop --shard")
         if self.offline and not self.dry_run:
             raise ConfigError("--offline is for a dry run (--dry-run --offline): a real run "
                               "needs its store")

@@ -144,6 +144,13 @@ class Tally:
             self.file_billed[name] += max(s, low)
             self.file_monitored[name] += s >= 128 * KB
 
+    def scaled(self, factor: float) -> Tally:
+        """Every count times `factor` (a sample's tally as the whole tree's)."""
+        out = Tally()
+        for name, counter in vars(self).items():
+            getattr(out, name).update({k: round(v * factor) for k, v in counter.items()})
+        return out
+
 
 @dataclass(frozen=True)
 class Line:

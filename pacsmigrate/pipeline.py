@@ -23,11 +23,13 @@ from .preflight import WARN, preflight
 from .progress import Bar, keep_reporting, keep_writing, stats_line
 from .records import now_iso
 from .report import outcome_of, run_record, write_report
+from .sample import measure_upload, scale
 from .setup import agreed_slicing, check_object_lock, check_state, key_secret, record_sources
 from .sink import PlanSink, Sink, StoreSink
 from .staterepair import done_with_list, read_list
 from .stats import Stats
 from .stream import SourceStream
+from .survey import setup_requests, survey
 
 # Log lines name object keys (keyed hashes) and counts, never source paths, names or UIDs:
 # paths often contain patient IDs (PatientID/StudyDate/... layouts).
@@ -51,6 +53,7 @@ class Migration:
         self.policy = PlanPolicy(cfg, datetime.now(UTC).date())
         self.stream = stream  # the catalogue and store stage (tests pass a subclass)
         self.started_at = now_iso()
+        self._plan: PlanSink | None = None  # a dry run's sink
 
     async def run(self) -> Stats:
         try:
@@ -62,8 +65,10 @@ class Migration:
         started = time.monotonic()
         cfg = self.cfg
         async with AsyncExitStack() as stack:
-            opened = not cfg.dry_run and self.backend is None
-            if opened:  # the pre-flight probes through it: one session, one connection pool
+            # The pre-flight probes through it (one session, one connection pool); a dry
+            # run lists the store with it.
+            opened = not cfg.offline and self.backend is None
+            if opened:
                 self.backend = await open_backend(cfg.dest, cfg.transfer)
                 stack.push_async_callback(self.backend.close)
             if cfg.preflight:  # before the state directory is made or bound to the store
@@ -100,6 +105,7 @@ class Migration:
                     log.info("retention map: %d studies", n)
                 if cfg.dry_run:
                     await cp.call(cp.clear, "plan")
+                    await self._survey(cp)
                 if cfg.stats_interval > 0:
                     reporter = asyncio.create_task(keep_reporting(
                         lambda: self._stats_line(started), cfg.stats_interval, stats_log))
@@ -109,6 +115,8 @@ class Migration:
                                                               self.stats.as_dict))
                     stack.push_async_callback(_stop, writer)
                 await self._stream(cp, started)
+                if cfg.sample:
+                    await self._estimate()
                 if self.backend is not None and not cfg.dry_run:
                     self.stats.uploads_aborted += await abandon(cp, self.backend, dropped)
                 await self._compact(cp)
@@ -138,10 +146,43 @@ class Migration:
                  "objects no longer indexed; %d damaged files whose source is gone kept",
                  done.dropped, len(done.objects), len(done.source_gone))
 
+    async def _survey(self, cp: Checkpoint) -> None:
+        """A dry run: what the store holds already (survey.py), and the requests a real run
+        makes besides its objects'."""
+        cfg, s = self.cfg, self.stats
+        held = None
+        if self.backend is not None:
+            held = await survey(self.backend, cfg.dest, cp,
+                                [os.path.abspath(p) for p in cfg.sources])
+            s.store = held.as_dict()
+            s.store_lines = held.lines(cfg.dest)
+        s.setup_requests = setup_requests(held, classes=len(self._classes()))
+
+    async def _estimate(self) -> None:
+        """A sampled dry run: the whole tree's estimate from its slice (sample.py)."""
+        s, t = self.stats, self.cfg.transfer
+        rates = None
+        if self.backend is not None:
+            size = s.planned_bytes // s.planned_objects if s.planned_objects else 0
+            rates = await measure_upload(self.backend, self.cfg.dest,
+                                         concurrency=t.concurrency,
+                                         size=min(size, t.part_size))
+        sink = self._plan
+        est = scale(s, total_files=s.counted_files, read_seconds=s.read_seconds,
+                    setup=s.setup_requests, rates=rates,
+                    tally=sink.tally if sink is not None else None,
+                    prices=sink.prices if sink is not None else None)
+        s.estimate, s.estimate_lines = est.as_dict(), est.lines()
+
+    def _classes(self) -> tuple[str, ...]:
+        """The storage classes the pre-flight checks."""
+        return tuple(dict.fromkeys(self.cfg.tiers.classes())) if self.cfg.tiers else ()
+
     async def _preflight(self) -> None:
         """Sources, state and store checked (preflight.py); the first failure stops the run
         in one line. Logged by subject: a source line would name a source path."""
         report = await preflight(self.cfg, offline=self.cfg.offline, backend=self.backend)
+        self.stats.requests += report.requests  # made on the pre-flight's own short policy
         try:
             report.raise_if_failed()
         except BackendError as exc:
@@ -165,9 +206,10 @@ class Migration:
             dest = self.cfg.dest
             prices = self.cfg.prices or default_table(
                 dest.scheme, dest.s3.provider if dest.s3 else None, dest.endpoint_url)
-            return PlanSink(cp, self.stats, bar, scheme=dest.scheme, part_size=t.part_size,
-                            classes=self.policy.classes(), prices=prices,
-                            locks=self.policy.locks(cp, self.stats))
+            self._plan = PlanSink(cp, self.stats, bar, scheme=dest.scheme,
+                                  part_size=t.part_size, classes=self.policy.classes(),
+                                  prices=prices, locks=self.policy.locks(cp, self.stats))
+            return self._plan
         assert self.backend is not None
         return StoreSink(cp, self.stats, bar, backend=self.backend, pool=self.pool,
                          secret=self.secret, concurrency=t.concurrency,

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .backends import open_backend, wrap
+from .backends import Measured, open_backend, wrap
 from .backends.base import Backend, one_chunk
 from .config import Destination, MigrateConfig, TransferConfig
 from .errors import BackendError, ConfigError, ObjectExistsError, PacsMigrateError
@@ -66,6 +66,7 @@ class Check:
 @dataclass
 class Report:
     checks: list[Check]
+    requests: int = 0  # sent to the store on the pre-flight's own policy (not the run's)
 
     @property
     def failed(self) -> list[Check]:
@@ -240,6 +241,7 @@ async def run_checks(sources: tuple[Path, ...], state_dir: Path, dest: Destinati
         return Report(checks)  # a run stops here: nothing is written to the store
     short = _short(transfer)
     opened: Backend
+    requests = 0
     try:
         if backend is None:
             opened = await open_backend(dest, short)
@@ -260,12 +262,14 @@ async def run_checks(sources: tuple[Path, ...], state_dir: Path, dest: Destinati
                 if not task.done():  # interrupted: no probe left running on a closing store
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
+                if opened is not backend and isinstance(opened, Measured):
+                    requests = opened.stats.requests
         finally:
             if backend is None:
                 await opened.close()
     except (ConfigError, BackendError) as exc:
         checks.append(Check("store", FAIL, str(exc), exc))
-    return Report(checks)
+    return Report(checks, requests)
 
 
 __all__ = ["Check", "Report", "check_sources", "check_state", "check_store", "preflight",

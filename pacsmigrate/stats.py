@@ -55,6 +55,13 @@ class Stats:
     planned_files: int = 0
     planned_bytes: int = 0
     planned_requests: int = 0
+    setup_requests: int = 0  # a dry run's: a real run's requests besides its objects'
+    store: dict[str, Any] | None = None  # a dry run's: what the store holds (survey.py)
+    store_lines: list[str] = field(default_factory=list)
+    counted_files: int = 0  # a sampled dry run's: the files of the whole tree, listed
+    read_seconds: float = 0.0  # a sampled dry run's: reading its slice
+    estimate: dict[str, Any] | None = None  # a sampled dry run's: the whole tree (sample.py)
+    estimate_lines: list[str] = field(default_factory=list)
     objects_by_class: Counter[str] = field(default_factory=Counter)  # with a tier policy
     bytes_by_class: Counter[str] = field(default_factory=Counter)
     small_by_class: Counter[str] = field(default_factory=Counter)  # billed above their size

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ from .read import KEPT_CHANGING, ReadOptions
 from .reads import in_shard, read_tree
 from .records import FILE, TAR, BundlePlan, Member, Problem
 from .retention import covers, lock_of, manifest_fields
+from .sample import slice_of
 from .shard import Shard, pruner
 from .sink import Sink, StoreSink
 from .source import hash_unchanged
@@ -81,11 +83,17 @@ class SourceStream:
                           memory=cfg.memory // 2)
         problems: list[Problem] = []
         bar = Bar("read", total_bytes=None, total_files=None, enabled=cfg.progress, position=0)
+        shard = cfg.shard
+        if cfg.sample:  # the whole tree listed (no file opened), then one slice read
+            self.stats.counted_files = await count_files(roots)
+            shard = slice_of(cfg.sample)
         # A separate counting walk gives the bars their totals (restic's way).
-        counting = asyncio.create_task(count_for(roots, [bar, sink.bar], cfg.shard)) \
+        counting = asyncio.create_task(count_for(roots, [bar, sink.bar], shard)) \
             if cfg.progress else None
+        started = time.monotonic()
         try:
-            await self.read_and_group(roots, opts, grouper, problems, bar)
+            await self.read_and_group(roots, opts, grouper, problems, bar, shard)
+            self.stats.read_seconds = time.monotonic() - started
             # The walk is over: whatever the counting walk got to, the total is known.
             for b in (bar, sink.bar):
                 b.total_files = self.stats.files_seen
@@ -101,11 +109,11 @@ class SourceStream:
         await self.emit(out)
 
     async def read_and_group(self, roots: list[bytes], opts: ReadOptions, grouper: Grouper,
-                             problems: list[Problem], bar: Bar) -> None:
+                             problems: list[Problem], bar: Bar, shard: Shard | None) -> None:
         cp = self.cp
         s = self.stats
         async for result in read_tree(roots, self.pool, opts, cp,
-                                      jobs=2 * self.cfg.read_threads, shard=self.cfg.shard):
+                                      jobs=2 * self.cfg.read_threads, shard=shard):
             s.files_seen += result.listed
             s.bytes_seen += result.seen_bytes
             s.already_migrated += result.migrated
@@ -229,6 +237,13 @@ class SourceStream:
 
 async def count_for(roots: list[bytes], bars: list[Bar], shard: Shard | None = None) -> None:
     """Count the files under roots (in the shard's slice), then give the bars their total."""
+    n = await count_files(roots, shard)
+    for bar in bars:
+        bar.total_files = n
+
+
+async def count_files(roots: list[bytes], shard: Shard | None = None) -> int:
+    """The regular files under roots (in the shard's slice), from listings alone."""
     walker = Walker(roots, prune=pruner(roots, shard))
     n = 0
     try:
@@ -238,5 +253,4 @@ async def count_for(roots: list[bytes], bars: list[Bar], shard: Shard | None = N
                 await asyncio.sleep(0)  # listings inline on fast storage: let the run go on
     finally:
         walker.close()
-    for bar in bars:
-        bar.total_files = n
+    return n

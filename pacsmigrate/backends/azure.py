@@ -236,6 +236,8 @@ class AzureStore:
             # Absent already: not an error (as S3's DeleteObject)
 
     # -- block blobs (ChunkedWriter) -------------------------------------------------
+    creates_nothing = True  # create_upload sends no request (multipart.py does not count it)
+
     async def create_upload(self, key: str, *, metadata: Mapping[str, str]) -> str:
         return os.urandom(8).hex()  # nothing to create: blocks are staged against the key
 

@@ -37,20 +37,24 @@ def adjust_part_size(limits: Limits, wanted: int, size_hint: int) -> int:
 
 @dataclass(frozen=True)
 class Upload:
-    """How a store writes in parts: its limits, and its requests besides the parts."""
+    """How a store writes in parts: its limits, and its requests besides the parts, as a
+    run counts them (multipart.py): the store's unfinished uploads of the key listed before
+    the create (to resume one) and after it (to abort a retried create's twin), the create
+    where the store has one, the completion."""
 
     limits: Limits
     extra_requests: int
 
 
 TiB = 1 << 40
-# S3: create + parts + complete; objects up to 5 TiB.
-S3 = Upload(Limits(min_part=5 * MiB, max_part=5 * GiB, max_parts=10_000, max_object=5 * TiB), 2)
-# Azure block blobs: blocks + the commit; 50,000 blocks of up to 4,000 MiB.
+# S3: 2 listings + create + parts + complete; objects up to 5 TiB.
+S3 = Upload(Limits(min_part=5 * MiB, max_part=5 * GiB, max_parts=10_000, max_object=5 * TiB), 4)
+# Azure block blobs: 2 block listings + blocks + the commit; 50,000 blocks of 4,000 MiB.
 AZURE = Upload(Limits(min_part=1 * MiB, max_part=4000 * MiB, max_parts=50_000,
-                      max_object=50_000 * 4000 * MiB), 1)
-# A directory: parts as files, then one join; the filesystem sets the largest file.
-LOCAL = Upload(Limits(min_part=1 * MiB, max_part=5 * GiB, max_parts=10_000), 2)
+                      max_object=50_000 * 4000 * MiB), 3)
+# A directory: 2 listings + create + parts as files + one join; the filesystem sets the
+# largest file.
+LOCAL = Upload(Limits(min_part=1 * MiB, max_part=5 * GiB, max_parts=10_000), 4)
 UPLOADS = {"s3": S3, "az": AZURE, "file": LOCAL}
 
 

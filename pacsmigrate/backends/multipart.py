@@ -36,7 +36,9 @@ class ChunkedBackend(RetryBackend):
                            rest: AsyncIterator[Buffer], meta: dict[str, str]) -> ObjectInfo:
         upload_id, held = await self._resumable(key)
         created = upload_id is None
-        if upload_id is None:
+        if upload_id is None and getattr(self.writer, "creates_nothing", False):
+            upload_id = await self.writer.create_upload(key, metadata=meta)  # no request
+        elif upload_id is None:
             upload_id = await self.call(
                 lambda: self.writer.create_upload(key, metadata=meta), key=key)
         try:

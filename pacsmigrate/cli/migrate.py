@@ -13,6 +13,7 @@ from ..costs import PriceTable
 from ..filters import Filters
 from ..pipeline import migrate as run_migrate
 from ..retention import Retention, RetentionMap, parse_classes
+from ..sample import parse as parse_sample
 from ..shard import Shard
 from ..stats import Stats
 from ..tiers import TierPolicy
@@ -40,6 +41,11 @@ DEFAULT_STATS_INTERVAL = 60.0  # seconds, when stderr is not a terminal
 @click.option("--dry-run", is_flag=True,
               help="Read, hash and parse everything and plan the run; write nothing (the "
                    "store is only listed, to check the credentials and the bucket).")
+@click.option("--sample", metavar="PCT",
+              help="With --dry-run: list the whole tree but read only about PCT of it (whole "
+                   "study or day folders, e.g. 5%), and estimate the tree's bytes, objects, "
+                   "requests, time and cost from it; the upload rate is measured with a few "
+                   "probe objects, deleted at once (not with --offline).")
 @click.option("--offline", is_flag=True,
               help="With --dry-run: do not contact the store at all (plan as a first run).")
 @click.option("--bundle-size", default="256MiB", show_default=True, callback=size_option,
@@ -130,7 +136,7 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
             provider: str | None, region: str | None, profile: str | None,
             addressing_style: str | None, sse: str | None,
             sse_kms_key_id: str | None, sse_c_key_file: str | None,
-            encryption_scope: str | None, dry_run: bool, offline: bool,
+            encryption_scope: str | None, dry_run: bool, sample: str | None, offline: bool,
             bundle_size: int, large_file: int, read_threads: int, memory: int,
             checksum: str, storage_class: str | None, tier_policy: str | None,
             retain_years: int | None, retention_map: Path | None,
@@ -171,7 +177,7 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
         progress=sys.stderr.isatty() if progress is None else progress, dedup=dedup,
         compress=compress or "", prices=PriceTable.load(prices) if prices else None,
         shard=Shard.parse(shard) if shard is not None else None,
-        stats_interval=stats_interval,
+        stats_interval=stats_interval, sample=parse_sample(sample) if sample else 0,
         filters=Filters.parse(include=include, exclude=exclude, study_from=study_date_from,
                               study_to=study_date_to, min_age=min_age, max_age=max_age),
     )
@@ -209,10 +215,16 @@ def _print_summary(s: Stats, *, dry_run: bool) -> None:
     mb = s.bytes_seen / 1e6
     click.echo(f"files seen: {s.files_seen:,} ({mb:,.1f} MB) in {s.seconds:,.1f} s")
     if dry_run:
-        click.echo("dry run: nothing was written to the destination")
+        click.echo("dry run: nothing was written to the destination" if not s.estimate
+                   or s.estimate["rates"] is None else "dry run: nothing of the archive was "
+                   "written to the destination (the upload probe's objects were deleted)")
         click.echo(f"plan: {s.studies:,} studies, {s.planned_files:,} files, "
-                   f"{s.planned_bytes / 1e6:,.1f} MB in {s.planned_objects:,} objects, "
-                   f"~{s.planned_requests:,} requests")
+                   f"{s.planned_bytes / 1e6:,.1f} MB in {s.planned_objects:,} objects")
+        click.echo(f"requests: {s.planned_requests + s.setup_requests:,} "
+                   f"({s.planned_requests:,} for the objects, {s.setup_requests:,} for the "
+                   "pre-flight and the migration's records; retries come on top)")
+        for line in s.store_lines + s.estimate_lines:
+            click.echo(line)
     else:
         click.echo(f"migrated now: {s.files_migrated:,} files in {s.objects_uploaded:,} new "
                    f"objects ({s.bytes_uploaded / 1e6:,.1f} MB); "
@@ -267,6 +279,11 @@ def _print_summary(s: Stats, *, dry_run: bool) -> None:
     if s.dry_run_mismatch:
         click.echo(f"WARNING: {s.dry_run_mismatch:,} files hold other bytes than at the dry run "
                    "although size and mtime are unchanged (stored as they are now)")
-    state = "OK: nothing left to migrate" if s.not_migrated == 0 else (
-        f"NOT DONE: {s.not_migrated:,} files still to migrate; re-run the same command")
+    if dry_run and s.estimate and s.not_migrated == 0:
+        state = "OK: the whole tree estimated above from a sample"
+    elif dry_run and s.planned_files and s.not_migrated == 0:
+        state = f"OK: a real run would store {s.planned_files:,} files (as planned above)"
+    else:
+        state = "OK: nothing left to migrate" if s.not_migrated == 0 else (
+            f"NOT DONE: {s.not_migrated:,} files still to migrate; re-run the same command")
     click.echo(state)

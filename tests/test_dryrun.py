@@ -1,0 +1,183 @@
+"""The dry run as an estimate to plan with: the requests the run will make, what the store
+holds already, and `--sample` for a tree too large to read twice."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import AzureTarget, LocalTarget, S3Target, run_cli
+from helpers import multipart_tree
+
+from pacsmigrate.synth import make_tree
+
+Target = S3Target | LocalTarget | AzureTarget
+
+
+def _args(tree: Path, store: Target, state: Path, *extra: str) -> list[str]:
+    endpoint = ["--endpoint-url", store.info.endpoint_url] if isinstance(store, S3Target) \
+        else []
+    return ["migrate", str(tree), store.url, *endpoint,
+            "--state", str(state), "--bundle-size", "8MiB", "--large-file", "3MiB",
+            "--part-size", "5MiB", "--no-progress", *extra]
+
+
+def _run(tree: Path, s3: Target, state: Path, *extra: str) -> tuple[str, dict[str, Any]]:
+    report = state.parent / f"{state.name}-report.json"
+    proc = run_cli(*_args(tree, s3, state, "--report", str(report), *extra), env=s3.env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    run: dict[str, Any] = json.loads(report.read_text())["run"]
+    return proc.stdout, run
+
+
+def _estimated(out: str) -> int:
+    m = re.search(r"^requests: ([\d,]+) \(([\d,]+) for the objects, ([\d,]+) for the",
+                  out, re.MULTILINE)
+    assert m, out
+    total, objects, setup = (int(g.replace(",", "")) for g in m.groups())
+    assert total == objects + setup
+    return total
+
+
+def test_the_dry_run_counts_the_requests_the_run_makes(moto_s3: S3Target,
+                                                       tmp_path: Path) -> None:
+    """It said ~369 for a run that made 465: now the plan's requests (single PUTs, multipart
+    create/parts/complete) plus the pre-flight's and the migration's records are the
+    count a run without retries makes, on a first run and on a later one."""
+    tree = multipart_tree(tmp_path / "pacs")
+    state = tmp_path / "state"
+    classes = ("--storage-class", "STANDARD_IA")  # the pre-flight probes the class too
+    out, plan = _run(tree, moto_s3, state, "--dry-run", *classes)
+    estimate = _estimated(out)
+    assert plan["planned_requests"] > plan["planned_objects"]  # some objects go in parts
+    _, done = _run(tree, moto_s3, state, *classes)
+    assert done["retries"] == {} and done["objects_uploaded"] == plan["planned_objects"]
+    assert done["requests"] == estimate, (done["requests"], estimate)
+
+    extra = next(p for p in sorted(tree.rglob("*.dcm")))
+    shutil.copy(extra, tree / "new.dcm")
+    big = tree / "b" / "large.bin"
+    big.write_bytes(bytes(range(256)) * (12 << 12))  # 12 MiB: an object of three parts
+    out, plan = _run(tree, moto_s3, state, "--dry-run", *classes)
+    estimate = _estimated(out)
+    # A bundle's PUT; the large file's listings, create, 3 parts, completion and sidecar.
+    assert plan["planned_objects"] == 2 and plan["planned_requests"] == 1 + (4 + 3 + 1)
+    _, done = _run(tree, moto_s3, state, *classes)
+    assert done["requests"] == estimate, (done["requests"], estimate)
+
+
+@pytest.mark.parametrize("kind", ["local", "azure"])
+def test_the_dry_run_counts_the_requests_on_every_store(kind: str, tmp_path: Path,
+                                                        request: pytest.FixtureRequest) -> None:
+    """The same on a directory and on Azure (blocks and a commit, no create), an object in
+    parts included."""
+    store = request.getfixturevalue(f"{kind}_store")
+    tree = tmp_path / "pacs"
+    make_tree(tree, studies=3, seed=4, scale=0.05)
+    (tree / "large.bin").write_bytes(bytes(range(256)) * (12 << 12))  # 12 MiB: in parts
+    state = tmp_path / "state"
+    out, plan = _run(tree, store, state, "--dry-run")
+    estimate = _estimated(out)
+    assert plan["planned_requests"] > plan["planned_objects"]
+    _, done = _run(tree, store, state)
+    assert done["retries"] == {} and done["objects_uploaded"] == plan["planned_objects"]
+    assert done["requests"] == estimate, (done["requests"], estimate)
+
+
+def test_the_dry_run_says_what_the_store_holds(moto_s3: S3Target, tmp_path: Path) -> None:
+    make_tree(tmp_path / "src", studies=4, seed=5, scale=0.05)
+    src, state = tmp_path / "src", tmp_path / "state"
+    out, _ = _run(src, moto_s3, state, "--dry-run")
+    assert f"store: {moto_s3.url} holds nothing yet: the run stores every file" in out
+    _, done = _run(src, moto_s3, state)
+    objects = done["objects_uploaded"]
+    out, plan = _run(src, moto_s3, state, "--dry-run")
+    assert plan["planned_objects"] == 0
+    m = re.search(r"holds ([\d,]+) objects \([\d.,]+ MB\): ([\d,]+) of this state's migration, "
+                  r"([\d,]+) of the migration's own records, 0 others", out)
+    assert m, out
+    assert int(m.group(2)) == objects and int(m.group(1)) == objects + int(m.group(3))
+    assert "OK: nothing left to migrate" in out
+    # A foreign object, and an upload an interrupted client left unfinished.
+    bucket, prefix = moto_s3.bucket, "archive"
+    moto_s3.client.put_object(Bucket=bucket, Key=f"{prefix}/notes.txt", Body=b"x")
+    moto_s3.client.create_multipart_upload(Bucket=bucket, Key=f"{prefix}/ab/cd/left.tar")
+    out, _ = _run(src, moto_s3, state, "--dry-run")
+    assert re.search(r"1 others\nstore: the 1 others are not in this state's index", out), out
+    assert "store: 1 unfinished multipart uploads under the prefix" in out
+    # A new state against the same store: every file would be stored again.
+    out, _ = _run(src, moto_s3, tmp_path / "other-state", "--dry-run")
+    assert ("WARNING: store: a pacsmigrate migration is stored there that this --state does "
+            "not know") in out, out
+    assert ": 0 of this state's migration" in out
+
+
+@pytest.fixture(scope="module")
+def big_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Many small studies, one folder each (PatientID/Study/Series/file)."""
+    root = tmp_path_factory.mktemp("sample") / "pacs"
+    make_tree(root, studies=300, seed=21, layout="patient", scale=0.02)
+    return root
+
+
+def test_a_sample_estimates_the_whole_tree(moto_s3: S3Target, big_tree: Path,
+                                           tmp_path: Path) -> None:
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"name": "flat", "classes": {
+        "STANDARD": {"storage_gb_month": 0.02, "put_per_1000": 0.005}}}))
+    whole_out, whole = _run(big_tree, moto_s3, tmp_path / "whole", "--dry-run",
+                            "--prices", str(prices))
+    out, part = _run(big_tree, moto_s3, tmp_path / "part", "--dry-run", "--sample", "20%",
+                     "--prices", str(prices))
+    est = part["estimate"]
+    # Only a part was read; every file was counted.
+    assert est["files"] == whole["files_seen"]
+    assert part["files_seen"] == est["sampled_files"] < 0.45 * whole["files_seen"]
+    assert 0 < est["percent"] < 45
+    # Scaled from whole study folders of this tree, within a third of the whole plan's.
+    for mine, theirs in ((est["bytes"], whole["bytes_seen"]),
+                         (est["objects"], whole["planned_objects"]),
+                         (est["requests"], whole["planned_requests"] + whole["setup_requests"])):
+        assert abs(mine - theirs) <= theirs / 3, (mine, theirs)
+        print(f"sample {est['percent']:.1f}%: estimated {mine:,}, whole tree {theirs:,}")
+    rates = est["rates"]
+    assert rates["bytes_per_second"] > 0 and rates["requests_per_second"] > 0
+    assert est["upload_seconds"] > 0 and est["read_seconds"] > 0
+    assert re.search(r"estimate of time: reading ~[\d,.]+ \w+, uploading ~[\d,.]+ \w+ "
+                     r"\(probe objects: [\d,.]+ MB/s", out), out
+    assert "cost estimate for the whole tree (flat;" in out
+    whole_cost = {ln["storage_class"]: ln for ln in whole["cost"]["bundles"]}
+    for line in part["cost"]["bundles"]:
+        theirs = whole_cost[line["storage_class"]]["objects"]
+        assert abs(line["objects"] - theirs) <= theirs / 3
+    assert "OK: the whole tree estimated above from a sample" in out
+    assert "the upload probe's objects were deleted" in out
+    assert moto_s3.object_keys() == []  # the probe objects are gone, nothing else written
+    assert "Traceback" not in whole_out
+
+    off, _ = _run(big_tree, moto_s3, tmp_path / "off", "--dry-run", "--sample", "20%",
+                  "--offline")
+    assert "uploading not measured (--offline)" in off
+    assert "nothing was written to the destination" in off
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--dry-run", "--sample", "0%"], "--sample '0%': give a percentage from 0.01% to 50%"),
+    (["--dry-run", "--sample", "ten"], "--sample 'ten': give a percentage"),
+    (["--sample", "10%"], "--sample estimates a run without making it: add --dry-run"),
+    (["--dry-run", "--sample", "10%", "--shard", "0/2"], "--sample reads a slice of its own"),
+])
+def test_a_bad_sample_is_one_line(extra: list[str], message: str, moto_s3: S3Target,
+                                  tmp_path: Path) -> None:
+    make_tree(tmp_path / "src", studies=1, seed=2, scale=0.02)
+    proc = run_cli(*_args(tmp_path / "src", moto_s3, tmp_path / "state", *extra),
+                   env=moto_s3.env())
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not (tmp_path / "state").exists()
