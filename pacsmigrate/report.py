@@ -1,4 +1,5 @@
-"""The JSON report an auditor can read: totals, and every file not migrated with why."""
+"""The JSON report an auditor can read: totals, and every file not migrated with why; the
+history of runs and of verifications it carries."""
 
 from __future__ import annotations
 
@@ -45,7 +46,9 @@ def write_report(path: Path, cp: Checkpoint, stats: Stats, cfg: MigrateConfig) -
                 "state": {**cp.counts(), "deduplicated_files": files,
                           "deduplicated_bytes": nbytes},
                 # every run on this state, this one last: resumes add up, nothing is lost
-                "runs": cp.runs()}
+                "runs": cp.runs(),
+                # every verify of it, with its findings by kind (verify writes no LMDB)
+                "verifications": verifications(cp.state_dir)}
         out.write(json.dumps(head, ensure_ascii=True, indent=1)[:-2])
         pending = ({"source_path": v["source_path"], "source_path_b64": v["source_path_b64"],
                     "reason": "pending", "detail": "read, not yet stored"}
@@ -91,6 +94,45 @@ def run_record(cfg: MigrateConfig, s: Stats, *, started: str, outcome: str) -> d
             "files_migrated": s.files_migrated, "bytes_uploaded": s.bytes_uploaded,
             "already_migrated": s.already_migrated, "not_migrated": s.not_migrated,
             "seconds": s.seconds}
+
+
+VERIFY_HISTORY = "verify-history.jsonl"  # in the state directory, one line per verify
+VERIFY_KEPT = 10_000
+
+
+def verify_record(dest: str, options: dict[str, Any], *, started: str, outcome: str,
+                  totals: dict[str, Any] | None, damaged: int) -> dict[str, Any]:
+    """One verify for the history: who checked what, when, and what was found (counts and
+    kinds of findings; never a path: the findings name paths, the history does not)."""
+    return {"version": __version__, "host": socket.gethostname(), "user": _user(),
+            "pid": os.getpid(), "started": started, "ended": now_iso(), "destination": dest,
+            "options": options, "outcome": outcome, "totals": totals,
+            "damaged_files": damaged}
+
+
+def record_verify(state_dir: Path, record: dict[str, Any]) -> None:
+    """Append one verify to the state's history (a file: verify opens the state read-only,
+    beside a running migrate)."""
+    with open(state_dir / VERIFY_HISTORY, "a", encoding="ascii") as out:
+        out.write(json.dumps(record, ensure_ascii=True) + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def verifications(state_dir: Path) -> list[dict[str, Any]]:
+    """Every verify recorded in the state, oldest first (a torn last line is left out)."""
+    try:
+        with open(state_dir / VERIFY_HISTORY, encoding="ascii") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in lines[-VERIFY_KEPT:]:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut short by a crash
+    return out
 
 
 def _user() -> str:

@@ -115,8 +115,43 @@ def test_report_keeps_every_run(moto_s3: S3Target, tree: Path, tmp_path: Path) -
     assert said[2] == (f"migrated: {doc['state']['index']:,} files in "
                        f"{doc['state']['objects']:,} objects")
     assert "still to migrate: none" in said
-    assert said[-1].startswith(f"runs: 2; the last completed, started {runs[1]['started']} "
+    assert said[-2].startswith(f"runs: 2; the last completed, started {runs[1]['started']} "
                                f"on {doc['host']} as {runs[1]['user']}, ended ")
+    assert said[-1].startswith("verified: never")
+    assert doc["verifications"] == []
+
+
+def test_the_report_carries_every_verify(moto_s3: S3Target, tmp_path: Path) -> None:
+    """Verify opens the state read-only; its results still reach the state's history, and
+    every later migrate report (and status) carries them: passed, failed, stopped."""
+    tree = tmp_path / "Doe^Jane"  # a patient's name in the path: never in the history
+    make_tree(tree, studies=3, seed=8, scale=0.05)
+    state, report = tmp_path / "state", tmp_path / "report.json"
+    args = _args(tree, moto_s3, state, "--report", str(report))
+    run_cli(*args, env=moto_s3.env(), check=True)
+    ok = run_cli("verify", "--state", str(state), "--deep", "--source", env=moto_s3.env())
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    gone = next(k for k in moto_s3.object_keys() if k.endswith(".tar"))
+    moto_s3.client.delete_object(Bucket=moto_s3.bucket, Key=gone)
+    bad = run_cli("verify", "--state", str(state), env=moto_s3.env())
+    assert bad.returncode == 1
+    dead = run_cli("verify", "--state", str(state), "--endpoint-url", "http://127.0.0.1:9",
+                   env=moto_s3.env())
+    assert dead.returncode == 2, dead.stdout + dead.stderr
+    run_cli(*args, env=moto_s3.env(), check=True)  # repairs, and writes the report
+    checks = json.loads(report.read_text())["verifications"]
+    assert [c["outcome"].split(":")[0] for c in checks] == ["passed", "failed", "stopped"]
+    assert checks[0]["options"] == {"deep": True, "sample": None, "seed": 0, "source": True}
+    assert checks[0]["totals"]["members_checked"] > 0 and checks[0]["totals"]["errors"] == 0
+    assert checks[1]["totals"]["errors"] >= 1 and checks[1]["damaged_files"] >= 1
+    assert sum(checks[1]["totals"]["by_kind"].values()) >= 1
+    assert "127.0.0.1:9" in checks[2]["outcome"] and checks[2]["totals"] is None
+    for c in checks:
+        assert c["destination"] == moto_s3.url and c["started"] <= c["ended"] and c["user"]
+    history = (state / "verify-history.jsonl").read_text()
+    assert "Doe" not in history and str(tree) not in history
+    said = run_cli("status", "--state", str(state), check=True).stdout.splitlines()
+    assert said[-1].startswith("verified: 3 times; the last (objects only) stopped: ")
 
 
 def test_systemd_example_names_real_options() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from ..checkpoint import Checkpoint
+from ..report import verifications
 from .common import handle_errors, state_option
 
 
@@ -28,6 +29,7 @@ def status(state_dir: Path, as_json: bool) -> None:
         runs = cp.runs()
     finally:
         cp.close()
+    checks = verifications(state_dir)
     doc = {"destination": config.get("dest"), "sources": config.get("sources"),
            "files_migrated": counts["index"], "objects": counts["objects"],
            "files_pending": pending, "uploads_in_doubt": counts["intents"],
@@ -35,7 +37,8 @@ def status(state_dir: Path, as_json: bool) -> None:
            "files_deduplicated": dedup[0], "bytes_deduplicated": dedup[1],
            "same_sop_other_bytes": counts["conflicts"],
            "files_skipped": counts["problems"] - open_problems,
-           "runs": len(runs), "last_run": runs[-1] if runs else None}
+           "runs": len(runs), "last_run": runs[-1] if runs else None,
+           "verifications": len(checks), "last_verify": checks[-1] if checks else None}
     if as_json:
         click.echo(json.dumps(doc, indent=1))
         return
@@ -73,4 +76,12 @@ def describe(d: dict[str, Any]) -> list[str]:
         out.append(f"runs: {d['runs']:,}; the last {last.get('outcome', '?')}, started "
                    f"{last.get('started', '?')} on {last.get('host', '?')} as "
                    f"{last.get('user', '?')}, ended {last.get('ended', '?')}")
+    check = d.get("last_verify")
+    if check:
+        opts = check.get("options") or {}
+        how = " ".join(f"--{k}" for k in ("deep", "source") if opts.get(k)) or "objects only"
+        out.append(f"verified: {d['verifications']:,} times; the last ({how}) "
+                   f"{check.get('outcome', '?')}, ended {check.get('ended', '?')}")
+    else:
+        out.append("verified: never (pacsmigrate verify --deep --source checks every byte)")
     return out

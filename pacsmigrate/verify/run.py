@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 from types import MappingProxyType
@@ -13,6 +14,7 @@ from ..checkpoint import Checkpoint
 from ..errors import ConfigError
 from ..paths import path_fields
 from ..records import now_iso
+from ..report import outcome_of, record_verify, verify_record
 from ..slicing import recorded_slice
 from ..staterepair import Damaged, write_list
 from .common import Job
@@ -62,6 +64,27 @@ async def verify(opened: Opened, *, deep: bool = False, sample: float | None = N
         raise ConfigError(f"--sample must be a percent in (0, 100], not {sample}")
     if sample is not None and not (deep or source):
         raise ConfigError("--sample applies to --deep and --source; give one of them")
+    options = {"deep": deep, "sample": sample, "seed": seed, "source": source}
+    started_at = now_iso()
+    try:
+        result = await _verify(opened, deep=deep, sample=sample, seed=seed, source=source,
+                               progress=progress, report=report, cfg=cfg)
+    except BaseException as stop:
+        with contextlib.suppress(OSError):  # the error that stopped it is what matters
+            record_verify(opened.cp.state_dir, verify_record(
+                str(opened.dest), options, started=started_at, outcome=outcome_of(stop),
+                totals=None, damaged=0))
+        raise
+    record_verify(opened.cp.state_dir, verify_record(
+        str(opened.dest), options, started=started_at,
+        outcome="passed" if result.ok else f"failed: {result.errors:,} findings",
+        totals=result.totals(), damaged=len(result.damaged)))
+    return result
+
+
+async def _verify(opened: Opened, *, deep: bool, sample: float | None, seed: int,
+                  source: bool, progress: bool, report: Path | None, cfg: VerifyConfig
+                  ) -> VerifyResult:
     started = time.monotonic()
     spool_path = report.with_name(report.name + ".findings.tmp") if report else None
     spool = open_spool(spool_path) if spool_path else None
