@@ -21,9 +21,10 @@ from typing import Any, TypeVar
 
 from .backends import opened
 from .config import MigrateConfig
-from .errors import StateLockedError
+from .errors import PacsMigrateError, StateLockedError
 from .progress import read_progress
 from .shard import Shard
+from .staterepair import Damaged, write_list
 
 log = logging.getLogger("pacsmigrate.workers")
 T = TypeVar("T")
@@ -43,6 +44,9 @@ class SliceJob:
     states: str  # SHARED or STORE
     run_id: str
     queue: str  # the Dask queue the coordinator reads counts from
+    # The files of this slice a verify found damaged (STATE/repair.jsonl, cut by slice):
+    # left in the slice's state, whose run stores them again (staterepair.py).
+    repair: tuple[Damaged, ...] = ()
 
 
 def slice_state(state_dir: Path, shard: Shard) -> Path:
@@ -68,7 +72,12 @@ def run_slice(job: SliceJob) -> dict[str, Any]:
     queue = Queue(job.queue)  # type: ignore[no-untyped-call]
     watch = _Watch(worker, worker.get_current_task(), queue, job.shard,
                    cfg.progress_file)
-    return asyncio.run(_run(job, cfg, watch))
+    try:
+        return asyncio.run(_run(job, cfg, watch))
+    except PacsMigrateError as exc:
+        # Handed back as the result: the coordinator says it in one line. Raised, Dask's
+        # worker would also log it as a failed task, with a traceback, on the terminal.
+        return {"error": exc}
 
 
 def plan_slicing(cfg: MigrateConfig, slices: int, cut: int | None) -> dict[str, Any]:
@@ -92,6 +101,9 @@ async def _run(job: SliceJob, cfg: MigrateConfig, watch: _Watch) -> dict[str, An
         if job.states == STORE:
             async with opened(cfg.dest, cfg.transfer) as backend:
                 how = await _when_free(lambda: seed(cfg, backend, job.run_id))
+        if job.repair:  # forgetting twice changes nothing: a re-run may hand it on again
+            cfg.state_dir.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(write_list, cfg.state_dir, list(job.repair))
         stats = await _when_free(lambda: migrate(cfg))
         if job.states == STORE:
             async with opened(cfg.dest, cfg.transfer) as backend:

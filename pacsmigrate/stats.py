@@ -84,6 +84,8 @@ class Stats:
             mine = getattr(self, name)
             if isinstance(mine, Counter):
                 mine.update(value)
+            elif isinstance(mine, list):  # damaged_objects: each slice's
+                mine.extend(value)
             elif name == "lowest_concurrency":
                 if value and (not mine or value < mine):
                     self.lowest_concurrency = value

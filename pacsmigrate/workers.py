@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import time
 import uuid
@@ -41,16 +42,17 @@ from .errors import ConfigError, StateError
 from .preflight import preflight
 from .progress import Bar
 from .records import now_iso
-from .report import run_record, write_report
+from .report import outcome_of, run_record, write_report
 from .shard import CUT, Shard
 from .slicestore import MARGIN, fetch, held_copy, mark_start, marker_key, newest_copy
 from .slicetask import SHARED, SLICES, STORE, SliceJob, plan_slicing, run_slice, slice_state
 from .slicing import with_plan
 from .statemerge import merge_into
-from .staterepair import REPAIR_FILE
+from .staterepair import Damaged, done_with_list, read_list
 from .stats import Stats
 
 T = TypeVar("T")
+log = logging.getLogger("pacsmigrate.workers")
 
 MERGING = "merging.tmp"
 MIN_MEMORY = 64 << 20
@@ -138,11 +140,9 @@ def migrate_on_dask(cfg: MigrateConfig, *, workers: int | None = None,
     started, started_at = time.monotonic(), now_iso()
     if cfg.preflight:  # here, before the state exists
         asyncio.run(preflight(cfg)).raise_if_failed()
-    if (cfg.state_dir / REPAIR_FILE).exists():
-        raise ConfigError(f"a verify left {REPAIR_FILE} in {cfg.state_dir}: run that repair "
-                          "in one process first (the same migrate without --workers / "
-                          "--scheduler), then go on with workers")
+    damaged = read_list(cfg.state_dir) if cfg.state_dir.is_dir() else None
     run = Checkpoint(cfg.state_dir)  # one coordinator per run
+    stats = Stats()
     try:
         with _client(workers, scheduler) as client:
             if scheduler is not None:  # an autoscaling cluster may start with none
@@ -167,9 +167,12 @@ def migrate_on_dask(cfg: MigrateConfig, *, workers: int | None = None,
                  f"{'in the store' if plan['states'] == STORE else 'under --state'} "
                  f"({_dashboard(client)})")
             shared, queue = _share(cfg, min(slots, count)), f"pacsmigrate-{uuid.uuid4().hex}"
-            jobs = [SliceJob(shared, with_plan(Shard(k, count, plan["cut"]), plan["slicing"]),
-                             plan["states"], plan["run_id"], queue) for k in range(count)]
-            stats, copies = _run_slices(client, jobs, echo, cfg.progress)
+            shards = [with_plan(Shard(k, count, plan["cut"]), plan["slicing"])
+                      for k in range(count)]
+            repairs = _cut_repair(damaged or [], shards, cfg, echo)
+            jobs = [SliceJob(shared, shard, plan["states"], plan["run_id"], queue,
+                             repairs.get(shard.index, ())) for shard in shards]
+            copies = _run_slices(client, jobs, echo, cfg.progress, stats)
         if plan["states"] == STORE:
             left = asyncio.run(_in_store(
                 lambda b: _fetch_all(b, cfg, plan["run_id"], copies), cfg))
@@ -181,12 +184,41 @@ def migrate_on_dask(cfg: MigrateConfig, *, workers: int | None = None,
         stats.seconds = round(time.monotonic() - started, 3)
         stats.studies = merged.counts()["groups"]
         stats.pending_after = merged.counts()["spill"]
+        if damaged is not None:
+            done_with_list(cfg.state_dir)
         merged.record_run(run_record(cfg, stats, started=started_at, outcome="completed"))
         if cfg.report_path is not None:
             write_report(cfg.report_path, run, stats, cfg)
+    except BaseException as stop:
+        # Recorded as a run in one process records it; a failure to record must not hide
+        # the error that stopped the run.
+        try:
+            stats.seconds = round(time.monotonic() - started, 3)
+            run.record_run(run_record(cfg, stats, started=started_at,
+                                      outcome=outcome_of(stop)))
+            if cfg.report_path is not None:
+                write_report(cfg.report_path, run, stats, cfg)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not record the run after the error: %s", exc)
+        raise
     finally:
         run.close()
     return stats
+
+
+def _cut_repair(damaged: list[Damaged], shards: list[Shard], cfg: MigrateConfig,
+                echo: Callable[[str], None]) -> dict[int, tuple[Damaged, ...]]:
+    """The repair list cut by slice: each slice's run stores its own damaged files again."""
+    roots = [os.fsencode(p) for p in cfg.sources]
+    out: dict[int, list[Damaged]] = {}
+    for d in damaged:
+        shard = next((s for s in shards if s.holds(roots, d.path)), None)
+        if shard is not None:
+            out.setdefault(shard.index, []).append(d)
+    if damaged:
+        echo(f"repair: {sum(map(len, out.values())):,} files a verify found damaged handed "
+             f"to the slices that hold them ({len(out):,} slices)")
+    return {k: tuple(v) for k, v in out.items()}
 
 
 async def _in_store(body: Callable[[Backend], Awaitable[T]], cfg: MigrateConfig) -> T:
@@ -216,16 +248,17 @@ async def _fetch_all(backend: Backend, cfg: MigrateConfig, run_id: str,
 
 
 def _run_slices(client: Any, jobs: list[SliceJob], echo: Callable[[str], None],
-                progress: bool) -> tuple[Stats, dict[int, str]]:
-    """Submit every slice; wait for them, the bar fed by the counts the slices send.
-    Returns the totals and, by slice, the key of each state's copy in the store."""
+                progress: bool, total: Stats) -> dict[int, str]:
+    """Submit every slice; wait for them, the bar fed by the counts the slices send, their
+    totals added to `total` as each ends. Returns, by slice, the key of each state's copy
+    in the store."""
     from distributed import Queue
 
     queue = Queue(jobs[0].queue, client=client)
     futures = {client.submit(run_slice, job, key=f"{job.queue}-slice-{job.shard.index}",
                              pure=False, retries=0): job.shard for job in jobs}
     bar = Bar("store", total_bytes=None, total_files=None, enabled=progress)
-    total, copies = Stats(), {}
+    copies = {}
     counts: dict[int, dict[str, int]] = {}
     shown = {"files": 0, "bytes": 0}
     try:
@@ -233,7 +266,9 @@ def _run_slices(client: Any, jobs: list[SliceJob], echo: Callable[[str], None],
         while left:
             for fut in [f for f in left if f.done()]:
                 shard = left.pop(fut)
-                got = fut.result()  # a slice's error stops the run, one line as in one process
+                got = fut.result()
+                if "error" in got:  # a slice's error stops the run, one line as in one process
+                    raise got["error"]
                 # Let go of it: Dask would run it again to keep a result that a lost worker
                 # held, and a slice done twice replaces the copy of its state read below.
                 del futures[fut]
@@ -255,7 +290,7 @@ def _run_slices(client: Any, jobs: list[SliceJob], echo: Callable[[str], None],
     finally:
         bar.close()
         queue.close()
-    return total, copies
+    return copies
 
 
 def _show(bar: Bar, now: list[dict[str, int]], shown: dict[str, int]) -> None:

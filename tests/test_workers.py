@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from conftest import LocalTarget, S3Target, run_cli
+from faultproxy import BEFORE, FaultProxy
 from helpers import assert_complete, config, index_rows, multipart_tree
 from test_shard import _same, _tree
 
@@ -157,3 +158,64 @@ def test_caps_and_memory_are_for_the_whole_run(running: int, tmp_path: Path) -> 
     assert share.transfer.max_requests_per_second == 400 / running
     assert share.transfer.bwlimit == 100e6 / running
     assert share.memory == (512 << 20) // running
+
+
+@pytest.mark.parametrize("states", ["shared", "store"])
+def test_a_repair_runs_on_workers(states: str, moto_s3: S3Target, tmp_path: Path) -> None:
+    """Verify's repair list is cut by slice; each slice's run stores its damaged files
+    again (with its states under --state, or copied through the store), then verify
+    passes and a further run stores nothing."""
+    root = _tree(tmp_path / "pacs")
+    state = tmp_path / "state"
+    args = migrate_args(moto_s3, root, state, "--workers", "2", "--slice-states", states)
+    run_cli(*args, env=moto_s3.env(), check=True)
+    rows = index_rows(state)
+    by_key: dict[str, list[dict[str, str]]] = {}
+    for r in rows:
+        by_key.setdefault(r["key"], []).append(r)
+    lost = sorted(by_key, key=lambda k: (-len(by_key[k]), k))[:2]  # in one slice or two
+    for key in lost:
+        moto_s3.client.delete_object(Bucket=moto_s3.bucket, Key=key)
+    expected = {r["source_path"] for key in lost for r in by_key[key]}
+    check = run_cli("verify", "--state", str(state), env=moto_s3.env())
+    assert check.returncode == 1 and f"damaged: {len(expected)} source files" in check.stdout
+
+    fixed = run_cli(*args, env=moto_s3.env())
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert (f"repair: {len(expected)} files a verify found damaged handed to the slices"
+            in fixed.stderr), fixed.stderr
+    assert f"migrated now: {len(expected)} files" in fixed.stdout
+    assert (f"repair: {len(expected)} files a verify found damaged were taken to be stored "
+            "again (counted above); 2 damaged objects are no longer indexed") in fixed.stdout
+    assert not (state / "repair.jsonl").exists() and list(state.glob("repair-applied-*"))
+    now = {r["source_path"]: r["key"] for r in index_rows(state)}
+    assert len(now) == len(rows)
+    assert all(now[p] not in lost for p in expected)
+    again = run_cli("verify", "--state", str(state), "--deep", "--source", env=moto_s3.env())
+    assert again.returncode == 0, again.stdout + again.stderr
+    calm = run_cli(*args, env=moto_s3.env(), check=True)
+    assert "migrated now: 0 files" in calm.stdout
+
+
+def test_a_run_on_workers_that_stops_on_an_error_is_recorded(moto_s3: S3Target,
+                                                             tmp_path: Path) -> None:
+    """A slice's error stops the run in one line; the state's history and the report
+    still say that the run was made and how it ended."""
+    root = _tree(tmp_path / "pacs")
+    state, report = tmp_path / "state", tmp_path / "report.json"
+    with FaultProxy(moto_s3.info.endpoint_url) as proxy:
+        args = ["migrate", str(root), moto_s3.url, "--endpoint-url", proxy.url, "--state",
+                str(state), "--no-progress", "--workers", "2", "--report", str(report)]
+        run_cli(*args, env=moto_s3.env(), check=True)
+        (root / "new.dcm").write_bytes(b"x" * 1000)
+        # After the pre-flight's probe, the store refuses the new bundle: 403 AccessDenied.
+        proxy.inject("403", phase=BEFORE, times=1000, match=lambda r: r.method == "PUT"
+                     and "/pacsmigrate-run/" not in r.path and r.path.endswith(".tar"))
+        stopped = run_cli(*args, env=moto_s3.env())
+    assert stopped.returncode == 2, stopped.stdout + stopped.stderr
+    assert "Traceback" not in stopped.stderr and "AccessDenied" in stopped.stderr
+    runs = json.loads(report.read_text())["runs"]
+    assert [r["outcome"].split(":")[0] for r in runs] == ["completed", "stopped"], runs
+    assert "AccessDenied" in runs[1]["outcome"]
+    said = run_cli("status", "--state", str(state), check=True).stdout
+    assert "runs: 2; the last stopped: " in said
