@@ -309,7 +309,8 @@ def e2e_part(ctx: Ctx, trees: Trees, megabytes: int) -> list[str]:
               "`--ct-mb`: 1,000 MB full, 200 MB quick) migrated by `pacsmigrate migrate` into "
               "this run's SeaweedFS, fresh bucket and state per run, "
               f"{ctx.repeats} repeat(s) in alternating order; every run checked by "
-              "`pacsmigrate status --json` (files_migrated = the tree's files). Stored MB from "
+              "`pacsmigrate status --json` (files_migrated = the tree's files) and `verify --deep` "
+              "(untimed: every member read back, its blake3 compared). Stored MB from "
               "the migrate summary (`migrated now: ... (X MB)`: bundles, manifests and "
               "descriptor), bucket bytes from listing the bucket after the run."), "",
              ("| variant | median wall s | MB/s | client CPU s | server CPU s | stored MB | "

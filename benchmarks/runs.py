@@ -100,9 +100,22 @@ def pm_status(state: Path, env: dict[str, str]) -> dict[str, Any]:
     return doc
 
 
+def pm_verify(state: Path, env: dict[str, str], log: Path) -> None:
+    """Read every stored member back and compare its blake3 with the index (`verify --deep`,
+    after the timed run): fail the bench unless the store holds the bytes pacsmigrate says."""
+    out = log.with_name(f"{log.stem}-verify.log")
+    proc = subprocess.run([str(BIN / "pacsmigrate"), "verify", "--state", str(state), "--deep",
+                           "--no-progress"], env=env, capture_output=True, text=True, check=False)
+    out.write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        fail(f"pacsmigrate verify --deep exited {proc.returncode}: what the store holds is not "
+             "what the index says", out)
+
+
 def verify(variant: Variant, tree: Tree, src: Path, listing: dict[str, int], state: Path,
            env: dict[str, str], log: Path, *, dry_run: bool) -> str:
-    """Fail the bench unless the run stored exactly what it should; return a short note."""
+    """Fail the bench unless the run stored exactly what it should (pacsmigrate: its status,
+    and its stored bytes read back); return a short note."""
     if variant.tool == "pacsmigrate" and dry_run:
         if listing:
             fail(f"a dry run stored {len(listing)} objects", log)
@@ -118,8 +131,10 @@ def verify(variant: Variant, tree: Tree, src: Path, listing: dict[str, int], sta
         # extensions are left to the pipeline (a rewrite may compress or rename bundles).
         if not listing:
             fail("pacsmigrate reports success but the bucket is empty", log)
+        pm_verify(state, env, log)
         tars = sum(1 for key in listing if key.endswith(".tar"))
-        return f"{tars:,} bundles" if tars else f"{len(listing):,} objects, none .tar"
+        return (f"{tars:,} bundles" if tars else f"{len(listing):,} objects, none .tar"
+                ) + ", verify --deep passed"
     if variant.tool == "ceiling":
         want = {f"{PREFIX}/{src.name}": src.stat().st_size}
         if listing != want:

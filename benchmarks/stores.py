@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 from measure import Timed, run_timed
-from runs import Ctx, fail
+from runs import Ctx, fail, pm_verify
 from store import bucket_name
 from targets import Section
 from tools import BIN
@@ -88,6 +88,7 @@ def _one(ctx: Ctx, kind: str, tree: Tree, azurite: Azurite, repeat: int) -> Time
     done = json.loads(status.stdout or "{}").get("files_migrated")
     if done != tree.files:
         fail(f"pacsmigrate into {kind}: {done} files migrated, the tree has {tree.files}", log)
+    pm_verify(state, env, log)
     _drop(kind, ctx, azurite, name)
     shutil.rmtree(state, ignore_errors=True)
     return t
@@ -114,7 +115,8 @@ def run_stores(ctx: Ctx, trees: Trees, megabytes: int) -> Section:
     lines = [(f"Tree: **{tree.name}** ({tree.files:,} files, {mb:,.0f} MB). pacsmigrate with its "
              "defaults into each store, fresh bucket / container / directory and state per run, "
              f"{ctx.repeats} repeats in alternating order; every run checked by `pacsmigrate "
-             "status --json` (files_migrated = the tree's files). Client and stores share the "
+             "status --json` (files_migrated = the tree's files) and, untimed, by `pacsmigrate "
+             "verify --deep` (every member read back, its blake3 compared). Client and stores share the "
              "machine's 2 CPUs; Azurite is Node.js keeping blobs in memory, so its row measures "
              "the client and Azurite together, not Azure."), "",
              "| store | tool | median wall s | MB/s | client CPU s | CPU s per GB | peak RSS MiB |",

@@ -109,7 +109,9 @@ def _section_text(outcomes: list[Outcome], tree: Tree, ctx: Ctx, *, by: str) -> 
              "Order (alternates between repeats):", "", *order_lines(outcomes), "",
              ("Every run was verified: pacsmigrate by `pacsmigrate status --state DIR --json` "
              f"(files_migrated = {tree.files:,}, nothing pending, in doubt or with problems; "
-             "objects in the bucket); the peers by listing the bucket (exactly one object per "
+             "objects in the bucket) and, after the timed run, `pacsmigrate verify --state DIR "
+             "--deep` (every member read back from the store, its blake3 compared with the "
+             "index); the peers by listing the bucket (exactly one object per "
              "source file, same keys, same total bytes)."), "",
              (f"Results (median of {ctx.repeats} repeat(s); files/s and MB/s = source files and "
              "bytes ÷ median wall time; client CPU = user+sys of the tool's process and the "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -10,7 +11,7 @@ from pathlib import Path
 from .backends import Backend, opened
 from .checkpoint import Checkpoint
 from .config import AzureOptions, Destination, S3Options, TransferConfig
-from .errors import StateError
+from .errors import ConfigError, StateError
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,18 @@ def destination_of(cp: Checkpoint, *, endpoint_url: str | None = None) -> Destin
     return dest.with_s3(S3Options.from_meta(config)) if dest.scheme == "s3" else dest
 
 
+def _remembered_ca(ca: Path, dest: Destination) -> Path | None:
+    """The CA file the migration was given; when it is gone, the environment's (None), else
+    a line that says so (these commands take no --ca-bundle)."""
+    variable = "REQUESTS_CA_BUNDLE" if dest.scheme == "az" else "AWS_CA_BUNDLE"
+    if ca.is_file():
+        return ca
+    if os.environ.get(variable):
+        return None
+    raise ConfigError(f"the private CA this migration was given, {ca}, is gone: put it back, "
+                      f"or name the CA file in {variable}")
+
+
 @asynccontextmanager
 async def open_migration(state_dir: Path, *, endpoint_url: str | None = None,
                          transfer: TransferConfig | None = None,
@@ -50,7 +63,7 @@ async def open_migration(state_dir: Path, *, endpoint_url: str | None = None,
         transfer = transfer or TransferConfig()
         ca = cp.get_meta("ca_bundle")  # the private CA the migration was told to trust
         if ca and transfer.ca_bundle is None:
-            transfer = replace(transfer, ca_bundle=Path(ca))
+            transfer = replace(transfer, ca_bundle=_remembered_ca(Path(ca), dest))
         async with opened(dest, transfer) as backend:
             yield Opened(cp, dest, backend)
     finally:

@@ -14,7 +14,8 @@ Faults: "500" InternalError, "503" SlowDown, "429" TooManyRequests, "403" Access
 "stall" (no answer for `stall_seconds`, then close); "truncate" (headers with the full
 Content-Length, fewer body bytes, then close); "blackhole" (after the request headers,
 neither read the body nor answer for `stall_seconds`). Chosen per request by a seeded RNG,
-by targeted rules (`inject`), or by a `storm` that fails everything for a while.
+by targeted rules (`inject`), or by a `storm` that fails everything for a while (or, with no
+duration, until `calm()`: what a unit test uses, so no request races a clock).
 Keep-alive, Content-Length and chunked bodies, `Expect: 100-continue` and HEAD are handled;
 bodies are buffered (bounded by `max_body`).
 """
@@ -168,7 +169,8 @@ class FaultProxy:
         self._cfg = _Config()
         self.configure(probability=probability, kinds=kinds, after=after)
         self._rules: list[Rule] = []
-        self._storm: tuple[float, str, str] | None = None  # (until, kind, phase)
+        # (until, kind, phase); until None: a storm that lasts until calm()
+        self._storm: tuple[float | None, str, str] | None = None
         self.injected: Counter[str] = Counter()
         self.injected_by_phase: Counter[tuple[str, str]] = Counter()
         self.exchanges: deque[Exchange] = deque(maxlen=log_size)
@@ -215,11 +217,12 @@ class FaultProxy:
             self._rules.append(rule)
         return rule
 
-    def storm(self, seconds: float, kind: str = "503", *, phase: str = BEFORE) -> None:
-        """Fail every request for the next `seconds` (from now)."""
+    def storm(self, seconds: float | None, kind: str = "503", *, phase: str = BEFORE) -> None:
+        """Fail every request for the next `seconds` (from now); None: until `calm()`."""
         self._check(kind, phase)
+        until = None if seconds is None else time.monotonic() + seconds
         with self._lock:
-            self._storm = (time.monotonic() + seconds, kind, phase)
+            self._storm = (until, kind, phase)
 
     def calm(self) -> None:
         """No more faults: random probability 0, rules and storm cleared."""
@@ -327,7 +330,7 @@ class FaultProxy:
                     return rule.kind, rule.phase
             if self._storm is not None:
                 until, kind, phase = self._storm
-                if time.monotonic() < until:
+                if until is None or time.monotonic() < until:
                     return kind, phase
                 self._storm = None
             cfg = self._cfg

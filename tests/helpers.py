@@ -7,6 +7,7 @@ import io
 import json
 import os
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,22 @@ def bundle_manifest(data: bytes) -> dict[str, Any]:
     offset, length = where
     doc: dict[str, Any] = json.loads(data[offset:offset + length])
     return doc
+
+
+class OsProxy:
+    """Stands in for the `os` module inside one pacsmigrate module; hooks one function:
+    races made deterministic (the tree changes at a chosen moment of the real code)."""
+
+    def __init__(self, **hooks: Callable[..., Any]) -> None:
+        self._hooks = hooks
+
+    def __getattr__(self, name: str) -> Any:
+        return self._hooks.get(name) or getattr(os, name)
+
+
+def fd_path(fd: int) -> bytes:
+    """The path an open descriptor was opened by (Linux)."""
+    return os.fsencode(os.readlink(f"/proc/self/fd/{fd}"))
 
 
 def call_unblocked(fn: Any, fifo: Path, *, what: str) -> Any:

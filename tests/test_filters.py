@@ -25,6 +25,7 @@ from pacsmigrate.filters import (
     TOO_YOUNG,
     Filters,
 )
+from pacsmigrate.verify.source import NOT_INDEXED
 
 
 def _migrate(root: Path, s3: S3Target, state: Path, *extra: str) -> list[str]:
@@ -102,6 +103,14 @@ def test_paths_and_ages(moto_s3: S3Target, tmp_path: Path) -> None:
     assert _migrated(state) == {"old", "mid"}
     assert "2 excluded by --exclude" in proc.stdout
     assert "2 younger than --min-age" in proc.stdout  # new/img.dcm, undated/img.dcm
+    # The state keeps no filters: verify --source lists what they left out, and says why.
+    check = run_cli("verify", "--state", str(state), "--source", env=moto_s3.env())
+    assert check.returncode == 1, check.stdout + check.stderr
+    left_out = {p for p in check.stdout.splitlines()
+                if p.startswith("source not in index: ")}
+    assert left_out == {f"source not in index: {root.resolve() / name} ({NOT_INDEXED})"
+                        for name in ("new/draft.tmp", "scan.bin", "new/img.dcm",
+                                     "undated/img.dcm")}, check.stdout
     proc = run_cli(*_migrate(root, moto_s3, state, "--include", "*/new/*", "--max-age",
                              "30d"), env=moto_s3.env())
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -111,6 +120,8 @@ def test_paths_and_ages(moto_s3: S3Target, tmp_path: Path) -> None:
     proc = run_cli(*_migrate(root, moto_s3, state), env=moto_s3.env())
     assert proc.returncode == 0
     assert_complete(moto_s3, state, root)
+    check = run_cli("verify", "--state", str(state), "--source", env=moto_s3.env())
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_bad_filter_values_are_one_line(moto_s3: S3Target, tmp_path: Path) -> None:

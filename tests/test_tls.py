@@ -6,6 +6,7 @@ import asyncio
 import os
 import shutil
 import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,9 +15,10 @@ import boto3
 import pytest
 from botocore.config import Config
 from conftest import TEST_FILES, S3Target, run_cli
-from helpers import assert_complete
+from helpers import assert_complete, index_rows
 
 from pacsmigrate.backends import one_chunk, open_backend
+from pacsmigrate.checkpoint import Checkpoint
 from pacsmigrate.config import Destination, TransferConfig
 from pacsmigrate.devstore import SeaweedFS, StoreInfo, create_bucket, make_tls_files
 from pacsmigrate.errors import PermanentBackendError
@@ -202,3 +204,114 @@ def test_the_data_path_verifies_tls_as_the_client_does(tls_s3: TlsTarget, tmp_pa
     asyncio.run(go())
     assert tls_s3.object_keys() == ["k/big", "k/small"]
     assert tls_s3.get("k/big") == b"".join(parts)
+
+
+def _migrated(tree: Path, target: TlsTarget, tmp_path: Path) -> tuple[Path, Path]:
+    """A migration given a copy of the CA (a file the test may take away); state and CA."""
+    assert target.info.ca_file is not None
+    ca = tmp_path / "hospital-ca.pem"
+    shutil.copy(target.info.ca_file, ca)
+    state = tmp_path / "state"
+    run_cli(*_migrate(tree, target, state, "--ca-bundle", str(ca)), env=target.env(),
+            timeout=120, check=True)
+    return state, ca
+
+
+def _read_back(tree: Path, state: Path, env: dict[str, str], to: Path
+               ) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+    """`get` of one file and `restore --all` of the tree, neither given --ca-bundle."""
+    got = run_cli("get", str(tree / "CT_small.dcm"), "--state", str(state), "-o",
+                  str(to / "got.dcm"), env=env, timeout=120)
+    restored = run_cli("restore", "--state", str(state), "--all", "--to", str(to / "restored"),
+                       "--strip-prefix", str(tree), "--no-progress", env=env, timeout=120)
+    return got, restored
+
+
+def test_get_and_restore_trust_the_ca_the_migration_remembered(
+        tls_s3: TlsTarget, tree: Path, tmp_path: Path) -> None:
+    state, ca = _migrated(tree, tls_s3, tmp_path)
+    other_ca, _, _ = make_tls_files(tmp_path / "other-ca")
+    # No AWS_CA_BUNDLE, or one naming another CA: the state's CA is the one trusted.
+    for n, env in enumerate((tls_s3.env(), tls_s3.env(str(other_ca)))):
+        to = tmp_path / f"back{n}"
+        got, restored = _read_back(tree, state, env, to)
+        assert got.returncode == 0, got.stdout + got.stderr
+        assert restored.returncode == 0, restored.stdout + restored.stderr
+        assert (to / "got.dcm").read_bytes() == (tree / "CT_small.dcm").read_bytes()
+        for name in ("CT_small.dcm", "MR_small.dcm", "README.txt"):
+            assert (to / "restored" / name).read_bytes() == (tree / name).read_bytes(), name
+
+    # The same state without its remembered CA: refused, in one line, until the CA is given
+    # another way (AWS_CA_BUNDLE: get and restore have no --ca-bundle).
+    cp = Checkpoint(state)
+    try:
+        cp.put_meta("ca_bundle", None)
+    finally:
+        cp.close()
+    started = time.monotonic()
+    for proc in _read_back(tree, state, tls_s3.env(), tmp_path / "forgotten"):
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        _assert_refused_cleanly(proc.stdout, proc.stderr, time.monotonic() - started)
+        assert "AWS_CA_BUNDLE" in proc.stderr, proc.stderr
+    assert not (tmp_path / "forgotten" / "got.dcm").exists()
+    got, restored = _read_back(tree, state, tls_s3.env(str(ca)), tmp_path / "by-env")
+    assert got.returncode == 0 and restored.returncode == 0, got.stderr + restored.stderr
+
+    # Remembered, but the file is gone since: one line naming it and the way out.
+    cp = Checkpoint(state)
+    try:
+        cp.put_meta("ca_bundle", str(ca))
+    finally:
+        cp.close()
+    moved = tmp_path / "moved-ca.pem"
+    ca.rename(moved)
+    for proc in _read_back(tree, state, tls_s3.env(), tmp_path / "moved"):
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stderr, proc.stderr
+        said = (f"error: the private CA this migration was given, {ca}, is gone: put it back, "
+                "or name the CA file in AWS_CA_BUNDLE")
+        assert proc.stderr.strip().splitlines() == [said], proc.stderr
+    got, restored = _read_back(tree, state, tls_s3.env(str(moved)), tmp_path / "moved")
+    assert got.returncode == 0 and restored.returncode == 0, got.stderr + restored.stderr
+    assert (tmp_path / "moved" / "got.dcm").read_bytes() == (tree / "CT_small.dcm").read_bytes()
+
+
+def test_cleanup_over_https_needs_the_ca(tls_s3: TlsTarget, tmp_path: Path) -> None:
+    left = tls_s3.client.create_multipart_upload(Bucket=tls_s3.bucket,
+                                                 Key="archive/ab/cd/left.tar")
+    args = ["cleanup", tls_s3.url, "--endpoint-url", tls_s3.info.endpoint_url,
+            "--older-than", "0"]
+    started = time.monotonic()
+    refused = run_cli(*args, env=tls_s3.env(), timeout=120)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    _assert_refused_cleanly(refused.stdout, refused.stderr, time.monotonic() - started)
+    assert [u["UploadId"] for u in tls_s3.pending_uploads()] == [left["UploadId"]]
+
+    done = run_cli(*args, "--ca-bundle", str(tls_s3.info.ca_file), env=tls_s3.env(),
+                   timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "aborted: archive/ab/cd/left.tar" in done.stdout
+    assert "1 unfinished uploads aborted" in done.stdout
+    assert tls_s3.pending_uploads() == []
+
+
+def test_index_rebuild_over_https_needs_the_ca_and_remembers_it(
+        tls_s3: TlsTarget, tree: Path, tmp_path: Path) -> None:
+    state, ca = _migrated(tree, tls_s3, tmp_path)
+    rebuilt = tmp_path / "rebuilt"
+    args = ["index", "rebuild", tls_s3.url, "--endpoint-url", tls_s3.info.endpoint_url,
+            "--state", str(rebuilt), "--no-progress"]
+    started = time.monotonic()
+    refused = run_cli(*args, env=tls_s3.env(), timeout=120)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    _assert_refused_cleanly(refused.stdout, refused.stderr, time.monotonic() - started)
+
+    # Given the CA (into the same --state, as an operator re-runs it): the same index.
+    done = run_cli(*args, "--ca-bundle", str(ca), env=tls_s3.env(), timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "rebuilt 3 index rows" in done.stdout, done.stdout
+    assert index_rows(rebuilt) == index_rows(state)
+    # The rebuilt state remembers the CA too: get needs no AWS_CA_BUNDLE.
+    got, restored = _read_back(tree, rebuilt, tls_s3.env(), tmp_path / "back")
+    assert got.returncode == 0 and restored.returncode == 0, got.stderr + restored.stderr
+    assert (tmp_path / "back" / "got.dcm").read_bytes() == (tree / "CT_small.dcm").read_bytes()

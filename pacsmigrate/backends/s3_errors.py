@@ -156,7 +156,8 @@ def map_error(exc: BaseException, *, key: str | None,
     if (isinstance(exc, (SSLError, aiohttp.ClientSSLError))
             or "CERTIFICATE_VERIFY_FAILED" in str(exc)):
         return PermanentBackendError(
-            f"TLS certificate not trusted ({exc}); give --ca-bundle for a private CA", key=key)
+            f"TLS certificate not trusted ({exc}); give --ca-bundle (or AWS_CA_BUNDLE) for a "
+            "private CA", key=key)
     if isinstance(exc, (EndpointConnectionError, aiohttp.ClientConnectorError)):
         return BackendError(
             f"cannot connect to {where.endpoint or 'the store'} ({exc}): check --endpoint-url, "

@@ -29,7 +29,7 @@ import blake3
 import pydicom
 import pytest
 from conftest import TEST_FILES, S3Target, run, run_cli
-from helpers import MiB, assert_complete, config, index_rows, source_files
+from helpers import MiB, OsProxy, assert_complete, config, fd_path, index_rows, source_files
 
 from pacsmigrate import Migration, bundle, faults, pipeline, reads
 from pacsmigrate import read as read_module
@@ -354,20 +354,6 @@ def test_path_longer_than_path_max_is_migrated_or_finally_reported(moto_s3: S3Ta
 # Races made deterministic: the tree changes at a chosen moment of the real pipeline.
 
 
-class _OsProxy:
-    """Stands in for the `os` module inside one pacsmigrate module; hooks one function."""
-
-    def __init__(self, **hooks: Callable[..., Any]) -> None:
-        self._hooks = hooks
-
-    def __getattr__(self, name: str) -> Any:
-        return self._hooks.get(name) or getattr(os, name)
-
-
-def _fd_path(fd: int) -> bytes:
-    return os.fsencode(os.readlink(f"/proc/self/fd/{fd}"))
-
-
 def _before_read(act: Callable[[list[bytes]], None]) -> Callable[..., Any]:
     """A read stage that first calls act(paths) with the paths it is about to read."""
     real = reads.read_files
@@ -467,7 +453,7 @@ def test_files_vanishing_or_replaced_during_the_scan_and_before_the_read(
 
     report = tmp_path / "report.json"
     with monkeypatch.context() as hook:
-        hook.setattr(walk_module, "os", _OsProxy(scandir=scandir))
+        hook.setattr(walk_module, "os", OsProxy(scandir=scandir))
         hook.setattr(reads, "read_files", _before_read(act))
         stats = run(pipeline.migrate(config([tree], moto_s3.url, tmp_path / "state",
                                             moto_s3.info.endpoint_url, report_path=report)))
@@ -580,7 +566,7 @@ def test_files_that_keep_changing_while_read_are_left_for_the_next_run(
     def writer_on(racing: bytes) -> Callable[[int], os.stat_result]:
         """The stat that ends a read sees the file grown: the NAS wrote while we read."""
         def fstat(fd: int) -> os.stat_result:
-            path = _fd_path(fd)
+            path = fd_path(fd)
             if path == racing:
                 with open(path, "ab") as f:
                     f.write(b"\0" * 1024)
@@ -592,8 +578,8 @@ def test_files_that_keep_changing_while_read_are_left_for_the_next_run(
     cfg = config([tree], moto_s3.url, state, moto_s3.info.endpoint_url, report_path=report,
                  bundle_size=8 * MiB, large_file=4 * MiB)
     with monkeypatch.context() as writer:
-        writer.setattr(read_module, "os", _OsProxy(fstat=writer_on(_abs(small))))
-        writer.setattr(bundle, "os", _OsProxy(fstat=writer_on(_abs(large))))
+        writer.setattr(read_module, "os", OsProxy(fstat=writer_on(_abs(small))))
+        writer.setattr(bundle, "os", OsProxy(fstat=writer_on(_abs(large))))
         stats = run(pipeline.migrate(cfg))
     assert all(appended.values()), appended
     assert stats.not_migrated == 2
@@ -866,7 +852,7 @@ def test_a_failed_file_deleted_before_the_next_run_is_not_pending_forever(
     victim = tree / "work" / "a" / "f0.dcm"
 
     def fstat(fd: int) -> os.stat_result:  # the file grows while it is read, every time
-        if _fd_path(fd) == _abs(victim):
+        if fd_path(fd) == _abs(victim):
             with open(victim, "ab") as f:
                 f.write(b"\0" * 1024)
         return os.fstat(fd)
@@ -875,7 +861,7 @@ def test_a_failed_file_deleted_before_the_next_run_is_not_pending_forever(
     cfg = config([tree], moto_s3.url, tmp_path / "state", moto_s3.info.endpoint_url,
                  report_path=report)
     with monkeypatch.context() as writer:
-        writer.setattr(read_module, "os", _OsProxy(fstat=fstat))
+        writer.setattr(read_module, "os", OsProxy(fstat=fstat))
         assert run(pipeline.migrate(cfg)).not_migrated == 1
     victim.unlink()
     again = run(pipeline.migrate(cfg))

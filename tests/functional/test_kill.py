@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -50,29 +51,56 @@ def test_kill_at_point_then_resume(point: str, s3: S3Target, kill_tree: Path,
         assert adopted and int(adopted.group(1)) >= 1, done.stdout
 
 
+# pipeline.py logs this once the pre-flight passed and the state is open, before the walk:
+# the run's work begins (the interpreter's start-up and the imports are behind it).
+WORK_BEGINS = "migration of "
+
+
+def _work_begun(proc: subprocess.Popen[bytes], log: Path) -> bool:
+    """Wait until the run logs that its work began (True), or ends before it (False)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if log.exists():
+            whole = log.read_text(encoding="utf-8").split("\n")[:-1]  # a line being written waits
+            if any(json.loads(line)["message"].startswith(WORK_BEGINS) for line in whole):
+                return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.005)
+    raise AssertionError("the run never logged the start of its work")
+
+
+def _started(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "pacsmigrate", "--log-file", str(log), *args]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
 def test_kill_at_random_moments(moto_s3: S3Target, kill_tree: Path, tmp_path: Path) -> None:
-    """SIGKILL at up to 20 random moments (catalogue, uploads, LMDB commits, in between),
-    re-running each time; then nothing is lost, doubled or orphaned."""
+    """SIGKILL at up to 15 random moments of the run's work (catalogue, uploads, LMDB commits,
+    in between; never during the interpreter's start-up), re-running each time; then nothing
+    is lost, doubled or orphaned."""
     rng = random.Random(int(os.environ.get("PACSMIGRATE_KILL_SEED", "1234")))
-    # A bandwidth cap stretches the run over seconds, so that twenty kills can land in it.
+    # A bandwidth cap stretches the run over seconds, so that many kills can land in it.
     slow = ("--bwlimit", "800KiB")
-    # How long an uninterrupted run takes here, so the kills land inside the run.
-    started = time.monotonic()
-    run_cli(*_migrate_args(kill_tree, moto_s3, tmp_path / "timing", *slow), env=moto_s3.env(),
-            check=True)
-    full = time.monotonic() - started
+    # How long the work of an uninterrupted run takes here, so the kills land inside it.
+    timing = _started(_migrate_args(kill_tree, moto_s3, tmp_path / "timing", *slow),
+                      moto_s3.env(), tmp_path / "timing.jsonl")
+    assert _work_begun(timing, tmp_path / "timing.jsonl")
+    began = time.monotonic()
+    _, err = timing.communicate(timeout=300)
+    work = time.monotonic() - began
+    assert timing.returncode == 0, err
     target = S3Target(moto_s3.info, moto_s3.bucket + "-k", "moto")
     target.client.create_bucket(Bucket=target.bucket)
     state = tmp_path / "state"
-    args = [sys.executable, "-m", "pacsmigrate",
-            *_migrate_args(kill_tree, target, state, *slow)]
+    args = _migrate_args(kill_tree, target, state, *slow)
     kills = 0
-    for _ in range(40):
-        proc = subprocess.Popen(args, env=target.env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
-        # Python's start-up is ~0.5 s of each attempt; the rest lands anywhere in the work.
-        time.sleep(0.4 + rng.uniform(0.0, 0.12) * full)
-        if proc.poll() is None:
+    for attempt in range(40):
+        log = tmp_path / f"attempt{attempt}.jsonl"
+        proc = _started(args, target.env(), log)
+        began = _work_begun(proc, log)
+        time.sleep(rng.uniform(0.0, 0.12) * work)
+        if began and proc.poll() is None:  # the kill lands in the work
             proc.send_signal(signal.SIGKILL)
             kills += 1
         _, err = proc.communicate(timeout=120)
@@ -81,10 +109,11 @@ def test_kill_at_random_moments(moto_s3: S3Target, kill_tree: Path, tmp_path: Pa
             break
     final = run_cli(*_migrate_args(kill_tree, target, state), env=target.env())
     assert final.returncode == 0, final.stdout + final.stderr
-    assert kills >= 10
+    assert kills >= 10, f"only {kills} kills landed in the work ({work:.1f} s uninterrupted)"
     assert_complete(target, state, kill_tree)
     verify = run_cli("verify", "--state", str(state), "--deep", "--source", env=target.env())
     assert verify.returncode == 0, verify.stdout + verify.stderr
+    print(f"{kills} kills in {attempt + 1} attempts; uninterrupted work {work:.1f} s")
 
 
 def test_large_object_resumes_from_its_uploaded_parts(s3: S3Target, tmp_path: Path) -> None:
