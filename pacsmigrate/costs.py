@@ -138,7 +138,7 @@ class Tally:
         self.monitored[name] += size >= 128 * KB
         self.files[name] += len(member_sizes)
         for s in member_sizes:
-            n = planned_requests(scheme, s, part_size=part_size)
+            n = planned_requests(scheme, s, part_size=part_size, ours=False)
             self.file_requests[name] += n
             self.file_multipart[name] += n > 1
             self.file_billed[name] += max(s, low)

@@ -26,7 +26,7 @@ from .report import outcome_of, run_record, write_report
 from .sample import measure_upload, scale
 from .setup import agreed_slicing, check_object_lock, check_state, key_secret, record_sources
 from .sink import PlanSink, Sink, StoreSink
-from .staterepair import done_with_list, read_list
+from .staterepair import done_with_list, take_list
 from .stats import Stats
 from .stream import SourceStream
 from .survey import setup_requests, survey
@@ -134,7 +134,7 @@ class Migration:
     async def _repair(self, cp: Checkpoint) -> None:
         """What a verify found damaged (STATE/repair.jsonl) is forgotten, so this run
         stores those files again, into new objects (staterepair.py)."""
-        damaged = read_list(cp.state_dir)
+        damaged = take_list(cp.state_dir)
         if damaged is None:
             return
         done = await cp.call(cp.forget, damaged)
@@ -161,17 +161,20 @@ class Migration:
     async def _estimate(self) -> None:
         """A sampled dry run: the whole tree's estimate from its slice (sample.py)."""
         s, t = self.stats, self.cfg.transfer
-        rates = None
-        if self.backend is not None:
+        rates, unmeasured = None, "--offline"
+        if self.backend is not None and s.files_seen:
             size = s.planned_bytes // s.planned_objects if s.planned_objects else 0
-            rates = await measure_upload(self.backend, self.cfg.dest,
-                                         concurrency=t.concurrency,
-                                         size=min(size, t.part_size))
+            try:
+                rates = await measure_upload(self.backend, self.cfg.dest,
+                                             concurrency=t.concurrency,
+                                             size=min(size, t.part_size))
+            except BackendError as exc:  # list-only credentials, say: the estimate stands
+                unmeasured = f"the store refused a probe object: {exc}"
         sink = self._plan
         est = scale(s, total_files=s.counted_files, read_seconds=s.read_seconds,
                     setup=s.setup_requests, rates=rates,
                     tally=sink.tally if sink is not None else None,
-                    prices=sink.prices if sink is not None else None)
+                    prices=sink.prices if sink is not None else None, unmeasured=unmeasured)
         s.estimate, s.estimate_lines = est.as_dict(), est.lines()
 
     def _classes(self) -> tuple[str, ...]:

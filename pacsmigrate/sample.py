@@ -34,6 +34,8 @@ PROBE_ROUNDS = 4
 SMALL = 4096
 SMALL_SECONDS = 1.0
 PROBE_MAX = 8 << 20  # the largest probe object
+ROUND_MAX = 64 << 20  # bytes of probe objects sent at once (PROBE_ROUNDS rounds at most)
+MIN_FOLDERS = 30  # folders a sample should read for its estimate to mean much
 
 
 def parse(text: str) -> int:
@@ -59,6 +61,7 @@ class Rates:
     bytes_per_second: float
     requests_per_second: float
     probe_size: int
+    undeleted: int = 0  # probe objects the store kept (a WORM bucket): named in the summary
 
     def seconds(self, requests: int, nbytes: int) -> float:
         return requests / self.requests_per_second + nbytes / self.bytes_per_second
@@ -67,9 +70,10 @@ class Rates:
 async def measure_upload(backend: Backend, dest: Destination, *, concurrency: int,
                          size: int) -> Rates:
     """A round of small probe objects to warm up (connections, a new bucket's volumes),
-    then timed rounds of `concurrency` small ones and of `size` bytes: the rates. Every
-    probe is deleted after."""
-    size = max(4 * SMALL, min(size, PROBE_MAX))
+    then timed rounds of `concurrency` small ones and of `size` bytes (at most ROUND_MAX
+    bytes a round): the rates. Every probe is deleted after; a store that refuses writes
+    (list-only credentials) raises its error."""
+    size = max(4 * SMALL, min(size, PROBE_MAX, ROUND_MAX // concurrency))
     keys: list[str] = []
     body = secrets.token_bytes(size)
 
@@ -88,6 +92,7 @@ async def measure_upload(backend: Backend, dest: Destination, *, concurrency: in
                 break
         return (time.monotonic() - started) / done
 
+    undeleted = 0
     try:
         await rounds(SMALL, 0.0, 1)
         per_request = await rounds(SMALL, SMALL_SECONDS, 4 * PROBE_ROUNDS)
@@ -97,9 +102,9 @@ async def measure_upload(backend: Backend, dest: Destination, *, concurrency: in
             try:
                 await backend.remove(key)
             except BackendError:
-                pass  # a WORM bucket keeps them: the pre-flight warns of that already
+                undeleted += 1  # a WORM bucket keeps them: said in the summary
     sending = max(per_large - per_request, per_large / 10)
-    return Rates(size / sending, 1 / per_request, size)
+    return Rates(size / sending, 1 / per_request, size, undeleted)
 
 
 @dataclass
@@ -113,8 +118,10 @@ class Estimate:
     objects: int
     requests: int
     read_seconds: float
-    upload_seconds: float | None  # None: not measured (offline)
+    upload_seconds: float | None  # None: not measured (offline, or the store refused)
     rates: Rates | None
+    folders: int = 0  # folders read
+    unmeasured: str = "--offline"  # why the upload rate was not measured
 
     @property
     def seconds(self) -> float:
@@ -126,10 +133,13 @@ class Estimate:
                (f"estimate for the whole tree: {self.files:,} files, ~{self.bytes / 1e9:,.2f} GB,"
                f" ~{self.objects:,} objects, ~{self.requests:,} requests (objects and requests "
                "run high where a study's files lie in folders of several slices)")]
+        if self.folders < MIN_FOLDERS:
+            out.append(f"WARNING: the sample read files in {self.folders:,} folders only: a "
+                       "rough estimate; give a larger --sample")
         read = f"reading ~{_duration(self.read_seconds)}"
         if self.upload_seconds is None or self.rates is None:
-            out.append(f"estimate of time: {read}; uploading not measured (--offline): "
-                       "a run takes at least that")
+            out.append(f"estimate of time: {read}; uploading not measured ({self.unmeasured})"
+                       ": a run takes at least that")
         else:
             r = self.rates
             out.append(f"estimate of time: {read}, uploading ~{_duration(self.upload_seconds)} "
@@ -137,6 +147,9 @@ class Estimate:
                        f"{r.probe_size / 1e6:,.1f} MB objects, {r.requests_per_second:,.0f} "
                        f"small requests/s); about {_duration(self.seconds)} in all, as a "
                        "run reads and uploads side by side")
+            if r.undeleted:
+                out.append(f"WARNING: the store kept {r.undeleted:,} probe objects (under "
+                           "pacsmigrate-run/preflight-*): it refused to delete them")
         return out
 
     def as_dict(self) -> dict[str, Any]:
@@ -146,11 +159,18 @@ class Estimate:
 
 
 def scale(stats: Stats, *, total_files: int, read_seconds: float, setup: int,
-          rates: Rates | None, tally: Tally | None, prices: PriceTable | None) -> Estimate:
+          rates: Rates | None, tally: Tally | None, prices: PriceTable | None,
+          unmeasured: str = "--offline") -> Estimate:
     """The sample's counts in `stats` scaled to the `total_files` the listing counted;
     the cost lines in stats replaced by the whole tree's."""
     seen = stats.files_seen
-    factor = total_files / seen if seen else 0.0
+    if not seen:
+        if not total_files:
+            raise ConfigError("--sample: the sources hold no files to estimate")
+        raise ConfigError(f"--sample: the part of the tree read holds none of its "
+                          f"{total_files:,} files (too few folders to cut it this finely): "
+                          "give a larger --sample, or run the dry run without it")
+    factor = total_files / seen
     objects = round(stats.planned_objects * factor)
     requests = round(stats.planned_requests * factor) + setup
     nbytes = round(stats.bytes_seen * factor)
@@ -164,7 +184,8 @@ def scale(stats: Stats, *, total_files: int, read_seconds: float, setup: int,
         stats.cost_lines = [line.replace("cost estimate (", "cost estimate for the whole "
                                          "tree (", 1) for line in describe(prices, lines)]
     return Estimate(100.0 * seen / total_files if total_files else 0.0, total_files, seen,
-                    nbytes, objects, requests, read_seconds * factor, upload, rates)
+                    nbytes, objects, requests, read_seconds * factor, upload, rates,
+                    stats.folders_read, unmeasured)
 
 
 def _duration(seconds: float) -> str:

@@ -157,13 +157,16 @@ def _path_of(k: bytes, raw: bytes | memoryview) -> bytes:
 REPAIR_FILE = "repair.jsonl"
 
 
-def write_list(state_dir: Path, damaged: list[Damaged]) -> Path:
+APPLYING = "repair.applying"  # a list a migrate took: applied, or re-taken after a crash
+
+
+def write_list(state_dir: Path, damaged: list[Damaged], *, name: str = REPAIR_FILE) -> Path:
     """The repair list verify leaves for the next migrate: added to one not applied yet
     (a later, shallower verify does not undo a deep one's findings); synced, then renamed
     into place."""
-    target = state_dir / REPAIR_FILE
-    tmp = target.with_name(REPAIR_FILE + ".tmp")
-    listed = {(d.path, d.key, d.offset): d for d in (read_list(state_dir) or [])}
+    target = state_dir / name
+    tmp = target.with_name(name + ".tmp")
+    listed = {(d.path, d.key, d.offset): d for d in (read_list(state_dir, name=name) or [])}
     listed.update({(d.path, d.key, d.offset): d for d in damaged})
     try:
         with open(tmp, "w", encoding="ascii") as out:
@@ -178,9 +181,9 @@ def write_list(state_dir: Path, damaged: list[Damaged]) -> Path:
     return target
 
 
-def read_list(state_dir: Path) -> list[Damaged] | None:
+def read_list(state_dir: Path, *, name: str = REPAIR_FILE) -> list[Damaged] | None:
     """The repair list, if a verify left one."""
-    path = state_dir / REPAIR_FILE
+    path = state_dir / name
     try:
         text = path.read_text(encoding="ascii")
     except FileNotFoundError:
@@ -199,7 +202,18 @@ def read_list(state_dir: Path) -> list[Damaged] | None:
     return out
 
 
+def take_list(state_dir: Path) -> list[Damaged] | None:
+    """The list to apply now: verify's, moved aside (a verify that ends while the run goes
+    on starts a new one, applied by the next run), with one a stopped run was applying
+    (applying a list twice changes nothing). None when there is none."""
+    new = read_list(state_dir)
+    if new is not None:
+        write_list(state_dir, new, name=APPLYING)  # synced before the verify's goes
+        (state_dir / REPAIR_FILE).unlink()
+    return read_list(state_dir, name=APPLYING)
+
+
 def done_with_list(state_dir: Path) -> None:
     """Keep the applied list beside the state (renamed), for the record."""
     stamp = now_iso().replace(":", "").replace("+0000", "Z")
-    os.replace(state_dir / REPAIR_FILE, state_dir / f"repair-applied-{stamp}.jsonl")
+    os.replace(state_dir / APPLYING, state_dir / f"repair-applied-{stamp}.jsonl")

@@ -60,6 +60,7 @@ class Stats:
     store_lines: list[str] = field(default_factory=list)
     counted_files: int = 0  # a sampled dry run's: the files of the whole tree, listed
     read_seconds: float = 0.0  # a sampled dry run's: reading its slice
+    folders_read: int = 0  # folders whose files were read (a sample's spread)
     estimate: dict[str, Any] | None = None  # a sampled dry run's: the whole tree (sample.py)
     estimate_lines: list[str] = field(default_factory=list)
     objects_by_class: Counter[str] = field(default_factory=Counter)  # with a tier policy

@@ -27,8 +27,10 @@ from .reads import in_shard, read_tree
 from .records import FILE, TAR, BundlePlan, Member, Problem
 from .retention import covers, lock_of, manifest_fields
 from .sample import slice_of
-from .shard import Shard, pruner
+from .shard import CUT, Shard, pruner
 from .sink import Sink, StoreSink
+from .slicing import plan as plan_slices
+from .slicing import with_plan
 from .source import hash_unchanged
 from .stats import Stats
 from .walk import Walker
@@ -86,7 +88,7 @@ class SourceStream:
         shard = cfg.shard
         if cfg.sample:  # the whole tree listed (no file opened), then one slice read
             self.stats.counted_files = await count_files(roots)
-            shard = slice_of(cfg.sample)
+            shard = with_plan(slice_of(cfg.sample), await plan_slices(roots, cfg.sample, CUT))
         # A separate counting walk gives the bars their totals (restic's way).
         counting = asyncio.create_task(count_for(roots, [bar, sink.bar], shard)) \
             if cfg.progress else None
@@ -126,6 +128,8 @@ class SourceStream:
             s.count_problems(result.problems)
             problems += result.problems
             out = Closed()
+            if result.directory != grouper.here:
+                s.folders_read += 1
             grouper.enter(result.directory, out)
             for m in result.members:
                 grouper.add(m, out)

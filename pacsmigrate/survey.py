@@ -77,24 +77,32 @@ class Holdings:
 
 
 async def survey(backend: Backend, dest: Destination, cp: Checkpoint, sources: list[str], *,
-                 seconds: float = SURVEY_SECONDS,
+                 seconds: float = SURVEY_SECONDS, every: int = 1000,
                  clock: Callable[[], float] = time.monotonic) -> Holdings:
-    """List dest's prefix (for at most `seconds`) and sort what is there."""
+    """What dest's prefix holds: the migration's records asked for by name and listed (a
+    few objects, sorted after the data's hashed folders), then the rest listed for at most
+    `seconds`."""
     h = Holdings()
     prefix = dest.key("")
     descriptor, records = dest.key(DESCRIPTOR), dest.key(RUN_DIR) + "/"
-    recorded = sources_key(dest, sources)
-    until = clock() + seconds
-    async for info in backend.list(f"{prefix}/" if prefix else ""):
+    found = await backend.stat(descriptor)
+    if found is not None:
+        h.descriptor = True
+        h.records, h.objects, h.bytes = 1, 1, found.size
+    h.sources_recorded = await backend.stat(sources_key(dest, sources)) is not None
+    async for info in backend.list(records):
+        h.records += 1
         h.objects += 1
         h.bytes += info.size
+    until = clock() + seconds
+    async for info in backend.list(f"{prefix}/" if prefix else ""):
         if info.key == descriptor or info.key.startswith(records):
-            h.records += 1
-            h.descriptor |= info.key == descriptor
-            h.sources_recorded |= info.key == recorded
-        elif cp.has_object(info.key):
+            continue  # counted above
+        h.objects += 1
+        h.bytes += info.size
+        if cp.has_object(info.key) or _sidecar_of_known(cp, info.key):
             h.known += 1
-        if h.objects % 1000 == 0 and clock() > until:
+        if h.objects % every == 0 and clock() > until:
             h.complete = False
             break
     if isinstance(backend, PendingUploads):
@@ -104,6 +112,14 @@ async def survey(backend: Backend, dest: Destination, cp: Checkpoint, sources: l
             if clock() > until:
                 break
     return h
+
+
+def _sidecar_of_known(cp: Checkpoint, key: str) -> bool:
+    """A manifest stored beside one of this state's raw-file objects (keys.sidecar_key)."""
+    if not key.endswith(".json"):
+        return False
+    base = key[:-len(".json")]
+    return any(cp.has_object(f"{base}.{ext}") for ext in ("dcm", "bin"))
 
 
 def setup_requests(h: Holdings | None, *, classes: int) -> int:

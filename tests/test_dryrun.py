@@ -10,9 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AzureTarget, LocalTarget, S3Target, run_cli
+from conftest import AzureTarget, LocalTarget, S3Target, run, run_cli
 from helpers import multipart_tree
 
+from pacsmigrate.backends import opened
+from pacsmigrate.checkpoint import Checkpoint
+from pacsmigrate.config import Destination, TransferConfig
+from pacsmigrate.errors import ConfigError
+from pacsmigrate.sample import scale
+from pacsmigrate.stats import Stats
+from pacsmigrate.survey import Holdings, survey
 from pacsmigrate.synth import make_tree
 
 Target = S3Target | LocalTarget | AzureTarget
@@ -156,7 +163,7 @@ def test_a_sample_estimates_the_whole_tree(moto_s3: S3Target, big_tree: Path,
         theirs = whole_cost[line["storage_class"]]["objects"]
         assert abs(line["objects"] - theirs) <= theirs / 3
     assert "OK: the whole tree estimated above from a sample" in out
-    assert "the upload probe's objects were deleted" in out
+    assert "(only probe objects, to time uploads, deleted at once)" in out
     assert moto_s3.object_keys() == []  # the probe objects are gone, nothing else written
     assert "Traceback" not in whole_out
 
@@ -181,3 +188,43 @@ def test_a_bad_sample_is_one_line(extra: list[str], message: str, moto_s3: S3Tar
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert not (tmp_path / "state").exists()
+
+
+def test_a_survey_cut_short_still_finds_the_migration(moto_s3: S3Target, tmp_path: Path) -> None:
+    """On a store too large to list in time, the data's hashed folders come first in the
+    listing: the descriptor and the sources record are asked for by name, so the warning
+    about a migration this state does not know still comes."""
+    src = tmp_path / "src"
+    make_tree(src, studies=4, seed=5, scale=0.05)
+    _run(src, moto_s3, tmp_path / "state")
+    dest = Destination.parse(moto_s3.url, endpoint_url=moto_s3.info.endpoint_url)
+
+    async def go() -> Holdings:
+        cp = Checkpoint(tmp_path / "other")
+        try:
+            async with opened(dest, TransferConfig()) as backend:
+                return await survey(backend, dest, cp, [str(src.resolve())], seconds=0,
+                                    every=1)
+        finally:
+            cp.close()
+
+    h = run(go())
+    assert not h.complete and h.objects - h.records == 1  # stopped at the first data object
+    assert h.descriptor and h.sources_recorded and h.known == 0
+    lines = h.lines(dest)
+    assert "(listed for 20 s only: at least)" in lines[0]
+    assert lines[1].startswith("WARNING: store: a pacsmigrate migration is stored there")
+
+
+def test_an_empty_or_thin_sample_says_so() -> None:
+    stats = Stats(files_seen=0, counted_files=500)
+    with pytest.raises(ConfigError, match="the part of the tree read holds none of its 500"):
+        scale(stats, total_files=500, read_seconds=1.0, setup=8, rates=None, tally=None,
+              prices=None)
+    stats = Stats(files_seen=50, bytes_seen=5_000_000, planned_objects=5, planned_requests=5,
+                  folders_read=3)
+    est = scale(stats, total_files=500, read_seconds=1.0, setup=8, rates=None, tally=None,
+                prices=None)
+    assert (est.files, est.bytes, est.objects, est.requests) == (500, 50_000_000, 50, 58)
+    assert any(line.startswith("WARNING: the sample read files in 3 folders only")
+               for line in est.lines())

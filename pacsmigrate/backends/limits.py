@@ -37,29 +37,33 @@ def adjust_part_size(limits: Limits, wanted: int, size_hint: int) -> int:
 
 @dataclass(frozen=True)
 class Upload:
-    """How a store writes in parts: its limits, and its requests besides the parts, as a
-    run counts them (multipart.py): the store's unfinished uploads of the key listed before
-    the create (to resume one) and after it (to abort a retried create's twin), the create
-    where the store has one, the completion."""
+    """How a store writes in parts: its limits, and its requests besides the parts: the
+    create where the store has one, the completion; and the ones pacsmigrate adds
+    (multipart.py): the store's unfinished uploads of the key listed before the create (to
+    resume one) and, where a create is a request (a retried one can leave a twin), after it."""
 
     limits: Limits
     extra_requests: int
+    lookups: int
 
 
 TiB = 1 << 40
 # S3: 2 listings + create + parts + complete; objects up to 5 TiB.
-S3 = Upload(Limits(min_part=5 * MiB, max_part=5 * GiB, max_parts=10_000, max_object=5 * TiB), 4)
-# Azure block blobs: 2 block listings + blocks + the commit; 50,000 blocks of 4,000 MiB.
+S3 = Upload(Limits(min_part=5 * MiB, max_part=5 * GiB, max_parts=10_000, max_object=5 * TiB),
+            2, 2)
+# Azure block blobs: a block listing + blocks + the commit; 50,000 blocks of 4,000 MiB.
 AZURE = Upload(Limits(min_part=1 * MiB, max_part=4000 * MiB, max_parts=50_000,
-                      max_object=50_000 * 4000 * MiB), 3)
+                      max_object=50_000 * 4000 * MiB), 1, 1)
 # A directory: 2 listings + create + parts as files + one join; the filesystem sets the
 # largest file.
-LOCAL = Upload(Limits(min_part=1 * MiB, max_part=5 * GiB, max_parts=10_000), 4)
+LOCAL = Upload(Limits(min_part=1 * MiB, max_part=5 * GiB, max_parts=10_000), 2, 2)
 UPLOADS = {"s3": S3, "az": AZURE, "file": LOCAL}
 
 
-def planned_requests(scheme: str, size: int, *, part_size: int) -> int:
-    """Requests storing `size` bytes will take: one PUT, or the parts and the extra ones."""
+def planned_requests(scheme: str, size: int, *, part_size: int, ours: bool = True) -> int:
+    """Requests storing `size` bytes will take: one PUT, or the parts and the extra ones
+    (`ours`: with the listings pacsmigrate adds; not for a per-file copier's)."""
     upload = UPLOADS.get(scheme, S3)
     part = adjust_part_size(upload.limits, part_size, size)
-    return 1 if size <= part else upload.extra_requests + -(-size // part)
+    extra = upload.extra_requests + (upload.lookups if ours else 0)
+    return 1 if size <= part else extra + -(-size // part)

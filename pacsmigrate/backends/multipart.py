@@ -36,13 +36,14 @@ class ChunkedBackend(RetryBackend):
                            rest: AsyncIterator[Buffer], meta: dict[str, str]) -> ObjectInfo:
         upload_id, held = await self._resumable(key)
         created = upload_id is None
-        if upload_id is None and getattr(self.writer, "creates_nothing", False):
-            upload_id = await self.writer.create_upload(key, metadata=meta)  # no request
+        local = getattr(self.writer, "creates_nothing", False)  # no request, so no twin
+        if upload_id is None and local:
+            upload_id = await self.writer.create_upload(key, metadata=meta)
         elif upload_id is None:
             upload_id = await self.call(
                 lambda: self.writer.create_upload(key, metadata=meta), key=key)
         try:
-            if created:
+            if created and not local:
                 await self._abort_twins(key, upload_id)
             etag, total = await self._send_parts(key, upload_id, held, first, second, rest,
                                                  meta)

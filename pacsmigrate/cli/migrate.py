@@ -217,7 +217,7 @@ def _print_summary(s: Stats, *, dry_run: bool) -> None:
     if dry_run:
         click.echo("dry run: nothing was written to the destination" if not s.estimate
                    or s.estimate["rates"] is None else "dry run: nothing of the archive was "
-                   "written to the destination (the upload probe's objects were deleted)")
+                   "written (only probe objects, to time uploads, deleted at once)")
         click.echo(f"plan: {s.studies:,} studies, {s.planned_files:,} files, "
                    f"{s.planned_bytes / 1e6:,.1f} MB in {s.planned_objects:,} objects")
         click.echo(f"requests: {s.planned_requests + s.setup_requests:,} "
