@@ -113,8 +113,15 @@ def verify_record(dest: str, options: dict[str, Any], *, started: str, outcome: 
 def record_verify(state_dir: Path, record: dict[str, Any]) -> None:
     """Append one verify to the state's history (a file: verify opens the state read-only,
     beside a running migrate)."""
-    with open(state_dir / VERIFY_HISTORY, "a", encoding="ascii") as out:
-        out.write(json.dumps(record, ensure_ascii=True) + "\n")
+    path = state_dir / VERIFY_HISTORY
+    with open(path, "a+b") as out:
+        out.seek(0, os.SEEK_END)
+        torn = False
+        if out.tell():  # a line a crash cut short must not swallow this one
+            out.seek(-1, os.SEEK_END)
+            torn = out.read(1) != b"\n"
+        out.write((b"\n" if torn else b"")
+                  + json.dumps(record, ensure_ascii=True).encode() + b"\n")
         out.flush()
         os.fsync(out.fileno())
 

@@ -15,6 +15,7 @@ import pytest
 from conftest import S3Target, run_cli
 from helpers import assert_complete, multipart_tree
 
+from pacsmigrate.report import VERIFY_HISTORY, record_verify, verifications, verify_record
 from pacsmigrate.synth import make_tree
 
 
@@ -197,3 +198,15 @@ def test_store_trouble_is_shown_at_once_and_not_repeated(caplog: pytest.LogCaptu
     assert warned == [("store trouble: retrying a request after connection reset; the run "
                       "goes on")]
     assert sum(r.levelname == "INFO" for r in caplog.records) == 3  # each retry, with -v
+
+
+def test_a_torn_verify_line_loses_only_itself(tmp_path: Path) -> None:
+    """A verify killed while appending leaves half a line: the next record still gets a line
+    of its own, and reading the history skips only the torn one."""
+    first = verify_record("s3://b/p", {}, started="t0", outcome="passed", totals={}, damaged=0)
+    record_verify(tmp_path, first)
+    with open(tmp_path / VERIFY_HISTORY, "a", encoding="ascii") as out:
+        out.write('{"version": "0.1", "outco')  # killed mid-write
+    second = {**first, "outcome": "failed: 2 findings"}
+    record_verify(tmp_path, second)
+    assert [c["outcome"] for c in verifications(tmp_path)] == ["passed", "failed: 2 findings"]

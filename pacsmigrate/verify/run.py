@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from pathlib import Path
 from types import MappingProxyType
@@ -25,6 +26,8 @@ from .result import VerifyResult
 from .source import check_sources, walk_sources
 from .store import check_store
 from .workspace import ByObject
+
+log = logging.getLogger("pacsmigrate.verify")
 
 
 async def _repair_list(job: Job) -> list[Damaged]:
@@ -75,10 +78,14 @@ async def verify(opened: Opened, *, deep: bool = False, sample: float | None = N
                 str(opened.dest), options, started=started_at, outcome=outcome_of(stop),
                 totals=None, damaged=0))
         raise
-    record_verify(opened.cp.state_dir, verify_record(
-        str(opened.dest), options, started=started_at,
-        outcome="passed" if result.ok else f"failed: {result.errors:,} findings",
-        totals=result.totals(), damaged=len(result.damaged)))
+    try:
+        record_verify(opened.cp.state_dir, verify_record(
+            str(opened.dest), options, started=started_at,
+            outcome="passed" if result.ok else f"failed: {result.errors:,} findings",
+            totals=result.totals(), damaged=len(result.damaged)))
+    except OSError as exc:  # a read-only or full state directory: the check itself stands
+        log.warning("could not record this verify in %s: %s", opened.cp.state_dir,
+                    exc.strerror or exc)
     return result
 
 
