@@ -48,7 +48,7 @@ from .slicestore import MARGIN, fetch, held_copy, mark_start, marker_key, newest
 from .slicetask import SHARED, SLICES, STORE, SliceJob, plan_slicing, run_slice, slice_state
 from .slicing import with_plan
 from .statemerge import merge_into
-from .staterepair import Damaged, done_with_list, read_list
+from .staterepair import REPAIR_FILE, Damaged, done_with_list, take_list, write_list
 from .stats import Stats
 
 T = TypeVar("T")
@@ -140,9 +140,9 @@ def migrate_on_dask(cfg: MigrateConfig, *, workers: int | None = None,
     started, started_at = time.monotonic(), now_iso()
     if cfg.preflight:  # here, before the state exists
         asyncio.run(preflight(cfg)).raise_if_failed()
-    damaged = read_list(cfg.state_dir) if cfg.state_dir.is_dir() else None
     run = Checkpoint(cfg.state_dir)  # one coordinator per run
     stats = Stats()
+    planned = recorded = False  # a state _plan refuses is another run's: nothing recorded
     try:
         with _client(workers, scheduler) as client:
             if scheduler is not None:  # an autoscaling cluster may start with none
@@ -151,6 +151,7 @@ def migrate_on_dask(cfg: MigrateConfig, *, workers: int | None = None,
             found = len(seen) or (workers or 1)
             slots = sum(int(w.get("nthreads", 1)) for w in seen) or found  # tasks at once
             plan = _plan(run, cfg, SLICES_PER_SLOT * slots, states, scheduler)
+            planned = True
             count = plan["slices"]
             if plan["slicing"] is None:  # its first start: cut too large units finer
                 echo("planning the slices: listing the folders above the cut "
@@ -169,6 +170,7 @@ def migrate_on_dask(cfg: MigrateConfig, *, workers: int | None = None,
             shared, queue = _share(cfg, min(slots, count)), f"pacsmigrate-{uuid.uuid4().hex}"
             shards = [with_plan(Shard(k, count, plan["cut"]), plan["slicing"])
                       for k in range(count)]
+            damaged = take_list(cfg.state_dir)
             repairs = _cut_repair(damaged or [], shards, cfg, echo)
             jobs = [SliceJob(shared, shard, plan["states"], plan["run_id"], queue,
                              repairs.get(shard.index, ())) for shard in shards]
@@ -187,17 +189,19 @@ def migrate_on_dask(cfg: MigrateConfig, *, workers: int | None = None,
         if damaged is not None:
             done_with_list(cfg.state_dir)
         merged.record_run(run_record(cfg, stats, started=started_at, outcome="completed"))
+        recorded = True
         if cfg.report_path is not None:
             write_report(cfg.report_path, run, stats, cfg)
     except BaseException as stop:
         # Recorded as a run in one process records it; a failure to record must not hide
         # the error that stopped the run.
         try:
-            stats.seconds = round(time.monotonic() - started, 3)
-            run.record_run(run_record(cfg, stats, started=started_at,
-                                      outcome=outcome_of(stop)))
-            if cfg.report_path is not None:
-                write_report(cfg.report_path, run, stats, cfg)
+            if planned and not recorded:
+                stats.seconds = round(time.monotonic() - started, 3)
+                run.record_run(run_record(cfg, stats, started=started_at,
+                                          outcome=outcome_of(stop)))
+                if cfg.report_path is not None:
+                    write_report(cfg.report_path, run, stats, cfg)
         except Exception as exc:  # noqa: BLE001
             log.warning("could not record the run after the error: %s", exc)
         raise
@@ -211,13 +215,20 @@ def _cut_repair(damaged: list[Damaged], shards: list[Shard], cfg: MigrateConfig,
     """The repair list cut by slice: each slice's run stores its own damaged files again."""
     roots = [os.fsencode(p) for p in cfg.sources]
     out: dict[int, list[Damaged]] = {}
+    unheld: list[Damaged] = []
     for d in damaged:
         shard = next((s for s in shards if s.holds(roots, d.path)), None)
-        if shard is not None:
+        if shard is None:
+            unheld.append(d)
+        else:
             out.setdefault(shard.index, []).append(d)
     if damaged:
-        echo(f"repair: {sum(map(len, out.values())):,} files a verify found damaged handed "
+        echo(f"repair: {len(damaged) - len(unheld):,} files a verify found damaged handed "
              f"to the slices that hold them ({len(out):,} slices)")
+    if unheld:  # outside this run's sources: left listed for a run that has them
+        write_list(cfg.state_dir, unheld)
+        echo(f"WARNING: repair: {len(unheld):,} damaged files lie outside this run's sources: "
+             f"left in {REPAIR_FILE} for a run with the sources that hold them")
     return {k: tuple(v) for k, v in out.items()}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +174,12 @@ def test_a_repair_runs_on_workers(states: str, moto_s3: S3Target, tmp_path: Path
     by_key: dict[str, list[dict[str, str]]] = {}
     for r in rows:
         by_key.setdefault(r["key"], []).append(r)
-    lost = sorted(by_key, key=lambda k: (-len(by_key[k]), k))[:2]  # in one slice or two
+    # Two objects of two different slices: the list is cut between them.
+    # (A run keeping its slices' states in the store reads them back under --state too.)
+    slice_of = {r["key"]: s.name for s in (state / "slices").iterdir() if s.is_dir()
+                for r in index_rows(s)}
+    ordered = sorted(by_key, key=lambda k: (-len(by_key[k]), k))
+    lost = [ordered[0], next(k for k in ordered[1:] if slice_of[k] != slice_of[ordered[0]])]
     for key in lost:
         moto_s3.client.delete_object(Bucket=moto_s3.bucket, Key=key)
     expected = {r["source_path"] for key in lost for r in by_key[key]}
@@ -182,8 +188,10 @@ def test_a_repair_runs_on_workers(states: str, moto_s3: S3Target, tmp_path: Path
 
     fixed = run_cli(*args, env=moto_s3.env())
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
-    assert (f"repair: {len(expected)} files a verify found damaged handed to the slices"
-            in fixed.stderr), fixed.stderr
+    handed = re.search(rf"repair: {len(expected)} files a verify found damaged handed to the "
+                       r"slices that hold them \((\d+) slices\)", fixed.stderr)
+    assert handed, fixed.stderr
+    assert int(handed.group(1)) == 2
     assert f"migrated now: {len(expected)} files" in fixed.stdout
     assert (f"repair: {len(expected)} files a verify found damaged were taken to be stored "
             "again (counted above); 2 damaged objects are no longer indexed") in fixed.stdout
@@ -219,3 +227,26 @@ def test_a_run_on_workers_that_stops_on_an_error_is_recorded(moto_s3: S3Target,
     assert "AccessDenied" in runs[1]["outcome"]
     said = run_cli("status", "--state", str(state), check=True).stdout
     assert "runs: 2; the last stopped: " in said
+
+
+def test_a_damaged_file_no_slice_holds_stays_listed(tmp_path: Path) -> None:
+    """A path outside the run's sources (a root dropped from the command) is not lost with
+    the list: it stays in repair.jsonl, said in a warning."""
+    from pacsmigrate.config import Destination, MigrateConfig
+    from pacsmigrate.shard import Shard
+    from pacsmigrate.staterepair import Damaged, read_list
+    from pacsmigrate.workers import _cut_repair
+
+    (tmp_path / "a" / "x").mkdir(parents=True)
+    state = tmp_path / "state"
+    state.mkdir()
+    cfg = MigrateConfig(sources=(tmp_path / "a",), dest=Destination.parse("s3://b/p"),
+                        state_dir=state)
+    inside = Damaged(str(tmp_path / "a" / "x" / "1.dcm").encode(), "p/k1.tar")
+    outside = Damaged(str(tmp_path / "gone" / "y" / "2.dcm").encode(), "p/k2.tar")
+    said: list[str] = []
+    cut = _cut_repair([inside, outside], [Shard(0, 2), Shard(1, 2)], cfg, said.append)
+    assert [d for ds in cut.values() for d in ds] == [inside]
+    assert read_list(state) == [outside]
+    assert said[0].startswith("repair: 1 files a verify found damaged handed to the slices")
+    assert said[1].startswith("WARNING: repair: 1 damaged files lie outside this run's sources")
