@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import gc
+import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -73,16 +76,48 @@ def handle_errors(fn: F) -> F:
                 return fn(*args, **kwargs)
             except BaseExceptionGroup as group:  # from a task group inside the library
                 raise first_error(group) from group
+        except SystemExit as done:  # the command's own exit status (0, 1)
+            _exiting(done.code if isinstance(done.code, int) else 1)
+            raise
         except PacsMigrateError as exc:
+            _exiting(2)
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
         except Terminated:
-            click.echo(LINES[signal.SIGTERM], err=True)
-            sys.exit(143)
+            _stopped(signal.SIGTERM)
         except KeyboardInterrupt:
-            click.echo(LINES[signal.SIGINT], err=True)
-            sys.exit(130)
+            _stopped(signal.SIGINT)
     return wrapper  # type: ignore[return-value]
+
+
+def _stopped(signum: int) -> NoReturn:
+    """Interrupted: say how to resume and end now. What the run had in flight is settled
+    and committed; after a second Ctrl-C it may not be (threads left reading or writing,
+    which a normal exit would wait for), and the state is safe then as after a kill."""
+    _exiting(128 + signum)
+    click.echo(LINES[signal.Signals(signum)], err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(128 + signum)
+
+
+def _exiting(status: int) -> None:
+    """The command is over (done, stopped and committed, or failed); what is left is the
+    interpreter's exit (threads joined, files closed). A Ctrl-C or SIGTERM now stops at
+    once, with the same status: the state is safe as after a kill. Once the threads are
+    joined (atexit), the signals are held: the interpreter's last teardown resets their
+    handlers, and a signal then would end the process by the signal, not its status."""
+    def stop_now(sig: int, frame: Any) -> None:
+        os._exit(status)
+
+    # A run a second Ctrl-C stopped at once may leave a connection pool unclosed: asyncio
+    # would report it at exit, after the line that says how the command ended.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop_now)
+    atexit.register(signal.pthread_sigmask, signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def size_option(ctx: click.Context, param: click.Parameter, value: str) -> int:

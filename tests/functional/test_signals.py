@@ -93,3 +93,48 @@ def test_signals_at_random_moments(moto_s3: S3Target, tmp_path: Path) -> None:
 @pytest.mark.soak
 def test_signals_at_random_moments_soak(moto_s3: S3Target, tmp_path: Path) -> None:
     _signal_runs(moto_s3, tmp_path, times=50, seed=78)
+
+
+@pytest.mark.seaweed
+def test_a_second_ctrl_c_stops_at_once(seaweed_s3: S3Target, tmp_path: Path) -> None:
+    """The first Ctrl-C lets what is in flight end and commits; a second one stops now,
+    whenever it comes (even in the interpreter's last teardown): exit 130 at once, one
+    line, no traceback; the state stays sound, so the re-run completes the migration with
+    nothing lost or doubled."""
+    tree = multipart_tree(tmp_path / "pacs")
+    state, log = tmp_path / "state", tmp_path / "run.log"
+    command = [sys.executable, "-m", "pacsmigrate", "--log-file", str(log),
+               *_args(tree, seaweed_s3, state)]
+    stops = 0
+    for gap in (0.0, 0.02, 0.05, 0.1, 0.3):
+        log.unlink(missing_ok=True)  # this attempt's lines only
+        proc = subprocess.Popen(command, env=seaweed_s3.env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while '"stored ' not in (log.read_text() if log.exists() else "") \
+                and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)  # into the uploads: the first Ctrl-C has work to finish
+        if proc.poll() is not None:
+            break
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        time.sleep(gap)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        took = time.monotonic() - sent
+        assert not any(n in err for n in (*NOISE, "Unclosed")), err
+        if proc.returncode == 0:  # its last object was in flight: it finished
+            assert "OK: nothing left to migrate" in out
+            continue
+        assert proc.returncode == 130, (proc.returncode, out, err)
+        assert err.strip().splitlines()[-1] == LINES[signal.SIGINT], err
+        assert took < 5, f"exit {took:.1f} s after the second Ctrl-C"
+        stops += 1
+    assert stops >= 3
+    final = run_cli(*_args(tree, seaweed_s3, state), env=seaweed_s3.env())
+    assert final.returncode == 0, final.stdout + final.stderr
+    assert_complete(seaweed_s3, state, tree)
+    verify = run_cli("verify", "--state", str(state), "--deep", "--source",
+                     env=seaweed_s3.env())
+    assert verify.returncode == 0, verify.stdout + verify.stderr
