@@ -198,6 +198,12 @@ class Migration:
                 log.warning("pre-flight: %s", c if c.subject != "source" else c.subject)
         log.info("pre-flight passed: %s", ", ".join(sorted({c.subject for c in report.checks})))
 
+    def _retried(self) -> str:
+        """The store bar's note: requests retried so far (network trouble shows at once)."""
+        b = self.backend.stats if isinstance(self.backend, Measured) else None
+        n = sum(b.retries.values()) if b is not None else 0
+        return f", {n:,} requests retried" if n else ""
+
     def _stats_line(self, started: float) -> str:
         b = self.backend.stats if isinstance(self.backend, Measured) else None
         return stats_line(self.stats, time.monotonic() - started,
@@ -225,7 +231,7 @@ class Migration:
         """The catalogue and store stage (stream.py) into this run's sink."""
         cfg = self.cfg
         bar = Bar("store" if not cfg.dry_run else "plan", total_bytes=None, total_files=None,
-                  enabled=cfg.progress, position=1)
+                  enabled=cfg.progress, position=1, note=self._retried)
         try:
             sink = self._sink(cp, started, bar)
             await self.stream(cfg, cp, sink, stats=self.stats, pool=self.pool,

@@ -19,8 +19,10 @@ class Bar:
     """One phase's bar: counts files and bytes, shows both rates."""
 
     def __init__(self, desc: str, *, total_bytes: int | None, total_files: int | None,
-                 enabled: bool, position: int | None = None) -> None:
+                 enabled: bool, position: int | None = None,
+                 note: Callable[[], str] | None = None) -> None:
         self.files = 0
+        self.note = note  # more for the line, e.g. the store's retries so far
         self.total_files = total_files
         self.start = time.monotonic()
         self._bar: Any = None
@@ -38,7 +40,8 @@ class Bar:
                 of = f"/{self.total_files}"
                 left = max(0, self.total_files - self.files) / rate if rate else 0
                 eta = f", ETA {int(left) // 3600}:{int(left) // 60 % 60:02d}:{int(left) % 60:02d}"
-            self._bar.set_postfix_str(f"{self.files}{of} files, {rate:,.0f} files/s{eta}",
+            more = self.note() if self.note is not None else ""
+            self._bar.set_postfix_str(f"{self.files}{of} files, {rate:,.0f} files/s{eta}{more}",
                                       refresh=False)
             self._bar.update(nbytes)
 

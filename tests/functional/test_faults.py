@@ -421,3 +421,20 @@ def test_soak_heavy_mixed_faults(seed: int, seaweed_s3: S3Target, seaweed_server
         check = run_cli("verify", "--state", str(state), "--deep", env=seaweed_s3.env())
         assert check.returncode == 0, explain(check, proxy)
         assert proxy.requests > seen, "verify did not go through the proxy"
+
+
+def test_retries_show_on_the_progress_line(seaweed_s3: S3Target, proxy: FaultProxy,
+                                           small_tree: Path, tmp_path: Path) -> None:
+    """Network trouble is visible at once: a warning, and the store bar counts the retried
+    requests."""
+    proxy.inject("503", phase=BEFORE, times=2,
+                 match=lambda r: r.method == "PUT" and r.path.endswith(".tar"))
+    state = tmp_path / "state"
+    proc = run_cli(*migrate_args(small_tree, seaweed_s3, proxy, state, "--progress"),
+                   env=seaweed_s3.env(), timeout=120)
+    assert proc.returncode == 0, explain(proc, proxy)
+    assert proxy.injected["503"] == 2
+    assert "store trouble: retrying a request after" in proc.stderr
+    shown = re.findall(r"store: .*?files/s[^|\r\n]*?, (\d+) requests retried", proc.stderr)
+    assert shown and int(shown[-1]) == 2, proc.stderr[-2000:]
+    complete(seaweed_s3, state, small_tree, proxy, proc)
