@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -236,3 +237,23 @@ def test_the_package_builds_without_warnings(tmp_path: Path) -> None:
     noise = [ln for ln in (out.stdout + out.stderr).splitlines()
              if "Deprecat" in ln or "BuildBackendWarning" in ln]
     assert noise == []
+
+
+def test_the_bars_have_totals_an_eta_and_decimal_units(moto_s3: S3Target,
+                                                       tmp_path: Path) -> None:
+    """A counting walk gives the read and store bars their total of files and an ETA; the
+    bars count bytes in decimal MB/kB, as the summary does."""
+    from pacsmigrate.synth import make_tree
+
+    tree = tmp_path / "pacs"
+    make_tree(tree, studies=6, seed=3, scale=0.05)
+    files = sum(1 for p in tree.rglob("*") if p.is_file())
+    proc = run_cli(*_migrate(tree, moto_s3, tmp_path / "s", "--progress"), env=moto_s3.env())
+    assert proc.returncode == 0, proc.stderr
+    for bar in ("read", "store"):
+        shown = re.findall(rf"{bar}: [^\r\n]*?(\d+)/(\d+) files, [\d,]+ files/s, "
+                           r"ETA \d+:\d\d:\d\d", proc.stderr)
+        assert shown, proc.stderr[-1500:]
+        assert shown[-1] == (str(files), str(files)), shown[-1]
+    assert re.search(r"read: [^\r\n]*?[\d.]+[kM]B ", proc.stderr), proc.stderr[-1500:]
+    assert "MiB" not in proc.stderr and "GiB" not in proc.stderr
