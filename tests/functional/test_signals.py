@@ -52,10 +52,16 @@ def _signal_runs(s3: S3Target, tmp_path: Path, times: int, seed: int) -> None:
     started = time.monotonic()
     run_cli(*_args(tree, s3, tmp_path / "timing"), env=s3.env(), check=True)
     full = time.monotonic() - started
-    target = S3Target(s3.info, s3.bucket + "-sig", s3.kind)
-    target.client.create_bucket(Bucket=target.bucket)
-    state = tmp_path / "state"
-    command = [sys.executable, "-m", "pacsmigrate", *_args(tree, target, state)]
+    rounds = 0
+
+    def fresh() -> tuple[S3Target, Path, list[str]]:
+        """A new bucket and state: once a migration is done, signals land in a new one."""
+        target = S3Target(s3.info, f"{s3.bucket}-sig{rounds}", s3.kind)
+        target.client.create_bucket(Bucket=target.bucket)
+        state = tmp_path / f"state{rounds}"
+        return target, state, [sys.executable, "-m", "pacsmigrate", *_args(tree, target, state)]
+
+    target, state, command = fresh()
     stopped = {signal.SIGINT: 0, signal.SIGTERM: 0}
     for i in range(times):
         sig = (signal.SIGINT, signal.SIGTERM)[i % 2]
@@ -70,8 +76,11 @@ def _signal_runs(s3: S3Target, tmp_path: Path, times: int, seed: int) -> None:
         out, err = proc.communicate(timeout=60)
         took = time.monotonic() - sent
         assert not any(n in err for n in NOISE), err
-        if proc.returncode == 0:  # it finished before the signal
+        if proc.returncode == 0:  # it finished before the signal: the next in a new one
             assert "OK: nothing left to migrate" in out
+            assert_complete(target, state, tree)
+            rounds += 1
+            target, state, command = fresh()
             continue
         assert proc.returncode == 128 + sig, (proc.returncode, err)
         assert err.strip().splitlines()[-1] == LINES[sig], err
