@@ -122,6 +122,7 @@ class Estimate:
     rates: Rates | None
     folders: int = 0  # folders read
     unmeasured: str = "--offline"  # why the upload rate was not measured
+    bytes_error: float | None = None  # relative standard error of `bytes` (None: 1 folder)
 
     @property
     def seconds(self) -> float:
@@ -130,9 +131,10 @@ class Estimate:
     def lines(self) -> list[str]:
         out = [(f"sample: {self.sampled_files:,} of {self.files:,} files read "
                f"({self.percent:.1f}%; every file counted by a listing)"),
-               (f"estimate for the whole tree: {self.files:,} files, ~{self.bytes / 1e9:,.2f} GB,"
-               f" ~{self.objects:,} objects, ~{self.requests:,} requests (objects and requests "
-               "run high where a study's files lie in folders of several slices)")]
+               (f"estimate for the whole tree: {self.files:,} files, ~{self.bytes / 1e9:,.2f} GB"
+               f"{self._error()}, ~{self.objects:,} objects, ~{self.requests:,} requests "
+               "(objects and requests run high where a study's files lie in folders of "
+               "several slices)")]
         if self.folders < MIN_FOLDERS:
             out.append(f"WARNING: the sample read files in {self.folders:,} folders only: a "
                        "rough estimate; give a larger --sample")
@@ -151,6 +153,12 @@ class Estimate:
                 out.append(f"WARNING: the store kept {r.undeleted:,} probe objects (under "
                            "pacsmigrate-run/preflight-*): it refused to delete them")
         return out
+
+    def _error(self) -> str:
+        if self.bytes_error is None:
+            return ""
+        return (f" (±{100 * self.bytes_error:.0f}%: one standard error, from how the folders "
+                "read differ)")
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -185,7 +193,19 @@ def scale(stats: Stats, *, total_files: int, read_seconds: float, setup: int,
                                          "tree (", 1) for line in describe(prices, lines)]
     return Estimate(100.0 * seen / total_files if total_files else 0.0, total_files, seen,
                     nbytes, objects, requests, read_seconds * factor, upload, rates,
-                    stats.folders_read, unmeasured)
+                    stats.folders_read, unmeasured, bytes_error(stats.folder_moments))
+
+
+def bytes_error(m: dict[str, float]) -> float | None:
+    """The relative standard error of bytes per file over the folders read (a ratio
+    estimator over folders, the sample's units): None below two folders or no bytes."""
+    n = m.get("n", 0.0)
+    f, b = m.get("f", 0.0), m.get("b", 0.0)
+    if n < 2 or not f or not b:
+        return None
+    r = b / f
+    spread = (m["bb"] - 2 * r * m["fb"] + r * r * m["ff"]) / (n - 1)
+    return float(max(spread, 0.0) ** 0.5 / (f / n) / n ** 0.5 / r)
 
 
 def _duration(seconds: float) -> str:

@@ -61,6 +61,9 @@ class Stats:
     counted_files: int = 0  # a sampled dry run's: the files of the whole tree, listed
     read_seconds: float = 0.0  # a sampled dry run's: reading its slice
     folders_read: int = 0  # folders whose files were read (a sample's spread)
+    # By folder read: n, sums of files, bytes, files², bytes², files x bytes (sample.py's
+    # error of the bytes estimate). Not added up across slices (a sample runs in one).
+    folder_moments: dict[str, float] = field(default_factory=dict)
     estimate: dict[str, Any] | None = None  # a sampled dry run's: the whole tree (sample.py)
     estimate_lines: list[str] = field(default_factory=list)
     objects_by_class: Counter[str] = field(default_factory=Counter)  # with a tier policy
@@ -74,6 +77,17 @@ class Stats:
     not_migrated: int = 0
     first_object_seconds: float = 0.0  # from the start until the first object was committed
     seconds: float = 0.0
+
+    def fold_folder(self, files_bytes: list[int]) -> None:
+        """One folder's files and bytes into folders_read and folder_moments."""
+        f, b = files_bytes
+        if not f:
+            return
+        self.folders_read += 1
+        m = self.folder_moments
+        for name, value in (("n", 1), ("f", f), ("b", b), ("ff", f * f), ("bb", b * b),
+                            ("fb", f * b)):
+            m[name] = m.get(name, 0.0) + value
 
     def count_problems(self, problems: Iterable[Problem]) -> None:
         for p in problems:

@@ -114,6 +114,7 @@ class SourceStream:
                              problems: list[Problem], bar: Bar, shard: Shard | None) -> None:
         cp = self.cp
         s = self.stats
+        last, here = b"", [0, 0]
         async for result in read_tree(roots, self.pool, opts, cp,
                                       jobs=2 * self.cfg.read_threads, shard=shard):
             s.files_seen += result.listed
@@ -128,8 +129,13 @@ class SourceStream:
             s.count_problems(result.problems)
             problems += result.problems
             out = Closed()
-            if result.directory != grouper.here:
-                s.folders_read += 1
+            if result.listed:  # a sample's spread: files and bytes by folder
+                if result.directory != last:
+                    s.fold_folder(here)
+                    here = [0, 0]
+                    last = result.directory
+                here[0] += result.listed
+                here[1] += result.seen_bytes
             grouper.enter(result.directory, out)
             for m in result.members:
                 grouper.add(m, out)
@@ -139,6 +145,7 @@ class SourceStream:
                 problems.clear()
             bar.update(files=result.seen, nbytes=result.seen_bytes)
             faults.point("mid-catalogue")
+        s.fold_folder(here)
 
     async def emit(self, out: Closed) -> None:
         cp = self.cp

@@ -17,7 +17,7 @@ from pacsmigrate.backends import opened
 from pacsmigrate.checkpoint import Checkpoint
 from pacsmigrate.config import Destination, TransferConfig
 from pacsmigrate.errors import ConfigError
-from pacsmigrate.sample import scale
+from pacsmigrate.sample import bytes_error, scale
 from pacsmigrate.stats import Stats
 from pacsmigrate.survey import Holdings, survey
 from pacsmigrate.synth import make_tree
@@ -152,6 +152,11 @@ def test_a_sample_estimates_the_whole_tree(moto_s3: S3Target, big_tree: Path,
                          (est["requests"], whole["planned_requests"] + whole["setup_requests"])):
         assert abs(mine - theirs) <= theirs / 3, (mine, theirs)
         print(f"sample {est['percent']:.1f}%: estimated {mine:,}, whole tree {theirs:,}")
+    # Its error from how the study folders read differ: a number, said on the line.
+    assert 0 < est["bytes_error"] < 0.5
+    assert re.search(r"GB \(±\d+%: one standard error, from how the folders read differ\)",
+                     out), out
+    assert abs(est["bytes"] - whole["bytes_seen"]) <= 3 * est["bytes_error"] * est["bytes"]
     rates = est["rates"]
     assert rates["bytes_per_second"] > 0 and rates["requests_per_second"] > 0
     assert est["upload_seconds"] > 0 and est["read_seconds"] > 0
@@ -228,3 +233,16 @@ def test_an_empty_or_thin_sample_says_so() -> None:
     assert (est.files, est.bytes, est.objects, est.requests) == (500, 50_000_000, 50, 58)
     assert any(line.startswith("WARNING: the sample read files in 3 folders only")
                for line in est.lines())
+    # The bytes' error, from the folders read: none when all hold the same per file.
+    same = Stats()
+    for f, b in ((10, 1000), (20, 2000), (5, 500)):
+        same.fold_folder([f, b])
+    assert same.folders_read == 3 and bytes_error(same.folder_moments) == 0
+    mixed = Stats()
+    for f, b in ((10, 1000), (10, 3000), (10, 2000)):
+        mixed.fold_folder([f, b])
+    # bytes per file 100, 300, 200 around 200: sd 100, so 100 / 200 / sqrt(3).
+    assert bytes_error(mixed.folder_moments) == pytest.approx(0.5 / 3 ** 0.5)
+    one = Stats()
+    one.fold_folder([10, 1000])
+    assert bytes_error(one.folder_moments) is None
