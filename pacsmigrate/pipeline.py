@@ -277,6 +277,7 @@ def collect_backend_stats(s: Stats, backend: Backend) -> None:
         s.requests += b.requests
         s.throttle_slowdowns += b.throttle_slowdowns
         s.lowest_concurrency = b.lowest_concurrency
+        s.uploads_resumed += b.uploads_resumed
         s.parts_reused += b.parts_reused
 
 

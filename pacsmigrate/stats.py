@@ -38,6 +38,7 @@ class Stats:
     objects_adopted: int = 0
     commit_transactions: int = 0
     uploads_aborted: int = 0
+    uploads_resumed: int = 0  # unfinished multipart uploads a killed run left, completed now
     parts_reused: int = 0  # multipart parts a killed run had sent, kept by this one
     requests: int = 0
     retries: Counter[str] = field(default_factory=Counter)  # by cause: "503 SlowDown", ...

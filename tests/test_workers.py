@@ -99,11 +99,11 @@ def test_a_worker_killed_mid_run_is_replaced_and_nothing_is_lost(point: str, mot
     # The run is in the merged state's history (the coordinator records it after the merge).
     assert [(r["outcome"], r["files_migrated"]) for r in report["runs"]] == [
         ("completed", run["files_migrated"])]
-    # The half-sent upload was resumed (its parts reused) or, when the slice's new attempt
-    # closed its bundles otherwise (bundles close by time too), aborted: either way none is
-    # left open (assert_complete).
+    # The half-sent upload was resumed (its parts kept, but for the tail's: the manifest in it
+    # says when the bundle was made) or, when the slice's new attempt closed its bundles
+    # otherwise, aborted: either way none is left open (assert_complete).
     assert (run["objects_adopted"] if point.startswith("after") else
-            run["parts_reused"] + run["uploads_aborted"]) >= 1
+            run["uploads_resumed"] + run["uploads_aborted"]) >= 1
     assert report["not_migrated"] == []
 
 

@@ -136,7 +136,7 @@ def test_a_lost_machine_s_slice_is_rebuilt_from_the_store(point: str, moto_s3: S
     # the lost one had stored (objects by their manifests, a multipart upload by its parts):
     # it sent only the rest. Nothing lost, doubled or orphaned.
     report = json.loads((tmp_path / "report.json").read_text())["run"]
-    if point.startswith("part") and not report["parts_reused"]:
+    if point.startswith("part") and not report["uploads_resumed"]:
         # The new attempt closed its bundles otherwise (they close by time too): the lost
         # machine's upload, whose intent was lost with it, stays open until `cleanup`.
         keys = {r["key"] for r in index_rows(tmp_path / "state")}

@@ -109,8 +109,9 @@ class BackendStats:
     ("503 SlowDown", "500 InternalError", "timeout", "connection reset", ...); gave_up:
     requests still failing after the last allowed attempt; throttle_slowdowns: times the
     store's throttling halved the requests in flight; lowest_concurrency: the lowest that
-    limit went (the configured concurrency if never throttled); parts_reused: multipart parts
-    an interrupted run had sent, found intact and kept instead of sent again.
+    limit went (the configured concurrency if never throttled); uploads_resumed: unfinished
+    multipart uploads an interrupted run left, taken up again; parts_reused: their parts
+    found intact and kept instead of sent again.
     """
 
     requests: int = 0
@@ -118,6 +119,7 @@ class BackendStats:
     gave_up: int = 0
     throttle_slowdowns: int = 0
     lowest_concurrency: int = 0
+    uploads_resumed: int = 0
     parts_reused: int = 0
 
 

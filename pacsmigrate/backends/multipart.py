@@ -57,8 +57,10 @@ class ChunkedBackend(RetryBackend):
     async def _resumable(self, key: str) -> tuple[str | None, Held]:
         """An unfinished upload of this key left by a killed run (with its parts), if any.
 
-        Keys are deterministic per plan, so the bytes of a re-run are the same: parts whose
-        MD5 and size match are kept instead of being sent again. Older uploads are aborted.
+        Keys are deterministic per plan, so the bytes of a re-run are the same up to the
+        manifest in the tail (it says when the bundle was made): parts whose MD5 and size
+        match are kept instead of being sent again, the last part is usually sent anew.
+        Older uploads are aborted.
         """
         uploads = sorted([u async for u in self.pending_uploads(key) if u.key == key],
                          key=lambda u: u.initiated)
@@ -67,6 +69,7 @@ class ChunkedBackend(RetryBackend):
         if not uploads:
             return None, {}
         upload_id = uploads[-1].upload_id
+        self.uploads_resumed += 1
         held: Held = {p.number: (p.etag, p.size) async for p in self.paged(
             lambda at: self.writer.list_parts_page(key, upload_id, at), key=key)}
         return upload_id, held

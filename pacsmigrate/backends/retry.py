@@ -43,6 +43,7 @@ class RetryBackend:
         self.scheme = store.scheme
         self.transfer = transfer
         self.policy = policy or policy_for(transfer)
+        self.uploads_resumed = 0
         self.parts_reused = 0
 
     @property
@@ -51,7 +52,8 @@ class RetryBackend:
         p = self.policy
         return BackendStats(requests=p.stats.requests, retries=Counter(p.stats.retries),
                             gave_up=p.stats.gave_up, throttle_slowdowns=p.limit.decreases,
-                            lowest_concurrency=p.limit.lowest, parts_reused=self.parts_reused)
+                            lowest_concurrency=p.limit.lowest,
+                            uploads_resumed=self.uploads_resumed, parts_reused=self.parts_reused)
 
     def part_size(self, size_hint: int) -> int:
         return self.store.part_size(size_hint)

@@ -274,8 +274,9 @@ def _print_summary(s: Stats, *, dry_run: bool) -> None:
     if s.throttle_slowdowns:
         click.echo(f"throttled by the store: slowed down {s.throttle_slowdowns:,} times "
                    f"(concurrency went as low as {s.lowest_concurrency})")
-    if s.parts_reused:
-        click.echo(f"multipart parts resumed from an interrupted run: {s.parts_reused:,}")
+    if s.uploads_resumed:
+        click.echo(f"unfinished uploads resumed from an interrupted run: {s.uploads_resumed:,} "
+                   f"({s.parts_reused:,} of their parts kept, not sent again)")
     if s.dry_run_mismatch:
         click.echo(f"WARNING: {s.dry_run_mismatch:,} files hold other bytes than at the dry run "
                    "although size and mtime are unchanged (stored as they are now)")
