@@ -11,6 +11,7 @@ from conftest import run
 from pacsmigrate.backends.policy import (
     THROTTLE,
     TRANSIENT,
+    UNREACHED,
     AdaptiveLimit,
     Cause,
     RequestPolicy,
@@ -101,7 +102,7 @@ class Flaky(Exception):
 
 
 def _classify(exc: BaseException) -> Cause | None:
-    if isinstance(exc, Flaky) and exc.kind in (THROTTLE, TRANSIENT):
+    if isinstance(exc, Flaky) and exc.kind in (THROTTLE, TRANSIENT, UNREACHED):
         return Cause(exc.kind, f"{exc.kind} fault")
     return None
 
@@ -148,6 +149,35 @@ def test_permanent_errors_are_not_retried_and_attempts_are_bounded() -> None:
         run(policy.run(always_busy, classify=_classify))
     assert calls == 3 and policy.stats.gave_up == 1
     assert policy.limit.in_flight == 0  # slots are given back on every path
+
+
+def test_an_unreachable_store_is_given_up_on_quickly_until_it_has_answered() -> None:
+    """Before any answer, "cannot reach the store" is tried 3 times (a wrong endpoint is said
+    in about a second); once the store has answered, a run's attempts apply to it."""
+    clock = FakeClock()
+    policy = RequestPolicy(concurrency=2, retry=RetryConfig(max_attempts=10), clock=clock,
+                           sleep=clock.sleep)
+    calls = 0
+    outcomes: list[str] = []
+
+    async def request() -> str:
+        nonlocal calls
+        calls += 1
+        kind = outcomes.pop(0)
+        if kind != "ok":
+            raise Flaky(kind)
+        return kind
+
+    outcomes[:] = [UNREACHED] * 10
+    with pytest.raises(Flaky):
+        run(policy.run(request, classify=_classify))
+    assert calls == 3 and not policy.answered
+    outcomes[:] = [TRANSIENT] * 5 + ["ok"]  # timeouts and 500s keep a run's attempts
+    calls = 0
+    assert run(policy.run(request, classify=_classify)) == "ok" and calls == 6
+    outcomes[:] = [UNREACHED] * 6 + ["ok"]  # it answered once: an outage is ridden out
+    calls = 0
+    assert run(policy.run(request, classify=_classify)) == "ok" and calls == 7
 
 
 def test_backoff_grows_exponentially_with_full_jitter() -> None:

@@ -10,7 +10,7 @@ from ..errors import (
     ObjectNotFoundError,
     PermanentBackendError,
 )
-from .policy import THROTTLE, TRANSIENT, Cause
+from .policy import THROTTLE, TRANSIENT, UNREACHED, Cause
 
 PERMANENT_CODES = frozenset({
     "AuthenticationFailed", "AuthorizationFailure", "AuthorizationPermissionMismatch",
@@ -54,8 +54,9 @@ def classify(exc: BaseException) -> Cause | None:
         if status >= 500 or status == 408:
             return Cause(TRANSIENT, f"{status} {code}".strip())
         return None
-    if isinstance(exc, (ServiceRequestError, ServiceResponseError, ConnectionError,
-                        TimeoutError)):
+    if isinstance(exc, ServiceRequestError):  # not sent: refused, no route, no such name
+        return Cause(UNREACHED, "connection failed")
+    if isinstance(exc, (ServiceResponseError, ConnectionError, TimeoutError)):
         return Cause(TRANSIENT, "connection failed")
     return None
 

@@ -17,6 +17,10 @@ TROUBLE_EVERY = 60.0  # seconds between two store-trouble warnings
 
 THROTTLE = "throttle"
 TRANSIENT = "transient"
+UNREACHED = "unreached"  # the request never reached the store (refused, no route, no name)
+# Before the store has answered once, a request that cannot reach it is tried this often:
+# a wrong or dead endpoint is said in about a second, not after a run's ten attempts.
+FIRST_ATTEMPTS = 3
 
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
@@ -151,6 +155,7 @@ class RequestPolicy:
         self.stats = PolicyStats()
         self._said_at = float("-inf")  # when store trouble was last shown (monotonic)
         self._unsaid = 0
+        self.answered = False  # has the store answered anything yet (even an error)?
 
     def _say_trouble(self, label: str) -> None:
         """Store trouble reaches the terminal at once, without a -v: one warning, then at
@@ -169,6 +174,11 @@ class RequestPolicy:
         cap = min(self.retry.max_delay, self.retry.base_delay * 2 ** (attempt - 1))
         return self.rng.uniform(0, cap)
 
+    def _attempts(self, cause: Cause) -> int:
+        if cause.kind == UNREACHED and not self.answered:
+            return min(self.retry.max_attempts, FIRST_ATTEMPTS)
+        return self.retry.max_attempts
+
     async def run(self, request: Callable[[], Awaitable[T]], *, classify: Classify,
                   nbytes: int = 0) -> T:
         """Run request (a fresh coroutine per attempt) until it succeeds or must give up."""
@@ -185,7 +195,9 @@ class RequestPolicy:
                 result = await request()
             except Exception as exc:
                 cause = classify(exc)
-                if cause is None or attempt >= self.retry.max_attempts:
+                if cause is None or cause.kind == THROTTLE:
+                    self.answered = True
+                if cause is None or attempt >= self._attempts(cause):
                     if cause is not None:
                         self.stats.gave_up += 1
                     raise
@@ -196,6 +208,7 @@ class RequestPolicy:
                          cause.label, attempt, self.retry.max_attempts, int(self.limit.limit))
                 self._say_trouble(cause.label)
             else:
+                self.answered = True
                 self.limit.succeeded()
                 return result
             finally:

@@ -26,7 +26,7 @@ from ..errors import (
     ObjectNotFoundError,
     PermanentBackendError,
 )
-from .policy import THROTTLE, TRANSIENT, Cause
+from .policy import THROTTLE, TRANSIENT, UNREACHED, Cause
 
 # Error codes that no retry can fix: stop the run and tell the operator.
 PERMANENT_CODES = frozenset({
@@ -59,13 +59,17 @@ def classify(exc: BaseException) -> Cause | None:
         return None
     if isinstance(exc, (ReadTimeoutError, ConnectTimeoutError, asyncio.TimeoutError)):
         return Cause(TRANSIENT, "timeout")
-    if isinstance(exc, (EndpointConnectionError, ConnectionClosedError)):
+    if isinstance(exc, ConnectionClosedError):
         return Cause(TRANSIENT, "connection failed")
+    if isinstance(exc, EndpointConnectionError):
+        return Cause(UNREACHED, "connection failed")
     if isinstance(exc, (TruncatedBodyError, IncompleteReadError, ResponseStreamingError,
                         aiohttp.ClientPayloadError)):
         return Cause(TRANSIENT, "truncated response")
     if isinstance(exc, aiohttp.ClientSSLError):
         return None  # an untrusted certificate stays untrusted
+    if isinstance(exc, aiohttp.ClientConnectorError):  # the lean data path's refused connect
+        return Cause(UNREACHED, "connection failed")
     if isinstance(exc, (aiohttp.ClientError, ConnectionError)):
         return Cause(TRANSIENT, "connection reset")
     return None
