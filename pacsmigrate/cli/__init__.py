@@ -19,6 +19,7 @@ from .policy import policy
 from .rebuild import rebuild_cmd
 from .replicate import replicate_cmd
 from .retrieve import get, restore_cmd
+from .serve import serve
 from .status import status
 from .synth import synth
 from .verify import verify
@@ -62,5 +63,6 @@ main.add_command(get)
 main.add_command(restore_cmd)
 main.add_command(verify)
 main.add_command(cleanup)
+main.add_command(serve)
 
 __all__ = ["main"]

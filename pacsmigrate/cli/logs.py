@@ -47,10 +47,10 @@ def configure(verbose: int, log_file: Path | None) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def stats_to_stderr() -> None:
-    """The stats lines (pacsmigrate.stats) on stderr, timestamped, when -v does not show them
-    already (a run whose stderr is a file or a journal)."""
-    stats = logging.getLogger("pacsmigrate.stats")
+def stats_to_stderr(name: str = "pacsmigrate.stats") -> None:
+    """The stats lines (pacsmigrate.stats; a server's access lines) on stderr, timestamped,
+    when -v does not show them already (a run whose stderr is a file or a journal)."""
+    stats = logging.getLogger(name)
     stats.setLevel(logging.INFO)
     if logging.getLogger().handlers:  # -v: the root's stderr handler prints them
         return

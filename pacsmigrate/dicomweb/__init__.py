@@ -1,0 +1,1 @@
+"""A read-only DICOMweb server over a migrated archive (`pacsmigrate serve`)."""

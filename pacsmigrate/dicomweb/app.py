@@ -1,0 +1,336 @@
+"""The DICOMweb server (PS3.18): QIDO-RS, WADO-RS and WADO-URI over a migrated archive.
+
+Read-only; every instance is served as stored (no transcoding: each part names its transfer
+syntax), from one range GET per run of neighbouring members, blake3 checked. An error before
+the first byte is an HTTP status with its reason (in the body and a `Warning: 299` header);
+one after it (an object gone or altered mid-answer) aborts the connection, so the client
+cannot take a cut answer for a whole one. Access log lines name the route, never the UIDs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from ..backends.base import Backend
+from ..errors import IntegrityError, ObjectArchivedError, ObjectNotFoundError, PacsMigrateError
+from . import qido, wado
+from .catalog import Catalog, Instance
+
+log = logging.getLogger("pacsmigrate.serve")
+
+DICOM_JSON = "application/dicom+json"
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Served:
+    """What the handlers need: the catalogue, the store, the shared byte budget."""
+
+    catalog: Catalog
+    backend: Backend
+    budget: wado.Budget
+    token: str | None = None
+    basic: str | None = None  # "user:password"
+    on_archived: Callable[[str], Awaitable[str]] | None = None  # asks the store to restore
+
+
+SERVED = web.AppKey("served", Served)
+
+
+def _fail(status: int, reason: str, **headers: str) -> web.HTTPException:
+    """An error answer that says why (body and Warning header)."""
+    warning = reason.replace('"', "'")
+    cls = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 404: web.HTTPNotFound,
+           406: web.HTTPNotAcceptable, 501: web.HTTPNotImplemented, 502: web.HTTPBadGateway,
+           503: web.HTTPServiceUnavailable}[status]
+    return cls(text=reason + "\n",
+               headers={"Warning": f'299 pacsmigrate "{warning}"', **headers})
+
+
+def _uid(request: web.Request, name: str) -> str:
+    value = request.match_info[name]
+    if len(value) > 64 or not _UID.match(value):
+        raise _fail(400, f"{name} in the path is not a UID: digits and dots, at most 64")
+    return value
+
+
+def _media(accept: str) -> list[tuple[str, dict[str, str]]]:
+    out = []
+    for part in accept.split(","):
+        fields = [f.strip() for f in part.split(";") if f.strip()]
+        if not fields:
+            continue
+        params = {}
+        for f in fields[1:]:
+            k, _, v = f.partition("=")
+            params[k.strip().lower()] = v.strip().strip('"')
+        out.append((fields[0].lower(), params))
+    return out or [("*/*", {})]
+
+
+def _accepts_json(request: web.Request) -> None:
+    ok = {"*/*", "application/*", DICOM_JSON, "application/json"}
+    if not any(m in ok for m, _ in _media(request.headers.get("Accept", "*/*"))):
+        raise _fail(406, "this server answers searches and metadata as application/dicom+json "
+                         "(or application/json) only")
+
+
+def _syntaxes(request: web.Request, found: list[Instance]) -> None:
+    """A retrieve's Accept must allow multipart/related DICOM in the stored syntaxes."""
+    stored = {i.transfer_syntax for i in found}
+    for media, params in _media(request.headers.get("Accept", "*/*")):
+        if media in ("*/*", "multipart/*"):
+            return
+        if media == "multipart/related" and params.get("type", "application/dicom") in (
+                "application/dicom", "application/*", "*/*"):
+            wanted = params.get("transfer-syntax", "*")
+            if wanted == "*" or stored <= {wanted}:
+                return
+    raise _fail(406, "instances are served as stored, as multipart/related; "
+                     'type="application/dicom" in their transfer syntax '
+                     f"({', '.join(sorted(stored))}); this server does not transcode")
+
+
+async def _json(request: web.Request, body: list[dict[str, Any]],
+                ignored: list[str] = ()) -> web.StreamResponse:  # type: ignore[assignment]
+    if not body:
+        return web.Response(status=204)
+    headers = {}
+    if ignored:
+        headers["Warning"] = ('299 pacsmigrate "The following attributes are not supported '
+                              f'for matching: {", ".join(ignored)}"')
+    return web.Response(body=json.dumps(body).encode(), content_type=DICOM_JSON,
+                        headers=headers)
+
+
+def _base(request: web.Request) -> str:
+    prefix = request.app.get(PREFIX, "")
+    return f"{request.scheme}://{request.host}{prefix}"
+
+
+PREFIX = web.AppKey("prefix", str)
+
+
+def search(level: str, path_uids: tuple[str, ...]) -> Handler:
+    names = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID"}
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        _accepts_json(request)
+        fixed = {names[n]: _uid(request, n) for n in path_uids}
+        try:
+            q = qido.parse(list(request.query.items()), level, fixed)
+        except qido.BadQuery as exc:
+            raise _fail(400, str(exc)) from None
+        run = {"study": qido.studies, "series": qido.series, "instance": qido.instances}[level]
+        served = request.app[SERVED]
+        body = await asyncio.to_thread(run, served.catalog, q, _base(request))
+        if not body and path_uids and not await _known(served, fixed):
+            raise _fail(404, "no such study (or series) in this archive")
+        return await _json(request, body, q.ignored)
+
+    return handle
+
+
+async def _known(served: Served, fixed: dict[str, str]) -> bool:
+    study = fixed["StudyInstanceUID"]
+    series = fixed.get("SeriesInstanceUID")
+    found = await asyncio.to_thread(served.catalog.query, (
+        "SELECT 1 FROM series WHERE study = ?" + (" AND series = ?" if series else "")
+        + " LIMIT 1"), [study, *([series] if series else [])])
+    return bool(found)
+
+
+async def _found(request: web.Request) -> list[Instance]:
+    study = _uid(request, "study")
+    series = _uid(request, "series") if "series" in request.match_info else None
+    sop = _uid(request, "sop") if "sop" in request.match_info else None
+    found = await asyncio.to_thread(request.app[SERVED].catalog.instances, study, series, sop)
+    if not found:
+        what = "instance" if sop else "series" if series else "study"
+        raise _fail(404, f"no such {what} in this archive")
+    return found
+
+
+async def _store_failed(served: Served, exc: PacsMigrateError) -> web.HTTPException:
+    """The status and reason for a read that failed before the first byte went out."""
+    if isinstance(exc, ObjectArchivedError):
+        said = "ask for a restore (pacsmigrate restore --request-restore), then retry"
+        if served.on_archived is not None and exc.key:
+            said = f"a restore was asked for ({await served.on_archived(exc.key)}); retry later"
+        return _fail(503, f"the instance lies in an archived object (archive tier): {said}",
+                     **{"Retry-After": "3600"})
+    if isinstance(exc, ObjectNotFoundError):
+        return _fail(502, "the store no longer holds the object of this instance (run "
+                          "`pacsmigrate verify`, then `migrate --repair`)")
+    if isinstance(exc, IntegrityError):
+        return _fail(502, "the instance's bytes in the store do not match their blake3 "
+                          "(run `pacsmigrate verify`, then `migrate --repair`)")
+    return _fail(502, f"the store failed: {exc}")
+
+
+async def retrieve(request: web.Request) -> web.StreamResponse:
+    """WADO-RS: a study, series or instance as multipart/related application/dicom."""
+    served = request.app[SERVED]
+    found = await _found(request)
+    _syntaxes(request, found)
+    parts = wado.instances(served.backend, served.budget, found)
+    try:
+        try:
+            first = await anext(parts)
+        except PacsMigrateError as exc:
+            raise await _store_failed(served, exc) from None
+        boundary = secrets.token_hex(16)
+        resp = web.StreamResponse(headers={
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        item: tuple[Instance, Any] | None = first
+        try:
+            while item is not None:
+                inst, chunks = item
+                # A file stored without its meta header has no syntax to name.
+                syntax = f"; transfer-syntax={inst.transfer_syntax}" \
+                    if inst.transfer_syntax else ""
+                await resp.write(
+                    f"--{boundary}\r\nContent-Type: application/dicom{syntax}\r\n"
+                    f"Content-Length: {inst.size}\r\n\r\n".encode())
+                async for chunk in chunks:
+                    await resp.write(chunk)
+                await resp.write(b"\r\n")
+                item = await anext(parts, None)
+        except PacsMigrateError as exc:
+            # Headers are gone: cut the connection, so the answer is not taken for whole.
+            log.warning("a retrieve was cut: %s", type(exc).__name__)
+            if request.transport is not None:
+                request.transport.abort()
+            return resp
+        await resp.write(f"--{boundary}--\r\n".encode())
+        await resp.write_eof()
+        return resp
+    finally:
+        await parts.aclose()
+
+
+async def metadata(request: web.Request) -> web.StreamResponse:
+    """WADO-RS metadata: each instance's header as DICOM JSON (bulk data left out)."""
+    _accepts_json(request)
+    served = request.app[SERVED]
+    found = await _found(request)
+    base = _base(request)
+    try:
+        body = [await wado.metadata(served.backend, inst, base) for inst in found]
+    except PacsMigrateError as exc:
+        raise await _store_failed(served, exc) from None
+    return await _json(request, body)
+
+
+async def frames(request: web.Request) -> web.StreamResponse:
+    raise _fail(501, "frames are not offered: retrieve the whole instance (it is served as "
+                     "stored, without decoding or transcoding its pixel data)")
+
+
+async def wado_uri(request: web.Request) -> web.StreamResponse:
+    """WADO-URI (PS3.18 9): ?requestType=WADO&studyUID=&seriesUID=&objectUID=."""
+    q = request.query
+    if q.get("requestType") != "WADO":
+        raise _fail(400, "requestType=WADO is required")
+    missing = [n for n in ("studyUID", "seriesUID", "objectUID") if not q.get(n)]
+    if missing:
+        raise _fail(400, f"missing {', '.join(missing)}")
+    for n in ("studyUID", "seriesUID", "objectUID"):
+        if len(q[n]) > 64 or not _UID.match(q[n]):
+            raise _fail(400, f"{n} is not a UID: digits and dots, at most 64")
+    wanted = [m.strip() for m in q.get("contentType", "").split(",") if m.strip()]
+    if not any(m in ("application/dicom", "*/*") for m in wanted):
+        raise _fail(406, "only contentType=application/dicom is offered (images are not "
+                         "rendered; the default contentType is image/jpeg)")
+    served = request.app[SERVED]
+    found = await asyncio.to_thread(served.catalog.instances, q["studyUID"], q["seriesUID"],
+                                    q["objectUID"])
+    if not found:
+        raise _fail(404, "no such instance in this archive")
+    ts = q.get("transferSyntax")
+    if ts and ts != found[0].transfer_syntax:
+        raise _fail(406, f"the instance is stored in {found[0].transfer_syntax}; this server "
+                         "does not transcode")
+    try:
+        data = await wado.read_one(served.backend, found[0])
+    except PacsMigrateError as exc:
+        raise await _store_failed(served, exc) from None
+    return web.Response(body=data, content_type="application/dicom")
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    served = request.app[SERVED]
+    if served.token is None and served.basic is None:
+        return await handler(request)
+    given = request.headers.get("Authorization", "")
+    scheme, _, value = given.partition(" ")
+    if served.token is not None and scheme.lower() == "bearer" and hmac.compare_digest(
+            value.strip().encode(), served.token.encode()):
+        return await handler(request)
+    if served.basic is not None and scheme.lower() == "basic":
+        try:
+            pair = base64.b64decode(value.strip(), validate=True)
+        except ValueError:
+            pair = b""
+        if hmac.compare_digest(pair, served.basic.encode()):
+            return await handler(request)
+    challenge = "Bearer" if served.token is not None else 'Basic realm="pacsmigrate"'
+    raise _fail(401, "this server asks for credentials (a bearer token or basic auth)",
+                **{"WWW-Authenticate": challenge})
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request: method, route (its template: no UIDs), status, bytes, time."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        route = getattr(getattr(request, "match_info", None), "route", None)
+        resource = getattr(route, "resource", None)
+        name = resource.canonical if resource is not None else "(no route)"
+        self.logger.info("%s %s %d %d bytes %.1f ms", request.method, name,
+                         response.status, response.body_length, time * 1000)
+
+
+def make_app(served: Served, *, prefix: str = "") -> web.Application:
+    app = web.Application(middlewares=[authenticate])
+    app[SERVED] = served
+    app[PREFIX] = prefix
+    p = prefix.rstrip("/")
+    study, series, sop = "{study}", "{series}", "{sop}"
+    routes = [
+        ("/studies", search("study", ())),
+        ("/series", search("series", ())),
+        ("/instances", search("instance", ())),
+        (f"/studies/{study}/series", search("series", ("study",))),
+        (f"/studies/{study}/instances", search("instance", ("study",))),
+        (f"/studies/{study}/series/{series}/instances", search("instance", ("study", "series"))),
+        (f"/studies/{study}", retrieve),
+        (f"/studies/{study}/series/{series}", retrieve),
+        (f"/studies/{study}/series/{series}/instances/{sop}", retrieve),
+        (f"/studies/{study}/metadata", metadata),
+        (f"/studies/{study}/series/{series}/metadata", metadata),
+        (f"/studies/{study}/series/{series}/instances/{sop}/metadata", metadata),
+        (f"/studies/{study}/series/{series}/instances/{sop}/frames/{{frames}}", frames),
+        ("/wado", wado_uri),
+    ]
+    for path, handler in routes:
+        app.router.add_get(p + path, handler, allow_head=False)
+    return app
+
+
+__all__ = ["AccessLogger", "Served", "make_app"]
