@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import re
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -20,6 +19,7 @@ from .config import Destination
 from .manifest import ROW_FIELDS
 from .paths import display
 from .ris import PrefixMap, SqlTarget
+from .sqlitefile import scratch_db
 
 FORMATS = ("csv", "jsonl", "sqlite", "sql")
 # Every exported row: the index row, then where its bytes are as one URI.
@@ -181,15 +181,9 @@ def export_sqlite(cp: Checkpoint, path: Path, *, mapping: PrefixMap | None = Non
     batches in one transaction into a temporary file beside `path`, which then replaces
     `path`: a failed export leaves no half-written database.
     """
-    tmp = path.with_name(f".{path.name}.pacsmigrate-partial")
-    tmp.unlink(missing_ok=True)
     placeholders = ", ".join("?" for _ in EXPORT_FIELDS)
     n = 0
-    con = sqlite3.connect(tmp, isolation_level=None)
-    try:
-        # A scratch file renamed into place when done: no journal needed.
-        con.execute("PRAGMA journal_mode = OFF")
-        con.execute("PRAGMA synchronous = OFF")
+    with scratch_db(path) as con:
         con.execute("BEGIN")
         con.execute(f"CREATE TABLE {SQLITE_TABLE} ({_sqlite_columns()})")
         insert = f"INSERT INTO {SQLITE_TABLE} VALUES ({placeholders})"
@@ -201,12 +195,6 @@ def export_sqlite(cp: Checkpoint, path: Path, *, mapping: PrefixMap | None = Non
         con.execute(f"CREATE INDEX {SQLITE_TABLE}_source_path ON {SQLITE_TABLE} (source_path)")
         con.execute(f"CREATE INDEX {SQLITE_TABLE}_sop_uid ON {SQLITE_TABLE} (sop_uid)")
         con.execute("COMMIT")
-    except BaseException:
-        con.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    con.close()
-    os.replace(tmp, path)
     return n
 
 

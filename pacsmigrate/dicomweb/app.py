@@ -134,9 +134,8 @@ def search(level: str, path_uids: tuple[str, ...]) -> Handler:
             q = qido.parse(list(request.query.items()), level, fixed)
         except qido.BadQuery as exc:
             raise _fail(400, str(exc)) from None
-        run = {"study": qido.studies, "series": qido.series, "instance": qido.instances}[level]
         served = request.app[SERVED]
-        body = await asyncio.to_thread(run, served.catalog, q, _base(request))
+        body = await asyncio.to_thread(qido.search, served.catalog, q, level, _base(request))
         if not body and path_uids and not await _known(served, fixed):
             raise _fail(404, "no such study (or series) in this archive")
         return await _json(request, body, q.ignored)

@@ -10,7 +10,6 @@ mtime are kept in it); a `migrate` running meanwhile is seen at the next start.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import Checkpoint
+from ..sqlitefile import scratch_db
 
 CATALOG_NAME = "dicomweb.sqlite"
 VERSION = 1
@@ -99,13 +99,8 @@ def _instances(cp: Checkpoint) -> Iterator[tuple[Any, ...]]:
 
 def build(cp: Checkpoint, path: Path, stamp: str) -> int:
     """Write the catalogue to a scratch file beside `path`, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.pacsmigrate-partial")
-    tmp.unlink(missing_ok=True)
-    con = sqlite3.connect(tmp, isolation_level=None)
     n = 0
-    try:
-        con.execute("PRAGMA journal_mode = OFF")
-        con.execute("PRAGMA synchronous = OFF")
+    with scratch_db(path) as con:
         con.executescript(SCHEMA)
         insert = f"INSERT INTO instances VALUES ({', '.join('?' * len(INSTANCE_COLUMNS))})"
         rows = _instances(cp)
@@ -114,16 +109,9 @@ def build(cp: Checkpoint, path: Path, stamp: str) -> int:
             con.executemany(insert, chunk)
             n += len(chunk)
         con.execute("COMMIT")
-        # A scratch file renamed into place when done: no journal, no transaction needed.
         con.executescript(FINISH)
         con.executemany("INSERT INTO meta VALUES (?, ?)",
                         [("version", str(VERSION)), ("state", stamp)])
-    except BaseException:
-        con.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    con.close()
-    os.replace(tmp, path)
     return n
 
 

@@ -11,6 +11,8 @@ kept), with counts, and each result's RetrieveURL.
 from __future__ import annotations
 
 import re
+import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,49 +155,58 @@ def _el(vr: str, *values: Any) -> dict[str, Any]:
     return {"vr": vr, "Value": vals} if vals else {"vr": vr}
 
 
-def studies(cat: Catalog, q: Query, base: str) -> list[dict[str, Any]]:
-    sql, params = q.sql("SELECT t.study, t.study_date, t.modalities, t.series, t.instances "
-                        "FROM studies t", "t.study")
+def _col(name: str) -> Callable[[sqlite3.Row], list[Any]]:
+    return lambda r: [r[name]]
+
+
+def _url(*names: str) -> Callable[[sqlite3.Row], list[Any]]:
+    levels = {"study": "studies", "series": "series", "sop": "instances"}
+    return lambda r: ["/".join(f"{levels[n]}/{r[n]}" for n in names)]
+
+
+# Per level: the statement, its order (stable, so pages neither skip nor repeat), and the
+# attributes answered: tag, VR, value(s) from the row (the RetrieveURL's path after base).
+LEVELS: dict[str, tuple[str, str, list[tuple[str, str, Callable[[sqlite3.Row], list[Any]]]]]] = {
+    "study": (("SELECT t.study, t.study_date, t.modalities, t.series, t.instances "
+              "FROM studies t"), "t.study", [
+                  ("00080020", "DA", _col("study_date")),
+                  ("00080061", "CS", lambda r: (r["modalities"] or "").split("\\")),
+                  ("00081190", "UR", _url("study")),
+                  ("0020000D", "UI", _col("study")),
+                  ("00201206", "IS", _col("series")),
+                  ("00201208", "IS", _col("instances"))]),
+    "series": (("SELECT s.study, s.series, s.modality, s.instances, t.study_date FROM series s "
+               "JOIN studies t ON t.study = s.study"), "s.study, s.series", [
+                   ("00080020", "DA", _col("study_date")),
+                   ("00080060", "CS", _col("modality")),
+                   ("00081190", "UR", _url("study", "series")),
+                   ("0020000D", "UI", _col("study")),
+                   ("0020000E", "UI", _col("series")),
+                   ("00201209", "IS", _col("instances"))]),
+    "instance": (("SELECT i.study, i.series, i.sop, i.modality, i.study_date, "
+                 "i.transfer_syntax FROM instances i"), "i.study, i.series, i.sop", [
+                     ("00080018", "UI", _col("sop")),
+                     ("00080020", "DA", _col("study_date")),
+                     ("00080060", "CS", _col("modality")),
+                     ("00081190", "UR", _url("study", "series", "sop")),
+                     ("00083002", "UI", _col("transfer_syntax")),
+                     ("0020000D", "UI", _col("study")),
+                     ("0020000E", "UI", _col("series"))]),
+}
+
+
+def search(cat: Catalog, q: Query, level: str, base: str) -> list[dict[str, Any]]:
+    """The results of a search at `level` as DICOM JSON; RetrieveURLs under `base`."""
+    select, order, attributes = LEVELS[level]
+    sql, params = q.sql(select, order)
     out = []
     for r in cat.query(sql, params):
-        out.append({"00080020": _el("DA", r["study_date"]),
-                    "00080061": _el("CS", *(r["modalities"] or "").split("\\")),
-                    "00081190": _el("UR", f"{base}/studies/{r['study']}"),
-                    "0020000D": _el("UI", r["study"]),
-                    "00201206": _el("IS", r["series"]),
-                    "00201208": _el("IS", r["instances"])})
+        doc = {}
+        for tag, vr, value in attributes:
+            values = value(r)
+            doc[tag] = _el(vr, *([f"{base}/{values[0]}"] if vr == "UR" else values))
+        out.append(doc)
     return out
 
 
-def series(cat: Catalog, q: Query, base: str) -> list[dict[str, Any]]:
-    sql, params = q.sql(
-        "SELECT s.study, s.series, s.modality, s.instances, t.study_date FROM series s "
-        "JOIN studies t ON t.study = s.study", "s.study, s.series")
-    out = []
-    for r in cat.query(sql, params):
-        out.append({"00080020": _el("DA", r["study_date"]),
-                    "00080060": _el("CS", r["modality"]),
-                    "00081190": _el("UR", f"{base}/studies/{r['study']}/series/{r['series']}"),
-                    "0020000D": _el("UI", r["study"]),
-                    "0020000E": _el("UI", r["series"]),
-                    "00201209": _el("IS", r["instances"])})
-    return out
-
-
-def instances(cat: Catalog, q: Query, base: str) -> list[dict[str, Any]]:
-    sql, params = q.sql("SELECT i.study, i.series, i.sop, i.modality, i.study_date, "
-                        "i.transfer_syntax FROM instances i", "i.study, i.series, i.sop")
-    out = []
-    for r in cat.query(sql, params):
-        url = f"{base}/studies/{r['study']}/series/{r['series']}/instances/{r['sop']}"
-        out.append({"00080018": _el("UI", r["sop"]),
-                    "00080020": _el("DA", r["study_date"]),
-                    "00080060": _el("CS", r["modality"]),
-                    "00081190": _el("UR", url),
-                    "00083002": _el("UI", r["transfer_syntax"]),
-                    "0020000D": _el("UI", r["study"]),
-                    "0020000E": _el("UI", r["series"])})
-    return out
-
-
-__all__ = ["BadQuery", "Query", "instances", "parse", "series", "studies"]
+__all__ = ["BadQuery", "Query", "parse", "search"]
