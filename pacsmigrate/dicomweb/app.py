@@ -16,7 +16,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ from .catalog import Catalog, Instance
 log = logging.getLogger("pacsmigrate.serve")
 
 DICOM_JSON = "application/dicom+json"
+METADATA_READS = 8  # headers read at once for one /metadata answer
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -105,7 +106,7 @@ def _syntaxes(request: web.Request, found: list[Instance]) -> None:
 
 
 async def _json(request: web.Request, body: list[dict[str, Any]],
-                ignored: list[str] = ()) -> web.StreamResponse:  # type: ignore[assignment]
+                ignored: Sequence[str] = ()) -> web.StreamResponse:
     if not body:
         return web.Response(status=204)
     headers = {}
@@ -229,11 +230,18 @@ async def metadata(request: web.Request) -> web.StreamResponse:
     served = request.app[SERVED]
     found = await _found(request)
     base = _base(request)
+    slots = asyncio.Semaphore(METADATA_READS)
+
+    async def one(inst: Instance) -> dict[str, Any]:
+        async with slots:
+            return await wado.metadata(served.backend, inst, base)
+
     try:
-        body = [await wado.metadata(served.backend, inst, base) for inst in found]
-    except PacsMigrateError as exc:
-        raise await _store_failed(served, exc) from None
-    return await _json(request, body)
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(one(inst)) for inst in found]
+    except* PacsMigrateError as group:
+        raise await _store_failed(served, group.exceptions[0]) from None  # type: ignore[arg-type]
+    return await _json(request, [t.result() for t in tasks])
 
 
 async def frames(request: web.Request) -> web.StreamResponse:

@@ -76,10 +76,22 @@ def _started(args: list[str], env: dict[str, str], log: Path) -> subprocess.Pope
 
 
 def test_kill_at_random_moments(moto_s3: S3Target, kill_tree: Path, tmp_path: Path) -> None:
-    """SIGKILL at up to 15 random moments of the run's work (catalogue, uploads, LMDB commits,
+    """SIGKILL at up to 8 random moments of the run's work (catalogue, uploads, LMDB commits,
     in between; never during the interpreter's start-up), re-running each time; then nothing
-    is lost, doubled or orphaned."""
-    rng = random.Random(int(os.environ.get("PACSMIGRATE_KILL_SEED", "1234")))
+    is lost, doubled or orphaned. The soak below lands 15 and more."""
+    _kill_runs(moto_s3, kill_tree, tmp_path, kills_wanted=8, at_least=6,
+               seed=int(os.environ.get("PACSMIGRATE_KILL_SEED", "1234")))
+
+
+@pytest.mark.soak
+def test_kill_at_random_moments_soak(moto_s3: S3Target, kill_tree: Path, tmp_path: Path
+                                     ) -> None:
+    _kill_runs(moto_s3, kill_tree, tmp_path, kills_wanted=20, at_least=15, seed=4321)
+
+
+def _kill_runs(moto_s3: S3Target, kill_tree: Path, tmp_path: Path, *, kills_wanted: int,
+               at_least: int, seed: int) -> None:
+    rng = random.Random(seed)
     # A bandwidth cap stretches the run over seconds, so that many kills can land in it.
     slow = ("--bwlimit", "800KiB")
     # How long the work of an uninterrupted run takes here, so the kills land inside it.
@@ -95,7 +107,7 @@ def test_kill_at_random_moments(moto_s3: S3Target, kill_tree: Path, tmp_path: Pa
     state = tmp_path / "state"
     args = _migrate_args(kill_tree, target, state, *slow)
     kills = 0
-    for attempt in range(40):
+    for attempt in range(3 * kills_wanted):
         log = tmp_path / f"attempt{attempt}.jsonl"
         proc = _started(args, target.env(), log)
         began = _work_begun(proc, log)
@@ -105,11 +117,11 @@ def test_kill_at_random_moments(moto_s3: S3Target, kill_tree: Path, tmp_path: Pa
             kills += 1
         _, err = proc.communicate(timeout=120)
         assert proc.returncode in (0, -signal.SIGKILL), err
-        if proc.returncode == 0 or kills >= 15:
+        if proc.returncode == 0 or kills >= kills_wanted:
             break
     final = run_cli(*_migrate_args(kill_tree, target, state), env=target.env())
     assert final.returncode == 0, final.stdout + final.stderr
-    assert kills >= 10, f"only {kills} kills landed in the work ({work:.1f} s uninterrupted)"
+    assert kills >= at_least, f"only {kills} kills landed in the work ({work:.1f} s uninterrupted)"
     assert_complete(target, state, kill_tree)
     verify = run_cli("verify", "--state", str(state), "--deep", "--source", env=target.env())
     assert verify.returncode == 0, verify.stdout + verify.stderr
