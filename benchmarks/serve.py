@@ -32,6 +32,11 @@ SMALL_STUDIES, SMALL_FILES = 60, 20
 CLIENTS = 50
 TTFB_SAMPLES = 200
 REPEATS = 3
+# Each timed stream (and each ceiling) moves the study this many times back to back, so a
+# measurement lasts seconds, not the fraction of one that a single pass takes here.
+PASSES = 5
+RETRIEVES_PER_STUDY = 10  # the 50 clients' work: each small study this many times
+BIG_CLIENTS = 10  # the worst case for memory: this many clients on the big study at once
 RSS_GOAL_MIB = 400
 
 
@@ -172,12 +177,13 @@ async def _retrieve(http: object, url: str, study: str) -> int:
 
 
 async def _stream(url: str, study: str) -> tuple[int, float]:
+    """The study retrieved PASSES times in a row: (bytes of each pass, seconds per pass)."""
     import aiohttp
 
     async with aiohttp.ClientSession() as http:
         t0 = time.perf_counter()
-        n = await _retrieve(http, url, study)
-        return n, time.perf_counter() - t0
+        sizes = [await _retrieve(http, url, study) for _ in range(PASSES)]
+        return min(sizes), (time.perf_counter() - t0) / PASSES
 
 
 async def _clients(url: str, studies: list[str]) -> tuple[int, int, float]:
@@ -200,8 +206,8 @@ async def _clients(url: str, studies: list[str]) -> tuple[int, int, float]:
     return errors, total, time.perf_counter() - t0
 
 
-def _ceiling(ctx: Ctx, size: int, log: Path) -> list[float]:
-    """`s5cmd cat` of one object of `size` bytes, REPEATS times: seconds each."""
+def _ceiling(ctx: Ctx, size: int, log: Path) -> float:
+    """`s5cmd cat` of one object of `size` bytes, PASSES times: seconds per pass."""
     bucket = ctx.store.fresh_bucket("serve-ceiling")
     blob = ctx.work / "serve-one-object.bin"
     with open(blob, "wb") as f:
@@ -210,14 +216,12 @@ def _ceiling(ctx: Ctx, size: int, log: Path) -> list[float]:
     subprocess.run([*s5, "cp", str(blob), f"s3://{bucket}/one"], env=ctx.store.env,
                    check=True, capture_output=True)
     blob.unlink()
-    out = []
-    for _ in range(REPEATS):
-        t0 = time.perf_counter()
+    t0 = time.perf_counter()
+    for _ in range(PASSES):
         with open(log, "ab") as err:
             subprocess.run([*s5, "cat", f"s3://{bucket}/one"], env=ctx.store.env, check=True,
                            stdout=subprocess.DEVNULL, stderr=err)
-        out.append(time.perf_counter() - t0)
-    return out
+    return (time.perf_counter() - t0) / PASSES
 
 
 def run_serve(ctx: Ctx) -> Section:
@@ -249,11 +253,14 @@ def run_serve(ctx: Ctx) -> Section:
                     raise SystemExit(f"bench: the study stream gave {n} of {big_bytes} bytes")
                 streams.append(secs)
                 if name == "SeaweedFS":  # the ceiling alternates with the stream
-                    ceiling += _ceiling(ctx, big_bytes, logs / "serve-ceiling.log")[:1]
-            studies = sorted({s for s, _, _ in insts if s != big}) * 2
+                    ceiling.append(_ceiling(ctx, big_bytes, logs / "serve-ceiling.log"))
+            studies = sorted({s for s, _, _ in insts if s != big}) * RETRIEVES_PER_STUDY
             with Peak(server) as peak:
                 errors, moved, secs = asyncio.run(_clients(server.url, studies))
-            results[name] = {"ttfb": ttfb, "stream": statistics.median(streams),
+            with Peak(server) as worst:
+                big_errors, _, big_secs = asyncio.run(_clients(server.url, [big] * BIG_CLIENTS))
+            results[name] = {"peak_many_big": worst.mib, "many_big_s": big_secs,
+                             "many_big_errors": big_errors,"ttfb": ttfb, "stream": statistics.median(streams),
                              "streams": streams, "peak_big": peak_big, "errors": errors,
                              "clients_s": secs, "clients_bytes": moved, "peak_clients": peak.mib,
                              "requests": len(studies)}
@@ -268,10 +275,15 @@ def _section(results: dict[str, dict[str, object]], ceiling: list[float],
               f"explicit VR LE) and {SMALL_STUDIES} MR studies of {SMALL_FILES} instances "
               "(64x64), migrated with the defaults into a local directory and into SeaweedFS; "
               "`pacsmigrate serve` on each (defaults), this process the client (aiohttp). The "
-              "page cache is warm (the store's files were just written)."), "",
+              "page cache is warm (the store's files were just written). A study stream run "
+              f"is {PASSES} retrieves of the study in a row (seconds per retrieve shown), "
+              f"alternating with {PASSES} `s5cmd cat` of the one object on SeaweedFS; the 50 "
+              f"clients retrieve each small study {RETRIEVES_PER_STUDY} times between them."),
+             "",
              ("| store | first byte, median ms | p95 ms | study stream s (runs) | MB/s | "
-             "server peak RSS, study MiB | 50 clients: requests, errors, s | peak RSS MiB |"),
-             "|---|---:|---:|---|---:|---:|---|---:|"]
+              "server peak RSS, study MiB | 50 clients: requests, errors, s | peak RSS MiB | "
+              f"{BIG_CLIENTS} clients on the big study: errors, s | peak RSS MiB |"),
+             "|---|---:|---:|---|---:|---:|---|---:|---|---:|"]
     for name, r in results.items():
         ttfb = sorted(r["ttfb"])  # type: ignore[arg-type]
         runs = ", ".join(f"{s:.2f}" for s in r["streams"])  # type: ignore[attr-defined]
@@ -279,13 +291,14 @@ def _section(results: dict[str, dict[str, object]], ceiling: list[float],
             f"| {name} | {statistics.median(ttfb) * 1e3:.1f} | "
             f"{ttfb[int(len(ttfb) * 0.95) - 1] * 1e3:.1f} | {r['stream']:.2f} ({runs}) | "
             f"{big_bytes / r['stream'] / 1e6:,.0f} | {r['peak_big']:.0f} | "  # type: ignore[operator]
-            f"{r['requests']}, {r['errors']}, {r['clients_s']:.1f} | {r['peak_clients']:.0f} |")
+            f"{r['requests']}, {r['errors']}, {r['clients_s']:.1f} | {r['peak_clients']:.0f} | "
+            f"{r['many_big_errors']}, {r['many_big_s']:.1f} | {r['peak_many_big']:.0f} |")
     ceil = statistics.median(ceiling) if ceiling else None
     s3 = results["SeaweedFS"]
     local = results["local directory"]
     if ceil:
         lines += ["", (f"The store's throughput for one object of {big_bytes / 1e6:,.1f} MB "
-                       f"(`s5cmd cat`, runs {', '.join(f'{c:.2f}' for c in ceiling)} s): "
+                       f"(`s5cmd cat`, s per pass: {', '.join(f'{c:.2f}' for c in ceiling)}): "
                        f"{big_bytes / ceil / 1e6:,.0f} MB/s.")]
     targets = [
         Target("12a", "time to first byte of an instance on the local store: median < 100 ms",
@@ -297,14 +310,17 @@ def _section(results: dict[str, dict[str, object]], ceiling: list[float],
                f"study {s3['stream']:.2f} s vs one object {ceil or 0:.2f} s (medians)",
                (ceil / s3["stream"]) if ceil else None, 0.8),  # type: ignore[operator]
         Target("12c", f"{CLIENTS} concurrent clients retrieving different studies: no error",
-               f"{local['requests']} + {s3['requests']} retrieves, errors "
-               f"{local['errors']} + {s3['errors']}",
-               float(local["errors"]) + float(s3["errors"]), 0.0, at_most=True,  # type: ignore[arg-type]
+               f"{local['requests']} + {s3['requests']} retrieves of small studies, errors "
+               f"{local['errors']} + {s3['errors']}; {BIG_CLIENTS} + {BIG_CLIENTS} of the big "
+               f"one, errors {local['many_big_errors']} + {s3['many_big_errors']}",
+               sum(float(r[k]) for r in results.values()  # type: ignore[arg-type]
+                   for k in ("errors", "many_big_errors")), 0.0, at_most=True,
                unit="errors"),
-        Target("12d", f"server memory bounded: peak RSS ≤ {RSS_GOAL_MIB} MiB (study stream "
-               "and 50 clients, both stores)", "highest of the four peaks",
+        Target("12d", f"server memory bounded: peak RSS ≤ {RSS_GOAL_MIB} MiB (one study "
+               f"stream, 50 clients, {BIG_CLIENTS} clients on the big study; both stores)",
+               "highest of the six peaks",
                max(float(r[k]) for r in results.values()  # type: ignore[arg-type]
-                   for k in ("peak_big", "peak_clients")), float(RSS_GOAL_MIB),
+                   for k in ("peak_big", "peak_clients", "peak_many_big")), float(RSS_GOAL_MIB),
                at_most=True, unit="MiB"),
     ]
     return Section("serve", "11. Serving the archive over DICOMweb", lines, targets)

@@ -38,6 +38,8 @@ def _fmt(x: float, unit: str) -> str:
         return f"{x:.2f}x"
     if unit == "s":
         return f"{x:.1f} s"
+    if unit == "ms":
+        return f"{x:.1f} ms"
     if unit == "/study":
         return f"{x:.2f} /study"
     return f"{x:,.0f} {unit}"

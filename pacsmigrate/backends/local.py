@@ -221,7 +221,10 @@ class LocalStore(LocalParts):
             if length is None:
                 f.seek(offset)
                 return f.read()
-            out = bytearray()
+            first = os.pread(f.fileno(), length, offset)
+            if len(first) == length or not first:  # the common case: no copy
+                return first
+            out = bytearray(first)
             while len(out) < length:  # one pread returns at most ~2 GiB
                 got = os.pread(f.fileno(), length - len(out), offset + len(out))
                 if not got:

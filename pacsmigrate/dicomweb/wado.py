@@ -18,15 +18,19 @@ from typing import Any
 import blake3
 
 from ..backends.base import Backend
+from ..backends.body import Buffer
 from ..config import MiB
 from ..encoding import decode
 from ..errors import IntegrityError
 from .catalog import Instance
 
-RUN_BYTES = 8 * MiB  # one range GET reads at most this much (a large member: in chunks)
+# One range GET reads at most RUN_BYTES (a larger member: in chunks of it), AHEAD runs ahead
+# of the client: 16 MiB and 4 streamed a study from SeaweedFS at ~0.9x one object's rate,
+# 8 MiB and 3 at ~0.8x (benchmarks, section serve).
+RUN_BYTES = 16 * MiB
 GAP = 64 * 1024  # members this close in an object are read together (tar headers between)
-AHEAD = 3  # runs read ahead of the client, per answer
-BUDGET = 256 * MiB  # bytes held by all answers together
+AHEAD = 4  # runs read ahead of the client, per answer
+BUDGET = 128 * MiB  # run bytes held by all answers together (two studies at full pace)
 HEADER_BYTES = 64 * 1024  # the first read of an instance's header for /metadata
 
 
@@ -76,25 +80,28 @@ def runs(instances: list[Instance]) -> list[Run]:
     return out
 
 
-def _checked(inst: Instance, data: bytes) -> bytes:
-    data = decode(data, inst.encoding, size=inst.size)
-    if blake3.blake3(data).hexdigest() != inst.blake3:
-        raise IntegrityError(f"instance bytes do not match their blake3 (object {inst.key} "
-                             f"at offset {inst.offset})")
-    return data
-
-
-async def _read_run(backend: Backend, run: Run) -> list[tuple[Instance, bytes]]:
-    data = await backend.load(run.key, offset=run.start, length=run.end - run.start) \
-        if run.end > run.start else b""
-    out = []
+def _checked(run: Run, data: bytes) -> list[tuple[Instance, Buffer]]:
+    """The run's members cut from its bytes (views, not copies), each checked."""
+    out: list[tuple[Instance, Buffer]] = []
+    whole = memoryview(data)
     for inst in run.members:
         at = inst.offset - run.start
-        out.append((inst, await asyncio.to_thread(_checked, inst, data[at:at + inst.length])))
+        member: Buffer = decode(bytes(whole[at:at + inst.length]), inst.encoding,
+                                size=inst.size) if inst.encoding else whole[at:at + inst.length]
+        if blake3.blake3(member).hexdigest() != inst.blake3:
+            raise IntegrityError(f"instance bytes do not match their blake3 (object "
+                                 f"{inst.key} at offset {inst.offset})")
+        out.append((inst, member))
     return out
 
 
-async def _large(backend: Backend, budget: Budget, inst: Instance) -> AsyncIterator[bytes]:
+async def _read_run(backend: Backend, run: Run) -> list[tuple[Instance, Buffer]]:
+    data = await backend.load(run.key, offset=run.start, length=run.end - run.start) \
+        if run.end > run.start else b""
+    return await asyncio.to_thread(_checked, run, data)
+
+
+async def _large(backend: Backend, budget: Budget, inst: Instance) -> AsyncIterator[Buffer]:
     """One member larger than a run, in chunks; the blake3 is checked before the last."""
     h = blake3.blake3()
     pos, end = inst.offset, inst.offset + inst.length
@@ -119,9 +126,9 @@ async def _large(backend: Backend, budget: Budget, inst: Instance) -> AsyncItera
 
 
 async def instances(backend: Backend, budget: Budget, found: list[Instance]
-                    ) -> AsyncGenerator[tuple[Instance, AsyncIterator[bytes]], None]:
+                    ) -> AsyncGenerator[tuple[Instance, AsyncIterator[Buffer]], None]:
     """Each instance with its verified bytes (an iterator of chunks), in store order."""
-    pending: list[tuple[Run, int, asyncio.Task[list[tuple[Instance, bytes]]] | None]] = []
+    pending: list[tuple[Run, int, asyncio.Task[list[tuple[Instance, Buffer]]] | None]] = []
     todo = runs(found)
 
     async def start(run: Run) -> None:
@@ -156,14 +163,14 @@ async def instances(backend: Backend, budget: Budget, found: list[Instance]
                 await budget.give(held)
 
 
-async def _one(data: bytes) -> AsyncIterator[bytes]:
+async def _one(data: Buffer) -> AsyncIterator[Buffer]:
     yield data
 
 
 async def read_one(backend: Backend, inst: Instance) -> bytes:
     """One whole instance, verified (WADO-URI, small answers)."""
-    return (await _read_run(backend, Run(inst.key, inst.offset, inst.offset + inst.length,
-                                         [inst])))[0][1]
+    return bytes((await _read_run(backend, Run(inst.key, inst.offset,
+                                               inst.offset + inst.length, [inst])))[0][1])
 
 
 async def metadata(backend: Backend, inst: Instance, base: str) -> dict[str, Any]:
