@@ -317,7 +317,8 @@ def test_missing_or_altered_objects_are_said_and_the_server_goes_on(tmp_path: Pa
 def test_other_addresses_need_credentials_and_tls(migrated: tuple[Path, Path, Path],
                                                   tmp_path: Path) -> None:
     _src, state, _store = migrated
-    refused = run_cli("serve", "--state", str(state), "--host", "0.0.0.0", "--port", "0")
+    # A documentation address (TEST-NET-1): never this machine, so nothing could listen.
+    refused = run_cli("serve", "--state", str(state), "--host", "192.0.2.1", "--port", "0")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "give --token-file or --basic-auth-file, and --certfile" in refused.stderr
     token = tmp_path / "token"
@@ -335,6 +336,46 @@ def test_other_addresses_need_credentials_and_tls(migrated: tuple[Path, Path, Pa
         ok = requests.get(f"{s.url}/studies", timeout=30, verify=str(ca),
                           headers={"Authorization": "Bearer s3cret-token"})
         assert ok.status_code == 200 and ok.json()
+    finally:
+        _stop(s)
+    users = tmp_path / "basic"
+    users.write_text("viewer:pass:word\n")
+    s = _start(state, "--basic-auth-file", str(users), "--certfile", str(cert), "--keyfile",
+               str(key))
+    try:
+        url = f"{s.url}/studies"
+        no = requests.get(url, timeout=30, verify=str(ca), auth=("viewer", "wrong"))
+        assert no.status_code == 401 and no.headers["WWW-Authenticate"].startswith("Basic")
+        ok = requests.get(url, timeout=30, verify=str(ca), auth=("viewer", "pass:word"))
+        assert ok.status_code == 200 and ok.json()
+    finally:
+        _stop(s)
+
+
+def test_a_viewer_on_another_origin_may_read(server: Server,
+                                             migrated: tuple[Path, Path, Path]) -> None:
+    """--cors-origin: a browser viewer (OHIF) served from elsewhere passes its preflight and
+    reads searches and streamed retrieves; other origins get no such header."""
+    _src, state, _store = migrated
+    viewer = "http://viewer.test:3000"
+    s = _start(state, "--cors-origin", viewer)
+    try:
+        r = server.index()[0]
+        pre = requests.options(f"{s.url}/studies/{r['study_uid']}", timeout=30, headers={
+            "Origin": viewer, "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization, accept"})
+        assert pre.status_code == 204
+        assert pre.headers["Access-Control-Allow-Origin"] == viewer
+        assert "Authorization" in pre.headers["Access-Control-Allow-Headers"]
+        for path in ("/studies", f"/studies/{r['study_uid']}", "/studies/1.2.3.999"):
+            got = requests.get(s.url + path, timeout=30, headers={"Origin": viewer})
+            assert got.headers["Access-Control-Allow-Origin"] == viewer, path
+        other = requests.get(f"{s.url}/studies", timeout=30,
+                             headers={"Origin": "http://elsewhere.test"})
+        assert other.status_code == 200 and "Access-Control-Allow-Origin" not in other.headers
+        refused = requests.options(f"{s.url}/studies", timeout=30, headers={
+            "Origin": "http://elsewhere.test", "Access-Control-Request-Method": "GET"})
+        assert refused.status_code == 403 and "--cors-origin" in refused.text
     finally:
         _stop(s)
 

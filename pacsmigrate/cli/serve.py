@@ -63,7 +63,8 @@ def _tls(certfile: Path | None, keyfile: Path | None) -> ssl.SSLContext | None:
 async def _serve(state_dir: Path, host: str, port: int, catalog_path: Path, prefix: str,
                  token: str | None, basic: str | None, tls: ssl.SSLContext | None,
                  endpoint_url: str | None, sse_c_key_file: str | None,
-                 restore: RestoreRequest | None, refresh: float) -> None:
+                 restore: RestoreRequest | None, refresh: float, cors: frozenset[str]
+                 ) -> None:
     from aiohttp import web
 
     async with open_migration(state_dir, endpoint_url=endpoint_url,
@@ -73,7 +74,8 @@ async def _serve(state_dir: Path, host: str, port: int, catalog_path: Path, pref
         except OSError as exc:
             raise ConfigError(f"cannot write the catalogue {catalog_path}: {exc.strerror}; "
                               "give --catalog a writable path") from None
-        served = Served(Catalog(catalog_path), opened.backend, Budget(), token, basic)
+        served = Served(Catalog(catalog_path), opened.backend, Budget(), token, basic,
+                        cors=cors)
         if restore is not None:
             async def on_archived(key: str) -> str:
                 said = await request_restores(opened.backend, [key], restore)
@@ -126,6 +128,9 @@ async def _serve(state_dir: Path, host: str, port: int, catalog_path: Path, pref
               help="TLS certificate chain (PEM).")
 @click.option("--keyfile", type=click.Path(path_type=Path, dir_okay=False),
               help="TLS private key (PEM).")
+@click.option("--cors-origin", multiple=True,
+              help="An origin (https://viewer.example.org) whose web pages may read the "
+                   "answers, e.g. an OHIF viewer served from elsewhere; repeatable; * for any.")
 @click.option("--endpoint-url", help="Override the endpoint recorded in the state.")
 @click.option("--request-restore", is_flag=True,
               help="When an instance lies in an archive tier (S3 Glacier, Azure Archive), "
@@ -137,8 +142,8 @@ async def _serve(state_dir: Path, host: str, port: int, catalog_path: Path, pref
 @handle_errors
 def serve(state_dir: Path, host: str, port: int, prefix: str, catalog_path: Path | None,
           token_file: Path | None, basic_auth_file: Path | None, certfile: Path | None,
-          keyfile: Path | None, endpoint_url: str | None, request_restore: bool,
-          refresh: float, sse_c_key_file: str | None) -> None:
+          keyfile: Path | None, cors_origin: tuple[str, ...], endpoint_url: str | None,
+          request_restore: bool, refresh: float, sse_c_key_file: str | None) -> None:
     """Serve the migrated archive over DICOMweb (read-only): QIDO-RS searches, WADO-RS and
     WADO-URI retrieves, straight from the bundles (one range GET per instance, blake3
     checked). A store alone serves too: `index rebuild` makes the state first."""
@@ -158,7 +163,8 @@ def serve(state_dir: Path, host: str, port: int, prefix: str, catalog_path: Path
     try:
         run_main(_serve(state_dir, host, port, catalog_path or state_dir / CATALOG_NAME,
                         prefix, token, basic, tls, endpoint_url, sse_c_key_file,
-                        RestoreRequest() if request_restore else None, refresh))
+                        RestoreRequest() if request_restore else None, refresh,
+                        frozenset(cors_origin)))
     except KeyboardInterrupt:
         click.echo("stopped serving", err=True)
         sys.exit(0)

@@ -46,6 +46,13 @@ class Served:
     token: str | None = None
     basic: str | None = None  # "user:password"
     on_archived: Callable[[str], Awaitable[str]] | None = None  # asks the store to restore
+    cors: frozenset[str] = frozenset()  # origins whose web pages may read answers ("*": any)
+
+    def allowed_origin(self, request: web.BaseRequest) -> str | None:
+        origin = request.headers.get("Origin")
+        if origin and ("*" in self.cors or origin in self.cors):
+            return origin
+        return None
 
 
 SERVED = web.AppKey("served", Served)
@@ -54,7 +61,8 @@ SERVED = web.AppKey("served", Served)
 def _fail(status: int, reason: str, **headers: str) -> web.HTTPException:
     """An error answer that says why (body and Warning header)."""
     warning = reason.replace('"', "'")
-    cls = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 404: web.HTTPNotFound,
+    cls = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden,
+           404: web.HTTPNotFound,
            406: web.HTTPNotAcceptable, 501: web.HTTPNotImplemented, 502: web.HTTPBadGateway,
            503: web.HTTPServiceUnavailable}[status]
     return cls(text=reason + "\n",
@@ -302,6 +310,30 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
                 **{"WWW-Authenticate": challenge})
 
 
+@web.middleware
+async def cross_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A browser viewer on another origin (OHIF) asks first (a preflight, which carries no
+    credentials); the answers themselves get their header in on_prepare."""
+    served = request.app[SERVED]
+    origin = served.allowed_origin(request)
+    if (request.method == "OPTIONS" and origin is not None
+            and request.headers.get("Access-Control-Request-Method")):
+        return web.Response(status=204, headers={
+            "Access-Control-Allow-Origin": origin, "Vary": "Origin",
+            "Access-Control-Allow-Methods": "GET",
+            "Access-Control-Allow-Headers": "Authorization, Accept",
+            "Access-Control-Max-Age": "600"})
+    return await handler(request)
+
+
+async def _origin_header(request: web.Request, response: web.StreamResponse) -> None:
+    origin = request.app[SERVED].allowed_origin(request)
+    if origin is not None:  # before the headers leave, streamed answers included
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = "Warning, Content-Type"
+        response.headers.add("Vary", "Origin")
+
+
 class AccessLogger(AbstractAccessLogger):
     """One line per request: method, route (its template: no UIDs), status, bytes, time."""
 
@@ -313,8 +345,13 @@ class AccessLogger(AbstractAccessLogger):
                          response.status, response.body_length, time * 1000)
 
 
+async def _no_preflight(request: web.Request) -> web.StreamResponse:
+    raise _fail(403, "cross-origin requests are not allowed from this origin (--cors-origin)")
+
+
 def make_app(served: Served, *, prefix: str = "") -> web.Application:
-    app = web.Application(middlewares=[authenticate])
+    app = web.Application(middlewares=[cross_origin, authenticate])
+    app.on_response_prepare.append(_origin_header)
     app[SERVED] = served
     app[PREFIX] = prefix
     p = prefix.rstrip("/")
@@ -337,6 +374,7 @@ def make_app(served: Served, *, prefix: str = "") -> web.Application:
     ]
     for path, handler in routes:
         app.router.add_get(p + path, handler, allow_head=False)
+        app.router.add_route("OPTIONS", p + path, _no_preflight)
     return app
 
 
