@@ -202,6 +202,11 @@ def test_searches_match_dates_modalities_and_page(server: Server) -> None:
                                              if r["study_date"] == high}
     mr = {r["study_uid"] for r in rows if r["modality"] == "MR"}
     assert mr and studies(ModalitiesInStudy="MR") == mr
+    # Keys by tag as well as by keyword; includefield is accepted (all we hold comes back).
+    assert studies(**{"00080061": "MR", "includefield": "all"}) == mr
+    one = min(mr)
+    assert studies(**{"0020000D": one}) == {one}
+    assert studies(StudyInstanceUID=f"{one},1.2.3.999") == {one}
     assert studies(ModalitiesInStudy="M*") == {r["study_uid"] for r in rows
                                                if r["modality"].startswith("M")}
     every = studies()
