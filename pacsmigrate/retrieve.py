@@ -77,32 +77,38 @@ class Archive:
 
     async def stream(self, path: str | bytes | None = None, *, sop: str | None = None,
                      chunk: int = STREAM_CHUNK) -> AsyncIterator[bytes]:
-        """The instance in chunks (for large multi-frame files).
+        """The instance in chunks (for large multi-frame files); see stream_row."""
+        async for data in stream_row(self._m.backend, self.locate(path, sop=sop),
+                                     chunk=chunk):
+            yield data
 
-        The blake3 is checked when the last chunk has been read: IntegrityError is raised
-        then, so a consumer must discard what it got if the iteration fails.
-        """
-        row = self.locate(path, sop=sop)
-        if row.get("encoding"):  # a frame is decoded whole (only members up to
-            data = await read_row(self._m.backend, row)  # --large-file are compressed)
-            for i in range(0, len(data), chunk):
-                yield data[i:i + chunk]
-            return
-        h = blake3.blake3()
-        start, end = int(row["offset"]), int(row["offset"]) + int(row["length"])
-        pos = start
-        while pos < end:
-            data = await self._m.backend.load(row["key"], offset=pos, length=min(chunk, end - pos))
-            h.update(data)
-            pos += len(data)
-            if pos < end:
-                yield data
-            else:
-                last = data
-        if h.hexdigest() != row["blake3"]:
-            raise IntegrityError(f"blake3 mismatch reading {row['key']} at offset {start}")
-        if end > start:
-            yield last
+
+async def stream_row(backend: Backend, row: dict[str, Any], *, chunk: int = STREAM_CHUNK
+                     ) -> AsyncIterator[bytes]:
+    """An index row's bytes in range GETs of `chunk`, one held back: the blake3 is checked
+    before the last chunk is given, and IntegrityError raised then, so a consumer must
+    discard what it got if the iteration fails (or cut the answer it was sending)."""
+    if row.get("encoding"):  # a frame is decoded whole (only members up to
+        data = await read_row(backend, row)  # --large-file are compressed)
+        for i in range(0, len(data), chunk):
+            yield data[i:i + chunk]
+        return
+    h = blake3.blake3()
+    start, end = int(row["offset"]), int(row["offset"]) + int(row["length"])
+    pos, held = start, None
+    while pos < end:
+        data = await backend.load(row["key"], offset=pos, length=min(chunk, end - pos))
+        if not data:
+            raise IntegrityError(f"{row['key']} ends before the member at offset {start} does")
+        await asyncio.to_thread(h.update, data)
+        pos += len(data)
+        if held is not None:
+            yield held
+        held = data
+    if h.hexdigest() != row["blake3"]:
+        raise IntegrityError(f"blake3 mismatch reading {row['key']} at offset {start}")
+    if held is not None:
+        yield held
 
 
 @asynccontextmanager

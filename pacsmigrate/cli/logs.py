@@ -47,9 +47,9 @@ def configure(verbose: int, log_file: Path | None) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def stats_to_stderr(name: str = "pacsmigrate.stats") -> None:
-    """The stats lines (pacsmigrate.stats; a server's access lines) on stderr, timestamped,
-    when -v does not show them already (a run whose stderr is a file or a journal)."""
+def info_to_stderr(name: str = "pacsmigrate.stats") -> None:
+    """A logger's INFO lines on stderr, timestamped (a run's stats lines, a server's access
+    lines), when -v does not show them already (a stderr that is a file or a journal)."""
     stats = logging.getLogger(name)
     stats.setLevel(logging.INFO)
     if logging.getLogger().handlers:  # -v: the root's stderr handler prints them

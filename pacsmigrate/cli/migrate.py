@@ -29,7 +29,7 @@ from .common import (
     transfer_config,
     transfer_options,
 )
-from .logs import stats_to_stderr
+from .logs import info_to_stderr
 
 DEFAULT_STATS_INTERVAL = 60.0  # seconds, when stderr is not a terminal
 
@@ -160,7 +160,7 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
     if stats_interval is None:
         stats_interval = 0.0 if sys.stderr.isatty() else DEFAULT_STATS_INTERVAL
     if stats_interval > 0:
-        stats_to_stderr()
+        info_to_stderr()
     cfg = MigrateConfig(
         sources=tuple(Path(p) for p in paths[:-1]),
         dest=destination(paths[-1], endpoint_url=endpoint_url, provider=provider, region=region,

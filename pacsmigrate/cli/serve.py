@@ -18,7 +18,7 @@ from ..dicomweb.wado import Budget
 from ..errors import ConfigError
 from ..restore import RestoreRequest, request_restores
 from .common import SSE_C_OPTION, handle_errors, run_main, state_option
-from .logs import stats_to_stderr
+from .logs import info_to_stderr
 
 log = logging.getLogger("pacsmigrate.serve")
 ACCESS = "pacsmigrate.serve.access"  # one line per request, on stderr and in --log-file
@@ -159,7 +159,7 @@ def serve(state_dir: Path, host: str, port: int, prefix: str, catalog_path: Path
         raise ConfigError(f"--host {host} is reachable from other machines: give "
                           "--token-file or --basic-auth-file, and --certfile with --keyfile "
                           "(patient images never go out unauthenticated or in clear text)")
-    stats_to_stderr(ACCESS)
+    info_to_stderr(ACCESS)
     try:
         run_main(_serve(state_dir, host, port, catalog_path or state_dir / CATALOG_NAME,
                         prefix, token, basic, tls, endpoint_url, sse_c_key_file,

@@ -14,7 +14,6 @@ import base64
 import hmac
 import json
 import logging
-import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -32,7 +31,6 @@ log = logging.getLogger("pacsmigrate.serve")
 
 DICOM_JSON = "application/dicom+json"
 METADATA_READS = 8  # headers read at once for one /metadata answer
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -71,7 +69,7 @@ def _fail(status: int, reason: str, **headers: str) -> web.HTTPException:
 
 def _uid(request: web.Request, name: str) -> str:
     value = request.match_info[name]
-    if len(value) > 64 or not _UID.match(value):
+    if not qido.is_uid(value):
         raise _fail(400, f"{name} in the path is not a UID: digits and dots, at most 64")
     return value
 
@@ -272,7 +270,7 @@ async def wado_uri(request: web.Request) -> web.StreamResponse:
     if missing:
         raise _fail(400, f"missing {', '.join(missing)}")
     for n in ("studyUID", "seriesUID", "objectUID"):
-        if len(q[n]) > 64 or not _UID.match(q[n]):
+        if not qido.is_uid(q[n]):
             raise _fail(400, f"{n} is not a UID: digits and dots, at most 64")
     wanted = [m.strip() for m in q.get("contentType", "").split(",") if m.strip()]
     if not any(m in ("application/dicom", "*/*") for m in wanted):

@@ -76,7 +76,7 @@ class Instance:
     encoding: str
 
     def row(self) -> dict[str, Any]:
-        """The form retrieve.read_row takes."""
+        """The index row form retrieve.read_row and stream_row take."""
         return {"key": self.key, "offset": self.offset, "length": self.length,
                 "blake3": self.blake3, "size": self.size, "encoding": self.encoding}
 

@@ -64,9 +64,14 @@ def _count(name: str, text: str) -> int:
     return value
 
 
+def is_uid(text: str) -> bool:
+    """Digits and dots, at most 64 characters (PS3.5 9.1)."""
+    return len(text) <= 64 and bool(_UID.match(text))
+
+
 def _uids(name: str, text: str) -> list[str]:
     uids = [u.strip() for u in re.split(r"[,\\]", text) if u.strip()]
-    if not uids or any(len(u) > 64 or not _UID.match(u) for u in uids):
+    if not uids or not all(map(is_uid, uids)):
         raise BadQuery(f"{name} must be one or more UIDs (digits and dots), not {text!r}")
     return uids
 

@@ -22,6 +22,7 @@ from ..backends.body import Buffer
 from ..config import MiB
 from ..encoding import decode
 from ..errors import IntegrityError
+from ..retrieve import read_row, stream_row
 from .catalog import Instance
 
 # One range GET reads at most RUN_BYTES (a larger member: in chunks of it), AHEAD runs ahead
@@ -102,25 +103,12 @@ async def _read_run(backend: Backend, run: Run) -> list[tuple[Instance, Buffer]]
 
 
 async def _large(backend: Backend, budget: Budget, inst: Instance) -> AsyncIterator[Buffer]:
-    """One member larger than a run, in chunks; the blake3 is checked before the last."""
-    h = blake3.blake3()
-    pos, end = inst.offset, inst.offset + inst.length
-    held = b""
-    taken = await budget.take(2 * RUN_BYTES)  # the chunk held back and the one read
+    """One member larger than a run, in chunks of a run (stream_row: the blake3 is checked
+    before the last), two of them held at a time within the budget."""
+    taken = await budget.take(2 * RUN_BYTES)
     try:
-        while pos < end:
-            data = await backend.load(inst.key, offset=pos, length=min(RUN_BYTES, end - pos))
-            if not data:
-                raise IntegrityError(f"object {inst.key} ends before the instance does")
-            pos += len(data)
-            await asyncio.to_thread(h.update, data)
-            if held:
-                yield held
-            held = data
-        if h.hexdigest() != inst.blake3:
-            raise IntegrityError(f"instance bytes do not match their blake3 (object "
-                                 f"{inst.key} at offset {inst.offset})")
-        yield held
+        async for data in stream_row(backend, inst.row(), chunk=RUN_BYTES):
+            yield data
     finally:
         await budget.give(taken)
 
@@ -169,8 +157,7 @@ async def _one(data: Buffer) -> AsyncIterator[Buffer]:
 
 async def read_one(backend: Backend, inst: Instance) -> bytes:
     """One whole instance, verified (WADO-URI, small answers)."""
-    return bytes((await _read_run(backend, Run(inst.key, inst.offset,
-                                               inst.offset + inst.length, [inst])))[0][1])
+    return await read_row(backend, inst.row())
 
 
 async def metadata(backend: Backend, inst: Instance, base: str) -> dict[str, Any]:
