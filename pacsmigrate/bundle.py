@@ -117,7 +117,7 @@ def _member_bytes(m: Member, plan: BundlePlan, built: Built, secret: bytes
     built.reread_bytes += len(data)
     about = describe(m.path, header_from_bytes(data), secret=secret)
     now = Member(m.path, len(data), st.st_mtime_ns, about, "", data)
-    if about.group != plan.group:
+    if about.group != m.group:  # another study now (a pack holds several)
         built.moved.append(Member(m.path, len(data), st.st_mtime_ns, about))
         return None
     return now, data
@@ -148,13 +148,13 @@ def _unchanged(m: Member) -> bool:
 
 
 def _copy(built: Built, lines: list[str], m: Member, now: Member,
-          where: tuple[str, int, int, str]) -> None:
+          where: tuple[str, int, int, str], group: str) -> None:
     """Record a member as a copy of stored content: in the manifest, not in the tar."""
     key, offset, length, enc = where
     entry = Entry(m.path, offset, length, now.blake3, now.size, now.mtime_ns, now.about, key,
                   enc)
     built.entries.append(entry)
-    lines.append(manifest.member_line(entry, member_name(m.path)))
+    lines.append(manifest.member_line(entry, member_name(m.path), group))
     built.duplicates += 1
     built.duplicate_bytes += now.size
     m.data = None
@@ -182,7 +182,7 @@ def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
             # Hashed already and unchanged since: a copy needs no read (a large file's copy).
             where = _stored_at(m.blake3, here, known, plan.key, need)
             if where is not None:
-                _copy(built, lines, m, m, where)
+                _copy(built, lines, m, m, where, plan.group)
                 continue
         got = _member_bytes(m, plan, built, secret)
         if got is None:
@@ -196,7 +196,7 @@ def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
             where = _stored_at(digest, here, known, plan.key, need)
             if where is not None:
                 _copy(built, lines, m, Member(m.path, now.size, now.mtime_ns, now.about,
-                                              digest), where)
+                                              digest), where, plan.group)
                 continue
         frame = packer.encode(data, now.about.transfer_syntax) if packer else None
         if frame is not None:
@@ -210,7 +210,7 @@ def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
         entry = Entry(m.path, parts.offset, len(data), digest, now.size, now.mtime_ns,
                       now.about, "", enc)
         built.entries.append(entry)
-        lines.append(manifest.member_line(entry, name))
+        lines.append(manifest.member_line(entry, name, plan.group))
         if known is not None and data:
             here[digest] = entry.offset, entry.length, enc
         yield from parts.add(data)
@@ -254,7 +254,7 @@ def file_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
             about = describe(m.path, parse(head, before.st_size, f), secret=secret)
             f.seek(0)
             now = Member(m.path, before.st_size, before.st_mtime_ns, about)
-            if about.group != plan.group:
+            if about.group != m.group:  # another study now (a pack holds several)
                 built.moved.append(now)
                 return
         h = blake3.blake3()

@@ -213,10 +213,11 @@ class Checkpoint(MergeTables, RepairTables, RunsTable, SpillTable, RetentionTabl
                     if planned:
                         txn.delete(k, db=plan)
                     if spilled:
-                        txn.delete(spill_key(obj.group, e.path), db=self.db["spill"])
+                        txn.delete(spill_key(e.about.group, e.path), db=self.db["spill"])
                 txn.delete(key, db=self.db["intents"])
-                if obj.entries and obj.entries[0].about.status == DICOM:
-                    txn.put(obj.group.encode(), b"", db=self.db["groups"])
+                # The studies it holds (a pack holds several).
+                for g in {e.about.group for e in obj.entries if e.about.status == DICOM}:
+                    txn.put(g.encode(), b"", db=self.db["groups"])
             txn.put(b"next_object", str(next_id).encode(), db=meta)
             txn.put(b"dedup", json.dumps(dedup).encode(), db=meta)
         self._write(write)

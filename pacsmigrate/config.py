@@ -278,6 +278,7 @@ class MigrateConfig:
     filters: Filters = EVERYTHING  # which files this run takes (filters.py)
     stats_interval: float = 0.0  # seconds between two stats lines (pacsmigrate.stats); 0: none
     sample: int = 0  # a dry run's --sample: read 1 slice of this many (sample.py); 0: all
+    pack: int = 0  # --pack: studies smaller than this share objects of up to it (pack.py)
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -313,6 +314,10 @@ class MigrateConfig:
                               "ignores x-amz-checksum-crc32, so nothing would check the "
                               "bytes; use --checksum md5 (the default)")
         encoding.check(self.compress)
+        if self.pack and not MiB <= self.pack <= min(self.bundle_size, self.memory // 16):
+            raise ConfigError(f"--pack ({_size(self.pack)}) must be between 1MiB and "
+                              f"--bundle-size ({_size(self.bundle_size)}) and at most a 16th "
+                              f"of --memory ({_size(self.memory)}): 8MiB suits most archives")
         if self.memory < 2 * self.bundle_size // 8:
             raise ConfigError(f"--memory ({_size(self.memory)}) must be at least a quarter of "
                               f"--bundle-size ({_size(self.bundle_size)}): give --memory "

@@ -31,8 +31,9 @@ ROW_FIELDS = ("source_path", "source_path_b64", "key", "offset", "length", "blak
               "lock_mode")
 
 
-def member_json(e: Entry, name: str) -> dict[str, Any]:
-    """One member as the manifest records it: where its bytes are and what they are."""
+def member_json(e: Entry, name: str, group: str = "") -> dict[str, Any]:
+    """One member as the manifest records it: where its bytes are and what they are; its
+    study's group when it is not the bundle's `group` (a pack holds several studies)."""
     a = e.about
     return {
         "name": name, **path_fields(e.path), "offset": e.offset, "length": e.length,
@@ -42,6 +43,7 @@ def member_json(e: Entry, name: str) -> dict[str, Any]:
         "transfer_syntax": a.transfer_syntax, "status": a.status, "reason": a.reason,
         **({"duplicate_of": e.duplicate_of} if e.duplicate_of else {}),
         **({"encoding": e.encoding} if e.encoding else {}),
+        **({"group": a.group} if group and a.group != group else {}),
     }
 
 
@@ -53,8 +55,8 @@ _MEMBER_LINE = ('{"name": %s, "source_path": %s, "source_path_b64": %s, "offset"
                 '"transfer_syntax": %s, "status": %s, "reason": %s}')
 
 
-def member_line(e: Entry, name: str) -> str:
-    """member_json(e, name) as JSON text (ASCII), without building the dict."""
+def member_line(e: Entry, name: str, group: str = "") -> str:
+    """member_json(e, name, group) as JSON text (ASCII), without building the dict."""
     a = e.about
     q = encode_basestring_ascii
     fields = path_fields(e.path)
@@ -66,6 +68,8 @@ def member_line(e: Entry, name: str) -> str:
         line = line[:-1] + ', "duplicate_of": ' + q(e.duplicate_of) + "}"
     if e.encoding:  # offset, length: the stored frame's; size, blake3: the file's
         line = line[:-1] + ', "encoding": ' + q(e.encoding) + "}"
+    if group and a.group != group:
+        line = line[:-1] + ', "group": ' + q(a.group) + "}"
     return line
 
 
@@ -102,7 +106,7 @@ def entries(doc: dict[str, Any]) -> list[Entry]:
     group = doc.get("group", "")
     out = []
     for m in doc["members"]:
-        about = Described(group, m.get("status", "dicom"), m.get("reason", ""),
+        about = Described(m.get("group", group), m.get("status", "dicom"), m.get("reason", ""),
                           m.get("study_uid", ""), m.get("series_uid", ""), m.get("sop_uid", ""),
                           m.get("modality", ""), m.get("study_date", ""),
                           m.get("transfer_syntax", ""))

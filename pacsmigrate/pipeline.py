@@ -82,8 +82,8 @@ class Migration:
             log.info("%s of %d source tree(s) to %s", "dry run" if cfg.dry_run
                      else "migration", len(cfg.sources), cfg.dest)
             try:
-                self.secret = await key_secret(cp, None if cfg.dry_run else self.backend,
-                                               cfg.dest)
+                self.secret = await key_secret(cp, self.backend, cfg.dest,
+                                               write=not cfg.dry_run)
                 dropped: list[str] = []
                 # A dry run does not contact the store: it plans as a first run would.
                 cfg = self.cfg = await agreed_slicing(

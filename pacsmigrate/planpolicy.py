@@ -3,6 +3,7 @@ age, and its retention lock (a --retention-map's years for its study, or --retai
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import date
 
@@ -11,6 +12,7 @@ from .config import MigrateConfig
 from .records import DICOM, BundlePlan
 from .sink import Classes, Locks
 from .stats import Stats
+from .tiers import study_year
 
 
 @dataclass(frozen=True)
@@ -36,13 +38,23 @@ class PlanPolicy:
 
         def lock(plan: BundlePlan) -> dict[str, str]:
             meta, unnamed = self.lock_of(cp, plan)
-            if unnamed:
+            if unnamed:  # counted by study: a pack holds several (pack.py)
+                studies = len({m.about.group for m in plan.members})
                 if retention.years:
-                    stats.retention_defaulted += 1
+                    stats.retention_defaulted += studies
                 else:
-                    stats.retention_unlocked += 1
+                    stats.retention_unlocked += studies
             return meta
         return lock
+
+    def pack_class(self, cp: Checkpoint, plan: BundlePlan) -> Hashable:
+        """What studies sharing one object (pack.py) must have in common: how it is kept
+        (storage class and the study-year tag that goes with it, retention lock) and the
+        retention map's verdict, which the run counts by study."""
+        tiers, day = self.cfg.tiers, plan.members[0].about.study_date
+        kept = (tiers.class_for(day, self.today), study_year(day)) if tiers else None
+        meta, unnamed = self.lock_of(cp, plan)
+        return kept, tuple(sorted(meta.items())), unnamed
 
     def lock_of(self, cp: Checkpoint, plan: BundlePlan) -> tuple[dict[str, str], bool]:
         """A plan's lock metadata: the years the map gives its study (by UID, else

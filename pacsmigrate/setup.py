@@ -80,22 +80,25 @@ def _same_customer_key(stored: str | None, given: str | None) -> None:
                          "give the same --sse-c-key-file"))
 
 
-async def key_secret(cp: Checkpoint, backend: Backend | None, dest: Destination) -> bytes:
+async def key_secret(cp: Checkpoint, backend: Backend | None, dest: Destination, *,
+                     write: bool = True) -> bytes:
     """The key secret: the store's descriptor wins, the state remembers it.
 
-    Kept in the store so any machine (and `index rebuild`) derives the same keys. Without
-    a backend (a dry run) the state's own secret is used, made on first use.
+    Kept in the store so any machine (and `index rebuild`) derives the same keys. A dry run
+    (`write` False) reads the store's, so it names studies, and so orders and packs them,
+    as the run will; without one in the store (or offline) the state's own secret is used,
+    made on first use, which the state's first run then writes to the store.
     """
     mine = cp.get_meta("key_secret")
-    if backend is None:
+    name = dest.key(keys.DESCRIPTOR)
+    if backend is None or (not write and await backend.stat(name) is None):
         if mine is None:
             mine = keys.new_secret().hex()
             cp.put_meta("key_secret", mine)
         return bytes.fromhex(mine)
-    name = dest.key(keys.DESCRIPTOR)
     secret = mine or keys.new_secret().hex()
     doc = {"format": "pacsmigrate.store/1", "key_secret": secret, "created": now_iso()}
-    theirs = secret if await write_once(backend, name, doc) else \
+    theirs = secret if write and await write_once(backend, name, doc) else \
         str(json.loads(await backend.load(name))["key_secret"])
     if mine != theirs:
         if cp.counts()["objects"]:

@@ -241,8 +241,8 @@ class StoreSink(Sink):
         if built.problems:
             await self.cp.call(self.cp.record_problems, built.problems)
         if built.moved or built.problems:
-            await self.cp.call(self.cp.unspill, plan.group,
-                               [m.path for m in built.moved] + [p.path for p in built.problems])
+            gone = {m.path for m in built.moved} | {p.path for p in built.problems}
+            await self.cp.call(self.cp.unspill, [m for m in plan.members if m.path in gone])
         self.bar.update(files=len(plan.members), nbytes=plan.size)
 
     def _intents(self, plans: list[BundlePlan]) -> None:

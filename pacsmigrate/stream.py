@@ -20,6 +20,7 @@ from .checkpoint import Checkpoint
 from .config import MigrateConfig
 from .group import Closed, Grouper
 from .keys import assign_key
+from .pack import OPEN_PACKS, Packer
 from .planpolicy import PlanPolicy
 from .progress import Bar
 from .read import KEPT_CHANGING, ReadOptions
@@ -56,6 +57,7 @@ class SourceStream:
 
     def __post_init__(self) -> None:
         self.salt = self.cp.key_salt()  # fixed for the run (keys.bundle_id)
+        self.packer = Packer(self.cfg.pack, lambda plan: self.policy.pack_class(self.cp, plan))
 
     async def run(self) -> None:
         """Walk and store everything; on an error the sink's uploads in flight stop."""
@@ -82,7 +84,7 @@ class SourceStream:
                            dry_run=cfg.dry_run,
                            skip_migrated=cp.counts()["index"] > 0, filters=cfg.filters)
         grouper = Grouper(bundle_size=cfg.bundle_size, large_file=cfg.large_file,
-                          memory=cfg.memory // 2)
+                          memory=cfg.memory // 2 - OPEN_PACKS * cfg.pack)
         problems: list[Problem] = []
         bar = Bar("read", total_bytes=None, total_files=None, enabled=cfg.progress, position=0)
         shard = cfg.shard
@@ -109,6 +111,7 @@ class SourceStream:
         spilled = await cp.call(cp.spilled_groups, list(grouper.open))
         grouper.finish(out, spilled=spilled.__contains__)
         await self.emit(out)
+        await self.flush_packs()
 
     async def read_and_group(self, roots: list[bytes], opts: ReadOptions, grouper: Grouper,
                              problems: list[Problem], bar: Bar, shard: Shard | None) -> None:
@@ -158,6 +161,15 @@ class SourceStream:
             await self.put(plan)
 
     async def put(self, plan: BundlePlan) -> None:
+        """Store a closed plan: packed with other small studies first, with --pack."""
+        for ready in self.packer.add(plan):
+            await self.store(ready)
+
+    async def flush_packs(self) -> None:
+        for pack in self.packer.flush():
+            await self.store(pack)
+
+    async def store(self, plan: BundlePlan) -> None:
         sink = self.sink
         if plan.kind == FILE and isinstance(sink, StoreSink) and self.cfg.dedup:
             plan = await self.copy_of_large(sink, plan)
@@ -211,8 +223,7 @@ class SourceStream:
             return
         await cp.call(cp.record_problems, [Problem(m.path, KEPT_CHANGING, final=False)
                                            for m in left])
-        for m in left:
-            await cp.call(cp.unspill, m.group, [m.path])
+        await cp.call(cp.unspill, left)
         self.stats.failed[KEPT_CHANGING] += len(left)
 
     async def pack_spill(self) -> int:
@@ -243,6 +254,7 @@ class SourceStream:
         if current is not None:
             await self.put(current)
             handled += 1
+        await self.flush_packs()
         return handled
 
 

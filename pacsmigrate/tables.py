@@ -67,11 +67,12 @@ class SpillTable:
                         db=self.db["spill"])
         self._write(write)
 
-    def unspill(self, group: str, paths: list[bytes]) -> None:
-        """Forget spilled files that were packed elsewhere or could not be read."""
+    def unspill(self, members: Iterable[Member]) -> None:
+        """Forget spilled files (each under the group it was spilled with) that were packed
+        elsewhere or could not be read."""
         def write(txn: lmdb.Transaction) -> None:
-            for p in paths:
-                txn.delete(spill_key(group, p), db=self.db["spill"])
+            for m in members:
+                txn.delete(spill_key(m.group, m.path), db=self.db["spill"])
         self._write(write)
 
     def still_spilled(self, members: Iterable[Member]) -> list[Member]:

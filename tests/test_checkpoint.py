@@ -174,7 +174,7 @@ def test_spill_in_group_order_and_unspill(cp: Checkpoint) -> None:
     assert sorted((m.path, m.size, m.about) for _, m in got) == sorted(
         (m.path, m.size, m.about) for m in spilled)
     assert cp.spilled_groups([GROUPS[1], "ab" * 16]) == {GROUPS[1]}
-    cp.unspill(GROUPS[0], [m.path for m in spilled if m.group == GROUPS[0]])
+    cp.unspill([m for m in spilled if m.group == GROUPS[0]])
     assert cp.spilled_groups(GROUPS) == {GROUPS[1], GROUPS[2]}
     cp.clear("spill")
     assert cp.counts()["spill"] == 0
