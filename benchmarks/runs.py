@@ -44,6 +44,7 @@ class Run:
     listing: dict[str, int]
     report: dict[str, Any] | None
     note: str
+    spread: float | None = None  # pacsmigrate: objects holding each study's files, mean
 
     @property
     def objects(self) -> int:
@@ -98,6 +99,22 @@ def pm_status(state: Path, env: dict[str, str]) -> dict[str, Any]:
         fail(f"pacsmigrate status exited {proc.returncode}: {proc.stderr.strip()}")
     doc: dict[str, Any] = json.loads(proc.stdout)
     return doc
+
+
+def pm_spread(state: Path, env: dict[str, str]) -> float | None:
+    """How many objects hold each study's files, on average over the studies (from the
+    index; 1.00 = every study in one object, whether or not it shares it with others)."""
+    proc = subprocess.run([str(BIN / "pacsmigrate"), "index", "export", "--state", str(state),
+                           "--format", "jsonl"], env=env, capture_output=True, text=True,
+                          check=False)
+    if proc.returncode != 0:
+        fail(f"pacsmigrate index export exited {proc.returncode}: {proc.stderr.strip()}")
+    keys: dict[str, set[str]] = {}
+    for line in proc.stdout.splitlines():
+        row = json.loads(line)
+        if row["study_uid"]:
+            keys.setdefault(row["study_uid"], set()).add(row["key"])
+    return sum(map(len, keys.values())) / len(keys) if keys else None
 
 
 def pm_verify(state: Path, env: dict[str, str], log: Path) -> None:
@@ -181,8 +198,9 @@ def run_one(ctx: Ctx, variant: Variant, tree: Tree, *, section: str, repeat: int
     doc = None
     if report_path and report_path.exists():
         doc = json.loads(report_path.read_text())
+    spread = pm_spread(state, env) if variant.tool == "pacsmigrate" and not dry_run else None
     run = Run(variant=variant, repeat=repeat, position=position, bucket=bucket, state=state,
-              timed=t, listing=listing, report=doc, note=note)
+              timed=t, listing=listing, report=doc, note=note, spread=spread)
     ctx.store.drop(bucket)
     if not keep_state:
         shutil.rmtree(state, ignore_errors=True)

@@ -92,6 +92,9 @@ class Variant:
 PM_DEFAULTS = Variant("pacsmigrate (defaults)", "pacsmigrate")
 PM_C16 = Variant("pacsmigrate --concurrency 16 --checksum crc32", "pacsmigrate",
                  ("--concurrency", "16", "--checksum", "crc32"))
+# Small studies share objects of up to 8 MiB (migrate --pack): fewer requests and commits.
+PM_PACK = Variant("pacsmigrate --pack 8MiB --concurrency 16 --checksum crc32", "pacsmigrate",
+                  ("--pack", "8MiB", "--concurrency", "16", "--checksum", "crc32"))
 S5_DEFAULTS = Variant("s5cmd (defaults)", "s5cmd")
 _RCLONE_FAST = ("--s3-no-head", "--no-check-dest", "--s3-no-check-bucket")
 
@@ -105,7 +108,7 @@ def transfer_variants(*, tuned: bool, peers: tuple[str, ...] = PEERS) -> list[Va
     """
     out = [PM_DEFAULTS]
     if tuned:
-        out.append(PM_C16)
+        out += [PM_C16, PM_PACK]
     if "s5cmd" in peers:
         out.append(S5_DEFAULTS)
         if tuned:

@@ -15,7 +15,8 @@ STEADY_SECONDS = 20.0
 NOT_LIKE_FOR_LIKE = (
     "Not like for like: the peers PUT one object per file and nothing else; pacsmigrate also "
     "parses every DICOM header, hashes every byte (blake3), packs per-study tar bundles with "
-    "manifests (inside each bundle), uploads with a store-checked checksum and conditional "
+    "manifests (inside each bundle; with --pack, studies under 8 MiB share bundles of up to "
+    "8 MiB, each study's members together), uploads with a store-checked checksum and conditional "
     "writes, and commits every object and index row to LMDB. Wall time is process start to "
     "exit, so it "
     "includes each tool's start-up.")
@@ -77,11 +78,13 @@ def bundles_line(outcomes: list[Outcome], tree: Tree) -> str:
     parts = []
     for o in outcomes:
         if o.variant.tool == "pacsmigrate":
-            per = [r.tars / tree.studies for r in o.runs]
-            parts.append(f"{o.variant.name} {', '.join(f'{p:.2f}' for p in per)}")
-    return (f"**Bundles per study** ({tree.layout} layout; `.tar` objects in the bucket ÷ "
-            f"{tree.studies:,} studies, per run; 1.00 = one bundle per study): "
-            + "; ".join(parts) + ".")
+            per = [f"{r.spread:.2f} ({r.tars / tree.studies:.2f})" for r in o.runs
+                   if r.spread is not None]
+            parts.append(f"{o.variant.name} {', '.join(per)}")
+    return (f"**Bundles per study** ({tree.layout} layout, per run: the objects holding each "
+            "study's files, averaged over the studies from the index, 1.00 = every study in "
+            f"one object; in brackets `.tar` objects in the bucket ÷ {tree.studies:,} studies, "
+            "below 1 where --pack lets studies share objects): " + "; ".join(parts) + ".")
 
 
 def peer_ratios(outcomes: list[Outcome], tree: Tree, *, by: str) -> list[str]:
