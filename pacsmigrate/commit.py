@@ -55,25 +55,26 @@ class GroupWriter(Generic[T]):
                 done.set_result(None)
 
 
-async def reconcile(cp: Checkpoint, backend: Backend) -> tuple[int, list[str]]:
+async def reconcile(cp: Checkpoint, backend: Backend) -> tuple[int, int, list[str]]:
     """Settle the intents a killed run left: adopt stored objects, forget the rest.
 
     Runs before the walk, so a file changed since the crash is seen as changed afterwards.
     A forgotten intent's unfinished multipart upload is left in place: the same plan has
     the same key, so this run resumes its parts; `abandon` aborts it if that never happens.
-    Returns (objects adopted, keys of dropped intents).
+    Returns (objects adopted, their files, keys of dropped intents).
     """
-    adopted = 0
+    adopted = files = 0
     dropped: list[str] = []
     for plan in await cp.call(cp.intents):
         stored = await recover(plan, backend)
         if stored is not None:
             await cp.call(cp.commit_objects, [stored])
             adopted += 1
+            files += len(stored.entries)
             continue
         await cp.call(cp.drop_intent, plan.key)
         dropped.append(plan.key)
-    return adopted, dropped
+    return adopted, files, dropped
 
 
 async def abandon(cp: Checkpoint, backend: Backend, keys: list[str]) -> int:

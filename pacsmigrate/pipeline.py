@@ -91,8 +91,10 @@ class Migration:
                 if self.backend is not None and not cfg.dry_run:
                     await record_sources(self.backend, cfg.dest,
                                          [os.path.abspath(s) for s in cfg.sources])
-                    adopted, dropped = await reconcile(cp, self.backend)
+                    adopted, files, dropped = await reconcile(cp, self.backend)
                     self.stats.objects_adopted += adopted
+                    # Committed by this run: its record's files add up to the index.
+                    self.stats.files_migrated += files
                     self.stats.intents_dropped += len(dropped)
                     if adopted or dropped:
                         log.info("after an interrupted run: %d stored objects adopted, %d "

@@ -30,6 +30,22 @@ def _args(tree: Path, s3: S3Target, state: Path, *extra: str) -> list[str]:
             "--part-size", "5MiB", "--no-progress", *extra]
 
 
+def test_a_resumed_run_counts_the_objects_it_adopted(moto_s3: S3Target, tree: Path,
+                                                      tmp_path: Path) -> None:
+    """An object stored but not committed when its run died is adopted by the next run,
+    before its walk: its files count as migrated by that run, so the runs add up."""
+    state, report = tmp_path / "state", tmp_path / "report.json"
+    args = _args(tree, moto_s3, state, "--report", str(report))
+    killed = run_cli(*args, env={**moto_s3.env(), "PACSMIGRATE_CRASH_AT": "after-upload:1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    done = run_cli(*args, env=moto_s3.env())
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"adopted \(stored by an interrupted attempt\): [1-9]", done.stdout)
+    doc = json.loads(report.read_text())
+    assert sum(r["files_migrated"] for r in doc["runs"]) == doc["state"]["index"] > 0
+    assert_complete(moto_s3, state, tree)
+
+
 def test_options_come_from_the_environment(moto_s3: S3Target, tmp_path: Path) -> None:
     make_tree(tmp_path / "src", studies=1, seed=2, scale=0.02)
     env = {**moto_s3.env(), "PACSMIGRATE_MIGRATE_BUNDLE_SIZE": "1MiB"}
