@@ -294,6 +294,9 @@ def test_missing_or_altered_objects_are_said_and_the_server_goes_on(tmp_path: Pa
                     f"instances/{r['sop_uid']}")
             resp = requests.get(inst, timeout=30)
             assert resp.status_code == 502 and reason in resp.text, resp.text
+            # The fix names commands that exist: verify lists the files, migrate stores them.
+            assert "then `pacsmigrate migrate` again" in resp.text, resp.text
+            assert "--repair" not in resp.text and "--repair" not in resp.headers["Warning"]
             uri = requests.get(f"{s.url}/wado", timeout=30, params={
                 "requestType": "WADO", "studyUID": r["study_uid"],
                 "seriesUID": r["series_uid"], "objectUID": r["sop_uid"],

@@ -170,6 +170,10 @@ async def _found(request: web.Request) -> list[Instance]:
     return found
 
 
+# verify lists the damaged files in STATE/repair.jsonl; a plain migrate stores exactly those.
+_REPAIR = "(run `pacsmigrate verify`, then `pacsmigrate migrate` again)"
+
+
 async def _store_failed(served: Served, exc: PacsMigrateError) -> web.HTTPException:
     """The status and reason for a read that failed before the first byte went out."""
     if isinstance(exc, ObjectArchivedError):
@@ -179,11 +183,9 @@ async def _store_failed(served: Served, exc: PacsMigrateError) -> web.HTTPExcept
         return _fail(503, f"the instance lies in an archived object (archive tier): {said}",
                      **{"Retry-After": "3600"})
     if isinstance(exc, ObjectNotFoundError):
-        return _fail(502, "the store no longer holds the object of this instance (run "
-                          "`pacsmigrate verify`, then `migrate --repair`)")
+        return _fail(502, f"the store no longer holds the object of this instance {_REPAIR}")
     if isinstance(exc, IntegrityError):
-        return _fail(502, "the instance's bytes in the store do not match their blake3 "
-                          "(run `pacsmigrate verify`, then `migrate --repair`)")
+        return _fail(502, f"the instance's bytes in the store do not match their blake3 {_REPAIR}")
     return _fail(502, f"the store failed: {exc}")
 
 
