@@ -13,7 +13,9 @@ nothing behind). Each check ends in one line: what was found, or what to do abou
   Last-Modified); object lock when a retention is asked for.
 
 Store requests here are retried a few times with short deadlines (not a run's ten attempts
-of two minutes), so a dead or silent endpoint is reported within about half a minute.
+of two minutes), so a dead or silent endpoint is reported within about half a minute: the
+probe's first request gives up after PROBE_ATTEMPTS of PROBE_CONNECT + PROBE_READ seconds,
+and a probe that was not written is not deleted (a silent store would make that wait again).
 """
 
 from __future__ import annotations
@@ -45,8 +47,10 @@ SKEW_WARN = 60.0  # seconds between this machine's clock and the store's worth a
 SKEW_FAIL = 15 * 60.0  # S3 refuses requests signed further off than this
 PROBE_ATTEMPTS = 3
 WAIT_NOTE = 3.0  # seconds without an answer before saying what is awaited
-PROBE_CONNECT = 5.0  # seconds
-PROBE_READ = 10.0
+# An attempt's deadline is connect + read: 3 attempts of 9 s and their backoffs, under 30 s.
+PROBE_CONNECT = 3.0  # seconds
+PROBE_READ = 6.0
+PROBE_BODY = b"pacsmigrate pre-flight probe: safe to delete\n"
 
 
 @dataclass(frozen=True)
@@ -144,21 +148,26 @@ async def check_store(backend: Backend, dest: Destination, *, write: bool,
         return [Check("store", OK, f"{dest} listed (credentials and bucket accepted; a dry "
                       "run writes nothing, so writing was not tried)")]
     key = probe_key(dest, secrets.token_hex(8))
-    body = b"pacsmigrate pre-flight probe: safe to delete\n"
+    body = PROBE_BODY
     checks: list[Check] = []
     before = clock()
     try:
-        try:
-            await backend.save(key, one_chunk(body), metadata={"pacsmigrate-probe": "1"})
-        except ObjectExistsError:
-            pass  # an attempt whose answer was lost wrote it: this random key is ours
+        await backend.save(key, one_chunk(body), metadata={"pacsmigrate-probe": "1"})
+    except ObjectExistsError:
+        pass  # an attempt whose answer was lost wrote it: this random key is ours
+    except BackendError as exc:
+        # Not deleted: nothing is known to be there (at most a probe an unanswered attempt
+        # wrote, which says it is safe to delete), and a silent store would make the delete
+        # wait as long again.
+        return [Check("store", FAIL, f"{exc} (while writing a probe object)", exc)]
+    try:
         got = await backend.load(key)
         info = await backend.stat(key)
         after = clock()
     except BackendError as exc:
         await _remove_probe(backend, key, checks)
-        return [Check("store", FAIL, f"{exc} (while writing and reading back a probe "
-                      "object)", exc), *checks]
+        return [Check("store", FAIL, f"{exc} (while reading back a probe object)", exc),
+                *checks]
     await _remove_probe(backend, key, checks)
     if got != body:
         return [Check("store", FAIL, f"a probe object written to {dest} read back different "
@@ -256,7 +265,8 @@ async def run_checks(sources: tuple[Path, ...], state_dir: Path, dest: Destinati
                 if not done:
                     log.warning("pre-flight: waiting for the store %s to answer (giving up "
                                 "after about %.0f s)", dest,
-                                PROBE_ATTEMPTS * short.read_timeout)
+                                short.max_attempts * (short.connect_timeout
+                                                      + short.read_timeout))
                 checks += await task
             finally:
                 if not task.done():  # interrupted: no probe left running on a closing store

@@ -3,21 +3,32 @@ line that names the thing and the fix, within seconds, before the state director
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import TEST_FILES, S3Target, run, run_cli
 
 from pacsmigrate.backends import MemoryBackend
-from pacsmigrate.config import Destination
-from pacsmigrate.preflight import FAIL, OK, WARN, check_sources, check_state, check_store
+from pacsmigrate.config import Destination, TransferConfig
+from pacsmigrate.preflight import (
+    FAIL,
+    OK,
+    PROBE_ATTEMPTS,
+    WARN,
+    check_sources,
+    check_state,
+    check_store,
+    run_checks,
+)
 
 
 @pytest.fixture
@@ -149,6 +160,69 @@ def test_dead_and_silent_endpoints_fail_fast(moto_s3: S3Target, tree: Path, tmp_
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"pre-flight: waiting for the store {moto_s3.url} to answer" in proc.stderr
     assert f"error: {silent_endpoint} did not answer in time" in proc.stderr
+
+
+def _default_transfer() -> TransferConfig:
+    """The transfer settings of `migrate SOURCE DEST` without options, as the CLI builds them."""
+    from pacsmigrate.cli.common import transfer_config
+    from pacsmigrate.cli.migrate import migrate
+
+    params = migrate.make_context("migrate", ["src", "s3://b/x"]).params
+    wanted = inspect.signature(transfer_config).parameters
+    return transfer_config(**{k: v for k, v in params.items() if k in wanted})
+
+
+@pytest.mark.parametrize("write", [True, False], ids=["run", "dry-run"])
+@pytest.mark.parametrize("given", [True, False], ids=["run's-backend", "check"])
+def test_a_silent_endpoint_fails_the_preflight_within_30_s_by_default(
+        write: bool, given: bool, tree: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An endpoint that accepts and never answers, at a run's defaults (10 attempts of 120 s:
+    ~20 min of silence; the pre-flight then still took 91 s, its delete of a probe never
+    written waiting as long as the write). Without waiting: every attempt is taken to run
+    out its whole deadline and every backoff its whole cap; their sum is the longest the
+    pre-flight can take, for migrate (the run's backend, wrapped) and `check` (its own)."""
+    from pacsmigrate.backends import open_backend, policy, retry
+
+    waits: list[float] = []
+
+    async def silent(request: Awaitable[object], *, budget: float | None,
+                     body: object = None, idle: float = 0.0) -> object:
+        request.close()  # type: ignore[attr-defined]  # a coroutine, never sent
+        assert budget is not None, "an attempt without a deadline could wait for ever"
+        waits.append(budget)
+        raise TimeoutError(f"no answer within {budget:g} s")
+
+    class Longest:  # every backoff at its cap: recorded, not slept
+        def __init__(self, *_: object) -> None:
+            pass
+
+        def uniform(self, low: float, high: float) -> float:
+            waits.append(high)
+            return 0.0
+
+    monkeypatch.setattr(retry, "bounded", silent)
+    monkeypatch.setattr(policy, "random", SimpleNamespace(Random=Longest))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    transfer = _default_transfer()
+    dest = Destination.parse("s3://bucket/prefix", endpoint_url="http://127.0.0.1:9")
+
+    async def go() -> list[str]:
+        backend = await open_backend(dest, transfer) if given else None
+        try:
+            report = await run_checks((tree,), tmp_path / "state", dest, transfer,
+                                      write=write, backend=backend)
+        finally:
+            if backend is not None:
+                await backend.close()
+        return [c.line for c in report.failed]
+
+    [line] = run(go())
+    assert "did not answer in time" in line, line
+    # One request: its attempts and the backoffs between them, nothing after.
+    assert len(waits) == 2 * PROBE_ATTEMPTS - 1, waits
+    assert sum(waits) <= 30, waits
 
 
 @pytest.mark.parametrize("scheme", ["s3", "az"])
