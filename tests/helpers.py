@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import json
 import os
@@ -34,6 +35,16 @@ def config(sources: list[Path], url: str, state: Path, endpoint: str | None, **k
                                                  concurrency=4))
     return MigrateConfig(sources=tuple(sources), dest=Destination.parse(url, endpoint_url=endpoint),
                          state_dir=state, transfer=transfer, progress=False, **kw)
+
+
+def cli_default_transfer() -> TransferConfig:
+    """The transfer settings of `migrate SOURCE DEST` without options, as the CLI builds them."""
+    from pacsmigrate.cli.common import transfer_config
+    from pacsmigrate.cli.migrate import migrate
+
+    params = migrate.make_context("migrate", ["src", "s3://b/x"]).params
+    wanted = inspect.signature(transfer_config).parameters
+    return transfer_config(**{k: v for k, v in params.items() if k in wanted})
 
 
 def multipart_tree(root: Path) -> Path:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+from dataclasses import replace
 
 import pytest
 from conftest import run
+from helpers import cli_default_transfer
 
 from pacsmigrate.backends.policy import (
     THROTTLE,
@@ -18,6 +20,7 @@ from pacsmigrate.backends.policy import (
     RetryConfig,
     TokenBucket,
 )
+from pacsmigrate.backends.retry import policy_for
 
 
 class FakeClock:
@@ -61,6 +64,17 @@ def test_token_bucket_large_takes_wait_for_their_whole_size() -> None:
     # 16 MB at 1 MB/s, the first MB was the burst: the last part starts after 15 s, not
     # before it was paid for (a hard cap holds up to the run's last request).
     assert clock.now == pytest.approx(15.0)
+
+
+def test_a_run_without_bwlimit_puts_no_cap_on_bytes() -> None:
+    """The policy a run builds from the CLI's defaults has no bucket between a body and the
+    store (nothing to wait for, whatever the machine's speed); --bwlimit puts one at its rate.
+    (tests/functional/test_faults.py: a capped run takes at least bytes / rate.)"""
+    defaults = cli_default_transfer()
+    free = policy_for(defaults)
+    assert free.bandwidth is None and free.requests is None
+    capped = policy_for(replace(defaults, bwlimit=2 * 2**20))
+    assert capped.bandwidth is not None and capped.bandwidth.rate == 2 * 2**20
 
 
 def test_aimd_halves_once_per_cooldown_and_climbs_back() -> None:

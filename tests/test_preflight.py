@@ -3,7 +3,6 @@ line that names the thing and the fix, within seconds, before the state director
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 import shutil
@@ -16,9 +15,10 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import TEST_FILES, S3Target, run, run_cli
+from helpers import cli_default_transfer
 
 from pacsmigrate.backends import MemoryBackend
-from pacsmigrate.config import Destination, TransferConfig
+from pacsmigrate.config import Destination
 from pacsmigrate.preflight import (
     FAIL,
     OK,
@@ -162,16 +162,6 @@ def test_dead_and_silent_endpoints_fail_fast(moto_s3: S3Target, tree: Path, tmp_
     assert f"error: {silent_endpoint} did not answer in time" in proc.stderr
 
 
-def _default_transfer() -> TransferConfig:
-    """The transfer settings of `migrate SOURCE DEST` without options, as the CLI builds them."""
-    from pacsmigrate.cli.common import transfer_config
-    from pacsmigrate.cli.migrate import migrate
-
-    params = migrate.make_context("migrate", ["src", "s3://b/x"]).params
-    wanted = inspect.signature(transfer_config).parameters
-    return transfer_config(**{k: v for k, v in params.items() if k in wanted})
-
-
 @pytest.mark.parametrize("write", [True, False], ids=["run", "dry-run"])
 @pytest.mark.parametrize("given", [True, False], ids=["run's-backend", "check"])
 def test_a_silent_endpoint_fails_the_preflight_within_30_s_by_default(
@@ -205,7 +195,7 @@ def test_a_silent_endpoint_fails_the_preflight_within_30_s_by_default(
     monkeypatch.setattr(policy, "random", SimpleNamespace(Random=Longest))
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    transfer = _default_transfer()
+    transfer = cli_default_transfer()
     dest = Destination.parse("s3://bucket/prefix", endpoint_url="http://127.0.0.1:9")
 
     async def go() -> list[str]:
