@@ -290,7 +290,10 @@ def test_access_denied_stops_quickly(scope: str, seaweed_s3: S3Target, proxy: Fa
     lines = proc.stderr.strip().splitlines()
     assert "Traceback" not in proc.stderr, proc.stderr
     assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
-    assert "AccessDenied" in lines[0] or "403" in lines[0], lines[0]
+    # It names the credentials, where they came from, and the bucket (s3_errors._FIXES).
+    assert lines[0].startswith(
+        "error: store refused (AccessDenied): the credentials from AWS_ACCESS_KEY_ID / "
+        f"AWS_SECRET_ACCESS_KEY may not do this on bucket {seaweed_s3.bucket!r}"), lines[0]
     denied = proxy.injected["403"]
     # Never retried: at most one refused request per request in flight.
     assert 1 <= denied <= CONCURRENCY + 1, (denied, explain(proc, proxy))
