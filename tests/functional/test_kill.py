@@ -16,6 +16,9 @@ import pytest
 from conftest import S3Target, run_cli
 from helpers import assert_complete, multipart_tree
 
+from pacsmigrate.checkpoint import Checkpoint
+from pacsmigrate.synth import make_tree
+
 
 @pytest.fixture(scope="module")
 def kill_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -147,3 +150,41 @@ def test_large_object_resumes_from_its_uploaded_parts(s3: S3Target, tmp_path: Pa
                         r"kept", done.stdout)
     assert resumed and int(resumed.group(1)) >= 3, done.stdout
     assert_complete(s3, state, root)
+
+
+def test_status_explains_uploads_in_doubt_and_what_is_left(moto_s3: S3Target,
+                                                           tmp_path: Path) -> None:
+    """A file that failed (its open refused), then a run killed after its first write-ahead
+    intent: `status` says how many uploads are in doubt and what the next migrate does with
+    them, and how many files are still to migrate, read but not stored and failed, as the
+    state counts them. The next migrate resolves all of it."""
+    tree, state = tmp_path / "pacs", tmp_path / "state"
+    make_tree(tree / "a", studies=2, seed=3, scale=0.05)
+    denied = min((tree / "a").rglob("*.dcm")).name
+    args = ["migrate", str(tree), moto_s3.url, "--endpoint-url", moto_s3.info.endpoint_url,
+            "--state", str(state), "--no-progress"]
+    first = run_cli(*args, env={**moto_s3.env(), "PACSMIGRATE_DENY_OPEN": denied})
+    assert first.returncode == 1, first.stdout + first.stderr  # one file still to migrate
+    make_tree(tree / "b", studies=1, seed=4, scale=0.05)  # new studies: uploads to kill in
+    killed = run_cli(*args, env={**moto_s3.env(), "PACSMIGRATE_DENY_OPEN": denied,
+                                 "PACSMIGRATE_CRASH_AT": "after-intent:1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    cp = Checkpoint(state, readonly=True)
+    try:
+        counts, failed = cp.counts(), cp.open_problems()
+    finally:
+        cp.close()
+    in_doubt, pending = counts["intents"], counts["spill"]
+    assert in_doubt >= 1 and failed == 1, (counts, failed)
+    said = run_cli("status", "--state", str(state), check=True).stdout.splitlines()
+    assert (f"still to migrate: {pending + failed:,} files ({pending:,} read but not yet "
+            f"stored, {failed:,} that failed; the report says why); re-run migrate") in said
+    assert (f"uploads in doubt: {in_doubt:,} (a run stopped while they were in flight; the "
+            "next migrate checks the store: adopts those that arrived, sends the others "
+            "again)") in said
+    done = run_cli(*args, env=moto_s3.env())
+    assert done.returncode == 0, done.stdout + done.stderr
+    said = run_cli("status", "--state", str(state), check=True).stdout.splitlines()
+    assert "still to migrate: none" in said
+    assert not any(line.startswith("uploads in doubt") for line in said), said
+    assert_complete(moto_s3, state, tree)
