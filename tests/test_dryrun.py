@@ -96,6 +96,26 @@ def test_the_dry_run_counts_the_requests_on_every_store(kind: str, tmp_path: Pat
     assert done["requests"] == estimate, (done["requests"], estimate)
 
 
+@pytest.mark.seaweed
+def test_a_wrong_secret_stops_the_dry_run_in_one_line(seaweed_s3: S3Target,
+                                                       tmp_path: Path) -> None:
+    """With a wrong secret a dry run ended "OK: nothing left to migrate", exit 0: now its
+    pre-flight lists the store and stops on the refusal (SeaweedFS checks signatures; moto
+    does not), before reading the tree or making the state."""
+    tree, state = tmp_path / "pacs", tmp_path / "state"
+    make_tree(tree, studies=1, seed=2, scale=0.05)
+    env = {**seaweed_s3.env(), "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
+    proc = run_cli(*_args(tree, seaweed_s3, state, "--dry-run"), env=env, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(
+        "error: store refused (SignatureDoesNotMatch): the secret key from AWS_ACCESS_KEY_ID / "
+        "AWS_SECRET_ACCESS_KEY does not belong to its access key ID"), lines[0]
+    assert "not-the-secret" not in proc.stderr and "OK" not in proc.stdout, proc.stdout
+    assert not state.exists()
+
+
 def test_the_dry_run_says_what_the_store_holds(moto_s3: S3Target, tmp_path: Path) -> None:
     make_tree(tmp_path / "src", studies=4, seed=5, scale=0.05)
     src, state = tmp_path / "src", tmp_path / "state"
