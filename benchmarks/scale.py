@@ -216,42 +216,67 @@ def _descriptor(key: str) -> bool:
     return key.rsplit("/", 1)[-1] == "pacsmigrate.json"
 
 
-def stream_section(ctx: Ctx, res: ScaleRuns) -> Section:
-    """Time to the first stored object, and the full run against its stages run alone."""
-    up_tree = _upload_alone_tree(ctx, res.real)
-    upload = run_one(ctx, S5_DEFAULTS, up_tree, section="upload-alone")
-    shutil.rmtree(up_tree.root, ignore_errors=True)
-    full, dry, up = res.real.timed.wall, res.dry.timed.wall, upload.timed.wall
-    slowest = max(dry, up)
-    keys = list(res.real.listing)
-    kinds = {"bundles (.tar)": res.real.tars,
+PM_PACK_REPORT = Variant("pacsmigrate --pack 8MiB", "pacsmigrate", ("--pack", "8MiB"))
+
+
+def _upload_alone(ctx: Ctx, real: Run) -> Run:
+    """s5cmd uploading files of the sizes of the objects `real` stored."""
+    up_tree = _upload_alone_tree(ctx, real)
+    try:
+        return run_one(ctx, S5_DEFAULTS, up_tree, section="upload-alone")
+    finally:
+        shutil.rmtree(up_tree.root, ignore_errors=True)
+
+
+def _kinds(run: Run) -> str:
+    keys = list(run.listing)
+    kinds = {"bundles (.tar)": run.tars,
              "sidecar manifests (.json)": sum(k.endswith(".json") and not _descriptor(k)
                                               for k in keys),
              "descriptor (pacsmigrate.json)": sum(map(_descriptor, keys))}
     kinds["other objects"] = len(keys) - sum(kinds.values())
+    return ", ".join(f"{n:,} {k}" for k, n in kinds.items())
+
+
+def stream_section(ctx: Ctx, res: ScaleRuns) -> Section:
+    """Time to the first stored object, and the full run against its stages run alone: with
+    defaults (a study per object) and with --pack (small studies share objects)."""
+    packed = run_one(ctx, PM_PACK_REPORT, res.tree, section=f"stream-{res.tree.files}",
+                     report=True)
+    dry = res.dry.timed.wall
+    rows, ratios = [], []
+    for run in (res.real, packed):
+        upload = _upload_alone(ctx, run)
+        full, up = run.timed.wall, upload.timed.wall
+        slowest = max(dry, up)
+        ratios.append((full / slowest, run, full, up))
+        rows += [
+            (f"| {run.variant.name}, full run | {full:.1f} | walk + read + parse + hash + "
+             "bundle + upload + commit (+ writing the --report) |"),
+            (f"| upload alone of its objects (s5cmd defaults) | {up:.1f} | "
+             f"{len(run.listing):,} files of the sizes of the objects "
+             f"it stored ({_kinds(run)}), random bytes, `s5cmd cp 'DIR/*'` into a fresh "
+             "bucket |"),
+            (f"| → full ÷ slowest stage alone | **{full / slowest:.2f}x** | (1.00 = the "
+             f"stages overlap perfectly; full ÷ (dry run + upload) = {full / (dry + up):.2f}x, "
+             "1.00 = no overlap at all) |")]
+    best = min(ratios, key=lambda r: r[0])
     firsts = [f"{r.variant.name}: " + (f"{v:.1f} s" if (v := _first_object(r)) is not None
                                        else "n/a (the report has no run.first_object_seconds)")
-              for r in (res.real,)]
+              for r in (res.real, packed)]
     lines = [
-        f"On **{res.tree.name}** (the largest tree of section 6; the same real and dry runs):",
-        "",
+        (f"On **{res.tree.name}** (the largest tree of section 6; its real run with defaults "
+         "and its dry run, and one more real run with --pack 8MiB):"), "",
         "| run | wall s | what it does |", "|---|---:|---|",
-        (f"| pacsmigrate, full run | {full:.1f} | walk + read + parse + hash + bundle + upload + "
-        "commit (+ writing the --report) |"),
         f"| pacsmigrate --dry-run | {dry:.1f} | walk + read + parse + hash, no upload |",
-        f"| upload alone (s5cmd defaults) | {up:.1f} | {up_tree.files:,} files of the sizes of "
-        f"the {len(res.real.listing):,} objects the full run stored ("
-        + ", ".join(f"{n:,} {k}" for k, n in kinds.items())
-        + f"), {up_tree.bytes / MB:,.1f} MB of random bytes, `s5cmd cp 'DIR/*'` into a fresh "
-        "bucket |", "",
-        (f"Full run ÷ slowest stage alone = {full:.1f} / {slowest:.1f} = "
-         f"**{full / slowest:.2f}x** "
-        f"(1.00 = the stages overlap perfectly; full ÷ (dry run + upload) = "
-        f"{full / (dry + up):.2f}x, 1.00 = no overlap at all)."),
-        "",
-        f"Time from process start to the first object acknowledged: {'; '.join(firsts)}.",
-        "", "Commands (full run, dry run, upload alone):", "", "```sh",
-        *(shlex.join(r.timed.argv) for r in (res.real, res.dry, upload)), "```",
+        *rows, "",
+        f"Time from process start to the first object acknowledged: {'; '.join(firsts)}.", "",
+        (f"Objects holding each study's files (mean over studies, from the index): "
+         f"{res.real.variant.name} {res.real.tars / res.tree.studies:.2f} (.tar per study); "
+         f"{packed.variant.name} {packed.spread:.2f}."
+         if packed.spread is not None else ""),
+        "", "Commands (full runs, dry run):", "", "```sh",
+        *(shlex.join(r.timed.argv) for r in (res.real, packed, res.dry)), "```",
     ]
     if dry < CATALOGUE_MINUTE:
         lines += ["", (f"Note: the dry run took {dry:.0f} s, under a minute, so this tree does "
@@ -263,9 +288,10 @@ def stream_section(ctx: Ctx, res: ScaleRuns) -> Section:
                f"`run.first_object_seconds` of the report, {res.tree.files:,}-file real run"
                if first is not None else "field absent from today's report", first, 10.0,
                at_most=True, unit="s"),
-        Target("4b", "full run vs its slowest stage alone (informational)",
-               f"full {full:.1f} s; dry run {dry:.1f} s; upload alone {up:.1f} s",
-               full / slowest, None),
+        Target("4b", "a large tree's wall time within 1.2x of its slowest stage alone",
+               f"{best[1].variant.name}: full {best[2]:.1f} s; dry run {dry:.1f} s; upload "
+               f"alone {best[3]:.1f} s (defaults: {ratios[0][0]:.2f}x)",
+               best[0], 1.2, at_most=True),
         Target("4c", "bundles per study, date layout (informational; 1.00 = ideal)",
                f"{res.real.tars:,} bundles / {res.tree.studies:,} studies",
                res.real.tars / res.tree.studies, None, unit="/study"),
