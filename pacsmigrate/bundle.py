@@ -17,7 +17,7 @@ from .header import header_from_bytes, parse
 from .paths import member_name
 from .records import BundlePlan, Entry, Member, Problem, Stored, now_iso
 from .retention import Lock, covers, lock_of
-from .source import open_regular, read_exact
+from .source import open_regular, read_exact, read_whole
 from .tarheader import BLOCK, ZEROS, pad, tar_header
 
 READ_ATTEMPTS = 3
@@ -90,7 +90,7 @@ def stable_read(path: bytes) -> tuple[bytes, os.stat_result] | Problem:
         f, before = opened
         try:
             with f:
-                data = read_exact(f.fileno(), before.st_size + 1)
+                data = read_whole(f.fileno(), before.st_size)
                 after = os.fstat(f.fileno())
         except OSError as exc:
             return Problem(path, "unreadable", exc.strerror or str(exc), final=False)

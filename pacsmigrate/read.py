@@ -18,7 +18,7 @@ from .classify import describe
 from .filters import EVERYTHING, Filters
 from .header import Header, parse
 from .records import Member, Problem
-from .source import HASH_CHUNK, open_checked, read_exact
+from .source import HASH_CHUNK, open_checked, read_exact, read_whole
 
 READ_ATTEMPTS = 3
 VANISHED = "vanished before read"
@@ -126,7 +126,7 @@ def _contents(fd: int, path: bytes, size: int, opts: ReadOptions
               ) -> tuple[Header, str, bytes | None] | None:
     """(header, blake3, data) of an open file; None when its length was not `size`."""
     if size <= opts.hold_max:
-        data = read_exact(fd, size + 1)
+        data = read_whole(fd, size)
         if len(data) != size:
             return None
         return parse(data, size), blake3.blake3(data).hexdigest(), data

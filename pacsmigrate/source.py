@@ -92,6 +92,16 @@ def read_exact(fd: int, n: int) -> bytes:
     return b"".join(parts)
 
 
+def read_whole(fd: int, size: int) -> bytes:
+    """The file's bytes as read_exact(fd, size + 1) gives them, in one read when that read
+    gives exactly `size`: the caller's fstat after the read tells whether the file grew
+    since (one system call less per small file than reading on to the end of file)."""
+    data = os.read(fd, size + 1)
+    if len(data) >= size or not data:
+        return data
+    return data + read_exact(fd, size + 1 - len(data))
+
+
 def hash_unchanged(path: bytes, size: int, mtime_ns: int) -> str | None:
     """blake3 of a file if it is still `size` bytes of `mtime_ns` before and after the
     read, else None (it changed: it is read again when packed)."""

@@ -295,6 +295,58 @@ def test_hash_all_is_blake3_of_whole_file(samples: Path) -> None:
     assert cat(samples / "CT_small.dcm", hold_max=0).blake3 == ""
 
 
+class _Os:
+    """The os module as pacsmigrate.source sees it, with `read` replaced."""
+
+    def __init__(self, read: Any) -> None:
+        self.read = read
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+
+def test_short_reads_still_give_the_whole_file(samples: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # NFS and FUSE may return fewer bytes than asked before the end of the file.
+    from pacsmigrate import source
+    path = tmp_path / "ct.dcm"
+    shutil.copyfile(samples / "CT_small.dcm", path)
+    calls: list[int] = []
+
+    def short(fd: int, n: int) -> bytes:
+        calls.append(n)
+        return os.read(fd, min(n, 1000))
+    monkeypatch.setattr(source, "os", _Os(short))
+    rec = cat(path)
+    assert len(calls) > path.stat().st_size // 1000  # the short reads did happen
+    assert rec.data == path.read_bytes() and rec.size == len(rec.data)
+    assert rec.blake3 == blake3.blake3(rec.data).hexdigest()
+    assert rec.status == DICOM
+
+
+def test_a_file_that_grows_before_it_is_read_is_read_again_whole(
+        samples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One read gives a small file: the fstat after it must catch a file that grew since
+    # the fstat before it (the read then returns more than that size).
+    from pacsmigrate import source
+    path = tmp_path / "ct.dcm"
+    shutil.copyfile(samples / "CT_small.dcm", path)
+    grown = [False]
+
+    def growing(fd: int, n: int) -> bytes:
+        if not grown[0]:
+            grown[0] = True
+            with open(path, "ab") as f:
+                f.write(b"\0" * 10)
+        return os.read(fd, n)
+    monkeypatch.setattr(source, "os", _Os(growing))
+    rec = cat(path)
+    assert grown[0]
+    assert rec.size == path.stat().st_size == (samples / "CT_small.dcm").stat().st_size + 10
+    assert rec.data == path.read_bytes()
+    assert rec.blake3 == blake3.blake3(path.read_bytes()).hexdigest()
+
+
 def _patient_values(path: Path) -> set[str]:
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)

@@ -63,7 +63,11 @@ class Checksum:
 async def checksum(data: Buffer, algorithm: str) -> Checksum:
     """The body's checksum, computed once (retries resend the same digest)."""
     if algorithm == "crc32":
-        return Checksum("crc32", zlib.crc32(view(data)).to_bytes(4, "big"))
+        mv = view(data)
+        # Large bodies in a thread, as for MD5: zlib releases the GIL, the loop goes on.
+        crc = zlib.crc32(mv) if mv.nbytes <= INLINE_HASH else \
+            await asyncio.to_thread(zlib.crc32, mv)
+        return Checksum("crc32", crc.to_bytes(4, "big"))
     return Checksum("md5", (await md5(data)).digest())
 
 
