@@ -292,8 +292,8 @@ class SpillBehind:
 
     async def settle(self) -> None:
         """Every file handed in is in the checkpoint's spill."""
-        await self._write()
-        await self._write()
+        await self._write()  # the write in flight done, the files waiting handed on
+        await self._write()  # ... and done
 
     async def cancel(self) -> None:
         if self.writing is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,17 +23,30 @@ def member(path: bytes, group: str = GROUPS[0]) -> Member:
                                              "20240101", "1.2.840.10008.1.2.1"))
 
 
-def test_batches_are_written_behind_and_settle_writes_the_rest(tmp_path: Path) -> None:
-    cp = Checkpoint(tmp_path / "state")
+@pytest.fixture
+def cp(tmp_path: Path) -> Iterator[Checkpoint]:
+    c = Checkpoint(tmp_path / "state")
+    yield c
+    c.close()
+
+
+def gated(cp: Checkpoint) -> tuple[threading.Event, list[int]]:
+    """Make the checkpoint's spill writes wait for the returned event; the list gets the
+    size of each write as it starts."""
     gate = threading.Event()
     calls: list[int] = []
     real = cp.spill
 
-    def slow_spill(members: list) -> None:  # type: ignore[type-arg]
+    def slow_spill(members: list[Member]) -> None:
         calls.append(len(members))
         gate.wait(10)
         real(members)
     cp.spill = slow_spill  # type: ignore[method-assign]
+    return gate, calls
+
+
+def test_batches_are_written_behind_and_settle_writes_the_rest(cp: Checkpoint) -> None:
+    gate, calls = gated(cp)
 
     async def go() -> None:
         spills = SpillBehind(cp, batch=5)
@@ -51,16 +65,11 @@ def test_batches_are_written_behind_and_settle_writes_the_rest(tmp_path: Path) -
         assert cp.spilled_groups(GROUPS) == set(GROUPS)
         await spills.settle()  # nothing left: no empty transaction
         assert calls == [6, 6]
-    try:
-        asyncio.run(go())
-    finally:
-        cp.close()
+    asyncio.run(go())
 
 
-def test_a_failed_write_stops_the_run_at_the_next_step(tmp_path: Path) -> None:
-    cp = Checkpoint(tmp_path / "state")
-
-    def full(members: list) -> None:  # type: ignore[type-arg]
+def test_a_failed_write_stops_the_run_at_the_next_step(cp: Checkpoint) -> None:
+    def full(members: list[Member]) -> None:
         raise StateError("no space left for the checkpoint")
     cp.spill = full  # type: ignore[method-assign]
 
@@ -69,21 +78,11 @@ def test_a_failed_write_stops_the_run_at_the_next_step(tmp_path: Path) -> None:
         await spills.add([member(b"/s/a"), member(b"/s/b")])
         with pytest.raises(StateError, match="no space left"):
             await spills.settle()
-    try:
-        asyncio.run(go())
-    finally:
-        cp.close()
+    asyncio.run(go())
 
 
-def test_cancel_drops_the_write_in_flight(tmp_path: Path) -> None:
-    cp = Checkpoint(tmp_path / "state")
-    gate = threading.Event()
-    real = cp.spill
-
-    def slow_spill(members: list) -> None:  # type: ignore[type-arg]
-        gate.wait(10)
-        real(members)
-    cp.spill = slow_spill  # type: ignore[method-assign]
+def test_cancel_drops_the_write_in_flight(cp: Checkpoint) -> None:
+    gate, _ = gated(cp)
 
     async def go() -> None:
         spills = SpillBehind(cp, batch=1)
@@ -93,7 +92,4 @@ def test_cancel_drops_the_write_in_flight(tmp_path: Path) -> None:
         gate.set()
         await spills.cancel()
         assert spills.writing is None and writing is not None and writing.done()
-    try:
-        asyncio.run(go())
-    finally:
-        cp.close()
+    asyncio.run(go())
