@@ -11,7 +11,7 @@ from concurrent.futures import Executor
 from . import faults
 from .backends import Backend
 from .backends.limits import planned_requests
-from .bundle import Known
+from .bundle import Known, tar_size
 from .checkpoint import Checkpoint
 from .commit import GroupWriter
 from .costs import NO_PRICES, PriceTable, Tally, as_json, describe, estimate
@@ -28,6 +28,18 @@ def requests_for(plan: BundlePlan, *, scheme: str, part_size: int) -> int:
     """Store requests one plan costs: one PUT, or its parts and the store's extra requests
     (S3: create and complete; Azure: the commit); a raw file's sidecar."""
     return planned_requests(scheme, plan.size, part_size=part_size) + (plan.kind == FILE)
+
+
+def held_in_flight(plan: BundlePlan, *, part: int, concurrency: int) -> int:
+    """The file data storing the plan holds at most: its members read at the start and the
+    part joined from them (both are alive while it is built; glibc then keeps the members'
+    freed buffers, so the budget counts both), and for files read as it is packed, the
+    largest of them; a large file streamed alone holds its parts in flight."""
+    if plan.kind == FILE:
+        return min(plan.size, part * (concurrency + 1))
+    held = sum(m.size for m in plan.members if m.data is not None)
+    later = [m.size for m in plan.members if m.data is None]
+    return held + min(tar_size(plan), part) + (max(later) if later else 0)
 
 # A plan -> the storage class it goes to (None: the store's default).
 Classes = Callable[[BundlePlan], str | None]
@@ -148,20 +160,10 @@ class StoreSink(Sink):
         self.moved: list[Member] = []
         self.changing: dict[bytes, Member] = {}  # uploads aborted as the file changed
 
-    def _memory(self, plan: BundlePlan) -> int:
-        """What storing the plan holds in memory at most: its members read at the start,
-        plus, for files read as it is packed, the largest of them and a part being built;
-        a large file streamed alone holds its parts in flight."""
-        part = self.backend.part_size(plan.size)
-        if plan.kind == FILE:
-            return min(plan.size, part * (self.concurrency + 1))
-        held = sum(m.size for m in plan.members if m.data is not None)
-        later = [m.size for m in plan.members if m.data is None]
-        return held + (max(later) + part if later else 0)
-
     async def put(self, plan: BundlePlan) -> None:
         self._raise()
-        held = self._memory(plan)
+        held = held_in_flight(plan, part=self.backend.part_size(plan.size),
+                              concurrency=self.concurrency)
         async with self.room:
             await self.room.wait_for(lambda: self.error is not None or (
                 self.in_flight < self.objects_max
