@@ -95,7 +95,7 @@ def _signal_runs(s3: S3Target, tmp_path: Path, times: int, seed: int) -> None:
 
 
 def test_signals_at_random_moments(moto_s3: S3Target, tmp_path: Path) -> None:
-    _signal_runs(moto_s3, tmp_path, times=10,
+    _signal_runs(moto_s3, tmp_path, times=7,
                  seed=int(os.environ.get("PACSMIGRATE_SIGNAL_SEED", "77")))
 
 
