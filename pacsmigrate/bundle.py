@@ -189,10 +189,11 @@ def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
     packer = Compressor() if compress else None
     need = lock_of(built.retention)
     for m in plan.members:
-        if known is not None and m.data is None and m.blake3 and _unchanged(m):
-            # Hashed already and unchanged since: a copy needs no read (a large file's copy).
+        if known is not None and m.data is None and m.blake3:
+            # Hashed already: stored already and unchanged since, a copy needs no read (a
+            # large file's copy). Looked up first: most contents are new, and need no stat.
             where = _stored_at(m.blake3, here, known, plan.key, need)
-            if where is not None:
+            if where is not None and _unchanged(m):
                 _copy(built, lines, m, m, where, plan.group)
                 continue
         got = _member_bytes(m, plan, built, secret)
