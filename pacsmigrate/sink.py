@@ -41,6 +41,7 @@ def held_in_flight(plan: BundlePlan, *, part: int, concurrency: int) -> int:
     later = [m.size for m in plan.members if m.data is None]
     return held + min(tar_size(plan), part) + (max(later) if later else 0)
 
+
 # A plan -> the storage class it goes to (None: the store's default).
 Classes = Callable[[BundlePlan], str | None]
 # A plan -> the retention lock metadata of its object.
