@@ -36,34 +36,57 @@ def quiet_gc() -> None:
 
 
 def run_main(main: Coroutine[Any, Any, T]) -> T:
-    """asyncio.run, with SIGTERM handled as asyncio handles Ctrl-C: the main task is
-    cancelled, so what is in flight is finished or abandoned and committed as on Ctrl-C."""
+    """asyncio.run, with Ctrl-C and SIGTERM handled by us, not by asyncio: the first one
+    cancels the main task, so what is in flight is finished or abandoned and committed,
+    and the run ends in KeyboardInterrupt (Terminated for SIGTERM) whatever the cancelling
+    ended in. Another one, or one after the main task is over (the loop's teardown joins
+    threads and closes connections, which can take seconds), stops the process at once
+    with the command's line: asyncio's own handler would raise KeyboardInterrupt wherever
+    the teardown happens to be, a finaliser included, where it is printed and lost."""
+    stop = _Stop()
+    try:
+        before = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: the signals are someone else's
+        return asyncio.run(main)
+
     async def guarded() -> T:
-        loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
-        signalled: list[int] = []
-
-        def on_term() -> None:
-            signalled.append(signal.SIGTERM)
-            task.cancel()
-
-        before = signal.getsignal(signal.SIGTERM)
-        try:
-            loop.add_signal_handler(signal.SIGTERM, on_term)
-        except (NotImplementedError, RuntimeError):  # not the main thread: no handler
-            return await main
+        stop.loop, stop.task = asyncio.get_running_loop(), task
         try:
             return await main
         except BaseException:
-            if signalled:  # whatever the cancelling ended in, it was the SIGTERM
-                raise Terminated() from None
+            if stop.first is not None:  # whatever the cancelling ended in, it was the signal
+                raise _ENDS[stop.first]() from None
             raise
-        finally:
-            loop.remove_signal_handler(signal.SIGTERM)
-            signal.signal(signal.SIGTERM, before)  # asyncio leaves SIG_DFL
 
-    return asyncio.run(guarded())
+    result = asyncio.run(guarded())
+    if stop.first is None:  # a normal end; a stopped one keeps _Stop until it has exited
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    return result
+
+
+class _Stop:
+    """The signal handler of a run (run_main)."""
+
+    def __init__(self) -> None:
+        self.first: int | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.task: asyncio.Task[Any] | None = None
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.loop is None or self.task is None:  # the loop is not running main yet
+            raise _ENDS[signum]()
+        if self.first is None and not self.task.done():
+            self.first = signum
+            self.loop.call_soon_threadsafe(self.task.cancel)
+            return
+        _stopped(signum)
+
+
+_ENDS: dict[int, type[KeyboardInterrupt]] = {signal.SIGINT: KeyboardInterrupt,
+                                             signal.SIGTERM: Terminated}
 
 
 def handle_errors(fn: F) -> F:
