@@ -22,6 +22,11 @@ from .tiers import billed_size
 from .upload import store
 
 log = logging.getLogger("pacsmigrate.pipeline")
+# A dry run's plan rows per transaction. Each transaction rewrites the B-tree pages its
+# rows touch and waits for an fsync while the walk waits: 2,000 rows cost ~14 % of a 100k
+# dry run's wall time, 16,000 (a few MiB held) ~1 s less. Writing them behind the walk
+# instead cost more CPU than it saved on 2 cores (the writer thread takes the GIL).
+PLAN_BATCH = 16_000
 
 
 def requests_for(plan: BundlePlan, *, scheme: str, part_size: int) -> int:
@@ -109,7 +114,7 @@ class PlanSink(Sink):
                            scheme=self.scheme, part_size=self.part_size)
         self._batch.extend(Entry(m.path, 0, m.size, m.blake3, m.size, m.mtime_ns, m.about)
                            for m in plan.members)
-        if len(self._batch) >= 2000:
+        if len(self._batch) >= PLAN_BATCH:
             await self.drain()
 
     async def drain(self) -> None:
