@@ -1,11 +1,11 @@
-"""A dry run records its plan in large transactions: each waits for an fsync."""
+"""A dry run records its plan a batch of encoded rows at a time: each waits for an fsync."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
-from pacsmigrate.checkpoint import Checkpoint
+from pacsmigrate.checkpoint import Checkpoint, PlanRow
 from pacsmigrate.progress import Bar
 from pacsmigrate.records import DICOM, TAR, BundlePlan, Described, Entry, Member
 from pacsmigrate.sink import PLAN_BATCH, PlanSink
@@ -23,15 +23,15 @@ def member(i: int) -> Member:
 def test_the_plan_is_written_a_batch_at_a_time_and_all_of_it_by_drain(tmp_path: Path) -> None:
     cp = Checkpoint(tmp_path / "state")
     transactions: list[int] = []
-    real = cp.record_plan
+    real = cp.record_plan_rows
 
-    def counted(entries: list[Entry]) -> None:
-        transactions.append(len(entries))
-        real(entries)
-    cp.record_plan = counted  # type: ignore[method-assign]
+    def counted(planned: list[PlanRow]) -> None:
+        transactions.append(len(planned))
+        real(planned)
+    cp.record_plan_rows = counted  # type: ignore[method-assign]
     sink = PlanSink(cp, Stats(), Bar("plan", total_bytes=None, total_files=None,
                                      enabled=False), scheme="s3", part_size=8 << 20)
-    per_plan = 1000
+    per_plan = PLAN_BATCH // 8
     plans = PLAN_BATCH // per_plan + 2
 
     async def go() -> None:
@@ -48,5 +48,17 @@ def test_the_plan_is_written_a_batch_at_a_time_and_all_of_it_by_drain(tmp_path: 
         assert transactions == [PLAN_BATCH, 2 * per_plan]
         assert cp.counts()["plan"] == plans * per_plan
         assert sink.stats.planned_files == plans * per_plan
+        # The rows are those record_plan writes for the same files.
+        with cp.env.begin(db=cp.db["plan"]) as txn:
+            got = dict(txn.cursor())
+        other = Checkpoint(tmp_path / "other")
+        try:
+            other.record_plan([Entry(m.path, 0, m.size, "", m.size, m.mtime_ns, m.about)
+                               for m in (member(i) for i in range(plans * per_plan))])
+            with other.env.begin(db=other.db["plan"]) as txn:
+                assert dict(txn.cursor()) == got
+            assert other.counts()["groups"] == cp.counts()["groups"] == 1
+        finally:
+            other.close()
     finally:
         cp.close()
