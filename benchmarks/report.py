@@ -35,6 +35,32 @@ def _read(path: str, prefix: str) -> str:
     return "unknown"
 
 
+def page_cache_reclaim(base: Path = Path("/sys/kernel/mm/damon/admin/kdamonds")) -> str:
+    """Proactive reclaim that evicts idle page cache (DAMON `pageout` schemes), which
+    makes a tree no run has touched for a while cold again; "none found" without it."""
+    found = []
+    for state in sorted(base.glob("*/state")):
+        try:
+            if state.read_text().strip() != "on":
+                continue
+            for ctx in sorted(state.parent.glob("contexts/*")):
+                aggr_us = int((ctx / "monitoring_attrs/intervals/aggr_us").read_text())
+                for scheme in sorted(ctx.glob("schemes/*")):
+                    if (scheme / "action").read_text().strip() != "pageout":
+                        continue
+                    age = int((scheme / "access_pattern/age/min").read_text())
+                    quota = int((scheme / "quotas/bytes").read_text())
+                    every = int((scheme / "quotas/reset_interval_ms").read_text())
+                    rate = (f"up to {quota / 2**20:,.0f} MiB per {every / 1000:g} s"
+                            if quota and every else "no rate limit")
+                    found.append(f"DAMON pages out memory idle for ~{age * aggr_us / 1e6:.0f} s "
+                                 f"or more ({rate}): a tree no run has read for that long "
+                                 "is read from disk again (cold)")
+        except (OSError, ValueError):
+            continue
+    return "; ".join(found) or "none found (trees stay in the page cache between runs)"
+
+
 def machine(work: Path) -> dict[str, str]:
     ram = _read("/proc/meminfo", "MemTotal:")
     if ram.endswith("kB"):
@@ -62,6 +88,7 @@ def machine(work: Path) -> dict[str, str]:
         **versions(),
         "workdir file system": " ".join(fs[0].split()[:2]) if fs else "unknown",
         "load average at start": " ".join(load),
+        "page cache reclaim": page_cache_reclaim(),
     }
 
 
@@ -76,8 +103,8 @@ def compose(*, started: datetime, finished: datetime, invocation: str, mode: str
            (f"Command: `{invocation}` (took {(finished - started).total_seconds() / 60:.1f} min). "
            f"One SeaweedFS (`weed mini`) at `{endpoint}` for the whole run; credentials via "
            "`AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`, region us-east-1, path-style. Trees "
-           "are written once and are in the page cache for every run (warm reads), and "
-           "every tool talks to the store over loopback: these numbers compare the tools' "
+           "are written once and read from the page cache unless the machine evicted them "
+           "(see Machine: page cache reclaim), and every tool talks to the store over loopback: these numbers compare the tools' "
            "client-side cost, not a real NAS → S3 migration."), "",
            "**Machine**", "", *[f"- {k}: {v}" for k, v in info.items()],
            ("- Client (each tool) and server (SeaweedFS) share the machine's CPUs; the bench "
