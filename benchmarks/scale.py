@@ -7,6 +7,7 @@ import random
 import re
 import shlex
 import shutil
+import statistics
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,9 +242,20 @@ def _kinds(run: Run) -> str:
 def stream_section(ctx: Ctx, res: ScaleRuns) -> Section:
     """Time to the first stored object, and the full run against its stages run alone: with
     defaults (a study per object) and with --pack (small studies share objects)."""
-    packed = run_one(ctx, PM_PACK_REPORT, res.tree, section=f"stream-{res.tree.files}",
-                     report=True)
-    dry = res.dry.timed.wall
+    section = f"stream-{res.tree.files}"
+    packs = [run_one(ctx, PM_PACK_REPORT, res.tree, section=section, report=True)]
+    drys = [res.dry]
+    # More pairs, alternating (dry run, then full run): a large tree may be read from disk
+    # by every run (a machine that evicts idle page cache), and a disk's speed drifts
+    # within the hour, so one dry run against one full run cannot judge a 1.2x target.
+    for r in range(2, ctx.repeats + 1):
+        drys.append(run_one(ctx, PM_DRY, res.tree, section=section, repeat=r,
+                            dry_run=True))
+        packs.append(run_one(ctx, PM_PACK_REPORT, res.tree, section=section, repeat=r,
+                             report=True))
+    dry = statistics.median(d.timed.wall for d in drys)
+    # The median run (the lower middle of an even count).
+    packed = sorted(packs, key=lambda r: r.timed.wall)[(len(packs) - 1) // 2]
     rows, ratios = [], []
     for run in (res.real, packed):
         upload = _upload_alone(ctx, run)
@@ -268,8 +280,13 @@ def stream_section(ctx: Ctx, res: ScaleRuns) -> Section:
         (f"On **{res.tree.name}** (the largest tree of section 6; its real run with defaults "
          "and its dry run, and one more real run with --pack 8MiB):"), "",
         "| run | wall s | what it does |", "|---|---:|---|",
-        f"| pacsmigrate --dry-run | {dry:.1f} | walk + read + parse + hash, no upload |",
+        (f"| pacsmigrate --dry-run | {dry:.1f} | walk + read + parse + hash, no upload"
+         + (f" (median of {len(drys)}: " + ", ".join(f"{d.timed.wall:.1f}" for d in drys)
+            + " s)" if len(drys) > 1 else "") + " |"),
         *rows, "",
+        *(["The --pack full runs, alternating with the dry runs: "
+           + ", ".join(f"{p.timed.wall:.1f}" for p in packs)
+           + " s (the table gives the median run)."] if len(packs) > 1 else []), "",
         f"Time from process start to the first object acknowledged: {'; '.join(firsts)}.", "",
         (f"Objects holding each study's files (mean over studies, from the index): "
          f"{res.real.variant.name} {res.real.tars / res.tree.studies:.2f} (.tar per study); "
@@ -289,8 +306,8 @@ def stream_section(ctx: Ctx, res: ScaleRuns) -> Section:
                if first is not None else "field absent from today's report", first, 10.0,
                at_most=True, unit="s"),
         Target("4b", "a large tree's wall time within 1.2x of its slowest stage alone",
-               f"{best[1].variant.name}: full {best[2]:.1f} s; dry run {dry:.1f} s; upload "
-               f"alone {best[3]:.1f} s (defaults: {ratios[0][0]:.2f}x)",
+               f"{best[1].variant.name}: full {best[2]:.1f} s; dry run {dry:.1f} s (median of "
+               f"{len(drys)}); upload alone {best[3]:.1f} s (defaults: {ratios[0][0]:.2f}x)",
                best[0], 1.2, at_most=True),
         Target("4c", "bundles per study, date layout (informational; 1.00 = ideal)",
                f"{res.real.tars:,} bundles / {res.tree.studies:,} studies",
