@@ -60,11 +60,12 @@ def run_main(main: Coroutine[Any, Any, T]) -> T:
                 raise _ENDS[stop.first]() from None
             raise
 
-    result = asyncio.run(guarded())
-    if stop.first is None:  # a normal end; a stopped one keeps _Stop until it has exited
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
-    return result
+    try:
+        return asyncio.run(guarded())
+    finally:
+        if stop.first is None:  # not stopped (done or failed): the handlers from before;
+            for sig, handler in before.items():  # a stopped run keeps _Stop until it exits
+                signal.signal(sig, handler)
 
 
 class _Stop:
