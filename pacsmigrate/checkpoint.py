@@ -47,7 +47,15 @@ from .records import (
 from .retention import lock_of
 from .statemerge import MergeTables
 from .staterepair import RepairTables
-from .tables import ContentTable, RetentionTable, RunsTable, SpillTable, path_key, spill_key
+from .tables import (
+    ContentTable,
+    PlanTable,
+    RetentionTable,
+    RunsTable,
+    SpillTable,
+    path_key,
+    spill_key,
+)
 
 T = TypeVar("T")
 
@@ -60,17 +68,7 @@ _ID = struct.Struct(">I")
 # ~25 MB at a million files (the report's walk of the index), which grew with the tree.
 DECODE_CACHE = 4096
 
-# A dry run's plan row: (path key, encoded row, the study's group or b"" if not DICOM).
-PlanRow = tuple[bytes, bytes, bytes]
-
-
-def plan_row(e: Entry) -> PlanRow:
-    k = path_key(e.path)
-    return (k, rows.encode(e, rows.NO_OBJECT, long_path=k is not e.path),
-            e.about.group.encode() if e.about.status == DICOM else b"")
-
-
-class Checkpoint(MergeTables, RepairTables, RunsTable, SpillTable, RetentionTable,
+class Checkpoint(MergeTables, RepairTables, RunsTable, SpillTable, PlanTable, RetentionTable,
                  ContentTable, LmdbFile):
     """The state's tables and the intent -> upload -> commit protocol (see above).
 
@@ -118,22 +116,6 @@ class Checkpoint(MergeTables, RepairTables, RunsTable, SpillTable, RetentionTabl
             for p in problems:
                 txn.put(path_key(p.path), json.dumps(p.to_json()).encode(),
                         db=self.db["problems"])
-        self._write(write)
-
-    def record_plan(self, entries: list[Entry]) -> None:
-        """A dry run's record of each file it read (replacing an older dry run's)."""
-        self.record_plan_rows([plan_row(e) for e in entries])
-
-    def record_plan_rows(self, planned: list[PlanRow]) -> None:
-        """record_plan of rows made by plan_row (a dry run holds a batch of those: a
-        few hundred bytes a file, where an Entry keeps its header's strings alive)."""
-        def write(txn: lmdb.Transaction) -> None:
-            plan, problems, groups = self.db["plan"], self.db["problems"], self.db["groups"]
-            for k, row, group in planned:
-                txn.put(k, row, db=plan)
-                txn.delete(k, db=problems)
-                if group:
-                    txn.put(group, b"", db=groups)
         self._write(write)
 
     def clear(self, *names: str) -> None:

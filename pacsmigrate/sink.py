@@ -12,12 +12,13 @@ from . import faults
 from .backends import Backend
 from .backends.limits import planned_requests
 from .bundle import Known, tar_size
-from .checkpoint import Checkpoint, PlanRow, plan_row
+from .checkpoint import Checkpoint
 from .commit import GroupWriter
 from .costs import NO_PRICES, PriceTable, Tally, as_json, describe, estimate
 from .progress import Bar
 from .records import FILE, TAR, BundlePlan, Entry, Member, Stored, StoredObject
 from .stats import Stats
+from .tables import PlanRow, plan_row
 from .tiers import billed_size
 from .upload import store
 

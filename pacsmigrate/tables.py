@@ -12,7 +12,7 @@ import blake3
 import lmdb
 
 from . import rows
-from .records import Described, Entry, Member, Stored
+from .records import DICOM, Described, Entry, Member, Stored
 from .retention import Lock, covers
 
 # LMDB keys hold at most 511 bytes; paths may be 4096. Longer paths are keyed by a hash
@@ -46,6 +46,39 @@ class RunsTable:
 
     def runs(self) -> list[dict[str, Any]]:
         return list(self.get_meta("runs") or [])
+
+
+# A dry run's plan row: (path key, encoded row, the study's group or b"" if not DICOM).
+PlanRow = tuple[bytes, bytes, bytes]
+
+
+def plan_row(e: Entry) -> PlanRow:
+    k = path_key(e.path)
+    return (k, rows.encode(e, rows.NO_OBJECT, long_path=k is not e.path),
+            e.about.group.encode() if e.about.status == DICOM else b"")
+
+
+class PlanTable:
+    """Methods on the `plan` table (a dry run's); mixed into Checkpoint."""
+
+    db: dict[str, Any]
+    _write: Callable[[Callable[[lmdb.Transaction], Any]], None]  # LmdbFile's
+
+    def record_plan(self, entries: list[Entry]) -> None:
+        """A dry run's record of each file it read (replacing an older dry run's)."""
+        self.record_plan_rows([plan_row(e) for e in entries])
+
+    def record_plan_rows(self, planned: list[PlanRow]) -> None:
+        """record_plan of rows made by plan_row (a dry run holds a batch of those: a
+        few hundred bytes a file, where an Entry keeps its header's strings alive)."""
+        def write(txn: lmdb.Transaction) -> None:
+            plan, problems, groups = self.db["plan"], self.db["problems"], self.db["groups"]
+            for k, row, group in planned:
+                txn.put(k, row, db=plan)
+                txn.delete(k, db=problems)
+                if group:
+                    txn.put(group, b"", db=groups)
+        self._write(write)
 
 
 class SpillTable:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from pacsmigrate.checkpoint import Checkpoint, PlanRow
+from pacsmigrate.checkpoint import Checkpoint
 from pacsmigrate.progress import Bar
 from pacsmigrate.records import DICOM, TAR, BundlePlan, Described, Entry, Member
 from pacsmigrate.sink import PLAN_BATCH, PlanSink
 from pacsmigrate.stats import Stats
+from pacsmigrate.tables import PlanRow
 
 GROUP = "7f" * 16
 
