@@ -45,7 +45,7 @@ class Built:
     duplicates: int = 0  # members whose content was stored before: not stored again
     duplicate_bytes: int = 0
     size: int = 0
-    manifest: bytes = b""
+    manifest: bytes | bytearray = b""
     created: str = field(default_factory=now_iso)
     retention: dict[str, Any] | None = None  # the object's lock, for its manifest
 
@@ -62,34 +62,52 @@ def tar_size(plan: BundlePlan) -> int:
 
 
 class _Parts:
-    """Cuts a stream of buffers into part_size pieces, copying each byte once."""
+    """Cuts a stream of buffers into part_size parts, copying each byte once, into the
+    part's own buffer as it comes: a piece is let go at once, so a member's bytes are never
+    held twice (joining a part's pieces kept them all alive beside the joined part).
 
-    def __init__(self, part_size: int) -> None:
+    `bound`: how long the object can grow (tar_size); a part's buffer is never larger than
+    what is left of it. A yielded part is never written again (a retry sends it again).
+    """
+
+    def __init__(self, part_size: int, bound: int) -> None:
         self.part_size = part_size
-        self.pieces: list[memoryview | bytes] = []
+        self.bound = bound
+        self.buf = bytearray()
         self.filled = 0
         self.offset = 0
 
-    def add(self, data: bytes) -> Iterator[bytes]:
-        self.offset += len(data)
-        if self.filled + len(data) < self.part_size:
-            self.pieces.append(data)
-            self.filled += len(data)
+    def add(self, data: bytes | bytearray | memoryview) -> Iterator[bytearray | memoryview]:
+        n = len(data)
+        end = self.filled + n
+        if end <= len(self.buf) and end < self.part_size:  # the common case: it fits
+            self.buf[self.filled:end] = data
+            self.filled = end
+            self.offset += n
             return
         view = memoryview(data)
         while view:
+            if not self.buf:
+                self.buf = bytearray(min(self.part_size, max(self.bound - self.offset, BLOCK)))
             take = view[:self.part_size - self.filled]
-            self.pieces.append(take)
-            self.filled += len(take)
+            end = self.filled + len(take)
+            if end > len(self.buf):  # past the bound (it assumes ASCII paths): grow
+                self.buf.extend(bytes(end - len(self.buf)))
+            self.buf[self.filled:end] = take
+            self.filled = end
+            self.offset += len(take)
             view = view[len(take):]
             if self.filled == self.part_size:
-                yield b"".join(self.pieces)
-                self.pieces, self.filled = [], 0
+                yield self._take()
 
-    def rest(self) -> Iterator[bytes]:
-        if self.pieces:
-            yield b"".join(self.pieces)
-            self.pieces, self.filled = [], 0
+    def _take(self) -> bytearray | memoryview:
+        buf, filled = self.buf, self.filled
+        self.buf, self.filled = bytearray(), 0
+        return buf if filled == len(buf) else memoryview(buf)[:filled]
+
+    def rest(self) -> Iterator[bytearray | memoryview]:
+        if self.filled:
+            yield self._take()
 
 
 def stable_read(path: bytes) -> tuple[bytes, os.stat_result] | Problem:
@@ -158,14 +176,14 @@ def _unchanged(m: Member) -> bool:
     return (st.st_size, st.st_mtime_ns) == (m.size, m.mtime_ns)
 
 
-def _copy(built: Built, lines: list[str], m: Member, now: Member,
+def _copy(built: Built, lines: manifest.Writer, m: Member, now: Member,
           where: tuple[str, int, int, str], group: str) -> None:
     """Record a member as a copy of stored content: in the manifest, not in the tar."""
     key, offset, length, enc = where
     entry = Entry(m.path, offset, length, now.blake3, now.size, now.mtime_ns, now.about, key,
                   enc)
     built.entries.append(entry)
-    lines.append(manifest.member_line(entry, member_name(m.path), group))
+    lines.add(manifest.member_line(entry, member_name(m.path), group))
     built.duplicates += 1
     built.duplicate_bytes += now.size
     m.data = None
@@ -173,7 +191,7 @@ def _copy(built: Built, lines: list[str], m: Member, now: Member,
 
 def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
               expect: dict[bytes, str] | None = None, known: Known | None = None,
-              compress: str = "") -> Iterator[bytes]:
+              compress: str = "") -> Iterator[bytearray | memoryview]:
     """Yield the bundle in part_size pieces; fill `built` as members are written.
 
     Each member's bytes were read whole between two equal fstat()s before its header goes
@@ -183,8 +201,8 @@ def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
     its manifest line names the object that holds it (`duplicate_of`). `compress` "zstd":
     members with uncompressed pixels stored as zstd frames where smaller (encoding.py).
     """
-    parts = _Parts(part_size)
-    lines: list[str] = []
+    parts = _Parts(part_size, tar_size(plan))
+    lines = manifest.Writer(plan, created=built.created, retention=built.retention)
     here: dict[str, tuple[int, int, str]] = {}  # content here: blake3 -> offset, length, enc
     packer = Compressor() if compress else None
     need = lock_of(built.retention)
@@ -222,7 +240,7 @@ def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
         entry = Entry(m.path, parts.offset, len(data), digest, now.size, now.mtime_ns,
                       now.about, "", enc)
         built.entries.append(entry)
-        lines.append(manifest.member_line(entry, name, plan.group))
+        lines.add(manifest.member_line(entry, name, plan.group))
         if known is not None and data:
             here[digest] = entry.offset, entry.length, enc
         yield from parts.add(data)
@@ -230,8 +248,7 @@ def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
         m.data = None  # in a part now: the member's own copy can go (a retry reads it again)
     if not built.entries:
         return
-    built.manifest = manifest.build(plan, lines, created=built.created,
-                                    retention=built.retention)
+    built.manifest = lines.finish()
     yield from parts.add(tar_header(manifest.manifest_name(plan.bundle_id),
                                     len(built.manifest), 0))
     at = parts.offset
@@ -245,7 +262,7 @@ def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
 
 
 def file_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
-               expect: dict[bytes, str] | None = None) -> Iterator[bytes]:
+               expect: dict[bytes, str] | None = None) -> Iterator[bytes | bytearray | memoryview]:
     """Stream one large file as its own object, hashing as it goes.
 
     A change during the read raises SourceChangedError, so the upload is aborted and the

@@ -81,17 +81,44 @@ def trailer_name(bundle_id: str) -> str:
     return f"{MANIFEST_DIR}/{bundle_id}.end"
 
 
+class Writer:
+    """A manifest written line by line as members are packed, into one growing buffer.
+
+    Joining a list of lines held each line, the joined text and its encoded copy at once:
+    on a pack of 6,600 tiny files that was ~14 MiB for a 4.4 MiB manifest.
+    """
+
+    def __init__(self, plan: BundlePlan, *, created: str | None = None,
+                 retention: dict[str, Any] | None = None) -> None:
+        doc: dict[str, Any] = {"format": FORMAT, "key": plan.key, "kind": plan.kind,
+                               "group": plan.group, "bundle_id": plan.bundle_id,
+                               "created": created or now_iso()}
+        if retention:
+            doc["retention"] = retention
+        self.buf = bytearray(json.dumps(doc, ensure_ascii=True)[:-1].encode())
+        self.buf += b',\n"members": [\n'
+        self.members = 0
+
+    def add(self, line: str) -> None:
+        """One member, already JSON (`member_line`)."""
+        if self.members:
+            self.buf += b",\n"
+        self.buf += line.encode("ascii")
+        self.members += 1
+
+    def finish(self) -> bytearray:
+        self.buf += b"\n]}\n"
+        return self.buf
+
+
 def build(plan: BundlePlan, members: list[str], *, created: str | None = None,
           retention: dict[str, Any] | None = None) -> bytes:
     """The manifest: a header object (with the object's retention lock, if any), then one
     member (already JSON) per line."""
-    doc: dict[str, Any] = {"format": FORMAT, "key": plan.key, "kind": plan.kind,
-                           "group": plan.group, "bundle_id": plan.bundle_id,
-                           "created": created or now_iso()}
-    if retention:
-        doc["retention"] = retention
-    head = json.dumps(doc, ensure_ascii=True)
-    return (head[:-1] + ',\n"members": [\n' + ",\n".join(members) + "\n]}\n").encode()
+    out = Writer(plan, created=created, retention=retention)
+    for line in members:
+        out.add(line)
+    return bytes(out.finish())
 
 
 def parse(data: bytes) -> dict[str, Any]:

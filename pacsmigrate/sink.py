@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 
-from . import faults
+from . import alloc, faults
 from .backends import Backend
 from .backends.limits import planned_requests
 from .bundle import Known, tar_size
@@ -38,16 +38,25 @@ def requests_for(plan: BundlePlan, *, scheme: str, part_size: int) -> int:
     return planned_requests(scheme, plan.size, part_size=part_size) + (plan.kind == FILE)
 
 
+# What a member costs a plan in flight beside its bytes: its Member and Entry with their
+# strings (path, digest, UIDs) and its manifest line. Measured (tracemalloc) on a pack of
+# 6,600 files of 1.2 KiB: 2.0 KiB a member, more than the file's own bytes.
+MEMBER_COST = 2 << 10
+
+
 def held_in_flight(plan: BundlePlan, *, part: int, concurrency: int) -> int:
-    """The file data storing the plan holds at most: its members read at the start and the
-    part joined from them (both are alive while it is built; glibc then keeps the members'
-    freed buffers, so the budget counts both), and for files read as it is packed, the
-    largest of them; a large file streamed alone holds its parts in flight."""
+    """The memory storing the plan holds at most: its members read at the start and the
+    parts they are copied into (a member's bytes go as they are copied, the parts stay
+    until sent, up to concurrency + 1 of them: the next is built while others are in
+    flight), what each member costs beside its bytes, and for files read as it is packed,
+    the largest of them. A large file streamed alone holds its parts in flight."""
+    window = part * (concurrency + 1)
     if plan.kind == FILE:
-        return min(plan.size, part * (concurrency + 1))
+        return min(plan.size, window)
     held = sum(m.size for m in plan.members if m.data is not None)
     later = [m.size for m in plan.members if m.data is None]
-    return held + min(tar_size(plan), part) + (max(later) if later else 0)
+    return (held + min(tar_size(plan), window) + (max(later) if later else 0)
+            + MEMBER_COST * len(plan.members))
 
 
 # A plan -> the storage class it goes to (None: the store's default).
@@ -168,6 +177,7 @@ class StoreSink(Sink):
         # whose upload was aborted because they changed while being sent.
         self.moved: list[Member] = []
         self.changing: dict[bytes, Member] = {}  # uploads aborted as the file changed
+        alloc.tune()  # part buffers come and go: glibc is to unmap them, not keep them
 
     async def put(self, plan: BundlePlan) -> None:
         self._raise()
@@ -206,6 +216,7 @@ class StoreSink(Sink):
                 self.in_flight -= 1
                 self.in_flight_bytes -= held
                 self.room.notify_all()
+            alloc.release()
 
     async def _store(self, plan: BundlePlan) -> None:
         expect = None

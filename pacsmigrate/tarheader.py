@@ -56,6 +56,9 @@ def tar_header(name: str, size: int, mtime: int) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
+_PADS = tuple(ZEROS[:n] for n in range(BLOCK))  # shared: a member's padding allocates nothing
+
+
 def pad(size: int) -> bytes:
     """Zeros that bring a member's data to a whole number of blocks."""
-    return ZEROS[:-size % BLOCK]
+    return _PADS[-size % BLOCK]

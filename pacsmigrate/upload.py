@@ -12,6 +12,7 @@ import blake3
 
 from . import faults, manifest
 from .backends.base import Backend, ObjectInfo, one_chunk
+from .backends.body import Buffer
 from .bundle import Built, Known, file_parts, tar_parts
 from .errors import BackendError, ObjectExistsError, SourceChangedError
 from .keys import sidecar_key
@@ -25,7 +26,7 @@ INLINE_MAX = 1 << 20  # bundles this small, all in memory, are packed on the eve
 LEGACY_TAIL = 8 << 20
 
 
-async def _parts(gen: Iterator[bytes], first: bytes, pool: Executor) -> AsyncIterator[bytes]:
+async def _parts(gen: Iterator[Buffer], first: Buffer, pool: Executor) -> AsyncIterator[Buffer]:
     loop = asyncio.get_running_loop()
     yield first
     faults.point("mid-upload")
@@ -33,7 +34,7 @@ async def _parts(gen: Iterator[bytes], first: bytes, pool: Executor) -> AsyncIte
         yield chunk
 
 
-async def _listed(chunks: list[bytes]) -> AsyncIterator[bytes]:
+async def _listed(chunks: list[Buffer]) -> AsyncIterator[Buffer]:
     for i, chunk in enumerate(chunks):
         if i == 1:
             faults.point("mid-upload")
@@ -94,7 +95,7 @@ def _stored(plan: BundlePlan, info: ObjectInfo, created: str, entries: list[Entr
                         created, tuple(entries), adopted, retention)
 
 
-async def save_sidecar(backend: Backend, key: str, doc: bytes) -> None:
+async def save_sidecar(backend: Backend, key: str, doc: Buffer) -> None:
     """The manifest beside a raw object (a tar bundle carries its own)."""
     try:
         await backend.save(sidecar_key(key), one_chunk(doc), metadata=META)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 import tarfile
@@ -13,7 +14,7 @@ import pytest
 from helpers import call_unblocked
 
 from pacsmigrate import manifest
-from pacsmigrate.bundle import Built, file_parts, tar_parts
+from pacsmigrate.bundle import Built, _Parts, file_parts, tar_parts
 from pacsmigrate.config import Destination
 from pacsmigrate.errors import SourceChangedError, SourceError
 from pacsmigrate.keys import assign_key, new_secret
@@ -321,3 +322,20 @@ def test_file_parts_vanished(samples: Path, tmp_path: Path) -> None:
     result = Built()
     assert list(file_parts(plan, result, part_size=PART, secret=SECRET)) == []
     assert result.problems == [Problem(path, "vanished before packing")]
+
+
+@pytest.mark.parametrize("bound", [0, 1000, 10_000, 1 << 20])
+def test_parts_cut_exactly_and_are_never_written_again(bound: int) -> None:
+    """Pieces of any size go into parts of exactly part_size (the last one shorter), each
+    byte copied once; the bound is only a size hint (a part grows past it, a tar whose
+    non-ASCII names took more than tar_size counted); a part yielded is never changed."""
+    rng = random.Random(7)
+    pieces = [rng.randbytes(rng.choice([0, 1, 511, 512, 1208, 4095, 4096, 9000]))
+              for _ in range(300)]
+    cut = _Parts(PART, bound)
+    out = [p for piece in pieces for p in cut.add(piece)] + list(cut.rest())
+    kept = [bytes(p) for p in out]
+    assert b"".join(out) == b"".join(pieces)
+    assert all(len(p) == PART for p in out[:-1]) and 0 < len(out[-1]) <= PART
+    assert cut.offset == sum(map(len, pieces))
+    assert [bytes(p) for p in out] == kept  # the buffers were not reused
