@@ -288,6 +288,10 @@ def stream_section(ctx: Ctx, res: ScaleRuns) -> Section:
            + ", ".join(f"{p.timed.wall:.1f}" for p in packs)
            + " s (the table gives the median run)."] if len(packs) > 1 else []), "",
         f"Time from process start to the first object acknowledged: {'; '.join(firsts)}.", "",
+        ("Peak RssAnon (process and children, sampled every 50 ms) of the full runs: "
+         f"{res.real.variant.name} {_peak_mb(res.real, 'RssAnon'):,.0f} MB; "
+         f"{PM_PACK_REPORT.name} "
+         + ", ".join(f"{_peak_mb(p, 'RssAnon'):,.0f}" for p in packs) + " MB."), "",
         (f"Objects holding each study's files (mean over studies, from the index): "
          f"{res.real.variant.name} {res.real.tars / res.tree.studies:.2f} (.tar per study); "
          f"{packed.variant.name} {packed.spread:.2f}."
