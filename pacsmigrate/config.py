@@ -262,7 +262,7 @@ class MigrateConfig:
     scan_threads: int = 16
     read_threads: int = 8
     header_bytes: int = 32 * KiB
-    memory: int = 512 * MiB  # file data held by open bundles and uploads in flight
+    memory: int = 512 * MiB  # held by open bundles and uploads in flight (sink, group)
     hold_max: int = 2 * MiB  # files up to this size are read whole once and carried
     report_path: Path | None = None
     progress: bool = True

@@ -26,12 +26,16 @@ from .records import FILE, TAR, BundlePlan, Member
 
 SPILL_FILES = 8  # an early-closed bundle with fewer members is spilled...
 SPILL_BYTES = 8 << 20  # ...when it is also smaller than this
+# What a member held costs beside its bytes: its Member, Described and their strings (path,
+# digest, UIDs). Measured (tracemalloc) on files of 1.2 KiB: 1.2 KiB, as much as their
+# bytes; a budget of file bytes alone let open studies of tiny files hold twice as much.
+MEMBER_HELD = 1280
 
 
 @dataclass(slots=True)
 class _Open:
     plan: BundlePlan
-    held: int = 0  # bytes of member data in memory
+    held: int = 0  # bytes its members hold in memory (data and MEMBER_HELD each)
     last_dir: bytes = b""
     touched: int = 0  # `started` when its last member arrived
     exited: bool = False
@@ -106,9 +110,9 @@ class Grouper:
         b.touched = self.started
         b.last_dir = self.here
         self.by_dir.setdefault(self.here, set()).add(group)
-        if m.data is not None:
-            b.held += m.size
-            self.held += m.size
+        cost = MEMBER_HELD + (m.size if m.data is not None else 0)
+        b.held += cost
+        self.held += cost
         while self.held > self.memory and len(self.open) > 1:
             self._close(next(iter(self.open)), out, early=True)
         self._close_idle(out)

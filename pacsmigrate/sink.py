@@ -15,6 +15,7 @@ from .bundle import Known, tar_size
 from .checkpoint import Checkpoint
 from .commit import GroupWriter
 from .costs import NO_PRICES, PriceTable, Tally, as_json, describe, estimate
+from .group import MEMBER_HELD
 from .progress import Bar
 from .records import FILE, TAR, BundlePlan, Entry, Member, Stored, StoredObject
 from .stats import Stats
@@ -38,10 +39,10 @@ def requests_for(plan: BundlePlan, *, scheme: str, part_size: int) -> int:
     return planned_requests(scheme, plan.size, part_size=part_size) + (plan.kind == FILE)
 
 
-# What a member costs a plan in flight beside its bytes: its Member and Entry with their
-# strings (path, digest, UIDs) and its manifest line. Measured (tracemalloc) on a pack of
-# 6,600 files of 1.2 KiB: 2.0 KiB a member, more than the file's own bytes.
-MEMBER_COST = 2 << 10
+# What a member costs a plan in flight beside its bytes: what it held in the grouper, and
+# its Entry and manifest line. Measured (tracemalloc) on a pack of 6,600 files of 1.2 KiB:
+# 2.0 KiB a member, more than the file's own bytes.
+MEMBER_COST = MEMBER_HELD + 768
 
 
 def held_in_flight(plan: BundlePlan, *, part: int, concurrency: int) -> int:

@@ -3,7 +3,7 @@ memory; small early closes spill; the same input always gives the same plans."""
 
 from __future__ import annotations
 
-from pacsmigrate.group import SPILL_FILES, Closed, Grouper
+from pacsmigrate.group import MEMBER_HELD, SPILL_FILES, Closed, Grouper
 from pacsmigrate.records import FILE, TAR, Described, Member
 
 MiB = 1 << 20
@@ -111,3 +111,19 @@ def test_same_input_same_plans() -> None:
     assert [[f.path for f in p.members] for p in runs[0].plans] == [
         [f.path for f in p.members] for p in runs[1].plans]
     assert [f.path for f in runs[0].spill] == [f.path for f in runs[1].spill]
+
+
+def test_memory_counts_what_a_member_costs_beside_its_bytes() -> None:
+    """Tiny files: 5 + 20 files of 100 bytes are 2,500 bytes of data but hold ~34 KiB; a
+    20,000-byte budget closes study a (early and small: spilled) while b comes in."""
+    files = [m("/d/a", f"a{i}", "a", 100) for i in range(5)]
+    files += [m("/d/b", f"b{i}", "b", 100) for i in range(20)]
+    assert sum(f.size for f in files) < 20_000 < len(files) * MEMBER_HELD
+    out = feed(grouper(memory=20_000, patience=100), files)
+    assert names(out.spill) == [f"a{i}" for i in range(5)]
+    assert [(p.group[0], len(p.members)) for p in out.plans] == [("b", 20)]
+    # Files read later (no bytes held) still cost their records.
+    for f in files:
+        f.data = None
+    out = feed(grouper(memory=30_000, patience=100), files)
+    assert names(out.spill) == [f"a{i}" for i in range(5)]

@@ -61,7 +61,8 @@ DEFAULT_STATS_INTERVAL = 60.0  # seconds, when stderr is not a terminal
 @click.option("--read-threads", default=8, show_default=True, type=click.IntRange(1, 256),
               help="Source files read at once (more hide NAS latency).")
 @click.option("--memory", default="512MiB", show_default=True, callback=size_option,
-              help="File data held in open bundles and uploads in flight.")
+              help="Memory held by open bundles and uploads in flight: file bytes, "
+                   "and ~1-2 KiB a file for its records.")
 @click.option("--checksum", type=click.Choice(["md5", "crc32"]), default="md5",
               show_default=True,
               help="What the store checks each bundle's bytes with: md5 (Content-MD5, every "
