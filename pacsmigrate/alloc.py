@@ -15,7 +15,6 @@ memory budget does not depend on this.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import time
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
@@ -25,7 +24,7 @@ RELEASE_EVERY = 1.0  # seconds between two releases at most
 
 def _glibc() -> ctypes.CDLL | None:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)  # the process's own symbols: its C library's among them
         libc.gnu_get_libc_version  # noqa: B018 (only glibc has it)
         libc.malloc_trim  # noqa: B018
         libc.mallopt  # noqa: B018

@@ -78,27 +78,26 @@ class _Parts:
         self.offset = 0
 
     def add(self, data: bytes | bytearray | memoryview) -> Iterator[bytearray | memoryview]:
-        n = len(data)
-        end = self.filled + n
-        if end <= len(self.buf) and end < self.part_size:  # the common case: it fits
-            self.buf[self.filled:end] = data
-            self.filled = end
-            self.offset += n
+        end = self.filled + len(data)
+        if self.buf and end < self.part_size:  # the common case: the part goes on
+            self._copy(data, end)
             return
         view = memoryview(data)
         while view:
             if not self.buf:
                 self.buf = bytearray(min(self.part_size, max(self.bound - self.offset, BLOCK)))
             take = view[:self.part_size - self.filled]
-            end = self.filled + len(take)
-            if end > len(self.buf):  # past the bound (it assumes ASCII paths): grow
-                self.buf.extend(bytes(end - len(self.buf)))
-            self.buf[self.filled:end] = take
-            self.filled = end
-            self.offset += len(take)
+            self._copy(take, self.filled + len(take))
             view = view[len(take):]
             if self.filled == self.part_size:
                 yield self._take()
+
+    def _copy(self, data: bytes | bytearray | memoryview, end: int) -> None:
+        # Past the buffer's end (a name that outran the bound, which assumes ASCII paths)
+        # the slice assignment grows it.
+        self.buf[self.filled:end] = data
+        self.offset += end - self.filled
+        self.filled = end
 
     def _take(self) -> bytearray | memoryview:
         buf, filled = self.buf, self.filled
