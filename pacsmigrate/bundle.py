@@ -68,11 +68,14 @@ class _Parts:
 
     `bound`: how long the object can grow (tar_size); a part's buffer is never larger than
     what is left of it. A yielded part is never written again (a retry sends it again).
+    `take(n)`: a buffer for a part (partbuf: one used before only once nothing refers to it).
     """
 
-    def __init__(self, part_size: int, bound: int) -> None:
+    def __init__(self, part_size: int, bound: int,
+                 take: Callable[[int], bytearray] = bytearray) -> None:
         self.part_size = part_size
         self.bound = bound
+        self.take = take
         self.buf = bytearray()
         self.filled = 0
         self.offset = 0
@@ -85,7 +88,7 @@ class _Parts:
         view = memoryview(data)
         while view:
             if not self.buf:
-                self.buf = bytearray(min(self.part_size, max(self.bound - self.offset, BLOCK)))
+                self.buf = self.take(min(self.part_size, max(self.bound - self.offset, BLOCK)))
             take = view[:self.part_size - self.filled]
             self._copy(take, self.filled + len(take))
             view = view[len(take):]
@@ -190,7 +193,8 @@ def _copy(built: Built, lines: manifest.Writer, m: Member, now: Member,
 
 def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
               expect: dict[bytes, str] | None = None, known: Known | None = None,
-              compress: str = "") -> Iterator[bytearray | memoryview]:
+              compress: str = "", take: Callable[[int], bytearray] = bytearray
+              ) -> Iterator[bytearray | memoryview]:
     """Yield the bundle in part_size pieces; fill `built` as members are written.
 
     Each member's bytes were read whole between two equal fstat()s before its header goes
@@ -199,8 +203,9 @@ def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
     A member whose content is known, or is in this bundle already, is not written again:
     its manifest line names the object that holds it (`duplicate_of`). `compress` "zstd":
     members with uncompressed pixels stored as zstd frames where smaller (encoding.py).
+    `take(n)`: a buffer for a part of about n bytes (partbuf.Lease.take: used again).
     """
-    parts = _Parts(part_size, tar_size(plan))
+    parts = _Parts(part_size, tar_size(plan), take)
     lines = manifest.Writer(plan, created=built.created, retention=built.retention)
     here: dict[str, tuple[int, int, str]] = {}  # content here: blake3 -> offset, length, enc
     packer = Compressor() if compress else None

@@ -16,6 +16,7 @@ from .checkpoint import Checkpoint
 from .commit import GroupWriter
 from .costs import NO_PRICES, PriceTable, Tally, as_json, describe, estimate
 from .group import MEMBER_HELD
+from .partbuf import Lease, PartBuffers
 from .progress import Bar
 from .records import FILE, TAR, BundlePlan, Entry, Member, Stored, StoredObject
 from .stats import Stats
@@ -45,19 +46,23 @@ def requests_for(plan: BundlePlan, *, scheme: str, part_size: int) -> int:
 MEMBER_COST = MEMBER_HELD + 768
 
 
+def parts_held(plan: BundlePlan, *, part: int, concurrency: int) -> int:
+    """The part buffers a tar plan holds at most: its parts stay until sent, up to
+    concurrency + 1 of them (the next is built while others are in flight)."""
+    return 0 if plan.kind == FILE else min(tar_size(plan), part * (concurrency + 1))
+
+
 def held_in_flight(plan: BundlePlan, *, part: int, concurrency: int) -> int:
     """The memory storing the plan holds at most: its members read at the start and the
-    parts they are copied into (a member's bytes go as they are copied, the parts stay
-    until sent, up to concurrency + 1 of them: the next is built while others are in
-    flight), what each member costs beside its bytes, and for files read as it is packed,
-    the largest of them. A large file streamed alone holds its parts in flight."""
-    window = part * (concurrency + 1)
+    parts they are copied into (a member's bytes go as they are copied), what each member
+    costs beside its bytes, and for files read as it is packed, the largest of them. A
+    large file streamed alone holds its parts in flight."""
     if plan.kind == FILE:
-        return min(plan.size, window)
+        return min(plan.size, part * (concurrency + 1))
     held = sum(m.size for m in plan.members if m.data is not None)
     later = [m.size for m in plan.members if m.data is None]
-    return (held + min(tar_size(plan), window) + (max(later) if later else 0)
-            + MEMBER_COST * len(plan.members))
+    return (held + parts_held(plan, part=part, concurrency=concurrency)
+            + (max(later) if later else 0) + MEMBER_COST * len(plan.members))
 
 
 # A plan -> the storage class it goes to (None: the store's default).
@@ -169,7 +174,8 @@ class StoreSink(Sink):
         self.room = asyncio.Condition()
         self.concurrency = concurrency
         self.objects_max = 2 * concurrency  # packing overlaps the requests of others
-        self.memory_max = memory
+        self.memory_max = memory  # in flight and idle part buffers together
+        self.buffers = PartBuffers()
         self.in_flight = 0
         self.in_flight_bytes = 0
         self.tasks: set[asyncio.Task[None]] = set()
@@ -182,18 +188,23 @@ class StoreSink(Sink):
 
     async def put(self, plan: BundlePlan) -> None:
         self._raise()
-        held = held_in_flight(plan, part=self.backend.part_size(plan.size),
-                              concurrency=self.concurrency)
+        part = self.backend.part_size(plan.size)
+        held = held_in_flight(plan, part=part, concurrency=self.concurrency)
+        parts = parts_held(plan, part=part, concurrency=self.concurrency)
         async with self.room:
             await self.room.wait_for(lambda: self.error is not None or (
                 self.in_flight < self.objects_max
                 and (self.in_flight_bytes + held <= self.memory_max or not self.in_flight)))
             self._raise()
+            # Idle part buffers serve it where they fit (a longer one counts in full); the
+            # others go if the budget needs their room.
+            lease = self.buffers.reserve(parts, min(part, parts))
+            held += max(0, lease.bytes - parts)
             self.in_flight += 1
             self.in_flight_bytes += held
+            self.buffers.shrink(self.memory_max - self.in_flight_bytes)
         self._count(plan)
-        # Write-ahead before any byte of it is sent (a batch shares one transaction).
-        task = asyncio.create_task(self._one(plan, held))
+        task = asyncio.create_task(self._one(plan, held, lease))
         self.tasks.add(task)
         task.add_done_callback(self._done)
 
@@ -206,20 +217,21 @@ class StoreSink(Sink):
         if not task.cancelled() and task.exception() is not None and self.error is None:
             self.error = task.exception()
 
-    async def _one(self, plan: BundlePlan, held: int) -> None:
+    async def _one(self, plan: BundlePlan, held: int, lease: Lease) -> None:
         try:
             # Write-ahead before any byte of it is sent (plans share transactions).
             await self.intents.put(plan)
             faults.point("after-intent")
-            await self._store(plan)
+            await self._store(plan, lease)
         finally:
+            self.buffers.give(lease)
             async with self.room:
                 self.in_flight -= 1
                 self.in_flight_bytes -= held
                 self.room.notify_all()
             alloc.release()
 
-    async def _store(self, plan: BundlePlan) -> None:
+    async def _store(self, plan: BundlePlan, lease: Lease) -> None:
         expect = None
         if self.expect:
             got = await self.cp.call(self.cp.planned_hashes, [m.path for m in plan.members])
@@ -229,7 +241,7 @@ class StoreSink(Sink):
                                     expect=expect, storage_class=self.storage_class(plan),
                                     locks=self.locks(plan) if self.locks else None,
                                     known=self._known(plan) if self.dedup else None,
-                                    compress=self.compress)
+                                    compress=self.compress, take=lease.take)
         s = self.stats
         if stored is None:
             await self.cp.call(self.cp.drop_intent, plan.key)
@@ -292,6 +304,10 @@ class StoreSink(Sink):
         while self.tasks:
             await asyncio.wait(set(self.tasks))
         self.stats.commit_transactions = self.commits.transactions
+        b = self.buffers
+        log.info("part buffers: %d allocated, %d parts copied into one used before, "
+                 "%d reserved for a plan, %d bytes idle", b.made, b.reused, b.reserved,
+                 b.idle_bytes)
         self._raise()
 
     async def cancel(self) -> None:

@@ -4,7 +4,7 @@ the objects a killed run left behind."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import Executor
 from typing import Any
 
@@ -44,15 +44,17 @@ async def _listed(chunks: list[Buffer]) -> AsyncIterator[Buffer]:
 async def store(plan: BundlePlan, backend: Backend, pool: Executor, *, secret: bytes,
                 expect: dict[bytes, str] | None = None, storage_class: str | None = None,
                 locks: Mapping[str, str] | None = None, known: Known | None = None,
-                compress: str = "") -> tuple[StoredObject | None, Built]:
+                compress: str = "", take: Callable[[int], bytearray] = bytearray
+                ) -> tuple[StoredObject | None, Built]:
     """Pack and store one plan. None when no member could be packed (all moved/vanished).
 
     Source reads run in `pool`; at most a few parts per object are in memory at once.
+    `take(n)`: a buffer for a tar part of about n bytes (see tar_parts).
     """
     built = Built(retention=manifest_fields(locks))
     part_size = backend.part_size(plan.size)
     gen = tar_parts(plan, built, part_size=part_size, secret=secret, expect=expect,
-                    known=known, compress=compress) if plan.kind == TAR else file_parts(
+                    known=known, compress=compress, take=take) if plan.kind == TAR else file_parts(
         plan, built, part_size=part_size, secret=secret, expect=expect)
     meta = {**META, "pacsmigrate-kind": plan.kind}
     if storage_class:
