@@ -187,6 +187,10 @@ class Checkpoint(MergeTables, RepairTables, RunsTable, SpillTable, PlanTable, Re
                 txn.put(key, json.dumps(rows.object_json(obj, number)).encode(),
                         db=self.db["objects"])
                 lock = lock_of(obj.retention)
+                # Only files of studies with files in the spill can be there (one lookup a
+                # study, not one a file).
+                spilled_here = self.spilled_in(txn, {e.about.group for e in obj.entries}) \
+                    if spilled else set()
                 for e in obj.entries:
                     k = path_key(e.path)
                     if e.duplicate_of:
@@ -202,13 +206,14 @@ class Checkpoint(MergeTables, RepairTables, RunsTable, SpillTable, PlanTable, Re
                         dedup[1] += e.length
                     if e.about.sop_uid:
                         uid = rows.packed_uid(e.about.sop_uid)[:500]
-                        self._same_sop(txn, e, txn.get(uid, db=sop))
-                        txn.put(uid, e.path, db=sop)
+                        if not txn.put(uid, e.path, db=sop, overwrite=False):
+                            self._same_sop(txn, e, txn.get(uid, db=sop))
+                            txn.put(uid, e.path, db=sop)
                     if troubled:
                         txn.delete(k, db=problems)
                     if planned:
                         txn.delete(k, db=plan)
-                    if spilled:
+                    if e.about.group in spilled_here:
                         txn.delete(spill_key(e.about.group, e.path), db=self.db["spill"])
                 txn.delete(key, db=self.db["intents"])
                 # The studies it holds (a pack holds several).

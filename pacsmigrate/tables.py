@@ -115,13 +115,17 @@ class SpillTable:
 
     def spilled_groups(self, groups: Iterable[str]) -> set[str]:
         """Which of these groups have spilled files."""
-        found = set()
         with self.env.begin(db=self.db["spill"]) as txn:
-            cur = txn.cursor()
-            for g in groups:
-                prefix = g.encode() + b"\0"
-                if cur.set_range(prefix) and bytes(cur.key()).startswith(prefix):
-                    found.add(g)
+            return self.spilled_in(txn, groups)
+
+    def spilled_in(self, txn: lmdb.Transaction, groups: Iterable[str]) -> set[str]:
+        """spilled_groups within a transaction."""
+        found = set()
+        cur = txn.cursor(db=self.db["spill"])
+        for g in groups:
+            prefix = g.encode() + b"\0"
+            if cur.set_range(prefix) and bytes(cur.key()).startswith(prefix):
+                found.add(g)
         return found
 
     def spill_after(self, after: bytes, limit: int) -> list[tuple[bytes, Member]]:
@@ -234,13 +238,15 @@ class ContentTable:
         if alone:
             txn.put(_SIZE_KEY + struct.pack("<Q", e.size), b"", db=self.db["content"])
         digest = bytes.fromhex(e.blake3)
+        row = _WHERE.pack(number, e.offset, e.length, bool(e.encoding), *lock)
+        # New content, the usual case: one call (each LMDB call hands the GIL around).
+        if txn.put(digest, row, db=self.db["content"], overwrite=False):
+            return
         old = txn.get(digest, db=self.db["content"])
-        if old is not None:
-            had = _WHERE.unpack(old)[4:]
-            if not covers(lock, had) or lock == had:
-                return
-        txn.put(digest, _WHERE.pack(number, e.offset, e.length, bool(e.encoding), *lock),
-                db=self.db["content"])
+        assert old is not None  # it was there a moment ago, in this transaction
+        had = _WHERE.unpack(old)[4:]
+        if covers(lock, had) and lock != had:
+            txn.put(digest, row, db=self.db["content"])
 
 
 def renumbered_content(key: bytes, raw: bytes | memoryview, number: Callable[[int], int]
