@@ -41,7 +41,7 @@ class PartBuffers:
     def reserve(self, total: int, size: int) -> Lease:
         """A lease holding an idle buffer for each part of `size` bytes of `total` bytes
         of parts, as far as idle buffers fit (the lease's `bytes` says how much)."""
-        lease = Lease(self)
+        lease = Lease()
         if total <= 0:
             return lease
         with self._lock:
@@ -77,8 +77,7 @@ class PartBuffers:
 class Lease:
     """The part buffers of one plan: those reserved for it and those its parts filled."""
 
-    def __init__(self, pool: PartBuffers | None = None) -> None:
-        self.pool = pool
+    def __init__(self) -> None:
         self.bufs: list[bytearray] = []
         self.closed = False
         self.lock = threading.Lock()
