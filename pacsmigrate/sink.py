@@ -196,8 +196,8 @@ class StoreSink(Sink):
                 self.in_flight < self.objects_max
                 and (self.in_flight_bytes + held <= self.memory_max or not self.in_flight)))
             self._raise()
-            # Idle part buffers serve it where they fit (a longer one counts in full); the
-            # others go if the budget needs their room.
+            # Idle part buffers serve it where they fit (what they hold beyond its estimate
+            # is added to it); the others go if the budget needs their room.
             lease = self.buffers.reserve(parts, min(part, parts))
             held += max(0, lease.bytes - parts)
             self.in_flight += 1
