@@ -261,6 +261,7 @@ class MigrateConfig:
     transfer: TransferConfig = field(default_factory=TransferConfig)
     scan_threads: int = 16
     read_threads: int = 8
+    read_process: str = "auto"  # walk and read in a child process: auto, on, off (readproc.py)
     header_bytes: int = 32 * KiB
     memory: int = 512 * MiB  # held by open bundles and uploads in flight (sink, group)
     hold_max: int = 2 * MiB  # files up to this size are read whole once and carried
@@ -281,6 +282,9 @@ class MigrateConfig:
     pack: int = 0  # --pack: studies smaller than this share objects of up to it (pack.py)
 
     def __post_init__(self) -> None:
+        if self.read_process not in ("auto", "on", "off"):
+            raise ConfigError(f"--read-process must be auto, on or off, not "
+                              f"{self.read_process!r}")
         if not self.sources:
             raise ConfigError("give at least one SOURCE directory")
         for src in self.sources:

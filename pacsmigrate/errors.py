@@ -8,6 +8,7 @@
     ├── NotInIndexError        no index row for that path or SOPInstanceUID
     ├── SourceError            a source file could not be read as planned (carries .path)
     │   └── SourceChangedError the file changed while it was being read
+    ├── ReadProcessError       the read process (--read-process) failed or died
     └── BackendError           the store refused or failed a request (carries .key)
         ├── PermanentBackendError  retrying cannot help (403, NoSuchBucket, bad digest)
         │   ├── ObjectNotFoundError    the key does not exist
@@ -55,6 +56,10 @@ class SourceError(PacsMigrateError):
 
 class SourceChangedError(SourceError):
     """The source file's size or mtime changed while it was being read."""
+
+
+class ReadProcessError(PacsMigrateError):
+    """The read process (`--read-process`) failed or stopped before the walk was done."""
 
 
 class BackendError(PacsMigrateError):

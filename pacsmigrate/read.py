@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import blake3
 
-from .checkpoint import Checkpoint
 from .classify import describe
 from .filters import EVERYTHING, Filters
 from .header import Header, parse
@@ -23,6 +23,12 @@ from .source import HASH_CHUNK, open_checked, read_exact, read_whole
 READ_ATTEMPTS = 3
 VANISHED = "vanished before read"
 KEPT_CHANGING = "kept changing while being read"
+
+
+class Recorded(Protocol):
+    """What the index recorded of files (Checkpoint, or readproc.IndexLookup)."""
+
+    def migrated(self, paths: list[bytes]) -> list[tuple[int, int] | None]: ...
 
 
 @dataclass(frozen=True)
@@ -55,7 +61,7 @@ class ReadResult:
 
 
 def read_files(directory: bytes, names: list[bytes], opts: ReadOptions,
-               cp: Checkpoint | None = None, *, budget: int | None = None) -> ReadResult:
+               cp: Recorded | None = None, *, budget: int | None = None) -> ReadResult:
     """Read the named files of one directory (runs in a pool thread).
 
     Stops once `budget` bytes (default: opts.budget) are held; `rest` names the others.

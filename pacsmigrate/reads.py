@@ -13,13 +13,12 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-from .checkpoint import Checkpoint
 from .clock import IOWait
-from .read import ReadOptions, ReadResult, read_files
+from .read import ReadOptions, ReadResult, Recorded, read_files
 from .records import Problem
 from .shard import Shard, pruner, root_of
 from .walk import Listing, Walker
@@ -51,7 +50,7 @@ class Job:
     cpu: float = 0.0
 
 
-def read_slices(slices: list[Slice], opts: ReadOptions, cp: Checkpoint | None) -> Job:
+def read_slices(slices: list[Slice], opts: ReadOptions, cp: Recorded | None) -> Job:
     """Read slices in order until the byte budget is spent."""
     waited, cpu = IOWait(), time.thread_time()
     results: list[ReadResult] = []
@@ -115,8 +114,8 @@ class Mode:
 
 
 async def read_tree(roots: Sequence[bytes], pool: Executor, opts: ReadOptions,
-                    cp: Checkpoint | None, *, jobs: int, walk_threads: int = 16,
-                    shard: Shard | None = None) -> AsyncIterator[ReadResult]:
+                    cp: Recorded | None, *, jobs: int, walk_threads: int = 16,
+                    shard: Shard | None = None) -> AsyncGenerator[ReadResult, None]:
     """Every file under roots read, as ReadResults in walk order.
 
     In the pool up to `jobs` jobs are read at once; the results are handed on in walk

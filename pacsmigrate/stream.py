@@ -12,7 +12,9 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import AsyncGenerator
 from concurrent.futures import Executor
+from contextlib import aclosing
 from dataclasses import dataclass
 
 from . import faults
@@ -23,7 +25,8 @@ from .keys import assign_key
 from .pack import OPEN_PACKS, Packer
 from .planpolicy import PlanPolicy
 from .progress import Bar
-from .read import KEPT_CHANGING, ReadOptions
+from .read import KEPT_CHANGING, ReadOptions, ReadResult
+from .readproc import read_tree_apart, wanted
 from .reads import in_shard, read_tree
 from .records import FILE, TAR, BundlePlan, Member, Problem
 from .retention import covers, lock_of, manifest_fields
@@ -122,37 +125,48 @@ class SourceStream:
         cp = self.cp
         s = self.stats
         last, here = b"", [0, 0]
-        async for result in read_tree(roots, self.pool, opts, cp,
-                                      jobs=2 * self.cfg.read_threads, shard=shard):
-            s.files_seen += result.listed
-            s.bytes_seen += result.seen_bytes
-            s.already_migrated += result.migrated
-            if result.filtered:
-                s.filtered.update(result.filtered)
-            s.classified += len(result.members)
-            for m in result.members:
-                if m.about.reason:
-                    s.unsorted[m.about.reason] += 1
-            s.count_problems(result.problems)
-            problems += result.problems
-            out = Closed()
-            if result.listed:  # a sample's spread: files and bytes by folder
-                if result.directory != last:
-                    s.fold_folder(here)
-                    here = [0, 0]
-                    last = result.directory
-                here[0] += result.listed
-                here[1] += result.seen_bytes
-            grouper.enter(result.directory, out)
-            for m in result.members:
-                grouper.add(m, out)
-            await self.emit(out)
-            if len(problems) >= SPILL_BATCH:
-                await cp.call(cp.record_problems, problems[:])
-                problems.clear()
-            bar.update(files=result.seen, nbytes=result.seen_bytes)
-            faults.point("mid-catalogue")
+        async with aclosing(self.sources(roots, opts, shard)) as results:
+            async for result in results:
+                s.files_seen += result.listed
+                s.bytes_seen += result.seen_bytes
+                s.already_migrated += result.migrated
+                if result.filtered:
+                    s.filtered.update(result.filtered)
+                s.classified += len(result.members)
+                for m in result.members:
+                    if m.about.reason:
+                        s.unsorted[m.about.reason] += 1
+                s.count_problems(result.problems)
+                problems += result.problems
+                out = Closed()
+                if result.listed:  # a sample's spread: files and bytes by folder
+                    if result.directory != last:
+                        s.fold_folder(here)
+                        here = [0, 0]
+                        last = result.directory
+                    here[0] += result.listed
+                    here[1] += result.seen_bytes
+                grouper.enter(result.directory, out)
+                for m in result.members:
+                    grouper.add(m, out)
+                await self.emit(out)
+                if len(problems) >= SPILL_BATCH:
+                    await cp.call(cp.record_problems, problems[:])
+                    problems.clear()
+                bar.update(files=result.seen, nbytes=result.seen_bytes)
+                faults.point("mid-catalogue")
         s.fold_folder(here)
+
+    def sources(self, roots: list[bytes], opts: ReadOptions, shard: Shard | None
+                ) -> AsyncGenerator[ReadResult, None]:
+        """The files read, in walk order: by a read process of their own (readproc.py) or
+        by this one."""
+        cfg = self.cfg
+        jobs = 2 * cfg.read_threads
+        if wanted(cfg.read_process):
+            return read_tree_apart(roots, opts, state_dir=cfg.state_dir,
+                                   read_threads=cfg.read_threads, jobs=jobs, shard=shard)
+        return read_tree(roots, self.pool, opts, self.cp, jobs=jobs, shard=shard)
 
     async def emit(self, out: Closed) -> None:
         if out.spill:

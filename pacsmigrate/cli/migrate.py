@@ -60,6 +60,11 @@ DEFAULT_STATS_INTERVAL = 60.0  # seconds, when stderr is not a terminal
 @transfer_options
 @click.option("--read-threads", default=8, show_default=True, type=click.IntRange(1, 256),
               help="Source files read at once (more hide NAS latency).")
+@click.option("--read-process", "read_process", type=click.Choice(["auto", "on", "off"]),
+              default="auto", show_default=True,
+              help="Walk and read the sources in a second process, so the run uses two "
+                   "cores (small files: up to ~1.3x the files/s); auto: on when the run "
+                   "may use two CPUs or more.")
 @click.option("--memory", default="512MiB", show_default=True, callback=size_option,
               help="Memory held by open bundles and uploads in flight: file bytes, "
                    "and ~1-2 KiB a file for its records.")
@@ -143,7 +148,8 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
             addressing_style: str | None, sse: str | None,
             sse_kms_key_id: str | None, sse_c_key_file: str | None,
             encryption_scope: str | None, dry_run: bool, sample: str | None, offline: bool,
-            bundle_size: int, large_file: int, pack: int, read_threads: int, memory: int,
+            bundle_size: int, large_file: int, pack: int, read_threads: int,
+            read_process: str, memory: int,
             checksum: str, storage_class: str | None, tier_policy: str | None,
             retain_years: int | None, retention_map: Path | None,
             retention_classes: tuple[str, ...], lock_mode: str, legal_hold: bool, dedup: bool,
@@ -176,7 +182,8 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
         state_dir=state_dir, dry_run=dry_run, offline=offline, preflight=True,
         bundle_size=bundle_size, large_file=large_file, pack=pack,
         transfer=transfer_config(**transfer, checksum=checksum),
-        read_threads=read_threads, memory=memory, report_path=report_path,
+        read_threads=read_threads, read_process=read_process, memory=memory,
+        report_path=report_path,
         tiers=TierPolicy.parse(tier_policy, default=storage_class),
         retention=_retention(retain_years, retention_map, retention_classes, lock_mode,
                              legal_hold),

@@ -133,6 +133,10 @@ def _fresh_target(like: S3Target, suffix: str) -> S3Target:
 # ---------------------------------------------------------------------------------------
 # The static hostile tree
 
+# The tests that hook the read stage's functions in this process read in it too (a read
+# process, --read-process, runs the same code in a child these hooks do not reach).
+HOOKED = "off"
+
 TEXT_NAMES = ["with space.dcm", "-rf.dcm", "quote'\"`$(x).dcm", "back\\slash.dcm",
               "new\nline.dcm", "tab\there.dcm", "日本語の名前.dcm", "UPPER.DCM", ".hidden.dcm"]
 BYTE_NAMES = [b"caf\xe9.dcm", b"\xff\xfe-utf16ish.dcm", b"r\xf6ntgen-\x80\x81.dcm",
@@ -456,7 +460,8 @@ def test_files_vanishing_or_replaced_during_the_scan_and_before_the_read(
         hook.setattr(walk_module, "os", OsProxy(scandir=scandir))
         hook.setattr(reads, "read_files", _before_read(act))
         stats = run(pipeline.migrate(config([tree], moto_s3.url, tmp_path / "state",
-                                            moto_s3.info.endpoint_url, report_path=report)))
+                                            moto_s3.info.endpoint_url, report_path=report,
+                                            read_process=HOOKED)))
     assert actions == {}, "the hooks did not run"
     assert stats.not_migrated == 0
     assert_complete(moto_s3, tmp_path / "state", tree)
@@ -532,7 +537,7 @@ def test_file_replaced_by_a_non_file_is_skipped_not_failed(
 
     report = tmp_path / "report.json"
     cfg = config([tree], moto_s3.url, tmp_path / "state", moto_s3.info.endpoint_url,
-                 report_path=report, hold_max=0)
+                 report_path=report, hold_max=0, read_process=HOOKED)
     with monkeypatch.context() as hook:
         if stage == "before-read":
             hook.setattr(reads, "read_files", _before_read(act))
@@ -576,7 +581,7 @@ def test_files_that_keep_changing_while_read_are_left_for_the_next_run(
 
     state, report = tmp_path / "state", tmp_path / "report.json"
     cfg = config([tree], moto_s3.url, state, moto_s3.info.endpoint_url, report_path=report,
-                 bundle_size=8 * MiB, large_file=4 * MiB)
+                 bundle_size=8 * MiB, large_file=4 * MiB, read_process=HOOKED)
     with monkeypatch.context() as writer:
         writer.setattr(read_module, "os", OsProxy(fstat=writer_on(_abs(small))))
         writer.setattr(bundle, "os", OsProxy(fstat=writer_on(_abs(large))))
@@ -859,7 +864,7 @@ def test_a_failed_file_deleted_before_the_next_run_is_not_pending_forever(
 
     report = tmp_path / "report.json"
     cfg = config([tree], moto_s3.url, tmp_path / "state", moto_s3.info.endpoint_url,
-                 report_path=report)
+                 report_path=report, read_process=HOOKED)
     with monkeypatch.context() as writer:
         writer.setattr(read_module, "os", OsProxy(fstat=fstat))
         assert run(pipeline.migrate(cfg)).not_migrated == 1

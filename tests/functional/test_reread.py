@@ -59,8 +59,9 @@ def test_a_file_changed_once_during_its_read_is_stored_as_reread(
     changes: list[bytes] = []
 
     state, report = tmp_path / "state", tmp_path / "report.json"
+    # The hook is in this process: so is the read (not a --read-process child).
     cfg = config([tree], moto_s3.url, state, moto_s3.info.endpoint_url, report_path=report,
-                 bundle_size=16 * MiB, large_file=8 * MiB)
+                 bundle_size=16 * MiB, large_file=8 * MiB, read_process="off")
     with monkeypatch.context() as writer:
         writer.setattr(module, "os", OsProxy(fstat=_changed_once(victim, new, mtime_ns,
                                                                   changes)))

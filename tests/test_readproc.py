@@ -1,0 +1,184 @@
+"""`--read-process`: the walk and the reads in a child process give what the run would read
+itself; a failed or killed child stops the run with one line and loses nothing; a killed run
+leaves no child behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import re
+import signal
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import S3Target, run_cli
+from helpers import assert_complete
+
+from pacsmigrate import readproc
+from pacsmigrate.config import Destination, MigrateConfig
+from pacsmigrate.errors import ConfigError, ReadProcessError
+from pacsmigrate.filters import Filters
+from pacsmigrate.read import ReadOptions, ReadResult
+from pacsmigrate.readproc import END, FAILED, HEAD, RESULTS, read_tree_apart
+from pacsmigrate.reads import read_tree
+from pacsmigrate.synth import make_tree
+
+KEY = b"k" * 32
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """DICOM studies, files that are not DICOM, a file above hold_max, a symlink."""
+    root = tmp_path_factory.mktemp("readproc") / "src"
+    make_tree(root, studies=12, seed=5, layout="date", scale=0.05)
+    odd = root / "odd"
+    odd.mkdir()
+    for i in range(700):  # more than a frame's files
+        (odd / f"note{i:03d}.txt").write_bytes(b"not dicom %d" % i * (1 + i % 7))
+    (odd / "big.bin").write_bytes(os.urandom(300_000))
+    (root / "link").symlink_to(odd)
+    return root
+
+
+def _fields(results: list[ReadResult]) -> list[Any]:
+    return [(r.directory, [(m.path, m.size, m.mtime_ns, m.blake3, m.data, m.about)
+                           for m in r.members], r.problems, r.listed, r.seen, r.seen_bytes,
+             r.migrated, r.held, dict(r.filtered)) for r in results]
+
+
+def _both(root: Path, opts: ReadOptions, state: Path) -> tuple[list[Any], list[Any]]:
+    roots = [os.fsencode(root)]
+
+    async def here() -> list[ReadResult]:
+        with ThreadPoolExecutor(4) as pool:
+            return [r async for r in read_tree(roots, pool, opts, None, jobs=8)]
+
+    async def apart() -> list[ReadResult]:
+        return [r async for r in read_tree_apart(roots, opts, state_dir=state,
+                                                 read_threads=4, jobs=8)]
+    return (_fields(asyncio.run(asyncio.wait_for(here(), 60))),
+            _fields(asyncio.run(asyncio.wait_for(apart(), 60))))
+
+
+@pytest.mark.parametrize("kind", ["held", "dry-run", "filtered"])
+def test_the_child_reads_what_the_run_would(tree: Path, tmp_path: Path, kind: str) -> None:
+    opts = {"held": ReadOptions(KEY, hold_max=100_000, budget=200_000),
+            "dry-run": ReadOptions(KEY, dry_run=True),
+            "filtered": ReadOptions(KEY, hold_max=100_000,
+                                filters=Filters.parse(exclude=("*/note1*",)))}[kind]
+    here, apart = _both(tree, opts, tmp_path / "state")
+    assert apart == here
+    data = [m[4] for r in apart for m in r[1]]
+    assert len(data) > 600 and any(r[2] for r in apart)  # the symlink's problem came across
+    if kind == "dry-run":
+        assert set(data) == {None}
+    else:  # the files above hold_max are read again when packed
+        assert None in data and any(data)
+    if kind == "filtered":
+        assert sum(sum(r[8].values()) for r in apart) == 100
+
+
+def _frame(kind: int, meta: bytes = b"", body: bytes = b"") -> bytes:
+    return HEAD.pack(kind, len(meta), len(body)) + meta + body
+
+
+def test_frames_cut_anywhere_and_a_failure_reported() -> None:
+    """Bytes as the socket delivers them, one at a time: results, then the child's error."""
+    r = ReadResult(b"/d")
+    bodies: list[bytes] = []
+    from pacsmigrate.records import Described, Member
+    r.members = [Member(b"/d/a", 3, 7, Described("g", study_uid="1.2"), "ab", b"xyz"),
+                 Member(b"/d/b", 9, 8, Described("g"), "", None)]
+    r.listed = r.seen = 2
+    meta = pickle.dumps([readproc._meta(r, bodies)])
+    stream = (_frame(RESULTS, meta, b"".join(bodies))
+              + _frame(FAILED, b"OSError: no more"))
+
+    async def feed() -> list[Any]:
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        frames = readproc._Frames(queue)
+        for i in range(len(stream)):
+            frames.get_buffer(-1)[:1] = stream[i:i + 1]
+            frames.buffer_updated(1)
+        assert len(frames.get_buffer(-1)) > 0  # asyncio refuses an empty buffer
+        return [queue.get_nowait() for _ in range(queue.qsize())]
+    got = asyncio.run(feed())
+    assert len(got) == 2
+    (back,) = got[0]
+    assert [(m.path, m.data, m.about.study_uid) for m in back.members] == [
+        (b"/d/a", b"xyz", "1.2"), (b"/d/b", None, "")]
+    assert isinstance(got[1], ReadProcessError) and "OSError: no more" in str(got[1])
+    assert HEAD.pack(END, 0, 0)  # the end frame is a header alone
+
+
+def test_a_bad_setting_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--read-process must be auto, on or off"):
+        MigrateConfig(sources=(tmp_path,), dest=Destination.parse("s3://b/x"),
+                      state_dir=tmp_path / "s", read_process="maybe")
+    assert readproc.wanted("on") and not readproc.wanted("off")
+    assert readproc.wanted("auto") == (readproc.usable_cpus() >= 2)
+
+
+def _args(tree: Path, s3: S3Target, state: Path, *extra: str) -> list[str]:
+    return ["migrate", str(tree), s3.url, "--endpoint-url", s3.info.endpoint_url,
+            "--state", str(state), "--read-process", "on", "--no-progress", *extra]
+
+
+def test_a_run_then_its_resume_read_apart(tree: Path, moto_s3: S3Target,
+                                          tmp_path: Path) -> None:
+    """The resumed run's child finds what the index holds (its own LMDB reader)."""
+    state = tmp_path / "state"
+    first = run_cli(*_args(tree, moto_s3, state, "--pack", "1MiB"), env=moto_s3.env())
+    assert first.returncode == 0, first.stderr
+    rows = assert_complete(moto_s3, state, tree)
+    keys = moto_s3.object_keys()
+    again = run_cli(*_args(tree, moto_s3, state, "--pack", "1MiB"), env=moto_s3.env())
+    assert again.returncode == 0, again.stderr
+    assert re.search(rf"already migrated\D+{len(rows)}\b", again.stdout), again.stdout
+    assert moto_s3.object_keys() == keys  # nothing stored twice
+
+
+def test_a_dead_child_stops_the_run_in_one_line_and_loses_nothing(
+        tree: Path, moto_s3: S3Target, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env = {**moto_s3.env(), "PACSMIGRATE_CRASH_AT": "read-process:2"}
+    died = run_cli(*_args(tree, moto_s3, state), env=env)
+    assert died.returncode == 2, died.stdout + died.stderr
+    errors = [ln for ln in died.stderr.splitlines() if "read process" in ln]
+    assert errors == ["error: the read process stopped before the walk was done"], died.stderr
+    assert "Traceback" not in died.stderr
+    done = run_cli(*_args(tree, moto_s3, state), env=moto_s3.env())
+    assert done.returncode == 0, done.stderr
+    assert_complete(moto_s3, state, tree)
+
+
+def _children_marked(mark: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if f"PM_TEST_MARK={mark}".encode() in f.read().split(b"\0"):
+                    with open(f"/proc/{pid}/stat") as s:
+                        if s.read().rsplit(")", 1)[1].split()[0] != "Z":
+                            found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_a_killed_run_leaves_no_read_process(tree: Path, moto_s3: S3Target,
+                                             tmp_path: Path) -> None:
+    mark = uuid.uuid4().hex
+    env = {**moto_s3.env(), "PACSMIGRATE_CRASH_AT": "mid-catalogue:2", "PM_TEST_MARK": mark}
+    killed = run_cli(*_args(tree, moto_s3, tmp_path / "state"), env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    deadline = time.monotonic() + 10
+    while (left := _children_marked(mark)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert left == []
