@@ -1,5 +1,6 @@
 """The read stage in a process of its own (`--read-process`): one core walks, reads, hashes
-and scans headers while this one groups, packs, uploads and commits.
+and scans headers while this one groups, packs, uploads and commits. This module has the
+frames and the run's side; readchild.py the child's.
 
 One Python process runs about one core: in a --pack run over small files the walk and the
 reads (inline system calls, the header scan, blake3) and the rest (tar headers, manifests,
@@ -9,54 +10,56 @@ over a Unix socket pair, in frames: a header, the metadata pickled as plain tupl
 file bodies back to back. The parent receives a frame into one reused buffer (no copy on the
 way in) and gives each body a bytes object of its own (one memcpy): a member held by an
 open study never pins a frame. The parent stops reading while WINDOW frames wait unused, so
-the child blocks on a full socket: memory stays bounded by the frames in flight.
-
-The child writes nothing: not the sources, not the state. It opens the checkpoint's LMDB
-read-only (a reader of its own) to skip what the index holds unchanged. When the parent
-dies, the kernel kills the child (PR_SET_PDEATHSIG); when the child dies or fails, the
-run stops with a ReadProcessError (nothing was stored from what it did not send).
+the child blocks on a full socket: memory stays bounded by the frames in flight. When the
+child dies or fails, the run stops with a ReadProcessError (nothing it did not send was
+stored; the next run reads it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import pickle
-import signal
 import socket
 import struct
 import subprocess
 import sys
 from collections.abc import AsyncGenerator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import lmdb
-
-from . import faults, rows
+from . import faults
 from .errors import ReadProcessError
 from .read import ReadOptions, ReadResult
 from .records import Described, Member, Problem
 from .shard import Shard
-from .tables import path_key
 
 BATCH_FILES = 512  # files per frame
 BATCH_BYTES = 4 << 20  # file bytes per frame (one ReadResult may carry more)
 WINDOW = 4  # frames received and not yet taken before the parent stops reading
-SOCKET_BUFFER = 4 << 20
+SOCKET_BUFFER = 4 << 20  # each side's socket buffer
 HEAD = struct.Struct("<BQQ")  # kind, metadata bytes, body bytes
 RESULTS, END, FAILED = 0, 1, 2
-PR_SET_PDEATHSIG = 1
-CHILD = "import sys; from pacsmigrate.readproc import child_main; child_main(int(sys.argv[1]))"
+# Run with -P (no current directory on sys.path); the package this process runs comes first
+# unless the child's sys.path has it already.
+CHILD = ("import sys; here = sys.argv[2]; here in sys.path or sys.path.insert(0, here); "
+         "from pacsmigrate.readchild import child_main; child_main(int(sys.argv[1]))")
 
 
 def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity, capped by a cgroup's CPU quota."""
     try:
-        return len(os.sched_getaffinity(0))
+        n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
+        n = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return n
 
 
 def wanted(setting: str) -> bool:
@@ -64,8 +67,35 @@ def wanted(setting: str) -> bool:
     return setting == "on" or (setting == "auto" and usable_cpus() >= 2)
 
 
+# LMDB must not be shared by two processes over these (its docs: not even on one host).
+NETWORK_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs",
+                        "fuse.glusterfs", "fuse.sshfs", "lustre", "gpfs", "afs"})
+
+
+def fs_type(path: Path, mountinfo: str | None = None) -> str:
+    """The file system type of the mount holding path (Linux's mountinfo; "" elsewhere)."""
+    if mountinfo is None:
+        try:
+            with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+                mountinfo = f.read()
+        except OSError:
+            return ""
+    where = os.path.realpath(path)
+    best, kind = "", ""
+    for line in mountinfo.splitlines():
+        fields, _, rest = line.partition(" - ")
+        parts = fields.split()
+        if len(parts) < 5 or not rest:
+            continue
+        point = parts[4].replace("\\040", " ")
+        inside = where == point or where.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, rest.split()[0]
+    return kind
+
+
 # -- the frames --------------------------------------------------------------------------
-def _meta(r: ReadResult, bodies: list[bytes]) -> tuple[Any, ...]:
+def meta_of(r: ReadResult, bodies: list[bytes]) -> tuple[Any, ...]:
     members = []
     for m in r.members:
         a = m.about
@@ -97,7 +127,7 @@ def _results(meta: list[tuple[Any, ...]], body: memoryview) -> list[ReadResult]:
     return out
 
 
-def _send(sock: socket.socket, pieces: list[bytes]) -> None:
+def send_all(sock: socket.socket, pieces: list[bytes]) -> None:
     views = [memoryview(p) for p in pieces if p]
     views.reverse()  # popped from the end
     while views:
@@ -108,101 +138,6 @@ def _send(sock: socket.socket, pieces: list[bytes]) -> None:
             else:
                 views[-1] = views[-1][sent:]
                 sent = 0
-
-
-def _recv(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    while view:
-        got = sock.recv_into(view)
-        if not got:
-            raise EOFError("the run closed the read process's socket")
-        view = view[got:]
-    return bytes(buf)
-
-
-# -- the child ---------------------------------------------------------------------------
-class IndexLookup:
-    """`migrated` of the checkpoint's index, read-only from another process."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.env = lmdb.open(str(state_dir / "checkpoint.lmdb"), readonly=True, lock=True,
-                             subdir=True, max_dbs=32, readahead=False)
-        self.db = self.env.open_db(b"index", create=False)
-
-    def migrated(self, paths: list[bytes]) -> list[tuple[int, int] | None]:
-        try:
-            txn = self.env.begin(db=self.db)
-        except lmdb.MapResizedError:  # the run grew the map since
-            self.env.set_mapsize(0)
-            txn = self.env.begin(db=self.db)
-        with txn:
-            return [None if (raw := txn.get(path_key(p))) is None else rows.stat_of(raw)
-                    for p in paths]
-
-
-def child_main(fd: int) -> None:
-    """The read process: the job from the socket, ReadResults back until the walk ends."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C: the parent decides
-    sock = socket.socket(fileno=fd)
-    try:
-        _, n, _ = HEAD.unpack(_recv(sock, HEAD.size))
-        job = pickle.loads(_recv(sock, n))
-        _die_with(job["parent"])
-        faults.DENY_OPEN = job["deny_open"]
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-        asyncio.run(_read_and_send(sock, job))
-    except (BrokenPipeError, ConnectionResetError, EOFError):
-        os._exit(1)  # the run is gone or stopped reading: nothing to tell
-    except BaseException as exc:  # noqa: BLE001 - told to the run, which raises it
-        # Its type and, for an OSError, what failed: never a path (logs name no files).
-        what = exc.strerror if isinstance(exc, OSError) else ""
-        text = f"{type(exc).__name__}{': ' if what else ''}{what or ''}".encode()
-        try:
-            _send(sock, [HEAD.pack(FAILED, len(text), 0), text])
-        except OSError:
-            pass
-        os._exit(1)
-    sock.close()
-
-
-def _die_with(parent: int) -> None:
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # it died before the signal was asked for
-        os._exit(1)
-
-
-async def _read_and_send(sock: socket.socket, job: dict[str, Any]) -> None:
-    from .reads import read_tree
-
-    opts: ReadOptions = job["opts"]
-    index = IndexLookup(job["state_dir"]) if opts.skip_migrated else None
-    pool = ThreadPoolExecutor(job["read_threads"], thread_name_prefix="read")
-    batch: list[ReadResult] = []
-    files = held = 0
-
-    def send() -> None:
-        faults.point("read-process")
-        bodies: list[bytes] = []
-        meta = pickle.dumps([_meta(r, bodies) for r in batch], protocol=5)
-        _send(sock, [HEAD.pack(RESULTS, len(meta), sum(map(len, bodies))), meta, *bodies])
-
-    try:
-        async for r in read_tree(job["roots"], pool, opts, index, jobs=job["jobs"],
-                                 shard=job["shard"]):
-            batch.append(r)
-            files += r.listed + len(r.problems)
-            held += r.held
-            if files >= BATCH_FILES or held >= BATCH_BYTES:
-                send()
-                batch, files, held = [], 0, 0
-        if batch:
-            send()
-        _send(sock, [HEAD.pack(END, 0, 0)])
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
 
 
 # -- the parent --------------------------------------------------------------------------
@@ -233,8 +168,12 @@ class _Frames(asyncio.BufferedProtocol):
             self.at = 0
             return
         self.at += nbytes
-        while not self.ended and self.at == len(self.target):
-            self._next()
+        try:
+            while not self.ended and self.at == len(self.target):
+                self._next()
+        except Exception as exc:  # noqa: BLE001 - one line for the user, not asyncio's trace
+            self._end(ReadProcessError(f"the read process sent a frame this run cannot read "
+                                       f"({type(exc).__name__})"))
 
     def _next(self) -> None:
         if self.stage == 0:
@@ -290,14 +229,11 @@ async def read_tree_apart(roots: Sequence[bytes], opts: ReadOptions, *, state_di
     job = pickle.dumps({"roots": list(roots), "opts": opts, "state_dir": state_dir,
                         "read_threads": read_threads, "jobs": jobs, "shard": shard,
                         "parent": os.getpid(), "deny_open": faults.DENY_OPEN})
-    # The package this process runs, whatever the child's sys.path would find first.
     here = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [here, *filter(None, [os.environ.get("PYTHONPATH")])])}
     try:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", CHILD, str(theirs.fileno()), pass_fds=[theirs.fileno()],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env)
+            sys.executable, "-P", "-c", CHILD, str(theirs.fileno()), here,
+            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     except BaseException:
         ours.close()
         raise
@@ -305,9 +241,10 @@ async def read_tree_apart(roots: Sequence[bytes], opts: ReadOptions, *, state_di
         theirs.close()
     ended = False
     try:
-        ours.sendall(HEAD.pack(RESULTS, len(job), 0) + job)
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
         ours.setblocking(False)
+        await asyncio.get_running_loop().sock_sendall(ours, HEAD.pack(RESULTS, len(job), 0)
+                                                      + job)
     except BaseException:
         ours.close()
         await _reap(proc, ended)

@@ -26,7 +26,7 @@ from .pack import OPEN_PACKS, Packer
 from .planpolicy import PlanPolicy
 from .progress import Bar
 from .read import KEPT_CHANGING, ReadOptions, ReadResult
-from .readproc import read_tree_apart, wanted
+from .readproc import NETWORK_FS, fs_type, read_tree_apart, wanted
 from .reads import in_shard, read_tree
 from .records import FILE, TAR, BundlePlan, Member, Problem
 from .retention import covers, lock_of, manifest_fields
@@ -160,10 +160,12 @@ class SourceStream:
     def sources(self, roots: list[bytes], opts: ReadOptions, shard: Shard | None
                 ) -> AsyncGenerator[ReadResult, None]:
         """The files read, in walk order: by a read process of their own (readproc.py) or
-        by this one."""
+        by this one (a re-run whose state is on a network file system: the child would
+        read the index through a second LMDB reader there)."""
         cfg = self.cfg
         jobs = 2 * cfg.read_threads
-        if wanted(cfg.read_process):
+        if wanted(cfg.read_process) and not (
+                opts.skip_migrated and fs_type(cfg.state_dir) in NETWORK_FS):
             return read_tree_apart(roots, opts, state_dir=cfg.state_dir,
                                    read_threads=cfg.read_threads, jobs=jobs, shard=shard)
         return read_tree(roots, self.pool, opts, self.cp, jobs=jobs, shard=shard)

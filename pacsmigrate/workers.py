@@ -71,8 +71,10 @@ def _share(cfg: MigrateConfig, running: int) -> MigrateConfig:
         bwlimit=t.bwlimit / running if t.bwlimit else None)
     # Short of memory, a slice closes its bundles sooner (group.py), as one process would.
     # The coordinator ran the pre-flight: slices do not each write a probe.
+    # The workers are the run's processes: a read process each (auto) would double them.
     return replace(cfg, transfer=transfer, memory=max(MIN_MEMORY, cfg.memory // running),
-                   preflight=False)
+                   preflight=False,
+                   read_process="off" if cfg.read_process == "auto" else cfg.read_process)
 
 
 @contextmanager

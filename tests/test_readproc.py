@@ -9,6 +9,9 @@ import os
 import pickle
 import re
 import signal
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -19,13 +22,15 @@ import pytest
 from conftest import S3Target, run_cli
 from helpers import assert_complete
 
-from pacsmigrate import readproc
+from pacsmigrate import readchild, readproc, rows
+from pacsmigrate.checkpoint import Checkpoint
 from pacsmigrate.config import Destination, MigrateConfig
 from pacsmigrate.errors import ConfigError, ReadProcessError
 from pacsmigrate.filters import Filters
 from pacsmigrate.read import ReadOptions, ReadResult
 from pacsmigrate.readproc import END, FAILED, HEAD, RESULTS, read_tree_apart
 from pacsmigrate.reads import read_tree
+from pacsmigrate.records import Described, Entry
 from pacsmigrate.synth import make_tree
 
 KEY = b"k" * 32
@@ -95,7 +100,7 @@ def test_frames_cut_anywhere_and_a_failure_reported() -> None:
     r.members = [Member(b"/d/a", 3, 7, Described("g", study_uid="1.2"), "ab", b"xyz"),
                  Member(b"/d/b", 9, 8, Described("g"), "", None)]
     r.listed = r.seen = 2
-    meta = pickle.dumps([readproc._meta(r, bodies)])
+    meta = pickle.dumps([readproc.meta_of(r, bodies)])
     stream = (_frame(RESULTS, meta, b"".join(bodies))
               + _frame(FAILED, b"OSError: no more"))
 
@@ -122,6 +127,83 @@ def test_a_bad_setting_is_refused(tmp_path: Path) -> None:
                       state_dir=tmp_path / "s", read_process="maybe")
     assert readproc.wanted("on") and not readproc.wanted("off")
     assert readproc.wanted("auto") == (readproc.usable_cpus() >= 2)
+
+
+MOUNTINFO = """\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
+40 22 0:35 / /mnt/pacs\\040state rw,relatime shared:20 - nfs4 srv:/export rw,vers=4.2
+41 40 8:2 / /mnt/pacs\\040state/local rw - xfs /dev/vdb rw
+"""
+
+
+def test_a_state_on_a_network_file_system_is_seen() -> None:
+    assert readproc.fs_type(Path("/mnt/pacs state/run1"), MOUNTINFO) == "nfs4"
+    assert readproc.fs_type(Path("/mnt/pacs state/local/x"), MOUNTINFO) == "xfs"
+    assert readproc.fs_type(Path("/mnt/pacs stateX"), MOUNTINFO) == "ext4"
+    assert "nfs4" in readproc.NETWORK_FS
+
+
+READER = """
+import sys, threading
+from pathlib import Path
+from pacsmigrate.readchild import IndexLookup
+state, stop = Path(sys.argv[1]), Path(sys.argv[2])
+paths = [b"/nas/%06d.dcm" % i for i in range(60_000)]
+lookup = IndexLookup(state)
+errors, rounds = [], [0]
+def look():
+    try:
+        while not stop.exists():
+            got = lookup.migrated(paths[::997])
+            assert all(g is None or g == (1000, 7) for g in got), got
+            rounds[0] += 1
+    except BaseException as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=look) for _ in range(3)]
+for t in threads: t.start()
+for t in threads: t.join()
+assert lookup.migrated(paths) == [(1000, 7)] * len(paths)
+print("errors", errors, "rounds", rounds[0])
+"""
+
+
+def test_the_child_s_index_reader_follows_a_growing_state(tmp_path: Path) -> None:
+    """The run commits (its file grows well past what a reader first maps) while a reader
+    in another process looks paths up from three threads."""
+    state, stop = tmp_path / "state", tmp_path / "stop"
+    cp = Checkpoint(state)
+    paths = [b"/nas/%06d.dcm" % i for i in range(60_000)]
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(state), str(stop)],
+                              stdout=subprocess.PIPE, text=True)
+    pad = "1." + "9" * 400  # rows of ~300 bytes: 60k of them are ~20 MB
+    for start in range(0, len(paths), 5000):
+        def write(txn: Any, chunk: list[bytes] = paths[start:start + 5000]) -> None:
+            for p in chunk:
+                e = Entry(p, 0, 1000, "", 1000, 7, Described("g", study_uid=pad, sop_uid=pad))
+                txn.put(p, rows.encode(e, 1), db=cp.db["index"])
+        cp._write(write)
+        time.sleep(0.05)
+    stop.touch()
+    said, _ = reader.communicate(timeout=60)
+    cp.close()
+    assert reader.returncode == 0 and said.startswith("errors [] rounds "), said
+    assert int(said.split()[-1]) > 10
+    assert os.path.getsize(state / "checkpoint.lmdb" / "data.mdb") > 16 << 20
+
+
+def test_a_slow_walk_still_sends_its_files(tmp_path: Path) -> None:
+    """A result waits at most FLUSH_AFTER for the frame's other files (a slow NAS)."""
+    ours, theirs = socket.socketpair()
+    out = readchild._Out(theirs)
+    out.add(ReadResult(b"/d", listed=1, seen=1))
+    time.sleep(readchild.FLUSH_AFTER + 0.05)
+    out.add(ReadResult(b"/e", listed=1, seen=1))
+    ours.settimeout(5)
+    kind, meta_n, body_n = HEAD.unpack(ours.recv(HEAD.size, socket.MSG_WAITALL))
+    meta = pickle.loads(ours.recv(meta_n, socket.MSG_WAITALL))
+    assert kind == RESULTS and [m[0] for m in meta] == [b"/d", b"/e"] and body_n == 0
+    ours.close()
+    theirs.close()
 
 
 def _args(tree: Path, s3: S3Target, state: Path, *extra: str) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,8 @@ def test_caps_and_memory_are_for_the_whole_run(running: int, tmp_path: Path) -> 
     assert share.transfer.max_requests_per_second == 400 / running
     assert share.transfer.bwlimit == 100e6 / running
     assert share.memory == (512 << 20) // running
+    assert share.read_process == "off"  # auto: the workers are the run's processes
+    assert _share(replace(cfg, read_process="on"), running).read_process == "on"
 
 
 @pytest.mark.parametrize("states", ["shared", "store"])

@@ -1,0 +1,189 @@
+"""The read process's side (readproc.py has the frames and the run's side): the job from
+the socket, `reads.read_tree` as the run would run it, ReadResults back a frame at a time.
+
+It writes nothing: not the sources, not the state. A re-run's child reads the index through
+a read-only LMDB reader of its own. It exits when the run does: PR_SET_PDEATHSIG on Linux,
+and, on any system, the end of the socket (the run sends nothing after the job).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import gc
+import os
+import pickle
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from . import alloc, faults, rows
+from .read import ReadOptions, ReadResult
+from .readproc import (
+    BATCH_BYTES,
+    BATCH_FILES,
+    END,
+    FAILED,
+    HEAD,
+    RESULTS,
+    SOCKET_BUFFER,
+    meta_of,
+    send_all,
+)
+from .tables import path_key
+
+PR_SET_PDEATHSIG = 1
+INDEX_MAP = 1 << 40  # the child's map of the state (address space only)
+FLUSH_AFTER = 0.2  # seconds a result waits for its frame at most (a slow NAS)
+
+
+def _recv(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    while view:
+        got = sock.recv_into(view)
+        if not got:
+            raise EOFError("the run closed the read process's socket")
+        view = view[got:]
+    return bytes(buf)
+
+
+class IndexLookup:
+    """`migrated` of the checkpoint's index, read-only from another process.
+
+    The map is as large as any state gets (address space, not memory), so the run growing
+    its file never moves the data out of this process's map; should it ever, the
+    environment is opened again (under the lock: pool threads share it)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = str(state_dir / "checkpoint.lmdb")
+        self.lock = threading.Lock()
+        self._open()
+
+    def _open(self) -> None:
+        self.env = lmdb.open(self.path, readonly=True, lock=True, subdir=True, max_dbs=32,
+                             readahead=False, map_size=INDEX_MAP)
+        self.db = self.env.open_db(b"index", create=False)
+
+    def migrated(self, paths: list[bytes]) -> list[tuple[int, int] | None]:
+        with self.lock:
+            try:
+                txn = self.env.begin(db=self.db)
+            except lmdb.MapResizedError:
+                self.env.close()
+                self._open()
+                txn = self.env.begin(db=self.db)
+            with txn:
+                return [None if (raw := txn.get(path_key(p))) is None
+                        else rows.stat_of(raw) for p in paths]
+
+
+def child_main(fd: int) -> None:
+    """The read process: the job from the socket, ReadResults back until the walk ends."""
+    # A terminal's ^C and a service manager's SIGTERM reach the whole group: the run
+    # decides, and stops this process itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sock = socket.socket(fileno=fd)
+    out = _Out(sock)
+    try:
+        _, n, _ = HEAD.unpack(_recv(sock, HEAD.size))
+        job = pickle.loads(_recv(sock, n))
+        _die_with(job["parent"], sock)
+        faults.DENY_OPEN = job["deny_open"]
+        alloc.tune()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 20)  # as the run's (cli.common.quiet_gc)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+        asyncio.run(_read_andsend_all(out, job))
+    except (BrokenPipeError, ConnectionResetError, EOFError):
+        os._exit(1)  # the run is gone or stopped reading: nothing to tell
+    except BaseException as exc:  # noqa: BLE001 - told to the run, which raises it
+        if out.halfway:  # a frame half sent: nothing can follow it
+            os._exit(1)
+        # Its type and, for an OSError, what failed: never a path (logs name no files).
+        what = exc.strerror if isinstance(exc, OSError) else ""
+        text = f"{type(exc).__name__}{': ' if what else ''}{what or ''}".encode()
+        try:
+            send_all(sock, [HEAD.pack(FAILED, len(text), 0), text])
+        except OSError:
+            pass
+        os._exit(1)
+    sock.close()
+
+
+class _Out:
+    """The child's side of the socket: whole frames, a batch of results at a time."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.halfway = False
+        self.batch: list[ReadResult] = []
+        self.files = self.held = 0
+        self.since = 0.0
+
+    def add(self, r: ReadResult) -> None:
+        if self.batch and self.held + r.held > BATCH_BYTES:
+            self.flush()
+        if not self.batch:
+            self.since = time.monotonic()
+        self.batch.append(r)
+        self.files += r.listed + len(r.problems)
+        self.held += r.held
+        if self.files >= BATCH_FILES or time.monotonic() - self.since > FLUSH_AFTER:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.batch:
+            return
+        faults.point("read-process")
+        bodies: list[bytes] = []
+        meta = pickle.dumps([meta_of(r, bodies) for r in self.batch], protocol=5)
+        self.frame(RESULTS, meta, bodies)
+        self.batch, self.files, self.held = [], 0, 0
+
+    def frame(self, kind: int, meta: bytes = b"", bodies: Sequence[bytes] = ()) -> None:
+        self.halfway = True
+        send_all(self.sock, [HEAD.pack(kind, len(meta), sum(map(len, bodies))), meta, *bodies])
+        self.halfway = False
+
+
+def _die_with(parent: int, sock: socket.socket) -> None:
+    """Exit when the run does: the kernel's signal on Linux, and, on any system, the end of
+    the socket (the run sends nothing after the job, so EOF means it closed or died)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the signal was asked for
+        os._exit(1)
+
+    def watch() -> None:
+        try:
+            sock.recv(1)
+        finally:
+            os._exit(1)
+    threading.Thread(target=watch, name="run-watch", daemon=True).start()
+
+
+async def _read_andsend_all(out: _Out, job: dict[str, Any]) -> None:
+    from .reads import read_tree
+
+    opts: ReadOptions = job["opts"]
+    index = IndexLookup(job["state_dir"]) if opts.skip_migrated else None
+    pool = ThreadPoolExecutor(job["read_threads"], thread_name_prefix="read")
+    try:
+        async for r in read_tree(job["roots"], pool, opts, index, jobs=job["jobs"],
+                                 shard=job["shard"]):
+            out.add(r)
+        out.flush()
+        out.frame(END)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
