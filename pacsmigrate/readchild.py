@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import gc
+import mmap
 import os
 import pickle
 import signal
@@ -28,11 +29,13 @@ import lmdb
 from . import alloc, faults, rows
 from .read import ReadOptions, ReadResult
 from .readproc import (
+    ACK,
     BATCH_BYTES,
     BATCH_FILES,
     END,
     FAILED,
     HEAD,
+    IN_RING,
     RESULTS,
     SOCKET_BUFFER,
     meta_of,
@@ -97,13 +100,19 @@ def child_main(fd: int) -> None:
     try:
         _, n, _ = HEAD.unpack(_recv(sock, HEAD.size))
         job = pickle.loads(_recv(sock, n))
-        _die_with(job["parent"], sock)
+        out.batch_bytes = job["batch_bytes"]
+        if job["ring_fd"] is not None:
+            out.ring = mmap.mmap(job["ring_fd"], job["ring_size"])
+        _die_with(job["parent"], sock, out)
         faults.DENY_OPEN = job["deny_open"]
         alloc.tune()
         gc.freeze()
         gc.set_threshold(50_000, 20, 20)  # as the run's (cli.common.quiet_gc)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-        asyncio.run(_read_andsend_all(out, job))
+        asyncio.run(_read_and_send(out, job))
+        # Everything is sent: wait for the run to close its end (it may still acknowledge
+        # the ring's last frames, and a write to a closed socket would fail its read).
+        threading.Event().wait()
     except (BrokenPipeError, ConnectionResetError, EOFError):
         os._exit(1)  # the run is gone or stopped reading: nothing to tell
     except BaseException as exc:  # noqa: BLE001 - told to the run, which raises it
@@ -114,10 +123,10 @@ def child_main(fd: int) -> None:
         text = f"{type(exc).__name__}{': ' if what else ''}{what or ''}".encode()
         try:
             send_all(sock, [HEAD.pack(FAILED, len(text), 0), text])
+            threading.Event().wait(10)  # the run reads it, then closes (the watcher exits)
         except OSError:
             pass
         os._exit(1)
-    sock.close()
 
 
 class _Out:
@@ -125,13 +134,19 @@ class _Out:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.ring: mmap.mmap | None = None  # the bodies' way, when the run shares one
+        self.written = 0  # ring positions count up: position % size is the offset
+        self.acked = 0  # the run copied everything before this out of the ring
+        self.freed = threading.Condition()
         self.halfway = False
+        self.ended = False  # the END frame is sent
+        self.batch_bytes = BATCH_BYTES
         self.batch: list[ReadResult] = []
         self.files = self.held = 0
         self.since = 0.0
 
     def add(self, r: ReadResult) -> None:
-        if self.batch and self.held + r.held > BATCH_BYTES:
+        if self.batch and self.held + r.held > self.batch_bytes:
             self.flush()
         if not self.batch:
             self.since = time.monotonic()
@@ -146,9 +161,39 @@ class _Out:
             return
         faults.point("read-process")
         bodies: list[bytes] = []
-        meta = pickle.dumps([meta_of(r, bodies) for r in self.batch], protocol=5)
-        self.frame(RESULTS, meta, bodies)
+        metas = [meta_of(r, bodies) for r in self.batch]
+        total = sum(map(len, bodies))
+        if self.ring is not None and 0 < total <= len(self.ring):
+            start = self.into_ring(bodies, total)
+            self.frame(IN_RING, pickle.dumps((start, total, metas), protocol=5))
+        else:
+            self.frame(RESULTS, pickle.dumps(metas, protocol=5), bodies)
         self.batch, self.files, self.held = [], 0, 0
+
+    def into_ring(self, bodies: list[bytes], total: int) -> int:
+        """Copy the bodies into the ring, back to back (never across its end), once the run
+        has copied out what was there; returns where they start."""
+        assert self.ring is not None
+        size = len(self.ring)
+        start = self.written
+        if start % size + total > size:
+            start += size - start % size
+        # What this frame overwrites must have been copied out: everything written before
+        # start + total - size (the positions skipped at the ring's end hold nothing).
+        with self.freed:
+            while self.acked < min(start + total - size, self.written):
+                self.freed.wait(1.0)
+        at = start % size
+        for b in bodies:
+            self.ring[at:at + len(b)] = b
+            at += len(b)
+        self.written = start + total
+        return start
+
+    def ack(self, upto: int) -> None:
+        with self.freed:
+            self.acked = max(self.acked, upto)
+            self.freed.notify()
 
     def frame(self, kind: int, meta: bytes = b"", bodies: Sequence[bytes] = ()) -> None:
         self.halfway = True
@@ -156,9 +201,10 @@ class _Out:
         self.halfway = False
 
 
-def _die_with(parent: int, sock: socket.socket) -> None:
+def _die_with(parent: int, sock: socket.socket, out: _Out) -> None:
     """Exit when the run does: the kernel's signal on Linux, and, on any system, the end of
-    the socket (the run sends nothing after the job, so EOF means it closed or died)."""
+    the socket (the run sends only the ring's acknowledgements after the job, so EOF means
+    it closed or died)."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -166,14 +212,20 @@ def _die_with(parent: int, sock: socket.socket) -> None:
         os._exit(1)
 
     def watch() -> None:
+        got = b""
         try:
-            sock.recv(1)
+            while chunk := sock.recv(4096):
+                got += chunk
+                whole = len(got) - len(got) % ACK.size
+                if whole:
+                    out.ack(ACK.unpack_from(got, whole - ACK.size)[0])
+                    got = got[whole:]
         finally:
-            os._exit(1)
+            os._exit(0 if out.ended else 1)
     threading.Thread(target=watch, name="run-watch", daemon=True).start()
 
 
-async def _read_andsend_all(out: _Out, job: dict[str, Any]) -> None:
+async def _read_and_send(out: _Out, job: dict[str, Any]) -> None:
     from .reads import read_tree
 
     opts: ReadOptions = job["opts"]
@@ -185,5 +237,6 @@ async def _read_andsend_all(out: _Out, job: dict[str, Any]) -> None:
             out.add(r)
         out.flush()
         out.frame(END)
+        out.ended = True
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
