@@ -68,6 +68,14 @@ _ID = struct.Struct(">I")
 # ~25 MB at a million files (the report's walk of the index), which grew with the tree.
 DECODE_CACHE = 4096
 
+def migrated_in(txn: lmdb.Transaction, paths: Iterable[bytes]
+                ) -> list[tuple[int, int] | None]:
+    """(size, mtime_ns) an index transaction holds for each path, or None (also the read
+    process's lookup: readchild.IndexLookup)."""
+    return [None if (raw := txn.get(path_key(p))) is None else rows.stat_of(raw)
+            for p in paths]
+
+
 class Checkpoint(MergeTables, RepairTables, RunsTable, SpillTable, PlanTable, RetentionTable,
                  ContentTable, LmdbFile):
     """The state's tables and the intent -> upload -> commit protocol (see above).
@@ -101,7 +109,8 @@ class Checkpoint(MergeTables, RepairTables, RunsTable, SpillTable, PlanTable, Re
 
     def migrated(self, paths: Iterable[bytes]) -> list[tuple[int, int] | None]:
         """(size, mtime_ns) the index recorded for each path, or None."""
-        return self._lookup("index", paths, lambda _, raw: rows.stat_of(raw))
+        with self.env.begin(db=self.db["index"]) as txn:
+            return migrated_in(txn, paths)
 
     def planned_hashes(self, paths: Iterable[bytes]) -> list[tuple[int, int, str] | None]:
         """(size, mtime_ns, blake3) the last dry run read for each path, or None."""

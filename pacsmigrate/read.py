@@ -26,7 +26,7 @@ KEPT_CHANGING = "kept changing while being read"
 
 
 class Recorded(Protocol):
-    """What the index recorded of files (Checkpoint, or readproc.IndexLookup)."""
+    """What the index recorded of files (Checkpoint, or readchild.IndexLookup)."""
 
     def migrated(self, paths: list[bytes]) -> list[tuple[int, int] | None]: ...
 

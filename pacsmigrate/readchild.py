@@ -26,7 +26,8 @@ from typing import Any
 
 import lmdb
 
-from . import alloc, faults, rows
+from . import alloc, faults
+from .checkpoint import migrated_in
 from .read import ReadOptions, ReadResult
 from .readproc import (
     ACK,
@@ -41,7 +42,6 @@ from .readproc import (
     meta_of,
     send_all,
 )
-from .tables import path_key
 
 PR_SET_PDEATHSIG = 1
 INDEX_MAP = 1 << 40  # the child's map of the state (address space only)
@@ -85,8 +85,7 @@ class IndexLookup:
                 self._open()
                 txn = self.env.begin(db=self.db)
             with txn:
-                return [None if (raw := txn.get(path_key(p))) is None
-                        else rows.stat_of(raw) for p in paths]
+                return migrated_in(txn, paths)
 
 
 def child_main(fd: int) -> None:
