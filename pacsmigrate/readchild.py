@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import gc
+import logging
 import mmap
 import os
 import pickle
@@ -37,12 +38,14 @@ from .readproc import (
     FAILED,
     HEAD,
     IN_RING,
+    LOG,
     RESULTS,
     SOCKET_BUFFER,
     meta_of,
     send_all,
 )
 
+log = logging.getLogger("pacsmigrate.readchild")
 PR_SET_PDEATHSIG = 1
 INDEX_MAP = 1 << 40  # the child's map of the state (address space only)
 FLUSH_AFTER = 0.2  # seconds a result waits for its frame at most (a slow NAS)
@@ -103,6 +106,7 @@ def child_main(fd: int) -> None:
         if job["ring_fd"] is not None:
             out.ring = mmap.mmap(job["ring_fd"], job["ring_size"])
         _die_with(job["parent"], sock, out)
+        _forward_logs(out, job["log_level"])
         faults.DENY_OPEN = job["deny_open"]
         alloc.tune()
         gc.freeze()
@@ -121,6 +125,7 @@ def child_main(fd: int) -> None:
         what = exc.strerror if isinstance(exc, OSError) else ""
         text = f"{type(exc).__name__}{': ' if what else ''}{what or ''}".encode()
         try:
+            out.send_logs()
             send_all(sock, [HEAD.pack(FAILED, len(text), 0), text])
             threading.Event().wait(10)  # the run reads it, then closes (the watcher exits)
         except OSError:
@@ -143,8 +148,12 @@ class _Out:
         self.batch: list[ReadResult] = []
         self.files = self.held = 0
         self.since = 0.0
+        self.logs: list[tuple[str, int, str, float]] = []  # to send, from any thread
+        self.logs_lock = threading.Lock()
 
     def add(self, r: ReadResult) -> None:
+        if self.logs:
+            self.send_logs()
         if self.batch and self.held + r.held > self.batch_bytes:
             self.flush()
         if not self.batch:
@@ -155,7 +164,15 @@ class _Out:
         if self.files >= BATCH_FILES or time.monotonic() - self.since > FLUSH_AFTER:
             self.flush()
 
+    def send_logs(self) -> None:
+        """The log records waiting, in a frame of their own (frames go from one thread)."""
+        with self.logs_lock:
+            records, self.logs = self.logs, []
+        if records:
+            self.frame(LOG, pickle.dumps(records, protocol=5))
+
     def flush(self) -> None:
+        self.send_logs()
         if not self.batch:
             return
         faults.point("read-process")
@@ -200,6 +217,32 @@ class _Out:
         self.halfway = False
 
 
+class _Forward(logging.Handler):
+    """Log records for the run, which logs them as its own (to stderr, --log-file). The
+    message only: our lines name no files, and a traceback is not sent."""
+
+    def __init__(self, out: _Out) -> None:
+        super().__init__()
+        self.out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = (record.name, record.levelno, record.getMessage(), record.created)
+        except Exception:  # noqa: BLE001 - a bad format string: the logging way
+            self.handleError(record)
+            return
+        with self.out.logs_lock:
+            self.out.logs.append(line)
+
+
+def _forward_logs(out: _Out, level: int) -> None:
+    """The pacsmigrate loggers at the run's level, to the run (not to this stderr)."""
+    logger = logging.getLogger("pacsmigrate")
+    logger.setLevel(level)
+    logger.propagate = False
+    logger.addHandler(_Forward(out))
+
+
 def _die_with(parent: int, sock: socket.socket, out: _Out) -> None:
     """Exit when the run does: the kernel's signal on Linux, and, on any system, the end of
     the socket (the run sends only the ring's acknowledgements after the job, so EOF means
@@ -230,6 +273,8 @@ async def _read_and_send(out: _Out, job: dict[str, Any]) -> None:
     opts: ReadOptions = job["opts"]
     index = IndexLookup(job["state_dir"]) if opts.skip_migrated else None
     pool = ThreadPoolExecutor(job["read_threads"], thread_name_prefix="read")
+    log.debug("read process %d: walking %d source tree(s), %d read threads", os.getpid(),
+              len(job["roots"]), job["read_threads"])
     try:
         async for r in read_tree(job["roots"], pool, opts, index, jobs=job["jobs"],
                                  shard=job["shard"]):

@@ -15,12 +15,14 @@ Without memfd (not Linux), or for a frame larger than the ring, the bodies follo
 metadata on the socket, received into one reused buffer. The parent stops reading while WINDOW frames wait unused, so
 the child blocks on a full socket: memory stays bounded by the frames in flight. When the
 child dies or fails, the run stops with a ReadProcessError (nothing it did not send was
-stored; the next run reads it).
+stored; the next run reads it). The child's log lines (the pacsmigrate loggers, at the run's
+level) come over in frames of their own and go where the run's own lines go.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import mmap
 import os
 import pickle
@@ -43,7 +45,7 @@ BATCH_BYTES = 4 << 20  # file bytes per frame (one ReadResult may carry more)
 WINDOW = 4  # frames received and not yet taken before the parent stops reading
 SOCKET_BUFFER = 4 << 20  # each side's socket buffer
 HEAD = struct.Struct("<BQQ")  # kind, metadata bytes, body bytes
-RESULTS, END, FAILED, IN_RING = 0, 1, 2, 3
+RESULTS, END, FAILED, IN_RING, LOG = 0, 1, 2, 3, 4
 RING = 32 << 20  # shared memory the bodies cross by (a frame's bodies are at most ~14 MiB)
 ACK = struct.Struct("<Q")  # the run to the child: the ring is free up to here
 # Run with -P (no current directory on sys.path); the package this process runs comes first
@@ -133,6 +135,17 @@ def _results(meta: list[tuple[Any, ...]], body: memoryview) -> list[ReadResult]:
     return out
 
 
+def log_here(records: list[tuple[str, int, str, float]]) -> None:
+    """The child's log records (logger, level, message, time) as this process's own."""
+    for name, level, message, created in records:
+        logger = logging.getLogger(name)
+        if logger.isEnabledFor(level):
+            record = logger.makeRecord(name, level, "(read process)", 0, message, (), None)
+            record.created, record.msecs = created, created % 1 * 1000
+            record.processName = "read process"
+            logger.handle(record)
+
+
 def send_all(sock: socket.socket, pieces: list[bytes]) -> None:
     views = [memoryview(p) for p in pieces if p]
     views.reverse()  # popped from the end
@@ -197,6 +210,10 @@ class _Frames(asyncio.BufferedProtocol):
                 self._end(ReadProcessError(
                     "the read process failed: " + self.meta.decode("utf-8", "replace")))
                 return
+            if self.kind == LOG:
+                log_here(pickle.loads(self.meta))
+                self.target, self.at, self.stage = memoryview(self.head), 0, 0
+                return
             if self.kind == IN_RING:  # the bodies are in shared memory: copied out, freed
                 assert self.ring is not None and isinstance(self.transport, asyncio.Transport)
                 start, total, meta = pickle.loads(self.meta)
@@ -250,7 +267,8 @@ async def read_tree_apart(roots: Sequence[bytes], opts: ReadOptions, *, state_di
     job = pickle.dumps({"roots": list(roots), "opts": opts, "state_dir": state_dir,
                         "read_threads": read_threads, "jobs": jobs, "shard": shard,
                         "parent": os.getpid(), "deny_open": faults.DENY_OPEN,
-                        "ring_fd": ring_fd, "ring_size": RING, "batch_bytes": BATCH_BYTES})
+                        "ring_fd": ring_fd, "ring_size": RING, "batch_bytes": BATCH_BYTES,
+                        "log_level": logging.getLogger("pacsmigrate").getEffectiveLevel()})
     here = str(Path(__file__).resolve().parent.parent)
     ring = None
     try:

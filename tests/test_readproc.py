@@ -5,6 +5,7 @@ leaves no child behind."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import pickle
 import re
@@ -28,7 +29,7 @@ from pacsmigrate.config import Destination, MigrateConfig
 from pacsmigrate.errors import ConfigError, ReadProcessError
 from pacsmigrate.filters import Filters
 from pacsmigrate.read import ReadOptions, ReadResult
-from pacsmigrate.readproc import END, FAILED, HEAD, RESULTS, read_tree_apart
+from pacsmigrate.readproc import END, FAILED, HEAD, LOG, RESULTS, read_tree_apart
 from pacsmigrate.reads import read_tree
 from pacsmigrate.records import Described, Entry
 from pacsmigrate.synth import make_tree
@@ -215,6 +216,61 @@ def test_a_slow_walk_still_sends_its_files(tmp_path: Path) -> None:
     kind, meta_n, body_n = HEAD.unpack(ours.recv(HEAD.size, socket.MSG_WAITALL))
     meta = pickle.loads(ours.recv(meta_n, socket.MSG_WAITALL))
     assert kind == RESULTS and [m[0] for m in meta] == [b"/d", b"/e"] and body_n == 0
+    ours.close()
+    theirs.close()
+
+
+def test_the_child_s_log_lines_are_the_run_s(tree: Path, tmp_path: Path,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    """At the run's level, with the child's time and pid; below it, not at all."""
+    roots = [os.fsencode(tree)]
+
+    async def apart() -> None:
+        async for _ in read_tree_apart(roots, ReadOptions(KEY), state_dir=tmp_path,
+                                       read_threads=2, jobs=2):
+            pass
+
+    def child_lines() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "pacsmigrate.readchild"]
+    caplog.set_level(logging.INFO, logger="pacsmigrate")
+    asyncio.run(asyncio.wait_for(apart(), 60))
+    assert child_lines() == []
+    caplog.set_level(logging.DEBUG, logger="pacsmigrate")
+    started = time.time()
+    asyncio.run(asyncio.wait_for(apart(), 60))
+    (line,) = child_lines()
+    pid = int(re.fullmatch(r"read process (\d+): walking 1 source tree\(s\), 2 read threads",
+                           line.getMessage()).group(1))  # type: ignore[union-attr]
+    assert pid != os.getpid() and line.levelno == logging.DEBUG
+    assert line.processName == "read process" and started - 1 < line.created < time.time()
+
+
+def test_log_lines_from_any_thread_go_before_the_next_results() -> None:
+    ours, theirs = socket.socketpair()
+    out = readchild._Out(theirs)
+    handler = readchild._Forward(out)
+    logger = logging.getLogger("pacsmigrate.test-forward")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    try:
+        import threading
+        t = threading.Thread(target=logger.warning, args=("slow listings: %d us", 1200))
+        t.start()
+        t.join()
+        out.add(ReadResult(b"/d", listed=1, seen=1))
+        out.flush()
+    finally:
+        logger.removeHandler(handler)
+    ours.settimeout(5)
+    frames = []
+    for _ in range(2):
+        kind, meta_n, _ = HEAD.unpack(ours.recv(HEAD.size, socket.MSG_WAITALL))
+        frames.append((kind, pickle.loads(ours.recv(meta_n, socket.MSG_WAITALL))))
+    assert [k for k, _ in frames] == [LOG, RESULTS]
+    ((name, level, message, _),) = frames[0][1]
+    assert (name, level, message) == ("pacsmigrate.test-forward", logging.WARNING,
+                                      "slow listings: 1200 us")
     ours.close()
     theirs.close()
 
