@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from . import faults
+from .cpus import usable_cpus
 from .errors import ReadProcessError
 from .read import ReadOptions, ReadResult
 from .records import Described, Member, Problem
@@ -52,22 +53,6 @@ ACK = struct.Struct("<Q")  # the run to the child: the ring is free up to here
 # unless the child's sys.path has it already.
 CHILD = ("import sys; here = sys.argv[2]; here in sys.path or sys.path.insert(0, here); "
          "from pacsmigrate.readchild import child_main; child_main(int(sys.argv[1]))")
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on: its affinity, capped by a cgroup's CPU quota."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        n = os.cpu_count() or 1
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as f:
-            quota, period = f.read().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, int(quota) // int(period)))
-    except (OSError, ValueError):
-        pass
-    return n
 
 
 def wanted(setting: str) -> bool:
