@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,6 +45,7 @@ from .records import (
 )
 from .retention import lock_of
 from .statemerge import MergeTables
+from .stateread import OBJECT_NUMBER, ReadBack, migrated_in
 from .staterepair import RepairTables
 from .tables import (
     ContentTable,
@@ -62,22 +62,10 @@ T = TypeVar("T")
 FORMAT = 2
 _DBS = ("meta", "intents", "objects", "objkeys", "index", "sop", "problems", "plan",
         "spill", "groups", "content", "conflicts", "retention")
-_ID = struct.Struct(">I")
-# Objects whose key and lock decoding rows remembers. Rows are read in path order and a
-# bundle's files sit together, so a few thousand hit as well as all; 100,000 entries held
-# ~25 MB at a million files (the report's walk of the index), which grew with the tree.
-DECODE_CACHE = 4096
-
-def migrated_in(txn: lmdb.Transaction, paths: Iterable[bytes]
-                ) -> list[tuple[int, int] | None]:
-    """(size, mtime_ns) an index transaction holds for each path, or None (also the read
-    process's lookup: readchild.IndexLookup)."""
-    return [None if (raw := txn.get(path_key(p))) is None else rows.stat_of(raw)
-            for p in paths]
 
 
-class Checkpoint(MergeTables, RepairTables, RunsTable, SpillTable, PlanTable, RetentionTable,
-                 ContentTable, LmdbFile):
+class Checkpoint(MergeTables, RepairTables, ReadBack, RunsTable, SpillTable, PlanTable,
+                 RetentionTable, ContentTable, LmdbFile):
     """The state's tables and the intent -> upload -> commit protocol (see above).
 
     Lookups for the read stage (`migrated`, `planned_hashes`) may run in any thread.
@@ -184,7 +172,7 @@ class Checkpoint(MergeTables, RepairTables, RunsTable, SpillTable, PlanTable, Re
                         txn.delete(b"id:" + key.encode(), db=meta)
                     return int(early)
                 number, next_id = next_id, next_id + 1
-                txn.put(_ID.pack(number), key.encode(), db=self.db["objkeys"])
+                txn.put(OBJECT_NUMBER.pack(number), key.encode(), db=self.db["objkeys"])
                 if not committing:
                     txn.put(b"id:" + key.encode(), str(number).encode(), db=meta)
                 return number
@@ -192,7 +180,7 @@ class Checkpoint(MergeTables, RepairTables, RunsTable, SpillTable, PlanTable, Re
             for obj in objects:
                 key = obj.key.encode()
                 number = number_of(obj.key, committing=True)
-                txn.put(_ID.pack(number), key, db=self.db["objkeys"])
+                txn.put(OBJECT_NUMBER.pack(number), key, db=self.db["objkeys"])
                 txn.put(key, json.dumps(rows.object_json(obj, number)).encode(),
                         db=self.db["objects"])
                 lock = lock_of(obj.retention)
@@ -300,107 +288,4 @@ class Checkpoint(MergeTables, RepairTables, RunsTable, SpillTable, PlanTable, Re
     def open_problems(self) -> int:
         """Files recorded as not migrated for a reason that is not a deliberate skip."""
         return sum(1 for _, v in self.iter_db("problems") if not v["final"])
-
-    def iter_db(self, name: str, *, batch: int = 2000,
-                 keep: Callable[[bytes | memoryview], bool] | None = None
-                 ) -> Iterator[tuple[bytes, Any]]:
-        """Stream a table as dicts, in short read transactions (memory stays flat).
-        `keep(raw)`: only the records it accepts, judged before they are decoded."""
-        after = b""
-        while True:
-            chunk, last = self._range(name, after, batch, keep)
-            yield from chunk
-            if last is None:
-                return
-            after = last
-
-    def _range(self, name: str, after: bytes, limit: int,
-               keep: Callable[[bytes | memoryview], bool] | None
-               ) -> tuple[list[tuple[bytes, Any]], bytes | None]:
-        """The records (that `keep` accepts) among the next `limit` after key `after`,
-        read in one short transaction; and the last key read, None at the table's end."""
-        out: list[tuple[bytes, Any]] = []
-        if self.db[name] is None:
-            return out, None
-        read = 0
-        with self.env.begin(db=self.db[name]) as txn:
-            cur = txn.cursor()
-            if not cur.set_range(after):
-                return out, None
-            for k, v in cur:
-                if k == after:
-                    continue
-                read += 1
-                if keep is None or keep(v):
-                    out.append((bytes(k), self._decode(name, txn, bytes(k), v)))
-                if read >= limit:
-                    return out, bytes(k)
-        return out, None
-
-    def _decode(self, name: str, txn: lmdb.Transaction, k: bytes, v: bytes) -> Any:
-        if name == "spill":
-            entry, _ = rows.decode(k.partition(b"\0")[2], v)
-            return rows.as_dict(entry, "")
-        if name in ("index", "plan"):
-            legacy = rows.legacy_dict(v)
-            if legacy is not None:
-                return legacy
-            entry, number = rows.decode(k, v)
-            key = "" if number == rows.NO_OBJECT else self._object_key(txn, number)
-            row = rows.as_dict(entry, key)
-            if name == "index":
-                row["retain_until"], row["lock_mode"] = self._lock_of(txn, key)
-            return row
-        return json.loads(v)
-
-    def _object_key(self, txn: lmdb.Transaction, number: int) -> str:
-        key = self._keys.get(number)
-        if key is None:
-            raw = txn.get(_ID.pack(number), db=self.db["objkeys"])
-            key = bytes(raw).decode() if raw is not None else ""
-            if len(self._keys) >= DECODE_CACHE:
-                self._keys.clear()
-            self._keys[number] = key
-        return key
-
-    def _lock_of(self, txn: lmdb.Transaction, key: str) -> tuple[str, str]:
-        """(retain-until date, mode) of an object's lock, or ("", "")."""
-        lock = self._locks.get(key)
-        if lock is None:
-            raw = txn.get(key.encode(), db=self.db["objects"])
-            r = (json.loads(bytes(raw)).get("retention") if raw is not None else None) or {}
-            lock = r.get("retain_until", ""), r.get("mode", "") if r.get("retain_until") else ""
-            if len(self._locks) >= DECODE_CACHE:
-                self._locks.clear()
-            self._locks[key] = lock
-        return lock
-
-    def path_for_sop(self, sop_uid: str) -> bytes | None:
-        with self.env.begin(db=self.db["sop"]) as txn:
-            raw = txn.get(rows.packed_uid(sop_uid)[:500]) or txn.get(sop_uid.encode())
-        return None if raw is None else bytes(raw)
-
-    def paths_for_sop(self, sop_uid: str) -> list[bytes]:
-        """Every migrated file with this SOPInstanceUID and bytes of its own: the newest
-        first, then back along the `conflicts` chain (each names the file it displaced)."""
-        found: list[bytes] = []
-        seen: set[bytes] = set()
-        path = self.path_for_sop(sop_uid)
-        with self.env.begin() as txn:
-            while path is not None and path not in seen:
-                seen.add(path)
-                row = txn.get(path_key(path), db=self.db["index"])
-                if row is not None and self._decode("index", txn, path_key(path), row)[
-                        "sop_uid"] == sop_uid:
-                    found.append(path)
-                raw = txn.get(path_key(path), db=self.db["conflicts"])
-                other = None if raw is None else json.loads(raw)["other"]
-                path = None if other is None else from_fields(other["source_path"],
-                                                              other["source_path_b64"])
-        return found
-
-    def index_row(self, path: bytes) -> dict[str, Any] | None:
-        with self.env.begin(db=self.db["index"]) as txn:
-            raw = txn.get(path_key(path))
-            return None if raw is None else self._decode("index", txn, path_key(path), raw)
 

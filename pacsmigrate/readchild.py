@@ -28,7 +28,6 @@ from typing import Any
 import lmdb
 
 from . import alloc, faults
-from .checkpoint import migrated_in
 from .read import ReadOptions, ReadResult
 from .readproc import (
     ACK,
@@ -44,6 +43,7 @@ from .readproc import (
     meta_of,
     send_all,
 )
+from .stateread import migrated_in
 
 log = logging.getLogger("pacsmigrate.readchild")
 PR_SET_PDEATHSIG = 1
@@ -126,7 +126,7 @@ def child_main(fd: int) -> None:
         text = f"{type(exc).__name__}{': ' if what else ''}{what or ''}".encode()
         try:
             out.send_logs()
-            send_all(sock, [HEAD.pack(FAILED, len(text), 0), text])
+            out.frame(FAILED, text)
             threading.Event().wait(10)  # the run reads it, then closes (the watcher exits)
         except OSError:
             pass

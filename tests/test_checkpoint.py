@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pacsmigrate import checkpoint, rows
+from pacsmigrate import rows, stateread
 from pacsmigrate.checkpoint import Checkpoint, path_key
 from pacsmigrate.errors import StateError, StateLockedError
 from pacsmigrate.records import (
@@ -300,7 +300,7 @@ def test_rows_name_their_objects_past_the_decode_cache(cp: Checkpoint,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Decoding rows remembers a few thousand objects' keys and locks (memory stays flat at
     any size); past that the cache starts again and every row still names its object."""
-    monkeypatch.setattr(checkpoint, "DECODE_CACHE", 3)
+    monkeypatch.setattr(stateread, "DECODE_CACHE", 3)
     for i in range(10):
         cp.commit_objects([stored(f"p/00/00/g/{i}.tar", [member(b"/s/%02d/%d" % (i, j))
                                                          for j in range(2)])])
