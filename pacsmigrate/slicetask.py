@@ -31,6 +31,11 @@ T = TypeVar("T")
 
 SHARED, STORE = "shared", "store"
 SLICES = "slices"
+# Beside a worker's own directory, which Dask puts on the worker's sys.path: a folder there
+# named like the package ("pacsmigrate") shadowed it, as an empty namespace package, for an
+# installed copy found after the path finder (pip install -e): every later run on that
+# machine failed to import. The hyphen keeps this name out of any import.
+LOCAL_STATES = "pacsmigrate-slices"
 LOCK_WAIT = 120.0  # seconds a slice waits for a stopping task of an earlier run to let go
 EVERY = 1.0  # seconds between counts sent to the coordinator
 
@@ -54,6 +59,11 @@ def slice_state(state_dir: Path, shard: Shard) -> Path:
     return state_dir / SLICES / f"{shard.index}-of-{shard.count}"
 
 
+def local_states(local_directory: str, run_id: str) -> Path:
+    """Where a run's slice states are on a worker (`--slice-states store`)."""
+    return Path(local_directory).parent / LOCAL_STATES / run_id
+
+
 def run_slice(job: SliceJob) -> dict[str, Any]:
     """The Dask task: migrate one slice in this worker process. Returns its totals and,
     with states kept in the store, the key of its state's copy there."""
@@ -63,7 +73,7 @@ def run_slice(job: SliceJob) -> dict[str, Any]:
     # A worker's own directory is dask-scratch-space/worker-XXXX, made afresh by each
     # worker process: the states go beside it, where a worker restarted here finds them.
     base = job.cfg.state_dir if job.states == SHARED else \
-        Path(worker.local_directory).parent / "pacsmigrate" / job.run_id
+        local_states(worker.local_directory, job.run_id)
     state = slice_state(base, job.shard)
     cfg = replace(job.cfg, shard=job.shard, state_dir=state, progress=False,
                   report_path=None, progress_file=state.with_name(state.name + ".progress"))

@@ -25,6 +25,7 @@ from pacsmigrate.errors import StateError
 from pacsmigrate.pipeline import migrate
 from pacsmigrate.shard import Shard
 from pacsmigrate.slicestore import HELD, fetch, mark_start, newest_copy, seed, ship
+from pacsmigrate.slicetask import LOCAL_STATES, local_states
 
 
 @contextmanager
@@ -344,3 +345,31 @@ def test_a_slice_stops_when_its_coordinator_dies(moto_s3: S3Target, tmp_path: Pa
         assert moto_s3.object_keys() == stored  # nothing more is uploaded
         run_cli(*migrate_args(moto_s3, root, state, "--scheduler", address), env=env, check=True)
     assert_complete(moto_s3, state, root)
+
+
+def _import_from(cwd: Path, *first: Path) -> subprocess.CompletedProcess[str]:
+    """Import the package as a worker would, with `first` ahead on its sys.path and no
+    PYTHONPATH: the installed copy only."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = ("import sys; sys.path[:0] = sys.argv[1:]; import pacsmigrate.report as r; "
+            "print(r.__file__)")
+    return subprocess.run([sys.executable, "-c", code, *map(str, first)], check=False, cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_slice_states_on_a_worker_leave_the_package_importable(tmp_path: Path) -> None:
+    """Dask puts a worker's directory and the one above it on the worker's sys.path, and the
+    slice states go beside that directory. A folder there named `pacsmigrate` became an
+    empty namespace package ahead of an editable install: every later run on workers on
+    that machine failed with "cannot import name '__version__' from 'pacsmigrate'"."""
+    assert not LOCAL_STATES.isidentifier()  # no import can name it
+    worker = tmp_path / "dask-scratch-space" / "worker-abc"
+    worker.mkdir(parents=True)
+    if _import_from(tmp_path, worker, worker.parent).returncode != 0:
+        pytest.skip("pacsmigrate is not installed: importable only through PYTHONPATH")
+    states = local_states(str(worker), "0123456789abcdef")
+    (states / "0-of-8" / "checkpoint.lmdb").mkdir(parents=True)
+    assert states.parent.parent == worker.parent
+    proc = _import_from(tmp_path, worker, worker.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()).parent.joinpath("__init__.py").is_file()
