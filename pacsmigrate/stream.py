@@ -223,7 +223,12 @@ class SourceStream:
             await cp.call(cp.clear, "spill")
             return
         for attempt in range(MAX_PASSES + 1):
-            await sink.drain()
+            # The first pass starts at once, beside the walk's last uploads: its files are
+            # in none of them (only a drain finds files moved back to the spill, for the
+            # next pass). Every later pass waits for the one before: a spilled file leaves
+            # the spill only when its object commits.
+            if attempt or not (await cp.call(cp.counts))["spill"]:
+                await sink.drain()
             if isinstance(sink, StoreSink) and sink.moved:
                 moved, sink.moved = sink.moved, []
                 await cp.call(cp.spill, moved)
