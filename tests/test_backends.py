@@ -652,6 +652,16 @@ def test_the_store_checks_our_crc32(weed: Store) -> None:
     run_on(weed, body)
 
 
+@pytest.mark.parametrize("size", [0, 11, 256 * 1024 + 1, 16 * MiB, 16 * MiB + 1])
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_crc32_is_zlibs(size: int, kind: Callable[[bytes], Any]) -> None:
+    """--checksum crc32 is computed with ISA-L (isal): the same CRC32 as zlib's, inline
+    and (above 16 MiB) in a thread, from any buffer the upload hands it."""
+    data = random.Random(size).randbytes(size)
+    got = asyncio.run(checksum(kind(data), "crc32"))
+    assert got == Checksum("crc32", zlib.crc32(data).to_bytes(4, "big"))
+
+
 def test_planned_requests_follow_each_stores_upload_model() -> None:
     """A dry run counts requests without the store: one PUT, or parts plus the extras (S3:
     create and complete, and the unfinished uploads listed before and after the create;

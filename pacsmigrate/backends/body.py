@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from isal import isal_zlib
 
 # What `save` accepts as a chunk. The buffer is sent (and re-sent on a retry) from the
 # caller's memory, never copied, so it must not change until `save` returns.
 Buffer = bytes | bytearray | memoryview
 
-INLINE_HASH = 256 * 1024  # larger bodies are hashed in a thread
+INLINE_HASH = 256 * 1024  # larger bodies are MD5-hashed in a thread
+# ISA-L's CRC32 runs at ~50 GB/s here (zlib's at ~4): a 16 MiB part costs ~0.3 ms, less
+# than a trip to a thread and back; larger bodies still go to one.
+INLINE_CRC32 = 16 * 1024 * 1024
 SLICE = 256 * 1024  # bytes handed to the transport at a time
 
 
@@ -52,8 +56,8 @@ class Checksum:
     """The integrity checksum a store verifies on a body before it keeps it.
 
     `md5` (Content-MD5): every S3-compatible store checks it. `crc32`
-    (x-amz-checksum-crc32): AWS, MinIO, SeaweedFS and recent Ceph check it; about six times
-    cheaper to compute than MD5 (zlib's CRC32 runs at several GB/s).
+    (x-amz-checksum-crc32): AWS, MinIO, SeaweedFS and recent Ceph check it; computed with
+    ISA-L (isal), about seventy times cheaper than MD5 and ten times cheaper than zlib.
     """
 
     algorithm: str
@@ -64,9 +68,9 @@ async def checksum(data: Buffer, algorithm: str) -> Checksum:
     """The body's checksum, computed once (retries resend the same digest)."""
     if algorithm == "crc32":
         mv = view(data)
-        # Large bodies in a thread, as for MD5: zlib releases the GIL, the loop goes on.
-        crc = zlib.crc32(mv) if mv.nbytes <= INLINE_HASH else \
-            await asyncio.to_thread(zlib.crc32, mv)
+        # Very large bodies in a thread, as for MD5: isal releases the GIL.
+        crc = isal_zlib.crc32(mv) if mv.nbytes <= INLINE_CRC32 else \
+            await asyncio.to_thread(isal_zlib.crc32, mv)
         return Checksum("crc32", crc.to_bytes(4, "big"))
     return Checksum("md5", (await md5(data)).digest())
 

@@ -16,12 +16,12 @@ import os
 import socket
 import time
 import uuid
-import zlib
 from collections.abc import Iterator, Mapping
 from itertools import islice
 from pathlib import Path
 
 from aiofiles.os import wrap
+from isal import isal_zlib
 
 from ..errors import (
     BackendError,
@@ -51,7 +51,7 @@ NO_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
 
 def _digest(data: memoryview, algorithm: str) -> bytes:
     if algorithm == "crc32":
-        return zlib.crc32(data).to_bytes(4, "big")
+        return isal_zlib.crc32(data).to_bytes(4, "big")
     return hashlib.md5(data).digest()
 
 

@@ -71,7 +71,7 @@ DEFAULT_STATS_INTERVAL = 60.0  # seconds, when stderr is not a terminal
 @click.option("--checksum", type=click.Choice(["md5", "crc32"]), default="md5",
               show_default=True,
               help="What the store checks each bundle's bytes with: md5 (Content-MD5, every "
-                   "S3 store) or crc32 (AWS, MinIO, SeaweedFS, recent Ceph; 6x cheaper).")
+                   "S3 store) or crc32 (AWS, MinIO, SeaweedFS, recent Ceph; far cheaper).")
 @click.option("--storage-class", metavar="CLASS",
               help="Store every object in this class (S3: STANDARD, STANDARD_IA, "
                    "INTELLIGENT_TIERING, GLACIER_IR, GLACIER, DEEP_ARCHIVE; Azure: Hot, Cool, "
