@@ -19,18 +19,36 @@ class GroupWriter(Generic[T]):
     Each caller still returns only once its own item is durable in the checkpoint; under
     load many items share one fsync, idle there is no added wait (restic's batched index).
     Used for the write-ahead intents and for the commits of acknowledged objects.
+
+    `linger` (seconds): a transaction waits that long at most for more items, until
+    `enough` of them (by `weight`) wait, or `idle()` says nothing else is coming (no
+    object in flight). For the commits: a transaction's cost grows with the
+    B-tree pages it touches, not with its rows (the content table's blake3 keys touch a
+    page a row), so fewer, larger commits write fewer pages (measured: 138 commits of a
+    250,000-file run cost 1.2 s of system time, 46 of them 0.6).
     """
 
-    def __init__(self, cp: Checkpoint, write: Callable[[list[T]], None]) -> None:
+    def __init__(self, cp: Checkpoint, write: Callable[[list[T]], None], *,
+                 linger: float = 0.0, enough: int = 1 << 62,
+                 weight: Callable[[T], int] = lambda item: 1,
+                 idle: Callable[[], bool] = lambda: True) -> None:
         self.cp = cp
         self.write = write
+        self.linger = linger
+        self.enough = enough
+        self.weight = weight
+        self.idle = idle
         self._waiting: list[tuple[T, asyncio.Future[None]]] = []
+        self._weight = 0
+        self._more = asyncio.Event()
         self._flushing = False
         self.transactions = 0
 
     async def put(self, item: T) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, done))
+        self._weight += self.weight(item)
+        self._more.set()
         if not self._flushing:
             self._flushing = True
             try:
@@ -39,13 +57,35 @@ class GroupWriter(Generic[T]):
                 self._flushing = False
         await done
 
+    def poke(self) -> None:
+        """Something changed that `idle` may depend on: a lingering transaction looks."""
+        self._more.set()
+
+    async def _gather(self) -> None:
+        """Wait (up to `linger`) for more items, unless enough wait or none will come."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.linger
+        while self._weight < self.enough and not self.idle():
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            self._more.clear()
+            try:
+                await asyncio.wait_for(self._more.wait(), left)
+            except TimeoutError:
+                return
+
     async def _flush(self) -> None:
         while self._waiting:
-            batch, self._waiting = self._waiting, []
+            if self.linger:
+                await self._gather()
+            batch, self._waiting, self._weight = self._waiting, [], 0
             try:
                 await self.cp.call(self.write, [item for item, _ in batch])
                 self.transactions += 1
             except BaseException as exc:
+                # Those that came meanwhile fail too: no flusher is left to write them.
+                batch, self._waiting, self._weight = batch + self._waiting, [], 0
                 for _, done in batch:
                     if not done.done():
                         done.set_exception(exc)

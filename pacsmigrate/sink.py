@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 
 from . import alloc, faults
@@ -32,6 +32,10 @@ log = logging.getLogger("pacsmigrate.pipeline")
 # 1.27x between 100k and 1M). Writing them behind the walk instead cost more CPU than it
 # saved on 2 cores (the writer thread takes the GIL from the loop).
 PLAN_BATCH = 4_000
+# A commit waits up to COMMIT_LINGER s for other acknowledged objects, until COMMIT_ENOUGH
+# files wait (their objects keep their room in flight meanwhile).
+COMMIT_LINGER = 0.5
+COMMIT_ENOUGH = 10_000
 
 
 def requests_for(plan: BundlePlan, *, scheme: str, part_size: int) -> int:
@@ -168,7 +172,12 @@ class StoreSink(Sink):
         self.intents: GroupWriter[BundlePlan] = GroupWriter(cp, self._intents)
         # plan key -> its members' digests -> where that content is stored (or None)
         self._found: dict[str, dict[str, Stored | None]] = {}
-        self.commits: GroupWriter[StoredObject] = GroupWriter(cp, cp.commit_objects)
+        # Commits linger a little for company (commit.GroupWriter): not when no other object
+        # is in flight, as at the end of a run (an acknowledged one has left the flight).
+        self.commits: GroupWriter[StoredObject] = GroupWriter(
+            cp, cp.commit_objects, linger=COMMIT_LINGER, enough=COMMIT_ENOUGH,
+            weight=lambda obj: len(obj.entries),
+            idle=lambda: self.in_flight == 0)
         self.expect = expect
         self.started = started
         self.room = asyncio.Condition()
@@ -218,20 +227,33 @@ class StoreSink(Sink):
             self.error = task.exception()
 
     async def _one(self, plan: BundlePlan, held: int, lease: Lease) -> None:
-        try:
-            # Write-ahead before any byte of it is sent (plans share transactions).
-            await self.intents.put(plan)
-            faults.point("after-intent")
-            await self._store(plan, lease)
-        finally:
+        freed = False
+
+        async def free() -> None:
+            """Its room in flight back: once its bytes are acknowledged (or it failed); its
+            commit may linger for company (self.commits) without holding up the walk."""
+            nonlocal freed
+            if freed:
+                return
+            freed = True
             self.buffers.give(lease)
             async with self.room:
                 self.in_flight -= 1
                 self.in_flight_bytes -= held
                 self.room.notify_all()
+            self.commits.poke()
             alloc.release()
 
-    async def _store(self, plan: BundlePlan, lease: Lease) -> None:
+        try:
+            # Write-ahead before any byte of it is sent (plans share transactions).
+            await self.intents.put(plan)
+            faults.point("after-intent")
+            await self._store(plan, lease, free)
+        finally:
+            await free()
+
+    async def _store(self, plan: BundlePlan, lease: Lease,
+                     free: Callable[[], Awaitable[None]]) -> None:
         expect = None
         if self.expect:
             got = await self.cp.call(self.cp.planned_hashes, [m.path for m in plan.members])
@@ -242,6 +264,7 @@ class StoreSink(Sink):
                                     locks=self.locks(plan) if self.locks else None,
                                     known=self._known(plan) if self.dedup else None,
                                     compress=self.compress, take=lease.take)
+        await free()
         s = self.stats
         if stored is None:
             await self.cp.call(self.cp.drop_intent, plan.key)
