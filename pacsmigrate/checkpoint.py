@@ -149,8 +149,8 @@ class Checkpoint(MergeTables, RepairTables, ReadBack, RunsTable, SpillTable, Pla
     def commit_objects(self, objects: list[StoredObject]) -> None:
         """One transaction: acknowledged objects, their index rows, their intents gone."""
         def write(txn: lmdb.Transaction) -> None:
-            meta, index, sop, problems, plan = (self.db[n] for n in
-                                                ("meta", "index", "sop", "problems", "plan"))
+            meta, index, problems, plan = (self.db[n] for n in
+                                           ("meta", "index", "problems", "plan"))
             raw = txn.get(b"next_object", db=meta)
             next_id = int(raw) if raw is not None else 1
             # Cleanups only where there is something to clean (the usual run has none).
@@ -177,6 +177,8 @@ class Checkpoint(MergeTables, RepairTables, ReadBack, RunsTable, SpillTable, Pla
                     txn.put(b"id:" + key.encode(), str(number).encode(), db=meta)
                 return number
 
+            # Rows go in per table with putmulti: one call a table and object, not one a
+            # row (each LMDB call from Python costs a GIL hand-off and a frame).
             for obj in objects:
                 key = obj.key.encode()
                 number = number_of(obj.key, committing=True)
@@ -188,30 +190,30 @@ class Checkpoint(MergeTables, RepairTables, ReadBack, RunsTable, SpillTable, Pla
                 # study, not one a file).
                 spilled_here = self.spilled_in(txn, {e.about.group for e in obj.entries}) \
                     if spilled else set()
+                index_rows, sops, contents = [], [], []
                 for e in obj.entries:
                     k = path_key(e.path)
                     if e.duplicate_of:
                         where = number if e.duplicate_of == obj.key else number_of(
                             e.duplicate_of, committing=False)
+                        dedup[0] += 1
+                        dedup[1] += e.length
                     else:
                         where = number
                         if e.blake3 and e.length:
-                            self._note_content(txn, e, number, lock, alone=obj.kind == FILE)
-                    txn.put(k, rows.encode(e, where, long_path=k is not e.path), db=index)
-                    if e.duplicate_of:
-                        dedup[0] += 1
-                        dedup[1] += e.length
+                            contents.append(e)
+                    index_rows.append((k, rows.encode(e, where, long_path=k is not e.path)))
                     if e.about.sop_uid:
-                        uid = rows.packed_uid(e.about.sop_uid)[:500]
-                        if not txn.put(uid, e.path, db=sop, overwrite=False):
-                            self._same_sop(txn, e, txn.get(uid, db=sop))
-                            txn.put(uid, e.path, db=sop)
+                        sops.append((rows.packed_uid(e.about.sop_uid)[:500], e))
                     if troubled:
                         txn.delete(k, db=problems)
                     if planned:
                         txn.delete(k, db=plan)
                     if e.about.group in spilled_here:
                         txn.delete(spill_key(e.about.group, e.path), db=self.db["spill"])
+                txn.cursor(db=index).putmulti(index_rows)
+                self._note_contents(txn, contents, number, lock, alone=obj.kind == FILE)
+                self._note_sops(txn, sops)
                 txn.delete(key, db=self.db["intents"])
                 # The studies it holds (a pack holds several).
                 for g in {e.about.group for e in obj.entries if e.about.status == DICOM}:
@@ -219,6 +221,19 @@ class Checkpoint(MergeTables, RepairTables, ReadBack, RunsTable, SpillTable, Pla
             txn.put(b"next_object", str(next_id).encode(), db=meta)
             txn.put(b"dedup", json.dumps(dedup).encode(), db=meta)
         self._write(write)
+
+    def _note_sops(self, txn: lmdb.Transaction, sops: list[tuple[bytes, Entry]]) -> None:
+        """SOP UID -> path for each entry; one that another path has already (a re-sent or
+        edited instance, or the same content twice) is recorded as such (_same_sop)."""
+        cur = txn.cursor(db=self.db["sop"])
+        _, added = cur.putmulti([(uid, e.path) for uid, e in sops], overwrite=False)
+        if added == len(sops):
+            return
+        for uid, e in sops:  # rare: find those that were there, row by row
+            other = cur.get(uid)
+            if other is not None and bytes(other) != e.path:
+                self._same_sop(txn, e, other)
+                txn.put(uid, e.path, db=self.db["sop"])
 
     def _same_sop(self, txn: lmdb.Transaction, e: Entry, other: bytes | memoryview | None
                   ) -> None:

@@ -230,6 +230,21 @@ class ContentTable:
         with self.env.begin(db=self.db["content"]) as txn:
             return txn.get(_SIZE_KEY + struct.pack("<Q", size)) is not None
 
+    def _note_contents(self, txn: lmdb.Transaction, entries: list[Entry], number: int,
+                       lock: Lock, *, alone: bool) -> None:
+        """_note_content for an object's entries: new content, the usual case, in one call
+        (putmulti); any digest that was there already goes through _note_content."""
+        if not entries:
+            return
+        where = [(bytes.fromhex(e.blake3),
+                  _WHERE.pack(number, e.offset, e.length, bool(e.encoding), *lock))
+                 for e in entries]
+        _, added = txn.cursor(db=self.db["content"]).putmulti(where, overwrite=False)
+        if added == len(where) and not alone:
+            return
+        for e in entries:  # rare: copies of stored content (or a large file alone)
+            self._note_content(txn, e, number, lock, alone=alone)
+
     def _note_content(self, txn: lmdb.Transaction, e: Entry, number: int, lock: Lock, *,
                       alone: bool) -> None:
         """Record where content is stored: the first copy, or a later one locked longer

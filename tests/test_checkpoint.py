@@ -322,3 +322,38 @@ def test_iter_db_keeps_what_the_raw_filter_accepts_across_batches(cp: Checkpoint
         assert [k for k, _ in got] == want, batch
         assert all(r["status"] == UNSORTED and r["reason"] == "not DICOM" for _, r in got)
     assert rows.unsorted(b'{"status": "unsorted"}') and not rows.unsorted(b'{"status": "dicom"}')
+
+
+def test_batched_rows_keep_the_row_by_row_rules(cp: Checkpoint) -> None:
+    """commit_objects writes each table's rows in one call (putmulti); what a row meets
+    already there is still handled row by row: a SOPInstanceUID at another path with other
+    bytes, in the same object or an earlier one, is listed as a conflict and points at the
+    latest path; content already stored is re-pointed only at bytes locked longer."""
+    from pacsmigrate.records import Entry, StoredObject
+
+    def entry(path: bytes, digest: str, sop: str) -> Entry:
+        return Entry(path, 512, 10, digest, 10, 1, about(sop=sop))
+
+    first = StoredObject("p/a.tar", "tar", GROUPS[0], "a", 4096, "e", "", (
+        entry(b"/s/a1", "01" * 32, "1.9.1"), entry(b"/s/a2", "02" * 32, "1.9.1"),
+        entry(b"/s/a3", "03" * 32, "1.9.3")))
+    cp.commit_objects([first])
+    assert cp.path_for_sop("1.9.1") == b"/s/a2"
+    assert {k for k, _ in cp.iter_db("conflicts")} == {b"/s/a2"}
+    # Later: the SOP of a3 at another path with other bytes; a1's content again, in an
+    # object locked until 2060 (the first had no lock): the content row moves to it.
+    locked = {"retain_until": "2060-01-01", "mode": "COMPLIANCE"}
+    second = StoredObject("p/b.tar", "tar", GROUPS[0], "b", 4096, "e", "", (
+        entry(b"/s/b3", "04" * 32, "1.9.3"), entry(b"/s/b1", "01" * 32, "1.9.4")),
+        retention=locked)
+    cp.commit_objects([second])
+    assert cp.path_for_sop("1.9.3") == b"/s/b3"
+    assert {k for k, _ in cp.iter_db("conflicts")} == {b"/s/a2", b"/s/b3"}
+    found = cp.stored_content("01" * 32)
+    assert found is not None and found.key == "p/b.tar"
+    # The unlocked copy again: the longer-locked bytes stay the ones copies point at.
+    cp.commit_objects([StoredObject("p/c.tar", "tar", GROUPS[0], "c", 4096, "e", "", (
+        entry(b"/s/c1", "01" * 32, "1.9.5"),))])
+    found = cp.stored_content("01" * 32)
+    assert found is not None and found.key == "p/b.tar"
+    assert cp.stored_content("03" * 32) is not None and cp.stored_content("05" * 32) is None
