@@ -39,23 +39,29 @@ class GroupWriter(Generic[T]):
         self.weight = weight
         self.idle = idle
         self._waiting: list[tuple[T, asyncio.Future[None]]] = []
-        self._weight = 0
+        self._weight = 0  # of the items waiting for the next transaction
+        self.pending = 0  # weight handed in and not yet durable (or failed)
         self._more = asyncio.Event()
         self._flushing = False
         self.transactions = 0
 
     async def put(self, item: T) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        weight = self.weight(item)
         self._waiting.append((item, done))
-        self._weight += self.weight(item)
+        self._weight += weight
+        self.pending += weight
         self._more.set()
-        if not self._flushing:
-            self._flushing = True
-            try:
-                await self._flush()
-            finally:
-                self._flushing = False
-        await done
+        try:
+            if not self._flushing:
+                self._flushing = True
+                try:
+                    await self._flush()
+                finally:
+                    self._flushing = False
+            await done
+        finally:
+            self.pending -= weight
 
     def poke(self) -> None:
         """Something changed that `idle` may depend on: a lingering transaction looks."""

@@ -33,9 +33,12 @@ log = logging.getLogger("pacsmigrate.pipeline")
 # saved on 2 cores (the writer thread takes the GIL from the loop).
 PLAN_BATCH = 4_000
 # A commit waits up to COMMIT_LINGER s for other acknowledged objects, until COMMIT_ENOUGH
-# files wait (their objects keep their room in flight meanwhile).
+# files wait. Acknowledged objects leave the flight's room (their bytes are sent); while
+# COMMIT_BACKLOG files wait for their commit (a slow state disk), no new plan starts: their
+# records (~2 KiB a file) stay bounded.
 COMMIT_LINGER = 0.5
 COMMIT_ENOUGH = 10_000
+COMMIT_BACKLOG = 4 * COMMIT_ENOUGH
 
 
 def requests_for(plan: BundlePlan, *, scheme: str, part_size: int) -> int:
@@ -203,7 +206,8 @@ class StoreSink(Sink):
         async with self.room:
             await self.room.wait_for(lambda: self.error is not None or (
                 self.in_flight < self.objects_max
-                and (self.in_flight_bytes + held <= self.memory_max or not self.in_flight)))
+                and (self.in_flight_bytes + held <= self.memory_max or not self.in_flight)
+                and self.commits.pending < COMMIT_BACKLOG))
             self._raise()
             # Idle part buffers serve it where they fit (what they hold beyond its estimate
             # is added to it); the others go if the budget needs their room.
@@ -270,7 +274,11 @@ class StoreSink(Sink):
             await self.cp.call(self.cp.drop_intent, plan.key)
             log.info("nothing stored for %s: its files moved, vanished or changed", plan.key)
         else:
-            await self.commits.put(stored)
+            try:
+                await self.commits.put(stored)
+            finally:
+                async with self.room:  # the commit backlog shrank (or failed)
+                    self.room.notify_all()
             n = len(stored.entries)
             faults.point("after-commit")
             s.files_migrated += n

@@ -126,3 +126,28 @@ def test_items_handed_in_during_a_failing_transaction_fail_too(cp: Checkpoint) -
             asyncio.gather(first, w.put(obj(2)), return_exceptions=True), LINGER)
         return [isinstance(g, OSError) for g in got]
     assert asyncio.run(go()) == [True, True]
+
+
+def test_pending_counts_files_until_they_are_durable_or_failed(cp: Checkpoint) -> None:
+    """`pending` (by weight: files) is what the sink bounds the commit backlog with: it
+    holds an item from its hand-in until its transaction is durable, or failed."""
+    def slow(items: list[StoredObject]) -> None:
+        time.sleep(0.1)
+        if any(o.key == "k/3.tar" for o in items):
+            raise OSError("disk full")
+        cp.commit_objects(items)
+
+    async def go() -> list[int]:
+        w: GroupWriter[StoredObject] = GroupWriter(cp, slow, weight=lambda o: len(o.entries))
+        seen = [w.pending]
+        first = asyncio.create_task(w.put(obj(1, files=5)))
+        second = asyncio.create_task(w.put(obj(2, files=7)))
+        await asyncio.sleep(0.02)
+        seen.append(w.pending)  # both handed in: one being written, one waiting
+        await asyncio.gather(first, second)
+        seen.append(w.pending)
+        with pytest.raises(OSError):
+            await w.put(obj(3, files=4))
+        seen.append(w.pending)
+        return seen
+    assert asyncio.run(go()) == [0, 12, 0, 0]
