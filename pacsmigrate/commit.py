@@ -83,10 +83,11 @@ class GroupWriter(Generic[T]):
 
     async def _flush(self) -> None:
         while self._waiting:
-            if self.linger:
-                await self._gather()
-            batch, self._waiting, self._weight = self._waiting, [], 0
+            batch: list[tuple[T, asyncio.Future[None]]] = []
             try:
+                if self.linger:
+                    await self._gather()  # (the flusher may be cancelled here too)
+                batch, self._waiting, self._weight = self._waiting, [], 0
                 await self.cp.call(self.write, [item for item, _ in batch])
                 self.transactions += 1
             except BaseException as exc:

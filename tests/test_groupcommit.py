@@ -151,3 +151,20 @@ def test_pending_counts_files_until_they_are_durable_or_failed(cp: Checkpoint) -
         seen.append(w.pending)
         return seen
     assert asyncio.run(go()) == [0, 12, 0, 0]
+
+
+def test_a_flusher_cancelled_while_lingering_leaves_no_one_waiting(cp: Checkpoint) -> None:
+    """The task that drives the lingering transaction is cancelled (the run stops): the
+    items that waited with it are cancelled too, none waits for a flush that never comes."""
+    async def go() -> list[bool]:
+        w: GroupWriter[StoredObject] = GroupWriter(cp, cp.commit_objects, linger=LINGER,
+                                                   idle=lambda: False)
+        first = asyncio.create_task(w.put(obj(1)))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(w.put(obj(2)))
+        await asyncio.sleep(0.05)
+        first.cancel()
+        got = await asyncio.wait_for(asyncio.gather(first, second, return_exceptions=True),
+                                     LINGER / 2)
+        return [isinstance(g, asyncio.CancelledError) for g in got]
+    assert asyncio.run(go()) == [True, True]
