@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import Executor
 
 from . import alloc, faults
 from .backends import Backend
 from .backends.limits import planned_requests
-from .bundle import Known, tar_size
+from .bundle import Built, Known, tar_size
 from .checkpoint import Checkpoint
 from .commit import GroupWriter
 from .costs import NO_PRICES, PriceTable, Tally, as_json, describe, estimate
@@ -231,15 +231,14 @@ class StoreSink(Sink):
             self.error = task.exception()
 
     async def _one(self, plan: BundlePlan, held: int, lease: Lease) -> None:
-        freed = False
-
-        async def free() -> None:
-            """Its room in flight back: once its bytes are acknowledged (or it failed); its
-            commit may linger for company (self.commits) without holding up the walk."""
-            nonlocal freed
-            if freed:
-                return
-            freed = True
+        try:
+            # Write-ahead before any byte of it is sent (plans share transactions).
+            await self.intents.put(plan)
+            faults.point("after-intent")
+            stored, built = await self._upload(plan, lease)
+        finally:
+            # Its room in flight back once its bytes are acknowledged (or it failed): its
+            # commit may linger for company (self.commits) without holding up the walk.
             self.buffers.give(lease)
             async with self.room:
                 self.in_flight -= 1
@@ -247,28 +246,24 @@ class StoreSink(Sink):
                 self.room.notify_all()
             self.commits.poke()
             alloc.release()
+        await self._record(plan, stored, built)
 
-        try:
-            # Write-ahead before any byte of it is sent (plans share transactions).
-            await self.intents.put(plan)
-            faults.point("after-intent")
-            await self._store(plan, lease, free)
-        finally:
-            await free()
-
-    async def _store(self, plan: BundlePlan, lease: Lease,
-                     free: Callable[[], Awaitable[None]]) -> None:
+    async def _upload(self, plan: BundlePlan, lease: Lease
+                      ) -> tuple[StoredObject | None, Built]:
         expect = None
         if self.expect:
             got = await self.cp.call(self.cp.planned_hashes, [m.path for m in plan.members])
             expect = {m.path: g[2] for m, g in zip(plan.members, got, strict=True)
                       if g is not None and (g[0], g[1]) == (m.size, m.mtime_ns) and g[2]}
-        stored, built = await store(plan, self.backend, self.pool, secret=self.secret,
-                                    expect=expect, storage_class=self.storage_class(plan),
-                                    locks=self.locks(plan) if self.locks else None,
-                                    known=self._known(plan) if self.dedup else None,
-                                    compress=self.compress, take=lease.take)
-        await free()
+        return await store(plan, self.backend, self.pool, secret=self.secret,
+                           expect=expect, storage_class=self.storage_class(plan),
+                           locks=self.locks(plan) if self.locks else None,
+                           known=self._known(plan) if self.dedup else None,
+                           compress=self.compress, take=lease.take)
+
+    async def _record(self, plan: BundlePlan, stored: StoredObject | None, built: Built
+                      ) -> None:
+        """Commit what the store acknowledged (or forget the intent) and count it."""
         s = self.stats
         if stored is None:
             await self.cp.call(self.cp.drop_intent, plan.key)
