@@ -96,6 +96,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-others", type=float, default=0.3, metavar="CPUS",
                    help="discard and re-run a run during which everything else used more "
                    "than this many CPUs on average (default 0.3)")
+    p.add_argument("--no-warm", dest="warm", action="store_false",
+                   help="do not read the tree before each timed run (see measure.warm)")
     p.add_argument("--retries", type=int, help="re-runs of a disturbed run (default 2, quick 0)")
     p.add_argument("--timeout", type=float, default=4 * 3600,
                    help="kill a tool run after this many seconds (default 4 h)")
@@ -243,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             ctx = Ctx(store=store, work=work, repeats=args.sizes.repeats,
                       idle_wait=args.idle_wait, max_others=args.max_others,
                       retries=args.retries, tuned=args.tuned, peers=args.peers,
-                      quick=args.quick, timeout=args.timeout)
+                      quick=args.quick, timeout=args.timeout, warm=args.warm)
             print(f"SeaweedFS at {store.endpoint}", flush=True)
             sections, profile = run_sections(args, ctx, trees)
             endpoint = store.endpoint
@@ -254,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             started=started, finished=datetime.now(UTC),
             invocation=shlex.join(["benchmarks/bench.py", *raw]), mode=mode,
             info=info, trees=list(trees.made.values()), sections=sections, endpoint=endpoint,
-            profile=profile, skipped=skipped)
+            profile=profile, skipped=skipped, warm=args.warm)
         if args.print_only:
             print(text)
         else:

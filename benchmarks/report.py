@@ -94,7 +94,8 @@ def machine(work: Path) -> dict[str, str]:
 
 def compose(*, started: datetime, finished: datetime, invocation: str, mode: str,
             info: dict[str, str], trees: list[Tree], sections: list[Section],
-            endpoint: str, profile: list[str] | None, skipped: list[str]) -> str:
+            endpoint: str, profile: list[str] | None, skipped: list[str],
+            warm: bool = True) -> str:
     targets = sorted((t for s in sections for t in s.targets), key=lambda t: t.key)
     met = sum(t.met is True for t in targets)
     judged = sum(t.met is not None for t in targets)
@@ -102,10 +103,14 @@ def compose(*, started: datetime, finished: datetime, invocation: str, mode: str
            + ", ".join(s.key for s in sections), "",
            (f"Command: `{invocation}` (took {(finished - started).total_seconds() / 60:.1f} min). "
            f"One SeaweedFS (`weed mini`) at `{endpoint}` for the whole run; credentials via "
-           "`AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`, region us-east-1, path-style. Trees "
-           "are written once and read from the page cache unless the machine evicted them "
-           "(see Machine: page cache reclaim), and every tool talks to the store over loopback: these numbers compare the tools' "
-           "client-side cost, not a real NAS → S3 migration."), "",
+           "`AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`, region us-east-1, path-style. "
+           + ("Before every timed run the bench read each file of its tree once, untimed, "
+              "whatever the tool, so every run reads the page cache"
+              if warm else "Trees were read from the page cache unless the machine evicted "
+              "them (--no-warm)")
+           + " (see Machine: page cache reclaim), and every tool talks to the store over "
+           "loopback: these numbers compare the tools' client-side cost, not a real NAS → "
+           "S3 migration."), "",
            "**Machine**", "", *[f"- {k}: {v}" for k, v in info.items()],
            ("- Client (each tool) and server (SeaweedFS) share the machine's CPUs; the bench "
            "runs one tool at a time, but other people's jobs may run too (see others' CPU)."),

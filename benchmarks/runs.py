@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from measure import Timed, disturbed, log_tail, run_timed
+from measure import Timed, disturbed, log_tail, run_timed, warm
 from store import Store
 from tools import BIN, PREFIX, Variant
 from trees import Tree
@@ -31,6 +31,7 @@ class Ctx:
     peers: tuple[str, ...]
     quick: bool
     timeout: float
+    warm: bool = True  # read the tree before each timed run (measure.warm)
 
 
 @dataclass
@@ -188,6 +189,8 @@ def run_one(ctx: Ctx, variant: Variant, tree: Tree, *, section: str, repeat: int
                                    state=state, report=report_path)]
     env = variant.env(ctx.store.env, endpoint=ctx.store.endpoint, work=ctx.work)
     log = ctx.work / "logs" / f"{label}.log"
+    if ctx.warm:
+        warm(src)
     t = run_timed(argv, env=env, log=log, own_pids=ctx.store.own_pids(),
                   idle_wait=ctx.idle_wait if idle_wait is None else idle_wait,
                   timeout=ctx.timeout)
