@@ -35,13 +35,13 @@ def machine_busy_seconds() -> float | None:
     return (sum(ticks) - ticks[3] - ticks[4]) / TICK
 
 
-def warm(root: Path) -> tuple[int, float]:
+def warm(root: Path) -> None:
     """Read every file under root once (untimed), so the run that follows reads the page
     cache, as every tool's run does: this machine pages out memory idle for about a minute
     (see report.page_cache_reclaim), so without it a tool run after a long one (s5cmd's
     2.5 minutes) read part of the tree from disk and paid for it in CPU too (probe: the
-    read stage alone 13.9 CPU-s after 90 s idle, 10-11 s warm). Returns (bytes, seconds)."""
-    t0, total, stack = time.perf_counter(), 0, [os.fsencode(root)]
+    read stage alone 13.9 CPU-s after 90 s idle, 10-11 s warm)."""
+    stack = [os.fsencode(root)]
     buf = bytearray(1 << 20)
     while stack:
         with os.scandir(stack.pop()) as it:
@@ -51,11 +51,10 @@ def warm(root: Path) -> tuple[int, float]:
                 elif e.is_file(follow_symlinks=False):
                     fd = os.open(e.path, os.O_RDONLY)
                     try:
-                        while got := os.readv(fd, [buf]):
-                            total += got
+                        while os.readv(fd, [buf]):
+                            pass
                     finally:
                         os.close(fd)
-    return total, time.perf_counter() - t0
 
 
 def wait_idle(max_wait: float, *, threshold: float = 0.25, window: float = 1.0) -> bool:
