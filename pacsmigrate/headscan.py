@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 
+from . import headcache
 from .dicomref import (
     AMBIGUOUS_VR_NAMES,
     NONE_WHEN_EMPTY_NAMES,
@@ -102,6 +103,9 @@ def scan_fields(data: Buffer, size: int) -> Fields | int | None:
     if data[128:132] != b"DICM" or not defaults():
         return None
     try:
+        like = headcache.matching(data, n, size)
+        if like is not None:  # the last header's layout: its walk's outcome holds here
+            return _fields(data, n, size, like.walked, like.ts)
         return _scan(data, n, size)
     except Need as need:
         return need.end
@@ -130,6 +134,14 @@ def _scan(data: Buffer, n: int, size: int) -> Fields | int | None:
     walked = (_walk_implicit if implicit else _walk_explicit)(data, n, size, pos)
     if not isinstance(walked, tuple):
         return walked
+    headcache.remember(data, n, size, pos, implicit, walked, ts)
+    return _fields(data, n, size, walked, ts)
+
+
+def _fields(data: Buffer, n: int, size: int, walked: tuple[_Found, int, bool, bool], ts: str
+            ) -> Fields:
+    """The fields a walk found, read from the data, with every check that depends on their
+    values (the walk itself depends on none: headcache.py)."""
     found, stop, overrun, empty_sequence = walked
     charset = found.get(CHARSET)
     if charset is not None:
