@@ -86,7 +86,7 @@ def remember(data: Buffer, n: int, size: int, start: int, implicit: bool, walked
     stop = walked[1]
     if stop < 0 or walked[2]:
         return  # ended at EOF, or overran it: the end of the data decides too much there
-    starts, ends = [0], [_PREAMBLE]
+    starts, ends = [0], [_PREAMBLE]  # the preamble: never read
     if not _meta_spans(data, start, starts, ends):
         return
     if not _data_spans(data, n, size, start, stop, implicit, starts, ends):
@@ -95,7 +95,7 @@ def remember(data: Buffer, n: int, size: int, start: int, implicit: bool, walked
     outside = bytearray(b"\xff") * end
     for a, b in zip(starts, ends, strict=True):
         outside[a:b] = bytes(max(0, min(b, end) - a))
-    mask = int.from_bytes(outside[:end], "little")
+    mask = int.from_bytes(outside, "little")
     last = Template(n, size, end, mask, int.from_bytes(data[:end], "little") & mask, walked,
                     ts)
 
