@@ -147,8 +147,13 @@ class LocalTarget:
         uploads = self.root / ".pacsmigrate-uploads"
         if not uploads.is_dir():
             return []
-        return [{"Key": (p / "upload.json").read_text(), "UploadId": p.name}
-                for p in sorted(uploads.iterdir())]
+        found = []
+        for p in sorted(uploads.iterdir()):
+            try:
+                found.append({"Key": (p / "upload.json").read_text(), "UploadId": p.name})
+            except FileNotFoundError:
+                continue  # being created or removed right now (as the backend's own listing)
+        return found
 
     def leftovers(self) -> list[str]:
         """Temporary files a write left behind (a finished or failed write leaves none)."""

@@ -51,11 +51,6 @@ def no_template() -> Iterator[None]:
     headcache.forget()
 
 
-def same_length(value: str, other: str) -> str:
-    assert len(value) == len(other)
-    return other
-
-
 BASE = {"InstanceNumber": "1", "AccessionNumber": "A0001", "SeriesNumber": "3"}
 # Values of the same length as BASE's and image()'s: each file differs from the first only
 # inside values, so the shortcut is taken; what each gives is judged again all the same.
