@@ -91,10 +91,10 @@ def remember(data: Buffer, n: int, size: int, start: int, implicit: bool, walked
         return
     if not _data_spans(data, n, size, start, stop, implicit, starts, ends):
         return
-    end = min(stop + 12, n)
+    end = min(stop + 12, n)  # every span ends at or before stop
     outside = bytearray(b"\xff") * end
     for a, b in zip(starts, ends, strict=True):
-        outside[a:b] = bytes(max(0, min(b, end) - a))
+        outside[a:b] = bytes(b - a)
     mask = int.from_bytes(outside, "little")
     last = Template(n, size, end, mask, int.from_bytes(data[:end], "little") & mask, walked,
                     ts)

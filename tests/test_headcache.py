@@ -38,8 +38,7 @@ def after(template: bytes, data: bytes, size: int | None = None) -> tuple[Any, b
     headcache.forget()
     outcome(template, len(template) if size is None else size)
     size = len(data) if size is None else size
-    took = headcache.last is not None and headcache.matching(data, min(len(data), size),
-                                                             size) is not None
+    took = headcache.matching(data, min(len(data), size), size) is not None
     got = outcome(data, size)
     return got, took
 
