@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import lmdb
 
 from . import rows
-from .lmdbfile import LmdbFile
+from .lmdbfile import LmdbFile, rows_within
 from .paths import from_fields, path_fields
 from .records import (
     DICOM,
@@ -60,6 +60,8 @@ from .tables import (
 T = TypeVar("T")
 
 FORMAT = 2
+# Pages of the hash- and UID-keyed tables (content, sop) one commit may dirty: 16 MiB.
+COMMIT_PAGES = 4096
 _DBS = ("meta", "intents", "objects", "objkeys", "index", "sop", "problems", "plan",
         "spill", "groups", "content", "conflicts", "retention")
 
@@ -77,6 +79,19 @@ class Checkpoint(MergeTables, RepairTables, ReadBack, RunsTable, SpillTable, Pla
         super().__init__(state_dir, readonly=readonly, idle=idle)
         self._keys: dict[int, str] = {}  # object number -> key, for decoding rows
         self._locks: dict[str, tuple[str, str]] = {}  # object key -> its lock, likewise
+        self._commit_files: int | None = None
+        if not readonly:
+            with self.env.begin() as txn:
+                self._commit_files = self._files_within(txn)
+
+    def _files_within(self, txn: lmdb.Transaction) -> int | None:
+        return rows_within(COMMIT_PAGES, [txn.stat(self.db[n])["leaf_pages"]
+                                          for n in ("content", "sop")])
+
+    def commit_files(self) -> int | None:
+        """Files one `commit_objects` should hold at most, for its dirty pages (see
+        lmdbfile.rows_within) to stay under COMMIT_PAGES as the tables grow; None: any."""
+        return self._commit_files
 
     # -- meta -------------------------------------------------------------------------
     def get_meta(self, name: str) -> Any:
@@ -220,6 +235,7 @@ class Checkpoint(MergeTables, RepairTables, ReadBack, RunsTable, SpillTable, Pla
                     txn.put(g.encode(), b"", db=self.db["groups"])
             txn.put(b"next_object", str(next_id).encode(), db=meta)
             txn.put(b"dedup", json.dumps(dedup).encode(), db=meta)
+            self._commit_files = self._files_within(txn)
         self._write(write)
 
     def _note_sops(self, txn: lmdb.Transaction, sops: list[tuple[bytes, Entry]]) -> None:

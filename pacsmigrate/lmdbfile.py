@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import itertools
+import math
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -23,6 +24,29 @@ T = TypeVar("T")
 INITIAL_MAP_SIZE = 1 << 30
 LOW_SPACE = 16 << 20  # below this, a failed write is reported as a full disk
 COPY_BATCH = 4096  # rows per transaction when compacting
+
+
+def rows_within(pages: int, leaves: Sequence[int]) -> int | None:
+    """How many random keys one transaction may put (one in each table of `leaves` leaf
+    pages) and dirty about `pages` pages at most; None: any number (every page fits).
+
+    k random keys touch L * (1 - e^(-k/L)) of a table's L leaf pages (Poisson). A write
+    transaction holds each page it touches as a malloc'd copy, and LMDB keeps those copies
+    for the next transaction (its env's free list), so the largest transaction sets the
+    process's anonymous memory for good. Keyed by hashes and UIDs, a table of N rows dirties
+    about a page a row once N is large: rows alone would not bound that as tables grow.
+    """
+    if sum(leaves) <= pages:
+        return None
+    def touched(k: int) -> float:
+        return sum(n * -math.expm1(-k / n) for n in leaves if n)
+    low, high = 1, pages
+    while touched(high) < pages:  # ends: touched() nears sum(leaves) > pages
+        high *= 2
+    while low < high:  # the largest k with touched(k) <= pages
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if touched(mid) <= pages else (low, mid - 1)
+    return low
 
 
 class LmdbFile:

@@ -33,7 +33,7 @@ log = logging.getLogger("pacsmigrate.pipeline")
 # saved on 2 cores (the writer thread takes the GIL from the loop).
 PLAN_BATCH = 4_000
 # A commit waits up to COMMIT_LINGER s for other acknowledged objects, until COMMIT_ENOUGH
-# files wait. Acknowledged objects leave the flight's room (their bytes are sent); while
+# files wait (fewer once the state is large: Checkpoint.commit_files). Acknowledged objects leave the flight's room (their bytes are sent); while
 # COMMIT_BACKLOG files wait for their commit (a slow state disk), no new plan starts: their
 # records (~2 KiB a file) stay bounded.
 COMMIT_LINGER = 0.5
@@ -178,7 +178,8 @@ class StoreSink(Sink):
         # Commits linger a little for company (commit.GroupWriter): not when no other object
         # is in flight, as at the end of a run (an acknowledged one has left the flight).
         self.commits: GroupWriter[StoredObject] = GroupWriter(
-            cp, cp.commit_objects, linger=COMMIT_LINGER, enough=COMMIT_ENOUGH,
+            cp, cp.commit_objects, linger=COMMIT_LINGER,
+            enough=lambda: min(COMMIT_ENOUGH, cp.commit_files() or COMMIT_ENOUGH),
             weight=lambda obj: len(obj.entries),
             idle=lambda: self.in_flight == 0)
         self.expect = expect

@@ -168,3 +168,30 @@ def test_a_flusher_cancelled_while_lingering_leaves_no_one_waiting(cp: Checkpoin
                                      LINGER / 2)
         return [isinstance(g, asyncio.CancelledError) for g in got]
     assert asyncio.run(go()) == [True, True]
+
+
+def test_a_backlog_is_written_enough_at_a_time_in_order(cp: Checkpoint) -> None:
+    """Items handed in while a slow transaction runs are written `enough` (by weight) at a
+    time, oldest first; a callable `enough` is asked again before each transaction (the
+    checkpoint lowers it as its tables grow)."""
+    written: list[list[str]] = []
+
+    def slow(items: list[StoredObject]) -> None:
+        time.sleep(0.1)
+        written.append([o.key for o in items])
+        cp.commit_objects(items)
+
+    limits = iter([1 << 62, 10, 3])
+
+    async def go() -> None:
+        w: GroupWriter[StoredObject] = GroupWriter(cp, slow, enough=lambda: next(limits),
+                                                   weight=lambda o: len(o.entries))
+        first = asyncio.create_task(w.put(obj(1, files=2)))
+        await asyncio.sleep(0.02)  # the first transaction runs; four wait behind it
+        rest = [asyncio.create_task(w.put(obj(n, files=4))) for n in range(2, 6)]
+        await asyncio.gather(first, *rest)
+        assert w.pending == 0
+    asyncio.run(go())
+    # 4 + 4 < 10 <= 4 + 4 + 4: the item that reaches `enough` goes with those before it.
+    assert written == [["k/1.tar"], ["k/2.tar", "k/3.tar", "k/4.tar"], ["k/5.tar"]]
+    assert committed(cp, *(obj(n, files=4) for n in range(2, 6)))
