@@ -3,6 +3,9 @@ memory; small early closes spill; the same input always gives the same plans."""
 
 from __future__ import annotations
 
+import pytest
+
+from pacsmigrate import group
 from pacsmigrate.group import MEMBER_HELD, SPILL_FILES, Closed, Grouper
 from pacsmigrate.records import FILE, TAR, Described, Member
 
@@ -127,3 +130,76 @@ def test_memory_counts_what_a_member_costs_beside_its_bytes() -> None:
         f.data = None
     out = feed(grouper(memory=30_000, patience=100), files)
     assert names(out.spill) == [f"a{i}" for i in range(5)]
+
+
+def study(i: int) -> str:
+    return f"{i:032x}"
+
+
+def member(directory: str, name: str, i: int) -> Member:
+    return Member(f"{directory}/{name}".encode(), 1000, 1, Described(study(i)), "", b"x")
+
+
+def test_whole_small_studies_alone_in_their_folders_stop_spilling() -> None:
+    """Small early closes of studies that never come back, each alone in its folder: the
+    first SPILL_WARMUP spill (the layout has not shown itself yet), the rest are stored
+    at once, so their files are read once."""
+    n = group.SPILL_WARMUP + 300
+    files = [member(f"/2015/01/{i:05d}/s", f"f{j}", i) for i in range(n) for j in range(3)]
+    out = feed(grouper(patience=2), files)
+    spilled = {f.group for f in out.spill}
+    assert spilled == {study(i) for i in range(group.SPILL_WARMUP)}
+    assert len(out.plans) == n - group.SPILL_WARMUP
+    assert all(len(p.members) == 3 for p in out.plans)
+
+
+def test_a_shared_folder_spills_after_the_warmup_too() -> None:
+    """Flat or hashed folders hold several studies' files: their small early closes spill
+    whether or not studies were seen coming back."""
+    n = group.SPILL_WARMUP + 300
+    # Two studies a folder, each folder left for good.
+    files = [member(f"/h/{i // 2:05d}", f"f{j}", i) for i in range(n) for j in range(2)]
+    files.sort(key=lambda f: f.path)
+    out = feed(grouper(patience=2), files)
+    # (The last folder's two studies are still open when the walk ends: stored then.)
+    assert [len(p.members) for p in out.plans] == [2, 2]
+    assert len(out.spill) == len(files) - 4
+
+
+def test_studies_that_come_back_keep_the_spill_on() -> None:
+    """A small hashed archive, a file a folder: no folder is shared, but most small early
+    closes are of a study closed so before: they keep spilling past the warm-up (and the
+    study is packed whole after the walk)."""
+    studies, per = 40, 30
+    rng = __import__("random").Random(4)
+    order = [(i, j) for i in range(studies) for j in range(per)]
+    rng.shuffle(order)  # Orthanc: a SOP's folder is a hash of its UID
+    files = [member(f"/{k:04x}", f"f{j}", i) for k, (i, j) in enumerate(order)]
+    out = feed(grouper(patience=2), files)
+    assert len(order) > group.SPILL_WARMUP + 400
+    # Only the very first closes of each study came before the signs: few plans.
+    assert len(out.plans) < studies // 4 and len(out.spill) > 0.95 * len(files)
+
+
+def test_the_signs_are_counted_over_a_window_that_forgets(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The signs and the studies remembered are bounded (memory stays flat); when studies
+    stop coming back, spilling stops once the window has moved on."""
+    monkeypatch.setattr(group, "SPILL_WARMUP", 8)
+    monkeypatch.setattr(group, "SPILL_WINDOW", 8)
+    monkeypatch.setattr(group, "SPILL_REMEMBER", 16)
+    g = grouper(patience=1)
+    out = Closed()
+    for k in range(40):  # four studies in turn, a file a folder: they keep coming back
+        f = member(f"/a/{k:03d}", "f", k % 4)
+        g.enter(f.path.rpartition(b"/")[0], out)
+        g.add(f, out)
+    assert not out.plans and out.spill
+    for k in range(40):  # then new studies only, each once
+        f = member(f"/b/{k:03d}", "f", 100 + k)
+        g.enter(f.path.rpartition(b"/")[0], out)
+        g.add(f, out)
+    stored = [int(p.group, 16) for p in out.plans]
+    # Within a few closes the window has forgotten the returns: the rest are stored.
+    assert stored == list(range(stored[0], 100 + 39)) and 100 <= stored[0] <= 108
+    assert len(g.closed_small) == 16 and len(g.signs) == 8

@@ -18,6 +18,7 @@ import pytest
 from conftest import S3Target, run_cli
 from helpers import TEST_FILES, assert_complete, bundle_manifest, config, index_rows
 
+from pacsmigrate import group
 from pacsmigrate.backends import MemoryBackend
 from pacsmigrate.checkpoint import Checkpoint
 from pacsmigrate.config import Destination, MigrateConfig, TransferConfig
@@ -259,3 +260,24 @@ def test_packs_never_mix_storage_classes(seaweed_s3: S3Target, tmp_path: Path) -
         assert len(want) == 1
         head = seaweed_s3.client.head_object(Bucket=seaweed_s3.bucket, Key=key)
         assert head.get("StorageClass", "STANDARD") == want.pop(), key
+
+
+def test_past_the_warmup_only_a_scattering_layout_spills(small_studies: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """With no warm-up the walk's signs decide from the first small early close: fewer
+    files spill (whole small studies alone in their folders are stored at once; this
+    tree is too small for its hashed part to show signs first: test_group has those),
+    every file is migrated, and the dry run plans exactly the objects the run stores."""
+    files = sum(1 for p in small_studies.rglob("*") if p.is_file())
+
+    def migrate(name: str, **kw: Any) -> Any:
+        cfg = config([small_studies], "s3://bucket/pfx", tmp_path / name, None, **kw)
+        return asyncio.run(Migration(cfg, backend=MemoryBackend()).run())
+    before = migrate("warm")
+    monkeypatch.setattr(group, "SPILL_WARMUP", 0)
+    dry = migrate("signs", dry_run=True)
+    after = migrate("signs")
+    assert after.spilled < before.spilled
+    assert before.files_migrated == after.files_migrated == files
+    assert dry.planned_objects == after.objects_uploaded
