@@ -95,6 +95,24 @@ class _Parts:
             if self.filled == self.part_size:
                 yield self._take()
 
+    def put(self, header: bytes, data: bytes | bytearray | memoryview, padding: bytes
+            ) -> bool:
+        """A member's header, bytes and padding into the current part when they fit
+        without filling it (the usual case: one call, no generator); else False (add())."""
+        start = self.filled
+        at = start + len(header)
+        end = at + len(data)
+        stop = end + len(padding)
+        if not self.buf or stop >= self.part_size:
+            return False
+        buf = self.buf
+        buf[start:at] = header
+        buf[at:end] = data
+        buf[end:stop] = padding
+        self.offset += stop - start
+        self.filled = stop
+        return True
+
     def _copy(self, data: bytes | bytearray | memoryview, end: int) -> None:
         # Past the buffer's end (a name that outran the bound, which assumes ASCII paths)
         # the slice assignment grows it.
@@ -239,16 +257,18 @@ def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
             built.compressed_to += len(frame)
             data = frame
         enc = ZSTD if frame is not None else ""
-        yield from parts.add(tar_header(stored_name(name, enc), len(data),
-                                        now.mtime_ns // 1_000_000_000))
-        entry = Entry(m.path, parts.offset, len(data), digest, now.size, now.mtime_ns,
-                      now.about, "", enc)
+        header = tar_header(stored_name(name, enc), len(data), now.mtime_ns // 1_000_000_000)
+        entry = Entry(m.path, parts.offset + len(header), len(data), digest, now.size,
+                      now.mtime_ns, now.about, "", enc)
         built.entries.append(entry)
         lines.add(manifest.member_line(entry, name, plan.group))
         if known is not None and data:
             here[digest] = entry.offset, entry.length, enc
-        yield from parts.add(data)
-        yield from parts.add(pad(len(data)))
+        padding = pad(len(data))
+        if not parts.put(header, data, padding):  # a part ends within this member
+            yield from parts.add(header)
+            yield from parts.add(data)
+            yield from parts.add(padding)
         m.data = None  # in a part now: the member's own copy can go (a retry reads it again)
     if not built.entries:
         return

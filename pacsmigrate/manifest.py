@@ -59,9 +59,13 @@ def member_line(e: Entry, name: str, group: str = "") -> str:
     """member_json(e, name, group) as JSON text (ASCII), without building the dict."""
     a = e.about
     q = encode_basestring_ascii
-    fields = path_fields(e.path)
+    try:  # path_fields' two fields, without its dict for the usual UTF-8 path
+        source, source_b64 = q(e.path.decode("utf-8")), '""'
+    except UnicodeDecodeError:
+        fields = path_fields(e.path)
+        source, source_b64 = q(fields["source_path"]), q(fields["source_path_b64"])
     line = _MEMBER_LINE % (
-        q(name), q(fields["source_path"]), q(fields["source_path_b64"]), e.offset, e.length,
+        q(name), source, source_b64, e.offset, e.length,
         q(e.blake3), e.size, e.mtime_ns, q(a.study_uid), q(a.series_uid), q(a.sop_uid),
         q(a.modality), q(a.study_date), q(a.transfer_syntax), q(a.status), q(a.reason))
     if e.duplicate_of:  # not in this tar: the bytes are at offset, length of that object

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
-import os
+import sys
+
+# os.fsdecode's encoding and error handler, looked up once (it looks them up per call).
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
 def display(path: bytes) -> str:
@@ -33,7 +36,7 @@ def member_name(path: bytes) -> str:
 
     Kept as str with surrogate escapes so tarfile writes non-UTF-8 bytes back exactly.
     """
-    return os.fsdecode(path.lstrip(b"/"))
+    return path.lstrip(b"/").decode(_FS_ENCODING, _FS_ERRORS)
 
 
 def path_fields(path: bytes) -> dict[str, str]:

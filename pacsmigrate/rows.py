@@ -40,6 +40,7 @@ _NARROW = struct.Struct("<II")
 _WIDE = struct.Struct("<QQ")
 _Q = struct.Struct("<Q")
 _TAIL = struct.Struct("<q32s")
+_USUAL = struct.Struct("<BBIIIq32s")  # _HEAD, _NARROW, _TAIL: a row without WIDE, SIZE_DIFFERS
 _LEN = struct.Struct("<H")
 _PACKED = 0x8000
 _UID_CHARS = "0123456789."
@@ -94,12 +95,16 @@ def encode(e: Entry, object_id: int, *, long_path: bool = False,
     if keep_accession and a.accession:
         flags |= ACCESSION
     p = pack_text
+    digest = bytes.fromhex(e.blake3) if e.blake3 else b""
+    if flags & (WIDE | SIZE_DIFFERS):
+        fixed = b"".join((_HEAD.pack(VERSION, flags, object_id),
+                          (_WIDE if flags & WIDE else _NARROW).pack(e.offset, e.length),
+                          _Q.pack(e.size) if flags & SIZE_DIFFERS else b"",
+                          _TAIL.pack(e.mtime_ns, digest)))
+    else:
+        fixed = _USUAL.pack(VERSION, flags, object_id, e.offset, e.length, e.mtime_ns, digest)
     return b"".join((
-        _HEAD.pack(VERSION, flags, object_id),
-        (_WIDE if flags & WIDE else _NARROW).pack(e.offset, e.length),
-        _Q.pack(e.size) if flags & SIZE_DIFFERS else b"",
-        _TAIL.pack(e.mtime_ns, bytes.fromhex(e.blake3) if e.blake3 else b""),
-        p(a.study_uid), p(a.series_uid), p(a.sop_uid), p(a.modality), p(a.study_date),
+        fixed, p(a.study_uid), p(a.series_uid), p(a.sop_uid), p(a.modality), p(a.study_date),
         p(a.transfer_syntax), p(a.reason), p(a.accession) if flags & ACCESSION else b"",
         _LEN.pack(len(e.path)) + e.path if long_path else b""))
 

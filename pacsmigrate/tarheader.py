@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import tarfile
 
 BLOCK = 512
@@ -12,6 +13,9 @@ _MODE_IDS = b"0000644\0" b"0000000\0" b"0000000\0"  # mode, uid, gid
 _TYPE_TO_PREFIX = (b"0" + bytes(100) + b"ustar\x0000" + bytes(32 + 32 + 8 + 8))
 _SPACES = b" " * 8
 _FIXED_SUM = sum(_MODE_IDS) + sum(_TYPE_TO_PREFIX) + sum(_SPACES)
+# The block in one pack ("s" fields are padded with NULs): name, mode/uid/gid, size, mtime,
+# checksum, type to the device numbers, prefix, 12 bytes of padding.
+_USTAR = struct.Struct(f"100s24s12s12s8s{len(_TYPE_TO_PREFIX)}s155s12x")
 
 
 def _split(name: bytes) -> tuple[bytes, bytes] | None:
@@ -37,16 +41,15 @@ def tar_header(name: str, size: int, mtime: int) -> bytes:
     """
     if name.isascii() and 0 <= size <= _MAX_OCTAL_11 and 0 <= mtime <= _MAX_OCTAL_11:
         raw = name.encode("ascii")
-        split = _split(raw)
+        split = (b"", raw) if len(raw) <= 100 else _split(raw)
         if split is not None:
             prefix, short = split
             size_field = b"%011o\0" % size
             mtime_field = b"%011o\0" % mtime
             checksum = (_FIXED_SUM + sum(short) + sum(prefix) + sum(size_field)
                         + sum(mtime_field))
-            return b"".join((short.ljust(100, b"\0"), _MODE_IDS, size_field, mtime_field,
-                             b"%06o\0 " % checksum, _TYPE_TO_PREFIX,
-                             prefix.ljust(155, b"\0"), bytes(12)))
+            return _USTAR.pack(short, _MODE_IDS, size_field, mtime_field,
+                               b"%06o\0 " % checksum, _TYPE_TO_PREFIX, prefix)
     info = tarfile.TarInfo(name)
     info.size = size
     info.mtime = mtime
