@@ -22,6 +22,7 @@ series; lengths change at 9 -> 10, 99 -> 100), else the full scan runs as before
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,9 @@ class Template:
     layout: int  # those bytes of the template (its bytes [0, end) & mask)
     walked: Any  # headscan's walk outcome (found, stop, overrun, empty_sequence)
     ts: str
+    # headscan's checks of the fields that follow from the layout, done once (or None:
+    # one failed, and each file goes through them all as the full scan does).
+    plan: Any
 
 
 last: Template | None = None  # replaced whole, never changed: safe to read from any thread
@@ -77,7 +81,7 @@ def _same_layout(t: Template, data: Buffer) -> bool:
 
 
 def remember(data: Buffer, n: int, size: int, start: int, implicit: bool, walked: Any,
-             ts: str) -> None:
+             ts: str, plan: Callable[[], Any]) -> None:
     """Keep the layout of a header whose walk ended at pixel data (`start`: where its data
     set begins) for the files after it."""
     global last
@@ -97,7 +101,7 @@ def remember(data: Buffer, n: int, size: int, start: int, implicit: bool, walked
         outside[a:b] = bytes(b - a)
     mask = int.from_bytes(outside, "little")
     last = Template(n, size, end, mask, int.from_bytes(data[:end], "little") & mask, walked,
-                    ts)
+                    ts, plan())
 
 
 def _meta_spans(data: Buffer, start: int, starts: list[int], ends: list[int]) -> bool:

@@ -55,7 +55,7 @@ def _hush() -> None:
 MAX_PREFIX = 1 << 20
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built once a file: not frozen, which costs ~3x (records.py)
 class Header:
     """What the header says, or why it could not place the file in a study."""
 

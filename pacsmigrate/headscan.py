@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 from . import headcache
 from .dicomref import (
@@ -28,6 +29,7 @@ from .headskip import (
     Need,
     Unsure,
     avail,
+    charset_value,
     check_charset,
     check_vr,
     skip_undefined,
@@ -58,6 +60,7 @@ _TRANSFER_SYNTAX, _META_LENGTH = tag_key(0x0002, 0x0010), tag_key(0x0002, 0x0000
 # pydicom's stop_before_pixels stops at any of these.
 _PIXELS = frozenset(tag_key(0x7FE0, element) for element in (0x0010, 0x0008, 0x0009))
 _FIELDS = (STUDY, SERIES, SOP, MODALITY, STUDY_DATE, ACCESSION)
+_NO_STUDY = "DICOM without StudyInstanceUID"
 # Top-level elements pydicom converts while reading a header, with the VR we can decode.
 _NOTED = {STUDY: b"UI", SERIES: b"UI", SOP: b"UI", MODALITY: b"CS", STUDY_DATE: b"DA",
           ACCESSION: b"SH", CHARSET: b"CS"}
@@ -105,6 +108,8 @@ def scan_fields(data: Buffer, size: int) -> Fields | int | None:
     try:
         like = headcache.matching(data, n, size)
         if like is not None:  # the last header's layout: its walk's outcome holds here
+            if like.plan is not None:
+                return _planned(data, like.plan)
             return _fields(data, n, size, like.walked, like.ts)
         return _scan(data, n, size)
     except Need as need:
@@ -118,6 +123,10 @@ def _text(data: Buffer, n: int, size: int, at: int, length: int) -> str:
     end = at + length
     if end > n:
         avail(n, size, end)
+    return _value(data, at, end)
+
+
+def _value(data: Buffer, at: int, end: int) -> str:
     value = str(data[at:end], "latin-1").rstrip(" \x00")
     if "\\" in value:
         raise Unsure  # several values: pydicom gives a list
@@ -134,7 +143,8 @@ def _scan(data: Buffer, n: int, size: int) -> Fields | int | None:
     walked = (_walk_implicit if implicit else _walk_explicit)(data, n, size, pos)
     if not isinstance(walked, tuple):
         return walked
-    headcache.remember(data, n, size, pos, implicit, walked, ts)
+    headcache.remember(data, n, size, pos, implicit, walked, ts,
+                       lambda: _plan(data, n, size, walked, ts))
     return _fields(data, n, size, walked, ts)
 
 
@@ -161,17 +171,82 @@ def _fields(data: Buffer, n: int, size: int, walked: tuple[_Found, int, bool, bo
         values.append(text)
     if values[0] and empty_sequence:
         _check_pixel_representation(found, size)
-    reason = ""
-    if not values[0]:
-        reason = "DICOM without StudyInstanceUID"
-    elif overrun:
-        reason = "truncated DICOM (data set shorter than declared)"
-    elif stop >= 0:
+    reason = _reason(data, n, size, stop, overrun, ts) if values[0] else _NO_STUDY
+    return values[0], values[1], values[2], values[3], values[4], ts, reason, values[5]
+
+
+def _reason(data: Buffer, n: int, size: int, stop: int, overrun: bool, ts: str) -> str:
+    """Why a file with a study UID is not whole, or ""."""
+    if overrun:
+        return "truncated DICOM (data set shorter than declared)"
+    if stop >= 0:
         head_end = min(stop + 12, size)
         avail(n, size, head_end)
         if pixel_overrun(bytes(data[stop:head_end]), stop, size, ts):
-            reason = "truncated DICOM (pixel data shorter than declared)"
-    return values[0], values[1], values[2], values[3], values[4], ts, reason, values[5]
+            return "truncated DICOM (pixel data shorter than declared)"
+    return ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What _fields decides from a walk's layout alone, decided once for a template: where
+    the values are, and the outcomes that follow from the layout (headcache.py)."""
+
+    charset: tuple[int, int] | None  # the value's span
+    spans: tuple[tuple[int, int] | None, ...]  # _FIELDS' value spans
+    pixel_representation_unsure: bool  # with a study UID, pydicom's conversion may fail
+    reason: str  # a file with a study UID: "" or why it is truncated
+    ts: str
+
+
+def _plan(data: Buffer, n: int, size: int, walked: tuple[_Found, int, bool, bool], ts: str
+          ) -> _Plan | None:
+    """_fields' checks that depend on the layout only, or None if one of them fails (each
+    file then goes through _fields, so that what it raises first stays the same)."""
+    found, stop, overrun, empty_sequence = walked
+    try:
+        charset = found.get(CHARSET)
+        if charset is not None:
+            at, length, vr = charset
+            check_vr(vr, b"CS", length)
+            avail(n, size, at + length)
+        spans: list[tuple[int, int] | None] = []
+        for key in _FIELDS:
+            field = found.get(key)
+            if field is None:
+                spans.append(None)
+                continue
+            at, length, vr = field
+            if vr is not None and vr != _NOTED[key]:
+                check_vr(vr, _NOTED[key], length)
+            avail(n, size, at + length)
+            spans.append((at, at + length))
+        unsure = False
+        if empty_sequence:
+            try:
+                _check_pixel_representation(found, size)
+            except Unsure:
+                unsure = True
+        reason = _reason(data, n, size, stop, overrun, ts)
+    except (Need, Unsure):
+        return None
+    return _Plan(None if charset is None else (charset[0], charset[0] + charset[1]),
+                 tuple(spans), unsure, reason, ts)
+
+
+def _planned(data: Buffer, plan: _Plan) -> Fields:
+    """_fields for a file of a planned template's layout: only what depends on values."""
+    if plan.charset is not None:
+        charset_value(data, *plan.charset)
+    values = [_value(data, *span) if span is not None else "" for span in plan.spans]
+    if not values[5].isascii():
+        raise Unsure  # the accession number: as in _fields
+    if not values[0]:
+        return "", values[1], values[2], values[3], values[4], plan.ts, _NO_STUDY, values[5]
+    if plan.pixel_representation_unsure:
+        raise Unsure
+    return (values[0], values[1], values[2], values[3], values[4], plan.ts, plan.reason,
+            values[5])
 
 
 def _meta(data: Buffer, n: int, size: int) -> tuple[int, str]:

@@ -59,7 +59,12 @@ def check_charset(data: Buffer, n: int, size: int, at: int, length: int,
     # pydicom looks odd character sets up in the codec registry; plain ASCII names are safe.
     check_vr(vr, b"CS", length)
     avail(n, size, at + length)
-    value = bytes(data[at:at + length]).rstrip(b" \x00")
+    charset_value(data, at, at + length)
+
+
+def charset_value(data: Buffer, at: int, end: int) -> None:
+    """The value check of check_charset (its VR and place checked)."""
+    value = bytes(data[at:end]).rstrip(b" \x00")
     if not (value.isascii() and value.decode().isprintable()):
         raise Unsure
 

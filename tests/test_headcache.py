@@ -203,3 +203,27 @@ def test_a_tree_of_unlike_files_makes_few_templates(monkeypatch: pytest.MonkeyPa
     for data, want in zip(files, wanted, strict=True):
         assert outcome(data, len(data)) == want
     assert made <= headcache._PATIENT + 200 // headcache._SPARSE + 1
+
+
+def test_the_layout_s_checks_are_made_once_and_a_template_failing_one_is_still_exact(
+        ) -> None:
+    """A template keeps the outcome of the field checks its layout decides (VRs, places,
+    pixel data's length): files of its layout then check only their values. Where one of
+    those checks fails (here the study UID with another VR: pydicom must decide), the
+    template keeps none and each file goes through them all, with the same outcome."""
+    first = encode(image(**BASE))
+    alone(first)
+    assert headcache.last is not None and headcache.last.plan is not None
+    second = encode(image(**{**BASE, **VARIANTS["another study"]}))
+    got, took = after(first, second)
+    assert took and got == alone(second) and got[0] == "1.2.826.0.1.3680043.2.1125.7"
+
+    def other_vr(data: bytes) -> bytes:
+        at = data.index(b"\x20\x00\x0d\x00UI")  # StudyInstanceUID, explicit VR
+        return data[:at + 4] + b"LO" + data[at + 6:]
+
+    odd_first, odd_second = other_vr(first), other_vr(second)
+    alone(odd_first)
+    assert headcache.last is not None and headcache.last.plan is None
+    got, took = after(odd_first, odd_second)
+    assert took and got == alone(odd_second) and got is None
