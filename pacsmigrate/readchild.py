@@ -177,7 +177,8 @@ class _Out:
             return
         faults.point("read-process")
         bodies: list[bytes] = []
-        metas = [meta_of(r, bodies) for r in self.batch]
+        shared: dict[str, str] = {}
+        metas = [meta_of(r, bodies, shared) for r in self.batch]
         total = sum(map(len, bodies))
         if self.ring is not None and 0 < total <= len(self.ring):
             start = self.into_ring(bodies, total)

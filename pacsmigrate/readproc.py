@@ -88,17 +88,28 @@ def fs_type(path: Path, mountinfo: str | None = None) -> str:
 
 
 # -- the frames --------------------------------------------------------------------------
-def meta_of(r: ReadResult, bodies: list[bytes]) -> tuple[Any, ...]:
+def meta_of(r: ReadResult, bodies: list[bytes], shared: dict[str, str] | None = None
+            ) -> tuple[Any, ...]:
+    """A result as plain tuples (pickled), its members' bytes appended to `bodies`.
+
+    The fields a series' files share (study, series, ...) go as one str object, the first
+    met in `shared` (one dict a frame): pickle sends the others as references to it, and
+    the run unpickles one object for them all (half the run's cost of a frame's members).
+    """
     members = []
+    one = (shared if shared is not None else {}).setdefault
     for m in r.members:
         a = m.about
         n = -1
         if m.data is not None:
             n = len(m.data)
             bodies.append(m.data)
-        members.append((m.path, m.size, m.mtime_ns, m.blake3, n, a.group, a.status, a.reason,
-                        a.study_uid, a.series_uid, a.sop_uid, a.modality, a.study_date,
-                        a.transfer_syntax, a.accession))
+        members.append((m.path, m.size, m.mtime_ns, m.blake3, n, one(a.group, a.group),
+                        a.status, a.reason, one(a.study_uid, a.study_uid),
+                        one(a.series_uid, a.series_uid), a.sop_uid,
+                        one(a.modality, a.modality), one(a.study_date, a.study_date),
+                        one(a.transfer_syntax, a.transfer_syntax),
+                        one(a.accession, a.accession)))
     return (r.directory, members, [(p.path, p.reason, p.detail, p.final) for p in r.problems],
             r.listed, r.seen, r.seen_bytes, r.migrated, r.held, dict(r.filtered))
 

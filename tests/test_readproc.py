@@ -333,3 +333,34 @@ def test_a_killed_run_leaves_no_read_process(tree: Path, moto_s3: S3Target,
     while (left := _children_marked(mark)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert left == []
+
+
+def test_a_frame_carries_the_fields_a_series_shares_once() -> None:
+    """Study, series, modality... of a series' files go as one object in a frame (pickle
+    references it), and the run holds one copy of each, not one a file (two results of
+    a frame here: one folder's files in two jobs)."""
+    from pacsmigrate.records import Described, Member
+
+    def text(*parts: str) -> str:
+        return "".join(parts)  # a new str object each call, as the header scan makes them
+
+    def result() -> ReadResult:
+        r = ReadResult(b"/d")
+        r.members = [Member(b"/d/%d" % i, 3, 7, Described(
+            text("ab" * 16), study_uid=text("1.2.", "3"), series_uid=text("1.2.3.", "4"),
+            sop_uid=text("1.2.3.4.", str(i)), modality=text("C", "T"),
+            study_date=text("2017", "0304"), transfer_syntax=text("1.2.840.", "10008.1.2.1")),
+            "ab", b"xyz") for i in range(50)]
+        r.listed = r.seen = 50
+        return r
+
+    shared: dict[str, str] = {}
+    bodies: list[bytes] = []
+    frame = pickle.dumps([readproc.meta_of(r, bodies, shared) for r in (result(), result())])
+    got = [m for r in readproc._results(pickle.loads(frame), memoryview(b"".join(bodies)))
+           for m in r.members]
+    assert [m.data for m in got] == [b"xyz"] * 100
+    assert [m.about.sop_uid for m in got] == [f"1.2.3.4.{i}" for i in range(50)] * 2
+    for field in ("group", "study_uid", "series_uid", "modality", "study_date",
+                  "transfer_syntax"):
+        assert len({id(getattr(m.about, field)) for m in got}) == 1, field
