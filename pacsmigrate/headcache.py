@@ -52,7 +52,7 @@ class Template:
     end: int  # bytes [0, end) decide the walk
     mask: int  # 0xFF for each of those bytes outside values (little endian), else 0
     layout: int  # those bytes of the template (its bytes [0, end) & mask)
-    walked: Any  # headscan's walk outcome (found, stop, overrun, empty_sequence)
+    walked: Any  # headwalk's outcome (found, stop, overrun, empty_sequence)
     ts: str
     # headscan's checks of the fields that follow from the layout, done once (or None:
     # one failed, and each file goes through them all as the full scan does).

@@ -6,22 +6,11 @@ import struct
 from dataclasses import dataclass
 
 from . import headcache
-from .dicomref import (
-    AMBIGUOUS_VR_NAMES,
-    NONE_WHEN_EMPTY_NAMES,
-    defaults,
-    dictionary_vr,
-    private_syntax,
-)
+from .dicomref import defaults, private_syntax
 from .headskip import (
     ALL_VRS,
     CHARSET,
-    EXPLICIT,
-    IMPLICIT,
-    ITEM,
-    ITEM_END,
     LONG_VRS,
-    SEQ_END,
     U32,
     UNDEFINED,
     VR_LONG,
@@ -32,8 +21,21 @@ from .headskip import (
     charset_value,
     check_charset,
     check_vr,
-    skip_undefined,
     tag_key,
+)
+from .headwalk import (
+    ACCESSION,
+    EXPLICIT_12,
+    MODALITY,
+    NOTED,
+    SERIES,
+    SOP,
+    STUDY,
+    STUDY_DATE,
+    Found,
+    check_pixel_representation,
+    walk_explicit,
+    walk_implicit,
 )
 
 # (study, series, sop, modality, study date, transfer syntax, reason, accession number): a
@@ -48,27 +50,13 @@ _DECLINED_SYNTAXES = frozenset({EXPLICIT_BE, *DEFLATED})
 _NUMERIC_SIZE = {b"UL": 4, b"SL": 4, b"US": 2, b"SS": 2, b"FL": 4, b"FD": 8, b"AT": 4,
                  b"UV": 8, b"SV": 8}
 
-_EXPLICIT_12 = struct.Struct("<I2sHI").unpack_from  # with the 4-byte length of long VRs
 _U16 = struct.Struct("<H").unpack_from
 _U32_BE = struct.Struct(">I").unpack_from
 _U16_BE = struct.Struct(">H").unpack_from
 
-STUDY, SERIES = tag_key(0x0020, 0x000D), tag_key(0x0020, 0x000E)
-SOP, MODALITY, STUDY_DATE = tag_key(8, 0x0018), tag_key(8, 0x0060), tag_key(8, 0x0020)
-ACCESSION = tag_key(8, 0x0050)
 _TRANSFER_SYNTAX, _META_LENGTH = tag_key(0x0002, 0x0010), tag_key(0x0002, 0x0000)
-# pydicom's stop_before_pixels stops at any of these.
-_PIXELS = frozenset(tag_key(0x7FE0, element) for element in (0x0010, 0x0008, 0x0009))
 _FIELDS = (STUDY, SERIES, SOP, MODALITY, STUDY_DATE, ACCESSION)
 _NO_STUDY = "DICOM without StudyInstanceUID"
-# Top-level elements pydicom converts while reading a header, with the VR we can decode.
-_NOTED = {STUDY: b"UI", SERIES: b"UI", SOP: b"UI", MODALITY: b"CS", STUDY_DATE: b"DA",
-          ACCESSION: b"SH", CHARSET: b"CS"}
-_PIXEL_REPRESENTATION = tag_key(0x0028, 0x0103)
-_TOP_SPECIAL = frozenset(_NOTED) | _PIXELS | {ITEM, ITEM_END, SEQ_END, _PIXEL_REPRESENTATION}
-# Explicit VRs whose empty raw value is None (not b""): pydicom converts those when it
-# checks lengths (with use_none_as_empty_text_VR_value off, which the scan requires).
-_NONE_WHEN_EMPTY = frozenset(v.encode() for v in NONE_WHEN_EMPTY_NAMES)
 
 
 def pixel_overrun(head: bytes, pos: int, size: int, ts: str) -> bool:
@@ -140,7 +128,7 @@ def _scan(data: Buffer, n: int, size: int) -> Fields | int | None:
         raise Unsure  # a command set group
     # pydicom trusts the first element's bytes over the transfer syntax (explicit or not).
     implicit = not (0x40 < data[pos + 4] < 0x5B and 0x40 < data[pos + 5] < 0x5B)
-    walked = (_walk_implicit if implicit else _walk_explicit)(data, n, size, pos)
+    walked = (walk_implicit if implicit else walk_explicit)(data, n, size, pos)
     if not isinstance(walked, tuple):
         return walked
     headcache.remember(data, n, size, pos, implicit, walked, ts,
@@ -148,7 +136,7 @@ def _scan(data: Buffer, n: int, size: int) -> Fields | int | None:
     return _fields(data, n, size, walked, ts)
 
 
-def _fields(data: Buffer, n: int, size: int, walked: tuple[_Found, int, bool, bool], ts: str
+def _fields(data: Buffer, n: int, size: int, walked: tuple[Found, int, bool, bool], ts: str
             ) -> Fields:
     """The fields a walk found, read from the data, with every check that depends on their
     values (the walk itself depends on none: headcache.py)."""
@@ -163,14 +151,14 @@ def _fields(data: Buffer, n: int, size: int, walked: tuple[_Found, int, bool, bo
             values.append("")
             continue
         at, length, vr = field
-        if vr is not None and vr != _NOTED[key]:
-            check_vr(vr, _NOTED[key], length)
+        if vr is not None and vr != NOTED[key]:
+            check_vr(vr, NOTED[key], length)
         text = _text(data, n, size, at, length)
         if key == ACCESSION and not text.isascii():
             raise Unsure  # SH follows the character set: pydicom decodes it
         values.append(text)
     if values[0] and empty_sequence:
-        _check_pixel_representation(found, size)
+        check_pixel_representation(found, size)
     reason = _reason(data, n, size, stop, overrun, ts) if values[0] else _NO_STUDY
     return values[0], values[1], values[2], values[3], values[4], ts, reason, values[5]
 
@@ -199,7 +187,7 @@ class _Plan:
     ts: str
 
 
-def _plan(data: Buffer, n: int, size: int, walked: tuple[_Found, int, bool, bool], ts: str
+def _plan(data: Buffer, n: int, size: int, walked: tuple[Found, int, bool, bool], ts: str
           ) -> _Plan | None:
     """_fields' checks that depend on the layout only, or None if one of them fails (each
     file then goes through _fields, so that what it raises first stays the same)."""
@@ -217,14 +205,14 @@ def _plan(data: Buffer, n: int, size: int, walked: tuple[_Found, int, bool, bool
                 spans.append(None)
                 continue
             at, length, vr = field
-            if vr is not None and vr != _NOTED[key]:
-                check_vr(vr, _NOTED[key], length)
+            if vr is not None and vr != NOTED[key]:
+                check_vr(vr, NOTED[key], length)
             avail(n, size, at + length)
             spans.append((at, at + length))
         unsure = False
         if empty_sequence:
             try:
-                _check_pixel_representation(found, size)
+                check_pixel_representation(found, size)
             except Unsure:
                 unsure = True
         reason = _reason(data, n, size, stop, overrun, ts)
@@ -252,7 +240,7 @@ def _planned(data: Buffer, plan: _Plan) -> Fields:
 def _meta(data: Buffer, n: int, size: int) -> tuple[int, str]:
     """Walk the group 0002 file meta; return where the data set starts and the syntax."""
     pos, ts_at, first = 132, None, -1
-    unpack, vr_long = _EXPLICIT_12, VR_LONG.get
+    unpack, vr_long = EXPLICIT_12, VR_LONG.get
     while True:
         # pydicom peeks at up to 12 bytes past the meta; fewer make it fail in odd ways.
         if pos + 12 > n:
@@ -291,123 +279,3 @@ def _syntax(data: Buffer, n: int, size: int, ts_at: tuple[int, int] | None) -> s
     if ts in _DECLINED_SYNTAXES or private_syntax(ts):
         raise Unsure
     return ts
-
-
-_Found = dict[int, tuple[int, int, bytes | None]]
-# (found elements, where pixel data starts or -1, a value overran EOF, an empty sequence).
-_Walked = tuple[_Found, int, bool, bool] | int
-
-
-def _walk_explicit(data: Buffer, n: int, size: int, pos: int) -> _Walked:
-    """Walk the top-level explicit VR data set up to pixel data or EOF, as pydicom reads it."""
-    found: _Found = {}
-    empty_sequence = False
-    unpack, unpack8, vr_long, special = _EXPLICIT_12, EXPLICIT, VR_LONG.get, _TOP_SPECIAL
-    none_when_empty = _NONE_WHEN_EMPTY
-    undefined, key = UNDEFINED, 0
-    while True:
-        if pos + 12 > n:
-            end = _at_end(found, key, pos, n, size, empty_sequence, 12)
-            if end is not None:
-                return end
-            key, vr, length = unpack8(data, pos)
-            if vr_long(vr) is not False:
-                raise Unsure  # pydicom fails to unpack the missing 4-byte length
-            at = pos + 8
-        else:
-            key, vr, length, long_length = unpack(data, pos)
-            long = vr_long(vr)
-            if long:
-                length, at = long_length, pos + 12
-                if length == undefined:
-                    if key in special and _note(found, key, at, length, vr):
-                        return found, pos, False, empty_sequence
-                    pos = skip_undefined(data, n, size, at, key, vr)
-                    continue
-            elif long is None:
-                raise Unsure  # pydicom switches this element to implicit VR
-            else:
-                at = pos + 8
-        if key in special and _note(found, key, at, length, vr):
-            return found, pos, False, empty_sequence
-        if not length and vr in none_when_empty and (key & 1 or vr == b"UN") \
-                and _empty_converts(key):
-            empty_sequence = True
-        pos = at + length
-
-
-def _walk_implicit(data: Buffer, n: int, size: int, pos: int) -> _Walked:
-    """Walk the top-level implicit VR data set up to pixel data or EOF, as pydicom reads it."""
-    found: _Found = {}
-    empty_sequence = False
-    unpack, special, undefined, key = IMPLICIT, _TOP_SPECIAL, UNDEFINED, 0
-    while True:
-        if pos + 8 > n:
-            end = _at_end(found, key, pos, n, size, empty_sequence, 8)
-            if end is not None:
-                return end
-        key, length = unpack(data, pos)
-        if key in special and _note(found, key, pos + 8, length, None):
-            return found, pos, False, empty_sequence
-        if not length and _empty_converts(key):
-            empty_sequence = True
-        if length == undefined:
-            pos = skip_undefined(data, n, size, pos + 8, key, None)
-        else:
-            pos += 8 + length
-
-
-def _note(found: _Found, key: int, at: int, length: int, vr: bytes | None) -> bool:
-    """Record a wanted top-level element; True at pixel data, where pydicom stops."""
-    if key in _PIXELS:
-        return True
-    if length == UNDEFINED or not (key in _NOTED or key == _PIXEL_REPRESENTATION):
-        raise Unsure  # a delimiter at the top level, or a field of undefined length
-    if key == CHARSET and key in found:
-        raise Unsure  # pydicom decodes each copy as it reads; only the last is checked
-    found[key] = (at, length, vr)
-    return False
-
-
-def _at_end(found: _Found, key: int, pos: int, n: int, size: int, empty_sequence: bool,
-            header: int) -> _Walked | None:
-    """The walk's end where fewer than `header` bytes are left; None: 8 to 11 bytes left."""
-    if pos > size:
-        # The last value (of `key`) was cut by EOF; pydicom no longer sees the length of
-        # the fields it converted.
-        if key in _NOTED:
-            raise Unsure
-        return found, -1, True, empty_sequence
-    if n < size:
-        return min(size, pos + header)
-    if pos + 8 > size:
-        return found, -1, False, empty_sequence  # pydicom ends quietly on a cut header
-    return None
-
-
-def _empty_converts(key: int) -> bool:
-    """Whether pydicom's conversion of this empty element reads PixelRepresentation.
-
-    Checking lengths, pydicom converts the empty top-level elements whose raw value is None
-    (implicit VR, UN, or private of a non-text VR); converting a sequence reads
-    PixelRepresentation.
-    """
-    if key & 1:
-        # Private: the VR comes from the private dictionary and converting reads the
-        # creator (and the group length), any of which may fail to convert.
-        raise Unsure
-    try:
-        vr = dictionary_vr((key & 0xFFFF) << 16 | key >> 16)
-    except KeyError:
-        return False  # UN, or UL for a group length
-    if vr in AMBIGUOUS_VR_NAMES:
-        raise Unsure  # pydicom resolves these from other elements' values, which may fail
-    return vr == "SQ"
-
-
-def _check_pixel_representation(found: _Found, size: int) -> None:
-    # pydicom converts it when it converts a sequence; a bad length raises there.
-    if _PIXEL_REPRESENTATION in found:
-        at, length, vr = found[_PIXEL_REPRESENTATION]
-        if vr not in (None, b"US") or length % 2 or at + length > size:
-            raise Unsure
