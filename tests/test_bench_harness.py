@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-import measure
+# Loaded by path: benchmarks/ on sys.path would shadow any module named like its files
+# (store, report, tools, ...) for the rest of the session.
+_SPEC = importlib.util.spec_from_file_location(
+    "bench_measure", Path(__file__).resolve().parent.parent / "benchmarks" / "measure.py")
+assert _SPEC is not None and _SPEC.loader is not None
+measure = importlib.util.module_from_spec(_SPEC)
+sys.modules[_SPEC.name] = measure  # its dataclasses look their module up there
+_SPEC.loader.exec_module(measure)
 
 
 def test_warm_reads_a_tree_and_a_single_file(tmp_path: Path,
