@@ -35,8 +35,9 @@ class PartBuffers:
         self._idle: list[bytearray] = []
         self._lock = threading.Lock()
         self.idle_bytes = 0
-        # Buffers allocated, and parts copied into a buffer used before; buffers reserved.
-        self.made = self.reused = self.reserved = 0
+        # Buffers allocated, and parts copied into a buffer used before; buffers reserved;
+        # buffers something still referred to when their plan ended (lost to the pool).
+        self.made = self.reused = self.reserved = self.held = 0
 
     def reserve(self, total: int, size: int) -> Lease:
         """A lease holding an idle buffer for each part of `size` bytes of `total` bytes
@@ -68,6 +69,8 @@ class PartBuffers:
                 if sys.getrefcount(buf) == _ALONE:
                     self._idle.append(buf)
                     self.idle_bytes += len(buf)
+                else:
+                    self.held += 1
             lease.bufs.clear()
             lease.closed = True
             self.made += lease.made

@@ -333,8 +333,8 @@ class StoreSink(Sink):
         self.stats.commit_transactions = self.commits.transactions
         b = self.buffers
         log.info("part buffers: %d allocated, %d parts copied into one used before, "
-                 "%d reserved for a plan, %d bytes idle", b.made, b.reused, b.reserved,
-                 b.idle_bytes)
+                 "%d reserved for a plan, %d bytes idle, %d still referred to when their "
+                 "plan ended", b.made, b.reused, b.reserved, b.idle_bytes, b.held)
         self._raise()
 
     async def cancel(self) -> None:

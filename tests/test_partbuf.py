@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -62,6 +63,7 @@ def test_a_buffer_goes_back_only_when_nothing_refers_to_it() -> None:
     del a, b
     pool.give(lease)
     assert pool.idle_bytes == PART  # a came back; b did not (the view still refers to it)
+    assert pool.held == 1  # and b is counted as lost to the pool
     assert view.tobytes() == bytes(10)
     again = pool.reserve(PART, PART)
     assert again.bytes == PART and pool.idle_bytes == 0
@@ -154,9 +156,12 @@ def test_a_packed_run_uses_its_part_buffers_again(moto_s3: S3Target, tmp_path: P
     run_cli("--log-file", str(log), "migrate", str(tree), moto_s3.url, "--endpoint-url",
             moto_s3.info.endpoint_url, "--state", str(state), "--pack", "1MiB",
             "--concurrency", "1", "--no-progress", env=moto_s3.env(), check=True)
-    assert_complete(moto_s3, state, tree)
+    rows = assert_complete(moto_s3, state, tree)
     lines = [json.loads(line)["message"] for line in log.read_text().splitlines()]
     line = [m for m in lines if m.startswith("part buffers:")][-1]
-    words = line.split()
-    made, reused = int(words[2]), int(words[4])
-    assert reused > 0 and made < reused, line
+    made, reused, reserved, _, held = map(int, re.findall(r"\d+", line))
+    # No request kept a buffer past its object's acknowledgement, so plans after the first
+    # few were served from buffers used before. (How many were allocated depends on which
+    # plan sizes meet which idle buffers, so it is not asserted.)
+    assert held == 0 and reused > 0 and reserved > 0, line
+    assert made + reused >= len({r["key"] for r in rows}) > 2, line  # a part or more each
