@@ -6,10 +6,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -169,43 +171,57 @@ def header_section(ctx: Ctx, quick: bool) -> Section:
          f"after {t.wall:.1f} s; its output:"), "", "```", text[-20000:], "```"])
 
 
+def guarded(ctx: Ctx, key: str, make: Callable[[], list[Section]]) -> list[Section]:
+    """A section's results, or a section saying why it failed: one failing section (a
+    store that died, a tool that exited) must not lose the hours of runs of the others."""
+    try:
+        return make()
+    except (SystemExit, Exception) as exc:  # noqa: BLE001 - reported in the results
+        why = str(exc).strip() or type(exc).__name__
+        print(f"section {key} FAILED: {why}", flush=True)
+        ctx.store.restart(f"after section {key} failed")
+        first = why.splitlines()[0][:400]
+        return [Section(key, f"{key} (failed)", [
+            f"This section failed and judged nothing: {first}", "",
+            ("(The full message is in the bench's output; the store was restarted for the "
+             "sections after it.)")])]
+
+
 def run_sections(args: argparse.Namespace, ctx: Ctx, trees: Trees) -> tuple[list[Section],
                                                                               list[str]]:
     z, chosen, out = args.sizes, set(args.sections), []
-    if "header" in chosen:
-        out.append(header_section(ctx, args.quick))
-    if "small" in chosen:
-        out.append(transfer.small(ctx, trees, z.small_files))
-    if "ct" in chosen:
-        out.append(transfer.ct(ctx, trees, z.ct_mb))
-    if "mixed" in chosen:
-        out.append(transfer.mixed(ctx, trees, z.mixed_studies, z.mixed_scale))
-    if "walk" in chosen:
+
+    def walk() -> list[Section]:
         warm = trees.fast("tiny", z.walk_files)
         nas = trees.fast("tiny", z.nas_files) if walkbench.fuse_possible() is None else None
         note = ("(a smaller tree than the warm one: through FUSE at 1 ms per call `find` "
                 "alone would take many minutes per run on 1M files)"
                 if z.nas_files < z.walk_files else "")
-        out.append(walkbench.run_walk(ctx, warm, nas, repeats=max(z.repeats, 3), note=note))
-    if {"stream", "scale"} & chosen:
-        out += scale.run_scale(ctx, trees, list(z.scale_files), z.strace_files,
-                               memory="scale" in chosen, stream="stream" in chosen)
-    if "stores" in chosen:
-        import stores
+        return [walkbench.run_walk(ctx, warm, nas, repeats=max(z.repeats, 3), note=note)]
 
-        out.append(stores.run_stores(ctx, trees, z.stores_mb))
-    if "compress" in chosen:
-        import compress  # numpy, zstandard: only when chosen
-
-        out.append(compress.run_compress(ctx, trees, z.stores_mb))
-    if "workers" in chosen:
-        import workers  # distributed: only when chosen
-
-        out.append(workers.run_workers(ctx, trees, z.workers_files))
-    if "serve" in chosen:
-        import serve  # aiohttp client, pydicom writer: only when chosen
-
-        out.append(serve.run_serve(ctx))
+    # stream and scale share the runs of the largest tree: one step for both. stores,
+    # compress, workers and serve import numpy/zstandard, distributed, aiohttp's client:
+    # only when chosen.
+    steps: list[tuple[str, Callable[[], list[Section]]]] = [
+        ("header", lambda: [header_section(ctx, args.quick)]),
+        ("small", lambda: [transfer.small(ctx, trees, z.small_files)]),
+        ("ct", lambda: [transfer.ct(ctx, trees, z.ct_mb)]),
+        ("mixed", lambda: [transfer.mixed(ctx, trees, z.mixed_studies, z.mixed_scale)]),
+        ("walk", walk),
+        ("stream/scale", lambda: scale.run_scale(
+            ctx, trees, list(z.scale_files), z.strace_files, memory="scale" in chosen,
+            stream="stream" in chosen)),
+        ("stores", lambda: [importlib.import_module("stores").run_stores(ctx, trees,
+                                                                          z.stores_mb)]),
+        ("compress", lambda: [importlib.import_module("compress").run_compress(
+            ctx, trees, z.stores_mb)]),
+        ("workers", lambda: [importlib.import_module("workers").run_workers(
+            ctx, trees, z.workers_files)]),
+        ("serve", lambda: [importlib.import_module("serve").run_serve(ctx)]),
+    ]
+    for keys, make in steps:
+        if set(keys.split("/")) & chosen:
+            out += guarded(ctx, keys, make)
     profile: list[str] = []
     if args.profile:
         profile, finding = spy.profile(ctx, trees.fast("small", z.small_files))
@@ -248,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                       quick=args.quick, timeout=args.timeout, warm=args.warm)
             print(f"SeaweedFS at {store.endpoint}", flush=True)
             sections, profile = run_sections(args, ctx, trees)
-            endpoint = store.endpoint
+            endpoint, restarts = store.endpoint, store.restarts
         skipped = [f"{s} (not selected)" for s in SECTIONS if s not in args.sections]
         if args.quick:
             skipped.append("the 1M-file tree (--quick)")
@@ -256,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             started=started, finished=datetime.now(UTC),
             invocation=shlex.join(["benchmarks/bench.py", *raw]), mode=mode,
             info=info, trees=list(trees.made.values()), sections=sections, endpoint=endpoint,
-            profile=profile, skipped=skipped, warm=args.warm)
+            profile=profile, skipped=skipped, warm=args.warm, restarts=restarts)
         if args.print_only:
             print(text)
         else:
@@ -266,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
             start = next((i for i, ln in enumerate(lines) if ln.startswith("**Targets**")), 0)
             end = next((i for i in range(start + 2, len(lines)) if not lines[i]), len(lines))
             print("\n".join(lines[start:end]))
-        return 0
+        failed = [s.key for s in sections if s.title.endswith("(failed)")]
+        if failed:
+            print(f"bench: section(s) failed: {', '.join(failed)} (the others were written)")
+        return 1 if failed else 0
     finally:
         if args.keep:
             print(f"kept {work}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
@@ -95,14 +97,20 @@ def machine(work: Path) -> dict[str, str]:
 def compose(*, started: datetime, finished: datetime, invocation: str, mode: str,
             info: dict[str, str], trees: list[Tree], sections: list[Section],
             endpoint: str, profile: list[str] | None, skipped: list[str],
-            warm: bool = True) -> str:
+            warm: bool = True, restarts: Sequence[str] = ()) -> str:
     targets = sorted((t for s in sections for t in s.targets), key=lambda t: t.key)
     met = sum(t.met is True for t in targets)
     judged = sum(t.met is not None for t in targets)
     out = [f"## {started:%Y-%m-%d %H:%M} UTC — {mode}: "
            + ", ".join(s.key for s in sections), "",
            (f"Command: `{invocation}` (took {(finished - started).total_seconds() / 60:.1f} min). "
-           f"One SeaweedFS (`weed mini`) at `{endpoint}` for the whole run; credentials via "
+           + (f"One SeaweedFS (`weed mini`) at `{endpoint}` for the whole run; "
+              if not restarts else
+              f"One SeaweedFS (`weed mini`) at a time, restarted fresh and empty "
+              f"{len(restarts)} time(s) ("
+              + "; ".join(f"{why} x{n}" for why, n in Counter(restarts).items())
+              + f"), last at `{endpoint}`; ")
+           + "credentials via "
            "`AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`, region us-east-1, path-style. "
            + ("Before every timed run the bench read each file of its tree once, untimed, "
               "whatever the tool, so every run reads the page cache"

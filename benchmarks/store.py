@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -20,6 +21,7 @@ class Store:
         self.client: Any = None
         self.env: dict[str, str] = {}
         self.pid: int | None = None
+        self.restarts: list[str] = []  # why, each time
 
     def __enter__(self) -> Self:
         info = self.info = self._weed.start()
@@ -47,6 +49,20 @@ class Store:
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
         self._weed.stop()
+
+    def restart(self, why: str) -> None:
+        """A fresh SeaweedFS, its data wiped (its log kept): one that took millions of
+        objects holds GBs of memory (weed was OOM-killed at 20 GB on a 2.5M-file stream
+        section), and one that died must not fail every run after it."""
+        print(f"  restarting SeaweedFS: {why}", flush=True)
+        self.restarts.append(why)
+        self._weed.stop()
+        work = self._weed.workdir
+        shutil.rmtree(work / "data", ignore_errors=True)
+        if (work / "weed.log").exists():
+            n = len(list(work.glob("weed.log.*"))) + 1
+            (work / "weed.log").rename(work / f"weed.log.{n}")
+        self.__enter__()
 
     @property
     def endpoint(self) -> str:
