@@ -111,23 +111,41 @@ def test_a_second_ctrl_c_stops_at_once(seaweed_s3: S3Target, tmp_path: Path) -> 
     line, no traceback; the state stays sound, so the re-run completes the migration with
     nothing lost or doubled."""
     tree = multipart_tree(tmp_path / "pacs")
-    state, log = tmp_path / "state", tmp_path / "run.log"
-    command = [sys.executable, "-m", "pacsmigrate", "--log-file", str(log),
-               *_args(tree, seaweed_s3, state)]
-    stops = 0
-    for gap in (0.0, 0.02, 0.05, 0.1, 0.3):
+    log = tmp_path / "run.log"
+    gaps = [0.0, 0.02, 0.05, 0.1, 0.3]  # between the two Ctrl-Cs; each must stop a run
+    migrations: list[tuple[S3Target, Path]] = []
+
+    def fresh() -> tuple[S3Target, Path]:
+        """A new bucket and state: each attempt resumes the last one, so a migration runs
+        out of work after a few (how many objects end before the first "stored" line
+        depends on the machine's pace), and the gaps left land in a new one."""
+        target = S3Target(seaweed_s3.info, f"{seaweed_s3.bucket}-c{len(migrations)}",
+                          seaweed_s3.kind)
+        target.client.create_bucket(Bucket=target.bucket)
+        migrations.append((target, tmp_path / f"state{len(migrations)}"))
+        return migrations[-1]
+
+    target, state = fresh()
+    attempts = 0
+    while gaps and attempts < 3 * 5:
+        attempts += 1
         log.unlink(missing_ok=True)  # this attempt's lines only
-        proc = subprocess.Popen(command, env=seaweed_s3.env(), stdout=subprocess.PIPE,
+        command = [sys.executable, "-m", "pacsmigrate", "--log-file", str(log),
+                   *_args(tree, target, state)]
+        proc = subprocess.Popen(command, env=target.env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
         while '"stored ' not in (log.read_text() if log.exists() else "") \
                 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)  # into the uploads: the first Ctrl-C has work to finish
-        if proc.poll() is not None:
-            break
+        if proc.poll() is not None:  # nothing was left to store: the gap goes to a new one
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, (proc.returncode, out, err)
+            target, state = fresh()
+            continue
         sent = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        time.sleep(gap)
+        time.sleep(gaps[0])
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
@@ -135,15 +153,17 @@ def test_a_second_ctrl_c_stops_at_once(seaweed_s3: S3Target, tmp_path: Path) -> 
         assert not any(n in err for n in (*NOISE, "Unclosed")), err
         if proc.returncode == 0:  # its last object was in flight: it finished
             assert "OK: nothing left to migrate" in out
+            target, state = fresh()
             continue
         assert proc.returncode == 130, (proc.returncode, out, err)
         assert err.strip().splitlines()[-1] == LINES[signal.SIGINT], err
-        assert took < 5, f"exit {took:.1f} s after the second Ctrl-C"
-        stops += 1
-    assert stops >= 3
-    final = run_cli(*_args(tree, seaweed_s3, state), env=seaweed_s3.env())
-    assert final.returncode == 0, final.stdout + final.stderr
-    assert_complete(seaweed_s3, state, tree)
+        assert took < 5, f"exit {took:.1f} s after the second Ctrl-C (gap {gaps[0]} s)"
+        gaps.pop(0)
+    assert not gaps, f"no run was left to stop for the gaps {gaps} in {attempts} attempts"
+    for target, state in migrations:  # every interrupted migration completes on a re-run
+        final = run_cli(*_args(tree, target, state), env=target.env())
+        assert final.returncode == 0, final.stdout + final.stderr
+        assert_complete(target, state, tree)
     verify = run_cli("verify", "--state", str(state), "--deep", "--source",
-                     env=seaweed_s3.env())
+                     env=target.env())
     assert verify.returncode == 0, verify.stdout + verify.stderr
