@@ -29,6 +29,13 @@ def _args(tree: Path, s3: S3Target, state: Path) -> list[str]:
             "5MiB", "--concurrency", "3", "--no-progress", "--bwlimit", "2MiB"]
 
 
+def _fresh(s3: S3Target, tmp_path: Path, n: int) -> tuple[S3Target, Path]:
+    """The n-th new bucket and state: once a migration is done, signals land in a new one."""
+    target = S3Target(s3.info, f"{s3.bucket}-sig{n}", s3.kind)
+    target.client.create_bucket(Bucket=target.bucket)
+    return target, tmp_path / f"state{n}"
+
+
 def _handlers_installed(pid: int) -> None:
     """Wait until the process catches SIGTERM (pacsmigrate.entry's first line): before that
     the interpreter itself is starting, and a signal ends it the way CPython does."""
@@ -55,10 +62,7 @@ def _signal_runs(s3: S3Target, tmp_path: Path, times: int, seed: int) -> None:
     rounds = 0
 
     def fresh() -> tuple[S3Target, Path, list[str]]:
-        """A new bucket and state: once a migration is done, signals land in a new one."""
-        target = S3Target(s3.info, f"{s3.bucket}-sig{rounds}", s3.kind)
-        target.client.create_bucket(Bucket=target.bucket)
-        state = tmp_path / f"state{rounds}"
+        target, state = _fresh(s3, tmp_path, rounds)
         return target, state, [sys.executable, "-m", "pacsmigrate", *_args(tree, target, state)]
 
     target, state, command = fresh()
@@ -116,13 +120,10 @@ def test_a_second_ctrl_c_stops_at_once(seaweed_s3: S3Target, tmp_path: Path) -> 
     migrations: list[tuple[S3Target, Path]] = []
 
     def fresh() -> tuple[S3Target, Path]:
-        """A new bucket and state: each attempt resumes the last one, so a migration runs
-        out of work after a few (how many objects end before the first "stored" line
-        depends on the machine's pace), and the gaps left land in a new one."""
-        target = S3Target(seaweed_s3.info, f"{seaweed_s3.bucket}-c{len(migrations)}",
-                          seaweed_s3.kind)
-        target.client.create_bucket(Bucket=target.bucket)
-        migrations.append((target, tmp_path / f"state{len(migrations)}"))
+        """Each attempt resumes the last one, so a migration runs out of work after a few
+        (how many objects end before the first "stored" line depends on the machine's
+        pace): the gaps left land in a new one."""
+        migrations.append(_fresh(seaweed_s3, tmp_path, len(migrations)))
         return migrations[-1]
 
     target, state = fresh()
