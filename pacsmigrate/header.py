@@ -135,6 +135,35 @@ def read_header(f: BinaryIO, size: int) -> Header:
         _reading.on = False
 
 
+# pydicom reads each data element's tag and length with one read of 8 bytes. In a run of
+# zero bytes every 8 are an element (0000,0000) of length 0, which no data set holds twice,
+# and pydicom steps on 8 bytes at a time: 2.2 s of CPU for a 6 MiB file of zeros, hours for
+# a disk image or a preallocated file of gigabytes. The fallback gives up after this many.
+_ZERO_ELEMENTS = 1024
+_ZERO8 = bytes(8)
+
+
+class _ZeroRun(Exception):
+    """Zero bytes where pydicom looks for data elements."""
+
+
+class _Guarded:
+    """The file as pydicom reads it, stopped once it has read _ZERO_ELEMENTS elements of
+    eight zero bytes."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._read, self.seek, self.tell = f.read, f.seek, f.tell
+        self._zeros = 0
+
+    def read(self, n: int = -1) -> bytes:
+        got = self._read(n)
+        if n == 8 and got == _ZERO8:
+            self._zeros += 1
+            if self._zeros > _ZERO_ELEMENTS:
+                raise _ZeroRun
+        return got
+
+
 def _read_header(f: BinaryIO, size: int) -> Header:
     import pydicom  # the fallback only: the scan reads most headers without it (dicomref)
     from pydicom.errors import InvalidDicomError
@@ -143,7 +172,10 @@ def _read_header(f: BinaryIO, size: int) -> Header:
     has_marker = prefix[128:132] == b"DICM"
     f.seek(0)
     try:
-        ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
+        ds = pydicom.dcmread(_Guarded(f), stop_before_pixels=True, force=True)
+    except _ZeroRun:
+        return Header(reason="unreadable DICOM header (zero bytes where elements should be)"
+                      if has_marker else "not DICOM (zero bytes where elements should be)")
     except (InvalidDicomError, EOFError) as exc:
         return Header(reason="truncated DICOM header" if has_marker
                       else f"not DICOM ({type(exc).__name__})")

@@ -20,6 +20,7 @@ from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.sequence import Sequence
 from pydicom.uid import UID
 
+from pacsmigrate import header
 from pacsmigrate.header import Header, parse, read_header, scan
 from pacsmigrate.synth import LAYOUTS, make_tree
 
@@ -341,6 +342,43 @@ def test_empty_and_non_dicom_files() -> None:
     for junk in (b"hello\n", os.urandom(3000), b"\0" * 128 + b"DICM" + os.urandom(500),
                  (SAMPLES / "README.txt").read_bytes()):
         assert declined(junk).reason.startswith(("not DICOM", "unreadable", "truncated", "DICOM"))
+
+
+class _Counted(io.BytesIO):
+    """A file that counts the bytes read from it."""
+
+    taken = 0
+
+    def read(self, n: int | None = -1) -> bytes:
+        got = super().read(n)
+        self.taken += len(got)
+        return got
+
+
+def test_zero_runs_are_judged_without_reading_them_through(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Disk images, preallocated and sparse files start with zero bytes, which pydicom
+    reads as one empty element every 8 bytes, to the end of the file (2.2 s of CPU for
+    6 MiB, hours for gigabytes): the fallback stops after a few KiB of them."""
+    size = 6 << 20
+    zeros = bytes(size)
+    files = {"zeros": zeros, "a zip header, then zeros": b"PK\x03\x04" + zeros[4:],
+             "preamble and DICM, then zeros": bytes(128) + b"DICM" + zeros[132:]}
+    for name, data in files.items():
+        f = _Counted(data)
+        h = parse(data[:4096], size, f)
+        assert "zero bytes where elements should be" in h.reason, (name, h)
+        assert h.reason.startswith("unreadable DICOM header" if b"DICM" in data[:132]
+                                   else "not DICOM"), (name, h)
+        assert f.taken < 64 << 10, (name, f.taken)  # 6 MiB file, < 64 KiB read
+    # Every real file gets from the guarded fallback what pydicom alone gives.
+    guarded = {path: reference(path.read_bytes()) for path in files_under(SAMPLES)}
+    monkeypatch.setattr(header, "_Guarded", lambda f: f)
+    unguarded = _Counted(bytes(256 << 10))
+    assert parse(bytes(4096), 256 << 10, unguarded).reason == "not DICOM"
+    assert unguarded.taken >= 256 << 10  # pydicom alone reads zero runs to the end
+    for path, got in guarded.items():
+        assert reference(path.read_bytes()) == got, path.name
 
 
 def test_odd_values_are_left_to_pydicom() -> None:
