@@ -50,15 +50,10 @@ class Built:
     retention: dict[str, Any] | None = None  # the object's lock, for its manifest
 
 
-# Beside a member's bytes, its tar header (a PAX header too for a long name), padding and
-# manifest line take at most this plus 4 bytes per byte of its path (PAX name, path, base64).
-MEMBER_OVERHEAD = 3 * BLOCK
-
-
 def tar_size(plan: BundlePlan) -> int:
     """How large the plan's tar grows at most (ASCII paths): members, their headers,
-    padding and manifest lines, the manifest's header and the trailer."""
-    return plan.size + 8 * BLOCK + sum(MEMBER_OVERHEAD + 4 * len(m.path) for m in plan.members)
+    padding and manifest lines, the manifest's header and the trailer (records.py)."""
+    return plan.bound
 
 
 class _Parts:

@@ -29,7 +29,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .records import FILE, TAR, BundlePlan, Member
+from .records import FILE, TAR, BundlePlan, Member, member_bound
 
 SPILL_FILES = 8  # an early-closed bundle with fewer members is spilled...
 SPILL_BYTES = 8 << 20  # ...when it is also smaller than this
@@ -119,7 +119,7 @@ class Grouper:
             return
         group = m.group
         b = self.open.get(group)
-        if b is not None and b.plan.size + m.size > self.bundle_size and b.plan.members:
+        if b is not None and b.plan.bound + member_bound(m) > self.bundle_size and b.plan.members:
             self._close(group, out, early=False)
             b = None
         if b is None:

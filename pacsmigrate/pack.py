@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
-from .records import TAR, BundlePlan
+from .records import TAR, TAR_OVERHEAD, BundlePlan
 
 OPEN_PACKS = 4
 
@@ -38,12 +38,13 @@ class Packer:
 
     def add(self, plan: BundlePlan) -> list[BundlePlan]:
         """The plans to store now: `plan` itself unless it is packed, and any pack it filled."""
-        if not self.size or plan.kind != TAR or plan.size >= self.size or not plan.members:
+        if not self.size or plan.kind != TAR or plan.bound >= self.size or not plan.members:
             return [plan]
         out = []
         k = self.klass(plan)
         pack = self.open.get(k)
-        if pack is not None and pack.size + plan.size > self.size:
+        # Sizes are what the tars grow to at most (BundlePlan.bound): an object of up to SIZE.
+        if pack is not None and pack.bound + plan.bound - TAR_OVERHEAD > self.size:
             out.append(self.open.pop(k))
             pack = None
         if pack is None:

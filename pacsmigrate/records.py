@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .paths import path_fields
+from .tarheader import BLOCK
 
 DICOM = "dicom"
 UNSORTED = "unsorted"
@@ -92,6 +93,19 @@ class Entry:
     encoding: str = ""  # "" as they are, "zstd": one zstd frame (encoding.py)
 
 
+# How much larger than its members a tar grows at most (bundle.py writes it; ASCII paths):
+# a member's tar header (a PAX header too for a long name), padding and manifest line take
+# at most MEMBER_OVERHEAD plus 4 bytes a byte of its path (PAX name, path, base64); the
+# manifest's header, the trailer and the two end blocks take TAR_OVERHEAD.
+MEMBER_OVERHEAD = 3 * BLOCK
+TAR_OVERHEAD = 8 * BLOCK
+
+
+def member_bound(m: Member) -> int:
+    """What a member adds to its tar at most, its bytes included."""
+    return m.size + MEMBER_OVERHEAD + 4 * len(m.path)
+
+
 @dataclass(slots=True)
 class BundlePlan:
     """Files of one group to pack into one object (a tar bundle, or one large file alone)."""
@@ -102,10 +116,17 @@ class BundlePlan:
     key: str = ""
     bundle_id: str = ""
     size: int = 0  # sum of the members' sizes
+    # How large its tar grows at most (TAR_OVERHEAD and member_bound): what --bundle-size
+    # and --pack hold objects to, so that an object is never larger than the size asked for.
+    bound: int = 0
+
+    def __post_init__(self) -> None:
+        self.bound = TAR_OVERHEAD + sum(member_bound(m) for m in self.members)
 
     def add(self, m: Member) -> None:
         self.members.append(m)
         self.size += m.size
+        self.bound += member_bound(m)
 
 
 @dataclass(frozen=True, slots=True)

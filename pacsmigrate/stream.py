@@ -28,7 +28,7 @@ from .progress import Bar
 from .read import KEPT_CHANGING, ReadOptions, ReadResult
 from .readproc import NETWORK_FS, fs_type, read_tree_apart, wanted
 from .reads import in_shard, read_tree
-from .records import FILE, TAR, BundlePlan, Member, Problem
+from .records import FILE, TAR, BundlePlan, Member, Problem, member_bound
 from .retention import covers, lock_of, manifest_fields
 from .sample import slice_of
 from .shard import CUT, Shard, pruner
@@ -266,8 +266,8 @@ class SourceStream:
                     await self.put(BundlePlan(m.group, FILE, [m], size=m.size))
                     handled += 1
                     continue
-                if current is not None and (current.group != m.group
-                                            or current.size + m.size > cfg.bundle_size):
+                if current is not None and (current.group != m.group or current.bound
+                                            + member_bound(m) > cfg.bundle_size):
                     await self.put(current)
                     handled += 1
                     current = None

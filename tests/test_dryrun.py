@@ -78,6 +78,27 @@ def test_the_dry_run_counts_the_requests_the_run_makes(moto_s3: S3Target,
     assert done["requests"] == estimate, (done["requests"], estimate)
 
 
+def test_packs_as_large_as_a_part_go_in_one_put_each(moto_s3: S3Target, tmp_path: Path
+                                                    ) -> None:
+    """--pack as large as --part-size: every pack is one PUT, as the dry run counts. (Packs
+    were filled to SIZE of the files' bytes, and their tar headers, padding and manifest
+    pushed each over the part size: a multipart upload of four requests where the dry run
+    had counted one.)"""
+    tree = tmp_path / "pacs"
+    make_tree(tree, studies=40, seed=4, scale=0.05, layout="date")  # 219 files, 13 MiB
+    state = tmp_path / "state"
+    out, plan = _run(tree, moto_s3, state, "--dry-run", "--pack", "5MiB")
+    estimate = _estimated(out)
+    assert 3 <= plan["planned_objects"] < 40 and plan["planned_requests"] == plan[
+        "planned_objects"]
+    _, done = _run(tree, moto_s3, state, "--pack", "5MiB")
+    assert done["retries"] == {} and done["objects_uploaded"] == plan["planned_objects"]
+    assert done["requests"] == estimate, (done["requests"], estimate)
+    assert moto_s3.pending_uploads() == []
+    assert max(o["Size"] for o in moto_s3.client.list_objects_v2(
+        Bucket=moto_s3.bucket)["Contents"]) <= 5 << 20
+
+
 @pytest.mark.parametrize("kind", ["local", "azure"])
 def test_the_dry_run_counts_the_requests_on_every_store(kind: str, tmp_path: Path,
                                                         request: pytest.FixtureRequest) -> None:

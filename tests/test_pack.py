@@ -20,6 +20,7 @@ from helpers import TEST_FILES, assert_complete, bundle_manifest, config, index_
 
 from pacsmigrate import group
 from pacsmigrate.backends import MemoryBackend
+from pacsmigrate.bundle import tar_size
 from pacsmigrate.checkpoint import Checkpoint
 from pacsmigrate.config import Destination, MigrateConfig, TransferConfig
 from pacsmigrate.errors import ConfigError
@@ -49,15 +50,15 @@ def _studies(plan: BundlePlan) -> list[str]:
 
 
 def test_small_bundles_are_joined_up_to_the_size_and_large_ones_pass() -> None:
-    packer = Packer(100, lambda plan: "one class")
+    packer = Packer(100 * MiB, lambda plan: "one class")
     out = []
-    for plan in [_plan("a", [30]), _plan("b", [20, 20]), _plan("c", [40]), _plan("d", [100]),
-                 _plan("e", [5], kind=FILE), _plan("f", [10])]:
+    for plan in [_plan("a", [30 * MiB]), _plan("b", [20 * MiB, 20 * MiB]), _plan("c", [40 * MiB]),
+                 _plan("d", [100 * MiB]), _plan("e", [5], kind=FILE), _plan("f", [10 * MiB])]:
         out += packer.add(plan)
-    # a+b fill 70; c would make 110: the pack of a and b goes; d (not below 100) and the
-    # file pass through as they are.
+    # a+b fill 70 MiB; c would make 110: the pack of a and b goes; d (not below 100 MiB)
+    # and the file pass through as they are.
     assert [_studies(p) for p in out] == [["a", "b"], ["d"], ["e"]]
-    assert out[0].group == "a" and out[0].size == 70 and out[0].kind == TAR
+    assert out[0].group == "a" and out[0].size == 70 * MiB and out[0].kind == TAR
     assert [_studies(p) for p in packer.flush()] == [["c", "f"]]
     assert packer.flush() == []
     # Off: every plan goes through untouched.
@@ -66,8 +67,24 @@ def test_small_bundles_are_joined_up_to_the_size_and_large_ones_pass() -> None:
     assert off.add(plan) == [plan]
 
 
+def test_a_pack_s_tar_is_never_larger_than_the_size() -> None:
+    """SIZE bounds the object, not only its files' bytes: headers, padding and manifest
+    lines make a tar of 1.2 KiB files twice their size (--pack 8MiB made objects of 18
+    MiB, each a multipart upload where one PUT was meant)."""
+    size = 64 << 10
+    packer = Packer(size, lambda plan: "one class")
+    out = []
+    for i in range(200):
+        out += packer.add(_plan(f"s{i:03}", [1229] * 3))
+    out += packer.flush()
+    assert [m.group for p in out for m in p.members] == [f"s{i // 3:03}" for i in range(600)]
+    assert all(tar_size(p) <= size for p in out)
+    assert all(p.size < size // 2 for p in out)  # overhead takes over half of these
+    assert sum(tar_size(p) for p in out) > (len(out) - 1) * size * 0.9  # and they are full
+
+
 def test_classes_never_share_a_pack_and_few_packs_fill_at_once() -> None:
-    packer = Packer(1000, lambda plan: plan.members[0].about.study_date)
+    packer = Packer(MiB, lambda plan: plan.members[0].about.study_date)
     days = [f"2020010{i}" for i in range(1, OPEN_PACKS + 2)]
     out = []
     for day in days:
@@ -160,6 +177,11 @@ def test_packed_run_keeps_every_promise(s3: S3Target, small_studies: Path,
     assert max(len(s) for s in held.values()) > 1
     planned = json.loads(dry.read_text())["run"]["planned_objects"]
     assert planned == json.loads(report.read_text())["run"]["objects_uploaded"] == len(held)
+    # An object that packs several studies is at most --pack's 1 MiB, tar and all.
+    sizes = {o["Key"]: o["Size"] for o in
+             s3.client.list_objects_v2(Bucket=s3.bucket)["Contents"]}
+    packs = [sizes[key] for key, held_studies in held.items() if len(held_studies) > 1]
+    assert packs and max(packs) <= MiB, sorted(packs)[-3:]
     # Each study's files lie in one object, but for the series the date layout scattered.
     spread = [len({r["key"] for r in rows if r["study_uid"] == s}) for s in studies]
     assert sum(spread) / len(spread) < 1.5
