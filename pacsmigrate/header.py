@@ -158,6 +158,11 @@ DEFLATED_HEAD = 4 << 20
 _PIXEL_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
 
 
+# Values larger than this are skipped, not read, by the fallback (none of the fields it
+# gives is): a 100 MiB private element before the UIDs cost 100 MiB of memory.
+DEFER_SIZE = 1 << 20
+
+
 class _Guarded:
     """The file as pydicom reads it, stopped once it has read _ZERO_ELEMENTS elements of
     eight zero bytes; a large deflated data set cut to its head (`headed`)."""
@@ -203,14 +208,16 @@ def _dcmread(pydicom: Any, f: BinaryIO, size: int) -> Any:
     from its head is read whole."""
     guarded = _Guarded(f, size)
     try:
-        return pydicom.dcmread(guarded, stop_before_pixels=True, force=True)
+        return pydicom.dcmread(guarded, stop_before_pixels=True, force=True,
+                               defer_size=DEFER_SIZE)
     except _ZeroRun:
         raise
     except Exception:
         if not guarded.headed:
             raise
     f.seek(0)
-    return pydicom.dcmread(_Guarded(f, size, whole=True), stop_before_pixels=True, force=True)
+    return pydicom.dcmread(_Guarded(f, size, whole=True), stop_before_pixels=True,
+                           force=True, defer_size=DEFER_SIZE)
 
 
 def _read_header(f: BinaryIO, size: int) -> Header:
@@ -261,7 +268,7 @@ def _elements_overrun(ds: Any, size: int) -> bool:
     elements still carry where their value starts and how long it claims to be.
     """
     for tag in list(ds.keys()):
-        raw = ds.get_item(tag)
+        raw = ds.get_item(tag, keep_deferred=True)
         length, at = getattr(raw, "length", None), getattr(raw, "value_tell", None)
         if length is not None and at is not None and length != 0xFFFFFFFF and at + length > size:
             return True

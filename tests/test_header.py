@@ -21,7 +21,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID
 
 from pacsmigrate import header
-from pacsmigrate.header import Header, parse, read_header, scan
+from pacsmigrate.header import MAX_PREFIX, Header, parse, read_header, scan
 from pacsmigrate.synth import LAYOUTS, make_tree
 
 PYDICOM_DATA = Path(pydicom.__file__).parent / "data"
@@ -362,6 +362,30 @@ def test_a_large_deflated_file_is_read_to_its_head(monkeypatch: pytest.MonkeyPat
     f = _Counted(data)
     assert parse(data[:PREFIX], len(data), f) == want
     assert f.taken >= len(data)  # read whole after all
+
+
+def test_large_values_before_the_uids_are_skipped_not_read(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large private value before the UIDs sends the file to pydicom (past the scan's
+    prefix), which read it into memory (100 MiB for a 100 MiB element): values over
+    DEFER_SIZE are skipped, with the same answer, for the file whole or cut short."""
+    ds = image()
+    ds.add_new(0x00090010, "LO", "ACME")
+    ds.add_new(0x00091010, "OB", os.urandom(3 << 20))
+    data = encode(ds)
+    cut = data[:-256]  # the pixel data cut short
+    got = {}
+    for name, variant in {"whole": data, "pixels cut": cut}.items():
+        f = _Counted(variant)
+        got[name] = parse(variant[:PREFIX], len(variant), f)
+        assert f.taken < MAX_PREFIX + (512 << 10), (name, f.taken)  # not its 3 MiB
+    assert got["whole"].study_uid == ds.StudyInstanceUID and got["whole"].reason == ""
+    assert got["pixels cut"].reason == "truncated DICOM (pixel data shorter than declared)"
+    monkeypatch.setattr(header, "DEFER_SIZE", None)  # pydicom reads every value
+    for name, variant in {"whole": data, "pixels cut": cut}.items():
+        f = _Counted(variant)
+        assert parse(variant[:PREFIX], len(variant), f) == got[name], name
+        assert f.taken > 3 << 20, (name, f.taken)
 
 
 def test_empty_and_non_dicom_files() -> None:
