@@ -50,18 +50,12 @@ class Built:
     retention: dict[str, Any] | None = None  # the object's lock, for its manifest
 
 
-def tar_size(plan: BundlePlan) -> int:
-    """How large the plan's tar grows at most (ASCII paths): members, their headers,
-    padding and manifest lines, the manifest's header and the trailer (records.py)."""
-    return plan.bound
-
-
 class _Parts:
     """Cuts a stream of buffers into part_size parts, copying each byte once, into the
     part's own buffer as it comes: a piece is let go at once, so a member's bytes are never
     held twice (joining a part's pieces kept them all alive beside the joined part).
 
-    `bound`: how long the object can grow (tar_size); a part's buffer is never larger than
+    `bound`: how long the object can grow (BundlePlan.bound); a part's buffer is never larger than
     what is left of it. A yielded part is never written again (a retry sends it again).
     `take(n)`: a buffer for a part (partbuf: one used before only once nothing refers to it).
     """
@@ -218,7 +212,7 @@ def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
     members with uncompressed pixels stored as zstd frames where smaller (encoding.py).
     `take(n)`: a buffer for a part of about n bytes (partbuf.Lease.take: used again).
     """
-    parts = _Parts(part_size, tar_size(plan), take)
+    parts = _Parts(part_size, plan.bound, take)
     lines = manifest.Writer(plan, created=built.created, retention=built.retention)
     here: dict[str, tuple[int, int, str]] = {}  # content here: blake3 -> offset, length, enc
     packer = Compressor() if compress else None

@@ -210,9 +210,7 @@ def _dcmread(pydicom: Any, f: BinaryIO, size: int) -> Any:
     try:
         return pydicom.dcmread(guarded, stop_before_pixels=True, force=True,
                                defer_size=DEFER_SIZE)
-    except _ZeroRun:
-        raise
-    except Exception:
+    except Exception:  # _ZeroRun too: it comes before any head is cut, so it goes on up
         if not guarded.headed:
             raise
     f.seek(0)

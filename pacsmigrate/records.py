@@ -116,9 +116,9 @@ class BundlePlan:
     key: str = ""
     bundle_id: str = ""
     size: int = 0  # sum of the members' sizes
-    # How large its tar grows at most (TAR_OVERHEAD and member_bound): what --bundle-size
-    # and --pack hold objects to, so that an object is never larger than the size asked for.
-    bound: int = 0
+    # How large its tar grows at most (ASCII paths; TAR_OVERHEAD and member_bound): what
+    # --bundle-size and --pack hold objects to, and what a part buffer is sized by.
+    bound: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self.bound = TAR_OVERHEAD + sum(member_bound(m) for m in self.members)

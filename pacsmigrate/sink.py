@@ -11,7 +11,7 @@ from concurrent.futures import Executor
 from . import alloc, faults
 from .backends import Backend
 from .backends.limits import planned_requests
-from .bundle import Built, Known, tar_size
+from .bundle import Built, Known
 from .checkpoint import Checkpoint
 from .commit import GroupWriter
 from .costs import NO_PRICES, PriceTable, Tally, as_json, describe, estimate
@@ -56,7 +56,7 @@ MEMBER_COST = MEMBER_HELD + 768
 def parts_held(plan: BundlePlan, *, part: int, concurrency: int) -> int:
     """The part buffers a tar plan holds at most: its parts stay until sent, up to
     concurrency + 1 of them (the next is built while others are in flight)."""
-    return 0 if plan.kind == FILE else min(tar_size(plan), part * (concurrency + 1))
+    return 0 if plan.kind == FILE else min(plan.bound, part * (concurrency + 1))
 
 
 def held_in_flight(plan: BundlePlan, *, part: int, concurrency: int) -> int:

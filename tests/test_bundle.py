@@ -328,7 +328,7 @@ def test_file_parts_vanished(samples: Path, tmp_path: Path) -> None:
 def test_parts_cut_exactly_and_are_never_written_again(bound: int) -> None:
     """Pieces of any size go into parts of exactly part_size (the last one shorter), each
     byte copied once; the bound is only a size hint (a part grows past it, a tar whose
-    non-ASCII names took more than tar_size counted); a part yielded is never changed."""
+    non-ASCII names took more than BundlePlan.bound counted); a part yielded is never changed."""
     rng = random.Random(7)
     pieces = [rng.randbytes(rng.choice([0, 1, 511, 512, 1208, 4095, 4096, 9000]))
               for _ in range(300)]

@@ -20,7 +20,6 @@ from helpers import TEST_FILES, assert_complete, bundle_manifest, config, index_
 
 from pacsmigrate import group
 from pacsmigrate.backends import MemoryBackend
-from pacsmigrate.bundle import tar_size
 from pacsmigrate.checkpoint import Checkpoint
 from pacsmigrate.config import Destination, MigrateConfig, TransferConfig
 from pacsmigrate.errors import ConfigError
@@ -78,9 +77,9 @@ def test_a_pack_s_tar_is_never_larger_than_the_size() -> None:
         out += packer.add(_plan(f"s{i:03}", [1229] * 3))
     out += packer.flush()
     assert [m.group for p in out for m in p.members] == [f"s{i // 3:03}" for i in range(600)]
-    assert all(tar_size(p) <= size for p in out)
+    assert all(p.bound <= size for p in out)
     assert all(p.size < size // 2 for p in out)  # overhead takes over half of these
-    assert sum(tar_size(p) for p in out) > (len(out) - 1) * size * 0.9  # and they are full
+    assert sum(p.bound for p in out) > (len(out) - 1) * size * 0.9  # and they are full
 
 
 def test_classes_never_share_a_pack_and_few_packs_fill_at_once() -> None:
