@@ -262,16 +262,49 @@ def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
     if not built.entries:
         return
     built.manifest = lines.finish()
-    yield from parts.add(tar_header(manifest.manifest_name(plan.bundle_id),
-                                    len(built.manifest), 0))
-    at = parts.offset
-    yield from parts.add(built.manifest)
-    yield from parts.add(pad(len(built.manifest)))
-    yield from parts.add(tar_header(manifest.trailer_name(plan.bundle_id), BLOCK, 0))
-    yield from parts.add(manifest.trailer(at, len(built.manifest)))
-    yield from parts.add(ZEROS)
+    for piece in _closing(plan.bundle_id, built.manifest, parts.offset):
+        yield from parts.add(piece)
     built.size = parts.offset
     yield from parts.rest()
+
+
+def _closing(bundle_id: str, doc: bytes | bytearray, offset: int
+             ) -> tuple[bytes | bytearray, ...]:
+    """A bundle's end, after members that end at `offset`: the manifest member, the
+    trailer that locates it, the two zero blocks."""
+    head = tar_header(manifest.manifest_name(bundle_id), len(doc), 0)
+    return (head, doc, pad(len(doc)), tar_header(manifest.trailer_name(bundle_id), BLOCK, 0),
+            manifest.trailer(offset + len(head), len(doc)), ZEROS)
+
+
+def tar_length(plan: BundlePlan, *, created: str, retention: dict[str, Any] | None = None,
+               known: Known | None = None) -> int:
+    """The length tar_parts gives `plan` when its members are as they were read (hashed,
+    unchanged) and not compressed: for a dry run to count an object's parts exactly where
+    the files' bytes and the bound disagree. `known` as for tar_parts (deduplication)."""
+    lines = manifest.Writer(plan, created=created, retention=retention)
+    here: dict[str, tuple[int, int, str]] = {}
+    need = lock_of(retention)
+    offset = 0
+    for m in plan.members:
+        name = member_name(m.path)
+        if known is not None and m.size and m.blake3:  # (a dry run hashed every file)
+            where = _stored_at(m.blake3, here, known, plan.key, need)
+            if where is not None:  # a copy: a manifest line only
+                key, at, length, enc = where
+                lines.add(manifest.member_line(Entry(
+                    m.path, at, length, m.blake3, m.size, m.mtime_ns, m.about, key, enc),
+                    name, plan.group))
+                continue
+        header = len(tar_header(name, m.size, m.mtime_ns // 1_000_000_000))
+        entry = Entry(m.path, offset + header, m.size, m.blake3, m.size, m.mtime_ns, m.about)
+        lines.add(manifest.member_line(entry, name, plan.group))
+        if known is not None and m.size and m.blake3:
+            here[m.blake3] = entry.offset, entry.length, ""
+        offset += header + m.size + len(pad(m.size))
+    if not lines.members:
+        return 0
+    return offset + sum(map(len, _closing(plan.bundle_id, lines.finish(), offset)))
 
 
 def file_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,

@@ -219,7 +219,8 @@ class Migration:
                 dest.scheme, dest.s3.provider if dest.s3 else None, dest.endpoint_url)
             self._plan = PlanSink(cp, self.stats, bar, scheme=dest.scheme,
                                   part_size=t.part_size, classes=self.policy.classes(),
-                                  prices=prices, locks=self.policy.locks(cp, self.stats))
+                                  prices=prices, locks=self.policy.locks(cp, self.stats),
+                                  dedup=self.cfg.dedup)
             return self._plan
         assert self.backend is not None
         return StoreSink(cp, self.stats, bar, backend=self.backend, pool=self.pool,

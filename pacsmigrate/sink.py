@@ -7,18 +7,20 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
+from functools import partial
 
 from . import alloc, faults
 from .backends import Backend
 from .backends.limits import planned_requests
-from .bundle import Built, Known
+from .bundle import Built, Known, tar_length
 from .checkpoint import Checkpoint
 from .commit import GroupWriter
 from .costs import NO_PRICES, PriceTable, Tally, as_json, describe, estimate
 from .group import MEMBER_HELD
 from .partbuf import Lease, PartBuffers
 from .progress import Bar
-from .records import FILE, TAR, BundlePlan, Entry, Member, Stored, StoredObject
+from .records import FILE, TAR, BundlePlan, Entry, Member, Stored, StoredObject, now_iso
+from .retention import manifest_fields
 from .stats import Stats
 from .tables import PlanRow, plan_row
 from .tiers import billed_size
@@ -41,10 +43,19 @@ COMMIT_ENOUGH = 10_000
 COMMIT_BACKLOG = 4 * COMMIT_ENOUGH
 
 
-def requests_for(plan: BundlePlan, *, scheme: str, part_size: int) -> int:
+def requests_for(plan: BundlePlan, *, scheme: str, part_size: int,
+                 length: Callable[[BundlePlan], int] | None = None) -> int:
     """Store requests one plan costs: one PUT, or its parts and the store's extra requests
-    (S3: create and complete; Azure: the commit); a raw file's sidecar."""
-    return planned_requests(scheme, plan.size, part_size=part_size) + (plan.kind == FILE)
+    (S3: create and complete; Azure: the commit); a raw file's sidecar. A tar is longer
+    than its files' bytes and at most plan.bound: where the two give other counts, its
+    exact `length` (bundle.tar_length) decides."""
+    count = partial(planned_requests, scheme, plan.size, part_size=part_size)
+    if plan.kind == FILE:
+        return count() + 1
+    fewest = count(length=plan.size)
+    if length is None or fewest == count(length=plan.bound):
+        return fewest
+    return count(length=length(plan))
 
 
 # What a member costs a plan in flight beside its bytes: what it held in the grouper, and
@@ -118,9 +129,11 @@ class PlanSink(Sink):
 
     def __init__(self, cp: Checkpoint, stats: Stats, bar: Bar, *, scheme: str,
                  part_size: int, classes: Classes | None = None,
-                 prices: PriceTable | None = None, locks: Locks | None = None) -> None:
+                 prices: PriceTable | None = None, locks: Locks | None = None,
+                 dedup: bool = True) -> None:
         super().__init__(cp, stats, bar, classes=classes)
-        self.locks = locks  # asked only to count the studies a retention map misses
+        self.locks = locks  # counts the studies a retention map misses when asked
+        self.dedup = dedup
         self.scheme = scheme
         self.part_size = part_size
         self.prices = prices
@@ -129,9 +142,9 @@ class PlanSink(Sink):
 
     async def put(self, plan: BundlePlan) -> None:
         self._count(plan)
-        if self.locks is not None:
-            self.locks(plan)
-        requests = requests_for(plan, scheme=self.scheme, part_size=self.part_size)
+        lock = self.locks(plan) if self.locks is not None else None
+        requests = requests_for(plan, scheme=self.scheme, part_size=self.part_size,
+                                length=partial(self._length, lock))
         self.stats.planned_requests += requests
         if self.prices is not None:
             self.tally.add(self.prices, self.storage_class(plan), plan.size,
@@ -141,6 +154,12 @@ class PlanSink(Sink):
                                           m.about)) for m in plan.members)
         if len(self._batch) >= PLAN_BATCH:
             await self.drain()
+
+    def _length(self, lock: dict[str, str] | None, plan: BundlePlan) -> int:
+        """The tar the run will make of `plan` (as its object's manifest records its lock,
+        with the copies deduplication finds), if its files stay as they were read."""
+        return tar_length(plan, created=now_iso(), retention=manifest_fields(lock),
+                          known=self.cp.stored_content if self.dedup else None)
 
     async def drain(self) -> None:
         batch, self._batch = self._batch, []

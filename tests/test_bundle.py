@@ -14,7 +14,7 @@ import pytest
 from helpers import call_unblocked
 
 from pacsmigrate import manifest
-from pacsmigrate.bundle import Built, _Parts, file_parts, tar_parts
+from pacsmigrate.bundle import Built, _Parts, file_parts, tar_length, tar_parts
 from pacsmigrate.config import Destination
 from pacsmigrate.errors import SourceChangedError, SourceError
 from pacsmigrate.keys import assign_key, new_secret
@@ -121,6 +121,26 @@ def test_parts_form_a_tar_the_system_tar_extracts(study: list[bytes], tmp_path: 
     assert len(names) == len(study) + 2
     with open(os.path.join(out, manifest.manifest_name(plan.bundle_id).encode()), "rb") as f:
         assert f.read() == result.manifest
+
+
+@pytest.mark.parametrize("dedup", [False, True])
+def test_a_plans_tar_length_is_known_before_packing(study: list[bytes], dedup: bool) -> None:
+    """tar_length (a dry run's part count) is the length tar_parts makes: PAX and ustar
+    headers, padding, manifest lines (a copy's too, with deduplication), the lock, the
+    trailer."""
+    copy = study[0] + b"-copy.dcm"
+    shutil.copyfile(study[0], copy)
+    plan = make_plan([*study, copy])
+    for m in plan.members:  # as a dry run reads them: hashed
+        m.blake3 = blake3.blake3(Path(os.fsdecode(m.path)).read_bytes()).hexdigest()
+    retention = {"retain_until": "2046-01-01", "mode": "COMPLIANCE",
+                 "legal_hold": False, "retention": "20y"}
+    known = (lambda digest: None) if dedup else None
+    built = Built(created="2026-12-06T22:40:00+00:00", retention=retention)
+    body = b"".join(tar_parts(plan, built, part_size=PART, secret=SECRET, known=known))
+    assert built.duplicates == dedup and len(body) == built.size
+    assert tar_length(plan, created=built.created, retention=retention, known=known) \
+        == len(body) < plan.bound
 
 
 def test_manifest_members_locate_exact_bytes(study: list[bytes]) -> None:

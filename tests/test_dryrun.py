@@ -287,3 +287,28 @@ def test_an_empty_or_thin_sample_says_so() -> None:
     one = Stats()
     one.fold_folder([10, 1000])
     assert bytes_error(one.folder_moments) is None
+
+
+@pytest.mark.parametrize("files, above", [(2, 0), (3, 1)])
+def test_a_bundle_whose_tar_outgrows_its_parts_is_counted_so(
+        moto_s3: S3Target, tmp_path: Path, files: int, above: int) -> None:
+    """A bundle whose files' bytes fill `files` - 1 parts (--part-size 5MiB) within a few
+    KiB: its tar headers, padding and manifest make it one part more (a multipart upload
+    where one PUT was counted, or three parts where two were). The dry run counted the
+    files' bytes."""
+    tree = tmp_path / "pacs"
+    (tree / "study").mkdir(parents=True)
+    each = (((files - 1) * 5 << 20) - 1000) // files
+    for i in range(files):  # not DICOM: one folder's files go in one bundle
+        (tree / "study" / f"f{i}.bin").write_bytes(bytes([i]) * each)
+    state = tmp_path / "state"
+    extra = ("--bundle-size", "64MiB", "--large-file", "20MiB")
+    out, plan = _run(tree, moto_s3, state, "--dry-run", *extra)
+    estimate = _estimated(out)
+    assert plan["planned_objects"] == 1 and plan["planned_requests"] > 1  # in parts
+    _, done = _run(tree, moto_s3, state, *extra)
+    assert done["retries"] == {} and done["objects_uploaded"] == 1
+    assert done["requests"] == estimate, (done["requests"], estimate)
+    (size,) = (o["Size"] for o in moto_s3.client.list_objects_v2(
+        Bucket=moto_s3.bucket)["Contents"] if o["Key"].endswith(".tar"))
+    assert -(-size // (5 << 20)) == files  # one part more than the files' bytes fill

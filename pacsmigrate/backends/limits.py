@@ -60,10 +60,14 @@ LOCAL = Upload(Limits(min_part=1 * MiB, max_part=5 * GiB, max_parts=10_000), 2, 
 UPLOADS = {"s3": S3, "az": AZURE, "file": LOCAL}
 
 
-def planned_requests(scheme: str, size: int, *, part_size: int, ours: bool = True) -> int:
+def planned_requests(scheme: str, size: int, *, part_size: int, ours: bool = True,
+                     length: int | None = None) -> int:
     """Requests storing `size` bytes will take: one PUT, or the parts and the extra ones
-    (`ours`: with the listings pacsmigrate adds; not for a per-file copier's)."""
+    (`ours`: with the listings pacsmigrate adds; not for a per-file copier's). `length`:
+    the object's own when it differs (a tar's); the part size is chosen from `size`, as
+    the upload chooses it."""
     upload = UPLOADS.get(scheme, S3)
     part = adjust_part_size(upload.limits, part_size, size)
     extra = upload.extra_requests + (upload.lookups if ours else 0)
-    return 1 if size <= part else extra + -(-size // part)
+    n = size if length is None else length
+    return 1 if n <= part else extra + -(-n // part)
