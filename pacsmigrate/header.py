@@ -8,7 +8,7 @@ import threading
 import warnings
 import zlib
 from dataclasses import dataclass, replace
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from .headscan import DEFLATED, pixel_overrun, scan_fields
 from .headskip import Buffer
@@ -142,10 +142,32 @@ def read_header(f: BinaryIO, size: int) -> Header:
 # a disk image or a preallocated file of gigabytes. The fallback gives up after this many.
 _ZERO_ELEMENTS = 1024
 _ZERO8 = bytes(8)
+# Other bytes read as elements of small length too: an array of 64-bit integers below
+# 2**32 (counters, epoch seconds, row numbers) is one empty element every 8 bytes, 0.4-0.65 s
+# of CPU a MiB. A data set holds a few hundred elements outside its sequences (at most 257
+# in pydicom's test files and pydicom-data); the fallback gives up after this many.
+MOST_ELEMENTS = 16_384
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})  # dcmread's stop_before_pixels
 
 
-class _ZeroRun(Exception):
-    """Zero bytes where pydicom looks for data elements."""
+class _Implausible(Exception):
+    """Bytes that only look like data elements; `why`, in a reason's words."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+def _stop_before_pixels() -> Any:
+    """pydicom's stop_when for a data set's own elements (not its sequences'): at the
+    pixel data, as stop_before_pixels; _Implausible past MOST_ELEMENTS of them."""
+    seen = iter(range(MOST_ELEMENTS))
+
+    def stop(tag: int, vr: str | None, length: int) -> bool:
+        if next(seen, None) is None:
+            raise _Implausible(f"more than {MOST_ELEMENTS:,} data elements")
+        return tag in _PIXEL_TAGS
+    return stop
 
 
 # pydicom reads a deflated data set whole and inflates it whole: 636 MiB of peak memory for
@@ -181,7 +203,7 @@ class _Guarded:
         if n == 8 and got == _ZERO8:
             self._zeros += 1
             if self._zeros > _ZERO_ELEMENTS:
-                raise _ZeroRun
+                raise _Implausible("zero bytes where elements should be")
         return got
 
     def _rest(self) -> bytes:
@@ -203,33 +225,35 @@ class _Guarded:
         return zlib.compress(head, 1, wbits=-zlib.MAX_WBITS)
 
 
-def _dcmread(pydicom: Any, f: BinaryIO, size: int) -> Any:
-    """pydicom's dcmread through _Guarded; a deflated data set that pydicom could not read
-    from its head is read whole."""
+def _dcmread(f: BinaryIO, size: int) -> Any:
+    """pydicom's dcmread (its reader, read_partial, with our stop_when) through _Guarded;
+    a deflated data set that pydicom could not read from its head is read whole."""
+    from pydicom.filereader import read_partial
+
     guarded = _Guarded(f, size)
     try:
-        return pydicom.dcmread(guarded, stop_before_pixels=True, force=True,
-                               defer_size=DEFER_SIZE)
-    except Exception:  # _ZeroRun too: it comes before any head is cut, so it goes on up
+        return read_partial(cast(BinaryIO, guarded), _stop_before_pixels(),
+                            defer_size=DEFER_SIZE, force=True)
+    except Exception:  # _Implausible too: it comes before any head is cut, so it goes on up
         if not guarded.headed:
             raise
     f.seek(0)
-    return pydicom.dcmread(_Guarded(f, size, whole=True), stop_before_pixels=True,
-                           force=True, defer_size=DEFER_SIZE)
+    return read_partial(cast(BinaryIO, _Guarded(f, size, whole=True)), _stop_before_pixels(),
+                        defer_size=DEFER_SIZE, force=True)
 
 
 def _read_header(f: BinaryIO, size: int) -> Header:
-    import pydicom  # the fallback only: the scan reads most headers without it (dicomref)
+    # pydicom for the fallback only: the scan reads most headers without it (dicomref)
     from pydicom.errors import InvalidDicomError
 
     prefix = f.read(132)
     has_marker = prefix[128:132] == b"DICM"
     f.seek(0)
     try:
-        ds = _dcmread(pydicom, f, size)
-    except _ZeroRun:
-        return Header(reason="unreadable DICOM header (zero bytes where elements should be)"
-                      if has_marker else "not DICOM (zero bytes where elements should be)")
+        ds = _dcmread(f, size)
+    except _Implausible as exc:
+        return Header(reason=("unreadable DICOM header" if has_marker else "not DICOM")
+                      + f" ({exc.why})")
     except (InvalidDicomError, EOFError) as exc:
         return Header(reason="truncated DICOM header" if has_marker
                       else f"not DICOM ({type(exc).__name__})")
