@@ -44,16 +44,19 @@ COMMIT_BACKLOG = 4 * COMMIT_ENOUGH
 
 
 def requests_for(plan: BundlePlan, *, scheme: str, part_size: int,
-                 length: Callable[[BundlePlan], int] | None = None) -> int:
+                 length: Callable[[BundlePlan], int] | None = None,
+                 shrinks: Callable[[BundlePlan], bool] | None = None) -> int:
     """Store requests one plan costs: one PUT, or its parts and the store's extra requests
     (S3: create and complete; Azure: the commit); a raw file's sidecar. A tar is longer
-    than its files' bytes and at most plan.bound: where the two give other counts, its
-    exact `length` (bundle.tar_length) decides."""
+    than its files' bytes and at most plan.bound: where the two give other counts, or
+    where it `shrinks` (deduplicated copies) and has parts to lose, its exact `length`
+    (bundle.tar_length) decides."""
     count = partial(planned_requests, scheme, plan.size, part_size=part_size)
     if plan.kind == FILE:
         return count() + 1
     fewest = count(length=plan.size)
-    if length is None or fewest == count(length=plan.bound):
+    if length is None or (fewest == count(length=plan.bound) and (
+            fewest == 1 or shrinks is None or not shrinks(plan))):
         return fewest
     return count(length=length(plan))
 
@@ -134,6 +137,7 @@ class PlanSink(Sink):
         super().__init__(cp, stats, bar, classes=classes)
         self.locks = locks  # counts the studies a retention map misses when asked
         self.dedup = dedup
+        self._stored: bool | None = None  # whether the state holds committed content
         self.scheme = scheme
         self.part_size = part_size
         self.prices = prices
@@ -144,7 +148,8 @@ class PlanSink(Sink):
         self._count(plan)
         lock = self.locks(plan) if self.locks is not None else None
         requests = requests_for(plan, scheme=self.scheme, part_size=self.part_size,
-                                length=partial(self._length, lock))
+                                length=partial(self._length, lock),
+                                shrinks=self._has_copies if self.dedup else None)
         self.stats.planned_requests += requests
         if self.prices is not None:
             self.tally.add(self.prices, self.storage_class(plan), plan.size,
@@ -160,6 +165,16 @@ class PlanSink(Sink):
         with the copies deduplication finds), if its files stay as they were read."""
         return tar_length(plan, created=now_iso(), retention=manifest_fields(lock),
                           known=self.cp.stored_content if self.dedup else None)
+
+    def _has_copies(self, plan: BundlePlan) -> bool:
+        """Whether deduplication stores fewer bytes than the plan's files: a content twice
+        in it, or one committed already."""
+        digests = [m.blake3 for m in plan.members if m.size and m.blake3]
+        if len(set(digests)) < len(digests):
+            return True
+        if self._stored is None:  # a dry run commits none: asked once
+            self._stored = self.cp.counts().get("content", 0) > 0
+        return self._stored and bool(self.cp.stored_contents(digests))
 
     async def drain(self) -> None:
         batch, self._batch = self._batch, []

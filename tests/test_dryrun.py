@@ -312,3 +312,32 @@ def test_a_bundle_whose_tar_outgrows_its_parts_is_counted_so(
     (size,) = (o["Size"] for o in moto_s3.client.list_objects_v2(
         Bucket=moto_s3.bucket)["Contents"] if o["Key"].endswith(".tar"))
     assert -(-size // (5 << 20)) == files  # one part more than the files' bytes fill
+
+
+def test_copies_left_out_of_a_bundle_are_not_counted_as_parts(moto_s3: S3Target,
+                                                              tmp_path: Path) -> None:
+    """Files of 6 MiB (two parts of 5 MiB by their bytes), of which 2 MiB are a copy of
+    another file in the bundle, and later of files stored already: deduplication stores
+    each content once, so the tar fits one part, and the dry run counts one PUT."""
+    tree = tmp_path / "pacs"
+    first, later = tree / "study", tree / "later"
+    first.mkdir(parents=True)
+    later.mkdir()
+    each = 2 << 20
+    (first / "a.bin").write_bytes(b"\x01" * each)
+    (first / "b.bin").write_bytes(b"\x01" * each)  # a copy of a.bin
+    (first / "c.bin").write_bytes(b"\x02" * each)
+    state = tmp_path / "state"
+    extra = ("--bundle-size", "64MiB", "--large-file", "20MiB")
+    for copies in (1, 2):
+        out, plan = _run(tree, moto_s3, state, "--dry-run", *extra)
+        estimate = _estimated(out)
+        assert plan["planned_objects"] == 1 and plan["planned_requests"] == 1
+        _, done = _run(tree, moto_s3, state, *extra)
+        assert done["retries"] == {} and done["objects_uploaded"] == 1
+        assert done["duplicate_files"] == copies, done
+        assert done["requests"] == estimate, (done["requests"], estimate)
+        # Next: two files with committed content (a's and c's) and a new one.
+        shutil.copy(first / "a.bin", later / "d.bin")
+        shutil.copy(first / "c.bin", later / "e.bin")
+        (later / "f.bin").write_bytes(b"\x03" * each)
