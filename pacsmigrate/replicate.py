@@ -25,8 +25,9 @@ from .backends.body import Buffer, multipart_etag
 from .checkpoint import Checkpoint
 from .config import Destination, TransferConfig
 from .errors import ConfigError, IntegrityError, ObjectExistsError, StateError
+from .fanout import workers
 from .records import FILE, now_iso
-from .verify.common import db_batches, workers
+from .verify.common import db_batches
 
 _MD5_HEX = 32
 _FLUSH = 1000  # ETags written to the replica's state in batches of this many

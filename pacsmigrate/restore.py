@@ -12,6 +12,7 @@ from typing import Any
 from .access import Opened
 from .backends.base import Backend, Rehydrating
 from .errors import ConfigError, IntegrityError, ObjectArchivedError, ObjectNotFoundError
+from .fanout import workers
 from .paths import display, from_fields, member_name
 from .progress import Bar
 from .retrieve import save_verified
@@ -124,9 +125,9 @@ async def restore(opened: Opened, sel: Selection, to: Path, *, concurrency: int 
                           f"selection (--path-prefix {display(strip)}) or shorten the prefix")
     result = RestoreResult()
     bar = Bar("restore", total_bytes=total_bytes, total_files=total_files, enabled=progress)
-    slots = asyncio.Semaphore(concurrency)
 
-    async def one(path: bytes, row: dict[str, Any]) -> None:
+    async def one(item: tuple[bytes, dict[str, Any]]) -> None:
+        path, row = item
         try:
             target = target_for(to, path, strip)
             if await asyncio.to_thread(_present, target, row):
@@ -142,13 +143,9 @@ async def restore(opened: Opened, sel: Selection, to: Path, *, concurrency: int 
             result.failed.append((display(path), str(exc)))
         finally:
             bar.update(files=1, nbytes=int(row["length"]))
-            slots.release()
 
     try:
-        async with asyncio.TaskGroup() as tg:
-            for path, row in _rows(opened, sel):
-                await slots.acquire()
-                tg.create_task(one(path, row))
+        await workers(_rows(opened, sel), one, concurrency)
     finally:
         bar.close()
     if request is not None and result.archived:

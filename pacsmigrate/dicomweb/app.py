@@ -24,6 +24,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from ..backends.base import Backend
 from ..errors import IntegrityError, ObjectArchivedError, ObjectNotFoundError, PacsMigrateError
+from ..fanout import mapped
 from . import qido, wado
 from .catalog import Catalog, Instance
 
@@ -244,18 +245,12 @@ async def metadata(request: web.Request) -> web.StreamResponse:
     served = request.app[SERVED]
     found = await _found(request)
     base = _base(request)
-    slots = asyncio.Semaphore(METADATA_READS)
-
-    async def one(inst: Instance) -> dict[str, Any]:
-        async with slots:
-            return await wado.metadata(served.backend, inst, base)
-
     try:
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(one(inst)) for inst in found]
-    except* PacsMigrateError as group:
-        raise await _store_failed(served, group.exceptions[0]) from None  # type: ignore[arg-type]
-    return await _json(request, [t.result() for t in tasks])
+        got = await mapped(found, lambda inst: wado.metadata(served.backend, inst, base),
+                           METADATA_READS)
+    except PacsMigrateError as exc:
+        raise await _store_failed(served, exc) from None
+    return await _json(request, got)
 
 
 async def frames(request: web.Request) -> web.StreamResponse:

@@ -1,18 +1,16 @@
-"""What the verify passes share: the job's state and counters, sampling, bounded workers."""
+"""What the verify passes share: the job's state and counters, sampling, batches."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from itertools import islice
 from typing import Any, TypeVar
 
 from ..access import Opened
 from ..checkpoint import Checkpoint
-from ..errors import first_error
 from .config import VerifyConfig
 from .findings import Findings
 from .result import Counts
@@ -75,25 +73,3 @@ async def db_batches(cp: Checkpoint, name: str) -> AsyncIterator[list[tuple[byte
     it = cp.iter_db(name, batch=_BATCH)
     while batch := await cp.call(_take, it, _BATCH):
         yield batch
-
-
-async def workers(items: AsyncIterator[T], work: Callable[[T], Awaitable[None]], n: int
-                  ) -> None:
-    """n workers over a bounded queue: the producer waits while all of them are busy."""
-    queue: asyncio.Queue[tuple[T] | None] = asyncio.Queue(n)
-
-    async def worker() -> None:
-        while (item := await queue.get()) is not None:
-            await work(item[0])
-
-    try:
-        async with asyncio.TaskGroup() as tg:
-            for _ in range(n):
-                tg.create_task(worker())
-            async for item in items:
-                await queue.put((item,))
-            for _ in range(n):  # on failure the task group cancels the workers instead
-                await queue.put(None)
-    except BaseExceptionGroup as group:
-        # Callers (and the CLI's error handling) see our error, not the task group's wrapper.
-        raise first_error(group) from None

@@ -11,8 +11,9 @@ import blake3
 
 from ..encoding import hasher
 from ..errors import BackendError, ObjectNotFoundError, PermanentBackendError
+from ..fanout import workers
 from ..progress import Bar
-from .common import Job, Sampler, db_batches, workers
+from .common import Job, Sampler, db_batches
 from .findings import (
     MEMBER_ALTERED,
     MEMBER_UNREADABLE,

@@ -10,12 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..checkpoint import Checkpoint
+from ..fanout import workers
 from ..progress import Bar
 from ..reads import in_shard
 from ..shard import Shard, pruner
 from ..source import hash_file, open_source
 from ..walk import walk
-from .common import Job, Sampler, db_batches, workers
+from .common import Job, Sampler, db_batches
 from .findings import (
     SOURCE_CHANGED,
     SOURCE_GONE,

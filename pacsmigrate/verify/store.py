@@ -6,10 +6,11 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from ..backends.base import ObjectInfo
+from ..fanout import workers
 from ..keys import sidecar_key
 from ..progress import Bar
 from ..records import FILE
-from .common import Job, db_batches, workers
+from .common import Job, db_batches
 from .findings import (
     MANIFEST_MISSING,
     OBJECT_CHECKSUM,
