@@ -26,6 +26,9 @@ from collections.abc import Callable, Hashable
 from .records import TAR, TAR_OVERHEAD, BundlePlan
 
 OPEN_PACKS = 4
+# The SIZE a dry run without --pack counts packs for (its hint): one PUT each at the
+# default part size.
+HINT_SIZE = 8 << 20
 
 
 class Packer:

@@ -57,6 +57,10 @@ class Stats:
     planned_bytes: int = 0
     planned_requests: int = 0
     setup_requests: int = 0  # a dry run's: a real run's requests besides its objects'
+    # A dry run without --pack: its objects that --pack HINT_SIZE would join, and the
+    # packs they would make (pack.py, the same packer the run would use).
+    packable_objects: int = 0
+    packs: int = 0
     store: dict[str, Any] | None = None  # a dry run's: what the store holds (survey.py)
     store_lines: list[str] = field(default_factory=list)
     counted_files: int = 0  # a sampled dry run's: the files of the whole tree, listed

@@ -22,7 +22,7 @@ from .checkpoint import Checkpoint
 from .config import MigrateConfig
 from .group import Closed, Grouper
 from .keys import assign_key
-from .pack import OPEN_PACKS, Packer
+from .pack import HINT_SIZE, OPEN_PACKS, Packer
 from .planpolicy import PlanPolicy
 from .progress import Bar
 from .read import KEPT_CHANGING, ReadOptions, ReadResult
@@ -60,7 +60,11 @@ class SourceStream:
 
     def __post_init__(self) -> None:
         self.salt = self.cp.key_salt()  # fixed for the run (keys.bundle_id)
-        self.packer = Packer(self.cfg.pack, lambda plan: self.policy.pack_class(self.cp, plan))
+        klass = lambda plan: self.policy.pack_class(self.cp, plan)
+        self.packer = Packer(self.cfg.pack, klass)
+        # A dry run without --pack counts what --pack HINT_SIZE would make of its plans.
+        self.hint = Packer(HINT_SIZE, klass) if self.cfg.dry_run and not self.cfg.pack \
+            else None
         self.spills = SpillBehind(self.cp)
 
     async def run(self) -> None:
@@ -183,10 +187,17 @@ class SourceStream:
         """Store a closed plan: packed with other small studies first, with --pack."""
         for ready in self.packer.add(plan):
             await self.store(ready)
+        if self.hint is not None:
+            made = self.hint.add(plan)
+            if not (len(made) == 1 and made[0] is plan):  # packed; the packs it closed
+                self.stats.packable_objects += 1
+                self.stats.packs += len(made)
 
     async def flush_packs(self) -> None:
         for pack in self.packer.flush():
             await self.store(pack)
+        if self.hint is not None:
+            self.stats.packs += len(self.hint.flush())
 
     async def store(self, plan: BundlePlan) -> None:
         sink = self.sink

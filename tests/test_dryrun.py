@@ -341,3 +341,27 @@ def test_copies_left_out_of_a_bundle_are_not_counted_as_parts(moto_s3: S3Target,
         shutil.copy(first / "a.bin", later / "d.bin")
         shutil.copy(first / "c.bin", later / "e.bin")
         (later / "f.bin").write_bytes(b"\x03" * each)
+
+
+def test_the_dry_run_says_what_pack_would_make_of_small_studies(moto_s3: S3Target,
+                                                                tmp_path: Path) -> None:
+    """Without --pack, a tree of small studies gets a line saying how many objects
+    --pack 8MiB would make of them (the run's own packer, counting); the run with it
+    makes that many packs. With --pack, or with large studies, no such line."""
+    tree = tmp_path / "pacs"
+    make_tree(tree, studies=40, seed=4, scale=0.05, layout="date")  # 13 MiB
+    state = tmp_path / "state"
+    out, plan = _run(tree, moto_s3, state, "--dry-run")
+    m = re.search(r"^small studies: with --pack 8MiB, the ([\d,]+) objects smaller than "
+                  r"that would be ([\d,]+) \(far fewer", out, re.MULTILINE)
+    assert m, out
+    packable, packs = (int(g.replace(",", "")) for g in m.groups())
+    assert plan["packable_objects"] == packable >= 30 and plan["packs"] == packs >= 2
+    out, _ = _run(tree, moto_s3, state, "--dry-run", "--pack", "8MiB")
+    assert "small studies:" not in out
+    _, done = _run(tree, moto_s3, state, "--pack", "8MiB")
+    assert done["objects_uploaded"] == plan["planned_objects"] - packable + packs
+    big = tmp_path / "big"
+    make_tree(big, studies=3, seed=4, scale=0.25)
+    out, _ = _run(big, moto_s3, tmp_path / "state2", "--dry-run")
+    assert "small studies:" not in out

@@ -11,6 +11,7 @@ import click
 from ..config import MigrateConfig
 from ..costs import PriceTable
 from ..filters import Filters
+from ..pack import HINT_SIZE
 from ..pipeline import migrate as run_migrate
 from ..retention import Retention, RetentionMap, parse_classes
 from ..sample import parse as parse_sample
@@ -238,6 +239,12 @@ def _print_summary(s: Stats, *, dry_run: bool) -> None:
                    "pre-flight and the migration's records; retries come on top)")
         for line in s.store_lines + s.estimate_lines:
             click.echo(line)
+        if s.packable_objects >= 10 and 2 * s.packs <= s.packable_objects:
+            click.echo(f"small studies: with --pack {HINT_SIZE >> 20}MiB, the "
+                       f"{s.packable_objects:,} objects smaller than that"
+                       f"{' (in the part read)' if s.estimate else ''} would be "
+                       f"{s.packs:,} (far fewer requests and objects; a study that "
+                       "shares an object cannot be deleted or re-tiered alone)")
     else:
         click.echo(f"migrated now: {s.files_migrated:,} files in {s.objects_uploaded:,} new "
                    f"objects ({s.bytes_uploaded / 1e6:,.1f} MB); "
