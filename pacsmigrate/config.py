@@ -318,7 +318,7 @@ class MigrateConfig:
                               "ignores x-amz-checksum-crc32, so nothing would check the "
                               "bytes; use --checksum md5 (the default)")
         encoding.check(self.compress)
-        if self.pack and not MiB <= self.pack <= min(self.bundle_size, self.memory // 16):
+        if self.pack and not self.packs(self.pack):
             raise ConfigError(f"--pack ({_size(self.pack)}) must be between 1MiB and "
                               f"--bundle-size ({_size(self.bundle_size)}) and at most a 16th "
                               f"of --memory ({_size(self.memory)}): 8MiB suits most archives")
@@ -326,6 +326,10 @@ class MigrateConfig:
             raise ConfigError(f"--memory ({_size(self.memory)}) must be at least a quarter of "
                               f"--bundle-size ({_size(self.bundle_size)}): give --memory "
                               f"{_size(self.bundle_size // 4)} or more")
+
+    def packs(self, size: int) -> bool:
+        """Whether `--pack size` goes with this run's --bundle-size and --memory."""
+        return MiB <= size <= min(self.bundle_size, self.memory // 16)
 
 
 def _size(n: int) -> str:

@@ -62,9 +62,10 @@ class SourceStream:
         self.salt = self.cp.key_salt()  # fixed for the run (keys.bundle_id)
         klass = lambda plan: self.policy.pack_class(self.cp, plan)
         self.packer = Packer(self.cfg.pack, klass)
-        # A dry run without --pack counts what --pack HINT_SIZE would make of its plans.
+        # A dry run without --pack counts what --pack HINT_SIZE would make of its plans
+        # (when this run's options would take that --pack).
         self.hint = Packer(HINT_SIZE, klass) if self.cfg.dry_run and not self.cfg.pack \
-            else None
+            and self.cfg.packs(HINT_SIZE) else None
         self.spills = SpillBehind(self.cp)
 
     async def run(self) -> None:

@@ -365,3 +365,6 @@ def test_the_dry_run_says_what_pack_would_make_of_small_studies(moto_s3: S3Targe
     make_tree(big, studies=3, seed=4, scale=0.25)
     out, _ = _run(big, moto_s3, tmp_path / "state2", "--dry-run")
     assert "small studies:" not in out
+    # Nor where --pack 8MiB would be refused (it may not exceed --bundle-size).
+    out, _ = _run(tree, moto_s3, tmp_path / "state3", "--dry-run", "--bundle-size", "4MiB")
+    assert "small studies:" not in out
