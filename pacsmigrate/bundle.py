@@ -185,14 +185,33 @@ def _unchanged(m: Member) -> bool:
     return (st.st_size, st.st_mtime_ns) == (m.size, m.mtime_ns)
 
 
-def _copy(built: Built, lines: manifest.Writer, m: Member, now: Member,
-          where: tuple[str, int, int, str], group: str) -> None:
-    """Record a member as a copy of stored content: in the manifest, not in the tar."""
+def _copied(lines: manifest.Writer, m: Member, now: Member, where: tuple[str, int, int, str],
+            group: str) -> Entry:
+    """A member that is a copy of stored content: its entry, and its manifest line added
+    (it is not in the tar)."""
     key, offset, length, enc = where
     entry = Entry(m.path, offset, length, now.blake3, now.size, now.mtime_ns, now.about, key,
                   enc)
-    built.entries.append(entry)
     lines.add(manifest.member_line(entry, member_name(m.path), group))
+    return entry
+
+
+def _placed(lines: manifest.Writer, m: Member, now: Member, digest: str, length: int,
+            enc: str, offset: int, group: str) -> tuple[bytes, Entry]:
+    """A member whose `length` stored bytes follow its tar header at `offset`: the header,
+    its entry, and its manifest line added."""
+    name = member_name(m.path)
+    header = tar_header(stored_name(name, enc), length, now.mtime_ns // 1_000_000_000)
+    entry = Entry(m.path, offset + len(header), length, digest, now.size, now.mtime_ns,
+                  now.about, "", enc)
+    lines.add(manifest.member_line(entry, name, group))
+    return header, entry
+
+
+def _copy(built: Built, lines: manifest.Writer, m: Member, now: Member,
+          where: tuple[str, int, int, str], group: str) -> None:
+    """Record a member as a copy of stored content: in the manifest, not in the tar."""
+    built.entries.append(_copied(lines, m, now, where, group))
     built.duplicates += 1
     built.duplicate_bytes += now.size
     m.data = None
@@ -232,7 +251,6 @@ def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
         digest = now.blake3 or blake3.blake3(data).hexdigest()
         if expect and expect.get(m.path, digest) != digest:
             built.dry_run_mismatch.append(m.path)
-        name = member_name(m.path)
         if known is not None and data:
             where = _stored_at(digest, here, known, plan.key, need)
             if where is not None:
@@ -246,11 +264,9 @@ def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
             built.compressed_to += len(frame)
             data = frame
         enc = ZSTD if frame is not None else ""
-        header = tar_header(stored_name(name, enc), len(data), now.mtime_ns // 1_000_000_000)
-        entry = Entry(m.path, parts.offset + len(header), len(data), digest, now.size,
-                      now.mtime_ns, now.about, "", enc)
+        header, entry = _placed(lines, m, now, digest, len(data), enc, parts.offset,
+                                plan.group)
         built.entries.append(entry)
-        lines.add(manifest.member_line(entry, name, plan.group))
         if known is not None and data:
             here[digest] = entry.offset, entry.length, enc
         padding = pad(len(data))
@@ -287,21 +303,16 @@ def tar_length(plan: BundlePlan, *, created: str, retention: dict[str, Any] | No
     need = lock_of(retention)
     offset = 0
     for m in plan.members:
-        name = member_name(m.path)
-        if known is not None and m.size and m.blake3:  # (a dry run hashed every file)
-            where = _stored_at(m.blake3, here, known, plan.key, need)
+        copies = known if m.size and m.blake3 else None  # (a dry run hashed every file)
+        if copies is not None:
+            where = _stored_at(m.blake3, here, copies, plan.key, need)
             if where is not None:  # a copy: a manifest line only
-                key, at, length, enc = where
-                lines.add(manifest.member_line(Entry(
-                    m.path, at, length, m.blake3, m.size, m.mtime_ns, m.about, key, enc),
-                    name, plan.group))
+                _copied(lines, m, m, where, plan.group)
                 continue
-        header = len(tar_header(name, m.size, m.mtime_ns // 1_000_000_000))
-        entry = Entry(m.path, offset + header, m.size, m.blake3, m.size, m.mtime_ns, m.about)
-        lines.add(manifest.member_line(entry, name, plan.group))
-        if known is not None and m.size and m.blake3:
+        header, entry = _placed(lines, m, m, m.blake3, m.size, "", offset, plan.group)
+        if copies is not None:
             here[m.blake3] = entry.offset, entry.length, ""
-        offset += header + m.size + len(pad(m.size))
+        offset += len(header) + m.size + len(pad(m.size))
     if not lines.members:
         return 0
     return offset + sum(map(len, _closing(plan.bundle_id, lines.finish(), offset)))

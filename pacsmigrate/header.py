@@ -7,6 +7,7 @@ import logging
 import threading
 import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, BinaryIO, cast
 
@@ -158,7 +159,7 @@ class _Implausible(Exception):
         self.why = why
 
 
-def _stop_before_pixels() -> Any:
+def _stop_before_pixels() -> Callable[[int, str | None, int], bool]:
     """pydicom's stop_when for a data set's own elements (not its sequences'): at the
     pixel data, as stop_before_pixels; _Implausible past MOST_ELEMENTS of them."""
     seen = iter(range(MOST_ELEMENTS))

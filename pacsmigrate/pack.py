@@ -39,9 +39,13 @@ class Packer:
         self.klass = klass
         self.open: OrderedDict[Hashable, BundlePlan] = OrderedDict()  # least recently fed first
 
+    def takes(self, plan: BundlePlan) -> bool:
+        """Whether `plan` goes into a pack (a study's tar smaller than SIZE)."""
+        return bool(self.size and plan.kind == TAR and plan.bound < self.size and plan.members)
+
     def add(self, plan: BundlePlan) -> list[BundlePlan]:
         """The plans to store now: `plan` itself unless it is packed, and any pack it filled."""
-        if not self.size or plan.kind != TAR or plan.bound >= self.size or not plan.members:
+        if not self.takes(plan):
             return [plan]
         out = []
         k = self.klass(plan)

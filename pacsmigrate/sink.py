@@ -55,10 +55,10 @@ def requests_for(plan: BundlePlan, *, scheme: str, part_size: int,
     if plan.kind == FILE:
         return count() + 1
     fewest = count(length=plan.size)
-    if length is None or (fewest == count(length=plan.bound) and (
-            fewest == 1 or shrinks is None or not shrinks(plan))):
-        return fewest
-    return count(length=length(plan))
+    if length is not None and (fewest != count(length=plan.bound) or (
+            fewest > 1 and shrinks is not None and shrinks(plan))):
+        return count(length=length(plan))
+    return fewest
 
 
 # What a member costs a plan in flight beside its bytes: what it held in the grouper, and

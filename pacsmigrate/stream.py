@@ -188,11 +188,9 @@ class SourceStream:
         """Store a closed plan: packed with other small studies first, with --pack."""
         for ready in self.packer.add(plan):
             await self.store(ready)
-        if self.hint is not None:
-            made = self.hint.add(plan)
-            if not (len(made) == 1 and made[0] is plan):  # packed; the packs it closed
-                self.stats.packable_objects += 1
-                self.stats.packs += len(made)
+        if self.hint is not None and self.hint.takes(plan):
+            self.stats.packable_objects += 1
+            self.stats.packs += len(self.hint.add(plan))  # the packs it closed
 
     async def flush_packs(self) -> None:
         for pack in self.packer.flush():
