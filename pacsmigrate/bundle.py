@@ -15,7 +15,7 @@ from .encoding import ZSTD, Compressor, stored_name
 from .errors import SourceChangedError
 from .header import header_from_bytes, parse
 from .paths import member_name
-from .records import BundlePlan, Entry, Member, Problem, Stored, now_iso
+from .records import BundlePlan, Described, Entry, Member, Problem, Stored, now_iso
 from .retention import Lock, covers, lock_of
 from .source import open_regular, read_exact, read_whole
 from .tarheader import BLOCK, ZEROS, pad, tar_header
@@ -161,17 +161,17 @@ def _member_bytes(m: Member, plan: BundlePlan, built: Built, secret: bytes
     return now, data
 
 
-# blake3 -> (object key, offset, length) of committed content with it, or None.
-Known = Callable[[str], "Stored | None"]
+# (a file's header, its blake3) -> where committed content with it is, or None.
+Known = Callable[[Described, str], "Stored | None"]
 
 
-def _stored_at(digest: str, here: dict[str, tuple[int, int, str]], known: Known, key: str,
-               need: Lock) -> tuple[str, int, int, str] | None:
+def _stored_at(about: Described, digest: str, here: dict[str, tuple[int, int, str]],
+               known: Known, key: str, need: Lock) -> tuple[str, int, int, str] | None:
     """Where this content is stored already: in this bundle, else in a committed object
     locked at least as long and as strictly as this one must be."""
     if digest in here:
         return key, *here[digest]
-    found = known(digest)
+    found = known(about, digest)
     if found is None or not covers(found.lock, need):
         return None
     return found.key, found.offset, found.length, found.encoding
@@ -240,7 +240,7 @@ def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
         if known is not None and m.data is None and m.blake3:
             # Hashed already: stored already and unchanged since, a copy needs no read (a
             # large file's copy). Looked up first: most contents are new, and need no stat.
-            where = _stored_at(m.blake3, here, known, plan.key, need)
+            where = _stored_at(m.about, m.blake3, here, known, plan.key, need)
             if where is not None and _unchanged(m):
                 _copy(built, lines, m, m, where, plan.group)
                 continue
@@ -252,7 +252,7 @@ def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
         if expect and expect.get(m.path, digest) != digest:
             built.dry_run_mismatch.append(m.path)
         if known is not None and data:
-            where = _stored_at(digest, here, known, plan.key, need)
+            where = _stored_at(now.about, digest, here, known, plan.key, need)
             if where is not None:
                 _copy(built, lines, m, Member(m.path, now.size, now.mtime_ns, now.about,
                                               digest), where, plan.group)
@@ -305,7 +305,7 @@ def tar_length(plan: BundlePlan, *, created: str, retention: dict[str, Any] | No
     for m in plan.members:
         copies = known if m.size and m.blake3 else None  # (a dry run hashed every file)
         if copies is not None:
-            where = _stored_at(m.blake3, here, copies, plan.key, need)
+            where = _stored_at(m.about, m.blake3, here, copies, plan.key, need)
             if where is not None:  # a copy: a manifest line only
                 _copied(lines, m, m, where, plan.group)
                 continue

@@ -11,8 +11,9 @@ Tables (named LMDB databases); path keys are raw path bytes, or a hash for long 
     plan      path -> row (NO_OBJECT)   what the last dry run read, with the blake3
     spill     group 0 path -> row        files of scattered studies, packed after the walk
     groups    group -> ''                studies planned or stored (their count)
-    content   blake3 (32 bytes) -> number, offset, length, zstd, lock (4+8+8+1+4+1)
-                                        where committed content is stored (deduplication)
+    content   [4 bytes of the study] blake3 (32 bytes) -> number, offset, length, zstd,
+              lock (4+8+8+1+4+1)        where committed content is stored (deduplication;
+                                        tables.content_key; meta content_keys)
     retention u:UID or a:ACCESSION -> years TAB label   the last run's --retention-map
     conflicts path -> JSON              files whose SOPInstanceUID another file with other
                                         bytes has too (both kept)
@@ -48,6 +49,8 @@ from .statemerge import MergeTables
 from .stateread import OBJECT_NUMBER, ReadBack, migrated_in
 from .staterepair import RepairTables
 from .tables import (
+    BY_STUDY,
+    CONTENT_KEYS,
     ContentTable,
     PlanTable,
     RetentionTable,
@@ -80,6 +83,11 @@ class Checkpoint(MergeTables, RepairTables, ReadBack, RunsTable, SpillTable, Pla
         self._keys: dict[int, str] = {}  # object number -> key, for decoding rows
         self._locks: dict[str, tuple[str, str]] = {}  # object key -> its lock, likewise
         self._commit_files: int | None = None
+        if self.get_meta(CONTENT_KEYS) != BY_STUDY:
+            if not readonly and self.counts()["content"] == 0:
+                self.put_meta(CONTENT_KEYS, BY_STUDY)
+            else:  # a state made before content_key: its rows may be keyed by digest
+                self.bare_content = True
         if not readonly:
             with self.env.begin() as txn:
                 self._commit_files = self._files_within(txn)

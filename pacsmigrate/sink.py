@@ -169,12 +169,12 @@ class PlanSink(Sink):
     def _has_copies(self, plan: BundlePlan) -> bool:
         """Whether deduplication stores fewer bytes than the plan's files: a content twice
         in it, or one committed already."""
-        digests = [m.blake3 for m in plan.members if m.size and m.blake3]
-        if len(set(digests)) < len(digests):
+        asked = [(m.about, m.blake3) for m in plan.members if m.size and m.blake3]
+        if len({d for _, d in asked}) < len(asked):
             return True
         if self._stored is None:  # a dry run commits none: asked once
             self._stored = self.cp.counts().get("content", 0) > 0
-        return self._stored and bool(self.cp.stored_contents(digests))
+        return self._stored and bool(self.cp.stored_contents(asked))
 
     async def drain(self) -> None:
         batch, self._batch = self._batch, []
@@ -348,8 +348,8 @@ class StoreSink(Sink):
         self.cp.put_intents(plans)
         if not self.dedup:
             return
-        asked = {m.blake3 for p in plans for m in p.members if m.blake3}
-        found = self.cp.stored_contents(list(asked)) if asked else {}
+        asked = {m.blake3: m.about for p in plans for m in p.members if m.blake3}
+        found = self.cp.stored_contents([(a, d) for d, a in asked.items()]) if asked else {}
         for p in plans:
             self._found[p.key] = {m.blake3: found.get(m.blake3) for m in p.members
                                   if m.blake3}
@@ -359,7 +359,7 @@ class StoreSink(Sink):
         a digest learnt only when packed is looked up when met."""
         found = self._found.pop(plan.key, {})
         lookup = self.cp.stored_content
-        return lambda d: found[d] if d in found else lookup(d)
+        return lambda about, d: found[d] if d in found else lookup(about, d)
 
     async def drain(self) -> None:
         while self.tasks:

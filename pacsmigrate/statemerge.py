@@ -27,7 +27,7 @@ from . import rows
 from .errors import StateError
 from .records import now_iso
 from .slicing import as_doc, recorded_slice
-from .tables import path_key, renumbered_content
+from .tables import CONTENT_KEYS, path_key, renumbered_content
 
 BATCH = 4096
 _ID_BYTES = 4  # objkeys: number (4 bytes big endian) -> object key
@@ -84,6 +84,8 @@ class MergeTables:
     _same_sop: Callable[..., None]  # Checkpoint's
     counts: Callable[[], dict[str, int]]
     get_meta: Callable[[str], Any]
+    put_meta: Callable[[str, Any], None]
+    bare_content: bool
 
     def merge_state(self, other: Any, result: Merged) -> None:
         """Copy another state's committed migration into this one (see the module)."""
@@ -111,6 +113,9 @@ class MergeTables:
         for chunk in raw_batches(other.env, other.db["sop"]):
             self._write(functools.partial(self._sop, chunk=chunk, skipped=skipped))
         copy(other, "content", lambda k, v: (k, renumbered_content(k, v, number)), keep=True)
+        if other.bare_content and other.counts()["content"]:  # rows keyed by digest alone
+            self.put_meta(CONTENT_KEYS, None)
+            self.bare_content = True
         copy(other, "groups", lambda k, v: (k, v))
         copy(other, "conflicts", lambda k, v: (k, v))
         copy(other, "spill", lambda k, v: (k, v))  # files the slice has still to store

@@ -215,7 +215,7 @@ class SourceStream:
         loop = asyncio.get_running_loop()
         digest = await loop.run_in_executor(self.pool, hash_unchanged, m.path, m.size,
                                             m.mtime_ns)
-        found = await cp.call(cp.stored_content, digest) if digest else None
+        found = await cp.call(cp.stored_content, m.about, digest) if digest else None
         need = lock_of(manifest_fields(self.policy.lock_of(cp, plan)[0]))
         if found is None or not covers(found.lock, need):
             return plan

@@ -4,6 +4,7 @@ the content table (deduplication); and the path keys all path tables use."""
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -190,6 +191,30 @@ class RetentionTable:
 
 _WHERE = struct.Struct("<IQQ?IB")  # object number, offset, length, zstd, lock (until, flags)
 _SIZE_KEY = b"size:"  # content keys of this 13-byte form: sizes of large files stored
+_SIZE_KEY_LENGTH = len(_SIZE_KEY) + 8
+# Where a state says its DICOM content rows are keyed by study (content_key); a state
+# without it may hold rows keyed by the digest alone, as every state before it did.
+CONTENT_KEYS = "content_keys"
+BY_STUDY = "study"
+
+
+@functools.lru_cache(maxsize=4096)
+def _study_prefix(group: str) -> bytes:
+    return blake3.blake3(group.encode()).digest()[:4]
+
+
+def content_key(about: Described, digest: str) -> bytes:
+    """A content row's key: a DICOM file's digest behind 4 bytes of its study (its group),
+    so that the rows one commit adds sit on a page or two a study instead of a page each
+    (a table keyed by digests alone dirties a page a row once it is large: RESULTS
+    18:10); identical bytes have one header, so copies still meet. Other files (their
+    group is their directory) by the digest alone, so copies in two folders meet."""
+    digest_bytes = bytes.fromhex(digest)
+    return _study_prefix(about.group) + digest_bytes if about.status == DICOM else digest_bytes
+
+
+def _is_size_key(key: bytes) -> bool:
+    return len(key) == _SIZE_KEY_LENGTH and key.startswith(_SIZE_KEY)
 
 
 class ContentTable:
@@ -198,24 +223,34 @@ class ContentTable:
     env: lmdb.Environment
     db: dict[str, Any]
     _object_key: Callable[[lmdb.Transaction, int], str]  # Checkpoint's
+    # Rows keyed by the digest alone may hold DICOM content too (a state made before
+    # content_key): DICOM lookups that miss ask that key as well.
+    bare_content = False
 
-    def stored_content(self, blake3_hex: str) -> Stored | None:
-        """Where committed content with this blake3 is, and its object's lock.
+    def stored_content(self, about: Described, blake3_hex: str) -> Stored | None:
+        """Where committed content with this blake3 is, and its object's lock (`about`:
+        the header of a file with that content).
 
         Only committed objects are recorded: a duplicate never points at an object that a
         kill could still lose.
         """
-        return self.stored_contents([blake3_hex]).get(blake3_hex)
+        return self.stored_contents([(about, blake3_hex)]).get(blake3_hex)
 
-    def stored_contents(self, digests: list[str]) -> dict[str, Stored]:
-        """stored_content for many digests in one read transaction (a plan's members:
-        LMDB calls release the GIL, so one per member would queue the event loop for it)."""
+    def stored_contents(self, asked: Iterable[tuple[Described, str]]) -> dict[str, Stored]:
+        """stored_content for many (header, digest) in one read transaction (a plan's
+        members: LMDB calls release the GIL, so one per member would queue the event loop
+        for it); by digest."""
         out: dict[str, Stored] = {}
         if self.db["content"] is None:
             return out
+        db, bare = self.db["content"], self.bare_content
         with self.env.begin() as txn:
-            for d in digests:
-                raw = txn.get(bytes.fromhex(d), db=self.db["content"]) if d else None
+            for about, d in asked:
+                if not d or d in out:
+                    continue
+                raw = txn.get(content_key(about, d), db=db)
+                if raw is None and bare and about.status == DICOM:
+                    raw = txn.get(bytes.fromhex(d), db=db)
                 if raw is not None:
                     number, offset, length, zstd, until, flags = _WHERE.unpack(raw)
                     out[d] = Stored(self._object_key(txn, number), offset, length,
@@ -236,7 +271,7 @@ class ContentTable:
         (putmulti); any digest that was there already goes through _note_content."""
         if not entries:
             return
-        where = [(bytes.fromhex(e.blake3),
+        where = [(content_key(e.about, e.blake3),
                   _WHERE.pack(number, e.offset, e.length, bool(e.encoding), *lock))
                  for e in entries]
         _, added = txn.cursor(db=self.db["content"]).putmulti(where, overwrite=False)
@@ -252,23 +287,23 @@ class ContentTable:
         as its own object, whose size is noted too (see has_large_file)."""
         if alone:
             txn.put(_SIZE_KEY + struct.pack("<Q", e.size), b"", db=self.db["content"])
-        digest = bytes.fromhex(e.blake3)
+        key = content_key(e.about, e.blake3)
         row = _WHERE.pack(number, e.offset, e.length, bool(e.encoding), *lock)
         # New content, the usual case: one call (each LMDB call hands the GIL around).
-        if txn.put(digest, row, db=self.db["content"], overwrite=False):
+        if txn.put(key, row, db=self.db["content"], overwrite=False):
             return
-        old = txn.get(digest, db=self.db["content"])
+        old = txn.get(key, db=self.db["content"])
         assert old is not None  # it was there a moment ago, in this transaction
         had = _WHERE.unpack(old)[4:]
         if covers(lock, had) and lock != had:
-            txn.put(digest, row, db=self.db["content"])
+            txn.put(key, row, db=self.db["content"])
 
 
 def renumbered_content(key: bytes, raw: bytes | memoryview, number: Callable[[int], int]
                        ) -> bytes:
     """A content row with its object number mapped (`index merge`)."""
     raw = bytes(raw)
-    if key.startswith(_SIZE_KEY):
+    if _is_size_key(key):
         return raw
     old, *rest = _WHERE.unpack(raw)
     return _WHERE.pack(number(old), *rest)

@@ -20,9 +20,10 @@ from pacsmigrate.checkpoint import Checkpoint
 from pacsmigrate.config import Destination, MigrateConfig, TransferConfig
 from pacsmigrate.encoding import decode
 from pacsmigrate.index import export
-from pacsmigrate.keys import RUN_DIR
+from pacsmigrate.keys import RUN_DIR, study_group
 from pacsmigrate.manifest import TAIL, read_trailer
 from pacsmigrate.paths import from_fields
+from pacsmigrate.records import Described
 from pacsmigrate.synth import make_tree
 
 MiB = 1 << 20
@@ -74,6 +75,13 @@ def index_rows(state: Path) -> list[dict[str, str]]:
     finally:
         cp.close()
     return list(csv.DictReader(io.StringIO(buf.getvalue())))
+
+
+def about_row(cp: Checkpoint, row: dict[str, str]) -> Described:
+    """The header an index row (index_rows) describes, with its study's group (the
+    state's secret): what a content lookup asks with."""
+    secret = bytes.fromhex(cp.get_meta("key_secret"))
+    return Described(study_group(secret, row["study_uid"]))
 
 
 def assert_complete(target: Any, state: Path, *roots: Path,

@@ -135,7 +135,7 @@ def test_a_plans_tar_length_is_known_before_packing(study: list[bytes], dedup: b
         m.blake3 = blake3.blake3(Path(os.fsdecode(m.path)).read_bytes()).hexdigest()
     retention = {"retain_until": "2046-01-01", "mode": "COMPLIANCE",
                  "legal_hold": False, "retention": "20y"}
-    known = (lambda digest: None) if dedup else None
+    known = (lambda about, digest: None) if dedup else None
     built = Built(created="2026-12-06T22:40:00+00:00", retention=retention)
     body = b"".join(tar_parts(plan, built, part_size=PART, secret=SECRET, known=known))
     assert built.duplicates == dedup and len(body) == built.size

@@ -288,7 +288,7 @@ def test_a_duplicate_may_name_an_object_committed_after_it(tmp_path: Path) -> No
         row = cp.index_row(b"/pacs/copy.dcm")
         assert row is not None and (row["key"], row["duplicate_of"]) == ("b.tar", "b.tar")
         assert cp.index_row(b"/pacs/orig.dcm")["duplicate_of"] == ""  # type: ignore[index]
-        found = cp.stored_content("ab" * 32)
+        found = cp.stored_content(about, "ab" * 32)
         assert found is not None and (found.key, found.offset, found.length) == ("b.tar", 1536, 10)
         assert cp.object_record("b.tar")["id"] == 2  # type: ignore[index]
         assert cp.deduplicated() == (1, 10)
@@ -349,11 +349,12 @@ def test_batched_rows_keep_the_row_by_row_rules(cp: Checkpoint) -> None:
     cp.commit_objects([second])
     assert cp.path_for_sop("1.9.3") == b"/s/b3"
     assert {k for k, _ in cp.iter_db("conflicts")} == {b"/s/a2", b"/s/b3"}
-    found = cp.stored_content("01" * 32)
+    found = cp.stored_content(about(), "01" * 32)
     assert found is not None and found.key == "p/b.tar"
     # The unlocked copy again: the longer-locked bytes stay the ones copies point at.
     cp.commit_objects([StoredObject("p/c.tar", "tar", GROUPS[0], "c", 4096, "e", "", (
         entry(b"/s/c1", "01" * 32, "1.9.5"),))])
-    found = cp.stored_content("01" * 32)
+    found = cp.stored_content(about(), "01" * 32)
     assert found is not None and found.key == "p/b.tar"
-    assert cp.stored_content("03" * 32) is not None and cp.stored_content("05" * 32) is None
+    assert cp.stored_content(about(), "03" * 32) is not None
+    assert cp.stored_content(about(), "05" * 32) is None

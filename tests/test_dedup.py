@@ -205,7 +205,7 @@ def test_a_copy_points_only_at_bytes_locked_as_long(tmp_path: Path) -> None:
         plan = BundlePlan("g", TAR, key="k.tar", bundle_id="b")
         plan.add(Member(b"/p/a.dcm", len(data), 1, Described("g"), digest, data))
         built = Built(retention=need)
-        list(tar_parts(plan, built, part_size=8 << 20, secret=b"s", known=lambda d: Stored(
+        list(tar_parts(plan, built, part_size=8 << 20, secret=b"s", known=lambda _, d: Stored(
             "old.tar", 512, len(data), "", have) if d == digest else None))
         return built
 
@@ -219,7 +219,7 @@ def test_a_copy_points_only_at_bytes_locked_as_long(tmp_path: Path) -> None:
                            ("c.tar", "2045-01-01")):
             cp.commit_objects([StoredObject(key, TAR, "g", key, 4096, "e", "", (
                 replace(e, path=f"/p/{key}".encode()),), retention=lock(until))])
-        found = cp.stored_content(digest)
+        found = cp.stored_content(Described("g"), digest)
         assert found is not None and (found.key, found.lock) == ("b.tar", long)
     finally:
         cp.close()

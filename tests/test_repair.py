@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from conftest import S3Target, run_cli
-from helpers import assert_complete, index_rows
+from helpers import about_row, assert_complete, index_rows
 
 from pacsmigrate.checkpoint import Checkpoint
 from pacsmigrate.paths import from_fields
@@ -90,7 +90,7 @@ def test_forget_drops_only_rows_still_at_the_damaged_place(moto_s3: S3Target,
     try:
         damaged = cp.damaged_rows([], [(path, victim["key"])])
         assert damaged == [Damaged(path, victim["key"], int(victim["offset"]))]
-        assert cp.stored_content(victim["blake3"]) is not None
+        assert cp.stored_content(about_row(cp, victim), victim["blake3"]) is not None
         # Another damaged member whose source is gone: its row stays (the last copy).
         other = rows[1]
         other_path = from_fields(other["source_path"], other["source_path_b64"])
@@ -99,7 +99,7 @@ def test_forget_drops_only_rows_still_at_the_damaged_place(moto_s3: S3Target,
         done = cp.forget(damaged + [Damaged(path, victim["key"], 1), gone])
         assert (done.dropped, done.objects, done.source_gone) == (1, [], [other_path])
         assert cp.index_row(path) is None and cp.index_row(other_path) is not None
-        assert cp.stored_content(victim["blake3"]) is None  # no dedup into the bad bytes
+        assert cp.stored_content(about_row(cp, victim), victim["blake3"]) is None  # no dedup
         assert cp.has_object(victim["key"])  # its other members stay indexed there
         salt = cp.key_salt()
         assert salt  # new bundles get keys of their own
