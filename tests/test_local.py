@@ -7,8 +7,10 @@ import asyncio
 import errno
 import hashlib
 import os
+import threading
+import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -187,3 +189,34 @@ def test_rebuild_lists_a_stray_json_as_unreadable(local_store: LocalTarget, shar
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert proc.stderr.strip() == "UNREADABLE manifest: notes.json"
     assert "rebuilt" in proc.stdout
+
+
+def test_a_cancel_while_an_upload_is_created_leaves_no_upload(
+        local_store: LocalTarget, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The upload's folder is made in a thread a cancel does not stop: a cancel that lands
+    while it runs (Ctrl-C as a bundle starts) still aborts it, as one during its parts does."""
+    real = LocalStore._create_upload
+    made = threading.Event()
+
+    def slow(self: LocalStore, key: str, metadata: dict[str, str]) -> str:
+        upload_id = real(self, key, metadata)
+        made.set()
+        time.sleep(0.3)  # the folder exists, the coroutine has not been told its id yet
+        return upload_id
+
+    monkeypatch.setattr(LocalStore, "_create_upload", slow)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield b"x" * MiB
+
+    async def body(b: Backend) -> None:
+        task = asyncio.create_task(b.save("p/k.tar", chunks()))
+        await asyncio.to_thread(made.wait, 10)
+        assert local_store.pending_uploads()  # cancelled with the upload made
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    on(local_store.root, body)
+    assert local_store.pending_uploads() == [] and local_store.object_keys() == []

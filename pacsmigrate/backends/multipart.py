@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator
 
@@ -37,11 +38,8 @@ class ChunkedBackend(RetryBackend):
         upload_id, held = await self._resumable(key)
         created = upload_id is None
         local = getattr(self.writer, "creates_nothing", False)  # no request, so no twin
-        if upload_id is None and local:
-            upload_id = await self.writer.create_upload(key, metadata=meta)
-        elif upload_id is None:
-            upload_id = await self.call(
-                lambda: self.writer.create_upload(key, metadata=meta), key=key)
+        if upload_id is None:
+            upload_id = await self._create_shielded(key, meta, request=not local)
         try:
             if created and not local:
                 await self._abort_twins(key, upload_id)
@@ -53,6 +51,21 @@ class ChunkedBackend(RetryBackend):
             await asyncio.shield(self._abort(key, upload_id))
             raise
         return ObjectInfo(key, total, etag, meta)
+
+    async def _create_shielded(self, key: str, meta: dict[str, str], *, request: bool
+                               ) -> str:
+        """A new upload. A cancel while it is made (a request the store may still act on,
+        a local store's thread) waits for its id and aborts it, as one during its parts
+        does: else it stays until `cleanup` (or a later run's _abort_twins) finds it."""
+        create = asyncio.ensure_future(self.call(
+            lambda: self.writer.create_upload(key, metadata=meta), key=key) if request
+            else self.writer.create_upload(key, metadata=meta))
+        try:
+            return str(await asyncio.shield(create))
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._abort(key, await create))
+            raise
 
     async def _resumable(self, key: str) -> tuple[str | None, Held]:
         """An unfinished upload of this key left by a killed run (with its parts), if any.
