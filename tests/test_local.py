@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import LocalTarget, run_cli
 
-from pacsmigrate.backends import Backend, one_chunk, open_backend
+from pacsmigrate.backends import Backend, multipart, one_chunk, open_backend
 from pacsmigrate.backends import local as local_mod
 from pacsmigrate.backends.body import Body, Checksum
 from pacsmigrate.backends.local import LocalStore
@@ -191,6 +191,23 @@ def test_rebuild_lists_a_stray_json_as_unreadable(local_store: LocalTarget, shar
     assert "rebuilt" in proc.stdout
 
 
+async def _three_parts() -> AsyncIterator[bytes]:
+    for _ in range(3):
+        yield b"x" * MiB
+
+
+async def _cancel_when(b: Backend, creating: threading.Event) -> float:
+    """Start a multipart save, cancel it once `creating` is set (the create under way);
+    returns how long the cancel took."""
+    task = asyncio.create_task(b.save("p/k.tar", _three_parts()))
+    await asyncio.to_thread(creating.wait, 10)
+    began = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return time.monotonic() - began
+
+
 def test_a_cancel_while_an_upload_is_created_leaves_no_upload(
         local_store: LocalTarget, monkeypatch: pytest.MonkeyPatch) -> None:
     """The upload's folder is made in a thread a cancel does not stop: a cancel that lands
@@ -206,17 +223,32 @@ def test_a_cancel_while_an_upload_is_created_leaves_no_upload(
 
     monkeypatch.setattr(LocalStore, "_create_upload", slow)
 
-    async def chunks() -> AsyncIterator[bytes]:
-        for _ in range(3):
-            yield b"x" * MiB
-
     async def body(b: Backend) -> None:
-        task = asyncio.create_task(b.save("p/k.tar", chunks()))
-        await asyncio.to_thread(made.wait, 10)
-        assert local_store.pending_uploads()  # cancelled with the upload made
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await _cancel_when(b, made)  # cancelled with the upload made, its id not returned
 
     on(local_store.root, body)
     assert local_store.pending_uploads() == [] and local_store.object_keys() == []
+
+
+def test_a_cancel_does_not_wait_out_a_create_that_does_not_answer(
+        local_store: LocalTarget, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A create still under way when the cancel lands (a store being retried, a hung
+    mount) gets CANCEL_GRACE, not every retry: the run stops; what it leaves, `cleanup`
+    finds."""
+    monkeypatch.setattr(multipart, "CANCEL_GRACE", 0.2)
+    started, release = threading.Event(), threading.Event()
+
+    def hung(self: LocalStore, key: str, metadata: dict[str, str]) -> str:
+        started.set()
+        release.wait(10)
+        raise OSError(errno.EIO, "still not answering")
+
+    monkeypatch.setattr(LocalStore, "_create_upload", hung)
+
+    async def body(b: Backend) -> None:
+        waited = await _cancel_when(b, started)
+        release.set()
+        assert 0.2 <= waited < 2.0, waited
+
+    on(local_store.root, body)
+    assert local_store.object_keys() == []

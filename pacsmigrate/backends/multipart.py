@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from .. import faults
 from ..config import TransferConfig
@@ -17,6 +17,18 @@ from .retry import RetryBackend
 
 # Part number -> (ETag, size) of the parts an unfinished upload already holds.
 Held = dict[int, tuple[str, int]]
+
+
+# After a cancel, how long a create already under way (then its abort) may still take.
+CANCEL_GRACE = 5.0
+
+
+async def _settled(task: asyncio.Future[Any]) -> bool:
+    """Whether `task` ends within CANCEL_GRACE; else it is cancelled."""
+    done, _ = await asyncio.wait({task}, timeout=CANCEL_GRACE)
+    if not done:
+        task.cancel()
+    return bool(done)
 
 
 class ChunkedBackend(RetryBackend):
@@ -38,8 +50,10 @@ class ChunkedBackend(RetryBackend):
         upload_id, held = await self._resumable(key)
         created = upload_id is None
         local = getattr(self.writer, "creates_nothing", False)  # no request, so no twin
-        if upload_id is None:
-            upload_id = await self._create_shielded(key, meta, request=not local)
+        if upload_id is None and local:
+            upload_id = await self.writer.create_upload(key, metadata=meta)
+        elif upload_id is None:
+            upload_id = await self._create_shielded(key, meta)
         try:
             if created and not local:
                 await self._abort_twins(key, upload_id)
@@ -52,19 +66,18 @@ class ChunkedBackend(RetryBackend):
             raise
         return ObjectInfo(key, total, etag, meta)
 
-    async def _create_shielded(self, key: str, meta: dict[str, str], *, request: bool
-                               ) -> str:
-        """A new upload. A cancel while it is made (a request the store may still act on,
-        a local store's thread) waits for its id and aborts it, as one during its parts
-        does: else it stays until `cleanup` (or a later run's _abort_twins) finds it."""
+    async def _create_shielded(self, key: str, meta: dict[str, str]) -> str:
+        """A new upload. A cancel while it is made (a request the store may act on, a local
+        store's thread) gives it CANCEL_GRACE to answer, then aborts what it made, as one
+        during the parts does; an upload that does not answer in time (a store retrying)
+        is left to `cleanup` or a later run's _abort_twins, not waited for."""
         create = asyncio.ensure_future(self.call(
-            lambda: self.writer.create_upload(key, metadata=meta), key=key) if request
-            else self.writer.create_upload(key, metadata=meta))
+            lambda: self.writer.create_upload(key, metadata=meta), key=key))
         try:
             return str(await asyncio.shield(create))
         except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._abort(key, await create))
+            if await _settled(create) and create.exception() is None:
+                await _settled(asyncio.ensure_future(self._abort(key, create.result())))
             raise
 
     async def _resumable(self, key: str) -> tuple[str | None, Held]:
