@@ -191,7 +191,7 @@ class RetentionTable:
 
 _WHERE = struct.Struct("<IQQ?IB")  # object number, offset, length, zstd, lock (until, flags)
 _SIZE_KEY = b"size:"  # content keys of this 13-byte form: sizes of large files stored
-_SIZE_KEY_LENGTH = len(_SIZE_KEY) + 8
+_SIZE = struct.Struct("<Q")
 # Where a state says its DICOM content rows are keyed by study (content_key); a state
 # without it may hold rows keyed by the digest alone, as every state before it did.
 CONTENT_KEYS = "content_keys"
@@ -213,8 +213,12 @@ def content_key(about: Described, digest: str) -> bytes:
     return _study_prefix(about.group) + digest_bytes if about.status == DICOM else digest_bytes
 
 
+def _size_key(size: int) -> bytes:
+    return _SIZE_KEY + _SIZE.pack(size)
+
+
 def _is_size_key(key: bytes) -> bool:
-    return len(key) == _SIZE_KEY_LENGTH and key.startswith(_SIZE_KEY)
+    return len(key) == len(_SIZE_KEY) + _SIZE.size and key.startswith(_SIZE_KEY)
 
 
 class ContentTable:
@@ -245,8 +249,8 @@ class ContentTable:
             return out
         db, bare = self.db["content"], self.bare_content
         with self.env.begin() as txn:
-            for about, d in asked:
-                if not d or d in out:
+            for about, d in asked:  # (callers ask each digest once)
+                if not d:
                     continue
                 raw = txn.get(content_key(about, d), db=db)
                 if raw is None and bare and about.status == DICOM:
@@ -263,7 +267,7 @@ class ContentTable:
         if self.db["content"] is None:
             return False
         with self.env.begin(db=self.db["content"]) as txn:
-            return txn.get(_SIZE_KEY + struct.pack("<Q", size)) is not None
+            return txn.get(_size_key(size)) is not None
 
     def _note_contents(self, txn: lmdb.Transaction, entries: list[Entry], number: int,
                        lock: Lock, *, alone: bool) -> None:
@@ -286,7 +290,7 @@ class ContentTable:
         (so copies in longer-kept studies can point at it); `alone`: a large file stored
         as its own object, whose size is noted too (see has_large_file)."""
         if alone:
-            txn.put(_SIZE_KEY + struct.pack("<Q", e.size), b"", db=self.db["content"])
+            txn.put(_size_key(e.size), b"", db=self.db["content"])
         key = content_key(e.about, e.blake3)
         row = _WHERE.pack(number, e.offset, e.length, bool(e.encoding), *lock)
         # New content, the usual case: one call (each LMDB call hands the GIL around).
