@@ -45,6 +45,8 @@ class Built:
     duplicates: int = 0  # members whose content was stored before: not stored again
     duplicate_bytes: int = 0
     size: int = 0
+    # As stored: in a tar, gzip-compressed (manifest.Writer.finish_compressed); beside a
+    # raw file (its sidecar), plain JSON.
     manifest: bytes | bytearray = b""
     created: str = field(default_factory=now_iso)
     retention: dict[str, Any] | None = None  # the object's lock, for its manifest
@@ -277,7 +279,7 @@ def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
         m.data = None  # in a part now: the member's own copy can go (a retry reads it again)
     if not built.entries:
         return
-    built.manifest = lines.finish()
+    built.manifest = lines.finish_compressed()
     for piece in _closing(plan.bundle_id, built.manifest, parts.offset):
         yield from parts.add(piece)
     built.size = parts.offset
@@ -315,7 +317,7 @@ def tar_length(plan: BundlePlan, *, created: str, retention: dict[str, Any] | No
         offset += len(header) + m.size + len(pad(m.size))
     if not lines.members:
         return 0
-    return offset + sum(map(len, _closing(plan.bundle_id, lines.finish(), offset)))
+    return offset + sum(map(len, _closing(plan.bundle_id, lines.finish_compressed(), offset)))
 
 
 def file_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,

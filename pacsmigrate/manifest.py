@@ -1,19 +1,31 @@
 """The JSON manifest of a stored object, the tar trailer that locates it, and its entries.
 
-A tar bundle ends with two members of ours: the manifest `pacsmigrate-manifests/<id>.json`
-(every member: source path, offset, length, blake3, stat, UIDs), then the trailer
-`pacsmigrate-manifests/<id>.end`: one 512-byte JSON block giving the manifest's offset and
-length. So the last 2,048 bytes of any bundle (trailer header, trailer, the two zero
-blocks) locate its manifest: two range GETs describe a bundle without a sidecar object.
-Bundles written before the trailer existed are read by walking back from the tail.
+A tar bundle ends with two members of ours: the manifest
+`pacsmigrate-manifests/<id>.json.gz` (every member: source path, offset, length, blake3,
+stat, UIDs; JSON, gzip-compressed: `tar xOf B.tar --wildcards '*.json.gz' | zcat`), then the
+trailer `pacsmigrate-manifests/<id>.end`: one 512-byte JSON block giving the manifest's
+offset and length. So the last 2,048 bytes of any bundle (trailer header, trailer, the two
+zero blocks) locate its manifest: two range GETs describe a bundle without a sidecar object.
+
+Compressed because on small files the manifest was a quarter of the bytes stored (660 of
+2,705 bytes a 1.2 KiB file, with its tar header and padding): gzip takes it to about a
+ninth, at ~1.7 GB/s with ISA-L. The gzip file is two gzip members (RFC 1952; gzip, zcat and
+Python read them as one text): the header object stored as it is, then the member lines
+compressed, so its length does not depend on the `created` time (a dry run computes the
+exact length of a bundle, bundle.tar_length). Bundles written before keep a plain
+`<id>.json` (parse() reads both), and those written before the trailer existed are read by
+walking back from the tail.
 """
 
 from __future__ import annotations
 
 import json
 import tarfile
+import zlib
 from json.encoder import encode_basestring_ascii
-from typing import Any
+from typing import Any, cast
+
+from isal import isal_zlib
 
 from .paths import from_fields, path_fields
 from .records import BundlePlan, Described, Entry, now_iso
@@ -23,6 +35,15 @@ TRAILER_FORMAT = "pacsmigrate.trailer/1"
 MANIFEST_DIR = "pacsmigrate-manifests"
 BLOCK = 512
 TAIL = 4 * BLOCK  # trailer header + trailer + two zero blocks
+GZIP = 31  # zlib's wbits for a gzip container (no file name, mtime 0: the same text, the same bytes)
+GZIP_MAGIC = b"\x1f\x8b"
+ANY_CONTAINER = 47  # wbits: a zlib or gzip container, whichever it is
+LEVEL = 1  # ISA-L's: ~9x on member lines at ~1.7 GB/s (its level 3 is no smaller, 4x slower)
+# What a manifest may decompress to: a bomb in a hostile store is an unreadable manifest,
+# not memory (the largest real ones, --bundle-size 4GiB of tiny files, are ~1.5 GiB).
+MAX_MANIFEST = 4 << 30
+# ISA-L's error for broken deflate data (its stub types it as an instance, not a class).
+_BROKEN = cast("type[Exception]", isal_zlib.IsalError)
 
 # Columns every index row carries, in export order.
 ROW_FIELDS = ("source_path", "source_path_b64", "key", "offset", "length", "blake3",
@@ -77,8 +98,9 @@ def member_line(e: Entry, name: str, group: str = "") -> str:
     return line
 
 
-def manifest_name(bundle_id: str) -> str:
-    return f"{MANIFEST_DIR}/{bundle_id}.json"
+def manifest_name(bundle_id: str, *, compressed: bool = True) -> str:
+    """A bundle's manifest member; `compressed=False`: as bundles before gzip named it."""
+    return f"{MANIFEST_DIR}/{bundle_id}.json{'.gz' if compressed else ''}"
 
 
 def trailer_name(bundle_id: str) -> str:
@@ -114,6 +136,15 @@ class Writer:
         self.buf += b"\n]}\n"
         return self.buf
 
+    def finish_compressed(self) -> bytes:
+        """The manifest as a tar bundle carries it: two gzip members, the header object
+        stored as it is (its length alone counts), then the member lines compressed."""
+        text = self.finish()
+        head = text.index(b'"members": [\n') + len(b'"members": [\n')
+        stored = zlib.compressobj(0, zlib.DEFLATED, GZIP)
+        header = stored.compress(text[:head]) + stored.flush()
+        return header + isal_zlib.compress(memoryview(text)[head:], LEVEL, wbits=GZIP)
+
 
 def build(plan: BundlePlan, members: list[str], *, created: str | None = None,
           retention: dict[str, Any] | None = None) -> bytes:
@@ -125,8 +156,31 @@ def build(plan: BundlePlan, members: list[str], *, created: str | None = None,
     return bytes(out.finish())
 
 
-def parse(data: bytes) -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads(data)
+def decompressed(data: bytes | bytearray) -> bytes:
+    """The text of a gzip file of any number of members (or `data` itself, if not gzip)."""
+    if data[:2] != GZIP_MAGIC:
+        return bytes(data)
+    out, rest = [], memoryview(data)
+    total = 0
+    while rest:
+        d = isal_zlib.decompressobj(wbits=ANY_CONTAINER)
+        try:
+            out.append(d.decompress(rest, MAX_MANIFEST - total + 1))
+        except _BROKEN as exc:
+            raise ValueError(f"not a pacsmigrate manifest: broken gzip ({exc})") from None
+        total += len(out[-1])
+        if total > MAX_MANIFEST:
+            raise ValueError(f"not a pacsmigrate manifest: over {MAX_MANIFEST:,} bytes once "
+                             "decompressed")
+        if not d.eof:
+            raise ValueError("not a pacsmigrate manifest: truncated gzip")
+        rest = memoryview(d.unused_data)
+    return b"".join(out)
+
+
+def parse(data: bytes | bytearray) -> dict[str, Any]:
+    """A manifest's document, from its JSON text or that text gzip-compressed."""
+    doc: dict[str, Any] = json.loads(decompressed(data))
     if doc.get("format") != FORMAT:
         raise ValueError(f"not a pacsmigrate manifest: format={doc.get('format')!r}")
     return doc
@@ -173,20 +227,22 @@ def read_trailer(tail: bytes) -> tuple[int, int] | None:
 def find_in_tar_tail(tail: bytes, bundle_id: str) -> bytes | None:
     """Find the manifest member in the last bytes of a bundle, walking back 512-byte blocks.
 
-    For bundles written before the trailer: tar headers carry their own checksum, so a
-    block that parses as our manifest's header is one.
+    For bundles written before the trailer (their manifest is plain `<id>.json`), or one
+    whose trailer is damaged: tar headers carry their own checksum, so a block that parses
+    as our manifest's header is one.
     """
-    want = manifest_name(bundle_id)
+    plain = manifest_name(bundle_id, compressed=False)
+    want = (plain, manifest_name(bundle_id))
     # A tar's length is a multiple of 512, so block boundaries sit at multiples of 512 from
     # the end, whatever offset the tail was read from.
     for pos in range(len(tail) - BLOCK, -1, -BLOCK):
         block = tail[pos:pos + BLOCK]
-        if want.encode() not in block[:100]:
+        if plain.encode() not in block[:100]:
             continue
         try:
             info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
         except tarfile.HeaderError:
             continue
-        if info.name == want and pos + BLOCK + info.size <= len(tail):
+        if info.name in want and pos + BLOCK + info.size <= len(tail):
             return tail[pos + BLOCK: pos + BLOCK + info.size]
     return None

@@ -16,6 +16,7 @@ from typing import Any
 import blake3
 import pydicom
 
+from pacsmigrate import manifest
 from pacsmigrate.checkpoint import Checkpoint
 from pacsmigrate.config import Destination, MigrateConfig, TransferConfig
 from pacsmigrate.encoding import decode
@@ -142,8 +143,7 @@ def bundle_manifest(data: bytes) -> dict[str, Any]:
     where = read_trailer(data[-TAIL:])
     assert where is not None, "bundle without a trailer"
     offset, length = where
-    doc: dict[str, Any] = json.loads(data[offset:offset + length])
-    return doc
+    return manifest.parse(data[offset:offset + length])
 
 
 class OsProxy:

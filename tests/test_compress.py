@@ -3,6 +3,7 @@ restored byte-identical, and readable without the tool (tar + the zstd CLI)."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -127,5 +128,5 @@ def test_no_tool_recipe_tar_then_zstd(moto_s3: S3Target, tmp_path: Path) -> None
     subprocess.run(["zstd", "-q", "-d", str(one), "-o", str(tmp_path / "out.dcm")], check=True)
     assert (tmp_path / "out.dcm").read_bytes() == Path(ct["source_path"]).read_bytes()
     # The manifest inside says which members are frames.
-    manifest = json.loads(next(out.rglob("*.json")).read_text())
+    manifest = json.loads(gzip.decompress(next(out.rglob("*.json.gz")).read_bytes()))
     assert {m["encoding"] for m in manifest["members"] if "encoding" in m} == {"zstd"}

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -102,5 +105,47 @@ def test_parse_rejects_foreign_json() -> None:
 
 def test_manifest_name_is_under_its_directory() -> None:
     name = manifest.manifest_name("d" * 24)
-    assert name == f"{manifest.MANIFEST_DIR}/{'d' * 24}.json"
+    assert name == f"{manifest.MANIFEST_DIR}/{'d' * 24}.json.gz"
+    assert manifest.manifest_name("d" * 24, compressed=False) == name.removesuffix(".gz")
     assert len(name) < 100  # fits a plain ustar header, found by find_in_tar_tail
+
+
+def _writer(plan: BundlePlan, entries: list[Entry], created: str) -> manifest.Writer:
+    out = manifest.Writer(plan, created=created, retention={"mode": "GOVERNANCE"})
+    for e in entries:
+        out.add(manifest.member_line(e, member_name(e.path)))
+    return out
+
+
+def test_a_bundles_manifest_is_gzip_that_gzip_itself_reads(tmp_path: Path) -> None:
+    """The bundle's manifest: the same JSON, gzip-compressed (two members: the header
+    stored, the lines compressed); `gzip -dc` gives the text parse() reads from either."""
+    plan, entries = plan_and_entries()
+    entries = entries * 300  # ~200 KB of lines: compressed several times over
+    plain = bytes(_writer(plan, entries, "2026-12-07T03:00:00+00:00").finish())
+    packed = _writer(plan, entries, "2026-12-07T03:00:00+00:00").finish_compressed()
+    assert packed[:2] == manifest.GZIP_MAGIC and len(packed) * 5 < len(plain)
+    (tmp_path / "m.json.gz").write_bytes(packed)
+    cli = subprocess.run(["gzip", "-dc", str(tmp_path / "m.json.gz")], check=True,
+                         capture_output=True).stdout
+    assert cli == plain == gzip.decompress(packed)
+    assert manifest.parse(packed) == manifest.parse(plain) == json.loads(plain)
+    assert manifest.entries(manifest.parse(packed)) == entries
+    # The same bytes for the same text; the length does not depend on the time it names
+    # (a dry run computes a bundle's exact length at another time than the run packs it).
+    assert packed == _writer(plan, entries, "2026-12-07T03:00:00+00:00").finish_compressed()
+    later = _writer(plan, entries, "2031-07-19T23:59:58+00:00").finish_compressed()
+    assert later != packed and len(later) == len(packed)
+
+
+def test_a_broken_or_oversized_gzip_manifest_is_unreadable_not_memory(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    plan, entries = plan_and_entries()
+    packed = _writer(plan, entries * 50, "2026-12-07T03:00:00+00:00").finish_compressed()
+    with pytest.raises(ValueError, match="truncated gzip"):
+        manifest.parse(packed[:-20])
+    with pytest.raises(ValueError, match="broken gzip"):
+        manifest.parse(packed[:30] + bytes(len(packed) - 30))
+    monkeypatch.setattr(manifest, "MAX_MANIFEST", 1000)  # a bomb, in small
+    with pytest.raises(ValueError, match="once decompressed"):
+        manifest.parse(packed)

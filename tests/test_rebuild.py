@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
+import tarfile
 from pathlib import Path
 
 import pydicom
+import pytest
 from conftest import TEST_FILES, S3Target, run, run_cli
 from helpers import config, index_rows
 
-from pacsmigrate import migrate
+from pacsmigrate import manifest, migrate
 from pacsmigrate.checkpoint import Checkpoint
 from pacsmigrate.synth import make_tree
 
@@ -56,3 +59,36 @@ def test_rebuild_refuses_an_empty_prefix(moto_s3: S3Target, tmp_path: Path) -> N
     proc = run_cli("index", "rebuild", moto_s3.url, "--endpoint-url", moto_s3.info.endpoint_url,
                    "--state", str(tmp_path / "s"), env=moto_s3.env())
     assert proc.returncode == 2 and "no pacsmigrate store at" in proc.stderr
+
+
+def test_bundles_with_plain_manifests_still_describe_themselves(
+        moto_s3: S3Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bundles written before manifests were gzip-compressed (`<id>.json`, plain JSON)
+    beside newer ones (`<id>.json.gz`): the index rebuilt from the store holds both."""
+    root = tmp_path / "pacs"
+    make_tree(root, studies=3, seed=7, layout="hashed", scale=0.05)
+    state = tmp_path / "state"
+    cfg = config([root], moto_s3.url, state, moto_s3.info.endpoint_url)
+    with monkeypatch.context() as old:  # the writer as it was
+        old.setattr(manifest.Writer, "finish_compressed", lambda self: bytes(self.finish()))
+        old.setattr(manifest, "manifest_name",
+                    lambda bundle_id, compressed=False: f"{manifest.MANIFEST_DIR}/{bundle_id}.json")
+        run(migrate(cfg))
+    first = set(moto_s3.object_keys())
+    make_tree(root / "later", studies=2, seed=8, layout="hashed", scale=0.05)
+    run(migrate(cfg))
+    names = {k: _manifest_member(moto_s3.get(k)) for k in moto_s3.object_keys()
+             if k.endswith(".tar")}
+    assert {n.endswith(".json") for k, n in names.items() if k in first} == {True}
+    assert {n.endswith(".json.gz") for k, n in names.items() if k not in first} == {True}
+
+    new_state = tmp_path / "rebuilt"
+    proc = run_cli("index", "rebuild", moto_s3.url, "--endpoint-url",
+                   moto_s3.info.endpoint_url, "--state", str(new_state), env=moto_s3.env())
+    assert proc.returncode == 0, proc.stderr
+    assert index_rows(new_state) == index_rows(state)
+
+
+def _manifest_member(bundle: bytes) -> str:
+    with tarfile.open(fileobj=io.BytesIO(bundle)) as tf:
+        return tf.getnames()[-2]

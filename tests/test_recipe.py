@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import subprocess
 import sys
@@ -51,5 +52,7 @@ def test_any_image_back_with_aws_cli_tar_and_csv(moto_s3: S3Target, tmp_path: Pa
     x.mkdir()
     subprocess.run(["tar", "-xf", str(tmp_path / "bundle.tar"), "-C", str(x)], check=True)
     assert (x / wanted.lstrip("/")).read_bytes() == (root / "wanted.dcm").read_bytes()
-    manifests = list((x / "pacsmigrate-manifests").glob("*.json"))
-    assert len(manifests) == 1 and "wanted.dcm" in manifests[0].read_text()
+    manifests = list((x / "pacsmigrate-manifests").glob("*.json.gz"))
+    assert len(manifests) == 1
+    text = subprocess.run(["zcat", str(manifests[0])], check=True, capture_output=True).stdout
+    assert "wanted.dcm" in json.loads(text)["members"][0]["source_path"]

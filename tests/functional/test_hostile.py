@@ -35,7 +35,7 @@ from pacsmigrate import Migration, bundle, faults, pipeline, reads
 from pacsmigrate import read as read_module
 from pacsmigrate import walk as walk_module
 from pacsmigrate.keys import RUN_DIR
-from pacsmigrate.manifest import TAIL, read_trailer
+from pacsmigrate.manifest import TAIL, parse, read_trailer
 from pacsmigrate.paths import from_fields
 from pacsmigrate.records import BundlePlan
 from pacsmigrate.sink import Sink
@@ -672,7 +672,7 @@ def assert_consistent(target: S3Target, state: Path, root: Path) -> None:
             data = target.get(key)
             where = read_trailer(data[-TAIL:])
             assert where is not None, f"bundle without a trailer: {key}"
-            doc = json.loads(data[where[0]:where[0] + where[1]])
+            doc = parse(data[where[0]:where[0] + where[1]])
         for m in doc["members"]:
             p = from_fields(m["source_path"], m["source_path_b64"])
             assert p in rows and rows[p]["key"] != key, f"orphan object {key}"
