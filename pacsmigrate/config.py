@@ -236,13 +236,15 @@ class TransferConfig:
     max_requests_per_second: float | None = None
     bwlimit: float | None = None  # bytes per second sent
     ca_bundle: Path | None = None  # extra trusted CA (PEM); verification is always on
-    checksum: str = "md5"  # what a single PUT's body is checked with by the store
+    # What a single PUT's body is checked with by the store: md5, crc32, or auto (crc32 if
+    # the pre-flight saw the store check it, else md5).
+    checksum: str = "auto"
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ConfigError("--concurrency must be at least 1")
-        if self.checksum not in ("md5", "crc32"):
-            raise ConfigError(f"--checksum must be md5 or crc32, not {self.checksum!r}")
+        if self.checksum not in ("auto", "md5", "crc32"):
+            raise ConfigError(f"--checksum must be auto, md5 or crc32, not {self.checksum!r}")
         if self.part_size < MIN_PART:
             raise ConfigError(f"--part-size must be at least 1MiB (S3 raises it to its 5MiB "
                               f"minimum), not {self.part_size} bytes")
@@ -316,7 +318,8 @@ class MigrateConfig:
         if s3 is not None and s3.provider == "ceph" and self.transfer.checksum == "crc32":
             raise ConfigError("--checksum crc32 with --provider ceph: Ceph RGW before Quincy "
                               "ignores x-amz-checksum-crc32, so nothing would check the "
-                              "bytes; use --checksum md5 (the default)")
+                              "bytes; use --checksum auto (the default: CRC32 only if "
+                              "the store is seen to check it) or md5")
         encoding.check(self.compress)
         if self.pack and not self.packs(self.pack):
             raise ConfigError(f"--pack ({_size(self.pack)}) must be between 1MiB and "

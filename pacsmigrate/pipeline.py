@@ -13,13 +13,14 @@ from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 
 from .backends import Backend, Measured, open_backend
+from .backends.body import AUTO
 from .checkpoint import Checkpoint
 from .commit import abandon, reconcile
 from .config import MigrateConfig
 from .costs import default_table
 from .errors import BackendError, ConfigError, first_error
 from .planpolicy import PlanPolicy
-from .preflight import WARN, preflight
+from .preflight import WARN, decided, preflight
 from .progress import Bar, keep_reporting, keep_writing, stats_line
 from .records import now_iso
 from .report import outcome_of, run_record, write_report
@@ -73,12 +74,16 @@ class Migration:
                 stack.push_async_callback(self.backend.close)
             if cfg.preflight:  # before the state directory is made or bound to the store
                 await self._preflight()
+                cfg = self.cfg  # with the checksum it chose (--checksum auto)
             elif opened and cfg.retention is not None and self.backend is not None:
                 await check_object_lock(self.backend, cfg.dest)
             cp = Checkpoint(cfg.state_dir)
             stack.callback(cp.close)
             stack.callback(self.pool.shutdown, wait=True)
             cfg = self.cfg = check_state(cp, cfg)
+            if not cfg.dry_run:  # auto undecided (no pre-flight) sends MD5
+                self.stats.checksum = "md5" if cfg.transfer.checksum == AUTO else \
+                    cfg.transfer.checksum
             log.info("%s of %d source tree(s) to %s", "dry run" if cfg.dry_run
                      else "migration", len(cfg.sources), cfg.dest)
             try:
@@ -158,7 +163,8 @@ class Migration:
                                 [os.path.abspath(p) for p in cfg.sources])
             s.store = held.as_dict()
             s.store_lines = held.lines(cfg.dest)
-        s.setup_requests = setup_requests(held, classes=len(self._classes()))
+        s.setup_requests = setup_requests(held, classes=len(self._classes()),
+                                          crc32_probe=self.cfg.transfer.checksum == AUTO)
 
     async def _estimate(self) -> None:
         """A sampled dry run: the whole tree's estimate from its slice (sample.py)."""
@@ -188,6 +194,9 @@ class Migration:
         in one line. Logged by subject: a source line would name a source path."""
         report = await preflight(self.cfg, offline=self.cfg.offline, backend=self.backend)
         self.stats.requests += report.requests  # made on the pre-flight's own short policy
+        self.cfg = decided(self.cfg, report)
+        if self.backend is not None and hasattr(self.backend, "transfer"):
+            self.backend.transfer = self.cfg.transfer  # what its PUTs are checked with
         try:
             report.raise_if_failed()
         except BackendError as exc:

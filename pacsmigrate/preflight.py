@@ -30,8 +30,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from isal import isal_zlib
+
 from .backends import Measured, open_backend, wrap
 from .backends.base import Backend, one_chunk
+from .backends.body import AUTO, MISMATCH_CODES, Checksum
 from .config import Destination, MigrateConfig, TransferConfig
 from .errors import BackendError, ConfigError, ObjectExistsError, PacsMigrateError
 from .keys import RUN_DIR, probe_key
@@ -51,6 +54,7 @@ WAIT_NOTE = 3.0  # seconds without an answer before saying what is awaited
 PROBE_CONNECT = 3.0  # seconds
 PROBE_READ = 6.0
 PROBE_BODY = b"pacsmigrate pre-flight probe: safe to delete\n"
+CHECKSUM = "checksum"
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ class Check:
     verdict: str
     line: str
     error: PacsMigrateError | None = field(default=None, compare=False)  # what a run raises
+    value: str = ""  # what a run takes from it (the "checksum" check: crc32 or md5)
 
     def __str__(self) -> str:
         return f"{self.verdict:<4}  {self.subject}: {self.line}"
@@ -71,6 +76,11 @@ class Check:
 class Report:
     checks: list[Check]
     requests: int = 0  # sent to the store on the pre-flight's own policy (not the run's)
+
+    @property
+    def checksum(self) -> str:
+        """What `--checksum auto` became (check_crc32), or "" if it was not decided."""
+        return next((c.value for c in self.checks if c.subject == CHECKSUM), "")
 
     @property
     def failed(self) -> list[Check]:
@@ -136,9 +146,11 @@ def _short(transfer: TransferConfig) -> TransferConfig:
 
 async def check_store(backend: Backend, dest: Destination, *, write: bool,
                       retention: bool = False, classes: Sequence[str] = (),
-                      clock: Callable[[], float] = time.time) -> list[Check]:
+                      crc32: bool = False, clock: Callable[[], float] = time.time
+                      ) -> list[Check]:
     """Credentials, bucket, a probe written, read back and deleted (`write`), the clocks,
-    object lock (`retention`). Stops at the first failure: the rest would fail alike."""
+    whether the store checks CRC32 (`crc32`), object lock (`retention`). Stops at the first
+    failure: the rest would fail alike."""
     if not write:  # a listing: the credentials and the bucket, nothing written
         try:
             async for _ in backend.list(dest.key(RUN_DIR) + "/"):
@@ -188,6 +200,8 @@ async def check_store(backend: Backend, dest: Destination, *, write: bool,
                                 "the store's (S3 refuses beyond 15 minutes): check NTP"))
         else:
             checks.append(Check("clock", OK, "within a minute of the store's"))
+    if crc32:
+        checks.append(await check_crc32(backend, dest))
     if classes:
         checks.append(await _check_classes(backend, dest, classes))
     if retention:
@@ -198,6 +212,38 @@ async def check_store(backend: Backend, dest: Destination, *, write: bool,
         except PacsMigrateError as exc:
             checks.append(Check("object lock", FAIL, str(exc), exc))
     return checks
+
+
+async def check_crc32(backend: Backend, dest: Destination) -> Check:
+    """`--checksum auto`: a probe sent with a wrong x-amz-checksum-crc32. A store that
+    refuses it checks CRC32, and bundles carry CRC32 (ISA-L: ~70x cheaper than MD5); one
+    that takes it (Ceph RGW before Quincy, a store that ignores the header) gets Content-MD5,
+    which every store checks. Two requests whatever the answer (the PUT, then a DELETE of
+    what it may have stored), so a dry run counts them exactly."""
+    send, store = getattr(backend, "send", None), getattr(backend, "store", None)
+    if send is None or store is None:  # not a store behind the retry wrapper (a test's)
+        return Check(CHECKSUM, OK, "Content-MD5 (this store cannot be probed)", value="md5")
+    key = probe_key(dest, secrets.token_hex(8))
+    wrong = Checksum("crc32", (isal_zlib.crc32(PROBE_BODY) ^ 0xFFFFFFFF).to_bytes(4, "big"))
+    refused: BackendError | None = None
+    try:
+        await send(lambda body: store.put(key, body, checksum=wrong,
+                                          metadata={"pacsmigrate-probe": "1"}),
+                   PROBE_BODY, key=key)
+    except BackendError as exc:
+        refused = exc
+    try:
+        await backend.remove(key)
+    except BackendError:
+        pass  # said by the first probe's check already, if deletes are refused
+    if refused is not None and refused.code in MISMATCH_CODES:
+        return Check(CHECKSUM, OK, "the store refused a body whose CRC32 was wrong: bundles "
+                     "carry CRC32 (x-amz-checksum-crc32)", value="crc32")
+    if refused is not None:
+        return Check(CHECKSUM, OK, f"Content-MD5: a probe with a wrong CRC32 failed otherwise "
+                     f"({refused})", value="md5")
+    return Check(CHECKSUM, OK, "Content-MD5: the store took a body whose CRC32 was wrong, so "
+                 "it does not check CRC32", value="md5")
 
 
 async def _check_classes(backend: Backend, dest: Destination, classes: Sequence[str]) -> Check:
@@ -239,6 +285,13 @@ async def preflight(cfg: MigrateConfig, *, offline: bool = False,
                             classes=cfg.tiers.classes() if cfg.tiers else ())
 
 
+def decided(cfg: MigrateConfig, report: Report) -> MigrateConfig:
+    """`cfg` with the checksum the pre-flight chose for `--checksum auto`."""
+    if cfg.transfer.checksum != AUTO or not report.checksum:
+        return cfg
+    return replace(cfg, transfer=replace(cfg.transfer, checksum=report.checksum))
+
+
 async def run_checks(sources: tuple[Path, ...], state_dir: Path, dest: Destination,
                      transfer: TransferConfig, *, store: bool = True, write: bool = True,
                      retention: bool = False, backend: Backend | None = None,
@@ -258,8 +311,9 @@ async def run_checks(sources: tuple[Path, ...], state_dir: Path, dest: Destinati
             inner = getattr(backend, "store", None)
             opened = wrap(inner, short) if inner is not None else backend
         try:
-            task = asyncio.ensure_future(check_store(opened, dest, write=write,
-                                                     retention=retention, classes=classes))
+            task = asyncio.ensure_future(check_store(
+                opened, dest, write=write, retention=retention, classes=classes,
+                crc32=transfer.checksum == AUTO))
             try:
                 done, _ = await asyncio.wait({task}, timeout=WAIT_NOTE)
                 if not done:
@@ -282,5 +336,5 @@ async def run_checks(sources: tuple[Path, ...], state_dir: Path, dest: Destinati
     return Report(checks, requests)
 
 
-__all__ = ["Check", "Report", "check_sources", "check_state", "check_store", "preflight",
-           "run_checks"]
+__all__ = ["Check", "Report", "check_crc32", "check_sources", "check_state", "check_store",
+           "decided", "preflight", "run_checks"]

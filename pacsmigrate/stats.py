@@ -81,6 +81,7 @@ class Stats:
     pending_after: int = 0
     not_migrated: int = 0
     first_object_seconds: float = 0.0  # from the start until the first object was committed
+    checksum: str = ""  # what single PUTs carried: md5 or crc32 (`--checksum auto` decided)
     seconds: float = 0.0
 
     def fold_folder(self, files_bytes: list[int]) -> None:

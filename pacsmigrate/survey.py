@@ -21,10 +21,12 @@ from .keys import DESCRIPTOR, RUN_DIR, sources_key
 
 SURVEY_SECONDS = 20.0
 # Requests a run makes besides its objects': the pre-flight's probe (PUT, GET, HEAD,
-# DELETE), and a PUT and a DELETE for each storage class it checks; the key secret in the
-# descriptor (HEAD, then GET if it is there or PUT); the sources record (HEAD, PUT once).
+# DELETE), and a PUT and a DELETE for each storage class it checks, and for `--checksum
+# auto` (preflight.check_crc32); the key secret in the descriptor (HEAD, then GET if it is
+# there or PUT); the sources record (HEAD, PUT once).
 PROBE_REQUESTS = 4
 PER_CLASS = 2
+CRC32_PROBE = 2
 SECRET_REQUESTS = 2
 
 
@@ -122,11 +124,12 @@ def _sidecar_of_known(cp: Checkpoint, key: str) -> bool:
     return any(cp.has_object(f"{base}.{ext}") for ext in ("dcm", "bin"))
 
 
-def setup_requests(h: Holdings | None, *, classes: int) -> int:
+def setup_requests(h: Holdings | None, *, classes: int, crc32_probe: bool) -> int:
     """The requests a run makes besides its objects' (see the module's head); without a
-    survey (an offline plan) as a first run."""
+    survey (an offline plan) as a first run. `crc32_probe`: --checksum auto."""
     recorded = h is not None and h.sources_recorded
-    return PROBE_REQUESTS + PER_CLASS * classes + SECRET_REQUESTS + (1 if recorded else 2)
+    return (PROBE_REQUESTS + PER_CLASS * classes + CRC32_PROBE * crc32_probe
+            + SECRET_REQUESTS + (1 if recorded else 2))
 
 
 __all__ = ["Holdings", "setup_requests", "survey"]

@@ -39,7 +39,7 @@ from .checkpoint import Checkpoint
 from .cleanup import stale_uploads
 from .config import MigrateConfig
 from .errors import ConfigError, StateError
-from .preflight import preflight
+from .preflight import decided, preflight
 from .progress import Bar
 from .records import now_iso
 from .report import outcome_of, run_record, write_report
@@ -141,7 +141,9 @@ def migrate_on_dask(cfg: MigrateConfig, *, workers: int | None = None,
                   sources=tuple(p.resolve() for p in cfg.sources))
     started, started_at = time.monotonic(), now_iso()
     if cfg.preflight:  # here, before the state exists
-        asyncio.run(preflight(cfg)).raise_if_failed()
+        report = asyncio.run(preflight(cfg))
+        report.raise_if_failed()
+        cfg = decided(cfg, report)  # every slice sends the checksum it chose
     run = Checkpoint(cfg.state_dir)  # one coordinator per run
     stats = Stats()
     planned = recorded = False  # a state _plan refuses is another run's: nothing recorded

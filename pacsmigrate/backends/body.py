@@ -49,6 +49,11 @@ def multipart_etag(part_md5s: Sequence[bytes]) -> str:
 
 
 CHECKSUMS = ("md5", "crc32")
+# `--checksum auto`: CRC32 where the pre-flight saw the store refuse a body whose CRC32 was
+# wrong, else MD5 (preflight.check_crc32); until it has decided, MD5.
+AUTO = "auto"
+# Store error codes that say a body's checksum did not match (S3 and SeaweedFS; MinIO).
+MISMATCH_CODES = frozenset({"BadDigest", "XAmzContentChecksumMismatch"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +70,8 @@ class Checksum:
 
 
 async def checksum(data: Buffer, algorithm: str) -> Checksum:
-    """The body's checksum, computed once (retries resend the same digest)."""
+    """The body's checksum, computed once (retries resend the same digest); `auto` not
+    decided yet is MD5, which every store checks."""
     if algorithm == "crc32":
         mv = view(data)
         # Very large bodies in a thread, as for MD5: isal releases the GIL.

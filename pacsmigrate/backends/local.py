@@ -141,7 +141,8 @@ class LocalStore(LocalParts):
 
     def map_error(self, exc: BaseException, *, key: str | None) -> BackendError | None:
         if isinstance(exc, BodyMismatchError):
-            return PermanentBackendError(f"body does not match its checksum: {key}", key=key)
+            return PermanentBackendError(f"body does not match its checksum: {key}", key=key,
+                                         code="BadDigest")
         if not isinstance(exc, OSError):
             return None
         if isinstance(exc, FileExistsError):

@@ -31,7 +31,7 @@ from .policy import THROTTLE, TRANSIENT, UNREACHED, Cause
 # Error codes that no retry can fix: stop the run and tell the operator.
 PERMANENT_CODES = frozenset({
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket",
-    "BadDigest", "InvalidDigest", "AllAccessDisabled", "AccountProblem", "InvalidBucketName",
+    "BadDigest", "XAmzContentChecksumMismatch", "InvalidDigest", "AllAccessDisabled", "AccountProblem", "InvalidBucketName",
     "403",
 })
 

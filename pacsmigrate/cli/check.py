@@ -53,7 +53,9 @@ def check(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
                        sse_kms_key_id=sse_kms_key_id, sse_c_key_file=sse_c_key_file,
                        encryption_scope=encryption_scope)
     report = run_main(run_checks(tuple(Path(p) for p in paths[:-1]), state_dir, dest,
-                                    transfer_config(**transfer), write=not read_only,
+                                    # as migrate's default: says which checksum it sends
+                                    transfer_config(**transfer, checksum="auto"),
+                                    write=not read_only,
                                     retention=object_lock, report_all=True, classes=classes))
     for c in report.checks:
         click.echo(str(c))

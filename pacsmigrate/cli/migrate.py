@@ -69,10 +69,11 @@ DEFAULT_STATS_INTERVAL = 60.0  # seconds, when stderr is not a terminal
 @click.option("--memory", default="512MiB", show_default=True, callback=size_option,
               help="Memory held by open bundles and uploads in flight: file bytes, "
                    "and ~1-2 KiB a file for its records.")
-@click.option("--checksum", type=click.Choice(["md5", "crc32"]), default="md5",
+@click.option("--checksum", type=click.Choice(["auto", "md5", "crc32"]), default="auto",
               show_default=True,
               help="What the store checks each bundle's bytes with: md5 (Content-MD5, every "
-                   "S3 store) or crc32 (AWS, MinIO, SeaweedFS, recent Ceph; far cheaper).")
+                   "S3 store), crc32 (AWS, MinIO, SeaweedFS, recent Ceph; far cheaper), or "
+                   "auto: crc32 if the pre-flight sees the store refuse a wrong one, else md5.")
 @click.option("--storage-class", metavar="CLASS",
               help="Store every object in this class (S3: STANDARD, STANDARD_IA, "
                    "INTELLIGENT_TIERING, GLACIER_IR, GLACIER, DEEP_ARCHIVE; Azure: Hot, Cool, "
