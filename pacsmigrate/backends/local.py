@@ -174,7 +174,10 @@ class LocalStore(LocalParts):
         target = self._path(key)
         if _digest(body.view, checksum.algorithm) != checksum.digest:
             raise BodyMismatchError(key)
-        etag = checksum.digest.hex()
+        # The ETag is the body's MD5 whatever it was checked with, as S3's is for one PUT:
+        # verify and replicate compare bytes read back with it.
+        etag = checksum.digest.hex() if checksum.algorithm == "md5" else \
+            hashlib.md5(body.view).hexdigest()
         tmp = self._tmp()
         try:
             with open(tmp, "wb") as f:

@@ -370,13 +370,15 @@ def test_max_requests_per_second_caps_requests(seaweed_s3: S3Target, proxy: Faul
                                  "--max-requests-per-second", str(rps)),
                    env=seaweed_s3.env(), timeout=120)
     assert proc.returncode == 0, explain(proc, proxy)
-    # The pre-flight's probe (put, get, head, delete) comes first, paced by a policy of its
-    # own: the cap is measured on the run's requests.
+    # The pre-flight's probes (put, get, head, delete; then --checksum auto's put with a
+    # wrong CRC32, which SeaweedFS refuses, and its delete) come first, paced by a policy
+    # of their own: the cap is measured on the run's requests.
     log = sorted(proxy.log(), key=lambda e: e.started)
     probe = [e for e in log if "/pacsmigrate-run/preflight-" in e.path]
-    assert [e.method for e in probe] == ["PUT", "GET", "HEAD", "DELETE"], probe
-    assert log[:4] == probe
-    log = log[4:]
+    assert [(e.method, e.status) for e in probe[4:]] == [("PUT", 400), ("DELETE", 204)], probe
+    assert [e.method for e in probe] == ["PUT", "GET", "HEAD", "DELETE", "PUT", "DELETE"], probe
+    assert log[:6] == probe
+    log = log[6:]
     seconds = max(e.started for e in log) - min(e.started for e in log)
     n = len(log)
     assert n >= 2 * rps, f"too few requests ({n}) to measure a cap"
