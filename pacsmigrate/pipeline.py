@@ -13,7 +13,7 @@ from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 
 from .backends import Backend, Measured, open_backend
-from .backends.body import AUTO
+from .backends.body import AUTO, sent
 from .checkpoint import Checkpoint
 from .commit import abandon, reconcile
 from .config import MigrateConfig
@@ -82,8 +82,7 @@ class Migration:
             stack.callback(self.pool.shutdown, wait=True)
             cfg = self.cfg = check_state(cp, cfg)
             if not cfg.dry_run:  # auto undecided (no pre-flight) sends MD5
-                self.stats.checksum = "md5" if cfg.transfer.checksum == AUTO else \
-                    cfg.transfer.checksum
+                self.stats.checksum = sent(cfg.transfer.checksum)
             log.info("%s of %d source tree(s) to %s", "dry run" if cfg.dry_run
                      else "migration", len(cfg.sources), cfg.dest)
             try:

@@ -35,6 +35,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from .backends import Backend, opened
+from .backends.body import sent
 from .checkpoint import Checkpoint
 from .cleanup import stale_uploads
 from .config import MigrateConfig
@@ -146,6 +147,7 @@ def migrate_on_dask(cfg: MigrateConfig, *, workers: int | None = None,
         cfg = decided(cfg, report)  # every slice sends the checksum it chose
     run = Checkpoint(cfg.state_dir)  # one coordinator per run
     stats = Stats()
+    stats.checksum = sent(cfg.transfer.checksum)
     planned = recorded = False  # a state _plan refuses is another run's: nothing recorded
     try:
         with _client(workers, scheduler) as client:

@@ -56,6 +56,11 @@ AUTO = "auto"
 MISMATCH_CODES = frozenset({"BadDigest", "XAmzContentChecksumMismatch"})
 
 
+def sent(algorithm: str) -> str:
+    """The checksum a body goes with: `auto` not decided yet is MD5."""
+    return "md5" if algorithm == AUTO else algorithm
+
+
 @dataclass(frozen=True, slots=True)
 class Checksum:
     """The integrity checksum a store verifies on a body before it keeps it.

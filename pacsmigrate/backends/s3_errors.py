@@ -31,8 +31,8 @@ from .policy import THROTTLE, TRANSIENT, UNREACHED, Cause
 # Error codes that no retry can fix: stop the run and tell the operator.
 PERMANENT_CODES = frozenset({
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket",
-    "BadDigest", "XAmzContentChecksumMismatch", "InvalidDigest", "AllAccessDisabled", "AccountProblem", "InvalidBucketName",
-    "403",
+    "BadDigest", "XAmzContentChecksumMismatch", "InvalidDigest", "AllAccessDisabled",
+    "AccountProblem", "InvalidBucketName", "403",
 })
 
 
