@@ -234,7 +234,8 @@ def tar_parts(plan: BundlePlan, built: Built, *, part_size: int, secret: bytes,
     `take(n)`: a buffer for a part of about n bytes (partbuf.Lease.take: used again).
     """
     parts = _Parts(part_size, plan.bound, take)
-    lines = manifest.Writer(plan, created=built.created, retention=built.retention)
+    lines = manifest.Writer(plan, created=built.created, retention=built.retention,
+                            compressed=True)
     here: dict[str, tuple[int, int, str]] = {}  # content here: blake3 -> offset, length, enc
     packer = Compressor() if compress else None
     need = lock_of(built.retention)
@@ -300,7 +301,7 @@ def tar_length(plan: BundlePlan, *, created: str, retention: dict[str, Any] | No
     """The length tar_parts gives `plan` when its members are as they were read (hashed,
     unchanged) and not compressed: for a dry run to count an object's parts exactly where
     the files' bytes and the bound disagree. `known` as for tar_parts (deduplication)."""
-    lines = manifest.Writer(plan, created=created, retention=retention)
+    lines = manifest.Writer(plan, created=created, retention=retention, compressed=True)
     here: dict[str, tuple[int, int, str]] = {}
     need = lock_of(retention)
     offset = 0

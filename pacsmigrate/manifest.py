@@ -19,6 +19,7 @@ walking back from the tail.
 
 from __future__ import annotations
 
+import functools
 import json
 import tarfile
 import zlib
@@ -41,6 +42,7 @@ LEVEL = 1  # ISA-L's: ~9x on member lines at ~1.7 GB/s (its level 3 is no smalle
 # What a manifest may decompress to: a bomb in a hostile store is an unreadable manifest,
 # not memory (the largest real ones, --bundle-size 4GiB of tiny files, are ~1.5 GiB).
 MAX_MANIFEST = 4 << 30
+_CHUNK = 64 << 10  # member-line text compressed at a time (Writer)
 # ISA-L's error for broken deflate data (its stub types it as an instance, not a class).
 _BROKEN = cast("type[Exception]", isal_zlib.IsalError)
 
@@ -68,11 +70,21 @@ def member_json(e: Entry, name: str, group: str = "") -> dict[str, Any]:
 
 
 # One member as one line of JSON, formatted directly: json.dumps of a dict per member was
-# a tenth of the per-file cost of packing. Same text as json.dumps(member_json(...)).
-_MEMBER_LINE = ('{"name": %s, "source_path": %s, "source_path_b64": %s, "offset": %d, '
-                '"length": %d, "blake3": %s, "size": %d, "mtime_ns": %d, "study_uid": %s, '
-                '"series_uid": %s, "sop_uid": %s, "modality": %s, "study_date": %s, '
-                '"transfer_syntax": %s, "status": %s, "reason": %s}')
+# a tenth of the per-file cost of packing. Same text as json.dumps(member_json(...)); the
+# fields a series' files share are formatted once a series (_series_text, _tail_text).
+@functools.lru_cache(maxsize=1024)
+def _series_text(study_uid: str, series_uid: str) -> str:
+    q = encode_basestring_ascii
+    return f'"study_uid": {q(study_uid)}, "series_uid": {q(series_uid)}, "sop_uid": '
+
+
+@functools.lru_cache(maxsize=1024)
+def _tail_text(modality: str, study_date: str, transfer_syntax: str, status: str,
+               reason: str) -> str:
+    q = encode_basestring_ascii
+    return (f', "modality": {q(modality)}, "study_date": {q(study_date)}, '
+            f'"transfer_syntax": {q(transfer_syntax)}, "status": {q(status)}, '
+            f'"reason": {q(reason)}')
 
 
 def member_line(e: Entry, name: str, group: str = "") -> str:
@@ -84,17 +96,20 @@ def member_line(e: Entry, name: str, group: str = "") -> str:
     except UnicodeDecodeError:
         fields = path_fields(e.path)
         source, source_b64 = q(fields["source_path"]), q(fields["source_path_b64"])
-    line = _MEMBER_LINE % (
-        q(name), source, source_b64, e.offset, e.length,
-        q(e.blake3), e.size, e.mtime_ns, q(a.study_uid), q(a.series_uid), q(a.sop_uid),
-        q(a.modality), q(a.study_date), q(a.transfer_syntax), q(a.status), q(a.reason))
-    if e.duplicate_of:  # not in this tar: the bytes are at offset, length of that object
-        line = line[:-1] + ', "duplicate_of": ' + q(e.duplicate_of) + "}"
-    if e.encoding:  # offset, length: the stored frame's; size, blake3: the file's
-        line = line[:-1] + ', "encoding": ' + q(e.encoding) + "}"
-    if group and a.group != group:
-        line = line[:-1] + ', "group": ' + q(a.group) + "}"
-    return line
+    line = (f'{{"name": {q(name)}, "source_path": {source}, "source_path_b64": {source_b64}, '
+            f'"offset": {e.offset}, "length": {e.length}, "blake3": {q(e.blake3)}, '
+            f'"size": {e.size}, "mtime_ns": {e.mtime_ns}, '
+            f'{_series_text(a.study_uid, a.series_uid)}{q(a.sop_uid)}'
+            f'{_tail_text(a.modality, a.study_date, a.transfer_syntax, a.status, a.reason)}')
+    if not (e.duplicate_of or e.encoding or group and a.group != group):
+        return line + "}"
+    # not in this tar: the bytes are at offset, length of that object
+    dup = f', "duplicate_of": {q(e.duplicate_of)}' if e.duplicate_of else ""
+    # offset, length: the stored frame's; size, blake3: the file's
+    enc = f', "encoding": {q(e.encoding)}' if e.encoding else ""
+    # a pack holds several studies: the member's own when not the bundle's
+    other = f', "group": {q(a.group)}' if group and a.group != group else ""
+    return f"{line}{dup}{enc}{other}}}"
 
 
 def manifest_name(bundle_id: str, *, compressed: bool = True) -> str:
@@ -107,42 +122,60 @@ def trailer_name(bundle_id: str) -> str:
 
 
 class Writer:
-    """A manifest written line by line as members are packed, into one growing buffer.
+    """A manifest written line by line as members are packed.
 
-    Joining a list of lines held each line, the joined text and its encoded copy at once:
-    on a pack of 6,600 tiny files that was ~14 MiB for a 4.4 MiB manifest.
+    `compressed` (a tar bundle's manifest, finish_compressed): the lines are gzip-compressed
+    ~64 KiB at a time as they come, so a bundle in flight holds its manifest compressed (a
+    ninth of the text), never the whole text; else (a sidecar, finish) the text. Joining a
+    list of all lines at the end held each line, the joined text and its encoded copy at
+    once: on a pack of 6,600 tiny files that was ~14 MiB for a 4.4 MiB manifest.
     """
 
     def __init__(self, plan: BundlePlan, *, created: str | None = None,
-                 retention: dict[str, Any] | None = None) -> None:
+                 retention: dict[str, Any] | None = None, compressed: bool = False) -> None:
         doc: dict[str, Any] = {"format": FORMAT, "key": plan.key, "kind": plan.kind,
                                "group": plan.group, "bundle_id": plan.bundle_id,
                                "created": created or now_iso()}
         if retention:
             doc["retention"] = retention
-        self.buf = bytearray(json.dumps(doc, ensure_ascii=True)[:-1].encode())
-        self.buf += b',\n"members": [\n'
+        self.head = json.dumps(doc, ensure_ascii=True)[:-1].encode() + b',\n"members": [\n'
         self.members = 0
+        self._pending: list[str] = []
+        self._pending_chars = 0
+        self._out = bytearray()  # the lines so far: compressed, or as text
+        self._packer = isal_zlib.compressobj(LEVEL, isal_zlib.DEFLATED, GZIP) \
+            if compressed else None
 
     def add(self, line: str) -> None:
         """One member, already JSON (`member_line`)."""
-        if self.members:
-            self.buf += b",\n"
-        self.buf += line.encode("ascii")
+        self._pending.append(line)
+        self._pending_chars += len(line)
         self.members += 1
+        if self._pending_chars >= _CHUNK:
+            self._flush()
+
+    def _flush(self, end: bytes = b"") -> None:
+        text = ",\n".join(self._pending).encode("ascii") + end
+        if self._pending and self.members > len(self._pending):
+            text = b",\n" + text  # between the lines already out and these
+        self._pending, self._pending_chars = [], 0
+        self._out += self._packer.compress(text) if self._packer else text
 
     def finish(self) -> bytearray:
-        self.buf += b"\n]}\n"
-        return self.buf
+        """The manifest's text (a Writer made without `compressed`)."""
+        assert self._packer is None, "a compressed manifest: finish_compressed()"
+        self._flush(b"\n]}\n")
+        return bytearray(self.head) + self._out
 
     def finish_compressed(self) -> bytes:
-        """The manifest as a tar bundle carries it: two gzip members, the header object
-        stored as it is (its length alone counts), then the member lines compressed."""
-        text = self.finish()
-        head = text.index(b'"members": [\n') + len(b'"members": [\n')
+        """The manifest as a tar bundle carries it (a Writer made `compressed`): two gzip
+        members, the header object stored as it is (its length alone counts), then the
+        member lines compressed."""
+        assert self._packer is not None, "made without compressed=True"
+        self._flush(b"\n]}\n")
+        self._out += self._packer.flush()
         stored = zlib.compressobj(0, zlib.DEFLATED, GZIP)
-        header = stored.compress(text[:head]) + stored.flush()
-        return header + isal_zlib.compress(memoryview(text)[head:], LEVEL, wbits=GZIP)
+        return stored.compress(self.head) + stored.flush() + self._out
 
 
 def build(plan: BundlePlan, members: list[str], *, created: str | None = None,

@@ -15,6 +15,7 @@ from typing import Any
 
 import blake3
 import pydicom
+import pytest
 
 from pacsmigrate import manifest
 from pacsmigrate.checkpoint import Checkpoint
@@ -29,6 +30,14 @@ from pacsmigrate.synth import make_tree
 
 MiB = 1 << 20
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+def plain_manifests(mp: pytest.MonkeyPatch) -> None:
+    """Bundles written with their manifest as plain JSON text (as before 1d14c42)."""
+    made = manifest.Writer.__init__
+    mp.setattr(manifest.Writer, "__init__", lambda self, plan, **kw: made(
+        self, plan, **{**kw, "compressed": False}))
+    mp.setattr(manifest.Writer, "finish_compressed", lambda self: bytes(self.finish()))
 
 
 def config(sources: list[Path], url: str, state: Path, endpoint: str | None, **kw: Any

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -62,9 +63,14 @@ def test_member_lines_are_the_json_of_the_member() -> None:
     _, entries = plan_and_entries()
     odd = Entry(b'/x/"quoted"\\back\x01.dcm', 0, 0, "", 0, -1,
                 Described("g", UNSORTED, 'odd "reason"\n', modality="\u00e9"))
-    for e in [*entries, odd]:
+    both = dataclasses.replace(entries[0], duplicate_of="aa/b.tar", encoding="zstd")
+    for e in [*entries, odd, both]:
         name = member_name(e.path)
         assert manifest.member_line(e, name) == json.dumps(manifest.member_json(e, name))
+        # in a pack of several studies: the member's own group when not the bundle's
+        for group in (e.about.group, "pack-group"):
+            assert manifest.member_line(e, name, group) == json.dumps(
+                manifest.member_json(e, name, group))
 
 
 def test_members_carry_exact_paths() -> None:
@@ -110,8 +116,10 @@ def test_manifest_name_is_under_its_directory() -> None:
     assert len(name) < 100  # fits a plain ustar header, found by find_in_tar_tail
 
 
-def _writer(plan: BundlePlan, entries: list[Entry], created: str) -> manifest.Writer:
-    out = manifest.Writer(plan, created=created, retention={"mode": "GOVERNANCE"})
+def _writer(plan: BundlePlan, entries: list[Entry], created: str, *, compressed: bool = True
+            ) -> manifest.Writer:
+    out = manifest.Writer(plan, created=created, retention={"mode": "GOVERNANCE"},
+                          compressed=compressed)
     for e in entries:
         out.add(manifest.member_line(e, member_name(e.path)))
     return out
@@ -122,7 +130,8 @@ def test_a_bundles_manifest_is_gzip_that_gzip_itself_reads(tmp_path: Path) -> No
     stored, the lines compressed); `gzip -dc` gives the text parse() reads from either."""
     plan, entries = plan_and_entries()
     entries = entries * 300  # ~200 KB of lines: compressed several times over
-    plain = bytes(_writer(plan, entries, "2026-12-07T03:00:00+00:00").finish())
+    plain = bytes(_writer(plan, entries, "2026-12-07T03:00:00+00:00",
+                          compressed=False).finish())
     packed = _writer(plan, entries, "2026-12-07T03:00:00+00:00").finish_compressed()
     assert packed[:2] == manifest.GZIP_MAGIC and len(packed) * 5 < len(plain)
     (tmp_path / "m.json.gz").write_bytes(packed)
