@@ -216,6 +216,9 @@ class Checkpoint(MergeTables, RepairTables, ReadBack, RunsTable, SpillTable, Pla
                 index_rows, sops, contents = [], [], []
                 for e in obj.entries:
                     k = path_key(e.path)
+                    digest = bytes.fromhex(e.blake3) if e.blake3 else b""
+                    # packed once for the row and the SOP table (rows.packed_uid's form)
+                    sop = rows.pack_once(e.about.sop_uid) if e.about.sop_uid else None
                     if e.duplicate_of:
                         where = number if e.duplicate_of == obj.key else number_of(
                             e.duplicate_of, committing=False)
@@ -223,11 +226,12 @@ class Checkpoint(MergeTables, RepairTables, ReadBack, RunsTable, SpillTable, Pla
                         dedup[1] += e.length
                     else:
                         where = number
-                        if e.blake3 and e.length:
-                            contents.append(e)
-                    index_rows.append((k, rows.encode(e, where, long_path=k is not e.path)))
-                    if e.about.sop_uid:
-                        sops.append((rows.packed_uid(e.about.sop_uid)[:500], e))
+                        if digest and e.length:
+                            contents.append((e, digest))
+                    index_rows.append((k, rows.encode(e, where, long_path=k is not e.path,
+                                                      sop=sop, digest=digest)))
+                    if sop is not None:
+                        sops.append((sop[2:502], e))
                     if troubled:
                         txn.delete(k, db=problems)
                     if planned:

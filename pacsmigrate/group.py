@@ -133,7 +133,9 @@ class Grouper:
         b.exited = False
         b.touched = self.started
         b.last_dir = self.here
-        peers = self.by_dir.setdefault(self.here, set())
+        peers = self.by_dir.get(self.here)
+        if peers is None:
+            peers = self.by_dir[self.here] = set()
         peers.add(group)
         if self.here_shared:
             b.shared = True
@@ -146,7 +148,8 @@ class Grouper:
         self.held += cost
         while self.held > self.memory and len(self.open) > 1:
             self._close(next(iter(self.open)), out, early=True)
-        self._close_idle(out)
+        if self.exits and self.started - self.exits[0][0] >= self.patience:
+            self._close_idle(out)
 
     def finish(self, out: Closed, *, spilled: Callable[[str], bool]) -> None:
         """The walk is over: every open bundle closes; one whose study has spilled files

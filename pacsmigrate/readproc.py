@@ -126,7 +126,8 @@ def _results(meta: list[tuple[Any, ...]], body: memoryview) -> list[ReadResult]:
             got.append(Member(m[0], m[1], m[2], Described(*m[5:]), m[3], data))
         r = ReadResult(directory, got, [Problem(*p) for p in problems], [], listed, seen,
                        seen_bytes, migrated, held)
-        r.filtered.update(filtered)
+        if filtered:
+            r.filtered.update(filtered)
         out.append(r)
     return out
 

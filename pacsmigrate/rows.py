@@ -47,16 +47,20 @@ _UID_CHARS = "0123456789."
 _NO_DIGEST = bytes(32)
 
 
-@functools.lru_cache(maxsize=4096)  # a bundle's members share study, series, modality...
-def pack_text(s: str) -> bytes:
-    """A string field: UIDs packed two characters a byte, anything else as UTF-8."""
+def pack_once(s: str) -> bytes:
+    """A string field: UIDs packed two characters a byte, anything else as UTF-8. Not
+    cached: for a SOP UID, which only its own file has (pack_text: the shared fields)."""
     if s and len(s) < 250 and not s.strip(_UID_CHARS):
-        # "1" + hex digits (a for ".") as one integer: C-speed packing, the 1 keeps zeros.
-        n = int("1" + s.replace(".", "a"), 16)
-        raw = n.to_bytes((len(s) + 2) // 2, "big")
+        # "1" + hex digits (a for "."), as bytes (a 0 nibble first to make whole bytes):
+        # C-speed packing, the 1 keeps leading zeros.
+        raw = bytes.fromhex(("1" if len(s) % 2 else "01") + s.replace(".", "a"))
         return _LEN.pack(_PACKED | len(raw)) + raw
     raw = s.encode("utf-8", "surrogateescape")
     return _LEN.pack(len(raw)) + raw
+
+
+# a bundle's members share study, series, modality...
+pack_text = functools.lru_cache(maxsize=4096)(pack_once)
 
 
 def _unpack_text(buf: bytes | memoryview, pos: int) -> tuple[str, int]:
@@ -75,9 +79,18 @@ def packed_uid(uid: str) -> bytes:
     return pack_text(uid)[2:]
 
 
+@functools.lru_cache(maxsize=1024)  # per series: its files share all but the SOP UID
+def _around_sop(study: str, series: str, modality: str, date: str, syntax: str, reason: str
+                ) -> tuple[bytes, bytes]:
+    p = pack_text
+    return p(study) + p(series), p(modality) + p(date) + p(syntax) + p(reason)
+
+
 def encode(e: Entry, object_id: int, *, long_path: bool = False,
-           keep_accession: bool = False) -> bytes:
-    """The row of one stored (or, with NO_OBJECT, planned) file."""
+           keep_accession: bool = False, sop: bytes | None = None,
+           digest: bytes | None = None) -> bytes:
+    """The row of one stored (or, with NO_OBJECT, planned) file. `sop`: pack_text of its
+    SOP UID, `digest`: its blake3 as bytes, when the caller has them already."""
     a = e.about
     flags = 0
     if e.offset > 0xFFFFFFFF or e.length > 0xFFFFFFFF:
@@ -94,8 +107,8 @@ def encode(e: Entry, object_id: int, *, long_path: bool = False,
         flags |= ZSTD_FLAG
     if keep_accession and a.accession:
         flags |= ACCESSION
-    p = pack_text
-    digest = bytes.fromhex(e.blake3) if e.blake3 else b""
+    if digest is None:
+        digest = bytes.fromhex(e.blake3) if e.blake3 else b""
     if flags & (WIDE | SIZE_DIFFERS):
         fixed = b"".join((_HEAD.pack(VERSION, flags, object_id),
                           (_WIDE if flags & WIDE else _NARROW).pack(e.offset, e.length),
@@ -103,9 +116,11 @@ def encode(e: Entry, object_id: int, *, long_path: bool = False,
                           _TAIL.pack(e.mtime_ns, digest)))
     else:
         fixed = _USUAL.pack(VERSION, flags, object_id, e.offset, e.length, e.mtime_ns, digest)
+    before, after = _around_sop(a.study_uid, a.series_uid, a.modality, a.study_date,
+                                a.transfer_syntax, a.reason)
     return b"".join((
-        fixed, p(a.study_uid), p(a.series_uid), p(a.sop_uid), p(a.modality), p(a.study_date),
-        p(a.transfer_syntax), p(a.reason), p(a.accession) if flags & ACCESSION else b"",
+        fixed, before, pack_text(a.sop_uid) if sop is None else sop, after,
+        pack_text(a.accession) if flags & ACCESSION else b"",
         _LEN.pack(len(e.path)) + e.path if long_path else b""))
 
 

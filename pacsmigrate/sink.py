@@ -349,10 +349,12 @@ class StoreSink(Sink):
         if not self.dedup:
             return
         asked = {m.blake3: m.about for p in plans for m in p.members if m.blake3}
-        found = self.cp.stored_contents([(a, d) for d, a in asked.items()]) if asked else {}
+        # Every digest asked, None where not stored: one dict the batch's plans share.
+        found: dict[str, Stored | None] = dict.fromkeys(asked)
+        if asked:
+            found.update(self.cp.stored_contents([(a, d) for d, a in asked.items()]))
         for p in plans:
-            self._found[p.key] = {m.blake3: found.get(m.blake3) for m in p.members
-                                  if m.blake3}
+            self._found[p.key] = found
 
     def _known(self, plan: BundlePlan) -> Known:
         """Where the plan's members' content is stored already (looked up with its intent);

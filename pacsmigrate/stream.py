@@ -154,7 +154,8 @@ class SourceStream:
                 grouper.enter(result.directory, out)
                 for m in result.members:
                     grouper.add(m, out)
-                await self.emit(out)
+                if out.spill or out.plans:
+                    await self.emit(out)
                 if len(problems) >= SPILL_BATCH:
                     await cp.call(cp.record_problems, problems[:])
                     problems.clear()

@@ -209,8 +209,12 @@ def content_key(about: Described, digest: str) -> bytes:
     (a table keyed by digests alone dirties a page a row once it is large: RESULTS
     18:10); identical bytes have one header, so copies still meet. Other files (their
     group is their directory) by the digest alone, so copies in two folders meet."""
-    digest_bytes = bytes.fromhex(digest)
-    return _study_prefix(about.group) + digest_bytes if about.status == DICOM else digest_bytes
+    return content_key_of(about, bytes.fromhex(digest))
+
+
+def content_key_of(about: Described, digest: bytes) -> bytes:
+    """content_key of a digest given as its 32 bytes."""
+    return _study_prefix(about.group) + digest if about.status == DICOM else digest
 
 
 def _size_key(size: int) -> bytes:
@@ -269,19 +273,21 @@ class ContentTable:
         with self.env.begin(db=self.db["content"]) as txn:
             return txn.get(_size_key(size)) is not None
 
-    def _note_contents(self, txn: lmdb.Transaction, entries: list[Entry], number: int,
-                       lock: Lock, *, alone: bool) -> None:
-        """_note_content for an object's entries: new content, the usual case, in one call
-        (putmulti); any digest that was there already goes through _note_content."""
+    def _note_contents(self, txn: lmdb.Transaction, entries: list[tuple[Entry, bytes]],
+                       number: int, lock: Lock, *, alone: bool) -> None:
+        """_note_content for an object's entries (each with its digest's bytes): new
+        content, the usual case, in one call (putmulti); any digest that was there already
+        goes through _note_content."""
         if not entries:
             return
-        where = [(content_key(e.about, e.blake3),
-                  _WHERE.pack(number, e.offset, e.length, bool(e.encoding), *lock))
-                 for e in entries]
+        pack = _WHERE.pack
+        where = [(content_key_of(e.about, digest),
+                  pack(number, e.offset, e.length, bool(e.encoding), *lock))
+                 for e, digest in entries]
         _, added = txn.cursor(db=self.db["content"]).putmulti(where, overwrite=False)
         if added == len(where) and not alone:
             return
-        for e in entries:  # rare: copies of stored content (or a large file alone)
+        for e, _ in entries:  # rare: copies of stored content (or a large file alone)
             self._note_content(txn, e, number, lock, alone=alone)
 
     def _note_content(self, txn: lmdb.Transaction, e: Entry, number: int, lock: Lock, *,
