@@ -37,8 +37,8 @@ def bundle_id(plan: BundlePlan, salt: str = "") -> str:
     `salt` (a state's, once a repair needed one) keeps new ids off damaged objects' keys."""
     h = blake3.blake3(plan.group.encode() + b"\0" + plan.kind.encode()
                       + (b"\0" + salt.encode() if salt else b""))
-    for m in plan.members:
-        h.update(b"\0%s\0%d\0%d" % (m.path, m.size, m.mtime_ns))
+    # One update for all members (the same digest as one a member, a C call less each).
+    h.update(b"".join([b"\0%s\0%d\0%d" % (m.path, m.size, m.mtime_ns) for m in plan.members]))
     return h.hexdigest()[:24]
 
 
