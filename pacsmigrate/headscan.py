@@ -185,6 +185,13 @@ class _Plan:
     pixel_representation_unsure: bool  # with a study UID, pydicom's conversion may fail
     reason: str  # a file with a study UID: "" or why it is truncated
     ts: str
+    # The bytes all spans lie within, and each span within them ((0, 0): no such field),
+    # when that stretch is short: the values are then decoded in one go (_planned).
+    window: tuple[int, int] | None = None
+    within: tuple[tuple[int, int], ...] = ()
+
+
+_WINDOW = 4096  # at most this stretch of header is decoded for the values at once
 
 
 def _plan(data: Buffer, n: int, size: int, walked: tuple[Found, int, bool, bool], ts: str
@@ -218,15 +225,25 @@ def _plan(data: Buffer, n: int, size: int, walked: tuple[Found, int, bool, bool]
         reason = _reason(data, n, size, stop, overrun, ts)
     except (Need, Unsure):
         return None
+    placed = [span for span in spans if span is not None]
+    lo = min((a for a, _ in placed), default=0)
+    hi = max((b for _, b in placed), default=0)
+    short = hi - lo <= _WINDOW
     return _Plan(None if charset is None else (charset[0], charset[0] + charset[1]),
-                 tuple(spans), unsure, reason, ts)
+                 tuple(spans), unsure, reason, ts, (lo, hi) if short else None,
+                 tuple((0, 0) if span is None else (span[0] - lo, span[1] - lo)
+                       for span in spans) if short else ())
 
 
 def _planned(data: Buffer, plan: _Plan) -> Fields:
     """_fields for a file of a planned template's layout: only what depends on values."""
     if plan.charset is not None:
         charset_value(data, *plan.charset)
-    values = [_value(data, *span) if span is not None else "" for span in plan.spans]
+    text = None if plan.window is None else str(data[slice(*plan.window)], "latin-1")
+    if text is not None and "\\" not in text:  # one decode, str slices: as _value gives
+        values = [text[a:b].rstrip(" \x00").strip() for a, b in plan.within]
+    else:
+        values = [_value(data, *span) if span is not None else "" for span in plan.spans]
     if not values[5].isascii():
         raise Unsure  # the accession number: as in _fields
     if not values[0]:

@@ -101,6 +101,20 @@ def test_a_file_differing_only_in_values_takes_the_shortcut_and_gives_its_own_fi
         assert got[0] == "" and got[6] == "DICOM without StudyInstanceUID"
 
 
+@pytest.mark.parametrize("name", ["another study", "several modalities", "no study UID"])
+def test_values_far_apart_take_the_shortcut_too(name: str) -> None:
+    """Fields spread over more than the stretch the shortcut decodes at once (a long
+    description between the SOP and study UIDs) are read one by one: the same fields."""
+    far = {**BASE, "StudyDescription": "x" * 5000}
+    first = encode(image(**far))
+    second = edited(first, *EDITS[name], implicit=False) if name in EDITS else encode(
+        image(**{**far, **VARIANTS[name]}))
+    got, took = after(first, second)
+    assert took and got == alone(second)
+    if name == "another study":
+        assert got[0] == "1.2.826.0.1.3680043.2.1125.7"
+
+
 def test_a_different_layout_is_scanned_in_full() -> None:
     first = encode(image(**BASE))
     longer = encode(image(**{**BASE, "InstanceNumber": "123"}))  # "1 " -> "123 "
