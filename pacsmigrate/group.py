@@ -119,7 +119,8 @@ class Grouper:
             return
         group = m.group
         b = self.open.get(group)
-        if b is not None and b.plan.bound + member_bound(m) > self.bundle_size and b.plan.members:
+        bound = member_bound(m)
+        if b is not None and b.plan.bound + bound > self.bundle_size and b.plan.members:
             self._close(group, out, early=False)
             b = None
         if b is None:
@@ -129,7 +130,7 @@ class Grouper:
             self.open.move_to_end(group)
             if not b.exited:
                 self.by_dir[b.last_dir].discard(group)
-        b.plan.add(m)
+        b.plan.add(m, bound)
         b.exited = False
         b.touched = self.started
         b.last_dir = self.here

@@ -61,8 +61,7 @@ class Packer:
             pack = self.open[k] = BundlePlan(plan.group, TAR)
         else:
             self.open.move_to_end(k)
-        for m in plan.members:
-            pack.add(m)
+        pack.extend(plan)
         return out
 
     def flush(self) -> list[BundlePlan]:

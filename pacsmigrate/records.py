@@ -123,10 +123,17 @@ class BundlePlan:
     def __post_init__(self) -> None:
         self.bound = TAR_OVERHEAD + sum(member_bound(m) for m in self.members)
 
-    def add(self, m: Member) -> None:
+    def add(self, m: Member, bound: int | None = None) -> None:
+        """Add a member (`bound`: its member_bound, when the caller has it)."""
         self.members.append(m)
         self.size += m.size
-        self.bound += member_bound(m)
+        self.bound += member_bound(m) if bound is None else bound
+
+    def extend(self, other: BundlePlan) -> None:
+        """Add every member of `other` (a study's plan into a pack)."""
+        self.members += other.members
+        self.size += other.size
+        self.bound += other.bound - TAR_OVERHEAD
 
 
 @dataclass(frozen=True, slots=True)
