@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -51,6 +52,20 @@ def test_uids_pack_two_characters_a_byte() -> None:
     # A packed key never looks like a UID's text (the SOP index of version-1 states).
     for u in UIDS:
         assert rows.packed_uid(u)[0] < 0x2E
+
+
+def test_packed_uids_keep_the_bytes_states_already_hold() -> None:
+    """The packed form is the SOP table's key in states on disk: it must never change.
+    "1" + the hex digits ("a" for ".") as a big-endian number, a 0 nibble first if odd."""
+    assert rows.packed_uid("1.2.840.10008.5.1.4.1.1.2") == bytes.fromhex(
+        "11a2a840a10008a5a1a4a1a1a2")
+    assert rows.packed_uid("12.3") == bytes.fromhex("0112a3")
+    assert rows.pack_once("0.0") == rows.pack_text("0.0") == b"\x02\x80\x10\xa0"
+    rng = random.Random(5)
+    for _ in range(2000):
+        uid = "".join(rng.choice("0123456789.") for _ in range(rng.randint(1, 64)))
+        number = int("1" + uid.replace(".", "a"), 16)
+        assert rows.packed_uid(uid) == number.to_bytes((len(uid) + 2) // 2, "big")
 
 
 def test_a_typical_row_is_less_than_half_its_json() -> None:
