@@ -149,8 +149,7 @@ class Grouper:
         self.held += cost
         while self.held > self.memory and len(self.open) > 1:
             self._close(next(iter(self.open)), out, early=True)
-        if self.exits and self.started - self.exits[0][0] >= self.patience:
-            self._close_idle(out)
+        self._close_idle(out)
 
     def finish(self, out: Closed, *, spilled: Callable[[str], bool]) -> None:
         """The walk is over: every open bundle closes; one whose study has spilled files

@@ -280,8 +280,8 @@ class ContentTable:
         goes through _note_content."""
         if not entries:
             return
-        pack, prefix = _WHERE.pack, _study_prefix  # content_key_of, inline: ~a file a row
-        where = [(prefix(e.about.group) + digest if e.about.status == DICOM else digest,
+        pack = _WHERE.pack
+        where = [(content_key_of(e.about, digest),
                   pack(number, e.offset, e.length, bool(e.encoding), *lock))
                  for e, digest in entries]
         _, added = txn.cursor(db=self.db["content"]).putmulti(where, overwrite=False)
