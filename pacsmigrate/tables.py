@@ -198,9 +198,12 @@ CONTENT_KEYS = "content_keys"
 BY_STUDY = "study"
 
 
+_PREFIX = 4  # bytes of a study in its DICOM content rows' keys
+
+
 @functools.lru_cache(maxsize=4096)
 def _study_prefix(group: str) -> bytes:
-    return blake3.blake3(group.encode()).digest()[:4]
+    return blake3.blake3(group.encode()).digest()[:_PREFIX]
 
 
 def content_key(about: Described, digest: str) -> bytes:
@@ -253,9 +256,20 @@ class ContentTable:
             return out
         db, bare = self.db["content"], self.bare_content
         with self.env.begin() as txn:
+            # Most files are new: a study with no row at all (one seek) needs no lookup a
+            # file. A bare key that happens to share the 4 bytes only costs the lookups.
+            cur = txn.cursor(db=db)
+            holds: dict[bytes, bool] = {}  # study prefix -> some row has it
             for about, d in asked:  # (callers ask each digest once)
                 if not d:
                     continue
+                if about.status == DICOM and not bare:
+                    prefix = _study_prefix(about.group)
+                    if (there := holds.get(prefix)) is None:
+                        there = holds[prefix] = (cur.set_range(prefix)
+                                                 and cur.key()[:_PREFIX] == prefix)
+                    if not there:
+                        continue
                 raw = txn.get(content_key(about, d), db=db)
                 if raw is None and bare and about.status == DICOM:
                     raw = txn.get(bytes.fromhex(d), db=db)

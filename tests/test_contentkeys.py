@@ -58,6 +58,43 @@ def test_a_studys_content_rows_sit_together_and_other_files_by_digest(tmp_path: 
         cp.close()
 
 
+
+def test_a_study_without_rows_is_answered_by_one_seek_and_a_bare_neighbour_fools_none(
+        tmp_path: Path) -> None:
+    """stored_contents skips the lookups of a study no row has (one seek for its 4
+    bytes). A non-DICOM file's row keyed by a digest that begins with those 4 bytes makes
+    the study look present: its files are then looked up one by one, and still found or
+    not found as they are."""
+    rng = random.Random(9)
+    stored, absent = _entries(GROUPS[0], 5, rng), _entries(GROUPS[1], 5, rng)
+    neighbour = content_key(absent[0].about, absent[0].blake3)[:4] + rng.randbytes(28)
+    loose = Entry(b"/pacs/loose", 0, 100, neighbour.hex(), 100, 1,
+                  Described("f0" * 16, UNSORTED))
+    cp = Checkpoint(tmp_path / "s")
+    try:
+        asked = [(e.about, e.blake3) for e in stored + absent]
+        cp.commit_objects([StoredObject("k/a.tar", "tar", GROUPS[0], "a", 65536, "e", "",
+                                        tuple(stored))])
+        found = cp.stored_contents(asked)
+        assert set(found) == {e.blake3 for e in stored}
+        assert [found[e.blake3].offset for e in stored] == [e.offset for e in stored]
+        cp.commit_objects([StoredObject("k/b.tar", "tar", "f0" * 16, "b", 65536, "e", "",
+                                        (loose,))])
+        with cp.env.begin(db=cp.db["content"]) as txn:  # the neighbour sits in its range
+            cur = txn.cursor()
+            assert cur.set_range(neighbour[:4]) and bytes(cur.key()) == neighbour
+        assert set(cp.stored_contents(asked)) == {e.blake3 for e in stored}
+        assert cp.stored_content(Described("99" * 16, UNSORTED), loose.blake3) is not None
+        # A copy of an absent study's file stored now is found at once.
+        cp.commit_objects([StoredObject("k/c.tar", "tar", GROUPS[1], "c", 65536, "e", "",
+                                        tuple(absent[1:2]))])
+        again = cp.stored_contents(asked)
+        assert set(again) == {e.blake3 for e in stored} | {absent[1].blake3}
+        assert again[absent[1].blake3].key == "k/c.tar"
+    finally:
+        cp.close()
+
+
 def _as_before(state: Path) -> int:
     """Make a state look as a version before study-keyed content rows left it: every
     content row keyed by its digest alone, no content_keys in meta. Returns the rows."""
