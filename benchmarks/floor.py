@@ -4,12 +4,13 @@ per-file work with none of its machinery (a probe for RESULTS.md, not part of `m
 Each file: scandir walk, open + fstat + read + fstat + close, blake3, pacsmigrate's header
 scan and `describe` (the keyed study group), its tar header and manifest line, the bytes
 into an 8 MiB bundle. Each bundle: its manifest gzip-compressed (ISA-L, as the product),
-PUT to a SeaweedFS on 127.0.0.1 (boto3, CRC32), then one LMDB transaction with its index,
+PUT to a SeaweedFS on 127.0.0.1 (the product's own data path, CRC32 by ISA-L; or boto3's
+put_object), then one LMDB transaction with its index,
 SOP and content rows (the product's encodings, putmulti). Not done: grouping by study
 across folders, intents, deduplication look-ups, a second process, progress, statistics.
 Stages run one after the other (no overlap): the thread CPU of each is what it costs.
 
-    .venv/bin/python benchmarks/floor.py TREE [--no-upload] [--workdir DIR]
+    .venv/bin/python benchmarks/floor.py TREE [--upload product|boto3|none] [--workdir DIR]
 
 The tree should be in the page cache (read it once before); see RESULTS.md 2026-12-07 10:20.
 """
@@ -17,6 +18,7 @@ The tree should be in the page cache (read it once before); see RESULTS.md 2026-
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import resource
 import shutil
@@ -43,6 +45,37 @@ from pacsmigrate.tables import content_key_of, path_key
 from pacsmigrate.tarheader import pad, tar_header
 
 BUNDLE = 8 << 20
+
+
+class ProductPut:
+    """PUT with pacsmigrate's data path (aiohttp, SigV4 UNSIGNED-PAYLOAD, CRC32 checked by
+    the store), one request at a time on an event loop of its own."""
+
+    def __init__(self, store: Store, bucket: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.path = self.loop.run_until_complete(self._open(store, bucket))
+
+    async def _open(self, store: Store, bucket: str) -> Any:
+        from aiobotocore.credentials import AioCredentials
+
+        from pacsmigrate.backends.s3_http import DataPath, bucket_url
+        info = store.info
+        assert info is not None
+        return DataPath(base=bucket_url(bucket, info.endpoint_url, info.region),
+                        region=info.region,
+                        credentials=AioCredentials(info.access_key, info.secret_key),
+                        verify=False, pool=4, connect_timeout=10, read_timeout=120)
+
+    async def _put(self, key: str, body: bytearray) -> None:
+        from pacsmigrate.backends.body import Body, checksum
+        await self.path.put(key, Body(body), checksum=await checksum(body, "crc32"))
+
+    def __call__(self, key: str, body: bytearray) -> None:
+        self.loop.run_until_complete(self._put(key, body))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.path.close())
+        self.loop.close()
 
 
 class Floor:
@@ -133,13 +166,16 @@ class Floor:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("tree", type=Path)
-    ap.add_argument("--no-upload", action="store_true", help="pack and commit, no PUT")
+    ap.add_argument("--upload", choices=("product", "boto3", "none"), default="product",
+                    help="how bundles are PUT (none: packed and committed only)")
     ap.add_argument("--workdir", type=Path, default=Path("floor-work"))
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     with Store(args.workdir / "store") as store:
-        put = None
-        if not args.no_upload:
+        put: Any = None
+        if args.upload == "product":
+            put = ProductPut(store, store.fresh_bucket("floor"))
+        elif args.upload == "boto3":
             bucket = store.fresh_bucket("floor")
 
             def put(key: str, body: bytearray) -> None:
@@ -150,6 +186,8 @@ def main() -> None:
         floor.tree(os.fsencode(args.tree), bytes(range(32)))
         wall = time.monotonic() - wall
         after = resource.getrusage(resource.RUSAGE_SELF)
+        if isinstance(put, ProductPut):
+            put.close()
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     n = floor.files
     print(f"{n:,} files, {floor.bundles} bundles, wall {wall:.2f} s, CPU {cpu:.2f} s "
