@@ -148,6 +148,14 @@ _ZERO8 = bytes(8)
 # of CPU a MiB. A data set holds a few hundred elements outside its sequences (at most 257
 # in pydicom's test files and pydicom-data); the fallback gives up after this many.
 MOST_ELEMENTS = 16_384
+# They can sit inside a sequence too (an SQ header of undefined length, then 6 MiB of
+# counters: 3 s of CPU, ~10 min a GB), where a data set's own count never grows. Before
+# the fields the header gives (none past SeriesInstanceUID) real files hold few elements,
+# sequences and items included: at most 180 in pydicom's test and charset files and
+# pydicom-data. The fallback gives up past this many element headers read before them;
+# after them it reads on as before (the large sequences of real files come later).
+MOST_BEFORE_FIELDS = 65_536
+_LAST_FIELD = 0x0020000E
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})  # dcmread's stop_before_pixels
 
 
@@ -159,14 +167,17 @@ class _Implausible(Exception):
         self.why = why
 
 
-def _stop_before_pixels() -> Callable[[int, str | None, int], bool]:
+def _stop_before_pixels(guarded: _Guarded) -> Callable[[int, str | None, int], bool]:
     """pydicom's stop_when for a data set's own elements (not its sequences'): at the
-    pixel data, as stop_before_pixels; _Implausible past MOST_ELEMENTS of them."""
+    pixel data, as stop_before_pixels; _Implausible past MOST_ELEMENTS of them. Past the
+    last field the header gives, `guarded` stops counting element headers."""
     seen = iter(range(MOST_ELEMENTS))
 
     def stop(tag: int, vr: str | None, length: int) -> bool:
         if next(seen, None) is None:
             raise _Implausible(f"more than {MOST_ELEMENTS:,} data elements")
+        if tag > _LAST_FIELD:
+            guarded.counting = False
         return tag in _PIXEL_TAGS
     return stop
 
@@ -188,11 +199,15 @@ DEFER_SIZE = 1 << 20
 
 class _Guarded:
     """The file as pydicom reads it, stopped once it has read _ZERO_ELEMENTS elements of
-    eight zero bytes; a large deflated data set cut to its head (`headed`)."""
+    eight zero bytes, or MOST_BEFORE_FIELDS element headers (8 bytes: a sequence's
+    elements and items too) while `counting`; a large deflated data set cut to its head
+    (`headed`)."""
 
     def __init__(self, f: BinaryIO, size: int, *, whole: bool = False) -> None:
         self._read, self.seek, self.tell = f.read, f.seek, f.tell
         self._zeros = 0
+        self._headers = 0
+        self.counting = True
         self._size = size
         self._whole = whole
         self.headed = False
@@ -201,10 +216,16 @@ class _Guarded:
         if n is None or n < 0:
             return self._rest()
         got = self._read(n)
-        if n == 8 and got == _ZERO8:
-            self._zeros += 1
-            if self._zeros > _ZERO_ELEMENTS:
-                raise _Implausible("zero bytes where elements should be")
+        if n == 8:
+            if got == _ZERO8:
+                self._zeros += 1
+                if self._zeros > _ZERO_ELEMENTS:
+                    raise _Implausible("zero bytes where elements should be")
+            if self.counting:
+                self._headers += 1
+                if self._headers > MOST_BEFORE_FIELDS:
+                    raise _Implausible(f"more than {MOST_BEFORE_FIELDS:,} data elements "
+                                       "before its UIDs")
         return got
 
     def _rest(self) -> bytes:
@@ -233,13 +254,14 @@ def _dcmread(f: BinaryIO, size: int) -> Any:
 
     guarded = _Guarded(f, size)
     try:
-        return read_partial(cast(BinaryIO, guarded), _stop_before_pixels(),
+        return read_partial(cast(BinaryIO, guarded), _stop_before_pixels(guarded),
                             defer_size=DEFER_SIZE, force=True)
     except Exception:  # _Implausible too: it comes before any head is cut, so it goes on up
         if not guarded.headed:
             raise
     f.seek(0)
-    return read_partial(cast(BinaryIO, _Guarded(f, size, whole=True)), _stop_before_pixels(),
+    guarded = _Guarded(f, size, whole=True)
+    return read_partial(cast(BinaryIO, guarded), _stop_before_pixels(guarded),
                         defer_size=DEFER_SIZE, force=True)
 
 

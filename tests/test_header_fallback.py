@@ -1,6 +1,7 @@
 """header's pydicom fallback on what would make pydicom slow or large: bytes that only look
-like data elements (zero runs, arrays of integers), large values before the UIDs, large
-deflated data sets. Each guard gives what pydicom alone gives on every real file."""
+like data elements (zero runs, arrays of integers, also inside a sequence), large values
+before the UIDs, large deflated data sets. Each guard gives what pydicom alone gives on
+every real file."""
 
 from __future__ import annotations
 
@@ -79,6 +80,52 @@ def test_arrays_of_integers_are_judged_without_reading_them_through(
     monkeypatch.setattr(header, "MOST_ELEMENTS", 1 << 62)
     assert parse(files["a counter"][:4096], 1 << 20, _Counted(files["a counter"][:1 << 20])
                  ).reason == "not DICOM"  # unguarded: read to the end
+    for path, got in guarded.items():
+        assert reference(path.read_bytes()) == got, path.name
+
+
+
+def _items(n: int) -> bytes:
+    """A sequence (0040,A730) of undefined length, explicit VR LE: n items of undefined
+    length, each one CS element: three 8-byte element headers an item."""
+    item = (b"\xfe\xff\x00\xe0\xff\xff\xff\xff" + b"\x40\x00\x40\xa0CS\x04\x00TEXT"
+            + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00")
+    return (b"\x40\x00\x30\xa7SQ\x00\x00\xff\xff\xff\xff" + item * n
+            + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")
+
+
+def test_elements_inside_a_sequence_are_judged_without_reading_them_through(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same bytes inside a sequence of undefined length (its header first, then 6 MiB
+    of counters) are one element of the data set's own, and were read to the end (3 s of
+    CPU for 6 MiB): the fallback stops after MOST_BEFORE_FIELDS element headers read before
+    the fields it gives. Past them it reads on: real files' large sequences come later."""
+    counter = b"".join((0x10000 + i).to_bytes(8, "little") for i in range((6 << 20) // 8))
+    opening = b"\x08\x00\x40\x11\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+    files = {"an SQ and an item, then a counter": opening + counter,
+             "preamble and DICM, an SQ, then a counter": bytes(128) + b"DICM" + opening
+             + counter}
+    for name, data in files.items():
+        f = _Counted(data)
+        h = parse(data[:4096], len(data), f)
+        assert h.reason == ("unreadable DICOM header" if b"DICM" in data[:132] else
+                            "not DICOM") + " (more than 65,536 data elements before its UIDs)", (
+            name, h)
+        assert f.taken < 1 << 20, (name, f.taken)  # 6 MiB file, < 1 MiB read
+    # A sequence of 25,000 items (75,000 element headers) after the UIDs is read as before.
+    plain = encode(image())
+    at = plain.index(b"\xe0\x7f\x10\x00")  # the pixel data: the sequence goes before it
+    long = plain[:at] + _items(25_000) + plain[at:]
+    got = reference(long)
+    assert got.study_uid == "1.2.826.0.1.3680043.2.1125.1" and not got.reason, got
+    # Every real file gets from the guarded fallback what pydicom alone gives.
+    guarded = {path: reference(path.read_bytes()) for path in files_under(SAMPLES)}
+    monkeypatch.setattr(header, "MOST_BEFORE_FIELDS", 1 << 62)
+    cut = files["an SQ and an item, then a counter"][:1 << 20]
+    unguarded = _Counted(cut)
+    h = parse(cut[:4096], len(cut), unguarded)
+    assert h.reason.startswith("not DICOM") and "UIDs" not in h.reason, h
+    assert unguarded.taken >= len(cut) - 8  # unguarded: read to the end
     for path, got in guarded.items():
         assert reference(path.read_bytes()) == got, path.name
 
