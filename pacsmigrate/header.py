@@ -149,13 +149,19 @@ _ZERO8 = bytes(8)
 # in pydicom's test files and pydicom-data); the fallback gives up after this many.
 MOST_ELEMENTS = 16_384
 # They can sit inside a sequence too (an SQ header of undefined length, then 6 MiB of
-# counters: 3 s of CPU, ~10 min a GB), where a data set's own count never grows. Before
-# the fields the header gives (none past SeriesInstanceUID) real files hold few elements,
-# sequences and items included: at most 180 in pydicom's test and charset files and
-# pydicom-data. The fallback gives up past this many element headers read before them;
-# after them it reads on as before (the large sequences of real files come later).
-MOST_BEFORE_FIELDS = 65_536
+# counters: 3 s of CPU, ~10 min a GB), where a data set's own count never grows. What
+# marks them is an empty value: each reads as an element of length 0 (implicit VR: the
+# header's last 4 bytes zero). Before the fields the header gives (none past
+# SeriesInstanceUID) real files hold few, items and their delimiters aside: at most 11 in
+# pydicom's test and charset files and pydicom-data, none in a presentation state's list
+# of 20,000 referenced images. The fallback gives up past this many; after the fields it
+# reads on as before. (A deflated data set is inflated and read by pydicom itself, past
+# this guard.)
+MOST_EMPTY_BEFORE_FIELDS = 16_384
 _LAST_FIELD = 0x0020000E
+_EMPTY = bytes(4)
+_ITEM_GROUPS = frozenset({b"\xfe\xff", b"\xff\xfe"})  # (FFFE,xxxx), either byte order:
+# items and their delimiters, not elements
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})  # dcmread's stop_before_pixels
 
 
@@ -170,7 +176,7 @@ class _Implausible(Exception):
 def _stop_before_pixels(guarded: _Guarded) -> Callable[[int, str | None, int], bool]:
     """pydicom's stop_when for a data set's own elements (not its sequences'): at the
     pixel data, as stop_before_pixels; _Implausible past MOST_ELEMENTS of them. Past the
-    last field the header gives, `guarded` stops counting element headers."""
+    last field the header gives, `guarded` stops counting empty elements."""
     seen = iter(range(MOST_ELEMENTS))
 
     def stop(tag: int, vr: str | None, length: int) -> bool:
@@ -199,14 +205,13 @@ DEFER_SIZE = 1 << 20
 
 class _Guarded:
     """The file as pydicom reads it, stopped once it has read _ZERO_ELEMENTS elements of
-    eight zero bytes, or MOST_BEFORE_FIELDS element headers (8 bytes: a sequence's
-    elements and items too) while `counting`; a large deflated data set cut to its head
-    (`headed`)."""
+    eight zero bytes, or MOST_EMPTY_BEFORE_FIELDS headers of empty elements (nested ones
+    too) while `counting`; a large deflated data set cut to its head (`headed`)."""
 
     def __init__(self, f: BinaryIO, size: int, *, whole: bool = False) -> None:
         self._read, self.seek, self.tell = f.read, f.seek, f.tell
         self._zeros = 0
-        self._headers = 0
+        self._empty = 0
         self.counting = True
         self._size = size
         self._whole = whole
@@ -221,11 +226,11 @@ class _Guarded:
                 self._zeros += 1
                 if self._zeros > _ZERO_ELEMENTS:
                     raise _Implausible("zero bytes where elements should be")
-            if self.counting:
-                self._headers += 1
-                if self._headers > MOST_BEFORE_FIELDS:
-                    raise _Implausible(f"more than {MOST_BEFORE_FIELDS:,} data elements "
-                                       "before its UIDs")
+            if self.counting and got[4:] == _EMPTY and got[:2] not in _ITEM_GROUPS:
+                self._empty += 1
+                if self._empty > MOST_EMPTY_BEFORE_FIELDS:
+                    raise _Implausible(f"more than {MOST_EMPTY_BEFORE_FIELDS:,} empty data "
+                                       "elements before its UIDs")
         return got
 
     def _rest(self) -> bytes:

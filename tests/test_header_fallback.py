@@ -11,10 +11,22 @@ import zlib
 
 import pytest
 from pydicom.dataset import Dataset
-from test_header import DEFLATED, PREFIX, SAMPLES, encode, fast, files_under, image, reference
+from test_header import (
+    BIG_ENDIAN,
+    DEFLATED,
+    EXPLICIT,
+    IMPLICIT,
+    PREFIX,
+    SAMPLES,
+    encode,
+    fast,
+    files_under,
+    image,
+    reference,
+)
 
 from pacsmigrate import header
-from pacsmigrate.header import MAX_PREFIX, parse
+from pacsmigrate.header import MAX_PREFIX, Header, parse, scan
 
 
 class _Counted(io.BytesIO):
@@ -47,6 +59,7 @@ def test_zero_runs_are_judged_without_reading_them_through(
     # Every real file gets from the guarded fallback what pydicom alone gives.
     guarded = {path: reference(path.read_bytes()) for path in files_under(SAMPLES)}
     monkeypatch.setattr(header, "_ZERO_ELEMENTS", 1 << 62)
+    monkeypatch.setattr(header, "MOST_EMPTY_BEFORE_FIELDS", 1 << 62)  # zeros are empty too
     unguarded = _Counted(bytes(256 << 10))
     assert parse(bytes(4096), 256 << 10, unguarded).reason == "not DICOM"
     assert unguarded.taken >= 256 << 10  # pydicom alone reads zero runs to the end
@@ -87,19 +100,20 @@ def test_arrays_of_integers_are_judged_without_reading_them_through(
 
 def _items(n: int) -> bytes:
     """A sequence (0040,A730) of undefined length, explicit VR LE: n items of undefined
-    length, each one CS element: three 8-byte element headers an item."""
+    length, each one CS element."""
     item = (b"\xfe\xff\x00\xe0\xff\xff\xff\xff" + b"\x40\x00\x40\xa0CS\x04\x00TEXT"
             + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00")
     return (b"\x40\x00\x30\xa7SQ\x00\x00\xff\xff\xff\xff" + item * n
             + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")
 
 
-def test_elements_inside_a_sequence_are_judged_without_reading_them_through(
+def test_empty_elements_inside_a_sequence_are_judged_without_reading_them_through(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The same bytes inside a sequence of undefined length (its header first, then 6 MiB
     of counters) are one element of the data set's own, and were read to the end (3 s of
-    CPU for 6 MiB): the fallback stops after MOST_BEFORE_FIELDS element headers read before
-    the fields it gives. Past them it reads on: real files' large sequences come later."""
+    CPU for 6 MiB): the fallback stops after MOST_EMPTY_BEFORE_FIELDS empty elements read
+    before the fields it gives. Long sequences of real elements are read as before: a list
+    of referenced images before the UIDs (in any encoding), anything after them."""
     counter = b"".join((0x10000 + i).to_bytes(8, "little") for i in range((6 << 20) // 8))
     opening = b"\x08\x00\x40\x11\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
     files = {"an SQ and an item, then a counter": opening + counter,
@@ -109,18 +123,35 @@ def test_elements_inside_a_sequence_are_judged_without_reading_them_through(
         f = _Counted(data)
         h = parse(data[:4096], len(data), f)
         assert h.reason == ("unreadable DICOM header" if b"DICM" in data[:132] else
-                            "not DICOM") + " (more than 65,536 data elements before its UIDs)", (
-            name, h)
+                            "not DICOM") + " (more than 16,384 empty data elements before "\
+            "its UIDs)", (name, h)
         assert f.taken < 1 << 20, (name, f.taken)  # 6 MiB file, < 1 MiB read
-    # A sequence of 25,000 items (75,000 element headers) after the UIDs is read as before.
+    # A presentation state's 20,000 referenced images before the UIDs, each an item of
+    # undefined length with its delimiter (~100,000 element headers), in each encoding...
+    refs = Dataset()
+    refs.SeriesInstanceUID = "1.2.826.0.1.3680043.2.1125.7"
+    refs.ReferencedImageSequence = [Dataset() for _ in range(20_000)]
+    refs["ReferencedImageSequence"].is_undefined_length = True
+    for i, item in enumerate(refs.ReferencedImageSequence):
+        item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        item.ReferencedSOPInstanceUID = f"1.2.826.0.1.3680043.2.1125.7.{i}"
+        item.is_undefined_length_sequence_item = True
+    listing = image(ReferencedSeriesSequence=[refs])
+    listing["ReferencedSeriesSequence"].is_undefined_length = True
+    for ts in (EXPLICIT, IMPLICIT, BIG_ENDIAN):
+        data = encode(listing, ts=ts)  # the UIDs past MAX_PREFIX: pydicom's to read
+        assert len(data) > MAX_PREFIX and not isinstance(scan(data[:MAX_PREFIX], len(data)),
+                                                         Header)
+        got = parse(data[:PREFIX], len(data), io.BytesIO(data))
+        assert got.study_uid == "1.2.826.0.1.3680043.2.1125.1" and not got.reason, (ts, got)
+    # ...and 25,000 items after them.
     plain = encode(image())
     at = plain.index(b"\xe0\x7f\x10\x00")  # the pixel data: the sequence goes before it
-    long = plain[:at] + _items(25_000) + plain[at:]
-    got = reference(long)
+    got = reference(plain[:at] + _items(25_000) + plain[at:])
     assert got.study_uid == "1.2.826.0.1.3680043.2.1125.1" and not got.reason, got
     # Every real file gets from the guarded fallback what pydicom alone gives.
     guarded = {path: reference(path.read_bytes()) for path in files_under(SAMPLES)}
-    monkeypatch.setattr(header, "MOST_BEFORE_FIELDS", 1 << 62)
+    monkeypatch.setattr(header, "MOST_EMPTY_BEFORE_FIELDS", 1 << 62)
     cut = files["an SQ and an item, then a counter"][:1 << 20]
     unguarded = _Counted(cut)
     h = parse(cut[:4096], len(cut), unguarded)
