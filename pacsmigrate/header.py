@@ -160,8 +160,8 @@ MOST_ELEMENTS = 16_384
 MOST_EMPTY_BEFORE_FIELDS = 16_384
 _LAST_FIELD = 0x0020000E
 _EMPTY = bytes(4)
-_ITEM_GROUPS = frozenset({b"\xfe\xff", b"\xff\xfe"})  # (FFFE,xxxx), either byte order:
-# items and their delimiters, not elements
+# (FFFE,xxxx) in either byte order: items and their delimiters, not elements
+_ITEM_GROUPS = frozenset({b"\xfe\xff", b"\xff\xfe"})
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})  # dcmread's stop_before_pixels
 
 

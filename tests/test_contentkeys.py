@@ -58,7 +58,6 @@ def test_a_studys_content_rows_sit_together_and_other_files_by_digest(tmp_path: 
         cp.close()
 
 
-
 def test_a_study_without_rows_is_answered_by_one_seek_and_a_bare_neighbour_fools_none(
         tmp_path: Path) -> None:
     """stored_contents skips the lookups of a study no row has (one seek for its 4

@@ -97,7 +97,6 @@ def test_arrays_of_integers_are_judged_without_reading_them_through(
         assert reference(path.read_bytes()) == got, path.name
 
 
-
 def _items(n: int) -> bytes:
     """A sequence (0040,A730) of undefined length, explicit VR LE: n items of undefined
     length, each one CS element."""
