@@ -87,6 +87,9 @@ class Grouper:
         self.signs: deque[bool] = deque(maxlen=SPILL_WINDOW)
         self.signs_seen = 0  # True in signs
         self.small_closes = 0
+        # The bundle the last file joined, while the walk is still in its folder: the next
+        # file of the same group (most files) only needs adding (add's fast path).
+        self.last: _Open | None = None
 
     # -- the walk moves ----------------------------------------------------------------
     def enter(self, directory: bytes, out: Closed) -> None:
@@ -95,6 +98,7 @@ class Grouper:
         if directory == here:
             return
         self.here = directory
+        self.last = None
         self.here_shared = False
         while here and not _within(directory, here):
             for group in self.by_dir.pop(here, ()):
@@ -114,12 +118,25 @@ class Grouper:
 
     # -- files arrive -------------------------------------------------------------------
     def add(self, m: Member, out: Closed) -> None:
-        if m.size > self.large_file:
-            out.plans.append(BundlePlan(m.group, FILE, [m], size=m.size))
+        size = m.size
+        if size > self.large_file:
+            out.plans.append(BundlePlan(m.group, FILE, [m], size=size))
             return
-        group = m.group
-        b = self.open.get(group)
+        group = m.about.group
         bound = member_bound(m)
+        b = self.last
+        if b is not None and b.plan.group == group and b.plan.bound + bound <= self.bundle_size:
+            # The same group as the file before, in the same folder: it is the most recently
+            # fed bundle already, its folder and sharing are noted, no clock moved (nothing
+            # new can be idle): only the member and the memory it holds are new.
+            b.plan.add(m, bound)
+            cost = MEMBER_HELD + (size if m.data is not None else 0)
+            b.held += cost
+            self.held += cost
+            while self.held > self.memory and len(self.open) > 1:
+                self._close(next(iter(self.open)), out, early=True)
+            return
+        b = self.open.get(group)
         if b is not None and b.plan.bound + bound > self.bundle_size and b.plan.members:
             self._close(group, out, early=False)
             b = None
@@ -147,6 +164,7 @@ class Grouper:
         cost = MEMBER_HELD + (m.size if m.data is not None else 0)
         b.held += cost
         self.held += cost
+        self.last = b
         while self.held > self.memory and len(self.open) > 1:
             self._close(next(iter(self.open)), out, early=True)
         self._close_idle(out)
@@ -159,6 +177,8 @@ class Grouper:
 
     def _close(self, group: str, out: Closed, *, early: bool, spill: bool = False) -> None:
         b = self.open.pop(group)
+        if b is self.last:
+            self.last = None
         if not b.exited:
             self.by_dir.get(b.last_dir, set()).discard(group)
         self.held -= b.held

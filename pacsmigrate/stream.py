@@ -130,6 +130,7 @@ class SourceStream:
         cp = self.cp
         s = self.stats
         last, here = b"", [0, 0]
+        add = grouper.add
         async with aclosing(self.sources(roots, opts, shard)) as results:
             async for result in results:
                 s.files_seen += result.listed
@@ -138,9 +139,6 @@ class SourceStream:
                 if result.filtered:
                     s.filtered.update(result.filtered)
                 s.classified += len(result.members)
-                for m in result.members:
-                    if m.about.reason:
-                        s.unsorted[m.about.reason] += 1
                 s.count_problems(result.problems)
                 problems += result.problems
                 out = Closed()
@@ -152,8 +150,10 @@ class SourceStream:
                     here[0] += result.listed
                     here[1] += result.seen_bytes
                 grouper.enter(result.directory, out)
-                for m in result.members:
-                    grouper.add(m, out)
+                for m in result.members:  # (one pass: the unsorted counted on the way)
+                    if m.about.reason:
+                        s.unsorted[m.about.reason] += 1
+                    add(m, out)
                 if out.spill or out.plans:
                     await self.emit(out)
                 if len(problems) >= SPILL_BATCH:

@@ -3,6 +3,8 @@ memory; small early closes spill; the same input always gives the same plans."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from pacsmigrate import group
@@ -203,3 +205,41 @@ def test_the_signs_are_counted_over_a_window_that_forgets(
     # Within a few closes the window has forgotten the returns: the rest are stored.
     assert stored == list(range(stored[0], 100 + 39)) and 100 <= stored[0] <= 108
     assert len(g.closed_small) == 16 and len(g.signs) == 8
+
+
+class _NoShortcut(Grouper):
+    """A grouper that never takes add's fast path (the file before's bundle, remembered)."""
+
+    @property  # type: ignore[override]
+    def last(self) -> None:
+        return None
+
+    @last.setter
+    def last(self, value: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_fast_path_for_the_group_before_changes_no_plan(seed: int) -> None:
+    # Random walks (studies spread over folders, folders shared, files large and small,
+    # some not held) under budgets that close bundles when full and for memory: the same
+    # plans and spills, member for member, with and without add's fast path.
+    rng = random.Random(seed)
+    files, studies = [], "abcdefghij"[:rng.randint(2, 10)]
+    study = studies[0]
+    for d in range(rng.randint(5, 40)):
+        folder = f"/t/{d // 5}/{d}"
+        for i in range(rng.randint(1, 30)):
+            if rng.random() < 0.3 or i == 0:  # mostly runs of one study, as in a series
+                study = rng.choice(studies)
+            size = rng.choice([1000, 5000, 200_000, 3 * MiB])
+            files.append(m(folder, f"f{d}-{i}", study, size, held=rng.random() < 0.8))
+    kw = {"bundle_size": rng.choice([64 * MiB, 1 * MiB, 300_000]),
+          "memory": rng.choice([256 * MiB, 2 * MiB, 200_000]),
+          "patience": rng.randint(1, 4), "large_file": 2 * MiB}
+    fast, full = feed(grouper(**kw), files), feed(_NoShortcut(**kw), files)
+    assert [(p.group, p.kind, [x.path for x in p.members], p.size, p.bound)
+            for p in fast.plans] == [(p.group, p.kind, [x.path for x in p.members], p.size,
+                                      p.bound) for p in full.plans]
+    assert [x.path for x in fast.spill] == [x.path for x in full.spill]
+    assert len(fast.plans) > 1
