@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 import random
@@ -59,6 +60,14 @@ KINDS = {
 def uid(kind: int, seed: int, n: int) -> str:
     """Fixed-length UID (43 chars) so it can be patched into the template in place."""
     return f"2.25.{kind}{seed:04d}{n:033d}"
+
+
+def random_uid(kind: int, seed: int, n: int) -> str:
+    """As `uid`, the digits after the kind and seed random (from n): UUID-derived UIDs
+    (2.25.<a UUID as an integer>) share no prefix, so a table keyed by them gets each new
+    row on a page of its own."""
+    digest = hashlib.blake2b(f"{seed}-{n}".encode(), digest_size=16).digest()
+    return f"2.25.{kind}{seed:04d}{int.from_bytes(digest, 'big') % 10**33:033d}"
 
 
 def template(kind: Kind, seed: int) -> tuple[bytes, dict[str, list[int]], int]:
@@ -133,6 +142,7 @@ class Spec:
     files: int
     layout: str = "date"  # "date" (dcm4chee) or "patient"
     seed: int = 0
+    sop_uids: str = "sequential"  # or "random" (random_uid)
 
     def study_sizes(self) -> list[int]:
         rng = random.Random(f"{self.seed}:{self.kind}:{self.files}")
@@ -198,7 +208,7 @@ class _Writer:
             dirs += 1
             taken: set[str] = set()
             for inst in range(1, files + 1):
-                sop_uid = uid(3, seed, n_file)
+                sop_uid = (random_uid if spec.sop_uids == "random" else uid)(3, seed, n_file)
                 values = {**fields, "series": series_uid, "sop": sop_uid,
                           "date": f"{day:%Y%m%d}", "inst": f"{inst:06d}",
                           "sernum": f"{number:04d}"}
@@ -262,8 +272,9 @@ def _run_chunk(chunk: list[tuple[int, int, int]]) -> tuple[int, int, int, int]:
 
 def write_tree(spec: Spec, root: Path, *, processes: int | None = None) -> Written:
     """Write the tree (root must not exist or be empty), in parallel processes."""
-    if spec.kind not in KINDS or spec.layout not in ("date", "patient"):
-        raise ValueError(f"unknown kind or layout: {spec}")
+    if spec.kind not in KINDS or spec.layout not in ("date", "patient") \
+            or spec.sop_uids not in ("sequential", "random"):
+        raise ValueError(f"unknown kind, layout or SOP UIDs: {spec}")
     root.mkdir(parents=True, exist_ok=True)
     if any(root.iterdir()):
         raise ValueError(f"{root} is not empty")
