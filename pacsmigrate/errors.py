@@ -38,6 +38,10 @@ class StateLockedError(StateError):
     """Another pacsmigrate process holds the lock on the state directory."""
 
 
+class NoRoomToCompactError(StateError):
+    """The state's file system has no room for its compacted copy: left as it was."""
+
+
 class IntegrityError(PacsMigrateError):
     """Bytes read back from the store do not match the blake3 the index recorded."""
 

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import lmdb
 
-from .errors import StateError, StateLockedError
+from .errors import NoRoomToCompactError, StateError, StateLockedError
 
 T = TypeVar("T")
 
@@ -100,12 +100,19 @@ class LmdbFile:
 
         Rows committed in the order the store acknowledges them leave B-tree pages a little
         over half full. Written again in key order with LMDB's append mode, every page is
-        full. The copy replaces the file by a rename: a kill leaves the old one whole.
+        full. The copy replaces the file by a rename: a kill leaves the old one whole. It is
+        not started, or is given up, when the file system lacks room for it (at 100M files
+        it is tens of GB): NoRoomToCompactError, the state as it was.
         """
         data = self.state_dir / "checkpoint.lmdb" / "data.mdb"
         fresh = self.state_dir / "checkpoint.compact"
         shutil.rmtree(fresh, ignore_errors=True)
         before = data.stat().st_size
+        need, free = self.in_use(), shutil.disk_usage(self.state_dir).free
+        if free < need + LOW_SPACE:
+            raise NoRoomToCompactError(
+                f"no room to compact the checkpoint: the copy needs up to "
+                f"{(need + LOW_SPACE) >> 20} MiB, {free >> 20} MiB are free")
         try:
             # Synced once at the end, before the rename makes the copy the state.
             out = lmdb.open(str(fresh), map_size=max(before * 2, INITIAL_MAP_SIZE),
@@ -119,6 +126,12 @@ class LmdbFile:
                 out.close()
         except lmdb.Error as exc:
             shutil.rmtree(fresh, ignore_errors=True)
+            # The disk filled up meanwhile (as _write tells it); any other error (a damaged
+            # page read) stops the run.
+            if shutil.disk_usage(self.state_dir).free < LOW_SPACE:
+                raise NoRoomToCompactError(
+                    "no room to compact the checkpoint: the disk filled up during the "
+                    "copy") from exc
             raise StateError(f"cannot compact the checkpoint in {self.state_dir}: {exc}") from exc
         self.env.close()  # one environment per file and process: closed before the swap
         try:
@@ -127,6 +140,14 @@ class LmdbFile:
             shutil.rmtree(fresh, ignore_errors=True)
             self._open_env()
         return before - data.stat().st_size
+
+    def in_use(self) -> int:
+        """Bytes of the pages the tables hold (free pages left out). A compacted copy
+        rewrites them fuller, plus a few pages of its own: compact asks for LOW_SPACE more."""
+        with self.env.begin() as txn:
+            stats = [txn.stat(self.db[name]) for name in self.TABLES]
+        return sum(st["psize"] * (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"])
+                   for st in [*stats, self.env.stat()])
 
     def snapshot(self, target: Path) -> Path:
         """A consistent, compacted copy of the state in directory target (made afresh);

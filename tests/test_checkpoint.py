@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import shutil
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import lmdb
 import pytest
 
 from pacsmigrate import rows, stateread
 from pacsmigrate.checkpoint import Checkpoint, path_key
-from pacsmigrate.errors import StateError, StateLockedError
+from pacsmigrate.errors import NoRoomToCompactError, StateError, StateLockedError
+from pacsmigrate.lmdbfile import LOW_SPACE
 from pacsmigrate.records import (
     DICOM,
     UNSORTED,
@@ -263,9 +267,11 @@ def test_compact_packs_pages_and_keeps_every_row(cp: Checkpoint) -> None:
     before = {name: list(cp.iter_db(name)) for name in ("index", "objects", "problems")}
     sops = cp.counts()["sop"]
     size = (cp.state_dir / "checkpoint.lmdb" / "data.mdb").stat().st_size
+    need = cp.in_use()  # what compact asks the file system for (beside a margin)
     saved = cp.compact()
     after = (cp.state_dir / "checkpoint.lmdb" / "data.mdb").stat().st_size
     assert saved == size - after and after < 0.75 * size
+    assert after <= need + LOW_SPACE and need < size  # the copy fits in what was asked for
     assert {name: list(cp.iter_db(name)) for name in before} == before
     assert cp.counts()["sop"] == sops and cp.get_meta("run") == {"n": 7}
     assert not (cp.state_dir / "checkpoint.compact").exists()
@@ -358,3 +364,45 @@ def test_batched_rows_keep_the_row_by_row_rules(cp: Checkpoint) -> None:
     assert found is not None and found.key == "p/b.tar"
     assert cp.stored_content(about(), "03" * 32) is not None
     assert cp.stored_content(about(), "05" * 32) is None
+
+
+def test_compact_without_room_for_the_copy_changes_nothing(
+        cp: Checkpoint, monkeypatch: pytest.MonkeyPatch) -> None:
+    cp.commit_objects([stored("p/00/00/g/a.tar", [member(b"/s/%04d" % j) for j in range(300)])])
+    data = cp.state_dir / "checkpoint.lmdb" / "data.mdb"
+    size, rows = data.stat().st_size, list(cp.iter_db("index"))
+    free = shutil.disk_usage(cp.state_dir).free
+    monkeypatch.setattr(type(cp), "in_use", lambda self: free)  # needs more than is free
+    with pytest.raises(NoRoomToCompactError, match=r"^no room to compact the checkpoint: "
+                       r"the copy needs up to \d+ MiB, \d+ MiB are free$"):
+        cp.compact()
+    assert data.stat().st_size == size and list(cp.iter_db("index")) == rows
+    assert not (cp.state_dir / "checkpoint.compact").exists()
+    cp.commit_objects([stored("p/00/00/g/b.tar", [member(b"/s/late")])])  # still writable
+    assert cp.index_row(b"/s/late") is not None
+
+
+@pytest.mark.parametrize("disk_full", [True, False])
+def test_compact_that_fails_midway_leaves_the_state_whole(
+        cp: Checkpoint, monkeypatch: pytest.MonkeyPatch, disk_full: bool) -> None:
+    # The copy fails: because the disk filled up meanwhile (no room, the run goes on), or
+    # for another reason, a damaged page read (an error that stops the run).
+    cp.commit_objects([stored("p/00/00/g/a.tar", [member(b"/s/%04d" % j) for j in range(300)])])
+    data = cp.state_dir / "checkpoint.lmdb" / "data.mdb"
+    size, rows = data.stat().st_size, list(cp.iter_db("index"))
+    real = shutil.disk_usage(cp.state_dir)
+    answers = iter([real, real._replace(free=LOW_SPACE // 2 if disk_full else real.free)])
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: next(answers))
+
+    def copy(self: Checkpoint, name: str, out: Any) -> None:
+        out.open_db(name.encode())
+        raise (lmdb.DiskError if disk_full else lmdb.CorruptedError)("injected")
+    monkeypatch.setattr(Checkpoint, "_copy_table", copy)
+    with pytest.raises(StateError) as caught:
+        cp.compact()
+    assert isinstance(caught.value, NoRoomToCompactError) == disk_full
+    assert str(caught.value).startswith("no room to compact the checkpoint: the disk filled "
+                                        "up" if disk_full else "cannot compact the checkpoint")
+    monkeypatch.undo()
+    assert data.stat().st_size == size and list(cp.iter_db("index")) == rows
+    assert not (cp.state_dir / "checkpoint.compact").exists()

@@ -8,7 +8,9 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
+import lmdb
 import pydicom
 import pytest
 from conftest import TEST_FILES, S3Target, run
@@ -17,6 +19,7 @@ from helpers import MiB, assert_complete, config, index_rows, source_files
 from pacsmigrate import Migration, migrate
 from pacsmigrate.checkpoint import Checkpoint
 from pacsmigrate.config import TransferConfig
+from pacsmigrate.errors import StateError
 from pacsmigrate.paths import from_fields
 from pacsmigrate.records import BundlePlan
 from pacsmigrate.stream import SourceStream
@@ -263,3 +266,43 @@ def test_dry_run_hashes_equal_the_index_hashes(moto_s3: S3Target, tree: Path, tm
             for r in index_rows(state)}
     differ = {p for p in rows if rows[p] != planned[p]}
     assert differ == {os.fsencode(victim)}
+
+
+@pytest.mark.parametrize("case", ["room", "no room", "damaged"])
+def test_a_state_without_room_to_compact_still_completes_the_run(
+        moto_s3: S3Target, tree: Path, tmp_path: Path, case: str,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # The end-of-run compaction copies the state (tens of GB at 100M files): where the
+    # file system has no room for the copy, the run ends as done, the state as it was;
+    # any other failure of the copy (a damaged page read) still stops the run.
+    monkeypatch.setattr("pacsmigrate.pipeline.COMPACT_MIN_ROWS", 1)
+    if case == "no room":
+        monkeypatch.setattr(Checkpoint, "in_use", lambda self: 1 << 62)
+    if case == "damaged":
+        def damaged(self: Checkpoint, name: str, out: Any) -> None:
+            raise lmdb.CorruptedError("injected")
+        monkeypatch.setattr(Checkpoint, "_copy_table", damaged)
+    state = tmp_path / "state"
+    with caplog.at_level("INFO", logger="pacsmigrate.pipeline"):
+        if case == "damaged":
+            with pytest.raises(StateError, match="^cannot compact the checkpoint in "):
+                run(migrate(config([tree], moto_s3.url, state, moto_s3.info.endpoint_url)))
+        else:
+            stats = run(migrate(config([tree], moto_s3.url, state,
+                                       moto_s3.info.endpoint_url)))
+            assert stats.not_migrated == 0
+    assert_complete(moto_s3, state, tree)
+    said = [r.getMessage() for r in caplog.records if "compact" in r.getMessage()]
+    if case == "room":
+        assert len(said) == 1 and said[0].startswith("state compacted: ")
+    elif case == "no room":
+        assert len(said) == 1 and said[0].startswith(
+            "state not compacted (no room to compact the checkpoint: the copy needs up to ")
+    else:
+        assert said == []
+    assert not (state / "checkpoint.compact").exists()
+    history = Checkpoint(state, readonly=True)
+    try:
+        assert (history.get_meta("runs")[-1]["outcome"] == "completed") == (case != "damaged")
+    finally:
+        history.close()
