@@ -125,10 +125,11 @@ class LmdbFile:
             finally:
                 out.close()
         except lmdb.Error as exc:
+            # The disk filled up meanwhile (as _write tells it: asked while the partial
+            # copy still takes its room); any other error (a damaged page read) stops the run.
+            full = shutil.disk_usage(self.state_dir).free < LOW_SPACE
             shutil.rmtree(fresh, ignore_errors=True)
-            # The disk filled up meanwhile (as _write tells it); any other error (a damaged
-            # page read) stops the run.
-            if shutil.disk_usage(self.state_dir).free < LOW_SPACE:
+            if full:
                 raise NoRoomToCompactError(
                     "no room to compact the checkpoint: the disk filled up during the "
                     "copy") from exc

@@ -391,8 +391,12 @@ def test_compact_that_fails_midway_leaves_the_state_whole(
     data = cp.state_dir / "checkpoint.lmdb" / "data.mdb"
     size, rows = data.stat().st_size, list(cp.iter_db("index"))
     real = shutil.disk_usage(cp.state_dir)
-    answers = iter([real, real._replace(free=LOW_SPACE // 2 if disk_full else real.free)])
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: next(answers))
+    copy_dir = cp.state_dir / "checkpoint.compact"
+
+    def usage(path: Any) -> Any:  # the partial copy is what fills the disk
+        full = disk_full and copy_dir.exists()
+        return real._replace(free=LOW_SPACE // 2) if full else real
+    monkeypatch.setattr(shutil, "disk_usage", usage)
 
     def copy(self: Checkpoint, name: str, out: Any) -> None:
         out.open_db(name.encode())
