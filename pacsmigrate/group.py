@@ -130,11 +130,7 @@ class Grouper:
             # fed bundle already, its folder and sharing are noted, no clock moved (nothing
             # new can be idle): only the member and the memory it holds are new.
             b.plan.add(m, bound)
-            cost = MEMBER_HELD + (size if m.data is not None else 0)
-            b.held += cost
-            self.held += cost
-            while self.held > self.memory and len(self.open) > 1:
-                self._close(next(iter(self.open)), out, early=True)
+            self._hold(b, m, out)
             return
         b = self.open.get(group)
         if b is not None and b.plan.bound + bound > self.bundle_size and b.plan.members:
@@ -161,13 +157,18 @@ class Grouper:
             self.here_shared = True
             for g in peers:
                 self.open[g].shared = True
+        self.last = b
+        self._hold(b, m, out)
+        self._close_idle(out)
+
+    def _hold(self, b: _Open, m: Member, out: Closed) -> None:
+        """Count what a member added to `b` holds; close the least recently fed bundles
+        while memory is short (never the last one open)."""
         cost = MEMBER_HELD + (m.size if m.data is not None else 0)
         b.held += cost
         self.held += cost
-        self.last = b
         while self.held > self.memory and len(self.open) > 1:
             self._close(next(iter(self.open)), out, early=True)
-        self._close_idle(out)
 
     def finish(self, out: Closed, *, spilled: Callable[[str], bool]) -> None:
         """The walk is over: every open bundle closes; one whose study has spilled files

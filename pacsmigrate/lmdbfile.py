@@ -125,9 +125,9 @@ class LmdbFile:
             finally:
                 out.close()
         except lmdb.Error as exc:
-            # The disk filled up meanwhile (as _write tells it: asked while the partial
-            # copy still takes its room); any other error (a damaged page read) stops the run.
-            full = shutil.disk_usage(self.state_dir).free < LOW_SPACE
+            # The disk filled up meanwhile (asked while the partial copy still takes its
+            # room); any other error (a damaged page read) stops the run.
+            full = self._disk_full()
             shutil.rmtree(fresh, ignore_errors=True)
             if full:
                 raise NoRoomToCompactError(
@@ -141,6 +141,11 @@ class LmdbFile:
             shutil.rmtree(fresh, ignore_errors=True)
             self._open_env()
         return before - data.stat().st_size
+
+    def _disk_full(self) -> bool:
+        """Whether a failed write met a full disk: the file system asked, not the error's
+        text (full file systems surface as ENOSPC or, through the map, as EIO)."""
+        return shutil.disk_usage(self.state_dir).free < LOW_SPACE
 
     def in_use(self) -> int:
         """Bytes of the pages the tables hold (free pages left out). A compacted copy
@@ -239,9 +244,7 @@ class LmdbFile:
             except lmdb.MapFullError:
                 self.env.set_mapsize(self.env.info()["map_size"] * 2)
             except lmdb.Error as exc:
-                # Full filesystems surface as ENOSPC or, through the map, as EIO: ask the
-                # filesystem rather than trust the error text.
-                if shutil.disk_usage(self.state_dir).free < LOW_SPACE:
+                if self._disk_full():
                     raise StateError(f"no space left for the checkpoint in {self.state_dir}: "
                                      "free some space, then re-run the same command to "
                                      "resume") from exc
