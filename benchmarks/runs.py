@@ -173,9 +173,10 @@ def verify(variant: Variant, tree: Tree, src: Path, listing: dict[str, int], sta
 
 def run_one(ctx: Ctx, variant: Variant, tree: Tree, *, section: str, repeat: int = 1,
             position: int = 1, attempt: int = 1, src: Path | None = None, report: bool = False,
-            keep_state: bool = False, dry_run: bool = False,
+            keep_state: bool = False, keep_bucket: bool = False, dry_run: bool = False,
             idle_wait: float | None = None, prefix: Sequence[str] = ()) -> Run:
-    """One timed run into a fresh bucket (and a fresh --state), verified, bucket dropped."""
+    """One timed run into a fresh bucket (and a fresh --state), verified, bucket dropped
+    (unless keep_bucket: then the caller drops it, see run_again)."""
     src = src or tree.root
     label = f"{section}-r{repeat}-{variant.slug}" + (f"-a{attempt}" if attempt > 1 else "")
     bucket = ctx.store.fresh_bucket(f"b-{label}")
@@ -204,7 +205,8 @@ def run_one(ctx: Ctx, variant: Variant, tree: Tree, *, section: str, repeat: int
     spread = pm_spread(state, env) if variant.tool == "pacsmigrate" and not dry_run else None
     run = Run(variant=variant, repeat=repeat, position=position, bucket=bucket, state=state,
               timed=t, listing=listing, report=doc, note=note, spread=spread)
-    ctx.store.drop(bucket)
+    if not keep_bucket:
+        ctx.store.drop(bucket)
     if not keep_state:
         shutil.rmtree(state, ignore_errors=True)
     print(f"  {section} r{repeat} #{position} {variant.name:<38} {t.wall:8.2f} s  "
@@ -274,3 +276,41 @@ def disturbance_note(outcomes: list[Outcome], ctx: Ctx) -> str:
             f"{r.variant.name} r{r.repeat} ({r.timed.other_cpu or 0:.1f} CPU-s of others)"
             for r in kept) + ".")
     return text
+
+
+def run_again(ctx: Ctx, first: Run, tree: Tree, *, section: str) -> Run:
+    """The same pacsmigrate command once more, on the state and bucket `first` kept (run_one
+    with keep_state and keep_bucket): what re-running a complete migration costs (every file
+    found unchanged in the index). It must store nothing and leave the bucket as it was; the
+    bucket is dropped after it."""
+    variant = first.variant
+    report_path = ctx.work / "reports" / f"{section}-again.json"
+    report_path.unlink(missing_ok=True)
+    argv = variant.argv(src=tree.root, endpoint=ctx.store.endpoint, bucket=first.bucket,
+                        state=first.state, report=report_path)
+    env = variant.env(ctx.store.env, endpoint=ctx.store.endpoint, work=ctx.work)
+    log = ctx.work / "logs" / f"{section}-again.log"
+    if ctx.warm:
+        warm(tree.root)
+    try:
+        t = run_timed(argv, env=env, log=log, own_pids=ctx.store.own_pids(),
+                      idle_wait=ctx.idle_wait, timeout=ctx.timeout)
+        if t.code != 0:
+            fail(f"{variant.name} (again) exited with status {t.code}: {' '.join(argv)}", log)
+        listing = ctx.store.listing(first.bucket)
+        doc = json.loads(report_path.read_text()) if report_path.exists() else {}
+        done = (doc.get("run") or {})
+        if listing != first.listing or done.get("files_migrated") != 0 \
+                or done.get("already_migrated") != tree.files:
+            fail(f"{variant.name} (again) was to find all {tree.files:,} files migrated and "
+                 f"store nothing: it migrated {done.get('files_migrated')}, found "
+                 f"{done.get('already_migrated')} migrated; the bucket holds "
+                 f"{len(listing):,} objects against {len(first.listing):,}", log)
+    finally:
+        ctx.store.drop(first.bucket)
+    print(f"  {section} again {variant.name:<38} {t.wall:8.2f} s  "
+          f"{tree.files / t.wall:8.1f} files/s  CPU {t.cpu:6.1f} s  [nothing stored, "
+          f"{tree.files:,} found migrated]", flush=True)
+    return Run(variant=variant, repeat=first.repeat, position=first.position,
+               bucket=first.bucket, state=first.state, timed=t, listing=listing,
+               report=doc, note="nothing stored")
