@@ -8,6 +8,7 @@ their bundle; larger ones give their header only and are read again when packed.
 from __future__ import annotations
 
 import os
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -90,8 +91,32 @@ def read_files(directory: bytes, names: list[bytes], opts: ReadOptions,
     return out
 
 
+def _unchanged(path: bytes, recorded: tuple[int, int], out: ReadResult) -> bool:
+    """A file the index holds, found by lstat as it was recorded (a regular file of the
+    same size and mtime): counted as migrated without being opened. One metadata call in
+    place of open, fstat and close: what a re-run or a nightly run spends on each unchanged
+    file, a round trip or three on a NAS. Anything else (changed, gone, a link, an error)
+    goes the usual way, through open_checked."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != recorded:
+        return False
+    _count_migrated(out, st.st_size)
+    return True
+
+
+def _count_migrated(out: ReadResult, size: int) -> None:
+    out.seen += 1
+    out.seen_bytes += size
+    out.migrated += 1
+
+
 def _read_one(path: bytes, opts: ReadOptions, recorded: tuple[int, int] | None,
               out: ReadResult) -> Member | Problem | None:
+    if recorded is not None and _unchanged(path, recorded, out):
+        return None
     for _ in range(READ_ATTEMPTS):
         opened = open_checked(path, vanished=VANISHED)
         if isinstance(opened, Problem):
@@ -100,9 +125,7 @@ def _read_one(path: bytes, opts: ReadOptions, recorded: tuple[int, int] | None,
         try:
             size, mtime = before.st_size, before.st_mtime_ns
             if recorded == (size, mtime):
-                out.seen += 1
-                out.seen_bytes += size
-                out.migrated += 1
+                _count_migrated(out, size)
                 return None
             if opts.filters.by_age and (why := opts.filters.age(mtime)) is not None:
                 out.filtered[why] += 1

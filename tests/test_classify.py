@@ -400,3 +400,48 @@ def test_pydicom_warnings_and_logs_stay_silent(samples: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout) > 50
     assert proc.stderr == ""
+
+
+class _Index:
+    """The index as read_files asks it (`migrated`): (size, mtime_ns) a path was stored with."""
+
+    def __init__(self, rows: dict[bytes, tuple[int, int]]) -> None:
+        self.rows = rows
+
+    def migrated(self, paths: list[bytes]) -> list[tuple[int, int] | None]:
+        return [self.rows.get(p) for p in paths]
+
+
+def test_files_the_index_holds_unchanged_are_not_opened(samples: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-run finds an unchanged file by one lstat: no open (a NAS round trip or three
+    saved a file). A changed file, a file swapped for a link, and a file the index does not
+    hold are opened and read as before."""
+    names = [b"same", b"grown", b"touched", b"link", b"new"]
+    for n in names[:4]:
+        shutil.copyfile(samples / "CT_small.dcm", tmp_path / n.decode())
+    shutil.copyfile(samples / "MR_small.dcm", tmp_path / "new")
+    d = os.fsencode(tmp_path)
+    rows = {d + b"/" + n: (os.stat(tmp_path / n.decode()).st_size,
+                           os.stat(tmp_path / n.decode()).st_mtime_ns) for n in names[:4]}
+    with open(tmp_path / "grown", "ab") as f:
+        f.write(b"\0\0")
+    st = os.stat(tmp_path / "touched")
+    os.utime(tmp_path / "touched", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    target = tmp_path / "elsewhere"
+    os.rename(tmp_path / "link", target)
+    os.symlink(target, tmp_path / "link")
+    opened: list[bytes] = []
+    real_open = os.open
+
+    def counting_open(path: Any, *args: Any, **kwargs: Any) -> int:
+        opened.append(os.fsencode(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", counting_open)
+    got = read_files(d, names, ReadOptions(SECRET, skip_migrated=True), _Index(rows))
+    assert got.migrated == 1 and got.seen == 4 and got.listed == 5
+    assert sorted(m.path for m in got.members) == [d + b"/grown", d + b"/new", d + b"/touched"]
+    assert [p.path for p in got.problems] == [d + b"/link"]  # never followed, as before
+    assert d + b"/same" not in opened
+    assert {d + b"/grown", d + b"/touched", d + b"/new"} <= set(opened)
