@@ -299,7 +299,7 @@ def run_again(ctx: Ctx, first: Run, tree: Tree, *, section: str) -> Run:
             fail(f"{variant.name} (again) exited with status {t.code}: {' '.join(argv)}", log)
         listing = ctx.store.listing(first.bucket)
         doc = json.loads(report_path.read_text()) if report_path.exists() else {}
-        done = (doc.get("run") or {})
+        done = doc.get("run") or {}
         if listing != first.listing or done.get("files_migrated") != 0 \
                 or done.get("already_migrated") != tree.files:
             fail(f"{variant.name} (again) was to find all {tree.files:,} files migrated and "

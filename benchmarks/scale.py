@@ -78,15 +78,15 @@ def memory_section(ctx: Ctx, results: list[ScaleRuns], strace: StraceResult | No
         for run, state, name in ((res.real, res.state_alloc, res.real.variant.name),
                                  (res.dry, res.dry_state_alloc, res.dry.variant.name),
                                  (res.again, None, f"{res.again.variant.name}, again")):
-            t, first = run.timed, _first_object(run) if state is not None else None
+            t, first = run.timed, _first_object(run)
+            first_s = "—" if state is None else f"{first:.1f}" if first is not None else "n/a"
             disk = ("— | — | —" if state is None else
                     f"{state / MB:,.1f} | {state / n:,.0f} | {state / n * 1e8 / 1e9:,.1f} GB")
             rows.append(
                 f"| {name} | {n:,} | {t.wall:.1f} | {n / t.wall:,.0f} | {t.cpu:.1f} | "
                 f"{_peak_mb(run, 'RssAnon'):,.0f} | {_peak_mb(run, 'VmRSS'):,.0f} | "
                 f"{_peak_mb(run, 'RssFile'):,.0f} | {disk} | "
-                + (f"{first:.1f}" if first is not None else "n/a" if state is not None
-                   else "—") + " | "
+                f"{first_s} | "
                 + (f"{t.other_cpu:.1f}" if t.other_cpu is not None else "n/a") + " |")
     lines = [
         ("Each tree: one real run (`pacsmigrate migrate TREE s3://BUCKET/x --endpoint-url URL "
@@ -98,8 +98,8 @@ def memory_section(ctx: Ctx, results: list[ScaleRuns], strace: StraceResult | No
         "disk = allocated bytes of every file under `--state` after the run (as `du` counts "
         "them); B/file = that ÷ files; → at 100M files = B/file × 100M. The dry run's state "
         "holds the catalogue only. \"again\": the real run's command once more, on its state "
-        "and bucket, as an operator re-runs it (nothing left to do: each file is opened, "
-        "`fstat`ed and found unchanged in the index, none is read; the bench fails the run if "
+        "and bucket, as an operator re-runs it (nothing left to do: one `lstat` a file finds it "
+        "unchanged in the index, none is opened; the bench fails the run if "
         "it stores anything). MB = 10^6 bytes."), "", *rows, ""]
     lines += ["Commands:", "", "```sh",
               *(shlex.join(run.timed.argv) for res in results
