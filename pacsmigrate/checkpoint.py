@@ -7,6 +7,8 @@ Tables (named LMDB databases); path keys are raw path bytes, or a hash for long 
     objkeys   number (4 bytes BE) -> object key
     index     path -> row (rows.py)     the RIS path -> object index
     sop       packed SOPInstanceUID -> path
+    soplog    sequence number (8 bytes BE) -> UID and path   sop rows not merged yet
+              (soplog.py: a commit appends, the end of a run merges)
     problems  path -> JSON Problem      not migrated (yet), or skipped, with the reason
     plan      path -> row (NO_OBJECT)   what the last dry run read, with the blake3
     spill     group 0 path -> row        files of scattered studies, packed after the walk
@@ -35,16 +37,16 @@ import lmdb
 
 from . import rows
 from .lmdbfile import LmdbFile, rows_within
-from .paths import from_fields, path_fields
+from .paths import from_fields
 from .records import (
     DICOM,
     FILE,
     BundlePlan,
-    Entry,
     Problem,
     StoredObject,
 )
 from .retention import lock_of
+from .soplog import SopTable
 from .statemerge import MergeTables
 from .stateread import OBJECT_NUMBER, ReadBack, migrated_in
 from .staterepair import RepairTables
@@ -66,11 +68,11 @@ FORMAT = 2
 # Pages of the hash- and UID-keyed tables (content, sop) one commit may dirty: 16 MiB.
 COMMIT_PAGES = 4096
 _DBS = ("meta", "intents", "objects", "objkeys", "index", "sop", "problems", "plan",
-        "spill", "groups", "content", "conflicts", "retention")
+        "spill", "groups", "content", "conflicts", "retention", "soplog")
 
 
 class Checkpoint(MergeTables, RepairTables, ReadBack, RunsTable, SpillTable, PlanTable,
-                 RetentionTable, ContentTable, LmdbFile):
+                 RetentionTable, ContentTable, SopTable, LmdbFile):
     """The state's tables and the intent -> upload -> commit protocol (see above).
 
     Lookups for the read stage (`migrated`, `planned_hashes`) may run in any thread.
@@ -93,8 +95,8 @@ class Checkpoint(MergeTables, RepairTables, ReadBack, RunsTable, SpillTable, Pla
                 self._commit_files = self._files_within(txn)
 
     def _files_within(self, txn: lmdb.Transaction) -> int | None:
-        return rows_within(COMMIT_PAGES, [txn.stat(self.db[n])["leaf_pages"]
-                                          for n in ("content", "sop")])
+        # (the sop table takes its rows at the end of a run: soplog.py)
+        return rows_within(COMMIT_PAGES, [txn.stat(self.db["content"])["leaf_pages"]])
 
     def commit_files(self) -> int | None:
         """Files one `commit_objects` should hold at most, for its dirty pages (see
@@ -231,7 +233,7 @@ class Checkpoint(MergeTables, RepairTables, ReadBack, RunsTable, SpillTable, Pla
                     index_rows.append((k, rows.encode(e, where, long_path=k is not e.path,
                                                       sop=sop, digest=digest)))
                     if sop is not None:
-                        sops.append((sop[2:502], e))
+                        sops.append((sop[2:502], e.path))
                     if troubled:
                         txn.delete(k, db=problems)
                     if planned:
@@ -240,7 +242,7 @@ class Checkpoint(MergeTables, RepairTables, ReadBack, RunsTable, SpillTable, Pla
                         txn.delete(spill_key(e.about.group, e.path), db=self.db["spill"])
                 txn.cursor(db=index).putmulti(index_rows)
                 self._note_contents(txn, contents, number, lock, alone=obj.kind == FILE)
-                self._note_sops(txn, sops)
+                self.log_sops(txn, sops)
                 txn.delete(key, db=self.db["intents"])
                 # The studies it holds (a pack holds several).
                 for g in {e.about.group for e in obj.entries if e.about.status == DICOM}:
@@ -249,32 +251,6 @@ class Checkpoint(MergeTables, RepairTables, ReadBack, RunsTable, SpillTable, Pla
             txn.put(b"dedup", json.dumps(dedup).encode(), db=meta)
             self._commit_files = self._files_within(txn)
         self._write(write)
-
-    def _note_sops(self, txn: lmdb.Transaction, sops: list[tuple[bytes, Entry]]) -> None:
-        """SOP UID -> path for each entry; one that another path has already (a re-sent or
-        edited instance, or the same content twice) is recorded as such (_same_sop)."""
-        cur = txn.cursor(db=self.db["sop"])
-        _, added = cur.putmulti([(uid, e.path) for uid, e in sops], overwrite=False)
-        if added == len(sops):
-            return
-        for uid, e in sops:  # rare: find those that were there, row by row
-            other = cur.get(uid)
-            if other is not None and bytes(other) != e.path:
-                self._same_sop(txn, e, other)
-                txn.put(uid, e.path, db=self.db["sop"])
-
-    def _same_sop(self, txn: lmdb.Transaction, e: Entry, other: bytes | memoryview | None
-                  ) -> None:
-        """Record a file whose SOPInstanceUID a file at another path with other bytes has
-        (a re-sent or edited instance): both are kept, the report lists them."""
-        if other is None or bytes(other) == e.path:
-            return
-        raw = txn.get(path_key(bytes(other)), db=self.db["index"])
-        if raw is None or (rows.legacy_dict(raw) is None
-                           and rows.decode(bytes(other), raw)[0].blake3 == e.blake3):
-            return
-        txn.put(path_key(e.path), json.dumps({**path_fields(e.path), "other": path_fields(
-            bytes(other))}).encode(), db=self.db["conflicts"])
 
     def deduplicated(self) -> tuple[int, int]:
         """(files, bytes) stored once for several files, over the whole state."""
@@ -307,7 +283,7 @@ class Checkpoint(MergeTables, RepairTables, ReadBack, RunsTable, SpillTable, Pla
     def counts(self) -> dict[str, int]:
         with self.env.begin() as txn:
             return {name: (txn.stat(self.db[name])["entries"] if self.db[name] is not None
-                           else 0) for name in _DBS if name not in ("meta", "objkeys")}
+                           else 0) for name in _DBS if name not in ("meta", "objkeys", "soplog")}
 
     def group_entries(self) -> int:
         """Studies planned or stored in this state."""

@@ -57,6 +57,7 @@ class LmdbFile:
     """
 
     TABLES: Sequence[str] = ()
+    REWRITTEN: Sequence[str] = ()  # tables compact() leaves to rewrite_tables()
 
     def __init__(self, state_dir: Path, *, readonly: bool = False,
                  idle: bool = False) -> None:
@@ -120,11 +121,13 @@ class LmdbFile:
                             metasync=False)
             try:
                 for name in self.TABLES:
-                    self._copy_table(name, out)
+                    if name not in self.REWRITTEN:
+                        self._copy_table(name, out)
+                self.rewrite_tables(out)
                 out.sync(True)
             finally:
                 out.close()
-        except lmdb.Error as exc:
+        except (lmdb.Error, OSError) as exc:
             # The disk filled up meanwhile (asked while the partial copy still takes its
             # room); any other error (a damaged page read) stops the run.
             full = self._disk_full()
@@ -141,6 +144,9 @@ class LmdbFile:
             shutil.rmtree(fresh, ignore_errors=True)
             self._open_env()
         return before - data.stat().st_size
+
+    def rewrite_tables(self, out: Any) -> None:
+        """compact(): write the REWRITTEN tables into `out` (after the others)."""
 
     def _disk_full(self) -> bool:
         """Whether a failed write met a full disk: the file system asked, not the error's

@@ -252,24 +252,33 @@ class Migration:
 
     async def _compact(self, cp: Checkpoint) -> None:
         """Pack the state's pages after a run that wrote a good share of it (a tenth or
-        more of its rows), so the copy's cost stays a fraction of the run's."""
+        more of its rows), so the copy's cost stays a fraction of the run's; it merges the
+        SOP log (soplog.py) in key order on the way. Without a compaction, the log's rows
+        are put into the SOP table in sorted batches."""
         s = self.stats
         wrote = s.files_migrated if not self.cfg.dry_run else s.planned_files
         rows = (await cp.call(cp.counts))["index" if not self.cfg.dry_run else "plan"]
+        if not self.cfg.dry_run:  # what killed runs left in the log counts too
+            wrote = max(wrote, await cp.call(cp.sop_log_rows))
         if wrote >= COMPACT_MIN_ROWS and wrote * 10 >= rows:
-            # Minutes at 100M files, after the last object: said first (the stats lines
-            # stand still meanwhile).
-            stats_log.info("compacting the state: %d rows rewritten in key order, %d MB of "
-                           "pages; safe to stop (the state stays as it was)", rows,
-                           (await cp.call(cp.in_use)) >> 20)
-            try:
-                saved = await cp.call(cp.compact)
-            except NoRoomToCompactError as exc:
-                # Only its pages are less full: every row is there, the run is done.
-                log.warning("state not compacted (%s); a later run that writes a tenth of "
-                            "it tries again", exc)
-                return
-            log.info("state compacted: %d bytes saved", saved)
+            await self._compact_now(cp, rows)
+        if not self.cfg.dry_run:
+            await cp.call(cp.merge_sop_log)  # none left after a compaction
+
+    async def _compact_now(self, cp: Checkpoint, rows: int) -> None:
+        # Minutes at 100M files, after the last object: said first (the stats lines
+        # stand still meanwhile).
+        stats_log.info("compacting the state: %d rows rewritten in key order, %d MB of "
+                       "pages; safe to stop (the state stays as it was)", rows,
+                       (await cp.call(cp.in_use)) >> 20)
+        try:
+            saved = await cp.call(cp.compact)
+        except NoRoomToCompactError as exc:
+            # Only its pages are less full: every row is there, the run is done.
+            log.warning("state not compacted (%s); a later run that writes a tenth of "
+                        "it tries again", exc)
+            return
+        log.info("state compacted: %d bytes saved", saved)
 
     async def _finish(self, cp: Checkpoint, started: float, *, outcome: str) -> None:
         """The run's totals, its record in the state's history, then the report."""

@@ -60,6 +60,7 @@ async def rebuild(backend: Backend, dest: Destination, cp: Checkpoint, *,
             bar.update(files=rows)
     finally:
         bar.close()
+    await cp.call(cp.merge_sop_log)  # the commits' SOP rows into their table (soplog.py)
     return result
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import lmdb
 
-from . import rows
+from . import rows, soplog
 from .errors import StateError
 from .records import now_iso
 from .slicing import as_doc, recorded_slice
@@ -49,6 +49,12 @@ class Merged:
     sources: list[str] = field(default_factory=list)
     shards: list[str] = field(default_factory=list)
     cuts: set[str] = field(default_factory=set)  # how the slices were cut (slicing.py)
+
+
+def _log_batches(env: lmdb.Environment, db: Any) -> Iterator[list[tuple[bytes, bytes]]]:
+    """A state's SOP log rows not merged yet, as (uid, path), oldest first."""
+    for chunk in raw_batches(env, db):
+        yield [soplog.decode(v) for _, v in chunk]
 
 
 def raw_batches(env: lmdb.Environment, db: Any, *, batch: int = BATCH
@@ -81,7 +87,7 @@ class MergeTables:
     db: dict[str, Any]
     state_dir: Any
     _write: Callable[[Callable[[lmdb.Transaction], Any]], None]  # LmdbFile's
-    _same_sop: Callable[..., None]  # Checkpoint's
+    merge_sop_log: Callable[[], int]  # SopTable's
     counts: Callable[[], dict[str, int]]
     get_meta: Callable[[str], Any]
     put_meta: Callable[[str, Any], None]
@@ -110,7 +116,10 @@ class MergeTables:
         for chunk in raw_batches(other.env, other.db["index"]):
             self._write(functools.partial(self._index, chunk=chunk, number=number,
                                           result=result, skipped=skipped))
-        for chunk in raw_batches(other.env, other.db["sop"]):
+        # This state's SOP log first (its rows are older), then the other's table and log.
+        self.merge_sop_log()
+        for chunk in itertools.chain(raw_batches(other.env, other.db["sop"]),
+                                     _log_batches(other.env, other.db.get("soplog"))):
             self._write(functools.partial(self._sop, chunk=chunk, skipped=skipped))
         copy(other, "content", lambda k, v: (k, renumbered_content(k, v, number)), keep=True)
         if other.bare_content and other.counts()["content"]:  # rows keyed by digest alone
@@ -228,16 +237,9 @@ class MergeTables:
     def _sop(self, txn: lmdb.Transaction, chunk: list[tuple[bytes, bytes]],
              skipped: set[bytes]) -> None:
         """SOPInstanceUID -> path; a UID at another path with other bytes is a conflict."""
-        sop, index = self.db["sop"], self.db["index"]
-        for uid, path in chunk:
-            if path_key(path) in skipped:
-                continue  # that path keeps the other state's (newer) version
-            there = txn.get(uid, db=sop)
-            if there is not None and bytes(there) != path:
-                raw = txn.get(path_key(path), db=index)
-                if raw is not None and rows.legacy_dict(raw) is None:
-                    self._same_sop(txn, rows.decode(path_key(path), raw)[0], there)
-            txn.put(uid, path, db=sop)
+        soplog.put_rows(txn, self.db["sop"], self.db["index"], self.db["conflicts"],
+                        [(uid, path) for uid, path in chunk if path_key(path) not in skipped])
+        # (a skipped path keeps the other state's, newer, version)
 
     def _shared_objects(self, other: Any) -> dict[int, int]:
         """Numbers of the other state's objects that this one holds already -> ours."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import lmdb
 
-from . import rows
+from . import rows, soplog
 from .paths import from_fields
 from .tables import path_key
 
@@ -115,8 +115,14 @@ class ReadBack:
         return lock
 
     def path_for_sop(self, sop_uid: str) -> bytes | None:
-        with self.env.begin(db=self.db["sop"]) as txn:
-            raw = txn.get(rows.packed_uid(sop_uid)[:500]) or txn.get(sop_uid.encode())
+        """The newest file with this SOP UID: the SOP log's rows not merged yet (after a
+        killed run, or during one: a scan) come before the table's."""
+        uid = rows.packed_uid(sop_uid)[:500]
+        with self.env.begin() as txn:
+            logged = soplog.newest_in_log(txn, self.db.get("soplog"), uid)
+            if logged is not None:
+                return logged
+            raw = txn.get(uid, db=self.db["sop"]) or txn.get(sop_uid.encode(), db=self.db["sop"])
         return None if raw is None else bytes(raw)
 
     def paths_for_sop(self, sop_uid: str) -> list[bytes]:

@@ -49,6 +49,7 @@ class RepairTables:
     db: dict[str, Any]
     _write: Callable[[Callable[[lmdb.Transaction], Any]], None]
     _object_key: Callable[[lmdb.Transaction, int], str]  # Checkpoint's (cached objkeys)
+    merge_sop_log: Callable[[], int]  # SopTable's
 
     def key_salt(self) -> str:
         """What later bundle ids are salted with ("" until a repair needed one)."""
@@ -83,6 +84,7 @@ class RepairTables:
         (a file whose source is gone keeps its row: the damaged copy was the last one)."""
         items = list(damaged)
         out = Forgotten()
+        self.merge_sop_log()  # the SOP rows below are looked up in the table alone
 
         def write(txn: lmdb.Transaction) -> None:
             nonlocal out

@@ -68,7 +68,8 @@ def test_commit_files_falls_as_the_hashed_tables_grow(tmp_path: Path,
             cp.commit_objects([stored(n, 500)])
             seen.append(cp.commit_files())
         with cp.env.begin() as txn:
-            leaves = [txn.stat(cp.db[name])["leaf_pages"] for name in ("content", "sop")]
+            # (the sop table takes its rows at the end of a run, through its log)
+            leaves = [txn.stat(cp.db[name])["leaf_pages"] for name in ("content",)]
         assert sum(leaves) > 16 and seen[-1] == rows_within(16, leaves)
         bounded = [k for k in seen if k is not None]
         assert bounded == sorted(bounded, reverse=True) and bounded[-1] < 500
@@ -84,11 +85,11 @@ def test_commit_files_falls_as_the_hashed_tables_grow(tmp_path: Path,
 def test_a_run_commits_no_more_than_the_checkpoint_allows(moto_s3: S3Target, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch
                                                           ) -> None:
-    """With a budget of one page, and a state that already holds rows, every commit holds
+    """With no page to spare, and a state that already holds rows, every commit holds
     one object: the sink asks the checkpoint before each transaction, however many
     acknowledged objects wait for it (unbounded, the objects of this small tree are all
     acknowledged within one linger, and committed together)."""
-    monkeypatch.setattr(checkpoint, "COMMIT_PAGES", 1)
+    monkeypatch.setattr(checkpoint, "COMMIT_PAGES", 0)
     calls: list[int] = []
     commit = Checkpoint.commit_objects
 

@@ -1,0 +1,256 @@
+"""The SOP table (packed SOPInstanceUID -> path), written through an append-only log.
+
+Keyed by UID, the table has no locality when UIDs are random (2.25.<uuid>, as many systems
+make them): a row put at commit dirties a 4 KiB page of its own, and a commit's cost a
+file doubled at 1M files and tripled at 5M (RESULTS 2026-12-07 12:45 and 16:00). So a
+commit appends its rows to `soplog`, keyed by a sequence number (appends fill pages in
+order), and the rows reach the table later, in UID order:
+- the end-of-run compaction writes the table afresh, merged with the log sorted in runs of
+  RUN_ROWS rows (an external sort: memory stays bounded at any size; `rewrite_tables`);
+- otherwise (a small run, no room to compact, before `index merge` or a repair)
+  `merge_sop_log` puts the log's oldest rows sorted by UID in batches, each batch and the
+  deletion of its log rows in one transaction: a kill keeps one or the other.
+Either way the rows are applied in the order they were committed: the newest path of a
+UID is the table's, and a path that displaces another whose bytes differ is recorded in
+`conflicts` (the bytes judged by the two files' index rows at the merge). Readers (`newest_in_log`) look at the log first, newest
+row first, while it holds rows: after a killed run, or during one.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import shutil
+import struct
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import lmdb
+
+from . import faults, rows
+from .lmdbfile import COPY_BATCH, rows_within
+from .paths import path_fields
+from .tables import path_key
+
+_SEQ = struct.Struct(">Q")
+_LEN = struct.Struct(">H")
+_RUN_HEAD = struct.Struct(">HH")
+RUN_ROWS = 250_000  # rows sorted in memory at once (~50 MB of Python tuples)
+MERGE_PAGES = 4096  # pages one direct merge transaction may dirty (as a commit: 16 MiB)
+MERGE_ROWS = 100_000  # rows a direct merge transaction takes at most
+
+Row = tuple[bytes, bytes]  # (packed UID, path)
+Conflict = Callable[[bytes, bytes], None]  # (path, the path it displaces)
+
+
+def encode(uid: bytes, path: bytes) -> bytes:
+    return _LEN.pack(len(uid)) + uid + path
+
+
+def decode(raw: bytes | memoryview) -> Row:
+    raw = bytes(raw)
+    n = _LEN.unpack_from(raw)[0]
+    return raw[2:2 + n], raw[2 + n:]
+
+
+def append(txn: lmdb.Transaction, log: Any, pairs: list[Row]) -> None:
+    """Append (uid, path) rows to the log, after its last."""
+    if not pairs:
+        return
+    cur = txn.cursor(db=log)
+    first = _SEQ.unpack(cur.key())[0] + 1 if cur.last() else 0
+    cur.putmulti([(_SEQ.pack(first + i), encode(uid, path))
+                  for i, (uid, path) in enumerate(pairs)], append=True)
+
+
+def newest_in_log(txn: lmdb.Transaction, log: Any, uid: bytes) -> bytes | None:
+    """The path the log's newest row for `uid` names (a scan, newest first), or None."""
+    if log is None:
+        return None
+    cur = txn.cursor(db=log)
+    if not cur.last():
+        return None
+    for _, raw in cur.iterprev():
+        got, path = decode(raw)
+        if got == uid:
+            return path
+    return None
+
+
+def log_rows(txn: lmdb.Transaction, log: Any) -> int:
+    return 0 if log is None else int(txn.stat(log)["entries"])
+
+
+def conflict_row(index_get: Callable[[bytes], Any], path: bytes, other: bytes
+                 ) -> tuple[bytes, bytes] | None:
+    """The `conflicts` row for a file at `path` whose SOP UID the file at `other` had:
+    None when both are the same file, the other is no longer indexed, or both hold the same
+    bytes (the same content twice is not a conflict)."""
+    if other == path:
+        return None
+    theirs = index_get(path_key(other))
+    if theirs is None:
+        return None
+    if rows.legacy_dict(theirs) is None:
+        mine = index_get(path_key(path))
+        if mine is None:
+            return None
+        if rows.legacy_dict(mine) is None and (
+                rows.decode(path_key(other), theirs)[0].blake3
+                == rows.decode(path_key(path), mine)[0].blake3):
+            return None
+    return path_key(path), json.dumps({**path_fields(path),
+                                       "other": path_fields(other)}).encode()
+
+
+def put_rows(txn: lmdb.Transaction, sop: Any, index: Any, conflicts: Any,
+             pairs: list[Row]) -> None:
+    """Put rows into the table in their order, recording each UID another path had."""
+    cur = txn.cursor(db=sop)
+    _, added = cur.putmulti(pairs, overwrite=False)
+    if added == len(pairs):
+        return
+    for uid, path in pairs:  # rare: find those that were there, row by row
+        other = cur.get(uid)
+        if other is not None and bytes(other) != path:
+            found = conflict_row(lambda k: txn.get(k, db=index), path, bytes(other))
+            if found is not None:
+                txn.put(*found, db=conflicts)
+            txn.put(uid, path, db=sop)
+
+
+def _oldest(txn: lmdb.Transaction, log: Any, limit: int) -> list[tuple[bytes, Row]]:
+    cur = txn.cursor(db=log)
+    if not cur.first():
+        return []
+    return [(bytes(k), decode(v)) for k, v in itertools.islice(cur.iternext(), limit)]
+
+
+class SopTable:
+    """The SOP table and its log; mixed into Checkpoint (whose `_write` and `db` it uses)."""
+
+    db: dict[str, Any]
+    env: lmdb.Environment
+    state_dir: Path
+    _write: Callable[[Callable[[lmdb.Transaction], Any]], None]
+    _copy_table: Callable[[str, Any], None]
+    REWRITTEN: Sequence[str] = ("sop", "soplog")  # compact() leaves these to rewrite_tables
+
+    def log_sops(self, txn: lmdb.Transaction, pairs: list[Row]) -> None:
+        append(txn, self.db["soplog"], pairs)
+
+    def sop_log_rows(self) -> int:
+        with self.env.begin() as txn:
+            return log_rows(txn, self.db["soplog"])
+
+    def merge_sop_log(self) -> int:
+        """Put the log's rows into the table (oldest first, sorted by UID a batch at a time,
+        each batch deleted from the log in its transaction); returns how many."""
+        merged = 0
+        while True:
+            taken = 0
+
+            def write(txn: lmdb.Transaction) -> None:
+                nonlocal taken
+                limit = rows_within(MERGE_PAGES, [txn.stat(self.db["sop"])["leaf_pages"]])
+                batch = _oldest(txn, self.db["soplog"], min(limit or MERGE_ROWS, MERGE_ROWS))
+                taken = len(batch)
+                # sorted by UID for the table's pages; stable: a UID's rows stay in order
+                put_rows(txn, self.db["sop"], self.db["index"], self.db["conflicts"],
+                         sorted((r for _, r in batch), key=lambda r: r[0]))
+                cur = txn.cursor(db=self.db["soplog"])
+                for k, _ in batch:
+                    cur.set_key(k)
+                    cur.delete()
+            self._write(write)
+            faults.point("mid-sop-merge")
+            merged += taken
+            if not taken:
+                return merged
+
+    def rewrite_tables(self, out: lmdb.Environment) -> None:
+        """compact(): the table into `out` merged with the log in key order (the log stays
+        behind), and the conflicts the merge finds into `out`'s `conflicts`."""
+        with self.env.begin() as src:
+            pending = log_rows(src, self.db["soplog"])
+        out.open_db(b"soplog")
+        if not pending:
+            self._copy_table("sop", out)
+            return
+        target, conflicts = out.open_db(b"sop"), out.open_db(b"conflicts")
+        spill = self.state_dir / "checkpoint.soprun"
+        shutil.rmtree(spill, ignore_errors=True)
+        found: list[tuple[bytes, bytes]] = []
+        try:
+            with self.env.begin() as src:
+                index = self.db["index"]
+
+                def conflict(path: bytes, other: bytes) -> None:
+                    row = conflict_row(lambda k: src.get(k, db=index), path, other)
+                    if row is not None:
+                        found.append(row)
+                table = ((bytes(k), bytes(v)) for k, v in src.cursor(db=self.db["sop"]))
+                runs = sorted_runs(src, self.db["soplog"], spill)
+                merged = newest_each(heapq.merge(table, *runs, key=lambda r: r[0]), conflict)
+                while True:
+                    batch = list(itertools.islice(merged, COPY_BATCH))
+                    with out.begin(write=True) as txn:
+                        txn.cursor(db=target).putmulti(batch, append=True)
+                        for k, v in found:
+                            txn.put(k, v, db=conflicts)
+                    found.clear()
+                    faults.point("mid-compact")
+                    if len(batch) < COPY_BATCH:
+                        return
+        finally:
+            shutil.rmtree(spill, ignore_errors=True)
+
+
+def newest_each(ordered: Iterable[Row], conflict: Conflict) -> Iterator[Row]:
+    """One row a UID, its last; each path that displaces another reported to conflict()."""
+    uid: bytes | None = None
+    path = b""
+    for got, p in ordered:
+        if got == uid:
+            if p != path:
+                conflict(p, path)
+            path = p
+            continue
+        if uid is not None:
+            yield uid, path
+        uid, path = got, p
+    if uid is not None:
+        yield uid, path
+
+
+def sorted_runs(txn: lmdb.Transaction, log: Any, spill: Path) -> list[Iterable[Row]]:
+    """The log in runs sorted by UID (stable: a UID's rows in log order), in log order:
+    one in memory when it fits RUN_ROWS, else files under `spill`."""
+    cur = txn.cursor(db=log)
+    rows_iter = (decode(v) for _, v in cur.iternext()) if cur.first() else iter(())
+    runs: list[Iterable[Row]] = []
+    while True:
+        run = sorted(itertools.islice(rows_iter, RUN_ROWS), key=lambda r: r[0])
+        if not run:
+            return runs
+        if not runs and len(run) < RUN_ROWS:
+            return [run]
+        spill.mkdir(exist_ok=True)
+        name = spill / f"run-{len(runs)}"
+        with open(name, "wb") as f:
+            f.writelines(_RUN_HEAD.pack(len(uid), len(path)) + uid + path for uid, path in run)
+        runs.append(_read_run(name))
+
+
+def _read_run(name: Path) -> Iterator[Row]:
+    with open(name, "rb", buffering=1 << 16) as f:
+        yield from _records(f)
+
+
+def _records(f: BinaryIO) -> Iterator[Row]:
+    while head := f.read(_RUN_HEAD.size):
+        n, m = _RUN_HEAD.unpack(head)
+        body = f.read(n + m)
+        yield body[:n], body[n:]

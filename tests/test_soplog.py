@@ -1,0 +1,210 @@
+"""The SOP table through its log (soplog.py): commits append, the end of a run merges.
+
+Both merges (the direct one in sorted batches, and the compaction's external sort) must
+give what a reference model of the rule gives: rows applied in commit order, the newest
+path of a UID wins, a path displacing another with other bytes is a conflict. Kills in
+the middle of either merge lose nothing; readers see rows before they are merged.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import S3Target, run_cli
+from helpers import assert_complete
+
+from pacsmigrate import rows, soplog
+from pacsmigrate.checkpoint import Checkpoint
+from pacsmigrate.paths import from_fields
+from pacsmigrate.records import DICOM, Described, Entry, StoredObject
+from pacsmigrate.synth import make_tree
+
+GROUP = "0" * 32
+
+
+def entry(path: bytes, digest: int, sop: str) -> Entry:
+    about = Described(GROUP, DICOM, "", "1.2.3", "1.2.3.4", sop, "CT", "20240101",
+                      "1.2.840.10008.1.2.1")
+    return Entry(path, 512, 10, f"{digest:064x}", 10, 1, about)
+
+
+def commits(seed: int, objects: int, start: int = 0) -> list[StoredObject]:
+    """Objects whose entries share SOP UIDs (random 2.25 ones, from a small pool) and
+    paths: the same file again (its bytes may have changed), another file with the same
+    bytes, others with other bytes."""
+    fixed = random.Random(0)  # a file keeps its UID in every call
+    pool = [f"2.25.{fixed.getrandbits(100)}" for _ in range(40)]
+    sop = {b"/pacs/%03d" % i: fixed.choice(pool) for i in range(120)}
+    rnd = random.Random(seed)
+    out = []
+    for n in range(start, start + objects):
+        entries = {}
+        for _ in range(rnd.randrange(1, 9)):
+            path = b"/pacs/%03d" % rnd.randrange(120)
+            entries[path] = entry(path, rnd.randrange(6), sop[path])
+        out.append(StoredObject(f"k/{n}.tar", "tar", GROUP, f"b{n}", 4096, "e", "",
+                                tuple(entries.values())))
+    return out
+
+
+def reference(*merged: list[StoredObject]
+              ) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
+    """(UID -> path, path -> the path it displaced): the rule, row by row in commit order,
+    for commits merged in the groups given; whether two files hold other bytes is judged by
+    their rows when their group is merged."""
+    digest: dict[bytes, str] = {}
+    table: dict[bytes, bytes] = {}
+    conflicts: dict[bytes, bytes] = {}
+    for objects in merged:
+        digest.update({e.path: e.blake3 for o in objects for e in o.entries})
+        for o in objects:
+            for e in o.entries:
+                uid = rows.packed_uid(e.about.sop_uid)
+                other = table.get(uid)
+                if other is not None and other != e.path and digest[other] != digest[e.path]:
+                    conflicts[e.path] = other
+                table[uid] = e.path
+    return table, conflicts
+
+
+def tables(cp: Checkpoint) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
+    with cp.env.begin() as txn:
+        table = {bytes(k): bytes(v) for k, v in txn.cursor(db=cp.db["sop"])}
+    conflicts = {k: from_fields(v["other"]["source_path"], v["other"]["source_path_b64"])
+                 for k, v in cp.iter_db("conflicts")}
+    return table, conflicts
+
+
+def test_both_merges_give_what_the_rule_gives(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # Small batches and runs: several merge transactions, sorted runs spilled to files.
+    monkeypatch.setattr(soplog, "MERGE_ROWS", 5)
+    monkeypatch.setattr(soplog, "RUN_ROWS", 7)
+    monkeypatch.setattr(soplog, "COPY_BATCH", 3)
+    first, then = commits(1, 30), commits(2, 40, start=30)
+    want = reference(first, then)
+    assert len(want[1]) >= 10 and len(want[0]) >= 30  # the case is not trivial
+    results = []
+    for how in ("merge", "compact"):
+        cp = Checkpoint(tmp_path / how)
+        try:
+            cp.commit_objects(first)
+            assert cp.merge_sop_log() == sum(len(o.entries) for o in first)
+            cp.commit_objects(then)  # the table holds rows now; more wait in the log
+            assert cp.sop_log_rows() == sum(len(o.entries) for o in then)
+            if how == "merge":
+                cp.merge_sop_log()
+            else:
+                with cp.env.begin() as txn:
+                    runs = [[uid for uid, _ in run] for run in soplog.sorted_runs(
+                        txn, cp.db["soplog"], tmp_path / "runs")]
+                assert len(runs) > 5 and all(run == sorted(run) for run in runs)  # files
+                cp.compact()
+                assert not (cp.state_dir / "checkpoint.soprun").exists()
+            assert cp.sop_log_rows() == 0
+            results.append(tables(cp))
+            texts = {rows.packed_uid(e.about.sop_uid): e.about.sop_uid
+                     for o in first + then for e in o.entries}
+            for uid, path in want[0].items():
+                assert cp.path_for_sop(texts[uid]) == path
+        finally:
+            cp.close()
+    assert results == [want, want]
+
+
+def test_readers_see_rows_before_they_are_merged(tmp_path: Path) -> None:
+    cp = Checkpoint(tmp_path / "state")
+    try:
+        cp.commit_objects([StoredObject("k/a.tar", "tar", GROUP, "a", 4096, "e", "", (
+            entry(b"/pacs/a", 1, "1.2.3.9"),))])
+        cp.merge_sop_log()
+        cp.commit_objects([StoredObject("k/b.tar", "tar", GROUP, "b", 4096, "e", "", (
+            entry(b"/pacs/b", 2, "1.2.3.9"), entry(b"/pacs/c", 3, "1.2.3.10")))])
+        # the table says /pacs/a; the log's newer row wins; a UID only in the log is found
+        assert cp.path_for_sop("1.2.3.9") == b"/pacs/b"
+        assert cp.path_for_sop("1.2.3.10") == b"/pacs/c"
+        assert cp.paths_for_sop("1.2.3.9") == [b"/pacs/b"]  # conflicts: at the merge
+        cp.merge_sop_log()
+        assert cp.paths_for_sop("1.2.3.9") == [b"/pacs/b", b"/pacs/a"]
+    finally:
+        cp.close()
+
+
+_KILLED = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, {tests!r})
+    from test_soplog import commits
+    from pacsmigrate import soplog
+    from pacsmigrate.checkpoint import Checkpoint
+    soplog.MERGE_ROWS = soplog.COPY_BATCH = soplog.RUN_ROWS = 4
+    cp = Checkpoint(Path({state!r}))
+    cp.commit_objects(commits(3, 30))
+    cp.{call}()
+    print("not killed")
+""")
+
+
+@pytest.mark.parametrize("point,call", [("mid-sop-merge:3", "merge_sop_log"),
+                                        ("mid-compact:3", "compact")])
+def test_a_merge_killed_midway_loses_nothing(point: str, call: str, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    code = _KILLED.format(tests=str(Path(__file__).parent), state=str(state), call=call)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PACSMIGRATE_CRASH_AT": point}, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    objects = commits(3, 30)
+    logged = sum(len(o.entries) for o in objects)
+    cp = Checkpoint(state)
+    try:
+        left = cp.sop_log_rows()
+        if call == "merge_sop_log":  # three batches of four went into the table
+            assert left == logged - 12 and cp.counts()["sop"] > 0
+        else:  # the copy was given up: the state as it was
+            assert left == logged and cp.counts()["sop"] == 0
+        cp.merge_sop_log()
+        assert cp.sop_log_rows() == 0 and tables(cp) == reference(objects)
+    finally:
+        cp.close()
+
+
+def test_a_killed_run_leaves_rows_the_next_run_merges(moto_s3: S3Target,
+                                                      tmp_path: Path) -> None:
+    tree = tmp_path / "pacs"
+    make_tree(tree, studies=6, seed=11, layout="patient", scale=0.05)
+    state = tmp_path / "state"
+    args = ["migrate", str(tree), moto_s3.url, "--endpoint-url", moto_s3.info.endpoint_url,
+            "--state", str(state), "--no-progress"]
+    killed = run_cli(*args, env={**moto_s3.env(), "PACSMIGRATE_CRASH_AT": "after-commit:2"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    cp = Checkpoint(state, readonly=True)
+    try:
+        assert cp.sop_log_rows() > 0 and cp.counts()["sop"] == 0
+        some = next(r for _, r in cp.iter_db("index") if r["sop_uid"])
+    finally:
+        cp.close()
+    got = run_cli("get", "--sop", some["sop_uid"], "-o", str(tmp_path / "one.dcm"),
+                  "--state", str(state), env=moto_s3.env())
+    assert got.returncode == 0, got.stderr
+    source = from_fields(some["source_path"], some["source_path_b64"])
+    assert (tmp_path / "one.dcm").read_bytes() == Path(os.fsdecode(source)).read_bytes()
+    done = run_cli(*args, env=moto_s3.env())
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert_complete(moto_s3, state, tree)
+    cp = Checkpoint(state, readonly=True)
+    try:
+        assert cp.sop_log_rows() == 0
+        indexed = [r for _, r in cp.iter_db("index") if r["sop_uid"]]
+        assert len(indexed) == cp.counts()["sop"] > 0
+        for r in indexed:
+            assert cp.path_for_sop(r["sop_uid"]) == from_fields(r["source_path"],
+                                                                 r["source_path_b64"])
+    finally:
+        cp.close()
