@@ -18,14 +18,17 @@ row first, while it holds rows: after a killed run, or during one.
 
 from __future__ import annotations
 
-import heapq
+import bisect
 import itertools
 import json
+import marshal
+import operator
 import shutil
 import struct
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, cast
 
 import lmdb
 
@@ -36,10 +39,11 @@ from .tables import path_key
 
 _SEQ = struct.Struct(">Q")
 _LEN = struct.Struct(">H")
-_RUN_HEAD = struct.Struct(">HH")
+_UID = operator.itemgetter(0)
 RUN_ROWS = 250_000  # rows sorted in memory at once (~50 MB of Python tuples)
 MERGE_PAGES = 4096  # pages one direct merge transaction may dirty (as a commit: 16 MiB)
 MERGE_ROWS = 100_000  # rows a direct merge transaction takes at most
+CHUNK_ROWS = 8192  # rows of the table read at once while the compaction merges
 
 Row = tuple[bytes, bytes]  # (packed UID, path)
 Conflict = Callable[[bytes, bytes], None]  # (path, the path it displaces)
@@ -174,15 +178,23 @@ class SopTable:
         """compact(): the table into `out` merged with the log in key order (the log stays
         behind), and the conflicts the merge finds into `out`'s `conflicts`."""
         with self.env.begin() as src:
-            pending = log_rows(src, self.db["soplog"])
+            logged = log_rows(src, self.db["soplog"])
         out.open_db(b"soplog")
-        if not pending:
+        if not logged:
             self._copy_table("sop", out)
             return
         target, conflicts = out.open_db(b"sop"), out.open_db(b"conflicts")
         spill = self.state_dir / "checkpoint.soprun"
         shutil.rmtree(spill, ignore_errors=True)
         found: list[tuple[bytes, bytes]] = []
+
+        def write(batch: list[Row]) -> None:
+            with out.begin(write=True) as txn:
+                txn.cursor(db=target).putmulti(batch, append=True)
+                for k, v in found:
+                    txn.put(k, v, db=conflicts)
+            found.clear()
+            faults.point("mid-compact")
         try:
             with self.env.begin() as src:
                 index = self.db["index"]
@@ -191,66 +203,111 @@ class SopTable:
                     row = conflict_row(lambda k: src.get(k, db=index), path, other)
                     if row is not None:
                         found.append(row)
-                table = ((bytes(k), bytes(v)) for k, v in src.cursor(db=self.db["sop"]))
-                runs = sorted_runs(src, self.db["soplog"], spill)
-                merged = newest_each(heapq.merge(table, *runs, key=lambda r: r[0]), conflict)
-                while True:
-                    batch = list(itertools.islice(merged, COPY_BATCH))
-                    with out.begin(write=True) as txn:
-                        txn.cursor(db=target).putmulti(batch, append=True)
-                        for k, v in found:
-                            txn.put(k, v, db=conflicts)
-                    found.clear()
-                    faults.point("mid-compact")
-                    if len(batch) < COPY_BATCH:
-                        return
+                sources = sorted_runs(src, self.db["soplog"], spill)
+                cur = src.cursor(db=self.db["sop"])
+                if cur.first():  # the table's rows come first
+                    sources.insert(0, _chunks(cur.iternext(), CHUNK_ROWS))
+                pending: list[Row] = []
+                for piece in merged_pieces(sources):
+                    pending += newest_each(piece, conflict)
+                    whole = len(pending) - len(pending) % COPY_BATCH
+                    for i in range(0, whole, COPY_BATCH):
+                        write(pending[i:i + COPY_BATCH])
+                    pending = pending[whole:]
+                write(pending)
         finally:
             shutil.rmtree(spill, ignore_errors=True)
 
 
-def newest_each(ordered: Iterable[Row], conflict: Conflict) -> Iterator[Row]:
+def newest_each(piece: list[Row], conflict: Conflict) -> list[Row]:
     """One row a UID, its last; each path that displaces another reported to conflict()."""
-    uid: bytes | None = None
-    path = b""
-    for got, p in ordered:
-        if got == uid:
-            if p != path:
-                conflict(p, path)
-            path = p
-            continue
-        if uid is not None:
-            yield uid, path
-        uid, path = got, p
-    if uid is not None:
-        yield uid, path
+    if len(set(map(_UID, piece))) == len(piece):
+        return piece  # the common case: no UID twice
+    out: list[Row] = []
+    for got, p in piece:
+        if out and out[-1][0] == got:
+            if p != out[-1][1]:
+                conflict(p, out[-1][1])
+            out[-1] = (got, p)
+        else:
+            out.append((got, p))
+    return out
 
 
-def sorted_runs(txn: lmdb.Transaction, log: Any, spill: Path) -> list[Iterable[Row]]:
-    """The log in runs sorted by UID (stable: a UID's rows in log order), in log order:
-    one in memory when it fits RUN_ROWS, else files under `spill`."""
+def merged_pieces(sources: list[Iterator[list[Row]]]) -> Iterator[list[Row]]:
+    """The rows of sources (each: chunks of rows sorted by UID) in UID order, stable (a UID's
+    rows in the order of the sources), as pieces: every buffered row below a bound that no
+    unread row goes under, merged by list.sort (timsort merges sorted runs in C; a row at a
+    time through heapq cost a good share of the merge). Every row of a UID is in one piece."""
+    bufs = [_Buf(first, 0, it) for it in sources if (first := next(it, None))]
+    while bufs:
+        bound = None  # the least last UID of the buffers with more to come
+        for b in bufs:
+            # rows left all of one UID: take the next chunk too (its rows may share it)
+            while b.source is not None and b.rows[b.pos][0] == b.rows[-1][0]:
+                more = next(b.source, None)
+                if more is None:
+                    b.source = None
+                else:
+                    b.rows, b.pos = b.rows[b.pos:] + more, 0
+            if b.source is not None and (bound is None or b.rows[-1][0] < bound):
+                bound = b.rows[-1][0]
+        piece: list[Row] = []
+        for b in bufs:
+            end = len(b.rows) if bound is None else bisect.bisect_left(b.rows, bound, b.pos,
+                                                                        key=_UID)
+            piece += b.rows[b.pos:end]
+            b.pos = end
+            if b.pos == len(b.rows):
+                more = next(b.source, None) if b.source is not None else None
+                b.rows, b.pos = more or [], 0
+        bufs = [b for b in bufs if b.rows]
+        if len(sources) > 1:
+            piece.sort(key=_UID)
+        yield piece
+
+
+@dataclass(slots=True)
+class _Buf:
+    rows: list[Row]  # a chunk (or more) of a source
+    pos: int  # the first row not taken
+    source: Iterator[list[Row]] | None  # None once it has no more chunks
+
+
+def _chunks(rows_: Iterator[Row], n: int) -> Iterator[list[Row]]:
+    return iter(lambda: list(itertools.islice(rows_, n)), [])
+
+
+def sorted_runs(txn: lmdb.Transaction, log: Any, spill: Path) -> list[Iterator[list[Row]]]:
+    """The log in runs sorted by UID (stable: a UID's rows in log order), in log order, each
+    as chunks of rows: one run in memory when it fits RUN_ROWS, else files under `spill`
+    (marshal'ed chunks, read back a chunk a run at a time: RUN_ROWS rows over all runs)."""
     cur = txn.cursor(db=log)
-    rows_iter = (decode(v) for _, v in cur.iternext()) if cur.first() else iter(())
-    runs: list[Iterable[Row]] = []
+    total = log_rows(txn, log)
+    chunk = max(256, min(8192, RUN_ROWS // max(1, -(-total // RUN_ROWS))))
+    # (bytes: the transaction is not a buffers=True one)
+    values = cast(Iterator[bytes], cur.iternext(keys=False) if cur.first() else iter(()))
+    runs: list[Iterator[list[Row]]] = []
     while True:
-        run = sorted(itertools.islice(rows_iter, RUN_ROWS), key=lambda r: r[0])
+        # decode() inline: a function call a row is a good share of the merge's cost
+        run: list[Row] = [(v[2:2 + (n := v[0] << 8 | v[1])], v[2 + n:])
+                          for v in itertools.islice(values, RUN_ROWS)]
         if not run:
             return runs
+        run.sort(key=_UID)
         if not runs and len(run) < RUN_ROWS:
-            return [run]
+            return [iter([run])]
         spill.mkdir(exist_ok=True)
         name = spill / f"run-{len(runs)}"
         with open(name, "wb") as f:
-            f.writelines(_RUN_HEAD.pack(len(uid), len(path)) + uid + path for uid, path in run)
+            for i in range(0, len(run), chunk):
+                body = marshal.dumps(run[i:i + chunk])
+                f.write(_SEQ.pack(len(body)) + body)
         runs.append(_read_run(name))
 
 
-def _read_run(name: Path) -> Iterator[Row]:
-    with open(name, "rb", buffering=1 << 16) as f:
-        yield from _records(f)
-
-
-def _records(f: BinaryIO) -> Iterator[Row]:
-    while head := f.read(_RUN_HEAD.size):
-        n, m = _RUN_HEAD.unpack(head)
-        body = f.read(n + m)
-        yield body[:n], body[n:]
+def _read_run(name: Path) -> Iterator[list[Row]]:
+    # (marshal.loads of a chunk's bytes: marshal.load on a file reads object by object)
+    with open(name, "rb") as f:
+        while head := f.read(_SEQ.size):
+            yield marshal.loads(f.read(_SEQ.unpack(head)[0]))

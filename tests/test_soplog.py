@@ -103,8 +103,8 @@ def test_both_merges_give_what_the_rule_gives(tmp_path: Path,
                 cp.merge_sop_log()
             else:
                 with cp.env.begin() as txn:
-                    runs = [[uid for uid, _ in run] for run in soplog.sorted_runs(
-                        txn, cp.db["soplog"], tmp_path / "runs")]
+                    runs = [[uid for chunk in run for uid, _ in chunk] for run in
+                            soplog.sorted_runs(txn, cp.db["soplog"], tmp_path / "runs")]
                 assert len(runs) > 5 and all(run == sorted(run) for run in runs)  # files
                 cp.compact()
                 assert not (cp.state_dir / "checkpoint.soprun").exists()
@@ -208,3 +208,25 @@ def test_a_killed_run_leaves_rows_the_next_run_merges(moto_s3: S3Target,
                                                                  r["source_path_b64"])
     finally:
         cp.close()
+
+
+def test_merged_pieces_is_a_stable_merge_with_each_uid_in_one_piece() -> None:
+    """Sorted sources cut into chunks of any size, UIDs repeated within and across them and
+    across chunk ends: the pieces, joined, are the stable sort of all rows in source order."""
+    for seed in range(300):
+        rnd = random.Random(seed)
+        sources, rows_in_order = [], []
+        for s in range(rnd.randrange(1, 5)):
+            rows_ = sorted(((bytes([rnd.randrange(6)]), b"%d/%d" % (s, i))
+                            for i in range(rnd.randrange(0, 30))), key=lambda r: r[0])
+            rows_in_order += rows_
+            chunks, i = [], 0
+            while i < len(rows_):
+                n = rnd.randrange(1, 5)
+                chunks.append(rows_[i:i + n])
+                i += n
+            sources.append(iter(chunks))
+        pieces = list(soplog.merged_pieces(sources))
+        assert [r for p in pieces for r in p] == sorted(rows_in_order, key=lambda r: r[0])
+        seen = [{uid for uid, _ in p} for p in pieces]
+        assert sum(len(u) for u in seen) == len(set().union(*seen)), seed
