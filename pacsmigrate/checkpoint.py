@@ -204,6 +204,7 @@ class Checkpoint(MergeTables, RepairTables, ReadBack, RunsTable, SpillTable, Pla
 
             # Rows go in per table with putmulti: one call a table and object, not one a
             # row (each LMDB call from Python costs a GIL hand-off and a frame).
+            sops: list[tuple[bytes, bytes]] = []  # the commit's, in order (soplog.py)
             for obj in objects:
                 key = obj.key.encode()
                 number = number_of(obj.key, committing=True)
@@ -215,7 +216,7 @@ class Checkpoint(MergeTables, RepairTables, ReadBack, RunsTable, SpillTable, Pla
                 # study, not one a file).
                 spilled_here = self.spilled_in(txn, {e.about.group for e in obj.entries}) \
                     if spilled else set()
-                index_rows, sops, contents = [], [], []
+                index_rows, contents = [], []
                 for e in obj.entries:
                     k = path_key(e.path)
                     digest = bytes.fromhex(e.blake3) if e.blake3 else b""
@@ -242,11 +243,11 @@ class Checkpoint(MergeTables, RepairTables, ReadBack, RunsTable, SpillTable, Pla
                         txn.delete(spill_key(e.about.group, e.path), db=self.db["spill"])
                 txn.cursor(db=index).putmulti(index_rows)
                 self._note_contents(txn, contents, number, lock, alone=obj.kind == FILE)
-                self.log_sops(txn, sops)
                 txn.delete(key, db=self.db["intents"])
                 # The studies it holds (a pack holds several).
                 for g in {e.about.group for e in obj.entries if e.about.status == DICOM}:
                     txn.put(g.encode(), b"", db=self.db["groups"])
+            self.put_sops(txn, sops)
             txn.put(b"next_object", str(next_id).encode(), db=meta)
             txn.put(b"dedup", json.dumps(dedup).encode(), db=meta)
             self._commit_files = self._files_within(txn)

@@ -3,8 +3,10 @@
 Keyed by UID, the table has no locality when UIDs are random (2.25.<uuid>, as many systems
 make them): a row put at commit dirties a 4 KiB page of its own, and a commit's cost a
 file doubled at 1M files and tripled at 5M (RESULTS 2026-12-07 12:45 and 16:00). So a
-commit appends its rows to `soplog`, keyed by a sequence number (appends fill pages in
-order), and the rows reach the table later, in UID order:
+commit whose rows are spread (`clustered`) appends them to `soplog`, keyed by a sequence
+number (appends fill pages in order), as do the commits after it, and the rows reach the
+table later, in UID order (rows that share pages, as UIDs numbered in order do, still go
+straight into the table: there the log would only add the merge):
 - the end-of-run compaction writes the table afresh, merged with the log sorted in runs of
   RUN_ROWS rows (an external sort: memory stays bounded at any size; `rewrite_tables`);
 - otherwise (a small run, no room to compact, before `index merge` or a repair)
@@ -12,8 +14,9 @@ order), and the rows reach the table later, in UID order:
   deletion of its log rows in one transaction: a kill keeps one or the other.
 Either way the rows are applied in the order they were committed: the newest path of a
 UID is the table's, and a path that displaces another whose bytes differ is recorded in
-`conflicts` (the bytes judged by the two files' index rows at the merge). Readers (`newest_in_log`) look at the log first, newest
-row first, while it holds rows: after a killed run, or during one.
+`conflicts` (the bytes judged by the two files' index rows at the merge). Readers
+(`newest_in_log`) look at the log first, newest row first, while it holds rows: after a
+killed run, or during one.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ RUN_ROWS = 250_000  # rows sorted in memory at once (~50 MB of Python tuples)
 MERGE_PAGES = 4096  # pages one direct merge transaction may dirty (as a commit: 16 MiB)
 MERGE_ROWS = 100_000  # rows a direct merge transaction takes at most
 CHUNK_ROWS = 8192  # rows of the table read at once while the compaction merges
+JUDGED = 64  # SOP rows a commit needs before clustered() judges them
 
 Row = tuple[bytes, bytes]  # (packed UID, path)
 Conflict = Callable[[bytes, bytes], None]  # (path, the path it displaces)
@@ -109,6 +113,18 @@ def conflict_row(index_get: Callable[[bytes], Any], path: bytes, other: bytes
                                        "other": path_fields(other)}).encode()
 
 
+def clustered(uids: list[bytes]) -> bool:
+    """Whether a commit's SOP UIDs, sorted, mostly differ from a neighbour only in their
+    last bytes (a series' instances numbered in order: many rows a page of the table), or
+    are spread over it (random UIDs, or a study or two a commit: a page a row). Fewer
+    than JUDGED rows count as clustered: cheap either way."""
+    if len(uids) < JUDGED:
+        return True
+    s = sorted(uids)
+    near = sum(1 for a, b in itertools.pairwise(s) if a[:(n := min(len(a), len(b)) - 2)] == b[:n])
+    return 2 * near >= len(s)
+
+
 def put_rows(txn: lmdb.Transaction, sop: Any, index: Any, conflicts: Any,
              pairs: list[Row]) -> None:
     """Put rows into the table in their order, recording each UID another path had."""
@@ -142,8 +158,17 @@ class SopTable:
     _copy_table: Callable[[str, Any], None]
     REWRITTEN: Sequence[str] = ("sop", "soplog")  # compact() leaves these to rewrite_tables
 
-    def log_sops(self, txn: lmdb.Transaction, pairs: list[Row]) -> None:
-        append(txn, self.db["soplog"], pairs)
+    def put_sops(self, txn: lmdb.Transaction, pairs: list[Row]) -> None:
+        """A commit's SOP rows: into the table when they are clustered (few pages), else
+        appended to the log, and to the log as long as it holds rows (its rows are older:
+        a row put into the table beside them would be overtaken at the merge)."""
+        if not pairs:
+            return
+        if log_rows(txn, self.db["soplog"]) or not clustered([uid for uid, _ in pairs]):
+            append(txn, self.db["soplog"], pairs)
+        else:
+            put_rows(txn, self.db["sop"], self.db["index"], self.db["conflicts"],
+                     sorted(pairs, key=_UID))
 
     def sop_log_rows(self) -> int:
         with self.env.begin() as txn:
@@ -163,7 +188,7 @@ class SopTable:
                 taken = len(batch)
                 # sorted by UID for the table's pages; stable: a UID's rows stay in order
                 put_rows(txn, self.db["sop"], self.db["index"], self.db["conflicts"],
-                         sorted((r for _, r in batch), key=lambda r: r[0]))
+                         sorted((r for _, r in batch), key=_UID))
                 cur = txn.cursor(db=self.db["soplog"])
                 for k, _ in batch:
                     cur.set_key(k)

@@ -131,12 +131,7 @@ def test_commit_object_is_durable_and_rows_read_back(cp: Checkpoint) -> None:
         assert cp.path_for_sop("1.9.1") == b"/s/a.dcm"
         assert cp.path_for_sop("1.9.2") == b"/s/caf\xe9.dcm"
         assert cp.path_for_sop("1.9.3") is None
-        # read from the SOP log until the end of the run merges it (soplog.py)
-        assert (cp.sop_log_rows(), cp.counts()["sop"]) == (2, 0)
-        assert cp.merge_sop_log() == 2
-        assert (cp.sop_log_rows(), cp.counts()["sop"]) == (0, 2)  # the unsorted: none
-        assert cp.path_for_sop("1.9.1") == b"/s/a.dcm"
-        assert cp.path_for_sop("1.9.2") == b"/s/caf\xe9.dcm"
+        assert cp.counts()["sop"] == 2  # the unsorted member has no SOP UID
         assert [p for p, _ in cp.iter_db("index")] == sorted(m.path for m in members)
         # A re-run's triage sees the stored files with their size and mtime.
         assert cp.migrated([m.path for m in members] + [b"/s/new.dcm"]) == [
@@ -265,7 +260,7 @@ def test_compact_packs_pages_and_keeps_every_row(cp: Checkpoint) -> None:
     order = list(range(6000))
     random.Random(3).shuffle(order)  # rows arrive in the order the store acknowledges
     for i in range(0, len(order), 200):
-        # SOP UIDs without order, as 2.25 (UUID) UIDs are
+        # SOP UIDs without order, as 2.25 (UUID) UIDs are: they go to the SOP log
         cp.commit_objects([stored(f"p/00/00/g/{i}.tar", [
             member(b"/s/%06d/%06d" % (j % 97, j), sop=f"2.25.{j * 2654435761 % 2**32}")
             for j in order[i:i + 200]])])
@@ -344,8 +339,8 @@ def test_iter_db_keeps_what_the_raw_filter_accepts_across_batches(cp: Checkpoint
 def test_batched_rows_keep_the_row_by_row_rules(cp: Checkpoint) -> None:
     """commit_objects writes each table's rows in one call (putmulti); what a row meets
     already there is still handled row by row: a SOPInstanceUID at another path with other
-    bytes, in the same object or an earlier one, is listed as a conflict (when the SOP log
-    is merged) and points at the latest path; content already stored is re-pointed only at bytes locked longer."""
+    bytes, in the same object or an earlier one, is listed as a conflict and points at the
+    latest path; content already stored is re-pointed only at bytes locked longer."""
     from pacsmigrate.records import Entry, StoredObject
 
     def entry(path: bytes, digest: str, sop: str) -> Entry:
@@ -356,8 +351,6 @@ def test_batched_rows_keep_the_row_by_row_rules(cp: Checkpoint) -> None:
         entry(b"/s/a3", "03" * 32, "1.9.3")))
     cp.commit_objects([first])
     assert cp.path_for_sop("1.9.1") == b"/s/a2"
-    cp.merge_sop_log()  # SOP conflicts are found where the SOP log is merged
-    assert cp.path_for_sop("1.9.1") == b"/s/a2"
     assert {k for k, _ in cp.iter_db("conflicts")} == {b"/s/a2"}
     # Later: the SOP of a3 at another path with other bytes; a1's content again, in an
     # object locked until 2060 (the first had no lock): the content row moves to it.
@@ -367,7 +360,6 @@ def test_batched_rows_keep_the_row_by_row_rules(cp: Checkpoint) -> None:
         retention=locked)
     cp.commit_objects([second])
     assert cp.path_for_sop("1.9.3") == b"/s/b3"
-    cp.merge_sop_log()
     assert {k for k, _ in cp.iter_db("conflicts")} == {b"/s/a2", b"/s/b3"}
     found = cp.stored_content(about(), "01" * 32)
     assert found is not None and found.key == "p/b.tar"

@@ -16,15 +16,16 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pydicom
 import pytest
 from conftest import S3Target, run_cli
 from helpers import assert_complete
+from pydicom.data import get_testdata_file
 
 from pacsmigrate import rows, soplog
 from pacsmigrate.checkpoint import Checkpoint
 from pacsmigrate.paths import from_fields
 from pacsmigrate.records import DICOM, Described, Entry, StoredObject
-from pacsmigrate.synth import make_tree
 
 GROUP = "0" * 32
 
@@ -88,6 +89,7 @@ def test_both_merges_give_what_the_rule_gives(tmp_path: Path,
     monkeypatch.setattr(soplog, "MERGE_ROWS", 5)
     monkeypatch.setattr(soplog, "RUN_ROWS", 7)
     monkeypatch.setattr(soplog, "COPY_BATCH", 3)
+    monkeypatch.setattr(soplog, "clustered", lambda uids: False)  # every row to the log
     first, then = commits(1, 30), commits(2, 40, start=30)
     want = reference(first, then)
     assert len(want[1]) >= 10 and len(want[0]) >= 30  # the case is not trivial
@@ -119,7 +121,9 @@ def test_both_merges_give_what_the_rule_gives(tmp_path: Path,
     assert results == [want, want]
 
 
-def test_readers_see_rows_before_they_are_merged(tmp_path: Path) -> None:
+def test_readers_see_rows_before_they_are_merged(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(soplog, "clustered", lambda uids: False)
     cp = Checkpoint(tmp_path / "state")
     try:
         cp.commit_objects([StoredObject("k/a.tar", "tar", GROUP, "a", 4096, "e", "", (
@@ -145,6 +149,7 @@ _KILLED = textwrap.dedent("""
     from pacsmigrate import soplog
     from pacsmigrate.checkpoint import Checkpoint
     soplog.MERGE_ROWS = soplog.COPY_BATCH = soplog.RUN_ROWS = 4
+    soplog.clustered = lambda uids: False
     cp = Checkpoint(Path({state!r}))
     cp.commit_objects(commits(3, 30))
     cp.{call}()
@@ -175,18 +180,34 @@ def test_a_merge_killed_midway_loses_nothing(point: str, call: str, tmp_path: Pa
         cp.close()
 
 
+def _random_uid_tree(root: Path, studies: int, images: int) -> None:
+    """Studies of CT images whose SOP UIDs are random 2.25 ones, as some systems make them."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    rnd = random.Random(7)
+    for s in range(studies):
+        ds.StudyInstanceUID = f"2.25.{rnd.getrandbits(120)}"
+        ds.SeriesInstanceUID = f"2.25.{rnd.getrandbits(120)}"
+        (root / f"s{s}").mkdir(parents=True)
+        for i in range(images):
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = \
+                f"2.25.{rnd.getrandbits(120)}"
+            ds.save_as(root / f"s{s}" / f"{i}.dcm")
+
+
 def test_a_killed_run_leaves_rows_the_next_run_merges(moto_s3: S3Target,
                                                       tmp_path: Path) -> None:
+    """Random SOP UIDs in packs of many studies: a commit's rows go to the log; a run killed
+    after it leaves them there, `get --sop` finds them, the next run merges them."""
     tree = tmp_path / "pacs"
-    make_tree(tree, studies=6, seed=11, layout="patient", scale=0.05)
+    _random_uid_tree(tree, studies=30, images=10)
     state = tmp_path / "state"
     args = ["migrate", str(tree), moto_s3.url, "--endpoint-url", moto_s3.info.endpoint_url,
-            "--state", str(state), "--no-progress"]
-    killed = run_cli(*args, env={**moto_s3.env(), "PACSMIGRATE_CRASH_AT": "after-commit:2"})
+            "--state", str(state), "--no-progress", "--pack", "8MiB"]
+    killed = run_cli(*args, env={**moto_s3.env(), "PACSMIGRATE_CRASH_AT": "after-commit:1"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     cp = Checkpoint(state, readonly=True)
     try:
-        assert cp.sop_log_rows() > 0 and cp.counts()["sop"] == 0
+        assert cp.sop_log_rows() >= soplog.JUDGED and cp.counts()["sop"] == 0
         some = next(r for _, r in cp.iter_db("index") if r["sop_uid"])
     finally:
         cp.close()
@@ -202,10 +223,41 @@ def test_a_killed_run_leaves_rows_the_next_run_merges(moto_s3: S3Target,
     try:
         assert cp.sop_log_rows() == 0
         indexed = [r for _, r in cp.iter_db("index") if r["sop_uid"]]
-        assert len(indexed) == cp.counts()["sop"] > 0
+        assert len(indexed) == cp.counts()["sop"] == 300
         for r in indexed:
             assert cp.path_for_sop(r["sop_uid"]) == from_fields(r["source_path"],
                                                                  r["source_path_b64"])
+    finally:
+        cp.close()
+
+
+def test_clustered_commits_go_straight_in_until_one_is_spread(tmp_path: Path) -> None:
+    """UIDs numbered in order go straight into the table; a commit of spread UIDs goes to the
+    log, and so does every commit after it until the log is merged (its rows are older)."""
+    def obj(n: int, uids: list[str]) -> StoredObject:
+        return StoredObject(f"k/{n}.tar", "tar", GROUP, f"b{n}", 4096, "e", "", tuple(
+            entry(b"/pacs/%d/%d" % (n, i), i, u) for i, u in enumerate(uids)))
+    rnd = random.Random(4)
+    series = [f"1.2.826.0.1.3680043.8.498.{n}.1.{i}" for n in (1, 2, 3) for i in range(100)]
+    spread = [f"2.25.{rnd.getrandbits(120)}" for _ in range(100)]
+    packed = [rows.packed_uid(u) for u in series + spread]
+    assert soplog.clustered(packed[:100]) and soplog.clustered(packed[:300])
+    assert not soplog.clustered(packed[300:]) and soplog.clustered(packed[300:363])
+    cp = Checkpoint(tmp_path / "state")
+    try:
+        cp.commit_objects([obj(1, series[:100])])
+        assert (cp.counts()["sop"], cp.sop_log_rows()) == (100, 0)
+        cp.commit_objects([obj(2, spread)])
+        assert (cp.counts()["sop"], cp.sop_log_rows()) == (100, 100)
+        cp.commit_objects([obj(3, series[100:200])])  # clustered, but the log has rows
+        assert (cp.counts()["sop"], cp.sop_log_rows()) == (100, 200)
+        cp.merge_sop_log()
+        cp.commit_objects([obj(4, series[200:])])
+        assert (cp.counts()["sop"], cp.sop_log_rows()) == (400, 0)
+        for n, uids in ((1, series[:100]), (2, spread), (3, series[100:200]),
+                        (4, series[200:])):
+            assert all(cp.path_for_sop(u) == b"/pacs/%d/%d" % (n, i)
+                       for i, u in enumerate(uids))
     finally:
         cp.close()
 
