@@ -4,6 +4,7 @@ clean failure on a full disk, and compaction. What the tables mean is checkpoint
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import itertools
 import math
@@ -109,7 +110,7 @@ class LmdbFile:
         fresh = self.state_dir / "checkpoint.compact"
         shutil.rmtree(fresh, ignore_errors=True)
         before = data.stat().st_size
-        need, free = self.in_use(), shutil.disk_usage(self.state_dir).free
+        need, free = self.in_use() + self.rewrite_room(), shutil.disk_usage(self.state_dir).free
         if free < need + LOW_SPACE:
             raise NoRoomToCompactError(
                 f"no room to compact the checkpoint: the copy needs up to "
@@ -129,8 +130,9 @@ class LmdbFile:
                 out.close()
         except (lmdb.Error, OSError) as exc:
             # The disk filled up meanwhile (asked while the partial copy still takes its
-            # room); any other error (a damaged page read) stops the run.
-            full = self._disk_full()
+            # room; a rewrite's own files, removed before this is asked, say ENOSPC); any
+            # other error (a damaged page read) stops the run.
+            full = self._disk_full() or getattr(exc, "errno", None) == errno.ENOSPC
             shutil.rmtree(fresh, ignore_errors=True)
             if full:
                 raise NoRoomToCompactError(
@@ -147,6 +149,10 @@ class LmdbFile:
 
     def rewrite_tables(self, out: Any) -> None:
         """compact(): write the REWRITTEN tables into `out` (after the others)."""
+
+    def rewrite_room(self) -> int:
+        """Bytes rewrite_tables may need beside the copy (files of its own)."""
+        return 0
 
     def _disk_full(self) -> bool:
         """Whether a failed write met a full disk: the file system asked, not the error's

@@ -22,6 +22,7 @@ killed run, or during one.
 from __future__ import annotations
 
 import bisect
+import errno
 import itertools
 import json
 import marshal
@@ -48,6 +49,7 @@ MERGE_PAGES = 4096  # pages one direct merge transaction may dirty (as a commit:
 MERGE_ROWS = 100_000  # rows a direct merge transaction takes at most
 CHUNK_ROWS = 8192  # rows of the table read at once while the compaction merges
 JUDGED = 64  # SOP rows a commit needs before clustered() judges them
+SPILL = "checkpoint.soprun"  # the compaction's sorted runs, in the state directory
 
 Row = tuple[bytes, bytes]  # (packed UID, path)
 Conflict = Callable[[bytes, bytes], None]  # (path, the path it displaces)
@@ -156,6 +158,7 @@ class SopTable:
     state_dir: Path
     _write: Callable[[Callable[[lmdb.Transaction], Any]], None]
     _copy_table: Callable[[str, Any], None]
+    _disk_full: Callable[[], bool]
     REWRITTEN: Sequence[str] = ("sop", "soplog")  # compact() leaves these to rewrite_tables
 
     def put_sops(self, txn: lmdb.Transaction, pairs: list[Row]) -> None:
@@ -177,6 +180,7 @@ class SopTable:
     def merge_sop_log(self) -> int:
         """Put the log's rows into the table (oldest first, sorted by UID a batch at a time,
         each batch deleted from the log in its transaction); returns how many."""
+        shutil.rmtree(self.state_dir / SPILL, ignore_errors=True)  # a killed compaction's
         merged = 0
         while True:
             taken = 0
@@ -209,7 +213,7 @@ class SopTable:
             self._copy_table("sop", out)
             return
         target, conflicts = out.open_db(b"sop"), out.open_db(b"conflicts")
-        spill = self.state_dir / "checkpoint.soprun"
+        spill = self.state_dir / SPILL
         shutil.rmtree(spill, ignore_errors=True)
         found: list[tuple[bytes, bytes]] = []
 
@@ -240,8 +244,20 @@ class SopTable:
                         write(pending[i:i + COPY_BATCH])
                     pending = pending[whole:]
                 write(pending)
+        except (lmdb.Error, OSError) as exc:
+            if self._disk_full():  # asked before the spill goes: removing it frees room
+                raise OSError(errno.ENOSPC, "no room for the SOP log's merge") from exc
+            raise
         finally:
             shutil.rmtree(spill, ignore_errors=True)
+
+    def rewrite_room(self) -> int:
+        """The spilled runs: about the log's pages."""
+        with self.env.begin() as txn:
+            if self.db["soplog"] is None:
+                return 0
+            st = txn.stat(self.db["soplog"])
+        return int(st["psize"] * (st["leaf_pages"] + st["branch_pages"] + st["overflow_pages"]))
 
 
 def newest_each(piece: list[Row], conflict: Conflict) -> list[Row]:
@@ -332,7 +348,15 @@ def sorted_runs(txn: lmdb.Transaction, log: Any, spill: Path) -> list[Iterator[l
 
 
 def _read_run(name: Path) -> Iterator[list[Row]]:
-    # (marshal.loads of a chunk's bytes: marshal.load on a file reads object by object)
-    with open(name, "rb") as f:
-        while head := f.read(_SEQ.size):
-            yield marshal.loads(f.read(_SEQ.unpack(head)[0]))
+    # Opened for each chunk: 400 runs at 100M rows must not hold 400 files open. (marshal
+    # .loads of a chunk's bytes: marshal.load on a file reads object by object.)
+    offset = 0
+    while True:
+        with open(name, "rb") as f:
+            f.seek(offset)
+            head = f.read(_SEQ.size)
+            if not head:
+                return
+            body = f.read(_SEQ.unpack(head)[0])
+        offset += len(head) + len(body)
+        yield marshal.loads(body)

@@ -98,6 +98,9 @@ class MergeTables:
         if other.counts()["intents"]:
             raise StateError(f"{other.state_dir} has uploads in doubt (an interrupted run): "
                              "run its `migrate` again to settle them, then merge")
+        # This state's SOP log first: its rows are older, and conflicts are judged by index
+        # rows, which the other's are about to replace.
+        self.merge_sop_log()
         config = self._merge_config(other, result)
         offset = self._next_object() - 1
         # Objects this state holds too (two runs packed the same files alike: same key)
@@ -116,8 +119,7 @@ class MergeTables:
         for chunk in raw_batches(other.env, other.db["index"]):
             self._write(functools.partial(self._index, chunk=chunk, number=number,
                                           result=result, skipped=skipped))
-        # This state's SOP log first (its rows are older), then the other's table and log.
-        self.merge_sop_log()
+        # (this state's SOP log was merged first: its rows are older)
         for chunk in itertools.chain(raw_batches(other.env, other.db["sop"]),
                                      _log_batches(other.env, other.db.get("soplog"))):
             self._write(functools.partial(self._sop, chunk=chunk, skipped=skipped))

@@ -8,6 +8,7 @@ the middle of either merge lose nothing; readers see rows before they are merged
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import signal
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pydicom
 import pytest
@@ -24,6 +26,7 @@ from pydicom.data import get_testdata_file
 
 from pacsmigrate import rows, soplog
 from pacsmigrate.checkpoint import Checkpoint
+from pacsmigrate.errors import NoRoomToCompactError
 from pacsmigrate.paths import from_fields
 from pacsmigrate.records import DICOM, Described, Entry, StoredObject
 
@@ -282,3 +285,32 @@ def test_merged_pieces_is_a_stable_merge_with_each_uid_in_one_piece() -> None:
         assert [r for p in pieces for r in p] == sorted(rows_in_order, key=lambda r: r[0])
         seen = [{uid for uid, _ in p} for p in pieces]
         assert sum(len(u) for u in seen) == len(set().union(*seen)), seed
+
+
+def test_a_full_disk_during_the_merge_leaves_the_state_as_it_was(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills while the compaction spills the log's sorted runs: no compaction (as
+    when the copy finds no room), the log whole, nothing left behind; it merges later."""
+    monkeypatch.setattr(soplog, "clustered", lambda uids: False)
+    monkeypatch.setattr(soplog, "RUN_ROWS", 10)
+    objects = commits(5, 30)
+    cp = Checkpoint(tmp_path / "state")
+    try:
+        cp.commit_objects(objects)
+        logged = cp.sop_log_rows()
+        spill = cp.state_dir / soplog.SPILL
+
+        def no_room(_: object) -> bytes:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        monkeypatch.setattr(soplog, "marshal", SimpleNamespace(dumps=no_room))
+        # full while the spill takes its room (removing it frees the room again)
+        monkeypatch.setattr(Checkpoint, "_disk_full", lambda self: spill.exists())
+        with pytest.raises(NoRoomToCompactError, match=r"^no room to compact the checkpoint: "
+                           r"the disk filled up during the copy$"):
+            cp.compact()
+        assert cp.sop_log_rows() == logged and cp.counts()["sop"] == 0
+        assert not spill.exists() and not (cp.state_dir / "checkpoint.compact").exists()
+        cp.merge_sop_log()
+        assert tables(cp) == reference(objects)
+    finally:
+        cp.close()
