@@ -8,7 +8,7 @@ Tables (named LMDB databases); path keys are raw path bytes, or a hash for long 
     index     path -> row (rows.py)     the RIS path -> object index
     sop       packed SOPInstanceUID -> path
     soplog    sequence number (8 bytes BE) -> UID and path   sop rows not merged yet
-              (soplog.py: a commit appends, the end of a run merges)
+              (soplog.py: commits of spread UIDs append, the end of a run merges)
     problems  path -> JSON Problem      not migrated (yet), or skipped, with the reason
     plan      path -> row (NO_OBJECT)   what the last dry run read, with the blake3
     spill     group 0 path -> row        files of scattered studies, packed after the walk
@@ -65,7 +65,7 @@ from .tables import (
 T = TypeVar("T")
 
 FORMAT = 2
-# Pages of the hash- and UID-keyed tables (content, sop) one commit may dirty: 16 MiB.
+# Pages of the hash-keyed content table one commit may dirty: 16 MiB.
 COMMIT_PAGES = 4096
 _DBS = ("meta", "intents", "objects", "objkeys", "index", "sop", "problems", "plan",
         "spill", "groups", "content", "conflicts", "retention", "soplog")
@@ -95,7 +95,8 @@ class Checkpoint(MergeTables, RepairTables, ReadBack, RunsTable, SpillTable, Pla
                 self._commit_files = self._files_within(txn)
 
     def _files_within(self, txn: lmdb.Transaction) -> int | None:
-        # (the sop table takes its rows at the end of a run: soplog.py)
+        # (the sop table takes random UIDs through its log, at the end of a run; the
+        # commits it takes at once are clustered, a page for many rows: soplog.py)
         return rows_within(COMMIT_PAGES, [txn.stat(self.db["content"])["leaf_pages"]])
 
     def commit_files(self) -> int | None:

@@ -67,8 +67,6 @@ def decode(raw: bytes | memoryview) -> Row:
 
 def append(txn: lmdb.Transaction, log: Any, pairs: list[Row]) -> None:
     """Append (uid, path) rows to the log, after its last."""
-    if not pairs:
-        return
     cur = txn.cursor(db=log)
     first = _SEQ.unpack(cur.key())[0] + 1 if cur.last() else 0
     cur.putmulti([(_SEQ.pack(first + i), encode(uid, path))
@@ -167,11 +165,14 @@ class SopTable:
         a row put into the table beside them would be overtaken at the merge)."""
         if not pairs:
             return
-        if log_rows(txn, self.db["soplog"]) or not clustered([uid for uid, _ in pairs]):
+        if log_rows(txn, self.db["soplog"]):
             append(txn, self.db["soplog"], pairs)
+            return
+        ordered = sorted(pairs, key=_UID)  # once: clustered() sorts sorted UIDs in one pass
+        if clustered([uid for uid, _ in ordered]):
+            put_rows(txn, self.db["sop"], self.db["index"], self.db["conflicts"], ordered)
         else:
-            put_rows(txn, self.db["sop"], self.db["index"], self.db["conflicts"],
-                     sorted(pairs, key=_UID))
+            append(txn, self.db["soplog"], pairs)
 
     def sop_log_rows(self) -> int:
         with self.env.begin() as txn:
@@ -254,8 +255,6 @@ class SopTable:
     def rewrite_room(self) -> int:
         """The spilled runs: about the log's pages."""
         with self.env.begin() as txn:
-            if self.db["soplog"] is None:
-                return 0
             st = txn.stat(self.db["soplog"])
         return int(st["psize"] * (st["leaf_pages"] + st["branch_pages"] + st["overflow_pages"]))
 

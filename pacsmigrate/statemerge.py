@@ -119,7 +119,6 @@ class MergeTables:
         for chunk in raw_batches(other.env, other.db["index"]):
             self._write(functools.partial(self._index, chunk=chunk, number=number,
                                           result=result, skipped=skipped))
-        # (this state's SOP log was merged first: its rows are older)
         for chunk in itertools.chain(raw_batches(other.env, other.db["sop"]),
                                      _log_batches(other.env, other.db.get("soplog"))):
             self._write(functools.partial(self._sop, chunk=chunk, skipped=skipped))
