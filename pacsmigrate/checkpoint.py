@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 import lmdb
 
 from . import rows
+from .errors import StateError
 from .lmdbfile import LmdbFile, rows_within
 from .paths import from_fields
 from .records import (
@@ -64,7 +65,9 @@ from .tables import (
 
 T = TypeVar("T")
 
-FORMAT = 2
+# The state's format, written by every run; a state of a newer one is refused (an older
+# pacsmigrate could miss what it keeps where). 3: SOP rows through soplog.py's log.
+FORMAT = 3
 # Pages of the hash-keyed content table one commit may dirty: 16 MiB.
 COMMIT_PAGES = 4096
 _DBS = ("meta", "intents", "objects", "objkeys", "index", "sop", "problems", "plan",
@@ -85,6 +88,12 @@ class Checkpoint(MergeTables, RepairTables, ReadBack, RunsTable, SpillTable, Pla
         self._keys: dict[int, str] = {}  # object number -> key, for decoding rows
         self._locks: dict[str, tuple[str, str]] = {}  # object key -> its lock, likewise
         self._commit_files: int | None = None
+        written = self.get_meta("format")
+        if isinstance(written, int) and written > FORMAT:
+            self.close()
+            raise StateError(f"state directory {state_dir} was written by a newer pacsmigrate "
+                             f"(state format {written}; this version reads {FORMAT} and "
+                             "older): use that version or a newer one")
         if self.get_meta(CONTENT_KEYS) != BY_STUDY:
             if not readonly and self.counts()["content"] == 0:
                 self.put_meta(CONTENT_KEYS, BY_STUDY)

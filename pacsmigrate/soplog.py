@@ -15,7 +15,7 @@ straight into the table: there the log would only add the merge):
 Either way the rows are applied in the order they were committed: the newest path of a
 UID is the table's, and a path that displaces another whose bytes differ is recorded in
 `conflicts` (the bytes judged by the two files' index rows at the merge). Readers
-(`newest_in_log`) look at the log first, newest row first, while it holds rows: after a
+(`in_log`) look at the log first, newest row first, while it holds rows: after a
 killed run, or during one.
 """
 
@@ -73,18 +73,20 @@ def append(txn: lmdb.Transaction, log: Any, pairs: list[Row]) -> None:
                   for i, (uid, path) in enumerate(pairs)], append=True)
 
 
-def newest_in_log(txn: lmdb.Transaction, log: Any, uid: bytes) -> bytes | None:
-    """The path the log's newest row for `uid` names (a scan, newest first), or None."""
-    if log is None:
-        return None
-    cur = txn.cursor(db=log)
-    if not cur.last():
-        return None
+def in_log(txn: lmdb.Transaction, log: Any, uid: bytes, *, newest_only: bool = False
+           ) -> list[bytes]:
+    """The paths the log's rows for `uid` name, newest first (a scan of the log)."""
+    found: list[bytes] = []
+    cur = None if log is None else txn.cursor(db=log)
+    if cur is None or not cur.last():
+        return found
     for _, raw in cur.iterprev():
         got, path = decode(raw)
         if got == uid:
-            return path
-    return None
+            found.append(path)
+            if newest_only:
+                break
+    return found
 
 
 def log_rows(txn: lmdb.Transaction, log: Any) -> int:

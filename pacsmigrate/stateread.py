@@ -5,6 +5,7 @@ SOPInstanceUID, and the read stage's index lookup (`migrated_in`, also the read 
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
 from collections.abc import Callable, Iterable, Iterator
@@ -119,25 +120,38 @@ class ReadBack:
         killed run, or during one: a scan) come before the table's."""
         uid = rows.packed_uid(sop_uid)[:500]
         with self.env.begin() as txn:
-            logged = soplog.newest_in_log(txn, self.db.get("soplog"), uid)
-            if logged is not None:
-                return logged
+            logged = soplog.in_log(txn, self.db.get("soplog"), uid, newest_only=True)
+            if logged:
+                return logged[0]
             raw = txn.get(uid, db=self.db["sop"]) or txn.get(sop_uid.encode(), db=self.db["sop"])
         return None if raw is None else bytes(raw)
 
     def paths_for_sop(self, sop_uid: str) -> list[bytes]:
         """Every migrated file with this SOPInstanceUID and bytes of its own: the newest
-        first, then back along the `conflicts` chain (each names the file it displaced)."""
+        first, then back along the `conflicts` chain (each names the file it displaced).
+        Rows still in the SOP log count as their merge will: each displaces the one before
+        it (the table's row first), recording a conflict where their bytes differ."""
+        uid = rows.packed_uid(sop_uid)[:500]
         found: list[bytes] = []
         seen: set[bytes] = set()
-        path = self.path_for_sop(sop_uid)
         with self.env.begin() as txn:
+            index = self.db["index"]
+            chain = soplog.in_log(txn, self.db.get("soplog"), uid)[::-1]  # oldest first
+            raw = txn.get(uid, db=self.db["sop"]) or txn.get(sop_uid.encode(), db=self.db["sop"])
+            if raw is not None:
+                chain.insert(0, bytes(raw))
+            merged = {newer: older for older, newer in itertools.pairwise(chain)
+                      if soplog.conflict_row(lambda k: txn.get(k, db=index), newer, older)}
+            path = chain[-1] if chain else None
             while path is not None and path not in seen:
                 seen.add(path)
-                row = txn.get(path_key(path), db=self.db["index"])
+                row = txn.get(path_key(path), db=index)
                 if row is not None and self._decode("index", txn, path_key(path), row)[
                         "sop_uid"] == sop_uid:
                     found.append(path)
+                if path in merged:
+                    path = merged[path]
+                    continue
                 raw = txn.get(path_key(path), db=self.db["conflicts"])
                 other = None if raw is None else json.loads(raw)["other"]
                 path = None if other is None else from_fields(other["source_path"],

@@ -9,6 +9,7 @@ the middle of either merge lose nothing; readers see rows before they are merged
 from __future__ import annotations
 
 import errno
+import json
 import os
 import random
 import signal
@@ -25,8 +26,8 @@ from helpers import assert_complete
 from pydicom.data import get_testdata_file
 
 from pacsmigrate import rows, soplog
-from pacsmigrate.checkpoint import Checkpoint
-from pacsmigrate.errors import NoRoomToCompactError
+from pacsmigrate.checkpoint import FORMAT, Checkpoint
+from pacsmigrate.errors import NoRoomToCompactError, StateError
 from pacsmigrate.paths import from_fields
 from pacsmigrate.records import DICOM, Described, Entry, StoredObject
 
@@ -104,6 +105,11 @@ def test_both_merges_give_what_the_rule_gives(tmp_path: Path,
             assert cp.merge_sop_log() == sum(len(o.entries) for o in first)
             cp.commit_objects(then)  # the table holds rows now; more wait in the log
             assert cp.sop_log_rows() == sum(len(o.entries) for o in then)
+            texts = {rows.packed_uid(e.about.sop_uid): e.about.sop_uid
+                     for o in first + then for e in o.entries}
+            # the files a UID has, read through the log as its merge will chain them
+            unmerged = {t: cp.paths_for_sop(t) for t in texts.values()}
+            assert sum(len(p) > 1 for p in unmerged.values()) >= 5
             if how == "merge":
                 cp.merge_sop_log()
             else:
@@ -115,10 +121,9 @@ def test_both_merges_give_what_the_rule_gives(tmp_path: Path,
                 assert not (cp.state_dir / "checkpoint.soprun").exists()
             assert cp.sop_log_rows() == 0
             results.append(tables(cp))
-            texts = {rows.packed_uid(e.about.sop_uid): e.about.sop_uid
-                     for o in first + then for e in o.entries}
             for uid, path in want[0].items():
                 assert cp.path_for_sop(texts[uid]) == path
+            assert {t: cp.paths_for_sop(t) for t in texts.values()} == unmerged
         finally:
             cp.close()
     assert results == [want, want]
@@ -137,7 +142,8 @@ def test_readers_see_rows_before_they_are_merged(tmp_path: Path,
         # the table says /pacs/a; the log's newer row wins; a UID only in the log is found
         assert cp.path_for_sop("1.2.3.9") == b"/pacs/b"
         assert cp.path_for_sop("1.2.3.10") == b"/pacs/c"
-        assert cp.paths_for_sop("1.2.3.9") == [b"/pacs/b"]  # conflicts: at the merge
+        # the conflict the merge will record is seen before it
+        assert cp.paths_for_sop("1.2.3.9") == [b"/pacs/b", b"/pacs/a"]
         cp.merge_sop_log()
         assert cp.paths_for_sop("1.2.3.9") == [b"/pacs/b", b"/pacs/a"]
     finally:
@@ -314,3 +320,52 @@ def test_a_full_disk_during_the_merge_leaves_the_state_as_it_was(
         assert tables(cp) == reference(objects)
     finally:
         cp.close()
+
+
+def test_status_says_how_many_rows_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                        ) -> None:
+    monkeypatch.setattr(soplog, "clustered", lambda uids: False)
+    state = tmp_path / "state"
+    objects = commits(6, 3)
+    waiting = sum(len(o.entries) for o in objects)
+    cp = Checkpoint(state)
+    try:
+        cp.commit_objects(objects)
+    finally:
+        cp.close()
+    for merged in (False, True):
+        if merged:
+            cp = Checkpoint(state)
+            cp.merge_sop_log()
+            cp.close()
+        doc = json.loads(run_cli("status", "--state", str(state), "--json", check=True).stdout)
+        text = run_cli("status", "--state", str(state), check=True).stdout
+        assert doc["sop_rows_unmerged"] == (0 if merged else waiting)
+        said = f"{waiting:,} rows of the SOPInstanceUID index wait to be merged"
+        assert (said in text) is not merged, text
+
+
+def test_a_state_of_a_newer_format_is_refused(tmp_path: Path) -> None:
+    """A later pacsmigrate may keep rows where this one would not look: one line, no change."""
+    state = tmp_path / "state"
+    cp = Checkpoint(state)
+    cp.put_meta("format", FORMAT + 1)
+    cp.close()
+    data = next(state.rglob("data.mdb"))
+    source, store = tmp_path / "pacs", tmp_path / "store"
+    source.mkdir()
+    store.mkdir()
+    before = data.read_bytes()
+    for args in (("status", "--state", str(state)),
+                 ("migrate", str(source), str(store), "--state", str(state))):
+        proc = run_cli(*args)
+        assert proc.returncode != 0
+        said = (f"error: state directory {state} was written by a newer pacsmigrate (state "
+                f"format {FORMAT + 1}; this version reads {FORMAT} and older): use that "
+                "version or a newer one")
+        assert proc.stderr.strip().splitlines() == [said], proc.stderr
+    with pytest.raises(StateError, match="newer pacsmigrate"):
+        Checkpoint(state, readonly=True)
+    with pytest.raises(StateError, match="newer pacsmigrate"):  # not locked by the refusal
+        Checkpoint(state)
+    assert data.read_bytes() == before
