@@ -24,12 +24,16 @@ demo: install
 	$(BIN)/python examples/demo.py
 
 # Everything but soaks: moto and the SeaweedFS strict tier, kill-and-resume included.
+# TEST_WORKERS pytest processes (pytest-xdist), each taking whole test files (each starts
+# its own servers): about half the suite's time waits on subprocesses and servers, so two
+# halve its wall time on two CPUs. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: install $(AZURITE)
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile
 
 # Soaks too (long kill/resume runs).
 test-all: install $(AZURITE)
-	$(BIN)/python -m pytest -q -ra -m ''
+	$(BIN)/python -m pytest -q -ra -m '' -n $(TEST_WORKERS) --dist loadfile
 
 # The benchmark suite vs s5cmd, rclone and the aws cli (see benchmarks/README.md); the full
 # suite takes hours on a slow pipeline. BENCH_ARGS=--quick checks it in under 10 minutes.
