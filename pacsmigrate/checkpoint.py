@@ -47,7 +47,7 @@ from .records import (
     StoredObject,
 )
 from .retention import lock_of
-from .soplog import SopTable
+from .soplog import SPILL, SopTable
 from .statemerge import MergeTables
 from .stateread import OBJECT_NUMBER, ReadBack, migrated_in
 from .staterepair import RepairTables
@@ -82,6 +82,7 @@ class Checkpoint(MergeTables, RepairTables, ReadBack, RunsTable, SpillTable, Pla
     """
 
     TABLES = _DBS
+    LEFTOVERS = (*LmdbFile.LEFTOVERS, SPILL)
 
     def __init__(self, state_dir: Path, *, readonly: bool = False, idle: bool = False) -> None:
         super().__init__(state_dir, readonly=readonly, idle=idle)

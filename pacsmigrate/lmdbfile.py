@@ -59,6 +59,9 @@ class LmdbFile:
 
     TABLES: Sequence[str] = ()
     REWRITTEN: Sequence[str] = ()  # tables compact() leaves to rewrite_tables()
+    # What a killed compaction leaves in the state directory (its partial copy, as large
+    # as the state): removed by the next writer, which holds the lock.
+    LEFTOVERS: Sequence[str] = ("checkpoint.compact",)
 
     def __init__(self, state_dir: Path, *, readonly: bool = False,
                  idle: bool = False) -> None:
@@ -73,6 +76,8 @@ class LmdbFile:
         self._lock_fd: int | None = None
         if not readonly:
             self._take_lock()
+            for name in self.LEFTOVERS:
+                shutil.rmtree(state_dir / name, ignore_errors=True)
         elif idle:
             self._share_lock()
         try:

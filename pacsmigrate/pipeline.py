@@ -99,6 +99,7 @@ class Migration:
                     self.stats.objects_adopted += adopted
                     # Committed by this run: its record's files add up to the index.
                     self.stats.files_migrated += files
+                    self.stats.files_adopted += files
                     self.stats.intents_dropped += len(dropped)
                     if adopted or dropped:
                         log.info("after an interrupted run: %d stored objects adopted, %d "
@@ -121,10 +122,16 @@ class Migration:
                                                               self.stats.as_dict))
                     stack.push_async_callback(_stop, writer)
                 await self._stream(cp, started)
+                # The walk found the adopted files in the index, as if an earlier run had
+                # committed them: they are this run's (exact unless one of them changed or
+                # vanished between the stop and this run).
+                s = self.stats
+                s.already_migrated -= min(s.files_adopted, s.already_migrated)
                 if cfg.sample:
                     await self._estimate()
                 if self.backend is not None and not cfg.dry_run:
-                    self.stats.uploads_aborted += await abandon(cp, self.backend, dropped)
+                    aborted = await abandon(cp, self.backend, dropped)
+                    self.stats.uploads_aborted += aborted
                 await self._compact(cp)
             except BaseException as stop:
                 # The run stops on an error: the report still says how far it got, but a

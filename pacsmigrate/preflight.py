@@ -35,8 +35,15 @@ from isal import isal_zlib
 from .backends import Measured, open_backend, wrap
 from .backends.base import Backend, one_chunk
 from .backends.body import AUTO, MISMATCH_CODES, Checksum
+from .checkpoint import Checkpoint
 from .config import Destination, MigrateConfig, TransferConfig
-from .errors import BackendError, ConfigError, ObjectExistsError, PacsMigrateError
+from .errors import (
+    BackendError,
+    ConfigError,
+    ObjectExistsError,
+    PacsMigrateError,
+    StateError,
+)
 from .keys import RUN_DIR, probe_key
 from .tiers import CLASS_META
 
@@ -122,6 +129,11 @@ def check_state(state_dir: Path, sources: tuple[Path, ...]) -> list[Check]:
         if state == src or state.startswith(src.rstrip("/") + "/"):
             return [Check("state", FAIL, f"{state_dir} lies inside the source {source}, which "
                           "is never written to: give --state outside every source")]
+    if (Path(state) / "checkpoint.lmdb").exists():  # a state already: one this version reads
+        try:
+            Checkpoint(Path(state), readonly=True).close()
+        except StateError as exc:
+            return [Check("state", FAIL, str(exc))]
     existing = Path(state)
     while not existing.exists():
         existing = existing.parent

@@ -21,8 +21,8 @@ from .upload import manifest_of_bundle
 @dataclass
 class RebuildResult:
     manifests: int = 0
-    rows: int = 0
-    superseded: int = 0  # rows replaced by a newer version of the same file
+    rows: int = 0  # files in the index (a file stored in several versions: one row)
+    superseded: int = 0  # versions of a file that lost to a newer one of it
     missing_objects: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)  # bundles whose manifest is unreadable
 
@@ -118,8 +118,8 @@ async def commit_described(cp: Checkpoint, doc: dict[str, Any], data: ObjectInfo
                            result: RebuildResult,
                            keep: Callable[[bytes], bool] | None = None) -> int:
     """Commit one described object (as adopted) with those of its entries that `keep`
-    accepts and that are newer than what the index holds; returns how many rows."""
-    entries, superseded = await _keep_newest(cp, doc, keep)
+    accepts and that are newer than what the index holds; returns how many entries."""
+    entries, superseded, replacing = await _keep_newest(cp, doc, keep)
     result.superseded += superseded
     if not entries and keep is not None:
         return 0  # nothing of it belongs here (another slice's object)
@@ -127,17 +127,18 @@ async def commit_described(cp: Checkpoint, doc: dict[str, Any], data: ObjectInfo
         doc["key"], doc["kind"], doc["group"], doc.get("bundle_id", ""), data.size,
         data.etag, doc.get("created", ""), tuple(entries), adopted=True,
         retention=doc.get("retention"))])
-    result.rows += len(entries)
+    result.rows += len(entries) - replacing  # a newer version takes the older one's row
     result.manifests += 1
     return len(entries)
 
 
 async def _keep_newest(cp: Checkpoint, doc: dict[str, Any],
                        wanted: Callable[[bytes], bool] | None = None
-                       ) -> tuple[list[Entry], int]:
-    """Entries of doc newer than what the rebuilt index holds, and how many versions lost."""
+                       ) -> tuple[list[Entry], int, int]:
+    """Entries of doc newer than what the rebuilt index holds, how many versions lost, and
+    how many of those entries replace a row the index holds."""
     keep = []
-    superseded = 0
+    superseded = replacing = 0
     for e in manifest.entries(doc):
         if wanted is not None and not wanted(e.path):
             continue
@@ -148,5 +149,6 @@ async def _keep_newest(cp: Checkpoint, doc: dict[str, Any],
             old_created = old_obj.get("created", "") if old_obj else ""
         if _newer(e.mtime_ns, old, doc.get("created", ""), old_created):
             keep.append(e)
+            replacing += old is not None
         superseded += old is not None
-    return keep, superseded
+    return keep, superseded, replacing

@@ -133,7 +133,8 @@ async def restore(opened: Opened, sel: Selection, to: Path, *, concurrency: int 
             if await asyncio.to_thread(_present, target, row):
                 result.already_present += 1
             else:
-                result.bytes += await save_verified(opened.backend, row, target)
+                saved = await save_verified(opened.backend, row, target)
+                result.bytes += saved  # (not `+= await`: that reads the total before it)
                 result.restored += 1
         except ObjectArchivedError:
             result.archived[row["key"]] += 1

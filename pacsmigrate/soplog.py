@@ -183,7 +183,6 @@ class SopTable:
     def merge_sop_log(self) -> int:
         """Put the log's rows into the table (oldest first, sorted by UID a batch at a time,
         each batch deleted from the log in its transaction); returns how many."""
-        shutil.rmtree(self.state_dir / SPILL, ignore_errors=True)  # a killed compaction's
         merged = 0
         while True:
             taken = 0

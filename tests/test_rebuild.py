@@ -42,6 +42,8 @@ def test_rebuilt_export_equals_original_row_for_row(s3: S3Target, tmp_path: Path
     assert proc.returncode == 0, proc.stderr
     assert "1 older versions superseded" in proc.stdout
     assert index_rows(new_state) == original
+    # a row a file, whichever of its versions was listed first
+    assert f"rebuilt {len(original):,} index rows from " in proc.stdout, proc.stdout
     # The source roots come back too (verify --source and reports name them).
     cp = Checkpoint(new_state, readonly=True)
     try:

@@ -176,7 +176,14 @@ def test_a_merge_killed_midway_loses_nothing(point: str, call: str, tmp_path: Pa
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
     objects = commits(3, 30)
     logged = sum(len(o.entries) for o in objects)
-    cp = Checkpoint(state)
+    leftover = state / ("checkpoint.compact" if call == "compact" else soplog.SPILL)
+    if call == "compact":  # the partial copy (as large as the state) is left behind
+        assert leftover.exists()
+    readonly = Checkpoint(state, readonly=True)
+    readonly.close()
+    assert leftover.exists() == (call == "compact")  # readers leave it alone
+    cp = Checkpoint(state)  # the next writer removes it, whatever it does next
+    assert not leftover.exists()
     try:
         left = cp.sop_log_rows()
         if call == "merge_sop_log":  # three batches of four went into the table
@@ -356,14 +363,18 @@ def test_a_state_of_a_newer_format_is_refused(tmp_path: Path) -> None:
     source.mkdir()
     store.mkdir()
     before = data.read_bytes()
-    for args in (("status", "--state", str(state)),
-                 ("migrate", str(source), str(store), "--state", str(state))):
+    for args, said_first in ((("status", "--state", str(state)), "error: "),
+                             (("migrate", str(source), str(store), "--state", str(state)),
+                              "error: pre-flight: state: ")):
         proc = run_cli(*args)
         assert proc.returncode != 0
-        said = (f"error: state directory {state} was written by a newer pacsmigrate (state "
-                f"format {FORMAT + 1}; this version reads {FORMAT} and older): use that "
-                "version or a newer one")
-        assert proc.stderr.strip().splitlines() == [said], proc.stderr
+        said = (f"state directory {state} was written by a newer pacsmigrate (state format "
+                f"{FORMAT + 1}; this version reads {FORMAT} and older): use that version or "
+                "a newer one")
+        assert proc.stderr.strip().splitlines() == [said_first + said], proc.stderr
+    checked = run_cli("check", str(source), str(store), "--state", str(state))
+    assert checked.returncode != 0
+    assert f"FAIL  state: {said}" in checked.stdout.splitlines()
     with pytest.raises(StateError, match="newer pacsmigrate"):
         Checkpoint(state, readonly=True)
     with pytest.raises(StateError, match="newer pacsmigrate"):  # not locked by the refusal

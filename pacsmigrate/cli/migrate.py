@@ -250,7 +250,9 @@ def _print_summary(s: Stats, *, dry_run: bool) -> None:
         click.echo(f"migrated now: {s.files_migrated:,} files in {s.objects_uploaded:,} new "
                    f"objects ({s.bytes_uploaded / 1e6:,.1f} MB); "
                    "adopted (stored by an interrupted attempt): "
-                   f"{s.objects_adopted:,}; already migrated: {s.already_migrated:,}")
+                   f"{s.objects_adopted:,}"
+                   + (f" ({s.files_adopted:,} of those files)" if s.files_adopted else "")
+                   + f"; already migrated: {s.already_migrated:,}")
     if s.retention_defaulted:
         click.echo(f"retention map: {s.retention_defaulted:,} study objects it does not name: "
                    "locked for --retain-years")

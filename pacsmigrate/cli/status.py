@@ -61,8 +61,8 @@ def describe(d: dict[str, Any]) -> list[str]:
     if d["sop_rows_unmerged"]:
         out.append(f"  {d['sop_rows_unmerged']:,} rows of the SOPInstanceUID index wait to be "
                    "merged (a run stopped before its end, or one is running): `get --sop` "
-                   "scans them, and the count above leaves them out until the next migrate "
-                   "merges them")
+                   "scans them; files among them that share a SOPInstanceUID with a file of "
+                   "other bytes are counted when the next migrate merges them")
     todo = d["files_pending"] + d["files_with_problems"]
     if todo:
         out.append(f"still to migrate: {todo:,} files ({d['files_pending']:,} read but not yet "

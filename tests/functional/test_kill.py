@@ -48,6 +48,11 @@ def test_kill_at_point_then_resume(point: str, s3: S3Target, kill_tree: Path,
     done = run_cli(*_migrate_args(kill_tree, s3, state), env=s3.env())
     assert done.returncode == 0, done.stdout + done.stderr
     assert_complete(s3, state, kill_tree)
+    # Each file counted once: stored now (adopted ones included) or found stored before.
+    seen = int(re.search(r"files seen: ([\d,]+)", done.stdout).group(1).replace(",", ""))
+    now = int(re.search(r"migrated now: ([\d,]+) files", done.stdout).group(1).replace(",", ""))
+    before = int(re.search(r"already migrated: ([\d,]+)", done.stdout).group(1).replace(",", ""))
+    assert now + before == seen, done.stdout
     if point.startswith(("after-upload", "after-sidecar")):
         # Stored once and adopted, not uploaded again (others in flight may be adopted too).
         adopted = re.search(r"adopted \(stored by an interrupted attempt\): (\d+)", done.stdout)
