@@ -93,16 +93,19 @@ def log_rows(txn: lmdb.Transaction, log: Any) -> int:
     return 0 if log is None else int(txn.stat(log)["entries"])
 
 
-def conflict_row(index_get: Callable[[bytes], Any], path: bytes, other: bytes
-                 ) -> tuple[bytes, bytes] | None:
+def conflict_row(index_get: Callable[[bytes], Any], conflicts_get: Callable[[bytes], Any],
+                 path: bytes, other: bytes) -> tuple[bytes, bytes] | None:
     """The `conflicts` row for a file at `path` whose SOP UID the file at `other` had:
-    None when both are the same file, the other is no longer indexed, or both hold the same
-    bytes (the same content twice is not a conflict)."""
+    None when both are the same file or the other is no longer indexed. When both hold the
+    same bytes (the same content twice is not a conflict), the other's own conflict passes
+    on: it names a file of other bytes that `path` now stands in front of (an edited
+    instance sent twice would otherwise hide the original it replaced)."""
     if other == path:
         return None
     theirs = index_get(path_key(other))
     if theirs is None:
         return None
+    names = path_fields(other)
     if rows.legacy_dict(theirs) is None:
         mine = index_get(path_key(path))
         if mine is None:
@@ -110,9 +113,13 @@ def conflict_row(index_get: Callable[[bytes], Any], path: bytes, other: bytes
         if rows.legacy_dict(mine) is None and (
                 rows.decode(path_key(other), theirs)[0].blake3
                 == rows.decode(path_key(path), mine)[0].blake3):
-            return None
-    return path_key(path), json.dumps({**path_fields(path),
-                                       "other": path_fields(other)}).encode()
+            carried = conflicts_get(path_key(other))
+            if carried is None:
+                return None
+            names = json.loads(bytes(carried))["other"]
+            if names == path_fields(path):
+                return None
+    return path_key(path), json.dumps({**path_fields(path), "other": names}).encode()
 
 
 def clustered(uids: list[bytes]) -> bool:
@@ -137,7 +144,8 @@ def put_rows(txn: lmdb.Transaction, sop: Any, index: Any, conflicts: Any,
     for uid, path in pairs:  # rare: find those that were there, row by row
         other = cur.get(uid)
         if other is not None and bytes(other) != path:
-            found = conflict_row(lambda k: txn.get(k, db=index), path, bytes(other))
+            found = conflict_row(lambda k: txn.get(k, db=index),
+                                 lambda k: txn.get(k, db=conflicts), path, bytes(other))
             if found is not None:
                 txn.put(*found, db=conflicts)
             txn.put(uid, path, db=sop)
@@ -230,16 +238,25 @@ class SopTable:
             with self.env.begin() as src:
                 index = self.db["index"]
 
+                # this piece's conflicts so far (a UID's rows are all in one piece), then
+                # those of the state: what a displaced copy's conflict is, for conflict_row
+                recent: dict[bytes, bytes] = {}
+
+                def known(k: bytes) -> Any:
+                    return recent.get(k) or src.get(k, db=self.db["conflicts"])
+
                 def conflict(path: bytes, other: bytes) -> None:
-                    row = conflict_row(lambda k: src.get(k, db=index), path, other)
+                    row = conflict_row(lambda k: src.get(k, db=index), known, path, other)
                     if row is not None:
                         found.append(row)
+                        recent[row[0]] = row[1]
                 sources = sorted_runs(src, self.db["soplog"], spill)
                 cur = src.cursor(db=self.db["sop"])
                 if cur.first():  # the table's rows come first
                     sources.insert(0, _chunks(cur.iternext(), CHUNK_ROWS))
                 pending: list[Row] = []
                 for piece in merged_pieces(sources):
+                    recent.clear()
                     pending += newest_each(piece, conflict)
                     whole = len(pending) - len(pending) % COPY_BATCH
                     for i in range(0, whole, COPY_BATCH):

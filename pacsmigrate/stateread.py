@@ -130,30 +130,36 @@ class ReadBack:
         """Every migrated file with this SOPInstanceUID and bytes of its own: the newest
         first, then back along the `conflicts` chain (each names the file it displaced).
         Rows still in the SOP log count as their merge will: each displaces the one before
-        it (the table's row first), recording a conflict where their bytes differ."""
+        it (the table's row first), as soplog.conflict_row judges."""
         uid = rows.packed_uid(sop_uid)[:500]
         found: list[bytes] = []
         seen: set[bytes] = set()
+        digests: set[str] = set()
         with self.env.begin() as txn:
-            index = self.db["index"]
+            index, conflicts = self.db["index"], self.db["conflicts"]
             chain = soplog.in_log(txn, self.db.get("soplog"), uid)[::-1]  # oldest first
             raw = txn.get(uid, db=self.db["sop"]) or txn.get(sop_uid.encode(), db=self.db["sop"])
             if raw is not None:
                 chain.insert(0, bytes(raw))
-            merged = {newer: older for older, newer in itertools.pairwise(chain)
-                      if soplog.conflict_row(lambda k: txn.get(k, db=index), newer, older)}
+            merged: dict[bytes, bytes] = {}  # the rows the merge will write
+
+            def known(k: bytes) -> Any:
+                return merged.get(k) or txn.get(k, db=conflicts)
+            for older, newer in itertools.pairwise(chain):
+                row = soplog.conflict_row(lambda k: txn.get(k, db=index), known, newer, older)
+                if row is not None:
+                    merged[row[0]] = row[1]
             path = chain[-1] if chain else None
             while path is not None and path not in seen:
                 seen.add(path)
-                row = txn.get(path_key(path), db=index)
-                if row is not None and self._decode("index", txn, path_key(path), row)[
-                        "sop_uid"] == sop_uid:
-                    found.append(path)
-                if path in merged:
-                    path = merged[path]
-                    continue
-                raw = txn.get(path_key(path), db=self.db["conflicts"])
-                other = None if raw is None else json.loads(raw)["other"]
+                raw = txn.get(path_key(path), db=index)
+                if raw is not None:
+                    row = self._decode("index", txn, path_key(path), raw)
+                    if row["sop_uid"] == sop_uid and row["blake3"] not in digests:
+                        digests.add(row["blake3"])  # the same bytes twice: one file to name
+                        found.append(path)
+                raw = known(path_key(path))
+                other = None if raw is None else json.loads(bytes(raw))["other"]
                 path = None if other is None else from_fields(other["source_path"],
                                                               other["source_path_b64"])
         return found

@@ -63,7 +63,8 @@ def reference(*merged: list[StoredObject]
               ) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
     """(UID -> path, path -> the path it displaced): the rule, row by row in commit order,
     for commits merged in the groups given; whether two files hold other bytes is judged by
-    their rows when their group is merged."""
+    their rows when their group is merged. A path displacing one of the same bytes takes
+    that one's link (to a file of other bytes) as its own."""
     digest: dict[bytes, str] = {}
     table: dict[bytes, bytes] = {}
     conflicts: dict[bytes, bytes] = {}
@@ -73,8 +74,11 @@ def reference(*merged: list[StoredObject]
             for e in o.entries:
                 uid = rows.packed_uid(e.about.sop_uid)
                 other = table.get(uid)
-                if other is not None and other != e.path and digest[other] != digest[e.path]:
-                    conflicts[e.path] = other
+                if other is not None and other != e.path:
+                    if digest[other] != digest[e.path]:
+                        conflicts[e.path] = other
+                    elif conflicts.get(other, e.path) != e.path:  # a copy: its link passes on
+                        conflicts[e.path] = conflicts[other]
                 table[uid] = e.path
     return table, conflicts
 
@@ -380,3 +384,29 @@ def test_a_state_of_a_newer_format_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StateError, match="newer pacsmigrate"):  # not locked by the refusal
         Checkpoint(state)
     assert data.read_bytes() == before
+
+
+@pytest.mark.parametrize("logged", [False, True])
+def test_a_copy_of_an_edited_instance_does_not_hide_the_original(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logged: bool) -> None:
+    """a, then b (an edit of a: other bytes), then c (a copy of b): `get --sop` must still
+    name a beside c; and X, Y, X names two files, not three. Straight into the table, and
+    through the log (read before the merge, then merged)."""
+    if logged:
+        monkeypatch.setattr(soplog, "clustered", lambda uids: False)
+    cp = Checkpoint(tmp_path / "state")
+    try:
+        for path, digest, sop in ((b"/pacs/a", 1, "1.2.3.9"), (b"/pacs/b", 2, "1.2.3.9"),
+                                  (b"/pacs/c", 2, "1.2.3.9"), (b"/pacs/x", 5, "1.2.3.7"),
+                                  (b"/pacs/y", 6, "1.2.3.7"), (b"/pacs/x", 5, "1.2.3.7")):
+            cp.commit_objects([StoredObject(f"k{path.decode()}.tar", "tar", GROUP, "b", 4096,
+                                            "e", "", (entry(path, digest, sop),))])
+        for merge in (False, True):
+            if merge:
+                assert cp.merge_sop_log() == (6 if logged else 0)
+            assert cp.paths_for_sop("1.2.3.9") == [b"/pacs/c", b"/pacs/a"], merge
+            assert cp.paths_for_sop("1.2.3.7") == [b"/pacs/x", b"/pacs/y"], merge
+        assert tables(cp)[1] == {b"/pacs/b": b"/pacs/a", b"/pacs/c": b"/pacs/a",
+                                 b"/pacs/y": b"/pacs/x", b"/pacs/x": b"/pacs/y"}
+    finally:
+        cp.close()
