@@ -25,6 +25,7 @@ import lmdb
 
 from . import rows, soplog
 from .errors import StateError
+from .paths import from_fields
 from .records import now_iso
 from .slicing import as_doc, recorded_slice
 from .tables import CONTENT_KEYS, path_key, renumbered_content
@@ -119,15 +120,20 @@ class MergeTables:
         for chunk in raw_batches(other.env, other.db["index"]):
             self._write(functools.partial(self._index, chunk=chunk, number=number,
                                           result=result, skipped=skipped))
-        for chunk in itertools.chain(raw_batches(other.env, other.db["sop"]),
-                                     _log_batches(other.env, other.db.get("soplog"))):
-            self._write(functools.partial(self._sop, chunk=chunk, skipped=skipped))
+        # The other's conflicts first: a path of its table that displaces one of ours may
+        # have displaced others there, and ours joins the end of that chain (below).
+        copy(other, "conflicts", lambda k, v: (k, v))
+        for chunk in raw_batches(other.env, other.db["sop"]):
+            self._write(functools.partial(self._sop, chunk=chunk, skipped=skipped,
+                                          table=True))
+        for chunk in _log_batches(other.env, other.db.get("soplog")):
+            self._write(functools.partial(self._sop, chunk=chunk, skipped=skipped,
+                                          table=False))
         copy(other, "content", lambda k, v: (k, renumbered_content(k, v, number)), keep=True)
         if other.bare_content and other.counts()["content"]:  # rows keyed by digest alone
             self.put_meta(CONTENT_KEYS, None)
             self.bare_content = True
         copy(other, "groups", lambda k, v: (k, v))
-        copy(other, "conflicts", lambda k, v: (k, v))
         copy(other, "spill", lambda k, v: (k, v))  # files the slice has still to store
         for chunk in raw_batches(other.env, other.db["problems"]):
             self._write(functools.partial(self._problems, chunk=chunk, result=result))
@@ -236,11 +242,28 @@ class MergeTables:
             txn.delete(k, db=problems)
 
     def _sop(self, txn: lmdb.Transaction, chunk: list[tuple[bytes, bytes]],
-             skipped: set[bytes]) -> None:
-        """SOPInstanceUID -> path; a UID at another path with other bytes is a conflict."""
-        soplog.put_rows(txn, self.db["sop"], self.db["index"], self.db["conflicts"],
-                        [(uid, path) for uid, path in chunk if path_key(path) not in skipped])
-        # (a skipped path keeps the other state's, newer, version)
+             skipped: set[bytes], *, table: bool) -> None:
+        """SOPInstanceUID -> path; a UID at another path with other bytes is a conflict.
+        `table`: rows of the other's table, whose paths head chains of conflicts copied from
+        it: the path this state had is linked to the chain's last file, not to its head
+        (whose link to the file it displaced there would be lost)."""
+        sop, index, conflicts = self.db["sop"], self.db["index"], self.db["conflicts"]
+        rest = []
+        for uid, path in chunk:
+            if path_key(path) in skipped:
+                continue  # it keeps the other state's, newer, version
+            ours = txn.get(uid, db=sop) if table else None
+            if ours is None or bytes(ours) == path or txn.get(path_key(path),
+                                                              db=conflicts) is None:
+                rest.append((uid, path))
+                continue
+            last = _chain_end(txn, conflicts, path)
+            row = soplog.conflict_row(lambda k: txn.get(k, db=index),
+                                      lambda k: txn.get(k, db=conflicts), last, bytes(ours))
+            if row is not None and txn.get(row[0], db=conflicts) is None:
+                txn.put(*row, db=conflicts)
+            txn.put(uid, path, db=sop)
+        soplog.put_rows(txn, sop, index, conflicts, rest)
 
     def _shared_objects(self, other: Any) -> dict[int, int]:
         """Numbers of the other state's objects that this one holds already -> ours."""
@@ -274,6 +297,20 @@ def merge_into(out: Any, states: list[Any]) -> Merged:
         finally:
             src.close()
     return result
+
+
+def _chain_end(txn: lmdb.Transaction, conflicts: Any, path: bytes) -> bytes:
+    """The last file of the conflicts chain from `path` (each row names the file its path
+    displaced), or where it comes back on itself."""
+    seen = {path}
+    while (raw := txn.get(path_key(path), db=conflicts)) is not None:
+        other = json.loads(bytes(raw))["other"]
+        nxt = from_fields(other["source_path"], other["source_path_b64"])
+        if nxt in seen:
+            break
+        seen.add(nxt)
+        path = nxt
+    return path
 
 
 def _id(key: bytes) -> int:

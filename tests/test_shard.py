@@ -9,8 +9,9 @@ import signal
 from dataclasses import replace
 from pathlib import Path
 
+import pydicom
 import pytest
-from conftest import LocalTarget, S3Target, run, run_cli
+from conftest import TEST_FILES, LocalTarget, S3Target, run, run_cli
 from helpers import assert_complete, config, index_rows, source_files
 
 from pacsmigrate import migrate
@@ -379,3 +380,45 @@ def test_every_slice_takes_the_cut_the_migration_recorded(local_store: LocalTarg
     _migrate(local_store, root, other, "--shard", "1/2")
     proc = run_cli("index", "merge", str(old), str(other), "--state", str(tmp_path / "m"))
     assert proc.returncode == 2 and "cut another way" in proc.stderr, proc.stderr
+
+
+def test_merged_sop_conflicts_do_not_depend_on_the_order_of_the_states(
+        tmp_path: Path) -> None:
+    """State X holds an instance; state Y two edits of it (the second displaced the first
+    there). Merged either way, `get --sop` names all three files and two conflicts exist:
+    X's file joins the end of Y's chain, not its head (whose link would be overwritten)."""
+    original = TEST_FILES / "CT_small.dcm"
+    store = tmp_path / "store"
+    store.mkdir()
+    for name, files in (("X", {"d1/a.dcm": None}), ("Y", {"d2/b.dcm": "EDIT1"})):
+        for rel, text in files.items():
+            target = tmp_path / f"src{name}" / rel
+            target.parent.mkdir(parents=True)
+            if text is None:
+                shutil.copy(original, target)
+            else:
+                ds = pydicom.dcmread(original)
+                ds.SeriesDescription = text
+                ds.save_as(target)
+        run_cli("migrate", str(tmp_path / f"src{name}"), str(store), "--state",
+                str(tmp_path / name), "--no-progress", check=True)
+    later = tmp_path / "srcY" / "d3" / "c.dcm"  # a second edit, in a later run of Y
+    later.parent.mkdir()
+    ds = pydicom.dcmread(original)
+    ds.SeriesDescription = "EDIT2"
+    ds.save_as(later)
+    run_cli("migrate", str(tmp_path / "srcY"), str(store), "--state", str(tmp_path / "Y"),
+            "--no-progress", check=True)
+    sop = pydicom.dcmread(original).SOPInstanceUID
+    for order in (("X", "Y"), ("Y", "X")):
+        merged = tmp_path / ("m" + "".join(order))
+        run_cli("index", "merge", *(str(tmp_path / n) for n in order), "--state", str(merged),
+                check=True)
+        cp = Checkpoint(merged, readonly=True)
+        try:
+            listed = cp.paths_for_sop(sop)
+            assert cp.counts()["conflicts"] == 2, order
+        finally:
+            cp.close()
+        assert sorted(listed) == sorted(os.fsencode(p) for p in (
+            tmp_path / "srcX" / "d1" / "a.dcm", tmp_path / "srcY" / "d2" / "b.dcm", later)), order
