@@ -50,6 +50,22 @@ def rows_within(pages: int, leaves: Sequence[int]) -> int | None:
     return low
 
 
+def lock_held(state_dir: Path) -> bool:
+    """Whether a run holds the state in `state_dir` now: its lock cannot be shared (asked,
+    then let go at once)."""
+    try:
+        fd = os.open(state_dir / "lock", os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 class LmdbFile:
     """Sole owner of one LMDB environment; every write goes through one thread.
 
@@ -231,6 +247,12 @@ class LmdbFile:
             raise StateLockedError(f"a pacsmigrate run is using {self.state_dir}; wait for "
                                    "it to finish") from None
         self._lock_fd = fd
+
+    def run_holds_lock(self) -> bool:
+        """Whether a run holds this state now (its lock cannot be shared)."""
+        if self._lock_fd is not None:
+            return not self.readonly  # this process's own run, or a reader that shares it
+        return lock_held(self.state_dir)
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:

@@ -31,6 +31,7 @@ from .staterepair import done_with_list, take_list
 from .stats import Stats
 from .stream import SourceStream
 from .survey import setup_requests, survey
+from .tables import RUNNING
 
 # Log lines name object keys (keyed hashes) and counts, never source paths, names or UIDs:
 # paths often contain patient IDs (PatientID/StudyDate/... layouts).
@@ -81,6 +82,8 @@ class Migration:
             stack.callback(cp.close)
             stack.callback(self.pool.shutdown, wait=True)
             cfg = self.cfg = check_state(cp, cfg)
+            await cp.call(cp.start_run, {**run_record(cfg, self.stats, started=self.started_at,
+                                                      outcome=RUNNING), "ended": None})
             if not cfg.dry_run:  # auto undecided (no pre-flight) sends MD5
                 self.stats.checksum = sent(cfg.transfer.checksum)
             log.info("%s of %d source tree(s) to %s", "dry run" if cfg.dry_run

@@ -31,6 +31,11 @@ def spill_key(group: str, path: bytes) -> bytes:
     return group.encode() + b"\0" + path_key(path)
 
 
+RUNNING = "running"  # a run's record from its start to its end (RunsTable.start_run)
+KILLED = ("stopped without an end: killed, crashed or its machine went down (what it stored "
+          "is counted by the runs after it)")
+
+
 class RunsTable:
     """The history of runs, in `meta`; mixed into Checkpoint."""
 
@@ -38,10 +43,23 @@ class RunsTable:
     get_meta: Callable[[str], Any]
     put_meta: Callable[[str, Any], None]
 
+    def start_run(self, run: dict[str, Any]) -> None:
+        """The run's record as it starts (outcome RUNNING, no end), replaced by record_run
+        when it ends: a run killed with SIGKILL, or a machine that went down, leaves it, and
+        the next run (which holds the lock, so no other is alive) marks it KILLED."""
+        runs = [{**r, "outcome": KILLED} if r.get("outcome") == RUNNING else r
+                for r in self.get_meta("runs") or []]
+        runs.append(run)
+        self.put_meta("runs", runs[-self.RUNS_KEPT:])
+
     def record_run(self, run: dict[str, Any]) -> None:
         """Append one run's record (who, where, when, how it ended, its totals) to the
-        state's history: every report carries the whole history, resumes included."""
+        state's history: every report carries the whole history, resumes included. It
+        takes the place of the same run's start_run record."""
         runs = list(self.get_meta("runs") or [])
+        if runs and runs[-1].get("outcome") == RUNNING and all(
+                runs[-1].get(k) == run.get(k) for k in ("host", "pid", "started")):
+            runs.pop()
         runs.append(run)
         self.put_meta("runs", runs[-self.RUNS_KEPT:])
 

@@ -109,6 +109,9 @@ def test_report_keeps_every_run(moto_s3: S3Target, tree: Path, tmp_path: Path) -
     while not (state / "checkpoint.lmdb").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(1.0)  # well into the run
+    said = run_cli("status", "--state", str(state), check=True).stdout.splitlines()
+    assert said[-2].startswith("runs: 1; the last running, started ") and said[-2].endswith(
+        f", running now (pid {proc.pid})"), said
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err

@@ -10,6 +10,7 @@ import click
 
 from ..checkpoint import Checkpoint
 from ..report import verifications
+from ..tables import KILLED, RUNNING
 from .common import handle_errors, state_option
 
 
@@ -28,6 +29,8 @@ def status(state_dir: Path, as_json: bool) -> None:
         dedup = cp.deduplicated()
         runs = cp.runs()
         unmerged = cp.sop_log_rows()
+        if runs and runs[-1].get("outcome") == RUNNING and not cp.run_holds_lock():
+            runs[-1] = {**runs[-1], "outcome": KILLED}  # as the next run will record it
     finally:
         cp.close()
     checks = verifications(state_dir)
@@ -79,9 +82,11 @@ def describe(d: dict[str, Any]) -> list[str]:
                    "arrived, sends the others again)")
     last = d["last_run"]
     if last:
+        ended = (f"running now (pid {last.get('pid', '?')})" if last.get("outcome") == RUNNING
+                 else f"ended {last.get('ended') or 'at an unknown time'}")
         out.append(f"runs: {d['runs']:,}; the last {last.get('outcome', '?')}, started "
                    f"{last.get('started', '?')} on {last.get('host', '?')} as "
-                   f"{last.get('user', '?')}, ended {last.get('ended', '?')}")
+                   f"{last.get('user', '?')}, {ended}")
     check = d.get("last_verify")
     if check:
         opts = check.get("options") or {}

@@ -18,6 +18,7 @@ from helpers import assert_complete, multipart_tree
 
 from pacsmigrate.checkpoint import Checkpoint
 from pacsmigrate.synth import make_tree
+from pacsmigrate.tables import KILLED
 
 
 @pytest.fixture(scope="module")
@@ -187,9 +188,17 @@ def test_status_explains_uploads_in_doubt_and_what_is_left(moto_s3: S3Target,
     assert (f"uploads in doubt: {in_doubt:,} (a run stopped while they were in flight; the "
             "next migrate checks the store: adopts those that arrived, sends the others "
             "again)") in said
+    # the killed run is in the history (it recorded its start), said to have no end
+    assert any(line.startswith(f"runs: 2; the last {KILLED}, started ") and
+               line.endswith(", ended at an unknown time") for line in said), said
     done = run_cli(*args, env=moto_s3.env())
     assert done.returncode == 0, done.stdout + done.stderr
     said = run_cli("status", "--state", str(state), check=True).stdout.splitlines()
     assert "still to migrate: none" in said
+    cp = Checkpoint(state, readonly=True)
+    try:
+        assert [r["outcome"] for r in cp.runs()] == ["completed", KILLED, "completed"]
+    finally:
+        cp.close()
     assert not any(line.startswith("uploads in doubt") for line in said), said
     assert_complete(moto_s3, state, tree)
