@@ -199,7 +199,8 @@ def export_sqlite(cp: Checkpoint, path: Path, *, mapping: PrefixMap | None = Non
 
 
 # -- lookup -------------------------------------------------------------------------------
-_ESCAPE_RE = re.compile(rb"\\x([89a-f][0-9a-f])")  # what paths.display writes: bytes >= 0x80
+# What paths.display writes for bytes >= 0x80, and paths.shown for control characters.
+_ESCAPE_RE = re.compile(rb"\\x([89a-f][0-9a-f]|[01][0-9a-f]|7f)")
 
 
 def candidates(path: str | bytes, *, mapping: PrefixMap | None = None) -> list[bytes]:

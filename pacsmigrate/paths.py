@@ -17,6 +17,17 @@ def display(path: bytes) -> str:
     return path.decode("utf-8", errors="backslashreplace")
 
 
+# Control characters as \xNN: a name with a newline must not break a message in two (the
+# \xNN form is one `get` and `locate` take back, as for bytes that are not UTF-8).
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+
+
+def shown(path: bytes) -> str:
+    """A path for a terminal line: display() with control characters escaped as \\xNN
+    (not for rows or manifests, whose `source_path` is display(): exact when UTF-8)."""
+    return display(path).translate(_CONTROLS)
+
+
 def b64_if_needed(path: bytes) -> str:
     """Base64 of the raw path bytes when they are not valid UTF-8, else ''."""
     try:

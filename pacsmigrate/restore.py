@@ -13,7 +13,7 @@ from .access import Opened
 from .backends.base import Backend, Rehydrating
 from .errors import ConfigError, IntegrityError, ObjectArchivedError, ObjectNotFoundError
 from .fanout import workers
-from .paths import display, from_fields, member_name
+from .paths import from_fields, member_name, shown
 from .progress import Bar
 from .retrieve import save_verified
 from .source import hash_file
@@ -78,7 +78,7 @@ def target_for(to: Path, path: bytes, strip: bytes = b"") -> Path:
     /mnt/pacs: TO/2015/a.dcm)."""
     target = to / member_name(path[len(strip):] if strip else path)
     if not target.resolve().is_relative_to(to.resolve()):
-        raise ConfigError(f"refusing to restore outside {to}: {display(path)}")
+        raise ConfigError(f"refusing to restore outside {to}: {shown(path)}")
     return target
 
 
@@ -121,8 +121,8 @@ async def restore(opened: Opened, sel: Selection, to: Path, *, concurrency: int 
         outside += bool(strip) and not path.startswith(strip)
     if outside:
         raise ConfigError(f"{outside:,} of the {total_files:,} selected files do not lie "
-                          f"under --strip-prefix {display(strip_prefix)}: narrow the "
-                          f"selection (--path-prefix {display(strip)}) or shorten the prefix")
+                          f"under --strip-prefix {shown(strip_prefix)}: narrow the "
+                          f"selection (--path-prefix {shown(strip)}) or shorten the prefix")
     result = RestoreResult()
     bar = Bar("restore", total_bytes=total_bytes, total_files=total_files, enabled=progress)
 
@@ -141,7 +141,7 @@ async def restore(opened: Opened, sel: Selection, to: Path, *, concurrency: int 
         except (IntegrityError, ObjectNotFoundError, ConfigError, OSError) as exc:
             # This file is lost or damaged in the store: say so, restore the rest. Any
             # other store error (access denied, ...) stops the drill.
-            result.failed.append((display(path), str(exc)))
+            result.failed.append((shown(path), str(exc)))
         finally:
             bar.update(files=1, nbytes=int(row["length"]))
 

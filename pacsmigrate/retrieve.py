@@ -18,7 +18,7 @@ from .config import MiB
 from .encoding import decode
 from .errors import ConfigError, IntegrityError, NotInIndexError
 from .index import candidates
-from .paths import display
+from .paths import shown
 
 STREAM_CHUNK = 8 * MiB
 
@@ -31,7 +31,7 @@ def lookup(cp: Checkpoint, *, path: str | bytes | None = None, sop: str | None =
         if len(paths) > 1:  # a re-sent or edited instance: which one is meant?
             raise ConfigError(f"{len(paths)} migrated files with other bytes have that "
                               "SOPInstanceUID (a re-sent or edited instance): get one by "
-                              f"its path: {', '.join(display(p) for p in paths)}")
+                              f"its path: {', '.join(shown(p) for p in paths)}")
         row = cp.index_row(paths[0]) if paths else None
         if row is None:
             raise NotInIndexError("no migrated instance has that SOPInstanceUID")
@@ -41,7 +41,7 @@ def lookup(cp: Checkpoint, *, path: str | bytes | None = None, sop: str | None =
         row = cp.index_row(candidate)
         if row is not None:
             return row
-    raise NotInIndexError(f"not in the index: {display(os.fsencode(path))}")
+    raise NotInIndexError(f"not in the index: {shown(os.fsencode(path))}")
 
 
 async def read_row(backend: Backend, row: dict[str, Any]) -> bytes:

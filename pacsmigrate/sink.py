@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -143,6 +144,7 @@ class PlanSink(Sink):
         self.prices = prices
         self.tally = Tally()
         self._batch: list[PlanRow] = []
+        self._run = os.urandom(8)  # marks the studies this dry run plans (record_plan_rows)
 
     async def put(self, plan: BundlePlan) -> None:
         self._count(plan)
@@ -179,7 +181,8 @@ class PlanSink(Sink):
     async def drain(self) -> None:
         batch, self._batch = self._batch, []
         if batch:
-            await self.cp.call(self.cp.record_plan_rows, batch)
+            self.stats.planned_studies += await self.cp.call(self.cp.record_plan_rows, batch,
+                                                             self._run)
         if self.prices is not None:
             lines = estimate(self.prices, self.tally)
             self.stats.cost = as_json(self.prices, lines)

@@ -54,6 +54,7 @@ class Stats:
     moved_study: int = 0
     dry_run_mismatch: int = 0
     planned_objects: int = 0
+    planned_studies: int = 0  # DICOM studies with files in a dry run's plan
     planned_files: int = 0
     planned_bytes: int = 0
     planned_requests: int = 0

@@ -87,17 +87,26 @@ class PlanTable:
         """A dry run's record of each file it read (replacing an older dry run's)."""
         self.record_plan_rows([plan_row(e) for e in entries])
 
-    def record_plan_rows(self, planned: list[PlanRow]) -> None:
+    def record_plan_rows(self, planned: list[PlanRow], run: bytes = b"") -> int:
         """record_plan of rows made by plan_row (a dry run holds a batch of those: a
-        few hundred bytes a file, where an Entry keeps its header's strings alive)."""
+        few hundred bytes a file, where an Entry keeps its header's strings alive); each
+        study's group is marked with `run` (a dry run's own bytes). Returns the studies not
+        marked so before: summed over a dry run, the studies its plan holds (counted in
+        the state, not in memory)."""
+        new = 0
+
         def write(txn: lmdb.Transaction) -> None:
+            nonlocal new
+            new = 0
             plan, problems, groups = self.db["plan"], self.db["problems"], self.db["groups"]
             for k, row, group in planned:
                 txn.put(k, row, db=plan)
                 txn.delete(k, db=problems)
-                if group:
-                    txn.put(group, b"", db=groups)
+                if group and txn.get(group, db=groups) != run:
+                    txn.put(group, run, db=groups)
+                    new += 1
         self._write(write)
+        return new
 
 
 class SpillTable:

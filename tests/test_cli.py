@@ -71,6 +71,25 @@ def test_dry_run_prints_the_plan(moto_s3: S3Target, small_tree: Path, tmp_path: 
     assert moto_s3.object_keys() == []
 
 
+def test_a_dry_run_after_a_migration_counts_the_studies_of_its_plan(
+        moto_s3: S3Target, small_tree: Path, tmp_path: Path) -> None:
+    """The plan line's studies are the plan's, not every study the state knows."""
+    import pydicom
+
+    tree, state = tmp_path / "pacs", tmp_path / "s"
+    shutil.copytree(small_tree, tree)
+    run_cli(*_migrate(tree, moto_s3, state), env=moto_s3.env(), check=True)
+    ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    ds.StudyInstanceUID = ds.StudyInstanceUID + ".7"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID + ".7"
+    (tree / "new").mkdir()
+    ds.save_as(tree / "new" / "1.dcm")
+    for _ in range(2):  # and again: each dry run counts its own
+        dry = run_cli(*_migrate(tree, moto_s3, state, "--dry-run"), env=moto_s3.env(),
+                      check=True)
+        assert "plan: 1 studies, 1 files" in dry.stdout, dry.stdout
+
+
 @pytest.mark.parametrize("args, message", [
     (["gs://bucket/x"], "unsupported destination"),
     (["s3://b/x", "--provider", "ceph"], "--provider ceph needs --endpoint-url"),

@@ -7,7 +7,15 @@ import os
 
 import pytest
 
-from pacsmigrate.paths import b64_if_needed, display, from_fields, member_name, path_fields
+from pacsmigrate.index import candidates
+from pacsmigrate.paths import (
+    b64_if_needed,
+    display,
+    from_fields,
+    member_name,
+    path_fields,
+    shown,
+)
 
 CASES = [
     pytest.param(b"/pacs/2019/CT/IM0001.dcm", id="ascii"),
@@ -48,3 +56,13 @@ def test_member_name_strips_leading_slash() -> None:
     name = member_name(b"/pacs/caf\xe9.dcm")
     assert not name.startswith("/")
     assert os.fsencode(name) == b"pacs/caf\xe9.dcm"  # surrogate escape keeps the bytes
+
+
+def test_a_path_on_a_terminal_line_stays_one_line_and_can_be_given_back() -> None:
+    """Control characters (a newline in a name) shown as \\xNN, like bytes that are not
+    UTF-8; `get` and `locate` take that form back."""
+    path = b"/pacs/two\nlines\t\x7f\xff.dcm"
+    text = shown(path)
+    assert text == "/pacs/two\\x0alines\\x09\\x7f\\xff.dcm" and text.isprintable()
+    assert path in candidates(text)
+    assert shown("/pacs/Müller.dcm".encode()) == "/pacs/Müller.dcm"

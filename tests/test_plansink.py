@@ -26,9 +26,9 @@ def test_the_plan_is_written_a_batch_at_a_time_and_all_of_it_by_drain(tmp_path: 
     transactions: list[int] = []
     real = cp.record_plan_rows
 
-    def counted(planned: list[PlanRow]) -> None:
+    def counted(planned: list[PlanRow], run: bytes = b"") -> int:
         transactions.append(len(planned))
-        real(planned)
+        return real(planned, run)
     cp.record_plan_rows = counted  # type: ignore[method-assign]
     sink = PlanSink(cp, Stats(), Bar("plan", total_bytes=None, total_files=None,
                                      enabled=False), scheme="s3", part_size=8 << 20)

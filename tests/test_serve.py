@@ -226,6 +226,8 @@ def test_searches_match_dates_modalities_and_page(server: Server) -> None:
     ("/studies/not-a-uid", {}, {}, 400, "not a UID"),
     ("/studies", {"limit": "many"}, {}, 400, "limit must be a whole number"),
     ("/studies", {"StudyDate": "2020"}, {}, 400, "StudyDate must be a date"),
+    ("/studies", {"StudyDate": "20051301"}, {}, 400, "StudyDate must be a date"),  # month 13
+    ("/studies", {"StudyDate": "20050101-20050132"}, {}, 400, "StudyDate must be a date"),
     ("/studies", {"StudyInstanceUID": "x;drop"}, {}, 400, "must be one or more UIDs"),
     ("/studies", {}, {"Accept": "application/dicom+xml"}, 406, "application/dicom+json"),
     ("/wado", {"requestType": "WADO", "studyUID": "1.2", "seriesUID": "1.2",
@@ -529,3 +531,45 @@ def test_an_instance_larger_than_a_read_is_streamed_whole(tmp_path: Path) -> Non
         assert [body for _, body in _parts(resp)] == [(src / "big.dcm").read_bytes()]
     finally:
         _stop(s)
+
+
+def test_a_header_longer_than_the_first_read_comes_back_whole(tmp_path: Path) -> None:
+    """/metadata reads the first 64 KiB of an instance; a header longer than that (a long
+    sequence before the UIDs) must not come back cut where the read ended."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from pacsmigrate.dicomweb.wado import HEADER_BYTES
+
+    src, store, state = tmp_path / "pacs", tmp_path / "store", tmp_path / "state"
+    src.mkdir()
+    store.mkdir()
+    ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    items = []
+    for i in range(1500):
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator = f"C{i:05d}", "99LOCAL"
+        item.CodeMeaning = f"procedure code number {i}"
+        items.append(item)
+    ds.ProcedureCodeSequence = Sequence(items)
+    ds.ImageComments = "after the long sequence"
+    ds.save_as(src / "long.dcm")
+    raw = (src / "long.dcm").read_bytes()
+    assert raw.find(b"\xe0\x7f\x10\x00") > HEADER_BYTES  # the pixels start past the read
+    run_cli("migrate", str(src), str(store), "--state", str(state), "--no-progress",
+            check=True)
+    s = _start(state)
+    try:
+        resp = requests.get(f"{s.url}/studies/{ds.StudyInstanceUID}/series/"
+                            f"{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/metadata",
+                            timeout=60)
+        assert resp.status_code == 200, resp.text
+        [meta] = resp.json()
+    finally:
+        _stop(s)
+    assert len(meta["00081032"]["Value"]) == 1500
+    assert meta["0020000D"]["Value"] == [ds.StudyInstanceUID]
+    assert meta["00204000"]["Value"] == ["after the long sequence"]
+    whole = pydicom.dcmread(src / "long.dcm", stop_before_pixels=True).to_json_dict(
+        bulk_data_threshold=1024, bulk_data_element_handler=lambda _el: "")
+    assert set(meta) == {tag for tag, v in whole.items() if v.get("BulkDataURI") != ""}

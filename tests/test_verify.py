@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -201,6 +202,10 @@ def test_source_changes_after_migration(moto_s3: S3Target, tree: Path, tmp_path:
     assert isinstance(totals, dict)
     assert totals["errors"] == 2 and totals["warnings"] == 2
     assert totals["sources_walked"] == len(rows)  # one gone, one new
+    # the line's counts add up to its kinds: two findings, two warnings
+    assert re.search(r"^FAILED: 2 findings and 2 warnings \(1 source changed, 1 source "
+                     r"gone, 1 source not in index, 1 source touched\) in ", out,
+                     re.MULTILINE), out
 
 
 def test_sample_checks_the_asked_share_of_rows(moto_s3: S3Target, tree: Path, tmp_path: Path

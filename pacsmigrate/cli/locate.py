@@ -11,7 +11,7 @@ import click
 
 from .. import index as index_mod
 from ..checkpoint import Checkpoint
-from ..paths import display
+from ..paths import shown
 from ..ris import PrefixMap
 from .common import handle_errors, state_option
 from .index import map_prefix_option
@@ -38,8 +38,8 @@ def locate(source_path: str, state_dir: Path, map_prefix: tuple[str, ...], as_js
     finally:
         cp.close()
     if found is None:
-        tried = ", ".join(display(p) for p in index_mod.candidates(source_path, mapping=mapping))
-        click.echo(f"not in the index: {display(os.fsencode(source_path))} (tried {tried})",
+        tried = ", ".join(shown(p) for p in index_mod.candidates(source_path, mapping=mapping))
+        click.echo(f"not in the index: {shown(os.fsencode(source_path))} (tried {tried})",
                    err=True)
         sys.exit(1)
     doc = found.to_json()

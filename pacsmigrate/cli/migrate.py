@@ -233,7 +233,7 @@ def _print_summary(s: Stats, *, dry_run: bool) -> None:
         click.echo("dry run: nothing was written to the destination" if not s.estimate
                    or s.estimate["rates"] is None else "dry run: nothing of the archive was "
                    "written (only probe objects, to time uploads, deleted at once)")
-        click.echo(f"plan: {s.studies:,} studies, {s.planned_files:,} files, "
+        click.echo(f"plan: {s.planned_studies:,} studies, {s.planned_files:,} files, "
                    f"{s.planned_bytes / 1e6:,.1f} MB in {s.planned_objects:,} objects")
         click.echo(f"requests: {s.planned_requests + s.setup_requests:,} "
                    f"({s.planned_requests:,} for the objects, {s.setup_requests:,} for the "

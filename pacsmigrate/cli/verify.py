@@ -9,7 +9,7 @@ import click
 
 from ..access import open_migration
 from ..config import TransferConfig
-from ..paths import display
+from ..paths import shown
 from ..staterepair import REPAIR_FILE
 from ..verify import VerifyConfig, VerifyResult
 from ..verify import verify as run_verify
@@ -84,15 +84,15 @@ def _print_summary(r: VerifyResult, *, deep: bool, source: bool, sample: float |
                    "found walking the source roots")
     for f in r.findings:
         click.echo(("warning: " if f.warning else "") + str(f))
-    shown = len(r.findings)
-    if r.errors + r.warnings > shown:
-        click.echo(f"... and {r.errors + r.warnings - shown:,} more (see --report)")
+    listed = len(r.findings)
+    if r.errors + r.warnings > listed:
+        click.echo(f"... and {r.errors + r.warnings - listed:,} more (see --report)")
     if r.damaged:
         click.echo(f"damaged: {len(r.damaged):,} source files are behind these findings, "
                    f"listed in {REPAIR_FILE} of the state: the next `migrate` stores them "
                    "again (then verify once more)")
         for path in r.damaged[:SHOWN]:
-            click.echo(f"  {display(path)}")
+            click.echo(f"  {shown(path)}")
         if len(r.damaged) > SHOWN:
             click.echo(f"  ... and {len(r.damaged) - SHOWN:,} more")
     if r.ok:
@@ -100,4 +100,6 @@ def _print_summary(r: VerifyResult, *, deep: bool, source: bool, sample: float |
         click.echo(f"OK: nothing wrong found ({warnings}) in {r.seconds:,.1f} s")
     else:
         kinds = ", ".join(f"{n:,} {k}" for k, n in sorted(r.by_kind.items()))
-        click.echo(f"FAILED: {r.errors:,} findings ({kinds}) in {r.seconds:,.1f} s")
+        warned = f" and {r.warnings:,} warning{'' if r.warnings == 1 else 's'}" \
+            if r.warnings else ""
+        click.echo(f"FAILED: {r.errors:,} findings{warned} ({kinds}) in {r.seconds:,.1f} s")

@@ -10,6 +10,7 @@ kept), with counts, and each result's RetrieveURL.
 
 from __future__ import annotations
 
+import datetime
 import re
 import sqlite3
 from collections.abc import Callable
@@ -78,9 +79,13 @@ def _uids(name: str, text: str) -> list[str]:
 
 def _date(name: str, text: str) -> str:
     m = _DATE.match(text)
-    if not m:
+    try:  # a day of the calendar, not any eight digits (20051301 matches nothing: a typo)
+        day = datetime.date(*map(int, m.groups())) if m else None
+    except ValueError:
+        day = None
+    if day is None:
         raise BadQuery(f"{name} must be a date YYYYMMDD (or YYYY-MM-DD), not {text!r}")
-    return "".join(m.groups())
+    return day.strftime("%Y%m%d")
 
 
 def _dates(name: str, column: str, text: str) -> tuple[str, list[str]]:

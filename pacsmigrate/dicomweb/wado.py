@@ -171,19 +171,30 @@ async def metadata(backend: Backend, inst: Instance, base: str) -> dict[str, Any
     else:
         head = await backend.load(inst.key, offset=inst.offset, length=HEADER_BYTES)
 
-    def parse(data: bytes) -> dict[str, Any]:
-        ds = pydicom.dcmread(BytesIO(data), force=True, stop_before_pixels=True)
+    def parse(data: bytes, whole: bool) -> dict[str, Any] | None:
+        """The attributes, or None when `data` (not `whole`) ends inside the header: pydicom
+        reads a header cut short without a word (a sequence's items up to the cut), so
+        only a parse that stopped before the pixel data, inside the bytes read, is whole."""
+        f = BytesIO(data)
+        ds = pydicom.dcmread(f, force=True, stop_before_pixels=True)
+        if not whole and f.tell() >= len(data):
+            return None
         out: dict[str, Any] = ds.to_json_dict(bulk_data_threshold=1024,
                                               bulk_data_element_handler=lambda _el: "")
         # Left out, not pointed at: this server has no /bulkdata resource.
         return {tag: v for tag, v in out.items() if v.get("BulkDataURI") != ""}
 
+    whole = len(head) >= inst.length
     try:
-        return await asyncio.to_thread(parse, head)
-    except Exception:  # a header cut by the first read: read it all
-        if len(head) >= inst.length:
+        found = await asyncio.to_thread(parse, head, whole)
+    except Exception:
+        if whole:
             raise
-        return await asyncio.to_thread(parse, await read_one(backend, inst))
+        found = None
+    if found is None:  # a header longer than the first read: read it all
+        found = await asyncio.to_thread(parse, await read_one(backend, inst), True)
+    assert found is not None
+    return found
 
 
 __all__ = ["Budget", "instances", "metadata", "read_one", "runs"]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import ConfigError
-from ..paths import display, path_fields
+from ..paths import path_fields, shown
 
 # What a finding says. All but WARNINGS make verify fail (exit status 1).
 OBJECT_MISSING = "object missing"
@@ -51,7 +51,7 @@ class Finding:
                 "key": self.key, **where, "detail": self.detail}
 
     def __str__(self) -> str:
-        names = " ".join(x for x in (self.key, display(self.path or b"")) if x)
+        names = " ".join(x for x in (self.key, shown(self.path or b"")) if x)
         return f"{self.kind}: {names}" + (f" ({self.detail})" if self.detail else "")
 
 
