@@ -253,6 +253,9 @@ class Checkpoint(MergeTables, RepairTables, ReadBack, RunsTable, SpillTable, Pla
                     if e.about.group in spilled_here:
                         txn.delete(spill_key(e.about.group, e.path), db=self.db["spill"])
                 txn.cursor(db=index).putmulti(index_rows)
+                if troubled:  # folders this run listed (an unreadable one, readable again)
+                    for d in _folders_of(e.path for e in obj.entries):
+                        txn.delete(path_key(d), db=problems)
                 self._note_contents(txn, contents, number, lock, alone=obj.kind == FILE)
                 txn.delete(key, db=self.db["intents"])
                 # The studies it holds (a pack holds several).
@@ -319,4 +322,15 @@ class Checkpoint(MergeTables, RepairTables, ReadBack, RunsTable, SpillTable, Pla
     def open_problems(self) -> int:
         """Files recorded as not migrated for a reason that is not a deliberate skip."""
         return sum(1 for _, v in self.iter_db("problems") if not v["final"])
+
+
+def _folders_of(paths: Iterable[bytes]) -> set[bytes]:
+    """Every folder above these files: the walk that found a file listed each of them."""
+    out: set[bytes] = set()
+    for p in paths:
+        d = os.path.dirname(p)
+        while d not in out and d != os.path.dirname(d):
+            out.add(d)
+            d = os.path.dirname(d)
+    return out
 

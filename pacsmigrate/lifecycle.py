@@ -51,8 +51,9 @@ def _moves(policy: TierPolicy, years: Iterable[int]
     count = 0
     for year in years:
         youngest = date(year, 12, 31)
+        # (a study year near 9999, a placeholder date, crosses no boundary before date.max)
         moves = [(youngest + timedelta(days=t.start), t.storage_class) for t in policy.tiers
-                 if t.start > 0]
+                 if 0 < t.start <= (date.max - youngest).days]
         if moves:
             count += 1
             if count > MAX_RULES:

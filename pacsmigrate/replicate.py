@@ -15,6 +15,7 @@ import os
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from .config import Destination, TransferConfig
 from .errors import ConfigError, IntegrityError, ObjectExistsError, StateError
 from .fanout import workers
 from .records import FILE, now_iso
+from .retention import MODE_META, UNTIL_META
 from .verify.common import db_batches
 
 _MD5_HEX = 32
@@ -142,6 +144,19 @@ class _Check:
         return True
 
 
+async def _carried(src: Backend, key: str) -> dict[str, str] | None:
+    """The source object's metadata, which the replica's copy is stored with: its storage
+    class, lock and tags are made from it (backends/s3.py, azure_blob.py), as they were
+    for the source. A lock whose day has passed is not asked for (a store refuses it)."""
+    info = await src.stat(key)
+    meta = dict(info.metadata or {}) if info is not None else {}
+    until = meta.get(UNTIL_META)
+    if until and until <= date.today().isoformat():
+        meta.pop(UNTIL_META, None)
+        meta.pop(MODE_META, None)
+    return meta or None
+
+
 async def copy_object(src: Backend, dst: Backend, key: str, size: int, etag: str,
                       done: Replicated, *, target: str | None = None) -> None:
     """Copy one object (to `target`, by default the same key) unless the second store has
@@ -158,6 +173,7 @@ async def copy_object(src: Backend, dst: Backend, key: str, size: int, etag: str
     part = dst.part_size(size)
     check = _Check(key, etag)
     checked: list[bool | None] = []
+    meta = await _carried(src, source_key)
 
     async def chunks() -> AsyncIterator[Buffer]:
         for offset in range(0, size, part):
@@ -169,12 +185,12 @@ async def copy_object(src: Backend, dst: Backend, key: str, size: int, etag: str
 
     try:
         if size > part:
-            info = await dst.save(key, chunks())
+            info = await dst.save(key, chunks(), metadata=meta)
         else:
             data = await src.load(source_key) if size else b""
             check.add(data)
             checked.append(check.verdict())
-            info = await dst.save(key, one_chunk(data))
+            info = await dst.save(key, one_chunk(data), metadata=meta)
     except ObjectExistsError:
         # A lost answer to our own write, or someone else's object at the key.
         info = await dst.stat(key)  # type: ignore[assignment]

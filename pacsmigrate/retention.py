@@ -124,7 +124,11 @@ class Retention:
         years = years or self.years
         if years is None:
             return None
-        start = study_day(study_date) or today
+        # A study dated after today (a placeholder such as 99991231, a wrong clock) counts
+        # from today: its date cannot stretch a lock past today's term.
+        start = min(study_day(study_date) or today, today)
+        if start.year + years > date.max.year:
+            return date.max
         try:
             end = start.replace(year=start.year + years)
         except ValueError:  # 29 February in a year that has none

@@ -28,6 +28,9 @@ def test_lock_ends_years_after_the_study() -> None:
     assert Retention(1).until("20240229", date(2024, 12, 1)) == date(2025, 2, 28)
     assert r.until("", TODAY) == date(2056, 12, 2)  # no StudyDate: from today, never shorter
     assert Retention(15).until("19900101", TODAY) is None  # already over: nothing to lock
+    # A placeholder date in the future counts from today; no lock ends past date.max.
+    assert r.until("99991231", TODAY) == date(2056, 12, 2)
+    assert r.until("", date(9990, 1, 1)) == date.max
     assert Retention(15, "COMPLIANCE", legal_hold=True).metadata("19900101", TODAY) == {
         "pacsmigrate-legal-hold": "ON", "pacsmigrate-retention": "15y"}
     assert r.metadata("20190301", TODAY) == {"pacsmigrate-retain-until": "2049-03-01",

@@ -197,7 +197,9 @@ def test_lifecycle_rules_move_each_study_year_on_when_its_youngest_study_crosses
         moto_s3: S3Target) -> None:
     policy = TierPolicy.parse(POLICY)
     dest = Destination.parse("s3://hospital-archive/pacs")
-    doc = s3_rules(policy, [2019, 2024], dest)
+    doc = s3_rules(policy, [2019, 2024, 9999], dest)  # 9999: a placeholder date, no move
+    assert [r["ID"] for r in doc["Rules"]] == ["pacsmigrate-study-year-2019",
+                                               "pacsmigrate-study-year-2024"]
     first = doc["Rules"][0]
     assert first["ID"] == "pacsmigrate-study-year-2019"
     assert first["Filter"] == {"And": {"Prefix": "pacs/", "Tags": [

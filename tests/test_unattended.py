@@ -4,7 +4,9 @@ redirected stderr, and a report whose history of runs adds up across resumes."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import S3Target, run_cli
+from conftest import TEST_FILES, S3Target, run_cli
 from helpers import assert_complete, multipart_tree
 
 from pacsmigrate.report import VERIFY_HISTORY, record_verify, verifications, verify_record
@@ -229,3 +231,22 @@ def test_a_torn_verify_line_loses_only_itself(tmp_path: Path) -> None:
     second = {**first, "outcome": "failed: 2 findings"}
     record_verify(tmp_path, second)
     assert [c["outcome"] for c in verifications(tmp_path)] == ["passed", "failed: 2 findings"]
+
+
+def test_a_folder_readable_again_is_no_longer_a_problem(tmp_path: Path) -> None:
+    """A folder the walk could not list is a problem (exit 1); once readable, the next run
+    stores its files and the problem is gone: that run finishes (exit 0)."""
+    tree, store, state = tmp_path / "pacs", tmp_path / "store", tmp_path / "state"
+    for folder in ("open", "closed/deeper"):
+        (tree / folder).mkdir(parents=True)
+        shutil.copy(TEST_FILES / "CT_small.dcm", tree / folder / "1.dcm")
+    store.mkdir()
+    args = ["migrate", str(tree), str(store), "--state", str(state), "--no-progress"]
+    first = run_cli(*args, env={**os.environ, "PACSMIGRATE_DENY_OPEN": "closed"})
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert "still to migrate: 1 files" in run_cli("status", "--state", str(state),
+                                                  check=True).stdout
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stdout + again.stderr
+    said = run_cli("status", "--state", str(state), check=True).stdout
+    assert "still to migrate: none" in said and "migrated: 2 files" in said, said

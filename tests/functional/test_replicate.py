@@ -121,3 +121,25 @@ def test_a_source_object_that_does_not_match_its_etag_is_not_copied(
         (f"error: {victim}: bytes read from the source do not match its ETag "
         f"{os.getxattr(path, 'user.pacsmigrate.etag').decode()}")]
     assert victim not in azure_store.object_keys()
+
+
+def test_the_replica_keeps_each_object_s_class_and_metadata(tree: Path, moto_s3: S3Target,
+                                                           tmp_path: Path) -> None:
+    """The copy is stored with the source object's metadata, from which its storage class
+    (and lock and tags) are made, as they were for the source."""
+    state, replica = tmp_path / "state", tmp_path / "replica"
+    env = moto_s3.env()
+    _migrate(tree, moto_s3.url, state, env, "--endpoint-url", moto_s3.info.endpoint_url,
+             "--storage-class", "STANDARD_IA")
+    second = f"{moto_s3.bucket}-copy"
+    moto_s3.client.create_bucket(Bucket=second)
+    proc = run_cli("replicate", f"s3://{second}/archive", "--state", str(state), "--to-state",
+                   str(replica), "--endpoint-url", moto_s3.info.endpoint_url, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    keys = [k for k in moto_s3.object_keys() if k.endswith(".tar")]
+    assert keys
+    for key in keys:
+        mine = moto_s3.client.head_object(Bucket=moto_s3.bucket, Key=key)
+        theirs = moto_s3.client.head_object(Bucket=second, Key=key)
+        assert mine["StorageClass"] == theirs["StorageClass"] == "STANDARD_IA"
+        assert theirs["Metadata"] == mine["Metadata"] and mine["Metadata"]
