@@ -250,3 +250,22 @@ def test_a_folder_readable_again_is_no_longer_a_problem(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stdout + again.stderr
     said = run_cli("status", "--state", str(state), check=True).stdout
     assert "still to migrate: none" in said and "migrated: 2 files" in said, said
+
+
+def test_status_after_a_run_killed_early_does_not_say_nothing_is_left(tmp_path: Path) -> None:
+    """Killed before its walk saw the files, the run leaves a state that knows of none: what
+    is left is not known, not "none"."""
+    tree, store, state = tmp_path / "pacs", tmp_path / "store", tmp_path / "state"
+    tree.mkdir()
+    store.mkdir()
+    for i in range(3):
+        shutil.copy(TEST_FILES / "CT_small.dcm", tree / f"{i}.dcm")
+    args = ["migrate", str(tree), str(store), "--state", str(state), "--no-progress"]
+    killed = run_cli(*args, env={**os.environ, "PACSMIGRATE_CRASH_AT": "mid-catalogue:1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    said = run_cli("status", "--state", str(state), check=True).stdout.splitlines()
+    assert ("still to migrate: not known yet (its walk may not have seen every file): the "
+            "last run stopped before its end; re-run migrate") in said, said
+    run_cli(*args, check=True)
+    assert "still to migrate: none" in run_cli("status", "--state", str(state),
+                                               check=True).stdout.splitlines()

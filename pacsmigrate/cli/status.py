@@ -50,6 +50,14 @@ def status(state_dir: Path, as_json: bool) -> None:
         click.echo(line)
 
 
+def last_run_unfinished(last: dict[str, Any] | None) -> bool:
+    """Whether the last migration (not a dry run) stopped before its walk was sure to end:
+    the state then knows only of the files it saw."""
+    if not last:
+        return False
+    return not last.get("dry_run") and last.get("outcome") != "completed"
+
+
 def describe(d: dict[str, Any]) -> list[str]:
     """The state in sentences an operator reads at a glance."""
     out = [f"destination: {d['destination']}",
@@ -71,6 +79,11 @@ def describe(d: dict[str, Any]) -> list[str]:
         out.append(f"still to migrate: {todo:,} files ({d['files_pending']:,} read but not yet "
                    f"stored, {d['files_with_problems']:,} that failed; the report says why); "
                    "re-run migrate")
+    elif last_run_unfinished(d["last_run"]):
+        why = ("a run is under way" if (d["last_run"] or {}).get("outcome") == RUNNING
+               else "the last run stopped before its end; re-run migrate")
+        out.append(f"still to migrate: not known yet (its walk may not have seen every file): "
+                   f"{why}")
     else:
         out.append("still to migrate: none")
     if d["files_skipped"]:
