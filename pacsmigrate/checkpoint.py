@@ -325,12 +325,13 @@ class Checkpoint(MergeTables, RepairTables, ReadBack, RunsTable, SpillTable, Pla
 
 
 def _folders_of(paths: Iterable[bytes]) -> set[bytes]:
-    """Every folder above these files: the walk that found a file listed each of them."""
+    """Every folder above these files: the walk that found a file listed each of them.
+    (A commit's files share a few folders: each file costs one rpartition, each folder
+    its ancestors once.)"""
     out: set[bytes] = set()
-    for p in paths:
-        d = os.path.dirname(p)
-        while d not in out and d != os.path.dirname(d):
+    for d in {p.rpartition(b"/")[0] for p in paths}:
+        while d and d not in out:
             out.add(d)
-            d = os.path.dirname(d)
+            d = d.rpartition(b"/")[0]
     return out
 

@@ -248,12 +248,6 @@ class LmdbFile:
                                    "it to finish") from None
         self._lock_fd = fd
 
-    def run_holds_lock(self) -> bool:
-        """Whether a run holds this state now (its lock cannot be shared)."""
-        if self._lock_fd is not None:
-            return not self.readonly  # this process's own run, or a reader that shares it
-        return lock_held(self.state_dir)
-
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)

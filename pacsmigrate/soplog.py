@@ -38,7 +38,7 @@ import lmdb
 
 from . import faults, rows
 from .lmdbfile import COPY_BATCH, rows_within
-from .paths import path_fields
+from .paths import from_fields, path_fields
 from .tables import path_key
 
 _SEQ = struct.Struct(">Q")
@@ -120,6 +120,20 @@ def conflict_row(index_get: Callable[[bytes], Any], conflicts_get: Callable[[byt
             if names == path_fields(path):
                 return None
     return path_key(path), json.dumps({**path_fields(path), "other": names}).encode()
+
+
+def displaced_chain(conflicts_get: Callable[[bytes], Any], path: bytes) -> Iterator[bytes]:
+    """`path`, then each file the one before it displaced (its `conflicts` row's `other`),
+    until a file with no row or one already named (a chain that comes back on itself)."""
+    seen: set[bytes] = set()
+    while path not in seen:
+        seen.add(path)
+        yield path
+        raw = conflicts_get(path_key(path))
+        if raw is None:
+            return
+        other = json.loads(bytes(raw))["other"]
+        path = from_fields(other["source_path"], other["source_path_b64"])
 
 
 def clustered(uids: list[bytes]) -> bool:

@@ -25,7 +25,6 @@ import lmdb
 
 from . import rows, soplog
 from .errors import StateError
-from .paths import from_fields
 from .records import now_iso
 from .slicing import as_doc, recorded_slice
 from .tables import CONTENT_KEYS, path_key, renumbered_content
@@ -257,7 +256,7 @@ class MergeTables:
                                                               db=conflicts) is None:
                 rest.append((uid, path))
                 continue
-            last = _chain_end(txn, conflicts, path)
+            *_, last = soplog.displaced_chain(lambda k: txn.get(k, db=conflicts), path)
             row = soplog.conflict_row(lambda k: txn.get(k, db=index),
                                       lambda k: txn.get(k, db=conflicts), last, bytes(ours))
             if row is not None and txn.get(row[0], db=conflicts) is None:
@@ -297,20 +296,6 @@ def merge_into(out: Any, states: list[Any]) -> Merged:
         finally:
             src.close()
     return result
-
-
-def _chain_end(txn: lmdb.Transaction, conflicts: Any, path: bytes) -> bytes:
-    """The last file of the conflicts chain from `path` (each row names the file its path
-    displaced), or where it comes back on itself."""
-    seen = {path}
-    while (raw := txn.get(path_key(path), db=conflicts)) is not None:
-        other = json.loads(bytes(raw))["other"]
-        nxt = from_fields(other["source_path"], other["source_path_b64"])
-        if nxt in seen:
-            break
-        seen.add(nxt)
-        path = nxt
-    return path
 
 
 def _id(key: bytes) -> int:

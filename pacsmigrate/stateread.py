@@ -14,7 +14,6 @@ from typing import Any
 import lmdb
 
 from . import rows, soplog
-from .paths import from_fields
 from .tables import path_key
 
 OBJECT_NUMBER = struct.Struct(">I")  # an objkeys key: the object's number
@@ -121,9 +120,11 @@ class ReadBack:
         uid = rows.packed_uid(sop_uid)[:500]
         with self.env.begin() as txn:
             logged = soplog.in_log(txn, self.db.get("soplog"), uid, newest_only=True)
-            if logged:
-                return logged[0]
-            raw = txn.get(uid, db=self.db["sop"]) or txn.get(sop_uid.encode(), db=self.db["sop"])
+            return logged[0] if logged else self._sop_row(txn, uid, sop_uid)
+
+    def _sop_row(self, txn: lmdb.Transaction, uid: bytes, sop_uid: str) -> bytes | None:
+        """The SOP table's path for a UID (packed; rows of old states: the UID's text)."""
+        raw = txn.get(uid, db=self.db["sop"]) or txn.get(sop_uid.encode(), db=self.db["sop"])
         return None if raw is None else bytes(raw)
 
     def paths_for_sop(self, sop_uid: str) -> list[bytes]:
@@ -133,14 +134,13 @@ class ReadBack:
         it (the table's row first), as soplog.conflict_row judges."""
         uid = rows.packed_uid(sop_uid)[:500]
         found: list[bytes] = []
-        seen: set[bytes] = set()
         digests: set[str] = set()
         with self.env.begin() as txn:
             index, conflicts = self.db["index"], self.db["conflicts"]
             chain = soplog.in_log(txn, self.db.get("soplog"), uid)[::-1]  # oldest first
-            raw = txn.get(uid, db=self.db["sop"]) or txn.get(sop_uid.encode(), db=self.db["sop"])
-            if raw is not None:
-                chain.insert(0, bytes(raw))
+            table = self._sop_row(txn, uid, sop_uid)
+            if table is not None:
+                chain.insert(0, table)
             merged: dict[bytes, bytes] = {}  # the rows the merge will write
 
             def known(k: bytes) -> Any:
@@ -149,19 +149,13 @@ class ReadBack:
                 row = soplog.conflict_row(lambda k: txn.get(k, db=index), known, newer, older)
                 if row is not None:
                     merged[row[0]] = row[1]
-            path = chain[-1] if chain else None
-            while path is not None and path not in seen:
-                seen.add(path)
+            for path in soplog.displaced_chain(known, chain[-1]) if chain else ():
                 raw = txn.get(path_key(path), db=index)
                 if raw is not None:
                     row = self._decode("index", txn, path_key(path), raw)
                     if row["sop_uid"] == sop_uid and row["blake3"] not in digests:
                         digests.add(row["blake3"])  # the same bytes twice: one file to name
                         found.append(path)
-                raw = known(path_key(path))
-                other = None if raw is None else json.loads(bytes(raw))["other"]
-                path = None if other is None else from_fields(other["source_path"],
-                                                              other["source_path_b64"])
         return found
 
     def index_row(self, path: bytes) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from ..checkpoint import Checkpoint
+from ..lmdbfile import lock_held
 from ..report import verifications
 from ..tables import KILLED, RUNNING
 from .common import handle_errors, state_option
@@ -29,7 +30,7 @@ def status(state_dir: Path, as_json: bool) -> None:
         dedup = cp.deduplicated()
         runs = cp.runs()
         unmerged = cp.sop_log_rows()
-        if runs and runs[-1].get("outcome") == RUNNING and not cp.run_holds_lock():
+        if runs and runs[-1].get("outcome") == RUNNING and not lock_held(state_dir):
             runs[-1] = {**runs[-1], "outcome": KILLED}  # as the next run will record it
     finally:
         cp.close()
@@ -50,16 +51,15 @@ def status(state_dir: Path, as_json: bool) -> None:
         click.echo(line)
 
 
-def last_run_unfinished(last: dict[str, Any] | None) -> bool:
+def last_run_unfinished(last: dict[str, Any]) -> bool:
     """Whether the last migration (not a dry run) stopped before its walk was sure to end:
     the state then knows only of the files it saw."""
-    if not last:
-        return False
     return not last.get("dry_run") and last.get("outcome") != "completed"
 
 
 def describe(d: dict[str, Any]) -> list[str]:
     """The state in sentences an operator reads at a glance."""
+    last = d["last_run"]
     out = [f"destination: {d['destination']}",
            "sources: " + ", ".join(d["sources"] or []),
            f"migrated: {d['files_migrated']:,} files in {d['objects']:,} objects"]
@@ -79,8 +79,8 @@ def describe(d: dict[str, Any]) -> list[str]:
         out.append(f"still to migrate: {todo:,} files ({d['files_pending']:,} read but not yet "
                    f"stored, {d['files_with_problems']:,} that failed; the report says why); "
                    "re-run migrate")
-    elif last_run_unfinished(d["last_run"]):
-        why = ("a run is under way" if (d["last_run"] or {}).get("outcome") == RUNNING
+    elif last and last_run_unfinished(last):
+        why = ("a run is under way" if last.get("outcome") == RUNNING
                else "the last run stopped before its end; re-run migrate")
         out.append(f"still to migrate: not known yet (its walk may not have seen every file): "
                    f"{why}")
@@ -93,7 +93,6 @@ def describe(d: dict[str, Any]) -> list[str]:
         out.append(f"uploads in doubt: {d['uploads_in_doubt']:,} (a run stopped while they "
                    "were in flight; the next migrate checks the store: adopts those that "
                    "arrived, sends the others again)")
-    last = d["last_run"]
     if last:
         ended = (f"running now (pid {last.get('pid', '?')})" if last.get("outcome") == RUNNING
                  else f"ended {last.get('ended') or 'at an unknown time'}")

@@ -171,14 +171,14 @@ async def metadata(backend: Backend, inst: Instance, base: str) -> dict[str, Any
     else:
         head = await backend.load(inst.key, offset=inst.offset, length=HEADER_BYTES)
 
-    def parse(data: bytes, whole: bool) -> dict[str, Any] | None:
-        """The attributes, or None when `data` (not `whole`) ends inside the header: pydicom
-        reads a header cut short without a word (a sequence's items up to the cut), so
-        only a parse that stopped before the pixel data, inside the bytes read, is whole."""
+    def parse(data: bytes, whole: bool) -> dict[str, Any]:
+        """The attributes. Not `whole` (a prefix), the parse must stop before the pixel
+        data inside the bytes read: pydicom reads a header cut short without a word (a
+        sequence's items up to the cut), so that is an EOFError here."""
         f = BytesIO(data)
         ds = pydicom.dcmread(f, force=True, stop_before_pixels=True)
         if not whole and f.tell() >= len(data):
-            return None
+            raise EOFError("the header goes on past the bytes read")
         out: dict[str, Any] = ds.to_json_dict(bulk_data_threshold=1024,
                                               bulk_data_element_handler=lambda _el: "")
         # Left out, not pointed at: this server has no /bulkdata resource.
@@ -186,15 +186,11 @@ async def metadata(backend: Backend, inst: Instance, base: str) -> dict[str, Any
 
     whole = len(head) >= inst.length
     try:
-        found = await asyncio.to_thread(parse, head, whole)
-    except Exception:
+        return await asyncio.to_thread(parse, head, whole)
+    except Exception:  # a header longer than the first read: read it all
         if whole:
             raise
-        found = None
-    if found is None:  # a header longer than the first read: read it all
-        found = await asyncio.to_thread(parse, await read_one(backend, inst), True)
-    assert found is not None
-    return found
+        return await asyncio.to_thread(parse, await read_one(backend, inst), True)
 
 
 __all__ = ["Budget", "instances", "metadata", "read_one", "runs"]
