@@ -34,9 +34,16 @@ def unsorted_group(secret: bytes, directory: bytes) -> str:
 
 def bundle_id(plan: BundlePlan, salt: str = "") -> str:
     """Deterministic id from the planned members: a re-run of the same plan hits the same key.
-    `salt` (a state's, once a repair needed one) keeps new ids off damaged objects' keys."""
+    `salt` (a state's, once a repair needed one) keeps new ids off damaged objects' keys.
+
+    The plan's policy (class, lock) is part of it: a store sets them when an object or a
+    multipart upload is created, so a killed run's unfinished upload is resumed (or its
+    object adopted as this plan's) only by a run that asks the same of the store."""
     h = blake3.blake3(plan.group.encode() + b"\0" + plan.kind.encode()
                       + (b"\0" + salt.encode() if salt else b""))
+    if plan.policy:  # none given: the ids of runs without a policy, as before
+        h.update(b"".join(b"\1%s=%s" % (k.encode(), v.encode())
+                          for k, v in sorted(plan.policy.items())))
     # One update for all members (the same digest as one a member, a C call less each).
     h.update(b"".join([b"\0%s\0%d\0%d" % (m.path, m.size, m.mtime_ns) for m in plan.members]))
     return h.hexdigest()[:24]

@@ -116,6 +116,9 @@ class BundlePlan:
     key: str = ""
     bundle_id: str = ""
     size: int = 0  # sum of the members' sizes
+    # How the store keeps its object (storage class, study-year tag, retention lock), as
+    # object metadata: fixed before its key, which depends on it (keys.bundle_id).
+    policy: dict[str, str] = field(default_factory=dict)
     # How large its tar grows at most (ASCII paths; TAR_OVERHEAD and member_bound): what
     # --bundle-size and --pack hold objects to, and what a part buffer is sized by.
     bound: int = field(init=False, default=0)

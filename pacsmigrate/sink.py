@@ -24,7 +24,7 @@ from .records import FILE, TAR, BundlePlan, Entry, Member, Stored, StoredObject,
 from .retention import manifest_fields
 from .stats import Stats
 from .tables import PlanRow, plan_row
-from .tiers import billed_size
+from .tiers import CLASS_META, YEAR_META, billed_size, study_year
 from .upload import store
 
 log = logging.getLogger("pacsmigrate.pipeline")
@@ -97,14 +97,31 @@ class Sink:
     """Counts what every closed plan holds; subclasses store it or record the plan."""
 
     def __init__(self, cp: Checkpoint, stats: Stats, bar: Bar, *,
-                 classes: Classes | None = None) -> None:
+                 classes: Classes | None = None, locks: Locks | None = None) -> None:
         self.cp = cp
         self.stats = stats
         self.bar = bar
         self.classes = classes
+        self.locks = locks  # counts the studies a retention map misses when asked
 
     def storage_class(self, plan: BundlePlan) -> str | None:
         return self.classes(plan) if self.classes else None
+
+    def policy_of(self, plan: BundlePlan) -> dict[str, str]:
+        """How the store is to keep the plan's object, as its metadata: the storage class
+        (each store maps it to its classes or tiers) with the study's year (tagged beside
+        it, for lifecycle rules) and the retention lock (each store maps it to its lock).
+        Asked once a plan, before its key (the locks count studies)."""
+        policy: dict[str, str] = {}
+        storage_class = self.storage_class(plan)
+        if storage_class:
+            policy[CLASS_META] = storage_class
+            year = study_year(plan.members[0].about.study_date) if plan.members else None
+            if year:
+                policy[YEAR_META] = year
+        if self.locks is not None:
+            policy.update(self.locks(plan))
+        return policy
 
     def _count(self, plan: BundlePlan) -> None:
         s = self.stats
@@ -135,8 +152,7 @@ class PlanSink(Sink):
                  part_size: int, classes: Classes | None = None,
                  prices: PriceTable | None = None, locks: Locks | None = None,
                  dedup: bool = True) -> None:
-        super().__init__(cp, stats, bar, classes=classes)
-        self.locks = locks  # counts the studies a retention map misses when asked
+        super().__init__(cp, stats, bar, classes=classes, locks=locks)
         self.dedup = dedup
         self._stored: bool | None = None  # whether the state holds committed content
         self.scheme = scheme
@@ -148,9 +164,8 @@ class PlanSink(Sink):
 
     async def put(self, plan: BundlePlan) -> None:
         self._count(plan)
-        lock = self.locks(plan) if self.locks is not None else None
         requests = requests_for(plan, scheme=self.scheme, part_size=self.part_size,
-                                length=partial(self._length, lock),
+                                length=partial(self._length, plan.policy),
                                 shrinks=self._has_copies if self.dedup else None)
         self.stats.planned_requests += requests
         if self.prices is not None:
@@ -202,8 +217,7 @@ class StoreSink(Sink):
                  pool: Executor, secret: bytes, concurrency: int, memory: int,
                  expect: bool, started: float, classes: Classes | None = None,
                  locks: Locks | None = None, dedup: bool = True, compress: str = "") -> None:
-        super().__init__(cp, stats, bar, classes=classes)
-        self.locks = locks
+        super().__init__(cp, stats, bar, classes=classes, locks=locks)
         self.dedup = dedup
         self.compress = compress
         self.backend = backend
@@ -294,9 +308,7 @@ class StoreSink(Sink):
             expect = {m.path: g[2] for m, g in zip(plan.members, got, strict=True)
                       if g is not None and (g[0], g[1]) == (m.size, m.mtime_ns) and g[2]}
         return await store(plan, self.backend, self.pool, secret=self.secret,
-                           expect=expect, storage_class=self.storage_class(plan),
-                           locks=self.locks(plan) if self.locks else None,
-                           known=self._known(plan) if self.dedup else None,
+                           expect=expect, known=self._known(plan) if self.dedup else None,
                            compress=self.compress, take=lease.take)
 
     async def _record(self, plan: BundlePlan, stored: StoredObject | None, built: Built

@@ -203,6 +203,7 @@ class SourceStream:
         sink = self.sink
         if plan.kind == FILE and isinstance(sink, StoreSink) and self.cfg.dedup:
             plan = await self.copy_of_large(sink, plan)
+        plan.policy = sink.policy_of(plan)  # before its key, which depends on it
         assign_key(self.cfg.dest, plan, self.salt)
         await sink.put(plan)
 

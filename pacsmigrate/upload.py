@@ -4,7 +4,7 @@ the objects a killed run left behind."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
 from typing import Any
 
@@ -19,7 +19,6 @@ from .keys import sidecar_key
 from .paths import member_name
 from .records import FILE, TAR, BundlePlan, Entry, StoredObject
 from .retention import manifest_fields
-from .tiers import CLASS_META, YEAR_META, study_year
 
 META = {"pacsmigrate-format": "2"}
 INLINE_MAX = 1 << 20  # bundles this small, all in memory, are packed on the event loop
@@ -42,8 +41,7 @@ async def _listed(chunks: list[Buffer]) -> AsyncIterator[Buffer]:
 
 
 async def store(plan: BundlePlan, backend: Backend, pool: Executor, *, secret: bytes,
-                expect: dict[bytes, str] | None = None, storage_class: str | None = None,
-                locks: Mapping[str, str] | None = None, known: Known | None = None,
+                expect: dict[bytes, str] | None = None, known: Known | None = None,
                 compress: str = "", take: Callable[[int], bytearray] = bytearray
                 ) -> tuple[StoredObject | None, Built]:
     """Pack and store one plan. None when no member could be packed (all moved/vanished).
@@ -51,18 +49,12 @@ async def store(plan: BundlePlan, backend: Backend, pool: Executor, *, secret: b
     Source reads run in `pool`; at most a few parts per object are in memory at once.
     `take(n)`: a buffer for a tar part of about n bytes (see tar_parts).
     """
-    built = Built(retention=manifest_fields(locks))
+    built = Built(retention=manifest_fields(plan.policy))
     part_size = backend.part_size(plan.size)
     gen = tar_parts(plan, built, part_size=part_size, secret=secret, expect=expect,
                     known=known, compress=compress, take=take) if plan.kind == TAR else file_parts(
         plan, built, part_size=part_size, secret=secret, expect=expect)
-    meta = {**META, "pacsmigrate-kind": plan.kind}
-    if storage_class:
-        meta[CLASS_META] = storage_class  # each store maps it to its own classes or tiers
-        year = study_year(plan.members[0].about.study_date) if plan.members else None
-        if year:
-            meta[YEAR_META] = year  # tagged with the class, for lifecycle rules
-    meta.update(locks or {})  # retention: each store maps it to its lock
+    meta = {**META, "pacsmigrate-kind": plan.kind, **plan.policy}
     try:
         if plan.size <= INLINE_MAX and not compress and all(
                 m.data is not None for m in plan.members):

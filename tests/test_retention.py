@@ -82,6 +82,44 @@ def test_every_object_is_locked_until_its_study_plus_the_years(
 
 
 @pytest.mark.seaweed
+def test_a_lock_asked_after_a_kill_is_not_lost_to_the_resumed_upload(
+        seaweed_s3: S3Target, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """A store sets an object's lock when its multipart upload is created: a run killed
+    mid-upload without a lock, re-run with one, must not complete the old upload (its
+    object would be unlocked while the index and manifest say locked)."""
+    studies = aged_tree(tmp_path / "pacs")
+    bucket = _lock_bucket(seaweed_s3, request)
+    state = tmp_path / "state"
+    args = ("migrate", str(tmp_path / "pacs"), f"s3://{bucket}/pacs", "--endpoint-url",
+            seaweed_s3.info.endpoint_url, "--state", str(state), "--large-file", "5MiB",
+            "--part-size", "5MiB", "--concurrency", "1", "--no-progress")
+    killed = run_cli(*args, env={**seaweed_s3.env(), "PACSMIGRATE_CRASH_AT": "part-uploaded:1"})
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    assert seaweed_s3.client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    run_cli(*args, "--retain-years", "30", "--storage-class", "STANDARD_IA",
+            env=seaweed_s3.env(), check=True)
+    today = datetime.now(UTC).date()
+    rows = index_rows(state)
+    assert len({r["key"] for r in rows}) == 5
+    # The studies the killed run committed keep what they were stored with; the index says
+    # of every object what the store holds, and the large file's upload was redone locked.
+    large = [r for r in rows if r["source_path"].endswith("scan.bin")]
+    assert len(large) == 1 and large[0]["retain_until"], large
+    for r in rows:
+        head = seaweed_s3.client.head_object(Bucket=bucket, Key=r["key"])
+        if not r["retain_until"]:
+            assert "ObjectLockMode" not in head, r["key"]
+            continue
+        want = Retention(30).until(studies.get(r["study_uid"], ""), today)
+        assert (head.get("ObjectLockMode"), head.get("StorageClass")) == (
+            "GOVERNANCE", "STANDARD_IA"), r["key"]
+        assert head["ObjectLockRetainUntilDate"].date() == want, r["key"]
+        assert r["retain_until"] == want.isoformat(), r["key"]
+    # The killed run's upload was aborted, not left to linger.
+    assert not seaweed_s3.client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+@pytest.mark.seaweed
 def test_a_bucket_without_object_lock_is_refused_before_anything_is_stored(
         seaweed_s3: S3Target, tmp_path: Path) -> None:
     aged_tree(tmp_path / "pacs")
