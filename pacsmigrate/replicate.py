@@ -29,6 +29,7 @@ from .errors import ConfigError, IntegrityError, ObjectExistsError, StateError
 from .fanout import workers
 from .records import FILE, now_iso
 from .retention import MODE_META, UNTIL_META
+from .staterepair import done_with_list, take_list
 from .verify.common import db_batches
 
 _MD5_HEX = 32
@@ -39,10 +40,12 @@ _FLUSH = 1000  # ETags written to the replica's state in batches of this many
 class Replicated:
     """What one replicate run did."""
 
-    objects: int = 0  # objects of the source migration (sidecars and descriptor included)
-    copied: int = 0
-    present: int = 0  # already in the second store, same size (and hash where comparable)
+    objects: int = 0  # objects of the source migration (bundles and large files)
+    copied: int = 0  # of them
+    present: int = 0  # of them already in the second store, same size (and hash)
+    beside: int = 0  # the store's descriptor, run records and sidecar manifests
     bytes_copied: int = 0
+    repaired: int = 0  # damaged objects (a verify of the replica listed them) copied anew
     unchecked: int = 0  # copied, but the two stores' ETag rules could not be compared
     etags: dict[str, str] = field(default_factory=dict)  # not yet written to the replica state
 
@@ -88,7 +91,7 @@ def prepare_state(source: Checkpoint, replica_state: Path, dest: Destination,
             config.update({"dest": str(dest), "endpoint_url": dest.endpoint_url,
                            "provider": None, "region": None, "profile": None,
                            "addressing_style": None, **s3, "replica_of": str(origin),
-                           "replicated": now_iso()})
+                           "replicated": now_iso(), "replica_complete": None})
             copy.put_meta("config", config)
             ca = transfer.ca_bundle  # the CA the replica's store is reached with
             copy.put_meta("ca_bundle", str(Path(ca).resolve()) if ca else None)
@@ -158,18 +161,18 @@ async def _carried(src: Backend, key: str) -> dict[str, str] | None:
 
 
 async def copy_object(src: Backend, dst: Backend, key: str, size: int, etag: str,
-                      done: Replicated, *, target: str | None = None) -> None:
+                      done: Replicated, *, target: str | None = None) -> bool:
     """Copy one object (to `target`, by default the same key) unless the second store has
-    it, checked against the source's ETag before the copy is completed."""
+    it, checked against the source's ETag before the copy is completed. Whether it was
+    copied (False: it was there)."""
     source_key, key = key, target or key
     have = await dst.stat(key)
     if have is not None and have.size == size:
         if _comparable(etag) and _comparable(have.etag) and have.etag != etag:
             raise IntegrityError(f"the replica holds another object at {key} (MD5 {have.etag}, "
                                  f"source {etag})")
-        done.present += 1
         done.etags[key] = have.etag
-        return
+        return False
     part = dst.part_size(size)
     check = _Check(key, etag)
     checked: list[bool | None] = []
@@ -198,15 +201,18 @@ async def copy_object(src: Backend, dst: Backend, key: str, size: int, etag: str
             raise IntegrityError(f"the replica holds another object at {key}") from None
     if not checked or checked[0] is None:
         done.unchecked += 1  # the deep verify of the replica settles it
-    done.copied += 1
     done.bytes_copied += size
     done.etags[key] = info.etag
+    return True
 
 
 async def replicate(source_state: Path, dest: Destination, replica_state: Path, *,
                     transfer: TransferConfig | None = None) -> Replicated:
     """Copy the migration in source_state to dest; the replica's state goes to replica_state."""
     transfer = transfer or TransferConfig()
+    if os.path.realpath(source_state) == os.path.realpath(replica_state):
+        raise ConfigError(f"--to-state {replica_state} is the migration's own state: give "
+                          "the replica a state directory of its own")
     cp = Checkpoint(source_state, readonly=True)
     try:
         origin = destination_of(cp)
@@ -216,16 +222,27 @@ async def replicate(source_state: Path, dest: Destination, replica_state: Path, 
         replica = prepare_state(cp, replica_state, dest, transfer)
         try:
             done = Replicated()
+            # What a verify of the replica found damaged: removed here, so copied anew.
+            damaged = sorted({d.key for d in take_list(replica_state) or []})
             src = await open_backend(origin, src_transfer)
             try:
                 dst = await open_backend(dest, transfer)
                 try:
+                    for key in damaged:
+                        if await dst.stat(key) is not None:
+                            await dst.remove(key)
+                    done.repaired = len(damaged)
                     await _copy_all(cp, replica, src, dst, origin, done, transfer.concurrency)
                 finally:
                     await dst.close()
             finally:
                 await src.close()
             await _flush(replica, done)
+            # Until then a status of the replica says its copy did not finish.
+            config = {**replica.get_meta("config"), "replica_complete": now_iso()}
+            await replica.call(replica.put_meta, "config", config)
+            if damaged:
+                done_with_list(replica_state)
         finally:
             replica.close()
     finally:
@@ -246,6 +263,7 @@ async def _copy_all(cp: Checkpoint, replica: Checkpoint, src: Backend, dst: Back
     if info is None:
         raise StateError(f"the source store has no {descriptor}: not a pacsmigrate store")
     await copy_object(src, dst, descriptor, info.size, info.etag, done)
+    done.beside += 1
     if dst.scheme == "file" and origin.prefix:
         # The directory holds the prefix as folders: a descriptor at its root too, so
         # `index rebuild DIR` finds the store and keeps the keys as they are.
@@ -255,6 +273,7 @@ async def _copy_all(cp: Checkpoint, replica: Checkpoint, src: Backend, dst: Back
     records = origin.key(keys.RUN_DIR, "sources") + "/"
     async for rec in src.list(records):
         await copy_object(src, dst, rec.key, rec.size, rec.etag, done)
+        done.beside += 1
         if dst.scheme == "file" and origin.prefix:
             await copy_object(src, dst, rec.key, rec.size, rec.etag, done,
                               target=rec.key[len(origin.key("")) + 1:])
@@ -270,16 +289,22 @@ async def _copy_all(cp: Checkpoint, replica: Checkpoint, src: Backend, dst: Back
     async def one(rec: dict[str, Any]) -> None:
         done.objects += 1
         size = int(rec["size"])
+        etag = str(rec.get("etag", ""))
         if size > dst.part_size(size):
             async with large:
-                await copy_object(src, dst, rec["key"], size, str(rec.get("etag", "")), done)
+                copied = await copy_object(src, dst, rec["key"], size, etag, done)
         else:
-            await copy_object(src, dst, rec["key"], size, str(rec.get("etag", "")), done)
+            copied = await copy_object(src, dst, rec["key"], size, etag, done)
+        if copied:
+            done.copied += 1
+        else:
+            done.present += 1
         if rec.get("kind") == FILE or "id" not in rec:  # its manifest lies beside it
             side = keys.sidecar_key(rec["key"])
             meta = await src.stat(side)
             if meta is not None:
                 await copy_object(src, dst, side, meta.size, meta.etag, done)
+                done.beside += 1
         if len(done.etags) >= _FLUSH:
             await _flush(replica, done)
 

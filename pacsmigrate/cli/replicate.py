@@ -47,7 +47,11 @@ def replicate_cmd(dest: str, state_dir: Path, replica_state: Path, endpoint_url:
     done = run_main(replicate(state_dir, where, replica_state,
                                  transfer=transfer_config(**transfer)))
     click.echo(f"replicated to {where}: {done.objects:,} objects; {done.copied:,} copied "
-               f"({done.bytes_copied / 1e6:,.1f} MB), {done.present:,} already there")
+               f"({done.bytes_copied / 1e6:,.1f} MB), {done.present:,} already there; "
+               f"{done.beside:,} manifests and records beside them")
+    if done.repaired:
+        click.echo(f"repaired: {done.repaired:,} objects a verify of the replica found "
+                   "damaged were copied anew (run verify --deep on it once more)")
     if done.unchecked:
         click.echo(f"{done.unchecked:,} objects were written in other parts than the source's "
                    "and could not be compared by ETag: run `pacsmigrate verify --state "

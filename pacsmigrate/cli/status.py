@@ -43,7 +43,9 @@ def status(state_dir: Path, as_json: bool) -> None:
            "same_sop_other_bytes": counts["conflicts"], "sop_rows_unmerged": unmerged,
            "files_skipped": counts["problems"] - open_problems,
            "runs": len(runs), "last_run": runs[-1] if runs else None,
-           "verifications": len(checks), "last_verify": checks[-1] if checks else None}
+           "verifications": len(checks), "last_verify": checks[-1] if checks else None,
+           "replica_of": config.get("replica_of"), "replicated": config.get("replicated"),
+           "replica_complete": config.get("replica_complete")}
     if as_json:
         click.echo(json.dumps(doc, indent=1))
         return
@@ -61,8 +63,17 @@ def describe(d: dict[str, Any]) -> list[str]:
     """The state in sentences an operator reads at a glance."""
     last = d["last_run"]
     out = [f"destination: {d['destination']}",
-           "sources: " + ", ".join(d["sources"] or []),
-           f"migrated: {d['files_migrated']:,} files in {d['objects']:,} objects"]
+           "sources: " + ", ".join(d["sources"] or [])]
+    source = ""  # a replica's runs and what is left to migrate are its source migration's
+    if d.get("replica_of"):
+        source = " (of the source migration)"
+        done = d.get("replica_complete")
+        out.append(f"a replica of {d['replica_of']}: that migration's state as of "
+                   f"{d.get('replicated') or '?'}; " + (
+                       f"every object copied here, finished {done}" if done else
+                       "the copy did NOT finish (stopped, or under way): objects may be "
+                       "missing from this store; re-run `pacsmigrate replicate`"))
+    out.append(f"migrated{source}: {d['files_migrated']:,} files in {d['objects']:,} objects")
     if d["files_deduplicated"]:
         out.append(f"  of which {d['files_deduplicated']:,} files "
                    f"({d['bytes_deduplicated'] / 1e6:,.1f} MB) are copies of others, stored once")
@@ -76,16 +87,16 @@ def describe(d: dict[str, Any]) -> list[str]:
                    "other bytes are counted when the next migrate merges them")
     todo = d["files_pending"] + d["files_with_problems"]
     if todo:
-        out.append(f"still to migrate: {todo:,} files ({d['files_pending']:,} read but not yet "
+        out.append(f"still to migrate{source}: {todo:,} files ({d['files_pending']:,} read but not yet "
                    f"stored, {d['files_with_problems']:,} that failed; the report says why); "
                    "re-run migrate")
     elif last and last_run_unfinished(last):
         why = ("a run is under way" if last.get("outcome") == RUNNING
                else "the last run stopped before its end; re-run migrate")
-        out.append(f"still to migrate: not known yet (its walk may not have seen every file): "
+        out.append(f"still to migrate{source}: not known yet (its walk may not have seen every file): "
                    f"{why}")
     else:
-        out.append("still to migrate: none")
+        out.append(f"still to migrate{source}: none")
     if d["files_skipped"]:
         out.append(f"skipped on purpose: {d['files_skipped']:,} (links, devices, vanished "
                    "files; listed in the report)")
@@ -96,7 +107,7 @@ def describe(d: dict[str, Any]) -> list[str]:
     if last:
         ended = (f"running now (pid {last.get('pid', '?')})" if last.get("outcome") == RUNNING
                  else f"ended {last.get('ended') or 'at an unknown time'}")
-        out.append(f"runs: {d['runs']:,}; the last {last.get('outcome', '?')}, started "
+        out.append(f"runs{source}: {d['runs']:,}; the last {last.get('outcome', '?')}, started "
                    f"{last.get('started', '?')} on {last.get('host', '?')} as "
                    f"{last.get('user', '?')}, {ended}")
     check = d.get("last_verify")

@@ -54,22 +54,27 @@ def verify(state_dir: Path, endpoint_url: str | None, deep: bool, sample: float 
     """
     cfg = VerifyConfig(concurrency=concurrency, read_threads=read_threads, use_list=use_list)
 
+    replica: list[str] = []
+
     async def go() -> VerifyResult:
         async with open_migration(state_dir, endpoint_url=endpoint_url,
                                   transfer=TransferConfig(concurrency=concurrency),
                                   sse_c_key_file=sse_c_key_file) as opened:
+            if (opened.cp.get_meta("config") or {}).get("replica_of"):
+                replica.append("replica")
             return await run_verify(
                 opened, deep=deep, sample=sample, seed=seed, source=source,
                 progress=sys.stderr.isatty() if progress is None else progress,
                 report=report_path, config=cfg)
 
     result = run_main(go())
-    _print_summary(result, deep=deep, source=source, sample=sample, seed=seed)
+    _print_summary(result, deep=deep, source=source, sample=sample, seed=seed,
+                   replica=bool(replica))
     sys.exit(0 if result.ok else 1)
 
 
 def _print_summary(r: VerifyResult, *, deep: bool, source: bool, sample: float | None,
-                   seed: int) -> None:
+                   seed: int, replica: bool = False) -> None:
     c = r.counts
     click.echo(f"objects: {c.objects:,} checked with their manifests ({c.listed:,} by LIST, "
                f"{c.heads:,} HEAD requests)")
@@ -88,9 +93,10 @@ def _print_summary(r: VerifyResult, *, deep: bool, source: bool, sample: float |
     if r.errors + r.warnings > listed:
         click.echo(f"... and {r.errors + r.warnings - listed:,} more (see --report)")
     if r.damaged:
+        again = ("the next `replicate` to this replica copies their objects again" if replica
+                 else "the next `migrate` stores them again")
         click.echo(f"damaged: {len(r.damaged):,} source files are behind these findings, "
-                   f"listed in {REPAIR_FILE} of the state: the next `migrate` stores them "
-                   "again (then verify once more)")
+                   f"listed in {REPAIR_FILE} of the state: {again} (then verify once more)")
         for path in r.damaged[:SHOWN]:
             click.echo(f"  {shown(path)}")
         if len(r.damaged) > SHOWN:

@@ -11,6 +11,10 @@ import pytest
 from conftest import AzureTarget, LocalTarget, S3Target, run_cli
 from helpers import assert_complete, index_rows, multipart_tree, source_files
 
+from pacsmigrate.checkpoint import Checkpoint
+from pacsmigrate.config import Destination, TransferConfig
+from pacsmigrate.replicate import prepare_state
+
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -32,8 +36,11 @@ def test_local_migration_replicated_to_azure(tree: Path, local_store: LocalTarge
     proc = run_cli("replicate", dest2, "--state", str(state), "--to-state", str(replica),
                    "--part-size", "5MiB", env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    objects = len(local_store.object_keys())
-    assert f"{objects - 1:,} copied" in proc.stdout or f"{objects:,} copied" in proc.stdout
+    # Objects counted apart from the descriptor, run records and sidecars beside them.
+    objects = len({r["key"] for r in index_rows(state)})
+    beside = len(local_store.object_keys()) - objects
+    assert (f"{objects:,} objects; {objects:,} copied" in proc.stdout
+            and f"0 already there; {beside:,} manifests and records" in proc.stdout), proc.stdout
     # The same keys, every byte range right, the descriptor too: the replica stands alone.
     assert azure_store.object_keys() == local_store.object_keys()
     rows = assert_complete(azure_store, replica, tree)
@@ -57,7 +64,8 @@ def test_local_migration_replicated_to_azure(tree: Path, local_store: LocalTarge
     again = run_cli("replicate", dest2, "--state", str(state), "--to-state", str(replica),
                     env=env)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "1 copied" in again.stdout, again.stdout
+    assert f"{objects:,} objects; 1 copied" in again.stdout, again.stdout
+    assert f"{objects - 1:,} already there" in again.stdout, again.stdout
     assert azure_store.object_keys() == local_store.object_keys()
 
 
@@ -84,6 +92,47 @@ def test_s3_migration_replicated_to_a_directory(tree: Path, moto_s3: S3Target,
     run_cli("index", "rebuild", str(local_store.root), "--state", str(rebuilt), "--no-progress",
             check=True)
     assert index_rows(rebuilt) == index_rows(replica)
+    text = run_cli("status", "--state", str(replica), check=True).stdout
+    assert f"a replica of {moto_s3.url}: that migration's state as of " in text, text
+    assert "every object copied here, finished " in text, text
+
+    # An object damaged in the replica (same size): its verify lists it for the next
+    # replicate, which copies it anew; the list is then done with.
+    victim = local_store.root / index_rows(replica)[0]["key"]
+    data = bytearray(victim.read_bytes())
+    data[600] ^= 0xFF
+    os.chmod(victim, 0o644)
+    with open(victim, "r+b") as f:
+        f.write(data)
+    bad = run_cli("verify", "--state", str(replica), "--deep", env=env)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "the next `replicate` to this replica copies their objects again" in bad.stdout
+    again = run_cli("replicate", str(local_store.root), "--state", str(state), "--to-state",
+                    str(replica), env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "repaired: 1 objects" in again.stdout and "; 1 copied" in again.stdout, again.stdout
+    assert not (replica / "repair.jsonl").exists()
+    verify = run_cli("verify", "--state", str(replica), "--deep", env=env)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_a_replica_whose_copy_stopped_says_so(tree: Path, local_store: LocalTarget,
+                                              tmp_path: Path) -> None:
+    """The replica's state is written before its objects are copied: until the copy ends,
+    its status must not read as a finished replica."""
+    state, replica = tmp_path / "state", tmp_path / "replica"
+    _migrate(tree, str(local_store.root), state, local_store.env())
+    source = Checkpoint(state, readonly=True)
+    try:  # what a replicate killed after its state was prepared leaves
+        prepare_state(source, replica, Destination.parse(str(tmp_path / "second")),
+                      TransferConfig()).close()
+    finally:
+        source.close()
+    text = run_cli("status", "--state", str(replica), check=True).stdout
+    assert "the copy did NOT finish (stopped, or under way)" in text, text
+    assert "still to migrate (of the source migration): none" in text, text
+    doc = json.loads(run_cli("status", "--state", str(replica), "--json", check=True).stdout)
+    assert doc["replica_of"] == f"file://{local_store.root}" and doc["replica_complete"] is None
 
 
 def test_replica_must_keep_the_keys(tree: Path, local_store: LocalTarget, moto_s3: S3Target,
@@ -98,6 +147,11 @@ def test_replica_must_keep_the_keys(tree: Path, local_store: LocalTarget, moto_s
     same = run_cli("replicate", moto_s3.url, "--endpoint-url", moto_s3.info.endpoint_url,
                    "--state", str(state), "--to-state", str(tmp_path / "r2"), env=env)
     assert same.returncode == 2 and "the migration's own destination" in same.stderr
+    own = run_cli("replicate", str(local_store.root), "--state", str(state), "--to-state",
+                  str(state), env=env)
+    assert own.returncode == 2 and own.stderr.strip().splitlines() == [
+        f"error: --to-state {state} is the migration's own state: give the replica a state "
+        "directory of its own"], own.stderr
 
 
 def test_a_source_object_that_does_not_match_its_etag_is_not_copied(
