@@ -150,8 +150,8 @@ def test_replica_must_keep_the_keys(tree: Path, local_store: LocalTarget, moto_s
     own = run_cli("replicate", str(local_store.root), "--state", str(state), "--to-state",
                   str(state), env=env)
     assert own.returncode == 2 and own.stderr.strip().splitlines() == [
-        f"error: --to-state {state} is the migration's own state: give the replica a state "
-        "directory of its own"], own.stderr
+        (f"error: --to-state {state} is the migration's own state: give the replica a "
+         "state directory of its own")], own.stderr
 
 
 def test_a_source_object_that_does_not_match_its_etag_is_not_copied(
