@@ -33,6 +33,12 @@ def _not_indexed(cp: Checkpoint, paths: list[bytes]) -> list[bytes]:
     return [p for p in paths if cp.index_row(p) is None]
 
 
+KEPT_MTIME = ("content differs (blake3) with size and mtime kept, which a migrate does not "
+              "see: damage on the source (the store holds the bytes migrated: `pacsmigrate "
+              "restore` them) or an edit that kept the mtime (`touch` the file, then "
+              "migrate stores it again)")
+
+
 def _source_state(path: bytes, size: int, mtime_ns: int, digest: str
                   ) -> tuple[Finding | None, int]:
     """Re-stat a migrated source file, and re-hash it when its size still matches."""
@@ -56,8 +62,14 @@ def _source_state(path: bytes, size: int, mtime_ns: int, digest: str
             actual, hashed = hash_file(f)
     except OSError as exc:
         return Finding(SOURCE_UNREADABLE, path=path, detail=exc.strerror or str(exc)), hashed
+    if actual != digest and st.st_mtime_ns == mtime_ns:
+        # A migrate does not see it (size and mtime as stored): damage on the source, or
+        # an edit that put its mtime back. Which bytes are right is the operator's call.
+        return Finding(SOURCE_CHANGED, path=path, detail=KEPT_MTIME), hashed
     if actual != digest:
-        return Finding(SOURCE_CHANGED, path=path, detail="content differs (blake3)"), hashed
+        return Finding(SOURCE_CHANGED, path=path, detail=(
+            "content differs (blake3), mtime changed: the next migrate stores the new "
+            "bytes")), hashed
     if st.st_mtime_ns != mtime_ns:
         return Finding(SOURCE_TOUCHED, path=path,
                        detail="mtime changed, bytes identical to the stored copy"), hashed
