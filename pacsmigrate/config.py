@@ -292,7 +292,7 @@ class MigrateConfig:
         for src in self.sources:
             if not src.is_dir():
                 raise ConfigError(f"source is not a directory: {src}")
-            if self.dest.scheme == "file" and _overlap(src, Path(self.dest.bucket)):
+            if self.dest.scheme == "file" and overlap(src, Path(self.dest.bucket)):
                 raise ConfigError(f"destination {self.dest.bucket} and source {src} overlap: "
                                   "the source is never written to, give a directory outside it")
         if self.bundle_size < 1 * MiB:
@@ -343,7 +343,7 @@ def _size(n: int) -> str:
     return f"{n}B"
 
 
-def _overlap(a: Path, b: Path) -> bool:
+def overlap(a: Path, b: Path) -> bool:
     """One directory is the other or inside it (after symlinks)."""
     ra, rb = a.resolve(), b.resolve()
     return ra == rb or ra in rb.parents or rb in ra.parents

@@ -10,8 +10,10 @@ from the second store against its blake3. A re-run copies only what the second s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
+import secrets
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
@@ -24,12 +26,14 @@ from .access import destination_of
 from .backends import Backend, one_chunk, open_backend
 from .backends.body import Buffer, multipart_etag
 from .checkpoint import Checkpoint
-from .config import Destination, TransferConfig
+from .config import Destination, TransferConfig, overlap
 from .errors import ConfigError, IntegrityError, ObjectExistsError, StateError
 from .fanout import workers
+from .keys import probe_key
 from .records import FILE, now_iso
 from .retention import MODE_META, UNTIL_META
 from .staterepair import done_with_list, take_list
+from .tiers import CLASS_META, TierPolicy
 from .verify.common import db_batches
 
 _MD5_HEX = 32
@@ -161,7 +165,8 @@ async def _carried(src: Backend, key: str) -> dict[str, str] | None:
 
 
 async def copy_object(src: Backend, dst: Backend, key: str, size: int, etag: str,
-                      done: Replicated, *, target: str | None = None) -> bool:
+                      done: Replicated, *, target: str | None = None,
+                      storage_class: str | None = None) -> bool:
     """Copy one object (to `target`, by default the same key) unless the second store has
     it, checked against the source's ETag before the copy is completed. Whether it was
     copied (False: it was there)."""
@@ -177,6 +182,8 @@ async def copy_object(src: Backend, dst: Backend, key: str, size: int, etag: str
     check = _Check(key, etag)
     checked: list[bool | None] = []
     meta = await _carried(src, source_key)
+    if storage_class is not None:
+        meta = {**(meta or {}), CLASS_META: storage_class}
 
     async def chunks() -> AsyncIterator[Buffer]:
         for offset in range(0, size, part):
@@ -207,47 +214,91 @@ async def copy_object(src: Backend, dst: Backend, key: str, size: int, etag: str
 
 
 async def replicate(source_state: Path, dest: Destination, replica_state: Path, *,
-                    transfer: TransferConfig | None = None) -> Replicated:
-    """Copy the migration in source_state to dest; the replica's state goes to replica_state."""
+                    transfer: TransferConfig | None = None,
+                    storage_class: str | None = None) -> Replicated:
+    """Copy the migration in source_state to dest; the replica's state goes to replica_state.
+    `storage_class`: every object's class in the second store (else the source object's)."""
     transfer = transfer or TransferConfig()
     if os.path.realpath(source_state) == os.path.realpath(replica_state):
         raise ConfigError(f"--to-state {replica_state} is the migration's own state: give "
                           "the replica a state directory of its own")
-    cp = Checkpoint(source_state, readonly=True)
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        cp = Checkpoint(source_state, readonly=True)
+        stack.callback(cp.close)
         origin = destination_of(cp)
         check_destinations(origin, dest)
+        _outside_sources(cp, dest, replica_state)
+        _classes_offered(cp, dest, storage_class)
         ca = cp.get_meta("ca_bundle")
         src_transfer = replace(transfer, ca_bundle=Path(ca)) if ca else transfer
+        src = await open_backend(origin, src_transfer)
+        stack.push_async_callback(src.close)
+        dst = await open_backend(dest, transfer)
+        stack.push_async_callback(dst.close)
+        await _another_store(src, dst, origin, dest)
         replica = prepare_state(cp, replica_state, dest, transfer)
-        try:
-            done = Replicated()
-            # What a verify of the replica found damaged: removed here, so copied anew.
-            damaged = sorted({d.key for d in take_list(replica_state) or []})
-            src = await open_backend(origin, src_transfer)
-            try:
-                dst = await open_backend(dest, transfer)
-                try:
-                    for key in damaged:
-                        if await dst.stat(key) is not None:
-                            await dst.remove(key)
-                    done.repaired = len(damaged)
-                    await _copy_all(cp, replica, src, dst, origin, done, transfer.concurrency)
-                finally:
-                    await dst.close()
-            finally:
-                await src.close()
-            await _flush(replica, done)
-            # Until then a status of the replica says its copy did not finish.
-            config = {**replica.get_meta("config"), "replica_complete": now_iso()}
-            await replica.call(replica.put_meta, "config", config)
-            if damaged:
-                done_with_list(replica_state)
-        finally:
-            replica.close()
-    finally:
-        cp.close()
+        stack.callback(replica.close)
+        done = Replicated()
+        # What a verify of the replica found damaged: removed here, so copied anew.
+        damaged = sorted({d.key for d in take_list(replica_state) or []})
+        for key in damaged:
+            if await dst.stat(key) is not None:
+                await dst.remove(key)
+        done.repaired = len(damaged)
+        await _copy_all(cp, replica, src, dst, origin, done, transfer.concurrency,
+                        storage_class)
+        await _flush(replica, done)
+        # Until then a status of the replica says its copy did not finish.
+        config = {**replica.get_meta("config"), "replica_complete": now_iso()}
+        await replica.call(replica.put_meta, "config", config)
+        if damaged:
+            done_with_list(replica_state)
     return done
+
+
+def _outside_sources(cp: Checkpoint, dest: Destination, replica_state: Path) -> None:
+    """Nothing of a replica lands in the migration's source tree (never written to)."""
+    for root in (cp.get_meta("config") or {}).get("sources") or []:
+        for what, path in (("the replica's --to-state", replica_state),
+                           ("the replica", Path(dest.bucket) if dest.scheme == "file" else None)):
+            if path is not None and Path(root).is_dir() and overlap(Path(root), path):
+                raise ConfigError(f"{what} {path} and the migration's source {root} overlap: "
+                                  "the source is never written to, give a directory outside it")
+
+
+def _classes_offered(cp: Checkpoint, dest: Destination, storage_class: str | None) -> None:
+    """The classes the copies are stored in are the second store's: the one asked for, or
+    those the migration's objects carry (its tier policy), refused before anything is sent
+    when that store does not offer them (an S3 class in Azure, say)."""
+    provider = dest.s3.provider if dest.s3 else None
+    if storage_class is not None:
+        TierPolicy(default=storage_class).check(dest.scheme, provider=provider)
+        return
+    tiers = cp.get_meta("tiers")
+    if not tiers or dest.scheme == "file":  # a directory keeps the class as metadata only
+        return
+    try:
+        TierPolicy.parse(tiers.get("policy"), default=tiers.get("default")).check(
+            dest.scheme, provider=provider)
+    except ConfigError as exc:
+        raise ConfigError(f"the migration's objects are in storage classes the replica's "
+                          f"store does not offer ({exc}): give replicate --storage-class, "
+                          "the class of every copy") from None
+
+
+async def _another_store(src: Backend, dst: Backend, origin: Destination,
+                         dest: Destination) -> None:
+    """The second store is not the first reached another way (another spelling of its
+    endpoint, the Azure https form): an object written there must not show in the first."""
+    key = probe_key(origin, "replica-" + secrets.token_hex(8))
+    await dst.save(key, one_chunk(b"pacsmigrate replica probe\n"), metadata=None)
+    try:
+        seen = await src.stat(key)
+    finally:
+        await dst.remove(key)
+    if seen is not None:
+        raise ConfigError(f"{dest} is the migration's own store, reached another way: give "
+                          "another store for the replica")
 
 
 async def _flush(replica: Checkpoint, done: Replicated) -> None:
@@ -257,7 +308,8 @@ async def _flush(replica: Checkpoint, done: Replicated) -> None:
 
 
 async def _copy_all(cp: Checkpoint, replica: Checkpoint, src: Backend, dst: Backend,
-                    origin: Destination, done: Replicated, concurrency: int) -> None:
+                    origin: Destination, done: Replicated, concurrency: int,
+                    storage_class: str | None) -> None:
     descriptor = origin.key(keys.DESCRIPTOR)
     info = await src.stat(descriptor)
     if info is None:
@@ -292,9 +344,11 @@ async def _copy_all(cp: Checkpoint, replica: Checkpoint, src: Backend, dst: Back
         etag = str(rec.get("etag", ""))
         if size > dst.part_size(size):
             async with large:
-                copied = await copy_object(src, dst, rec["key"], size, etag, done)
+                copied = await copy_object(src, dst, rec["key"], size, etag, done,
+                                           storage_class=storage_class)
         else:
-            copied = await copy_object(src, dst, rec["key"], size, etag, done)
+            copied = await copy_object(src, dst, rec["key"], size, etag, done,
+                                       storage_class=storage_class)
         if copied:
             done.copied += 1
         else:

@@ -25,10 +25,14 @@ from .common import (
 @click.option("--to-state", "replica_state", required=True,
               type=click.Path(path_type=Path, file_okay=False),
               help="State directory for the replica (its own index); re-use it to resume.")
+@click.option("--storage-class", default=None, metavar="CLASS",
+              help="Store every copy in this class of DEST (e.g. DEEP_ARCHIVE, Archive); "
+                   "default: each object's class in the migration's store.")
 @store_options
 @transfer_options
 @handle_errors
-def replicate_cmd(dest: str, state_dir: Path, replica_state: Path, endpoint_url: str | None,
+def replicate_cmd(dest: str, state_dir: Path, replica_state: Path, storage_class: str | None,
+                  endpoint_url: str | None,
                   provider: str | None, region: str | None, profile: str | None,
                   addressing_style: str | None, sse: str | None,
                   sse_kms_key_id: str | None, sse_c_key_file: str | None,
@@ -45,7 +49,7 @@ def replicate_cmd(dest: str, state_dir: Path, replica_state: Path, endpoint_url:
                         sse_c_key_file=sse_c_key_file,
                         encryption_scope=encryption_scope)
     done = run_main(replicate(state_dir, where, replica_state,
-                                 transfer=transfer_config(**transfer)))
+                              transfer=transfer_config(**transfer), storage_class=storage_class))
     click.echo(f"replicated to {where}: {done.objects:,} objects; {done.copied:,} copied "
                f"({done.bytes_copied / 1e6:,.1f} MB), {done.present:,} already there; "
                f"{done.beside:,} manifests and records beside them")

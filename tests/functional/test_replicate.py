@@ -197,3 +197,51 @@ def test_the_replica_keeps_each_object_s_class_and_metadata(tree: Path, moto_s3:
         theirs = moto_s3.client.head_object(Bucket=second, Key=key)
         assert mine["StorageClass"] == theirs["StorageClass"] == "STANDARD_IA"
         assert theirs["Metadata"] == mine["Metadata"] and mine["Metadata"]
+
+
+def test_a_class_the_replica_store_lacks_is_refused_or_replaced(
+        tree: Path, moto_s3: S3Target, azure_store: AzureTarget, tmp_path: Path) -> None:
+    """An S3 class means nothing to Azure: refused in one line before anything is copied,
+    unless --storage-class names the class of every copy."""
+    state = tmp_path / "state"
+    env = {**moto_s3.env(), **azure_store.env()}
+    _migrate(tree, moto_s3.url, state, env, "--endpoint-url", moto_s3.info.endpoint_url,
+             "--storage-class", "STANDARD_IA")
+    dest = f"az://{azure_store.bucket}/{moto_s3.url.split('/', 3)[3]}"
+    refused = run_cli("replicate", dest, "--state", str(state), "--to-state",
+                      str(tmp_path / "r1"), env=env)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        ("error: the migration's objects are in storage classes the replica's store does not "
+         "offer ('STANDARD_IA' is not a storage class of az:// stores (one of: Hot, Cool, "
+         "Cold, Archive)): give replicate --storage-class, the class of every copy")]
+    assert azure_store.object_keys() == [] and not (tmp_path / "r1").exists()
+    done = run_cli("replicate", dest, "--state", str(state), "--to-state", str(tmp_path / "r2"),
+                   "--storage-class", "Cool", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = {r["key"] for r in index_rows(state)}
+    assert data and {b.name: b.blob_tier for b in azure_store.client.list_blobs()
+                     if b.name in data} == dict.fromkeys(data, "Cool")
+
+
+def test_the_primary_reached_another_way_or_the_source_tree_is_refused(
+        tree: Path, moto_s3: S3Target, local_store: LocalTarget, tmp_path: Path) -> None:
+    """A replica must be another store (an object written to it must not show in the
+    primary), and nothing of it may land in the migration's source tree."""
+    state = tmp_path / "state"
+    env = moto_s3.env()
+    _migrate(tree, moto_s3.url, state, env, "--endpoint-url", moto_s3.info.endpoint_url)
+    before = moto_s3.object_keys()
+    other_spelling = moto_s3.info.endpoint_url.replace("127.0.0.1", "localhost") + "/"
+    proc = run_cli("replicate", moto_s3.url, "--endpoint-url", other_spelling, "--state",
+                   str(state), "--to-state", str(tmp_path / "r"), env=env)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        (f"error: {moto_s3.url} is the migration's own store, reached another way: give "
+         "another store for the replica")], proc.stderr
+    assert moto_s3.object_keys() == before  # the probe went again
+    inside = tree / "replica-state"
+    proc = run_cli("replicate", str(local_store.root), "--state", str(state), "--to-state",
+                   str(inside), env=env)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        (f"error: the replica's --to-state {inside} and the migration's source {tree} "
+         "overlap: the source is never written to, give a directory outside it")]
+    assert not inside.exists()
