@@ -183,6 +183,12 @@ class Destination:
         """One of FORMS. A plain path is a local directory (made absolute here)."""
         if not _SCHEME_RE.match(url):
             return cls._local(url)
+        if "?" in url or "#" in url:  # urlparse would drop them (a query, a fragment)
+            sas = " (a SAS goes in AZURE_STORAGE_SAS_TOKEN)" if "?" in url else ""
+            given = url.split("?", 1)[0] + ("?..." if sas else "")  # a SAS is never shown
+            raise ConfigError(f"destination {given!r}: '?' and '#' are not taken in a "
+                              f"destination URL{sas}; name a prefix without them (a local "
+                              "directory may be given as a plain path)")
         parsed = urlparse(url)
         scheme, netloc, path = parsed.scheme.lower(), parsed.netloc, parsed.path
         if scheme == "file":

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from conftest import AzureTarget, run_cli
@@ -138,6 +140,15 @@ def test_no_credentials_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> No
     _no_storage_credentials(monkeypatch)
     with pytest.raises(ConfigError, match="which storage account"):
         asyncio.run(open_backend(Destination("az", "c"), TRANSFER))
+
+
+def test_a_malformed_connection_string_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    proc = run_cli("migrate", str(tmp_path / "src"), "az://c/p", "--state", str(tmp_path / "s"),
+                   env={**os.environ, "AZURE_STORAGE_CONNECTION_STRING": "garbage"})
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        ("error: AZURE_STORAGE_CONNECTION_STRING: Connection string is either blank or "
+         "malformed. (expected DefaultEndpointsProtocol=https;AccountName=...;AccountKey=...)")]
 
 
 def test_without_storage_credentials_a_managed_identity_is_used(

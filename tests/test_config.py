@@ -96,6 +96,8 @@ def test_destination_azure_url_carries_its_account() -> None:
     ("gs://b", "s3://BUCKET"),
     ("https://example.org/b", "az://CONTAINER"),
     ("file://nas01/share", "mount a remote one first"),
+    ("s3://b/site#1", "'?' and '#' are not taken"),  # else prefix 'site', shared unseen
+    ("file:///archive/a#b", "'?' and '#' are not taken"),
 ])
 def test_destination_rejects(url: str, words: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -103,6 +105,16 @@ def test_destination_rejects(url: str, words: str) -> None:
     msg = str(info.value)
     assert words in msg  # says what is expected or what is missing
     assert repr(url) in msg  # and quotes what was given
+
+
+def test_a_sas_in_the_destination_is_refused_and_never_shown() -> None:
+    with pytest.raises(ConfigError) as info:
+        Destination.parse("https://acct.blob.core.windows.net/c/p?sv=2024&sig=SECRET")
+    assert str(info.value) == (
+        "destination 'https://acct.blob.core.windows.net/c/p?...': '?' and '#' are not taken "
+        "in a destination URL (a SAS goes in AZURE_STORAGE_SAS_TOKEN); name a prefix "
+        "without them (a local directory may be given as a plain path)")
+    assert Destination.parse("/archive/a#b").bucket == "/archive/a#b"  # a path may hold them
 
 
 def test_local_destination_must_not_overlap_a_source(tmp_path: Path) -> None:

@@ -178,6 +178,35 @@ def test_a_dead_writers_temporary_files_are_swept(local_store: LocalTarget) -> N
     assert sorted(local_store.leftovers()) == sorted([live.name, remote.name])
 
 
+def test_a_directory_that_cannot_be_written_is_read_and_refuses_writes_in_one_line(
+        local_store: LocalTarget, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An archive mounted read-only (its scratch folders absent, as in a copy of the objects
+    alone) serves reads; a write says why it cannot, no traceback."""
+    on(local_store.root, lambda b: b.save("a/x.tar", one_chunk(b"kept"), metadata={}))
+    for name in local_mod.RESERVED:
+        os.rmdir(local_store.root / name)
+    made = Path.mkdir
+
+    def read_only(self: Path, *args: object, **kwargs: object) -> None:
+        if self.parent == local_store.root:
+            raise OSError(errno.EROFS, "Read-only file system")
+        made(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+
+    async def body(b: Backend) -> None:
+        assert await b.load("a/x.tar") == b"kept"
+        assert [u async for u in b.pending_uploads("")] == []  # type: ignore[attr-defined]
+        with pytest.raises(PermanentBackendError) as err:
+            await b.save("a/y.tar", one_chunk(b"new"), metadata={})
+        assert str(err.value) == (
+            f"cannot write in {local_store.root} (Read-only file system): the user running "
+            "pacsmigrate must be able to write there (a read-only copy serves verify, get "
+            "and restore)")
+
+    on(local_store.root, body)
+
+
 def test_rebuild_lists_a_stray_json_as_unreadable(local_store: LocalTarget, shared_samples: Path,
                                                   tmp_path: Path) -> None:
     """Someone's notes.json beside the bundles: one line naming it, no traceback."""

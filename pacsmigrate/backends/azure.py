@@ -94,7 +94,12 @@ class AzureStore:
             self._service = BlobServiceClient(self.dest.endpoint_url,
                                               credential=conn_credential(conn), **options)
         elif conn:
-            self._service = BlobServiceClient.from_connection_string(conn, **options)
+            try:
+                self._service = BlobServiceClient.from_connection_string(conn, **options)
+            except ValueError as exc:  # the SDK's words, which never quote the secret
+                raise ConfigError(f"AZURE_STORAGE_CONNECTION_STRING: {exc} (expected "
+                                  "DefaultEndpointsProtocol=https;AccountName=...;"
+                                  "AccountKey=...)") from None
         else:
             self._service = BlobServiceClient(self._account_url(), credential=self._credentials(),
                                               **options)

@@ -100,6 +100,7 @@ class LocalStore(LocalParts):
     def __init__(self, root: Path, *, part_size: int) -> None:
         self.root = root
         self._part_size = part_size
+        self._unwritable = ""  # why the directory cannot be written, if it cannot
 
     async def open(self) -> LocalStore:
         await wrap(self._open)()
@@ -110,12 +111,25 @@ class LocalStore(LocalParts):
             raise PermanentBackendError(
                 f"destination directory {self.root} does not exist: create it first (a typo "
                 "must not start a new archive)")
-        for name in RESERVED:
-            (self.root / name).mkdir(exist_ok=True)
+        try:
+            for name in RESERVED:
+                (self.root / name).mkdir(exist_ok=True)
+        except OSError as exc:
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            # A directory we may not write (an archive mounted read-only, say): what reads
+            # it works; the first write says why it cannot (_tmp).
+            self._unwritable = exc.strerror or str(exc)
+            return
         self._sweep()
 
     def _tmp(self) -> Path:
         """A temporary file's name says who writes it, so a sweep knows when it is dead."""
+        if self._unwritable:
+            raise PermanentBackendError(
+                f"cannot write in {self.root} ({self._unwritable}): the user running "
+                "pacsmigrate must be able to write there (a read-only copy serves verify, "
+                "get and restore)")
         return self.root / TMP_DIR / f"{HOST}.{os.getpid()}.{uuid.uuid4().hex}"
 
     def _sweep(self) -> None:

@@ -122,8 +122,11 @@ class LocalParts:
         return page, None  # one page: unfinished uploads are few (one per part writer)
 
     def _uploads(self, prefix: str) -> list[PendingUpload]:
-        found = []
-        for folder in (self.root / UPLOADS_DIR).iterdir():
+        found: list[PendingUpload] = []
+        uploads = self.root / UPLOADS_DIR
+        if not uploads.is_dir():  # a directory we may not write: none was ever made here
+            return found
+        for folder in uploads.iterdir():
             try:
                 doc = json.loads((folder / "upload.json").read_text())
             except (OSError, ValueError):
