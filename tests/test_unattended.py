@@ -252,6 +252,17 @@ def test_a_folder_readable_again_is_no_longer_a_problem(tmp_path: Path) -> None:
     assert "still to migrate: none" in said and "migrated: 2 files" in said, said
 
 
+def test_status_after_dry_runs_alone_says_nothing_is_known(tmp_path: Path) -> None:
+    tree, store, state = tmp_path / "pacs", tmp_path / "store", tmp_path / "state"
+    tree.mkdir()
+    store.mkdir()
+    shutil.copy(TEST_FILES / "CT_small.dcm", tree / "1.dcm")
+    run_cli("migrate", str(tree), str(store), "--state", str(state), "--dry-run", check=True)
+    said = run_cli("status", "--state", str(state), check=True).stdout.splitlines()
+    assert ("still to migrate: not known yet: no migrate has run (a dry run stores nothing "
+            "and its plan is in `pacsmigrate plan`)") in said, said
+
+
 def test_status_after_a_run_killed_early_does_not_say_nothing_is_left(tmp_path: Path) -> None:
     """Killed before its walk saw the files, the run leaves a state that knows of none: what
     is left is not known, not "none"."""
@@ -263,9 +274,14 @@ def test_status_after_a_run_killed_early_does_not_say_nothing_is_left(tmp_path: 
     args = ["migrate", str(tree), str(store), "--state", str(state), "--no-progress"]
     killed = run_cli(*args, env={**os.environ, "PACSMIGRATE_CRASH_AT": "mid-catalogue:1"})
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    unknown = ("still to migrate: not known yet (its walk may not have seen every file): the "
+               "last migrate stopped before its end; re-run migrate")
     said = run_cli("status", "--state", str(state), check=True).stdout.splitlines()
-    assert ("still to migrate: not known yet (its walk may not have seen every file): the "
-            "last run stopped before its end; re-run migrate") in said, said
+    assert unknown in said, said
+    # A dry run after it walks the whole tree but stores nothing: still not known.
+    run_cli(*args, "--dry-run", check=True)
+    said = run_cli("status", "--state", str(state), check=True).stdout.splitlines()
+    assert unknown in said, said
     run_cli(*args, check=True)
     assert "still to migrate: none" in run_cli("status", "--state", str(state),
                                                check=True).stdout.splitlines()

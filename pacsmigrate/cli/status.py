@@ -43,6 +43,8 @@ def status(state_dir: Path, as_json: bool) -> None:
            "same_sop_other_bytes": counts["conflicts"], "sop_rows_unmerged": unmerged,
            "files_skipped": counts["problems"] - open_problems,
            "runs": len(runs), "last_run": runs[-1] if runs else None,
+           # the last run that stored (a dry run's walk says nothing of what is stored)
+           "last_migration": next((r for r in reversed(runs) if not r.get("dry_run")), None),
            "verifications": len(checks), "last_verify": checks[-1] if checks else None,
            "replica_of": config.get("replica_of"), "replicated": config.get("replicated"),
            "replica_complete": config.get("replica_complete")}
@@ -57,6 +59,25 @@ def last_run_unfinished(last: dict[str, Any]) -> bool:
     """Whether the last migration (not a dry run) stopped before its walk was sure to end:
     the state then knows only of the files it saw."""
     return not last.get("dry_run") and last.get("outcome") != "completed"
+
+
+def _left(d: dict[str, Any]) -> str:
+    """What is left to migrate, as far as the state can tell: the files its runs' walks saw
+    and did not store; all of them only once a migrate's walk went to its end."""
+    todo = d["files_pending"] + d["files_with_problems"]
+    counted = (f"{todo:,} files ({d['files_pending']:,} read but not yet stored, "
+               f"{d['files_with_problems']:,} that failed; the report says why)")
+    last = d.get("last_migration")
+    if last is None:
+        return ("not known yet: no migrate has run (a dry run stores nothing and its plan "
+                "is in `pacsmigrate plan`)")
+    if last_run_unfinished(last):
+        why = ("a run is under way" if last.get("outcome") == RUNNING
+               else "the last migrate stopped before its end; re-run migrate")
+        if todo:
+            return f"at least {counted}: its walk may not have seen every file; {why}"
+        return f"not known yet (its walk may not have seen every file): {why}"
+    return f"{counted}; re-run migrate" if todo else "none"
 
 
 def describe(d: dict[str, Any]) -> list[str]:
@@ -85,18 +106,7 @@ def describe(d: dict[str, Any]) -> list[str]:
                    "merged (a run stopped before its end, or one is running): `get --sop` "
                    "scans them; files among them that share a SOPInstanceUID with a file of "
                    "other bytes are counted when the next migrate merges them")
-    todo = d["files_pending"] + d["files_with_problems"]
-    if todo:
-        out.append(f"still to migrate{source}: {todo:,} files ({d['files_pending']:,} read but not yet "
-                   f"stored, {d['files_with_problems']:,} that failed; the report says why); "
-                   "re-run migrate")
-    elif last and last_run_unfinished(last):
-        why = ("a run is under way" if last.get("outcome") == RUNNING
-               else "the last run stopped before its end; re-run migrate")
-        out.append(f"still to migrate{source}: not known yet (its walk may not have seen every file): "
-                   f"{why}")
-    else:
-        out.append(f"still to migrate{source}: none")
+    out.append(f"still to migrate{source}: " + _left(d))
     if d["files_skipped"]:
         out.append(f"skipped on purpose: {d['files_skipped']:,} (links, devices, vanished "
                    "files; listed in the report)")
