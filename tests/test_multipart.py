@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import itertools
 import random
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -20,7 +21,7 @@ from conftest import run
 from pacsmigrate.backends import PendingUploads, one_chunk, wrap
 from pacsmigrate.backends.base import ObjectInfo, Part, PendingUpload
 from pacsmigrate.backends.body import Body, Checksum
-from pacsmigrate.backends.multipart import ChunkedBackend
+from pacsmigrate.backends.multipart import RESUME_MAX_AGE, ChunkedBackend
 from pacsmigrate.backends.policy import TRANSIENT, Cause, RequestPolicy, RetryConfig
 from pacsmigrate.backends.retry import RetryBackend
 from pacsmigrate.config import TransferConfig
@@ -141,7 +142,7 @@ class ChunkedStore(PlainStore):
         super().__init__()
         self.uploads: dict[str, Upload] = {}
         self.ids = itertools.count(1)
-        self.clock = itertools.count(1000)
+        self.clock = itertools.count(int(time.time()) - 1000)  # uploads initiated now
         self.md5_etags = md5_etags
         self.empty_complete_etag = empty_complete_etag
         self.in_flight = self.peak = 0
@@ -274,6 +275,21 @@ def test_resume_keeps_parts_that_match_and_aborts_older_uploads() -> None:
     assert store.objects["big"][0] == WHOLE
     assert (b.stats.uploads_resumed, b.stats.parts_reused) == (1, 2)
     assert store.calls.count("part") == 2 and "create" not in store.calls
+    assert store.uploads == {}
+
+
+def test_an_upload_older_than_a_cleanup_leaves_alone_is_started_anew() -> None:
+    """`cleanup` aborts uploads by age: one a killed run left long ago (its parts would
+    count their age from then) is aborted and the object sent in a new upload."""
+    store = ChunkedStore()
+    up = run(store.create_upload("big", metadata={}))
+    store.uploads[up].parts = {1: PARTS[0], 2: PARTS[1]}
+    store.uploads[up].initiated = time.time() - RESUME_MAX_AGE - 60
+    b = backend(store)
+    run(b.save("big", chunks(PARTS)))
+    assert store.objects["big"][0] == WHOLE
+    assert (b.stats.uploads_resumed, b.stats.parts_reused) == (0, 0)
+    assert store.calls.count("create") == 2 and store.calls.count("abort") == 1
     assert store.uploads == {}
 
 

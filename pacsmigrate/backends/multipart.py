@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +22,9 @@ Held = dict[int, tuple[str, int]]
 
 # After a cancel, how long a create already under way (then its abort) may still take.
 CANCEL_GRACE = 5.0
+# A killed run's upload older than this is started anew, not resumed: `cleanup` (24 h by
+# default) aborts uploads by their age, so a run must not work on one that old.
+RESUME_MAX_AGE = 12 * 3600.0
 
 
 async def _settled(task: asyncio.Future[Any]) -> bool:
@@ -90,6 +94,13 @@ class ChunkedBackend(RetryBackend):
         """
         uploads = sorted([u async for u in self.pending_uploads(key) if u.key == key],
                          key=lambda u: u.initiated)
+        if not self.uploads_expire:  # initiated is a time (Azure's: how far it got)
+            # One older than a `cleanup` would leave alone is not taken up: one may abort
+            # it under this run (it would count its age from the killed run's start).
+            fresh = [u for u in uploads if u.initiated >= time.time() - RESUME_MAX_AGE]
+            for old in uploads[:len(uploads) - len(fresh)]:
+                await self._abort(key, old.upload_id)
+            uploads = fresh
         for stale in uploads[:-1]:
             await self._abort(key, stale.upload_id)
         if not uploads:

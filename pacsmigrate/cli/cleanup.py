@@ -10,6 +10,7 @@ import click
 
 from ..backends import open_backend
 from ..backends.base import PendingUpload
+from ..backends.multipart import RESUME_MAX_AGE
 from ..cleanup import cleanup as run_cleanup
 from ..config import TransferConfig
 from .common import destination, handle_errors, run_main, store_options
@@ -28,7 +29,8 @@ def _age(ctx: click.Context, param: click.Parameter, value: str) -> float:
 @click.argument("dest")
 @store_options
 @click.option("--older-than", default="24h", show_default=True, callback=_age,
-              help="Only uploads started this long ago (a running migration's are younger).")
+              help="Only uploads started this long ago: a migration running or resumed "
+                   "works on uploads up to 12h old (older ones it starts anew).")
 @click.option("--dry-run", is_flag=True, help="List them, abort nothing.")
 @click.option("--ca-bundle", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="PEM file of a private CA to trust (certificates are always checked).")
@@ -55,6 +57,10 @@ def cleanup(dest: str, endpoint_url: str | None, provider: str | None, region: s
         finally:
             await backend.close()
 
+    if older_than < RESUME_MAX_AGE and not dry_run:
+        click.echo(f"warning: uploads younger than {RESUME_MAX_AGE / 3600:g}h may be those of a "
+                   "migration running now or about to resume (it then stops with an error "
+                   "and a re-run sends them again)", err=True)
     found = run_main(go())
     if found is None:
         click.echo(f"nothing to clean under {where}: this store drops uploads never completed "
