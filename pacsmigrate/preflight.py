@@ -36,7 +36,7 @@ from .backends import Measured, open_backend, wrap
 from .backends.base import Backend, one_chunk
 from .backends.body import AUTO, MISMATCH_CODES, Checksum
 from .checkpoint import Checkpoint
-from .config import Destination, MigrateConfig, TransferConfig
+from .config import Destination, MigrateConfig, TransferConfig, overlap
 from .errors import (
     BackendError,
     ConfigError,
@@ -122,13 +122,18 @@ def check_sources(sources: tuple[Path, ...]) -> list[Check]:
     return out
 
 
-def check_state(state_dir: Path, sources: tuple[Path, ...]) -> list[Check]:
+def check_state(state_dir: Path, sources: tuple[Path, ...],
+                dest: Destination | None = None) -> list[Check]:
     state = os.path.realpath(state_dir)
     for source in sources:
         src = os.path.realpath(source)
         if state == src or state.startswith(src.rstrip("/") + "/"):
             return [Check("state", FAIL, f"{state_dir} lies inside the source {source}, which "
                           "is never written to: give --state outside every source")]
+    if dest is not None and dest.scheme == "file" and overlap(Path(state), Path(dest.bucket)):
+        return [Check("state", FAIL, f"{state_dir} and the destination directory "
+                      f"{dest.bucket} overlap (the state's files would be taken for objects): "
+                      "give --state outside it")]
     if (Path(state) / "checkpoint.lmdb").exists():  # a state already: one this version reads
         try:
             Checkpoint(Path(state), readonly=True).close()
@@ -310,7 +315,7 @@ async def run_checks(sources: tuple[Path, ...], state_dir: Path, dest: Destinati
                      report_all: bool = False, classes: Sequence[str] = ()) -> Report:
     """The checks one by one; `report_all` (`pacsmigrate check`): the store's too after a
     local check failed."""
-    checks = check_sources(sources) + check_state(state_dir, sources)
+    checks = check_sources(sources) + check_state(state_dir, sources, dest)
     if not store or (not report_all and any(c.verdict == FAIL for c in checks)):
         return Report(checks)  # a run stops here: nothing is written to the store
     short = _short(transfer)

@@ -316,6 +316,14 @@ def test_state_inside_a_source_or_unwritable(tree: Path, tmp_path: Path) -> None
     assert c.verdict == FAIL and "is not a writable directory" in c.line
     [c] = check_state(tmp_path / "new" / "state", (tree,))
     assert c.verdict in (OK, WARN) and "free under" in c.line
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    [c] = check_state(archive / "state", (tree,), Destination.parse(str(archive)))
+    assert c.verdict == FAIL and c.line == (
+        f"{archive / 'state'} and the destination directory {archive} overlap (the state's "
+        "files would be taken for objects): give --state outside it")
+    [c] = check_state(tmp_path / "state", (tree,), Destination.parse(str(archive)))
+    assert c.verdict in (OK, WARN)
 
 
 def test_sources_missing_or_unlistable(tree: Path, tmp_path: Path,
