@@ -529,6 +529,13 @@ def test_an_instance_larger_than_a_read_is_streamed_whole(tmp_path: Path) -> Non
                             f"{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}", timeout=60)
         assert resp.status_code == 200
         assert [body for _, body in _parts(resp)] == [(src / "big.dcm").read_bytes()]
+        # WADO-URI streams it too, within the shared budget (it was read whole before).
+        uri = requests.get(f"{s.url}/wado", timeout=60, params={
+            "requestType": "WADO", "studyUID": ds.StudyInstanceUID,
+            "seriesUID": ds.SeriesInstanceUID, "objectUID": ds.SOPInstanceUID,
+            "contentType": "application/dicom"})
+        assert uri.status_code == 200 and uri.content == (src / "big.dcm").read_bytes()
+        assert uri.headers["Content-Type"] == "application/dicom"
     finally:
         _stop(s)
 

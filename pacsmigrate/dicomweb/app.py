@@ -227,16 +227,20 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
                 await resp.write(b"\r\n")
                 item = await anext(parts, None)
         except PacsMigrateError as exc:
-            # Headers are gone: cut the connection, so the answer is not taken for whole.
-            log.warning("a retrieve was cut: %s", type(exc).__name__)
-            if request.transport is not None:
-                request.transport.abort()
-            return resp
+            return _cut(request, resp, exc)
         await resp.write(end)
         await resp.write_eof()
         return resp
     finally:
         await parts.aclose()
+
+
+def _cut(request: web.Request, resp: web.StreamResponse, exc: Exception) -> web.StreamResponse:
+    """Headers are gone: cut the connection, so the answer is not taken for whole."""
+    log.warning("a retrieve was cut: %s", type(exc).__name__)
+    if request.transport is not None:
+        request.transport.abort()
+    return resp
 
 
 async def metadata(request: web.Request) -> web.StreamResponse:
@@ -246,8 +250,8 @@ async def metadata(request: web.Request) -> web.StreamResponse:
     found = await _found(request)
     base = _base(request)
     try:
-        got = await mapped(found, lambda inst: wado.metadata(served.backend, inst, base),
-                           METADATA_READS)
+        got = await mapped(found, lambda inst: wado.metadata(served.backend, inst, base,
+                                                             served.budget), METADATA_READS)
     except PacsMigrateError as exc:
         raise await _store_failed(served, exc) from None
     return await _json(request, got)
@@ -282,11 +286,25 @@ async def wado_uri(request: web.Request) -> web.StreamResponse:
     if ts and ts != found[0].transfer_syntax:
         raise _fail(406, f"the instance is stored in {found[0].transfer_syntax}; this server "
                          "does not transcode")
+    # Streamed within the shared budget, as a retrieve is (an instance may be gigabytes).
+    parts = wado.instances(served.backend, served.budget, found[:1])
     try:
-        data = await wado.read_one(served.backend, found[0])
-    except PacsMigrateError as exc:
-        raise await _store_failed(served, exc) from None
-    return web.Response(body=data, content_type="application/dicom")
+        try:
+            inst, chunks = await anext(parts)
+        except PacsMigrateError as exc:
+            raise await _store_failed(served, exc) from None
+        resp = web.StreamResponse(headers={"Content-Type": "application/dicom"})
+        resp.content_length = inst.size
+        await resp.prepare(request)
+        try:
+            async for chunk in chunks:
+                await resp.write(chunk)
+        except PacsMigrateError as exc:
+            return _cut(request, resp, exc)
+        await resp.write_eof()
+        return resp
+    finally:
+        await parts.aclose()
 
 
 @web.middleware

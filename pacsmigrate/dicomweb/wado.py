@@ -36,17 +36,34 @@ HEADER_BYTES = 64 * 1024  # the first read of an instance's header for /metadata
 
 
 class Budget:
-    """Bytes held at once by all answers (a counting semaphore in bytes)."""
+    """Bytes held at once by all answers (a counting semaphore in bytes).
+
+    No deadlock: an answer waits (`take`) only while it holds nothing; what it reads ahead
+    it takes only if free now and nobody waits (`try_take`), else it reads ahead later.
+    """
 
     def __init__(self, total: int = BUDGET) -> None:
         self.total = self.free = total
         self._cond = asyncio.Condition()
+        self._waiting = 0
 
     async def take(self, n: int) -> int:
         n = min(n, self.total)  # one run larger than the budget waits for all of it
         async with self._cond:
-            await self._cond.wait_for(lambda: self.free >= n)
+            self._waiting += 1
+            try:
+                await self._cond.wait_for(lambda: self.free >= n)
+            finally:
+                self._waiting -= 1
             self.free -= n
+        return n
+
+    def try_take(self, n: int) -> int | None:
+        """n bytes if free now and no answer waits for some (read-ahead gives way)."""
+        n = min(n, self.total)
+        if self._waiting or self.free < n:
+            return None
+        self.free -= n
         return n
 
     async def give(self, n: int) -> None:
@@ -119,19 +136,29 @@ async def instances(backend: Backend, budget: Budget, found: list[Instance]
     pending: list[tuple[Run, int, asyncio.Task[list[tuple[Instance, Buffer]]] | None]] = []
     todo = runs(found)
 
-    async def start(run: Run) -> None:
+    async def start(run: Run) -> bool:
+        """Read `run` (or mark it to stream); False: no budget to read ahead now."""
         # One member larger than a run is streamed (a compressed one is decoded whole).
         if run.end - run.start > RUN_BYTES and not run.members[0].encoding:
             pending.append((run, 0, None))  # streamed when its turn comes
-            return
-        held = await budget.take(run.end - run.start)
+            return True
+        if pending:  # holding runs: never wait for more (answers would wait on each other)
+            held = budget.try_take(run.end - run.start)
+            if held is None:
+                return False
+        else:
+            held = await budget.take(run.end - run.start)
         pending.append((run, held, asyncio.ensure_future(_read_run(backend, run))))
+        return True
 
     try:
         nxt = 0
         while nxt < len(todo) or pending:
-            while nxt < len(todo) and len(pending) < AHEAD:
-                await start(todo[nxt])
+            # Nothing is read past a member to stream: its turn waits for budget, holding none.
+            while (nxt < len(todo) and len(pending) < AHEAD
+                   and not (pending and pending[-1][2] is None)):
+                if not await start(todo[nxt]):
+                    break
                 nxt += 1
             run, held, task = pending.pop(0)
             if task is None:
@@ -155,19 +182,24 @@ async def _one(data: Buffer) -> AsyncIterator[Buffer]:
     yield data
 
 
-async def read_one(backend: Backend, inst: Instance) -> bytes:
-    """One whole instance, verified (WADO-URI, small answers)."""
-    return await read_row(backend, inst.row())
+async def read_one(backend: Backend, inst: Instance, budget: Budget) -> bytes:
+    """One whole instance, verified, held within the budget (/metadata's reads)."""
+    taken = await budget.take(inst.length + (inst.size if inst.encoding else 0))
+    try:
+        return await read_row(backend, inst.row())
+    finally:
+        await budget.give(taken)
 
 
-async def metadata(backend: Backend, inst: Instance, base: str) -> dict[str, Any]:
+async def metadata(backend: Backend, inst: Instance, base: str, budget: Budget
+                   ) -> dict[str, Any]:
     """The instance's attributes as DICOM JSON, from its header bytes (a ranged read of the
     first HEADER_BYTES, the whole instance only when the header is longer); bulk data
     (pixels, and any value over 1 KiB of a binary VR) left out."""
     import pydicom
 
     if inst.encoding or inst.length <= HEADER_BYTES:
-        head = await read_one(backend, inst)  # a compressed member is decoded whole
+        head = await read_one(backend, inst, budget)  # a compressed one is decoded whole
     else:
         head = await backend.load(inst.key, offset=inst.offset, length=HEADER_BYTES)
 
@@ -190,7 +222,7 @@ async def metadata(backend: Backend, inst: Instance, base: str) -> dict[str, Any
     except Exception:  # a header longer than the first read: read it all
         if whole:
             raise
-        return await asyncio.to_thread(parse, await read_one(backend, inst), True)
+        return await asyncio.to_thread(parse, await read_one(backend, inst, budget), True)
 
 
 __all__ = ["Budget", "instances", "metadata", "read_one", "runs"]
