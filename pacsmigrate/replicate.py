@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import secrets
 import shutil
@@ -27,7 +28,7 @@ from .backends import Backend, one_chunk, open_backend
 from .backends.body import Buffer, multipart_etag
 from .checkpoint import Checkpoint
 from .config import Destination, TransferConfig, overlap
-from .errors import ConfigError, IntegrityError, ObjectExistsError, StateError
+from .errors import BackendError, ConfigError, IntegrityError, ObjectExistsError, StateError
 from .fanout import workers
 from .keys import probe_key
 from .records import FILE, now_iso
@@ -35,6 +36,8 @@ from .retention import MODE_META, UNTIL_META
 from .staterepair import done_with_list, take_list
 from .tiers import CLASS_META, TierPolicy
 from .verify.common import db_batches
+
+log = logging.getLogger(__name__)
 
 _MD5_HEX = 32
 _FLUSH = 1000  # ETags written to the replica's state in batches of this many
@@ -257,8 +260,11 @@ async def replicate(source_state: Path, dest: Destination, replica_state: Path, 
 
 
 def _outside_sources(cp: Checkpoint, dest: Destination, replica_state: Path) -> None:
-    """Nothing of a replica lands in the migration's source tree (never written to)."""
-    for root in (cp.get_meta("config") or {}).get("sources") or []:
+    """Nothing of a replica lands in the migration's source trees (never written to): the
+    state's first roots and those of every run since (a merged state has only the runs')."""
+    roots = list((cp.get_meta("config") or {}).get("sources") or [])
+    roots += [root for run in cp.runs() for root in run.get("sources") or []]
+    for root in dict.fromkeys(roots):
         for what, path in (("the replica's --to-state", replica_state),
                            ("the replica", Path(dest.bucket) if dest.scheme == "file" else None)):
             if path is not None and Path(root).is_dir() and overlap(Path(root), path):
@@ -291,11 +297,14 @@ async def _another_store(src: Backend, dst: Backend, origin: Destination,
     """The second store is not the first reached another way (another spelling of its
     endpoint, the Azure https form): an object written there must not show in the first."""
     key = probe_key(origin, "replica-" + secrets.token_hex(8))
-    await dst.save(key, one_chunk(b"pacsmigrate replica probe\n"), metadata=None)
+    with contextlib.suppress(ObjectExistsError):  # a lost answer to our own write
+        await dst.save(key, one_chunk(b"pacsmigrate replica probe\n"), metadata=None)
+    seen = await src.stat(key)
     try:
-        seen = await src.stat(key)
-    finally:
         await dst.remove(key)
+    except BackendError as exc:  # a store that refuses deletes (WORM): not a reason to stop
+        log.warning("could not delete the replica probe %s (%s); left in place", key,
+                    type(exc).__name__)
     if seen is not None:
         raise ConfigError(f"{dest} is the migration's own store, reached another way: give "
                           "another store for the replica")

@@ -293,6 +293,19 @@ def test_an_upload_older_than_a_cleanup_leaves_alone_is_started_anew() -> None:
     assert store.uploads == {}
 
 
+def test_an_upload_whose_start_the_store_does_not_say_is_resumed() -> None:
+    """Some stores leave out an upload's Initiated (0 here): its age cannot be told, so it
+    is resumed as before, not thrown away."""
+    store = ChunkedStore()
+    up = run(store.create_upload("big", metadata={}))
+    store.uploads[up].parts = {1: PARTS[0], 2: PARTS[1]}
+    store.uploads[up].initiated = 0.0
+    b = backend(store)
+    run(b.save("big", chunks(PARTS)))
+    assert store.objects["big"][0] == WHOLE
+    assert (b.stats.uploads_resumed, b.stats.parts_reused) == (1, 2)
+
+
 def test_a_lost_create_leaves_no_twin() -> None:
     store = ChunkedStore()
     store.fault("create", "lost")

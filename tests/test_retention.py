@@ -47,6 +47,29 @@ def test_lock_ends_years_after_the_study() -> None:
             Retention(**bad)  # type: ignore[arg-type]
 
 
+def test_a_plan_s_key_follows_its_policy_but_not_the_day() -> None:
+    """A store sets class and lock when an object (or multipart upload) is created: a plan
+    asked of it otherwise gets another key. The retain-until day is left out: counted from
+    today for a study without a date, it would give the plan a new key every day."""
+    from pacsmigrate.keys import bundle_id
+    from pacsmigrate.records import BundlePlan
+
+    about = Described("g", study_uid="1.2.3")
+    plan = BundlePlan("g", "file", [Member(b"/p/big.bin", 9, 1, about)], size=9)
+    bare = bundle_id(plan)
+
+    def keyed(policy: dict[str, str]) -> str:
+        plan.policy = policy
+        return bundle_id(plan)
+
+    undated = [Retention(30).metadata("", day) for day in (TODAY, date(2026, 12, 3))]
+    assert undated[0] != undated[1] and keyed(undated[0]) == keyed(undated[1]) != bare
+    assert keyed(Retention(30, "COMPLIANCE").metadata("", TODAY)) != keyed(undated[0])
+    assert keyed(Retention(40).metadata("", TODAY)) != keyed(undated[0])
+    assert keyed({"pacsmigrate-class": "STANDARD_IA"}) not in (bare, keyed(undated[0]))
+    assert keyed({}) == bare  # no policy: the key of runs before policies were keyed
+
+
 def _lock_bucket(target: S3Target, request: pytest.FixtureRequest) -> str:
     bucket = target.bucket + "-lock"
     target.client.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)

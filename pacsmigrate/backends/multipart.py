@@ -97,7 +97,8 @@ class ChunkedBackend(RetryBackend):
         if not self.uploads_expire:  # initiated is a time (Azure's: how far it got)
             # One older than a `cleanup` would leave alone is not taken up: one may abort
             # it under this run (it would count its age from the killed run's start).
-            fresh = [u for u in uploads if u.initiated >= time.time() - RESUME_MAX_AGE]
+            cutoff = time.time() - RESUME_MAX_AGE
+            fresh = [u for u in uploads if not u.initiated or u.initiated >= cutoff]
             for old in uploads[:len(uploads) - len(fresh)]:
                 await self._abort(key, old.upload_id)
             uploads = fresh

@@ -3,6 +3,7 @@ own state that verify --deep, get and restore use; a re-run copies only what is 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -13,6 +14,7 @@ from helpers import assert_complete, index_rows, multipart_tree, source_files
 
 from pacsmigrate.checkpoint import Checkpoint
 from pacsmigrate.config import Destination, TransferConfig
+from pacsmigrate.errors import ConfigError
 from pacsmigrate.replicate import prepare_state
 
 
@@ -245,3 +247,22 @@ def test_the_primary_reached_another_way_or_the_source_tree_is_refused(
         (f"error: the replica's --to-state {inside} and the migration's source {tree} "
          "overlap: the source is never written to, give a directory outside it")]
     assert not inside.exists()
+
+
+def test_a_replica_store_that_refuses_deletes_keeps_the_probe_and_goes_on() -> None:
+    """A WORM replica (deletes denied): the probe that tells it from the primary stays,
+    said in the log; the replicate is not stopped by it."""
+    from pacsmigrate.backends.memory import MemoryBackend
+    from pacsmigrate.errors import PermanentBackendError
+    from pacsmigrate.replicate import _another_store
+
+    class Worm(MemoryBackend):
+        async def remove(self, key: str) -> None:
+            raise PermanentBackendError(f"AccessDenied: {key}", key=key)
+
+    src, dst = MemoryBackend(), Worm()
+    origin = Destination.parse("s3://primary/pacs")
+    asyncio.run(_another_store(src, dst, origin, Destination.parse("s3://dr/pacs")))  # type: ignore[arg-type]
+    assert len(dst.objects) == 1 and not src.objects
+    with pytest.raises(ConfigError, match="the migration's own store, reached another way"):
+        asyncio.run(_another_store(src, src, origin, origin))  # type: ignore[arg-type]
