@@ -396,12 +396,8 @@ def test_the_catalogue_follows_the_state(tmp_path: Path) -> None:
     make_tree(src, studies=2, seed=4, scale=0.05)
     store.mkdir()
     run_cli("migrate", str(src), str(store), "--state", str(copy), "--no-progress", check=True)
-    cp = Checkpoint(copy, readonly=True)
-    try:
-        catalog = tmp_path / "c.sqlite"
-        assert ensure(cp, catalog) and not ensure(cp, catalog)
-    finally:
-        cp.close()
+    catalog = tmp_path / "c.sqlite"
+    assert ensure(copy, catalog) and not ensure(copy, catalog)
     s = _start(copy, "--refresh", "1")
     try:
         before = {x["0020000D"]["Value"][0] for x in requests.get(
@@ -413,21 +409,32 @@ def test_the_catalogue_follows_the_state(tmp_path: Path) -> None:
         new = {r["study_uid"] for _, r in Checkpoint(copy, readonly=True).iter_db("index")
                if str(more) in r["source_path"]}
         assert len(new) == 1 and not new & before
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            now = {x["0020000D"]["Value"][0] for x in requests.get(
-                f"{s.url}/studies", timeout=30).json()}
-            if now == before | new:
-                break
-            time.sleep(0.2)
-        assert now == before | new
+        assert _studies_become(s, before | new)
+        # A compaction or a --workers merge puts another file in the state's place (a
+        # rename): the server, which holds the state open, must see that one too.
+        later, moved = tmp_path / "later", tmp_path / "moved"
+        make_tree(later, studies=1, seed=11, scale=0.05)
+        shutil.copytree(copy, moved)
+        run_cli("migrate", str(src), str(more), str(later), str(store), "--state", str(moved),
+                "--no-progress", check=True)
+        newer = {r["study_uid"] for _, r in Checkpoint(moved, readonly=True).iter_db("index")
+                 if str(later) in r["source_path"]}
+        os.replace(moved / "checkpoint.lmdb" / "data.mdb", copy / "checkpoint.lmdb" / "data.mdb")
+        assert len(newer) == 1 and _studies_become(s, before | new | newer)
     finally:
         _stop(s)
-    cp = Checkpoint(copy, readonly=True)
-    try:
-        assert not ensure(cp, copy / "dicomweb.sqlite")  # the server made it anew already
-    finally:
-        cp.close()
+    assert not ensure(copy, copy / "dicomweb.sqlite")  # the server made it anew already
+
+
+def _studies_become(s: Server, want: set[str]) -> bool:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        now = {x["0020000D"]["Value"][0] for x in requests.get(
+            f"{s.url}/studies", timeout=30).json()}
+        if now == want:
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def test_archived_instances_answer_503_and_can_ask_for_a_restore(moto_s3: S3Target,
@@ -472,9 +479,9 @@ def test_a_re_sent_instance_is_served_as_its_newest_file(tmp_path: Path) -> None
     os.utime(src / "new.dcm", ns=(2 * 10**18, 2 * 10**18))
     run_cli("migrate", str(src), str(store), "--state", str(state), "--no-progress",
             check=True)
+    ensure(state, tmp_path / "c.sqlite")
     cp = Checkpoint(state, readonly=True)
     try:
-        ensure(cp, tmp_path / "c.sqlite")
         rows = {r["source_path"]: r for _, r in cp.iter_db("index")}
     finally:
         cp.close()

@@ -69,8 +69,11 @@ async def _serve(state_dir: Path, host: str, port: int, catalog_path: Path, pref
 
     async with open_migration(state_dir, endpoint_url=endpoint_url,
                               sse_c_key_file=sse_c_key_file) as opened:
+        # Each look at the state opens it anew (catalog.ensure): a file put in its place (a
+        # compaction, a --workers merge) is then seen; one process may open it once.
+        opened.cp.close()
         try:
-            made = await asyncio.to_thread(ensure, opened.cp, catalog_path)
+            made = await asyncio.to_thread(ensure, state_dir, catalog_path)
         except OSError as exc:
             raise ConfigError(f"cannot write the catalogue {catalog_path}: {exc.strerror}; "
                               "give --catalog a writable path") from None
@@ -99,7 +102,7 @@ async def _serve(state_dir: Path, host: str, port: int, catalog_path: Path, pref
                        "(QIDO-RS, WADO-RS, WADO-URI at /wado); Ctrl-C stops", err=True)
             while True:
                 await asyncio.sleep(refresh)
-                if await asyncio.to_thread(ensure, opened.cp, catalog_path):
+                if await asyncio.to_thread(ensure, state_dir, catalog_path):
                     old, served.catalog = served.catalog, Catalog(catalog_path)
                     log.info("the state changed: catalogue made again")
                     old.close()

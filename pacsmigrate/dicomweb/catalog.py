@@ -83,7 +83,7 @@ class Instance:
 
 def _stamp(state_dir: Path) -> str:
     st = (state_dir / "checkpoint.lmdb" / "data.mdb").stat()
-    return f"{st.st_size}:{st.st_mtime_ns}"
+    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"  # a file put in its place: new inode
 
 
 def _instances(cp: Checkpoint) -> Iterator[tuple[Any, ...]]:
@@ -127,12 +127,20 @@ def _current(path: Path, stamp: str) -> bool:
     return meta.get("version") == str(VERSION) and meta.get("state") == stamp
 
 
-def ensure(cp: Checkpoint, path: Path) -> bool:
-    """Make the catalogue if it is missing or older than the state; True if it was made."""
-    stamp = _stamp(cp.state_dir)
+def ensure(state_dir: Path, path: Path) -> bool:
+    """Make the catalogue if it is missing or older than the state; True if it was made.
+
+    The state is opened anew for it: a compaction or a --workers merge puts another file in
+    the old one's place, which a state held open since the start would never see. Stamped
+    before the open, so a change meanwhile only makes it again at the next look."""
+    stamp = _stamp(state_dir)
     if path.exists() and _current(path, stamp):
         return False
-    build(cp, path, stamp)
+    cp = Checkpoint(state_dir, readonly=True)
+    try:
+        build(cp, path, stamp)
+    finally:
+        cp.close()
     return True
 
 
