@@ -11,7 +11,9 @@ after it, uploading what the next run's slices would upload again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -74,6 +76,9 @@ def run_slice(job: SliceJob) -> dict[str, Any]:
     # worker process: the states go beside it, where a worker restarted here finds them.
     base = job.cfg.state_dir if job.states == SHARED else \
         local_states(worker.local_directory, job.run_id)
+    if job.states == STORE:  # source paths and UIDs: the worker's user alone reads them
+        base.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        base.parent.chmod(0o700)
     state = slice_state(base, job.shard)
     cfg = replace(job.cfg, shard=job.shard, state_dir=state, progress=False,
                   report_path=None, progress_file=state.with_name(state.name + ".progress"))
@@ -118,9 +123,20 @@ async def _run(job: SliceJob, cfg: MigrateConfig, watch: _Watch) -> dict[str, An
         if job.states == STORE:
             async with opened(cfg.dest, cfg.transfer) as backend:
                 copy = await ship(cfg, backend, job.run_id)
+            # Its copy is in the store: none is left on the worker's disk for good.
+            await asyncio.to_thread(_remove_local, cfg)
     finally:
         watch.stop()
     return {"stats": stats.as_dict(), "copy": copy, "from": how}
+
+
+def _remove_local(cfg: MigrateConfig) -> None:
+    shutil.rmtree(cfg.state_dir, ignore_errors=True)
+    if cfg.progress_file is not None:
+        cfg.progress_file.unlink(missing_ok=True)
+    for folder in (cfg.state_dir.parent, cfg.state_dir.parent.parent):  # the run's, if empty
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 async def _when_free(start: Callable[[], Awaitable[T]]) -> T:

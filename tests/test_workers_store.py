@@ -91,16 +91,19 @@ def test_two_machines_without_a_shared_path_make_one_index(moto_s3: S3Target,
         proc = run_cli(*migrate_args(moto_s3, root, state, "--scheduler", address), env=env,
                        check=True)
         assert "8 slices on 2 Dask workers, states kept in the store" in proc.stderr
-        # Each slice's state was made on a machine, in its own directory, not under --state.
-        made = _slice_states(dirs[0]) + _slice_states(dirs[1])
-        assert sorted(set(made)) == [f"{k}-of-8" for k in range(8)], made
+        # Each slice's state was made on a machine and removed there once its copy was in
+        # the store: no source paths or UIDs left on the workers' disks (the folder they
+        # were in readable by the workers' user alone).
+        assert _slice_states(dirs[0]) + _slice_states(dirs[1]) == []
+        tops = [p for d in dirs for p in d.rglob(LOCAL_STATES)]
+        assert tops and all(p.stat().st_mode & 0o777 == 0o700 for p in tops), tops
         rows = assert_complete(moto_s3, state, root)
         assert _same(rows) == _same(single)
         # One copy of each slice's state stays in the store, beside the run's start mark.
         copies = [k for k in moto_s3.object_keys() if "/pacsmigrate-run/slices/" in k]
         assert sorted(k.rsplit("/", 2)[1] for k in copies if k.endswith(".lmdb")) == [
             f"{k}-of-8" for k in range(8)]
-        # Re-run: each slice finds its state on its machine or in the store; nothing new.
+        # Re-run: each slice finds its state in the store; nothing new.
         keys = moto_s3.object_keys()
         again = run_cli(*migrate_args(moto_s3, root, state, "--scheduler", address), env=env,
                         check=True)
