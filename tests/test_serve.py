@@ -9,6 +9,7 @@ import email.policy
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -225,6 +226,7 @@ def test_searches_match_dates_modalities_and_page(server: Server) -> None:
     ("/studies/1.2.3.999/series", {}, {}, 404, "no such study"),
     ("/studies/not-a-uid", {}, {}, 400, "not a UID"),
     ("/studies", {"limit": "many"}, {}, 400, "limit must be a whole number"),
+    ("/studies", {"offset": "9" * 20}, {}, 400, f"offset must be at most {2**63 - 1}"),
     ("/studies", {"StudyDate": "2020"}, {}, 400, "StudyDate must be a date"),
     ("/studies", {"StudyDate": "20051301"}, {}, 400, "StudyDate must be a date"),  # month 13
     ("/studies", {"StudyDate": "20050101-20050132"}, {}, 400, "StudyDate must be a date"),
@@ -244,6 +246,35 @@ def test_bad_requests_get_a_status_and_a_reason(server: Server, path: str,
     assert reason in resp.text
     if reason:
         assert reason in resp.headers["Warning"]
+
+
+def test_a_catalogue_that_cannot_be_written_is_one_line(migrated: tuple[Path, Path, Path],
+                                                        tmp_path: Path) -> None:
+    _, state, _ = migrated
+    where = tmp_path / "no" / "such" / "dir" / "c.sqlite"
+    proc = subprocess.run([sys.executable, "-m", "pacsmigrate", "serve", "--state", str(state),
+                           "--port", "0", "--catalog", str(where)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"error: cannot write the catalogue {where}: unable to open database file; give "
+        "--catalog a writable path"], proc.stderr
+
+
+def test_two_writers_of_one_catalogue_never_share_a_scratch_file(tmp_path: Path) -> None:
+    """Two servers on one state build its catalogue at once: each in a scratch file of its
+    own, renamed whole; one a killed writer left is removed by the next."""
+    from pacsmigrate.sqlitefile import scratch_db
+
+    path = tmp_path / "c.sqlite"
+    dead = tmp_path / ".c.sqlite.999999999.0badf00d.pacsmigrate-partial"  # past pid_max
+    dead.write_bytes(b"half")
+    with scratch_db(path) as a, scratch_db(path) as b:
+        assert not dead.exists()
+        a.execute("CREATE TABLE t (x)")
+        b.execute("CREATE TABLE u (y)")
+    tables = sqlite3.connect(path).execute("SELECT name FROM sqlite_master").fetchall()
+    assert tables == [("u",)] or tables == [("t",)]
+    assert [p.name for p in tmp_path.iterdir()] == ["c.sqlite"]
 
 
 def test_unsupported_renditions_and_syntaxes_are_refused(server: Server) -> None:

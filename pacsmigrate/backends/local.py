@@ -29,6 +29,7 @@ from ..errors import (
     ObjectNotFoundError,
     PermanentBackendError,
 )
+from ..sqlitefile import alive
 from .base import ObjectInfo, adjust_part_size
 from .body import Body, Checksum
 from .limits import LOCAL
@@ -54,15 +55,6 @@ def _digest(data: memoryview, algorithm: str) -> bytes:
         return isal_zlib.crc32(data).to_bytes(4, "big")
     return hashlib.md5(data).digest()
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
 
 
 def _make_dirs(path: Path) -> None:
@@ -139,7 +131,7 @@ class LocalStore(LocalParts):
         for entry in os.scandir(self.root / TMP_DIR):
             host, _, pid = entry.name.rpartition(".")[0].partition(".")
             try:
-                mine = host == HOST and pid.isdigit() and not _alive(int(pid))
+                mine = host == HOST and pid.isdigit() and not alive(int(pid))
                 if mine or now - entry.stat().st_mtime > STALE_TMP:
                     os.unlink(entry.path)
             except OSError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import sqlite3
 import ssl
 import sys
 from pathlib import Path
@@ -74,8 +75,9 @@ async def _serve(state_dir: Path, host: str, port: int, catalog_path: Path, pref
         opened.cp.close()
         try:
             made = await asyncio.to_thread(ensure, state_dir, catalog_path)
-        except OSError as exc:
-            raise ConfigError(f"cannot write the catalogue {catalog_path}: {exc.strerror}; "
+        except (OSError, sqlite3.Error) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise ConfigError(f"cannot write the catalogue {catalog_path}: {why}; "
                               "give --catalog a writable path") from None
         served = Served(Catalog(catalog_path), opened.backend, Budget(), token, basic,
                         cors=cors)

@@ -20,6 +20,7 @@ from typing import Any
 from .catalog import Catalog
 
 MAX_LIMIT = 10_000  # at most this many results per answer; page with offset for more
+MAX_COUNT = 2**63 - 1  # a limit or offset past it is no number SQLite holds
 
 # keyword -> tag, for the keys we match on and the attributes we answer with
 TAGS = {"StudyInstanceUID": "0020000D", "SeriesInstanceUID": "0020000E",
@@ -62,6 +63,8 @@ def _count(name: str, text: str) -> int:
         raise BadQuery(f"{name} must be a whole number, not {text!r}") from None
     if value < 0:
         raise BadQuery(f"{name} must not be negative")
+    if value > MAX_COUNT:  # SQLite's integers are 64-bit
+        raise BadQuery(f"{name} must be at most {MAX_COUNT}")
     return value
 
 
