@@ -252,12 +252,11 @@ def test_a_catalogue_that_cannot_be_written_is_one_line(migrated: tuple[Path, Pa
                                                         tmp_path: Path) -> None:
     _, state, _ = migrated
     where = tmp_path / "no" / "such" / "dir" / "c.sqlite"
-    proc = subprocess.run([sys.executable, "-m", "pacsmigrate", "serve", "--state", str(state),
-                           "--port", "0", "--catalog", str(where)], capture_output=True,
-                          text=True, timeout=60)
+    proc = run_cli("serve", "--state", str(state), "--port", "0", "--catalog", str(where),
+                   timeout=60)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        f"error: cannot write the catalogue {where}: unable to open database file; give "
-        "--catalog a writable path"], proc.stderr
+        (f"error: cannot write the catalogue {where}: unable to open database file; give "
+         "--catalog a writable path")], proc.stderr
 
 
 def test_two_writers_of_one_catalogue_never_share_a_scratch_file(tmp_path: Path) -> None:
