@@ -349,6 +349,12 @@ def _size(n: int) -> str:
     return f"{n}B"
 
 
+def inside(path: Path, root: Path) -> bool:
+    """A file's path lies in directory `root` (after symlinks)."""
+    where, top = path.resolve().parent, root.resolve()
+    return where == top or top in where.parents
+
+
 def overlap(a: Path, b: Path) -> bool:
     """One directory is the other or inside it (after symlinks)."""
     ra, rb = a.resolve(), b.resolve()

@@ -83,7 +83,13 @@ def _client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
     if scheduler is not None:
-        with Client(scheduler) as client:
+        try:
+            client = Client(scheduler)
+        except (OSError, ValueError, TypeError) as exc:  # unreachable, or not an address
+            raise ConfigError(f"cannot reach the Dask scheduler {scheduler!r}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__} "
+                              "(give its address as tcp://HOST:PORT)") from None
+        with client:
             yield client
         return
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,

@@ -83,6 +83,25 @@ def test_log_file_is_json_lines_without_patient_data(moto_s3: S3Target, tmp_path
     assert proc.stderr == ""  # nothing more on the terminal than without --log-file
 
 
+def test_a_report_or_log_file_inside_a_source_is_refused(moto_s3: S3Target,
+                                                         tmp_path: Path) -> None:
+    """The source is never written to: a --report or --log-file there would be (and the
+    next run would migrate it as a file of the archive)."""
+    src = tmp_path / "src"
+    make_tree(src, studies=1, seed=3, scale=0.02)
+    before = sorted(src.rglob("*"))
+    for extra, option in (((), "--report"), (("--log-file", str(src / "run.jsonl")), None)):
+        args = _args(src, moto_s3, tmp_path / "s")
+        if option:
+            args = (*args, "--report", str(src / "report.json"))
+        proc = run_cli(*extra, *args, env=moto_s3.env())
+        path = src / ("report.json" if option else "run.jsonl")
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+            (f"error: {option or '--log-file'} {path} lies inside the source {src}, which is "
+             "never written to: give a path outside every source")], proc.stderr
+    assert sorted(src.rglob("*")) == before and not (tmp_path / "s").exists()
+
+
 def test_stats_lines_when_stderr_is_not_a_terminal(moto_s3: S3Target, tree: Path,
                                                    tmp_path: Path) -> None:
     proc = run_cli(*_args(tree, moto_s3, tmp_path / "a", "--stats-interval", "0.3",

@@ -145,6 +145,8 @@ def test_what_workers_refuse(moto_s3: S3Target, tmp_path: Path) -> None:
          "one or the other"),
         (migrate_args(moto_s3, root, tmp_path / "b", "--workers", "2", "--scheduler", "tcp://x:1"),
          "one or the other"),
+        (migrate_args(moto_s3, root, tmp_path / "c", "--scheduler", "notaurl"),
+         "cannot reach the Dask scheduler 'notaurl': missing port number"),
     ]
     for args, says in cases:
         proc = run_cli(*args, env=moto_s3.env())

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+
+import click
 
 NOISY = ("botocore", "aiobotocore", "aiohttp", "urllib3", "asyncio", "s3transfer")
 
@@ -33,7 +36,12 @@ def configure(verbose: int, log_file: Path | None) -> None:
         logging.basicConfig(stream=sys.stderr, level=level,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if log_file is not None:
-        handler = logging.FileHandler(log_file, encoding="utf-8")
+        # Opened at its first line: a command may refuse the path first (migrate: inside a
+        # source, which is never written to). Whether it can be written is asked now.
+        target = log_file if log_file.exists() else log_file.parent
+        if not os.access(target, os.W_OK):
+            raise click.BadParameter(f"{log_file} cannot be written", param_hint="--log-file")
+        handler = logging.FileHandler(log_file, encoding="utf-8", delay=True)
         handler.setFormatter(JsonLines())
         ours.addHandler(handler)
         ours.setLevel(level)
@@ -57,3 +65,9 @@ def info_to_stderr(name: str = "pacsmigrate.stats") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     stats.addHandler(handler)
+
+
+def log_files() -> list[Path]:
+    """The files --log-file set up (configure)."""
+    return [Path(h.baseFilename) for h in logging.getLogger("pacsmigrate").handlers
+            if isinstance(h, logging.FileHandler)]

@@ -8,8 +8,9 @@ from typing import Any
 
 import click
 
-from ..config import MigrateConfig
+from ..config import MigrateConfig, inside
 from ..costs import PriceTable
+from ..errors import ConfigError
 from ..filters import Filters
 from ..pack import HINT_SIZE
 from ..pipeline import migrate as run_migrate
@@ -30,7 +31,7 @@ from .common import (
     transfer_config,
     transfer_options,
 )
-from .logs import info_to_stderr
+from .logs import info_to_stderr, log_files
 
 DEFAULT_STATS_INTERVAL = 60.0  # seconds, when stderr is not a terminal
 
@@ -196,6 +197,11 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
         filters=Filters.parse(include=include, exclude=exclude, study_from=study_date_from,
                               study_to=study_date_to, min_age=min_age, max_age=max_age),
     )
+    for option, path in (("--report", report_path), *(("--log-file", f) for f in log_files())):
+        src = path and next((s for s in cfg.sources if inside(path, s)), None)
+        if src is not None:
+            raise ConfigError(f"{option} {path} lies inside the source {src}, which is never "
+                              "written to: give a path outside every source")
     if slice_states is not None and workers is None and scheduler is None:
         raise click.UsageError("--slice-states is for a run on workers: add --workers or "
                                "--scheduler")
