@@ -320,6 +320,8 @@ def collect_backend_stats(s: Stats, backend: Backend) -> None:
         s.lowest_concurrency = b.lowest_concurrency
         s.uploads_resumed += b.uploads_resumed
         s.parts_reused += b.parts_reused
+        s.uploads_aborted += b.uploads_restarted
+        s.uploads_restarted += b.uploads_restarted
 
 
 async def migrate(cfg: MigrateConfig, *, backend: Backend | None = None) -> Stats:

@@ -123,10 +123,10 @@ async def _run(job: SliceJob, cfg: MigrateConfig, watch: _Watch) -> dict[str, An
         if job.states == STORE:
             async with opened(cfg.dest, cfg.transfer) as backend:
                 copy = await ship(cfg, backend, job.run_id)
-            # Its copy is in the store: none is left on the worker's disk for good.
-            await asyncio.to_thread(_remove_local, cfg)
     finally:
         watch.stop()
+    if job.states == STORE:  # its copy is in the store: none is left on the worker's disk
+        await asyncio.to_thread(_remove_local, cfg)
     return {"stats": stats.as_dict(), "copy": copy, "from": how}
 
 

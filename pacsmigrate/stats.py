@@ -39,6 +39,7 @@ class Stats:
     files_adopted: int = 0  # their files: committed by this run (in files_migrated)
     commit_transactions: int = 0
     uploads_aborted: int = 0
+    uploads_restarted: int = 0  # of them: too old to take up (12 h), so sent anew
     uploads_resumed: int = 0  # unfinished multipart uploads a killed run left, completed now
     parts_reused: int = 0  # multipart parts a killed run had sent, kept by this one
     requests: int = 0

@@ -111,7 +111,8 @@ class BackendStats:
     store's throttling halved the requests in flight; lowest_concurrency: the lowest that
     limit went (the configured concurrency if never throttled); uploads_resumed: unfinished
     multipart uploads an interrupted run left, taken up again; parts_reused: their parts
-    found intact and kept instead of sent again.
+    found intact and kept instead of sent again; uploads_restarted: such uploads too old to
+    take up (multipart.RESUME_MAX_AGE), aborted and sent anew.
     """
 
     requests: int = 0
@@ -121,6 +122,7 @@ class BackendStats:
     lowest_concurrency: int = 0
     uploads_resumed: int = 0
     parts_reused: int = 0
+    uploads_restarted: int = 0
 
 
 @runtime_checkable

@@ -101,6 +101,7 @@ class ChunkedBackend(RetryBackend):
             fresh = [u for u in uploads if not u.initiated or u.initiated >= cutoff]
             for old in uploads[:len(uploads) - len(fresh)]:
                 await self._abort(key, old.upload_id)
+                self.uploads_restarted += 1
             uploads = fresh
         for stale in uploads[:-1]:
             await self._abort(key, stale.upload_id)

@@ -45,6 +45,7 @@ class RetryBackend:
         self.policy = policy or policy_for(transfer)
         self.uploads_resumed = 0
         self.parts_reused = 0
+        self.uploads_restarted = 0
 
     @property
     def stats(self) -> BackendStats:
@@ -53,7 +54,8 @@ class RetryBackend:
         return BackendStats(requests=p.stats.requests, retries=Counter(p.stats.retries),
                             gave_up=p.stats.gave_up, throttle_slowdowns=p.limit.decreases,
                             lowest_concurrency=p.limit.lowest,
-                            uploads_resumed=self.uploads_resumed, parts_reused=self.parts_reused)
+                            uploads_resumed=self.uploads_resumed, parts_reused=self.parts_reused,
+                            uploads_restarted=self.uploads_restarted)
 
     def part_size(self, size_hint: int) -> int:
         return self.store.part_size(size_hint)

@@ -306,6 +306,9 @@ def _print_summary(s: Stats, *, dry_run: bool) -> None:
     if s.uploads_resumed:
         click.echo(f"unfinished uploads resumed from an interrupted run: {s.uploads_resumed:,} "
                    f"({s.parts_reused:,} of their parts kept, not sent again)")
+    if s.uploads_restarted:
+        click.echo(f"unfinished uploads over 12 h old sent anew: {s.uploads_restarted:,} "
+                   "(a cleanup may abort them; their parts were not kept)")
     if s.dry_run_mismatch:
         click.echo(f"WARNING: {s.dry_run_mismatch:,} files hold other bytes than at the dry run "
                    "although size and mtime are unchanged (stored as they are now)")
