@@ -22,7 +22,8 @@ _seen: Counter[str] = Counter()
 DENY_OPEN = os.fsencode(os.environ.get("PACSMIGRATE_DENY_OPEN", ""))
 
 POINTS = ("after-intent", "mid-upload", "part-uploaded", "after-upload", "after-sidecar",
-          "after-commit", "mid-catalogue", "read-process", "mid-sop-merge", "mid-compact")
+          "after-commit", "mid-catalogue", "read-process", "mid-sop-merge", "mid-compact",
+          "before-merge")
 
 
 def point(name: str) -> None:

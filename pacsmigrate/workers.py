@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, TypeVar
 
+from . import faults
 from .backends import Backend, opened
 from .backends.body import sent
 from .checkpoint import Checkpoint
@@ -51,6 +52,7 @@ from .slicing import with_plan
 from .statemerge import merge_into
 from .staterepair import REPAIR_FILE, Damaged, done_with_list, take_list, write_list
 from .stats import Stats
+from .tables import RUNNING
 
 T = TypeVar("T")
 log = logging.getLogger("pacsmigrate.workers")
@@ -164,6 +166,10 @@ def migrate_on_dask(cfg: MigrateConfig, *, workers: int | None = None,
             slots = sum(int(w.get("nthreads", 1)) for w in seen) or found  # tasks at once
             plan = _plan(run, cfg, SLICES_PER_SLOT * slots, states, scheduler)
             planned = True
+            # Recorded as it starts (replaced at its end), as a run in one process is: one
+            # killed with the coordinator leaves a trace, marked KILLED by the next.
+            run.start_run({**run_record(cfg, stats, started=started_at, outcome=RUNNING),
+                           "ended": None})
             count = plan["slices"]
             if plan["slicing"] is None:  # its first start: cut too large units finer
                 echo("planning the slices: listing the folders above the cut "
@@ -194,6 +200,7 @@ def migrate_on_dask(cfg: MigrateConfig, *, workers: int | None = None,
                 echo(f"WARNING: {left} multipart upload(s) under {cfg.dest} begun during this "
                      "run are still open; once nothing else writes there, `pacsmigrate "
                      "cleanup` aborts them")
+        faults.point("before-merge")  # the slices done, the coordinator's state not yet
         merged = _merge(run, cfg, plan)
         stats.seconds = round(time.monotonic() - started, 3)
         stats.studies = merged.counts()["groups"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from test_shard import _same, _tree
 
 from pacsmigrate.checkpoint import Checkpoint
 from pacsmigrate.config import TransferConfig
+from pacsmigrate.tables import KILLED
 from pacsmigrate.workers import _share
 
 
@@ -232,6 +234,30 @@ def test_a_run_on_workers_that_stops_on_an_error_is_recorded(moto_s3: S3Target,
     assert "AccessDenied" in runs[1]["outcome"]
     said = run_cli("status", "--state", str(state), check=True).stdout
     assert "runs: 2; the last stopped: " in said
+
+
+def test_a_coordinator_killed_before_its_merge_is_in_the_history(moto_s3: S3Target,
+                                                                  tmp_path: Path) -> None:
+    """Killed with its slices done but not merged: status names the destination, says
+    where the slices' work is and that the run stopped without an end; the next run
+    records it as killed, merges, and nothing is lost."""
+    root = _tree(tmp_path / "pacs")
+    state = tmp_path / "state"
+    args = migrate_args(moto_s3, root, state, "--workers", "2")
+    killed = run_cli(*args, env={**moto_s3.env(), "PACSMIGRATE_CRASH_AT": "before-merge:1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    said = run_cli("status", "--state", str(state), check=True).stdout.splitlines()
+    assert f"destination: {moto_s3.url}" in said, said
+    assert any(line.startswith("  a run on Dask workers merges what its slices stored")
+               for line in said), said
+    assert any(line.startswith(f"runs: 1; the last {KILLED}, started ") for line in said), said
+    run_cli(*args, env=moto_s3.env(), check=True)
+    assert_complete(moto_s3, state, root)
+    cp = Checkpoint(state, readonly=True)
+    try:
+        assert [r["outcome"] for r in cp.runs()] == [KILLED, "completed"]
+    finally:
+        cp.close()
 
 
 def test_a_damaged_file_no_slice_holds_stays_listed(tmp_path: Path) -> None:

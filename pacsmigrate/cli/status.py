@@ -26,6 +26,7 @@ def status(state_dir: Path, as_json: bool) -> None:
         counts = cp.counts()
         pending = counts["spill"]
         config = cp.get_meta("config") or {}
+        workers = cp.get_meta("workers")  # a run on Dask: its slices merged at its end
         open_problems = cp.open_problems()
         dedup = cp.deduplicated()
         runs = cp.runs()
@@ -35,7 +36,10 @@ def status(state_dir: Path, as_json: bool) -> None:
     finally:
         cp.close()
     checks = verifications(state_dir)
-    doc = {"destination": config.get("dest"), "sources": config.get("sources"),
+    last = runs[-1] if runs else {}
+    doc = {"destination": config.get("dest") or (workers or {}).get("dest"),
+           "sources": config.get("sources") or last.get("sources"),
+           "on_workers": workers is not None,
            "files_migrated": counts["index"], "objects": counts["objects"],
            "files_pending": pending, "uploads_in_doubt": counts["intents"],
            "files_with_problems": open_problems,
@@ -95,6 +99,10 @@ def describe(d: dict[str, Any]) -> list[str]:
                        "the copy did NOT finish (stopped, or under way): objects may be "
                        "missing from this store; re-run `pacsmigrate replicate`"))
     out.append(f"migrated{source}: {d['files_migrated']:,} files in {d['objects']:,} objects")
+    if d.get("on_workers") and last and last_run_unfinished(last):
+        out.append("  a run on Dask workers merges what its slices stored into this state at "
+                   "its end: until then (or if it stopped) that is only in the slices' states "
+                   "(STATE/slices, or the store); re-run migrate with --workers to finish")
     if d["files_deduplicated"]:
         out.append(f"  of which {d['files_deduplicated']:,} files "
                    f"({d['bytes_deduplicated'] / 1e6:,.1f} MB) are copies of others, stored once")
