@@ -54,6 +54,7 @@ class SliceJob:
     # The files of this slice a verify found damaged (STATE/repair.jsonl, cut by slice):
     # left in the slice's state, whose run stores them again (staterepair.py).
     repair: tuple[Damaged, ...] = ()
+    log_file: str | None = None  # the command's --log-file: the slice logs there too
 
 
 def slice_state(state_dir: Path, shard: Shard) -> Path:
@@ -72,6 +73,7 @@ def run_slice(job: SliceJob) -> dict[str, Any]:
     from distributed import Queue, get_worker
 
     worker = get_worker()
+    _log_to(job.log_file)
     # A worker's own directory is dask-scratch-space/worker-XXXX, made afresh by each
     # worker process: the states go beside it, where a worker restarted here finds them.
     base = job.cfg.state_dir if job.states == SHARED else \
@@ -128,6 +130,23 @@ async def _run(job: SliceJob, cfg: MigrateConfig, watch: _Watch) -> dict[str, An
     if job.states == STORE:  # its copy is in the store: none is left on the worker's disk
         await asyncio.to_thread(_remove_local, cfg)
     return {"stats": stats.as_dict(), "copy": copy, "from": how}
+
+
+_LOGGING: set[str] = set()  # the log files this worker process writes to already
+
+
+def _log_to(log_file: str | None) -> None:
+    """The slice's log lines into the run's --log-file (a worker process is set up once; a
+    path a worker cannot write, on another machine, is left: the coordinator logs)."""
+    if log_file is None or log_file in _LOGGING:
+        return
+    from .cli.logs import configure
+
+    try:
+        configure(0, Path(log_file))
+    except Exception as exc:  # noqa: BLE001 - click's BadParameter: not writable here
+        log.warning("slice logs not written to --log-file on this worker: %s", exc)
+    _LOGGING.add(log_file)
 
 
 def _remove_local(cfg: MigrateConfig) -> None:

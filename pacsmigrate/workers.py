@@ -32,6 +32,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 from . import faults
@@ -138,8 +139,11 @@ def _plan(run: Checkpoint, cfg: MigrateConfig, workers: int, states: str | None,
 
 def migrate_on_dask(cfg: MigrateConfig, *, workers: int | None = None,
                     scheduler: str | None = None, states: str | None = None,
-                    echo: Callable[[str], None] = print) -> Stats:
-    """Run the migration as slices on Dask; returns the totals of every slice."""
+                    echo: Callable[[str], None] = print,
+                    log_file: Path | None = None) -> Stats:
+    """Run the migration as slices on Dask; returns the totals of every slice.
+    `log_file`: the command's --log-file, which the slices log to as well (where a
+    worker can write it)."""
     if cfg.dry_run:
         raise ConfigError("--dry-run runs in one process: drop --workers / --scheduler")
     if cfg.shard is not None:
@@ -191,7 +195,9 @@ def migrate_on_dask(cfg: MigrateConfig, *, workers: int | None = None,
             damaged = take_list(cfg.state_dir)
             repairs = _cut_repair(damaged or [], shards, cfg, echo)
             jobs = [SliceJob(shared, shard, plan["states"], plan["run_id"], queue,
-                             repairs.get(shard.index, ())) for shard in shards]
+                             repairs.get(shard.index, ()),
+                             str(log_file.resolve()) if log_file else None)
+                    for shard in shards]
             copies = _run_slices(client, jobs, echo, cfg.progress, stats)
         if plan["states"] == STORE:
             left = asyncio.run(_in_store(

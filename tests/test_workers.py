@@ -56,10 +56,13 @@ def test_three_workers_make_the_index_of_a_single_run(moto_s3: S3Target,
                                                       local_store: LocalTarget,
                                                       tmp_path: Path) -> None:
     root, single = single_run(local_store, tmp_path)
-    state = tmp_path / "state"
-    proc = run_cli(*migrate_args(moto_s3, root, state, "--workers", "3"), env=moto_s3.env(),
-                   check=True)
+    state, log = tmp_path / "state", tmp_path / "run.jsonl"
+    proc = run_cli("--log-file", str(log), *migrate_args(moto_s3, root, state, "--workers", "3"),
+                   env=moto_s3.env(), check=True)
     assert "12 slices on 3 Dask workers" in proc.stderr
+    # The slices log into the run's --log-file too: each object stored, by its key.
+    stored = [json.loads(line)["message"] for line in log.read_text().splitlines()]
+    stored = [m.split(":")[0].removeprefix("stored ") for m in stored if m.startswith("stored ")]
     # The coordinator planned the slicing once: this small tree has fewer units at the cut
     # than 8 per slice, so they are cut deeper (down to the studies); every slice took it.
     plan = meta(state, "workers")["slicing"]
@@ -70,6 +73,7 @@ def test_three_workers_make_the_index_of_a_single_run(moto_s3: S3Target,
     assert f"migrated now: {len(single):,} files" in proc.stdout
     rows = assert_complete(moto_s3, state, root)
     assert _same(rows) == _same(single)
+    assert sorted(stored) == sorted({r["key"] for r in rows})
     verify = run_cli("verify", "--state", str(state), "--deep", "--source", env=moto_s3.env())
     assert verify.returncode == 0, verify.stdout + verify.stderr
     # Re-running the same command (with another number of workers) stores nothing more.

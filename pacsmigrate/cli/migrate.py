@@ -209,8 +209,10 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
         if workers is not None and scheduler is not None:
             raise click.UsageError("--workers starts a cluster here, --scheduler uses one: "
                                    "give one or the other")
+        logs = log_files()
         stats = migrate_on_dask(cfg, workers=workers, scheduler=scheduler, states=slice_states,
-                                echo=lambda line: click.echo(line, err=True))
+                                echo=lambda line: click.echo(line, err=True),
+                                log_file=logs[0] if logs else None)
     else:
         quiet_gc()
         stats = run_main(run_migrate(cfg))
