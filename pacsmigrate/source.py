@@ -61,6 +61,11 @@ def open_regular(path: bytes, *, vanished: str, buffering: int = 0
     return os.fdopen(fd, "rb", buffering=buffering), st
 
 
+# Final (no re-run can open it), but not deliberate: said so in the summary and the report.
+TOO_LONG = ("path too long to open (over the system's PATH_MAX: NOT migrated, nor what a "
+            "folder holds; bind-mount the folder at a shorter path and migrate that)")
+
+
 def problem_for(path: bytes, exc: OSError, *, vanished: str) -> Problem:
     """What a failed open of a source file means, decided in one place for every stage.
 
@@ -73,7 +78,7 @@ def problem_for(path: bytes, exc: OSError, *, vanished: str) -> Problem:
     if exc.errno == errno.ELOOP:
         return Problem(path, "symlink not followed")
     if exc.errno == errno.ENAMETOOLONG:
-        return Problem(path, "path too long to open", exc.strerror or "")
+        return Problem(path, TOO_LONG, exc.strerror or "")
     if exc.errno == errno.EISDIR:
         return Problem(path, "not a regular file any more")
     return Problem(path, "unreadable", exc.strerror or str(exc), final=False)

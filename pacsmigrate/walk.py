@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from . import faults
 from .clock import IOWait
 from .records import Problem
+from .source import TOO_LONG
 
 log = logging.getLogger("pacsmigrate.pipeline")
 
@@ -82,7 +83,7 @@ def list_dir(path: bytes, rest: Iterator[os.DirEntry[bytes]] | None = None,
             return out
         except OSError as exc:
             if exc.errno == errno.ENAMETOOLONG:  # deeper than the kernel's PATH_MAX
-                out.problems.append(Problem(path, "path too long to open", exc.strerror or ""))
+                out.problems.append(Problem(path, TOO_LONG, exc.strerror or ""))
             else:
                 out.problems.append(Problem(path, "unreadable directory",
                                             exc.strerror or str(exc), final=False))
