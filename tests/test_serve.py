@@ -290,6 +290,19 @@ def test_unsupported_renditions_and_syntaxes_are_refused(server: Server) -> None
     ok = requests.get(inst, timeout=30, headers={
         "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
     assert ok.status_code == 200 and len(_parts(ok)) == 1
+    # A study of several syntaxes, each accepted by a media range of its own (PS3.18).
+    study = [x for x in server.index() if x["study_uid"] == r["study_uid"]]
+    syntaxes = sorted({x["transfer_syntax"] for x in study})
+    ranges = ", ".join(f'multipart/related; type="application/dicom"; transfer-syntax={ts}'
+                       for ts in [*syntaxes, other])
+    both = requests.get(f"{server.url}/studies/{r['study_uid']}", timeout=30,
+                        headers={"Accept": ranges})
+    assert both.status_code == 200 and len(_parts(both)) == len(study)
+    if len(syntaxes) > 1:
+        one = requests.get(f"{server.url}/studies/{r['study_uid']}", timeout=30, headers={
+            "Accept": f'multipart/related; type="application/dicom"; '
+                      f'transfer-syntax={syntaxes[0]}'})
+        assert one.status_code == 406, "a syntax of the study was not accepted"
 
 
 def test_missing_or_altered_objects_are_said_and_the_server_goes_on(tmp_path: Path) -> None:
