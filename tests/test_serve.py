@@ -23,6 +23,7 @@ import pytest
 import requests
 from conftest import TEST_FILES, S3Target, run_cli
 from dicomweb_client.api import DICOMwebClient
+from helpers import index_rows
 
 from pacsmigrate.checkpoint import Checkpoint
 from pacsmigrate.devstore import make_tls_files
@@ -290,19 +291,37 @@ def test_unsupported_renditions_and_syntaxes_are_refused(server: Server) -> None
     ok = requests.get(inst, timeout=30, headers={
         "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
     assert ok.status_code == 200 and len(_parts(ok)) == 1
-    # A study of several syntaxes, each accepted by a media range of its own (PS3.18).
-    study = [x for x in server.index() if x["study_uid"] == r["study_uid"]]
-    syntaxes = sorted({x["transfer_syntax"] for x in study})
-    ranges = ", ".join(f'multipart/related; type="application/dicom"; transfer-syntax={ts}'
-                       for ts in [*syntaxes, other])
-    both = requests.get(f"{server.url}/studies/{r['study_uid']}", timeout=30,
-                        headers={"Accept": ranges})
-    assert both.status_code == 200 and len(_parts(both)) == len(study)
-    if len(syntaxes) > 1:
-        one = requests.get(f"{server.url}/studies/{r['study_uid']}", timeout=30, headers={
-            "Accept": f'multipart/related; type="application/dicom"; '
-                      f'transfer-syntax={syntaxes[0]}'})
-        assert one.status_code == 406, "a syntax of the study was not accepted"
+
+
+def test_a_study_of_two_syntaxes_is_served_to_an_accept_naming_each(tmp_path: Path) -> None:
+    """PS3.18: one media range a transfer syntax; a study stored in two is served to an
+    Accept that names both (it was a 406), refused to one that names only one."""
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    src, store, state = tmp_path / "pacs", tmp_path / "store", tmp_path / "state"
+    src.mkdir()
+    store.mkdir()
+    ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    ds.save_as(src / "explicit.dcm")
+    ds.SOPInstanceUID += ".2"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    ds.save_as(src / "implicit.dcm", implicit_vr=True, little_endian=True)
+    run_cli("migrate", str(src), str(store), "--state", str(state), "--no-progress",
+            check=True)
+    syntaxes = sorted({r["transfer_syntax"] for r in index_rows(state)})
+    assert len(syntaxes) == 2, syntaxes
+    s = _start(state)
+    try:
+        url = f"{s.url}/studies/{ds.StudyInstanceUID}"
+        ranges = [f'multipart/related; type="application/dicom"; transfer-syntax={ts}'
+                  for ts in syntaxes]
+        both = requests.get(url, timeout=30, headers={"Accept": ", ".join(ranges)})
+        assert both.status_code == 200 and len(_parts(both)) == 2
+        one = requests.get(url, timeout=30, headers={"Accept": ranges[0]})
+        assert one.status_code == 406 and "does not transcode" in one.text
+    finally:
+        _stop(s)
 
 
 def test_missing_or_altered_objects_are_said_and_the_server_goes_on(tmp_path: Path) -> None:
