@@ -197,12 +197,17 @@ def test_a_directory_that_cannot_be_written_is_read_and_refuses_writes_in_one_li
     async def body(b: Backend) -> None:
         assert await b.load("a/x.tar") == b"kept"
         assert [u async for u in b.pending_uploads("")] == []  # type: ignore[attr-defined]
-        with pytest.raises(PermanentBackendError) as err:
-            await b.save("a/y.tar", one_chunk(b"new"), metadata={})
-        assert str(err.value) == (
-            f"cannot write in {local_store.root} (Read-only file system): the user running "
-            "pacsmigrate must be able to write there (a read-only copy serves verify, get "
-            "and restore)")
+        for chunks in (one_chunk(b"new"), parts()):  # one request, and a multipart upload
+            with pytest.raises(PermanentBackendError) as err:
+                await b.save("a/y.tar", chunks, metadata={})
+            assert str(err.value) == (
+                f"cannot write in {local_store.root} (Read-only file system): the user "
+                "running pacsmigrate must be able to write there (a read-only copy serves "
+                "verify, get and restore)")
+
+    async def parts() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield b"x" * MiB
 
     on(local_store.root, body)
 

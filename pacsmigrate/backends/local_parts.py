@@ -55,6 +55,7 @@ class LocalParts:
         self._path(key)  # a bad key fails now, not at completion
         upload_id = uuid.uuid4().hex
         folder = self._upload(upload_id)
+        self._tmp()  # a directory that cannot be written says so (local.LocalStore)
         folder.mkdir()
         doc = {"key": key, "metadata": dict(metadata), "initiated": time.time()}
         (folder / "upload.json").write_text(json.dumps(doc))

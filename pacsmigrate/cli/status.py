@@ -40,6 +40,7 @@ def status(state_dir: Path, as_json: bool) -> None:
     doc = {"destination": config.get("dest") or (workers or {}).get("dest"),
            "sources": config.get("sources") or last.get("sources"),
            "on_workers": workers is not None,
+           "rebuilt_from_store": bool(config.get("rebuilt_from_store")),
            "files_migrated": counts["index"], "objects": counts["objects"],
            "files_pending": pending, "uploads_in_doubt": counts["intents"],
            "files_with_problems": open_problems,
@@ -72,6 +73,9 @@ def _left(d: dict[str, Any]) -> str:
     counted = (f"{todo:,} files ({d['files_pending']:,} read but not yet stored, "
                f"{d['files_with_problems']:,} that failed; the report says why)")
     last = d.get("last_migration")
+    if last is None and d.get("rebuilt_from_store"):
+        return ("not known: this index was rebuilt from the store (`index rebuild`), which "
+                "knows what is stored, not what the sources hold; a migrate with it says")
     if last is None:
         return ("not known yet: no migrate has run (a dry run stores nothing and its plan "
                 "is in `pacsmigrate plan`)")

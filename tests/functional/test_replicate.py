@@ -94,6 +94,8 @@ def test_s3_migration_replicated_to_a_directory(tree: Path, moto_s3: S3Target,
     run_cli("index", "rebuild", str(local_store.root), "--state", str(rebuilt), "--no-progress",
             check=True)
     assert index_rows(rebuilt) == index_rows(replica)
+    said = run_cli("status", "--state", str(rebuilt), check=True).stdout
+    assert "still to migrate: not known: this index was rebuilt from the store" in said, said
     text = run_cli("status", "--state", str(replica), check=True).stdout
     assert f"a replica of {moto_s3.url}: that migration's state as of " in text, text
     assert "every object copied here, finished " in text, text
