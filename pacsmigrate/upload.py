@@ -136,7 +136,9 @@ async def _find_manifest(plan: BundlePlan, backend: Backend, info: ObjectInfo) -
         h.update(await backend.load(plan.key, offset=offset,
                                     length=min(LEGACY_TAIL, info.size - offset)))
     entry = Entry(rec.path, 0, info.size, h.hexdigest(), rec.size, rec.mtime_ns, rec.about)
-    return manifest.build(plan, [manifest.member_line(entry, member_name(rec.path))])
+    # Its lock as the object's metadata says (the store made the lock from it).
+    return manifest.build(plan, [manifest.member_line(entry, member_name(rec.path))],
+                          retention=manifest_fields(info.metadata))
 
 
 async def manifest_of_bundle(backend: Backend, key: str, size: int,

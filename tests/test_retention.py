@@ -104,6 +104,18 @@ def test_every_object_is_locked_until_its_study_plus_the_years(
         seaweed_s3.client.delete_object(Bucket=bucket, Key=rows[0]["key"], VersionId=vid)
 
 
+def _in_parts(target: S3Target, tmp_path: Path, bucket: str, *extra: str) -> tuple[str, ...]:
+    """A migration of tmp_path/pacs into the bucket, files over 5 MiB in parts."""
+    return ("migrate", str(tmp_path / "pacs"), f"s3://{bucket}/pacs", "--endpoint-url",
+            target.info.endpoint_url, "--state", str(tmp_path / "state"), "--large-file",
+            "5MiB", "--part-size", "5MiB", "--no-progress", *extra)
+
+
+def _killed_at(point: str, args: tuple[str, ...], target: S3Target) -> None:
+    killed = run_cli(*args, env={**target.env(), "PACSMIGRATE_CRASH_AT": point})
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+
+
 @pytest.mark.seaweed
 def test_a_lock_asked_after_a_kill_is_not_lost_to_the_resumed_upload(
         seaweed_s3: S3Target, tmp_path: Path, request: pytest.FixtureRequest) -> None:
@@ -113,11 +125,8 @@ def test_a_lock_asked_after_a_kill_is_not_lost_to_the_resumed_upload(
     studies = aged_tree(tmp_path / "pacs")
     bucket = _lock_bucket(seaweed_s3, request)
     state = tmp_path / "state"
-    args = ("migrate", str(tmp_path / "pacs"), f"s3://{bucket}/pacs", "--endpoint-url",
-            seaweed_s3.info.endpoint_url, "--state", str(state), "--large-file", "5MiB",
-            "--part-size", "5MiB", "--concurrency", "1", "--no-progress")
-    killed = run_cli(*args, env={**seaweed_s3.env(), "PACSMIGRATE_CRASH_AT": "part-uploaded:1"})
-    assert killed.returncode == -9, killed.stdout + killed.stderr
+    args = _in_parts(seaweed_s3, tmp_path, bucket, "--concurrency", "1")
+    _killed_at("part-uploaded:1", args, seaweed_s3)
     assert seaweed_s3.client.list_multipart_uploads(Bucket=bucket).get("Uploads")
     run_cli(*args, "--retain-years", "30", "--storage-class", "STANDARD_IA",
             env=seaweed_s3.env(), check=True)
@@ -140,6 +149,24 @@ def test_a_lock_asked_after_a_kill_is_not_lost_to_the_resumed_upload(
         assert r["retain_until"] == want.isoformat(), r["key"]
     # The killed run's upload was aborted, not left to linger.
     assert not seaweed_s3.client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+@pytest.mark.seaweed
+def test_a_locked_file_adopted_without_its_sidecar_keeps_its_lock_in_the_index(
+        seaweed_s3: S3Target, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Killed after a large file's upload, before its sidecar manifest: the re-run adopts
+    the object and writes the manifest from the object itself, lock included."""
+    (tmp_path / "pacs").mkdir()
+    (tmp_path / "pacs" / "scan.bin").write_bytes(b"\0" * (6 << 20))
+    bucket = _lock_bucket(seaweed_s3, request)
+    state = tmp_path / "state"
+    args = _in_parts(seaweed_s3, tmp_path, bucket, "--retain-years", "30")
+    _killed_at("after-upload:1", args, seaweed_s3)
+    done = run_cli(*args, env=seaweed_s3.env(), check=True)
+    assert "adopted (stored by an interrupted attempt): 1" in done.stdout, done.stdout
+    [row] = index_rows(state)
+    head = seaweed_s3.client.head_object(Bucket=bucket, Key=row["key"])
+    assert row["retain_until"] == head["ObjectLockRetainUntilDate"].date().isoformat()
 
 
 @pytest.mark.seaweed
