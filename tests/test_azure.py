@@ -178,6 +178,9 @@ def test_cleanup_has_nothing_to_do_on_azure(azure_store: AzureTarget) -> None:
     proc = run_cli("cleanup", azure_store.url, "--older-than", "0", env=azure_store.env())
     assert proc.returncode == 0, proc.stderr
     assert "uncommitted blocks after 7 days" in proc.stdout
+    missing = run_cli("cleanup", f"az://{azure_store.bucket}-none", env=azure_store.env())
+    assert missing.returncode == 2 and missing.stderr.strip().splitlines() == [
+        f"error: container '{azure_store.bucket}-none' does not exist: create it first"]
 
 
 def test_sas_token_credentials(azure_store: AzureTarget, monkeypatch: pytest.MonkeyPatch

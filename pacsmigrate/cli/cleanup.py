@@ -52,6 +52,8 @@ def cleanup(dest: str, endpoint_url: str | None, provider: str | None, region: s
         backend = await open_backend(where, TransferConfig(ca_bundle=ca_bundle))
         try:
             if getattr(backend, "uploads_expire", False):
+                # Nothing to abort, but a container that does not exist is said so.
+                await anext(aiter(backend.list(where.key(""))), None)
                 return None
             return await run_cleanup(backend, where, older_than=older_than, dry_run=dry_run)
         finally:
