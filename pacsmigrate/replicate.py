@@ -40,6 +40,7 @@ from .verify.common import db_batches
 log = logging.getLogger(__name__)
 
 _MD5_HEX = 32
+DEFAULT_CLASS = "default"  # replicate --storage-class default: no class asked of the store
 _FLUSH = 1000  # ETags written to the replica's state in batches of this many
 
 
@@ -185,7 +186,9 @@ async def copy_object(src: Backend, dst: Backend, key: str, size: int, etag: str
     check = _Check(key, etag)
     checked: list[bool | None] = []
     meta = await _carried(src, source_key)
-    if storage_class is not None:
+    if storage_class == DEFAULT_CLASS:  # the replica store's default class
+        meta = {k: v for k, v in (meta or {}).items() if k != CLASS_META} or None
+    elif storage_class is not None:
         meta = {**(meta or {}), CLASS_META: storage_class}
 
     async def chunks() -> AsyncIterator[Buffer]:
@@ -277,6 +280,8 @@ def _classes_offered(cp: Checkpoint, dest: Destination, storage_class: str | Non
     those the migration's objects carry (its tier policy), refused before anything is sent
     when that store does not offer them (an S3 class in Azure, say)."""
     provider = dest.s3.provider if dest.s3 else None
+    if storage_class == DEFAULT_CLASS:
+        return
     if storage_class is not None:
         TierPolicy(default=storage_class).check(dest.scheme, provider=provider)
         return
@@ -288,8 +293,9 @@ def _classes_offered(cp: Checkpoint, dest: Destination, storage_class: str | Non
             dest.scheme, provider=provider)
     except ConfigError as exc:
         raise ConfigError(f"the migration's objects are in storage classes the replica's "
-                          f"store does not offer ({exc}): give replicate --storage-class, "
-                          "the class of every copy") from None
+                          f"store does not offer ({exc}): give replicate --storage-class "
+                          f"CLASS for every copy, or --storage-class {DEFAULT_CLASS} (the "
+                          "store's own)") from None
 
 
 async def _another_store(src: Backend, dst: Backend, origin: Destination,

@@ -26,8 +26,9 @@ from .common import (
               type=click.Path(path_type=Path, file_okay=False),
               help="State directory for the replica (its own index); re-use it to resume.")
 @click.option("--storage-class", default=None, metavar="CLASS",
-              help="Store every copy in this class of DEST (e.g. DEEP_ARCHIVE, Archive); "
-                   "default: each object's class in the migration's store.")
+              help="Store every copy in this class of DEST (e.g. DEEP_ARCHIVE, Archive; "
+                   "'default': the store's own, for one without classes such as Wasabi); "
+                   "without it: each object's class in the migration's store.")
 @store_options
 @transfer_options
 @handle_errors

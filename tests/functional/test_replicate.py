@@ -217,7 +217,8 @@ def test_a_class_the_replica_store_lacks_is_refused_or_replaced(
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
         ("error: the migration's objects are in storage classes the replica's store does not "
          "offer ('STANDARD_IA' is not a storage class of az:// stores (one of: Hot, Cool, "
-         "Cold, Archive)): give replicate --storage-class, the class of every copy")]
+         "Cold, Archive)): give replicate --storage-class CLASS for every copy, or "
+         "--storage-class default (the store's own)")]
     assert azure_store.object_keys() == [] and not (tmp_path / "r1").exists()
     done = run_cli("replicate", dest, "--state", str(state), "--to-state", str(tmp_path / "r2"),
                    "--storage-class", "Cool", env=env)
@@ -225,6 +226,12 @@ def test_a_class_the_replica_store_lacks_is_refused_or_replaced(
     data = {r["key"] for r in index_rows(state)}
     assert data and {b.name: b.blob_tier for b in azure_store.client.list_blobs()
                      if b.name in data} == dict.fromkeys(data, "Cool")
+    # The store's own class (Azurite's default tier is Hot), for a store without classes.
+    azure_store.client.delete_blob(min(data))
+    own = run_cli("replicate", dest, "--state", str(state), "--to-state", str(tmp_path / "r2"),
+                  "--storage-class", "default", env=env)
+    assert own.returncode == 0 and "; 1 copied" in own.stdout, own.stdout + own.stderr
+    assert azure_store.client.get_blob_client(min(data)).get_blob_properties().blob_tier == "Hot"
 
 
 def test_the_primary_reached_another_way_or_the_source_tree_is_refused(
