@@ -55,6 +55,7 @@ class SliceJob:
     # left in the slice's state, whose run stores them again (staterepair.py).
     repair: tuple[Damaged, ...] = ()
     log_file: str | None = None  # the command's --log-file: the slice logs there too
+    verbose: int = 0  # and its -v
 
 
 def slice_state(state_dir: Path, shard: Shard) -> Path:
@@ -73,7 +74,7 @@ def run_slice(job: SliceJob) -> dict[str, Any]:
     from distributed import Queue, get_worker
 
     worker = get_worker()
-    _log_to(job.log_file)
+    _log_to(job.log_file, job.verbose)
     # A worker's own directory is dask-scratch-space/worker-XXXX, made afresh by each
     # worker process: the states go beside it, where a worker restarted here finds them.
     base = job.cfg.state_dir if job.states == SHARED else \
@@ -132,21 +133,22 @@ async def _run(job: SliceJob, cfg: MigrateConfig, watch: _Watch) -> dict[str, An
     return {"stats": stats.as_dict(), "copy": copy, "from": how}
 
 
-_LOGGING: set[str] = set()  # the log files this worker process writes to already
+_LOGGING: set[tuple[str | None, int]] = set()  # how this worker process logs already
 
 
-def _log_to(log_file: str | None) -> None:
-    """The slice's log lines into the run's --log-file (a worker process is set up once; a
-    path a worker cannot write, on another machine, is left: the coordinator logs)."""
-    if log_file is None or log_file in _LOGGING:
+def _log_to(log_file: str | None, verbose: int) -> None:
+    """The slice's log lines as the command's: into its --log-file, on stderr with -v (a
+    worker process is set up once; a path a worker cannot write, on another machine, is
+    left: the coordinator logs)."""
+    if (log_file is None and not verbose) or (log_file, verbose) in _LOGGING:
         return
     from .cli.logs import configure
 
+    _LOGGING.add((log_file, verbose))
     try:
-        configure(0, Path(log_file))
+        configure(verbose, Path(log_file) if log_file else None)
     except Exception as exc:  # noqa: BLE001 - click's BadParameter: not writable here
         log.warning("slice logs not written to --log-file on this worker: %s", exc)
-    _LOGGING.add(log_file)
 
 
 def _remove_local(cfg: MigrateConfig) -> None:

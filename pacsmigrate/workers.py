@@ -140,10 +140,10 @@ def _plan(run: Checkpoint, cfg: MigrateConfig, workers: int, states: str | None,
 def migrate_on_dask(cfg: MigrateConfig, *, workers: int | None = None,
                     scheduler: str | None = None, states: str | None = None,
                     echo: Callable[[str], None] = print,
-                    log_file: Path | None = None) -> Stats:
+                    log_file: Path | None = None, verbose: int = 0) -> Stats:
     """Run the migration as slices on Dask; returns the totals of every slice.
-    `log_file`: the command's --log-file, which the slices log to as well (where a
-    worker can write it)."""
+    `log_file`, `verbose`: the command's --log-file and -v, which the slices log by as well
+    (to a log file a worker can write)."""
     if cfg.dry_run:
         raise ConfigError("--dry-run runs in one process: drop --workers / --scheduler")
     if cfg.shard is not None:
@@ -196,7 +196,7 @@ def migrate_on_dask(cfg: MigrateConfig, *, workers: int | None = None,
             repairs = _cut_repair(damaged or [], shards, cfg, echo)
             jobs = [SliceJob(shared, shard, plan["states"], plan["run_id"], queue,
                              repairs.get(shard.index, ()),
-                             str(log_file.resolve()) if log_file else None)
+                             str(log_file.resolve()) if log_file else None, verbose)
                     for shard in shards]
             copies = _run_slices(client, jobs, echo, cfg.progress, stats)
         if plan["states"] == STORE:

@@ -57,12 +57,16 @@ def test_three_workers_make_the_index_of_a_single_run(moto_s3: S3Target,
                                                       tmp_path: Path) -> None:
     root, single = single_run(local_store, tmp_path)
     state, log = tmp_path / "state", tmp_path / "run.jsonl"
-    proc = run_cli("--log-file", str(log), *migrate_args(moto_s3, root, state, "--workers", "3"),
-                   env=moto_s3.env(), check=True)
+    proc = run_cli("-v", "--log-file", str(log),
+                   *migrate_args(moto_s3, root, state, "--workers", "3"), env=moto_s3.env(),
+                   check=True)
     assert "12 slices on 3 Dask workers" in proc.stderr
-    # The slices log into the run's --log-file too: each object stored, by its key.
+    # The slices log into the run's --log-file too, and with -v on stderr: each object
+    # stored, by its key.
     stored = [json.loads(line)["message"] for line in log.read_text().splitlines()]
     stored = [m.split(":")[0].removeprefix("stored ") for m in stored if m.startswith("stored ")]
+    said = re.findall(r" INFO pacsmigrate\.pipeline: stored (\S+): ", proc.stderr)
+    assert sorted(said) == sorted(stored)
     # The coordinator planned the slicing once: this small tree has fewer units at the cut
     # than 8 per slice, so they are cut deeper (down to the studies); every slice took it.
     plan = meta(state, "workers")["slicing"]

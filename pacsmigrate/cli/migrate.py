@@ -212,7 +212,9 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
         logs = log_files()
         stats = migrate_on_dask(cfg, workers=workers, scheduler=scheduler, states=slice_states,
                                 echo=lambda line: click.echo(line, err=True),
-                                log_file=logs[0] if logs else None)
+                                log_file=logs[0] if logs else None,
+                                verbose=click.get_current_context().find_root().params.get(
+                                    "verbose", 0))
     else:
         quiet_gc()
         stats = run_main(run_migrate(cfg))
