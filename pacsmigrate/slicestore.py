@@ -54,6 +54,7 @@ HASH_META = "pacsmigrate-blake3"
 HELD = "slice_copy"  # meta: the copy in the store a state started from (or is)
 ATTEMPT = "slice_attempt"  # meta: the attempt that made this state (its record's id)
 SEEDED = "slice_seeded"  # meta: written last, once the state is whole
+FOUND = "slice_found"  # meta: files a lost attempt stored, adopted by the seed (take_found)
 
 
 def run_prefix(dest: Destination, run_id: str) -> str:
@@ -162,6 +163,7 @@ async def seed(cfg: MigrateConfig, backend: Backend, run_id: str) -> str:
         if store.attempts:  # someone ran it since and left no copy: see what it stored
             found = await adopt_since(cp, backend, cfg,
                                       max(0.0, since - MARGIN) if since else 0.0)
+        cp.put_meta(FOUND, found)
         cp.put_meta(HELD, newest)
         cp.put_meta(ATTEMPT, attempt)
         cp.put_meta(SEEDED, True)
@@ -171,6 +173,19 @@ async def seed(cfg: MigrateConfig, backend: Backend, run_id: str) -> str:
     if not store.attempts:
         return start
     return f"{start}, {found:,} files found in the store from an attempt that left no copy"
+
+
+def take_found(state_dir: Path) -> int:
+    """The files the seed adopted from a lost attempt, once: the slice's run counts them as
+    migrated now (its walk finds them indexed, as if migrated before)."""
+    cp = Checkpoint(state_dir)
+    try:
+        found = int(cp.get_meta(FOUND) or 0)
+        if found:
+            cp.put_meta(FOUND, 0)
+    finally:
+        cp.close()
+    return found
 
 
 async def adopt_since(cp: Checkpoint, backend: Backend, cfg: MigrateConfig,

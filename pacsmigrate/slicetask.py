@@ -111,18 +111,23 @@ def plan_slicing(cfg: MigrateConfig, slices: int, cut: int | None) -> dict[str, 
 
 async def _run(job: SliceJob, cfg: MigrateConfig, watch: _Watch) -> dict[str, Any]:
     from .pipeline import migrate
-    from .slicestore import seed, ship
+    from .slicestore import seed, ship, take_found
 
     watch.start(asyncio.get_running_loop(), asyncio.current_task())
-    copy, how = None, "its state under --state"
+    copy, how, found = None, "its state under --state", 0
     try:
         if job.states == STORE:
             async with opened(cfg.dest, cfg.transfer) as backend:
                 how = await _when_free(lambda: seed(cfg, backend, job.run_id))
+            found = await asyncio.to_thread(take_found, cfg.state_dir)
         if job.repair:  # forgetting twice changes nothing: a re-run may hand it on again
             cfg.state_dir.mkdir(parents=True, exist_ok=True)
             await asyncio.to_thread(write_list, cfg.state_dir, list(job.repair))
         stats = await _when_free(lambda: migrate(cfg))
+        if found:  # stored by this run's lost attempt: migrated now, not before
+            stats.files_migrated += found
+            stats.files_adopted += found
+            stats.already_migrated -= min(found, stats.already_migrated)
         if job.states == STORE:
             async with opened(cfg.dest, cfg.transfer) as backend:
                 copy = await ship(cfg, backend, job.run_id)
