@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -105,6 +106,22 @@ def rows(cp: Checkpoint, *, mapping: PrefixMap | None = None) -> Iterator[dict[s
         yield export_row(row, dest=dest, mapping=mapping)
 
 
+class CsvRows:
+    """CSV rows, one a line ("\n"): a row with a carriage return in a field (a path may
+    hold one) is written with every field quoted, else a reader would cut the row there
+    (Python's csv quotes only a line terminator's own characters)."""
+
+    def __init__(self, out: IO[str], fields: Sequence[str]) -> None:
+        self._plain = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+        self._quoted = csv.DictWriter(out, fieldnames=fields, lineterminator="\n",
+                                      quoting=csv.QUOTE_ALL)
+        self._plain.writeheader()
+
+    def writerow(self, row: dict[str, Any]) -> None:
+        cr = any(isinstance(v, str) and "\r" in v for v in row.values())
+        (self._quoted if cr else self._plain).writerow(row)
+
+
 def export_row(row: dict[str, Any], *, dest: Destination, mapping: PrefixMap | None = None
                ) -> dict[str, Any]:
     """One checkpoint index row as exported: EXPORT_FIELDS, the path through `mapping`."""
@@ -131,8 +148,7 @@ def export(cp: Checkpoint, out: IO[str], *, fmt: str, mapping: PrefixMap | None 
         raise ValueError(f"unknown text format {fmt!r}; choose one of {text_formats}")
     n = 0
     if fmt == "csv":
-        writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS, lineterminator="\n")
-        writer.writeheader()
+        writer = CsvRows(out, EXPORT_FIELDS)
         for row in rows(cp, mapping=mapping):
             writer.writerow(row)
             n += 1
@@ -159,9 +175,15 @@ def _write_sql(cp: Checkpoint, out: IO[str], *, mapping: PrefixMap | None,
     out.write("BEGIN;\n")
     n = 0
     for row in rows(cp, mapping=mapping):
+        update = target.update(path=row["source_path"], uri=row["object_uri"])
         if row["source_path_b64"]:
             out.write(f"-- path not UTF-8; exact bytes (base64): {row['source_path_b64']}\n")
-        out.write(target.update(path=row["source_path"], uri=row["object_uri"]) + "\n")
+            text = display(base64.b64decode(row["source_path_b64"]))
+            if cp.index_row(text.encode("utf-8", "surrogateescape")) is not None:
+                # A file is named by this very text: its row must not get this address.
+                out.write("-- not applied: a UTF-8 file of the index has this escaped text "
+                          "as its name (its own UPDATE names it)\n-- ")
+        out.write(update + "\n")
         n += 1
     out.write("COMMIT;\n")
     return n

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Iterator
 from typing import IO, Any
 
 from .checkpoint import Checkpoint
+from .index import CsvRows
 
 PLAN_FIELDS = ("source_path", "source_path_b64", "size", "mtime_ns", "blake3", "study_uid",
                "series_uid", "sop_uid", "modality", "study_date", "transfer_syntax", "status",
@@ -27,8 +27,7 @@ def export_plan(cp: Checkpoint, out: IO[str], *, fmt: str) -> int:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     n = 0
     if fmt == "csv":
-        writer = csv.DictWriter(out, fieldnames=PLAN_FIELDS, lineterminator="\n")
-        writer.writeheader()
+        writer = CsvRows(out, PLAN_FIELDS)
         for row in planned(cp):
             writer.writerow(row)
             n += 1

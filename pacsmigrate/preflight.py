@@ -130,10 +130,16 @@ def check_state(state_dir: Path, sources: tuple[Path, ...],
         if state == src or state.startswith(src.rstrip("/") + "/"):
             return [Check("state", FAIL, f"{state_dir} lies inside the source {source}, which "
                           "is never written to: give --state outside every source")]
-    if dest is not None and dest.scheme == "file" and overlap(Path(state), Path(dest.bucket)):
-        return [Check("state", FAIL, f"{state_dir} and the destination directory "
-                      f"{dest.bucket} overlap (the state's files would be taken for objects): "
-                      "give --state outside it")]
+    if dest is not None and dest.scheme == "file":
+        for source in sources:  # `check` writes a probe there: refused as migrate refuses it
+            if overlap(Path(source), Path(dest.bucket)):
+                return [Check("destination", FAIL, f"destination {dest.bucket} and source "
+                              f"{source} overlap: the source is never written to, give a "
+                              "directory outside it")]
+        if overlap(Path(state), Path(dest.bucket)):
+            return [Check("state", FAIL, f"{state_dir} and the destination directory "
+                          f"{dest.bucket} overlap (the state's files would be taken for "
+                          "objects): give --state outside it")]
     if (Path(state) / "checkpoint.lmdb").exists():  # a state already: one this version reads
         try:
             Checkpoint(Path(state), readonly=True).close()
@@ -316,7 +322,8 @@ async def run_checks(sources: tuple[Path, ...], state_dir: Path, dest: Destinati
     """The checks one by one; `report_all` (`pacsmigrate check`): the store's too after a
     local check failed."""
     checks = check_sources(sources) + check_state(state_dir, sources, dest)
-    if not store or (not report_all and any(c.verdict == FAIL for c in checks)):
+    overlaps = any(c.subject == "destination" and c.verdict == FAIL for c in checks)
+    if not store or overlaps or (not report_all and any(c.verdict == FAIL for c in checks)):
         return Report(checks)  # a run stops here: nothing is written to the store
     short = _short(transfer)
     opened: Backend

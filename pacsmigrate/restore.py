@@ -54,6 +54,7 @@ class RestoreRequest:
 class RestoreResult:
     restored: int = 0
     already_present: int = 0
+    replaced: int = 0  # of those restored: a file of other bytes was at the target
     bytes: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     archived: Counter[str] = field(default_factory=Counter)  # object key -> files in it
@@ -82,16 +83,17 @@ def target_for(to: Path, path: bytes, strip: bytes = b"") -> Path:
     return target
 
 
-def _present(target: Path, row: dict[str, Any]) -> bool:
-    """Already restored by an earlier run: same size and same blake3 (resume skips it)."""
+def _present(target: Path, row: dict[str, Any]) -> bool | None:
+    """True: already restored by an earlier run, same size and same blake3 (resume skips
+    it); False: nothing there; None: a file of other bytes is there (replaced, and said)."""
     try:
         if target.stat().st_size != int(row["size"]):  # the file's (a zstd frame's differs)
-            return False
+            return None
         with open(target, "rb") as f:
             digest, _ = hash_file(f)
     except FileNotFoundError:
         return False
-    return bool(digest == row["blake3"])
+    return True if digest == row["blake3"] else None
 
 
 async def request_restores(backend: Backend, keys: Iterable[str], request: RestoreRequest
@@ -130,12 +132,14 @@ async def restore(opened: Opened, sel: Selection, to: Path, *, concurrency: int 
         path, row = item
         try:
             target = target_for(to, path, strip)
-            if await asyncio.to_thread(_present, target, row):
+            there = await asyncio.to_thread(_present, target, row)
+            if there:
                 result.already_present += 1
             else:
                 saved = await save_verified(opened.backend, row, target)
                 result.bytes += saved  # (not `+= await`: that reads the total before it)
                 result.restored += 1
+                result.replaced += there is None
         except ObjectArchivedError:
             result.archived[row["key"]] += 1
         except (IntegrityError, ObjectNotFoundError, ConfigError, OSError) as exc:

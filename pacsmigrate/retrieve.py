@@ -21,6 +21,7 @@ from .index import candidates
 from .paths import shown
 
 STREAM_CHUNK = 8 * MiB
+PARTIAL_NAME_MAX = 255 - len(".") - len(".pacsmigrate-partial")  # NAME_MAX is 255 bytes
 
 
 def lookup(cp: Checkpoint, *, path: str | bytes | None = None, sop: str | None = None
@@ -129,10 +130,23 @@ async def save_verified(backend: Backend, row: dict[str, Any], target: Path) -> 
 def write_file(target: Path, data: bytes, *, mtime_ns: int) -> None:
     """Temporary file, fsync, original mtime, then rename: never a half-written target."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.pacsmigrate-partial")
-    with open(tmp, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.utime(tmp, ns=(mtime_ns, mtime_ns))
-    os.replace(tmp, target)
+    tmp = target.with_name(partial_name(target.name))
+    try:
+        with open(tmp, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.utime(tmp, ns=(mtime_ns, mtime_ns))
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a whole copy of an image: never left behind
+        raise
+
+
+def partial_name(name: str) -> str:
+    """The temporary name a file is written under: `.NAME.pacsmigrate-partial`, within the
+    255 bytes a name may have (a long NAME is cut and told apart by its hash)."""
+    raw = os.fsencode(name)
+    if len(raw) > PARTIAL_NAME_MAX:
+        raw = raw[:PARTIAL_NAME_MAX - 17] + b"~" + blake3.blake3(raw).hexdigest()[:16].encode()
+    return f".{os.fsdecode(raw)}.pacsmigrate-partial"

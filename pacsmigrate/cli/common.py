@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import Callable, Coroutine
 from functools import wraps
@@ -104,6 +105,12 @@ def handle_errors(fn: F) -> F:
             _exiting(done.code if isinstance(done.code, int) else 1)
             raise
         except PacsMigrateError as exc:
+            _exiting(2)
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except (OSError, sqlite3.Error) as exc:
+            # A file the command was told to write (-o, --to, --report) that cannot be
+            # written, and the like: said in a line, as our own errors are.
             _exiting(2)
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)

@@ -31,6 +31,8 @@ def locate(source_path: str, state_dir: Path, map_prefix: tuple[str, ...], as_js
     the export, or, with the --map-prefix rules the index was exported with, the path as the
     RIS writes it. Exit status 1 if it is not in the index.
     """
+    if not source_path:
+        raise click.UsageError("SOURCE_PATH is empty")
     mapping = PrefixMap.parse(map_prefix)
     cp = Checkpoint(state_dir, readonly=True)
     try:

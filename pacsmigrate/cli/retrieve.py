@@ -56,6 +56,8 @@ def get(source_path: str | None, sop: str | None, output: Path | None, state_dir
     """Fetch one instance by its original SOURCE_PATH (or --sop UID): one range GET."""
     if (source_path is None) == (sop is None):
         raise click.UsageError("give either SOURCE_PATH or --sop UID")
+    if not (source_path or sop):
+        raise click.UsageError("SOURCE_PATH or --sop UID is empty")
     if output is None and sys.stdout.isatty():
         raise click.UsageError("standard output is a terminal: give -o FILE")
 
@@ -128,6 +130,9 @@ def restore_cmd(state_dir: Path, study_uid: str | None, path_prefix: str | None,
     click.echo(f"selected: {r.selected:,} files; restored: {r.restored:,} "
                f"({r.bytes / 1e6:,.1f} MB); already present and verified: "
                f"{r.already_present:,}; failed: {len(r.failed):,}")
+    if r.replaced:
+        click.echo(f"replaced: {r.replaced:,} of the files restored were at their targets "
+                   "with other bytes, which the migrated ones took the place of")
     if r.archived:
         files = sum(r.archived.values())
         click.echo(f"in an archive tier: {files:,} files in {len(r.archived):,} objects; "
