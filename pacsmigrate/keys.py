@@ -9,7 +9,6 @@ import blake3
 
 from .config import Destination
 from .records import BundlePlan
-from .retention import UNTIL_META
 
 DESCRIPTOR = "pacsmigrate.json"
 # The migration's own records beside its objects (never bundles): the source roots of its
@@ -43,10 +42,11 @@ def bundle_id(plan: BundlePlan, salt: str = "") -> str:
     h = blake3.blake3(plan.group.encode() + b"\0" + plan.kind.encode()
                       + (b"\0" + salt.encode() if salt else b""))
     if plan.policy:  # none given: the ids of runs without a policy, as before
-        # Not the retain-until day: one counted from today (a study without a date) would
-        # give the same plan another key each day. Its mode, hold and years are in.
+        # The retain-until day too: an upload resumed on a later day keeps the lock it was
+        # created with, so a study without a date (its lock counted from today) gets a new
+        # key each day, and a killed upload of it is sent anew (the old one aborted).
         h.update(b"".join(b"\1%s=%s" % (k.encode(), v.encode())
-                          for k, v in sorted(plan.policy.items()) if k != UNTIL_META))
+                          for k, v in sorted(plan.policy.items())))
     # One update for all members (the same digest as one a member, a C call less each).
     h.update(b"".join([b"\0%s\0%d\0%d" % (m.path, m.size, m.mtime_ns) for m in plan.members]))
     return h.hexdigest()[:24]

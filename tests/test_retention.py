@@ -47,10 +47,11 @@ def test_lock_ends_years_after_the_study() -> None:
             Retention(**bad)  # type: ignore[arg-type]
 
 
-def test_a_plan_s_key_follows_its_policy_but_not_the_day() -> None:
+def test_a_plan_s_key_follows_its_policy_to_the_day() -> None:
     """A store sets class and lock when an object (or multipart upload) is created: a plan
-    asked of it otherwise gets another key. The retain-until day is left out: counted from
-    today for a study without a date, it would give the plan a new key every day."""
+    asked of it otherwise gets another key, the retain-until day included (an upload
+    resumed a day later would keep the earlier day's lock while the index said the later
+    one). A study without a date, locked from today, gets a new key each day."""
     from pacsmigrate.keys import bundle_id
     from pacsmigrate.records import BundlePlan
 
@@ -63,7 +64,9 @@ def test_a_plan_s_key_follows_its_policy_but_not_the_day() -> None:
         return bundle_id(plan)
 
     undated = [Retention(30).metadata("", day) for day in (TODAY, date(2026, 12, 3))]
-    assert undated[0] != undated[1] and keyed(undated[0]) == keyed(undated[1]) != bare
+    assert undated[0] != undated[1] and keyed(undated[0]) != keyed(undated[1]) != bare
+    dated = [Retention(30).metadata("20190301", day) for day in (TODAY, date(2026, 12, 3))]
+    assert keyed(dated[0]) == keyed(dated[1])  # a dated study's lock: the same every day
     assert keyed(Retention(30, "COMPLIANCE").metadata("", TODAY)) != keyed(undated[0])
     assert keyed(Retention(40).metadata("", TODAY)) != keyed(undated[0])
     assert keyed({"pacsmigrate-class": "STANDARD_IA"}) not in (bare, keyed(undated[0]))

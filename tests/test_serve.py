@@ -9,6 +9,7 @@ import email.policy
 import os
 import re
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -605,6 +606,26 @@ def test_an_instance_larger_than_a_read_is_streamed_whole(tmp_path: Path) -> Non
             "contentType": "application/dicom"})
         assert uri.status_code == 200 and uri.content == (src / "big.dcm").read_bytes()
         assert uri.headers["Content-Type"] == "application/dicom"
+        # Clients gone mid-way give back what their answers held at once: more of them
+        # than the budget holds such answers (4), then a retrieve that must still answer.
+        host, port = s.url.split("//")[1].split(":")
+
+        def gone_mid_way() -> None:
+            with socket.create_connection((host, int(port)), timeout=30) as sock:
+                sock.sendall(f"GET /studies/{ds.StudyInstanceUID} HTTP/1.1\r\nHost: x\r\n"
+                             "\r\n".encode())
+                got = 0
+                while got < 3 << 20:
+                    got += len(sock.recv(1 << 16))
+
+        clients = [threading.Thread(target=gone_mid_way) for _ in range(4)]
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join()
+        time.sleep(2)  # an idle server: nothing else makes the garbage collector run
+        again = requests.get(f"{s.url}/studies/{ds.StudyInstanceUID}", timeout=30)
+        assert [body for _, body in _parts(again)] == [(src / "big.dcm").read_bytes()]
     finally:
         _stop(s)
 

@@ -15,7 +15,8 @@ import hmac
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from ..backends.base import Backend
+from ..backends.body import Buffer
 from ..errors import IntegrityError, ObjectArchivedError, ObjectNotFoundError, PacsMigrateError
 from ..fanout import mapped
 from . import qido, wado
@@ -32,6 +34,9 @@ log = logging.getLogger("pacsmigrate.serve")
 
 DICOM_JSON = "application/dicom+json"
 METADATA_READS = 8  # headers read at once for one /metadata answer
+# A client that takes none of a write's bytes for this long is cut (a slow viewer over a
+# WAN still takes a 16 MiB run in it at ~150 KB/s): what its answer holds goes back.
+WRITE_TIMEOUT = 120.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -225,18 +230,32 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
         try:
             while item is not None:
                 inst, chunks = item
-                await resp.write(heads[inst.sop])
-                async for chunk in chunks:
-                    await resp.write(chunk)
-                await resp.write(b"\r\n")
+                await _write(resp, heads[inst.sop])
+                await _send(resp, chunks)
+                await _write(resp, b"\r\n")
                 item = await anext(parts, None)
-        except PacsMigrateError as exc:
+        except (PacsMigrateError, TimeoutError) as exc:
             return _cut(request, resp, exc)
         await resp.write(end)
         await resp.write_eof()
         return resp
     finally:
         await parts.aclose()
+
+
+async def _send(resp: web.StreamResponse, chunks: AsyncGenerator[Buffer, None]) -> None:
+    """An instance's chunks, its iterator closed whatever happens: a client gone mid-way
+    (the write fails) must give back at once the budget its answer holds (wado._large's),
+    and the bytes it keeps, not when the garbage collector gets to them."""
+    async with aclosing(chunks):
+        async for chunk in chunks:
+            await _write(resp, chunk)
+
+
+async def _write(resp: web.StreamResponse, data: Buffer) -> None:
+    """A write that a client taking nothing for WRITE_TIMEOUT does not hold for ever (with
+    the budget its answer holds): TimeoutError, and the connection is cut."""
+    await asyncio.wait_for(resp.write(data), WRITE_TIMEOUT)
 
 
 def _cut(request: web.Request, resp: web.StreamResponse, exc: Exception) -> web.StreamResponse:
@@ -301,9 +320,8 @@ async def wado_uri(request: web.Request) -> web.StreamResponse:
         resp.content_length = inst.size
         await resp.prepare(request)
         try:
-            async for chunk in chunks:
-                await resp.write(chunk)
-        except PacsMigrateError as exc:
+            await _send(resp, chunks)
+        except (PacsMigrateError, TimeoutError) as exc:
             return _cut(request, resp, exc)
         await resp.write_eof()
         return resp

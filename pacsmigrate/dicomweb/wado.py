@@ -10,7 +10,7 @@ All requests share one budget of bytes held in memory, whatever the number of cl
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
@@ -119,7 +119,8 @@ async def _read_run(backend: Backend, run: Run) -> list[tuple[Instance, Buffer]]
     return await asyncio.to_thread(_checked, run, data)
 
 
-async def _large(backend: Backend, budget: Budget, inst: Instance) -> AsyncIterator[Buffer]:
+async def _large(backend: Backend, budget: Budget, inst: Instance
+                 ) -> AsyncGenerator[Buffer, None]:
     """One member larger than a run, in chunks of a run (stream_row: the blake3 is checked
     before the last), two of them held at a time within the budget."""
     taken = await budget.take(2 * RUN_BYTES)
@@ -131,7 +132,7 @@ async def _large(backend: Backend, budget: Budget, inst: Instance) -> AsyncItera
 
 
 async def instances(backend: Backend, budget: Budget, found: list[Instance]
-                    ) -> AsyncGenerator[tuple[Instance, AsyncIterator[Buffer]], None]:
+                    ) -> AsyncGenerator[tuple[Instance, AsyncGenerator[Buffer, None]], None]:
     """Each instance with its verified bytes (an iterator of chunks), in store order."""
     pending: list[tuple[Run, int, asyncio.Task[list[tuple[Instance, Buffer]]] | None]] = []
     todo = runs(found)
@@ -178,7 +179,7 @@ async def instances(backend: Backend, budget: Budget, found: list[Instance]
                 await budget.give(held)
 
 
-async def _one(data: Buffer) -> AsyncIterator[Buffer]:
+async def _one(data: Buffer) -> AsyncGenerator[Buffer, None]:
     yield data
 
 
