@@ -37,6 +37,7 @@ METADATA_READS = 8  # headers read at once for one /metadata answer
 # A client that takes none of a write's bytes for this long is cut (a slow viewer over a
 # WAN still takes a 16 MiB run in it at ~150 KB/s): what its answer holds goes back.
 WRITE_TIMEOUT = 120.0
+WRITE_SLICE = 1 << 20  # bytes handed to the transport at once
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -234,7 +235,7 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
                 await _send(resp, chunks)
                 await _write(resp, b"\r\n")
                 item = await anext(parts, None)
-        except (PacsMigrateError, TimeoutError) as exc:
+        except (PacsMigrateError, TimeoutError, ConnectionError) as exc:
             return _cut(request, resp, exc)
         await resp.write(end)
         await resp.write_eof()
@@ -249,7 +250,11 @@ async def _send(resp: web.StreamResponse, chunks: AsyncGenerator[Buffer, None]) 
     and the bytes it keeps, not when the garbage collector gets to them."""
     async with aclosing(chunks):
         async for chunk in chunks:
-            await _write(resp, chunk)
+            # In slices: the transport keeps a copy of what the socket did not take at
+            # once, a slice at most, not a 16 MiB run beside the budget's own.
+            view = memoryview(chunk)
+            for at in range(0, len(view), WRITE_SLICE):
+                await _write(resp, view[at:at + WRITE_SLICE])
 
 
 async def _write(resp: web.StreamResponse, data: Buffer) -> None:
@@ -259,8 +264,12 @@ async def _write(resp: web.StreamResponse, data: Buffer) -> None:
 
 
 def _cut(request: web.Request, resp: web.StreamResponse, exc: Exception) -> web.StreamResponse:
-    """Headers are gone: cut the connection, so the answer is not taken for whole."""
-    log.warning("a retrieve was cut: %s", type(exc).__name__)
+    """Headers are gone: cut the connection, so the answer is not taken for whole. A client
+    gone is handled here too: its error, caught, holds no frames (and their runs) alive."""
+    if isinstance(exc, ConnectionError):
+        log.info("a client left during a retrieve")
+    else:
+        log.warning("a retrieve was cut: %s", type(exc).__name__)
     if request.transport is not None:
         request.transport.abort()
     return resp
@@ -321,7 +330,7 @@ async def wado_uri(request: web.Request) -> web.StreamResponse:
         await resp.prepare(request)
         try:
             await _send(resp, chunks)
-        except (PacsMigrateError, TimeoutError) as exc:
+        except (PacsMigrateError, TimeoutError, ConnectionError) as exc:
             return _cut(request, resp, exc)
         await resp.write_eof()
         return resp
