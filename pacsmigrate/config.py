@@ -6,7 +6,7 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlparse
 
 from . import encoding
@@ -335,6 +335,16 @@ class MigrateConfig:
             raise ConfigError(f"--memory ({_size(self.memory)}) must be at least a quarter of "
                               f"--bundle-size ({_size(self.bundle_size)}): give --memory "
                               f"{_size(self.bundle_size // 4)} or more")
+
+    def asked(self) -> dict[str, Any]:
+        """What the run asks of the store for its objects (storage classes, lock), as its
+        record keeps it: a later run adopting its objects compares it with its own."""
+        tiers, r = self.tiers, self.retention
+        return {"tiers": [tiers.text, tiers.default] if tiers else None,
+                "retention": None if r is None else [
+                    r.years, r.mode, r.legal_hold,
+                    [str(r.map.path), [[k, v] for k, v in sorted(r.map.classes.items())]]
+                    if r.map else None]}
 
     def packs(self, size: int) -> bool:
         """Whether `--pack size` goes with this run's --bundle-size and --memory."""

@@ -100,6 +100,7 @@ class Migration:
                                          [os.path.abspath(s) for s in cfg.sources])
                     adopted, files, dropped = await reconcile(cp, self.backend)
                     self.stats.objects_adopted += adopted
+                    self._adopted_under(cp, adopted)
                     # Committed by this run: its record's files add up to the index.
                     self.stats.files_migrated += files
                     self.stats.files_adopted += files
@@ -146,6 +147,16 @@ class Migration:
                 raise
             await self._finish(cp, started, outcome="completed")
         return self.stats
+
+    def _adopted_under(self, cp: Checkpoint, adopted: int) -> None:
+        """Objects adopted from the run before keep the class and lock that run asked for:
+        said when this run asks otherwise (they are not stored again for it)."""
+        before = next((r.get("policy") for r in reversed(cp.runs()[:-1])
+                       if not r.get("dry_run")), None)
+        if adopted and before is not None and before != self.cfg.asked():
+            self.stats.adopted_other_policy += adopted
+            log.info("%d objects adopted from the interrupted run keep the storage class and "
+                     "lock it asked for, not this run's (said in the summary)", adopted)
 
     async def _repair(self, cp: Checkpoint) -> None:
         """What a verify found damaged (STATE/repair.jsonl) is forgotten, so this run

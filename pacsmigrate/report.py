@@ -90,6 +90,7 @@ def run_record(cfg: MigrateConfig, s: Stats, *, started: str, outcome: str) -> d
             "pid": os.getpid(), "started": started, "ended": now_iso(),
             "destination": str(cfg.dest), "sources": [os.path.abspath(p) for p in cfg.sources],
             "shard": str(cfg.shard) if cfg.shard else None, "dry_run": cfg.dry_run,
+            "policy": cfg.asked(),
             "outcome": outcome, "files_seen": s.files_seen,
             "files_migrated": s.files_migrated, "bytes_uploaded": s.bytes_uploaded,
             "already_migrated": s.already_migrated, "not_migrated": s.not_migrated,

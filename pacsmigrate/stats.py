@@ -36,6 +36,7 @@ class Stats:
     duplicate_files: int = 0  # stored once already (same blake3): indexed, not sent again
     duplicate_bytes: int = 0
     objects_adopted: int = 0
+    adopted_other_policy: int = 0  # of them: stored under another class or lock than asked
     files_adopted: int = 0  # their files: committed by this run (in files_migrated)
     commit_transactions: int = 0
     uploads_aborted: int = 0

@@ -102,6 +102,24 @@ def test_a_report_or_log_file_inside_a_source_is_refused(moto_s3: S3Target,
     assert sorted(src.rglob("*")) == before and not (tmp_path / "s").exists()
 
 
+def test_objects_adopted_under_another_policy_are_said(moto_s3: S3Target,
+                                                     tmp_path: Path) -> None:
+    """Killed between an upload and its commit: the re-run adopts what was stored, under
+    the class (and lock) the killed run asked for. Asked otherwise now, that is said."""
+    said = "objects adopted from the interrupted run keep the storage class and lock it"
+    for first, then, warned in ((("--storage-class", "STANDARD_IA"), (), True),
+                                ((), (), False)):
+        src, state = tmp_path / f"src{warned}", tmp_path / f"s{warned}"
+        make_tree(src, studies=2, seed=3, scale=0.02)
+        killed = run_cli(*_args(src, moto_s3, state, *first),
+                         env={**moto_s3.env(), "PACSMIGRATE_CRASH_AT": "after-upload:1"})
+        assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+        done = run_cli(*_args(src, moto_s3, state, *then), env=moto_s3.env(), check=True)
+        adopted = re.search(r"adopted \(stored by an interrupted attempt\): (\d+)", done.stdout)
+        assert adopted and int(adopted[1]) >= 1, done.stdout
+        assert (f"WARNING: {adopted[1]} {said}" in done.stdout) == warned, done.stdout
+
+
 def test_stats_lines_when_stderr_is_not_a_terminal(moto_s3: S3Target, tree: Path,
                                                    tmp_path: Path) -> None:
     proc = run_cli(*_args(tree, moto_s3, tmp_path / "a", "--stats-interval", "0.3",

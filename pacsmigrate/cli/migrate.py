@@ -263,6 +263,10 @@ def _print_summary(s: Stats, *, dry_run: bool) -> None:
                    f"{s.objects_adopted:,}"
                    + (f" ({s.files_adopted:,} of those files)" if s.files_adopted else "")
                    + f"; already migrated: {s.already_migrated:,}")
+    if s.adopted_other_policy:
+        click.echo(f"WARNING: {s.adopted_other_policy:,} objects adopted from the interrupted "
+                   "run keep the storage class and lock it asked for, not this run's (see "
+                   "`pacsmigrate policy` for what the store may still change)")
     if s.retention_defaulted:
         click.echo(f"retention map: {s.retention_defaulted:,} study objects it does not name: "
                    "locked for --retain-years")
