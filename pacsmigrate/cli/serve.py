@@ -13,8 +13,9 @@ from pathlib import Path
 import click
 
 from ..access import open_migration
-from ..dicomweb.app import AccessLogger, Served, make_app
+from ..dicomweb.app import make_app
 from ..dicomweb.catalog import CATALOG_NAME, Catalog, ensure
+from ..dicomweb.served import AccessLogger, Served
 from ..dicomweb.wado import Budget
 from ..errors import ConfigError
 from ..restore import RestoreRequest, request_restores

@@ -10,25 +10,30 @@ cannot take a cut answer for a whole one. Access log lines name the route, never
 from __future__ import annotations
 
 import asyncio
-import base64
-import hmac
 import json
 import logging
 import secrets
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 
-from ..backends.base import Backend
 from ..backends.body import Buffer
 from ..errors import IntegrityError, ObjectArchivedError, ObjectNotFoundError, PacsMigrateError
 from ..fanout import mapped
 from . import qido, wado
-from .catalog import Catalog, Instance
+from .catalog import Instance
+from .served import (
+    SERVED,
+    Handler,
+    Served,
+    authenticate,
+    cross_origin,
+    fail,
+    no_preflight,
+    origin_header,
+)
 
 log = logging.getLogger("pacsmigrate.serve")
 
@@ -38,46 +43,12 @@ METADATA_READS = 8  # headers read at once for one /metadata answer
 # WAN still takes a 16 MiB run in it at ~150 KB/s): what its answer holds goes back.
 WRITE_TIMEOUT = 120.0
 WRITE_SLICE = 1 << 20  # bytes handed to the transport at once
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass
-class Served:
-    """What the handlers need: the catalogue, the store, the shared byte budget."""
-
-    catalog: Catalog
-    backend: Backend
-    budget: wado.Budget
-    token: str | None = None
-    basic: str | None = None  # "user:password"
-    on_archived: Callable[[str], Awaitable[str]] | None = None  # asks the store to restore
-    cors: frozenset[str] = frozenset()  # origins whose web pages may read answers ("*": any)
-
-    def allowed_origin(self, request: web.BaseRequest) -> str | None:
-        origin = request.headers.get("Origin")
-        if origin and ("*" in self.cors or origin in self.cors):
-            return origin
-        return None
-
-
-SERVED = web.AppKey("served", Served)
-
-
-def _fail(status: int, reason: str, **headers: str) -> web.HTTPException:
-    """An error answer that says why (body and Warning header)."""
-    warning = reason.replace('"', "'")
-    cls = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden,
-           404: web.HTTPNotFound,
-           406: web.HTTPNotAcceptable, 501: web.HTTPNotImplemented, 502: web.HTTPBadGateway,
-           503: web.HTTPServiceUnavailable}[status]
-    return cls(text=reason + "\n",
-               headers={"Warning": f'299 pacsmigrate "{warning}"', **headers})
 
 
 def _uid(request: web.Request, name: str) -> str:
     value = request.match_info[name]
     if not qido.is_uid(value):
-        raise _fail(400, f"{name} in the path is not a UID: digits and dots, at most 64")
+        raise fail(400, f"{name} in the path is not a UID: digits and dots, at most 64")
     return value
 
 
@@ -98,7 +69,7 @@ def _media(accept: str) -> list[tuple[str, dict[str, str]]]:
 def _accepts_json(request: web.Request) -> None:
     ok = {"*/*", "application/*", DICOM_JSON, "application/json"}
     if not any(m in ok for m, _ in _media(request.headers.get("Accept", "*/*"))):
-        raise _fail(406, "this server answers searches and metadata as application/dicom+json "
+        raise fail(406, "this server answers searches and metadata as application/dicom+json "
                          "(or application/json) only")
 
 
@@ -117,7 +88,7 @@ def _syntaxes(request: web.Request, found: list[Instance]) -> None:
             accepted.add(wanted)
     if stored <= accepted:
         return
-    raise _fail(406, "instances are served as stored, as multipart/related; "
+    raise fail(406, "instances are served as stored, as multipart/related; "
                      'type="application/dicom" in their transfer syntax '
                      f"({', '.join(sorted(stored))}); this server does not transcode")
 
@@ -151,11 +122,11 @@ def search(level: str, path_uids: tuple[str, ...]) -> Handler:
         try:
             q = qido.parse(list(request.query.items()), level, fixed)
         except qido.BadQuery as exc:
-            raise _fail(400, str(exc)) from None
+            raise fail(400, str(exc)) from None
         served = request.app[SERVED]
         body = await asyncio.to_thread(qido.search, served.catalog, q, level, _base(request))
         if not body and path_uids and not await _known(served, fixed):
-            raise _fail(404, "no such study (or series) in this archive")
+            raise fail(404, "no such study (or series) in this archive")
         return await _json(request, body, q.ignored)
 
     return handle
@@ -177,7 +148,7 @@ async def _found(request: web.Request) -> list[Instance]:
     found = await asyncio.to_thread(request.app[SERVED].catalog.instances, study, series, sop)
     if not found:
         what = "instance" if sop else "series" if series else "study"
-        raise _fail(404, f"no such {what} in this archive")
+        raise fail(404, f"no such {what} in this archive")
     return found
 
 
@@ -191,13 +162,13 @@ async def _store_failed(served: Served, exc: PacsMigrateError) -> web.HTTPExcept
         said = "ask for a restore (pacsmigrate restore --request-restore), then retry"
         if served.on_archived is not None and exc.key:
             said = f"a restore was asked for ({await served.on_archived(exc.key)}); retry later"
-        return _fail(503, f"the instance lies in an archived object (archive tier): {said}",
+        return fail(503, f"the instance lies in an archived object (archive tier): {said}",
                      **{"Retry-After": "3600"})
     if isinstance(exc, ObjectNotFoundError):
-        return _fail(502, f"the store no longer holds the object of this instance {_REPAIR}")
+        return fail(502, f"the store no longer holds the object of this instance {_REPAIR}")
     if isinstance(exc, IntegrityError):
-        return _fail(502, f"the instance's bytes in the store do not match their blake3 {_REPAIR}")
-    return _fail(502, f"the store failed: {exc}")
+        return fail(502, f"the instance's bytes in the store do not match their blake3 {_REPAIR}")
+    return fail(502, f"the store failed: {exc}")
 
 
 def _part_head(boundary: str, inst: Instance) -> bytes:
@@ -290,7 +261,7 @@ async def metadata(request: web.Request) -> web.StreamResponse:
 
 
 async def frames(request: web.Request) -> web.StreamResponse:
-    raise _fail(501, "frames are not offered: retrieve the whole instance (it is served as "
+    raise fail(501, "frames are not offered: retrieve the whole instance (it is served as "
                      "stored, without decoding or transcoding its pixel data)")
 
 
@@ -298,25 +269,25 @@ async def wado_uri(request: web.Request) -> web.StreamResponse:
     """WADO-URI (PS3.18 9): ?requestType=WADO&studyUID=&seriesUID=&objectUID=."""
     q = request.query
     if q.get("requestType") != "WADO":
-        raise _fail(400, "requestType=WADO is required")
+        raise fail(400, "requestType=WADO is required")
     missing = [n for n in ("studyUID", "seriesUID", "objectUID") if not q.get(n)]
     if missing:
-        raise _fail(400, f"missing {', '.join(missing)}")
+        raise fail(400, f"missing {', '.join(missing)}")
     for n in ("studyUID", "seriesUID", "objectUID"):
         if not qido.is_uid(q[n]):
-            raise _fail(400, f"{n} is not a UID: digits and dots, at most 64")
+            raise fail(400, f"{n} is not a UID: digits and dots, at most 64")
     wanted = [m.strip() for m in q.get("contentType", "").split(",") if m.strip()]
     if not any(m in ("application/dicom", "*/*") for m in wanted):
-        raise _fail(406, "only contentType=application/dicom is offered (images are not "
+        raise fail(406, "only contentType=application/dicom is offered (images are not "
                          "rendered; the default contentType is image/jpeg)")
     served = request.app[SERVED]
     found = await asyncio.to_thread(served.catalog.instances, q["studyUID"], q["seriesUID"],
                                     q["objectUID"])
     if not found:
-        raise _fail(404, "no such instance in this archive")
+        raise fail(404, "no such instance in this archive")
     ts = q.get("transferSyntax")
     if ts and ts != found[0].transfer_syntax:
-        raise _fail(406, f"the instance is stored in {found[0].transfer_syntax}; this server "
+        raise fail(406, f"the instance is stored in {found[0].transfer_syntax}; this server "
                          "does not transcode")
     # Streamed within the shared budget, as a retrieve is (an instance may be gigabytes).
     parts = wado.instances(served.backend, served.budget, found[:1])
@@ -338,70 +309,9 @@ async def wado_uri(request: web.Request) -> web.StreamResponse:
         await parts.aclose()
 
 
-@web.middleware
-async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    served = request.app[SERVED]
-    if served.token is None and served.basic is None:
-        return await handler(request)
-    given = request.headers.get("Authorization", "")
-    scheme, _, value = given.partition(" ")
-    if served.token is not None and scheme.lower() == "bearer" and hmac.compare_digest(
-            value.strip().encode(), served.token.encode()):
-        return await handler(request)
-    if served.basic is not None and scheme.lower() == "basic":
-        try:
-            pair = base64.b64decode(value.strip(), validate=True)
-        except ValueError:
-            pair = b""
-        if hmac.compare_digest(pair, served.basic.encode()):
-            return await handler(request)
-    challenge = "Bearer" if served.token is not None else 'Basic realm="pacsmigrate"'
-    raise _fail(401, "this server asks for credentials (a bearer token or basic auth)",
-                **{"WWW-Authenticate": challenge})
-
-
-@web.middleware
-async def cross_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A browser viewer on another origin (OHIF) asks first (a preflight, which carries no
-    credentials); the answers themselves get their header in on_prepare."""
-    served = request.app[SERVED]
-    origin = served.allowed_origin(request)
-    if (request.method == "OPTIONS" and origin is not None
-            and request.headers.get("Access-Control-Request-Method")):
-        return web.Response(status=204, headers={
-            "Access-Control-Allow-Origin": origin, "Vary": "Origin",
-            "Access-Control-Allow-Methods": "GET",
-            "Access-Control-Allow-Headers": "Authorization, Accept",
-            "Access-Control-Max-Age": "600"})
-    return await handler(request)
-
-
-async def _origin_header(request: web.Request, response: web.StreamResponse) -> None:
-    origin = request.app[SERVED].allowed_origin(request)
-    if origin is not None:  # before the headers leave, streamed answers included
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Access-Control-Expose-Headers"] = "Warning, Content-Type"
-        response.headers.add("Vary", "Origin")
-
-
-class AccessLogger(AbstractAccessLogger):
-    """One line per request: method, route (its template: no UIDs), status, bytes, time."""
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        route = getattr(getattr(request, "match_info", None), "route", None)
-        resource = getattr(route, "resource", None)
-        name = resource.canonical if resource is not None else "(no route)"
-        self.logger.info("%s %s %d %d bytes %.1f ms", request.method, name,
-                         response.status, response.body_length, time * 1000)
-
-
-async def _no_preflight(request: web.Request) -> web.StreamResponse:
-    raise _fail(403, "cross-origin requests are not allowed from this origin (--cors-origin)")
-
-
 def make_app(served: Served, *, prefix: str = "") -> web.Application:
     app = web.Application(middlewares=[cross_origin, authenticate])
-    app.on_response_prepare.append(_origin_header)
+    app.on_response_prepare.append(origin_header)
     app[SERVED] = served
     app[PREFIX] = prefix
     p = prefix.rstrip("/")
@@ -424,8 +334,8 @@ def make_app(served: Served, *, prefix: str = "") -> web.Application:
     ]
     for path, handler in routes:
         app.router.add_get(p + path, handler, allow_head=False)
-        app.router.add_route("OPTIONS", p + path, _no_preflight)
+        app.router.add_route("OPTIONS", p + path, no_preflight)
     return app
 
 
-__all__ = ["AccessLogger", "Served", "make_app"]
+__all__ = ["make_app"]
