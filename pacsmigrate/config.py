@@ -298,9 +298,8 @@ class MigrateConfig:
         for src in self.sources:
             if not src.is_dir():
                 raise ConfigError(f"source is not a directory: {src}")
-            if self.dest.scheme == "file" and overlap(src, Path(self.dest.bucket)):
-                raise ConfigError(f"destination {self.dest.bucket} and source {src} overlap: "
-                                  "the source is never written to, give a directory outside it")
+        if (why := dest_in_source(self.dest, self.sources)) is not None:
+            raise ConfigError(why)
         if self.bundle_size < 1 * MiB:
             raise ConfigError("--bundle-size must be at least 1MiB")
         if self.large_file < 1:
@@ -357,6 +356,16 @@ def _size(n: int) -> str:
         if n >= factor and n % factor == 0:
             return f"{n // factor}{unit}"
     return f"{n}B"
+
+
+def dest_in_source(dest: Destination, sources: tuple[Path, ...]) -> str | None:
+    """Why a local destination may not be used with these sources (it overlaps one, which
+    is never written to), or None."""
+    for src in sources if dest.scheme == "file" else ():
+        if overlap(src, Path(dest.bucket)):
+            return (f"destination {dest.bucket} and source {src} overlap: the source is never "
+                    "written to, give a directory outside it")
+    return None
 
 
 def inside(path: Path, root: Path) -> bool:

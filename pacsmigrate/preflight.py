@@ -36,7 +36,7 @@ from .backends import Measured, open_backend, wrap
 from .backends.base import Backend, one_chunk
 from .backends.body import AUTO, MISMATCH_CODES, Checksum
 from .checkpoint import Checkpoint
-from .config import Destination, MigrateConfig, TransferConfig, overlap
+from .config import Destination, MigrateConfig, TransferConfig, dest_in_source, overlap
 from .errors import (
     BackendError,
     ConfigError,
@@ -131,11 +131,9 @@ def check_state(state_dir: Path, sources: tuple[Path, ...],
             return [Check("state", FAIL, f"{state_dir} lies inside the source {source}, which "
                           "is never written to: give --state outside every source")]
     if dest is not None and dest.scheme == "file":
-        for source in sources:  # `check` writes a probe there: refused as migrate refuses it
-            if overlap(Path(source), Path(dest.bucket)):
-                return [Check("destination", FAIL, f"destination {dest.bucket} and source "
-                              f"{source} overlap: the source is never written to, give a "
-                              "directory outside it")]
+        # `check` writes a probe there: refused as migrate refuses it.
+        if (why := dest_in_source(dest, tuple(Path(s) for s in sources))) is not None:
+            return [Check("destination", FAIL, why)]
         if overlap(Path(state), Path(dest.bucket)):
             return [Check("state", FAIL, f"{state_dir} and the destination directory "
                           f"{dest.bucket} overlap (the state's files would be taken for "
