@@ -17,6 +17,7 @@ from urllib.parse import quote, unquote, urlsplit
 from .access import destination_of
 from .checkpoint import Checkpoint
 from .config import Destination
+from .errors import ConfigError
 from .manifest import ROW_FIELDS
 from .paths import display
 from .ris import PrefixMap, SqlTarget
@@ -230,16 +231,67 @@ def candidates(path: str | bytes, *, mapping: PrefixMap | None = None) -> list[b
     reverse of `mapping`, for a path as the RIS writes it), made absolute, with symlinks
     resolved, and with `\\xNN` escapes (the export's text for names that are not UTF-8)
     turned back into bytes."""
+    return [q for pair in _candidate_pairs(path, mapping) for q in pair if q is not None]
+
+
+def _candidate_pairs(path: str | bytes, mapping: PrefixMap | None
+                     ) -> list[tuple[bytes, bytes | None]]:
+    """Each spelling of the path, with its `\\xNN` escapes turned into bytes beside it
+    (None when it has none, or when an earlier pair holds it)."""
     given = os.fsencode(path)
     if mapping:
         back = mapping.reverse(os.fsdecode(given))
         if back is not None:
             given = os.fsencode(back)
-    out: list[bytes] = []
+    seen: set[bytes] = set()
+    out: list[tuple[bytes, bytes | None]] = []
     for p in (given, os.path.abspath(given), os.path.realpath(given)):
-        for q in (p, _ESCAPE_RE.sub(lambda m: bytes.fromhex(m[1].decode()), p)):
-            if q not in out:
-                out.append(q)
+        q: bytes | None = _ESCAPE_RE.sub(lambda m: bytes.fromhex(m[1].decode()), p)
+        q = None if q == p or q in seen else q
+        if p not in seen:
+            out.append((p, q))
+        elif q is not None:
+            out.append((q, None))
+        seen.update(x for x in (p, q) if x is not None)
+    return out
+
+
+def find_row(cp: Checkpoint, path: str | bytes, *, mapping: PrefixMap | None = None,
+             exact: bool = False) -> tuple[bytes, dict[str, Any]] | None:
+    """The index key and row of a path, trying each of `candidates(path)` (only the bytes
+    given when `exact`); None if nowhere. A `\\xNN` text that names both a file with
+    that text in its name and one with that byte is refused (ConfigError): the export
+    shows both alike, only their bytes (`source_path_b64`) tell them apart."""
+    if exact:
+        key = os.fsencode(path)
+        row = cp.index_row(key)
+        return None if row is None else (key, row)
+    for literal, unescaped in _candidate_pairs(path, mapping):
+        row = cp.index_row(literal)
+        other = cp.index_row(unescaped) if unescaped is not None else None
+        if row is not None and other is not None:
+            raise ConfigError(
+                f"{display(literal)} names two migrated files: one with that text in its "
+                "name and one whose name has the bytes it escapes; give the exact path's "
+                "bytes in base64 with --b64 (the export's source_path_b64; for the first, "
+                "the base64 of its UTF-8)")
+        if row is not None:
+            return literal, row
+        if other is not None:
+            assert unescaped is not None
+            return unescaped, other
+    return None
+
+
+def decode_b64_path(text: str) -> bytes:
+    """A path given as base64 of its exact bytes (the export's `source_path_b64`)."""
+    try:
+        out = base64.b64decode(text.strip(), validate=True)
+    except ValueError:
+        raise ConfigError("--b64: SOURCE_PATH is not base64 (give the export's "
+                          "source_path_b64)") from None
+    if not out:
+        raise ConfigError("--b64: SOURCE_PATH decodes to an empty path")
     return out
 
 
@@ -252,21 +304,22 @@ class Located:
     address: ObjectAddress
 
     def to_json(self) -> dict[str, Any]:
+        """The export's row (every field; `size` is the file's, `length` the range's: they
+        differ when `encoding` says the range is a compressed frame) and the bucket."""
         r = self.row
-        return {"source_path": display(self.path), "source_path_b64": r["source_path_b64"],
+        head = {"source_path": display(self.path), "source_path_b64": r["source_path_b64"],
                 "object_uri": r["object_uri"], "bucket": self.address.bucket,
                 "key": r["key"], "offset": int(r["offset"]), "length": int(r["length"]),
-                **{f: r[f] for f in ("blake3", "study_uid", "series_uid", "sop_uid",
-                                     "modality", "status", "reason")}}
+                "size": int(r["size"] or 0), "encoding": r["encoding"]}
+        return {**head, **{f: r[f] for f in ROW_FIELDS if f not in head}}
 
 
-def locate(cp: Checkpoint, path: str | bytes, *, mapping: PrefixMap | None = None
-           ) -> Located | None:
-    """Where a source file now lives, trying each of `candidates(path)`; None if nowhere."""
-    dest = destination_of(cp)
-    for key in candidates(path, mapping=mapping):
-        row = cp.index_row(key)
-        if row is not None:
-            out = export_row(row, dest=dest)
-            return Located(key, out, parse_object_uri(out["object_uri"]))
-    return None
+def locate(cp: Checkpoint, path: str | bytes, *, mapping: PrefixMap | None = None,
+           exact: bool = False) -> Located | None:
+    """Where a source file now lives (see find_row); None if nowhere."""
+    found = find_row(cp, path, mapping=mapping, exact=exact)
+    if found is None:
+        return None
+    key, row = found
+    out = export_row(row, dest=destination_of(cp))
+    return Located(key, out, parse_object_uri(out["object_uri"]))

@@ -17,16 +17,16 @@ from .checkpoint import Checkpoint
 from .config import MiB
 from .encoding import decode
 from .errors import ConfigError, IntegrityError, NotInIndexError
-from .index import candidates
+from .index import find_row
 from .paths import shown
 
 STREAM_CHUNK = 8 * MiB
 PARTIAL_NAME_MAX = 255 - len(".") - len(".pacsmigrate-partial")  # NAME_MAX is 255 bytes
 
 
-def lookup(cp: Checkpoint, *, path: str | bytes | None = None, sop: str | None = None
-           ) -> dict[str, Any]:
-    """The index row for a path (as given, or made absolute) or a SOPInstanceUID."""
+def lookup(cp: Checkpoint, *, path: str | bytes | None = None, sop: str | None = None,
+           exact: bool = False) -> dict[str, Any]:
+    """The index row for a path (see index.find_row) or a SOPInstanceUID."""
     if sop is not None:
         paths = cp.paths_for_sop(sop)
         if len(paths) > 1:  # a re-sent or edited instance: which one is meant?
@@ -38,11 +38,10 @@ def lookup(cp: Checkpoint, *, path: str | bytes | None = None, sop: str | None =
             raise NotInIndexError("no migrated instance has that SOPInstanceUID")
         return row
     assert path is not None
-    for candidate in candidates(path):  # as given, absolute, symlinks resolved, \xNN
-        row = cp.index_row(candidate)
-        if row is not None:
-            return row
-    raise NotInIndexError(f"not in the index: {shown(os.fsencode(path))}")
+    found = find_row(cp, path, exact=exact)
+    if found is None:
+        raise NotInIndexError(f"not in the index: {shown(os.fsencode(path))}")
+    return found[1]
 
 
 async def read_row(backend: Backend, row: dict[str, Any]) -> bytes:

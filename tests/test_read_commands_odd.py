@@ -4,8 +4,10 @@ a source by `check`, files of other bytes at a restore's targets said."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
+import json
 import os
 from pathlib import Path
 
@@ -64,6 +66,44 @@ def test_sql_does_not_give_a_utf8_file_s_row_another_file_s_address(tmp_path: Pa
              not r["source_path_b64"]]
     assert row["key"] in updates[0]
     assert "-- not applied: a UTF-8 file of the index has this escaped text" in text
+
+
+def test_locate_and_get_refuse_an_escape_that_names_two_files(tmp_path: Path) -> None:
+    """The same two files: their shared `\\xNN` text is refused by locate and get (each
+    found the literal one before); --b64 of each one's bytes finds that one."""
+    src, _, state = _migrated(tmp_path, [b"lit\\xff.dcm", b"lit\xff.dcm"])
+    text = f"{src}/lit\\xff.dcm"
+    for command in (("locate", text), ("get", text, "-o", str(tmp_path / "out.dcm"))):
+        proc = run_cli(*command, "--state", str(state))
+        assert proc.returncode == 2 and "names two migrated files" in proc.stderr, proc
+        assert len(proc.stderr.strip().splitlines()) == 1 and "--b64" in proc.stderr
+    assert not (tmp_path / "out.dcm").exists()
+    for i, name in enumerate((b"lit\\xff.dcm", b"lit\xff.dcm")):
+        exact = os.fsencode(src) + b"/" + name
+        b64 = base64.b64encode(exact).decode()
+        doc = json.loads(run_cli("locate", "--b64", b64, "--state", str(state), "--json",
+                                 check=True).stdout)
+        assert doc["source_path_b64"] == ("" if i == 0 else b64), doc
+        out = tmp_path / f"got{i}.dcm"
+        run_cli("get", "--b64", b64, "--state", str(state), "-o", str(out), check=True)
+        assert out.read_bytes() == CT + bytes([i])
+    # The bytes themselves are not ambiguous; an unknown or bad --b64 is one line.
+    run_cli("locate", os.fsdecode(os.fsencode(src) + b"/lit\xff.dcm"), "--state", str(state),
+            check=True)
+    proc = run_cli("locate", "--b64", base64.b64encode(b"/nope.dcm").decode(), "--state",
+                   str(state))
+    assert proc.returncode == 1 and "not in the index: /nope.dcm" in proc.stderr, proc
+    proc = run_cli("get", "--b64", "not base64!", "--state", str(state), "-o",
+                   str(tmp_path / "x"))
+    assert proc.returncode == 2 and "is not base64" in proc.stderr, proc
+
+
+def test_locate_json_says_size_and_encoding(tmp_path: Path) -> None:
+    src, _, state = _migrated(tmp_path, [b"a.dcm"])
+    doc = json.loads(run_cli("locate", str(src / "a.dcm"), "--state", str(state), "--json",
+                             check=True).stdout)
+    assert doc["size"] == len(CT) + 1 and doc["encoding"] == "" and doc["length"] == doc["size"]
+    assert {"transfer_syntax", "study_date", "mtime_ns", "duplicate_of"} <= set(doc)
 
 
 def test_a_name_near_the_longest_a_file_may_have_is_restored(tmp_path: Path) -> None:

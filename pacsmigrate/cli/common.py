@@ -180,6 +180,11 @@ SSE_C_OPTION = click.option(
     help="S3 SSE-C: encrypt (migrate) or read objects with your own 256-bit key from this "
          "file (32 bytes, hex or base64); needed by every command on them; never stored.")
 
+B64_OPTION = click.option(
+    "--b64", is_flag=True,
+    help="SOURCE_PATH is the base64 of the path's exact bytes (the export's source_path_b64),"
+         " looked up as is: for names the `\\xNN` text cannot tell apart.")
+
 
 def store_options(fn: F) -> F:
     """Where the store is: --endpoint-url and, for S3, region, profile, addressing, provider."""

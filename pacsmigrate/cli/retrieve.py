@@ -13,9 +13,10 @@ import click
 from ..access import open_migration
 from ..backends.base import PRIORITIES
 from ..errors import ObjectArchivedError
+from ..index import decode_b64_path
 from ..restore import RestoreRequest, RestoreResult, Selection, request_restores, restore
-from ..retrieve import Archive, write_file
-from .common import SSE_C_OPTION, handle_errors, run_main, state_option
+from ..retrieve import lookup, read_row, write_file
+from .common import B64_OPTION, SSE_C_OPTION, handle_errors, run_main, state_option
 
 
 def _restore_options(fn: Any) -> Any:
@@ -49,10 +50,11 @@ def _said(requests: Counter[str]) -> str:
 @click.option("--endpoint-url", help="Override the endpoint recorded in the state.")
 @_restore_options
 @SSE_C_OPTION
+@B64_OPTION
 @handle_errors
 def get(source_path: str | None, sop: str | None, output: Path | None, state_dir: Path,
         endpoint_url: str | None, request_restore: bool, restore_days: int,
-        restore_priority: str, sse_c_key_file: str | None) -> None:
+        restore_priority: str, sse_c_key_file: str | None, b64: bool) -> None:
     """Fetch one instance by its original SOURCE_PATH (or --sop UID): one range GET."""
     if (source_path is None) == (sop is None):
         raise click.UsageError("give either SOURCE_PATH or --sop UID")
@@ -60,14 +62,16 @@ def get(source_path: str | None, sop: str | None, output: Path | None, state_dir
         raise click.UsageError("SOURCE_PATH or --sop UID is empty")
     if output is None and sys.stdout.isatty():
         raise click.UsageError("standard output is a terminal: give -o FILE")
+    if b64 and sop is not None:
+        raise click.UsageError("--b64 is for SOURCE_PATH, not --sop")
+    path = decode_b64_path(source_path) if b64 and source_path else source_path
 
     async def fetch() -> tuple[bytes, int] | str:
         async with open_migration(state_dir, endpoint_url=endpoint_url,
                                   sse_c_key_file=sse_c_key_file) as opened:
-            archive = Archive(opened)
-            row = archive.locate(source_path, sop=sop)
+            row = lookup(opened.cp, path=path, sop=sop, exact=b64)
             try:
-                return await archive.read(source_path, sop=sop), int(row["mtime_ns"])
+                return await read_row(opened.backend, row), int(row["mtime_ns"])
             except ObjectArchivedError:
                 if not request_restore:
                     raise
