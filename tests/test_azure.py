@@ -120,6 +120,20 @@ def test_wrong_key_is_permanent_and_says_so(azure_store: AzureTarget,
     on(azure_store, body, dest=dest)
 
 
+def test_a_key_that_cannot_sign_is_permanent_and_says_so() -> None:
+    """A key that is not base64 fails in the SDK before anything is sent: its error has no
+    status, and was retried as a "truncated response"."""
+    from azure.storage.blob._shared.authentication import AzureSigningError
+
+    from pacsmigrate.backends.azure_errors import classify, map_error
+
+    exc = AzureSigningError("Incorrect padding")
+    assert classify(exc) is None
+    said = map_error(exc, key="pfx/k", container="c")
+    assert isinstance(said, PermanentBackendError)
+    assert "cannot sign a request (Incorrect padding): check the account key" in str(said)
+
+
 def test_missing_container_is_permanent(azure_store: AzureTarget) -> None:
     async def body(b: RetryBackend) -> None:
         with pytest.raises(PermanentBackendError, match="does not exist: create it first"):
@@ -172,6 +186,19 @@ def test_without_storage_credentials_a_managed_identity_is_used(
             await store.close()
 
     asyncio.run(main())
+
+
+def test_verbose_shows_our_lines_not_the_sdks_http_log(azure_store: AzureTarget,
+                                                       tmp_path: Path) -> None:
+    """-v showed azure-core's request/response log (~30 lines a request) besides ours."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.dcm").write_bytes(b"not DICOM, still migrated")
+    proc = run_cli("-v", "migrate", str(src), azure_store.url, "--state", str(tmp_path / "s"),
+                   "--no-progress", env=azure_store.env())
+    assert proc.returncode == 0, proc.stderr
+    assert " pacsmigrate." in proc.stderr  # our -v lines
+    assert "azure.core" not in proc.stderr and "Request URL" not in proc.stderr, proc.stderr
 
 
 def test_cleanup_has_nothing_to_do_on_azure(azure_store: AzureTarget) -> None:

@@ -35,6 +35,7 @@ def _first_line(exc: BaseException) -> str:
 def classify(exc: BaseException) -> Cause | None:
     """Which failures are worth another attempt, and under which label they are counted."""
     from azure.core.exceptions import (
+        ClientAuthenticationError,
         DecodeError,
         HttpResponseError,
         IncompleteReadError,
@@ -42,6 +43,8 @@ def classify(exc: BaseException) -> Cause | None:
         ServiceResponseError,
     )
 
+    if isinstance(exc, ClientAuthenticationError):  # refused, or (no status) a key that
+        return None  # cannot sign a request: never worth another attempt
     if isinstance(exc, (IncompleteReadError, DecodeError)) or (
             isinstance(exc, HttpResponseError) and exc.status_code is None):
         return Cause(TRANSIENT, "truncated response")  # a body cut short: read it again
@@ -91,6 +94,11 @@ def map_error(exc: BaseException, *, key: str | None, container: str) -> Backend
         return ObjectExistsError(f"object exists: {key}", key=key)
     if isinstance(exc, ResourceNotFoundError):
         return ObjectNotFoundError(f"no such object: {key}", key=key)
+    if isinstance(exc, ClientAuthenticationError) and getattr(exc, "status_code", 0) is None:
+        return PermanentBackendError(  # the SDK's AzureSigningError: nothing was sent
+            f"the Azure credentials cannot sign a request ({_first_line(exc) or 'no reason'})"
+            ": check the account key (AccountKey, AZURE_STORAGE_KEY: base64 from the "
+            "portal's Access keys)", key=key)
     if isinstance(exc, ClientAuthenticationError) or code in PERMANENT_CODES:
         hint = " (check the account key, SAS token or identity)" if (
             isinstance(exc, ClientAuthenticationError) or code.startswith("Auth")) else ""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-NOISY = ("botocore", "aiobotocore", "aiohttp", "urllib3", "asyncio", "s3transfer")
+NOISY = ("botocore", "aiobotocore", "aiohttp", "urllib3", "asyncio", "s3transfer", "azure")
 
 
 class JsonLines(logging.Formatter):
