@@ -99,13 +99,12 @@ def _present(target: Path, row: dict[str, Any]) -> bool | None:
 async def request_restores(backend: Backend, keys: Iterable[str], request: RestoreRequest
                            ) -> Counter[str]:
     """Ask the store to restore each archived object; how many objects got each answer."""
-    store = getattr(backend, "store", backend)
-    if not isinstance(store, Rehydrating):
+    if not isinstance(backend, Rehydrating):
         raise ConfigError("this store cannot restore archived objects")
     out: Counter[str] = Counter()
     for key in keys:
-        out[await store.request_restore(key, days=request.days,
-                                        priority=request.priority)] += 1
+        out[await backend.request_restore(key, days=request.days,
+                                          priority=request.priority)] += 1
     return out
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from . import keys
 from .backends import Backend
-from .backends.base import one_chunk
+from .backends.base import LockCapable, one_chunk
 from .checkpoint import FORMAT, Checkpoint
 from .config import Destination, MigrateConfig
 from .errors import ConfigError, ObjectExistsError, StateError
@@ -189,9 +189,7 @@ async def slicing_of(backend: Backend, dest: Destination) -> dict[str, Any] | No
 
 async def check_object_lock(backend: Backend, dest: Destination) -> None:
     """Before anything is stored with a retention lock: the bucket must take one."""
-    store = getattr(backend, "store", backend)
-    probe = getattr(store, "object_lock_enabled", None)
-    if probe is None or not await probe():
+    if not isinstance(backend, LockCapable) or not await backend.object_lock_enabled():
         if dest.scheme == "az":
             raise ConfigError(f"{dest} has no version-level immutability: enable it on the "
                               "container (Azure portal, or az storage container-rm create "

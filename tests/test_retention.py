@@ -173,6 +173,26 @@ def test_a_locked_file_adopted_without_its_sidecar_keeps_its_lock_in_the_index(
 
 
 @pytest.mark.seaweed
+def test_asking_the_store_for_object_lock_is_retried_like_any_request(
+        seaweed_s3: S3Target, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """The question went to the store outside the retry wrapper: one 503 stopped the run."""
+    from faultproxy import BEFORE, FaultProxy
+
+    aged_tree(tmp_path / "pacs")
+    bucket = _lock_bucket(seaweed_s3, request)
+    with FaultProxy(seaweed_s3.info.endpoint_url) as proxy:
+        proxy.inject("503", phase=BEFORE, times=2,
+                     match=lambda req: req.method == "GET" and "object-lock" in req.query)
+        proc = run_cli("migrate", str(tmp_path / "pacs"), f"s3://{bucket}/pacs",
+                       "--endpoint-url", proxy.url, "--state", str(tmp_path / "state"),
+                       "--retain-years", "30", "--no-progress", env=seaweed_s3.env())
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert proxy.injected["503"] == 2
+    assert all(seaweed_s3.client.head_object(Bucket=bucket, Key=r["key"])["ObjectLockMode"]
+               for r in index_rows(tmp_path / "state"))
+
+
+@pytest.mark.seaweed
 def test_a_bucket_without_object_lock_is_refused_before_anything_is_stored(
         seaweed_s3: S3Target, tmp_path: Path) -> None:
     aged_tree(tmp_path / "pacs")

@@ -204,19 +204,13 @@ class AzureStore:
     async def request_restore(self, key: str, *, days: int, priority: str) -> str:
         """Rehydrate an Archive-tier blob to Cool (Rehydrating): cheaper to keep than Hot
         for a study read again once; the tier policy's lifecycle rule moves it back."""
-        try:
-            props = await self._blob(key).get_blob_properties(**self._read)
-            if props.archive_status:  # rehydrate-pending-to-cool / -to-hot
-                return IN_PROGRESS
-            if str(props.blob_tier) != "Archive":
-                return READY
-            await self._blob(key).set_standard_blob_tier(
-                "Cool", rehydrate_priority="High" if priority == "High" else "Standard")
-        except Exception as exc:
-            mapped = self.map_error(exc, key=key)
-            if mapped is None:
-                raise
-            raise mapped from exc
+        props = await self._blob(key).get_blob_properties(**self._read)
+        if props.archive_status:  # rehydrate-pending-to-cool / -to-hot
+            return IN_PROGRESS
+        if str(props.blob_tier) != "Archive":
+            return READY
+        await self._blob(key).set_standard_blob_tier(
+            "Cool", rehydrate_priority="High" if priority == "High" else "Standard")
         return REQUESTED
 
     async def list_page(self, prefix: str, token: str | None
@@ -276,10 +270,7 @@ class AzureStore:
 
     async def object_lock_enabled(self) -> bool:
         """Whether the container takes retention (version-level immutability support)."""
-        try:
-            props = await self._container.get_container_properties()
-        except Exception as exc:
-            raise self.map_error(exc, key=None) or exc from exc
+        props = await self._container.get_container_properties()
         return bool(getattr(props, "immutable_storage_with_versioning_enabled", False))
 
     async def abort(self, key: str, upload_id: str) -> None:

@@ -189,7 +189,18 @@ class Rehydrating(Protocol):
     async def request_restore(self, key: str, *, days: int, priority: str) -> str:
         """Ask for an archived object back (`priority` one of PRIORITIES; `days`: how long
         S3 keeps the restored copy). Returns REQUESTED, IN_PROGRESS (asked already) or
-        READY (readable now). One attempt; errors mapped to the tree in errors.py."""
+        READY (readable now). One attempt, the store's own errors let through (RetryBackend
+        retries, counts and maps them)."""
+        ...
+
+
+@runtime_checkable
+class LockCapable(Protocol):
+    """Optional: a store whose buckets may take retention locks (S3 object lock, Azure
+    version-level immutability)."""
+
+    async def object_lock_enabled(self) -> bool:
+        """Whether the bucket takes them. One attempt, like Rehydrating's."""
         ...
 
 

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from typing import TypeVar
 
 from ..config import TransferConfig
-from ..errors import ObjectNotFoundError
-from .base import BackendStats, ObjectInfo, Primitives
+from ..errors import ConfigError, ObjectNotFoundError
+from .base import BackendStats, LockCapable, ObjectInfo, Primitives, Rehydrating
 from .body import Body, Buffer, checksum, view
 from .policy import RequestPolicy, RetryConfig
 from .watchdog import bounded
@@ -82,6 +82,23 @@ class RetryBackend:
         bytes (None: of unknown size, so no deadline; the socket read timeout still holds)."""
         limit = None if answer is None else self.deadline(answer)
         return await self._run(lambda: bounded(request(), budget=limit), key=key, nbytes=0)
+
+    async def object_lock_enabled(self) -> bool:
+        """Whether the bucket takes retention locks (False: the store has none), asked like
+        every other request: retried, paced, counted."""
+        store = self.store
+        if not isinstance(store, LockCapable):
+            return False
+        return await self.call(store.object_lock_enabled, key=None)
+
+    async def request_restore(self, key: str, *, days: int, priority: str) -> str:
+        """Rehydrating's request, retried like the others; a store without archive tiers
+        cannot be asked."""
+        store = self.store
+        if not isinstance(store, Rehydrating):
+            raise ConfigError("this store cannot restore archived objects")
+        return await self.call(
+            lambda: store.request_restore(key, days=days, priority=priority), key=key)
 
     async def send(self, request: Callable[[Body], Awaitable[T]], data: Buffer, *,
                    key: str) -> T:

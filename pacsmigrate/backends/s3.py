@@ -29,7 +29,7 @@ from .base import (
 from .body import Body, Checksum, multipart_etag
 from .limits import S3
 from .policy import Cause
-from .s3_errors import Where, classify, map_error
+from .s3_errors import Where, classify, code_of, map_error
 from .s3_http import DataPath, bucket_url
 
 CONDITIONAL = {"If-None-Match": "*"}  # create only: an existing key answers 412
@@ -207,10 +207,10 @@ class S3Backend:
 
         try:
             resp = await (await self._cold()).get_object_lock_configuration(Bucket=self.bucket)
-        except ClientError as exc:
-            if "ObjectLockConfigurationNotFound" in str(exc.response.get("Error", {})):
+        except ClientError as exc:  # ...NotFoundError: a bucket made without object lock
+            if code_of(exc).startswith("ObjectLockConfigurationNotFound"):
                 return False
-            raise
+            raise  # RetryBackend retries what is worth it, and maps the rest
         return bool(resp.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled")
                     == "Enabled")
 
@@ -234,9 +234,9 @@ class S3Backend:
             await client.restore_object(Bucket=self.bucket, Key=key, RestoreRequest={
                 "Days": days, "GlacierJobParameters": {"Tier": tier}})
         except ClientError as exc:
-            if "RestoreAlreadyInProgress" in str(exc.response.get("Error", {})):
+            if code_of(exc) == "RestoreAlreadyInProgress":
                 return IN_PROGRESS
-            raise map_error(exc, key=key) or exc from exc
+            raise
         return REQUESTED
 
     # -- multipart uploads (ChunkedWriter) -------------------------------------------

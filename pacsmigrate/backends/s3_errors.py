@@ -46,6 +46,11 @@ class TruncatedBodyError(Exception):
     """A response body ended before its declared length (retried like a reset)."""
 
 
+def code_of(exc: ClientError) -> str:
+    """The S3 error code of an answer ("" if it had none)."""
+    return str(exc.response.get("Error", {}).get("Code", "") or "")
+
+
 def classify(exc: BaseException) -> Cause | None:
     """Which failures are worth another attempt, and under which label the report counts them."""
     if isinstance(exc, ClientError):
