@@ -25,6 +25,19 @@ T = TypeVar("T")
 INITIAL_MAP_SIZE = 1 << 30
 LOW_SPACE = 16 << 20  # below this, a failed write is reported as a full disk
 COPY_BATCH = 4096  # rows per transaction when compacting
+# A state directory's one LMDB environment: STATE/checkpoint.lmdb/data.mdb (and lock.mdb).
+ENV_DIR = "checkpoint.lmdb"
+DATA_FILE = "data.mdb"
+
+
+def env_dir(state_dir: Path) -> Path:
+    """The LMDB environment's directory in a state directory."""
+    return Path(state_dir) / ENV_DIR
+
+
+def data_file(state_dir: Path) -> Path:
+    """The one file that holds a state's tables (what a snapshot copies, an adopt replaces)."""
+    return Path(state_dir) / ENV_DIR / DATA_FILE
 
 
 def rows_within(pages: int, leaves: Sequence[int]) -> int | None:
@@ -104,7 +117,7 @@ class LmdbFile:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmdb")
 
     def _open_env(self) -> None:
-        self.env = lmdb.open(str(self.state_dir / "checkpoint.lmdb"),
+        self.env = lmdb.open(str(env_dir(self.state_dir)),
                              map_size=INITIAL_MAP_SIZE, max_dbs=len(self.TABLES) + 2,
                              readonly=self.readonly, subdir=True, readahead=False,
                              lock=not self.readonly)
@@ -127,7 +140,7 @@ class LmdbFile:
         not started, or is given up, when the file system lacks room for it (at 100M files
         it is tens of GB): NoRoomToCompactError, the state as it was.
         """
-        data = self.state_dir / "checkpoint.lmdb" / "data.mdb"
+        data = data_file(self.state_dir)
         fresh = self.state_dir / "checkpoint.compact"
         shutil.rmtree(fresh, ignore_errors=True)
         before = data.stat().st_size
@@ -162,7 +175,7 @@ class LmdbFile:
             raise StateError(f"cannot compact the checkpoint in {self.state_dir}: {exc}") from exc
         self.env.close()  # one environment per file and process: closed before the swap
         try:
-            os.replace(fresh / "data.mdb", data)
+            os.replace(fresh / DATA_FILE, data)
         finally:
             shutil.rmtree(fresh, ignore_errors=True)
             self._open_env()
@@ -197,7 +210,7 @@ class LmdbFile:
             self.env.copy(str(target), compact=True)
         except lmdb.Error as exc:
             raise StateError(f"cannot copy the checkpoint in {self.state_dir}: {exc}") from exc
-        return target / "data.mdb"
+        return target / DATA_FILE
 
     def adopt(self, data: Path) -> None:
         """Replace this state's file by `data` (an LMDB file made elsewhere), holding the
@@ -205,7 +218,7 @@ class LmdbFile:
         self._pool.submit(lambda: None).result()  # no write in flight
         self.env.close()
         try:
-            os.replace(data, self.state_dir / "checkpoint.lmdb" / "data.mdb")
+            os.replace(data, data_file(self.state_dir))
         finally:
             self._open_env()
 

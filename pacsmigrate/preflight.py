@@ -45,6 +45,7 @@ from .errors import (
     StateError,
 )
 from .keys import RUN_DIR, probe_key
+from .lmdbfile import env_dir
 from .tiers import CLASS_META
 
 log = logging.getLogger("pacsmigrate.preflight")
@@ -138,7 +139,7 @@ def check_state(state_dir: Path, sources: tuple[Path, ...],
             return [Check("state", FAIL, f"{state_dir} and the destination directory "
                           f"{dest.bucket} overlap (the state's files would be taken for "
                           "objects): give --state outside it")]
-    if (Path(state) / "checkpoint.lmdb").exists():  # a state already: one this version reads
+    if env_dir(Path(state)).exists():  # a state already: one this version reads
         try:
             Checkpoint(Path(state), readonly=True).close()
         except StateError as exc:

@@ -28,6 +28,7 @@ from typing import Any
 import lmdb
 
 from . import alloc, faults
+from .lmdbfile import env_dir
 from .read import ReadOptions, ReadResult
 from .readproc import (
     ACK,
@@ -70,7 +71,7 @@ class IndexLookup:
     environment is opened again (under the lock: pool threads share it)."""
 
     def __init__(self, state_dir: Path) -> None:
-        self.path = str(state_dir / "checkpoint.lmdb")
+        self.path = str(env_dir(state_dir))
         self.lock = threading.Lock()
         self._open()
 

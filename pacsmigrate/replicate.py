@@ -31,6 +31,7 @@ from .config import Destination, TransferConfig, overlap
 from .errors import BackendError, ConfigError, IntegrityError, ObjectExistsError, StateError
 from .fanout import workers
 from .keys import probe_key
+from .lmdbfile import data_file, env_dir
 from .records import FILE, now_iso
 from .retention import MODE_META, UNTIL_META
 from .staterepair import done_with_list, take_list
@@ -89,9 +90,9 @@ def prepare_state(source: Checkpoint, replica_state: Path, dest: Destination,
                               "give another --to-state")
         staging = replica_state / "checkpoint.copy"
         shutil.rmtree(staging, ignore_errors=True)
-        (staging / "checkpoint.lmdb").mkdir(parents=True)
+        env_dir(staging).mkdir(parents=True)
         # One read transaction: a consistent snapshot even while the source migration runs.
-        source.env.copy(str(staging / "checkpoint.lmdb"), compact=True)
+        source.env.copy(str(env_dir(staging)), compact=True)
         copy = Checkpoint(staging)
         try:
             config = dict(source.get_meta("config"))
@@ -105,7 +106,7 @@ def prepare_state(source: Checkpoint, replica_state: Path, dest: Destination,
             copy.put_meta("ca_bundle", str(Path(ca).resolve()) if ca else None)
         finally:
             copy.close()
-        replica.adopt(staging / "checkpoint.lmdb" / "data.mdb")
+        replica.adopt(data_file(staging))
         shutil.rmtree(staging, ignore_errors=True)
     except BaseException:
         replica.close()

@@ -41,6 +41,7 @@ from .backends.base import Backend, ObjectInfo, one_chunk
 from .checkpoint import Checkpoint
 from .config import Destination, MigrateConfig
 from .errors import BackendError, StateError
+from .lmdbfile import data_file, env_dir
 from .rebuild import RebuildResult, commit_described, described
 from .records import now_iso
 from .setup import key_secret, write_once
@@ -121,7 +122,7 @@ class Held:
 
 def held(state_dir: Path) -> Held | None:
     """The copy and attempt a local state came from; None when there is no whole state."""
-    if not (state_dir / "checkpoint.lmdb" / "data.mdb").is_file():
+    if not data_file(state_dir).is_file():
         return None
     cp = Checkpoint(state_dir, readonly=True, idle=True)
     try:
@@ -151,7 +152,7 @@ async def seed(cfg: MigrateConfig, backend: Backend, run_id: str) -> str:
                        one_chunk(json.dumps({"started": now_iso()}).encode()))
     shutil.rmtree(cfg.state_dir, ignore_errors=True)
     if store.newest is not None:
-        await fetch(backend, store.newest, cfg.state_dir / "checkpoint.lmdb" / "data.mdb")
+        await fetch(backend, store.newest, data_file(cfg.state_dir))
         since = store.newest.modified
     else:
         marker = await backend.stat(marker_key(cfg.dest, run_id))
@@ -215,14 +216,14 @@ async def ship(cfg: MigrateConfig, backend: Backend, run_id: str) -> str:
     cp = Checkpoint(cfg.state_dir)
     try:
         key = prefix + copy_name(generation_of(cp.get_meta(HELD)) + 1)
-        await asyncio.to_thread(cp.snapshot, work / "checkpoint.lmdb")
+        await asyncio.to_thread(cp.snapshot, env_dir(work))
         copy = Checkpoint(work)
         try:  # the copy is the state that a worker holding it resumes
             copy.put_meta(HELD, key)
             copy.put_meta(ATTEMPT, None)
         finally:
             copy.close()
-        data = work / "checkpoint.lmdb" / "data.mdb"
+        data = data_file(work)
         try:
             digest = await asyncio.to_thread(_blake3_of, data)
             await backend.save(key, _chunks(data, backend.part_size(data.stat().st_size)),

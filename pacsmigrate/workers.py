@@ -42,6 +42,7 @@ from .checkpoint import Checkpoint
 from .cleanup import stale_uploads
 from .config import MigrateConfig
 from .errors import ConfigError, StateError
+from .lmdbfile import data_file, env_dir
 from .preflight import decided, preflight
 from .progress import Bar
 from .records import now_iso
@@ -276,7 +277,7 @@ async def _fetch_all(backend: Backend, cfg: MigrateConfig, run_id: str,
                 raise StateError(f"no copy of slice {k} is left in the store; run again")
         if held_copy(target) == info.key:
             continue
-        await fetch(backend, info, target / "checkpoint.lmdb" / "data.mdb")
+        await fetch(backend, info, data_file(target))
     marker = await backend.stat(marker_key(cfg.dest, run_id))
     since = marker.modified - MARGIN if marker and marker.modified else time.time()
     return len([u async for u in stale_uploads(backend, cfg.dest, older_than=0)
@@ -341,7 +342,7 @@ def _merge(run: Checkpoint, cfg: MigrateConfig, plan: dict[str, Any]) -> Checkpo
     """Merge the slices into a new state, then put it in place of the run's (a rename)."""
     count = plan["slices"]
     slices = [slice_state(cfg.state_dir, Shard(k, count)) for k in range(count)]
-    lost = [s for s in slices if not (s / "checkpoint.lmdb").is_dir()]
+    lost = [s for s in slices if not env_dir(s).is_dir()]
     if lost:
         raise StateError(f"no state for slice(s) {', '.join(s.name for s in lost)} under "
                          f"{cfg.state_dir / SLICES}: the workers must write to this --state "
@@ -356,7 +357,7 @@ def _merge(run: Checkpoint, cfg: MigrateConfig, plan: dict[str, Any]) -> Checkpo
         out.put_meta("runs", history)
     finally:
         out.close()
-    run.adopt(tmp / "checkpoint.lmdb" / "data.mdb")
+    run.adopt(data_file(tmp))
     shutil.rmtree(tmp, ignore_errors=True)
     return run
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import Checkpoint
+from ..lmdbfile import data_file
 from ..sqlitefile import scratch_db
 
 CATALOG_NAME = "dicomweb.sqlite"
@@ -82,7 +83,7 @@ class Instance:
 
 
 def _stamp(state_dir: Path) -> str:
-    st = (state_dir / "checkpoint.lmdb" / "data.mdb").stat()
+    st = data_file(state_dir).stat()
     return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"  # a file put in its place: new inode
 
 
