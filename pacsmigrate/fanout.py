@@ -2,14 +2,15 @@
 
 The one helper every pass that works on many items at once uses (verify, replicate,
 restore, DICOMweb metadata); the upload's parts keep their own (multipart.py: a part's
-slot is held until its bytes are sent, and a failed part stops the producer).
+slot is held until its bytes are sent, and a failed part stops the producer). And the one
+way to stop tasks: `cancelled` (cancel, then wait until they have stopped).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .errors import first_error
 
@@ -42,6 +43,16 @@ async def workers(items: AsyncIterable[T] | Iterable[T], work: Callable[[T], Awa
     except BaseExceptionGroup as group:
         # Callers (and the CLI's error handling) see our error, not the task group's wrapper.
         raise first_error(group) from None
+
+
+async def cancelled(*futures: asyncio.Future[Any] | None) -> None:
+    """Cancel each (None: none there) and wait until all of them have stopped, whatever
+    they end with: nothing of theirs still runs when this returns."""
+    running = [f for f in futures if f is not None]
+    for f in running:
+        f.cancel()
+    if running:
+        await asyncio.gather(*running, return_exceptions=True)
 
 
 async def mapped(items: Sequence[T], work: Callable[[T], Awaitable[R]], n: int) -> list[R]:

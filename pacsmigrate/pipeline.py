@@ -19,6 +19,7 @@ from .commit import abandon, reconcile
 from .config import MigrateConfig
 from .costs import default_table
 from .errors import BackendError, ConfigError, NoRoomToCompactError, first_error
+from .fanout import cancelled
 from .planpolicy import PlanPolicy
 from .preflight import WARN, decided, preflight
 from .progress import Bar, keep_reporting, keep_writing, stats_line
@@ -120,11 +121,11 @@ class Migration:
                 if cfg.stats_interval > 0:
                     reporter = asyncio.create_task(keep_reporting(
                         lambda: self._stats_line(started), cfg.stats_interval, stats_log))
-                    stack.push_async_callback(_stop, reporter)
+                    stack.push_async_callback(cancelled, reporter)
                 if cfg.progress_file is not None:
                     writer = asyncio.create_task(keep_writing(cfg.progress_file,
                                                               self.stats.as_dict))
-                    stack.push_async_callback(_stop, writer)
+                    stack.push_async_callback(cancelled, writer)
                 await self._stream(cp, started)
                 # The walk found the adopted files in the index, as if an earlier run had
                 # committed them: they are this run's (exact unless one of them changed or
@@ -314,11 +315,6 @@ class Migration:
                                                 outcome=outcome))
         if self.cfg.report_path is not None:
             await cp.call(write_report, self.cfg.report_path, cp, s, self.cfg)
-
-
-async def _stop(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
 
 
 def collect_backend_stats(s: Stats, backend: Backend) -> None:

@@ -44,6 +44,7 @@ from .errors import (
     PacsMigrateError,
     StateError,
 )
+from .fanout import cancelled
 from .keys import RUN_DIR, probe_key
 from .lmdbfile import env_dir
 from .tiers import CLASS_META
@@ -347,8 +348,7 @@ async def run_checks(sources: tuple[Path, ...], state_dir: Path, dest: Destinati
                 checks += await task
             finally:
                 if not task.done():  # interrupted: no probe left running on a closing store
-                    task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
+                    await cancelled(task)
                 if opened is not backend and isinstance(opened, Measured):
                     requests = opened.stats.requests
         finally:

@@ -18,6 +18,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from .clock import IOWait
+from .fanout import cancelled
 from .read import ReadOptions, ReadResult, Recorded, read_files
 from .records import Problem
 from .shard import Shard, pruner, root_of
@@ -170,7 +171,4 @@ async def read_tree(roots: Sequence[bytes], pool: Executor, opts: ReadOptions,
                 yield result
     finally:
         walker.close()
-        for fut, _ in window:
-            fut.cancel()
-        if window:
-            await asyncio.gather(*(f for f, _ in window), return_exceptions=True)
+        await cancelled(*(f for f, _ in window))

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from . import faults
 from .checkpoint import Checkpoint
 from .config import MigrateConfig
+from .fanout import cancelled
 from .group import Closed, Grouper
 from .keys import assign_key
 from .pack import HINT_SIZE, OPEN_PACKS, Packer
@@ -113,9 +114,7 @@ class SourceStream:
                 b.total_files = self.stats.files_seen
         finally:
             bar.close()
-            if counting is not None:
-                counting.cancel()
-                await asyncio.gather(counting, return_exceptions=True)
+            await cancelled(counting)
         await cp.call(cp.record_problems, problems)
         out = Closed()
         await self.spills.settle()
@@ -329,10 +328,8 @@ class SpillBehind:
         await self._write()  # ... and done
 
     async def cancel(self) -> None:
-        if self.writing is not None:
-            self.writing.cancel()
-            await asyncio.gather(self.writing, return_exceptions=True)
-            self.writing = None
+        await cancelled(self.writing)
+        self.writing = None
 
 
 async def count_for(roots: list[bytes], bars: list[Bar], shard: Shard | None = None) -> None:

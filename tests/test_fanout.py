@@ -9,7 +9,7 @@ import pytest
 from conftest import run
 
 from pacsmigrate.errors import ObjectNotFoundError
-from pacsmigrate.fanout import mapped, workers
+from pacsmigrate.fanout import cancelled, mapped, workers
 
 
 def test_at_most_n_run_at_once_and_the_producer_waits_for_them() -> None:
@@ -67,3 +67,27 @@ def test_the_first_failure_stops_the_rest_and_is_raised_as_itself() -> None:
     with pytest.raises(ObjectNotFoundError, match="gone"):
         run(workers(range(1000), work, 4))
     assert len(started) < 20  # not every item was started after the failure
+
+
+def test_cancelled_stops_every_task_and_waits_for_it() -> None:
+    async def main() -> None:
+        stopped: list[str] = []
+
+        async def slow(name: str) -> None:
+            try:
+                await asyncio.sleep(60)
+            finally:
+                await asyncio.sleep(0)  # still running after cancel() returns
+                stopped.append(name)
+
+        async def failed() -> None:
+            raise ValueError("its own error, not the caller's")
+
+        tasks = [asyncio.create_task(slow("a")), asyncio.create_task(slow("b")),
+                 asyncio.create_task(failed())]
+        await asyncio.sleep(0)
+        await cancelled(None, *tasks)
+        assert sorted(stopped) == ["a", "b"] and all(t.done() for t in tasks)
+        await cancelled()  # nothing to stop
+
+    asyncio.run(main())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,10 +12,13 @@ from typing import Any
 from .. import faults
 from ..config import TransferConfig
 from ..errors import BackendError, ObjectExistsError, ObjectNotFoundError
+from ..fanout import cancelled
 from .base import ChunkedWriter, ObjectInfo, PendingUpload, Primitives
 from .body import Buffer, md5, view
 from .policy import RequestPolicy
 from .retry import RetryBackend
+
+log = logging.getLogger(__name__)
 
 # Part number -> (ETag, size) of the parts an unfinished upload already holds.
 Held = dict[int, tuple[str, int]]
@@ -170,9 +174,7 @@ class ChunkedBackend(RetryBackend):
                 tasks[-1].add_done_callback(note)
             await asyncio.gather(*tasks)
         except BaseException:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancelled(*tasks)
             raise
         content_md5 = whole.digest() if whole is not None else None
         return await self._complete(key, upload_id, parts, total, meta, content_md5), total
@@ -214,8 +216,9 @@ class ChunkedBackend(RetryBackend):
     async def _abort(self, key: str, upload_id: str) -> None:
         try:
             await self.call(lambda: self.writer.abort(key, upload_id), key=key)
-        except BackendError:
-            pass  # `pacsmigrate cleanup` finds what is left
+        except BackendError as exc:  # `pacsmigrate cleanup` finds what is left
+            log.info("could not abort the upload of %s (%s: %s); `pacsmigrate cleanup` "
+                     "lists what is left", key, type(exc).__name__, exc)
 
     @property
     def uploads_expire(self) -> bool:

@@ -22,6 +22,7 @@ from ..backends.body import Buffer
 from ..config import MiB
 from ..encoding import decode
 from ..errors import IntegrityError
+from ..fanout import cancelled
 from ..retrieve import read_row, stream_row
 from .catalog import Instance
 
@@ -174,8 +175,7 @@ async def instances(backend: Backend, budget: Budget, found: list[Instance]
     finally:
         for _, held, task in pending:
             if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+                await cancelled(task)
                 await budget.give(held)
 
 
