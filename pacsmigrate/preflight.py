@@ -226,7 +226,7 @@ async def check_store(backend: Backend, dest: Destination, *, write: bool,
     if crc32:
         checks.append(await check_crc32(backend, dest))
     if classes:
-        checks.append(await _check_classes(backend, dest, classes))
+        checks.append(await probe_classes(backend, dest, classes))
     if retention:
         from .setup import check_object_lock
         try:
@@ -269,7 +269,8 @@ async def check_crc32(backend: Backend, dest: Destination) -> Check:
                  "it does not check CRC32", value="md5")
 
 
-async def _check_classes(backend: Backend, dest: Destination, classes: Sequence[str]) -> Check:
+async def probe_classes(backend: Backend, dest: Destination, classes: Sequence[str], *,
+                        hint: str = "--storage-class, --tier-policy") -> Check:
     """A probe written in each storage class the run will use, then deleted (not read: an
     archive class cannot be read back at once). A store without the class refuses it."""
     for name in dict.fromkeys(classes):
@@ -279,8 +280,7 @@ async def _check_classes(backend: Backend, dest: Destination, classes: Sequence[
                                metadata={CLASS_META: name, "pacsmigrate-probe": "1"})
         except BackendError as exc:
             return Check("storage class", FAIL, f"{dest} does not take storage class {name} "
-                         f"({exc}): choose classes this store offers (--storage-class, "
-                         "--tier-policy)", exc)
+                         f"({exc}): choose classes this store offers ({hint})", exc)
         try:
             await backend.remove(key)
         except BackendError:

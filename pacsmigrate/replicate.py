@@ -32,10 +32,11 @@ from .errors import BackendError, ConfigError, IntegrityError, ObjectExistsError
 from .fanout import workers
 from .keys import probe_key
 from .lmdbfile import data_file, env_dir
+from .preflight import FAIL, probe_classes
 from .records import FILE, now_iso
 from .retention import MODE_META, UNTIL_META
 from .staterepair import done_with_list, take_list
-from .tiers import CLASS_META, TierPolicy
+from .tiers import CLASS_META, TierPolicy, check_classes, classes_used
 from .verify.common import db_batches
 
 log = logging.getLogger(__name__)
@@ -235,7 +236,7 @@ async def replicate(source_state: Path, dest: Destination, replica_state: Path, 
         origin = destination_of(cp)
         check_destinations(origin, dest)
         _outside_sources(cp, dest, replica_state)
-        _classes_offered(cp, dest, storage_class)
+        classes = _classes_offered(cp, dest, storage_class)
         ca = cp.get_meta("ca_bundle")
         src_transfer = replace(transfer, ca_bundle=Path(ca)) if ca else transfer
         src = await open_backend(origin, src_transfer)
@@ -243,6 +244,11 @@ async def replicate(source_state: Path, dest: Destination, replica_state: Path, 
         dst = await open_backend(dest, transfer)
         stack.push_async_callback(dst.close)
         await _another_store(src, dst, origin, dest)
+        if classes:  # what the scheme offers, the store may not (MinIO has no GLACIER)
+            probed = await probe_classes(dst, dest, classes, hint=(
+                f"replicate --storage-class CLASS, or {DEFAULT_CLASS}: the store's own"))
+            if probed.verdict == FAIL:
+                raise ConfigError(probed.line)
         replica = prepare_state(cp, replica_state, dest, transfer)
         stack.callback(replica.close)
         done = Replicated()
@@ -276,27 +282,30 @@ def _outside_sources(cp: Checkpoint, dest: Destination, replica_state: Path) -> 
                                   "the source is never written to, give a directory outside it")
 
 
-def _classes_offered(cp: Checkpoint, dest: Destination, storage_class: str | None) -> None:
+def _classes_offered(cp: Checkpoint, dest: Destination, storage_class: str | None
+                     ) -> list[str]:
     """The classes the copies are stored in are the second store's: the one asked for, or
     those the migration's objects carry (its tier policy), refused before anything is sent
-    when that store does not offer them (an S3 class in Azure, say)."""
+    when that store's kind does not offer them (an S3 class in Azure, say). Returns them,
+    for a probe of the store itself."""
     provider = dest.s3.provider if dest.s3 else None
     if storage_class == DEFAULT_CLASS:
-        return
+        return []
     if storage_class is not None:
         TierPolicy(default=storage_class).check(dest.scheme, provider=provider)
-        return
+        return [storage_class]
     tiers = cp.get_meta("tiers")
     if not tiers or dest.scheme == "file":  # a directory keeps the class as metadata only
-        return
+        return []
+    classes = classes_used(tiers)  # every run's: a re-run may have asked others
     try:
-        TierPolicy.parse(tiers.get("policy"), default=tiers.get("default")).check(
-            dest.scheme, provider=provider)
+        check_classes(classes, dest.scheme, provider=provider)
     except ConfigError as exc:
         raise ConfigError(f"the migration's objects are in storage classes the replica's "
                           f"store does not offer ({exc}): give replicate --storage-class "
                           f"CLASS for every copy, or --storage-class {DEFAULT_CLASS} (the "
                           "store's own)") from None
+    return classes
 
 
 async def _another_store(src: Backend, dst: Backend, origin: Destination,

@@ -16,6 +16,7 @@ from .config import Destination, MigrateConfig
 from .errors import ConfigError, ObjectExistsError, StateError
 from .records import now_iso
 from .slicing import as_doc, plan, with_plan
+from .tiers import tiers_meta
 
 SOURCES_FORMAT = "pacsmigrate.sources/1"
 
@@ -48,7 +49,7 @@ def check_state(cp: Checkpoint, cfg: MigrateConfig) -> MigrateConfig:
                                                known.get("shard_plan")))
     cp.put_meta("format", FORMAT)
     if cfg.tiers:  # `policy lifecycle` writes the rules that keep objects moving as they age
-        cp.put_meta("tiers", {"policy": cfg.tiers.text, "default": cfg.tiers.default})
+        cp.put_meta("tiers", tiers_meta(cfg.tiers, cp.get_meta("tiers")))
     # Read-side commands (verify, get, restore) reach the store the way this run did.
     ca = cfg.transfer.ca_bundle
     cp.put_meta("ca_bundle", str(Path(ca).resolve()) if ca else None)

@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 from .errors import ConfigError
 
@@ -102,19 +103,8 @@ class TierPolicy:
 
     def check(self, scheme: str, *, provider: str | None = None) -> None:
         """Every class is one the store offers; a clear error before anything is sent."""
-        if not self:
-            return
-        if provider == "wasabi":
-            raise ConfigError("Wasabi has no storage classes: drop --storage-class and "
-                              "--tier-policy (every object is stored alike)")
-        offered = CLASSES.get(scheme)
-        if offered is None:
-            raise ConfigError(f"{scheme}:// stores have no storage classes: drop "
-                              "--storage-class and --tier-policy")
-        for name in self.classes():
-            if name not in offered:
-                raise ConfigError(f"{name!r} is not a storage class of {scheme}:// stores "
-                                  f"(one of: {', '.join(offered)})")
+        if self:
+            check_classes(self.classes(), scheme, provider=provider)
 
     def class_for(self, study_date: str, today: date) -> str | None:
         """The class for a study of this StudyDate (DICOM DA, YYYYMMDD or YYYY.MM.DD)."""
@@ -126,6 +116,41 @@ class TierPolicy:
             if t.start <= age and (t.end is None or age < t.end):
                 return t.storage_class
         return self.default
+
+
+def check_classes(classes: list[str], scheme: str, *, provider: str | None = None) -> None:
+    """Each class is one stores of this kind offer (the store itself may offer fewer:
+    preflight.probe_classes asks it)."""
+    if not classes:
+        return
+    if provider == "wasabi":
+        raise ConfigError("Wasabi has no storage classes: drop --storage-class and "
+                          "--tier-policy (every object is stored alike)")
+    offered = CLASSES.get(scheme)
+    if offered is None:
+        raise ConfigError(f"{scheme}:// stores have no storage classes: drop "
+                          "--storage-class and --tier-policy")
+    for name in classes:
+        if name not in offered:
+            raise ConfigError(f"{name!r} is not a storage class of {scheme}:// stores "
+                              f"(one of: {', '.join(offered)})")
+
+
+def classes_used(meta: Mapping[str, Any] | None) -> list[str]:
+    """Every class a migration's runs asked for, from its `tiers` meta (a run asking other
+    classes than the one before adds them: objects of both are in the store)."""
+    if not meta:
+        return []
+    if "classes" in meta:
+        return list(meta["classes"])
+    return TierPolicy.parse(meta.get("policy"), default=meta.get("default")).classes()
+
+
+def tiers_meta(policy: TierPolicy, before: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The `tiers` meta a run with `policy` leaves: its policy (what `policy lifecycle`
+    writes rules for) and the classes of this run and the runs before it."""
+    return {"policy": policy.text, "default": policy.default,
+            "classes": sorted({*classes_used(before), *policy.classes()})}
 
 
 def study_year(study_date: str) -> str | None:

@@ -15,7 +15,7 @@ from helpers import index_rows
 from pacsmigrate.config import Destination
 from pacsmigrate.errors import ConfigError
 from pacsmigrate.lifecycle import azure_policy, s3_rules
-from pacsmigrate.tiers import TierPolicy, billed_size, parse_age
+from pacsmigrate.tiers import TierPolicy, billed_size, classes_used, parse_age, tiers_meta
 
 POLICY = "0-180d=STANDARD,180d-5y=STANDARD_IA,5y-=GLACIER_IR"
 TODAY = date(2026, 12, 2)
@@ -74,6 +74,20 @@ def test_classes_are_checked_against_the_store() -> None:
     with pytest.raises(ConfigError, match="Wasabi has no storage classes"):
         TierPolicy(default="STANDARD").check("s3", provider="wasabi")
     TierPolicy().check("file")  # no policy: nothing to check
+
+
+def test_the_state_keeps_every_class_any_run_asked_for() -> None:
+    """A re-run asking other classes: objects of both are stored, so a replica's store must
+    take both (the state kept only the last run's policy)."""
+    first = tiers_meta(TierPolicy(default="GLACIER_IR"), None)
+    assert classes_used(first) == ["GLACIER_IR"]
+    second = tiers_meta(TierPolicy.parse("0-1y=STANDARD", default="STANDARD_IA"), first)
+    assert second["policy"] == "0-1y=STANDARD" and second["default"] == "STANDARD_IA"
+    assert classes_used(second) == ["GLACIER_IR", "STANDARD", "STANDARD_IA"]
+    # A state from before this kept no list: its policy's classes stand for it.
+    assert classes_used({"policy": "0-1y=STANDARD", "default": "GLACIER"}) == [
+        "STANDARD", "GLACIER"]
+    assert classes_used(None) == []
 
 
 def _expected(rows: list[dict[str, str]], studies: dict[str, str], default: str) -> dict[str, str]:

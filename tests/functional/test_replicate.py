@@ -234,6 +234,36 @@ def test_a_class_the_replica_store_lacks_is_refused_or_replaced(
     assert azure_store.client.get_blob_client(min(data)).get_blob_properties().blob_tier == "Hot"
 
 
+@pytest.mark.seaweed
+def test_a_class_the_replica_store_itself_refuses_stops_before_any_copy(
+        tree: Path, moto_s3: S3Target, seaweed_s3: S3Target, tmp_path: Path) -> None:
+    """A class every S3 store may name but this one does not take (MinIO has no GLACIER):
+    a probe in each class, before any copy (it failed mid-way, object after object)."""
+    from faultproxy import BEFORE, FaultProxy
+
+    state = tmp_path / "state"
+    env = {**moto_s3.env(), **seaweed_s3.env()}  # moto takes any credentials
+    _migrate(tree, moto_s3.url, state, env, "--endpoint-url", moto_s3.info.endpoint_url,
+             "--storage-class", "GLACIER_IR")
+    with FaultProxy(seaweed_s3.info.endpoint_url) as proxy:
+        proxy.inject("403", phase=BEFORE, times=10**6, match=lambda req: req.header(
+            "x-amz-storage-class") == "GLACIER_IR")
+        dest = f"s3://{seaweed_s3.bucket}/archive"
+        proc = run_cli("replicate", dest, "--endpoint-url", proxy.url, "--state", str(state),
+                       "--to-state", str(tmp_path / "r"), env=env)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        [line] = proc.stderr.strip().splitlines()
+        assert line.startswith(f"error: {dest} does not take storage class GLACIER_IR ("), line
+        assert line.endswith("choose classes this store offers (replicate --storage-class "
+                             "CLASS, or default: the store's own)"), line
+        assert seaweed_s3.object_keys() == [] and proxy.injected["403"] == 1
+        done = run_cli("replicate", dest, "--endpoint-url", proxy.url, "--state", str(state),
+                       "--to-state", str(tmp_path / "r"), "--storage-class", "STANDARD_IA",
+                       env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert {r["key"] for r in index_rows(state)} <= set(seaweed_s3.object_keys())
+
+
 def test_the_primary_reached_another_way_or_the_source_tree_is_refused(
         tree: Path, moto_s3: S3Target, local_store: LocalTarget, tmp_path: Path) -> None:
     """A replica must be another store (an object written to it must not show in the
