@@ -136,3 +136,31 @@ def test_an_unreadable_ca_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="junk.pem"):
         tls_context(str(tmp_path / "junk.pem"))
     assert tls_context(True).check_hostname  # certifi's bundle, host names checked
+
+
+def _body(*blocks: bytes) -> aiohttp.StreamReader:
+    from unittest.mock import Mock
+
+    reader = aiohttp.StreamReader(Mock(), 2**16)
+    for block in blocks:
+        reader.feed_data(block)
+    reader.feed_eof()
+    return reader
+
+
+def test_a_body_is_read_into_one_buffer_of_its_declared_length() -> None:
+    """aiohttp's read() held the blocks and their join at once (twice a range read)."""
+    from pacsmigrate.backends.s3_errors import TruncatedBodyError
+    from pacsmigrate.backends.s3_http import _read_into
+
+    async def main() -> None:
+        blocks = [bytes([i]) * (1000 + i) for i in range(5)]
+        got = await _read_into(_body(*blocks), sum(map(len, blocks)))
+        assert got == b"".join(blocks)
+        with pytest.raises(TruncatedBodyError, match="got 1000 of 1001 bytes"):
+            await _read_into(_body(blocks[0]), 1001)
+        with pytest.raises(TruncatedBodyError, match="more than the 999 bytes declared"):
+            await _read_into(_body(blocks[0]), 999)
+        assert await _read_into(_body(), 0) == b""
+
+    run(main())

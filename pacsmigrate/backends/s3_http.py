@@ -131,6 +131,23 @@ def client_error(status: int, body: bytes, operation: str) -> ClientError:
                         "ResponseMetadata": {"HTTPStatusCode": status}}, operation)
 
 
+async def _read_into(content: aiohttp.StreamReader, declared: int) -> bytes:
+    """A body of `declared` bytes read into one buffer made for it: aiohttp's read() holds
+    its blocks and their join at once (twice the body: what a server of many range reads
+    at once pays in memory). A body shorter or longer than declared is a truncation."""
+    buf = bytearray(declared)
+    view, got = memoryview(buf), 0
+    async for block in content.iter_any():
+        end = got + len(block)
+        if end > declared:
+            raise TruncatedBodyError(f"got more than the {declared} bytes declared")
+        view[got:end] = block
+        got = end
+    if got != declared:
+        raise TruncatedBodyError(f"got {got} of {declared} bytes")
+    return buf  # type: ignore[return-value]  # bytes-like; copying it would undo the saving
+
+
 async def _error_body(resp: aiohttp.ClientResponse) -> bytes:
     data = b""
     while len(data) < MAX_ERROR_BODY and (chunk := await resp.content.read(MAX_ERROR_BODY)):
@@ -236,8 +253,7 @@ class DataPath:
                                      proxy=self._proxy, allow_redirects=False) as resp:
             if resp.status >= 300:
                 raise client_error(resp.status, await _error_body(resp), "GetObject")
-            data = await resp.read()
             declared = resp.content_length
-            if declared is not None and len(data) != declared:
-                raise TruncatedBodyError(f"got {len(data)} of {declared} bytes")
-            return data
+            if declared is None:
+                return await resp.read()
+            return await _read_into(resp.content, declared)
