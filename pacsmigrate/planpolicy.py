@@ -27,7 +27,7 @@ class PlanPolicy:
         tiers, today = self.cfg.tiers, self.today
         if not tiers:
             return None
-        return lambda plan: tiers.class_for(plan.members[0].about.study_date, today)
+        return lambda plan: tiers.class_for(plan.study_date, today)
 
     def locks(self, cp: Checkpoint, stats: Stats) -> Locks | None:
         """Each plan's retention lock (see lock_of), counting in `stats` the studies a
@@ -51,7 +51,7 @@ class PlanPolicy:
         """What studies sharing one object (pack.py) must have in common: how it is kept
         (storage class and the study-year tag that goes with it, retention lock) and the
         retention map's verdict, which the run counts by study."""
-        tiers, day = self.cfg.tiers, plan.members[0].about.study_date
+        tiers, day = self.cfg.tiers, plan.study_date
         kept = (tiers.class_for(day, self.today), study_year(day)) if tiers else None
         meta, unnamed = self.lock_of(cp, plan)
         return kept, tuple(sorted(meta.items())), unnamed
@@ -67,5 +67,5 @@ class PlanPolicy:
         if retention.map is not None:
             found = cp.retention_for(about.study_uid, about.accession)
         years, label = found or (None, "")
-        meta = retention.metadata(about.study_date, self.today, years=years, label=label)
+        meta = retention.metadata(plan.study_date, self.today, years=years, label=label)
         return meta, retention.map is not None and found is None and about.status == DICOM

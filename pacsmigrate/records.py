@@ -126,6 +126,14 @@ class BundlePlan:
     def __post_init__(self) -> None:
         self.bound = TAR_OVERHEAD + sum(member_bound(m) for m in self.members)
 
+    @property
+    def study_date(self) -> str:
+        """The StudyDate its object is kept by (storage class, year tag, lock): its study's;
+        none for a folder's unsorted files, which may be of several studies or of none
+        (undated: the default class, no year tag, locked from the run's day)."""
+        first = self.members[0].about if self.members else None
+        return first.study_date if first is not None and first.status == DICOM else ""
+
     def add(self, m: Member, bound: int | None = None) -> None:
         """Add a member (`bound`: its member_bound, when the caller has it)."""
         self.members.append(m)

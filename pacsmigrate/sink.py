@@ -116,7 +116,7 @@ class Sink:
         storage_class = self.storage_class(plan)
         if storage_class:
             policy[CLASS_META] = storage_class
-            year = study_year(plan.members[0].about.study_date) if plan.members else None
+            year = study_year(plan.study_date)
             if year:
                 policy[YEAR_META] = year
         if self.locks is not None:

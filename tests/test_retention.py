@@ -80,6 +80,36 @@ def _lock_bucket(target: S3Target, request: pytest.FixtureRequest) -> str:
     return bucket
 
 
+def test_a_folder_of_unsorted_files_is_kept_as_undated_not_by_its_first_file(
+        tmp_path: Path) -> None:
+    """Unsorted files (truncated, no study UID) of several StudyDates share a folder's
+    bundle: its class, year tag and lock came from whichever was first (a 1993 file left
+    a 2026 one unlocked and in the old-study class). Now: undated (the default class, no
+    year tag, locked from the run's day: no member's lock is shorter, a StudyDate in the
+    future counting from that day too)."""
+    from pacsmigrate.config import Destination, MigrateConfig
+    from pacsmigrate.planpolicy import PlanPolicy
+    from pacsmigrate.records import UNSORTED, BundlePlan
+    from pacsmigrate.tiers import TierPolicy
+
+    def plan(*days: str, status: str = UNSORTED) -> BundlePlan:
+        members = [Member(f"/p/{i}.dcm".encode(), 9, 1, Described(
+            "g", status, "truncated DICOM header" if status == UNSORTED else "",
+            study_uid=f"1.{i}", study_date=d)) for i, d in enumerate(days)]
+        return BundlePlan("g", "tar", members, size=9 * len(members))
+
+    cfg = MigrateConfig(sources=(tmp_path,), dest=Destination.parse("s3://b/p"),
+                        state_dir=tmp_path / "s", retention=Retention(30),
+                        tiers=TierPolicy.parse("0-1y=STANDARD,1y-=STANDARD_IA"))
+    policy = PlanPolicy(cfg, TODAY)
+    mixed = plan("19930101", "19900101", "20261118")
+    assert mixed.study_date == "" and policy.classes()(mixed) is None  # type: ignore[misc]
+    assert policy.lock_of(None, mixed)[0]["pacsmigrate-retain-until"] == "2056-12-02"  # type: ignore[arg-type]
+    study = plan("19930101", status="dicom")  # a study's bundle: its date, as before
+    assert study.study_date == "19930101" and policy.classes()(study) == "STANDARD_IA"  # type: ignore[misc]
+    assert "pacsmigrate-retain-until" not in policy.lock_of(None, study)[0]  # type: ignore[arg-type]
+
+
 @pytest.mark.seaweed
 def test_every_object_is_locked_until_its_study_plus_the_years(
         seaweed_s3: S3Target, tmp_path: Path, request: pytest.FixtureRequest) -> None:
