@@ -75,6 +75,9 @@ class PriceTable:
         except (ValueError, KeyError, TypeError, StopIteration, AttributeError) as exc:
             raise ConfigError(f"--prices {path} is not a price table ({exc!s}); see "
                               "the README's 'Cost in the plan' for its form") from exc
+        if table.gb <= 0:
+            raise ConfigError(f"--prices {path}: gb_bytes must be a positive number of bytes "
+                              f"(1000000000 or {GiB}), not {table.gb}")
         if table.default_class not in classes:
             raise ConfigError(f"--prices {path}: default_class {table.default_class!r} "
                               "has no prices")

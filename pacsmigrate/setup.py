@@ -52,7 +52,8 @@ def check_state(cp: Checkpoint, cfg: MigrateConfig) -> MigrateConfig:
         cp.put_meta("tiers", tiers_meta(cfg.tiers, cp.get_meta("tiers")))
     # Read-side commands (verify, get, restore) reach the store the way this run did.
     ca = cfg.transfer.ca_bundle
-    cp.put_meta("ca_bundle", str(Path(ca).resolve()) if ca else None)
+    if ca is not None:  # a run given the CA only through AWS_CA_BUNDLE keeps the one known
+        cp.put_meta("ca_bundle", str(Path(ca).resolve()))
     return cfg
 
 
@@ -97,6 +98,22 @@ async def key_secret(cp: Checkpoint, backend: Backend | None, dest: Destination,
             mine = keys.new_secret().hex()
             cp.put_meta("key_secret", mine)
         return bytes.fromhex(mine)
+    if write and mine is not None and cp.counts()["objects"] and \
+            await backend.stat(name) is None:
+        # This state has stored objects, and the store has no record of the migration: it
+        # is another store (another --endpoint-url, or one left in the environment), whose
+        # objects the index would never find again.
+        known = (cp.get_meta("config") or {}).get("endpoint_url")
+        here = dest.endpoint_url or "the default endpoint"
+        if known == dest.endpoint_url:
+            raise StateError(f"{dest} at {here} has lost this migration's record ({name}) "
+                             "though this state has objects stored there: `pacsmigrate "
+                             "verify` says what else it lost")
+        raise StateError(
+            f"{dest} at {here} holds no record of this migration, whose objects are in the "
+            f"store at {known or 'the default endpoint'}: give that endpoint (check "
+            "--endpoint-url and PACSMIGRATE_MIGRATE_ENDPOINT_URL), or another --state for "
+            "another store")
     secret = mine or keys.new_secret().hex()
     doc = {"format": "pacsmigrate.store/1", "key_secret": secret, "created": now_iso()}
     theirs = secret if write and await write_once(backend, name, doc) else \

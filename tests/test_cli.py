@@ -143,6 +143,27 @@ def test_state_of_another_destination_refuses(moto_s3: S3Target, small_tree: Pat
 
 
 @pytest.mark.seaweed
+def test_a_resumed_run_pointed_at_another_store_refuses(
+        moto_s3: S3Target, seaweed_s3: S3Target, small_tree: Path, tmp_path: Path) -> None:
+    """Night two with another --endpoint-url (or one left in the environment): it stored
+    its files in the other store, said OK, and the index pointed at the first."""
+    state = tmp_path / "state"
+    run_cli(*_migrate(small_tree, moto_s3, state), env=moto_s3.env(), check=True)
+    seaweed_s3.client.create_bucket(Bucket=moto_s3.bucket)
+    try:
+        (small_tree / "new.dcm").write_bytes(b"a file of the second night")
+        proc = run_cli("migrate", str(small_tree), moto_s3.url, "--state", str(state), env={
+            **seaweed_s3.env(), "PACSMIGRATE_MIGRATE_ENDPOINT_URL": seaweed_s3.info.endpoint_url})
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        [line] = proc.stderr.strip().splitlines()
+        assert "holds no record of this migration, whose objects are in the store at " \
+            f"{moto_s3.info.endpoint_url}" in line, line
+        assert not seaweed_s3.client.list_objects_v2(Bucket=moto_s3.bucket).get("Contents")
+    finally:
+        seaweed_s3.drop(moto_s3.bucket)
+
+
+@pytest.mark.seaweed
 def test_missing_bucket_and_bad_credentials_stop_cleanly(seaweed_s3: S3Target, small_tree: Path,
                                                          tmp_path: Path) -> None:
     args = ["migrate", str(small_tree), "s3://no-such-bucket-here/x", "--endpoint-url",
@@ -167,7 +188,7 @@ def test_progress_bars_show_rates(moto_s3: S3Target, small_tree: Path, tmp_path:
 def test_a_run_its_preflight_stops_leaves_nothing(moto_s3: S3Target, small_tree: Path,
                                                   tmp_path: Path) -> None:
     """Stopped by the pre-flight: one line, no state, no report (nothing ran). A run stopped
-    by an error later still writes its report (test_faults: the store failing for good)."""
+    by an error later still writes its report (test_faults_caps: the store failing for good)."""
     report = tmp_path / "report.json"
     proc = run_cli("migrate", str(small_tree), "s3://no-such-bucket-here/x", "--endpoint-url",
                    moto_s3.info.endpoint_url, "--state", str(tmp_path / "s"), "--report",
@@ -276,3 +297,32 @@ def test_the_bars_have_totals_an_eta_and_decimal_units(moto_s3: S3Target,
         assert shown[-1] == (str(files), str(files)), shown[-1]
     assert re.search(r"read: [^\r\n]*?[\d.]+[kM]B ", proc.stderr), proc.stderr[-1500:]
     assert "MiB" not in proc.stderr and "GiB" not in proc.stderr
+
+
+def test_environment_and_pipes_the_way_a_script_meets_them(small_tree: Path, tmp_path: Path
+                                                           ) -> None:
+    """PACSMIGRATE_VERSION (an install script's pin) turned every command into --version;
+    --lock-mode alone locked nothing without a word; a reader that stops early (`| head`)
+    got "error: [Errno 32] Broken pipe"."""
+    pinned = run_cli("status", "--state", str(tmp_path / "none"),
+                     env={**os.environ, "PACSMIGRATE_VERSION": "0.1.0"})
+    assert "version" not in pinned.stdout + pinned.stderr.lower(), pinned
+    assert "holds no migration" in pinned.stderr or "no state" in pinned.stderr.lower(), pinned
+    alone = run_cli("migrate", str(small_tree), str(tmp_path / "store"), "--state",
+                    str(tmp_path / "s"), "--lock-mode", "COMPLIANCE")
+    assert alone.returncode == 2 and "--lock-mode goes with --retain-years" in alone.stderr
+    assert not (tmp_path / "s").exists()
+    (tmp_path / "store").mkdir()
+    run_cli("migrate", str(small_tree), str(tmp_path / "store"), "--state", str(tmp_path / "s"),
+            "--no-progress", check=True)
+    import subprocess
+    import sys
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first row
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pacsmigrate", "index", "export",
+                               "--state", str(tmp_path / "s")], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert proc.returncode == 141 and proc.stderr == "", proc.stderr

@@ -84,6 +84,8 @@ def test_a_price_table_of_ones_own(tmp_path: Path) -> None:
     ('{"classes": {"Hot": {"storage_gb_month": "cheap"}}}', "is not a price table"),
     ('{"classes": {"Hot": {"storage_gb_month": 0.02}}, "default_class": "Cold"}',
      "default_class 'Cold' has no prices"),
+    ('{"classes": {"Hot": {"storage_gb_month": 0.02}}, "gb_bytes": 0}',
+     "gb_bytes must be a positive number of bytes"),  # was a ZeroDivisionError traceback
 ])
 def test_a_bad_price_table_is_one_line(text: str, why: str, tmp_path: Path) -> None:
     bad = tmp_path / "p.json"

@@ -69,7 +69,7 @@ def test_token_bucket_large_takes_wait_for_their_whole_size() -> None:
 def test_a_run_without_bwlimit_puts_no_cap_on_bytes() -> None:
     """The policy a run builds from the CLI's defaults has no bucket between a body and the
     store (nothing to wait for, whatever the machine's speed); --bwlimit puts one at its rate.
-    (tests/functional/test_faults.py: a capped run takes at least bytes / rate.)"""
+    (tests/functional/test_faults_caps.py: a capped run takes at least bytes / rate.)"""
     defaults = cli_default_transfer()
     free = policy_for(defaults)
     assert free.bandwidth is None and free.requests is None

@@ -26,7 +26,7 @@ from .verify import verify
 
 
 @click.group(context_settings={"auto_envvar_prefix": "PACSMIGRATE"})
-@click.version_option(package_name="pacsmigrate")
+@click.version_option(package_name="pacsmigrate", allow_from_autoenv=False)  # not PACSMIGRATE_VERSION
 @click.option("-v", "--verbose", count=True,
               help="Log what happens (-v: objects and retries, -vv: debug) to stderr. Logs "
                    "name object keys and counts, never source paths, names or UIDs.")

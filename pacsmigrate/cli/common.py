@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import gc
 import logging
 import os
@@ -108,6 +109,11 @@ def handle_errors(fn: F) -> F:
             _exiting(2)
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except BrokenPipeError:  # `pacsmigrate status | head`: the reader has all it wanted
+            _exiting(141)
+            with contextlib.suppress(OSError):  # no flush at exit into the closed pipe
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)
         except (OSError, sqlite3.Error) as exc:
             # A file the command was told to write (-o, --to, --report) that cannot be
             # written, and the like: said in a line, as our own errors are.

@@ -96,15 +96,16 @@ DEFAULT_STATS_INTERVAL = 60.0  # seconds, when stderr is not a terminal
               help="A class the map may name (repeatable; defaults inpatient=30, "
                    "outpatient=15).")
 @click.option("--lock-mode", type=click.Choice(["GOVERNANCE", "COMPLIANCE"]),
-              default="GOVERNANCE", show_default=True,
-              help="COMPLIANCE: nobody, not even the account's root, can shorten the lock.")
+              help="COMPLIANCE: nobody, not even the account's root, can shorten the lock. "
+                   "[default: GOVERNANCE]")
 @click.option("--legal-hold", is_flag=True, help="Also put a legal hold on every object.")
 @click.option("--dedup/--no-dedup", default=True, show_default=True,
               help="Store each content (blake3) once: a file identical to one stored "
                    "already in this migration is indexed at the stored copy's bytes.")
 @click.option("--compress", type=click.Choice(["zstd"]),
               help="Store DICOM files whose pixel data is uncompressed as zstd frames "
-                   "(name.zst in the tar) where that is smaller; needs pacsmigrate[zstd].")
+                   "(name.zst in the tar) where that is smaller; needs pacsmigrate[zstd]. "
+                   "Files above --large-file (objects of their own) are stored as they are.")
 @click.option("--prices", type=click.Path(path_type=Path, dir_okay=False),
               help="JSON price table for the dry run's cost estimate (default: AWS S3 "
                    "us-east-1 or Wasabi list prices; none for other stores).")
@@ -155,7 +156,7 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
             read_process: str, memory: int,
             checksum: str, storage_class: str | None, tier_policy: str | None,
             retain_years: int | None, retention_map: Path | None,
-            retention_classes: tuple[str, ...], lock_mode: str, legal_hold: bool, dedup: bool,
+            retention_classes: tuple[str, ...], lock_mode: str | None, legal_hold: bool, dedup: bool,
             compress: str | None, prices: Path | None,
             report_path: Path | None, shard: str | None, workers: int | None,
             scheduler: str | None, slice_states: str | None, progress: bool | None,
@@ -222,18 +223,20 @@ def migrate(paths: tuple[str, ...], state_dir: Path, endpoint_url: str | None,
     sys.exit(0 if stats.not_migrated == 0 else 1)
 
 
-def _retention(years: int | None, path: Path | None, classes: tuple[str, ...], mode: str,
-               legal_hold: bool) -> Retention | None:
+def _retention(years: int | None, path: Path | None, classes: tuple[str, ...],
+               mode: str | None, legal_hold: bool) -> Retention | None:
     """The retention asked for, its map read through once (one line for a bad row) before
     the state directory is touched."""
     if years is None and path is None and not legal_hold:
         if classes:
             raise click.UsageError("--retention-class goes with --retention-map")
+        if mode is not None:  # it locked nothing, without a word
+            raise click.UsageError("--lock-mode goes with --retain-years or --retention-map")
         return None
     rmap = RetentionMap(path, parse_classes(classes)) if path is not None else None
     if rmap is not None:
         rmap.check()
-    return Retention(years, mode, legal_hold, rmap)
+    return Retention(years, mode or "GOVERNANCE", legal_hold, rmap)
 
 
 def _print_summary(s: Stats, *, dry_run: bool) -> None:
