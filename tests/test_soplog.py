@@ -4,12 +4,14 @@ Both merges (the direct one in sorted batches, and the compaction's external sor
 give what a reference model of the rule gives: rows applied in commit order, the newest
 path of a UID wins, a path displacing another with other bytes is a conflict. Kills in
 the middle of either merge lose nothing; readers see rows before they are merged.
+
+Runs of the CLI (a killed run, status, a state of a newer format) are in
+test_soplog_runs.py; the commits and the reference model in soplog_support.py.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import os
 import random
 import signal
@@ -19,76 +21,13 @@ import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
-import pydicom
 import pytest
-from conftest import S3Target, run_cli
-from helpers import assert_complete
-from pydicom.data import get_testdata_file
+from soplog_support import GROUP, commits, entry, reference, tables
 
 from pacsmigrate import rows, soplog
-from pacsmigrate.checkpoint import FORMAT, Checkpoint
-from pacsmigrate.errors import NoRoomToCompactError, StateError
-from pacsmigrate.paths import from_fields
-from pacsmigrate.records import DICOM, Described, Entry, StoredObject
-
-GROUP = "0" * 32
-
-
-def entry(path: bytes, digest: int, sop: str) -> Entry:
-    about = Described(GROUP, DICOM, "", "1.2.3", "1.2.3.4", sop, "CT", "20240101",
-                      "1.2.840.10008.1.2.1")
-    return Entry(path, 512, 10, f"{digest:064x}", 10, 1, about)
-
-
-def commits(seed: int, objects: int, start: int = 0) -> list[StoredObject]:
-    """Objects whose entries share SOP UIDs (random 2.25 ones, from a small pool) and
-    paths: the same file again (its bytes may have changed), another file with the same
-    bytes, others with other bytes."""
-    fixed = random.Random(0)  # a file keeps its UID in every call
-    pool = [f"2.25.{fixed.getrandbits(100)}" for _ in range(40)]
-    sop = {b"/pacs/%03d" % i: fixed.choice(pool) for i in range(120)}
-    rnd = random.Random(seed)
-    out = []
-    for n in range(start, start + objects):
-        entries = {}
-        for _ in range(rnd.randrange(1, 9)):
-            path = b"/pacs/%03d" % rnd.randrange(120)
-            entries[path] = entry(path, rnd.randrange(6), sop[path])
-        out.append(StoredObject(f"k/{n}.tar", "tar", GROUP, f"b{n}", 4096, "e", "",
-                                tuple(entries.values())))
-    return out
-
-
-def reference(*merged: list[StoredObject]
-              ) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
-    """(UID -> path, path -> the path it displaced): the rule, row by row in commit order,
-    for commits merged in the groups given; whether two files hold other bytes is judged by
-    their rows when their group is merged. A path displacing one of the same bytes takes
-    that one's link (to a file of other bytes) as its own."""
-    digest: dict[bytes, str] = {}
-    table: dict[bytes, bytes] = {}
-    conflicts: dict[bytes, bytes] = {}
-    for objects in merged:
-        digest.update({e.path: e.blake3 for o in objects for e in o.entries})
-        for o in objects:
-            for e in o.entries:
-                uid = rows.packed_uid(e.about.sop_uid)
-                other = table.get(uid)
-                if other is not None and other != e.path:
-                    if digest[other] != digest[e.path]:
-                        conflicts[e.path] = other
-                    elif conflicts.get(other, e.path) != e.path:  # a copy: its link passes on
-                        conflicts[e.path] = conflicts[other]
-                table[uid] = e.path
-    return table, conflicts
-
-
-def tables(cp: Checkpoint) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
-    with cp.env.begin() as txn:
-        table = {bytes(k): bytes(v) for k, v in txn.cursor(db=cp.db["sop"])}
-    conflicts = {k: from_fields(v["other"]["source_path"], v["other"]["source_path_b64"])
-                 for k, v in cp.iter_db("conflicts")}
-    return table, conflicts
+from pacsmigrate.checkpoint import Checkpoint
+from pacsmigrate.errors import NoRoomToCompactError
+from pacsmigrate.records import StoredObject
 
 
 def test_both_merges_give_what_the_rule_gives(tmp_path: Path,
@@ -158,7 +97,7 @@ _KILLED = textwrap.dedent("""
     import sys
     from pathlib import Path
     sys.path.insert(0, {tests!r})
-    from test_soplog import commits
+    from soplog_support import commits
     from pacsmigrate import soplog
     from pacsmigrate.checkpoint import Checkpoint
     soplog.MERGE_ROWS = soplog.COPY_BATCH = soplog.RUN_ROWS = 4
@@ -196,57 +135,6 @@ def test_a_merge_killed_midway_loses_nothing(point: str, call: str, tmp_path: Pa
             assert left == logged and cp.counts()["sop"] == 0
         cp.merge_sop_log()
         assert cp.sop_log_rows() == 0 and tables(cp) == reference(objects)
-    finally:
-        cp.close()
-
-
-def _random_uid_tree(root: Path, studies: int, images: int) -> None:
-    """Studies of CT images whose SOP UIDs are random 2.25 ones, as some systems make them."""
-    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    rnd = random.Random(7)
-    for s in range(studies):
-        ds.StudyInstanceUID = f"2.25.{rnd.getrandbits(120)}"
-        ds.SeriesInstanceUID = f"2.25.{rnd.getrandbits(120)}"
-        (root / f"s{s}").mkdir(parents=True)
-        for i in range(images):
-            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = \
-                f"2.25.{rnd.getrandbits(120)}"
-            ds.save_as(root / f"s{s}" / f"{i}.dcm")
-
-
-def test_a_killed_run_leaves_rows_the_next_run_merges(moto_s3: S3Target,
-                                                      tmp_path: Path) -> None:
-    """Random SOP UIDs in packs of many studies: a commit's rows go to the log; a run killed
-    after it leaves them there, `get --sop` finds them, the next run merges them."""
-    tree = tmp_path / "pacs"
-    _random_uid_tree(tree, studies=30, images=10)
-    state = tmp_path / "state"
-    args = ["migrate", str(tree), moto_s3.url, "--endpoint-url", moto_s3.info.endpoint_url,
-            "--state", str(state), "--no-progress", "--pack", "8MiB"]
-    killed = run_cli(*args, env={**moto_s3.env(), "PACSMIGRATE_CRASH_AT": "after-commit:1"})
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-    cp = Checkpoint(state, readonly=True)
-    try:
-        assert cp.sop_log_rows() >= soplog.JUDGED and cp.counts()["sop"] == 0
-        some = next(r for _, r in cp.iter_db("index") if r["sop_uid"])
-    finally:
-        cp.close()
-    got = run_cli("get", "--sop", some["sop_uid"], "-o", str(tmp_path / "one.dcm"),
-                  "--state", str(state), env=moto_s3.env())
-    assert got.returncode == 0, got.stderr
-    source = from_fields(some["source_path"], some["source_path_b64"])
-    assert (tmp_path / "one.dcm").read_bytes() == Path(os.fsdecode(source)).read_bytes()
-    done = run_cli(*args, env=moto_s3.env())
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert_complete(moto_s3, state, tree)
-    cp = Checkpoint(state, readonly=True)
-    try:
-        assert cp.sop_log_rows() == 0
-        indexed = [r for _, r in cp.iter_db("index") if r["sop_uid"]]
-        assert len(indexed) == cp.counts()["sop"] == 300
-        for r in indexed:
-            assert cp.path_for_sop(r["sop_uid"]) == from_fields(r["source_path"],
-                                                                 r["source_path_b64"])
     finally:
         cp.close()
 
@@ -331,59 +219,6 @@ def test_a_full_disk_during_the_merge_leaves_the_state_as_it_was(
         assert tables(cp) == reference(objects)
     finally:
         cp.close()
-
-
-def test_status_says_how_many_rows_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                        ) -> None:
-    monkeypatch.setattr(soplog, "clustered", lambda uids: False)
-    state = tmp_path / "state"
-    objects = commits(6, 3)
-    waiting = sum(len(o.entries) for o in objects)
-    cp = Checkpoint(state)
-    try:
-        cp.commit_objects(objects)
-    finally:
-        cp.close()
-    for merged in (False, True):
-        if merged:
-            cp = Checkpoint(state)
-            cp.merge_sop_log()
-            cp.close()
-        doc = json.loads(run_cli("status", "--state", str(state), "--json", check=True).stdout)
-        text = run_cli("status", "--state", str(state), check=True).stdout
-        assert doc["sop_rows_unmerged"] == (0 if merged else waiting)
-        said = f"{waiting:,} rows of the SOPInstanceUID index wait to be merged"
-        assert (said in text) is not merged, text
-
-
-def test_a_state_of_a_newer_format_is_refused(tmp_path: Path) -> None:
-    """A later pacsmigrate may keep rows where this one would not look: one line, no change."""
-    state = tmp_path / "state"
-    cp = Checkpoint(state)
-    cp.put_meta("format", FORMAT + 1)
-    cp.close()
-    data = next(state.rglob("data.mdb"))
-    source, store = tmp_path / "pacs", tmp_path / "store"
-    source.mkdir()
-    store.mkdir()
-    before = data.read_bytes()
-    for args, said_first in ((("status", "--state", str(state)), "error: "),
-                             (("migrate", str(source), str(store), "--state", str(state)),
-                              "error: pre-flight: state: ")):
-        proc = run_cli(*args)
-        assert proc.returncode != 0
-        said = (f"state directory {state} was written by a newer pacsmigrate (state format "
-                f"{FORMAT + 1}; this version reads {FORMAT} and older): use that version or "
-                "a newer one")
-        assert proc.stderr.strip().splitlines() == [said_first + said], proc.stderr
-    checked = run_cli("check", str(source), str(store), "--state", str(state))
-    assert checked.returncode != 0
-    assert f"FAIL  state: {said}" in checked.stdout.splitlines()
-    with pytest.raises(StateError, match="newer pacsmigrate"):
-        Checkpoint(state, readonly=True)
-    with pytest.raises(StateError, match="newer pacsmigrate"):  # not locked by the refusal
-        Checkpoint(state)
-    assert data.read_bytes() == before
 
 
 @pytest.mark.parametrize("logged", [False, True])

@@ -1,152 +1,49 @@
-"""A fault-injecting HTTP/1.1 reverse proxy on 127.0.0.1 in front of a real local S3 store.
-
-    with FaultProxy(seaweed.endpoint_url, seed=7, probability=0.1) as proxy:
-        run the client against proxy.url ...
-        proxy.injected  # Counter: {"503": 3, "reset": 2, ...}
-
-Every request is read whole from the client, then either answered with a fault BEFORE it
-is forwarded (the store never sees it: a failed PUT is really not stored), or forwarded
-and its answer replaced by a fault AFTER the store acted on it (the store did it, the
-client saw an error: what a retry must cope with, e.g. a 412 for its own If-None-Match PUT).
-
-Faults: "500" InternalError, "503" SlowDown, "429" TooManyRequests, "403" AccessDenied,
-"NoSuchUpload" (404) (S3 XML error bodies); "reset" (part of the answer, then a TCP RST);
-"stall" (no answer for `stall_seconds`, then close); "truncate" (headers with the full
-Content-Length, fewer body bytes, then close); "blackhole" (after the request headers,
-neither read the body nor answer for `stall_seconds`). Chosen per request by a seeded RNG,
-by targeted rules (`inject`), or by a `storm` that fails everything for a while (or, with no
-duration, until `calm()`: what a unit test uses, so no request races a clock).
-Keep-alive, Content-Length and chunked bodies, `Expect: 100-continue` and HEAD are handled;
-bodies are buffered (bounded by `max_body`).
-"""
+"""FaultProxy: the proxy itself, run in a thread with its own asyncio loop; control from
+any thread (random faults, targeted rules, storms), the lifecycle, the fault decisions and
+the serving of each client connection."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import random
-import socket
-import struct
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 from urllib.parse import urlsplit
 
-LOOPBACK = "127.0.0.1"
-BEFORE, AFTER = "before", "after"
-ERRORS: dict[str, tuple[int, str, str, str]] = {
-    "500": (500, "Internal Server Error", "InternalError",
-            "We encountered an internal error. Please try again."),
-    "503": (503, "Service Unavailable", "SlowDown", "Please reduce your request rate."),
-    "429": (429, "Too Many Requests", "TooManyRequests", "Please reduce your request rate."),
-    "403": (403, "Forbidden", "AccessDenied", "Access Denied"),
-    # What a store says to a retried CompleteMultipartUpload that already succeeded.
-    "NoSuchUpload": (404, "Not Found", "NoSuchUpload",
-                     ("The specified multipart upload does not exist. The upload ID might be "
-                      "invalid, or the multipart upload might have been aborted or completed.")),
-}
-KINDS = (*ERRORS, "reset", "stall", "truncate", "blackhole")
-# The default mix for random faults: mostly error answers, some broken connections.
-DEFAULT_MIX: dict[str, float] = {"500": 2, "503": 2, "429": 1, "reset": 2, "stall": 1,
-                                 "truncate": 2}
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te",
-              "trailer", "upgrade", "expect"}
-MAX_HEAD = 64 * 1024
-
-
-class ProxyError(Exception):
-    """A malformed request or answer: the connection is dropped."""
-
-
-class _Target:
-    """path and query of a request target (shared by Request and Exchange)."""
-
-    target: str
-
-    @property
-    def path(self) -> str:
-        return self.target.split("?", 1)[0]
-
-    @property
-    def query(self) -> str:
-        return self.target.split("?", 1)[1] if "?" in self.target else ""
-
-
-@dataclass(frozen=True)
-class Request(_Target):
-    """What a fault decision sees: the request line and headers (the body comes later)."""
-
-    method: str
-    target: str
-    headers: tuple[tuple[str, str], ...]
-
-    def header(self, name: str, default: str = "") -> str:
-        name = name.lower()
-        for k, v in self.headers:
-            if k.lower() == name:
-                return v
-        return default
-
-
-
-@dataclass
-class Response:
-    status: int
-    reason: str
-    headers: list[tuple[str, str]]
-    body: bytes
-    close: bool = False  # the upstream said Connection: close
-
-
-@dataclass(frozen=True)
-class Exchange(_Target):
-    """One request the proxy handled, for the test to inspect afterwards."""
-
-    started: float
-    body_done: float  # when the request body had arrived (time.monotonic)
-    finished: float
-    method: str
-    target: str
-    status: int | None  # what the client was told (None: no complete answer)
-    upstream_status: int | None  # what the store answered (None: not forwarded)
-    bytes_in: int  # request body bytes
-    bytes_out: int  # answer bytes written to the client (head and body)
-    fault: str | None
-    phase: str | None
-
-
-
-@dataclass
-class Rule:
-    """Fault the next `times` requests that `match` accepts."""
-
-    kind: str
-    phase: str
-    match: Callable[[Request], bool] | None
-    times: int
-    hits: int = 0
-
-
-@dataclass
-class _Upstream:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    used: int = 0
-
-
-@dataclass
-class _Config:
-    probability: float = 0.0
-    kinds: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
-    after: float = 0.5
-
-
-def is_loopback(host: str) -> bool:
-    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+from .model import (
+    AFTER,
+    BEFORE,
+    ERRORS,
+    KINDS,
+    LOOPBACK,
+    MAX_HEAD,
+    Exchange,
+    ProxyError,
+    Request,
+    Response,
+    Rule,
+    _Config,
+    _Upstream,
+    is_loopback,
+)
+from .wire import (
+    _close,
+    _error_response,
+    _keep_alive,
+    _parse_request,
+    _read_chunked,
+    _read_response,
+    _reset,
+    _send,
+    _serialize,
+    _serialize_parts,
+    _serialize_request,
+)
 
 
 class FaultProxy:
@@ -515,157 +412,3 @@ class FaultProxy:
         n = await _send(writer, cut)
         _close(writer)
         return n
-
-
-# -- HTTP/1.1 pieces ------------------------------------------------------------------
-def _parse_headers(lines: list[bytes]) -> list[tuple[str, str]]:
-    headers: list[tuple[str, str]] = []
-    for line in lines:
-        if not line:
-            continue
-        name, sep, value = line.decode("latin-1").partition(":")
-        if not sep or not name or name != name.strip():
-            raise ProxyError("malformed header line")
-        headers.append((name, value.strip()))
-    return headers
-
-
-def _parse_request(head: bytes) -> Request:
-    lines = head[:-4].split(b"\r\n")
-    parts = lines[0].decode("latin-1").split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise ProxyError("malformed request line")
-    return Request(parts[0], parts[1], tuple(_parse_headers(lines[1:])))
-
-
-def _keep_alive(connection: str, head: bytes) -> bool:
-    if head.split(b"\r\n", 1)[0].endswith(b"HTTP/1.0"):
-        return "keep-alive" in connection.lower()
-    return "close" not in connection.lower()
-
-
-async def _read_chunked(reader: asyncio.StreamReader, limit: int) -> bytes:
-    body = bytearray()
-    while True:
-        size_line = await reader.readuntil(b"\r\n")
-        size = int(size_line.split(b";", 1)[0].strip(), 16)
-        if size == 0:
-            while (await reader.readuntil(b"\r\n")) != b"\r\n":
-                pass  # trailers
-            return bytes(body)
-        if len(body) + size > limit:
-            raise ProxyError("chunked body over the limit")
-        body += await reader.readexactly(size)
-        if await reader.readexactly(2) != b"\r\n":
-            raise ProxyError("malformed chunk")
-
-
-async def _read_response(reader: asyncio.StreamReader, method: str, limit: int) -> Response:
-    while True:
-        head = await reader.readuntil(b"\r\n\r\n")
-        lines = head[:-4].split(b"\r\n")
-        version, _, rest = lines[0].decode("latin-1").partition(" ")
-        code, _, reason = rest.partition(" ")
-        status = int(code)
-        headers = _parse_headers(lines[1:])
-        if 100 <= status < 200 and status != 101:
-            continue  # an interim answer (we strip Expect, so rare)
-        break
-
-    def get(name: str) -> str:
-        return next((v for k, v in headers if k.lower() == name), "")
-
-    connection = get("connection").lower()
-    close = "close" in connection or (version == "HTTP/1.0" and "keep-alive" not in connection)
-    if method == "HEAD" or status in (204, 304):
-        body = b""
-    elif "chunked" in get("transfer-encoding").lower():
-        body = await _read_chunked(reader, limit)
-    elif get("content-length"):
-        n = int(get("content-length"))
-        if n > limit:
-            raise ProxyError("answer over the limit")
-        body = await reader.readexactly(n)
-    else:
-        body = await reader.read(limit + 1)  # until the store closes
-        while len(body) <= limit and (more := await reader.read(limit + 1 - len(body))):
-            body += more
-        close = True
-    return Response(status, reason, headers, body, close)
-
-
-def _serialize_request(req: Request, body: bytes) -> bytes:
-    lines = [f"{req.method} {req.target} HTTP/1.1"]
-    for k, v in req.headers:
-        if k.lower() in HOP_BY_HOP or k.lower() == "content-length":
-            continue  # Host stays as the client signed it (SigV4)
-        lines.append(f"{k}: {v}")
-    if body or req.method in ("PUT", "POST"):
-        lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-
-def _serialize_parts(req: Request, resp: Response) -> tuple[bytes, bytes]:
-    lines = [f"HTTP/1.1 {resp.status} {resp.reason}"]
-    for k, v in resp.headers:
-        low = k.lower()
-        if low in HOP_BY_HOP or (low == "content-length" and req.method != "HEAD"):
-            continue
-        lines.append(f"{k}: {v}")
-    if req.method != "HEAD" and resp.status not in (204, 304):
-        lines.append(f"Content-Length: {len(resp.body)}")
-    if resp.close:
-        lines.append("Connection: close")
-    body = b"" if req.method == "HEAD" else resp.body
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"), body
-
-
-def _serialize(req: Request, resp: Response) -> bytes:
-    head, body = _serialize_parts(req, resp)
-    return head + body
-
-
-def _error_response(req: Request, status: int, reason: str, code: str, message: str
-                    ) -> Response:
-    request_id = f"faultproxy-{random.getrandbits(32):08x}"
-    xml = ('<?xml version="1.0" encoding="UTF-8"?>\n'
-           f"<Error><Code>{code}</Code><Message>{message}</Message>"
-           f"<Resource>{_xml_escape(req.path)}</Resource><RequestId>{request_id}</RequestId>"
-           "</Error>").encode()
-    headers = [("Content-Type", "application/xml"), ("x-amz-request-id", request_id),
-               ("Date", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime()))]
-    if req.method == "HEAD":
-        headers.append(("Content-Length", str(len(xml))))
-    return Response(status, reason, headers, xml)
-
-
-def _xml_escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-async def _send(writer: asyncio.StreamWriter, data: bytes) -> int:
-    writer.write(data)
-    await writer.drain()
-    return len(data)
-
-
-async def _reset(writer: asyncio.StreamWriter) -> None:
-    """Close with a TCP RST (SO_LINGER 0) instead of a FIN, after what was written left."""
-    for _ in range(500):  # abort() drops what is still buffered in the transport
-        if writer.transport.get_write_buffer_size() == 0:
-            break
-        await asyncio.sleep(0.01)
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
-
-
-def _close(writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(Exception):
-        writer.close()
-
-
-__all__ = ["AFTER", "BEFORE", "DEFAULT_MIX", "ERRORS", "KINDS", "Exchange", "FaultProxy",
-           "Request", "Rule"]
