@@ -8,6 +8,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -315,14 +317,12 @@ def test_environment_and_pipes_the_way_a_script_meets_them(small_tree: Path, tmp
     (tmp_path / "store").mkdir()
     run_cli("migrate", str(small_tree), str(tmp_path / "store"), "--state", str(tmp_path / "s"),
             "--no-progress", check=True)
-    import subprocess
-    import sys
     read, write = os.pipe()
     os.close(read)  # the reader is gone before the first row
     try:
         proc = subprocess.run([sys.executable, "-m", "pacsmigrate", "index", "export",
-                               "--state", str(tmp_path / "s")], stdout=write,
-                              stderr=subprocess.PIPE, text=True, timeout=120)
+                               "--state", str(tmp_path / "s")], check=False,
+                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
     finally:
         os.close(write)
     assert proc.returncode == 141 and proc.stderr == "", proc.stderr
