@@ -4,6 +4,7 @@ the objects a killed run left behind."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
 from typing import Any
@@ -14,11 +15,13 @@ from . import faults, manifest
 from .backends.base import Backend, ObjectInfo, one_chunk
 from .backends.body import Buffer
 from .bundle import Built, Known, file_parts, tar_parts
-from .errors import BackendError, ObjectExistsError, SourceChangedError
+from .errors import BackendError, ObjectArchivedError, ObjectExistsError, SourceChangedError
 from .keys import sidecar_key
 from .paths import member_name
 from .records import FILE, TAR, BundlePlan, Entry, StoredObject
 from .retention import manifest_fields
+
+log = logging.getLogger(__name__)
 
 META = {"pacsmigrate-format": "2"}
 INLINE_MAX = 1 << 20  # bundles this small, all in memory, are packed on the event loop
@@ -108,7 +111,11 @@ async def recover(plan: BundlePlan, backend: Backend) -> StoredObject | None:
     info = await backend.stat(plan.key)
     if info is None:
         return None
-    raw = await _find_manifest(plan, backend, info)
+    try:
+        raw = await _find_manifest(plan, backend, info)
+    except ObjectArchivedError:
+        await _replace_archived(plan, backend)
+        return None
     try:
         doc = manifest.parse(raw) if raw is not None else None
     except ValueError:
@@ -123,6 +130,22 @@ async def recover(plan: BundlePlan, backend: Backend) -> StoredObject | None:
         await save_sidecar(backend, plan.key, raw)
     return _stored(plan, info, doc.get("created", ""), manifest.entries(doc), adopted=True,
                    retention=doc.get("retention"))
+
+
+async def _replace_archived(plan: BundlePlan, backend: Backend) -> None:
+    """The interrupted attempt stored the object in an archive class (GLACIER, DEEP_ARCHIVE,
+    Azure Archive), where it cannot be read back to be checked: never adopted unchecked, it
+    is removed and the plan stored again (a re-run stayed stuck on it, asking for a restore
+    of an object the index did not know). A lock that keeps it is said in one line."""
+    try:
+        await backend.remove(plan.key)
+    except BackendError as exc:
+        raise BackendError(
+            f"{plan.key}, stored by an interrupted run in an archive class, cannot be read "
+            f"back to be checked nor removed ({exc}): restore it (aws s3api restore-object, "
+            "or az storage blob set-tier), then re-run", key=plan.key) from exc
+    log.info("%s: stored by an interrupted run in an archive class, unreadable until "
+             "restored: removed, to be stored again", plan.key)
 
 
 async def _find_manifest(plan: BundlePlan, backend: Backend, info: ObjectInfo) -> bytes | None:

@@ -121,6 +121,32 @@ def test_objects_are_stored_in_their_class_on_s3(seaweed_s3: S3Target, tmp_path:
         assert tags == want, key
 
 
+def test_a_run_killed_in_an_archive_class_is_finished_by_the_same_command(
+        moto_s3: S3Target, tmp_path: Path) -> None:
+    """An object the killed run stored in GLACIER cannot be read back to be checked: every
+    re-run stopped on it, asking to restore an object the index did not know. It is
+    removed and stored again."""
+    _aged_tree(tmp_path / "pacs")
+    args = ("migrate", str(tmp_path / "pacs"), moto_s3.url, "--endpoint-url",
+            moto_s3.info.endpoint_url, "--state", str(tmp_path / "state"), "--storage-class",
+            "GLACIER", "--no-progress")
+    killed = run_cli(*args, env={**moto_s3.env(), "PACSMIGRATE_CRASH_AT": "after-upload:2"})
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    again = run_cli(*args, env=moto_s3.env())
+    assert again.returncode == 0, again.stdout + again.stderr
+    status = json.loads(run_cli("status", "--state", str(tmp_path / "state"), "--json",
+                                check=True).stdout)
+    assert status["files_pending"] == 0 and status["uploads_in_doubt"] == 0
+    rows = index_rows(tmp_path / "state")
+    assert len(rows) == status["files_migrated"] == sum(
+        1 for p in (tmp_path / "pacs").rglob("*") if p.is_file())
+    keys = {r["key"] for r in rows}
+    assert keys <= set(moto_s3.object_keys())
+    for key in keys:
+        head = moto_s3.client.head_object(Bucket=moto_s3.bucket, Key=key)
+        assert head.get("StorageClass") == "GLACIER", key
+
+
 def test_blobs_are_stored_in_their_tier_on_azure(azure_store: AzureTarget, tmp_path: Path
                                                  ) -> None:
     studies = _aged_tree(tmp_path / "pacs")
