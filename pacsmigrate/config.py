@@ -160,6 +160,13 @@ class Destination:
         return (self.s3.sse_c_md5 if self.s3 else None) or (
             self.azure.cpk_md5 if self.azure else None)
 
+    def options_meta(self) -> dict[str, str | None]:
+        """Its store options as a state's config records them (access.destination_of reads
+        them back): region, provider, encryption... and the customer key's MD5."""
+        if self.s3 is not None:
+            return self.s3.as_meta()
+        return self.azure.as_meta() if self.azure is not None else {}
+
     def with_azure(self, options: AzureOptions) -> Destination:
         """This destination with Azure's encryption options (Azure only)."""
         if self.scheme != "az":

@@ -48,8 +48,10 @@ async def rebuild(backend: Backend, dest: Destination, cp: Checkpoint, *,
     if await backend.stat(descriptor) is None:
         raise StateError(f"no pacsmigrate store at {dest} (missing {descriptor})")
     secret = json.loads(await backend.load(descriptor))["key_secret"]
+    # The store's options (region, provider, SSE, the customer key's MD5): the rebuilt
+    # state reaches and reads the store as the migration did.
     cp.put_meta("config", {"dest": str(dest), "endpoint_url": dest.endpoint_url,
-                           "sources": await recorded_sources(backend, dest),
+                           **dest.options_meta(), "sources": await recorded_sources(backend, dest),
                            "created": now_iso(), "rebuilt_from_store": True})
     cp.put_meta("key_secret", secret)
     result = RebuildResult()

@@ -30,9 +30,8 @@ def check_state(cp: Checkpoint, cfg: MigrateConfig) -> MigrateConfig:
         raise ConfigError(f"state directory {cfg.state_dir} holds a migration run on Dask "
                           "workers: re-run it with --workers (or --scheduler)")
     if known is None:
-        s3 = cfg.dest.s3.as_meta() if cfg.dest.s3 else (
-            cfg.dest.azure.as_meta() if cfg.dest.azure else {})
-        cp.put_meta("config", {"dest": dest, "endpoint_url": cfg.dest.endpoint_url, **s3,
+        cp.put_meta("config", {"dest": dest, "endpoint_url": cfg.dest.endpoint_url,
+                               **cfg.dest.options_meta(),
                                "sources": [os.path.abspath(s) for s in cfg.sources],
                                "shard": str(cfg.shard) if cfg.shard else None,
                                "shard_cut": cfg.shard.cut if cfg.shard else None,

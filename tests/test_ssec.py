@@ -91,6 +91,15 @@ def test_every_command_reads_with_the_same_key_and_none_without(
     for r in rows:
         assert (out / r["source_path"].lstrip("/")).read_bytes() == Path(
             r["source_path"]).read_bytes()
+    # The index rebuilt from the store alone reads with the key too (its state did not
+    # know the objects were SSE-C: get and restore asked without the key, and failed).
+    rebuilt = tmp_path / "rebuilt"
+    run_cli("index", "rebuild", seaweed_s3.url, "--endpoint-url", seaweed_s3.info.endpoint_url,
+            "--state", str(rebuilt), "--sse-c-key-file", str(key_file), env=env, check=True)
+    got = tmp_path / "got.dcm"
+    run_cli("get", rows[0]["source_path"], "--state", str(rebuilt), "-o", str(got),
+            "--sse-c-key-file", str(key_file), env=env, check=True)
+    assert got.read_bytes() == Path(rows[0]["source_path"]).read_bytes()
     # A re-run without the key (objects under two keys, or none) is refused.
     again = run_cli(*migrate, env=env)
     assert again.returncode == 2 and "give the same --sse-c-key-file" in again.stderr
