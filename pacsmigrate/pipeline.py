@@ -26,7 +26,14 @@ from .progress import Bar, keep_reporting, keep_writing, stats_line
 from .records import now_iso
 from .report import outcome_of, run_record, write_report
 from .sample import measure_upload, scale
-from .setup import agreed_slicing, check_object_lock, check_state, key_secret, record_sources
+from .setup import (
+    agreed_slicing,
+    check_object_lock,
+    check_state,
+    key_secret,
+    record_sources,
+    recorded_encryption,
+)
 from .sink import PlanSink, Sink, StoreSink
 from .staterepair import done_with_list, take_list
 from .stats import Stats
@@ -66,7 +73,7 @@ class Migration:
 
     async def _run(self) -> Stats:
         started = time.monotonic()
-        cfg = self.cfg
+        cfg = self.cfg = recorded_encryption(self.cfg)  # before the store is opened with it
         async with AsyncExitStack() as stack:
             # The pre-flight probes through it (one session, one connection pool); a dry
             # run lists the store with it.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -14,11 +15,31 @@ from .backends.base import LockCapable, one_chunk
 from .checkpoint import FORMAT, Checkpoint
 from .config import Destination, MigrateConfig
 from .errors import ConfigError, ObjectExistsError, StateError
+from .lmdbfile import env_dir
 from .records import now_iso
 from .slicing import as_doc, plan, with_plan
 from .tiers import tiers_meta
 
 SOURCES_FORMAT = "pacsmigrate.sources/1"
+log = logging.getLogger(__name__)
+
+
+def recorded_encryption(cfg: MigrateConfig) -> MigrateConfig:
+    """A run on a state whose migration asked --sse (or --sse-kms-key-id) encrypts alike
+    when it does not say otherwise: read from the state before the store is opened."""
+    s3 = cfg.dest.s3
+    if s3 is None or s3.sse or s3.sse_kms_key_id or not env_dir(cfg.state_dir).is_dir():
+        return cfg
+    cp = Checkpoint(cfg.state_dir, readonly=True)
+    try:
+        known = cp.get_meta("config") or {}
+    finally:
+        cp.close()
+    if not known.get("sse") or known.get("dest") != str(cfg.dest):
+        return cfg
+    log.info("encrypted at rest as this migration's first run asked (--sse %s)", known["sse"])
+    return replace(cfg, dest=replace(cfg.dest, s3=replace(
+        s3, sse=known["sse"], sse_kms_key_id=known.get("sse_kms_key_id"))))
 
 
 def check_state(cp: Checkpoint, cfg: MigrateConfig) -> MigrateConfig:

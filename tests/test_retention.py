@@ -278,6 +278,16 @@ def test_sse_s3_encrypts_every_object(seaweed_s3: S3Target, tmp_path: Path) -> N
         assert head.get("ServerSideEncryption") == "AES256", key
     verify = run_cli("verify", "--state", str(state), "--deep", env=seaweed_s3.env())
     assert verify.returncode == 0, verify.stdout + verify.stderr
+    # The nightly run without --sse: its new objects were stored unencrypted, said OK.
+    (tmp_path / "pacs" / "tonight.dcm").write_bytes(b"a file of the next night")
+    run_cli("migrate", str(tmp_path / "pacs"), seaweed_s3.url, "--endpoint-url",
+            seaweed_s3.info.endpoint_url, "--state", str(state), "--no-progress",
+            env=seaweed_s3.env(), check=True)
+    new = {r["key"] for r in index_rows(state)} - keys
+    assert new
+    for key in new:
+        head = seaweed_s3.client.head_object(Bucket=seaweed_s3.bucket, Key=key)
+        assert head.get("ServerSideEncryption") == "AES256", key
 
 
 def test_sse_kms_names_its_key(moto_s3: S3Target, tmp_path: Path) -> None:
