@@ -326,3 +326,24 @@ def test_environment_and_pipes_the_way_a_script_meets_them(small_tree: Path, tmp
     finally:
         os.close(write)
     assert proc.returncode == 141 and proc.stderr == "", proc.stderr
+
+
+def test_options_from_the_environment_are_named_as_typed(small_tree: Path, tmp_path: Path
+                                                         ) -> None:
+    """PACSMIGRATE_MIGRATE_STATE, _REPORT, STATUS_JSON... were silently ignored (click named
+    them after the parameters: _STATE_DIR, _REPORT_PATH, _AS_JSON): a nightly run started a
+    new migration in ./pacsmigrate-state. Both names work now."""
+    store, state, report = tmp_path / "store", tmp_path / "nightly", tmp_path / "r.json"
+    store.mkdir()
+    env = {**os.environ, "PACSMIGRATE_MIGRATE_STATE": str(state),
+           "PACSMIGRATE_MIGRATE_REPORT": str(report), "PACSMIGRATE_MIGRATE_PROGRESS": "0"}
+    proc = subprocess.run([sys.executable, "-m", "pacsmigrate", "migrate", str(small_tree),
+                           str(store)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          check=False, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (state / "checkpoint.lmdb").is_dir() and report.is_file()
+    assert not (tmp_path / "pacsmigrate-state").exists()
+    for name in ("PACSMIGRATE_STATUS_STATE", "PACSMIGRATE_STATUS_STATE_DIR"):
+        status = run_cli("status", env={**os.environ, name: str(state),
+                                        "PACSMIGRATE_STATUS_JSON": "1"})
+        assert json.loads(status.stdout)["files_migrated"] == 4, status

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import pytest
 from conftest import TEST_FILES, S3Target, run_cli
 from helpers import assert_complete, multipart_tree
@@ -223,8 +224,11 @@ def test_systemd_example_names_real_options() -> None:
                        .read_text(), re.MULTILINE)
     assert len(names) >= 5
     for command, option in names:
-        params = {p.name.upper() for p in main.commands[command.lower()].params}
-        assert option in params, (command, option)
+        cmd = main.commands[command.lower()]
+        params = {p.name.upper() for p in cmd.params if p.name} | {
+            name for p in cmd.params if isinstance(p, click.Option)
+            for name in ([p.envvar] if isinstance(p.envvar, str) else p.envvar or [])}
+        assert option in params or f"PACSMIGRATE_{command}_{option}" in params, (command, option)
     unit = (here / "pacsmigrate.service").read_text().replace("\\\n", " ")
     for command, flags in re.findall(r"pacsmigrate (?:--log-file \S+ )?(\w+) \S+ \S+(.*)", unit):
         known = {o for p in main.commands[command].params for o in getattr(p, "opts", [])}

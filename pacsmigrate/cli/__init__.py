@@ -36,9 +36,10 @@ from .verify import verify
 def main(verbose: int, log_file: Path | None) -> None:
     """Migrate PACS archives into object storage, resumably, with a RIS index.
 
-    Every option can also come from the environment: PACSMIGRATE_<COMMAND>_<OPTION>, e.g.
-    PACSMIGRATE_MIGRATE_CONCURRENCY=16 or PACSMIGRATE_LOG_FILE=/var/log/pacsmigrate.jsonl
-    (options of the command line win).
+    Every option can also come from the environment: PACSMIGRATE_<COMMAND>_<OPTION>, the
+    option as typed, e.g. PACSMIGRATE_MIGRATE_CONCURRENCY=16, PACSMIGRATE_MIGRATE_STATE=DIR,
+    PACSMIGRATE_INDEX_EXPORT_FORMAT=csv or PACSMIGRATE_LOG_FILE=/var/log/pacsmigrate.jsonl
+    (options of the command line win; a repeatable option's values are split at spaces).
     """
     # pydicom's warnings and log lines can quote element values (patient data). The command
     # line is a process of our own: silence them in all of it (the library does so only
@@ -64,5 +65,25 @@ main.add_command(restore_cmd)
 main.add_command(verify)
 main.add_command(cleanup)
 main.add_command(serve)
+
+
+def _env_names(command: click.Command, prefix: str) -> None:
+    """PACSMIGRATE_<COMMAND>_<OPTION> named after the option as typed (--state: _STATE,
+    --json: _JSON), not only after its parameter (state_dir, as_json), which click's own
+    names follow and which keep working."""
+    for param in command.params:
+        if not isinstance(param, click.Option) or param.envvar or param.name is None \
+                or not param.allow_from_autoenv:
+            continue
+        longest = max((o for o in param.opts if o.startswith("--")), key=len, default=None)
+        flag = longest[2:].replace("-", "_").upper() if longest else param.name.upper()
+        if flag != param.name.upper():
+            param.envvar = [f"{prefix}_{flag}", f"{prefix}_{param.name.upper()}"]
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            _env_names(sub, f"{prefix}_{name.replace('-', '_').upper()}")
+
+
+_env_names(main, "PACSMIGRATE")
 
 __all__ = ["main"]
