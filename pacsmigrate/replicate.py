@@ -25,6 +25,7 @@ from typing import Any
 from . import keys
 from .access import destination_of
 from .backends import Backend, one_chunk, open_backend
+from .backends.base import LockCapable
 from .backends.body import Buffer, multipart_etag
 from .checkpoint import Checkpoint
 from .config import Destination, TransferConfig, overlap
@@ -244,6 +245,7 @@ async def replicate(source_state: Path, dest: Destination, replica_state: Path, 
         dst = await open_backend(dest, transfer)
         stack.push_async_callback(dst.close)
         await _another_store(src, dst, origin, dest)
+        await _takes_locks(cp, dst, dest)
         if classes:  # what the scheme offers, the store may not (MinIO has no GLACIER)
             probed = await probe_classes(dst, dest, classes, hint=(
                 f"replicate --storage-class CLASS, or {DEFAULT_CLASS}: the store's own"))
@@ -306,6 +308,21 @@ def _classes_offered(cp: Checkpoint, dest: Destination, storage_class: str | Non
                           f"CLASS for every copy, or --storage-class {DEFAULT_CLASS} (the "
                           "store's own)") from None
     return classes
+
+
+async def _takes_locks(cp: Checkpoint, dst: Backend, dest: Destination) -> None:
+    """A migration with locked objects is copied only into a bucket that takes locks (it
+    failed mid-way, after the records, with the store's words). A directory keeps a lock
+    as metadata only, as it keeps a class."""
+    if dest.scheme == "file" or not any(
+            (rec or {}).get("retention") for _, rec in cp.iter_db("objects")):
+        return
+    if not isinstance(dst, LockCapable) or not await dst.object_lock_enabled():
+        what = ("has no version-level immutability (enable it on the container)"
+                if dest.scheme == "az" else "has no object lock (create the bucket with "
+                "object lock enabled)")
+        raise ConfigError(f"the migration's objects are locked (retention) and {dest} {what}:"
+                          " a replica keeps their locks")
 
 
 async def _another_store(src: Backend, dst: Backend, origin: Destination,

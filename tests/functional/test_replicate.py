@@ -264,6 +264,27 @@ def test_a_class_the_replica_store_itself_refuses_stops_before_any_copy(
     assert {r["key"] for r in index_rows(state)} <= set(seaweed_s3.object_keys())
 
 
+@pytest.mark.seaweed
+def test_a_locked_migration_is_not_copied_into_a_bucket_without_object_lock(
+        tree: Path, moto_s3: S3Target, seaweed_s3: S3Target, tmp_path: Path,
+        request: pytest.FixtureRequest) -> None:
+    """It failed mid-way, records copied, in the store's words (SeaweedFS: Invalid Request)."""
+    bucket = seaweed_s3.bucket + "-lock"
+    seaweed_s3.client.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    request.addfinalizer(lambda: seaweed_s3.drop(bucket))
+    state = tmp_path / "state"
+    env = {**moto_s3.env(), **seaweed_s3.env()}
+    _migrate(tree, f"s3://{bucket}/archive", state, env, "--endpoint-url",
+             seaweed_s3.info.endpoint_url, "--retain-years", "30")
+    proc = run_cli("replicate", moto_s3.url, "--endpoint-url", moto_s3.info.endpoint_url,
+                   "--state", str(state), "--to-state", str(tmp_path / "r"), env=env)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        (f"error: the migration's objects are locked (retention) and {moto_s3.url} has no "
+         "object lock (create the bucket with object lock enabled): a replica keeps their "
+         "locks")], proc.stderr
+    assert moto_s3.object_keys() == []
+
+
 def test_the_primary_reached_another_way_or_the_source_tree_is_refused(
         tree: Path, moto_s3: S3Target, local_store: LocalTarget, tmp_path: Path) -> None:
     """A replica must be another store (an object written to it must not show in the
