@@ -168,8 +168,9 @@ class PlanSink(Sink):
                                 length=partial(self._length, plan.policy),
                                 shrinks=self._has_copies if self.dedup else None)
         self.stats.planned_requests += requests
-        if self.prices is not None:
-            self.tally.add(self.prices, self.storage_class(plan), plan.size,
+        if self.prices is not None:  # billed as stored: a bundle's tar, not its files
+            stored = self._length(plan.policy, plan) if plan.kind == TAR else plan.size
+            self.tally.add(self.prices, self.storage_class(plan), stored,
                            [m.size for m in plan.members], requests=requests,
                            scheme=self.scheme, part_size=self.part_size)
         self._batch.extend(plan_row(Entry(m.path, 0, m.size, m.blake3, m.size, m.mtime_ns,

@@ -98,3 +98,21 @@ def test_a_bad_price_table_is_one_line(text: str, why: str, tmp_path: Path) -> N
     assert proc.returncode == 2 and why in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "s").exists()  # refused before the state was made
+
+
+def test_bundles_are_billed_as_stored_not_as_their_files(tmp_path: Path) -> None:
+    """The estimate billed a bundle as its files' bytes: 600 files of 1,000 bytes were
+    0.60 MB billed (the tar holds 0.96 MB: a header and padding each), so bundles looked no
+    dearer to keep than one object a file."""
+    src = tmp_path / "pacs" / "study"
+    src.mkdir(parents=True)
+    for i in range(600):
+        (src / f"{i:04d}.txt").write_bytes(i.to_bytes(2, "big") * 500)  # no two alike
+    report = tmp_path / "plan.json"
+    run_cli("migrate", str(tmp_path / "pacs"), "s3://hospital-archive/pacs", "--dry-run",
+            "--offline", "--state", str(tmp_path / "s"), "--report", str(report), check=True)
+    cost = json.loads(report.read_text())["run"]["cost"]
+    [line] = cost["bundles"]
+    billed = round(line["gb_billed"] * GiB)
+    assert 600 * (512 + 1024) <= billed <= 600 * (512 + 1024) + 64 * 1024, billed
+    assert round(sum(ln["gb_billed"] for ln in cost["per_file"]) * GiB) == 600 * 1000
