@@ -35,6 +35,21 @@ def destination_of(cp: Checkpoint, *, endpoint_url: str | None = None) -> Destin
     return dest.with_s3(S3Options.from_meta(config)) if dest.scheme == "s3" else dest
 
 
+def with_customer_key(dest: Destination, key_file: str | None) -> Destination:
+    """The migration's destination read with the customer key (SSE-C, Azure's) in key_file."""
+    if dest.s3 is not None and key_file:
+        return replace(dest, s3=replace(dest.s3, sse_c_key_file=key_file))
+    if dest.azure is not None and key_file:
+        return replace(dest, azure=replace(dest.azure, cpk_key_file=key_file))
+    return dest
+
+
+def remembered_ca(cp: Checkpoint, dest: Destination) -> Path | None:
+    """The private CA the migration in cp was told to trust (see _remembered_ca), if any."""
+    ca = cp.get_meta("ca_bundle")
+    return _remembered_ca(Path(ca), dest) if ca else None
+
+
 def _remembered_ca(ca: Path, dest: Destination) -> Path | None:
     """The CA file the migration was given; when it is gone, the environment's (None), else
     a line that says so (these commands take no --ca-bundle)."""
@@ -55,11 +70,7 @@ async def open_migration(state_dir: Path, *, endpoint_url: str | None = None,
     `sse_c_key_file`: the key of a migration encrypted with SSE-C (else the environment's)."""
     cp = Checkpoint(state_dir, readonly=True)
     try:
-        dest = destination_of(cp, endpoint_url=endpoint_url)
-        if dest.s3 is not None and sse_c_key_file:
-            dest = replace(dest, s3=replace(dest.s3, sse_c_key_file=sse_c_key_file))
-        if dest.azure is not None and sse_c_key_file:
-            dest = replace(dest, azure=replace(dest.azure, cpk_key_file=sse_c_key_file))
+        dest = with_customer_key(destination_of(cp, endpoint_url=endpoint_url), sse_c_key_file)
         transfer = transfer or TransferConfig()
         ca = cp.get_meta("ca_bundle")  # the private CA the migration was told to trust
         if ca and transfer.ca_bundle is None:

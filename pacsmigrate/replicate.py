@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import keys
-from .access import destination_of
+from .access import destination_of, remembered_ca, with_customer_key
 from .backends import Backend, one_chunk, open_backend
 from .backends.base import LockCapable
 from .backends.body import Buffer, multipart_etag
@@ -224,9 +224,11 @@ async def copy_object(src: Backend, dst: Backend, key: str, size: int, etag: str
 
 async def replicate(source_state: Path, dest: Destination, replica_state: Path, *,
                     transfer: TransferConfig | None = None,
-                    storage_class: str | None = None) -> Replicated:
+                    storage_class: str | None = None,
+                    source_key_file: str | None = None) -> Replicated:
     """Copy the migration in source_state to dest; the replica's state goes to replica_state.
-    `storage_class`: every object's class in the second store (else the source object's)."""
+    `storage_class`: every object's class in the second store (else the source object's);
+    `source_key_file`: the customer key (SSE-C) the migration's objects are read with."""
     transfer = transfer or TransferConfig()
     if os.path.realpath(source_state) == os.path.realpath(replica_state):
         raise ConfigError(f"--to-state {replica_state} is the migration's own state: give "
@@ -234,12 +236,13 @@ async def replicate(source_state: Path, dest: Destination, replica_state: Path, 
     async with contextlib.AsyncExitStack() as stack:
         cp = Checkpoint(source_state, readonly=True)
         stack.callback(cp.close)
-        origin = destination_of(cp)
+        origin = with_customer_key(destination_of(cp), source_key_file)
         check_destinations(origin, dest)
         _outside_sources(cp, dest, replica_state)
         classes = _classes_offered(cp, dest, storage_class)
-        ca = cp.get_meta("ca_bundle")
-        src_transfer = replace(transfer, ca_bundle=Path(ca)) if ca else transfer
+        # The source store's CA is the one its migration remembers (or the environment's),
+        # never the replica's --ca-bundle.
+        src_transfer = replace(transfer, ca_bundle=remembered_ca(cp, origin))
         src = await open_backend(origin, src_transfer)
         stack.push_async_callback(src.close)
         dst = await open_backend(dest, transfer)

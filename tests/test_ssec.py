@@ -100,6 +100,14 @@ def test_every_command_reads_with_the_same_key_and_none_without(
     run_cli("get", rows[0]["source_path"], "--state", str(rebuilt), "-o", str(got),
             "--sse-c-key-file", str(key_file), env=env, check=True)
     assert got.read_bytes() == Path(rows[0]["source_path"]).read_bytes()
+    # A replica in a directory: the key reads the source (it was not passed to it, and the
+    # directory refused it); the copies are the plain bytes, verified without a key.
+    replica, replica_state = tmp_path / "replica", tmp_path / "replica-state"
+    replica.mkdir()
+    run_cli("replicate", str(replica), "--state", str(state), "--to-state", str(replica_state),
+            "--sse-c-key-file", str(key_file), env=env, check=True)
+    deep = run_cli("verify", "--state", str(replica_state), "--deep", env=env)
+    assert deep.returncode == 0, deep.stdout + deep.stderr
     # A re-run without the key (objects under two keys, or none) is refused.
     again = run_cli(*migrate, env=env)
     assert again.returncode == 2 and "give the same --sse-c-key-file" in again.stderr

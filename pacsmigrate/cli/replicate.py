@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from ..config import Destination
 from ..replicate import replicate
 from .common import (
     destination,
@@ -44,13 +45,17 @@ def replicate_cmd(dest: str, state_dir: Path, replica_state: Path, storage_class
     Every object is checked against the source's MD5 where the stores' ETags allow; run
     `pacsmigrate verify --state REPLICA --deep` to read every instance back from DEST.
     """
+    # The key reads the migration's objects, and encrypts the copies where the replica's
+    # store takes one (a directory does not: its copies are the plain bytes).
+    local = Destination.parse(dest).scheme == "file"
     where = destination(dest, endpoint_url=endpoint_url, provider=provider, region=region,
                         profile=profile, addressing_style=addressing_style, sse=sse,
                         sse_kms_key_id=sse_kms_key_id,
-                        sse_c_key_file=sse_c_key_file,
+                        sse_c_key_file=None if local else sse_c_key_file,
                         encryption_scope=encryption_scope)
     done = run_main(replicate(state_dir, where, replica_state,
-                              transfer=transfer_config(**transfer), storage_class=storage_class))
+                              transfer=transfer_config(**transfer), storage_class=storage_class,
+                              source_key_file=sse_c_key_file))
     click.echo(f"replicated to {where}: {done.objects:,} objects; {done.copied:,} copied "
                f"({done.bytes_copied / 1e6:,.1f} MB), {done.present:,} already there; "
                f"{done.beside:,} manifests and records beside them")
