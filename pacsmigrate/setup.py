@@ -118,22 +118,18 @@ async def key_secret(cp: Checkpoint, backend: Backend | None, dest: Destination,
             mine = keys.new_secret().hex()
             cp.put_meta("key_secret", mine)
         return bytes.fromhex(mine)
-    if write and mine is not None and cp.counts()["objects"] and \
-            await backend.stat(name) is None:
-        # This state has stored objects, and the store has no record of the migration: it
-        # is another store (another --endpoint-url, or one left in the environment), whose
-        # objects the index would never find again.
-        known = (cp.get_meta("config") or {}).get("endpoint_url")
-        here = dest.endpoint_url or "the default endpoint"
-        if known == dest.endpoint_url:
-            raise StateError(f"{dest} at {here} has lost this migration's record ({name}) "
-                             "though this state has objects stored there: `pacsmigrate "
-                             "verify` says what else it lost")
+    known = (cp.get_meta("config") or {}).get("endpoint_url")
+    if write and mine is not None and known != dest.endpoint_url and \
+            cp.counts()["objects"] and await backend.stat(name) is None:
+        # This state has stored objects, and the store at another endpoint than its first
+        # run's has no record of the migration: another store (another --endpoint-url, or
+        # one left in the environment), where the index would never find them. (The same
+        # store moved keeps its record; one that lost it is verify's and repair's to say.)
         raise StateError(
-            f"{dest} at {here} holds no record of this migration, whose objects are in the "
-            f"store at {known or 'the default endpoint'}: give that endpoint (check "
-            "--endpoint-url and PACSMIGRATE_MIGRATE_ENDPOINT_URL), or another --state for "
-            "another store")
+            f"{dest} at {dest.endpoint_url or 'the default endpoint'} holds no record of "
+            f"this migration, whose objects are in the store at "
+            f"{known or 'the default endpoint'}: give that endpoint (check --endpoint-url "
+            "and PACSMIGRATE_MIGRATE_ENDPOINT_URL), or another --state for another store")
     secret = mine or keys.new_secret().hex()
     doc = {"format": "pacsmigrate.store/1", "key_secret": secret, "created": now_iso()}
     theirs = secret if write and await write_once(backend, name, doc) else \
