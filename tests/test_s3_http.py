@@ -72,6 +72,17 @@ def test_refusals_map_into_the_error_tree(status: int, code: str, error: type) -
     assert type(mapped) is error and mapped is not None and mapped.key == "k"
 
 
+def test_a_bare_400_to_a_read_says_what_it_may_mean() -> None:
+    """A HEAD of an SSE-C object without the key: "store error (400): ... Bad Request" and
+    nothing else (a HEAD's answer has no body); an index rebuild said only that."""
+    for operation in ("HeadObject", "GetObject"):
+        mapped = map_error(client_error(400, b"", operation), key="k")
+        assert isinstance(mapped, PermanentBackendError) and mapped.key == "k"
+        assert "give --sse-c-key-file FILE" in str(mapped) and "--region" in str(mapped)
+    other = map_error(client_error(400, b"", "PutObject"), key="k")
+    assert other is not None and "sse-c" not in str(other)
+
+
 def test_only_store_errors_are_mapped() -> None:
     assert map_error(ValueError("a bug"), key="k") is None
     assert map_error(KeyError("k"), key="k") is None

@@ -161,6 +161,12 @@ def map_error(exc: BaseException, *, key: str | None,
             return PermanentBackendError(f"store refused ({code}): {text}", key=key, code=code)
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         said = f"{status} {code}" if status and str(status) != code else code
+        if code in ("400", "BadRequest") and exc.operation_name in ("HeadObject", "GetObject"):
+            # A HEAD's answer has no body to say why: what it most often means for us.
+            return PermanentBackendError(
+                f"store error ({said}) reading {key}: an object encrypted with your own key "
+                "(SSE-C) answers so to a read without it (give --sse-c-key-file FILE), and so "
+                "does a request signed for another region (check --region)", key=key, code=code)
         return BackendError(f"store error ({said}): {text}", key=key, code=code)
     if (isinstance(exc, (SSLError, aiohttp.ClientSSLError))
             or "CERTIFICATE_VERIFY_FAILED" in str(exc)):
