@@ -314,7 +314,7 @@ def test_a_replica_store_that_refuses_deletes_keeps_the_probe_and_goes_on() -> N
     said in the log; the replicate is not stopped by it."""
     from pacsmigrate.backends.memory import MemoryBackend
     from pacsmigrate.errors import PermanentBackendError
-    from pacsmigrate.replicate import _another_store
+    from pacsmigrate.replicacheck import another_store as _another_store
 
     class Worm(MemoryBackend):
         async def remove(self, key: str) -> None:
